@@ -1,0 +1,146 @@
+//! The data types a reading may carry: LOINC codes with their UCUM units.
+//!
+//! A reading names each observation by LOINC code and states its unit in
+//! UCUM case-sensitive syntax; the unit must be one the catalogue lists for
+//! that code, so a temperature in `[degF]` is never read as Celsius.
+
+use serde::Serialize;
+
+/// One kind of observation.
+#[derive(Debug, PartialEq, Serialize)]
+pub struct DataType {
+    /// LOINC code, e.g. `8867-4`.
+    pub code: &'static str,
+    /// A short name for people and command lines, e.g. `heart-rate`.
+    pub name: &'static str,
+    /// The LOINC display name.
+    pub display: &'static str,
+    /// Accepted UCUM units; the first is the one medledger reports in.
+    pub units: &'static [&'static str],
+    /// Whether `v` is an array of samples rather than one number.
+    pub waveform: bool,
+    /// For waveforms, the sampling period in milliseconds.
+    pub period_ms: Option<f64>,
+}
+
+impl DataType {
+    /// The unit medledger reports this data type in.
+    pub fn unit(&self) -> &'static str {
+        self.units[0]
+    }
+}
+
+/// Every data type medledger accepts.
+pub static CATALOGUE: &[DataType] = &[
+    DataType {
+        code: "8867-4",
+        name: "heart-rate",
+        display: "Heart rate",
+        units: &["/min"],
+        waveform: false,
+        period_ms: None,
+    },
+    DataType {
+        code: "59408-5",
+        name: "spo2",
+        display: "Oxygen saturation in Arterial blood by Pulse oximetry",
+        units: &["%"],
+        waveform: false,
+        period_ms: None,
+    },
+    DataType {
+        code: "8310-5",
+        name: "body-temperature",
+        display: "Body temperature",
+        units: &["Cel", "[degF]"],
+        waveform: false,
+        period_ms: None,
+    },
+    DataType {
+        code: "8480-6",
+        name: "systolic-bp",
+        display: "Systolic blood pressure",
+        units: &["mm[Hg]"],
+        waveform: false,
+        period_ms: None,
+    },
+    DataType {
+        code: "8462-4",
+        name: "diastolic-bp",
+        display: "Diastolic blood pressure",
+        units: &["mm[Hg]"],
+        waveform: false,
+        period_ms: None,
+    },
+    DataType {
+        code: "9279-1",
+        name: "respiratory-rate",
+        display: "Respiratory rate",
+        units: &["/min"],
+        waveform: false,
+        period_ms: None,
+    },
+    DataType {
+        code: "2339-0",
+        name: "blood-glucose",
+        display: "Glucose [Mass/volume] in Blood",
+        units: &["mg/dL"],
+        waveform: false,
+        period_ms: None,
+    },
+    DataType {
+        code: "15074-8",
+        name: "blood-glucose-molar",
+        display: "Glucose [Moles/volume] in Blood",
+        units: &["mmol/L"],
+        waveform: false,
+        period_ms: None,
+    },
+    DataType {
+        code: "29463-7",
+        name: "body-weight",
+        display: "Body weight",
+        units: &["kg", "[lb_av]"],
+        waveform: false,
+        period_ms: None,
+    },
+    DataType {
+        code: "11524-6",
+        name: "ecg",
+        display: "EKG study (single lead waveform)",
+        units: &["mV"],
+        waveform: true,
+        period_ms: Some(4.0),
+    },
+];
+
+/// Looks up a data type by LOINC code.
+pub fn data_type(code: &str) -> Option<&'static DataType> {
+    CATALOGUE.iter().find(|t| t.code == code)
+}
+
+/// Looks up a data type by LOINC code or by its short name.
+pub fn data_type_by_name(name_or_code: &str) -> Option<&'static DataType> {
+    CATALOGUE
+        .iter()
+        .find(|t| t.code == name_or_code || t.name == name_or_code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_and_names_are_unique_and_every_type_has_a_unit() {
+        for (i, a) in CATALOGUE.iter().enumerate() {
+            assert!(!a.units.is_empty(), "{} has no unit", a.code);
+            assert_eq!(a.waveform, a.period_ms.is_some(), "{}", a.code);
+            for b in &CATALOGUE[i + 1..] {
+                assert_ne!(a.code, b.code);
+                assert_ne!(a.name, b.name);
+            }
+        }
+        assert_eq!(data_type_by_name("spo2").map(|t| t.code), Some("59408-5"));
+        assert_eq!(data_type("8867-4").map(DataType::unit), Some("/min"));
+    }
+}

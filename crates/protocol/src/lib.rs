@@ -1,0 +1,30 @@
+//! medledger's wire protocol: what a device sends and what it is told.
+//!
+//! ```text
+//!  Reading --to_cbor--> payload --SigningKey::sign--> COSE_Sign1 bytes
+//!                                                         | POST /v1/readings
+//!  Reading <--verify(VerifyingKey)-- SignedReading <--decode
+//!          (kid, alg, signature, payload, catalogue)
+//! ```
+//!
+//! - [`cbor`]: a strict deterministic CBOR codec (RFC 8949 §4.2.1);
+//! - [`cose`]: COSE_Sign1 (RFC 9052) with ES256 and EdDSA through ring;
+//! - [`reading`]: the typed [`Reading`] and its payload checks;
+//! - [`catalogue`]: LOINC codes and their UCUM units;
+//! - [`problem`]: RFC 9457 problem details with stable types.
+//!
+//! No feature flags.
+
+pub mod catalogue;
+pub mod cbor;
+pub mod cose;
+pub mod problem;
+pub mod reading;
+
+pub use catalogue::{CATALOGUE, DataType};
+pub use cose::{
+    Algorithm, Kid, MAX_SIGNED_READING_BYTES, ReadingError, SignedReading, SigningKey,
+    VerifyingKey, kid_of, open,
+};
+pub use problem::{Problem, ProblemType};
+pub use reading::{DeviceId, Observation, ObservedValue, PayloadError, Reading};

@@ -1,0 +1,138 @@
+//! RFC 9457 problem details with medledger's stable problem types.
+//!
+//! Every rejection a peer sees is `application/problem+json` whose `type` is
+//! `urn:medledger:problem:<name>`; the names never change meaning, so devices
+//! and dashboards can act on them.
+
+use serde::Serialize;
+
+/// The media type of a problem document.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+macro_rules! problem_types {
+    ($($variant:ident => ($name:literal, $status:literal, $title:literal),)*) => {
+        /// A stable cause of rejection.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[non_exhaustive]
+        pub enum ProblemType {
+            $(
+                #[doc = $title]
+                $variant,
+            )*
+        }
+
+        impl ProblemType {
+            /// Every problem type.
+            pub const ALL: &[ProblemType] = &[$(ProblemType::$variant),*];
+
+            /// The short stable name, e.g. `bad-signature`.
+            pub fn name(self) -> &'static str {
+                match self { $(ProblemType::$variant => $name),* }
+            }
+
+            /// The HTTP status that carries it.
+            pub fn status(self) -> u16 {
+                match self { $(ProblemType::$variant => $status),* }
+            }
+
+            /// A one-line human title.
+            pub fn title(self) -> &'static str {
+                match self { $(ProblemType::$variant => $title),* }
+            }
+        }
+    };
+}
+
+problem_types! {
+    UntrustedCertificate => ("untrusted-certificate", 401, "The client certificate does not chain to the medledger CA or is not valid now"),
+    Revoked => ("revoked", 401, "The client certificate is revoked"),
+    WrongRole => ("wrong-role", 403, "The certificate's role may not use this endpoint"),
+    BadSignature => ("bad-signature", 400, "The reading's signature does not verify with the device certificate"),
+    Replay => ("replay", 409, "The reading's sequence number is not above the device's last accepted one"),
+    StaleTimestamp => ("stale-timestamp", 400, "The reading's timestamp is outside the accepted window"),
+    RuleViolation => ("rule-violation", 422, "A rule contract denied the reading"),
+    UnknownDevice => ("unknown-device", 403, "The device is not registered, or the reading names another device"),
+    NotAdmitted => ("not-admitted", 409, "The device is not assigned to an admitted patient"),
+    TooLarge => ("too-large", 413, "The request body is larger than allowed"),
+    RateLimited => ("rate-limited", 429, "Too many requests from this device"),
+    Malformed => ("malformed", 400, "The request is not a well-formed medledger message"),
+    Forbidden => ("forbidden", 403, "The request is not permitted"),
+    Unavailable => ("unavailable", 503, "The service cannot take the request now"),
+}
+
+impl ProblemType {
+    /// The `type` URI: `urn:medledger:problem:<name>`.
+    pub fn uri(self) -> String {
+        format!("urn:medledger:problem:{}", self.name())
+    }
+
+    /// Looks a type up by its short name or its URI.
+    pub fn parse(s: &str) -> Option<ProblemType> {
+        let name = s.strip_prefix("urn:medledger:problem:").unwrap_or(s);
+        Self::ALL.iter().copied().find(|t| t.name() == name)
+    }
+}
+
+/// An RFC 9457 problem details document.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Problem {
+    /// `urn:medledger:problem:<name>`.
+    #[serde(rename = "type")]
+    pub type_uri: String,
+    /// The type's title.
+    pub title: &'static str,
+    /// The HTTP status.
+    pub status: u16,
+    /// What was wrong with this request, for a person.
+    pub detail: String,
+    /// Extension members (for example the index of the rejected reading in
+    /// a batch, or a rule's reason code).
+    #[serde(flatten)]
+    pub extensions: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Problem {
+    /// A problem of `kind` with a human `detail`.
+    pub fn new(kind: ProblemType, detail: impl Into<String>) -> Self {
+        Problem {
+            type_uri: kind.uri(),
+            title: kind.title(),
+            status: kind.status(),
+            detail: detail.into(),
+            extensions: serde_json::Map::new(),
+        }
+    }
+
+    /// Adds an extension member.
+    pub fn with(mut self, key: &str, value: impl Into<serde_json::Value>) -> Self {
+        self.extensions.insert(key.to_owned(), value.into());
+        self
+    }
+
+    /// The JSON body.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a problem always serializes")
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn problem_json_has_the_rfc9457_members_and_stable_uris() {
+        let p = Problem::new(
+            ProblemType::RuleViolation,
+            "heart rate 400/min out of range",
+        )
+        .with("reason", "value-out-of-range");
+        let v: serde_json::Value = serde_json::from_str(&p.to_json()).unwrap();
+        assert_eq!(v["type"], "urn:medledger:problem:rule-violation");
+        assert_eq!(v["status"], 422);
+        assert_eq!(v["reason"], "value-out-of-range");
+        for t in ProblemType::ALL {
+            assert_eq!(ProblemType::parse(&t.uri()), Some(*t));
+        }
+    }
+}
