@@ -1,1 +1,39 @@
-fn main() {}
+//! `medledger`: one command for every medledger role.
+//!
+//! ```text
+//! medledger ca init|issue|show|revoke|crl    the certificate authority
+//! ```
+
+mod ca;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// medledger secures medical IoT data with a blockchain.
+#[derive(Debug, Parser)]
+#[command(name = "medledger", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the certificate authority: create it, issue, show, revoke, CRL.
+    #[command(subcommand)]
+    Ca(ca::CaCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Ca(cmd) => ca::run(cmd),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

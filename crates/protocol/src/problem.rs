@@ -55,6 +55,7 @@ problem_types! {
     NotAdmitted => ("not-admitted", 409, "The device is not assigned to an admitted patient"),
     TooLarge => ("too-large", 413, "The request body is larger than allowed"),
     RateLimited => ("rate-limited", 429, "Too many requests from this device"),
+    TlsRequired => ("tls-required", 400, "The port speaks HTTPS with a client certificate only"),
     Malformed => ("malformed", 400, "The request is not a well-formed medledger message"),
     Forbidden => ("forbidden", 403, "The request is not permitted"),
     Unavailable => ("unavailable", 503, "The service cannot take the request now"),

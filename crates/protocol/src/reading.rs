@@ -327,17 +327,14 @@ fn observation(index: usize, v: Value) -> Result<Observation, PayloadError> {
     let unit = unit.ok_or_else(|| field(at("unit"), "is missing"))?;
     let value = value.ok_or_else(|| field(at("v"), "is missing"))?;
     let data_type = catalogue::data_type(&code).ok_or(PayloadError::UnknownCode { index, code })?;
-    let unit = data_type
-        .units
-        .iter()
-        .copied()
-        .find(|u| *u == unit)
-        .ok_or_else(|| PayloadError::WrongUnit {
+    let Some(unit) = data_type.units.iter().copied().find(|u| *u == unit) else {
+        return Err(PayloadError::WrongUnit {
             index,
             code: data_type.code,
             unit,
             expected: data_type.units,
-        })?;
+        });
+    };
     let value = match (data_type.waveform, value) {
         (true, Value::Array(samples)) if !samples.is_empty() => ObservedValue::Waveform(
             samples

@@ -1,0 +1,287 @@
+//! `medledger ca`: the certificate authority commands.
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use medledger_pki::ca::layout;
+use medledger_pki::{Ca, Details, Epc, Identity, KeyAlg, LeafRequest, Location, Role, files};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum CaCommand {
+    /// Create a root CA and an issuing CA in a new directory.
+    Init {
+        /// The CA directory to create.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Organization name in the CA certificates.
+        #[arg(long, default_value = "medledger")]
+        org: String,
+    },
+    /// Issue a certificate (and, for all roles but device, an EVM account).
+    Issue(IssueArgs),
+    /// Print what a certificate says: role, EPC, group, rule, address, ...
+    Show {
+        /// A certificate file (PEM or DER); the first certificate is shown.
+        cert: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a certificate and rewrite the CA's CRL.
+    Revoke {
+        /// The CA directory.
+        #[arg(long)]
+        ca: PathBuf,
+        /// The certificate to revoke.
+        cert: PathBuf,
+    },
+    /// Write a freshly signed CRL.
+    Crl {
+        /// The CA directory.
+        #[arg(long)]
+        ca: PathBuf,
+        /// Where to write it (PEM if the name ends in .pem, else DER).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct IssueArgs {
+    /// The CA directory.
+    #[arg(long)]
+    ca: PathBuf,
+    /// device, collector, server, admin, doctor, nurse or patient.
+    #[arg(long)]
+    role: Role,
+    /// Writes PREFIX.crt, PREFIX.key and (not for devices) PREFIX.eth.key.
+    #[arg(long)]
+    out: PathBuf,
+    /// Device EPC: an SGTIN-96 tag URI or 24 hex digits.
+    #[arg(long)]
+    epc: Option<Epc>,
+    /// Device group id, e.g. icu-hr-monitor.
+    #[arg(long)]
+    group: Option<String>,
+    /// Rule id the device answers to.
+    #[arg(long)]
+    rule: Option<String>,
+    /// Collector location: department/room/bed.
+    #[arg(long)]
+    location: Option<Location>,
+    /// Subject common name (default: the EPC or the role and address).
+    #[arg(long)]
+    cn: Option<String>,
+    /// Key type: p256 (default) or ed25519.
+    #[arg(long, default_value = "p256")]
+    key_type: KeyAlg,
+    /// Extra DNS name or IP for collector and server certificates.
+    #[arg(long)]
+    san: Vec<String>,
+    /// Validity in days.
+    #[arg(long, default_value_t = 365)]
+    days: u32,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) fn run(cmd: CaCommand) -> Result<()> {
+    match cmd {
+        CaCommand::Init { dir, org } => {
+            Ca::init(&dir, &org)?;
+            println!("created CA in {}", dir.display());
+            for f in [layout::ROOT_CERT, layout::ISSUING_CERT, layout::CRL] {
+                println!("  {}", dir.join(f).display());
+            }
+            println!(
+                "  {} and {} (private, mode 0600)",
+                layout::ROOT_KEY,
+                layout::ISSUING_KEY
+            );
+            Ok(())
+        }
+        CaCommand::Issue(args) => issue(args),
+        CaCommand::Show { cert, json } => show(&cert, json),
+        CaCommand::Revoke { ca, cert } => {
+            let ca = Ca::open(&ca)?;
+            let der = first_cert(&cert)?;
+            ca.revoke(&der)?;
+            println!(
+                "revoked {}; CRL rewritten at {}",
+                cert.display(),
+                ca.dir().join(layout::CRL).display()
+            );
+            Ok(())
+        }
+        CaCommand::Crl { ca, out } => {
+            let ca = Ca::open(&ca)?;
+            let der = ca.write_crl()?;
+            let bytes = if out.extension().is_some_and(|e| e == "pem") {
+                files::to_pem("X509 CRL", &der).into_bytes()
+            } else {
+                der
+            };
+            files::write_public(&out, &bytes)?;
+            println!(
+                "wrote CRL with {} revoked certificate(s) to {}",
+                ca.revoked()?.len(),
+                out.display()
+            );
+            Ok(())
+        }
+    }
+}
+
+fn issue(args: IssueArgs) -> Result<()> {
+    let ca = Ca::open(&args.ca)?;
+    let request = LeafRequest {
+        role: args.role,
+        common_name: args.cn,
+        key_alg: args.key_type,
+        epc: args.epc,
+        group: args.group,
+        rule: args.rule,
+        location: args.location,
+        subject_alt_names: args.san,
+        validity_days: args.days,
+    };
+    let issued = ca.issue(&request)?;
+    let written = issued
+        .write(&args.out)
+        .with_context(|| format!("writing {}.*", args.out.display()))?;
+    let id = issued.identity()?;
+    if args.json {
+        let mut v = serde_json::to_value(CertView::new(&id))?;
+        v["files"] = written.iter().map(|p| p.display().to_string()).collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print!("{}", CertView::new(&id));
+        for p in written {
+            println!("wrote        {}", p.display());
+        }
+    }
+    Ok(())
+}
+
+fn first_cert(path: &Path) -> Result<Vec<u8>> {
+    Ok(files::read_der_blocks(path, "CERTIFICATE")?.swap_remove(0))
+}
+
+fn show(path: &Path, json: bool) -> Result<()> {
+    let der = first_cert(path)?;
+    let id = Identity::from_peer_certificate(&der)
+        .with_context(|| format!("{} is not a medledger leaf certificate", path.display()))?;
+    let view = CertView::new(&id);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&view)?);
+    } else {
+        print!("{view}");
+    }
+    Ok(())
+}
+
+/// What `ca show` prints.
+#[derive(Debug, Serialize)]
+struct CertView {
+    role: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    epc: Option<EpcView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    group: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rule: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    address: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    location: Option<String>,
+    subject: String,
+    serial: String,
+    not_before: String,
+    not_after: String,
+    key: String,
+    sha256_fingerprint: String,
+}
+
+#[derive(Debug, Serialize)]
+struct EpcView {
+    uri: String,
+    hex: String,
+}
+
+fn rfc3339(unix: i64) -> String {
+    OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_else(|| unix.to_string())
+}
+
+impl CertView {
+    fn new(id: &Identity) -> Self {
+        let (mut epc, mut group, mut rule, mut address, mut location) =
+            (None, None, None, None, None);
+        match &id.details {
+            Details::Device {
+                epc: e,
+                group: g,
+                rule: r,
+            } => {
+                epc = Some(EpcView {
+                    uri: e.to_tag_uri(),
+                    hex: e.to_hex(),
+                });
+                group = Some(g.clone());
+                rule = Some(r.clone());
+            }
+            Details::Account {
+                address: a,
+                location: l,
+            } => {
+                address = Some(a.to_string());
+                location = l.as_ref().map(ToString::to_string);
+            }
+        }
+        CertView {
+            role: id.role.to_string(),
+            epc,
+            group,
+            rule,
+            address,
+            location,
+            subject: id.subject.clone(),
+            serial: id.serial.clone(),
+            not_before: rfc3339(id.not_before),
+            not_after: rfc3339(id.not_after),
+            key: id.key.algorithm().to_string(),
+            sha256_fingerprint: id.fingerprint_hex(),
+        }
+    }
+}
+
+impl std::fmt::Display for CertView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "role         {}", self.role)?;
+        if let Some(epc) = &self.epc {
+            writeln!(f, "epc          {}", epc.uri)?;
+            writeln!(f, "epc (hex)    {}", epc.hex)?;
+        }
+        for (label, value) in [
+            ("group", &self.group),
+            ("rule", &self.rule),
+            ("address", &self.address),
+            ("location", &self.location),
+        ] {
+            if let Some(v) = value {
+                writeln!(f, "{label:<12} {v}")?;
+            }
+        }
+        writeln!(f, "subject      {}", self.subject)?;
+        writeln!(f, "serial       {}", self.serial)?;
+        writeln!(f, "valid        {} to {}", self.not_before, self.not_after)?;
+        writeln!(f, "key          {}", self.key)?;
+        writeln!(f, "sha256       {}", self.sha256_fingerprint)
+    }
+}

@@ -1,0 +1,70 @@
+//! Reading and writing PEM files and private keys on disk.
+
+use crate::{Error, Result};
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Writes a private key: created new (never overwriting), mode 0600, synced.
+pub fn write_secret(path: &Path, contents: &[u8]) -> Result<()> {
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut f = options.open(path).map_err(|e| Error::io(path, e))?;
+    f.write_all(contents).map_err(|e| Error::io(path, e))?;
+    f.sync_all().map_err(|e| Error::io(path, e))
+}
+
+/// Writes a public file atomically (temporary file, sync, rename).
+pub fn write_public(path: &Path, contents: &[u8]) -> Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut f = fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    f.write_all(contents).map_err(|e| Error::io(&tmp, e))?;
+    f.sync_all().map_err(|e| Error::io(&tmp, e))?;
+    fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+/// Reads a file.
+pub fn read(path: &Path) -> Result<Vec<u8>> {
+    fs::read(path).map_err(|e| Error::io(path, e))
+}
+
+/// Reads every PEM block with `tag` from a file, or the file itself if it
+/// is DER (no PEM armour).
+pub fn read_der_blocks(path: &Path, tag: &str) -> Result<Vec<Vec<u8>>> {
+    let bytes = read(path)?;
+    if !bytes.starts_with(b"-----BEGIN") {
+        return Ok(vec![bytes]);
+    }
+    let blocks = pem::parse_many(&bytes).map_err(|e| Error::Format {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    let ders: Vec<Vec<u8>> = blocks
+        .into_iter()
+        .filter(|p| p.tag() == tag)
+        .map(pem::Pem::into_contents)
+        .collect();
+    if ders.is_empty() {
+        return Err(Error::Format {
+            path: path.to_owned(),
+            reason: format!("no {tag} PEM block"),
+        });
+    }
+    Ok(ders)
+}
+
+/// PEM text of one DER block.
+pub fn to_pem(tag: &str, der: &[u8]) -> String {
+    pem::encode(&pem::Pem::new(tag, der.to_vec()))
+}
+
+/// `PREFIX` + `suffix` as a path (`out/dev1` + `.crt`).
+pub fn with_suffix(prefix: &Path, suffix: &str) -> PathBuf {
+    let mut s = prefix.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}

@@ -1,0 +1,449 @@
+//! rustls configurations for mutual TLS between medledger parties.
+//!
+//! ```text
+//!  TCP --peek: TLS record?--no--> 400 "TLS required", Rejection::PlainText
+//!       |yes
+//!  handshake --ClientAuth: webpki chain to our root, validity, CRL,
+//!       |                  then Identity parse + role check
+//!  (TlsStream, Identity)        else Rejection naming the cause
+//! ```
+//!
+//! The CRL can be replaced while the server runs ([`ClientAuth::update_crls`]);
+//! every later handshake checks against it.
+
+use crate::files::{self, with_suffix};
+use crate::identity::{Identity, IdentityError};
+use crate::{Error, Result, Role};
+use medledger_protocol::{Problem, ProblemType};
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{
+    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName,
+    UnixTime,
+};
+use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme,
+};
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+/// ALPN protocols offered by medledger servers, most preferred first.
+pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn roots(root_der: &[u8]) -> Result<Arc<RootCertStore>> {
+    let mut store = RootCertStore::empty();
+    store.add(CertificateDer::from(root_der.to_vec()))?;
+    Ok(Arc::new(store))
+}
+
+/// A party's own certificate chain and private key, with its identity.
+pub struct Credentials {
+    /// Leaf first, then the issuing CA.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// The private key.
+    pub key: PrivateKeyDer<'static>,
+    /// The leaf's identity.
+    pub identity: Identity,
+}
+
+impl Credentials {
+    /// Loads `PREFIX.crt` and `PREFIX.key` as written by `medledger ca issue`.
+    pub fn load(prefix: &Path) -> Result<Self> {
+        let crt = with_suffix(prefix, ".crt");
+        let key = with_suffix(prefix, ".key");
+        let chain = files::read_der_blocks(&crt, "CERTIFICATE")?;
+        let mut keys = files::read_der_blocks(&key, "PRIVATE KEY")?;
+        Self::from_der(chain, keys.swap_remove(0))
+    }
+
+    /// From a DER chain (leaf first) and a PKCS#8 key.
+    pub fn from_der(chain: Vec<Vec<u8>>, key_pkcs8: Vec<u8>) -> Result<Self> {
+        let leaf = chain
+            .first()
+            .ok_or_else(|| Error::Request("a certificate chain needs at least the leaf".into()))?;
+        let identity = Identity::from_peer_certificate(leaf)?;
+        Ok(Credentials {
+            chain: chain.into_iter().map(CertificateDer::from).collect(),
+            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_pkcs8)),
+            identity,
+        })
+    }
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("identity", &self.identity)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Verifies client certificates: chain to our root, validity, the current
+/// CRL, then the medledger identity and its role.
+pub struct ClientAuth {
+    roots: Arc<RootCertStore>,
+    hints: Vec<DistinguishedName>,
+    allowed: Vec<Role>,
+    webpki: RwLock<Arc<dyn ClientCertVerifier>>,
+}
+
+impl std::fmt::Debug for ClientAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientAuth")
+            .field("allowed", &self.allowed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientAuth {
+    /// Trusts `root_der`, checks revocation against `crls` (DER), and
+    /// accepts only certificates whose role is in `allowed`.
+    pub fn new(root_der: &[u8], crls: Vec<Vec<u8>>, allowed: &[Role]) -> Result<Arc<Self>> {
+        let roots = roots(root_der)?;
+        let webpki = Self::build(&roots, crls)?;
+        Ok(Arc::new(ClientAuth {
+            hints: roots.subjects(),
+            roots,
+            allowed: allowed.to_vec(),
+            webpki: RwLock::new(webpki),
+        }))
+    }
+
+    /// Loads the root certificate and CRL files (PEM or DER).
+    pub fn load(root: &Path, crl: &Path, allowed: &[Role]) -> Result<Arc<Self>> {
+        let root = files::read_der_blocks(root, "CERTIFICATE")?.swap_remove(0);
+        Self::new(&root, files::read_der_blocks(crl, "X509 CRL")?, allowed)
+    }
+
+    fn build(
+        roots: &Arc<RootCertStore>,
+        crls: Vec<Vec<u8>>,
+    ) -> Result<Arc<dyn ClientCertVerifier>> {
+        if crls.is_empty() {
+            return Err(Error::Request(
+                "a CRL from the issuing CA is required".into(),
+            ));
+        }
+        WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
+            .with_crls(crls.into_iter().map(CertificateRevocationListDer::from))
+            .only_check_end_entity_revocation()
+            .build()
+            .map_err(|e| Error::Request(format!("cannot use the CRL: {e}")))
+    }
+
+    /// Replaces the CRLs; handshakes from now on use them.
+    pub fn update_crls(&self, crls: Vec<Vec<u8>>) -> Result<()> {
+        let verifier = Self::build(&self.roots, crls)?;
+        *self.webpki.write().unwrap_or_else(|e| e.into_inner()) = verifier;
+        Ok(())
+    }
+
+    fn current(&self) -> Arc<dyn ClientCertVerifier> {
+        self.webpki
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+fn identity_error(e: IdentityError) -> rustls::Error {
+    rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(e))))
+}
+
+/// Parses and role-checks a certificate webpki has verified.
+fn check_identity(der: &[u8], allowed: &[Role]) -> Result<(), rustls::Error> {
+    let id = Identity::from_peer_certificate(der).map_err(identity_error)?;
+    id.require_role(allowed).map_err(identity_error)
+}
+
+impl ClientCertVerifier for ClientAuth {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &self.hints
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.current()
+            .verify_client_cert(end_entity, intermediates, now)?;
+        check_identity(end_entity, &self.allowed)?;
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.current().verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.current().verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.current().supported_verify_schemes()
+    }
+}
+
+/// A server configuration presenting `own` and verifying clients with
+/// `client_auth`; offers HTTP/2 and HTTP/1.1 by ALPN.
+pub fn server_config(
+    own: &Credentials,
+    client_auth: Arc<ClientAuth>,
+) -> Result<Arc<rustls::ServerConfig>> {
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(client_auth)
+        .with_single_cert(own.chain.clone(), own.key.clone_key())?;
+    config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
+}
+
+/// Verifies a server's certificate against our root and its role.
+#[derive(Debug)]
+struct ServerAuth {
+    webpki: Arc<WebPkiServerVerifier>,
+    allowed: Vec<Role>,
+}
+
+impl ServerCertVerifier for ServerAuth {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.webpki.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        check_identity(end_entity, &self.allowed)?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.webpki.supported_verify_schemes()
+    }
+}
+
+/// A client configuration presenting `own` (or no certificate, with
+/// `None`) that trusts servers chaining to `root_der` whose role is one of
+/// `server_roles`.
+pub fn client_config(
+    own: Option<&Credentials>,
+    root_der: &[u8],
+    server_roles: &[Role],
+) -> Result<Arc<rustls::ClientConfig>> {
+    let webpki = WebPkiServerVerifier::builder_with_provider(roots(root_der)?, provider())
+        .build()
+        .map_err(|e| Error::Request(format!("cannot verify servers: {e}")))?;
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .dangerous() // Not weaker: webpki verification plus a role check.
+        .with_custom_certificate_verifier(Arc::new(ServerAuth {
+            webpki,
+            allowed: server_roles.to_vec(),
+        }));
+    let mut config = match own {
+        Some(own) => builder.with_client_auth_cert(own.chain.clone(), own.key.clone_key())?,
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
+}
+
+/// Why a connection was refused before any request was read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Rejection {
+    /// The first bytes were not a TLS handshake (plain HTTP, for instance).
+    #[error("the client did not start TLS (plain text on the TLS port)")]
+    PlainText,
+    /// TLS without a client certificate.
+    #[error("the client presented no certificate")]
+    NoClientCertificate,
+    /// The chain does not lead to our root, or a signature in it is wrong.
+    #[error("the client certificate is not from the medledger CA: {0}")]
+    UntrustedCertificate(String),
+    /// Past `notAfter`.
+    #[error("the client certificate has expired")]
+    Expired,
+    /// Before `notBefore`.
+    #[error("the client certificate is not valid yet")]
+    NotYetValid,
+    /// On the CRL.
+    #[error("the client certificate is revoked")]
+    Revoked,
+    /// A critical extension nobody here understands.
+    #[error("the client certificate has an unknown critical extension")]
+    UnknownCriticalExtension,
+    /// A valid chain without a valid medledger identity for this service.
+    #[error("{0}")]
+    Identity(IdentityError),
+    /// The handshake did not finish in time.
+    #[error("the TLS handshake did not finish in time")]
+    HandshakeTimeout,
+    /// Any other TLS failure.
+    #[error("TLS: {0}")]
+    Tls(rustls::Error),
+    /// The socket failed.
+    #[error("connection: {0}")]
+    Io(std::io::Error),
+}
+
+impl Rejection {
+    /// The stable problem type a log or metric reports it under.
+    pub fn problem_type(&self) -> ProblemType {
+        match self {
+            Rejection::Revoked => ProblemType::Revoked,
+            Rejection::Identity(IdentityError::WrongRole { .. }) => ProblemType::WrongRole,
+            Rejection::PlainText => ProblemType::TlsRequired,
+            Rejection::HandshakeTimeout | Rejection::Io(_) | Rejection::Tls(_) => {
+                ProblemType::Malformed
+            }
+            _ => ProblemType::UntrustedCertificate,
+        }
+    }
+
+    fn from_io(e: std::io::Error) -> Self {
+        let Some(tls) = e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        else {
+            return Rejection::Io(e);
+        };
+        match tls {
+            rustls::Error::NoCertificatesPresented => Rejection::NoClientCertificate,
+            rustls::Error::InvalidCertificate(c) => match c {
+                CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+                    Rejection::Expired
+                }
+                CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                    Rejection::NotYetValid
+                }
+                CertificateError::Revoked => Rejection::Revoked,
+                CertificateError::UnhandledCriticalExtension => Rejection::UnknownCriticalExtension,
+                CertificateError::Other(other) => match other.0.downcast_ref::<IdentityError>() {
+                    Some(id) => Rejection::Identity(id.clone()),
+                    None => Rejection::UntrustedCertificate(other.to_string()),
+                },
+                other => Rejection::UntrustedCertificate(format!("{other:?}")),
+            },
+            other => Rejection::Tls(other.clone()),
+        }
+    }
+}
+
+/// Accepts mutual-TLS connections, refusing plain text and bad certificates
+/// before any application byte is read.
+#[derive(Clone)]
+pub struct Acceptor {
+    tls: tokio_rustls::TlsAcceptor,
+    handshake_timeout: Duration,
+}
+
+/// The TLS record type of a handshake; every TLS connection starts with it.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+impl Acceptor {
+    /// An acceptor for `config` that gives up on handshakes slower than
+    /// `handshake_timeout`.
+    pub fn new(config: Arc<rustls::ServerConfig>, handshake_timeout: Duration) -> Self {
+        Acceptor {
+            tls: tokio_rustls::TlsAcceptor::from(config),
+            handshake_timeout,
+        }
+    }
+
+    /// Runs the handshake on `tcp` and returns the stream with the client's
+    /// identity.
+    pub async fn accept(
+        &self,
+        tcp: TcpStream,
+    ) -> Result<(tokio_rustls::server::TlsStream<TcpStream>, Identity), Rejection> {
+        let work = async {
+            let mut first = [0u8; 1];
+            let n = tcp.peek(&mut first).await.map_err(Rejection::Io)?;
+            if n == 0 {
+                return Err(Rejection::Io(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+            if first[0] != TLS_HANDSHAKE_RECORD {
+                refuse_plain_text(tcp).await;
+                return Err(Rejection::PlainText);
+            }
+            let stream = self.tls.accept(tcp).await.map_err(Rejection::from_io)?;
+            let leaf = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .ok_or(Rejection::NoClientCertificate)?;
+            let identity = Identity::from_peer_certificate(leaf).map_err(Rejection::Identity)?;
+            Ok((stream, identity))
+        };
+        tokio::time::timeout(self.handshake_timeout, work)
+            .await
+            .unwrap_or(Err(Rejection::HandshakeTimeout))
+    }
+}
+
+/// Tells a plain-HTTP client, in HTTP, that it must use TLS, then closes.
+async fn refuse_plain_text(mut tcp: TcpStream) {
+    let body = Problem::new(
+        ProblemType::TlsRequired,
+        "this port speaks HTTPS with a client certificate only",
+    )
+    .to_json();
+    let response = format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: {}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        medledger_protocol::problem::PROBLEM_JSON,
+        body.len()
+    );
+    // Best effort: the client may already be gone.
+    let _ = tcp.write_all(response.as_bytes()).await;
+    let _ = tcp.shutdown().await;
+}
