@@ -261,8 +261,9 @@ const CLOCK_SKEW: Duration = Duration::minutes(5);
 pub struct Issued {
     /// The certificate DER.
     pub cert_der: Vec<u8>,
-    /// The issuing CA's certificate DER (the chain to send with the leaf).
-    pub chain_der: Vec<u8>,
+    /// The CA certificates to send with the leaf (the issuing CA; none for
+    /// a self-signed certificate).
+    pub chain: Vec<Vec<u8>>,
     /// PKCS#8 private key.
     pub key_pkcs8: Vec<u8>,
     /// The EVM account, for all roles but device.
@@ -291,8 +292,10 @@ impl Issued {
             files::write_secret(&eth, format!("{}\n", account.to_hex()).as_bytes())?;
             written.push(eth);
         }
-        let chain = files::to_pem("CERTIFICATE", &self.cert_der)
-            + &files::to_pem("CERTIFICATE", &self.chain_der);
+        let chain: String = std::iter::once(&self.cert_der)
+            .chain(&self.chain)
+            .map(|der| files::to_pem("CERTIFICATE", der))
+            .collect();
         files::write_public(&crt, chain.as_bytes())?;
         written.insert(0, crt);
         Ok(written)
@@ -304,6 +307,26 @@ pub struct Ca {
     dir: PathBuf,
     issuing_der: Vec<u8>,
     issuing_key: KeyPair,
+}
+
+impl std::fmt::Debug for Ca {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ca")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Issued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Issued")
+            .field(
+                "fingerprint",
+                &hex::encode(medledger_protocol::kid_of(&self.cert_der)),
+            )
+            .field("account", &self.account)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -463,21 +486,30 @@ impl Ca {
     pub fn issue(&self, request: &LeafRequest) -> Result<Issued> {
         let account = request.role.has_account().then(EthAccount::generate);
         let spec = request.to_spec(account.as_ref().map(EthAccount::address))?;
-        let key = KeyPair::generate_for(request.key_alg.rcgen())?;
-        let cert_der = self.sign(&spec, &key)?;
-        let issued = Issued {
-            cert_der,
-            chain_der: self.issuing_der.clone(),
-            key_pkcs8: key.serialize_der(),
-            account,
-        };
-        let id = issued.identity()?;
+        self.issue_spec(&spec, request.key_alg, account)
+    }
+
+    /// Signs `spec` as it is for a fresh key of `key_alg` and records it.
+    /// Performs no checks: [`LeafRequest::to_spec`] is the checked way in;
+    /// this one also makes the deliberately wrong certificates of tests.
+    pub fn issue_spec(
+        &self,
+        spec: &CertSpec,
+        key_alg: KeyAlg,
+        account: Option<EthAccount>,
+    ) -> Result<Issued> {
+        let key = KeyPair::generate_for(key_alg.rcgen())?;
+        let serial = random_serial();
+        let cert = spec
+            .params(serial.clone())?
+            .signed_by(&key, &self.issuer()?)?;
+        let cert_der = patch_oids(cert.der());
         let line = serde_json::to_string(&IssuedLine {
-            serial: &id.serial,
-            role: id.role.name(),
-            subject: &id.subject,
-            fingerprint: id.fingerprint_hex(),
-            not_after: id.not_after,
+            serial: &hex::encode(serial.to_bytes()),
+            role: spec.role.name(),
+            subject: &spec.common_name,
+            fingerprint: hex::encode(medledger_protocol::kid_of(&cert_der)),
+            not_after: spec.not_after.unix_timestamp(),
         })
         .expect("a log line serializes");
         let log = self.dir.join(layout::ISSUED);
@@ -487,14 +519,12 @@ impl Ca {
             .open(&log)
             .map_err(|e| Error::io(&log, e))?;
         writeln!(f, "{line}").map_err(|e| Error::io(&log, e))?;
-        Ok(issued)
-    }
-
-    /// Signs `spec` for the holder of `key` with the issuing CA. Performs no
-    /// checks: [`LeafRequest::to_spec`] is the checked way in.
-    pub fn sign(&self, spec: &CertSpec, key: &KeyPair) -> Result<Vec<u8>> {
-        let cert = spec.params()?.signed_by(key, &self.issuer()?)?;
-        Ok(patch_oids(cert.der()))
+        Ok(Issued {
+            cert_der,
+            chain: vec![self.issuing_der.clone()],
+            key_pkcs8: key.serialize_der(),
+            account,
+        })
     }
 
     fn state(&self) -> Result<State> {
@@ -620,12 +650,12 @@ fn random_serial() -> SerialNumber {
 }
 
 impl CertSpec {
-    fn params(&self) -> Result<CertificateParams> {
+    fn params(&self, serial: SerialNumber) -> Result<CertificateParams> {
         let mut p = CertificateParams::new(self.subject_alt_names.clone())?;
         p.distinguished_name = name("medledger", &self.common_name, Some(self.role.name()));
         p.not_before = self.not_before;
         p.not_after = self.not_after;
-        p.serial_number = Some(random_serial());
+        p.serial_number = Some(serial);
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         p.extended_key_usages = if self.role.serves_tls() {
             vec![
@@ -653,11 +683,19 @@ impl CertSpec {
         Ok(p)
     }
 
-    /// Signs the spec with the holder's own key: a self-signed certificate,
-    /// as a forger would make (tests and attack simulation).
-    pub fn self_signed(&self, key: &KeyPair) -> Result<Vec<u8>> {
-        let cert = self.params()?.self_signed(&PatchingSigner(key))?;
-        Ok(patch_oids(cert.der()))
+    /// Signs the spec with a fresh key of its own: a self-signed
+    /// certificate, as a forger would make (tests and attack simulation).
+    pub fn self_signed(&self, key_alg: KeyAlg) -> Result<Issued> {
+        let key = KeyPair::generate_for(key_alg.rcgen())?;
+        let cert = self
+            .params(random_serial())?
+            .self_signed(&PatchingSigner(&key))?;
+        Ok(Issued {
+            cert_der: patch_oids(cert.der()),
+            chain: Vec::new(),
+            key_pkcs8: key.serialize_der(),
+            account: None,
+        })
     }
 }
 

@@ -46,14 +46,12 @@ fn roots(root_der: &[u8]) -> Result<Arc<RootCertStore>> {
     Ok(Arc::new(store))
 }
 
-/// A party's own certificate chain and private key, with its identity.
+/// A party's own certificate chain and private key.
 pub struct Credentials {
     /// Leaf first, then the issuing CA.
     pub chain: Vec<CertificateDer<'static>>,
     /// The private key.
     pub key: PrivateKeyDer<'static>,
-    /// The leaf's identity.
-    pub identity: Identity,
 }
 
 impl Credentials {
@@ -66,24 +64,38 @@ impl Credentials {
         Self::from_der(chain, keys.swap_remove(0))
     }
 
+    /// The certificate, chain and key of a freshly issued certificate.
+    pub fn from_issued(issued: &crate::Issued) -> Self {
+        let chain = std::iter::once(&issued.cert_der).chain(&issued.chain);
+        Credentials {
+            chain: chain.map(|der| CertificateDer::from(der.clone())).collect(),
+            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(issued.key_pkcs8.clone())),
+        }
+    }
+
     /// From a DER chain (leaf first) and a PKCS#8 key.
     pub fn from_der(chain: Vec<Vec<u8>>, key_pkcs8: Vec<u8>) -> Result<Self> {
-        let leaf = chain
-            .first()
-            .ok_or_else(|| Error::Request("a certificate chain needs at least the leaf".into()))?;
-        let identity = Identity::from_peer_certificate(leaf)?;
+        if chain.is_empty() {
+            return Err(Error::Request(
+                "a certificate chain needs at least the leaf".into(),
+            ));
+        }
         Ok(Credentials {
             chain: chain.into_iter().map(CertificateDer::from).collect(),
             key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_pkcs8)),
-            identity,
         })
+    }
+
+    /// The identity of the leaf.
+    pub fn identity(&self) -> Result<Identity, IdentityError> {
+        Identity::from_peer_certificate(&self.chain[0])
     }
 }
 
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Credentials")
-            .field("identity", &self.identity)
+            .field("identity", &self.identity())
             .finish_non_exhaustive()
     }
 }
@@ -367,10 +379,17 @@ impl Rejection {
                 }
                 CertificateError::Revoked => Rejection::Revoked,
                 CertificateError::UnhandledCriticalExtension => Rejection::UnknownCriticalExtension,
-                CertificateError::Other(other) => match other.0.downcast_ref::<IdentityError>() {
-                    Some(id) => Rejection::Identity(id.clone()),
-                    None => Rejection::UntrustedCertificate(other.to_string()),
-                },
+                CertificateError::Other(other) => {
+                    if let Some(id) = other.0.downcast_ref::<IdentityError>() {
+                        Rejection::Identity(id.clone())
+                    } else if let Some(webpki::Error::UnsupportedCriticalExtension) =
+                        other.0.downcast_ref()
+                    {
+                        Rejection::UnknownCriticalExtension
+                    } else {
+                        Rejection::UntrustedCertificate(other.to_string())
+                    }
+                }
                 other => Rejection::UntrustedCertificate(format!("{other:?}")),
             },
             other => Rejection::Tls(other.clone()),
