@@ -30,7 +30,7 @@ use rustls::{
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// ALPN protocols offered by medledger servers, most preferred first.
@@ -462,7 +462,25 @@ async fn refuse_plain_text(mut tcp: TcpStream) {
         medledger_protocol::problem::PROBLEM_JSON,
         body.len()
     );
-    // Best effort: the client may already be gone.
+    // Best effort: the client may already be gone. Drain (a bounded amount
+    // of) what it sent before closing, so the kernel does not answer unread
+    // data with a reset that destroys the response in flight.
     let _ = tcp.write_all(response.as_bytes()).await;
     let _ = tcp.shutdown().await;
+    let drain = async {
+        let mut buf = [0u8; 4096];
+        let mut left = PLAIN_TEXT_DRAIN_BYTES;
+        while left > 0 {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(PLAIN_TEXT_DRAIN_TIME, drain).await;
 }
+
+/// How much of a plain-text request is read and dropped before closing.
+const PLAIN_TEXT_DRAIN_BYTES: usize = 64 * 1024;
+/// How long to wait for it.
+const PLAIN_TEXT_DRAIN_TIME: Duration = Duration::from_secs(1);

@@ -256,7 +256,10 @@ impl Decoder<'_> {
                 26 => 4,
                 _ => 8,
             };
-            if float_width(f) != width {
+            // NaN has one encoding: the half-precision quiet NaN 0xf97e00.
+            let canonical_nan =
+                !f.is_nan() || (width == 2 && self.bytes[start + 1..start + 3] == [0x7e, 0x00]);
+            if float_width(f) != width || !canonical_nan {
                 return Err(CborError::NonCanonical {
                     offset: start,
                     what: "float not in its shortest exact form",
@@ -454,14 +457,14 @@ fn f64_to_f16(v: f64) -> u16 {
 impl fmt::Display for Value {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Value::Uint(_) | Value::Nint(_) => f.write_str("integer"),
-            Value::Bytes(_) => f.write_str("byte string"),
-            Value::Text(_) => f.write_str("text string"),
-            Value::Array(_) => f.write_str("array"),
-            Value::Map(_) => f.write_str("map"),
-            Value::Tag(..) => f.write_str("tag"),
-            Value::Float(_) => f.write_str("float"),
-            Value::Bool(_) => f.write_str("boolean"),
+            Value::Uint(_) | Value::Nint(_) => f.write_str("an integer"),
+            Value::Bytes(_) => f.write_str("a byte string"),
+            Value::Text(_) => f.write_str("a text string"),
+            Value::Array(_) => f.write_str("an array"),
+            Value::Map(_) => f.write_str("a map"),
+            Value::Tag(..) => f.write_str("a tag"),
+            Value::Float(_) => f.write_str("a float"),
+            Value::Bool(_) => f.write_str("a boolean"),
             Value::Null => f.write_str("null"),
         }
     }

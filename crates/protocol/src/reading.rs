@@ -195,7 +195,7 @@ impl Reading {
                 "obs" => obs = Some(observations(v)?),
                 "model" => match v {
                     Value::Text(m) => model = Some(m),
-                    other => return Err(field("model", format!("is a {other}, expected text"))),
+                    other => return Err(field("model", format!("is {other}, expected text"))),
                 },
                 _ => return Err(PayloadError::UnknownField(k)),
             }
@@ -254,10 +254,7 @@ fn device_id(v: Value) -> Result<DeviceId, PayloadError> {
                     format!("is {} bytes, expected 12 (an SGTIN-96 EPC)", b.len()),
                 )
             }),
-        other => Err(field(
-            "dev",
-            format!("is a {other}, expected a byte string"),
-        )),
+        other => Err(field("dev", format!("is {other}, expected a byte string"))),
     }
 }
 
@@ -266,7 +263,7 @@ fn uint(name: &str, v: Value) -> Result<u64, PayloadError> {
         Value::Uint(n) => Ok(n),
         other => Err(field(
             name,
-            format!("is a {other}, expected an unsigned integer"),
+            format!("is {other}, expected an unsigned integer"),
         )),
     }
 }
@@ -279,7 +276,7 @@ fn number(name: &str, v: &Value) -> Result<f64, PayloadError> {
         Value::Float(f) => f,
         Value::Uint(n) if n <= MAX_EXACT_INT => n as f64,
         Value::Nint(n) if n < MAX_EXACT_INT => -1.0 - n as f64,
-        ref other => return Err(field(name, format!("is a {other}, expected a number"))),
+        ref other => return Err(field(name, format!("is {other}, expected a number"))),
     };
     if n.is_finite() {
         Ok(n)
@@ -290,7 +287,7 @@ fn number(name: &str, v: &Value) -> Result<f64, PayloadError> {
 
 fn observations(v: Value) -> Result<Vec<Observation>, PayloadError> {
     let Value::Array(items) = v else {
-        return Err(field("obs", format!("is a {v}, expected an array")));
+        return Err(field("obs", format!("is {v}, expected an array")));
     };
     if items.is_empty() {
         return Err(field("obs", "is empty"));
@@ -307,7 +304,7 @@ fn observation(index: usize, v: Value) -> Result<Observation, PayloadError> {
     let Value::Map(entries) = v else {
         return Err(field(
             format!("obs[{index}]"),
-            format!("is a {v}, expected a map"),
+            format!("is {v}, expected a map"),
         ));
     };
     let (mut code, mut value, mut unit) = (None, None, None);
@@ -317,7 +314,7 @@ fn observation(index: usize, v: Value) -> Result<Observation, PayloadError> {
             (Value::Text(k), Value::Text(t)) if k == "unit" => unit = Some(t),
             (Value::Text(k), v) if k == "v" => value = Some(v),
             (Value::Text(k), v) if k == "code" || k == "unit" => {
-                return Err(field(at(&k), format!("is a {v}, expected text")));
+                return Err(field(at(&k), format!("is {v}, expected text")));
             }
             (Value::Text(k), _) => return Err(PayloadError::UnknownField(at(&k))),
             _ => return Err(field(format!("obs[{index}]"), "has a key that is not text")),

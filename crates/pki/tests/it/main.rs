@@ -3,3 +3,4 @@
 
 mod ca;
 mod tls;
+mod vectors;
