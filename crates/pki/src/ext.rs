@@ -14,6 +14,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::LazyLock;
 
 /// The UUID arc our extensions hang from (X.667, no registration needed).
 pub const ARC: u128 = 280_981_808_911_232_721_963_113_049_122_953_743_303;
@@ -80,7 +81,17 @@ impl Ext {
 
     /// Finds the extension whose OID contents octets are `der`.
     pub fn from_oid_der(der: &[u8]) -> Option<Ext> {
-        Ext::ALL.into_iter().find(|e| e.oid_der() == der)
+        static ARC_DER: LazyLock<Vec<u8>> = LazyLock::new(|| {
+            let mut der = Ext::Role.oid_der();
+            der.pop();
+            der
+        });
+        match der.split_last() {
+            Some((&suffix, arc)) if arc == ARC_DER.as_slice() => {
+                Ext::ALL.into_iter().find(|e| e.suffix() == suffix)
+            }
+            _ => None,
+        }
     }
 }
 

@@ -5,7 +5,9 @@ use crate::ext::{self, Ext, Location, Role};
 use alloy_primitives::Address;
 use medledger_protocol::{Algorithm, Kid, VerifyingKey, kid_of};
 use std::fmt;
-use x509_parser::prelude::{FromDer, X509Certificate};
+use x509_parser::certificate::X509CertificateParser;
+use x509_parser::nom::Parser;
+use x509_parser::prelude::X509Certificate;
 
 /// Why a certificate does not carry a valid medledger identity.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -107,7 +109,10 @@ impl Identity {
     /// revocation) into a typed identity, checking every medledger
     /// extension against the role.
     pub fn from_peer_certificate(der: &[u8]) -> Result<Self, IdentityError> {
-        let (rest, cert) = X509Certificate::from_der(der)
+        // webpki has checked the standard extensions; ours are parsed below.
+        let (rest, cert) = X509CertificateParser::new()
+            .with_deep_parse_extensions(false)
+            .parse(der)
             .map_err(|e| IdentityError::Certificate(e.to_string()))?;
         if !rest.is_empty() {
             return Err(IdentityError::Certificate(

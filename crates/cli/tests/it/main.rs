@@ -1,0 +1,4 @@
+//! The `medledger` binary, run as an operator would.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod ca;
