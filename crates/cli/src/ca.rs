@@ -252,7 +252,7 @@ impl CertView {
             address,
             location,
             subject: id.subject.clone(),
-            serial: id.serial.clone(),
+            serial: id.serial_hex(),
             not_before: rfc3339(id.not_before),
             not_after: rfc3339(id.not_after),
             key: id.key.algorithm().to_string(),

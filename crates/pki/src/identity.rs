@@ -92,8 +92,8 @@ pub struct Identity {
     pub details: Details,
     /// The subject's common name (empty if none).
     pub subject: String,
-    /// The serial number, colon-separated hex.
-    pub serial: String,
+    /// The serial number, big-endian bytes as in the certificate.
+    pub serial: Vec<u8>,
     /// `notBefore`, Unix seconds.
     pub not_before: i64,
     /// `notAfter`, Unix seconds.
@@ -194,7 +194,7 @@ impl Identity {
             role,
             details,
             subject,
-            serial: cert.raw_serial_as_string(),
+            serial: cert.raw_serial().to_vec(),
             not_before: cert.validity().not_before.timestamp(),
             not_after: cert.validity().not_after.timestamp(),
             fingerprint,
@@ -237,6 +237,15 @@ impl Identity {
             Details::Account { location, .. } => location.as_ref(),
             Details::Device { .. } => None,
         }
+    }
+
+    /// The serial number as colon-separated hex, as OpenSSL prints it.
+    pub fn serial_hex(&self) -> String {
+        self.serial
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
     }
 
     /// The SHA-256 fingerprint as lowercase hex.

@@ -27,11 +27,13 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{
     CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme,
 };
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 
 /// ALPN protocols offered by medledger servers, most preferred first.
 pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
@@ -107,6 +109,10 @@ pub struct ClientAuth {
     hints: Vec<DistinguishedName>,
     allowed: Vec<Role>,
     webpki: RwLock<Arc<dyn ClientCertVerifier>>,
+    /// Serials on the current CRLs, for connections opened before.
+    revoked: RwLock<HashSet<Vec<u8>>>,
+    /// Bumped on every CRL update.
+    crl_updates: watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for ClientAuth {
@@ -122,12 +128,15 @@ impl ClientAuth {
     /// accepts only certificates whose role is in `allowed`.
     pub fn new(root_der: &[u8], crls: Vec<Vec<u8>>, allowed: &[Role]) -> Result<Arc<Self>> {
         let roots = roots(root_der)?;
+        let revoked = revoked_serials(&crls)?;
         let webpki = Self::build(&roots, crls)?;
         Ok(Arc::new(ClientAuth {
             hints: roots.subjects(),
             roots,
             allowed: allowed.to_vec(),
             webpki: RwLock::new(webpki),
+            revoked: RwLock::new(revoked),
+            crl_updates: watch::Sender::new(0),
         }))
     }
 
@@ -153,11 +162,38 @@ impl ClientAuth {
             .map_err(|e| Error::Request(format!("cannot use the CRL: {e}")))
     }
 
-    /// Replaces the CRLs; handshakes from now on use them.
+    /// Replaces the CRLs: handshakes from now on use them, and
+    /// [`ClientAuth::revoked`] wakes for connections already open.
     pub fn update_crls(&self, crls: Vec<Vec<u8>>) -> Result<()> {
+        let revoked = revoked_serials(&crls)?;
         let verifier = Self::build(&self.roots, crls)?;
         *self.webpki.write().unwrap_or_else(|e| e.into_inner()) = verifier;
+        *self.revoked.write().unwrap_or_else(|e| e.into_inner()) = revoked;
+        self.crl_updates.send_modify(|n| *n += 1);
         Ok(())
+    }
+
+    /// Whether the current CRLs list this certificate.
+    pub fn is_revoked(&self, identity: &Identity) -> bool {
+        self.revoked
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&identity.serial)
+    }
+
+    /// Resolves once a CRL update revokes `identity`: a connection's task
+    /// selects on it to close connections of revoked peers (DESIGN §3).
+    pub async fn revoked(&self, identity: &Identity) {
+        let mut updates = self.crl_updates.subscribe();
+        loop {
+            if self.is_revoked(identity) {
+                return;
+            }
+            if updates.changed().await.is_err() {
+                // The sender lives as long as `self`; unreachable in practice.
+                std::future::pending::<()>().await;
+            }
+        }
     }
 
     fn current(&self) -> Arc<dyn ClientCertVerifier> {
@@ -166,6 +202,22 @@ impl ClientAuth {
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
+}
+
+/// The serials listed on `crls` (DER).
+fn revoked_serials(crls: &[Vec<u8>]) -> Result<HashSet<Vec<u8>>> {
+    use x509_parser::prelude::FromDer;
+    use x509_parser::revocation_list::CertificateRevocationList;
+    let mut serials = HashSet::new();
+    for der in crls {
+        let (_, crl) = CertificateRevocationList::from_der(der)
+            .map_err(|e| Error::Request(format!("cannot use the CRL: {e}")))?;
+        serials.extend(
+            crl.iter_revoked_certificates()
+                .map(|r| r.raw_serial().to_vec()),
+        );
+    }
+    Ok(serials)
 }
 
 fn identity_error(e: IdentityError) -> rustls::Error {

@@ -51,17 +51,24 @@ async fn collector() -> Collector {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, results) = mpsc::unbounded_channel();
+    let server_auth = auth.clone();
     tokio::spawn(async move {
         loop {
             let (tcp, _) = listener.accept().await.unwrap();
-            let acceptor = acceptor.clone();
-            let tx = tx.clone();
+            let (acceptor, auth, tx) = (acceptor.clone(), server_auth.clone(), tx.clone());
             tokio::spawn(async move {
                 match acceptor.accept(tcp).await {
                     Ok((mut stream, id)) => {
                         let _ = stream.write_all(b"welcome\n").await;
+                        let _ = tx.send(Ok(id.clone()));
+                        // Serve until the client leaves or its certificate
+                        // is revoked.
+                        let mut sink = Vec::new();
+                        tokio::select! {
+                            _ = stream.read_to_end(&mut sink) => {}
+                            () = auth.revoked(&id) => {}
+                        }
                         let _ = stream.shutdown().await;
-                        let _ = tx.send(Ok(id));
                     }
                     Err(e) => {
                         let _ = tx.send(Err(e));
@@ -103,8 +110,8 @@ impl Collector {
         // The client may or may not see the refusal, depending on when the
         // server sends its alert; the server's verdict is what counts.
         if let Ok(mut stream) = connector.connect(name, tcp).await {
-            let mut buf = Vec::new();
-            let _ = stream.read_to_end(&mut buf).await;
+            let mut greeting = [0u8; 8];
+            let _ = stream.read_exact(&mut greeting).await;
         }
         self.verdict().await
     }
@@ -147,9 +154,9 @@ async fn a_valid_device_is_accepted_with_its_identity() {
         .connect(name, tcp)
         .await
         .unwrap();
-    let mut greeting = String::new();
-    stream.read_to_string(&mut greeting).await.unwrap();
-    assert_eq!(greeting, "welcome\n");
+    let mut greeting = [0u8; 8];
+    stream.read_exact(&mut greeting).await.unwrap();
+    assert_eq!(&greeting, b"welcome\n");
     assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
     assert_eq!(c.verdict().await.unwrap().epc().unwrap().to_tag_uri(), EPC);
 
@@ -238,6 +245,35 @@ async fn a_revoked_device_is_refused_once_the_new_crl_is_loaded() {
     // Others are unaffected.
     let other = Credentials::from_issued(&c.ca.issue(&device_request()).unwrap());
     assert!(c.connect(Some(&other)).await.is_ok());
+}
+
+#[tokio::test]
+async fn revoking_a_device_closes_its_open_connection() {
+    let mut c = collector().await;
+    let issued = c.ca.issue(&device_request()).unwrap();
+    let creds = Credentials::from_issued(&issued);
+    let config = client_config(Some(&creds), &c.root, &[Role::Collector]).unwrap();
+    let tcp = TcpStream::connect(c.addr).await.unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut stream = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let mut greeting = [0u8; 8];
+    stream.read_exact(&mut greeting).await.unwrap();
+    let id = c.verdict().await.unwrap();
+    assert!(!c.auth.is_revoked(&id));
+
+    c.auth
+        .update_crls(vec![c.ca.revoke(&issued.cert_der).unwrap()])
+        .unwrap();
+    assert!(c.auth.is_revoked(&id));
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest)).await;
+    assert!(
+        closed.is_ok(),
+        "the server closes the revoked device's connection"
+    );
 }
 
 #[tokio::test]
