@@ -565,17 +565,10 @@ impl Ca {
                 "certificate {serial} is already revoked"
             )));
         }
-        let subject = cert
-            .subject()
-            .iter_common_name()
-            .next()
-            .and_then(|cn| cn.as_str().ok())
-            .unwrap_or_default()
-            .to_owned();
         state.revoked.push(Revoked {
             serial,
             revoked_at: OffsetDateTime::now_utc().unix_timestamp(),
-            subject,
+            subject: crate::identity::common_name(&cert),
         });
         self.write_state(&state)?;
         self.write_crl()

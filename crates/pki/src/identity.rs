@@ -183,17 +183,10 @@ impl Identity {
         };
 
         let fingerprint = kid_of(der);
-        let subject = cert
-            .subject()
-            .iter_common_name()
-            .next()
-            .and_then(|cn| cn.as_str().ok())
-            .unwrap_or_default()
-            .to_owned();
         Ok(Identity {
             role,
             details,
-            subject,
+            subject: common_name(&cert),
             serial: cert.raw_serial().to_vec(),
             not_before: cert.validity().not_before.timestamp(),
             not_after: cert.validity().not_after.timestamp(),
@@ -261,6 +254,16 @@ impl fmt::Display for Identity {
             Details::Account { address, .. } => write!(f, "{} {address}", self.role),
         }
     }
+}
+
+/// The subject's first common name, or empty.
+pub(crate) fn common_name(cert: &X509Certificate<'_>) -> String {
+    cert.subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .unwrap_or_default()
+        .to_owned()
 }
 
 const OID_EC_PUBLIC_KEY: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];

@@ -116,6 +116,25 @@ impl Collector {
         self.verdict().await
     }
 
+    /// Connects through the configuration a device would use, and reads the
+    /// greeting of an accepted connection; the connection stays open.
+    async fn open(
+        &mut self,
+        creds: &Credentials,
+    ) -> (tokio_rustls::client::TlsStream<TcpStream>, Identity) {
+        let config = client_config(Some(creds), &self.root, &[Role::Collector]).unwrap();
+        let tcp = TcpStream::connect(self.addr).await.unwrap();
+        let name = ServerName::try_from("localhost").unwrap();
+        let mut stream = tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        let mut greeting = [0u8; 8];
+        stream.read_exact(&mut greeting).await.unwrap();
+        assert_eq!(&greeting, b"welcome\n");
+        (stream, self.verdict().await.unwrap())
+    }
+
     async fn verdict(&mut self) -> Result<Identity, Rejection> {
         tokio::time::timeout(Duration::from_secs(10), self.results.recv())
             .await
@@ -146,19 +165,9 @@ async fn a_valid_device_is_accepted_with_its_identity() {
     let mut c = collector().await;
     // Through the configuration a device would use.
     let issued = c.ca.issue(&device_request()).unwrap();
-    let creds = Credentials::from_issued(&issued);
-    let config = client_config(Some(&creds), &c.root, &[Role::Collector]).unwrap();
-    let tcp = TcpStream::connect(c.addr).await.unwrap();
-    let name = ServerName::try_from("localhost").unwrap();
-    let mut stream = tokio_rustls::TlsConnector::from(config)
-        .connect(name, tcp)
-        .await
-        .unwrap();
-    let mut greeting = [0u8; 8];
-    stream.read_exact(&mut greeting).await.unwrap();
-    assert_eq!(&greeting, b"welcome\n");
+    let (stream, id) = c.open(&Credentials::from_issued(&issued)).await;
     assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-    assert_eq!(c.verdict().await.unwrap().epc().unwrap().to_tag_uri(), EPC);
+    assert_eq!(id.epc().unwrap().to_tag_uri(), EPC);
 
     for alg in [KeyAlg::P256, KeyAlg::Ed25519] {
         let mut req = device_request();
@@ -251,17 +260,7 @@ async fn a_revoked_device_is_refused_once_the_new_crl_is_loaded() {
 async fn revoking_a_device_closes_its_open_connection() {
     let mut c = collector().await;
     let issued = c.ca.issue(&device_request()).unwrap();
-    let creds = Credentials::from_issued(&issued);
-    let config = client_config(Some(&creds), &c.root, &[Role::Collector]).unwrap();
-    let tcp = TcpStream::connect(c.addr).await.unwrap();
-    let name = ServerName::try_from("localhost").unwrap();
-    let mut stream = tokio_rustls::TlsConnector::from(config)
-        .connect(name, tcp)
-        .await
-        .unwrap();
-    let mut greeting = [0u8; 8];
-    stream.read_exact(&mut greeting).await.unwrap();
-    let id = c.verdict().await.unwrap();
+    let (mut stream, id) = c.open(&Credentials::from_issued(&issued)).await;
     assert!(!c.auth.is_revoked(&id));
 
     c.auth
