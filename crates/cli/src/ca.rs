@@ -168,7 +168,7 @@ fn issue(args: IssueArgs) -> Result<()> {
 }
 
 fn first_cert(path: &Path) -> Result<Vec<u8>> {
-    Ok(files::read_der_blocks(path, "CERTIFICATE")?.swap_remove(0))
+    Ok(files::read_first(path, "CERTIFICATE")?)
 }
 
 fn show(path: &Path, json: bool) -> Result<()> {

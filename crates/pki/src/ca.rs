@@ -238,12 +238,21 @@ impl LeafRequest {
             (None, None, None) => role.to_string(),
         };
         let now = OffsetDateTime::now_utc();
+        let not_after = (self.validity_days > 0)
+            .then(|| now.checked_add(Duration::days(i64::from(self.validity_days))))
+            .flatten()
+            .ok_or_else(|| {
+                bad(format!(
+                    "--days {} is not a usable validity",
+                    self.validity_days
+                ))
+            })?;
         Ok(CertSpec {
             common_name,
             role,
             subject_alt_names: sans,
             not_before: now - CLOCK_SKEW,
-            not_after: now + Duration::days(i64::from(self.validity_days)),
+            not_after,
             extensions,
         })
     }
@@ -451,7 +460,7 @@ impl Ca {
             path: key_path,
             reason: e.to_string(),
         })?;
-        let issuing_der = first_cert(&dir.join(layout::ISSUING_CERT))?;
+        let issuing_der = files::read_first(&dir.join(layout::ISSUING_CERT), "CERTIFICATE")?;
         Ok(Ca {
             dir: dir.to_owned(),
             issuing_der,
@@ -466,12 +475,22 @@ impl Ca {
 
     /// The root certificate, the trust anchor every party needs.
     pub fn root_cert_der(&self) -> Result<Vec<u8>> {
-        first_cert(&self.dir.join(layout::ROOT_CERT))
+        files::read_first(&self.dir.join(layout::ROOT_CERT), "CERTIFICATE")
     }
 
     /// The issuing CA certificate.
     pub fn issuing_cert_der(&self) -> &[u8] {
         &self.issuing_der
+    }
+
+    fn issuing_not_after(&self) -> Result<OffsetDateTime> {
+        use x509_parser::prelude::{FromDer, X509Certificate};
+        let (_, cert) =
+            X509Certificate::from_der(&self.issuing_der).map_err(|e| Error::Format {
+                path: self.dir.join(layout::ISSUING_CERT),
+                reason: e.to_string(),
+            })?;
+        Ok(cert.validity().not_after.to_datetime())
     }
 
     fn issuer(&self) -> Result<Issuer<'static, PatchingSigner<'_>>> {
@@ -486,6 +505,13 @@ impl Ca {
     pub fn issue(&self, request: &LeafRequest) -> Result<Issued> {
         let account = request.role.has_account().then(EthAccount::generate);
         let spec = request.to_spec(account.as_ref().map(EthAccount::address))?;
+        let ca_not_after = self.issuing_not_after()?;
+        if spec.not_after > ca_not_after {
+            return Err(Error::Request(format!(
+                "--days {} would outlive the issuing CA, which expires at {ca_not_after}",
+                request.validity_days
+            )));
+        }
         self.issue_spec(&spec, request.key_alg, account)
     }
 
@@ -553,7 +579,7 @@ impl Ca {
             .map_err(|e| Error::Request(format!("not a certificate: {e}")))?;
         let (_, issuing) = X509Certificate::from_der(&self.issuing_der)
             .map_err(|e| Error::Request(e.to_string()))?;
-        if cert.issuer().as_raw() != issuing.subject().as_raw() {
+        if cert.verify_signature(Some(issuing.public_key())).is_err() {
             return Err(Error::Request(
                 "the certificate was not issued by this CA".into(),
             ));
@@ -615,11 +641,6 @@ impl Ca {
         )?;
         Ok(der)
     }
-}
-
-fn first_cert(path: &Path) -> Result<Vec<u8>> {
-    let mut blocks = files::read_der_blocks(path, "CERTIFICATE")?;
-    Ok(blocks.swap_remove(0))
 }
 
 fn name(organization: &str, common_name: &str, unit: Option<&str>) -> DistinguishedName {

@@ -57,6 +57,12 @@ pub fn read_der_blocks(path: &Path, tag: &str) -> Result<Vec<Vec<u8>>> {
     Ok(ders)
 }
 
+/// The first PEM block with `tag` in a file, or the file itself if DER.
+pub fn read_first(path: &Path, tag: &str) -> Result<Vec<u8>> {
+    let mut blocks = read_der_blocks(path, tag)?;
+    Ok(blocks.swap_remove(0))
+}
+
 /// PEM text of one DER block.
 pub fn to_pem(tag: &str, der: &[u8]) -> String {
     pem::encode(&pem::Pem::new(tag, der.to_vec()))

@@ -62,8 +62,7 @@ impl Credentials {
         let crt = with_suffix(prefix, ".crt");
         let key = with_suffix(prefix, ".key");
         let chain = files::read_der_blocks(&crt, "CERTIFICATE")?;
-        let mut keys = files::read_der_blocks(&key, "PRIVATE KEY")?;
-        Self::from_der(chain, keys.swap_remove(0))
+        Self::from_der(chain, files::read_first(&key, "PRIVATE KEY")?)
     }
 
     /// The certificate, chain and key of a freshly issued certificate.
@@ -90,7 +89,8 @@ impl Credentials {
 
     /// The identity of the leaf.
     pub fn identity(&self) -> Result<Identity, IdentityError> {
-        Identity::from_peer_certificate(&self.chain[0])
+        let leaf = self.chain.first().map_or(&[][..], |c| c.as_ref());
+        Identity::from_peer_certificate(leaf)
     }
 }
 
@@ -142,7 +142,7 @@ impl ClientAuth {
 
     /// Loads the root certificate and CRL files (PEM or DER).
     pub fn load(root: &Path, crl: &Path, allowed: &[Role]) -> Result<Arc<Self>> {
-        let root = files::read_der_blocks(root, "CERTIFICATE")?.swap_remove(0);
+        let root = files::read_first(root, "CERTIFICATE")?;
         Self::new(&root, files::read_der_blocks(crl, "X509 CRL")?, allowed)
     }
 
@@ -281,6 +281,11 @@ pub fn server_config(
         .with_client_cert_verifier(client_auth)
         .with_single_cert(own.chain.clone(), own.key.clone_key())?;
     config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    // No session resumption: a resumed session reuses the client
+    // certificate verified back then, skipping today's CRL and validity
+    // checks. Every connection gets a full handshake instead.
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     Ok(Arc::new(config))
 }
 

@@ -75,6 +75,10 @@ pub enum CborError {
     },
 }
 
+/// Containers reserve at most this many slots up front; a length that
+/// lies costs no more than the input that carries it.
+const PREALLOCATE_MAX: usize = 64;
+
 /// The deepest nesting the decoder accepts.
 pub const MAX_DEPTH: usize = 16;
 
@@ -184,7 +188,7 @@ impl Decoder<'_> {
             }
             4 => {
                 let len = self.length(info, start)?;
-                let mut items = Vec::with_capacity(len);
+                let mut items = Vec::with_capacity(len.min(PREALLOCATE_MAX));
                 for _ in 0..len {
                     items.push(self.item(depth + 1)?);
                 }
@@ -192,7 +196,7 @@ impl Decoder<'_> {
             }
             5 => {
                 let len = self.length(info, start)?;
-                let mut entries = Vec::with_capacity(len);
+                let mut entries = Vec::with_capacity(len.min(PREALLOCATE_MAX));
                 let mut previous_key: Option<&[u8]> = None;
                 for _ in 0..len {
                     let key_start = self.pos;

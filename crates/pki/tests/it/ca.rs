@@ -169,7 +169,9 @@ fn revocation_lists_the_serial_in_a_crl_signed_by_the_issuing_ca() {
     assert!(*again.crl_number().unwrap() > first);
     // A certificate of another CA cannot be revoked here.
     let other_dir = tempfile::tempdir().unwrap();
-    let other = Ca::init(other_dir.path(), "other").unwrap();
+    // (Same organization name, so the same issuer name: only the signature
+    // tells them apart.)
+    let other = Ca::init(other_dir.path(), "medledger test").unwrap();
     let foreign = other.issue(&request(Role::Device)).unwrap();
     assert!(
         ca.revoke(&foreign.cert_der)

@@ -103,7 +103,11 @@ impl Collector {
             config.client_auth_cert_resolver =
                 Arc::new(rustls::sign::SingleCertAndKey::from(certified));
         }
-        let config = Arc::new(config);
+        self.dial(Arc::new(config)).await
+    }
+
+    /// Connects with `config` and returns what the server decided.
+    async fn dial(&mut self, config: Arc<rustls::ClientConfig>) -> Result<Identity, Rejection> {
         let tcp = TcpStream::connect(self.addr).await.unwrap();
         let connector = tokio_rustls::TlsConnector::from(config);
         let name = ServerName::try_from("localhost").unwrap();
@@ -257,11 +261,37 @@ async fn a_revoked_device_is_refused_once_the_new_crl_is_loaded() {
 }
 
 #[tokio::test]
+async fn a_revoked_device_cannot_resume_an_earlier_session() {
+    let mut c = collector().await;
+    let issued = c.ca.issue(&device_request()).unwrap();
+    // One client configuration, kept as a real device keeps it: it would
+    // offer to resume its earlier session.
+    let config = client_config(
+        Some(&Credentials::from_issued(&issued)),
+        &c.root,
+        &[Role::Collector],
+    )
+    .unwrap();
+    assert!(c.dial(config.clone()).await.is_ok());
+    assert!(c.dial(config.clone()).await.is_ok());
+    c.auth
+        .update_crls(vec![c.ca.revoke(&issued.cert_der).unwrap()])
+        .unwrap();
+    assert!(matches!(c.dial(config).await, Err(Rejection::Revoked)));
+}
+
+#[tokio::test]
 async fn revoking_a_device_closes_its_open_connection() {
     let mut c = collector().await;
     let issued = c.ca.issue(&device_request()).unwrap();
     let (mut stream, id) = c.open(&Credentials::from_issued(&issued)).await;
     assert!(!c.auth.is_revoked(&id));
+    let mut byte = [0u8; 1];
+    let still_open = tokio::time::timeout(Duration::from_millis(200), stream.read(&mut byte)).await;
+    assert!(
+        still_open.is_err(),
+        "the connection stays open while the device is in good standing"
+    );
 
     c.auth
         .update_crls(vec![c.ca.revoke(&issued.cert_der).unwrap()])

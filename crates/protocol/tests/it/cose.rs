@@ -166,6 +166,34 @@ fn unknown_critical_headers_and_bad_headers_are_refused() {
         SignedReading::decode(&envelope(&p, &empty, &payload)).unwrap_err(),
         ReadingError::UnknownCriticalHeader("\"x\"".into())
     );
+    // crit must list something, and only headers that are present.
+    let p = protected(|e| {
+        e.map(3)
+            .int(1)
+            .int(-7)
+            .int(2)
+            .array(0)
+            .int(4)
+            .bytes(&[0; 32]);
+    });
+    assert!(matches!(
+        SignedReading::decode(&envelope(&p, &empty, &payload)),
+        Err(ReadingError::Envelope(_))
+    ));
+    let p = protected(|e| {
+        e.map(3)
+            .int(1)
+            .int(-7)
+            .int(2)
+            .array(1)
+            .int(3)
+            .int(4)
+            .bytes(&[0; 32]);
+    });
+    assert!(matches!(
+        SignedReading::decode(&envelope(&p, &empty, &payload)),
+        Err(ReadingError::Envelope(_))
+    ));
     // An unknown non-critical header is ignored.
     let p = protected(|e| {
         e.map(3)
