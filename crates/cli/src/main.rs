@@ -2,9 +2,11 @@
 //!
 //! ```text
 //! medledger ca init|issue|show|revoke|crl    the certificate authority
+//! medledger chain --data D --rpc ADDR          the embedded authority chain
 //! ```
 
 mod ca;
+mod chain;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -22,12 +24,15 @@ enum Command {
     /// Run the certificate authority: create it, issue, show, revoke, CRL.
     #[command(subcommand)]
     Ca(ca::CaCommand),
+    /// Run the embedded authority chain (an EVM node) with JSON-RPC.
+    Chain(chain::ChainArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Ca(cmd) => ca::run(cmd),
+        Command::Chain(args) => chain::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

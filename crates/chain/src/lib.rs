@@ -1,0 +1,33 @@
+//! medledger's embedded authority chain: an Ethereum-compatible EVM node.
+//!
+//! ```text
+//!  eth_sendRawTransaction --> validate (decode, chain id, sender, allowlist,
+//!        |                     nonce, gas) --> Pool
+//!        |                                       | miner: on demand (min interval)
+//!        v                                       v        or every N ms
+//!  JSON-RPC (HTTP, in-process)   executor (revm) --> header, roots, seal
+//!        ^                                       |
+//!        +------------- Store (redb: blocks, receipts, state) <-- commit per block
+//! ```
+//!
+//! Split like anvil: [`state`] and [`executor`] (backend), [`pool`],
+//! [`node`] (miner and service loop), [`rpc`] (JSON-RPC, wire types apart),
+//! [`store`] (persistence), [`seal`] (the authority's signature).
+//!
+//! No feature flags.
+
+pub mod executor;
+pub mod genesis;
+pub mod node;
+pub mod pool;
+pub mod rpc;
+pub mod seal;
+pub mod state;
+pub mod store;
+
+mod error;
+mod verify;
+
+pub use error::{ChainError, Result, TxError};
+pub use genesis::Genesis;
+pub use node::{GenesisAllowlist, Node, NodeConfig, Permissions, Sealing};

@@ -1,0 +1,177 @@
+//! The transaction pool: validated transactions waiting for a block.
+//!
+//! Per sender, transactions are kept by nonce; a block takes each sender's
+//! run of consecutive nonces from its account nonce, in arrival order
+//! across senders. A nonce at most [`MAX_NONCE_GAP`] ahead waits for the
+//! gap to fill.
+
+use crate::TxError;
+use alloy_consensus::TxEnvelope;
+use alloy_primitives::{Address, B256, Bytes};
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+/// How far past the next nonce a transaction may be and still wait.
+pub const MAX_NONCE_GAP: u64 = 64;
+
+/// A validated transaction with its recovered sender.
+#[derive(Debug, Clone)]
+pub struct PooledTx {
+    /// Transaction hash.
+    pub hash: B256,
+    /// Recovered sender.
+    pub sender: Address,
+    /// Its nonce.
+    pub nonce: u64,
+    /// Its gas limit.
+    pub gas_limit: u64,
+    /// The decoded transaction.
+    pub envelope: TxEnvelope,
+    /// Its EIP-2718 bytes.
+    pub raw: Bytes,
+    /// Arrival order.
+    seq: u64,
+}
+
+impl PooledTx {
+    /// Wraps a validated transaction.
+    pub fn new(hash: B256, sender: Address, envelope: TxEnvelope, raw: Bytes) -> Self {
+        use alloy_consensus::Transaction;
+        PooledTx {
+            hash,
+            sender,
+            nonce: envelope.nonce(),
+            gas_limit: envelope.gas_limit(),
+            envelope,
+            raw,
+            seq: 0,
+        }
+    }
+}
+
+/// Transactions waiting for a block.
+#[derive(Debug, Default)]
+pub struct Pool {
+    by_sender: HashMap<Address, BTreeMap<u64, PooledTx>>,
+    known: HashSet<B256>,
+    next_seq: u64,
+}
+
+impl Pool {
+    /// Number of waiting transactions.
+    pub fn len(&self) -> usize {
+        self.known.len()
+    }
+
+    /// Whether nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.known.is_empty()
+    }
+
+    /// Whether a transaction is waiting.
+    pub fn contains(&self, hash: &B256) -> bool {
+        self.known.contains(hash)
+    }
+
+    /// The nonce `sender`'s next transaction should carry, counting the
+    /// consecutive ones waiting here.
+    pub fn pending_nonce(&self, sender: &Address, account_nonce: u64) -> u64 {
+        let mut next = account_nonce;
+        if let Some(txs) = self.by_sender.get(sender) {
+            while txs.contains_key(&next) {
+                next += 1;
+            }
+        }
+        next
+    }
+
+    /// Adds a transaction whose sender's account nonce is `account_nonce`.
+    pub fn insert(&mut self, mut tx: PooledTx, account_nonce: u64) -> Result<(), TxError> {
+        if self.known.contains(&tx.hash) {
+            return Err(TxError::AlreadyKnown);
+        }
+        let next = self.pending_nonce(&tx.sender, account_nonce);
+        if tx.nonce < account_nonce {
+            return Err(TxError::NonceTooLow {
+                next,
+                nonce: tx.nonce,
+            });
+        }
+        if tx.nonce > next + MAX_NONCE_GAP {
+            return Err(TxError::NonceTooHigh {
+                next,
+                nonce: tx.nonce,
+            });
+        }
+        let slot = self.by_sender.entry(tx.sender).or_default();
+        if slot.contains_key(&tx.nonce) {
+            // Another transaction with this nonce waits: no replacement on a
+            // zero-fee chain, the first one stands.
+            return Err(TxError::NonceTooLow {
+                next,
+                nonce: tx.nonce,
+            });
+        }
+        tx.seq = self.next_seq;
+        self.next_seq += 1;
+        self.known.insert(tx.hash);
+        slot.insert(tx.nonce, tx);
+        Ok(())
+    }
+
+    /// Takes the transactions that can run now, in arrival order, up to
+    /// `gas_limit` in total gas limits.
+    pub fn take_ready(
+        &mut self,
+        account_nonce: impl Fn(&Address) -> u64,
+        gas_limit: u64,
+    ) -> Vec<PooledTx> {
+        let mut ready: Vec<(u64, Address, u64)> = Vec::new();
+        for (sender, txs) in &self.by_sender {
+            let mut nonce = account_nonce(sender);
+            while let Some(tx) = txs.get(&nonce) {
+                ready.push((tx.seq, *sender, nonce));
+                nonce += 1;
+            }
+        }
+        // Arrival order keeps each sender's nonces in order: a later nonce
+        // of one sender can only be ready once the earlier one is.
+        ready.sort_unstable_by_key(|(seq, ..)| *seq);
+        let mut taken: Vec<PooledTx> = Vec::new();
+        let mut gas = 0u64;
+        let mut blocked: HashSet<Address> = HashSet::new();
+        for (_, sender, nonce) in ready {
+            if blocked.contains(&sender) {
+                continue;
+            }
+            let Some(txs) = self.by_sender.get_mut(&sender) else {
+                continue;
+            };
+            let Some(tx) = txs.get(&nonce) else { continue };
+            if gas.saturating_add(tx.gas_limit) > gas_limit {
+                blocked.insert(sender);
+                continue;
+            }
+            gas += tx.gas_limit;
+            let tx = txs.remove(&nonce).expect("just looked up");
+            self.known.remove(&tx.hash);
+            taken.push(tx);
+        }
+        self.by_sender.retain(|_, txs| !txs.is_empty());
+        taken.sort_by_key(|tx| tx.seq);
+        taken
+    }
+
+    /// Drops transactions whose nonces are used up (after a block).
+    pub fn prune(&mut self, account_nonce: impl Fn(&Address) -> u64) {
+        for (sender, txs) in &mut self.by_sender {
+            let next = account_nonce(sender);
+            let stale: Vec<u64> = txs.range(..next).map(|(n, _)| *n).collect();
+            for n in stale {
+                if let Some(tx) = txs.remove(&n) {
+                    self.known.remove(&tx.hash);
+                }
+            }
+        }
+        self.by_sender.retain(|_, txs| !txs.is_empty());
+    }
+}

@@ -1,0 +1,48 @@
+//! JSON-RPC over HTTP (POST /), as every Ethereum tool speaks it.
+
+use super::{MAX_BODY_BYTES, Rpc, RpcError};
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use serde_json::json;
+
+/// The router: `POST /` answers JSON-RPC.
+pub fn router(rpc: Rpc) -> Router {
+    Router::new().route("/", post(handle)).with_state(rpc)
+}
+
+/// Serves JSON-RPC on `listener` until the task is dropped.
+pub async fn serve(rpc: Rpc, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+    axum::serve(listener, router(rpc)).await
+}
+
+fn json_response(status: StatusCode, body: &serde_json::Value) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::to_vec(body).expect("JSON values serialize"),
+    )
+        .into_response()
+}
+
+async fn handle(State(rpc): State<Rpc>, body: Body) -> Response {
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY_BYTES).await else {
+        let e = RpcError::new(
+            -32600,
+            format!("request body larger than {MAX_BODY_BYTES} bytes"),
+        );
+        return json_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &json!({ "jsonrpc": "2.0", "id": null, "error": { "code": e.code, "message": e.message } }),
+        );
+    };
+    // Store reads and EVM runs block: keep them off the async workers.
+    match tokio::task::spawn_blocking(move || rpc.handle_body(&bytes)).await {
+        Ok(Some(answer)) => json_response(StatusCode::OK, &answer),
+        Ok(None) => StatusCode::NO_CONTENT.into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}

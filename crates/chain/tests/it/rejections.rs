@@ -1,0 +1,1 @@
+//! Bad transactions and requests get clear errors, and nothing changes.

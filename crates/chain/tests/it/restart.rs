@@ -1,0 +1,1 @@
+//! Blocks survive a restart; a tampered store is refused.

@@ -1,0 +1,67 @@
+//! `medledger chain`: the embedded authority chain as its own process.
+
+use alloy_primitives::Address;
+use anyhow::{Context, Result};
+use clap::Args;
+use medledger_chain::rpc::{Rpc, http};
+use medledger_chain::{Node, NodeConfig, Sealing};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Args)]
+pub(crate) struct ChainArgs {
+    /// Data directory: authority key, genesis, block store.
+    #[arg(long)]
+    data: PathBuf,
+    /// Where to serve JSON-RPC over HTTP.
+    #[arg(long, default_value = "127.0.0.1:8545")]
+    rpc: SocketAddr,
+    /// An account allowed to send transactions (first start only); repeat.
+    #[arg(long)]
+    allow: Vec<Address>,
+    /// EIP-155 chain id.
+    #[arg(long, default_value_t = 1337)]
+    chain_id: u64,
+    /// Seal a block every N ms, with or without transactions.
+    #[arg(long, conflicts_with = "min_block_interval_ms")]
+    block_time_ms: Option<u64>,
+    /// Seal as soon as transactions wait, at most one block per N ms.
+    #[arg(long, default_value_t = 50)]
+    min_block_interval_ms: u64,
+}
+
+pub(crate) fn run(args: ChainArgs) -> Result<()> {
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let sealing = match args.block_time_ms {
+            Some(ms) => Sealing::Interval(Duration::from_millis(ms.max(1))),
+            None => Sealing::OnDemand {
+                min_interval: Duration::from_millis(args.min_block_interval_ms),
+            },
+        };
+        let config = NodeConfig {
+            data_dir: args.data.clone(),
+            chain_id: args.chain_id,
+            allow: args.allow,
+            sealing,
+        };
+        let node = Node::start(&config)
+            .with_context(|| format!("starting the chain in {}", args.data.display()))?;
+        let listener = tokio::net::TcpListener::bind(args.rpc)
+            .await
+            .with_context(|| format!("binding {}", args.rpc))?;
+        let genesis = node.genesis();
+        println!("medledger chain {}", args.data.display());
+        println!("  chain id     {}", genesis.chain_id);
+        println!("  authority    {}", genesis.authority);
+        println!("  allowed      {}", genesis.allow.len());
+        println!("  head block   {}", node.block_number());
+        println!("  JSON-RPC     http://{}", listener.local_addr()?);
+        tokio::select! {
+            served = http::serve(Rpc::new(node), listener) => served.context("serving JSON-RPC")?,
+            _ = tokio::signal::ctrl_c() => println!("stopping"),
+        }
+        Ok(())
+    })
+}
