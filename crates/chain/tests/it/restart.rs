@@ -1,1 +1,148 @@
-//! Blocks survive a restart; a tampered store is refused.
+//! Blocks and state survive a restart; a tampered store is refused, naming
+//! the first bad block.
+
+use crate::common::{Counter, config, serve};
+use alloy::network::EthereumWallet;
+use alloy::primitives::{Address, B256, U256};
+use alloy::providers::{Provider, ProviderBuilder};
+use alloy::signers::local::PrivateKeySigner;
+use medledger_chain::{ChainError, Node};
+use redb::{ReadableTable, TableDefinition};
+use std::path::Path;
+
+const HEADERS: TableDefinition<u64, &[u8]> = TableDefinition::new("headers");
+const BODIES: TableDefinition<u64, &[u8]> = TableDefinition::new("bodies");
+const ACCOUNTS: TableDefinition<&[u8; 20], &[u8]> = TableDefinition::new("accounts");
+
+/// Runs a node on `dir` in its own runtime: deploys a counter and
+/// increments it once. Returns the counter and the increment's tx hash.
+fn first_life(dir: &Path, signer: &PrivateKeySigner) -> (Address, B256) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let node = Node::start(&config(dir, vec![signer.address()])).unwrap();
+        let url = serve(&node).await;
+        let provider = ProviderBuilder::new()
+            .wallet(EthereumWallet::from(signer.clone()))
+            .connect_http(url.parse().unwrap());
+        let counter = Counter::deploy(provider, U256::from(5)).await.unwrap();
+        let receipt = counter
+            .increment()
+            .send()
+            .await
+            .unwrap()
+            .get_receipt()
+            .await
+            .unwrap();
+        (*counter.address(), receipt.transaction_hash)
+    })
+    // Dropping the runtime stops the node and closes its store.
+}
+
+/// Starts a node on `dir` and returns its head block number.
+fn restart(dir: &Path, signer: &PrivateKeySigner) -> Result<u64, ChainError> {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        Node::start(&config(dir, vec![signer.address()])).map(|n| n.block_number())
+    })
+}
+
+#[test]
+fn blocks_receipts_and_state_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let signer = PrivateKeySigner::random();
+    let (counter, tx) = first_life(dir.path(), &signer);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let node = Node::start(&config(dir.path(), vec![signer.address()])).unwrap();
+        assert_eq!(node.block_number(), 2);
+        let url = serve(&node).await;
+        let provider = ProviderBuilder::new()
+            .wallet(EthereumWallet::from(signer.clone()))
+            .connect_http(url.parse().unwrap());
+        let receipt = provider.get_transaction_receipt(tx).await.unwrap().unwrap();
+        assert!(receipt.status());
+        let counter = Counter::new(counter, provider.clone());
+        assert_eq!(counter.count().call().await.unwrap(), U256::from(6));
+        // The chain goes on where it stopped: nonce 2, block 3.
+        let receipt = counter
+            .increment()
+            .send()
+            .await
+            .unwrap()
+            .get_receipt()
+            .await
+            .unwrap();
+        assert_eq!(receipt.block_number, Some(3));
+        assert_eq!(counter.count().call().await.unwrap(), U256::from(7));
+    });
+}
+
+fn tamper(dir: &Path, f: impl FnOnce(&redb::WriteTransaction)) {
+    let db = redb::Database::create(dir.join("chain.redb")).unwrap();
+    let tx = db.begin_write().unwrap();
+    f(&tx);
+    tx.commit().unwrap();
+}
+
+fn expect_tampered(result: Result<u64, ChainError>, block: u64, what: &str) {
+    match result {
+        Err(ChainError::Tampered { block: b, what: w }) => {
+            assert_eq!(b, block, "{w}");
+            assert!(w.contains(what), "expected `{what}` in `{w}`");
+        }
+        other => panic!("expected tampering at block {block}, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_tampered_store_is_refused_naming_the_first_bad_block() {
+    let signer = PrivateKeySigner::random();
+
+    // A block's transactions replaced.
+    let dir = tempfile::tempdir().unwrap();
+    first_life(dir.path(), &signer);
+    assert_eq!(
+        restart(dir.path(), &signer).unwrap(),
+        2,
+        "untouched, it starts"
+    );
+    tamper(dir.path(), |tx| {
+        let mut bodies = tx.open_table(BODIES).unwrap();
+        let empty = alloy::rlp::encode(Vec::<alloy::primitives::Bytes>::new());
+        bodies.insert(1u64, empty.as_slice()).unwrap();
+    });
+    expect_tampered(restart(dir.path(), &signer), 1, "transactions root");
+
+    // A header changed (its seal no longer matches).
+    let dir = tempfile::tempdir().unwrap();
+    first_life(dir.path(), &signer);
+    tamper(dir.path(), |tx| {
+        let mut headers = tx.open_table(HEADERS).unwrap();
+        let raw = headers.get(1u64).unwrap().unwrap().value().to_vec();
+        let mut header: alloy::consensus::Header =
+            alloy::rlp::Decodable::decode(&mut raw.as_slice()).unwrap();
+        header.gas_used += 1;
+        headers
+            .insert(1u64, alloy::rlp::encode(&header).as_slice())
+            .unwrap();
+    });
+    expect_tampered(restart(dir.path(), &signer), 1, "seal");
+
+    // The state changed behind the chain's back.
+    let dir = tempfile::tempdir().unwrap();
+    let (counter, _) = first_life(dir.path(), &signer);
+    tamper(dir.path(), |tx| {
+        let mut accounts = tx.open_table(ACCOUNTS).unwrap();
+        let raw = accounts
+            .get(&counter.0.0)
+            .unwrap()
+            .unwrap()
+            .value()
+            .to_vec();
+        let mut forged = raw.clone();
+        let last = forged.len() - 1;
+        forged[last] ^= 1;
+        accounts.insert(&counter.0.0, forged.as_slice()).unwrap();
+    });
+    expect_tampered(restart(dir.path(), &signer), 2, "state");
+}
