@@ -6,7 +6,7 @@ use alloy::providers::{DynProvider, Provider};
 use alloy::rpc::types::Filter;
 use alloy::sol_types::SolEvent;
 
-async fn exercise(provider: DynProvider, me: alloy::primitives::Address) {
+pub async fn exercise(provider: DynProvider, me: alloy::primitives::Address) {
     let counter = Counter::deploy(provider.clone(), U256::from(5))
         .await
         .unwrap();

@@ -6,3 +6,4 @@ mod common;
 mod contract;
 mod rejections;
 mod restart;
+mod tools;
