@@ -26,7 +26,7 @@ impl Drop for Chain {
 
 /// Starts `medledger chain` and reads the RPC address it prints.
 fn start(dir: &Path, allow: Address) -> Chain {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_medledger"))
+    let child = Command::new(env!("CARGO_BIN_EXE_medledger"))
         .args([
             "chain",
             "--data",
@@ -46,14 +46,18 @@ fn start(dir: &Path, allow: Address) -> Chain {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    let stdout = BufReader::new(child.stdout.take().unwrap());
+    // Owned by `Chain` from here on, so that it is killed and reaped on
+    // every path.
+    let mut chain = Chain {
+        child,
+        url: String::new(),
+    };
+    let stdout = BufReader::new(chain.child.stdout.take().unwrap());
     for line in stdout.lines() {
         let line = line.unwrap();
         if let Some(url) = line.trim().strip_prefix("JSON-RPC") {
-            return Chain {
-                child,
-                url: url.trim().to_owned(),
-            };
+            chain.url = url.trim().to_owned();
+            return chain;
         }
     }
     panic!("medledger chain exited before serving");
