@@ -1,5 +1,5 @@
 //! Ethereum JSON-RPC: request parsing and dispatch, apart from the logic
-//! in [`Node`](crate::Node). Served over HTTP ([`http`]) and in-process
+//! in [`Node`]. Served over HTTP ([`http`]) and in-process
 //! as an alloy transport ([`transport`]).
 
 pub mod http;
