@@ -375,8 +375,7 @@ impl Node {
         let shared = &self.shared;
         let (info, parent_hash, outcome) = {
             let head = read(&shared.head);
-            let txs =
-                lock(&shared.pool).take_ready(|a| head.state.nonce(a), shared.genesis.gas_limit);
+            let txs = lock(&shared.pool).ready(|a| head.state.nonce(a), shared.genesis.gas_limit);
             let info = self.next_block_info(&head);
             let outcome = executor::execute_block(&head.state, &info, txs);
             (info, head.hash, outcome)
@@ -428,7 +427,16 @@ impl Node {
         head.state.push_block_hash(info.number, hash);
         head.header = header;
         head.hash = hash;
-        lock(&shared.pool).prune(|a| head.state.nonce(a));
+        {
+            let mut pool = lock(&shared.pool);
+            pool.prune(|a| head.state.nonce(a));
+            let refused: Vec<(Address, u64)> = outcome
+                .refused
+                .iter()
+                .map(|(tx, _)| (tx.sender, tx.nonce))
+                .collect();
+            pool.remove(&refused);
+        }
         drop(head);
         shared.blocks.send_replace(info.number);
         Ok(())

@@ -118,47 +118,50 @@ impl Pool {
         Ok(())
     }
 
-    /// Takes the transactions that can run now, in arrival order, up to
-    /// `gas_limit` in total gas limits.
-    pub fn take_ready(
-        &mut self,
-        account_nonce: impl Fn(&Address) -> u64,
-        gas_limit: u64,
-    ) -> Vec<PooledTx> {
-        let mut ready: Vec<(u64, Address, u64)> = Vec::new();
+    /// The transactions that can run now, in arrival order, up to
+    /// `gas_limit` in total gas limits. They stay in the pool (and count
+    /// for [`Pool::pending_nonce`]) until [`Pool::prune`] or
+    /// [`Pool::remove`] after their block.
+    pub fn ready(&self, account_nonce: impl Fn(&Address) -> u64, gas_limit: u64) -> Vec<PooledTx> {
+        let mut ready: Vec<&PooledTx> = Vec::new();
         for (sender, txs) in &self.by_sender {
             let mut nonce = account_nonce(sender);
             while let Some(tx) = txs.get(&nonce) {
-                ready.push((tx.seq, *sender, nonce));
+                ready.push(tx);
                 nonce += 1;
             }
         }
         // Arrival order keeps each sender's nonces in order: a later nonce
         // of one sender can only be ready once the earlier one is.
-        ready.sort_unstable_by_key(|(seq, ..)| *seq);
-        let mut taken: Vec<PooledTx> = Vec::new();
+        ready.sort_unstable_by_key(|tx| tx.seq);
+        let mut taken = Vec::new();
         let mut gas = 0u64;
         let mut blocked: HashSet<Address> = HashSet::new();
-        for (_, sender, nonce) in ready {
-            if blocked.contains(&sender) {
+        for tx in ready {
+            if blocked.contains(&tx.sender) {
                 continue;
             }
-            let Some(txs) = self.by_sender.get_mut(&sender) else {
-                continue;
-            };
-            let Some(tx) = txs.get(&nonce) else { continue };
             if gas.saturating_add(tx.gas_limit) > gas_limit {
-                blocked.insert(sender);
+                // Keep this sender's later nonces for the next block too.
+                blocked.insert(tx.sender);
                 continue;
             }
             gas += tx.gas_limit;
-            let tx = txs.remove(&nonce).expect("just looked up");
-            self.known.remove(&tx.hash);
-            taken.push(tx);
+            taken.push(tx.clone());
+        }
+        taken
+    }
+
+    /// Removes transactions (refused by the EVM, for instance).
+    pub fn remove(&mut self, hashes: &[(Address, u64)]) {
+        for (sender, nonce) in hashes {
+            if let Some(txs) = self.by_sender.get_mut(sender) {
+                if let Some(tx) = txs.remove(nonce) {
+                    self.known.remove(&tx.hash);
+                }
+            }
         }
         self.by_sender.retain(|_, txs| !txs.is_empty());
-        taken.sort_by_key(|tx| tx.seq);
-        taken
     }
 
     /// Drops transactions whose nonces are used up (after a block).

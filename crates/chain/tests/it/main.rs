@@ -4,6 +4,7 @@
 
 mod common;
 mod contract;
+mod pool;
 mod rejections;
 mod restart;
 mod tools;

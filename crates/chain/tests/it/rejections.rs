@@ -11,7 +11,7 @@ use alloy::signers::local::PrivateKeySigner;
 use alloy::transports::http::reqwest;
 use serde_json::{Value, json};
 
-fn transfer(chain_id: u64, nonce: u64, gas_limit: u64) -> TxEip1559 {
+pub fn transfer(chain_id: u64, nonce: u64, gas_limit: u64) -> TxEip1559 {
     TxEip1559 {
         chain_id,
         nonce,
@@ -25,7 +25,7 @@ fn transfer(chain_id: u64, nonce: u64, gas_limit: u64) -> TxEip1559 {
     }
 }
 
-fn sign_1559(signer: &PrivateKeySigner, mut tx: TxEip1559) -> Vec<u8> {
+pub fn sign_1559(signer: &PrivateKeySigner, mut tx: TxEip1559) -> Vec<u8> {
     let sig = signer.sign_transaction_sync(&mut tx).unwrap();
     TxEnvelope::from(tx.into_signed(sig)).encoded_2718()
 }
