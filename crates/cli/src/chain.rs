@@ -5,6 +5,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use medledger_chain::rpc::{Rpc, http};
 use medledger_chain::{Node, NodeConfig, Sealing};
+use medledger_pki::{Acceptor, ClientAuth, Credentials, Role, server_config};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -29,6 +30,20 @@ pub(crate) struct ChainArgs {
     /// Seal as soon as transactions wait, at most one block per N ms.
     #[arg(long, default_value_t = 50)]
     min_block_interval_ms: u64,
+    /// Also serve JSON-RPC over mutual TLS here (any medledger role may
+    /// read; sending still needs a permitted account).
+    #[arg(long, requires_all = ["tls_cert", "tls_root", "tls_crl"])]
+    rpc_tls: Option<SocketAddr>,
+    /// The node's certificate and key: PREFIX.crt and PREFIX.key (role
+    /// server or collector).
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// The medledger root CA certificate clients must chain to.
+    #[arg(long)]
+    tls_root: Option<PathBuf>,
+    /// The issuing CA's CRL.
+    #[arg(long)]
+    tls_crl: Option<PathBuf>,
 }
 
 pub(crate) fn run(args: ChainArgs) -> Result<()> {
@@ -58,8 +73,32 @@ pub(crate) fn run(args: ChainArgs) -> Result<()> {
         println!("  allowed      {}", genesis.allow.len());
         println!("  head block   {}", node.block_number());
         println!("  JSON-RPC     http://{}", listener.local_addr()?);
+        let rpc = Rpc::new(node);
+        let tls = match (&args.rpc_tls, &args.tls_cert, &args.tls_root, &args.tls_crl) {
+            (Some(addr), Some(cert), Some(root), Some(crl)) => {
+                let own = Credentials::load(cert)?;
+                let auth = ClientAuth::load(root, crl, &Role::ALL)?;
+                let acceptor = Acceptor::new(server_config(&own, auth)?, Duration::from_secs(10));
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding {addr}"))?;
+                println!(
+                    "  JSON-RPC     https://{} (mutual TLS)",
+                    listener.local_addr()?
+                );
+                Some(http::serve_tls(rpc.clone(), listener, acceptor))
+            }
+            _ => None,
+        };
+        let tls = async move {
+            match tls {
+                Some(serving) => serving.await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            served = http::serve(Rpc::new(node), listener) => served.context("serving JSON-RPC")?,
+            served = http::serve(rpc, listener) => served.context("serving JSON-RPC")?,
+            served = tls => served.context("serving JSON-RPC over TLS")?,
             _ = tokio::signal::ctrl_c() => println!("stopping"),
         }
         Ok(())

@@ -46,3 +46,36 @@ async fn handle(State(rpc): State<Rpc>, body: Body) -> Response {
         Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     }
 }
+
+/// Serves JSON-RPC over mutual TLS with medledger certificates (HTTP/1.1
+/// and HTTP/2): only members of the healthcare ecosystem read the chain.
+/// Sending still needs a permitted account, as over plain HTTP.
+pub async fn serve_tls(
+    rpc: Rpc,
+    listener: tokio::net::TcpListener,
+    acceptor: medledger_pki::Acceptor,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::server::conn::auto;
+    use tower::ServiceExt;
+    let app = router(rpc);
+    loop {
+        let (tcp, _) = listener.accept().await?;
+        let (acceptor, app) = (acceptor.clone(), app.clone());
+        tokio::spawn(async move {
+            // A refused handshake (no, foreign or revoked certificate, plain
+            // HTTP) ends here; the acceptor already told plain-HTTP clients.
+            let Ok((tls, _identity)) = acceptor.accept(tcp).await else {
+                return;
+            };
+            let service = hyper::service::service_fn(
+                move |request: hyper::Request<hyper::body::Incoming>| {
+                    app.clone().oneshot(request.map(Body::new))
+                },
+            );
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tls), service)
+                .await;
+        });
+    }
+}

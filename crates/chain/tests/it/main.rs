@@ -7,4 +7,5 @@ mod contract;
 mod pool;
 mod rejections;
 mod restart;
+mod tls;
 mod tools;
