@@ -152,13 +152,15 @@ impl Pool {
         taken
     }
 
-    /// Removes transactions (refused by the EVM, for instance).
-    pub fn remove(&mut self, hashes: &[(Address, u64)]) {
-        for (sender, nonce) in hashes {
-            if let Some(txs) = self.by_sender.get_mut(sender) {
-                if let Some(tx) = txs.remove(nonce) {
-                    self.known.remove(&tx.hash);
-                }
+    /// Removes transactions, by sender and nonce (those the EVM refused).
+    pub fn remove(&mut self, txs: &[(Address, u64)]) {
+        for (sender, nonce) in txs {
+            if let Some(tx) = self
+                .by_sender
+                .get_mut(sender)
+                .and_then(|txs| txs.remove(nonce))
+            {
+                self.known.remove(&tx.hash);
             }
         }
         self.by_sender.retain(|_, txs| !txs.is_empty());
