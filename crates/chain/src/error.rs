@@ -41,6 +41,36 @@ pub enum TxError {
         /// The transaction's nonce.
         nonce: u64,
     },
+    /// A different transaction with this nonce is already waiting.
+    #[error(
+        "replacement transaction underpriced: a transaction with this nonce is already waiting"
+    )]
+    Replacement,
+    /// The pool holds as many transactions as it may.
+    #[error("txpool is full")]
+    PoolFull,
+    /// The sender has code (EIP-3607).
+    #[error("sender not an eoa: {0} has code")]
+    SenderHasCode(Address),
+    /// The value exceeds the sender's balance.
+    #[error("insufficient funds for gas * price + value: balance {balance}, value {value}")]
+    InsufficientFunds {
+        /// The sender's balance.
+        balance: alloy_primitives::U256,
+        /// The value sent.
+        value: alloy_primitives::U256,
+    },
+    /// Contract creation code above the EIP-3860 limit.
+    #[error("max initcode size exceeded: {size} bytes, the limit is {max}")]
+    InitcodeTooLarge {
+        /// The size given.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The node stopped sealing (its store failed); nothing is accepted.
+    #[error("the node has stopped sealing blocks: {0}")]
+    Stopped(String),
     /// The same transaction is already waiting or mined.
     #[error("already known")]
     AlreadyKnown,

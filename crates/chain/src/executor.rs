@@ -208,9 +208,22 @@ fn run(
     evm.transact(env).map(|r| r.result)
 }
 
+/// The most gas one `eth_call` or `eth_estimateGas` may use (as geth's
+/// `--rpc.gascap`): calls run while the miner waits.
+pub const CALL_GAS_CAP: u64 = 50_000_000;
+
+impl BlockInfo {
+    fn call_gas(&self, requested: Option<u64>) -> u64 {
+        requested
+            .unwrap_or(u64::MAX)
+            .min(self.gas_limit)
+            .min(CALL_GAS_CAP)
+    }
+}
+
 /// Runs a call and returns its output.
 pub fn call(state: &WorldState, info: &BlockInfo, req: &CallRequest) -> Result<Bytes, CallError> {
-    let gas = req.gas.unwrap_or(info.gas_limit).min(info.gas_limit);
+    let gas = info.call_gas(req.gas);
     let env = call_env(req, info, gas, state.nonce(&req.from));
     match run(state, info, env) {
         Ok(ExecutionResult::Success { output, .. }) => Ok(output.into_data()),
@@ -226,7 +239,7 @@ pub fn estimate_gas(
     info: &BlockInfo,
     req: &CallRequest,
 ) -> Result<u64, CallError> {
-    let cap = req.gas.unwrap_or(info.gas_limit).min(info.gas_limit);
+    let cap = info.call_gas(req.gas);
     let nonce = state.nonce(&req.from);
     let first = match run(state, info, call_env(req, info, cap, nonce)) {
         Ok(r @ ExecutionResult::Success { .. }) => r,

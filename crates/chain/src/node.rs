@@ -12,7 +12,7 @@ use alloy_consensus::proofs::{calculate_receipt_root, calculate_transaction_root
 use alloy_consensus::transaction::SignerRecoverable;
 use alloy_consensus::{Header, ReceiptEnvelope, Transaction, TxEnvelope};
 use alloy_eips::eip2718::Decodable2718;
-use alloy_primitives::{Address, B256, Bloom, Bytes};
+use alloy_primitives::{Address, B256, Bloom, Bytes, KECCAK256_EMPTY};
 use medledger_pki::EthAccount;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
@@ -21,6 +21,8 @@ use tokio::sync::{Notify, watch};
 
 /// The largest transaction accepted, as in geth.
 pub const MAX_TX_BYTES: usize = 128 * 1024;
+/// The largest contract creation code (EIP-3860).
+pub const MAX_INITCODE_BYTES: usize = 49_152;
 
 /// When blocks are sealed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +71,10 @@ impl NodeConfig {
 
 /// Decides who may send transactions. The genesis allowlist is the start;
 /// the Registry contract plugs in here once it is deployed.
+///
+/// It runs while the node holds its head state: read `state` (for instance
+/// with [`executor::call`]), never call back into the [`Node`], which would
+/// deadlock against the miner.
 pub trait Permissions: Send + Sync + 'static {
     /// Whether `sender` may send, given the chain's current state.
     fn is_permitted(&self, state: &WorldState, genesis: &Genesis, sender: &Address) -> bool;
@@ -100,6 +106,8 @@ struct Shared {
     wake: Notify,
     blocks: watch::Sender<u64>,
     permissions: RwLock<Arc<dyn Permissions>>,
+    /// Why sealing stopped, once it has.
+    stopped: RwLock<Option<String>>,
 }
 
 /// A running chain node. Cheap to clone; all clones are the same node.
@@ -171,6 +179,7 @@ impl Node {
                 wake: Notify::new(),
                 blocks: watch::Sender::new(number),
                 permissions: RwLock::new(Arc::new(GenesisAllowlist)),
+                stopped: RwLock::new(None),
             }),
         };
         let miner = node.clone();
@@ -293,11 +302,31 @@ impl Node {
         {
             return Err(TxError::AlreadyKnown);
         }
+        if envelope.kind().is_create() && envelope.input().len() > MAX_INITCODE_BYTES {
+            return Err(TxError::InitcodeTooLarge {
+                size: envelope.input().len(),
+                max: MAX_INITCODE_BYTES,
+            });
+        }
+        if let Some(why) = read(&self.shared.stopped).clone() {
+            return Err(TxError::Stopped(why));
+        }
         {
             let head = read(&self.shared.head);
             let permissions = read(&self.shared.permissions).clone();
             if !permissions.is_permitted(&head.state, &self.shared.genesis, &sender) {
                 return Err(TxError::NotPermitted(sender));
+            }
+            let account = head.state.account(&sender).copied();
+            if account.is_some_and(|a| a.code_hash != KECCAK256_EMPTY) {
+                return Err(TxError::SenderHasCode(sender));
+            }
+            let balance = account.map(|a| a.balance).unwrap_or_default();
+            if envelope.value() > balance {
+                return Err(TxError::InsufficientFunds {
+                    balance,
+                    value: envelope.value(),
+                });
             }
             let tx = PooledTx::new(hash, sender, envelope, Bytes::copy_from_slice(raw));
             lock(&self.shared.pool).insert(tx, head.state.nonce(&sender))?;
@@ -337,7 +366,7 @@ impl Node {
                 Sealing::OnDemand { min_interval } => {
                     loop {
                         let woken = self.shared.wake.notified();
-                        if !lock(&self.shared.pool).is_empty() {
+                        if self.has_ready() {
                             break;
                         }
                         woken.await;
@@ -354,28 +383,37 @@ impl Node {
             last_block = Instant::now();
             let node = self.clone();
             let sealed = tokio::task::spawn_blocking(move || node.seal_block()).await;
-            match sealed {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    // The store refused a commit: stop sealing rather than
-                    // serve a state the disk does not have.
-                    eprintln!("medledger chain: sealing stopped: {e}");
-                    return;
-                }
-                Err(e) => {
-                    eprintln!("medledger chain: sealing task failed: {e}");
-                    return;
-                }
-            }
+            let failure = match sealed {
+                Ok(Ok(())) => continue,
+                Ok(Err(e)) => e.to_string(),
+                Err(e) => format!("sealing task failed: {e}"),
+            };
+            // The store refused a commit: stop sealing and refuse new
+            // transactions rather than promise what the disk does not have.
+            eprintln!("medledger chain: sealing stopped: {failure}");
+            *write(&self.shared.stopped) = Some(failure);
+            return;
         }
     }
 
-    /// Runs the waiting transactions into a sealed, committed block.
+    /// Whether a transaction in the pool can run now (a nonce gap cannot).
+    fn has_ready(&self) -> bool {
+        let head = read(&self.shared.head);
+        !lock(&self.shared.pool)
+            .ready(|a| head.state.nonce(a), self.shared.genesis.gas_limit)
+            .is_empty()
+    }
+
+    /// Runs the waiting transactions into a sealed, committed block. On
+    /// demand, nothing runnable means no block.
     fn seal_block(&self) -> Result<()> {
         let shared = &self.shared;
         let (info, parent_hash, outcome) = {
             let head = read(&shared.head);
             let txs = lock(&shared.pool).ready(|a| head.state.nonce(a), shared.genesis.gas_limit);
+            if txs.is_empty() && matches!(shared.sealing, Sealing::OnDemand { .. }) {
+                return Ok(());
+            }
             let info = self.next_block_info(&head);
             let outcome = executor::execute_block(&head.state, &info, txs);
             (info, head.hash, outcome)
@@ -423,7 +461,11 @@ impl Node {
             tx_hashes: outcome.executed.iter().map(|e| e.tx.hash).collect(),
             receipts,
         };
-        shared.store.commit_block(&block, &outcome.diff)?;
+        if let Err(e) = shared.store.commit_block(&block, &outcome.diff) {
+            // Memory already holds the new state: put back what the disk has.
+            head.state = shared.store.load_state()?;
+            return Err(e);
+        }
         head.state.push_block_hash(info.number, hash);
         head.header = header;
         head.hash = hash;

@@ -12,6 +12,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// How far past the next nonce a transaction may be and still wait.
 pub const MAX_NONCE_GAP: u64 = 64;
+/// The most transactions one sender may have waiting.
+pub const MAX_PER_SENDER: usize = 4096;
+/// The most transactions waiting in all.
+pub const MAX_POOLED: usize = 65_536;
 
 /// A validated transaction with its recovered sender.
 #[derive(Debug, Clone)]
@@ -102,14 +106,17 @@ impl Pool {
                 nonce: tx.nonce,
             });
         }
+        if self.known.len() >= MAX_POOLED {
+            return Err(TxError::PoolFull);
+        }
         let slot = self.by_sender.entry(tx.sender).or_default();
         if slot.contains_key(&tx.nonce) {
             // Another transaction with this nonce waits: no replacement on a
             // zero-fee chain, the first one stands.
-            return Err(TxError::NonceTooLow {
-                next,
-                nonce: tx.nonce,
-            });
+            return Err(TxError::Replacement);
+        }
+        if slot.len() >= MAX_PER_SENDER {
+            return Err(TxError::PoolFull);
         }
         tx.seq = self.next_seq;
         self.next_seq += 1;
@@ -123,17 +130,21 @@ impl Pool {
     /// for [`Pool::pending_nonce`]) until [`Pool::prune`] or
     /// [`Pool::remove`] after their block.
     pub fn ready(&self, account_nonce: impl Fn(&Address) -> u64, gas_limit: u64) -> Vec<PooledTx> {
-        let mut ready: Vec<&PooledTx> = Vec::new();
+        // Each sender's run of consecutive nonces, keyed so that a
+        // transaction never sorts before an earlier nonce of its sender: its
+        // key is the latest arrival among it and the nonces before it.
+        let mut ready: Vec<(u64, &PooledTx)> = Vec::new();
         for (sender, txs) in &self.by_sender {
             let mut nonce = account_nonce(sender);
+            let mut key = 0;
             while let Some(tx) = txs.get(&nonce) {
-                ready.push(tx);
+                key = key.max(tx.seq);
+                ready.push((key, tx));
                 nonce += 1;
             }
         }
-        // Arrival order keeps each sender's nonces in order: a later nonce
-        // of one sender can only be ready once the earlier one is.
-        ready.sort_unstable_by_key(|tx| tx.seq);
+        ready.sort_unstable_by_key(|(key, tx)| (*key, tx.sender, tx.nonce));
+        let ready = ready.into_iter().map(|(_, tx)| tx);
         let mut taken = Vec::new();
         let mut gas = 0u64;
         let mut blocked: HashSet<Address> = HashSet::new();

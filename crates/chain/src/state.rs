@@ -130,6 +130,7 @@ impl WorldState {
                 // EIP-161: touched empty accounts (the zero-reward block
                 // beneficiary) do not exist.
                 diff.accounts.push((*address, None));
+                diff.wiped_storage.push(*address);
                 continue;
             }
             diff.accounts.push((*address, Some(record)));

@@ -60,7 +60,15 @@ pub async fn serve_tls(
     use tower::ServiceExt;
     let app = router(rpc);
     loop {
-        let (tcp, _) = listener.accept().await?;
+        let tcp = match listener.accept().await {
+            Ok((tcp, _)) => tcp,
+            Err(e) => {
+                // Out of file descriptors and the like: wait, do not die.
+                eprintln!("medledger chain: accepting a TLS connection: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         let (acceptor, app) = (acceptor.clone(), app.clone());
         tokio::spawn(async move {
             // A refused handshake (no, foreign or revoked certificate, plain

@@ -20,6 +20,10 @@ use std::time::{Duration, Instant};
 
 /// The most blocks one `eth_getLogs` may scan.
 const MAX_LOG_RANGE: u64 = 10_000;
+/// The most logs one answer may hold.
+const MAX_LOGS: usize = 10_000;
+/// The most filters installed at once.
+const MAX_FILTERS: usize = 1_000;
 /// Filters not polled for this long are dropped (as geth does).
 const FILTER_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -109,6 +113,7 @@ fn require_head_state(node: &Node, block: Option<BlockId>) -> Result<(), RpcErro
     let ok = match block {
         None => true,
         Some(BlockId::Number(BlockNumberOrTag::Number(n))) => n == head,
+        Some(BlockId::Number(BlockNumberOrTag::Earliest)) => head == 0,
         Some(BlockId::Number(_)) => true,
         Some(BlockId::Hash(h)) => {
             node.store().block_number(&h.block_hash).map_err(internal)? == Some(head)
@@ -250,6 +255,7 @@ fn rpc_block(node: &Node, number: u64, full: bool) -> Result<Option<Block>, RpcE
 }
 
 fn logs(node: &Node, filter: &Filter, from: u64, to: u64) -> Result<Vec<Log>, RpcError> {
+    let to = to.min(node.block_number());
     if to >= from && to - from >= MAX_LOG_RANGE {
         return Err(RpcError::server(format!(
             "query covers {} blocks; the limit is {MAX_LOG_RANGE}",
@@ -257,7 +263,7 @@ fn logs(node: &Node, filter: &Filter, from: u64, to: u64) -> Result<Vec<Log>, Rp
         )));
     }
     let mut out = Vec::new();
-    for number in from..=to.min(node.block_number()) {
+    for number in from..=to {
         let Some(header) = node.store().header(number).map_err(internal)? else {
             continue;
         };
@@ -265,6 +271,11 @@ fn logs(node: &Node, filter: &Filter, from: u64, to: u64) -> Result<Vec<Log>, Rp
             continue;
         }
         for receipt in rpc_receipts(node, number)? {
+            if out.len() > MAX_LOGS {
+                return Err(RpcError::server(format!(
+                    "query returned more than {MAX_LOGS} results; narrow the block range or the filter"
+                )));
+            }
             out.extend(
                 receipt
                     .inner
@@ -312,23 +323,28 @@ pub(super) fn dispatch(rpc: &Rpc, method: &str, p: Value) -> Result<Value, RpcEr
         "eth_blockNumber" => to_value(U64::from(node.block_number())),
         "eth_gasPrice" | "eth_maxPriorityFeePerGas" | "eth_blobBaseFee" => to_value(U256::ZERO),
         "eth_feeHistory" => {
-            let (count, newest, _percentiles): (U64, BlockNumberOrTag, Option<Vec<f64>>) =
+            let (count, newest, percentiles): (U64, BlockNumberOrTag, Option<Vec<f64>>) =
                 params(p, 3)?;
-            let newest = block_number(node, newest);
-            let count = count.to::<u64>().min(1024).min(newest + 1);
+            // Never past the head; at most 1024 blocks (as geth).
+            let newest = block_number(node, newest).min(node.block_number());
+            let count = count.saturating_to::<u64>().min(1024).min(newest + 1);
             let oldest = newest + 1 - count;
             let mut ratios = Vec::with_capacity(count as usize);
             for n in oldest..=newest {
+                if count == 0 {
+                    break;
+                }
                 let header = node.store().header(n).map_err(internal)?;
                 ratios.push(header.map_or(0.0, |h| h.gas_used as f64 / h.gas_limit.max(1) as f64));
             }
+            let rewards = percentiles.map(|p| vec![vec![0u128; p.len()]; count as usize]);
             to_value(FeeHistory {
                 base_fee_per_gas: vec![0; count as usize + 1],
                 gas_used_ratio: ratios,
                 base_fee_per_blob_gas: vec![0; count as usize + 1],
                 blob_gas_used_ratio: vec![0.0; count as usize],
                 oldest_block: oldest,
-                reward: Some(vec![Vec::new(); count as usize]),
+                reward: rewards,
             })
         }
         "eth_getBlockByNumber" => {
@@ -443,6 +459,11 @@ pub(super) fn dispatch(rpc: &Rpc, method: &str, p: Value) -> Result<Value, RpcEr
             table
                 .filters
                 .retain(|_, f| f.polled.elapsed() < FILTER_TIMEOUT);
+            if table.filters.len() >= MAX_FILTERS {
+                return Err(RpcError::server(format!(
+                    "too many filters ({MAX_FILTERS}); uninstall some or let them expire"
+                )));
+            }
             table.next_id += 1;
             let id = table.next_id;
             table.filters.insert(
@@ -458,6 +479,9 @@ pub(super) fn dispatch(rpc: &Rpc, method: &str, p: Value) -> Result<Value, RpcEr
         "eth_getFilterChanges" | "eth_getFilterLogs" => {
             let (id,): (U256,) = params(p, 1)?;
             let id = u64::try_from(id).map_err(|_| RpcError::server("filter not found"))?;
+            // One head for the whole answer, so that no block is reported
+            // twice; the filter moves on only once the answer is made.
+            let head = node.block_number();
             let (filter, since) = {
                 let mut table = rpc.filters.inner.lock().unwrap_or_else(|e| e.into_inner());
                 let f = table
@@ -465,12 +489,9 @@ pub(super) fn dispatch(rpc: &Rpc, method: &str, p: Value) -> Result<Value, RpcEr
                     .get_mut(&id)
                     .ok_or_else(|| RpcError::server("filter not found"))?;
                 f.polled = Instant::now();
-                let since = f.reported;
-                f.reported = node.block_number();
-                (f.logs.clone(), since)
+                (f.logs.clone(), f.reported)
             };
-            let head = node.block_number();
-            match filter {
+            let answer = match filter {
                 None => {
                     let mut hashes = Vec::new();
                     for n in since + 1..=head {
@@ -478,14 +499,42 @@ pub(super) fn dispatch(rpc: &Rpc, method: &str, p: Value) -> Result<Value, RpcEr
                             hashes.push(h.hash_slow());
                         }
                     }
-                    to_value(hashes)
+                    to_value(hashes)?
                 }
                 Some(filter) if method == "eth_getFilterLogs" => {
                     let (from, to) = filter_range(node, &filter)?;
-                    to_value(logs(node, &filter, from, to)?)
+                    to_value(logs(node, &filter, from, to)?)?
                 }
-                Some(filter) => to_value(logs(node, &filter, since + 1, head)?),
+                Some(filter) => {
+                    // New blocks since the last poll, within the filter's own
+                    // range where it has one.
+                    let (mut from, mut to) = (since + 1, head);
+                    if let FilterBlockOption::Range {
+                        from_block,
+                        to_block,
+                    } = filter.block_option
+                    {
+                        if let Some(t) = from_block {
+                            from = from.max(block_number(node, t));
+                        }
+                        if let Some(t) = to_block {
+                            to = to.min(block_number(node, t));
+                        }
+                    }
+                    if from > to {
+                        to_value(Vec::<Log>::new())?
+                    } else {
+                        to_value(logs(node, &filter, from, to)?)?
+                    }
+                }
+            };
+            if method == "eth_getFilterChanges" {
+                let mut table = rpc.filters.inner.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(f) = table.filters.get_mut(&id) {
+                    f.reported = f.reported.max(head);
+                }
             }
+            Ok(answer)
         }
         "eth_uninstallFilter" => {
             let (id,): (U256,) = params(p, 1)?;

@@ -4,6 +4,7 @@
 
 mod common;
 mod contract;
+mod filters;
 mod pool;
 mod rejections;
 mod restart;
