@@ -43,6 +43,12 @@ pub struct Genesis {
 }
 
 impl Genesis {
+    /// The hash that block 0 carries as its mix hash, tying the stored
+    /// chain to this genesis (chain id, authority, allowlist, gas limit).
+    pub fn hash(&self) -> alloy_primitives::B256 {
+        alloy_primitives::keccak256(serde_json::to_vec(self).expect("genesis serializes"))
+    }
+
     /// Loads the genesis and authority key of `dir`, creating both on first
     /// start. `allow` entries are added to a new genesis only: an existing
     /// chain keeps its own.

@@ -196,6 +196,7 @@ impl Node {
             beneficiary: genesis.authority,
             base_fee_per_gas: Some(0),
             state_root: state.state_root(),
+            mix_hash: genesis.hash(),
             ..Header::default()
         };
         seal::seal(&mut header, authority.signing_key());

@@ -42,6 +42,9 @@ pub(crate) fn verify_store(store: &Store, genesis: &Genesis) -> Result<Head> {
                 "parent hash does not match the previous block",
             ));
         }
+        if number == 0 && header.mix_hash != genesis.hash() {
+            return Err(tampered(0, "block 0 does not match genesis.json"));
+        }
         seal::verify(&header, genesis.authority)
             .map_err(|e| tampered(number, format!("seal: {e}")))?;
         let hash = header.hash_slow();

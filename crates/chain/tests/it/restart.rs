@@ -113,6 +113,19 @@ fn a_tampered_store_is_refused_naming_the_first_bad_block() {
     });
     expect_tampered(restart(dir.path(), &signer), 1, "transactions root");
 
+    // genesis.json edited to allow another account.
+    let dir = tempfile::tempdir().unwrap();
+    first_life(dir.path(), &signer);
+    let path = dir.path().join("genesis.json");
+    let mut genesis: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    genesis["allow"]
+        .as_array_mut()
+        .unwrap()
+        .push(Address::repeat_byte(7).to_string().into());
+    std::fs::write(&path, serde_json::to_vec(&genesis).unwrap()).unwrap();
+    expect_tampered(restart(dir.path(), &signer), 0, "genesis.json");
+
     // A header changed (its seal no longer matches).
     let dir = tempfile::tempdir().unwrap();
     first_life(dir.path(), &signer);
