@@ -146,3 +146,188 @@ async fn the_same_client_code_runs_against_anvil() {
     }
     crate::contract::exercise(provider, dev.address()).await;
 }
+
+/// anvil from an empty genesis (chain 31337, Prague, base fee 0), so that
+/// its state matches ours transaction for transaction.
+fn empty_anvil(anvil_bin: &PathBuf, dir: &std::path::Path) -> (Anvil, u16) {
+    let genesis = serde_json::json!({
+        "config": {
+            "chainId": 31337, "homesteadBlock": 0, "eip150Block": 0, "eip155Block": 0, "eip158Block": 0,
+            "byzantiumBlock": 0, "constantinopleBlock": 0, "petersburgBlock": 0, "istanbulBlock": 0,
+            "berlinBlock": 0, "londonBlock": 0, "shanghaiTime": 0, "cancunTime": 0, "pragueTime": 0,
+            "terminalTotalDifficulty": 0, "terminalTotalDifficultyPassed": true
+        },
+        "nonce": "0x0", "timestamp": "0x0", "extraData": "0x", "gasLimit": "0x5f5e100", "difficulty": "0x0",
+        "mixHash": format!("0x{}", "0".repeat(64)), "coinbase": format!("0x{}", "0".repeat(40)),
+        "alloc": {}, "baseFeePerGas": "0x0"
+    });
+    let path = dir.join("anvil-genesis.json");
+    std::fs::write(&path, genesis.to_string()).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(anvil_bin)
+        .args([
+            "--port",
+            &port.to_string(),
+            "--host",
+            "127.0.0.1",
+            "--base-fee",
+            "0",
+            "--gas-price",
+            "0",
+        ])
+        // anvil funds its development accounts even with --init; ours are not.
+        .args(["--balance", "0"])
+        .arg("--init")
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    (Anvil(child), port)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_roots_match_anvil_for_the_same_transactions() {
+    use crate::common::Counter;
+    use crate::rejections::sign_1559;
+    use alloy::consensus::TxEip1559;
+    use alloy::primitives::{Bytes, TxKind, U256};
+    use alloy::sol_types::{SolCall, SolConstructor};
+
+    let Some(anvil_bin) = tool("anvil") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (_anvil, port) = empty_anvil(&anvil_bin, dir.path());
+    let anvil =
+        ProviderBuilder::new().connect_http(format!("http://127.0.0.1:{port}").parse().unwrap());
+    let started = tokio::time::Instant::now();
+    while anvil.get_chain_id().await.is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "anvil did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let dev: PrivateKeySigner = DEV_KEY.parse().unwrap();
+    let node = Node::start(&config(&dir.path().join("chain"), vec![dev.address()])).unwrap();
+
+    // The same signed transactions for both: a deployment and calls that
+    // write storage and emit events.
+    let counter = dev.address().create(0);
+    let tx = |nonce: u64, to: TxKind, input: Vec<u8>, gas_limit: u64| TxEip1559 {
+        chain_id: 31337,
+        nonce,
+        gas_limit,
+        max_fee_per_gas: 0,
+        max_priority_fee_per_gas: 0,
+        to,
+        value: U256::ZERO,
+        input: Bytes::from(input),
+        access_list: Default::default(),
+    };
+    let mut deploy = Counter::BYTECODE.to_vec();
+    deploy.extend(
+        Counter::constructorCall {
+            start: U256::from(5),
+        }
+        .abi_encode(),
+    );
+    let txs = [
+        sign_1559(&dev, tx(0, TxKind::Create, deploy, 1_000_000)),
+        sign_1559(
+            &dev,
+            tx(
+                1,
+                TxKind::Call(counter),
+                Counter::incrementCall {}.abi_encode(),
+                100_000,
+            ),
+        ),
+        sign_1559(
+            &dev,
+            tx(
+                2,
+                TxKind::Call(counter),
+                Counter::addCall { n: U256::from(7) }.abi_encode(),
+                100_000,
+            ),
+        ),
+        sign_1559(
+            &dev,
+            tx(
+                3,
+                TxKind::Call(counter),
+                Counter::resetCall {}.abi_encode(),
+                100_000,
+            ),
+        ),
+        sign_1559(
+            &dev,
+            tx(
+                4,
+                TxKind::Call(counter),
+                Counter::incrementCall {}.abi_encode(),
+                100_000,
+            ),
+        ),
+    ];
+    let mut last = None;
+    for raw in &txs {
+        anvil
+            .send_raw_transaction(raw)
+            .await
+            .unwrap()
+            .get_receipt()
+            .await
+            .unwrap();
+        last = Some(node.send_raw_transaction(raw).unwrap());
+    }
+    let mut blocks = node.subscribe_blocks();
+    let last = last.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while node.store().tx_location(&last).unwrap().is_none() {
+            blocks.changed().await.unwrap();
+        }
+    })
+    .await
+    .unwrap();
+
+    // anvil's Prague state also holds its system contracts (whose storage
+    // changes with block timestamps), so rebuild the root from anvil's view
+    // of the accounts these transactions made: nonce, balance, storage
+    // root and code hash, each computed by anvil.
+    let mut accounts = Vec::new();
+    for address in [dev.address(), counter] {
+        let proof = anvil.get_proof(address, Vec::new()).await.unwrap();
+        accounts.push((
+            address,
+            alloy::trie::TrieAccount::new(
+                proof.nonce,
+                proof.balance,
+                proof.storage_hash,
+                proof.code_hash,
+            ),
+        ));
+    }
+    let expected = alloy::trie::root::state_root_unhashed(accounts);
+    let ours = node.store().header(node.block_number()).unwrap().unwrap();
+    assert_eq!(
+        ours.state_root, expected,
+        "our state root differs from anvil's accounts"
+    );
+    assert_eq!(
+        Counter::new(counter, anvil.clone())
+            .count()
+            .call()
+            .await
+            .unwrap(),
+        U256::from(1),
+        "anvil ran the same transactions"
+    );
+}
