@@ -103,39 +103,37 @@ async fn cast_sends_and_reads_blocks_and_receipts() {
 }
 
 /// anvil on a free port, stopped when dropped.
-struct Anvil(Child);
+struct Anvil {
+    child: Child,
+    url: String,
+}
 
 impl Drop for Anvil {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_same_client_code_runs_against_anvil() {
-    let Some(anvil_bin) = tool("anvil") else {
-        return;
-    };
+/// Starts anvil with `args` and waits until it answers.
+async fn anvil(bin: &PathBuf, args: &[&std::ffi::OsStr]) -> Anvil {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let _anvil = Anvil(
-        Command::new(anvil_bin)
-            .args(["--port", &port.to_string(), "--host", "127.0.0.1"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let dev: PrivateKeySigner = DEV_KEY.parse().unwrap();
-    let provider = ProviderBuilder::new()
-        .wallet(EthereumWallet::from(dev.clone()))
-        .connect_http(format!("http://127.0.0.1:{port}").parse().unwrap())
-        .erased();
-    // Wait for anvil to answer.
+    let child = Command::new(bin)
+        .args(["--port", &port.to_string(), "--host", "127.0.0.1"])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let anvil = Anvil {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+    };
+    let provider = ProviderBuilder::new().connect_http(anvil.url.parse().unwrap());
     let started = tokio::time::Instant::now();
     while provider.get_chain_id().await.is_err() {
         assert!(
@@ -144,12 +142,26 @@ async fn the_same_client_code_runs_against_anvil() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    anvil
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_client_code_runs_against_anvil() {
+    let Some(anvil_bin) = tool("anvil") else {
+        return;
+    };
+    let anvil = anvil(&anvil_bin, &[]).await;
+    let dev: PrivateKeySigner = DEV_KEY.parse().unwrap();
+    let provider = ProviderBuilder::new()
+        .wallet(EthereumWallet::from(dev.clone()))
+        .connect_http(anvil.url.parse().unwrap())
+        .erased();
     crate::contract::exercise(provider, dev.address()).await;
 }
 
 /// anvil from an empty genesis (chain 31337, Prague, base fee 0), so that
 /// its state matches ours transaction for transaction.
-fn empty_anvil(anvil_bin: &PathBuf, dir: &std::path::Path) -> (Anvil, u16) {
+async fn empty_anvil(anvil_bin: &PathBuf, dir: &std::path::Path) -> Anvil {
     let genesis = serde_json::json!({
         "config": {
             "chainId": 31337, "homesteadBlock": 0, "eip150Block": 0, "eip155Block": 0, "eip158Block": 0,
@@ -163,31 +175,20 @@ fn empty_anvil(anvil_bin: &PathBuf, dir: &std::path::Path) -> (Anvil, u16) {
     });
     let path = dir.join("anvil-genesis.json");
     std::fs::write(&path, genesis.to_string()).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new(anvil_bin)
-        .args([
-            "--port",
-            &port.to_string(),
-            "--host",
-            "127.0.0.1",
-            "--base-fee",
-            "0",
-            "--gas-price",
-            "0",
-        ])
-        // anvil funds its development accounts even with --init; ours are not.
-        .args(["--balance", "0"])
-        .arg("--init")
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    (Anvil(child), port)
+    // anvil funds its development accounts even with --init; ours are not.
+    let args = [
+        "--base-fee",
+        "0",
+        "--gas-price",
+        "0",
+        "--balance",
+        "0",
+        "--init",
+    ]
+    .map(std::ffi::OsStr::new);
+    let mut args = args.to_vec();
+    args.push(path.as_os_str());
+    anvil(anvil_bin, &args).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -202,17 +203,8 @@ async fn state_roots_match_anvil_for_the_same_transactions() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let (_anvil, port) = empty_anvil(&anvil_bin, dir.path());
-    let anvil =
-        ProviderBuilder::new().connect_http(format!("http://127.0.0.1:{port}").parse().unwrap());
-    let started = tokio::time::Instant::now();
-    while anvil.get_chain_id().await.is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "anvil did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let anvil_node = empty_anvil(&anvil_bin, dir.path()).await;
+    let anvil = ProviderBuilder::new().connect_http(anvil_node.url.parse().unwrap());
 
     let dev: PrivateKeySigner = DEV_KEY.parse().unwrap();
     let node = Node::start(&config(&dir.path().join("chain"), vec![dev.address()])).unwrap();
@@ -238,45 +230,19 @@ async fn state_roots_match_anvil_for_the_same_transactions() {
         }
         .abi_encode(),
     );
-    let txs = [
-        sign_1559(&dev, tx(0, TxKind::Create, deploy, 1_000_000)),
-        sign_1559(
-            &dev,
-            tx(
-                1,
-                TxKind::Call(counter),
-                Counter::incrementCall {}.abi_encode(),
-                100_000,
-            ),
-        ),
-        sign_1559(
-            &dev,
-            tx(
-                2,
-                TxKind::Call(counter),
-                Counter::addCall { n: U256::from(7) }.abi_encode(),
-                100_000,
-            ),
-        ),
-        sign_1559(
-            &dev,
-            tx(
-                3,
-                TxKind::Call(counter),
-                Counter::resetCall {}.abi_encode(),
-                100_000,
-            ),
-        ),
-        sign_1559(
-            &dev,
-            tx(
-                4,
-                TxKind::Call(counter),
-                Counter::incrementCall {}.abi_encode(),
-                100_000,
-            ),
-        ),
+    let calls = [
+        Counter::incrementCall {}.abi_encode(),
+        Counter::addCall { n: U256::from(7) }.abi_encode(),
+        Counter::resetCall {}.abi_encode(),
+        Counter::incrementCall {}.abi_encode(),
     ];
+    let mut txs = vec![sign_1559(&dev, tx(0, TxKind::Create, deploy, 1_000_000))];
+    for (nonce, input) in (1..).zip(calls) {
+        txs.push(sign_1559(
+            &dev,
+            tx(nonce, TxKind::Call(counter), input, 100_000),
+        ));
+    }
     let mut last = None;
     for raw in &txs {
         anvil
