@@ -61,21 +61,6 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// Number of waiting transactions.
-    pub fn len(&self) -> usize {
-        self.known.len()
-    }
-
-    /// Whether nothing waits.
-    pub fn is_empty(&self) -> bool {
-        self.known.is_empty()
-    }
-
-    /// Whether a transaction is waiting.
-    pub fn contains(&self, hash: &B256) -> bool {
-        self.known.contains(hash)
-    }
-
     /// The nonce `sender`'s next transaction should carry, counting the
     /// consecutive ones waiting here.
     pub fn pending_nonce(&self, sender: &Address, account_nonce: u64) -> u64 {
