@@ -1,6 +1,8 @@
 // Compiles contracts/src/*.sol with the pinned solc into contracts/out/<Name>.json
 // (abi, bytecode, deployedBytecode). With --check, fails if the committed
-// artifacts differ from a fresh compile.
+// artifacts differ from a fresh compile, or if any artifact is left over from
+// a contract that no longer exists. Warnings fail the build like errors.
+// Interfaces, abstract contracts and libraries without an ABI get no artifact.
 //
 //   cd contracts && npm ci && node compile.js [--check]
 'use strict';
@@ -27,14 +29,17 @@ const input = {
   },
 };
 const output = JSON.parse(solc.compile(JSON.stringify(input)));
-const errors = (output.errors || []).filter((e) => e.severity === 'error');
-for (const e of output.errors || []) console.error(e.formattedMessage);
-if (errors.length) process.exit(1);
+const problems = (output.errors || []).filter((e) => e.severity !== 'info');
+for (const e of problems) console.error(e.formattedMessage);
+if (problems.length) process.exit(1);
 
 fs.mkdirSync(out, { recursive: true });
 let stale = [];
+const expected = new Set();
 for (const file of Object.keys(output.contracts)) {
   for (const [name, c] of Object.entries(output.contracts[file])) {
+    if (c.evm.bytecode.object === '' || c.abi.length === 0) continue;
+    expected.add(`${name}.json`);
     const artifact = JSON.stringify(
       {
         contractName: name,
@@ -55,6 +60,13 @@ for (const file of Object.keys(output.contracts)) {
       fs.writeFileSync(target, artifact);
       console.log(`wrote ${path.relative(process.cwd(), target)}`);
     }
+  }
+}
+for (const f of fs.readdirSync(out).filter((f) => f.endsWith('.json') && !expected.has(f))) {
+  if (check) stale.push(path.join(out, f));
+  else {
+    fs.unlinkSync(path.join(out, f));
+    console.log(`removed ${path.relative(process.cwd(), path.join(out, f))}`);
   }
 }
 if (stale.length) {

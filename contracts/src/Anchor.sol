@@ -1,0 +1,97 @@
+// SPDX-License-Identifier: Apache-2.0
+pragma solidity 0.8.30;
+
+import {Registry} from "./Registry.sol";
+
+/// Merkle roots that collectors and servers commit to: batches of readings
+/// and patient-ledger checkpoints. Anyone reads them; nothing is changed.
+///
+/// Kinds (open-ended; these are used): 1 a collector's batch, 2 a server's
+/// batch, 3 a patient-ledger checkpoint (`first` = patientRef, `last` = the
+/// checkpoint's hash). `first` and `last` name the first and last item
+/// covered, in the kind's own terms.
+contract Anchor {
+    struct Record {
+        address by;
+        uint8 kind;
+        uint64 time;
+        uint64 count;
+        bytes32 root;
+        bytes32 first;
+        bytes32 last;
+    }
+
+    struct Input {
+        uint8 kind;
+        uint64 count;
+        bytes32 root;
+        bytes32 first;
+        bytes32 last;
+    }
+
+    Registry public immutable registry;
+    /// Anchor ids start at 1.
+    Record[] internal records;
+
+    event Anchored(
+        uint256 indexed id,
+        uint8 indexed kind,
+        bytes32 indexed first,
+        address by,
+        bytes32 root,
+        uint64 count,
+        bytes32 last
+    );
+
+    error NotANode(address caller);
+    error InvalidAnchor();
+    error UnknownAnchor(uint256 id);
+
+    constructor(Registry registry_) {
+        registry = registry_;
+    }
+
+    /// Anchors one root; only active collectors and servers may.
+    function anchor(uint8 kind, bytes32 root, uint64 count, bytes32 first, bytes32 last)
+        external
+        returns (uint256)
+    {
+        if (!registry.isActiveNode(msg.sender)) revert NotANode(msg.sender);
+        return push(Input({kind: kind, count: count, root: root, first: first, last: last}));
+    }
+
+    /// Anchors several roots in one transaction; returns the first id.
+    function anchorMany(Input[] calldata inputs) external returns (uint256 firstId) {
+        if (!registry.isActiveNode(msg.sender)) revert NotANode(msg.sender);
+        firstId = records.length + 1;
+        for (uint256 i = 0; i < inputs.length; i++) {
+            push(inputs[i]);
+        }
+    }
+
+    function anchorCount() external view returns (uint256) {
+        return records.length;
+    }
+
+    function record(uint256 id) external view returns (Record memory) {
+        if (id == 0 || id > records.length) revert UnknownAnchor(id);
+        return records[id - 1];
+    }
+
+    function push(Input memory input) internal returns (uint256 id) {
+        if (input.kind == 0 || input.root == bytes32(0) || input.count == 0) revert InvalidAnchor();
+        records.push(
+            Record({
+                by: msg.sender,
+                kind: input.kind,
+                time: uint64(block.timestamp),
+                count: input.count,
+                root: input.root,
+                first: input.first,
+                last: input.last
+            })
+        );
+        id = records.length;
+        emit Anchored(id, input.kind, input.first, msg.sender, input.root, input.count, input.last);
+    }
+}

@@ -1,0 +1,401 @@
+// SPDX-License-Identifier: Apache-2.0
+pragma solidity 0.8.30;
+
+/// Who is who on the authority chain: admins, staff, collectors, servers,
+/// devices and patient admissions. Only admins change it. The chain node's
+/// account permissioning reads `canTransact`.
+///
+/// No personal data: a patient is a `patientRef = keccak256(salt || id)` and
+/// the account the patient signs with. Short names (department, room, group,
+/// rule id, ...) are `bytes32` holding UTF-8 text, left-aligned and zero-padded.
+contract Registry {
+    enum StaffRole {
+        None,
+        Doctor,
+        Nurse
+    }
+
+    enum NodeKind {
+        None,
+        Collector,
+        Server
+    }
+
+    struct Staff {
+        StaffRole role;
+        bool active;
+        bytes32 department;
+    }
+
+    struct Node {
+        NodeKind kind;
+        bool active;
+        bytes32 location;
+    }
+
+    struct Device {
+        bool registered;
+        bool active;
+        bytes32 group;
+        bytes32 ruleId;
+        /// SHA-256 of the device certificate's DER.
+        bytes32 certFingerprint;
+        /// The patient the device is assigned to, or zero.
+        bytes32 patientRef;
+    }
+
+    struct Admission {
+        bool active;
+        address account;
+        /// Counts admissions and transfers; carers belong to one epoch.
+        uint64 epoch;
+        uint64 since;
+        bytes32 department;
+        bytes32 floor;
+        bytes32 room;
+        bytes32 bed;
+    }
+
+    /// Other contracts of the set, so that a client needs only this address.
+    struct Directory {
+        address ruleManager;
+        address consent;
+        address accessLog;
+        address anchor;
+    }
+
+    mapping(address => bool) public isAdmin;
+    uint256 public adminCount;
+    mapping(address => Staff) internal staffs;
+    mapping(address => Node) internal nodes;
+    mapping(bytes12 => Device) internal devices;
+    mapping(bytes32 => Admission) internal admissions;
+    /// patientRef => epoch => carer => assigned
+    mapping(bytes32 => mapping(uint64 => mapping(address => bool))) internal carers;
+    /// The patient's account => patientRef.
+    mapping(address => bytes32) public patientOfAccount;
+    Directory internal dir;
+
+    event AdminAdded(address indexed account, address indexed by);
+    event AdminRemoved(address indexed account, address indexed by);
+    event StaffRegistered(address indexed account, StaffRole role, bytes32 department);
+    event StaffDeactivated(address indexed account);
+    event NodeRegistered(address indexed account, NodeKind kind, bytes32 location);
+    event NodeDeactivated(address indexed account);
+    event DeviceRegistered(bytes12 indexed epc, bytes32 group, bytes32 ruleId, bytes32 certFingerprint);
+    event DeviceCertificateChanged(bytes12 indexed epc, bytes32 certFingerprint);
+    event DeviceDeactivated(bytes12 indexed epc);
+    event DeviceAssigned(bytes12 indexed epc, bytes32 indexed patientRef);
+    event DeviceReleased(bytes12 indexed epc, bytes32 indexed patientRef);
+    event PatientAdmitted(
+        bytes32 indexed patientRef,
+        address account,
+        uint64 epoch,
+        bytes32 department,
+        bytes32 floor,
+        bytes32 room,
+        bytes32 bed
+    );
+    event PatientTransferred(
+        bytes32 indexed patientRef, uint64 epoch, bytes32 department, bytes32 floor, bytes32 room, bytes32 bed
+    );
+    event PatientDischarged(bytes32 indexed patientRef, uint64 epoch);
+    event CarerAssigned(bytes32 indexed patientRef, address indexed carer, uint64 epoch);
+    event CarerReleased(bytes32 indexed patientRef, address indexed carer, uint64 epoch);
+    event DirectorySet(address ruleManager, address consent, address accessLog, address anchor);
+
+    error NotAdmin(address caller);
+    error LastAdmin();
+    error AlreadyAdmin(address account);
+    error UnknownAdmin(address account);
+    error ZeroAddress();
+    error InvalidRole();
+    error AlreadyRegistered(address account);
+    error UnknownStaff(address account);
+    error UnknownNode(address account);
+    error DuplicateDevice(bytes12 epc);
+    error UnknownDevice(bytes12 epc);
+    error DeviceInactive(bytes12 epc);
+    error DeviceInUse(bytes12 epc, bytes32 patientRef);
+    error DeviceNotAssigned(bytes12 epc);
+    error InvalidPatientRef();
+    error AlreadyAdmitted(bytes32 patientRef);
+    error NotAdmitted(bytes32 patientRef);
+    error AccountInUse(address account, bytes32 patientRef);
+    error NotActiveStaff(address account);
+    error AlreadyCarer(bytes32 patientRef, address carer);
+    error NotCarer(bytes32 patientRef, address carer);
+
+    modifier onlyAdmin() {
+        if (!isAdmin[msg.sender]) revert NotAdmin(msg.sender);
+        _;
+    }
+
+    constructor() {
+        isAdmin[msg.sender] = true;
+        adminCount = 1;
+        emit AdminAdded(msg.sender, msg.sender);
+    }
+
+    // ---- admins
+
+    function addAdmin(address account) external onlyAdmin {
+        if (account == address(0)) revert ZeroAddress();
+        if (isAdmin[account]) revert AlreadyAdmin(account);
+        isAdmin[account] = true;
+        adminCount += 1;
+        emit AdminAdded(account, msg.sender);
+    }
+
+    /// Removes an admin; the last one cannot be removed.
+    function removeAdmin(address account) external onlyAdmin {
+        if (!isAdmin[account]) revert UnknownAdmin(account);
+        if (adminCount == 1) revert LastAdmin();
+        isAdmin[account] = false;
+        adminCount -= 1;
+        emit AdminRemoved(account, msg.sender);
+    }
+
+    function setDirectory(Directory calldata d) external onlyAdmin {
+        dir = d;
+        emit DirectorySet(d.ruleManager, d.consent, d.accessLog, d.anchor);
+    }
+
+    function directory() external view returns (Directory memory) {
+        return dir;
+    }
+
+    // ---- staff and nodes
+
+    /// Registers a staff member, or updates an active one's role and department.
+    function registerStaff(address account, StaffRole role, bytes32 department) external onlyAdmin {
+        if (account == address(0)) revert ZeroAddress();
+        if (role == StaffRole.None) revert InvalidRole();
+        if (nodes[account].kind != NodeKind.None) revert AlreadyRegistered(account);
+        staffs[account] = Staff({role: role, active: true, department: department});
+        emit StaffRegistered(account, role, department);
+    }
+
+    function deactivateStaff(address account) external onlyAdmin {
+        if (!staffs[account].active) revert UnknownStaff(account);
+        staffs[account].active = false;
+        emit StaffDeactivated(account);
+    }
+
+    function staff(address account) external view returns (Staff memory) {
+        return staffs[account];
+    }
+
+    function isActiveStaff(address account) public view returns (bool) {
+        return staffs[account].active;
+    }
+
+    /// Registers a collector or a server with where it stands.
+    function registerNode(address account, NodeKind kind, bytes32 location) external onlyAdmin {
+        if (account == address(0)) revert ZeroAddress();
+        if (kind == NodeKind.None) revert InvalidRole();
+        if (staffs[account].role != StaffRole.None) revert AlreadyRegistered(account);
+        nodes[account] = Node({kind: kind, active: true, location: location});
+        emit NodeRegistered(account, kind, location);
+    }
+
+    function deactivateNode(address account) external onlyAdmin {
+        if (!nodes[account].active) revert UnknownNode(account);
+        nodes[account].active = false;
+        emit NodeDeactivated(account);
+    }
+
+    function node(address account) external view returns (Node memory) {
+        return nodes[account];
+    }
+
+    function isActiveNode(address account) external view returns (bool) {
+        return nodes[account].active;
+    }
+
+    // ---- devices
+
+    /// Registers a device by its EPC; an EPC is registered once, ever.
+    function registerDevice(bytes12 epc, bytes32 group, bytes32 ruleId, bytes32 certFingerprint)
+        external
+        onlyAdmin
+    {
+        if (devices[epc].registered) revert DuplicateDevice(epc);
+        devices[epc] = Device({
+            registered: true,
+            active: true,
+            group: group,
+            ruleId: ruleId,
+            certFingerprint: certFingerprint,
+            patientRef: bytes32(0)
+        });
+        emit DeviceRegistered(epc, group, ruleId, certFingerprint);
+    }
+
+    /// Records a renewed certificate for an active device.
+    function setDeviceCertificate(bytes12 epc, bytes32 certFingerprint) external onlyAdmin {
+        Device storage d = activeDevice(epc);
+        d.certFingerprint = certFingerprint;
+        emit DeviceCertificateChanged(epc, certFingerprint);
+    }
+
+    /// Retires a device for good (its EPC stays taken).
+    function deactivateDevice(bytes12 epc) external onlyAdmin {
+        Device storage d = activeDevice(epc);
+        d.active = false;
+        if (d.patientRef != bytes32(0)) {
+            emit DeviceReleased(epc, d.patientRef);
+            d.patientRef = bytes32(0);
+        }
+        emit DeviceDeactivated(epc);
+    }
+
+    function device(bytes12 epc) external view returns (Device memory) {
+        return devices[epc];
+    }
+
+    /// Assigns an active device to an admitted patient.
+    function assignDevice(bytes12 epc, bytes32 patientRef) external onlyAdmin {
+        Device storage d = activeDevice(epc);
+        if (!admissions[patientRef].active) revert NotAdmitted(patientRef);
+        bytes32 current = d.patientRef;
+        if (current != bytes32(0) && admissions[current].active) revert DeviceInUse(epc, current);
+        d.patientRef = patientRef;
+        emit DeviceAssigned(epc, patientRef);
+    }
+
+    function releaseDevice(bytes12 epc) external onlyAdmin {
+        Device storage d = devices[epc];
+        bytes32 patientRef = d.patientRef;
+        if (patientRef == bytes32(0)) revert DeviceNotAssigned(epc);
+        d.patientRef = bytes32(0);
+        emit DeviceReleased(epc, patientRef);
+    }
+
+    /// The admitted patient an active device reports for, or zero.
+    function patientOfDevice(bytes12 epc) public view returns (bytes32) {
+        Device storage d = devices[epc];
+        if (!d.active) return bytes32(0);
+        bytes32 patientRef = d.patientRef;
+        if (patientRef == bytes32(0) || !admissions[patientRef].active) return bytes32(0);
+        return patientRef;
+    }
+
+    function activeDevice(bytes12 epc) internal view returns (Device storage d) {
+        d = devices[epc];
+        if (!d.registered) revert UnknownDevice(epc);
+        if (!d.active) revert DeviceInactive(epc);
+    }
+
+    // ---- patients
+
+    /// Admits a patient: where they lie and who cares for them. `account` is
+    /// the key the patient signs consents with; it stays theirs after
+    /// discharge.
+    function admit(
+        bytes32 patientRef,
+        address account,
+        bytes32 department,
+        bytes32 floor,
+        bytes32 room,
+        bytes32 bed,
+        address[] calldata carerList
+    ) external onlyAdmin {
+        if (patientRef == bytes32(0)) revert InvalidPatientRef();
+        if (account == address(0)) revert ZeroAddress();
+        Admission storage a = admissions[patientRef];
+        if (a.active) revert AlreadyAdmitted(patientRef);
+        bytes32 owner = patientOfAccount[account];
+        if (owner != bytes32(0) && owner != patientRef) revert AccountInUse(account, patientRef);
+        if (a.account != address(0) && a.account != account) delete patientOfAccount[a.account];
+        patientOfAccount[account] = patientRef;
+        a.active = true;
+        a.account = account;
+        a.epoch += 1;
+        a.since = uint64(block.timestamp);
+        a.department = department;
+        a.floor = floor;
+        a.room = room;
+        a.bed = bed;
+        emit PatientAdmitted(patientRef, account, a.epoch, department, floor, room, bed);
+        assignCarers(patientRef, a.epoch, carerList);
+    }
+
+    /// Moves an admitted patient; `carerList` replaces the assigned carers.
+    function transfer(
+        bytes32 patientRef,
+        bytes32 department,
+        bytes32 floor,
+        bytes32 room,
+        bytes32 bed,
+        address[] calldata carerList
+    ) external onlyAdmin {
+        Admission storage a = admitted(patientRef);
+        a.epoch += 1;
+        a.department = department;
+        a.floor = floor;
+        a.room = room;
+        a.bed = bed;
+        emit PatientTransferred(patientRef, a.epoch, department, floor, room, bed);
+        assignCarers(patientRef, a.epoch, carerList);
+    }
+
+    function discharge(bytes32 patientRef) external onlyAdmin {
+        Admission storage a = admitted(patientRef);
+        a.active = false;
+        emit PatientDischarged(patientRef, a.epoch);
+    }
+
+    function assignCarer(bytes32 patientRef, address carer) external onlyAdmin {
+        Admission storage a = admitted(patientRef);
+        address[] memory one = new address[](1);
+        one[0] = carer;
+        assignCarers(patientRef, a.epoch, one);
+    }
+
+    function releaseCarer(bytes32 patientRef, address carer) external onlyAdmin {
+        Admission storage a = admitted(patientRef);
+        if (!carers[patientRef][a.epoch][carer]) revert NotCarer(patientRef, carer);
+        carers[patientRef][a.epoch][carer] = false;
+        emit CarerReleased(patientRef, carer, a.epoch);
+    }
+
+    function admission(bytes32 patientRef) external view returns (Admission memory) {
+        return admissions[patientRef];
+    }
+
+    /// The account a patient signs with (kept after discharge), or zero.
+    function patientAccount(bytes32 patientRef) external view returns (address) {
+        return admissions[patientRef].account;
+    }
+
+    /// Whether `carer` is an assigned carer of the patient's current admission.
+    function isAssignedCarer(bytes32 patientRef, address carer) public view returns (bool) {
+        Admission storage a = admissions[patientRef];
+        return a.active && carers[patientRef][a.epoch][carer];
+    }
+
+    function admitted(bytes32 patientRef) internal view returns (Admission storage a) {
+        a = admissions[patientRef];
+        if (!a.active) revert NotAdmitted(patientRef);
+    }
+
+    function assignCarers(bytes32 patientRef, uint64 epoch, address[] memory list) internal {
+        for (uint256 i = 0; i < list.length; i++) {
+            address carer = list[i];
+            if (!staffs[carer].active) revert NotActiveStaff(carer);
+            if (carers[patientRef][epoch][carer]) revert AlreadyCarer(patientRef, carer);
+            carers[patientRef][epoch][carer] = true;
+            emit CarerAssigned(patientRef, carer, epoch);
+        }
+    }
+
+    // ---- permissioning
+
+    /// Whether the chain accepts transactions from `account`: admins, active
+    /// staff and nodes, and registered patients.
+    function canTransact(address account) external view returns (bool) {
+        return isAdmin[account] || staffs[account].active || nodes[account].active
+            || patientOfAccount[account] != bytes32(0);
+    }
+}
