@@ -252,10 +252,26 @@ contract ValueRangeRule is AdminRule {
     event RangeCleared(bytes16 indexed code);
 
     error InvalidRange(int64 min, int64 max);
+    error LengthMismatch();
 
     constructor(RuleManager manager_) AdminRule(manager_) {}
 
     function setRange(bytes16 code, int64 min, int64 max) external onlyAdmin {
+        put(code, min, max);
+    }
+
+    /// Sets several ranges at once: `codes[i]` gets `mins[i]..=maxs[i]`.
+    function setRanges(bytes16[] calldata codes, int64[] calldata mins, int64[] calldata maxs)
+        external
+        onlyAdmin
+    {
+        if (codes.length != mins.length || codes.length != maxs.length) revert LengthMismatch();
+        for (uint256 i = 0; i < codes.length; i++) {
+            put(codes[i], mins[i], maxs[i]);
+        }
+    }
+
+    function put(bytes16 code, int64 min, int64 max) internal {
         if (min > max) revert InvalidRange(min, max);
         ranges[code] = Range({set: true, min: min, max: max});
         emit RangeSet(code, min, max);

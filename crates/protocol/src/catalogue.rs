@@ -28,6 +28,16 @@ impl DataType {
     pub fn unit(&self) -> &'static str {
         self.units[0]
     }
+
+    /// `value`, given in `unit` (one of [`DataType::units`]), converted to
+    /// the unit medledger reports in.
+    pub fn to_reporting_unit(&self, unit: &str, value: f64) -> f64 {
+        match unit {
+            "[degF]" => (value - 32.0) * 5.0 / 9.0,
+            "[lb_av]" => value * 0.453_592_37,
+            _ => value,
+        }
+    }
 }
 
 /// Every data type medledger accepts.
@@ -128,6 +138,25 @@ pub fn data_type_by_name(name_or_code: &str) -> Option<&'static DataType> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn reporting_units() {
+        let temp = super::data_type("8310-5").expect("listed");
+        assert!((temp.to_reporting_unit("[degF]", 98.6) - 37.0).abs() < 1e-9);
+        assert_eq!(temp.to_reporting_unit("Cel", 37.5), 37.5);
+        let weight = super::data_type("29463-7").expect("listed");
+        assert!((weight.to_reporting_unit("[lb_av]", 100.0) - 45.359_237).abs() < 1e-9);
+        for t in super::CATALOGUE {
+            for unit in &t.units[1..] {
+                assert_ne!(
+                    t.to_reporting_unit(unit, 10.0),
+                    10.0,
+                    "{unit} of {} has no conversion",
+                    t.code
+                );
+            }
+        }
+    }
+
     use super::*;
 
     #[test]

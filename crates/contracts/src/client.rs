@@ -1,0 +1,599 @@
+//! The typed client: the deployed set behind one value, the flows other
+//! crates use, and [`send`], which turns any contract call into a mined
+//! receipt or an error that names the contract's reason.
+
+use crate::bindings::AccessLog::{self, AccessLogInstance};
+use crate::bindings::AllOfRule;
+use crate::bindings::AllowedTypesRule::{self, AllowedTypesRuleInstance};
+use crate::bindings::Anchor::{self, AnchorInstance};
+use crate::bindings::Consent::{self, ConsentInstance};
+use crate::bindings::Registry::{self, RegistryInstance};
+use crate::bindings::RuleManager::{self, RuleInput, RuleManagerInstance};
+use crate::bindings::ValueRangeRule::{self, ValueRangeRuleInstance};
+use crate::error::{Error, Result};
+use crate::rules::{RuleReason, code_key, milli};
+use crate::scope::Scope;
+use crate::text::short_text;
+use alloy::contract::{CallBuilder, CallDecoder};
+use alloy::primitives::{Address, B256, U256};
+use alloy::providers::Provider;
+use alloy::rpc::types::TransactionReceipt;
+use alloy::sol_types::SolEvent;
+use serde::{Deserialize, Serialize};
+use std::time::{Duration, Instant};
+
+/// The rule id the shipped allowed-types rule is registered under.
+pub const ALLOWED_TYPES_RULE: &str = "allowed-types";
+/// The rule id the shipped value-range rule is registered under.
+pub const VALUE_RANGE_RULE: &str = "value-range";
+/// The rule id of the shipped rule that applies both (the default for
+/// devices whose certificate names it).
+pub const DEFAULT_RULE: &str = "default";
+
+/// How long [`send`] waits for a receipt.
+const RECEIPT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Plausibility ranges the deployment starts with, in each type's
+/// reporting unit: readings outside them are physically implausible (a
+/// sensor fault or forged data), not merely abnormal.
+pub const DEFAULT_RANGES: &[(&str, f64, f64)] = &[
+    ("8867-4", 20.0, 300.0),
+    ("59408-5", 50.0, 100.0),
+    ("8310-5", 25.0, 45.0),
+    ("8480-6", 40.0, 300.0),
+    ("8462-4", 20.0, 200.0),
+    ("9279-1", 2.0, 80.0),
+    ("2339-0", 10.0, 1000.0),
+    ("15074-8", 0.5, 55.0),
+    ("29463-7", 0.3, 500.0),
+    ("11524-6", -10.0, 10.0),
+];
+
+/// Where the contracts of one deployment live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Addresses {
+    /// The Registry; everything else can be found from it.
+    pub registry: Address,
+    /// The RuleManager.
+    pub rule_manager: Address,
+    /// Consent.
+    pub consent: Address,
+    /// AccessLog.
+    pub access_log: Address,
+    /// Anchor.
+    pub anchor: Address,
+    /// The shipped allowed-types rule.
+    pub allowed_types: Address,
+    /// The shipped value-range rule.
+    pub value_range: Address,
+    /// The shipped rule applying both.
+    pub default_rule: Address,
+}
+
+/// A staff member's role (`Registry.StaffRole`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StaffRole {
+    /// A doctor: may also break the glass.
+    Doctor,
+    /// A nurse.
+    Nurse,
+}
+
+impl StaffRole {
+    /// The contract's number for the role.
+    pub fn code(self) -> u8 {
+        match self {
+            StaffRole::Doctor => 1,
+            StaffRole::Nurse => 2,
+        }
+    }
+
+    /// The role with the contract's number, if it is one (0 is no role).
+    pub fn from_code(code: u8) -> Option<StaffRole> {
+        match code {
+            1 => Some(StaffRole::Doctor),
+            2 => Some(StaffRole::Nurse),
+            _ => None,
+        }
+    }
+
+    /// `doctor` or `nurse`.
+    pub fn name(self) -> &'static str {
+        match self {
+            StaffRole::Doctor => "doctor",
+            StaffRole::Nurse => "nurse",
+        }
+    }
+}
+
+impl std::str::FromStr for StaffRole {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<StaffRole, String> {
+        match s {
+            "doctor" => Ok(StaffRole::Doctor),
+            "nurse" => Ok(StaffRole::Nurse),
+            _ => Err(format!(
+                "unknown staff role {s:?} (expected doctor or nurse)"
+            )),
+        }
+    }
+}
+
+/// Why AccessLog granted a request (`AccessLog.Basis`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum Basis {
+    /// An assigned carer of the patient's current admission.
+    Carer,
+    /// A live consent grant.
+    Consent,
+    /// Break-glass.
+    Emergency,
+    /// A code this version does not know.
+    Other(u8),
+}
+
+impl Basis {
+    fn from_code(code: u8) -> Basis {
+        match code {
+            1 => Basis::Carer,
+            2 => Basis::Consent,
+            3 => Basis::Emergency,
+            n => Basis::Other(n),
+        }
+    }
+
+    /// A stable name, e.g. `carer`.
+    pub fn name(&self) -> String {
+        match self {
+            Basis::Carer => "carer".into(),
+            Basis::Consent => "consent".into(),
+            Basis::Emergency => "emergency".into(),
+            Basis::Other(n) => format!("basis-{n}"),
+        }
+    }
+}
+
+/// Why AccessLog denied a request (`DENY_*` in `AccessLog.sol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub enum DenyReason {
+    /// The requester is not active staff.
+    NotStaff,
+    /// No patient has this patientRef.
+    UnknownPatient,
+    /// The requester is an assigned carer, but the patient opted out of
+    /// default carer access.
+    OptedOut,
+    /// Neither an assigned carer nor covered by a live consent.
+    NoConsent,
+    /// Break-glass by someone who is not a doctor.
+    NotDoctor,
+    /// A code this version does not know.
+    Other(u8),
+}
+
+impl DenyReason {
+    fn from_code(code: u8) -> DenyReason {
+        match code {
+            1 => DenyReason::NotStaff,
+            2 => DenyReason::UnknownPatient,
+            3 => DenyReason::OptedOut,
+            4 => DenyReason::NoConsent,
+            5 => DenyReason::NotDoctor,
+            n => DenyReason::Other(n),
+        }
+    }
+
+    /// A stable name, e.g. `no-consent`.
+    pub fn name(&self) -> String {
+        match self {
+            DenyReason::NotStaff => "not-staff".into(),
+            DenyReason::UnknownPatient => "unknown-patient".into(),
+            DenyReason::OptedOut => "opted-out".into(),
+            DenyReason::NoConsent => "no-consent".into(),
+            DenyReason::NotDoctor => "not-doctor".into(),
+            DenyReason::Other(n) => format!("reason-{n}"),
+        }
+    }
+}
+
+/// AccessLog's answer to one request, from the transaction's event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessDecision {
+    /// The request id.
+    pub id: u64,
+    /// Granted on this basis, or denied for this reason.
+    pub outcome: std::result::Result<Basis, DenyReason>,
+    /// The consent grant relied on (0 if none).
+    pub grant_id: u64,
+    /// Until when a granted request may be used (Unix seconds; 0 if denied).
+    pub expires_at: u64,
+    /// The transaction that recorded it.
+    pub tx: B256,
+}
+
+impl AccessDecision {
+    /// Whether access was granted.
+    pub fn granted(&self) -> bool {
+        self.outcome.is_ok()
+    }
+}
+
+/// A deployed set of contracts, reached through one provider.
+#[derive(Debug, Clone)]
+pub struct Contracts<P> {
+    provider: P,
+    addresses: Addresses,
+}
+
+impl<P: Provider + Clone> Contracts<P> {
+    /// Deploys the whole set from the provider's account (which becomes the
+    /// first admin), registers the shipped rules under
+    /// [`ALLOWED_TYPES_RULE`], [`VALUE_RANGE_RULE`] and [`DEFAULT_RULE`] with
+    /// [`DEFAULT_RANGES`], and records the addresses in the Registry.
+    pub async fn deploy(provider: P) -> Result<Contracts<P>> {
+        let p = || provider.clone();
+        let registry = deployed(Registry::deploy_builder(p())).await?;
+        let rule_manager = deployed(RuleManager::deploy_builder(p(), registry)).await?;
+        let consent = deployed(Consent::deploy_builder(p(), registry)).await?;
+        let access_log = deployed(AccessLog::deploy_builder(p(), registry, consent)).await?;
+        let anchor = deployed(Anchor::deploy_builder(p(), registry)).await?;
+        let allowed_types = deployed(AllowedTypesRule::deploy_builder(p(), rule_manager)).await?;
+        let value_range = deployed(ValueRangeRule::deploy_builder(p(), rule_manager)).await?;
+        let default_rule = deployed(AllOfRule::deploy_builder(
+            p(),
+            vec![allowed_types, value_range],
+        ))
+        .await?;
+        let contracts = Contracts {
+            provider,
+            addresses: Addresses {
+                registry,
+                rule_manager,
+                consent,
+                access_log,
+                anchor,
+                allowed_types,
+                value_range,
+                default_rule,
+            },
+        };
+        let rules = contracts.rule_manager();
+        for (id, at) in [
+            (ALLOWED_TYPES_RULE, allowed_types),
+            (VALUE_RANGE_RULE, value_range),
+            (DEFAULT_RULE, default_rule),
+        ] {
+            send(rules.registerRule(rule_id(id), at)).await?;
+        }
+        let (codes, (mins, maxs)): (Vec<_>, (Vec<_>, Vec<_>)) = DEFAULT_RANGES
+            .iter()
+            .map(|(code, lo, hi)| (code_key(code), (milli(*lo), milli(*hi))))
+            .unzip();
+        send(contracts.value_range().setRanges(codes, mins, maxs)).await?;
+        send(contracts.registry().setDirectory(Registry::Directory {
+            ruleManager: rule_manager,
+            consent,
+            accessLog: access_log,
+            anchor,
+        }))
+        .await?;
+        Ok(contracts)
+    }
+
+    /// The set whose Registry is at `registry`; the rest is read from its
+    /// directory and the RuleManager's shipped rule ids.
+    pub async fn at(provider: P, registry: Address) -> Result<Contracts<P>> {
+        if provider.get_code_at(registry).await?.is_empty() {
+            return Err(Error::NoCode(registry));
+        }
+        let dir = Registry::new(registry, provider.clone())
+            .directory()
+            .call()
+            .await?;
+        if dir.ruleManager.is_zero() {
+            return Err(Error::Unexpected(format!(
+                "the Registry at {registry} has no directory (not deployed by `Contracts::deploy`?)"
+            )));
+        }
+        let rules = RuleManager::new(dir.ruleManager, provider.clone());
+        let rule = async |id| rules.rules(rule_id(id)).call().await;
+        let addresses = Addresses {
+            registry,
+            rule_manager: dir.ruleManager,
+            consent: dir.consent,
+            access_log: dir.accessLog,
+            anchor: dir.anchor,
+            allowed_types: rule(ALLOWED_TYPES_RULE).await?,
+            value_range: rule(VALUE_RANGE_RULE).await?,
+            default_rule: rule(DEFAULT_RULE).await?,
+        };
+        Ok(Contracts {
+            provider,
+            addresses,
+        })
+    }
+
+    /// The same contracts through another provider (say, another signer).
+    pub fn with_provider<Q: Provider + Clone>(&self, provider: Q) -> Contracts<Q> {
+        Contracts {
+            provider,
+            addresses: self.addresses,
+        }
+    }
+
+    /// Where the contracts live.
+    pub fn addresses(&self) -> &Addresses {
+        &self.addresses
+    }
+
+    /// The provider calls go through.
+    pub fn provider(&self) -> &P {
+        &self.provider
+    }
+
+    /// The Registry.
+    pub fn registry(&self) -> RegistryInstance<P> {
+        Registry::new(self.addresses.registry, self.provider.clone())
+    }
+
+    /// The RuleManager.
+    pub fn rule_manager(&self) -> RuleManagerInstance<P> {
+        RuleManager::new(self.addresses.rule_manager, self.provider.clone())
+    }
+
+    /// The shipped allowed-types rule.
+    pub fn allowed_types(&self) -> AllowedTypesRuleInstance<P> {
+        AllowedTypesRule::new(self.addresses.allowed_types, self.provider.clone())
+    }
+
+    /// The shipped value-range rule.
+    pub fn value_range(&self) -> ValueRangeRuleInstance<P> {
+        ValueRangeRule::new(self.addresses.value_range, self.provider.clone())
+    }
+
+    /// Consent.
+    pub fn consent(&self) -> ConsentInstance<P> {
+        Consent::new(self.addresses.consent, self.provider.clone())
+    }
+
+    /// AccessLog.
+    pub fn access_log(&self) -> AccessLogInstance<P> {
+        AccessLog::new(self.addresses.access_log, self.provider.clone())
+    }
+
+    /// Anchor.
+    pub fn anchor(&self) -> AnchorInstance<P> {
+        Anchor::new(self.addresses.anchor, self.provider.clone())
+    }
+
+    /// Runs the rule contracts over a batch of readings in one call. Returns
+    /// one reason per input and the rule version the answers reflect.
+    pub async fn check_readings(&self, inputs: Vec<RuleInput>) -> Result<(Vec<RuleReason>, u64)> {
+        let n = inputs.len();
+        let out = self.rule_manager().check(inputs).call().await?;
+        if out.reasons.len() != n {
+            return Err(Error::Unexpected(format!(
+                "RuleManager.check answered {} reasons for {n} readings",
+                out.reasons.len()
+            )));
+        }
+        let reasons = out.reasons.into_iter().map(RuleReason::from_code).collect();
+        Ok((reasons, out.ver))
+    }
+
+    /// Asks AccessLog for `scope` of a patient's data for `purpose`, signed
+    /// by the provider's account, and returns the decision.
+    pub async fn request_access(
+        &self,
+        patient_ref: B256,
+        scope: Scope,
+        purpose: &str,
+    ) -> Result<AccessDecision> {
+        let log = self.access_log();
+        let call = log.requestAccess(patient_ref, scope.0, short_text(purpose).map_err(text)?);
+        decision(&send(call).await?)
+    }
+
+    /// Emergency access with a stated reason (a short code, no clinical
+    /// narrative: it is public on chain).
+    pub async fn break_glass(
+        &self,
+        patient_ref: B256,
+        scope: Scope,
+        reason: &str,
+    ) -> Result<AccessDecision> {
+        let log = self.access_log();
+        let call = log.breakGlass(patient_ref, scope.0, short_text(reason).map_err(text)?);
+        decision(&send(call).await?)
+    }
+
+    /// Whether request `id` lets `requester` read now (granted to them,
+    /// unexpired, and its basis still holds).
+    pub async fn request_usable(&self, id: u64, requester: Address) -> Result<bool> {
+        Ok(self
+            .access_log()
+            .usable(U256::from(id), requester)
+            .call()
+            .await?)
+    }
+
+    /// Grants consent as the patient (the provider's account); returns the
+    /// grant id. `grantee` is a staff account or a staff role.
+    pub async fn grant_consent(
+        &self,
+        patient_ref: B256,
+        grantee: Grantee,
+        scope: Scope,
+        purpose: &str,
+        expiry: u64,
+    ) -> Result<u64> {
+        let (account, role) = match grantee {
+            Grantee::Account(a) => (a, 0),
+            Grantee::Role(r) => (Address::ZERO, r.code()),
+        };
+        let consent = self.consent();
+        let call = consent.grant(
+            patient_ref,
+            account,
+            role,
+            scope.0,
+            short_text(purpose).map_err(text)?,
+            expiry,
+        );
+        let receipt = send(call).await?;
+        let event: Consent::ConsentGranted = event(&receipt, self.addresses.consent)?;
+        to_u64(event.id)
+    }
+
+    /// Revokes a consent grant as the patient.
+    pub async fn revoke_consent(&self, patient_ref: B256, id: u64) -> Result<TransactionReceipt> {
+        let consent = self.consent();
+        send(consent.revoke(patient_ref, U256::from(id))).await
+    }
+
+    /// Opts the patient out of (or back into) default carer access.
+    pub async fn set_opt_out(
+        &self,
+        patient_ref: B256,
+        opt_out: bool,
+    ) -> Result<TransactionReceipt> {
+        let consent = self.consent();
+        send(consent.setOptOut(patient_ref, opt_out)).await
+    }
+
+    /// Anchors one Merkle root as a collector or server; returns its id.
+    pub async fn anchor_root(
+        &self,
+        kind: u8,
+        root: B256,
+        count: u64,
+        first: B256,
+        last: B256,
+    ) -> Result<u64> {
+        let anchor = self.anchor();
+        let receipt = send(anchor.anchor(kind, root, count, first, last)).await?;
+        let event: Anchor::Anchored = event(&receipt, self.addresses.anchor)?;
+        to_u64(event.id)
+    }
+}
+
+/// Who a consent is granted to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grantee {
+    /// One staff account.
+    Account(Address),
+    /// Every active staff member with this role.
+    Role(StaffRole),
+}
+
+/// Sends a contract call as a transaction and waits until it is mined. A
+/// refusal (found when the node estimates gas) is [`Error::Reverted`] with
+/// the contract's reason by name; a mined failure is [`Error::Failed`].
+///
+/// Gas is estimated before the provider's fillers run, so that a refused
+/// call never takes a nonce: alloy's default nonce cache would otherwise
+/// leave a gap that blocks every later transaction of the account.
+pub async fn send<P: Provider, D: CallDecoder>(
+    call: CallBuilder<P, D>,
+) -> Result<TransactionReceipt> {
+    let gas = call.estimate_gas().await?;
+    let pending = call.gas(gas).send().await?;
+    let tx = *pending.tx_hash();
+    let receipt = wait_for_receipt(pending.provider(), tx).await?;
+    if !receipt.status() {
+        return Err(Error::Failed(tx));
+    }
+    Ok(receipt)
+}
+
+/// Polls for a receipt, quickly at first: a local chain seals within
+/// milliseconds, a remote one takes seconds.
+async fn wait_for_receipt<P: Provider>(provider: &P, tx: B256) -> Result<TransactionReceipt> {
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(1);
+    loop {
+        if let Some(receipt) = provider.get_transaction_receipt(tx).await? {
+            return Ok(receipt);
+        }
+        if start.elapsed() > RECEIPT_TIMEOUT {
+            return Err(Error::Timeout {
+                tx,
+                waited_ms: start.elapsed().as_millis() as u64,
+            });
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(200));
+    }
+}
+
+async fn deployed<P: Provider>(call: CallBuilder<P, ()>) -> Result<Address> {
+    let receipt = send(call).await?;
+    receipt.contract_address.ok_or_else(|| {
+        Error::Unexpected(format!(
+            "deployment {} has no contract address",
+            receipt.transaction_hash
+        ))
+    })
+}
+
+fn rule_id(id: &str) -> B256 {
+    short_text(id).expect("shipped rule ids are short")
+}
+
+fn text(e: crate::text::TextError) -> Error {
+    Error::Unexpected(e.to_string())
+}
+
+fn to_u64(v: U256) -> Result<u64> {
+    u64::try_from(v).map_err(|_| Error::Unexpected(format!("id {v} does not fit in 64 bits")))
+}
+
+/// The first `E` event that `emitter` logged in `receipt`.
+fn event<E: SolEvent>(receipt: &TransactionReceipt, emitter: Address) -> Result<E> {
+    receipt
+        .inner
+        .logs()
+        .iter()
+        .filter(|log| log.address() == emitter)
+        .find_map(|log| E::decode_log(&log.inner).ok())
+        .map(|log| log.data)
+        .ok_or_else(|| {
+            Error::Unexpected(format!(
+                "transaction {} has no {} event",
+                receipt.transaction_hash,
+                E::SIGNATURE
+            ))
+        })
+}
+
+fn decision(receipt: &TransactionReceipt) -> Result<AccessDecision> {
+    let tx = receipt.transaction_hash;
+    for log in receipt.inner.logs() {
+        if let Ok(granted) = AccessLog::AccessGranted::decode_log(&log.inner) {
+            return Ok(AccessDecision {
+                id: to_u64(granted.id)?,
+                outcome: Ok(Basis::from_code(granted.basis)),
+                grant_id: to_u64(granted.grantId)?,
+                expires_at: granted.expiresAt,
+                tx,
+            });
+        }
+        if let Ok(denied) = AccessLog::AccessDenied::decode_log(&log.inner) {
+            return Ok(AccessDecision {
+                id: to_u64(denied.id)?,
+                outcome: Err(DenyReason::from_code(denied.reason)),
+                grant_id: 0,
+                expires_at: 0,
+                tx,
+            });
+        }
+    }
+    Err(Error::Unexpected(format!(
+        "transaction {tx} has no access decision"
+    )))
+}

@@ -1,0 +1,214 @@
+//! Errors of the typed client, with revert data decoded by name.
+
+use crate::bindings::ARTIFACTS;
+use alloy::dyn_abi::{DynSolValue, ErrorExt};
+use alloy::json_abi::JsonAbi;
+use alloy::primitives::{Address, B256, Bytes};
+use alloy::sol_types::{Panic, Revert, SolError};
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
+/// The client's result.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong talking to the contracts.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The contract refused: the call reverted with `reason`.
+    #[error("the contract refused: {reason}")]
+    Reverted {
+        /// The revert decoded, e.g. `NotAdmin(caller: 0x…)`.
+        reason: String,
+        /// The raw revert data.
+        data: Bytes,
+    },
+    /// The transaction was mined but failed.
+    #[error("transaction {0} was mined but failed (status 0)")]
+    Failed(B256),
+    /// No receipt came in time.
+    #[error("no receipt for transaction {tx} after {waited_ms} ms")]
+    Timeout {
+        /// The transaction.
+        tx: B256,
+        /// How long we waited.
+        waited_ms: u64,
+    },
+    /// The node could not be reached or answered with an error.
+    #[error("chain RPC: {0}")]
+    Rpc(String),
+    /// No contract where one was expected.
+    #[error("no contract code at {0} (wrong address or wrong chain?)")]
+    NoCode(Address),
+    /// A receipt or answer lacked what the contract always emits.
+    #[error("unexpected answer from the chain: {0}")]
+    Unexpected(String),
+}
+
+impl From<alloy::contract::Error> for Error {
+    fn from(e: alloy::contract::Error) -> Error {
+        match e.as_revert_data() {
+            Some(data) => Error::reverted(data),
+            None => Error::Rpc(e.to_string()),
+        }
+    }
+}
+
+impl From<alloy::transports::TransportError> for Error {
+    fn from(e: alloy::transports::TransportError) -> Error {
+        match e.as_error_resp().and_then(|p| p.as_revert_data()) {
+            Some(data) => Error::reverted(data),
+            None => Error::Rpc(e.to_string()),
+        }
+    }
+}
+
+impl Error {
+    fn reverted(data: Bytes) -> Error {
+        Error::Reverted {
+            reason: decode_revert(&data),
+            data,
+        }
+    }
+
+    /// The name of the contract error, if this is a revert with a custom
+    /// error (e.g. `NotAdmin`).
+    pub fn revert_name(&self) -> Option<&str> {
+        match self {
+            Error::Reverted { reason, .. } => Some(reason.split('(').next().unwrap_or(reason)),
+            _ => None,
+        }
+    }
+}
+
+/// Every custom error of our contracts by selector.
+static ERRORS: LazyLock<HashMap<[u8; 4], alloy::json_abi::Error>> = LazyLock::new(|| {
+    let mut map = HashMap::new();
+    for artifact in ARTIFACTS {
+        let value: serde_json::Value =
+            serde_json::from_str(artifact).expect("committed artifacts are JSON");
+        let abi: JsonAbi =
+            serde_json::from_value(value["abi"].clone()).expect("committed artifacts hold an ABI");
+        for error in abi.errors() {
+            map.insert(error.selector().0, error.clone());
+        }
+    }
+    map
+});
+
+/// Revert data in words: a custom error of our contracts with its named
+/// arguments, `Error(string)`'s message, or a panic code.
+pub fn decode_revert(data: &[u8]) -> String {
+    if let Ok(revert) = Revert::abi_decode(data) {
+        return revert.reason;
+    }
+    if let Ok(panic) = Panic::abi_decode(data) {
+        return format!("panic {:#x}", panic.code);
+    }
+    let Some(selector) = data.get(..4) else {
+        return if data.is_empty() {
+            "reverted without a reason".into()
+        } else {
+            format!("unknown revert data 0x{}", hex(data))
+        };
+    };
+    let known = <[u8; 4]>::try_from(selector)
+        .ok()
+        .and_then(|s| ERRORS.get(&s));
+    let Some(error) = known else {
+        return format!("unknown revert data 0x{}", hex(data));
+    };
+    match error.decode_error(data) {
+        Ok(decoded) => {
+            let args: Vec<String> = error
+                .inputs
+                .iter()
+                .zip(&decoded.body)
+                .map(|(param, value)| format!("{}: {}", param.name, show(value)))
+                .collect();
+            format!("{}({})", error.name, args.join(", "))
+        }
+        Err(_) => format!("{} with malformed arguments 0x{}", error.name, hex(data)),
+    }
+}
+
+fn hex(data: &[u8]) -> String {
+    data.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A value for people: short text in a `bytes32` shows as text.
+fn show(value: &DynSolValue) -> String {
+    match value {
+        DynSolValue::Address(a) => a.to_checksum(None),
+        DynSolValue::FixedBytes(word, 32) => {
+            let text = crate::text::text_of(*word);
+            let printable = !text.is_empty()
+                && text
+                    .chars()
+                    .all(|c| !c.is_control() && c != char::REPLACEMENT_CHARACTER)
+                && word[text.len()..].iter().all(|b| *b == 0);
+            if printable {
+                format!("{text:?}")
+            } else {
+                format!("{word}")
+            }
+        }
+        DynSolValue::FixedBytes(word, n) => format!("0x{}", hex(&word[..*n])),
+        DynSolValue::Uint(v, _) => v.to_string(),
+        DynSolValue::Int(v, _) => v.to_string(),
+        DynSolValue::Bool(b) => b.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bindings::{Registry, RuleManager};
+    use crate::text::short_text;
+
+    #[test]
+    fn custom_errors_by_name() {
+        let caller = Address::repeat_byte(0xab);
+        let data = Registry::NotAdmin { caller }.abi_encode();
+        assert_eq!(
+            decode_revert(&data),
+            format!("NotAdmin(caller: {})", caller.to_checksum(None))
+        );
+        let data = Registry::DuplicateDevice {
+            epc: [1u8; 12].into(),
+        }
+        .abi_encode();
+        assert_eq!(
+            decode_revert(&data),
+            "DuplicateDevice(epc: 0x010101010101010101010101)"
+        );
+        let data = RuleManager::UnknownRule {
+            ruleId: short_text("icu").expect("fits"),
+        }
+        .abi_encode();
+        assert_eq!(decode_revert(&data), "UnknownRule(ruleId: \"icu\")");
+    }
+
+    #[test]
+    fn standard_and_unknown_reverts() {
+        assert_eq!(
+            decode_revert(&Revert::from("too large").abi_encode()),
+            "too large"
+        );
+        assert_eq!(
+            decode_revert(
+                &Panic {
+                    code: alloy::primitives::U256::from(0x11)
+                }
+                .abi_encode()
+            ),
+            "panic 0x11"
+        );
+        assert_eq!(decode_revert(&[]), "reverted without a reason");
+        assert_eq!(
+            decode_revert(&[1, 2, 3, 4, 5]),
+            "unknown revert data 0x0102030405"
+        );
+    }
+}

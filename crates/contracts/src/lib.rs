@@ -1,0 +1,32 @@
+//! medledger's contracts on the authority chain, seen from Rust: bindings,
+//! a typed client that works over any alloy `Provider` (the embedded node
+//! or anvil), one call that deploys and wires the whole set, and the chain
+//! node's account permissioning read from the Registry.
+//!
+//! ```text
+//!  Registry <── RuleManager ──> rule contracts (AllowedTypes, ValueRange, AllOf)
+//!     ^   ^──── Consent <── AccessLog
+//!     └──────── Anchor
+//! ```
+//!
+//! The Solidity sources live in `contracts/src`; `contracts/compile.js`
+//! builds the artifacts in `contracts/out` that the bindings are generated
+//! from.
+
+pub mod bindings;
+mod client;
+mod error;
+mod permissions;
+mod rules;
+mod scope;
+mod text;
+
+pub use client::{
+    ALLOWED_TYPES_RULE, AccessDecision, Addresses, Basis, Contracts, DEFAULT_RANGES, DEFAULT_RULE,
+    DenyReason, Grantee, StaffRole, VALUE_RANGE_RULE, send,
+};
+pub use error::{Error, Result, decode_revert};
+pub use permissions::RegistryPermissions;
+pub use rules::{RuleReason, code_key, milli, rule_inputs};
+pub use scope::{Scope, ScopeError};
+pub use text::{TextError, epc_bytes, epc_key, short_text, text_of};
