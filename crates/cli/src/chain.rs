@@ -5,9 +5,11 @@ use anyhow::{Context, Result};
 use clap::Args;
 use medledger_chain::rpc::{Rpc, http};
 use medledger_chain::{Node, NodeConfig, Sealing};
+use medledger_contracts::RegistryPermissions;
 use medledger_pki::{Acceptor, ClientAuth, Credentials, Role, server_config};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Debug, Args)]
@@ -21,6 +23,10 @@ pub(crate) struct ChainArgs {
     /// An account allowed to send transactions (first start only); repeat.
     #[arg(long)]
     allow: Vec<Address>,
+    /// The Registry contract (printed by `medledger admin deploy`): accounts
+    /// it knows may send transactions too.
+    #[arg(long, env = "MEDLEDGER_REGISTRY")]
+    registry: Option<Address>,
     /// EIP-155 chain id.
     #[arg(long, default_value_t = 1337)]
     chain_id: u64,
@@ -63,6 +69,9 @@ pub(crate) fn run(args: ChainArgs) -> Result<()> {
         };
         let node = Node::start(&config)
             .with_context(|| format!("starting the chain in {}", args.data.display()))?;
+        if let Some(registry) = args.registry {
+            node.set_permissions(Arc::new(RegistryPermissions::new(registry)));
+        }
         let listener = tokio::net::TcpListener::bind(args.rpc)
             .await
             .with_context(|| format!("binding {}", args.rpc))?;
@@ -71,6 +80,9 @@ pub(crate) fn run(args: ChainArgs) -> Result<()> {
         println!("  chain id     {}", genesis.chain_id);
         println!("  authority    {}", genesis.authority);
         println!("  allowed      {}", genesis.allow.len());
+        if let Some(registry) = args.registry {
+            println!("  registry     {registry} (its accounts may send)");
+        }
         println!("  head block   {}", node.block_number());
         println!("  JSON-RPC     http://{}", listener.local_addr()?);
         let rpc = Rpc::new(node);

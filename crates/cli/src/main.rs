@@ -3,8 +3,10 @@
 //! ```text
 //! medledger ca init|issue|show|revoke|crl    the certificate authority
 //! medledger chain --data D --rpc ADDR          the embedded authority chain
+//! medledger admin deploy|staff|device|...      Registry and rules, as an admin
 //! ```
 
+mod admin;
 mod ca;
 mod chain;
 
@@ -26,6 +28,8 @@ enum Command {
     Ca(ca::CaCommand),
     /// Run the embedded authority chain (an EVM node) with JSON-RPC.
     Chain(chain::ChainArgs),
+    /// Change the Registry and the rules as an admin, on any chain.
+    Admin(admin::AdminArgs),
 }
 
 fn main() -> ExitCode {
@@ -33,6 +37,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Ca(cmd) => ca::run(cmd),
         Command::Chain(args) => chain::run(args),
+        Command::Admin(args) => admin::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,7 +6,7 @@
 //! contract in its ABI (say `Registry.StaffRole` in Consent's) is generated
 //! there again, as the plain value type it encodes to.
 
-#![allow(missing_docs)]
+#![allow(missing_docs, clippy::too_many_arguments)]
 
 /// `Registry` (its ABI's types from other contracts live inside this module).
 pub mod registry {

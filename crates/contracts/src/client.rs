@@ -2,6 +2,7 @@
 //! crates use, and [`send`], which turns any contract call into a mined
 //! receipt or an error that names the contract's reason.
 
+use crate::abi::{Error, Result};
 use crate::bindings::AccessLog::{self, AccessLogInstance};
 use crate::bindings::AllOfRule;
 use crate::bindings::AllowedTypesRule::{self, AllowedTypesRuleInstance};
@@ -10,7 +11,6 @@ use crate::bindings::Consent::{self, ConsentInstance};
 use crate::bindings::Registry::{self, RegistryInstance};
 use crate::bindings::RuleManager::{self, RuleInput, RuleManagerInstance};
 use crate::bindings::ValueRangeRule::{self, ValueRangeRuleInstance};
-use crate::error::{Error, Result};
 use crate::rules::{RuleReason, code_key, milli};
 use crate::scope::Scope;
 use crate::text::short_text;

@@ -13,19 +13,19 @@
 //! builds the artifacts in `contracts/out` that the bindings are generated
 //! from.
 
+mod abi;
 pub mod bindings;
 mod client;
-mod error;
 mod permissions;
 mod rules;
 mod scope;
 mod text;
 
+pub use abi::{DecodedEvent, Error, Result, decode_event, decode_revert};
 pub use client::{
     ALLOWED_TYPES_RULE, AccessDecision, Addresses, Basis, Contracts, DEFAULT_RANGES, DEFAULT_RULE,
     DenyReason, Grantee, StaffRole, VALUE_RANGE_RULE, send,
 };
-pub use error::{Error, Result, decode_revert};
 pub use permissions::RegistryPermissions;
 pub use rules::{RuleReason, code_key, milli, rule_inputs};
 pub use scope::{Scope, ScopeError};

@@ -5,7 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
 
-fn medledger(args: &[&str]) -> Output {
+pub(crate) fn medledger(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_medledger"))
         .args(args)
         .output()
@@ -13,7 +13,7 @@ fn medledger(args: &[&str]) -> Output {
 }
 
 /// Runs a command that must succeed; returns its stdout.
-fn ok(args: &[&str]) -> String {
+pub(crate) fn ok(args: &[&str]) -> String {
     let out = medledger(args);
     assert!(
         out.status.success(),
@@ -24,7 +24,7 @@ fn ok(args: &[&str]) -> String {
 }
 
 /// Runs a command that must fail; returns its stderr.
-fn fails(args: &[&str]) -> String {
+pub(crate) fn fails(args: &[&str]) -> String {
     let out = medledger(args);
     assert!(!out.status.success(), "{args:?} succeeded");
     String::from_utf8(out.stderr).unwrap()
@@ -34,7 +34,7 @@ fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
 
-fn s(p: &Path) -> &str {
+pub(crate) fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 

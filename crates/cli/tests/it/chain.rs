@@ -12,9 +12,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-struct Chain {
+pub(crate) struct Chain {
     child: Child,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl Drop for Chain {
@@ -26,6 +26,11 @@ impl Drop for Chain {
 
 /// Starts `medledger chain` and reads the RPC address it prints.
 fn start(dir: &Path, allow: Address) -> Chain {
+    start_with(dir, allow, &[])
+}
+
+/// [`start`] with more arguments.
+pub(crate) fn start_with(dir: &Path, allow: Address, extra: &[&str]) -> Chain {
     let child = Command::new(env!("CARGO_BIN_EXE_medledger"))
         .args([
             "chain",
@@ -42,6 +47,7 @@ fn start(dir: &Path, allow: Address) -> Chain {
             "--allow",
             &allow.to_string(),
         ])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()

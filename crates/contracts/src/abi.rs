@@ -1,9 +1,10 @@
-//! Errors of the typed client, with revert data decoded by name.
+//! Errors of the typed client, and revert data and event logs decoded by
+//! name from the contracts' JSON ABIs, for people and `--json` output.
 
 use crate::bindings::ARTIFACTS;
-use alloy::dyn_abi::{DynSolValue, ErrorExt};
+use alloy::dyn_abi::{DynSolValue, ErrorExt, EventExt};
 use alloy::json_abi::JsonAbi;
-use alloy::primitives::{Address, B256, Bytes};
+use alloy::primitives::{Address, B256, Bytes, Log};
 use alloy::sol_types::{Panic, Revert, SolError};
 use std::collections::HashMap;
 use std::sync::LazyLock;
@@ -81,20 +82,73 @@ impl Error {
     }
 }
 
-/// Every custom error of our contracts by selector.
-static ERRORS: LazyLock<HashMap<[u8; 4], alloy::json_abi::Error>> = LazyLock::new(|| {
-    let mut map = HashMap::new();
+/// Every custom error and event of our contracts, by selector and topic.
+struct Abis {
+    errors: HashMap<[u8; 4], alloy::json_abi::Error>,
+    events: HashMap<B256, alloy::json_abi::Event>,
+}
+
+static ABIS: LazyLock<Abis> = LazyLock::new(|| {
+    let mut abis = Abis {
+        errors: HashMap::new(),
+        events: HashMap::new(),
+    };
     for artifact in ARTIFACTS {
         let value: serde_json::Value =
             serde_json::from_str(artifact).expect("committed artifacts are JSON");
         let abi: JsonAbi =
             serde_json::from_value(value["abi"].clone()).expect("committed artifacts hold an ABI");
         for error in abi.errors() {
-            map.insert(error.selector().0, error.clone());
+            abis.errors.insert(error.selector().0, error.clone());
+        }
+        for event in abi.events() {
+            abis.events.insert(event.selector(), event.clone());
         }
     }
-    map
+    abis
 });
+
+/// An event of our contracts, decoded: its name and named arguments.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DecodedEvent {
+    /// The emitting contract.
+    pub address: Address,
+    /// The event's name, e.g. `StaffRegistered`.
+    pub name: String,
+    /// Arguments in order, each as (name, value for people).
+    pub args: Vec<(String, String)>,
+}
+
+impl std::fmt::Display for DecodedEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let args: Vec<String> = self.args.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+        write!(f, "{}({})", self.name, args.join(", "))
+    }
+}
+
+/// Decodes a log emitted by one of our contracts; `None` for anything else.
+pub fn decode_event(log: &Log) -> Option<DecodedEvent> {
+    let event = ABIS.events.get(log.topics().first()?)?;
+    let decoded = event.decode_log(&log.data).ok()?;
+    let (mut indexed, mut body) = (decoded.indexed.iter(), decoded.body.iter());
+    let args = event
+        .inputs
+        .iter()
+        .map(|param| {
+            let value = if param.indexed {
+                indexed.next()
+            } else {
+                body.next()
+            };
+            (param.name.clone(), value.map_or_else(String::new, show))
+        })
+        .collect();
+    Some(DecodedEvent {
+        address: log.address,
+        name: event.name.clone(),
+        args,
+    })
+}
 
 /// Revert data in words: a custom error of our contracts with its named
 /// arguments, `Error(string)`'s message, or a panic code.
@@ -114,7 +168,7 @@ pub fn decode_revert(data: &[u8]) -> String {
     };
     let known = <[u8; 4]>::try_from(selector)
         .ok()
-        .and_then(|s| ERRORS.get(&s));
+        .and_then(|s| ABIS.errors.get(&s));
     let Some(error) = known else {
         return format!("unknown revert data 0x{}", hex(data));
     };
@@ -157,6 +211,10 @@ fn show(value: &DynSolValue) -> String {
         DynSolValue::Uint(v, _) => v.to_string(),
         DynSolValue::Int(v, _) => v.to_string(),
         DynSolValue::Bool(b) => b.to_string(),
+        DynSolValue::Array(items) | DynSolValue::FixedArray(items) | DynSolValue::Tuple(items) => {
+            let items: Vec<String> = items.iter().map(show).collect();
+            format!("[{}]", items.join(", "))
+        }
         other => format!("{other:?}"),
     }
 }
@@ -188,6 +246,30 @@ mod tests {
         }
         .abi_encode();
         assert_eq!(decode_revert(&data), "UnknownRule(ruleId: \"icu\")");
+    }
+
+    #[test]
+    fn events_by_name() {
+        let event = Registry::StaffRegistered {
+            account: Address::repeat_byte(1),
+            role: 2,
+            department: short_text("icu").expect("fits"),
+        };
+        let log = Log {
+            address: Address::repeat_byte(9),
+            data: alloy::sol_types::SolEvent::encode_log_data(&event),
+        };
+        let decoded = decode_event(&log).expect("ours");
+        assert_eq!(decoded.name, "StaffRegistered");
+        assert_eq!(
+            decoded.to_string(),
+            format!(
+                "StaffRegistered(account: {}, role: 2, department: \"icu\")",
+                Address::repeat_byte(1)
+            )
+        );
+        let foreign = Log::new_unchecked(Address::ZERO, vec![B256::repeat_byte(5)], Bytes::new());
+        assert_eq!(decode_event(&foreign), None);
     }
 
     #[test]

@@ -1,0 +1,294 @@
+//! `medledger admin` against `medledger chain`, as an operator runs them.
+
+use crate::ca::{fails, ok, s};
+use crate::chain::start_with;
+use serde_json::Value;
+use std::path::Path;
+
+/// Issues a certificate for `role` and returns (prefix, address if any).
+fn issue(ca: &Path, dir: &Path, name: &str, role: &str, extra: &[&str]) -> (String, String) {
+    let out = dir.join(name);
+    let mut args = vec![
+        "ca",
+        "issue",
+        "--ca",
+        s(ca),
+        "--role",
+        role,
+        "--out",
+        s(&out),
+    ];
+    args.extend_from_slice(extra);
+    ok(&args);
+    let shown: Value =
+        serde_json::from_str(&ok(&["ca", "show", &format!("{}.crt", s(&out)), "--json"])).unwrap();
+    let address = shown["address"].as_str().unwrap_or_default().to_owned();
+    (s(&out).to_owned(), address)
+}
+
+fn json(out: &str) -> Value {
+    serde_json::from_str(out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+#[test]
+fn an_admin_runs_the_registry_and_the_rules_from_the_command_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = tmp.path().join("ca");
+    ok(&["ca", "init", "--dir", s(&ca)]);
+    let (admin, admin_address) = issue(&ca, tmp.path(), "admin", "admin", &[]);
+    let (doctor, doctor_address) = issue(&ca, tmp.path(), "doctor", "doctor", &[]);
+    let epc = "urn:epc:tag:sgtin-96:3.0614141.812345.6789";
+    let (device, _) = issue(
+        &ca,
+        tmp.path(),
+        "dev",
+        "device",
+        &[
+            "--epc",
+            epc,
+            "--group",
+            "icu-hr-monitor",
+            "--rule",
+            "default",
+        ],
+    );
+    let chain_dir = tmp.path().join("chain");
+    let admin_key = format!("{admin}.eth.key");
+    let doctor_key = format!("{doctor}.eth.key");
+
+    // Deploy on a chain that allows only the admin.
+    let chain = start_with(&chain_dir, admin_address.parse().unwrap(), &[]);
+    let as_admin = |args: &[&str]| -> Value {
+        let mut all = vec!["admin", "--rpc", &chain.url, "--key", &admin_key, "--json"];
+        all.extend_from_slice(args);
+        json(&ok(&all))
+    };
+    let deployed = as_admin(&["deploy"]);
+    let registry = deployed["addresses"]["registry"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let as_admin = |args: &[&str]| -> Value {
+        let mut all = vec![
+            "admin",
+            "--rpc",
+            &chain.url,
+            "--key",
+            &admin_key,
+            "--registry",
+            &registry,
+            "--json",
+        ];
+        all.extend_from_slice(args);
+        json(&ok(&all))
+    };
+
+    let out = as_admin(&[
+        "staff",
+        "register",
+        &doctor_address,
+        "--role",
+        "doctor",
+        "--department",
+        "cardiology",
+    ]);
+    assert_eq!(out["events"][0]["event"], "StaffRegistered");
+    assert_eq!(out["events"][0]["args"]["department"], "\"cardiology\"");
+    assert!(out["tx"].as_str().unwrap().starts_with("0x"));
+    let shown = as_admin(&["staff", "show", &doctor_address]);
+    assert_eq!(
+        (shown["role"].as_str(), shown["active"].as_bool()),
+        (Some("doctor"), Some(true))
+    );
+
+    // A device is registered from its certificate, once.
+    let cert = format!("{device}.crt");
+    let out = as_admin(&["device", "register", "--cert", &cert]);
+    assert_eq!(out["events"][0]["event"], "DeviceRegistered");
+    assert_eq!(out["events"][0]["args"]["group"], "\"icu-hr-monitor\"");
+    let err = fails(&[
+        "admin",
+        "--rpc",
+        &chain.url,
+        "--key",
+        &admin_key,
+        "--registry",
+        &registry,
+        "device",
+        "register",
+        "--cert",
+        &cert,
+    ]);
+    assert!(
+        err.contains("DuplicateDevice(epc: 0x3074257bf7194e4000001a85)"),
+        "{err}"
+    );
+
+    // Admit a patient with the doctor as carer, and give them the device.
+    let patient = format!("0x{}", "ab".repeat(32));
+    let out = as_admin(&[
+        "patient",
+        "admit",
+        "--patient",
+        &patient,
+        "--account",
+        "0x1111111111111111111111111111111111111111",
+        "--department",
+        "cardiology",
+        "--floor",
+        "2",
+        "--room",
+        "201",
+        "--bed",
+        "1",
+        "--carer",
+        &doctor_address,
+    ]);
+    let names: Vec<&str> = out["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["PatientAdmitted", "CarerAssigned"]);
+    as_admin(&["device", "assign", "--epc", epc, "--patient", &patient]);
+    let shown = as_admin(&["device", "show", "--epc", epc]);
+    assert_eq!(shown["patient"], patient.as_str());
+    assert_eq!(
+        (
+            shown["governing_rule"].as_str(),
+            shown["governing_rule_from"].as_str()
+        ),
+        (Some("default"), Some("certificate"))
+    );
+
+    // Rules: configure the shipped ones, deploy and bind another.
+    let out = as_admin(&[
+        "rule",
+        "allow",
+        "--group",
+        "icu-hr-monitor",
+        "--types",
+        "heart-rate,spo2",
+    ]);
+    assert_eq!(out["events"][0]["event"], "TypesAllowed");
+    let out = as_admin(&[
+        "rule",
+        "range",
+        "--type",
+        "heart-rate",
+        "--min",
+        "-1",
+        "--max",
+        "220",
+    ]);
+    assert_eq!(out["events"][0]["args"]["min"], "-1000");
+    let out = as_admin(&["rule", "deploy", "value-range", "--id", "icu-ranges"]);
+    assert_eq!(out["events"][0]["event"], "RuleChanged");
+    as_admin(&[
+        "rule",
+        "bind",
+        "--scope",
+        "room",
+        "--target",
+        "201",
+        "--id",
+        "icu-ranges",
+    ]);
+    let shown = as_admin(&["device", "show", "--epc", epc]);
+    assert_eq!(
+        (
+            shown["governing_rule"].as_str(),
+            shown["governing_rule_from"].as_str()
+        ),
+        (Some("icu-ranges"), Some("room"))
+    );
+    let version = as_admin(&["show"])["rule_version"].as_u64().unwrap();
+    assert!(version >= 6, "{version}");
+    drop(chain);
+
+    // Restarted with the Registry, the chain lets the registered doctor send;
+    // the doctor is still no admin, and the contract says so.
+    let chain = start_with(
+        &chain_dir,
+        admin_address.parse().unwrap(),
+        &["--registry", &registry],
+    );
+    let err = fails(&[
+        "admin",
+        "--rpc",
+        &chain.url,
+        "--key",
+        &doctor_key,
+        "--registry",
+        &registry,
+        "staff",
+        "register",
+        &doctor_address,
+        "--role",
+        "nurse",
+        "--department",
+        "x",
+    ]);
+    assert!(
+        err.contains(&format!("NotAdmin(caller: {doctor_address})")),
+        "{err}"
+    );
+
+    // Mistakes are named.
+    let base = [
+        "admin",
+        "--rpc",
+        chain.url.as_str(),
+        "--key",
+        admin_key.as_str(),
+        "--registry",
+        registry.as_str(),
+    ];
+    let long = "x".repeat(40);
+    let err = fails(
+        &[
+            &base[..],
+            &[
+                "staff",
+                "register",
+                &doctor_address,
+                "--role",
+                "doctor",
+                "--department",
+                &long,
+            ],
+        ]
+        .concat(),
+    );
+    assert!(err.contains("at most 32 bytes"), "{err}");
+    let err = fails(
+        &[
+            &base[..],
+            &["rule", "allow", "--group", "g", "--types", "pulse"],
+        ]
+        .concat(),
+    );
+    assert!(err.contains("unknown data type \"pulse\""), "{err}");
+    let err = fails(
+        &[
+            &base[..],
+            &["device", "register", "--cert", &format!("{doctor}.crt")],
+        ]
+        .concat(),
+    );
+    assert!(err.contains("not a device's"), "{err}");
+    let err = fails(&["admin", "--rpc", &chain.url, "--key", &admin_key, "show"]);
+    assert!(err.contains("no Registry address"), "{err}");
+    let err = fails(&[
+        "admin",
+        "--rpc",
+        &chain.url,
+        "--key",
+        &admin_key,
+        "--registry",
+        "0x0000000000000000000000000000000000000007",
+        "show",
+    ]);
+    assert!(err.contains("no contract code at"), "{err}");
+}
