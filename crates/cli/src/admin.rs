@@ -8,7 +8,7 @@ use alloy::rpc::types::TransactionReceipt;
 use alloy::signers::local::PrivateKeySigner;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
-use medledger_contracts::bindings::{AllowedTypesRule, ValueRangeRule};
+use medledger_contracts::bindings::{AllOfRule, AllowedTypesRule, ValueRangeRule};
 use medledger_contracts::{
     Contracts, Scope, StaffRole, code_key, decode_event, epc_bytes, epc_key, milli, send,
     short_text, text_of,
@@ -103,6 +103,15 @@ enum StaffCommand {
 enum NodeKind {
     Collector,
     Server,
+}
+
+impl NodeKind {
+    fn name(self) -> &'static str {
+        match self {
+            NodeKind::Collector => "collector",
+            NodeKind::Server => "server",
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -226,6 +235,8 @@ enum RuleKind {
     AllowedTypes,
     /// The plausible range of each data type.
     ValueRange,
+    /// All of the rules given with --parts (registered rule ids).
+    AllOf,
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
@@ -243,6 +254,9 @@ enum RuleCommand {
         kind: RuleKind,
         #[arg(long)]
         id: String,
+        /// For all-of: the registered rule ids to combine, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        parts: Vec<String>,
     },
     /// Register (or replace) the contract that answers to a rule id.
     Register {
@@ -394,7 +408,7 @@ async fn execute(conn: &Connection, command: AdminCommand) -> Result<Value> {
                     NodeKind::Server => 2,
                 };
                 done(
-                    format!("registered {kind:?} {account}").to_lowercase(),
+                    format!("registered {} {account}", kind.name()),
                     send(reg.registerNode(account, code, text(&location)?)).await?,
                 )
             }
@@ -442,10 +456,14 @@ async fn execute(conn: &Connection, command: AdminCommand) -> Result<Value> {
                     bail!("no device {epc} is registered");
                 }
                 let resolved = rules.resolve(epc_bytes(&epc)).call().await?;
-                let scope = ["certificate", "device", "room", "floor", "group"]
-                    .get(usize::from(resolved.scope))
-                    .copied()
-                    .unwrap_or("unknown");
+                let scope = if resolved.ruleId.is_zero() {
+                    "none"
+                } else {
+                    ["certificate", "device", "room", "floor", "group"]
+                        .get(usize::from(resolved.scope))
+                        .copied()
+                        .unwrap_or("unknown")
+                };
                 json!({
                     "epc": epc.to_string(),
                     "active": d.active,
@@ -508,17 +526,31 @@ async fn execute(conn: &Connection, command: AdminCommand) -> Result<Value> {
             }
         },
         AdminCommand::Rule(cmd) => match cmd {
-            RuleCommand::Deploy { kind, id } => {
+            RuleCommand::Deploy { kind, id, parts } => {
                 let p = c.provider().clone();
                 let manager = *rules.address();
+                if matches!(kind, RuleKind::AllOf) == parts.is_empty() {
+                    bail!("--parts goes with all-of, and all-of needs --parts");
+                }
                 let address = match kind {
                     RuleKind::AllowedTypes => {
                         *AllowedTypesRule::deploy(p, manager).await?.address()
                     }
                     RuleKind::ValueRange => *ValueRangeRule::deploy(p, manager).await?.address(),
+                    RuleKind::AllOf => {
+                        let mut addresses = Vec::new();
+                        for part in &parts {
+                            let at = rules.rules(text(part)?).call().await?;
+                            if at.is_zero() {
+                                bail!("no rule is registered as {part:?}");
+                            }
+                            addresses.push(at);
+                        }
+                        *AllOfRule::deploy(p, addresses).await?.address()
+                    }
                 };
                 let mut out = done(
-                    format!("deployed a {kind:?} rule at {address} as {id:?}"),
+                    format!("deployed a rule at {address} as {id:?}"),
                     send(rules.registerRule(text(&id)?, address)).await?,
                 );
                 out["address"] = json!(address);
@@ -533,11 +565,11 @@ async fn execute(conn: &Connection, command: AdminCommand) -> Result<Value> {
                 send(rules.removeRule(text(&id)?)).await?,
             ),
             RuleCommand::Bind { scope, target, id } => done(
-                format!("bound rule {id:?} to {scope:?} {target}").to_lowercase(),
+                format!("bound rule {id:?} to {} {target}", scope.name()),
                 send(rules.bind(scope.code(), scope_key(scope, &target)?, text(&id)?)).await?,
             ),
             RuleCommand::Unbind { scope, target } => done(
-                format!("unbound {scope:?} {target}").to_lowercase(),
+                format!("unbound the rule of {} {target}", scope.name()),
                 send(rules.unbind(scope.code(), scope_key(scope, &target)?)).await?,
             ),
             RuleCommand::Allow {
@@ -624,6 +656,15 @@ fn text(s: &str) -> Result<B256> {
 }
 
 impl BindScope {
+    fn name(self) -> &'static str {
+        match self {
+            BindScope::Device => "device",
+            BindScope::Room => "room",
+            BindScope::Floor => "floor",
+            BindScope::Group => "group",
+        }
+    }
+
     /// `RuleManager.Scope`'s number.
     fn code(self) -> u8 {
         match self {

@@ -203,6 +203,16 @@ fn an_admin_runs_the_registry_and_the_rules_from_the_command_line() {
         ),
         (Some("icu-ranges"), Some("room"))
     );
+    let out = as_admin(&[
+        "rule",
+        "deploy",
+        "all-of",
+        "--id",
+        "icu-all",
+        "--parts",
+        "allowed-types,icu-ranges",
+    ]);
+    assert_eq!(out["events"][0]["args"]["ruleId"], "\"icu-all\"");
     let version = as_admin(&["show"])["rule_version"].as_u64().unwrap();
     assert!(version >= 6, "{version}");
     drop(chain);
