@@ -14,7 +14,8 @@
 //! [`node`] (miner and service loop), [`rpc`] (JSON-RPC, wire types apart),
 //! [`store`] (persistence), [`seal`] (the authority's signature).
 //!
-//! No feature flags.
+//! Feature `test-utils`: the `test_utils` module, helpers for tests that run anvil
+//! and cast beside the node (used by this crate's and `medledger-contracts`' tests).
 
 pub mod executor;
 pub mod genesis;
@@ -24,6 +25,8 @@ pub mod rpc;
 pub mod seal;
 pub mod state;
 pub mod store;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod test_utils;
 
 mod error;
 mod verify;

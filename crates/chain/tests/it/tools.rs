@@ -9,35 +9,14 @@ use alloy::network::EthereumWallet;
 use alloy::providers::{Provider, ProviderBuilder};
 use alloy::signers::local::PrivateKeySigner;
 use medledger_chain::Node;
+use medledger_chain::test_utils::{Anvil, tool};
 use serde_json::Value;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 /// anvil's first development key.
 const DEV_KEY: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
-
-/// The tool's path, or `None` after saying loudly that the test is skipped
-/// (outside CI; in CI a missing tool fails the test).
-fn tool(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os(format!("MEDLEDGER_{}", name.to_uppercase()))
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join(format!("../../contracts/node_modules/.bin/{name}"))
-        });
-    if path.exists() {
-        return Some(path);
-    }
-    let message = format!(
-        "{name} not found at {}: run `cd contracts && npm ci` (or set MEDLEDGER_{})",
-        path.display(),
-        name.to_uppercase()
-    );
-    assert!(std::env::var("CI").as_deref() != Ok("true"), "{message}");
-    eprintln!("\n!!! SKIPPED: {message}\n");
-    None
-}
 
 fn cast(cast: &PathBuf, args: &[&str]) -> String {
     let out = Command::new(cast).args(args).output().unwrap();
@@ -102,55 +81,12 @@ async fn cast_sends_and_reads_blocks_and_receipts() {
     );
 }
 
-/// anvil on a free port, stopped when dropped.
-struct Anvil {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Anvil {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts anvil with `args` and waits until it answers.
-async fn anvil(bin: &PathBuf, args: &[&std::ffi::OsStr]) -> Anvil {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new(bin)
-        .args(["--port", &port.to_string(), "--host", "127.0.0.1"])
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let anvil = Anvil {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
-    };
-    let provider = ProviderBuilder::new().connect_http(anvil.url.parse().unwrap());
-    let started = tokio::time::Instant::now();
-    while provider.get_chain_id().await.is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "anvil did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    anvil
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_client_code_runs_against_anvil() {
     let Some(anvil_bin) = tool("anvil") else {
         return;
     };
-    let anvil = anvil(&anvil_bin, &[]).await;
+    let anvil = Anvil::start(&anvil_bin, &[]);
     let dev: PrivateKeySigner = DEV_KEY.parse().unwrap();
     let provider = ProviderBuilder::new()
         .wallet(EthereumWallet::from(dev.clone()))
@@ -188,7 +124,7 @@ async fn empty_anvil(anvil_bin: &PathBuf, dir: &std::path::Path) -> Anvil {
     .map(std::ffi::OsStr::new);
     let mut args = args.to_vec();
     args.push(path.as_os_str());
-    anvil(anvil_bin, &args).await
+    Anvil::start(anvil_bin, &args)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,6 +4,7 @@
 
 mod access;
 mod anchor;
+mod anvil;
 mod common;
 mod consent;
 mod permissions;
