@@ -97,7 +97,7 @@ async fn the_same_client_code_runs_against_anvil() {
 
 /// anvil from an empty genesis (chain 31337, Prague, base fee 0), so that
 /// its state matches ours transaction for transaction.
-async fn empty_anvil(anvil_bin: &PathBuf, dir: &std::path::Path) -> Anvil {
+async fn empty_anvil(anvil_bin: &std::path::Path, dir: &std::path::Path) -> Anvil {
     let genesis = serde_json::json!({
         "config": {
             "chainId": 31337, "homesteadBlock": 0, "eip150Block": 0, "eip155Block": 0, "eip158Block": 0,
