@@ -6,10 +6,11 @@ import {Registry} from "./Registry.sol";
 /// Merkle roots that collectors and servers commit to: batches of readings
 /// and patient-ledger checkpoints. Anyone reads them; nothing is changed.
 ///
-/// Kinds (open-ended; these are used): 1 a collector's batch, 2 a server's
-/// batch, 3 a patient-ledger checkpoint (`first` = patientRef, `last` = the
-/// checkpoint's hash). `first` and `last` name the first and last item
-/// covered, in the kind's own terms.
+/// Kinds: 1 a collector's batch (collectors only), 2 a server's batch and 3
+/// a patient-ledger checkpoint (`first` = patientRef, `last` = the
+/// checkpoint's hash; servers only). Other non-zero kinds are open to any
+/// active node. `first` and `last` name the first and last item covered, in
+/// the kind's own terms.
 contract Anchor {
     struct Record {
         address by;
@@ -44,6 +45,7 @@ contract Anchor {
     );
 
     error NotANode(address caller);
+    error WrongNodeKind(uint8 kind, address caller);
     error InvalidAnchor();
     error UnknownAnchor(uint256 id);
 
@@ -80,6 +82,12 @@ contract Anchor {
 
     function push(Input memory input) internal returns (uint256 id) {
         if (input.kind == 0 || input.root == bytes32(0) || input.count == 0) revert InvalidAnchor();
+        Registry.NodeKind needed = input.kind == 1
+            ? Registry.NodeKind.Collector
+            : (input.kind <= 3 ? Registry.NodeKind.Server : Registry.NodeKind.None);
+        if (needed != Registry.NodeKind.None && registry.node(msg.sender).kind != needed) {
+            revert WrongNodeKind(input.kind, msg.sender);
+        }
         records.push(
             Record({
                 by: msg.sender,

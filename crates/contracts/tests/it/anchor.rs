@@ -26,6 +26,31 @@ async fn nodes_anchor_anyone_reads() {
     assert!(r.time > 0);
     assert_eq!(anchor.anchorCount().call().await.unwrap(), U256::from(1));
 
+    // Batches of collectors are anchored by collectors, server batches and
+    // ledger checkpoints by servers.
+    assert_refused(
+        h.collector
+            .anchor_root(3, root, 1, h.patient_ref, last)
+            .await,
+        "WrongNodeKind",
+    );
+    assert_refused(
+        h.collector.anchor_root(2, root, 1, first, last).await,
+        "WrongNodeKind",
+    );
+    let server = h.account();
+    send(
+        h.admin
+            .registry()
+            .registerNode(server.address, 2, crate::common::text("dc-1")),
+    )
+    .await
+    .unwrap();
+    assert_refused(
+        server.anchor_root(1, root, 1, first, last).await,
+        "WrongNodeKind",
+    );
+
     // Several at once: one event each, consecutive ids.
     let inputs = vec![
         Anchor::Input {
@@ -43,7 +68,7 @@ async fn nodes_anchor_anyone_reads() {
             last,
         },
     ];
-    let receipt = send(h.collector.anchor().anchorMany(inputs)).await.unwrap();
+    let receipt = send(server.anchor().anchorMany(inputs)).await.unwrap();
     let logs: Vec<Anchor::Anchored> = receipt
         .inner
         .logs()
@@ -69,7 +94,7 @@ async fn nodes_anchor_anyone_reads() {
             U256::from(2),
             3,
             h.patient_ref,
-            h.collector.address,
+            server.address,
             B256::repeat_byte(4),
             5,
             B256::repeat_byte(5)
