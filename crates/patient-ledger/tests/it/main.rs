@@ -1,0 +1,5 @@
+//! The patient ledger against the RFC 6962 reference vectors and by
+//! exhaustive properties.
+#![allow(clippy::unwrap_used, missing_docs, unreachable_pub)]
+
+mod merkle;
