@@ -12,8 +12,10 @@
 //!
 //! No feature flags.
 
+pub mod checkpoint;
 pub mod merkle;
 
+pub use checkpoint::{Checkpoint, CheckpointError, NoteSigner, NoteVerifier};
 pub use merkle::{
     Hash, ProofError, Tree, empty_root, leaf_hash, node_hash, verify_consistency, verify_inclusion,
 };

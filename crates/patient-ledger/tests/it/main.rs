@@ -2,4 +2,5 @@
 //! exhaustive properties.
 #![allow(clippy::unwrap_used, missing_docs, unreachable_pub)]
 
+mod checkpoint;
 mod merkle;
