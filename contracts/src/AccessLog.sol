@@ -100,6 +100,7 @@ contract AccessLog {
     error MissingReason();
     error UnknownRequest(uint256 id);
     error NotUnderReview(uint256 id);
+    error OwnReview(uint256 id);
     error RequestNotUsable(uint256 id);
     error InvalidAnnotation();
     error InvalidTtl();
@@ -172,6 +173,7 @@ contract AccessLog {
         if (!registry.isAdmin(msg.sender)) revert NotAdmin(msg.sender);
         Request storage r = request(id);
         if (r.basis != Basis.Emergency || r.reviewed) revert NotUnderReview(id);
+        if (r.requester == msg.sender) revert OwnReview(id);
         r.reviewed = true;
         uint256 slot = reviewSlot[id];
         uint256 last = openReviews[openReviews.length - 1];
@@ -182,8 +184,18 @@ contract AccessLog {
         emit ReviewClosed(id, msg.sender, outcome);
     }
 
-    function pendingReviews() external view returns (uint256[] memory) {
-        return openReviews;
+    function pendingReviewCount() external view returns (uint256) {
+        return openReviews.length;
+    }
+
+    /// Up to `limit` break-glass requests awaiting review, from `offset`.
+    function pendingReviews(uint256 offset, uint256 limit) external view returns (uint256[] memory out) {
+        uint256 n = openReviews.length;
+        uint256 end = offset >= n ? offset : (n - offset > limit ? offset + limit : n);
+        out = new uint256[](end - offset);
+        for (uint256 i = offset; i < end; i++) {
+            out[i - offset] = openReviews[i];
+        }
     }
 
     /// Appends an annotation or a correction to a reading (never an

@@ -58,16 +58,16 @@ contract Anchor {
         external
         returns (uint256)
     {
-        if (!registry.isActiveNode(msg.sender)) revert NotANode(msg.sender);
-        return push(Input({kind: kind, count: count, root: root, first: first, last: last}));
+        return push(sender(), Input({kind: kind, count: count, root: root, first: first, last: last}));
     }
 
     /// Anchors several roots in one transaction; returns the first id.
     function anchorMany(Input[] calldata inputs) external returns (uint256 firstId) {
-        if (!registry.isActiveNode(msg.sender)) revert NotANode(msg.sender);
+        if (inputs.length == 0) revert InvalidAnchor();
+        Registry.NodeKind kind = sender();
         firstId = records.length + 1;
         for (uint256 i = 0; i < inputs.length; i++) {
-            push(inputs[i]);
+            push(kind, inputs[i]);
         }
     }
 
@@ -80,14 +80,19 @@ contract Anchor {
         return records[id - 1];
     }
 
-    function push(Input memory input) internal returns (uint256 id) {
+    /// The caller's node kind; only active nodes anchor.
+    function sender() internal view returns (Registry.NodeKind) {
+        Registry.Node memory n = registry.node(msg.sender);
+        if (!n.active) revert NotANode(msg.sender);
+        return n.kind;
+    }
+
+    function push(Registry.NodeKind by, Input memory input) internal returns (uint256 id) {
         if (input.kind == 0 || input.root == bytes32(0) || input.count == 0) revert InvalidAnchor();
         Registry.NodeKind needed = input.kind == 1
             ? Registry.NodeKind.Collector
             : (input.kind <= 3 ? Registry.NodeKind.Server : Registry.NodeKind.None);
-        if (needed != Registry.NodeKind.None && registry.node(msg.sender).kind != needed) {
-            revert WrongNodeKind(input.kind, msg.sender);
-        }
+        if (needed != Registry.NodeKind.None && by != needed) revert WrongNodeKind(input.kind, msg.sender);
         records.push(
             Record({
                 by: msg.sender,

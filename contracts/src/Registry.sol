@@ -42,6 +42,9 @@ contract Registry {
         bytes32 certFingerprint;
         /// The patient the device is assigned to, or zero.
         bytes32 patientRef;
+        /// The patient's stay it was assigned in; a later stay does not
+        /// inherit it.
+        uint64 stay;
     }
 
     struct Admission {
@@ -49,6 +52,8 @@ contract Registry {
         address account;
         /// Counts admissions and transfers; carers belong to one epoch.
         uint64 epoch;
+        /// Counts admissions only; device assignments belong to one stay.
+        uint64 stay;
         uint64 since;
         bytes32 department;
         bytes32 floor;
@@ -122,6 +127,7 @@ contract Registry {
     error AlreadyAdmitted(bytes32 patientRef);
     error NotAdmitted(bytes32 patientRef);
     error AccountInUse(address account, bytes32 patientRef);
+    error AccountFixed(bytes32 patientRef, address account);
     error NotActiveStaff(address account);
     error AlreadyCarer(bytes32 patientRef, address carer);
     error NotCarer(bytes32 patientRef, address carer);
@@ -171,7 +177,9 @@ contract Registry {
     function registerStaff(address account, StaffRole role, bytes32 department) external onlyAdmin {
         if (account == address(0)) revert ZeroAddress();
         if (role == StaffRole.None) revert InvalidRole();
-        if (nodes[account].kind != NodeKind.None) revert AlreadyRegistered(account);
+        if (nodes[account].kind != NodeKind.None || patientOfAccount[account] != bytes32(0)) {
+            revert AlreadyRegistered(account);
+        }
         staffs[account] = Staff({role: role, active: true, department: department});
         emit StaffRegistered(account, role, department);
     }
@@ -194,7 +202,9 @@ contract Registry {
     function registerNode(address account, NodeKind kind, bytes32 location) external onlyAdmin {
         if (account == address(0)) revert ZeroAddress();
         if (kind == NodeKind.None) revert InvalidRole();
-        if (staffs[account].role != StaffRole.None) revert AlreadyRegistered(account);
+        if (staffs[account].role != StaffRole.None || patientOfAccount[account] != bytes32(0)) {
+            revert AlreadyRegistered(account);
+        }
         nodes[account] = Node({kind: kind, active: true, location: location});
         emit NodeRegistered(account, kind, location);
     }
@@ -227,7 +237,8 @@ contract Registry {
             group: group,
             ruleId: ruleId,
             certFingerprint: certFingerprint,
-            patientRef: bytes32(0)
+            patientRef: bytes32(0),
+            stay: 0
         });
         emit DeviceRegistered(epc, group, ruleId, certFingerprint);
     }
@@ -257,10 +268,12 @@ contract Registry {
     /// Assigns an active device to an admitted patient.
     function assignDevice(bytes12 epc, bytes32 patientRef) external onlyAdmin {
         Device storage d = activeDevice(epc);
-        if (!admissions[patientRef].active) revert NotAdmitted(patientRef);
-        bytes32 current = d.patientRef;
-        if (current != bytes32(0) && admissions[current].active) revert DeviceInUse(epc, current);
+        Admission storage a = admissions[patientRef];
+        if (!a.active) revert NotAdmitted(patientRef);
+        bytes32 current = patientOfDevice(epc);
+        if (current != bytes32(0)) revert DeviceInUse(epc, current);
         d.patientRef = patientRef;
+        d.stay = a.stay;
         emit DeviceAssigned(epc, patientRef);
     }
 
@@ -272,12 +285,15 @@ contract Registry {
         emit DeviceReleased(epc, patientRef);
     }
 
-    /// The admitted patient an active device reports for, or zero.
+    /// The admitted patient an active device reports for, or zero: the
+    /// assignment lapses when that stay ends (discharge).
     function patientOfDevice(bytes12 epc) public view returns (bytes32) {
         Device storage d = devices[epc];
         if (!d.active) return bytes32(0);
         bytes32 patientRef = d.patientRef;
-        if (patientRef == bytes32(0) || !admissions[patientRef].active) return bytes32(0);
+        if (patientRef == bytes32(0)) return bytes32(0);
+        Admission storage a = admissions[patientRef];
+        if (!a.active || a.stay != d.stay) return bytes32(0);
         return patientRef;
     }
 
@@ -290,8 +306,8 @@ contract Registry {
     // ---- patients
 
     /// Admits a patient: where they lie and who cares for them. `account` is
-    /// the key the patient signs consents with; it stays theirs after
-    /// discharge.
+    /// the key the patient signs consents with; it is fixed at the first
+    /// admission and stays theirs after discharge.
     function admit(
         bytes32 patientRef,
         address account,
@@ -305,12 +321,18 @@ contract Registry {
         if (account == address(0)) revert ZeroAddress();
         Admission storage a = admissions[patientRef];
         if (a.active) revert AlreadyAdmitted(patientRef);
+        // A patient's account is theirs for good: an admin cannot swap it
+        // to take over their consents.
+        if (a.account != address(0) && a.account != account) revert AccountFixed(patientRef, a.account);
         bytes32 owner = patientOfAccount[account];
-        if (owner != bytes32(0) && owner != patientRef) revert AccountInUse(account, patientRef);
-        if (a.account != address(0) && a.account != account) delete patientOfAccount[a.account];
+        if (owner != bytes32(0) && owner != patientRef) revert AccountInUse(account, owner);
+        if (isAdmin[account] || staffs[account].role != StaffRole.None || nodes[account].kind != NodeKind.None) {
+            revert AlreadyRegistered(account);
+        }
         patientOfAccount[account] = patientRef;
         a.active = true;
         a.account = account;
+        a.stay += 1;
         a.epoch += 1;
         a.since = uint64(block.timestamp);
         a.department = department;

@@ -15,6 +15,7 @@ library Reason {
     uint16 internal constant NO_RANGE = 6;
     uint16 internal constant BELOW_RANGE = 7;
     uint16 internal constant ABOVE_RANGE = 8;
+    uint16 internal constant INVALID_INPUT = 9;
 }
 
 /// One reading as the rules see it. Values are in the data type's reporting
@@ -123,11 +124,18 @@ contract RuleManager {
     }
 
     /// Called by a rule contract when its parameters change; bumps the
-    /// version if that contract is registered (an unregistered one governs
-    /// nothing yet).
+    /// version if the contract is registered or is one of ours (it may be
+    /// a part of a registered AllOfRule).
     function noteRuleUpdate() external {
         bytes32 ruleId = ruleIdOf[msg.sender];
-        if (ruleId != bytes32(0)) changed(UPDATED, ruleId, msg.sender, Scope.None, bytes32(0));
+        if (ruleId == bytes32(0)) {
+            try AdminRule(msg.sender).manager() returns (RuleManager m) {
+                if (address(m) != address(this)) return;
+            } catch {
+                return;
+            }
+        }
+        changed(UPDATED, ruleId, msg.sender, Scope.None, bytes32(0));
     }
 
     /// The rule that governs a device, most specific first: the device's own
@@ -157,13 +165,18 @@ contract RuleManager {
                 reasons[i] = deviceReason;
                 continue;
             }
-            try rule.check(group, r) returns (uint16 reason) {
-                reasons[i] = reason;
-            } catch {
-                reasons[i] = Reason.RULE_FAILED;
-            }
+            reasons[i] = ask(rule, group, r);
         }
         return (reasons, version);
+    }
+
+    /// One rule's answer; a rule that reverts, answers nothing or answers
+    /// out of range fails the reading, not the batch.
+    function ask(IRule rule, bytes32 group, RuleInput calldata r) internal view returns (uint16) {
+        (bool ok, bytes memory answer) = address(rule).staticcall(abi.encodeCall(IRule.check, (group, r)));
+        if (!ok || answer.length != 32) return Reason.RULE_FAILED;
+        uint256 reason = abi.decode(answer, (uint256));
+        return reason > type(uint16).max ? Reason.RULE_FAILED : uint16(reason);
     }
 
     function lookup(bytes12 epc) internal view returns (uint16 reason, bytes32 group, IRule rule) {
@@ -283,6 +296,7 @@ contract ValueRangeRule is AdminRule {
     }
 
     function check(bytes32, RuleInput calldata r) external view returns (uint16) {
+        if (r.min > r.max) return Reason.INVALID_INPUT;
         Range memory range = ranges[r.code];
         if (!range.set) return Reason.NO_RANGE;
         if (r.min < range.min) return Reason.BELOW_RANGE;
@@ -296,7 +310,10 @@ contract ValueRangeRule is AdminRule {
 contract AllOfRule is IRule {
     IRule[] internal parts;
 
+    error NoParts();
+
     constructor(IRule[] memory parts_) {
+        if (parts_.length == 0) revert NoParts();
         parts = parts_;
     }
 

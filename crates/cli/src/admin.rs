@@ -335,7 +335,7 @@ pub(crate) fn run(args: AdminArgs) -> Result<()> {
 }
 
 async fn execute(conn: &Connection, command: AdminCommand) -> Result<Value> {
-    let provider = conn.provider()?;
+    let (provider, me) = conn.provider()?;
     if let AdminCommand::Deploy = command {
         let contracts = Contracts::deploy(provider)
             .await
@@ -532,6 +532,10 @@ async fn execute(conn: &Connection, command: AdminCommand) -> Result<Value> {
                 if matches!(kind, RuleKind::AllOf) == parts.is_empty() {
                     bail!("--parts goes with all-of, and all-of needs --parts");
                 }
+                // Refuse before deploying, not after: no orphan contract.
+                if !reg.isAdmin(me).call().await? {
+                    bail!("the signer is not an admin of this Registry; only admins deploy rules");
+                }
                 let address = match kind {
                     RuleKind::AllowedTypes => {
                         *AllowedTypesRule::deploy(p, manager).await?.address()
@@ -582,7 +586,7 @@ async fn execute(conn: &Connection, command: AdminCommand) -> Result<Value> {
                     .into_iter()
                     .map(|t| code_key(t.code))
                     .collect();
-                let at = rule.unwrap_or(c.addresses().allowed_types);
+                let at = contract(&c, rule.unwrap_or(c.addresses().allowed_types)).await?;
                 let allowed = AllowedTypesRule::new(at, c.provider().clone());
                 let verb = if deny { "withdrew" } else { "allowed" };
                 done(
@@ -597,7 +601,7 @@ async fn execute(conn: &Connection, command: AdminCommand) -> Result<Value> {
                 rule,
             } => {
                 let t = data_type_named(&data_type)?;
-                let at = rule.unwrap_or(c.addresses().value_range);
+                let at = contract(&c, rule.unwrap_or(c.addresses().value_range)).await?;
                 let range = ValueRangeRule::new(at, c.provider().clone());
                 done(
                     format!("set the range of {} to {min}..={max} {}", t.name, t.unit()),
@@ -606,7 +610,7 @@ async fn execute(conn: &Connection, command: AdminCommand) -> Result<Value> {
             }
             RuleCommand::ClearRange { data_type, rule } => {
                 let t = data_type_named(&data_type)?;
-                let at = rule.unwrap_or(c.addresses().value_range);
+                let at = contract(&c, rule.unwrap_or(c.addresses().value_range)).await?;
                 let range = ValueRangeRule::new(at, c.provider().clone());
                 done(
                     format!("cleared the range of {}", t.name),
@@ -618,8 +622,9 @@ async fn execute(conn: &Connection, command: AdminCommand) -> Result<Value> {
 }
 
 impl Connection {
-    /// A provider over HTTP that signs with the key in `--key`.
-    fn provider(&self) -> Result<DynProvider> {
+    /// A provider over HTTP that signs with the key in `--key`, and the
+    /// signer's address.
+    fn provider(&self) -> Result<(DynProvider, Address)> {
         let path = self
             .key
             .as_ref()
@@ -629,14 +634,16 @@ impl Connection {
         let account = EthAccount::from_hex(text.trim())
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         let signer = PrivateKeySigner::from_signing_key(account.signing_key().clone());
+        let me = signer.address();
         let url = self
             .rpc
             .parse()
             .with_context(|| format!("--rpc {:?} is not a URL", self.rpc))?;
-        Ok(ProviderBuilder::new()
+        let provider = ProviderBuilder::new()
             .wallet(EthereumWallet::from(signer))
             .connect_http(url)
-            .erased())
+            .erased();
+        Ok((provider, me))
     }
 }
 
@@ -649,6 +656,15 @@ impl Place {
             text(&self.bed)?,
         ])
     }
+}
+
+/// `at`, if a contract is there (a call to an address without code would
+/// "succeed" and do nothing).
+async fn contract(c: &Contracts<DynProvider>, at: Address) -> Result<Address> {
+    if at.is_zero() || c.provider().get_code_at(at).await?.is_empty() {
+        bail!("no rule contract at {at} (was the shipped rule replaced or removed? pass --rule)");
+    }
+    Ok(at)
 }
 
 fn text(s: &str) -> Result<B256> {

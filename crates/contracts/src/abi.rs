@@ -41,6 +41,9 @@ pub enum Error {
     /// No contract where one was expected.
     #[error("no contract code at {0} (wrong address or wrong chain?)")]
     NoCode(Address),
+    /// An argument cannot be put on chain as given.
+    #[error("invalid input: {0}")]
+    InvalidInput(#[from] crate::text::TextError),
     /// A receipt or answer lacked what the contract always emits.
     #[error("unexpected answer from the chain: {0}")]
     Unexpected(String),

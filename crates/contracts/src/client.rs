@@ -395,7 +395,7 @@ impl<P: Provider + Clone> Contracts<P> {
         purpose: &str,
     ) -> Result<AccessDecision> {
         let log = self.access_log();
-        let call = log.requestAccess(patient_ref, scope.0, short_text(purpose).map_err(text)?);
+        let call = log.requestAccess(patient_ref, scope.0, short_text(purpose)?);
         decision(&send(call).await?)
     }
 
@@ -408,7 +408,7 @@ impl<P: Provider + Clone> Contracts<P> {
         reason: &str,
     ) -> Result<AccessDecision> {
         let log = self.access_log();
-        let call = log.breakGlass(patient_ref, scope.0, short_text(reason).map_err(text)?);
+        let call = log.breakGlass(patient_ref, scope.0, short_text(reason)?);
         decision(&send(call).await?)
     }
 
@@ -442,7 +442,7 @@ impl<P: Provider + Clone> Contracts<P> {
             account,
             role,
             scope.0,
-            short_text(purpose).map_err(text)?,
+            short_text(purpose)?,
             expiry,
         );
         let receipt = send(call).await?;
@@ -543,10 +543,6 @@ async fn deployed<P: Provider>(call: CallBuilder<P, ()>) -> Result<Address> {
 
 fn rule_id(id: &str) -> B256 {
     short_text(id).expect("shipped rule ids are short")
-}
-
-fn text(e: crate::text::TextError) -> Error {
-    Error::Unexpected(e.to_string())
 }
 
 fn to_u64(v: U256) -> Result<u64> {

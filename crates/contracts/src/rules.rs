@@ -28,6 +28,9 @@ pub enum RuleReason {
     BelowRange,
     /// A value is above the allowed range.
     AboveRange,
+    /// The input itself is inconsistent (minimum above maximum, e.g. an
+    /// empty waveform).
+    InvalidInput,
     /// A code this version does not know (a newer rule contract).
     Other(u16),
 }
@@ -45,6 +48,7 @@ impl RuleReason {
             6 => RuleReason::NoRange,
             7 => RuleReason::BelowRange,
             8 => RuleReason::AboveRange,
+            9 => RuleReason::InvalidInput,
             n => RuleReason::Other(n),
         }
     }
@@ -66,6 +70,7 @@ impl RuleReason {
             RuleReason::NoRange => "no-range".into(),
             RuleReason::BelowRange => "below-range".into(),
             RuleReason::AboveRange => "above-range".into(),
+            RuleReason::InvalidInput => "invalid-input".into(),
             RuleReason::Other(n) => format!("reason-{n}"),
         }
     }
@@ -154,7 +159,7 @@ mod tests {
 
     #[test]
     fn reasons_round_trip() {
-        for code in 0..=9 {
+        for code in 0..=10 {
             let reason = RuleReason::from_code(code);
             assert_eq!(reason.is_allow(), code == 0);
             assert!(!reason.name().is_empty());

@@ -245,6 +245,23 @@ fn an_admin_runs_the_registry_and_the_rules_from_the_command_line() {
         "{err}"
     );
 
+    // Only admins deploy rules, and nothing is deployed when refused.
+    let err = fails(&[
+        "admin",
+        "--rpc",
+        &chain.url,
+        "--key",
+        &doctor_key,
+        "--registry",
+        &registry,
+        "rule",
+        "deploy",
+        "value-range",
+        "--id",
+        "mine",
+    ]);
+    assert!(err.contains("not an admin"), "{err}");
+
     // Mistakes are named.
     let base = [
         "admin",
@@ -288,6 +305,25 @@ fn an_admin_runs_the_registry_and_the_rules_from_the_command_line() {
         .concat(),
     );
     assert!(err.contains("not a device's"), "{err}");
+    let err = fails(
+        &[
+            &base[..],
+            &[
+                "rule",
+                "range",
+                "--rule",
+                &doctor_address,
+                "--type",
+                "spo2",
+                "--min",
+                "1",
+                "--max",
+                "2",
+            ],
+        ]
+        .concat(),
+    );
+    assert!(err.contains("no rule contract at"), "{err}");
     let err = fails(&["admin", "--rpc", &chain.url, "--key", &admin_key, "show"]);
     assert!(err.contains("no Registry address"), "{err}");
     let err = fails(&[

@@ -362,7 +362,13 @@ async fn break_glass_is_granted_to_doctors_flagged_and_reviewed() {
         (b.id, b.patientRef, b.requester, b.reason),
         (g.id, p, h.other_doctor.address, text("cardiac-arrest"))
     );
-    assert_eq!(log.pendingReviews().call().await.unwrap(), [g.id]);
+    assert_eq!(
+        log.pendingReviews(U256::ZERO, U256::from(100))
+            .call()
+            .await
+            .unwrap(),
+        [g.id]
+    );
     assert!(
         h.other_doctor
             .request_usable(g.id.to(), h.other_doctor.address)
@@ -387,7 +393,13 @@ async fn break_glass_is_granted_to_doctors_flagged_and_reviewed() {
         &h.stranger.break_glass(p, Scope::ALL, "fall").await.unwrap(),
         DenyReason::NotStaff,
     );
-    assert_eq!(log.pendingReviews().call().await.unwrap(), [g.id]);
+    assert_eq!(
+        log.pendingReviews(U256::ZERO, U256::from(100))
+            .call()
+            .await
+            .unwrap(),
+        [g.id]
+    );
 
     // Review: admins only, once.
     let second = h
@@ -411,7 +423,11 @@ async fn break_glass_is_granted_to_doctors_flagged_and_reviewed() {
         (g.id, h.admin.address, text("justified"))
     );
     assert_eq!(
-        admin_log.pendingReviews().call().await.unwrap(),
+        admin_log
+            .pendingReviews(U256::ZERO, U256::from(100))
+            .call()
+            .await
+            .unwrap(),
         [U256::from(second.id)]
     );
     assert_refused(
@@ -427,6 +443,39 @@ async fn break_glass_is_granted_to_doctors_flagged_and_reviewed() {
         "UnknownRequest",
     );
     assert!(log.requestOf(g.id).call().await.unwrap().reviewed);
+    assert_eq!(
+        admin_log.pendingReviewCount().call().await.unwrap(),
+        U256::from(1)
+    );
+    // An admin who is also a doctor cannot close their own break-glass.
+    send(
+        h.admin
+            .registry()
+            .registerStaff(h.admin.address, 1, text("er")),
+    )
+    .await
+    .unwrap();
+    let own = h.admin.break_glass(p, vitals(), "stroke").await.unwrap();
+    assert_refused(
+        send(admin_log.closeReview(U256::from(own.id), text("fine"))).await,
+        "OwnReview",
+    );
+    assert_eq!(
+        admin_log
+            .pendingReviews(U256::from(1), U256::from(1))
+            .call()
+            .await
+            .unwrap(),
+        [U256::from(own.id)]
+    );
+    assert!(
+        admin_log
+            .pendingReviews(U256::from(5), U256::from(1))
+            .call()
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -338,10 +338,32 @@ async fn admission_transfer_and_discharge() {
         send(registry.admit(B256::ZERO, h.patient.address, d, f, r, b, vec![])).await,
         "InvalidPatientRef",
     );
-    // One account belongs to one patient.
+    // One account belongs to one patient; the error names its patient.
+    let err = send(registry.admit(patient_ref("p2"), h.patient.address, d, f, r, b, vec![]))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&format!(
+            "AccountInUse(account: {}, patientRef: {p})",
+            h.patient.address
+        )),
+        "{err}"
+    );
+    // Staff, nodes and admins cannot double as patient accounts, nor the reverse.
+    for taken in [h.doctor.address, h.collector.address, h.admin.address] {
+        assert_refused(
+            send(registry.admit(patient_ref("p3"), taken, d, f, r, b, vec![])).await,
+            "AlreadyRegistered",
+        );
+    }
     assert_refused(
-        send(registry.admit(patient_ref("p2"), h.patient.address, d, f, r, b, vec![])).await,
-        "AccountInUse",
+        send(registry.registerStaff(h.patient.address, 1, d)).await,
+        "AlreadyRegistered",
+    );
+    assert_refused(
+        send(registry.registerNode(h.patient.address, 1, d)).await,
+        "AlreadyRegistered",
     );
     // Carers must be active staff.
     let stranger = h.stranger.address;
@@ -429,6 +451,13 @@ async fn admission_transfer_and_discharge() {
         h.patient.address
     );
 
+    // The account is the patient's for good: a readmission cannot swap it
+    // (an admin would otherwise take over the patient's consents).
+    let intruder = h.account();
+    assert_refused(
+        send(registry.admit(p, intruder.address, d, f, r, b, vec![])).await,
+        "AccountFixed",
+    );
     // Readmission starts a new epoch with its own carers.
     let receipt = send(registry.admit(p, h.patient.address, d, f, r, b, vec![h.doctor.address]))
         .await

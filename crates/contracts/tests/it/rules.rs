@@ -100,6 +100,14 @@ async fn the_shipped_rules_allow_types_per_group_and_plausible_values() {
         [RuleReason::AboveRange]
     );
 
+    // An inconsistent input (an empty waveform gives min > max) is refused.
+    let mut empty = input(&hr_monitor, "11524-6", 0.0);
+    (empty.min, empty.max) = (i64::MAX, i64::MIN);
+    assert_eq!(
+        h.admin.check_readings(vec![empty]).await.unwrap().0,
+        [RuleReason::InvalidInput]
+    );
+
     // Withdrawing a type refuses it from then on.
     send(allowed.setAllowed(text("icu-hr-monitor"), vec![code_key("59408-5")], false))
         .await
@@ -208,7 +216,10 @@ async fn resolution_picks_the_most_specific_rule() {
     // Unbinding falls back to the next level.
     let e: RuleManager::RuleChanged =
         event(&send(rules.unbind(by_device.0, by_device.1)).await.unwrap());
-    assert_eq!((e.kind, e.ruleId), (5, text("rule-3")));
+    assert_eq!(
+        (e.kind, e.ruleId, e.scope, e.key),
+        (5, text("rule-3"), DEVICE, epc_key(&dev))
+    );
     assert_eq!(resolved().await, (text("rule-2"), ROOM));
     // Room and floor come from the patient's admission: after a transfer the
     // room rule no longer applies.
@@ -238,7 +249,7 @@ async fn resolution_picks_the_most_specific_rule() {
     assert_eq!(reasons, [RuleReason::TypeNotAllowed]);
     // Removing a bound rule leaves the device with no rule at all.
     let e: RuleManager::RuleChanged = event(&send(rules.removeRule(text("rule-0"))).await.unwrap());
-    assert_eq!((e.kind, e.ruleId), (3, text("rule-0")));
+    assert_eq!((e.kind, e.ruleId, e.scope), (3, text("rule-0"), 0));
     let (reasons, _) = h
         .admin
         .check_readings(vec![input(&dev, "8867-4", 70.0)])
