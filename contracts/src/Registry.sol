@@ -24,6 +24,9 @@ contract Registry {
     struct Staff {
         StaffRole role;
         bool active;
+        /// Bumped at each deactivation: assignments made before it lapse,
+        /// even if the account is registered again.
+        uint64 generation;
         bytes32 department;
     }
 
@@ -75,8 +78,9 @@ contract Registry {
     mapping(address => Node) internal nodes;
     mapping(bytes12 => Device) internal devices;
     mapping(bytes32 => Admission) internal admissions;
-    /// patientRef => epoch => carer => assigned
-    mapping(bytes32 => mapping(uint64 => mapping(address => bool))) internal carers;
+    /// patientRef => epoch => carer => the carer's generation + 1 when
+    /// assigned (0: not assigned)
+    mapping(bytes32 => mapping(uint64 => mapping(address => uint64))) internal carers;
     /// The patient's account => patientRef.
     mapping(address => bytes32) public patientOfAccount;
     Directory internal dir;
@@ -148,6 +152,7 @@ contract Registry {
     function addAdmin(address account) external onlyAdmin {
         if (account == address(0)) revert ZeroAddress();
         if (isAdmin[account]) revert AlreadyAdmin(account);
+        if (patientOfAccount[account] != bytes32(0)) revert AlreadyRegistered(account);
         isAdmin[account] = true;
         adminCount += 1;
         emit AdminAdded(account, msg.sender);
@@ -180,13 +185,18 @@ contract Registry {
         if (nodes[account].kind != NodeKind.None || patientOfAccount[account] != bytes32(0)) {
             revert AlreadyRegistered(account);
         }
-        staffs[account] = Staff({role: role, active: true, department: department});
+        Staff storage st = staffs[account];
+        st.role = role;
+        st.active = true;
+        st.department = department;
         emit StaffRegistered(account, role, department);
     }
 
     function deactivateStaff(address account) external onlyAdmin {
-        if (!staffs[account].active) revert UnknownStaff(account);
-        staffs[account].active = false;
+        Staff storage st = staffs[account];
+        if (!st.active) revert UnknownStaff(account);
+        st.active = false;
+        st.generation += 1;
         emit StaffDeactivated(account);
     }
 
@@ -377,8 +387,8 @@ contract Registry {
 
     function releaseCarer(bytes32 patientRef, address carer) external onlyAdmin {
         Admission storage a = admitted(patientRef);
-        if (!carers[patientRef][a.epoch][carer]) revert NotCarer(patientRef, carer);
-        carers[patientRef][a.epoch][carer] = false;
+        if (!isAssignedCarer(patientRef, carer)) revert NotCarer(patientRef, carer);
+        carers[patientRef][a.epoch][carer] = 0;
         emit CarerReleased(patientRef, carer, a.epoch);
     }
 
@@ -391,10 +401,11 @@ contract Registry {
         return admissions[patientRef].account;
     }
 
-    /// Whether `carer` is an assigned carer of the patient's current admission.
+    /// Whether `carer` is an assigned carer of the patient's current
+    /// admission (and has not been deactivated since being assigned).
     function isAssignedCarer(bytes32 patientRef, address carer) public view returns (bool) {
         Admission storage a = admissions[patientRef];
-        return a.active && carers[patientRef][a.epoch][carer];
+        return a.active && carers[patientRef][a.epoch][carer] == staffs[carer].generation + 1;
     }
 
     function admitted(bytes32 patientRef) internal view returns (Admission storage a) {
@@ -405,9 +416,10 @@ contract Registry {
     function assignCarers(bytes32 patientRef, uint64 epoch, address[] memory list) internal {
         for (uint256 i = 0; i < list.length; i++) {
             address carer = list[i];
-            if (!staffs[carer].active) revert NotActiveStaff(carer);
-            if (carers[patientRef][epoch][carer]) revert AlreadyCarer(patientRef, carer);
-            carers[patientRef][epoch][carer] = true;
+            Staff storage st = staffs[carer];
+            if (!st.active) revert NotActiveStaff(carer);
+            if (carers[patientRef][epoch][carer] == st.generation + 1) revert AlreadyCarer(patientRef, carer);
+            carers[patientRef][epoch][carer] = st.generation + 1;
             emit CarerAssigned(patientRef, carer, epoch);
         }
     }

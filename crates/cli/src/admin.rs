@@ -1,9 +1,9 @@
 //! `medledger admin`: every Registry and RuleManager action, signed with an
 //! admin's chain key, against any Ethereum JSON-RPC URL.
 
-use alloy::network::EthereumWallet;
 use alloy::primitives::{Address, B256};
-use alloy::providers::{DynProvider, Provider, ProviderBuilder};
+use alloy::providers::{DynProvider, Provider};
+use alloy::rpc::client::RpcClient;
 use alloy::rpc::types::TransactionReceipt;
 use alloy::signers::local::PrivateKeySigner;
 use anyhow::{Context, Result, bail};
@@ -11,7 +11,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use medledger_contracts::bindings::{AllOfRule, AllowedTypesRule, ValueRangeRule};
 use medledger_contracts::{
     Contracts, Scope, StaffRole, code_key, decode_event, epc_bytes, epc_key, milli, send,
-    short_text, text_of,
+    short_text, signing_provider, text_of,
 };
 use medledger_pki::{Details, Epc, EthAccount, Identity};
 use medledger_protocol::catalogue::{DataType, data_type_by_name};
@@ -639,10 +639,7 @@ impl Connection {
             .rpc
             .parse()
             .with_context(|| format!("--rpc {:?} is not a URL", self.rpc))?;
-        let provider = ProviderBuilder::new()
-            .wallet(EthereumWallet::from(signer))
-            .connect_http(url)
-            .erased();
+        let provider = signing_provider(signer, RpcClient::new_http(url));
         Ok((provider, me))
     }
 }

@@ -6,9 +6,8 @@
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use alloy::network::EthereumWallet;
 use alloy::primitives::{B256, U256};
-use alloy::providers::{Provider, ProviderBuilder};
+use alloy::providers::Provider;
 use alloy::rpc::client::RpcClient;
 use alloy::signers::local::PrivateKeySigner;
 use alloy::sol_types::SolCall;
@@ -18,7 +17,9 @@ use medledger_chain::rpc::Rpc;
 use medledger_chain::rpc::transport::InProcess;
 use medledger_chain::{Node, NodeConfig, Sealing};
 use medledger_contracts::bindings::RuleManager::{self, RuleInput};
-use medledger_contracts::{Contracts, code_key, epc_bytes, milli, send, short_text};
+use medledger_contracts::{
+    Contracts, code_key, epc_bytes, milli, send, short_text, signing_provider,
+};
 use medledger_pki::Epc;
 use std::time::Duration;
 
@@ -39,10 +40,7 @@ fn rules(c: &mut Criterion) {
     let epc = Epc::new(3, "0614141", "812345", 1).unwrap();
     let manager = runtime.block_on(async {
         let client = RpcClient::new(InProcess::new(Rpc::new(node.clone())), true);
-        let provider = ProviderBuilder::new()
-            .wallet(EthereumWallet::from(admin.clone()))
-            .connect_client(client)
-            .erased();
+        let provider = signing_provider(admin.clone(), client);
         let a = Contracts::deploy(provider).await.unwrap();
         let group = short_text("icu-hr-monitor").unwrap();
         let reg = a.registry();

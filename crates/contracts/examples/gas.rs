@@ -5,9 +5,8 @@
 
 #![allow(clippy::unwrap_used)]
 
-use alloy::network::EthereumWallet;
 use alloy::primitives::{B256, U256, keccak256};
-use alloy::providers::{DynProvider, Provider, ProviderBuilder};
+use alloy::providers::{DynProvider, Provider};
 use alloy::rpc::client::RpcClient;
 use alloy::signers::local::PrivateKeySigner;
 use medledger_chain::rpc::Rpc;
@@ -16,6 +15,7 @@ use medledger_chain::{Node, NodeConfig, Sealing};
 use medledger_contracts::bindings::RuleManager::RuleInput;
 use medledger_contracts::{
     Contracts, RegistryPermissions, Scope, StaffRole, code_key, epc_bytes, milli, send, short_text,
+    signing_provider,
 };
 use medledger_pki::Epc;
 use std::sync::Arc;
@@ -23,10 +23,7 @@ use std::time::Duration;
 
 fn provider(node: &Node, signer: &PrivateKeySigner) -> DynProvider {
     let client = RpcClient::new(InProcess::new(Rpc::new(node.clone())), true);
-    ProviderBuilder::new()
-        .wallet(EthereumWallet::from(signer.clone()))
-        .connect_client(client)
-        .erased()
+    signing_provider(signer.clone(), client)
 }
 
 fn t(s: &str) -> B256 {

@@ -15,9 +15,12 @@ use crate::rules::{RuleReason, code_key, milli};
 use crate::scope::Scope;
 use crate::text::short_text;
 use alloy::contract::{CallBuilder, CallDecoder};
+use alloy::network::EthereumWallet;
 use alloy::primitives::{Address, B256, U256};
-use alloy::providers::Provider;
+use alloy::providers::{DynProvider, Provider, ProviderBuilder};
+use alloy::rpc::client::RpcClient;
 use alloy::rpc::types::TransactionReceipt;
+use alloy::signers::local::PrivateKeySigner;
 use alloy::sol_types::SolEvent;
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
@@ -491,13 +494,28 @@ pub enum Grantee {
     Role(StaffRole),
 }
 
-/// Sends a contract call as a transaction and waits until it is mined. A
-/// refusal (found when the node estimates gas) is [`Error::Reverted`] with
-/// the contract's reason by name; a mined failure is [`Error::Failed`].
+/// A provider that signs as `signer` over `client`, filling gas, chain id
+/// and the nonce, which it reads from the node for every transaction.
 ///
-/// Gas is estimated before the provider's fillers run, so that a refused
-/// call never takes a nonce: alloy's default nonce cache would otherwise
-/// leave a gap that blocks every later transaction of the account.
+/// alloy's default caches nonces: one transaction the node refuses (say,
+/// from an account it does not permit) leaves a gap that stalls every later
+/// transaction of the account. Concurrent sends from one account through
+/// this provider may take the same nonce; send them one at a time.
+pub fn signing_provider(signer: PrivateKeySigner, client: RpcClient) -> DynProvider {
+    ProviderBuilder::new()
+        .disable_recommended_fillers()
+        .with_gas_estimation()
+        .with_simple_nonce_management()
+        .fetch_chain_id()
+        .wallet(EthereumWallet::from(signer))
+        .connect_client(client)
+        .erased()
+}
+
+/// Sends a contract call as a transaction and waits until it is mined. A
+/// refusal (found when the node estimates gas, before anything is signed)
+/// is [`Error::Reverted`] with the contract's reason by name; a mined
+/// failure is [`Error::Failed`].
 pub async fn send<P: Provider, D: CallDecoder>(
     call: CallBuilder<P, D>,
 ) -> Result<TransactionReceipt> {

@@ -99,6 +99,35 @@ async fn assigned_carers_are_granted_others_need_consent() {
             .await
             .unwrap()
     );
+    // Registered again, they do not get their old patients back.
+    let registry = h.admin.registry();
+    send(registry.registerStaff(h.nurse.address, StaffRole::Nurse.code(), text("cardiology")))
+        .await
+        .unwrap();
+    assert!(
+        !registry
+            .isAssignedCarer(p, h.nurse.address)
+            .call()
+            .await
+            .unwrap()
+    );
+    denied(
+        &h.nurse
+            .request_access(p, vitals(), "treatment")
+            .await
+            .unwrap(),
+        DenyReason::NoConsent,
+    );
+    send(registry.assignCarer(p, h.nurse.address))
+        .await
+        .unwrap();
+    granted(
+        &h.nurse
+            .request_access(p, vitals(), "treatment")
+            .await
+            .unwrap(),
+        Basis::Carer,
+    );
 
     // A carer released from the patient is denied from then on.
     let open = h

@@ -2,14 +2,15 @@
 //! node.
 
 use crate::common::{assert_refused, text};
-use alloy::network::EthereumWallet;
 use alloy::primitives::keccak256;
-use alloy::providers::{Provider, ProviderBuilder};
+use alloy::providers::Provider;
+use alloy::rpc::client::RpcClient;
 use alloy::signers::local::PrivateKeySigner;
 use medledger_chain::test_utils::{Anvil, tool};
 use medledger_contracts::bindings::RuleManager::RuleInput;
 use medledger_contracts::{
     Basis, Contracts, RuleReason, Scope, StaffRole, code_key, epc_bytes, milli, send,
+    signing_provider,
 };
 
 /// anvil's first two development keys (funded there).
@@ -26,10 +27,10 @@ async fn the_typed_client_runs_against_anvil() {
     let anvil = Anvil::start(&bin, &[]);
     let [admin, doctor]: [PrivateKeySigner; 2] = DEV_KEYS.map(|k| k.parse().unwrap());
     let connect = |signer: &PrivateKeySigner| {
-        ProviderBuilder::new()
-            .wallet(EthereumWallet::from(signer.clone()))
-            .connect_http(anvil.url.parse().unwrap())
-            .erased()
+        signing_provider(
+            signer.clone(),
+            RpcClient::new_http(anvil.url.parse().unwrap()),
+        )
     };
     let a = Contracts::deploy(connect(&admin)).await.unwrap();
     let found = Contracts::at(connect(&doctor), a.addresses().registry)

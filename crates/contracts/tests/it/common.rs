@@ -1,9 +1,8 @@
 //! A hospital on a fresh embedded chain: the deployed contracts, an admin,
 //! staff, a collector and an admitted patient, each with its own signer.
 
-use alloy::network::EthereumWallet;
 use alloy::primitives::{Address, B256, keccak256};
-use alloy::providers::{DynProvider, Provider, ProviderBuilder};
+use alloy::providers::{DynProvider, Provider};
 use alloy::rpc::client::RpcClient;
 use alloy::rpc::types::TransactionReceipt;
 use alloy::signers::local::PrivateKeySigner;
@@ -11,7 +10,9 @@ use alloy::sol_types::SolEvent;
 use medledger_chain::rpc::Rpc;
 use medledger_chain::rpc::transport::InProcess;
 use medledger_chain::{Node, NodeConfig, Sealing};
-use medledger_contracts::{Contracts, Error, RegistryPermissions, StaffRole, send, short_text};
+use medledger_contracts::{
+    Contracts, Error, RegistryPermissions, StaffRole, send, short_text, signing_provider,
+};
 use medledger_pki::Epc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,10 +62,7 @@ pub fn epc(serial: u64) -> Epc {
 /// A provider that signs as `signer`, through the in-process transport.
 pub fn provider(node: &Node, signer: &PrivateKeySigner) -> DynProvider {
     let client = RpcClient::new(InProcess::new(Rpc::new(node.clone())), true);
-    ProviderBuilder::new()
-        .wallet(EthereumWallet::from(signer.clone()))
-        .connect_client(client)
-        .erased()
+    signing_provider(signer.clone(), client)
 }
 
 /// The first `E` in a receipt.

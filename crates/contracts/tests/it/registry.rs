@@ -30,6 +30,11 @@ async fn admins_come_and_go_but_one_remains() {
         "AlreadyAdmin",
     );
     assert_refused(send(registry.addAdmin(Address::ZERO)).await, "ZeroAddress");
+    // A patient's account cannot become an admin.
+    assert_refused(
+        send(registry.addAdmin(h.patient.address)).await,
+        "AlreadyRegistered",
+    );
 
     // The new admin removes the first; then it is the last.
     let reg2 = second.registry();
