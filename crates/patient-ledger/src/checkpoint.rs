@@ -224,10 +224,9 @@ impl NoteVerifier {
     /// Parses a verifier key `name+hex(key id)+base64(0x01 || public key)`.
     pub fn new(vkey: &str) -> Result<NoteVerifier, CheckpointError> {
         let bad = |why: &str| CheckpointError::BadKey(format!("{vkey:?}: {why}"));
-        let mut parts = vkey.split('+');
-        let (Some(name), Some(id), Some(key), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
+        // The base64 key may itself hold '+'.
+        let mut parts = vkey.splitn(3, '+');
+        let (Some(name), Some(id), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
             return Err(bad("expected name+keyid+key"));
         };
         let key = B64.decode(key).map_err(|_| bad("the key is not base64"))?;
