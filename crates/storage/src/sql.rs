@@ -1,0 +1,263 @@
+//! One SQL interface over SQLite and PostgreSQL.
+//!
+//! Queries are written once, in the SQL both accept, with `$1`, `$2`, ...
+//! placeholders (SQLite reads them as numbered parameters). Blobs are
+//! `BYTEA` (SQLite stores them as blobs whatever the declared type),
+//! integers `BIGINT`, text `TEXT`.
+//!
+//! Migrations are numbered, embedded in the binary, and applied in order,
+//! each in its own transaction together with its row in
+//! `schema_migrations`. A database migrated by a newer medledger is
+//! refused rather than used.
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyConnection, AnyPool, Connection, Executor, Row};
+use std::path::Path;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Which database is behind a [`Db`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite, a file.
+    Sqlite,
+    /// PostgreSQL, a server.
+    Postgres,
+}
+
+/// Why a database could not be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SqlError {
+    /// The URL names no backend we support.
+    #[error("unsupported database URL {0:?} (expected sqlite:PATH or postgres://...)")]
+    UnsupportedUrl(String),
+    /// The database could not be reached or refused a statement.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// A migration failed; nothing of it was applied.
+    #[error("migration {version} ({name}) failed: {source}")]
+    Migration {
+        /// Its number.
+        version: i64,
+        /// What it does.
+        name: &'static str,
+        /// Why.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// The database was migrated by a newer medledger.
+    #[error(
+        "the database is at schema version {found}, newer than this medledger knows ({known}); upgrade medledger"
+    )]
+    SchemaTooNew {
+        /// The database's version.
+        found: i64,
+        /// The newest this binary knows.
+        known: i64,
+    },
+}
+
+/// The result of database work.
+pub type Result<T, E = SqlError> = std::result::Result<T, E>;
+
+/// One schema change.
+#[derive(Debug)]
+pub struct Migration {
+    /// Applied in increasing order; never reused.
+    pub version: i64,
+    /// What it does.
+    pub name: &'static str,
+    /// Statements separated by `;`, in SQL both backends accept.
+    pub sql: &'static str,
+}
+
+/// Every migration, oldest first. Append only: a released migration is
+/// never edited.
+pub static MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "patient ledgers: entries and signed checkpoints",
+    sql: "CREATE TABLE ledger_entries (
+              patient BYTEA NOT NULL,
+              idx BIGINT NOT NULL,
+              entry BYTEA NOT NULL,
+              PRIMARY KEY (patient, idx)
+          );
+          CREATE TABLE ledger_checkpoints (
+              patient BYTEA NOT NULL,
+              size BIGINT NOT NULL,
+              note TEXT NOT NULL,
+              PRIMARY KEY (patient, size)
+          )",
+}];
+
+/// A pool of connections to one database.
+#[derive(Debug, Clone)]
+pub struct Db {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+impl Db {
+    /// Opens (creating it if needed) the SQLite database at `path`, in WAL
+    /// mode with full sync: a committed transaction survives power loss.
+    pub async fn open_sqlite(path: &Path) -> Result<Db> {
+        Db::connect(&format!("sqlite://{}?mode=rwc", path.display())).await
+    }
+
+    /// Connects to `sqlite:PATH` or `postgres://...`.
+    pub async fn connect(url: &str) -> Result<Db> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else {
+            return Err(SqlError::UnsupportedUrl(url.to_owned()));
+        };
+        let options = AnyConnectOptions::from_str(url)?;
+        let pool = AnyPoolOptions::new()
+            // One writer at a time is all SQLite allows anyway.
+            .max_connections(if backend == Backend::Sqlite { 4 } else { 16 })
+            .acquire_timeout(Duration::from_secs(30))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        conn.execute("PRAGMA journal_mode = WAL").await?;
+                        conn.execute("PRAGMA synchronous = FULL").await?;
+                        conn.execute("PRAGMA busy_timeout = 30000").await?;
+                        conn.execute("PRAGMA foreign_keys = ON").await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await?;
+        Ok(Db { pool, backend })
+    }
+
+    /// Which backend this is.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The connection pool, for queries.
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// The newest migration applied (0 for an empty database).
+    pub async fn schema_version(&self) -> Result<i64> {
+        let mut conn = self.pool.acquire().await?;
+        self.locked(&mut conn, async |db, conn| db.version_on(conn).await)
+            .await
+    }
+
+    /// Applies every migration not yet applied, in order; returns their
+    /// versions. Safe to run from several processes at once: PostgreSQL
+    /// migrators queue on an advisory lock, SQLite ones on the file's.
+    pub async fn migrate(&self) -> Result<Vec<i64>> {
+        self.migrate_with(MIGRATIONS).await
+    }
+
+    /// [`Db::migrate`] with a given list (tests).
+    #[doc(hidden)]
+    pub async fn migrate_with(&self, migrations: &'static [Migration]) -> Result<Vec<i64>> {
+        let mut conn = self.pool.acquire().await?;
+        self.locked(&mut conn, async |db, conn| {
+            let known = migrations.last().map_or(0, |m| m.version);
+            let too_new = |found| SqlError::SchemaTooNew { found, known };
+            let mut applied = Vec::new();
+            for m in migrations {
+                let current = db.version_on(conn).await?;
+                if current > known {
+                    return Err(too_new(current));
+                }
+                if m.version <= current {
+                    continue;
+                }
+                match db.apply(conn, m).await {
+                    Ok(()) => applied.push(m.version),
+                    // Another SQLite process applied it first.
+                    Err(_) if db.version_on(conn).await? >= m.version => {}
+                    Err(source) => {
+                        return Err(SqlError::Migration {
+                            version: m.version,
+                            name: m.name,
+                            source,
+                        });
+                    }
+                }
+            }
+            match db.version_on(conn).await? {
+                current if current > known => Err(too_new(current)),
+                _ => Ok(applied),
+            }
+        })
+        .await
+    }
+
+    /// Runs `f` holding the migration lock (PostgreSQL; SQLite serialises
+    /// writers itself).
+    async fn locked<T>(
+        &self,
+        conn: &mut AnyConnection,
+        f: impl AsyncFnOnce(&Db, &mut AnyConnection) -> Result<T>,
+    ) -> Result<T> {
+        if self.backend == Backend::Postgres {
+            conn.execute("SELECT pg_advisory_lock(7231001)").await?;
+        }
+        let result = f(self, conn).await;
+        if self.backend == Backend::Postgres {
+            conn.execute("SELECT pg_advisory_unlock(7231001)").await?;
+        }
+        result
+    }
+
+    async fn version_on(&self, conn: &mut AnyConnection) -> Result<i64> {
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (
+                 version BIGINT PRIMARY KEY,
+                 name TEXT NOT NULL,
+                 applied_ms BIGINT NOT NULL
+             )",
+        )
+        .await?;
+        let row = sqlx::query("SELECT COALESCE(MAX(version), 0) AS v FROM schema_migrations")
+            .fetch_one(&mut *conn)
+            .await?;
+        Ok(row.try_get::<i64, _>("v")?)
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut AnyConnection,
+        m: &Migration,
+    ) -> std::result::Result<(), sqlx::Error> {
+        let mut tx = conn.begin().await?;
+        for statement in m.sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+            tx.execute(statement).await?;
+        }
+        sqlx::query(
+            "INSERT INTO schema_migrations (version, name, applied_ms) VALUES ($1, $2, $3)",
+        )
+        .bind(m.version)
+        .bind(m.name)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await
+    }
+
+    /// Closes every connection (after this, a reopen sees only what was
+    /// committed).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}

@@ -1,0 +1,251 @@
+//! The SQL layer, the same suite on both backends.
+
+use medledger_storage::{Backend, Db, MIGRATIONS, Migration, SqlError};
+use sqlx::Row;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// A fresh database of each backend available; each test gets its own
+/// (a new SQLite file; a new PostgreSQL schema).
+async fn databases() -> Vec<(Db, Option<tempfile::TempDir>)> {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = Db::open_sqlite(&dir.path().join("medledger.db"))
+        .await
+        .unwrap();
+    let mut all = vec![(sqlite, Some(dir))];
+    if let Some(db) = postgres().await {
+        all.push((db, None));
+    }
+    all
+}
+
+/// A connection to a fresh schema of the test PostgreSQL, or `None` after
+/// saying loudly why not.
+async fn postgres() -> Option<Db> {
+    let Ok(url) = std::env::var("MEDLEDGER_TEST_POSTGRES") else {
+        let message = "MEDLEDGER_TEST_POSTGRES is not set: the PostgreSQL half of the SQL tests is skipped \
+                       (e.g. MEDLEDGER_TEST_POSTGRES=postgres://postgres@127.0.0.1:5432/test)";
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "{message}");
+        eprintln!("\n!!! SKIPPED: {message}\n");
+        return None;
+    };
+    static N: AtomicU32 = AtomicU32::new(0);
+    let pid = std::process::id();
+    let schema = format!("medledger_test_{pid}_{}", N.fetch_add(1, Ordering::Relaxed));
+    let admin = Db::connect(&url).await.unwrap();
+    // Schemas of earlier runs go (this process's own stay while it runs).
+    let old = sqlx::query(
+        "SELECT CAST(schema_name AS TEXT) FROM information_schema.schemata \
+         WHERE schema_name LIKE 'medledger_test_%' AND schema_name NOT LIKE $1",
+    )
+    .bind(format!("medledger_test_{pid}_%"))
+    .fetch_all(admin.pool())
+    .await
+    .unwrap();
+    for row in old {
+        let name: String = row.get(0);
+        let drop = format!("DROP SCHEMA IF EXISTS {name} CASCADE");
+        let _ = sqlx::query(&drop).execute(admin.pool()).await;
+    }
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(admin.pool())
+        .await
+        .unwrap();
+    admin.close().await;
+    let sep = if url.contains('?') { '&' } else { '?' };
+    Some(
+        Db::connect(&format!("{url}{sep}options=-c%20search_path%3D{schema}"))
+            .await
+            .unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrations_apply_once_in_order() {
+    for (db, _dir) in databases().await {
+        let name = format!("{:?}", db.backend());
+        assert_eq!(db.schema_version().await.unwrap(), 0, "{name}");
+        let applied = db.migrate().await.unwrap();
+        let all: Vec<i64> = MIGRATIONS.iter().map(|m| m.version).collect();
+        assert_eq!(applied, all, "{name}");
+        assert_eq!(db.schema_version().await.unwrap(), *all.last().unwrap());
+        // Again: nothing to do.
+        assert!(db.migrate().await.unwrap().is_empty(), "{name}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_migrators_apply_each_migration_once() {
+    for (db, _dir) in databases().await {
+        // A second pool on the same database, as another process would have.
+        let other = db.clone();
+        let (a, b) = tokio::join!(db.migrate(), other.migrate());
+        let (mut a, b) = (a.unwrap(), b.unwrap());
+        a.extend(b);
+        a.sort();
+        let all: Vec<i64> = MIGRATIONS.iter().map(|m| m.version).collect();
+        assert_eq!(a, all, "{:?}", db.backend());
+        let n: i64 = sqlx::query("SELECT COUNT(*) AS n FROM schema_migrations")
+            .fetch_one(db.pool())
+            .await
+            .unwrap()
+            .get("n");
+        assert_eq!(n, all.len() as i64);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_migration_leaves_nothing_behind() {
+    static BROKEN: &[Migration] = &[
+        Migration {
+            version: 1,
+            name: "good",
+            sql: "CREATE TABLE good (a BIGINT)",
+        },
+        Migration {
+            version: 2,
+            name: "half good",
+            sql: "CREATE TABLE half (a BIGINT); CREATE TABLE half (a BIGINT)",
+        },
+    ];
+    for (db, _dir) in databases().await {
+        let err = db.migrate_with(BROKEN).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                SqlError::Migration {
+                    version: 2,
+                    name: "half good",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("migration 2 (half good) failed"),
+            "{err}"
+        );
+        assert_eq!(db.schema_version().await.unwrap(), 1);
+        // The first statement of the failed migration was rolled back too.
+        sqlx::query("CREATE TABLE half (a BIGINT)")
+            .execute(db.pool())
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_database_is_refused() {
+    for (db, _dir) in databases().await {
+        db.migrate().await.unwrap();
+        sqlx::query(
+            "INSERT INTO schema_migrations (version, name, applied_ms) VALUES ($1, $2, $3)",
+        )
+        .bind(999_i64)
+        .bind("from the future")
+        .bind(0_i64)
+        .execute(db.pool())
+        .await
+        .unwrap();
+        let err = db.migrate().await.unwrap_err();
+        assert!(
+            matches!(err, SqlError::SchemaTooNew { found: 999, .. }),
+            "{err}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_queries_run_on_both() {
+    for (db, _dir) in databases().await {
+        db.migrate().await.unwrap();
+        let patient = vec![0xab_u8; 32];
+        for idx in 0..3_i64 {
+            sqlx::query("INSERT INTO ledger_entries (patient, idx, entry) VALUES ($1, $2, $3)")
+                .bind(&patient)
+                .bind(idx)
+                .bind(vec![idx as u8, 0, 255])
+                .execute(db.pool())
+                .await
+                .unwrap();
+        }
+        // A duplicate key is refused.
+        let dup =
+            sqlx::query("INSERT INTO ledger_entries (patient, idx, entry) VALUES ($1, $2, $3)")
+                .bind(&patient)
+                .bind(1_i64)
+                .bind(vec![9_u8])
+                .execute(db.pool())
+                .await;
+        assert!(dup.is_err());
+        let rows = sqlx::query(
+            "SELECT idx, entry FROM ledger_entries WHERE patient = $1 AND idx >= $2 ORDER BY idx",
+        )
+        .bind(&patient)
+        .bind(1_i64)
+        .fetch_all(db.pool())
+        .await
+        .unwrap();
+        let got: Vec<(i64, Vec<u8>)> = rows
+            .iter()
+            .map(|r| (r.get("idx"), r.get("entry")))
+            .collect();
+        assert_eq!(got, [(1, vec![1, 0, 255]), (2, vec![2, 0, 255])]);
+        // A rolled-back transaction leaves nothing.
+        let mut tx = db.pool().begin().await.unwrap();
+        sqlx::query("INSERT INTO ledger_checkpoints (patient, size, note) VALUES ($1, $2, $3)")
+            .bind(&patient)
+            .bind(3_i64)
+            .bind("note")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx.rollback().await.unwrap();
+        let n: i64 = sqlx::query("SELECT COUNT(*) AS n FROM ledger_checkpoints")
+            .fetch_one(db.pool())
+            .await
+            .unwrap()
+            .get("n");
+        assert_eq!(n, 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_is_a_durable_wal_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("medledger.db");
+    let db = Db::open_sqlite(&path).await.unwrap();
+    assert_eq!(db.backend(), Backend::Sqlite);
+    db.migrate().await.unwrap();
+    let mode: String = sqlx::query("PRAGMA journal_mode")
+        .fetch_one(db.pool())
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(mode, "wal");
+    let sync: i64 = sqlx::query("PRAGMA synchronous")
+        .fetch_one(db.pool())
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(sync, 2, "synchronous = FULL");
+    sqlx::query("INSERT INTO ledger_checkpoints (patient, size, note) VALUES ($1, $2, $3)")
+        .bind(vec![1_u8; 32])
+        .bind(1_i64)
+        .bind("n")
+        .execute(db.pool())
+        .await
+        .unwrap();
+    db.close().await;
+    let again = Db::open_sqlite(&path).await.unwrap();
+    assert!(again.migrate().await.unwrap().is_empty());
+    let n: i64 = sqlx::query("SELECT COUNT(*) AS n FROM ledger_checkpoints")
+        .fetch_one(again.pool())
+        .await
+        .unwrap()
+        .get("n");
+    assert_eq!(n, 1);
+    assert!(matches!(
+        Db::connect("mysql://x").await,
+        Err(SqlError::UnsupportedUrl(_))
+    ));
+}
