@@ -1,6 +1,7 @@
-//! medledger's storage. So far: SQL behind one interface with two
-//! backends, SQLite (embedded, the default: a WAL file in the data
-//! directory) and PostgreSQL (by URL), with versioned migrations.
+//! medledger's storage: SQL behind one interface with two backends, SQLite
+//! (embedded, the default: a WAL file in the data directory) and PostgreSQL
+//! (by URL), with versioned migrations; a content-addressed blob store; and
+//! envelope encryption with crypto-shredding.
 //!
 //! ```text
 //!  Db::open_sqlite(path) | Db::connect(url) --> migrate() --> queries ($1, $2, ... on both)
@@ -8,6 +9,10 @@
 //!
 //! No feature flags.
 
+pub mod blob;
+pub mod keys;
 pub mod sql;
 
+pub use blob::{BlobError, BlobStore, Cid, CidError, LocalDir};
+pub use keys::{Kek, KeyError, PatientRef, Vault};
 pub use sql::{Backend, Db, MIGRATIONS, Migration, SqlError};

@@ -74,10 +74,11 @@ pub struct Migration {
 
 /// Every migration, oldest first. Append only: a released migration is
 /// never edited.
-pub static MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "patient ledgers: entries and signed checkpoints",
-    sql: "CREATE TABLE ledger_entries (
+pub static MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "patient ledgers: entries and signed checkpoints",
+        sql: "CREATE TABLE ledger_entries (
               patient BYTEA NOT NULL,
               idx BIGINT NOT NULL,
               entry BYTEA NOT NULL,
@@ -89,7 +90,24 @@ pub static MIGRATIONS: &[Migration] = &[Migration {
               note TEXT NOT NULL,
               PRIMARY KEY (patient, size)
           )",
-}];
+    },
+    Migration {
+        version: 2,
+        name: "wrapped data keys and erasure tombstones",
+        sql: "CREATE TABLE data_keys (
+              patient BYTEA NOT NULL,
+              key_id BIGINT NOT NULL,
+              nonce BYTEA NOT NULL,
+              wrapped BYTEA NOT NULL,
+              created_ms BIGINT NOT NULL,
+              PRIMARY KEY (patient, key_id)
+          );
+          CREATE TABLE erased_patients (
+              patient BYTEA PRIMARY KEY,
+              erased_ms BIGINT NOT NULL
+          )",
+    },
+];
 
 /// A pool of connections to one database.
 #[derive(Debug, Clone)]

@@ -3,4 +3,6 @@
 //! sets it); without it the PostgreSQL half skips loudly, and fails in CI.
 #![allow(clippy::unwrap_used, missing_docs, unreachable_pub)]
 
+mod blob;
+mod keys;
 mod sql;

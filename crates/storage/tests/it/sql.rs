@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 /// A fresh database of each backend available; each test gets its own
 /// (a new SQLite file; a new PostgreSQL schema).
-async fn databases() -> Vec<(Db, Option<tempfile::TempDir>)> {
+pub async fn databases() -> Vec<(Db, Option<tempfile::TempDir>)> {
     let dir = tempfile::tempdir().unwrap();
     let sqlite = Db::open_sqlite(&dir.path().join("medledger.db"))
         .await

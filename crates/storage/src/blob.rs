@@ -1,0 +1,553 @@
+//! Content-addressed blob store.
+//!
+//! A blob is named by its [`Cid`]: a CIDv1 with the raw codec and a
+//! SHA-256 multihash, the same CID IPFS computes for the same bytes. The
+//! name is a promise about the content, so [`BlobStore::get`] always hashes
+//! what it read and refuses to hand out bytes that do not match
+//! ([`BlobError::Tampered`]).
+//!
+//! ```text
+//!  put(bytes) --sha256--> Cid --> backend write (atomic, durable)
+//!  get(cid) --> backend read --sha256--> equal? --> bytes
+//!                                         no  --> Tampered { cid, actual }
+//! ```
+//!
+//! Backends:
+//! - [`LocalDir`], a directory on a local disk.
+//! - An `object_store` backend, for `object_store` URLs (S3, GCS, Azure),
+//!   is to come.
+
+use ring::digest::{SHA256, digest};
+use std::fmt;
+use std::future::Future;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// CID version 1.
+const VERSION: u64 = 1;
+/// Multicodec of raw bytes.
+const RAW_CODEC: u64 = 0x55;
+/// Multihash code of sha2-256.
+const SHA2_256: u64 = 0x12;
+/// Length of a sha2-256 digest.
+const DIGEST_LEN: usize = 32;
+/// The binary form's header: varint(1), varint(0x55), 0x12, 0x20; every
+/// field is below 0x80, so each varint is one byte.
+const HEADER: [u8; 4] = [0x01, 0x55, 0x12, 0x20];
+/// Length of the binary form.
+const CID_LEN: usize = HEADER.len() + DIGEST_LEN;
+/// Multibase prefix of base32 lowercase without padding.
+const MULTIBASE_BASE32: char = 'b';
+/// RFC 4648 base32 alphabet, lowercase.
+const BASE32_ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
+
+/// A content identifier: CIDv1, raw codec (0x55), sha2-256 multihash.
+///
+/// Binary form ([`Cid::to_bytes`]): `0x01 0x55 0x12 0x20 || digest`.
+/// Text form ([`Display`](fmt::Display), [`FromStr`]): multibase base32
+/// lowercase without padding, `b...`, 59 characters, e.g.
+/// `bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku` for the
+/// empty blob.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Cid {
+    digest: [u8; DIGEST_LEN],
+}
+
+impl Cid {
+    /// The CID of `bytes`.
+    pub fn of(bytes: &[u8]) -> Cid {
+        let hash = digest(&SHA256, bytes);
+        let mut out = [0; DIGEST_LEN];
+        out.copy_from_slice(hash.as_ref());
+        Cid { digest: out }
+    }
+
+    /// The CID of content whose SHA-256 is `digest`.
+    pub fn from_digest(digest: [u8; DIGEST_LEN]) -> Cid {
+        Cid { digest }
+    }
+
+    /// The SHA-256 of the content.
+    pub fn digest(&self) -> &[u8; DIGEST_LEN] {
+        &self.digest
+    }
+
+    /// The binary form: `0x01 0x55 0x12 0x20 || digest`.
+    pub fn to_bytes(&self) -> [u8; CID_LEN] {
+        let mut out = [0; CID_LEN];
+        out[..HEADER.len()].copy_from_slice(&HEADER);
+        out[HEADER.len()..].copy_from_slice(&self.digest);
+        out
+    }
+
+    /// Parses the binary form, refusing anything but a CIDv1 of raw bytes
+    /// with a sha2-256 multihash.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Cid, CidError> {
+        let mut pos = 0;
+        let version = read_varint(bytes, &mut pos)?;
+        if version != VERSION {
+            return Err(CidError::Version(version));
+        }
+        let codec = read_varint(bytes, &mut pos)?;
+        if codec != RAW_CODEC {
+            return Err(CidError::Codec(codec));
+        }
+        let hash = read_varint(bytes, &mut pos)?;
+        if hash != SHA2_256 {
+            return Err(CidError::Hash(hash));
+        }
+        let digest_len = read_varint(bytes, &mut pos)?;
+        if digest_len != DIGEST_LEN as u64 {
+            return Err(CidError::DigestLength(digest_len));
+        }
+        let digest = bytes
+            .get(pos..)
+            .and_then(|rest| <[u8; DIGEST_LEN]>::try_from(rest).ok())
+            .ok_or(CidError::Length { found: bytes.len() })?;
+        Ok(Cid { digest })
+    }
+}
+
+impl fmt::Display for Cid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut text = String::with_capacity(1 + (CID_LEN * 8).div_ceil(5));
+        text.push(MULTIBASE_BASE32);
+        base32_encode(&self.to_bytes(), &mut text);
+        f.write_str(&text)
+    }
+}
+
+impl fmt::Debug for Cid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Cid({self})")
+    }
+}
+
+impl FromStr for Cid {
+    type Err = CidError;
+
+    fn from_str(text: &str) -> Result<Cid, CidError> {
+        let mut chars = text.chars();
+        match chars.next() {
+            None => Err(CidError::Empty),
+            Some(MULTIBASE_BASE32) => Cid::from_bytes(&base32_decode(chars.as_str())?),
+            Some(other) => Err(CidError::Multibase(other)),
+        }
+    }
+}
+
+/// Why text or bytes are not a [`Cid`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CidError {
+    /// The text is empty.
+    #[error("empty CID")]
+    Empty,
+    /// The text is not multibase base32 lowercase (a CIDv0 `Qm...`, say).
+    #[error("unsupported multibase prefix {0:?} (expected 'b', base32 lowercase)")]
+    Multibase(char),
+    /// A character outside the base32 lowercase alphabet.
+    #[error("invalid base32 character {found:?} at index {index} (expected a-z or 2-7)")]
+    Base32 {
+        /// Its index in the text, counting the multibase prefix.
+        index: usize,
+        /// The character.
+        found: char,
+    },
+    /// So many base32 characters cannot encode a whole number of bytes.
+    #[error("{0} base32 characters cannot encode whole bytes")]
+    Base32Length(usize),
+    /// The unused bits of the last base32 character are not zero, so this
+    /// is not the one canonical spelling.
+    #[error("non-canonical base32: the unused bits of the last character are not zero")]
+    Base32Padding,
+    /// A header varint is truncated, longer than 9 bytes or not minimal.
+    #[error("malformed varint in the CID header")]
+    Varint,
+    /// Not CIDv1.
+    #[error("CID version {0} is not supported (expected 1)")]
+    Version(u64),
+    /// Not the raw codec.
+    #[error("content codec {0:#x} is not supported (expected 0x55, raw)")]
+    Codec(u64),
+    /// Not a sha2-256 multihash.
+    #[error("multihash code {0:#x} is not supported (expected 0x12, sha2-256)")]
+    Hash(u64),
+    /// The multihash declares a digest length other than 32.
+    #[error("sha2-256 digest length {0} (expected 32)")]
+    DigestLength(u64),
+    /// The digest is cut short or followed by more bytes.
+    #[error("the CID is {found} bytes long (expected 36)")]
+    Length {
+        /// The length found.
+        found: usize,
+    },
+}
+
+/// Reads one unsigned varint (multiformats: LEB128, at most 9 bytes,
+/// minimally encoded).
+fn read_varint(bytes: &[u8], pos: &mut usize) -> Result<u64, CidError> {
+    let mut value = 0u64;
+    for i in 0..9 {
+        let byte = *bytes.get(*pos).ok_or(CidError::Varint)?;
+        *pos += 1;
+        value |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            if byte == 0 && i > 0 {
+                return Err(CidError::Varint);
+            }
+            return Ok(value);
+        }
+    }
+    Err(CidError::Varint)
+}
+
+/// Appends RFC 4648 base32, lowercase, without padding.
+fn base32_encode(bytes: &[u8], out: &mut String) {
+    let mut acc = 0u32;
+    let mut bits = 0u32;
+    for &byte in bytes {
+        acc = (acc << 8) | u32::from(byte);
+        bits += 8;
+        while bits >= 5 {
+            bits -= 5;
+            out.push(char::from(BASE32_ALPHABET[((acc >> bits) & 31) as usize]));
+        }
+    }
+    if bits > 0 {
+        out.push(char::from(
+            BASE32_ALPHABET[((acc << (5 - bits)) & 31) as usize],
+        ));
+    }
+}
+
+/// Decodes RFC 4648 base32, lowercase, without padding; only the canonical
+/// spelling (unused trailing bits zero) is accepted. `text` follows the
+/// one-character multibase prefix, which error indexes count.
+fn base32_decode(text: &str) -> Result<Vec<u8>, CidError> {
+    let mut out = Vec::with_capacity(text.len() * 5 / 8);
+    let mut acc = 0u32;
+    let mut bits = 0u32;
+    let mut count = 0;
+    for (i, c) in text.chars().enumerate() {
+        let value = match c {
+            'a'..='z' => u32::from(c) - u32::from('a'),
+            '2'..='7' => u32::from(c) - u32::from('2') + 26,
+            _ => {
+                return Err(CidError::Base32 {
+                    index: i + 1,
+                    found: c,
+                });
+            }
+        };
+        acc = (acc << 5) | value;
+        bits += 5;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+        count = i + 1;
+    }
+    if bits >= 5 {
+        return Err(CidError::Base32Length(count));
+    }
+    if acc & ((1 << bits) - 1) != 0 {
+        return Err(CidError::Base32Padding);
+    }
+    Ok(out)
+}
+
+/// Why a blob could not be stored or read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BlobError {
+    /// No blob has this CID.
+    #[error("blob {0} not found")]
+    NotFound(Cid),
+    /// The stored bytes do not hash to their CID; they were not returned.
+    #[error(
+        "blob {cid} does not match its content hash (it hashes to {actual}): tampered or corrupt"
+    )]
+    Tampered {
+        /// The CID asked for.
+        cid: Cid,
+        /// The CID of the bytes actually stored.
+        actual: Cid,
+    },
+    /// The storage failed.
+    #[error("blob store I/O on {}: {source}", path.display())]
+    Io {
+        /// The file or directory concerned.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// Text or bytes that should name a blob do not.
+    #[error("bad CID: {0}")]
+    BadCid(#[from] CidError),
+}
+
+/// The result of blob store work.
+pub type Result<T, E = BlobError> = std::result::Result<T, E>;
+
+/// The future a [`BlobStore`] method returns. Boxed, so that a store chosen
+/// at run time can be used as `Arc<dyn BlobStore>`; one allocation is
+/// nothing next to the I/O behind it.
+pub type BlobFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
+
+/// Somewhere blobs are kept, each under the [`Cid`] of its bytes.
+pub trait BlobStore: Send + Sync {
+    /// Stores `bytes` durably and returns their CID. Storing the same bytes
+    /// again is harmless.
+    fn put<'a>(&'a self, bytes: &'a [u8]) -> BlobFuture<'a, Cid>;
+
+    /// The bytes stored under `cid`, after checking that they hash to it:
+    /// bytes that do not are never returned ([`BlobError::Tampered`]); a
+    /// missing blob is [`BlobError::NotFound`].
+    fn get<'a>(&'a self, cid: &'a Cid) -> BlobFuture<'a, Vec<u8>>;
+
+    /// Whether a blob is stored under `cid` (its content is not checked).
+    fn contains<'a>(&'a self, cid: &'a Cid) -> BlobFuture<'a, bool>;
+
+    /// Deletes the blob under `cid`; deleting an absent blob succeeds.
+    fn delete<'a>(&'a self, cid: &'a Cid) -> BlobFuture<'a, ()>;
+}
+
+/// Blobs in a directory on a local disk.
+///
+/// Layout: `<dir>/<shard>/<cid>`, where `<cid>` is the text form and
+/// `<shard>` its next-to-last two characters (IPFS flatfs's default
+/// `next-to-last/2`: those carry 10 bits of the digest, so up to 1024
+/// evenly filled shards; the leading characters would not do, as every
+/// CID starts `bafkrei`). The layout is part of the on-disk format.
+///
+/// Writes are atomic and durable: a blob is written to a fresh temporary
+/// file (`.tmp-...`) in its shard, synced, renamed into place, and the
+/// shard directory synced, so a crash never leaves a partial blob under
+/// its final name (it may leave a temporary file). On Unix, files are
+/// created readable by their owner only and directories are `0700`.
+///
+/// Cloning is cheap and the clones share their state.
+#[derive(Debug, Clone)]
+pub struct LocalDir {
+    root: PathBuf,
+    /// Shards whose directory entry this store has made durable, one bit
+    /// per shard, so that only a shard's first write pays for syncing the
+    /// root directory.
+    durable_shards: Arc<[AtomicU64; 16]>,
+}
+
+impl LocalDir {
+    /// Opens the blob directory `dir`, creating it if needed.
+    pub async fn open(dir: impl Into<PathBuf>) -> Result<LocalDir> {
+        let root = dir.into();
+        let path = root.clone();
+        blocking(root.clone(), move || {
+            create_dir_all(&path)?;
+            sync_dir(&path)?;
+            // The directory's own entry, in case it was just created.
+            match path.parent() {
+                Some(parent) if parent.as_os_str().is_empty() => sync_dir(Path::new(".")),
+                Some(parent) => sync_dir(parent),
+                None => Ok(()),
+            }
+        })
+        .await?;
+        Ok(LocalDir {
+            root,
+            durable_shards: Default::default(),
+        })
+    }
+
+    /// The directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where the blob `cid` is (or would be) stored.
+    pub fn path(&self, cid: &Cid) -> PathBuf {
+        let name = cid.to_string();
+        self.root.join(shard(&name)).join(name)
+    }
+
+    /// Writes `bytes` as the blob `cid`, atomically and durably.
+    fn write(&self, cid: &Cid, bytes: &[u8]) -> Result<()> {
+        let name = cid.to_string();
+        let shard_name = shard(&name);
+        let shard_dir = self.root.join(shard_name);
+        self.ensure_shard(shard_name, &shard_dir)?;
+
+        let (tmp_path, mut file) = create_temp(&shard_dir)?;
+        let written = file
+            .write_all(bytes)
+            .and_then(|()| file.sync_all())
+            .and_then(|()| std::fs::rename(&tmp_path, shard_dir.join(&name)));
+        drop(file);
+        if let Err(source) = written {
+            // Best effort: the error that matters is the write's.
+            let _ = std::fs::remove_file(&tmp_path);
+            return Err(BlobError::Io {
+                path: tmp_path,
+                source,
+            });
+        }
+        sync_dir(&shard_dir)
+    }
+
+    /// Creates the shard directory if needed and makes its entry in the
+    /// root durable, once per shard per store (whoever created it: a
+    /// concurrent writer may have created it and not yet synced the root).
+    fn ensure_shard(&self, shard_name: &str, shard_dir: &Path) -> Result<()> {
+        let index = shard_index(shard_name);
+        let (word, bit) = (&self.durable_shards[index / 64], 1u64 << (index % 64));
+        if word.load(Ordering::Acquire) & bit != 0 {
+            return Ok(());
+        }
+        create_dir_all(shard_dir)?;
+        sync_dir(&self.root)?;
+        word.fetch_or(bit, Ordering::Release);
+        Ok(())
+    }
+}
+
+impl BlobStore for LocalDir {
+    fn put<'a>(&'a self, bytes: &'a [u8]) -> BlobFuture<'a, Cid> {
+        // The blocking pool needs owned data: one copy, cheap next to fsync.
+        let bytes = bytes.to_vec();
+        Box::pin(async move {
+            let store = self.clone();
+            blocking(self.root.clone(), move || {
+                let cid = Cid::of(&bytes);
+                store.write(&cid, &bytes)?;
+                Ok(cid)
+            })
+            .await
+        })
+    }
+
+    fn get<'a>(&'a self, cid: &'a Cid) -> BlobFuture<'a, Vec<u8>> {
+        let (cid, path) = (*cid, self.path(cid));
+        Box::pin(blocking(path.clone(), move || {
+            let bytes = std::fs::read(&path).map_err(|source| match source.kind() {
+                io::ErrorKind::NotFound => BlobError::NotFound(cid),
+                _ => BlobError::Io { path, source },
+            })?;
+            let actual = Cid::of(&bytes);
+            if actual != cid {
+                return Err(BlobError::Tampered { cid, actual });
+            }
+            Ok(bytes)
+        }))
+    }
+
+    fn contains<'a>(&'a self, cid: &'a Cid) -> BlobFuture<'a, bool> {
+        let path = self.path(cid);
+        Box::pin(blocking(path.clone(), move || {
+            match std::fs::metadata(&path) {
+                Ok(meta) => Ok(meta.is_file()),
+                Err(source) if source.kind() == io::ErrorKind::NotFound => Ok(false),
+                Err(source) => Err(BlobError::Io { path, source }),
+            }
+        }))
+    }
+
+    fn delete<'a>(&'a self, cid: &'a Cid) -> BlobFuture<'a, ()> {
+        let path = self.path(cid);
+        Box::pin(blocking(path.clone(), move || {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(source) if source.kind() == io::ErrorKind::NotFound => return Ok(()),
+                Err(source) => return Err(BlobError::Io { path, source }),
+            }
+            match path.parent() {
+                Some(shard_dir) => sync_dir(shard_dir),
+                None => Ok(()),
+            }
+        }))
+    }
+}
+
+/// The shard of a blob: the next-to-last two characters of its text CID.
+fn shard(name: &str) -> &str {
+    name.get(name.len() - 3..name.len() - 1)
+        .expect("a CID's text form is 59 ASCII characters")
+}
+
+/// The shard's number, 0..1024, from its two base32 characters.
+fn shard_index(shard: &str) -> usize {
+    shard.bytes().fold(0, |index, c| {
+        let value = BASE32_ALPHABET
+            .iter()
+            .position(|&a| a == c)
+            .expect("a CID's text form is base32");
+        index * 32 + value
+    })
+}
+
+/// Runs blocking file work (and hashing) off the async threads.
+async fn blocking<T: Send + 'static>(
+    path: PathBuf,
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result,
+        Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+        Err(err) => Err(BlobError::Io {
+            path,
+            source: io::Error::other(err),
+        }),
+    }
+}
+
+/// Creates a temporary file with a name no other writer uses, in `dir`.
+fn create_temp(dir: &Path) -> Result<(PathBuf, std::fs::File)> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let pid = std::process::id();
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path = dir.join(format!(".tmp-{pid}-{n}"));
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        match options.open(&path) {
+            Ok(file) => return Ok((path, file)),
+            // Left by a crashed process that had our pid: try the next name.
+            Err(source) if source.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(source) => return Err(BlobError::Io { path, source }),
+        }
+    }
+}
+
+/// Creates `dir` and its missing parents.
+fn create_dir_all(dir: &Path) -> Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir).map_err(|source| BlobError::Io {
+        path: dir.to_owned(),
+        source,
+    })
+}
+
+/// Makes the entries of `dir` (creations, renames, removals) durable.
+fn sync_dir(dir: &Path) -> Result<()> {
+    // Only Unix can open and fsync a directory; elsewhere a rename is as
+    // durable as the platform makes it.
+    #[cfg(unix)]
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| BlobError::Io {
+            path: dir.to_owned(),
+            source,
+        })?;
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
