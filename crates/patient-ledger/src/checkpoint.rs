@@ -198,6 +198,15 @@ impl NoteSigner {
         format!("{}+{id}+{}", self.name, B64.encode(public))
     }
 
+    /// An Ed25519 signature of `message` (ledger entries use it too).
+    pub(crate) fn sign_raw(&self, message: &[u8]) -> [u8; 64] {
+        self.key
+            .sign(message)
+            .as_ref()
+            .try_into()
+            .expect("Ed25519 signatures are 64 bytes")
+    }
+
     /// The signed note of `checkpoint`.
     pub fn sign(&self, checkpoint: &Checkpoint) -> String {
         self.sign_text(&checkpoint.body())
@@ -248,6 +257,13 @@ impl NoteVerifier {
             id: key_id(name, public),
             public: public.to_vec(),
         })
+    }
+
+    /// Whether `signature` is this key's Ed25519 signature of `message`.
+    pub(crate) fn verify_raw(&self, message: &[u8], signature: &[u8]) -> bool {
+        UnparsedPublicKey::new(&ED25519, &self.public)
+            .verify(message, signature)
+            .is_ok()
     }
 
     /// Verifies a signed note and returns the checkpoint it states. Other

@@ -10,12 +10,22 @@
 //!                               `-- consistency(m, n)     -> verify_consistency
 //! ```
 //!
+//! Entries are signed CBOR ([`entry`]); the durable store keeps them in SQL
+//! ([`store`]); a patient's ledger exports as a proof bundle that anyone can
+//! verify offline ([`bundle`]).
+//!
 //! No feature flags.
 
+pub mod bundle;
 pub mod checkpoint;
+pub mod entry;
 pub mod merkle;
+pub mod store;
 
+pub use bundle::{Bundle, BundleError, Report};
 pub use checkpoint::{Checkpoint, CheckpointError, NoteSigner, NoteVerifier};
+pub use entry::{Entry, EntryError, Field, KINDS};
 pub use merkle::{
     Hash, ProofError, Tree, empty_root, leaf_hash, node_hash, verify_consistency, verify_inclusion,
 };
+pub use store::{Ledger, LedgerError, NewEntry, Verified};

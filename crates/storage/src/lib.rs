@@ -16,3 +16,5 @@ pub mod sql;
 pub use blob::{BlobError, BlobStore, Cid, CidError, LocalDir};
 pub use keys::{Kek, KeyError, PatientRef, Vault};
 pub use sql::{Backend, Db, MIGRATIONS, Migration, SqlError};
+/// The SQL toolkit, for crates that write queries against a [`Db`].
+pub use sqlx;

@@ -1,0 +1,232 @@
+//! A patient's ledger as a self-contained proof bundle: what a third party
+//! needs to check it offline with SHA-256 and Ed25519 (and a CBOR reader
+//! for the entries' contents).
+//!
+//! ```json
+//! { "format": "medledger-ledger-bundle/1",
+//!   "patient": "<patientRef hex>",
+//!   "verifier_key": "<name>+<key id hex>+<base64(0x01 || Ed25519 public key)>",
+//!   "checkpoint": "<signed note>",
+//!   "entries": [ { "index": 0, "entry": "<base64 stored entry>",
+//!                  "proof": ["<base64 hash>", ...] }, ... ] }
+//! ```
+
+use crate::checkpoint::{CheckpointError, NoteVerifier};
+use crate::entry::{Entry, EntryError};
+use crate::merkle::{Hash, ProofError, leaf_hash, verify_inclusion};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde::{Deserialize, Serialize};
+
+/// The format this version writes and reads.
+pub const FORMAT: &str = "medledger-ledger-bundle/1";
+
+/// An exported ledger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bundle {
+    /// [`FORMAT`].
+    pub format: String,
+    /// The patientRef, hex.
+    pub patient: String,
+    /// The key entries and checkpoint are signed with.
+    pub verifier_key: String,
+    /// The signed checkpoint the proofs lead to.
+    pub checkpoint: String,
+    /// Every entry the checkpoint covers, in order.
+    pub entries: Vec<BundleEntry>,
+}
+
+/// One entry with its inclusion proof.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BundleEntry {
+    /// Its index.
+    pub index: u64,
+    /// The stored entry, base64.
+    pub entry: String,
+    /// Its inclusion proof in the checkpoint's tree, base64 hashes.
+    pub proof: Vec<String>,
+}
+
+impl BundleEntry {
+    pub(crate) fn new(index: u64, stored: &[u8], proof: &[Hash]) -> BundleEntry {
+        BundleEntry {
+            index,
+            entry: B64.encode(stored),
+            proof: proof.iter().map(|h| B64.encode(h)).collect(),
+        }
+    }
+}
+
+impl Bundle {
+    pub(crate) fn new(
+        patient: String,
+        verifier_key: String,
+        checkpoint: String,
+        entries: Vec<BundleEntry>,
+    ) -> Bundle {
+        Bundle {
+            format: FORMAT.to_owned(),
+            patient,
+            verifier_key,
+            checkpoint,
+            entries,
+        }
+    }
+}
+
+/// Why a bundle does not verify.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BundleError {
+    /// Not a bundle.
+    #[error("not a ledger bundle: {0}")]
+    Malformed(String),
+    /// The bundle's key is not the one the verifier trusts.
+    #[error("the bundle is signed with {found}, not the trusted key {trusted}")]
+    UntrustedKey {
+        /// The bundle's key.
+        found: String,
+        /// The trusted key.
+        trusted: String,
+    },
+    /// The checkpoint does not verify.
+    #[error("checkpoint: {0}")]
+    Checkpoint(#[source] CheckpointError),
+    /// The checkpoint is another patient's.
+    #[error("checkpoint: origin {found:?} is not patient {patient}'s ledger")]
+    WrongLog {
+        /// The origin found.
+        found: String,
+        /// The bundle's patient.
+        patient: String,
+    },
+    /// An entry is not valid.
+    #[error("entry {index}: {source}")]
+    Entry {
+        /// Which.
+        index: u64,
+        /// Why.
+        #[source]
+        source: EntryError,
+    },
+    /// An entry is not where it says it is.
+    #[error("entry {index}: {what}")]
+    Misplaced {
+        /// Which.
+        index: u64,
+        /// What does not match.
+        what: String,
+    },
+    /// An entry's inclusion proof fails.
+    #[error("entry {index}: inclusion proof: {source}")]
+    Proof {
+        /// Which.
+        index: u64,
+        /// Why.
+        #[source]
+        source: ProofError,
+    },
+    /// Entries are missing or extra.
+    #[error("the checkpoint covers {expected} entries; the bundle holds {found}")]
+    Incomplete {
+        /// Entries the checkpoint covers.
+        expected: u64,
+        /// Entries in the bundle.
+        found: u64,
+    },
+}
+
+/// What a verified bundle holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// The patientRef, hex.
+    pub patient: String,
+    /// Entries covered.
+    pub size: u64,
+    /// The checkpoint's root.
+    pub root: Hash,
+    /// The decoded entries.
+    pub entries: Vec<Entry>,
+    /// Whether the checkpoint is an erasure tombstone.
+    pub erased: bool,
+}
+
+/// Verifies a bundle (JSON): the checkpoint's signature, that it is this
+/// patient's log, and every entry's signature, place and inclusion proof;
+/// and that every entry the checkpoint covers is there. With
+/// `trusted_key`, the bundle must be signed with that key.
+pub fn verify(json: &str, trusted_key: Option<&str>) -> Result<Report, BundleError> {
+    let bundle: Bundle =
+        serde_json::from_str(json).map_err(|e| BundleError::Malformed(e.to_string()))?;
+    if bundle.format != FORMAT {
+        return Err(BundleError::Malformed(format!(
+            "format {:?}, expected {FORMAT:?}",
+            bundle.format
+        )));
+    }
+    if let Some(trusted) = trusted_key
+        && trusted != bundle.verifier_key
+    {
+        return Err(BundleError::UntrustedKey {
+            found: bundle.verifier_key,
+            trusted: trusted.to_owned(),
+        });
+    }
+    let verifier = NoteVerifier::new(&bundle.verifier_key).map_err(BundleError::Checkpoint)?;
+    let cp = verifier
+        .verify(&bundle.checkpoint)
+        .map_err(BundleError::Checkpoint)?;
+    if cp.origin != format!("medledger/patient/{}", bundle.patient) {
+        return Err(BundleError::WrongLog {
+            found: cp.origin,
+            patient: bundle.patient,
+        });
+    }
+    let erased = cp.extensions.iter().any(|l| l.starts_with("erased "));
+    let expected = if erased { 0 } else { cp.size };
+    if bundle.entries.len() as u64 != expected {
+        return Err(BundleError::Incomplete {
+            expected,
+            found: bundle.entries.len() as u64,
+        });
+    }
+    let mut entries = Vec::with_capacity(bundle.entries.len());
+    for (i, e) in bundle.entries.iter().enumerate() {
+        let index = i as u64;
+        let misplaced = |what: String| BundleError::Misplaced { index, what };
+        if e.index != index {
+            return Err(misplaced(format!("listed as entry {}", e.index)));
+        }
+        let stored = B64
+            .decode(&e.entry)
+            .map_err(|_| misplaced("the entry is not base64".into()))?;
+        let proof = e
+            .proof
+            .iter()
+            .map(|h| B64.decode(h).ok().and_then(|b| Hash::try_from(b).ok()))
+            .collect::<Option<Vec<Hash>>>()
+            .ok_or_else(|| misplaced("a proof hash is not 32 bytes of base64".into()))?;
+        let entry = Entry::open(&stored, &verifier)
+            .map_err(|source| BundleError::Entry { index, source })?;
+        if entry.index != index {
+            return Err(misplaced(format!("it says it is entry {}", entry.index)));
+        }
+        if format!("medledger/patient/{}", hex(&entry.patient)) != cp.origin {
+            return Err(misplaced("it is another patient's entry".into()));
+        }
+        verify_inclusion(&leaf_hash(&stored), index, cp.size, &proof, &cp.root)
+            .map_err(|source| BundleError::Proof { index, source })?;
+        entries.push(entry);
+    }
+    Ok(Report {
+        patient: bundle.patient,
+        size: cp.size,
+        root: cp.root,
+        entries,
+        erased,
+    })
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}

@@ -1,0 +1,234 @@
+//! Ledger entries: canonical CBOR, signed with the server's ledger key.
+//!
+//! An entry's payload is a deterministic CBOR map (RFC 8949 §4.2.1) with
+//! text keys:
+//!
+//! | key | value |
+//! |---|---|
+//! | `v` | 1 |
+//! | `patient` | bstr(32), the patientRef |
+//! | `idx` | uint, its index in the patient's ledger |
+//! | `ts` | uint, Unix ms |
+//! | `kind` | text: `DataRecorded`, `ConsentChanged`, `AccessEvent`, `Annotation`, `Alert`, `StorageFailure`, `Erased` |
+//! | `body` | map of text keys to uint, text or bstr |
+//!
+//! The stored entry (the Merkle leaf data) is the CBOR array
+//! `[payload (bstr), signature (bstr(64))]`, the signature being Ed25519
+//! over `"medledger ledger entry\n" || payload`.
+
+use crate::checkpoint::{NoteSigner, NoteVerifier};
+use medledger_protocol::cbor::{self, Encoder, Value};
+use std::collections::BTreeMap;
+
+/// What an entry records. Stable names; new kinds are added, never renamed.
+pub const KINDS: &[&str] = &[
+    "DataRecorded",
+    "ConsentChanged",
+    "AccessEvent",
+    "Annotation",
+    "Alert",
+    "StorageFailure",
+    "Erased",
+];
+
+const SIGNING_CONTEXT: &[u8] = b"medledger ledger entry\n";
+
+/// A value in an entry's body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Field {
+    /// An unsigned integer.
+    Uint(u64),
+    /// Text.
+    Text(String),
+    /// Bytes (hashes, ids).
+    Bytes(Vec<u8>),
+}
+
+/// One ledger entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The patientRef.
+    pub patient: [u8; 32],
+    /// Its index in the patient's ledger.
+    pub index: u64,
+    /// When, Unix ms.
+    pub ts_ms: u64,
+    /// One of [`KINDS`].
+    pub kind: String,
+    /// What it says.
+    pub body: BTreeMap<String, Field>,
+}
+
+/// Why stored bytes are not a valid entry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EntryError {
+    /// Not the `[payload, signature]` array, or the payload is not an entry.
+    #[error("malformed entry: {0}")]
+    Malformed(String),
+    /// The signature does not verify with the ledger key.
+    #[error("the entry's signature does not verify with the ledger key")]
+    BadSignature,
+    /// A kind this version does not know.
+    #[error("unknown entry kind {0:?}")]
+    UnknownKind(String),
+}
+
+fn key(k: &str) -> Vec<u8> {
+    cbor::encode_with(|e| {
+        e.text(k);
+    })
+}
+
+impl Entry {
+    /// The canonical CBOR payload.
+    pub fn payload(&self) -> Vec<u8> {
+        let body: Vec<(Vec<u8>, Vec<u8>)> = self
+            .body
+            .iter()
+            .map(|(k, v)| {
+                let value = cbor::encode_with(|e| {
+                    match v {
+                        Field::Uint(n) => e.uint(*n),
+                        Field::Text(t) => e.text(t),
+                        Field::Bytes(b) => e.bytes(b),
+                    };
+                });
+                (key(k), value)
+            })
+            .collect();
+        let body = cbor::encode_with(|e| {
+            e.map_sorted(body);
+        });
+        let fields = vec![
+            (
+                key("v"),
+                cbor::encode_with(|e| {
+                    e.uint(1);
+                }),
+            ),
+            (
+                key("patient"),
+                cbor::encode_with(|e| {
+                    e.bytes(&self.patient);
+                }),
+            ),
+            (
+                key("idx"),
+                cbor::encode_with(|e| {
+                    e.uint(self.index);
+                }),
+            ),
+            (
+                key("ts"),
+                cbor::encode_with(|e| {
+                    e.uint(self.ts_ms);
+                }),
+            ),
+            (
+                key("kind"),
+                cbor::encode_with(|e| {
+                    e.text(&self.kind);
+                }),
+            ),
+            (key("body"), body),
+        ];
+        cbor::encode_with(|e: &mut Encoder| {
+            e.map_sorted(fields);
+        })
+    }
+
+    /// Signs the entry: the bytes to store and hash into the tree.
+    pub fn sign(&self, signer: &NoteSigner) -> Vec<u8> {
+        let payload = self.payload();
+        let signature = signer.sign_raw(&[SIGNING_CONTEXT, &payload].concat());
+        cbor::encode_with(|e| {
+            e.array(2).bytes(&payload).bytes(&signature);
+        })
+    }
+
+    /// Checks a stored entry's signature and decodes it.
+    pub fn open(stored: &[u8], verifier: &NoteVerifier) -> Result<Entry, EntryError> {
+        let malformed = |why: &str| EntryError::Malformed(why.to_owned());
+        let value = cbor::decode(stored).map_err(|e| EntryError::Malformed(e.to_string()))?;
+        let Value::Array(items) = value else {
+            return Err(malformed("not a [payload, signature] array"));
+        };
+        let [Value::Bytes(payload), Value::Bytes(signature)] = items.as_slice() else {
+            return Err(malformed(
+                "not a [payload, signature] array of two byte strings",
+            ));
+        };
+        if !verifier.verify_raw(&[SIGNING_CONTEXT, payload].concat(), signature) {
+            return Err(EntryError::BadSignature);
+        }
+        Entry::decode_payload(payload)
+    }
+
+    fn decode_payload(payload: &[u8]) -> Result<Entry, EntryError> {
+        let malformed = |why: String| EntryError::Malformed(why);
+        let Value::Map(mut fields) = cbor::decode(payload).map_err(|e| malformed(e.to_string()))?
+        else {
+            return Err(malformed("the payload is not a map".into()));
+        };
+        let mut get = |name: &str| -> Result<Value, EntryError> {
+            let i = fields
+                .iter()
+                .position(|(k, _)| matches!(k, Value::Text(t) if t == name))
+                .ok_or_else(|| malformed(format!("no {name:?} field")))?;
+            Ok(fields.remove(i).1)
+        };
+        let uint = |v: Value, name: &str| match v {
+            Value::Uint(n) => Ok(n),
+            _ => Err(malformed(format!("{name:?} is not an unsigned integer"))),
+        };
+        if uint(get("v")?, "v")? != 1 {
+            return Err(malformed("unknown entry version".into()));
+        }
+        let patient = match get("patient")? {
+            Value::Bytes(b) => {
+                <[u8; 32]>::try_from(b).map_err(|_| malformed("patient is not 32 bytes".into()))?
+            }
+            _ => return Err(malformed("patient is not bytes".into())),
+        };
+        let index = uint(get("idx")?, "idx")?;
+        let ts_ms = uint(get("ts")?, "ts")?;
+        let kind = match get("kind")? {
+            Value::Text(t) => t,
+            _ => return Err(malformed("kind is not text".into())),
+        };
+        if !KINDS.contains(&kind.as_str()) {
+            return Err(EntryError::UnknownKind(kind));
+        }
+        let Value::Map(items) = get("body")? else {
+            return Err(malformed("body is not a map".into()));
+        };
+        let mut body = BTreeMap::new();
+        for (k, v) in items {
+            let Value::Text(k) = k else {
+                return Err(malformed("a body key is not text".into()));
+            };
+            let v = match v {
+                Value::Uint(n) => Field::Uint(n),
+                Value::Text(t) => Field::Text(t),
+                Value::Bytes(b) => Field::Bytes(b),
+                _ => {
+                    return Err(malformed(format!(
+                        "body field {k:?} is not uint, text or bytes"
+                    )));
+                }
+            };
+            body.insert(k, v);
+        }
+        if let Some((k, _)) = fields.first() {
+            return Err(malformed(format!("unknown field {k:?}")));
+        }
+        Ok(Entry {
+            patient,
+            index,
+            ts_ms,
+            kind,
+            body,
+        })
+    }
+}

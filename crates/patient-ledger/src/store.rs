@@ -1,0 +1,455 @@
+//! The durable ledger: entries and checkpoints in SQL, trees in memory.
+//!
+//! Appends go in one transaction per batch and return after the commit,
+//! so an index handed out is durable. A patient's tree is rebuilt from the
+//! stored entries on first use and extended on every append.
+
+use crate::bundle::{Bundle, BundleEntry};
+use crate::checkpoint::{Checkpoint, CheckpointError, NoteSigner, NoteVerifier};
+use crate::entry::{Entry, EntryError, Field};
+use crate::merkle::{Hash, ProofError, Tree, leaf_hash, verify_consistency};
+use medledger_storage::sqlx::{self, Row};
+use medledger_storage::{Db, SqlError};
+use std::collections::{BTreeMap, HashMap};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// A patientRef.
+pub type PatientRef = [u8; 32];
+
+/// Why a ledger operation failed or a ledger does not verify.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LedgerError {
+    /// The database failed.
+    #[error(transparent)]
+    Sql(#[from] SqlError),
+    /// Entry `index` is not valid.
+    #[error("entry {index}: {source}")]
+    Entry {
+        /// Which entry.
+        index: u64,
+        /// What is wrong with it.
+        #[source]
+        source: EntryError,
+    },
+    /// Entry `index` says it is another entry.
+    #[error("entry {index}: it says it is entry {claims} of patient {patient}")]
+    Misplaced {
+        /// Where it is stored.
+        index: u64,
+        /// The index it states.
+        claims: u64,
+        /// The patient it states, hex.
+        patient: String,
+    },
+    /// A checkpoint does not verify.
+    #[error("checkpoint of size {size}: {source}")]
+    Checkpoint {
+        /// Its size, if known.
+        size: u64,
+        /// Why.
+        #[source]
+        source: CheckpointError,
+    },
+    /// The entries do not hash to the checkpoint's root.
+    #[error("the {size} stored entries hash to {computed}, not the checkpoint's root {expected}")]
+    RootMismatch {
+        /// Entries covered.
+        size: u64,
+        /// Hex.
+        computed: String,
+        /// Hex.
+        expected: String,
+    },
+    /// The ledger is not an extension of an earlier (anchored) checkpoint.
+    #[error(
+        "the ledger of size {new} is not an extension of the checkpoint of size {old}: {source}"
+    )]
+    NotConsistent {
+        /// The earlier size.
+        old: u64,
+        /// The current size.
+        new: u64,
+        /// Why.
+        #[source]
+        source: ProofError,
+    },
+    /// Asked for something the ledger does not hold.
+    #[error("{0}")]
+    Missing(String),
+    /// The patient was erased.
+    #[error("patient {0}'s ledger was erased")]
+    Erased(String),
+}
+
+impl From<sqlx::Error> for LedgerError {
+    fn from(e: sqlx::Error) -> LedgerError {
+        LedgerError::Sql(SqlError::Database(e))
+    }
+}
+
+/// The result of ledger work.
+pub type Result<T, E = LedgerError> = std::result::Result<T, E>;
+
+/// An entry to append: its kind, time and body.
+#[derive(Debug, Clone)]
+pub struct NewEntry {
+    /// One of [`crate::entry::KINDS`].
+    pub kind: &'static str,
+    /// When, Unix ms.
+    pub ts_ms: u64,
+    /// What it says.
+    pub body: BTreeMap<String, Field>,
+}
+
+/// What a verification found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// Entries checked.
+    pub size: u64,
+    /// Their root.
+    pub root: Hash,
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// The per-patient ledgers of one server.
+pub struct Ledger {
+    db: Db,
+    signer: NoteSigner,
+    verifier: NoteVerifier,
+    /// Trees by patient; the lock also serialises appends.
+    trees: tokio::sync::Mutex<HashMap<PatientRef, Tree>>,
+}
+
+impl std::fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ledger").finish_non_exhaustive()
+    }
+}
+
+impl Ledger {
+    /// The ledgers in a migrated database, signed with `signer`.
+    pub fn new(db: Db, signer: NoteSigner) -> Ledger {
+        let verifier = NoteVerifier::new(&signer.verifier_key()).expect("our own key parses");
+        Ledger {
+            db,
+            signer,
+            verifier,
+            trees: tokio::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The checkpoint origin of a patient's ledger.
+    pub fn origin(patient: &PatientRef) -> String {
+        format!("medledger/patient/{}", hex(patient))
+    }
+
+    /// The key that verifies entries and checkpoints.
+    pub fn verifier_key(&self) -> String {
+        self.signer.verifier_key()
+    }
+
+    /// Appends entries for a patient in one transaction; returns their
+    /// indexes once they are durable.
+    pub async fn append(&self, patient: &PatientRef, entries: Vec<NewEntry>) -> Result<Vec<u64>> {
+        let mut trees = self.trees.lock().await;
+        if self.is_erased(patient).await? {
+            return Err(LedgerError::Erased(hex(patient)));
+        }
+        let tree = self.tree_in(&mut trees, patient).await?;
+        let start = tree.size();
+        let mut leaves = Vec::with_capacity(entries.len());
+        let mut tx = self.db.pool().begin().await?;
+        for (i, e) in entries.into_iter().enumerate() {
+            let entry = Entry {
+                patient: *patient,
+                index: start + i as u64,
+                ts_ms: e.ts_ms,
+                kind: e.kind.to_owned(),
+                body: e.body,
+            };
+            let stored = entry.sign(&self.signer);
+            sqlx::query("INSERT INTO ledger_entries (patient, idx, entry) VALUES ($1, $2, $3)")
+                .bind(patient.to_vec())
+                .bind(to_i64(entry.index))
+                .bind(stored.as_slice())
+                .execute(&mut *tx)
+                .await?;
+            leaves.push(leaf_hash(&stored));
+        }
+        tx.commit().await?;
+        let tree = trees.get_mut(patient).expect("loaded above");
+        let indexes = (start..start + leaves.len() as u64).collect();
+        for leaf in leaves {
+            tree.push(leaf);
+        }
+        Ok(indexes)
+    }
+
+    /// Signs and stores a checkpoint of the patient's ledger as it is now;
+    /// returns the signed note (what gets anchored on chain).
+    pub async fn checkpoint(&self, patient: &PatientRef) -> Result<String> {
+        let mut trees = self.trees.lock().await;
+        if self.is_erased(patient).await? {
+            return Err(LedgerError::Erased(hex(patient)));
+        }
+        let tree = self.tree_in(&mut trees, patient).await?;
+        let size = tree.size();
+        let root = tree.root(size).expect("the tree holds its own size");
+        let note = self.signer.sign(&Checkpoint {
+            origin: Ledger::origin(patient),
+            size,
+            root,
+            extensions: vec![format!("time {}", now_ms())],
+        });
+        sqlx::query("DELETE FROM ledger_checkpoints WHERE patient = $1 AND size = $2")
+            .bind(patient.to_vec())
+            .bind(to_i64(size))
+            .execute(self.db.pool())
+            .await?;
+        sqlx::query("INSERT INTO ledger_checkpoints (patient, size, note) VALUES ($1, $2, $3)")
+            .bind(patient.to_vec())
+            .bind(to_i64(size))
+            .bind(note.as_str())
+            .execute(self.db.pool())
+            .await?;
+        Ok(note)
+    }
+
+    /// The newest stored checkpoint of the patient, if any.
+    pub async fn latest_checkpoint(&self, patient: &PatientRef) -> Result<Option<String>> {
+        let row = sqlx::query(
+            "SELECT note FROM ledger_checkpoints WHERE patient = $1 ORDER BY size DESC LIMIT 1",
+        )
+        .bind(patient.to_vec())
+        .fetch_optional(self.db.pool())
+        .await?;
+        Ok(match row {
+            Some(r) => Some(r.try_get("note")?),
+            None => None,
+        })
+    }
+
+    /// The stored entries of a patient, in order.
+    pub async fn entries(&self, patient: &PatientRef) -> Result<Vec<Vec<u8>>> {
+        let rows = sqlx::query("SELECT entry FROM ledger_entries WHERE patient = $1 ORDER BY idx")
+            .bind(patient.to_vec())
+            .fetch_all(self.db.pool())
+            .await?;
+        rows.iter()
+            .map(|r| Ok(r.try_get::<Vec<u8>, _>("entry")?))
+            .collect()
+    }
+
+    /// The inclusion proof of entry `index` in the tree of `size` entries.
+    pub async fn inclusion(
+        &self,
+        patient: &PatientRef,
+        index: u64,
+        size: u64,
+    ) -> Result<Vec<Hash>> {
+        let mut trees = self.trees.lock().await;
+        let tree = self.tree_in(&mut trees, patient).await?;
+        tree.inclusion(index, size)
+            .map_err(|e| LedgerError::Missing(format!("no inclusion proof: {e}")))
+    }
+
+    /// The consistency proof from size `old` to size `new`.
+    pub async fn consistency(&self, patient: &PatientRef, old: u64, new: u64) -> Result<Vec<Hash>> {
+        let mut trees = self.trees.lock().await;
+        let tree = self.tree_in(&mut trees, patient).await?;
+        tree.consistency(old, new)
+            .map_err(|e| LedgerError::Missing(format!("no consistency proof: {e}")))
+    }
+
+    /// Verifies the patient's stored ledger from scratch: every entry's
+    /// signature and place, the newest checkpoint's signature, that the
+    /// entries it covers hash to its root, and, given earlier (anchored)
+    /// checkpoints, that the ledger extends each of them.
+    pub async fn verify(&self, patient: &PatientRef, anchored: &[String]) -> Result<Verified> {
+        let stored = self.entries(patient).await?;
+        let mut tree = Tree::new();
+        for (i, bytes) in stored.iter().enumerate() {
+            let index = i as u64;
+            let entry = Entry::open(bytes, &self.verifier)
+                .map_err(|source| LedgerError::Entry { index, source })?;
+            if entry.index != index || entry.patient != *patient {
+                return Err(LedgerError::Misplaced {
+                    index,
+                    claims: entry.index,
+                    patient: hex(&entry.patient),
+                });
+            }
+            tree.push(leaf_hash(bytes));
+        }
+        let size = tree.size();
+        let root = tree.root(size).expect("the tree holds its own size");
+        if let Some(note) = self.latest_checkpoint(patient).await? {
+            let cp = self.checkpoint_of(patient, &note)?;
+            let covered = tree.root(cp.size).ok_or_else(|| {
+                LedgerError::Missing(format!(
+                    "the checkpoint covers {} entries, {size} are stored",
+                    cp.size
+                ))
+            })?;
+            if covered != cp.root {
+                return Err(LedgerError::RootMismatch {
+                    size: cp.size,
+                    computed: hex(&covered),
+                    expected: hex(&cp.root),
+                });
+            }
+        }
+        for note in anchored {
+            let cp = self.checkpoint_of(patient, note)?;
+            if cp.size > size {
+                return Err(LedgerError::Missing(format!(
+                    "an anchored checkpoint covers {} entries, {size} are stored",
+                    cp.size
+                )));
+            }
+            if cp.size == 0 {
+                continue;
+            }
+            let proof = tree.consistency(cp.size, size).unwrap_or_default();
+            verify_consistency(cp.size, size, &cp.root, &root, &proof).map_err(|source| {
+                LedgerError::NotConsistent {
+                    old: cp.size,
+                    new: size,
+                    source,
+                }
+            })?;
+        }
+        Ok(Verified { size, root })
+    }
+
+    /// Exports the patient's ledger as a self-contained proof bundle
+    /// against a fresh checkpoint.
+    /// An erased patient's bundle holds only the tombstone checkpoint.
+    pub async fn export(&self, patient: &PatientRef) -> Result<Bundle> {
+        if self.is_erased(patient).await? {
+            let tombstone = self
+                .latest_checkpoint(patient)
+                .await?
+                .expect("an erased ledger has its tombstone");
+            return Ok(Bundle::new(
+                hex(patient),
+                self.verifier_key(),
+                tombstone,
+                Vec::new(),
+            ));
+        }
+        let note = self.checkpoint(patient).await?;
+        let cp = self.checkpoint_of(patient, &note)?;
+        let stored = self.entries(patient).await?;
+        let mut entries = Vec::with_capacity(stored.len());
+        for (i, bytes) in stored.into_iter().enumerate() {
+            let proof = self.inclusion(patient, i as u64, cp.size).await?;
+            entries.push(BundleEntry::new(i as u64, &bytes, &proof));
+        }
+        Ok(Bundle::new(
+            hex(patient),
+            self.verifier_key(),
+            note,
+            entries,
+        ))
+    }
+
+    /// Erases the patient's ledger: the entries go; a tombstone checkpoint
+    /// (the last size and root, marked `erased`) stays, so the anchored
+    /// history still makes sense.
+    pub async fn erase(&self, patient: &PatientRef) -> Result<String> {
+        let mut trees = self.trees.lock().await;
+        let tree = self.tree_in(&mut trees, patient).await?;
+        let size = tree.size();
+        let root = tree.root(size).expect("the tree holds its own size");
+        let now = now_ms();
+        let note = self.signer.sign(&Checkpoint {
+            origin: Ledger::origin(patient),
+            size,
+            root,
+            extensions: vec![format!("time {now}"), format!("erased {now}")],
+        });
+        let mut tx = self.db.pool().begin().await?;
+        sqlx::query("DELETE FROM ledger_entries WHERE patient = $1")
+            .bind(patient.to_vec())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM ledger_checkpoints WHERE patient = $1")
+            .bind(patient.to_vec())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO ledger_checkpoints (patient, size, note) VALUES ($1, $2, $3)")
+            .bind(patient.to_vec())
+            .bind(to_i64(size))
+            .bind(note.as_str())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        trees.remove(patient);
+        Ok(note)
+    }
+
+    /// Whether the patient's ledger was erased (its newest checkpoint is a
+    /// tombstone).
+    pub async fn is_erased(&self, patient: &PatientRef) -> Result<bool> {
+        Ok(match self.latest_checkpoint(patient).await? {
+            Some(note) => self
+                .checkpoint_of(patient, &note)?
+                .extensions
+                .iter()
+                .any(|l| l.starts_with("erased ")),
+            None => false,
+        })
+    }
+
+    fn checkpoint_of(&self, patient: &PatientRef, note: &str) -> Result<Checkpoint> {
+        let size = note
+            .lines()
+            .nth(1)
+            .and_then(|l| l.parse().ok())
+            .unwrap_or(0);
+        let cp = self
+            .verifier
+            .verify(note)
+            .map_err(|source| LedgerError::Checkpoint { size, source })?;
+        if cp.origin != Ledger::origin(patient) {
+            return Err(LedgerError::Checkpoint {
+                size,
+                source: CheckpointError::Malformed(format!(
+                    "origin {:?} is another log's",
+                    cp.origin
+                )),
+            });
+        }
+        Ok(cp)
+    }
+
+    async fn tree_in<'a>(
+        &self,
+        trees: &'a mut HashMap<PatientRef, Tree>,
+        patient: &PatientRef,
+    ) -> Result<&'a mut Tree> {
+        if !trees.contains_key(patient) {
+            let stored = self.entries(patient).await?;
+            trees.insert(
+                *patient,
+                Tree::from_leaf_hashes(stored.iter().map(|e| leaf_hash(e))),
+            );
+        }
+        Ok(trees.get_mut(patient).expect("inserted above"))
+    }
+}
