@@ -4,11 +4,13 @@
 //! medledger ca init|issue|show|revoke|crl    the certificate authority
 //! medledger chain --data D --rpc ADDR          the embedded authority chain
 //! medledger admin deploy|staff|device|...      Registry and rules, as an admin
+//! medledger verify --bundle FILE               a patient ledger, offline
 //! ```
 
 mod admin;
 mod ca;
 mod chain;
+mod verify;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -30,6 +32,8 @@ enum Command {
     Chain(chain::ChainArgs),
     /// Change the Registry and the rules as an admin, on any chain.
     Admin(admin::AdminArgs),
+    /// Verify an exported patient ledger (a proof bundle) offline.
+    Verify(verify::VerifyArgs),
 }
 
 fn main() -> ExitCode {
@@ -38,6 +42,7 @@ fn main() -> ExitCode {
         Command::Ca(cmd) => ca::run(cmd),
         Command::Chain(args) => chain::run(args),
         Command::Admin(args) => admin::run(args),
+        Command::Verify(args) => verify::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -4,3 +4,4 @@
 mod admin;
 mod ca;
 mod chain;
+mod verify;
