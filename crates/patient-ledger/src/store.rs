@@ -16,6 +16,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// A patientRef.
 pub type PatientRef = [u8; 32];
 
+/// Entries per INSERT statement (3 parameters each; both backends accept
+/// far more than 3 x 500).
+const INSERT_CHUNK: usize = 500;
+
 /// Why a ledger operation failed or a ledger does not verify.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -172,7 +176,7 @@ impl Ledger {
         let tree = self.tree_in(&mut trees, patient).await?;
         let start = tree.size();
         let mut leaves = Vec::with_capacity(entries.len());
-        let mut tx = self.db.pool().begin().await?;
+        let mut rows = Vec::with_capacity(entries.len());
         for (i, e) in entries.into_iter().enumerate() {
             let entry = Entry {
                 patient: *patient,
@@ -182,13 +186,27 @@ impl Ledger {
                 body: e.body,
             };
             let stored = entry.sign(&self.signer);
-            sqlx::query("INSERT INTO ledger_entries (patient, idx, entry) VALUES ($1, $2, $3)")
-                .bind(patient.to_vec())
-                .bind(to_i64(entry.index))
-                .bind(stored.as_slice())
-                .execute(&mut *tx)
-                .await?;
             leaves.push(leaf_hash(&stored));
+            rows.push((to_i64(entry.index), stored));
+        }
+        let mut tx = self.db.pool().begin().await?;
+        // Many rows per statement: one round trip per chunk, not per entry.
+        for chunk in rows.chunks(INSERT_CHUNK) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3))
+                .collect();
+            let sql = format!(
+                "INSERT INTO ledger_entries (patient, idx, entry) VALUES {}",
+                values.join(", ")
+            );
+            let mut query = sqlx::query(&sql);
+            for (idx, stored) in chunk {
+                query = query
+                    .bind(patient.to_vec())
+                    .bind(*idx)
+                    .bind(stored.as_slice());
+            }
+            query.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         let tree = trees.get_mut(patient).expect("loaded above");
