@@ -7,11 +7,14 @@
 //!  Db::open_sqlite(path) | Db::connect(url) --> migrate() --> queries ($1, $2, ... on both)
 //! ```
 //!
-//! No feature flags.
+//! Feature `test-utils`: the `test_utils` module, a fresh database of
+//! each backend for tests (used by this crate's and the patient ledger's).
 
 pub mod blob;
 pub mod keys;
 pub mod sql;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod test_utils;
 
 pub use blob::{BlobError, BlobStore, Cid, CidError, LocalDir};
 pub use keys::{Kek, KeyError, PatientRef, Vault};

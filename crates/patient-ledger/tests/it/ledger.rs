@@ -10,6 +10,7 @@ use medledger_patient_ledger::{
 };
 use medledger_storage::Db;
 use medledger_storage::sqlx;
+use medledger_storage::test_utils::databases;
 use std::collections::BTreeMap;
 
 const P: [u8; 32] = [0x5a; 32];
@@ -27,172 +28,171 @@ fn entry(i: u64) -> NewEntry {
 }
 
 struct Fixture {
-    _dir: tempfile::TempDir,
-    path: std::path::PathBuf,
+    db: Db,
     key: Vec<u8>,
     ledger: Ledger,
 }
 
-async fn fixture() -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("ledger.db");
-    let db = Db::open_sqlite(&path).await.unwrap();
-    db.migrate().await.unwrap();
-    let key = NoteSigner::generate_pkcs8();
-    let ledger = Ledger::new(
-        db,
-        NoteSigner::from_pkcs8("medledger-server", &key).unwrap(),
-    );
-    Fixture {
-        _dir: dir,
-        path,
-        key,
-        ledger,
+/// A ledger over a fresh migrated database of each backend (SQLite, and
+/// PostgreSQL when `MEDLEDGER_TEST_POSTGRES` is set).
+async fn fixtures() -> Vec<(Fixture, Option<tempfile::TempDir>)> {
+    let mut all = Vec::new();
+    for (db, dir) in databases().await {
+        db.migrate().await.unwrap();
+        let key = NoteSigner::generate_pkcs8();
+        let ledger = Ledger::new(
+            db.clone(),
+            NoteSigner::from_pkcs8("medledger-server", &key).unwrap(),
+        );
+        all.push((Fixture { db, key, ledger }, dir));
     }
+    all
 }
 
 impl Fixture {
+    /// The same ledger as another process would open it: nothing cached.
     async fn reopen(&self) -> Ledger {
-        let db = Db::open_sqlite(&self.path).await.unwrap();
         Ledger::new(
-            db,
+            self.db.clone(),
             NoteSigner::from_pkcs8("medledger-server", &self.key).unwrap(),
         )
     }
 
     async fn db(&self) -> Db {
-        Db::open_sqlite(&self.path).await.unwrap()
+        self.db.clone()
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn appends_are_durable_and_proven() {
-    let f = fixture().await;
-    let first = f
-        .ledger
-        .append(&P, (0..5).map(entry).collect())
-        .await
-        .unwrap();
-    assert_eq!(first, [0, 1, 2, 3, 4]);
-    let anchored = f.ledger.checkpoint(&P).await.unwrap();
-    assert!(anchored.starts_with(&format!("{}\n5\n", Ledger::origin(&P))));
-    let more = f
-        .ledger
-        .append(&P, (5..12).map(entry).collect())
-        .await
-        .unwrap();
-    assert_eq!(more, (5..12).collect::<Vec<_>>());
-    f.ledger.checkpoint(&P).await.unwrap();
+    for (f, _dir) in fixtures().await {
+        let first = f
+            .ledger
+            .append(&P, (0..5).map(entry).collect())
+            .await
+            .unwrap();
+        assert_eq!(first, [0, 1, 2, 3, 4]);
+        let anchored = f.ledger.checkpoint(&P).await.unwrap();
+        assert!(anchored.starts_with(&format!("{}\n5\n", Ledger::origin(&P))));
+        let more = f
+            .ledger
+            .append(&P, (5..12).map(entry).collect())
+            .await
+            .unwrap();
+        assert_eq!(more, (5..12).collect::<Vec<_>>());
+        f.ledger.checkpoint(&P).await.unwrap();
 
-    // A new process sees the same ledger, and it verifies, also against
-    // the earlier (anchored) checkpoint.
-    let again = f.reopen().await;
-    let v = again
-        .verify(&P, std::slice::from_ref(&anchored))
-        .await
-        .unwrap();
-    assert_eq!(v.size, 12);
-    let entries = again.entries(&P).await.unwrap();
-    let proof = again.inclusion(&P, 7, 12).await.unwrap();
-    verify_inclusion(&leaf_hash(&entries[7]), 7, 12, &proof, &v.root).unwrap();
-    assert_eq!(again.append(&P, vec![entry(12)]).await.unwrap(), [12]);
-    // Another patient's ledger is separate.
-    assert_eq!(again.append(&[1; 32], vec![entry(0)]).await.unwrap(), [0]);
+        // A new process sees the same ledger, and it verifies, also against
+        // the earlier (anchored) checkpoint.
+        let again = f.reopen().await;
+        let v = again
+            .verify(&P, std::slice::from_ref(&anchored))
+            .await
+            .unwrap();
+        assert_eq!(v.size, 12);
+        let entries = again.entries(&P).await.unwrap();
+        let proof = again.inclusion(&P, 7, 12).await.unwrap();
+        verify_inclusion(&leaf_hash(&entries[7]), 7, 12, &proof, &v.root).unwrap();
+        assert_eq!(again.append(&P, vec![entry(12)]).await.unwrap(), [12]);
+        // Another patient's ledger is separate.
+        assert_eq!(again.append(&[1; 32], vec![entry(0)]).await.unwrap(), [0]);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tampering_is_named_by_entry_and_check() {
-    let f = fixture().await;
-    f.ledger
-        .append(&P, (0..6).map(entry).collect())
-        .await
-        .unwrap();
-    let anchored = f.ledger.checkpoint(&P).await.unwrap();
-    let db = f.db().await;
+    for (f, _dir) in fixtures().await {
+        f.ledger
+            .append(&P, (0..6).map(entry).collect())
+            .await
+            .unwrap();
+        let anchored = f.ledger.checkpoint(&P).await.unwrap();
+        let db = f.db().await;
 
-    // A flipped byte in a stored entry.
-    let stored = f.ledger.entries(&P).await.unwrap();
-    let mut bad = stored[3].clone();
-    let last = bad.len() - 1;
-    bad[last] ^= 1;
-    set_entry(&db, 3, &bad).await;
-    let err = f.reopen().await.verify(&P, &[]).await.unwrap_err();
-    assert!(
-        matches!(
-            err,
-            LedgerError::Entry {
-                index: 3,
-                source: EntryError::BadSignature
-            }
-        ),
-        "{err}"
-    );
-    assert_eq!(
-        err.to_string(),
-        "entry 3: the entry's signature does not verify with the ledger key"
-    );
-    set_entry(&db, 3, &stored[3]).await;
+        // A flipped byte in a stored entry.
+        let stored = f.ledger.entries(&P).await.unwrap();
+        let mut bad = stored[3].clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        set_entry(&db, 3, &bad).await;
+        let err = f.reopen().await.verify(&P, &[]).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                LedgerError::Entry {
+                    index: 3,
+                    source: EntryError::BadSignature
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "entry 3: the entry's signature does not verify with the ledger key"
+        );
+        set_entry(&db, 3, &stored[3]).await;
 
-    // Two entries swapped (each validly signed): misplaced.
-    set_entry(&db, 1, &stored[2]).await;
-    set_entry(&db, 2, &stored[1]).await;
-    let err = f.reopen().await.verify(&P, &[]).await.unwrap_err();
-    assert!(
-        matches!(
-            err,
-            LedgerError::Misplaced {
-                index: 1,
-                claims: 2,
-                ..
-            }
-        ),
-        "{err}"
-    );
-    set_entry(&db, 1, &stored[1]).await;
-    set_entry(&db, 2, &stored[2]).await;
+        // Two entries swapped (each validly signed): misplaced.
+        set_entry(&db, 1, &stored[2]).await;
+        set_entry(&db, 2, &stored[1]).await;
+        let err = f.reopen().await.verify(&P, &[]).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                LedgerError::Misplaced {
+                    index: 1,
+                    claims: 2,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        set_entry(&db, 1, &stored[1]).await;
+        set_entry(&db, 2, &stored[2]).await;
 
-    // A flipped byte in the stored checkpoint.
-    let note = anchored.replacen("\n6\n", "\n7\n", 1);
-    sqlx::query("UPDATE ledger_checkpoints SET note = $1")
-        .bind(note)
-        .execute(db.pool())
-        .await
-        .unwrap();
-    let err = f.reopen().await.verify(&P, &[]).await.unwrap_err();
-    assert!(matches!(err, LedgerError::Checkpoint { .. }), "{err}");
-    assert!(err.to_string().contains("does not verify"), "{err}");
+        // A flipped byte in the stored checkpoint.
+        let note = anchored.replacen("\n6\n", "\n7\n", 1);
+        sqlx::query("UPDATE ledger_checkpoints SET note = $1")
+            .bind(note)
+            .execute(db.pool())
+            .await
+            .unwrap();
+        let err = f.reopen().await.verify(&P, &[]).await.unwrap_err();
+        assert!(matches!(err, LedgerError::Checkpoint { .. }), "{err}");
+        assert!(err.to_string().contains("does not verify"), "{err}");
 
-    // History rewritten and re-signed with the server's own key: every
-    // signature checks out, but it no longer extends the anchored checkpoint.
-    sqlx::query("DELETE FROM ledger_entries")
-        .execute(db.pool())
-        .await
-        .unwrap();
-    sqlx::query("DELETE FROM ledger_checkpoints")
-        .execute(db.pool())
-        .await
-        .unwrap();
-    let forger = f.reopen().await;
-    let mut rewritten: Vec<NewEntry> = (0..6).map(entry).collect();
-    rewritten[2]
-        .body
-        .insert("cid".into(), Field::Text("bafk-forged".into()));
-    forger.append(&P, rewritten).await.unwrap();
-    forger.append(&P, vec![entry(6)]).await.unwrap();
-    forger.checkpoint(&P).await.unwrap();
-    forger.verify(&P, &[]).await.unwrap();
-    let err = forger.verify(&P, &[anchored]).await.unwrap_err();
-    assert!(
-        matches!(
-            err,
-            LedgerError::NotConsistent {
-                old: 6,
-                new: 7,
-                source: ProofError::OldRootMismatch { .. }
-            }
-        ),
-        "{err}"
-    );
+        // History rewritten and re-signed with the server's own key: every
+        // signature checks out, but it no longer extends the anchored checkpoint.
+        sqlx::query("DELETE FROM ledger_entries")
+            .execute(db.pool())
+            .await
+            .unwrap();
+        sqlx::query("DELETE FROM ledger_checkpoints")
+            .execute(db.pool())
+            .await
+            .unwrap();
+        let forger = f.reopen().await;
+        let mut rewritten: Vec<NewEntry> = (0..6).map(entry).collect();
+        rewritten[2]
+            .body
+            .insert("cid".into(), Field::Text("bafk-forged".into()));
+        forger.append(&P, rewritten).await.unwrap();
+        forger.append(&P, vec![entry(6)]).await.unwrap();
+        forger.checkpoint(&P).await.unwrap();
+        forger.verify(&P, &[]).await.unwrap();
+        let err = forger.verify(&P, &[anchored]).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                LedgerError::NotConsistent {
+                    old: 6,
+                    new: 7,
+                    source: ProofError::OldRootMismatch { .. }
+                }
+            ),
+            "{err}"
+        );
+    }
 }
 
 async fn set_entry(db: &Db, idx: i64, bytes: &[u8]) {
@@ -207,102 +207,104 @@ async fn set_entry(db: &Db, idx: i64, bytes: &[u8]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bundles_verify_offline_and_name_what_is_wrong() {
-    let f = fixture().await;
-    f.ledger
-        .append(&P, (0..9).map(entry).collect())
-        .await
-        .unwrap();
-    let b = f.ledger.export(&P).await.unwrap();
-    let json = serde_json::to_string(&b).unwrap();
-    let report = bundle::verify(&json, Some(&f.ledger.verifier_key())).unwrap();
-    assert_eq!(
-        (report.size, report.entries.len(), report.erased),
-        (9, 9, false)
-    );
-    assert_eq!(report.entries[4].body["seq"], Field::Uint(4));
+    for (f, _dir) in fixtures().await {
+        f.ledger
+            .append(&P, (0..9).map(entry).collect())
+            .await
+            .unwrap();
+        let b = f.ledger.export(&P).await.unwrap();
+        let json = serde_json::to_string(&b).unwrap();
+        let report = bundle::verify(&json, Some(&f.ledger.verifier_key())).unwrap();
+        assert_eq!(
+            (report.size, report.entries.len(), report.erased),
+            (9, 9, false)
+        );
+        assert_eq!(report.entries[4].body["seq"], Field::Uint(4));
 
-    let check = |b: &Bundle| bundle::verify(&serde_json::to_string(b).unwrap(), None);
-    // A flipped byte in an entry.
-    let mut t = b.clone();
-    let mut raw = B64.decode(&t.entries[5].entry).unwrap();
-    let n = raw.len() - 3;
-    raw[n] ^= 1;
-    t.entries[5].entry = B64.encode(raw);
-    assert!(matches!(
-        check(&t),
-        Err(BundleError::Entry { index: 5, .. })
-    ));
-    // A flipped byte in a proof.
-    let mut t = b.clone();
-    let mut h = B64.decode(&t.entries[2].proof[0]).unwrap();
-    h[0] ^= 1;
-    t.entries[2].proof[0] = B64.encode(h);
-    assert!(matches!(
-        check(&t),
-        Err(BundleError::Proof { index: 2, .. })
-    ));
-    // An entry left out.
-    let mut t = b.clone();
-    t.entries.pop();
-    assert!(matches!(
-        check(&t),
-        Err(BundleError::Incomplete {
-            expected: 9,
-            found: 8
-        })
-    ));
-    // Entries reordered.
-    let mut t = b.clone();
-    t.entries.swap(0, 1);
-    assert!(matches!(
-        check(&t),
-        Err(BundleError::Misplaced { index: 0, .. })
-    ));
-    // The checkpoint altered.
-    let mut t = b.clone();
-    t.checkpoint = t.checkpoint.replacen("\n9\n", "\n8\n", 1);
-    assert!(matches!(check(&t), Err(BundleError::Checkpoint(_))));
-    // The same entries signed by another key (same name): fine on its own,
-    // refused against the trusted key.
-    let other = fixture().await;
-    other
-        .ledger
-        .append(&P, (0..9).map(entry).collect())
-        .await
-        .unwrap();
-    let forged = serde_json::to_string(&other.ledger.export(&P).await.unwrap()).unwrap();
-    bundle::verify(&forged, None).unwrap();
-    let err = bundle::verify(&forged, Some(&f.ledger.verifier_key())).unwrap_err();
-    assert!(matches!(err, BundleError::UntrustedKey { .. }), "{err}");
-    // Not a bundle.
-    assert!(matches!(
-        bundle::verify("{}", None),
-        Err(BundleError::Malformed(_))
-    ));
+        let check = |b: &Bundle| bundle::verify(&serde_json::to_string(b).unwrap(), None);
+        // A flipped byte in an entry.
+        let mut t = b.clone();
+        let mut raw = B64.decode(&t.entries[5].entry).unwrap();
+        let n = raw.len() - 3;
+        raw[n] ^= 1;
+        t.entries[5].entry = B64.encode(raw);
+        assert!(matches!(
+            check(&t),
+            Err(BundleError::Entry { index: 5, .. })
+        ));
+        // A flipped byte in a proof.
+        let mut t = b.clone();
+        let mut h = B64.decode(&t.entries[2].proof[0]).unwrap();
+        h[0] ^= 1;
+        t.entries[2].proof[0] = B64.encode(h);
+        assert!(matches!(
+            check(&t),
+            Err(BundleError::Proof { index: 2, .. })
+        ));
+        // An entry left out.
+        let mut t = b.clone();
+        t.entries.pop();
+        assert!(matches!(
+            check(&t),
+            Err(BundleError::Incomplete {
+                expected: 9,
+                found: 8
+            })
+        ));
+        // Entries reordered.
+        let mut t = b.clone();
+        t.entries.swap(0, 1);
+        assert!(matches!(
+            check(&t),
+            Err(BundleError::Misplaced { index: 0, .. })
+        ));
+        // The checkpoint altered.
+        let mut t = b.clone();
+        t.checkpoint = t.checkpoint.replacen("\n9\n", "\n8\n", 1);
+        assert!(matches!(check(&t), Err(BundleError::Checkpoint(_))));
+        // The same entries signed by another key (same name): fine on its own,
+        // refused against the trusted key.
+        let (other, _other_dir) = fixtures().await.into_iter().next().unwrap();
+        other
+            .ledger
+            .append(&P, (0..9).map(entry).collect())
+            .await
+            .unwrap();
+        let forged = serde_json::to_string(&other.ledger.export(&P).await.unwrap()).unwrap();
+        bundle::verify(&forged, None).unwrap();
+        let err = bundle::verify(&forged, Some(&f.ledger.verifier_key())).unwrap_err();
+        assert!(matches!(err, BundleError::UntrustedKey { .. }), "{err}");
+        // Not a bundle.
+        assert!(matches!(
+            bundle::verify("{}", None),
+            Err(BundleError::Malformed(_))
+        ));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn erasure_leaves_only_a_tombstone() {
-    let f = fixture().await;
-    f.ledger
-        .append(&P, (0..4).map(entry).collect())
-        .await
-        .unwrap();
-    f.ledger.checkpoint(&P).await.unwrap();
-    let tombstone = f.ledger.erase(&P).await.unwrap();
-    assert!(tombstone.contains("\nerased "), "{tombstone}");
-    assert!(f.ledger.entries(&P).await.unwrap().is_empty());
-    assert!(f.ledger.is_erased(&P).await.unwrap());
-    let again = f.reopen().await;
-    assert!(matches!(
-        again.append(&P, vec![entry(9)]).await,
-        Err(LedgerError::Erased(_))
-    ));
-    assert_eq!(
-        again.latest_checkpoint(&P).await.unwrap().unwrap(),
-        tombstone
-    );
-    let b = serde_json::to_string(&again.export(&P).await.unwrap()).unwrap();
-    let report = bundle::verify(&b, Some(&f.ledger.verifier_key())).unwrap();
-    assert!(report.erased && report.entries.is_empty() && report.size == 4);
+    for (f, _dir) in fixtures().await {
+        f.ledger
+            .append(&P, (0..4).map(entry).collect())
+            .await
+            .unwrap();
+        f.ledger.checkpoint(&P).await.unwrap();
+        let tombstone = f.ledger.erase(&P).await.unwrap();
+        assert!(tombstone.contains("\nerased "), "{tombstone}");
+        assert!(f.ledger.entries(&P).await.unwrap().is_empty());
+        assert!(f.ledger.is_erased(&P).await.unwrap());
+        let again = f.reopen().await;
+        assert!(matches!(
+            again.append(&P, vec![entry(9)]).await,
+            Err(LedgerError::Erased(_))
+        ));
+        assert_eq!(
+            again.latest_checkpoint(&P).await.unwrap().unwrap(),
+            tombstone
+        );
+        let b = serde_json::to_string(&again.export(&P).await.unwrap()).unwrap();
+        let report = bundle::verify(&b, Some(&f.ledger.verifier_key())).unwrap();
+        assert!(report.erased && report.entries.is_empty() && report.size == 4);
+    }
 }

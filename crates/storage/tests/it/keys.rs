@@ -1,6 +1,6 @@
 //! Envelope encryption and crypto-shredding, on both SQL backends.
 
-use crate::sql::databases;
+use medledger_storage::test_utils::databases;
 use medledger_storage::{Kek, KeyError, Vault};
 use ring::digest::{SHA256, digest};
 use sqlx::Row;

@@ -1,63 +1,8 @@
 //! The SQL layer, the same suite on both backends.
 
+use medledger_storage::test_utils::databases;
 use medledger_storage::{Backend, Db, MIGRATIONS, Migration, SqlError};
 use sqlx::Row;
-use std::sync::atomic::{AtomicU32, Ordering};
-
-/// A fresh database of each backend available; each test gets its own
-/// (a new SQLite file; a new PostgreSQL schema).
-pub async fn databases() -> Vec<(Db, Option<tempfile::TempDir>)> {
-    let dir = tempfile::tempdir().unwrap();
-    let sqlite = Db::open_sqlite(&dir.path().join("medledger.db"))
-        .await
-        .unwrap();
-    let mut all = vec![(sqlite, Some(dir))];
-    if let Some(db) = postgres().await {
-        all.push((db, None));
-    }
-    all
-}
-
-/// A connection to a fresh schema of the test PostgreSQL, or `None` after
-/// saying loudly why not.
-async fn postgres() -> Option<Db> {
-    let Ok(url) = std::env::var("MEDLEDGER_TEST_POSTGRES") else {
-        let message = "MEDLEDGER_TEST_POSTGRES is not set: the PostgreSQL half of the SQL tests is skipped \
-                       (e.g. MEDLEDGER_TEST_POSTGRES=postgres://postgres@127.0.0.1:5432/test)";
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "{message}");
-        eprintln!("\n!!! SKIPPED: {message}\n");
-        return None;
-    };
-    static N: AtomicU32 = AtomicU32::new(0);
-    let pid = std::process::id();
-    let schema = format!("medledger_test_{pid}_{}", N.fetch_add(1, Ordering::Relaxed));
-    let admin = Db::connect(&url).await.unwrap();
-    // Schemas of earlier runs go (this process's own stay while it runs).
-    let old = sqlx::query(
-        "SELECT CAST(schema_name AS TEXT) FROM information_schema.schemata \
-         WHERE schema_name LIKE 'medledger_test_%' AND schema_name NOT LIKE $1",
-    )
-    .bind(format!("medledger_test_{pid}_%"))
-    .fetch_all(admin.pool())
-    .await
-    .unwrap();
-    for row in old {
-        let name: String = row.get(0);
-        let drop = format!("DROP SCHEMA IF EXISTS {name} CASCADE");
-        let _ = sqlx::query(&drop).execute(admin.pool()).await;
-    }
-    sqlx::query(&format!("CREATE SCHEMA {schema}"))
-        .execute(admin.pool())
-        .await
-        .unwrap();
-    admin.close().await;
-    let sep = if url.contains('?') { '&' } else { '?' };
-    Some(
-        Db::connect(&format!("{url}{sep}options=-c%20search_path%3D{schema}"))
-            .await
-            .unwrap(),
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrations_apply_once_in_order() {
