@@ -20,6 +20,9 @@ pub type PatientRef = [u8; 32];
 /// far more than 3 x 500).
 const INSERT_CHUNK: usize = 500;
 
+/// Batches at least this large are signed on all cores.
+const PARALLEL_SIGNING: usize = 64;
+
 /// Why a ledger operation failed or a ledger does not verify.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -175,20 +178,19 @@ impl Ledger {
         }
         let tree = self.tree_in(&mut trees, patient).await?;
         let start = tree.size();
-        let mut leaves = Vec::with_capacity(entries.len());
-        let mut rows = Vec::with_capacity(entries.len());
-        for (i, e) in entries.into_iter().enumerate() {
-            let entry = Entry {
+        let entries: Vec<Entry> = entries
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| Entry {
                 patient: *patient,
                 index: start + i as u64,
                 ts_ms: e.ts_ms,
                 kind: e.kind.to_owned(),
                 body: e.body,
-            };
-            let stored = entry.sign(&self.signer);
-            leaves.push(leaf_hash(&stored));
-            rows.push((to_i64(entry.index), stored));
-        }
+            })
+            .collect();
+        let rows = self.sign_all(&entries);
+        let leaves: Vec<Hash> = rows.iter().map(|(_, stored)| leaf_hash(stored)).collect();
         let mut tx = self.db.pool().begin().await?;
         // Many rows per statement: one round trip per chunk, not per entry.
         for chunk in rows.chunks(INSERT_CHUNK) {
@@ -215,6 +217,31 @@ impl Ledger {
             tree.push(leaf);
         }
         Ok(indexes)
+    }
+
+    /// Signs entries, on every core for large batches.
+    fn sign_all(&self, entries: &[Entry]) -> Vec<(i64, Vec<u8>)> {
+        let sign = |chunk: &[Entry]| -> Vec<(i64, Vec<u8>)> {
+            chunk
+                .iter()
+                .map(|e| (to_i64(e.index), e.sign(&self.signer)))
+                .collect()
+        };
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if entries.len() < PARALLEL_SIGNING || threads < 2 {
+            return sign(entries);
+        }
+        let chunk = entries.len().div_ceil(threads);
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = entries
+                .chunks(chunk)
+                .map(|c| scope.spawn(move || sign(c)))
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().expect("signing does not panic"))
+                .collect()
+        })
     }
 
     /// Signs and stores a checkpoint of the patient's ledger as it is now;
