@@ -14,9 +14,20 @@
 //!
 //! Backends:
 //! - [`LocalDir`], a directory on a local disk.
-//! - An `object_store` backend, for `object_store` URLs (S3, GCS, Azure),
-//!   is to come.
+//! - [`ObjectStoreBlobs`], anything the `object_store` crate reaches, named
+//!   by URL (`file://`, `memory://`; S3, GCS and Azure once their features
+//!   are turned on).
+//!
+//! Both lay blobs out as `<shard>/<cid>` under their root (see
+//! [`LocalDir`]), so a directory written by one is readable by the other.
 
+/// The `object_store` crate, to build a store by hand for
+/// [`ObjectStoreBlobs::new`] and to look into [`BlobError::Store`].
+pub use object_store;
+
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use ring::digest::{SHA256, digest};
 use std::fmt;
 use std::future::Future;
@@ -26,6 +37,7 @@ use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use url::Url;
 
 /// CID version 1.
 const VERSION: u64 = 1;
@@ -287,6 +299,25 @@ pub enum BlobError {
         #[source]
         source: io::Error,
     },
+    /// The object store failed.
+    #[error("object store failed on {key}: {source}")]
+    Store {
+        /// The object concerned, `<prefix>/<shard>/<cid>`; the prefix
+        /// alone when a `put` failed before its CID was known.
+        key: String,
+        /// Why.
+        #[source]
+        source: object_store::Error,
+    },
+    /// A blob store URL that this build cannot open.
+    #[error("cannot open blob store {url}: {source}")]
+    Url {
+        /// The URL, as given.
+        url: String,
+        /// Why: it does not parse, or names a store whose feature is off.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// Text or bytes that should name a blob do not.
     #[error("bad CID: {0}")]
     BadCid(#[from] CidError),
@@ -469,6 +500,167 @@ impl BlobStore for LocalDir {
                 None => Ok(()),
             }
         }))
+    }
+}
+
+/// Blobs in an [`ObjectStore`]: S3, GCS, Azure, a local file system or
+/// memory, chosen by URL ([`ObjectStoreBlobs::from_url`]).
+///
+/// Layout: `<prefix>/<shard>/<cid>`, with the same `<shard>` as
+/// [`LocalDir`]'s (the CID's next-to-last two characters), so
+/// `file:///srv/blobs` and `LocalDir::open("/srv/blobs")` are the same
+/// store. The layout is part of the storage format.
+///
+/// This build reaches `file://` and `memory://` only: S3 (`s3://`), GCS
+/// (`gs://`) and Azure (`az://`, `abfs://`) need `object_store`'s `aws`,
+/// `gcp` and `azure` features turned on in this crate's `Cargo.toml`; they
+/// are off to keep an HTTP and TLS stack out of the build. A store that
+/// needs credentials or options is built with its builder and handed to
+/// [`ObjectStoreBlobs::new`]; errors name the URL, so it should carry no
+/// secret.
+///
+/// A write is atomic (readers see the whole blob or none of it) and, for
+/// `file://`, durable: it is synced to disk before `put` returns. A delete
+/// of a local file is not synced. For blobs on a local disk, [`LocalDir`]
+/// is still the better choice: it also makes its files readable by their
+/// owner only, which `object_store` does not.
+///
+/// Cloning is cheap and the clones share the store.
+#[derive(Debug, Clone)]
+pub struct ObjectStoreBlobs {
+    store: Arc<dyn ObjectStore>,
+    prefix: ObjectPath,
+}
+
+impl ObjectStoreBlobs {
+    /// Blobs under `prefix` in `store`, for a store configured by hand
+    /// (credentials, retries, a client of its own).
+    pub fn new(store: Arc<dyn ObjectStore>, prefix: ObjectPath) -> ObjectStoreBlobs {
+        ObjectStoreBlobs { store, prefix }
+    }
+
+    /// The store named by `url`, e.g. `file:///srv/medledger/blobs`,
+    /// `memory:///` or (with its feature on) `s3://bucket/blobs`; the URL's
+    /// path is the prefix. Nothing is created or contacted until the first
+    /// operation. Each `memory://` URL opened is a new, empty store.
+    pub fn from_url(url: &str) -> Result<ObjectStoreBlobs> {
+        let url_error = |source: Box<dyn std::error::Error + Send + Sync>| BlobError::Url {
+            url: url.to_owned(),
+            source,
+        };
+        let parsed = Url::parse(url).map_err(|err| url_error(err.into()))?;
+        let (store, prefix) =
+            object_store::parse_url(&parsed).map_err(|err| url_error(err.into()))?;
+        let store: Arc<dyn ObjectStore> = if parsed.scheme() == "file" {
+            // `parse_url` gives a `LocalFileSystem` that does not fsync:
+            // a blob acknowledged to a patient must survive a power cut.
+            Arc::new(LocalFileSystem::new().with_fsync(true))
+        } else {
+            store.into()
+        };
+        Ok(ObjectStoreBlobs { store, prefix })
+    }
+
+    /// The object store.
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// The prefix every key starts with.
+    pub fn prefix(&self) -> &ObjectPath {
+        &self.prefix
+    }
+
+    /// The key the blob `cid` is (or would be) stored under.
+    pub fn key(&self, cid: &Cid) -> ObjectPath {
+        let name = cid.to_string();
+        self.prefix.clone().join(shard(&name)).join(name.as_str())
+    }
+}
+
+/// Maps an object store failure on `key`.
+fn store_error(key: &ObjectPath) -> impl FnOnce(object_store::Error) -> BlobError + '_ {
+    move |source| BlobError::Store {
+        key: key.to_string(),
+        source,
+    }
+}
+
+impl BlobStore for ObjectStoreBlobs {
+    fn put<'a>(&'a self, bytes: &'a [u8]) -> BlobFuture<'a, Cid> {
+        Box::pin(async move {
+            // The payload must be owned: one copy, cheap next to the upload.
+            // Until hashed, the object's key is known only to be under the
+            // prefix.
+            let (cid, bytes) = hash(bytes.to_vec(), &self.prefix).await?;
+            let key = self.key(&cid);
+            // Overwriting is harmless (the same bytes) and repairs a
+            // tampered object.
+            self.store
+                .put(&key, PutPayload::from(bytes))
+                .await
+                .map_err(store_error(&key))?;
+            Ok(cid)
+        })
+    }
+
+    fn get<'a>(&'a self, cid: &'a Cid) -> BlobFuture<'a, Vec<u8>> {
+        Box::pin(async move {
+            let key = self.key(cid);
+            let read = async { self.store.get(&key).await?.bytes().await };
+            let bytes = match read.await {
+                Ok(bytes) => Vec::from(bytes),
+                Err(object_store::Error::NotFound { .. }) => return Err(BlobError::NotFound(*cid)),
+                Err(source) => return Err(store_error(&key)(source)),
+            };
+            let (actual, bytes) = hash(bytes, &key).await?;
+            if actual != *cid {
+                return Err(BlobError::Tampered { cid: *cid, actual });
+            }
+            Ok(bytes)
+        })
+    }
+
+    fn contains<'a>(&'a self, cid: &'a Cid) -> BlobFuture<'a, bool> {
+        Box::pin(async move {
+            let key = self.key(cid);
+            match self.store.head(&key).await {
+                Ok(_) => Ok(true),
+                Err(object_store::Error::NotFound { .. }) => Ok(false),
+                Err(source) => Err(store_error(&key)(source)),
+            }
+        })
+    }
+
+    fn delete<'a>(&'a self, cid: &'a Cid) -> BlobFuture<'a, ()> {
+        Box::pin(async move {
+            let key = self.key(cid);
+            match self.store.delete(&key).await {
+                // Some stores (S3, memory) report success for an absent
+                // object, others (a local file system) `NotFound`.
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                Err(source) => Err(store_error(&key)(source)),
+            }
+        })
+    }
+}
+
+/// Blobs up to this size are hashed on the async thread: that takes tens
+/// of microseconds, less than handing them to a blocking thread.
+const INLINE_HASH_MAX: usize = 16 * 1024;
+
+/// The CID of `bytes` (read from or bound for `key`), hashed off the async
+/// threads when they are large enough to stall them; `bytes` are handed
+/// back.
+async fn hash(bytes: Vec<u8>, key: &ObjectPath) -> Result<(Cid, Vec<u8>)> {
+    if bytes.len() <= INLINE_HASH_MAX {
+        return Ok((Cid::of(&bytes), bytes));
+    }
+    match tokio::task::spawn_blocking(move || (Cid::of(&bytes), bytes)).await {
+        Ok(done) => Ok(done),
+        Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+        // Cancelled: the runtime is shutting down.
+        Err(source) => Err(store_error(key)(object_store::Error::JoinError { source })),
     }
 }
 

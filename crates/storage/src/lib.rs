@@ -16,7 +16,7 @@ pub mod sql;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod test_utils;
 
-pub use blob::{BlobError, BlobStore, Cid, CidError, LocalDir};
+pub use blob::{BlobError, BlobStore, Cid, CidError, LocalDir, ObjectStoreBlobs};
 pub use keys::{Kek, KeyError, PatientRef, Vault};
 pub use sql::{Backend, Db, MIGRATIONS, Migration, SqlError};
 /// The SQL toolkit, for crates that write queries against a [`Db`].

@@ -1,9 +1,13 @@
 //! The content-addressed blob store: CIDs (pinned to what IPFS computes)
-//! and the local-directory backend.
+//! and the backends, each held to the same behaviour
+//! ([`behaves_as_a_blob_store`]): a local directory, and `object_store`
+//! URLs (`memory://`, `file://`).
 
-use medledger_storage::blob::{BlobError, BlobStore, Cid, CidError, LocalDir};
+use medledger_storage::blob::object_store::{ObjectStoreExt, path::Path as ObjectPath};
+use medledger_storage::blob::{BlobError, BlobStore, Cid, CidError, LocalDir, ObjectStoreBlobs};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use url::Url;
 
 const EMPTY: &str = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku";
 const HELLO_WORLD: &str = "bafkreifzjut3te2nhyekklss27nh3k72ysco7y32koao5eei66wof36n5e";
@@ -183,9 +187,11 @@ fn bad_cids_are_refused_saying_why() {
     assert!(matches!(err, BlobError::BadCid(CidError::Empty)));
 }
 
-#[tokio::test]
-async fn put_get_contains_delete() {
-    let (store, _dir) = store().await;
+/// What every backend owes its users, checked on `store`. `overwrite`
+/// replaces the bytes kept under a CID behind the store's back, as an
+/// attacker or a failing disk would.
+async fn behaves_as_a_blob_store(store: &dyn BlobStore, overwrite: impl AsyncFn(&Cid, &[u8])) {
+    // Put, get, contains, delete.
     let cid = store.put(b"hello world").await.unwrap();
     assert_eq!(cid.to_string(), HELLO_WORLD);
     assert!(store.contains(&cid).await.unwrap());
@@ -202,6 +208,109 @@ async fn put_get_contains_delete() {
     store.delete(&cid).await.unwrap();
     store.delete(&Cid::of(b"never stored")).await.unwrap();
     assert_eq!(store.get(&empty).await.unwrap(), b"");
+
+    // The same bytes twice are one blob.
+    let first = store.put(b"a lab report").await.unwrap();
+    let second = store.put(b"a lab report").await.unwrap();
+    assert_eq!(first, second);
+    assert_eq!(store.get(&first).await.unwrap(), b"a lab report");
+
+    // A missing blob is not found, by name.
+    let missing = Cid::of(b"never stored");
+    assert!(!store.contains(&missing).await.unwrap());
+    let err = store.get(&missing).await.unwrap_err();
+    assert!(
+        matches!(err, BlobError::NotFound(c) if c == missing),
+        "{err:?}"
+    );
+    assert_eq!(err.to_string(), format!("blob {missing} not found"));
+
+    // A blob altered in storage is refused, naming it.
+    let original = b"blood pressure 120/80";
+    let cid = store.put(original).await.unwrap();
+    let mut altered = original.to_vec();
+    altered[15] ^= 0x01;
+    overwrite(&cid, &altered).await;
+    assert!(store.contains(&cid).await.unwrap());
+    let err = store.get(&cid).await.unwrap_err();
+    let BlobError::Tampered { cid: named, actual } = &err else {
+        panic!("expected Tampered, got {err:?}");
+    };
+    assert_eq!(*named, cid);
+    assert_eq!(*actual, Cid::of(&altered));
+    let message = err.to_string();
+    assert!(message.contains(&cid.to_string()), "{message}");
+    assert!(message.contains("tampered or corrupt"), "{message}");
+    // Putting the bytes again repairs it.
+    assert_eq!(store.put(original).await.unwrap(), cid);
+    assert_eq!(store.get(&cid).await.unwrap(), original);
+
+    // A blob swapped for another is refused.
+    let mine = store.put(b"patient A: negative").await.unwrap();
+    let theirs = store.put(b"patient B: positive").await.unwrap();
+    overwrite(&mine, b"patient B: positive").await;
+    let err = store.get(&mine).await.unwrap_err();
+    assert!(
+        matches!(err, BlobError::Tampered { cid, actual } if cid == mine && actual == theirs),
+        "{err:?}"
+    );
+    assert_eq!(store.get(&theirs).await.unwrap(), b"patient B: positive");
+
+    // A blob large enough to be hashed off the async threads: the same
+    // checks hold.
+    let scan: Vec<u8> = (0..1_000_000u32).map(|n| (n % 251) as u8).collect();
+    let cid = store.put(&scan).await.unwrap();
+    assert_eq!(cid, Cid::of(&scan));
+    assert_eq!(store.get(&cid).await.unwrap(), scan);
+    let mut altered = scan.clone();
+    altered[999_999] ^= 0x80;
+    overwrite(&cid, &altered).await;
+    let err = store.get(&cid).await.unwrap_err();
+    assert!(
+        matches!(err, BlobError::Tampered { cid: c, actual } if c == cid && actual == Cid::of(&altered)),
+        "{err:?}"
+    );
+}
+
+/// Where a blob sits under `root`, spelled out independently of the
+/// stores: `<root>/<next-to-last two characters>/<cid>`.
+fn blob_path(root: &Path, cid: &Cid) -> PathBuf {
+    let name = cid.to_string();
+    root.join(&name[56..58]).join(name)
+}
+
+#[tokio::test]
+async fn a_local_dir_behaves_as_a_blob_store() {
+    let (store, _dir) = store().await;
+    behaves_as_a_blob_store(&store, async |cid: &Cid, bytes: &[u8]| {
+        std::fs::write(store.path(cid), bytes).unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_memory_url_behaves_as_a_blob_store() {
+    let store = ObjectStoreBlobs::from_url("memory:///blobs").unwrap();
+    behaves_as_a_blob_store(&store, async |cid: &Cid, bytes: &[u8]| {
+        store
+            .store()
+            .put(&store.key(cid), bytes.to_vec().into())
+            .await
+            .unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_file_url_behaves_as_a_blob_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("blobs");
+    let url = Url::from_directory_path(&root).unwrap();
+    let store = ObjectStoreBlobs::from_url(url.as_str()).unwrap();
+    behaves_as_a_blob_store(&store, async |cid: &Cid, bytes: &[u8]| {
+        std::fs::write(blob_path(&root, cid), bytes).unwrap();
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -211,12 +320,119 @@ async fn blobs_outlive_the_store_and_the_layout_is_pinned() {
     // `<dir>/<next-to-last two characters>/<cid>`: the on-disk format.
     let path = dir.path().join("blobs").join("n5").join(HELLO_WORLD);
     assert_eq!(store.path(&cid), path);
+    assert_eq!(blob_path(store.root(), &cid), path);
     assert_eq!(std::fs::read(&path).unwrap(), b"hello world");
     assert_eq!(files(store.root()), [path]);
     drop(store);
 
     let reopened = LocalDir::open(dir.path().join("blobs")).await.unwrap();
     assert_eq!(reopened.get(&cid).await.unwrap(), b"hello world");
+}
+
+#[tokio::test]
+async fn a_file_url_keeps_the_local_dir_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("blobs");
+    let url = Url::from_directory_path(&root).unwrap();
+    let store = ObjectStoreBlobs::from_url(url.as_str()).unwrap();
+    let cid = store.put(b"hello world").await.unwrap();
+    let again = store.put(b"hello world").await.unwrap();
+    assert_eq!(again, cid);
+    // One file, where a `LocalDir` would put it, and no staging file left.
+    let path = root.join("n5").join(HELLO_WORLD);
+    assert_eq!(files(&root), std::slice::from_ref(&path));
+    assert_eq!(std::fs::read(&path).unwrap(), b"hello world");
+    drop(store);
+
+    // So the two backends read each other's blobs: a directory can move
+    // from one to the other, or to an object store, as it is.
+    let local = LocalDir::open(&root).await.unwrap();
+    assert_eq!(local.get(&cid).await.unwrap(), b"hello world");
+    let theirs = local.put(b"written by LocalDir").await.unwrap();
+    let reopened = ObjectStoreBlobs::from_url(url.as_str()).unwrap();
+    assert_eq!(reopened.get(&cid).await.unwrap(), b"hello world");
+    assert_eq!(reopened.get(&theirs).await.unwrap(), b"written by LocalDir");
+}
+
+#[tokio::test]
+async fn object_keys_are_prefix_shard_cid() {
+    let store = ObjectStoreBlobs::from_url("memory:///medledger/blobs").unwrap();
+    assert_eq!(store.prefix().as_ref(), "medledger/blobs");
+    let cid = store.put(b"hello world").await.unwrap();
+    let key = store.key(&cid);
+    assert_eq!(key.as_ref(), format!("medledger/blobs/n5/{HELLO_WORLD}"));
+    store.put(b"hello world").await.unwrap();
+    let stored = store
+        .store()
+        .get(&key)
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(stored.as_ref(), b"hello world");
+    let listed = store.store().list_with_delimiter(None).await.unwrap();
+    assert_eq!(listed.common_prefixes, [ObjectPath::from("medledger")]);
+
+    // A store handed over by hand, under the root.
+    let shared = ObjectStoreBlobs::new(Arc::clone(store.store()), ObjectPath::default());
+    assert_eq!(shared.key(&cid).as_ref(), format!("n5/{HELLO_WORLD}"));
+    assert!(!shared.contains(&cid).await.unwrap());
+    assert!(
+        ObjectStoreBlobs::from_url("memory://")
+            .unwrap()
+            .prefix()
+            .is_root()
+    );
+    assert!(
+        ObjectStoreBlobs::from_url("memory:///")
+            .unwrap()
+            .prefix()
+            .is_root()
+    );
+    // Each `memory://` URL is a store of its own.
+    let other = ObjectStoreBlobs::from_url("memory:///medledger/blobs").unwrap();
+    assert!(!other.contains(&cid).await.unwrap());
+}
+
+#[tokio::test]
+async fn urls_that_cannot_be_opened_are_named() {
+    for url in [
+        "not a url",
+        "s3://bucket/blobs",
+        "gs://bucket/blobs",
+        "ftp://host/blobs",
+    ] {
+        let err = ObjectStoreBlobs::from_url(url).unwrap_err();
+        assert!(
+            matches!(&err, BlobError::Url { url: named, .. } if named == url),
+            "{err:?}"
+        );
+        let message = err.to_string();
+        assert!(message.contains(url), "{message}");
+    }
+    // S3 is there in the code, but its feature is off in this build.
+    let err = ObjectStoreBlobs::from_url("s3://bucket/blobs").unwrap_err();
+    assert!(err.to_string().contains("not enabled"), "{err}");
+}
+
+#[tokio::test]
+async fn object_store_failures_name_the_object() {
+    // A file where the store's directory should be: every write fails.
+    let dir = tempfile::tempdir().unwrap();
+    let blocker = dir.path().join("blocker");
+    std::fs::write(&blocker, b"not a directory").unwrap();
+    let url = Url::from_directory_path(blocker.join("blobs")).unwrap();
+    let store = ObjectStoreBlobs::from_url(url.as_str()).unwrap();
+
+    let err = store.put(b"hello world").await.unwrap_err();
+    let BlobError::Store { key, .. } = &err else {
+        panic!("expected Store, got {err:?}");
+    };
+    assert_eq!(*key, store.key(&Cid::of(b"hello world")).to_string());
+    let message = err.to_string();
+    assert!(message.contains(HELLO_WORLD), "{message}");
+    assert!(std::error::Error::source(&err).is_some());
 }
 
 #[tokio::test]
@@ -227,45 +443,6 @@ async fn the_same_bytes_twice_are_one_blob() {
     assert_eq!(first, second);
     assert_eq!(files(store.root()), [store.path(&first)]);
     assert_eq!(store.get(&first).await.unwrap(), b"a lab report");
-}
-
-#[tokio::test]
-async fn a_blob_altered_on_disk_is_refused() {
-    let (store, _dir) = store().await;
-    let cid = store.put(b"blood pressure 120/80").await.unwrap();
-    let path = store.path(&cid);
-    let mut bytes = std::fs::read(&path).unwrap();
-    bytes[15] ^= 0x01;
-    std::fs::write(&path, &bytes).unwrap();
-
-    let err = store.get(&cid).await.unwrap_err();
-    let BlobError::Tampered { cid: named, actual } = &err else {
-        panic!("expected Tampered, got {err:?}");
-    };
-    assert_eq!(*named, cid);
-    assert_eq!(*actual, Cid::of(&bytes));
-    let message = err.to_string();
-    assert!(message.contains(&cid.to_string()), "{message}");
-    assert!(message.contains("tampered or corrupt"), "{message}");
-
-    // Putting the bytes again repairs it.
-    assert_eq!(store.put(b"blood pressure 120/80").await.unwrap(), cid);
-    assert_eq!(store.get(&cid).await.unwrap(), b"blood pressure 120/80");
-}
-
-#[tokio::test]
-async fn a_blob_swapped_for_another_is_refused() {
-    let (store, _dir) = store().await;
-    let mine = store.put(b"patient A: negative").await.unwrap();
-    let theirs = store.put(b"patient B: positive").await.unwrap();
-    std::fs::copy(store.path(&theirs), store.path(&mine)).unwrap();
-
-    let err = store.get(&mine).await.unwrap_err();
-    assert!(
-        matches!(err, BlobError::Tampered { cid, actual } if cid == mine && actual == theirs),
-        "{err:?}"
-    );
-    assert_eq!(store.get(&theirs).await.unwrap(), b"patient B: positive");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -295,14 +472,4 @@ async fn puts_leave_no_temporary_files() {
         assert!(cids.contains(&cid));
         assert_eq!(Cid::of(&std::fs::read(&path).unwrap()), cid);
     }
-}
-
-#[tokio::test]
-async fn a_missing_blob_is_not_found_by_name() {
-    let (store, _dir) = store().await;
-    let cid = Cid::of(b"never stored");
-    assert!(!store.contains(&cid).await.unwrap());
-    let err = store.get(&cid).await.unwrap_err();
-    assert!(matches!(err, BlobError::NotFound(c) if c == cid), "{err:?}");
-    assert_eq!(err.to_string(), format!("blob {cid} not found"));
 }
