@@ -166,14 +166,14 @@ pub fn decode_revert(data: &[u8]) -> String {
         return if data.is_empty() {
             "reverted without a reason".into()
         } else {
-            format!("unknown revert data 0x{}", hex(data))
+            format!("unknown revert data 0x{}", alloy::hex::encode(data))
         };
     };
     let known = <[u8; 4]>::try_from(selector)
         .ok()
         .and_then(|s| ABIS.errors.get(&s));
     let Some(error) = known else {
-        return format!("unknown revert data 0x{}", hex(data));
+        return format!("unknown revert data 0x{}", alloy::hex::encode(data));
     };
     match error.decode_error(data) {
         Ok(decoded) => {
@@ -185,12 +185,12 @@ pub fn decode_revert(data: &[u8]) -> String {
                 .collect();
             format!("{}({})", error.name, args.join(", "))
         }
-        Err(_) => format!("{} with malformed arguments 0x{}", error.name, hex(data)),
+        Err(_) => format!(
+            "{} with malformed arguments 0x{}",
+            error.name,
+            alloy::hex::encode(data)
+        ),
     }
-}
-
-fn hex(data: &[u8]) -> String {
-    data.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A value for people: short text in a `bytes32` shows as text.
@@ -210,7 +210,7 @@ fn show(value: &DynSolValue) -> String {
                 format!("{word}")
             }
         }
-        DynSolValue::FixedBytes(word, n) => format!("0x{}", hex(&word[..*n])),
+        DynSolValue::FixedBytes(word, n) => format!("0x{}", alloy::hex::encode(&word[..*n])),
         DynSolValue::Uint(v, _) => v.to_string(),
         DynSolValue::Int(v, _) => v.to_string(),
         DynSolValue::Bool(b) => b.to_string(),

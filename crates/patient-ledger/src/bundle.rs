@@ -211,7 +211,7 @@ pub fn verify(json: &str, trusted_key: Option<&str>) -> Result<Report, BundleErr
         if entry.index != index {
             return Err(misplaced(format!("it says it is entry {}", entry.index)));
         }
-        if format!("medledger/patient/{}", hex(&entry.patient)) != cp.origin {
+        if format!("medledger/patient/{}", hex::encode(entry.patient)) != cp.origin {
             return Err(misplaced("it is another patient's entry".into()));
         }
         verify_inclusion(&leaf_hash(&stored), index, cp.size, &proof, &cp.root)
@@ -225,8 +225,4 @@ pub fn verify(json: &str, trusted_key: Option<&str>) -> Result<Report, BundleErr
         entries,
         erased,
     })
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }

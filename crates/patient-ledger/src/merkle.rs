@@ -90,10 +90,6 @@ fn finish(ctx: Context) -> Hash {
         .expect("SHA-256 is 32 bytes")
 }
 
-fn hex(h: &Hash) -> String {
-    h.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// The largest power of two strictly below `n` (`n >= 2`).
 fn split(n: u64) -> u64 {
     debug_assert!(n >= 2);
@@ -268,8 +264,8 @@ pub fn verify_inclusion(
     }
     if r != *root {
         return Err(ProofError::RootMismatch {
-            computed: hex(&r),
-            expected: hex(root),
+            computed: hex::encode(r),
+            expected: hex::encode(root),
         });
     }
     Ok(())
@@ -293,8 +289,8 @@ pub fn verify_consistency(
         }
         if old_root != new_root {
             return Err(ProofError::RootMismatch {
-                computed: hex(old_root),
-                expected: hex(new_root),
+                computed: hex::encode(old_root),
+                expected: hex::encode(new_root),
             });
         }
         return Ok(());
@@ -335,14 +331,14 @@ pub fn verify_consistency(
     }
     if fr != *old_root {
         return Err(ProofError::OldRootMismatch {
-            computed: hex(&fr),
-            expected: hex(old_root),
+            computed: hex::encode(fr),
+            expected: hex::encode(old_root),
         });
     }
     if sr != *new_root {
         return Err(ProofError::RootMismatch {
-            computed: hex(&sr),
-            expected: hex(new_root),
+            computed: hex::encode(sr),
+            expected: hex::encode(new_root),
         });
     }
     Ok(())

@@ -118,10 +118,6 @@ pub struct Verified {
     pub root: Hash,
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -161,7 +157,7 @@ impl Ledger {
 
     /// The checkpoint origin of a patient's ledger.
     pub fn origin(patient: &PatientRef) -> String {
-        format!("medledger/patient/{}", hex(patient))
+        format!("medledger/patient/{}", hex::encode(patient))
     }
 
     /// The key that verifies entries and checkpoints.
@@ -174,7 +170,7 @@ impl Ledger {
     pub async fn append(&self, patient: &PatientRef, entries: Vec<NewEntry>) -> Result<Vec<u64>> {
         let mut trees = self.trees.lock().await;
         if self.is_erased(patient).await? {
-            return Err(LedgerError::Erased(hex(patient)));
+            return Err(LedgerError::Erased(hex::encode(patient)));
         }
         let tree = self.tree_in(&mut trees, patient).await?;
         let start = tree.size();
@@ -249,7 +245,7 @@ impl Ledger {
     pub async fn checkpoint(&self, patient: &PatientRef) -> Result<String> {
         let mut trees = self.trees.lock().await;
         if self.is_erased(patient).await? {
-            return Err(LedgerError::Erased(hex(patient)));
+            return Err(LedgerError::Erased(hex::encode(patient)));
         }
         let tree = self.tree_in(&mut trees, patient).await?;
         let size = tree.size();
@@ -335,7 +331,7 @@ impl Ledger {
                 return Err(LedgerError::Misplaced {
                     index,
                     claims: entry.index,
-                    patient: hex(&entry.patient),
+                    patient: hex::encode(entry.patient),
                 });
             }
             tree.push(leaf_hash(bytes));
@@ -353,8 +349,8 @@ impl Ledger {
             if covered != cp.root {
                 return Err(LedgerError::RootMismatch {
                     size: cp.size,
-                    computed: hex(&covered),
-                    expected: hex(&cp.root),
+                    computed: hex::encode(covered),
+                    expected: hex::encode(cp.root),
                 });
             }
         }
@@ -391,7 +387,7 @@ impl Ledger {
                 .await?
                 .expect("an erased ledger has its tombstone");
             return Ok(Bundle::new(
-                hex(patient),
+                hex::encode(patient),
                 self.verifier_key(),
                 tombstone,
                 Vec::new(),
@@ -406,7 +402,7 @@ impl Ledger {
             entries.push(BundleEntry::new(i as u64, &bytes, &proof));
         }
         Ok(Bundle::new(
-            hex(patient),
+            hex::encode(patient),
             self.verifier_key(),
             note,
             entries,

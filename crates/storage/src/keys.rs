@@ -18,7 +18,7 @@
 //! Sealed blob layout: `0x01 || key id (u32, big-endian) || nonce (12) ||
 //! ciphertext || tag (16)`.
 
-use crate::sql::{Db, SqlError};
+use crate::sql::{Db, SqlError, now_ms};
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::digest::{SHA256, digest};
 use ring::rand::{SecureRandom, SystemRandom};
@@ -26,7 +26,6 @@ use sqlx::Row;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// A patientRef: keccak256(salt || patient id), 32 bytes.
 pub type PatientRef = [u8; 32];
@@ -157,16 +156,6 @@ impl std::fmt::Debug for Vault {
     }
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
 impl Vault {
     /// A vault over a migrated database.
     pub fn new(db: Db, kek: Kek) -> Vault {
@@ -233,7 +222,7 @@ impl Vault {
                 Aad::from(aad),
                 &mut body,
             )
-            .map_err(|_| KeyError::Decrypt(hex(patient)))?;
+            .map_err(|_| KeyError::Decrypt(hex::encode(patient)))?;
         Ok(plain.to_vec())
     }
 
@@ -287,7 +276,7 @@ impl Vault {
             return Ok(hit.clone());
         }
         if self.is_erased(patient).await? {
-            return Err(KeyError::Erased(hex(patient)));
+            return Err(KeyError::Erased(hex::encode(patient)));
         }
         let newest = sqlx::query(
             "SELECT key_id FROM data_keys WHERE patient = $1 ORDER BY key_id DESC LIMIT 1",
@@ -363,7 +352,7 @@ impl Vault {
     /// patient even if a wrapped copy turns up again.
     async fn key(&self, patient: &PatientRef, key_id: u32) -> Result<std::sync::Arc<LessSafeKey>> {
         if self.is_erased(patient).await? {
-            return Err(KeyError::Erased(hex(patient)));
+            return Err(KeyError::Erased(hex::encode(patient)));
         }
         if let Some((id, key)) = self
             .cache
@@ -378,11 +367,11 @@ impl Vault {
             self.wrapped(patient, key_id)
                 .await?
                 .ok_or_else(|| KeyError::NoKey {
-                    patient: hex(patient),
+                    patient: hex::encode(patient),
                     key_id,
                 })?;
         let unwrap_err = || KeyError::Unwrap {
-            patient: hex(patient),
+            patient: hex::encode(patient),
             key_id,
         };
         let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| unwrap_err())?;

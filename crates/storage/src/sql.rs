@@ -274,7 +274,8 @@ impl Db {
     }
 }
 
-fn now_ms() -> i64 {
+/// Now, Unix ms.
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
