@@ -29,29 +29,52 @@ fn batch(n: u64) -> Vec<NewEntry> {
         .collect()
 }
 
+fn ledger(db: Db) -> Ledger {
+    Ledger::new(
+        db,
+        NoteSigner::from_pkcs8("bench", &NoteSigner::generate_pkcs8()).unwrap(),
+    )
+}
+
 fn append(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let ledger = runtime.block_on(async {
-        let db = Db::open_sqlite(&dir.path().join("bench.db")).await.unwrap();
-        db.migrate().await.unwrap();
-        Ledger::new(
-            db,
-            NoteSigner::from_pkcs8("bench", &NoteSigner::generate_pkcs8()).unwrap(),
-        )
-    });
+    let mut backends = vec![(
+        "sqlite",
+        runtime.block_on(async {
+            let db = Db::open_sqlite(&dir.path().join("bench.db")).await.unwrap();
+            db.migrate().await.unwrap();
+            ledger(db)
+        }),
+    )];
+    // PostgreSQL when MEDLEDGER_TEST_POSTGRES names one.
+    if let Some(db) = runtime.block_on(medledger_storage::test_utils::postgres()) {
+        runtime.block_on(db.migrate()).unwrap();
+        backends.push(("postgres", ledger(db)));
+    }
     let mut group = c.benchmark_group("ledger_append");
     group.sample_size(20);
-    for n in [1u64, 100, 1000] {
-        group.throughput(Throughput::Elements(n));
-        group.bench_function(format!("batch_{n}"), |b| {
+    for (name, ledger) in &backends {
+        for n in [1u64, 100, 1000] {
+            group.throughput(Throughput::Elements(n));
+            group.bench_function(format!("{name}/batch_{n}"), |b| {
+                b.iter_batched(
+                    || batch(n),
+                    |entries| {
+                        runtime
+                            .block_on(ledger.append(&[n as u8; 32], entries))
+                            .unwrap()
+                    },
+                    BatchSize::SmallInput,
+                )
+            });
+        }
+        // A server batch: 1,000 readings of 100 patients, one transaction.
+        group.throughput(Throughput::Elements(1000));
+        group.bench_function(format!("{name}/batch_1000_of_100_patients"), |b| {
             b.iter_batched(
-                || batch(n),
-                |entries| {
-                    runtime
-                        .block_on(ledger.append(&[n as u8; 32], entries))
-                        .unwrap()
-                },
+                || (0..100u8).map(|p| ([p; 32], batch(10))).collect::<Vec<_>>(),
+                |groups| runtime.block_on(ledger.append_many(groups)).unwrap(),
                 BatchSize::SmallInput,
             )
         });

@@ -16,9 +16,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// A patientRef.
 pub type PatientRef = [u8; 32];
 
-/// Entries per INSERT statement (3 parameters each; both backends accept
-/// far more than 3 x 500).
-const INSERT_CHUNK: usize = 500;
+/// Entries per INSERT statement (3 parameters each). Binding is quadratic
+/// in the parameters of a statement on SQLite (sqlx looks each one up by
+/// name), so more rows per statement is slower.
+const INSERT_CHUNK: usize = 64;
 
 /// Batches at least this large are signed on all cores.
 const PARALLEL_SIGNING: usize = 64;
@@ -168,28 +169,46 @@ impl Ledger {
     /// Appends entries for a patient in one transaction; returns their
     /// indexes once they are durable.
     pub async fn append(&self, patient: &PatientRef, entries: Vec<NewEntry>) -> Result<Vec<u64>> {
+        let mut indexes = self.append_many(vec![(*patient, entries)]).await?;
+        Ok(indexes.pop().unwrap_or_default())
+    }
+
+    /// Appends entries for several patients in one transaction; returns
+    /// each group's indexes, in order, once all are durable. Nothing is
+    /// written if any patient was erased.
+    pub async fn append_many(
+        &self,
+        groups: Vec<(PatientRef, Vec<NewEntry>)>,
+    ) -> Result<Vec<Vec<u64>>> {
         let mut trees = self.trees.lock().await;
-        if self.is_erased(patient).await? {
-            return Err(LedgerError::Erased(hex::encode(patient)));
-        }
-        let tree = self.tree_in(&mut trees, patient).await?;
-        let start = tree.size();
-        let entries: Vec<Entry> = entries
-            .into_iter()
-            .enumerate()
-            .map(|(i, e)| Entry {
-                patient: *patient,
+        // Sizes as they will be after the earlier groups of this batch.
+        let mut next: HashMap<PatientRef, u64> = HashMap::new();
+        let mut entries = Vec::new();
+        let mut indexes = Vec::with_capacity(groups.len());
+        for (patient, group) in groups {
+            let start = match next.get(&patient) {
+                Some(n) => *n,
+                None => self.tree_in(&mut trees, &patient).await?.size(),
+            };
+            next.insert(patient, start + group.len() as u64);
+            indexes.push((start..start + group.len() as u64).collect());
+            entries.extend(group.into_iter().enumerate().map(|(i, e)| Entry {
+                patient,
                 index: start + i as u64,
                 ts_ms: e.ts_ms,
                 kind: e.kind.to_owned(),
                 body: e.body,
-            })
-            .collect();
-        let rows = self.sign_all(&entries);
-        let leaves: Vec<Hash> = rows.iter().map(|(_, stored)| leaf_hash(stored)).collect();
+            }));
+        }
+        let signed = self.sign_all(&entries);
         let mut tx = self.db.pool().begin().await?;
         // Many rows per statement: one round trip per chunk, not per entry.
-        for chunk in rows.chunks(INSERT_CHUNK) {
+        for chunk in entries
+            .iter()
+            .zip(&signed)
+            .collect::<Vec<_>>()
+            .chunks(INSERT_CHUNK)
+        {
             let values: Vec<String> = (0..chunk.len())
                 .map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3))
                 .collect();
@@ -198,30 +217,28 @@ impl Ledger {
                 values.join(", ")
             );
             let mut query = sqlx::query(&sql);
-            for (idx, stored) in chunk {
+            for (entry, stored) in chunk {
                 query = query
-                    .bind(patient.to_vec())
-                    .bind(*idx)
+                    .bind(entry.patient.to_vec())
+                    .bind(to_i64(entry.index))
                     .bind(stored.as_slice());
             }
             query.execute(&mut *tx).await?;
         }
         tx.commit().await?;
-        let tree = trees.get_mut(patient).expect("loaded above");
-        let indexes = (start..start + leaves.len() as u64).collect();
-        for leaf in leaves {
-            tree.push(leaf);
+        for (entry, stored) in entries.iter().zip(&signed) {
+            trees
+                .get_mut(&entry.patient)
+                .expect("loaded above")
+                .push(leaf_hash(stored));
         }
         Ok(indexes)
     }
 
     /// Signs entries, on every core for large batches.
-    fn sign_all(&self, entries: &[Entry]) -> Vec<(i64, Vec<u8>)> {
-        let sign = |chunk: &[Entry]| -> Vec<(i64, Vec<u8>)> {
-            chunk
-                .iter()
-                .map(|e| (to_i64(e.index), e.sign(&self.signer)))
-                .collect()
+    fn sign_all(&self, entries: &[Entry]) -> Vec<Vec<u8>> {
+        let sign = |chunk: &[Entry]| -> Vec<Vec<u8>> {
+            chunk.iter().map(|e| e.sign(&self.signer)).collect()
         };
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         if entries.len() < PARALLEL_SIGNING || threads < 2 {
@@ -244,9 +261,6 @@ impl Ledger {
     /// returns the signed note (what gets anchored on chain).
     pub async fn checkpoint(&self, patient: &PatientRef) -> Result<String> {
         let mut trees = self.trees.lock().await;
-        if self.is_erased(patient).await? {
-            return Err(LedgerError::Erased(hex::encode(patient)));
-        }
         let tree = self.tree_in(&mut trees, patient).await?;
         let size = tree.size();
         let root = tree.root(size).expect("the tree holds its own size");
@@ -411,9 +425,15 @@ impl Ledger {
 
     /// Erases the patient's ledger: the entries go; a tombstone checkpoint
     /// (the last size and root, marked `erased`) stays, so the anchored
-    /// history still makes sense.
+    /// history still makes sense. Erasing again returns the same tombstone.
     pub async fn erase(&self, patient: &PatientRef) -> Result<String> {
         let mut trees = self.trees.lock().await;
+        if self.is_erased(patient).await? {
+            return Ok(self
+                .latest_checkpoint(patient)
+                .await?
+                .expect("an erased ledger has its tombstone"));
+        }
         let tree = self.tree_in(&mut trees, patient).await?;
         let size = tree.size();
         let root = tree.root(size).expect("the tree holds its own size");
@@ -485,6 +505,10 @@ impl Ledger {
         patient: &PatientRef,
     ) -> Result<&'a mut Tree> {
         if !trees.contains_key(patient) {
+            // Checked once per load: `erase` drops the tree.
+            if self.is_erased(patient).await? {
+                return Err(LedgerError::Erased(hex::encode(patient)));
+            }
             let stored = self.entries(patient).await?;
             trees.insert(
                 *patient,

@@ -342,6 +342,15 @@ pub trait BlobStore: Send + Sync {
     /// missing blob is [`BlobError::NotFound`].
     fn get<'a>(&'a self, cid: &'a Cid) -> BlobFuture<'a, Vec<u8>>;
 
+    /// Stores several blobs durably and returns their CIDs, in order. By
+    /// default the puts run concurrently; a store that can make a whole
+    /// batch durable at once does so.
+    fn put_many<'a>(&'a self, blobs: &'a [Vec<u8>]) -> BlobFuture<'a, Vec<Cid>> {
+        Box::pin(futures_util::future::try_join_all(
+            blobs.iter().map(|b| self.put(b)),
+        ))
+    }
+
     /// Whether a blob is stored under `cid` (its content is not checked).
     fn contains<'a>(&'a self, cid: &'a Cid) -> BlobFuture<'a, bool>;
 
@@ -430,6 +439,58 @@ impl LocalDir {
         sync_dir(&shard_dir)
     }
 
+    /// Writes a batch of blobs atomically and durably, with two syncs of
+    /// the file system for the whole batch instead of two per blob: every
+    /// temporary file is written, the file system synced, every file
+    /// renamed into place, and the file system synced again.
+    #[cfg(target_os = "linux")]
+    fn write_many(&self, blobs: &[Vec<u8>]) -> Result<Vec<Cid>> {
+        let mut staged: Vec<(Cid, PathBuf, PathBuf)> = Vec::with_capacity(blobs.len());
+        let mut stage = || -> Result<()> {
+            for bytes in blobs {
+                let cid = Cid::of(bytes);
+                let name = cid.to_string();
+                let shard_name = shard(&name);
+                let shard_dir = self.root.join(shard_name);
+                self.ensure_shard(shard_name, &shard_dir)?;
+                let (tmp_path, mut file) = create_temp(&shard_dir)?;
+                staged.push((cid, tmp_path.clone(), shard_dir.join(name)));
+                file.write_all(bytes).map_err(|source| BlobError::Io {
+                    path: tmp_path,
+                    source,
+                })?;
+            }
+            sync_fs(&self.root)?;
+            for (_, tmp_path, path) in &staged {
+                std::fs::rename(tmp_path, path).map_err(|source| BlobError::Io {
+                    path: tmp_path.clone(),
+                    source,
+                })?;
+            }
+            sync_fs(&self.root)
+        };
+        let written = stage();
+        if written.is_err() {
+            // Best effort, as in `write`; renamed files are whole blobs.
+            for (_, tmp_path, _) in &staged {
+                let _ = std::fs::remove_file(tmp_path);
+            }
+        }
+        written.map(|()| staged.into_iter().map(|(cid, ..)| cid).collect())
+    }
+
+    /// Writes a batch of blobs one by one, each atomically and durably.
+    #[cfg(not(target_os = "linux"))]
+    fn write_many(&self, blobs: &[Vec<u8>]) -> Result<Vec<Cid>> {
+        blobs
+            .iter()
+            .map(|bytes| {
+                let cid = Cid::of(bytes);
+                self.write(&cid, bytes).map(|()| cid)
+            })
+            .collect()
+    }
+
     /// Creates the shard directory if needed and makes its entry in the
     /// root durable, once per shard per store (whoever created it: a
     /// concurrent writer may have created it and not yet synced the root).
@@ -458,6 +519,14 @@ impl BlobStore for LocalDir {
                 Ok(cid)
             })
             .await
+        })
+    }
+
+    fn put_many<'a>(&'a self, blobs: &'a [Vec<u8>]) -> BlobFuture<'a, Vec<Cid>> {
+        let blobs = blobs.to_vec();
+        Box::pin(async move {
+            let store = self.clone();
+            blocking(self.root.clone(), move || store.write_many(&blobs)).await
         })
     }
 
@@ -729,6 +798,18 @@ fn create_dir_all(dir: &Path) -> Result<()> {
 }
 
 /// Makes the entries of `dir` (creations, renames, removals) durable.
+/// Syncs the whole file system holding `dir` (data and metadata of every
+/// file on it).
+#[cfg(target_os = "linux")]
+fn sync_fs(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| rustix::fs::syncfs(&d).map_err(io::Error::from))
+        .map_err(|source| BlobError::Io {
+            path: dir.to_owned(),
+            source,
+        })
+}
+
 fn sync_dir(dir: &Path) -> Result<()> {
     // Only Unix can open and fsync a directory; elsewhere a rename is as
     // durable as the platform makes it.

@@ -137,7 +137,24 @@ impl Kek {
         SystemRandom::new()
             .fill(&mut bytes)
             .expect("the system RNG works");
-        bytes.iter().map(|b| format!("{b:02x}")).collect()
+        hex::encode(bytes)
+    }
+}
+
+/// Unwrapped current keys, and the patients erased since we started (so
+/// that a lookup racing an erasure cannot put a key back).
+#[derive(Default)]
+struct KeyCache {
+    /// By patient: (key id, key).
+    keys: HashMap<PatientRef, (u32, std::sync::Arc<LessSafeKey>)>,
+    erased: std::collections::HashSet<PatientRef>,
+}
+
+impl KeyCache {
+    fn remember(&mut self, patient: &PatientRef, key_id: u32, key: &std::sync::Arc<LessSafeKey>) {
+        if !self.erased.contains(patient) {
+            self.keys.insert(*patient, (key_id, key.clone()));
+        }
     }
 }
 
@@ -147,7 +164,7 @@ pub struct Vault {
     kek: Kek,
     rng: SystemRandom,
     /// Unwrapped current keys, by patient: (key id, key).
-    cache: Mutex<HashMap<PatientRef, (u32, std::sync::Arc<LessSafeKey>)>>,
+    cache: Mutex<KeyCache>,
 }
 
 impl std::fmt::Debug for Vault {
@@ -163,7 +180,7 @@ impl Vault {
             db,
             kek,
             rng: SystemRandom::new(),
-            cache: Mutex::new(HashMap::new()),
+            cache: Mutex::new(KeyCache::default()),
         }
     }
 
@@ -246,10 +263,9 @@ impl Vault {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        self.cache
-            .lock()
-            .expect("the key cache is not poisoned")
-            .remove(patient);
+        let mut cache = self.cache();
+        cache.keys.remove(patient);
+        cache.erased.insert(*patient);
         Ok(())
     }
 
@@ -262,17 +278,16 @@ impl Vault {
         Ok(row.try_get::<i64, _>("n")? > 0)
     }
 
+    fn cache(&self) -> std::sync::MutexGuard<'_, KeyCache> {
+        self.cache.lock().expect("the key cache is not poisoned")
+    }
+
     /// The patient's newest data key, created if they have none.
     async fn current_key(
         &self,
         patient: &PatientRef,
     ) -> Result<(u32, std::sync::Arc<LessSafeKey>)> {
-        if let Some(hit) = self
-            .cache
-            .lock()
-            .expect("the key cache is not poisoned")
-            .get(patient)
-        {
+        if let Some(hit) = self.cache().keys.get(patient) {
             return Ok(hit.clone());
         }
         if self.is_erased(patient).await? {
@@ -289,10 +304,7 @@ impl Vault {
             None => self.create_key(patient).await?,
         };
         let key = self.key(patient, key_id).await?;
-        self.cache
-            .lock()
-            .expect("the key cache is not poisoned")
-            .insert(*patient, (key_id, key.clone()));
+        self.cache().remember(patient, key_id, &key);
         Ok((key_id, key))
     }
 
@@ -351,17 +363,13 @@ impl Vault {
     /// Data key `key_id` of the patient, unwrapped; refused for an erased
     /// patient even if a wrapped copy turns up again.
     async fn key(&self, patient: &PatientRef, key_id: u32) -> Result<std::sync::Arc<LessSafeKey>> {
-        if self.is_erased(patient).await? {
-            return Err(KeyError::Erased(hex::encode(patient)));
-        }
-        if let Some((id, key)) = self
-            .cache
-            .lock()
-            .expect("the key cache is not poisoned")
-            .get(patient)
+        if let Some((id, key)) = self.cache().keys.get(patient)
             && *id == key_id
         {
             return Ok(key.clone());
+        }
+        if self.is_erased(patient).await? {
+            return Err(KeyError::Erased(hex::encode(patient)));
         }
         let (nonce, mut wrapped) =
             self.wrapped(patient, key_id)
@@ -392,17 +400,10 @@ impl Vault {
 /// 64 hex digits as 32 bytes.
 fn parse_hex(text: &str) -> std::result::Result<[u8; 32], String> {
     let text = text.trim();
-    let bytes: Option<Vec<u8>> = (0..text.len())
-        .step_by(2)
-        .map(|i| {
-            text.get(i..i + 2)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        })
-        .collect();
-    bytes
-        .filter(|b| text.len() == 64 && b.len() == 32)
-        .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| format!("expected 64 hex digits, found {} characters", text.len()))
+    let mut bytes = [0u8; 32];
+    hex::decode_to_slice(text, &mut bytes)
+        .map(|()| bytes)
+        .map_err(|_| format!("expected 64 hex digits, found {} characters", text.len()))
 }
 
 fn sha256(data: &[u8]) -> [u8; 32] {

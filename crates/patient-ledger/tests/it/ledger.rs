@@ -294,6 +294,11 @@ async fn erasure_leaves_only_a_tombstone() {
         assert!(tombstone.contains("\nerased "), "{tombstone}");
         assert!(f.ledger.entries(&P).await.unwrap().is_empty());
         assert!(f.ledger.is_erased(&P).await.unwrap());
+        assert_eq!(f.ledger.erase(&P).await.unwrap(), tombstone, "idempotent");
+        assert!(matches!(
+            f.ledger.append(&P, vec![entry(9)]).await,
+            Err(LedgerError::Erased(_))
+        ));
         let again = f.reopen().await;
         assert!(matches!(
             again.append(&P, vec![entry(9)]).await,
@@ -306,5 +311,39 @@ async fn erasure_leaves_only_a_tombstone() {
         let b = serde_json::to_string(&again.export(&P).await.unwrap()).unwrap();
         let report = bundle::verify(&b, Some(&f.ledger.verifier_key())).unwrap();
         assert!(report.erased && report.entries.is_empty() && report.size == 4);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_batch_appends_for_many_patients() {
+    const Q: [u8; 32] = [9; 32];
+    for (f, _dir) in fixtures().await {
+        f.ledger.append(&Q, vec![entry(0)]).await.unwrap();
+        let indexes = f
+            .ledger
+            .append_many(vec![
+                (P, (0..3).map(entry).collect()),
+                (Q, (1..3).map(entry).collect()),
+                (P, vec![entry(3)]),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(indexes, [vec![0, 1, 2], vec![1, 2], vec![3]]);
+        let again = f.reopen().await;
+        assert_eq!(again.verify(&P, &[]).await.unwrap().size, 4);
+        assert_eq!(again.verify(&Q, &[]).await.unwrap().size, 3);
+
+        f.ledger.erase(&Q).await.unwrap();
+        assert!(matches!(
+            f.ledger
+                .append_many(vec![(P, vec![entry(4)]), (Q, vec![entry(3)])])
+                .await,
+            Err(LedgerError::Erased(_))
+        ));
+        assert_eq!(
+            f.ledger.verify(&P, &[]).await.unwrap().size,
+            4,
+            "nothing written"
+        );
     }
 }

@@ -28,10 +28,6 @@ fn base32(bytes: &[u8]) -> String {
         .collect()
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Every file under `dir`, recursively.
 fn files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -59,13 +55,13 @@ fn cids_match_ipfs() {
     // and `printf 'hello world' | ipfs add --only-hash --cid-version=1 -Q`.
     let empty = Cid::of(b"");
     assert_eq!(
-        hex(empty.digest()),
+        hex::encode(empty.digest()),
         "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
     );
     assert_eq!(empty.to_string(), EMPTY);
     let hello = Cid::of(b"hello world");
     assert_eq!(
-        hex(hello.digest()),
+        hex::encode(hello.digest()),
         "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9"
     );
     assert_eq!(hello.to_string(), HELLO_WORLD);
@@ -214,6 +210,21 @@ async fn behaves_as_a_blob_store(store: &dyn BlobStore, overwrite: impl AsyncFn(
     let second = store.put(b"a lab report").await.unwrap();
     assert_eq!(first, second);
     assert_eq!(store.get(&first).await.unwrap(), b"a lab report");
+
+    // A batch: in order, duplicates included, all readable at once.
+    let batch: Vec<Vec<u8>> = (0..50u8)
+        .map(|i| vec![i; usize::from(i) * 7])
+        .chain([b"a lab report".to_vec(), b"hello world".to_vec()])
+        .collect();
+    let cids = store.put_many(&batch).await.unwrap();
+    assert_eq!(cids.len(), batch.len());
+    for (cid, bytes) in cids.iter().zip(&batch) {
+        assert_eq!(*cid, Cid::of(bytes));
+        assert_eq!(store.get(cid).await.unwrap(), *bytes);
+    }
+    assert_eq!(cids[51].to_string(), HELLO_WORLD);
+    assert!(store.put_many(&[]).await.unwrap().is_empty());
+    store.delete(&cids[51]).await.unwrap();
 
     // A missing blob is not found, by name.
     let missing = Cid::of(b"never stored");
