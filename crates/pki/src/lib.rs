@@ -13,7 +13,8 @@
 //! - [`epc`]: SGTIN-96 EPCs (GS1 Tag Data Standard);
 //! - [`identity`]: the typed [`Identity`] of a certificate holder;
 //! - [`account`]: EVM accounts for holders who sign transactions;
-//! - [`tls`]: rustls server and client configurations and an acceptor.
+//! - [`tls`]: rustls server and client configurations and an acceptor;
+//! - [`https`]: serving an app over mutual TLS, and a client.
 //!
 //! No feature flags.
 
@@ -23,6 +24,7 @@ pub mod epc;
 mod error;
 pub mod ext;
 pub mod files;
+pub mod https;
 pub mod identity;
 pub mod tls;
 

@@ -418,6 +418,13 @@ impl SignedReading {
     /// Checks the `kid` and signature against the device's key, then parses
     /// the payload into a typed [`Reading`].
     pub fn verify(&self, key: &VerifyingKey) -> Result<Reading, ReadingError> {
+        Ok(Reading::from_cbor(self.verify_payload(key)?)?)
+    }
+
+    /// Checks the `kid` and signature against `key` and returns the payload
+    /// as it is (for envelopes around something other than a reading, such
+    /// as a patient card's signature of a batch).
+    pub fn verify_payload(&self, key: &VerifyingKey) -> Result<&[u8], ReadingError> {
         if self.kid != key.kid {
             return Err(ReadingError::KidMismatch);
         }
@@ -433,7 +440,7 @@ impl SignedReading {
         ) {
             return Err(ReadingError::BadSignature);
         }
-        Ok(Reading::from_cbor(&self.payload)?)
+        Ok(&self.payload)
     }
 }
 

@@ -11,16 +11,22 @@
 //! - [`cose`]: COSE_Sign1 (RFC 9052) with ES256 and EdDSA through ring;
 //! - [`reading`]: the typed [`Reading`] and its payload checks;
 //! - [`catalogue`]: LOINC codes and their UCUM units;
-//! - [`problem`]: RFC 9457 problem details with stable types.
+//! - [`problem`]: RFC 9457 problem details with stable types;
+//! - [`batch`]: what collectors forward to servers, and the receipts.
 //!
 //! No feature flags.
 
+pub mod batch;
 pub mod catalogue;
 pub mod cbor;
 pub mod cose;
 pub mod problem;
 pub mod reading;
 
+pub use batch::{
+    BatchError, CardSignature, CommitReply, CommitResult, CommitStatus, ForwardBatch, Forwarded,
+    Receipt, ReceiptStatus, card_digest, reading_hash,
+};
 pub use catalogue::{CATALOGUE, DataType};
 pub use cose::{
     Algorithm, Kid, MAX_SIGNED_READING_BYTES, ReadingError, SignedReading, SigningKey,

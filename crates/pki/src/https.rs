@@ -1,0 +1,283 @@
+//! HTTPS over mutual TLS: serving an axum app to identified peers, and a
+//! client for talking to one.
+//!
+//! ```text
+//!  accept --cap on open connections--> Acceptor (handshake timeout, CRL)
+//!     --> hyper HTTP/1.1 (header timeout) or HTTP/2, by ALPN
+//!     --> app, each request carrying the peer's [`Peer`]
+//!     closed as soon as a CRL update revokes the peer
+//! ```
+
+use crate::identity::Identity;
+use crate::tls::{Acceptor, ClientAuth, Rejection};
+use axum::Router;
+use axum::body::Body;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use rustls::pki_types::ServerName;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tower::ServiceExt;
+
+/// Limits on what a peer may hold open.
+#[derive(Debug, Clone)]
+pub struct ServeLimits {
+    /// Connections open at once; more are closed at accept.
+    pub max_connections: usize,
+    /// The TLS handshake must finish in this time.
+    pub handshake_timeout: Duration,
+    /// An HTTP/1.1 request's headers must arrive in this time (slowloris).
+    pub header_timeout: Duration,
+}
+
+impl Default for ServeLimits {
+    fn default() -> Self {
+        ServeLimits {
+            max_connections: 20_000,
+            handshake_timeout: Duration::from_secs(5),
+            header_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Who sent a request: the verified certificate holder and their socket.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// From the client certificate.
+    pub identity: Arc<Identity>,
+    /// The TCP peer.
+    pub addr: SocketAddr,
+}
+
+/// What happened to a connection that never reached the app.
+#[derive(Debug)]
+pub enum Refused {
+    /// Over [`ServeLimits::max_connections`].
+    AtCapacity(SocketAddr),
+    /// The handshake failed.
+    Handshake(SocketAddr, Rejection),
+}
+
+/// Serves `app` on `listener` to peers the acceptor admits, until the
+/// future is dropped. Each request carries a [`Peer`] extension.
+/// `refused` hears of every connection turned away (for logs and metrics).
+pub async fn serve(
+    listener: TcpListener,
+    acceptor: Acceptor,
+    client_auth: Arc<ClientAuth>,
+    app: Router,
+    limits: ServeLimits,
+    refused: Arc<dyn Fn(Refused) + Send + Sync>,
+) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    loop {
+        let (tcp, addr) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors and the like: wait, do not die.
+                eprintln!("medledger: accepting a connection: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            refused(Refused::AtCapacity(addr));
+            continue;
+        };
+        let (acceptor, client_auth, app, refused) = (
+            acceptor.clone(),
+            client_auth.clone(),
+            app.clone(),
+            refused.clone(),
+        );
+        let header_timeout = limits.header_timeout;
+        tokio::spawn(async move {
+            let _slot = slot;
+            let (tls, identity) = match acceptor.accept(tcp).await {
+                Ok(accepted) => accepted,
+                Err(rejection) => return refused(Refused::Handshake(addr, rejection)),
+            };
+            let identity = Arc::new(identity);
+            let peer = Peer {
+                identity: identity.clone(),
+                addr,
+            };
+            let service =
+                hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+                    request.extensions_mut().insert(peer.clone());
+                    app.clone().oneshot(request.map(Body::new))
+                });
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout);
+            builder.http2().timer(TokioTimer::new());
+            let connection = builder.serve_connection(TokioIo::new(tls), service);
+            tokio::select! {
+                _ = connection => {}
+                // Revoked while connected: the connection goes (DESIGN §3).
+                () = client_auth.revoked(&identity) => {}
+            }
+        });
+    }
+}
+
+/// A response, read whole.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    /// The status code.
+    pub status: u16,
+    /// The headers.
+    pub headers: http::HeaderMap,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    /// A header's value as text, if present and text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// Why a client request failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// Connecting or the TLS handshake failed.
+    #[error("connecting to {addr}: {source}")]
+    Connect {
+        /// Where.
+        addr: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The HTTP exchange failed.
+    #[error("HTTP: {0}")]
+    Http(String),
+}
+
+enum Sender {
+    H1(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
+    H2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
+}
+
+/// One mutual-TLS connection to a server, speaking HTTP/2 or HTTP/1.1 as
+/// the server chose by ALPN.
+pub struct Connection {
+    sender: Sender,
+    authority: String,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("authority", &self.authority)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connection {
+    /// Connects to `addr` (host:port) and verifies the server as
+    /// `server_name` with `config` (see [`crate::client_config`]).
+    pub async fn open(
+        config: Arc<rustls::ClientConfig>,
+        addr: &str,
+        server_name: &str,
+    ) -> Result<Connection, ClientError> {
+        let connect_err = |source| ClientError::Connect {
+            addr: addr.to_owned(),
+            source,
+        };
+        let name = ServerName::try_from(server_name.to_owned())
+            .map_err(|e| connect_err(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
+        let tcp = TcpStream::connect(addr).await.map_err(connect_err)?;
+        let _ = tcp.set_nodelay(true);
+        let tls = tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+            .map_err(connect_err)?;
+        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+        let io = TokioIo::new(tls);
+        let http = |e: hyper::Error| ClientError::Http(e.to_string());
+        let sender = if h2 {
+            let (sender, connection) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                    .await
+                    .map_err(http)?;
+            tokio::spawn(connection);
+            Sender::H2(sender)
+        } else {
+            let (sender, connection) = hyper::client::conn::http1::handshake(io)
+                .await
+                .map_err(http)?;
+            tokio::spawn(connection);
+            Sender::H1(sender)
+        };
+        Ok(Connection {
+            sender,
+            authority: addr.to_owned(),
+        })
+    }
+
+    /// Whether the server chose HTTP/2.
+    pub fn is_h2(&self) -> bool {
+        matches!(self.sender, Sender::H2(_))
+    }
+
+    /// Sends a request and reads the whole response.
+    pub async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Result<Reply, ClientError> {
+        let http = |e: &dyn std::fmt::Display| ClientError::Http(e.to_string());
+        let mut builder = hyper::Request::builder().method(method);
+        builder = match self.sender {
+            // HTTP/2 wants the full URI; HTTP/1.1 the path and a Host.
+            Sender::H2(_) => builder.uri(format!("https://{}{path}", self.authority)),
+            Sender::H1(_) => builder.uri(path).header("host", &self.authority),
+        };
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        let request = builder
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| http(&e))?;
+        let response = match &mut self.sender {
+            Sender::H1(sender) => {
+                sender.ready().await.map_err(|e| http(&e))?;
+                sender.send_request(request).await
+            }
+            Sender::H2(sender) => {
+                sender.ready().await.map_err(|e| http(&e))?;
+                sender.send_request(request).await
+            }
+        }
+        .map_err(|e| http(&e))?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| http(&e))?
+            .to_bytes()
+            .to_vec();
+        Ok(Reply {
+            status,
+            headers,
+            body,
+        })
+    }
+}

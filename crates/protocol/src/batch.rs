@@ -1,0 +1,443 @@
+//! What collectors and servers exchange about accepted readings: the
+//! batch a collector forwards, the patient card's signature over it, the
+//! server's answer, and the receipt a device gets.
+//!
+//! ```text
+//!  device --COSE_Sign1--> collector --ForwardBatch (CBOR)--> server
+//!         <--Receipt (JSON)--        <--CommitReply (JSON)--
+//! ```
+//!
+//! A reading is named everywhere by [`reading_hash`]: SHA-256 of its
+//! COSE_Sign1 bytes exactly as the device sent them.
+
+use crate::cbor::{self, CborError, Value};
+use serde::{Deserialize, Serialize};
+
+/// SHA-256 of a signed reading's bytes: its name in receipts, outboxes,
+/// the ledger and proofs.
+pub fn reading_hash(cose: &[u8]) -> [u8; 32] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, cose);
+    digest.as_ref().try_into().expect("SHA-256 is 32 bytes")
+}
+
+/// Domain separation for [`card_digest`].
+const CARD_DOMAIN: &[u8] = b"medledger card batch v1\n";
+
+/// What a patient's card signs for a batch: SHA-256 of the domain string
+/// `"medledger card batch v1\n"`, the patientRef and the hashes of that
+/// patient's readings, in batch order.
+pub fn card_digest<'a>(
+    patient: &[u8; 32],
+    hashes: impl IntoIterator<Item = &'a [u8; 32]>,
+) -> [u8; 32] {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(CARD_DOMAIN);
+    ctx.update(patient);
+    for h in hashes {
+        ctx.update(h);
+    }
+    ctx.finish()
+        .as_ref()
+        .try_into()
+        .expect("SHA-256 is 32 bytes")
+}
+
+/// One accepted reading as forwarded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forwarded {
+    /// The COSE_Sign1 bytes as the device sent them.
+    pub cose: Vec<u8>,
+    /// Index into [`ForwardBatch::certs`] of the device certificate.
+    pub cert: u32,
+    /// The patientRef the collector bound it to.
+    pub patient: [u8; 32],
+    /// When the collector accepted it, Unix ms.
+    pub received_ms: u64,
+}
+
+/// A patient card's signature over some of a batch's readings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CardSignature {
+    /// The patientRef.
+    pub patient: [u8; 32],
+    /// Index into [`ForwardBatch::certs`] of the card's certificate.
+    pub cert: u32,
+    /// Indexes into [`ForwardBatch::readings`] of the readings it covers,
+    /// in order; all of this patient.
+    pub readings: Vec<u32>,
+    /// A COSE_Sign1 by the card key whose payload is [`card_digest`].
+    pub sig: Vec<u8>,
+}
+
+/// What a collector forwards to a server (`POST /v1/batches`,
+/// `application/cbor`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ForwardBatch {
+    /// Certificates (DER), each once: devices' and cards'.
+    pub certs: Vec<Vec<u8>>,
+    /// The readings.
+    pub readings: Vec<Forwarded>,
+    /// The card signatures; every reading is covered by exactly one.
+    pub cards: Vec<CardSignature>,
+}
+
+/// Why bytes are not a forward batch.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BatchError {
+    /// Not deterministic CBOR.
+    #[error("batch: {0}")]
+    Cbor(#[from] CborError),
+    /// CBOR of the wrong shape.
+    #[error("batch field `{field}` {problem}")]
+    Field {
+        /// Which (`readings[3].patient`...).
+        field: String,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+fn bad(field: impl Into<String>, problem: impl Into<String>) -> BatchError {
+    BatchError::Field {
+        field: field.into(),
+        problem: problem.into(),
+    }
+}
+
+/// A map with text keys, sorted as deterministic CBOR wants.
+fn text_map(entries: Vec<(&str, Vec<u8>)>) -> Vec<u8> {
+    cbor::encode_with(|e| {
+        e.map_sorted(
+            entries
+                .into_iter()
+                .map(|(k, v)| {
+                    (
+                        cbor::encode_with(|e| {
+                            e.text(k);
+                        }),
+                        v,
+                    )
+                })
+                .collect(),
+        );
+    })
+}
+
+fn enc_bytes(b: &[u8]) -> Vec<u8> {
+    cbor::encode_with(|e| {
+        e.bytes(b);
+    })
+}
+
+fn enc_uint(n: u64) -> Vec<u8> {
+    cbor::encode_with(|e| {
+        e.uint(n);
+    })
+}
+
+fn enc_array(items: Vec<Vec<u8>>) -> Vec<u8> {
+    cbor::encode_with(|e| {
+        e.array(items.len());
+        for item in &items {
+            e.raw(item);
+        }
+    })
+}
+
+/// The fields of a map with text keys, by name; unknown keys refused.
+fn fields(v: Value, at: &str, known: &[&str]) -> Result<Vec<(String, Value)>, BatchError> {
+    let Value::Map(entries) = v else {
+        return Err(bad(at, "is not a map"));
+    };
+    entries
+        .into_iter()
+        .map(|(k, v)| match k {
+            Value::Text(k) if known.contains(&k.as_str()) => Ok((k, v)),
+            Value::Text(k) => Err(bad(format!("{at}.{k}"), "is not a known field")),
+            _ => Err(bad(at, "has a key that is not text")),
+        })
+        .collect()
+}
+
+fn take(fields: &mut Vec<(String, Value)>, name: &str, at: &str) -> Result<Value, BatchError> {
+    let i = fields
+        .iter()
+        .position(|(k, _)| k == name)
+        .ok_or_else(|| bad(format!("{at}.{name}"), "is missing"))?;
+    Ok(fields.swap_remove(i).1)
+}
+
+fn as_bytes(v: Value, at: &str) -> Result<Vec<u8>, BatchError> {
+    match v {
+        Value::Bytes(b) => Ok(b),
+        other => Err(bad(at, format!("is {other}, expected a byte string"))),
+    }
+}
+
+fn as_ref32(v: Value, at: &str) -> Result<[u8; 32], BatchError> {
+    let b = as_bytes(v, at)?;
+    b.as_slice()
+        .try_into()
+        .map_err(|_| bad(at, format!("is {} bytes, expected 32", b.len())))
+}
+
+fn as_uint(v: Value, at: &str) -> Result<u64, BatchError> {
+    match v {
+        Value::Uint(n) => Ok(n),
+        other => Err(bad(at, format!("is {other}, expected an unsigned integer"))),
+    }
+}
+
+fn as_u32(v: Value, at: &str) -> Result<u32, BatchError> {
+    u32::try_from(as_uint(v, at)?).map_err(|_| bad(at, "is too large"))
+}
+
+fn as_array(v: Value, at: &str) -> Result<Vec<Value>, BatchError> {
+    match v {
+        Value::Array(items) => Ok(items),
+        other => Err(bad(at, format!("is {other}, expected an array"))),
+    }
+}
+
+impl ForwardBatch {
+    /// The deterministic CBOR form:
+    /// `{"cards": [...], "certs": [...], "readings": [...], "v": 1}`.
+    pub fn to_cbor(&self) -> Vec<u8> {
+        let readings = self
+            .readings
+            .iter()
+            .map(|r| {
+                text_map(vec![
+                    ("cose", enc_bytes(&r.cose)),
+                    ("cert", enc_uint(u64::from(r.cert))),
+                    ("patient", enc_bytes(&r.patient)),
+                    ("rx", enc_uint(r.received_ms)),
+                ])
+            })
+            .collect();
+        let cards = self
+            .cards
+            .iter()
+            .map(|c| {
+                text_map(vec![
+                    ("patient", enc_bytes(&c.patient)),
+                    ("cert", enc_uint(u64::from(c.cert))),
+                    (
+                        "readings",
+                        enc_array(c.readings.iter().map(|&i| enc_uint(u64::from(i))).collect()),
+                    ),
+                    ("sig", enc_bytes(&c.sig)),
+                ])
+            })
+            .collect();
+        text_map(vec![
+            ("v", enc_uint(1)),
+            (
+                "certs",
+                enc_array(self.certs.iter().map(|c| enc_bytes(c)).collect()),
+            ),
+            ("readings", enc_array(readings)),
+            ("cards", enc_array(cards)),
+        ])
+    }
+
+    /// Parses a batch and checks that every index points inside it.
+    pub fn from_cbor(bytes: &[u8]) -> Result<ForwardBatch, BatchError> {
+        let mut top = fields(
+            cbor::decode(bytes)?,
+            "batch",
+            &["v", "certs", "readings", "cards"],
+        )?;
+        let version = as_uint(take(&mut top, "v", "batch")?, "batch.v")?;
+        if version != 1 {
+            return Err(bad(
+                "batch.v",
+                format!("is {version}; this server speaks 1"),
+            ));
+        }
+        let certs = as_array(take(&mut top, "certs", "batch")?, "batch.certs")?
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| as_bytes(v, &format!("certs[{i}]")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let cert_index = |v: Value, at: &str| -> Result<u32, BatchError> {
+            let i = as_u32(v, at)?;
+            if (i as usize) < certs.len() {
+                Ok(i)
+            } else {
+                Err(bad(
+                    at,
+                    format!("is {i}; the batch has {} certificates", certs.len()),
+                ))
+            }
+        };
+        let mut readings = Vec::new();
+        for (i, v) in as_array(take(&mut top, "readings", "batch")?, "batch.readings")?
+            .into_iter()
+            .enumerate()
+        {
+            let at = format!("readings[{i}]");
+            let mut f = fields(v, &at, &["cose", "cert", "patient", "rx"])?;
+            readings.push(Forwarded {
+                cose: as_bytes(take(&mut f, "cose", &at)?, &format!("{at}.cose"))?,
+                cert: cert_index(take(&mut f, "cert", &at)?, &format!("{at}.cert"))?,
+                patient: as_ref32(take(&mut f, "patient", &at)?, &format!("{at}.patient"))?,
+                received_ms: as_uint(take(&mut f, "rx", &at)?, &format!("{at}.rx"))?,
+            });
+        }
+        let mut cards = Vec::new();
+        for (i, v) in as_array(take(&mut top, "cards", "batch")?, "batch.cards")?
+            .into_iter()
+            .enumerate()
+        {
+            let at = format!("cards[{i}]");
+            let mut f = fields(v, &at, &["patient", "cert", "readings", "sig"])?;
+            let covered = as_array(take(&mut f, "readings", &at)?, &format!("{at}.readings"))?
+                .into_iter()
+                .map(|v| {
+                    let r = as_u32(v, &format!("{at}.readings"))?;
+                    if (r as usize) < readings.len() {
+                        Ok(r)
+                    } else {
+                        Err(bad(
+                            format!("{at}.readings"),
+                            format!("names reading {r}, which is not in the batch"),
+                        ))
+                    }
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            cards.push(CardSignature {
+                patient: as_ref32(take(&mut f, "patient", &at)?, &format!("{at}.patient"))?,
+                cert: cert_index(take(&mut f, "cert", &at)?, &format!("{at}.cert"))?,
+                readings: covered,
+                sig: as_bytes(take(&mut f, "sig", &at)?, &format!("{at}.sig"))?,
+            });
+        }
+        Ok(ForwardBatch {
+            certs,
+            readings,
+            cards,
+        })
+    }
+}
+
+/// What became of one forwarded reading at the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CommitStatus {
+    /// Stored and recorded in the patient's ledger now.
+    Stored,
+    /// Stored before (a retry): nothing new was written.
+    Duplicate,
+    /// Refused; `problem` says why. The collector must not retry it.
+    Rejected,
+}
+
+/// The server's answer for one reading of a batch, in batch order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitResult {
+    /// [`reading_hash`], hex.
+    pub hash: String,
+    /// What happened.
+    pub status: CommitStatus,
+    /// Its index in the patient's ledger, when stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<u64>,
+    /// The problem type's name, when rejected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+    /// Why, for a person, when rejected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// The server's answer to a batch (`application/json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitReply {
+    /// One per forwarded reading, in order.
+    pub results: Vec<CommitResult>,
+}
+
+/// How far an accepted reading has got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReceiptStatus {
+    /// Durable in the collector's outbox; it will reach the server.
+    Accepted,
+    /// Stored by the server and recorded in the patient's ledger.
+    Committed,
+}
+
+/// What a device is told about one accepted reading.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    /// [`reading_hash`], hex.
+    pub hash: String,
+    /// The reading's sequence number.
+    pub seq: u64,
+    /// How far it got.
+    pub status: ReceiptStatus,
+    /// Its index in the patient's ledger, once committed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ledger_index: Option<u64>,
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn sample() -> ForwardBatch {
+        ForwardBatch {
+            certs: vec![vec![1, 2, 3], vec![4; 40]],
+            readings: vec![
+                Forwarded {
+                    cose: vec![0xd2, 1],
+                    cert: 0,
+                    patient: [7; 32],
+                    received_ms: 1_763_769_600_000,
+                },
+                Forwarded {
+                    cose: vec![0xd2, 2],
+                    cert: 0,
+                    patient: [7; 32],
+                    received_ms: 1_763_769_600_001,
+                },
+            ],
+            cards: vec![CardSignature {
+                patient: [7; 32],
+                cert: 1,
+                readings: vec![0, 1],
+                sig: vec![9; 70],
+            }],
+        }
+    }
+
+    #[test]
+    fn batches_round_trip_and_indexes_are_checked() {
+        let batch = sample();
+        assert_eq!(ForwardBatch::from_cbor(&batch.to_cbor()).unwrap(), batch);
+
+        let mut wrong = sample();
+        wrong.readings[1].cert = 2;
+        let err = ForwardBatch::from_cbor(&wrong.to_cbor()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "batch field `readings[1].cert` is 2; the batch has 2 certificates"
+        );
+        let mut wrong = sample();
+        wrong.cards[0].readings.push(5);
+        let err = ForwardBatch::from_cbor(&wrong.to_cbor()).unwrap_err();
+        assert!(err.to_string().contains("names reading 5"), "{err}");
+    }
+
+    #[test]
+    fn card_digests_bind_patient_and_order() {
+        let (a, b) = ([1u8; 32], [2u8; 32]);
+        let d = card_digest(&[7; 32], [&a, &b]);
+        assert_ne!(d, card_digest(&[7; 32], [&b, &a]));
+        assert_ne!(d, card_digest(&[8; 32], [&a, &b]));
+        assert_eq!(reading_hash(b"").len(), 32);
+    }
+}
