@@ -50,6 +50,17 @@ contract Registry {
         uint64 stay;
     }
 
+    /// What a collector or server needs to know about a device at once.
+    struct DeviceBinding {
+        bool registered;
+        bool active;
+        bytes32 certFingerprint;
+        /// patientOfDevice: the admitted patient it reports for, or zero.
+        bytes32 patientRef;
+        /// That patient's account, or zero.
+        address account;
+    }
+
     struct Admission {
         bool active;
         address account;
@@ -305,6 +316,22 @@ contract Registry {
         Admission storage a = admissions[patientRef];
         if (!a.active || a.stay != d.stay) return bytes32(0);
         return patientRef;
+    }
+
+    /// The bindings of several devices in one call.
+    function deviceBindings(bytes12[] calldata epcs) external view returns (DeviceBinding[] memory out) {
+        out = new DeviceBinding[](epcs.length);
+        for (uint256 i = 0; i < epcs.length; i++) {
+            Device storage d = devices[epcs[i]];
+            bytes32 patientRef = patientOfDevice(epcs[i]);
+            out[i] = DeviceBinding({
+                registered: d.registered,
+                active: d.active,
+                certFingerprint: d.certFingerprint,
+                patientRef: patientRef,
+                account: patientRef == bytes32(0) ? address(0) : admissions[patientRef].account
+            });
+        }
     }
 
     function activeDevice(bytes12 epc) internal view returns (Device storage d) {

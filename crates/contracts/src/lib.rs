@@ -20,6 +20,7 @@ mod permissions;
 mod rules;
 mod scope;
 mod text;
+mod view;
 
 pub use abi::{DecodedEvent, Error, Result, decode_event, decode_revert};
 pub use client::{
@@ -30,3 +31,4 @@ pub use permissions::RegistryPermissions;
 pub use rules::{RuleReason, code_key, milli, rule_inputs};
 pub use scope::{Scope, ScopeError};
 pub use text::{TextError, epc_bytes, epc_key, short_text, text_of};
+pub use view::{Binding, ChainView};

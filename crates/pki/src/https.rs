@@ -51,6 +51,8 @@ impl Default for ServeLimits {
 pub struct Peer {
     /// From the client certificate.
     pub identity: Arc<Identity>,
+    /// The certificates it presented (DER), leaf first.
+    pub chain: Arc<[Vec<u8>]>,
     /// The TCP peer.
     pub addr: SocketAddr,
 }
@@ -104,8 +106,17 @@ pub async fn serve(
                 Err(rejection) => return refused(Refused::Handshake(addr, rejection)),
             };
             let identity = Arc::new(identity);
+            let chain = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .unwrap_or_default()
+                .iter()
+                .map(|c| c.to_vec())
+                .collect();
             let peer = Peer {
                 identity: identity.clone(),
+                chain,
                 addr,
             };
             let service =

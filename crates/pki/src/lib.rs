@@ -14,7 +14,8 @@
 //! - [`identity`]: the typed [`Identity`] of a certificate holder;
 //! - [`account`]: EVM accounts for holders who sign transactions;
 //! - [`tls`]: rustls server and client configurations and an acceptor;
-//! - [`https`]: serving an app over mutual TLS, and a client.
+//! - [`https`]: serving an app over mutual TLS, and a client;
+//! - [`metrics`]: Prometheus counters, gauges and histograms.
 //!
 //! No feature flags.
 
@@ -26,6 +27,7 @@ pub mod ext;
 pub mod files;
 pub mod https;
 pub mod identity;
+pub mod metrics;
 pub mod tls;
 
 pub use account::EthAccount;

@@ -196,6 +196,30 @@ impl ClientAuth {
         }
     }
 
+    /// Verifies a certificate outside a handshake, as a handshake would
+    /// (chain through `intermediates` to our root, validity at `at`, the
+    /// current CRL, identity and role): for a server that re-checks the
+    /// device certificates a collector forwards.
+    pub fn verify_certificate(
+        &self,
+        leaf: &[u8],
+        intermediates: &[Vec<u8>],
+        at: UnixTime,
+    ) -> Result<Identity, Rejection> {
+        let leaf = CertificateDer::from(leaf);
+        let intermediates: Vec<CertificateDer<'_>> = intermediates
+            .iter()
+            .map(|c| CertificateDer::from(c.as_slice()))
+            .collect();
+        self.verify_client_cert(&leaf, &intermediates, at)
+            .map_err(|e| Rejection::from_io(std::io::Error::other(e)))?;
+        let identity = Identity::from_peer_certificate(&leaf).map_err(Rejection::Identity)?;
+        if self.is_revoked(&identity) {
+            return Err(Rejection::Revoked);
+        }
+        Ok(identity)
+    }
+
     fn current(&self) -> Arc<dyn ClientCertVerifier> {
         self.webpki
             .read()

@@ -73,8 +73,10 @@ pub struct CardSignature {
 /// `application/cbor`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ForwardBatch {
-    /// Certificates (DER), each once: devices' and cards'.
+    /// Leaf certificates (DER), each once: devices' and cards'.
     pub certs: Vec<Vec<u8>>,
+    /// The CA certificates between those leaves and the root (DER).
+    pub cas: Vec<Vec<u8>>,
     /// The readings.
     pub readings: Vec<Forwarded>,
     /// The card signatures; every reading is covered by exactly one.
@@ -202,7 +204,7 @@ fn as_array(v: Value, at: &str) -> Result<Vec<Value>, BatchError> {
 
 impl ForwardBatch {
     /// The deterministic CBOR form:
-    /// `{"cards": [...], "certs": [...], "readings": [...], "v": 1}`.
+    /// `{"v": 1, "cas": [...], "cards": [...], "certs": [...], "readings": [...]}`.
     pub fn to_cbor(&self) -> Vec<u8> {
         let readings = self
             .readings
@@ -234,6 +236,10 @@ impl ForwardBatch {
         text_map(vec![
             ("v", enc_uint(1)),
             (
+                "cas",
+                enc_array(self.cas.iter().map(|c| enc_bytes(c)).collect()),
+            ),
+            (
                 "certs",
                 enc_array(self.certs.iter().map(|c| enc_bytes(c)).collect()),
             ),
@@ -247,7 +253,7 @@ impl ForwardBatch {
         let mut top = fields(
             cbor::decode(bytes)?,
             "batch",
-            &["v", "certs", "readings", "cards"],
+            &["v", "cas", "certs", "readings", "cards"],
         )?;
         let version = as_uint(take(&mut top, "v", "batch")?, "batch.v")?;
         if version != 1 {
@@ -256,11 +262,15 @@ impl ForwardBatch {
                 format!("is {version}; this server speaks 1"),
             ));
         }
-        let certs = as_array(take(&mut top, "certs", "batch")?, "batch.certs")?
-            .into_iter()
-            .enumerate()
-            .map(|(i, v)| as_bytes(v, &format!("certs[{i}]")))
-            .collect::<Result<Vec<_>, _>>()?;
+        let der_list = |top: &mut Vec<(String, Value)>, name: &str| {
+            as_array(take(top, name, "batch")?, &format!("batch.{name}"))?
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| as_bytes(v, &format!("{name}[{i}]")))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let certs = der_list(&mut top, "certs")?;
+        let cas = der_list(&mut top, "cas")?;
         let cert_index = |v: Value, at: &str| -> Result<u32, BatchError> {
             let i = as_u32(v, at)?;
             if (i as usize) < certs.len() {
@@ -316,6 +326,7 @@ impl ForwardBatch {
         }
         Ok(ForwardBatch {
             certs,
+            cas,
             readings,
             cards,
         })
@@ -391,6 +402,7 @@ mod tests {
     fn sample() -> ForwardBatch {
         ForwardBatch {
             certs: vec![vec![1, 2, 3], vec![4; 40]],
+            cas: vec![vec![5; 10]],
             readings: vec![
                 Forwarded {
                     cose: vec![0xd2, 1],

@@ -107,6 +107,35 @@ pub static MIGRATIONS: &[Migration] = &[
               erased_ms BIGINT NOT NULL
           )",
     },
+    Migration {
+        version: 3,
+        name: "collector: device sequence marks, certificates, the outbox",
+        sql: "CREATE TABLE collector_device_seq (
+              epc BYTEA PRIMARY KEY,
+              seq BIGINT NOT NULL
+          );
+          CREATE TABLE collector_certs (
+              fingerprint BYTEA PRIMARY KEY,
+              der BYTEA NOT NULL
+          );
+          CREATE TABLE collector_outbox (
+              hash BYTEA PRIMARY KEY,
+              batch BIGINT NOT NULL,
+              pos BIGINT NOT NULL,
+              patient BYTEA NOT NULL,
+              device_cert BYTEA NOT NULL,
+              cose BYTEA NOT NULL,
+              received_ms BIGINT NOT NULL
+          );
+          CREATE INDEX collector_outbox_batch ON collector_outbox (batch, pos);
+          CREATE TABLE collector_outbox_cards (
+              batch BIGINT NOT NULL,
+              patient BYTEA NOT NULL,
+              card_cert BYTEA NOT NULL,
+              sig BYTEA NOT NULL,
+              PRIMARY KEY (batch, patient)
+          )",
+    },
 ];
 
 /// A pool of connections to one database.

@@ -1,0 +1,135 @@
+//! Patient cards: the key that signs, for each patient, the hash of the
+//! readings a batch holds for them (the first seed's "private keys on
+//! patients' smart cards are used to sign the data hash").
+//!
+//! [`CardSigner`] is what a card does; [`SoftwareCard`] keeps the key in a
+//! file. A PKCS#11 smart card would implement the same trait.
+
+use alloy::primitives::Address;
+use medledger_pki::{Credentials, Role};
+use medledger_protocol::SigningKey;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+/// A patient's card.
+pub trait CardSigner: Send + Sync {
+    /// The card's certificate (DER, role `patient`).
+    fn certificate(&self) -> &[u8];
+    /// The patient's chain account (the certificate's address extension).
+    fn account(&self) -> Address;
+    /// A COSE_Sign1 over `digest` (see `medledger_protocol::card_digest`).
+    fn sign(&self, digest: &[u8; 32]) -> Vec<u8>;
+}
+
+/// A card whose key is a PKCS#8 file.
+pub struct SoftwareCard {
+    cert: Vec<u8>,
+    account: Address,
+    key: SigningKey,
+}
+
+impl std::fmt::Debug for SoftwareCard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SoftwareCard")
+            .field("account", &self.account)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SoftwareCard {
+    /// A card from a patient certificate and its key.
+    pub fn new(credentials: &Credentials) -> Result<SoftwareCard, String> {
+        let identity = credentials.identity().map_err(|e| e.to_string())?;
+        identity
+            .require_role(&[Role::Patient])
+            .map_err(|e| e.to_string())?;
+        let account = identity
+            .address()
+            .ok_or("the patient certificate has no address")?;
+        let cert = credentials.chain[0].to_vec();
+        let key = SigningKey::from_pkcs8(
+            identity.key.algorithm(),
+            credentials.key.secret_der(),
+            &cert,
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(SoftwareCard { cert, account, key })
+    }
+
+    /// Loads `PREFIX.crt` and `PREFIX.key`.
+    pub fn load(prefix: &Path) -> Result<SoftwareCard, String> {
+        let credentials =
+            Credentials::load(prefix).map_err(|e| format!("{}: {e}", prefix.display()))?;
+        SoftwareCard::new(&credentials).map_err(|e| format!("{}: {e}", prefix.display()))
+    }
+}
+
+impl CardSigner for SoftwareCard {
+    fn certificate(&self) -> &[u8] {
+        &self.cert
+    }
+
+    fn account(&self) -> Address {
+        self.account
+    }
+
+    fn sign(&self, digest: &[u8; 32]) -> Vec<u8> {
+        self.key.sign_payload(digest)
+    }
+}
+
+/// The cards at this collector, by patient account.
+#[derive(Clone, Default)]
+pub struct Cards {
+    by_account: HashMap<Address, Arc<dyn CardSigner>>,
+}
+
+impl std::fmt::Debug for Cards {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cards")
+            .field("accounts", &self.by_account.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Cards {
+    /// No cards.
+    pub fn new() -> Cards {
+        Cards::default()
+    }
+
+    /// Adds a card.
+    pub fn insert(&mut self, card: Arc<dyn CardSigner>) {
+        self.by_account.insert(card.account(), card);
+    }
+
+    /// Every `NAME.crt` with a `NAME.key` beside it in `dir`.
+    pub fn load_dir(dir: &Path) -> Result<Cards, String> {
+        let mut cards = Cards::new();
+        let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let mut paths: Vec<_> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        paths.sort();
+        for path in paths {
+            if path.extension().is_some_and(|e| e == "crt") && path.with_extension("key").exists() {
+                cards.insert(Arc::new(SoftwareCard::load(&path.with_extension(""))?));
+            }
+        }
+        Ok(cards)
+    }
+
+    /// The card of the patient with this account.
+    pub fn get(&self, account: &Address) -> Option<&Arc<dyn CardSigner>> {
+        self.by_account.get(account)
+    }
+
+    /// How many.
+    pub fn len(&self) -> usize {
+        self.by_account.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.by_account.is_empty()
+    }
+}

@@ -1,0 +1,152 @@
+//! The collector's configuration file (TOML).
+//!
+//! ```toml
+//! listen = "0.0.0.0:8443"
+//! data = "/var/lib/medledger/collector"   # the outbox database lives here
+//! # database = "postgres://medledger@db/collector"   # instead of SQLite
+//! credentials = "/etc/medledger/collector1"    # PREFIX.crt and PREFIX.key
+//! ca_root = "/etc/medledger/ca/root.crt"
+//! crl = "/etc/medledger/ca/issuing.crl"
+//! cards = "/etc/medledger/cards"               # patient cards: NAME.crt + NAME.key
+//! chain_rpc = "http://127.0.0.1:8545"
+//! registry = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
+//! server = "server.example:9443"
+//! server_name = "server.example"
+//!
+//! [limits]
+//! max_connections = 20000
+//! handshake_timeout_ms = 5000
+//! header_timeout_ms = 5000
+//! max_body_bytes = 1048576
+//! max_readings_per_request = 1000
+//! device_rate_per_s = 50
+//! device_burst = 200
+//! timestamp_past_ms = 300000
+//! timestamp_future_ms = 30000
+//! ```
+//!
+//! Relative paths are relative to the configuration file.
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The file, as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// Where devices connect.
+    pub listen: String,
+    /// The data directory (the SQLite outbox, unless `database` is set).
+    pub data: PathBuf,
+    /// A database URL (`sqlite:PATH` or `postgres://...`) for the outbox.
+    #[serde(default)]
+    pub database: Option<String>,
+    /// The collector's certificate and key: `PREFIX.crt`, `PREFIX.key`.
+    pub credentials: PathBuf,
+    /// The root CA certificate.
+    pub ca_root: PathBuf,
+    /// The issuing CA's CRL; re-read when it changes.
+    pub crl: PathBuf,
+    /// A directory of patient cards (`NAME.crt` and `NAME.key`).
+    pub cards: PathBuf,
+    /// The chain's JSON-RPC URL.
+    pub chain_rpc: String,
+    /// The Registry's address.
+    pub registry: String,
+    /// The server's `host:port`.
+    pub server: String,
+    /// The name the server's certificate carries.
+    pub server_name: String,
+    /// Limits.
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// What one device or connection may use.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Connections open at once.
+    pub max_connections: usize,
+    /// TLS handshake deadline.
+    pub handshake_timeout_ms: u64,
+    /// Deadline for an HTTP/1.1 request's headers.
+    pub header_timeout_ms: u64,
+    /// Largest request body; larger ones get 413 before the body is read.
+    pub max_body_bytes: usize,
+    /// Most readings in one request.
+    pub max_readings_per_request: usize,
+    /// Readings per second a device may send, sustained.
+    pub device_rate_per_s: f64,
+    /// Readings a device may send in a burst.
+    pub device_burst: f64,
+    /// How old a reading's timestamp may be.
+    pub timestamp_past_ms: u64,
+    /// How far ahead a reading's timestamp may be (clock skew).
+    pub timestamp_future_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 20_000,
+            handshake_timeout_ms: 5_000,
+            header_timeout_ms: 5_000,
+            max_body_bytes: 1 << 20,
+            max_readings_per_request: 1_000,
+            device_rate_per_s: 50.0,
+            device_burst: 200.0,
+            timestamp_past_ms: 5 * 60 * 1000,
+            timestamp_future_ms: 30 * 1000,
+        }
+    }
+}
+
+impl Limits {
+    /// The handshake deadline.
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
+    }
+
+    /// The header deadline.
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_timeout_ms)
+    }
+}
+
+/// Why a configuration file cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {problem}")]
+pub struct ConfigError {
+    /// The file.
+    pub path: PathBuf,
+    /// What is wrong.
+    pub problem: String,
+}
+
+impl ConfigFile {
+    /// Reads and parses `path`; relative paths in it become relative to
+    /// its directory.
+    pub fn load(path: &Path) -> Result<ConfigFile, ConfigError> {
+        let error = |problem: String| ConfigError {
+            path: path.to_owned(),
+            problem,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
+        let mut config: ConfigFile = toml::from_str(&text).map_err(|e| error(e.to_string()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [
+            &mut config.data,
+            &mut config.credentials,
+            &mut config.ca_root,
+            &mut config.crl,
+            &mut config.cards,
+        ] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        Ok(config)
+    }
+}

@@ -1,0 +1,236 @@
+//! The collector: the ingest gateway between devices and the server.
+//!
+//! ```text
+//!  device --mTLS POST /v1/readings--> http (limits, rate, COSE, window)
+//!        --Submission--> pipeline (one batch at a time: Registry bindings,
+//!                        card, rules, sequence; one durable outbox commit)
+//!        <--202 receipts (after the commit; ?wait=committed: after the server)
+//!  outbox --forward (mTLS POST /v1/batches, retries)--> server
+//! ```
+//!
+//! - [`config`]: the TOML configuration;
+//! - [`cards`]: patient cards that sign each batch per patient.
+
+pub mod cards;
+pub mod config;
+mod forward;
+mod http;
+mod pipeline;
+
+use alloy::providers::DynProvider;
+pub use cards::{CardSigner, Cards, SoftwareCard};
+pub use config::{ConfigError, ConfigFile, Limits};
+use medledger_contracts::{ChainView, Contracts};
+use medledger_pki::metrics::Metrics;
+use medledger_pki::{ClientAuth, Credentials, Role};
+use medledger_storage::Db;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{Notify, mpsc, oneshot};
+
+/// Where the collector forwards to.
+#[derive(Debug, Clone)]
+pub struct ServerTarget {
+    /// `host:port`.
+    pub addr: String,
+    /// The name on the server's certificate.
+    pub name: String,
+}
+
+/// Everything a collector runs with, resolved.
+pub struct Settings {
+    /// Where devices connect (port 0: any free port).
+    pub listen: SocketAddr,
+    /// Where Prometheus scrapes `/metrics` (plain HTTP), if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
+    /// The collector's certificate chain and key.
+    pub credentials: Credentials,
+    /// The root CA certificate (DER), to verify the server.
+    pub root_der: Vec<u8>,
+    /// Verifies devices (role `device` only).
+    pub client_auth: Arc<ClientAuth>,
+    /// The outbox database, migrated.
+    pub db: Db,
+    /// The contracts, read through any provider.
+    pub contracts: Contracts<DynProvider>,
+    /// The patient cards.
+    pub cards: Cards,
+    /// The server.
+    pub server: ServerTarget,
+    /// Limits.
+    pub limits: Limits,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("listen", &self.listen)
+            .field("server", &self.server)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the collector cannot start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// A socket could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TLS setup failed.
+    #[error("TLS: {0}")]
+    Tls(#[from] medledger_pki::Error),
+    /// The outbox database failed.
+    #[error("outbox: {0}")]
+    Db(#[from] medledger_storage::SqlError),
+}
+
+/// State shared by the endpoint, the pipeline and the forwarder.
+pub(crate) struct State {
+    pub(crate) limits: Limits,
+    pub(crate) db: Db,
+    pub(crate) view: ChainView<DynProvider>,
+    pub(crate) cards: Cards,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) submit: mpsc::Sender<pipeline::Submission>,
+    /// Receipts waiting for the server's commit, by reading hash.
+    pub(crate) waiters: Mutex<HashMap<[u8; 32], Vec<oneshot::Sender<u64>>>>,
+    /// Token buckets per device EPC.
+    pub(crate) rates: Mutex<HashMap<[u8; 12], http::Bucket>>,
+    /// Wakes the forwarder after an outbox commit.
+    pub(crate) outbox_changed: Notify,
+    /// CA certificates seen in device chains (DER), for the server.
+    pub(crate) cas: Mutex<Vec<Vec<u8>>>,
+}
+
+/// A running collector. Dropping it stops it.
+pub struct Collector {
+    addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
+    metrics: Arc<Metrics>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Collector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Collector")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl Collector {
+    /// Binds the device endpoint and starts the pipeline and forwarder.
+    pub async fn start(settings: Settings) -> Result<Collector, StartError> {
+        let Settings {
+            listen,
+            metrics_listen,
+            credentials,
+            root_der,
+            client_auth,
+            db,
+            contracts,
+            cards,
+            server,
+            limits,
+        } = settings;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|source| StartError::Listen {
+                addr: listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Listen {
+            addr: listen,
+            source,
+        })?;
+        let tls = medledger_pki::server_config(&credentials, client_auth.clone())?;
+        let forward_tls =
+            medledger_pki::client_config(Some(&credentials), &root_der, &[Role::Server])?;
+        let next_batch = pipeline::next_batch(&db).await?;
+        let (submit, submissions) = mpsc::channel(4096);
+        let metrics = Arc::new(Metrics::new());
+        let state = Arc::new(State {
+            limits: limits.clone(),
+            db,
+            view: ChainView::new(contracts),
+            cards,
+            metrics: metrics.clone(),
+            submit,
+            waiters: Mutex::new(HashMap::new()),
+            rates: Mutex::new(HashMap::new()),
+            outbox_changed: Notify::new(),
+            cas: Mutex::new(credentials.chain[1..].iter().map(|c| c.to_vec()).collect()),
+        });
+        let mut tasks = vec![
+            tokio::spawn(pipeline::run(state.clone(), submissions, next_batch)),
+            tokio::spawn(forward::run(state.clone(), forward_tls, server)),
+        ];
+        let serve_limits = medledger_pki::https::ServeLimits {
+            max_connections: limits.max_connections,
+            handshake_timeout: limits.handshake_timeout(),
+            header_timeout: limits.header_timeout(),
+        };
+        let refused_metrics = metrics.clone();
+        tasks.push(tokio::spawn(medledger_pki::https::serve(
+            listener,
+            medledger_pki::Acceptor::new(tls, limits.handshake_timeout()),
+            client_auth,
+            http::router(state.clone()),
+            serve_limits,
+            Arc::new(move |refused| http::count_refused(&refused_metrics, &refused)),
+        )));
+        let metrics_addr = match metrics_listen {
+            Some(at) => {
+                let listener = tokio::net::TcpListener::bind(at)
+                    .await
+                    .map_err(|source| StartError::Listen { addr: at, source })?;
+                let bound = listener
+                    .local_addr()
+                    .map_err(|source| StartError::Listen { addr: at, source })?;
+                let app = http::metrics_router(state);
+                tasks.push(tokio::spawn(async move {
+                    let _ = axum::serve(listener, app).await;
+                }));
+                Some(bound)
+            }
+            None => None,
+        };
+        Ok(Collector {
+            addr,
+            metrics_addr,
+            metrics,
+            tasks,
+        })
+    }
+
+    /// Where devices connect.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Where `/metrics` is served, if configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+}
