@@ -485,6 +485,37 @@ impl<P: Provider + Clone> Contracts<P> {
     }
 }
 
+impl<P: Provider + Clone> Contracts<P> {
+    /// Anchors several roots in one transaction as a collector or server
+    /// (`Anchor.anchorMany`; `inputs` must not be empty); returns their
+    /// ids, in order, with the receipt.
+    pub async fn anchor_many(
+        &self,
+        inputs: Vec<AnchorInput>,
+    ) -> Result<(Vec<u64>, TransactionReceipt)> {
+        let n = inputs.len();
+        let receipt = send(self.anchor().anchorMany(inputs)).await?;
+        let ids: Vec<u64> = receipt
+            .inner
+            .logs()
+            .iter()
+            .filter(|log| log.address() == self.addresses.anchor)
+            .filter_map(|log| Anchor::Anchored::decode_log(&log.inner).ok())
+            .map(|log| to_u64(log.data.id))
+            .collect::<Result<_>>()?;
+        if ids.len() != n {
+            return Err(Error::Unexpected(format!(
+                "anchoring {n} roots logged {} Anchored events",
+                ids.len()
+            )));
+        }
+        Ok((ids, receipt))
+    }
+}
+
+/// One root for [`Contracts::anchor_many`] (`Anchor.Input`).
+pub type AnchorInput = crate::bindings::anchor::Anchor::Input;
+
 /// Who a consent is granted to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Grantee {

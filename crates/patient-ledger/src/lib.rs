@@ -28,4 +28,4 @@ pub use entry::{Entry, EntryError, Field, KINDS};
 pub use merkle::{
     Hash, ProofError, Tree, empty_root, leaf_hash, node_hash, verify_consistency, verify_inclusion,
 };
-pub use store::{Ledger, LedgerError, NewEntry, Verified};
+pub use store::{Ledger, LedgerError, NewEntry, Staged, Verified};

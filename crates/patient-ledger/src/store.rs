@@ -110,6 +110,41 @@ pub struct NewEntry {
     pub body: BTreeMap<String, Field>,
 }
 
+/// Entries written in a caller's transaction, not yet in the trees.
+#[must_use = "call `committed` after the transaction commits"]
+pub struct Staged<'a> {
+    trees: tokio::sync::MutexGuard<'a, HashMap<PatientRef, Tree>>,
+    leaves: Vec<(PatientRef, Hash)>,
+    indexes: Vec<Vec<u64>>,
+}
+
+impl std::fmt::Debug for Staged<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Staged")
+            .field("indexes", &self.indexes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Staged<'_> {
+    /// Each group's indexes, as they will be.
+    pub fn indexes(&self) -> &[Vec<u64>] {
+        &self.indexes
+    }
+
+    /// The transaction committed: the entries join their trees. Returns
+    /// each group's indexes.
+    pub fn committed(mut self) -> Vec<Vec<u64>> {
+        for (patient, leaf) in std::mem::take(&mut self.leaves) {
+            self.trees
+                .get_mut(&patient)
+                .expect("loaded when staged")
+                .push(leaf);
+        }
+        std::mem::take(&mut self.indexes)
+    }
+}
+
 /// What a verification found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verified {
@@ -180,6 +215,23 @@ impl Ledger {
         &self,
         groups: Vec<(PatientRef, Vec<NewEntry>)>,
     ) -> Result<Vec<Vec<u64>>> {
+        let mut tx = self.db.pool().begin().await?;
+        let staged = self.stage(&mut tx, groups).await?;
+        tx.commit().await?;
+        Ok(staged.committed())
+    }
+
+    /// Writes entries for several patients inside the caller's transaction
+    /// on this ledger's database, so that other rows commit with them.
+    /// After the caller commits, [`Staged::committed`] makes them part of
+    /// the trees; dropping the [`Staged`] instead (the transaction rolled
+    /// back) leaves the ledgers as they were. Other ledger calls wait
+    /// until then.
+    pub async fn stage(
+        &self,
+        tx: &mut sqlx::AnyConnection,
+        groups: Vec<(PatientRef, Vec<NewEntry>)>,
+    ) -> Result<Staged<'_>> {
         let mut trees = self.trees.lock().await;
         // Sizes as they will be after the earlier groups of this batch.
         let mut next: HashMap<PatientRef, u64> = HashMap::new();
@@ -201,7 +253,6 @@ impl Ledger {
             }));
         }
         let signed = self.sign_all(&entries);
-        let mut tx = self.db.pool().begin().await?;
         // Many rows per statement: one round trip per chunk, not per entry.
         for chunk in entries
             .iter()
@@ -225,14 +276,16 @@ impl Ledger {
             }
             query.execute(&mut *tx).await?;
         }
-        tx.commit().await?;
-        for (entry, stored) in entries.iter().zip(&signed) {
-            trees
-                .get_mut(&entry.patient)
-                .expect("loaded above")
-                .push(leaf_hash(stored));
-        }
-        Ok(indexes)
+        let leaves = entries
+            .iter()
+            .zip(&signed)
+            .map(|(e, stored)| (e.patient, leaf_hash(stored)))
+            .collect();
+        Ok(Staged {
+            trees,
+            leaves,
+            indexes,
+        })
     }
 
     /// Signs entries, on every core for large batches.
@@ -307,6 +360,19 @@ impl Ledger {
         rows.iter()
             .map(|r| Ok(r.try_get::<Vec<u8>, _>("entry")?))
             .collect()
+    }
+
+    /// One stored entry of a patient, if there is one at `index`.
+    pub async fn entry(&self, patient: &PatientRef, index: u64) -> Result<Option<Vec<u8>>> {
+        let row = sqlx::query("SELECT entry FROM ledger_entries WHERE patient = $1 AND idx = $2")
+            .bind(patient.to_vec())
+            .bind(to_i64(index))
+            .fetch_optional(self.db.pool())
+            .await?;
+        Ok(match row {
+            Some(r) => Some(r.try_get("entry")?),
+            None => None,
+        })
     }
 
     /// The inclusion proof of entry `index` in the tree of `size` entries.

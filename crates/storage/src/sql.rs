@@ -136,6 +136,48 @@ pub static MIGRATIONS: &[Migration] = &[
               PRIMARY KEY (batch, patient)
           )",
     },
+    Migration {
+        version: 4,
+        name: "server ingest: readings, device sequence marks, batches, anchors",
+        sql: "CREATE TABLE ingest_device_seq (
+              epc BYTEA PRIMARY KEY,
+              seq BIGINT NOT NULL
+          );
+          CREATE TABLE ingest_readings (
+              hash BYTEA PRIMARY KEY,
+              patient BYTEA NOT NULL,
+              idx BIGINT NOT NULL,
+              blob TEXT NOT NULL,
+              blob_sha256 BYTEA NOT NULL,
+              pos BIGINT NOT NULL,
+              epc BYTEA NOT NULL,
+              seq BIGINT NOT NULL,
+              ts_ms BIGINT NOT NULL,
+              batch BYTEA NOT NULL,
+              batch_pos BIGINT NOT NULL
+          );
+          CREATE INDEX ingest_readings_patient ON ingest_readings (patient, idx);
+          CREATE INDEX ingest_readings_batch ON ingest_readings (batch, batch_pos);
+          CREATE TABLE ingest_batches (
+              root BYTEA PRIMARY KEY,
+              count BIGINT NOT NULL,
+              first BYTEA NOT NULL,
+              last BYTEA NOT NULL,
+              created_ms BIGINT NOT NULL,
+              anchor_id BIGINT,
+              anchor_tx BYTEA,
+              anchor_block BIGINT
+          );
+          CREATE TABLE ledger_anchors (
+              patient BYTEA NOT NULL,
+              size BIGINT NOT NULL,
+              note TEXT NOT NULL,
+              anchor_id BIGINT,
+              anchor_tx BYTEA,
+              anchor_block BIGINT,
+              PRIMARY KEY (patient, size)
+          )",
+    },
 ];
 
 /// A pool of connections to one database.

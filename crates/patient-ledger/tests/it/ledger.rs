@@ -347,3 +347,45 @@ async fn one_batch_appends_for_many_patients() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staged_entries_follow_the_callers_transaction() {
+    for (f, _dir) in fixtures().await {
+        f.ledger.append(&P, vec![entry(0)]).await.unwrap();
+        // Rolled back: nothing stored, the tree unchanged.
+        {
+            let mut tx = f.db.pool().begin().await.unwrap();
+            let staged = f
+                .ledger
+                .stage(&mut tx, vec![(P, vec![entry(1), entry(2)])])
+                .await
+                .unwrap();
+            assert_eq!(staged.indexes(), [vec![1, 2]]);
+            drop(staged);
+            tx.rollback().await.unwrap();
+        }
+        assert_eq!(f.ledger.append(&P, vec![entry(1)]).await.unwrap(), [1]);
+        // Committed with another row of the caller's.
+        let mut tx = f.db.pool().begin().await.unwrap();
+        let staged = f
+            .ledger
+            .stage(&mut tx, vec![(P, vec![entry(2)])])
+            .await
+            .unwrap();
+        medledger_storage::sqlx::query(
+            "INSERT INTO erased_patients (patient, erased_ms) VALUES ($1, 0)",
+        )
+        .bind(vec![5u8; 32])
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(staged.committed(), [vec![2]]);
+        let again = f.reopen().await;
+        assert_eq!(again.verify(&P, &[]).await.unwrap().size, 3);
+        assert_eq!(
+            f.ledger.verify(&P, &[]).await.unwrap(),
+            again.verify(&P, &[]).await.unwrap()
+        );
+    }
+}

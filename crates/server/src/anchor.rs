@@ -1,0 +1,191 @@
+//! Anchoring: every committed batch root (kind 2: `first` and `last` are
+//! the hashes of its first and last reading, `count` its readings), and
+//! periodically a fresh checkpoint of every patient ledger that grew
+//! (kind 3: `first` = patientRef, `last` = SHA-256 of the signed note,
+//! `root` and `count` the checkpoint's), in one `anchorMany` per round.
+
+use crate::State;
+use alloy::primitives::B256;
+use medledger_contracts::AnchorInput;
+use medledger_patient_ledger::NoteVerifier;
+use medledger_storage::sqlx::{self, Row};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Most roots per transaction.
+const MAX_ROOTS: i64 = 200;
+
+/// One root to anchor and the row to mark afterwards.
+enum Pending {
+    Batch(Vec<u8>),
+    Checkpoint(Vec<u8>, i64),
+}
+
+/// Anchors until the server stops.
+pub(crate) async fn run(state: Arc<State>, every: Duration, checkpoint_every: Duration) {
+    let verifier = NoteVerifier::new(&state.ledger.verifier_key()).expect("our own key parses");
+    let mut last_checkpoints = Instant::now();
+    loop {
+        let _ = tokio::time::timeout(every, state.committed.notified()).await;
+        let mut inputs = Vec::new();
+        let mut pending = Vec::new();
+        if let Err(e) = batches(&state, &mut inputs, &mut pending).await {
+            eprintln!("medledger server: reading batches to anchor: {e}");
+        }
+        if last_checkpoints.elapsed() >= checkpoint_every {
+            last_checkpoints = Instant::now();
+            if let Err(e) = checkpoints(&state, &verifier, &mut inputs, &mut pending).await {
+                eprintln!("medledger server: checkpointing ledgers: {e}");
+            }
+        }
+        if inputs.is_empty() {
+            continue;
+        }
+        let n = inputs.len();
+        match state.view.contracts().anchor_many(inputs).await {
+            Ok((ids, receipt)) => {
+                let tx = receipt.transaction_hash;
+                let block = receipt.block_number.unwrap_or(0);
+                if let Err(e) = mark(&state, &pending, &ids, tx, block).await {
+                    eprintln!("medledger server: recording anchors: {e}");
+                }
+                state.metrics.add(
+                    "medledger_server_anchored_total",
+                    "Roots anchored on chain.",
+                    &[],
+                    n as u64,
+                );
+            }
+            Err(e) => {
+                state.metrics.add(
+                    "medledger_server_anchor_failures_total",
+                    "Anchoring transactions that failed (retried next round).",
+                    &[],
+                    1,
+                );
+                eprintln!("medledger server: anchoring {n} roots: {e}");
+            }
+        }
+    }
+}
+
+async fn batches(
+    state: &State,
+    inputs: &mut Vec<AnchorInput>,
+    pending: &mut Vec<Pending>,
+) -> Result<(), sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT root, count, first, last FROM ingest_batches WHERE anchor_id IS NULL \
+         ORDER BY created_ms LIMIT $1",
+    )
+    .bind(MAX_ROOTS)
+    .fetch_all(state.db.pool())
+    .await?;
+    for row in rows {
+        let root: Vec<u8> = row.try_get("root")?;
+        inputs.push(AnchorInput {
+            kind: 2,
+            count: u64::try_from(row.try_get::<i64, _>("count")?).unwrap_or(0),
+            root: b256(&root),
+            first: b256(&row.try_get::<Vec<u8>, _>("first")?),
+            last: b256(&row.try_get::<Vec<u8>, _>("last")?),
+        });
+        pending.push(Pending::Batch(root));
+    }
+    Ok(())
+}
+
+fn b256(bytes: &[u8]) -> B256 {
+    B256::try_from(bytes).unwrap_or_default()
+}
+
+/// A checkpoint of every ledger that grew since its last anchored one.
+async fn checkpoints(
+    state: &State,
+    verifier: &NoteVerifier,
+    inputs: &mut Vec<AnchorInput>,
+    pending: &mut Vec<Pending>,
+) -> Result<(), String> {
+    let rows = sqlx::query(
+        "SELECT e.patient AS patient, COUNT(*) AS size FROM ledger_entries e GROUP BY e.patient \
+         HAVING COUNT(*) > COALESCE((SELECT MAX(a.size) FROM ledger_anchors a \
+         WHERE a.patient = e.patient AND a.anchor_id IS NOT NULL), 0)",
+    )
+    .fetch_all(state.db.pool())
+    .await
+    .map_err(|e| e.to_string())?;
+    for row in rows.into_iter().take(MAX_ROOTS as usize) {
+        let patient: Vec<u8> = row.try_get("patient").map_err(|e| e.to_string())?;
+        let Ok(patient_ref) = <[u8; 32]>::try_from(patient.as_slice()) else {
+            continue;
+        };
+        let note = match state.ledger.checkpoint(&patient_ref).await {
+            Ok(note) => note,
+            // An erased ledger has nothing more to anchor.
+            Err(medledger_patient_ledger::LedgerError::Erased(_)) => continue,
+            Err(e) => return Err(e.to_string()),
+        };
+        let cp = verifier.verify(&note).map_err(|e| e.to_string())?;
+        let size = i64::try_from(cp.size).unwrap_or(i64::MAX);
+        sqlx::query(
+            "INSERT INTO ledger_anchors (patient, size, note) VALUES ($1, $2, $3) \
+             ON CONFLICT (patient, size) DO UPDATE SET note = excluded.note",
+        )
+        .bind(patient.clone())
+        .bind(size)
+        .bind(note.as_str())
+        .execute(state.db.pool())
+        .await
+        .map_err(|e| e.to_string())?;
+        inputs.push(AnchorInput {
+            kind: 3,
+            count: cp.size,
+            root: B256::from(cp.root),
+            first: B256::from(patient_ref),
+            last: B256::from(medledger_protocol::reading_hash(note.as_bytes())),
+        });
+        pending.push(Pending::Checkpoint(patient, size));
+    }
+    Ok(())
+}
+
+async fn mark(
+    state: &State,
+    pending: &[Pending],
+    ids: &[u64],
+    tx: B256,
+    block: u64,
+) -> Result<(), sqlx::Error> {
+    let mut db = state.db.pool().begin().await?;
+    for (p, id) in pending.iter().zip(ids) {
+        let id = i64::try_from(*id).unwrap_or(i64::MAX);
+        let block = i64::try_from(block).unwrap_or(i64::MAX);
+        match p {
+            Pending::Batch(root) => {
+                sqlx::query(
+                    "UPDATE ingest_batches SET anchor_id = $1, anchor_tx = $2, anchor_block = $3 WHERE root = $4",
+                )
+                .bind(id)
+                .bind(tx.to_vec())
+                .bind(block)
+                .bind(root.clone())
+                .execute(&mut *db)
+                .await?;
+            }
+            Pending::Checkpoint(patient, size) => {
+                sqlx::query(
+                    "UPDATE ledger_anchors SET anchor_id = $1, anchor_tx = $2, anchor_block = $3 \
+                     WHERE patient = $4 AND size = $5",
+                )
+                .bind(id)
+                .bind(tx.to_vec())
+                .bind(block)
+                .bind(patient.clone())
+                .bind(*size)
+                .execute(&mut *db)
+                .await?;
+            }
+        }
+    }
+    db.commit().await
+}

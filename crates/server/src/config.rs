@@ -1,0 +1,114 @@
+//! The server's configuration file (TOML).
+//!
+//! ```toml
+//! listen = "0.0.0.0:9443"
+//! data = "/var/lib/medledger/server"      # SQLite, blobs and keys live here
+//! # database = "postgres://medledger@db/server"    # instead of SQLite
+//! # blobs = "file:///srv/medledger/blobs"         # instead of DATA/blobs
+//! credentials = "/etc/medledger/server"          # PREFIX.crt, PREFIX.key, PREFIX.eth.key
+//! ca_root = "/etc/medledger/ca/root.crt"
+//! crl = "/etc/medledger/ca/issuing.crl"
+//! kek_file = "/etc/medledger/kek.hex"            # or kek_env = "MEDLEDGER_KEK"
+//! ledger_key = "/var/lib/medledger/server/ledger.key"   # created if absent
+//! chain_rpc = "http://127.0.0.1:8545"
+//! registry = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
+//! anchor_interval_ms = 500
+//! checkpoint_interval_ms = 10000
+//! ```
+//!
+//! Relative paths are relative to the configuration file.
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// The file, as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// Where collectors connect.
+    pub listen: String,
+    /// Where Prometheus scrapes `/metrics` (plain HTTP).
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
+    /// The data directory.
+    pub data: PathBuf,
+    /// A database URL instead of `DATA/server.db`.
+    #[serde(default)]
+    pub database: Option<String>,
+    /// A blob store URL (`file://`, `memory://`) instead of `DATA/blobs`.
+    #[serde(default)]
+    pub blobs: Option<String>,
+    /// `PREFIX.crt`, `PREFIX.key` and `PREFIX.eth.key` of the server.
+    pub credentials: PathBuf,
+    /// The root CA certificate.
+    pub ca_root: PathBuf,
+    /// The issuing CA's CRL.
+    pub crl: PathBuf,
+    /// A file holding the key-encryption key (64 hex digits).
+    #[serde(default)]
+    pub kek_file: Option<PathBuf>,
+    /// An environment variable holding it instead.
+    #[serde(default)]
+    pub kek_env: Option<String>,
+    /// The ledger signing key (PKCS#8); created if absent.
+    pub ledger_key: PathBuf,
+    /// The chain's JSON-RPC URL.
+    pub chain_rpc: String,
+    /// The Registry's address.
+    pub registry: String,
+    /// How often batch roots are anchored.
+    #[serde(default = "default_anchor_interval")]
+    pub anchor_interval_ms: u64,
+    /// How often changed ledgers get an anchored checkpoint.
+    #[serde(default = "default_checkpoint_interval")]
+    pub checkpoint_interval_ms: u64,
+}
+
+fn default_anchor_interval() -> u64 {
+    500
+}
+
+fn default_checkpoint_interval() -> u64 {
+    10_000
+}
+
+/// Why a configuration file cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {problem}")]
+pub struct ConfigError {
+    /// The file.
+    pub path: PathBuf,
+    /// What is wrong.
+    pub problem: String,
+}
+
+impl ConfigFile {
+    /// Reads and parses `path`; relative paths in it become relative to
+    /// its directory.
+    pub fn load(path: &Path) -> Result<ConfigFile, ConfigError> {
+        let error = |problem: String| ConfigError {
+            path: path.to_owned(),
+            problem,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
+        let mut config: ConfigFile = toml::from_str(&text).map_err(|e| error(e.to_string()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let paths = [
+            Some(&mut config.data),
+            Some(&mut config.credentials),
+            Some(&mut config.ca_root),
+            Some(&mut config.crl),
+            Some(&mut config.ledger_key),
+            config.kek_file.as_mut(),
+        ];
+        for p in paths.into_iter().flatten() {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        if config.kek_file.is_none() && config.kek_env.is_none() {
+            return Err(error("set kek_file or kek_env".into()));
+        }
+        Ok(config)
+    }
+}

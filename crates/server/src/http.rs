@@ -1,0 +1,248 @@
+//! The server's endpoints: `POST /v1/batches` for collectors, and
+//! `GET /v1/readings/{hash}/proof`.
+
+use crate::State;
+use crate::ingest::{self, Unavailable};
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Extension, Path, State as AxState};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine;
+use medledger_patient_ledger::{NoteVerifier, Tree, leaf_hash};
+use medledger_pki::Role;
+use medledger_pki::https::Peer;
+use medledger_protocol::problem::PROBLEM_JSON;
+use medledger_protocol::{ForwardBatch, Problem, ProblemType};
+use medledger_storage::sqlx::{self, Row};
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+/// The largest forwarded batch.
+const MAX_BATCH_BYTES: usize = 64 << 20;
+
+pub(crate) fn router(state: Arc<State>) -> Router {
+    Router::new()
+        .route("/v1/batches", post(batches))
+        .route("/v1/readings/{hash}/proof", get(proof))
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state(state)
+}
+
+/// `/metrics` for Prometheus, on its own plain-HTTP address.
+pub(crate) fn metrics_router(state: Arc<State>) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(|AxState(state): AxState<Arc<State>>| async move {
+                (
+                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    state.metrics.render(),
+                )
+            }),
+        )
+        .with_state(state)
+}
+
+fn problem(kind: ProblemType, detail: impl Into<String>) -> Response {
+    let p = Problem::new(kind, detail);
+    (
+        StatusCode::from_u16(p.status).unwrap_or(StatusCode::BAD_REQUEST),
+        [(header::CONTENT_TYPE, PROBLEM_JSON)],
+        p.to_json(),
+    )
+        .into_response()
+}
+
+fn json_response(value: &impl serde::Serialize) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::to_vec(value).unwrap_or_default(),
+    )
+        .into_response()
+}
+
+async fn batches(
+    AxState(state): AxState<Arc<State>>,
+    Extension(peer): Extension<Peer>,
+    body: Body,
+) -> Response {
+    if peer.identity.role != Role::Collector {
+        return problem(ProblemType::WrongRole, "only collectors forward batches");
+    }
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_BATCH_BYTES).await else {
+        return problem(
+            ProblemType::TooLarge,
+            format!("a batch is at most {MAX_BATCH_BYTES} bytes"),
+        );
+    };
+    let batch = match ForwardBatch::from_cbor(&bytes) {
+        Ok(b) => b,
+        Err(e) => return problem(ProblemType::Malformed, e.to_string()),
+    };
+    match ingest::commit(&state, batch).await {
+        Ok(reply) => json_response(&reply),
+        Err(Unavailable(detail)) => problem(ProblemType::Unavailable, detail),
+    }
+}
+
+/// What a proof lookup needs from the reading index.
+struct Indexed {
+    patient: [u8; 32],
+    index: u64,
+    batch: Vec<u8>,
+    batch_pos: u64,
+}
+
+async fn proof(AxState(state): AxState<Arc<State>>, Path(hash): Path<String>) -> Response {
+    let Ok(hash) = <[u8; 32]>::try_from(hex::decode(&hash).unwrap_or_default().as_slice()) else {
+        return problem(ProblemType::Malformed, "a reading hash is 64 hex digits");
+    };
+    match build_proof(&state, &hash).await {
+        Ok(Some(p)) => json_response(&p),
+        Ok(None) => (
+            StatusCode::NOT_FOUND,
+            [(header::CONTENT_TYPE, PROBLEM_JSON)],
+            Problem::new(
+                ProblemType::Malformed,
+                "no reading with this hash is stored",
+            )
+            .with("status", 404)
+            .to_json(),
+        )
+            .into_response(),
+        Err(e) => problem(ProblemType::Unavailable, e),
+    }
+}
+
+fn hexes(hashes: &[[u8; 32]]) -> Vec<String> {
+    hashes.iter().map(hex::encode).collect()
+}
+
+fn anchor_json(id: Option<i64>, tx: Option<Vec<u8>>, block: Option<i64>) -> Value {
+    match (id, tx, block) {
+        (Some(id), Some(tx), Some(block)) => {
+            json!({ "id": id, "tx": format!("0x{}", hex::encode(tx)), "block": block })
+        }
+        _ => Value::Null,
+    }
+}
+
+async fn build_proof(state: &State, hash: &[u8; 32]) -> Result<Option<Value>, String> {
+    let e = |e: sqlx::Error| e.to_string();
+    let row =
+        sqlx::query("SELECT patient, idx, batch, batch_pos FROM ingest_readings WHERE hash = $1")
+            .bind(hash.to_vec())
+            .fetch_optional(state.db.pool())
+            .await
+            .map_err(e)?;
+    let Some(row) = row else { return Ok(None) };
+    let at = Indexed {
+        patient: row
+            .try_get::<Vec<u8>, _>("patient")
+            .map_err(e)?
+            .as_slice()
+            .try_into()
+            .map_err(|_| "bad patientRef")?,
+        index: u64::try_from(row.try_get::<i64, _>("idx").map_err(e)?).unwrap_or(0),
+        batch: row.try_get("batch").map_err(e)?,
+        batch_pos: u64::try_from(row.try_get::<i64, _>("batch_pos").map_err(e)?).unwrap_or(0),
+    };
+
+    // The ledger: the newest anchored checkpoint that covers the entry,
+    // else a fresh one.
+    let anchored = sqlx::query(
+        "SELECT note, anchor_id, anchor_tx, anchor_block FROM ledger_anchors \
+         WHERE patient = $1 AND size > $2 AND anchor_id IS NOT NULL ORDER BY size DESC LIMIT 1",
+    )
+    .bind(at.patient.to_vec())
+    .bind(i64::try_from(at.index).unwrap_or(i64::MAX))
+    .fetch_optional(state.db.pool())
+    .await
+    .map_err(e)?;
+    let (note, checkpoint_anchor) = match anchored {
+        Some(r) => (
+            r.try_get::<String, _>("note").map_err(e)?,
+            anchor_json(
+                r.try_get("anchor_id").map_err(e)?,
+                r.try_get("anchor_tx").map_err(e)?,
+                r.try_get("anchor_block").map_err(e)?,
+            ),
+        ),
+        None => (
+            state
+                .ledger
+                .checkpoint(&at.patient)
+                .await
+                .map_err(|e| e.to_string())?,
+            Value::Null,
+        ),
+    };
+    let verifier = NoteVerifier::new(&state.ledger.verifier_key()).map_err(|e| e.to_string())?;
+    let cp = verifier.verify(&note).map_err(|e| e.to_string())?;
+    let entry = state
+        .ledger
+        .entry(&at.patient, at.index)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or("the ledger entry is missing")?;
+    let inclusion = state
+        .ledger
+        .inclusion(&at.patient, at.index, cp.size)
+        .await
+        .map_err(|e| e.to_string())?;
+
+    // The batch: every reading hash of it, in order.
+    let members =
+        sqlx::query("SELECT hash FROM ingest_readings WHERE batch = $1 ORDER BY batch_pos")
+            .bind(at.batch.clone())
+            .fetch_all(state.db.pool())
+            .await
+            .map_err(e)?;
+    let mut tree = Tree::new();
+    for m in &members {
+        let h: Vec<u8> = m.try_get("hash").map_err(e)?;
+        tree.push(leaf_hash(&h));
+    }
+    let batch_proof = tree
+        .inclusion(at.batch_pos, tree.size())
+        .map_err(|e| e.to_string())?;
+    let batch_row = sqlx::query(
+        "SELECT anchor_id, anchor_tx, anchor_block FROM ingest_batches WHERE root = $1",
+    )
+    .bind(at.batch.clone())
+    .fetch_optional(state.db.pool())
+    .await
+    .map_err(e)?;
+    let batch_anchor = match batch_row {
+        Some(r) => anchor_json(
+            r.try_get("anchor_id").map_err(e)?,
+            r.try_get("anchor_tx").map_err(e)?,
+            r.try_get("anchor_block").map_err(e)?,
+        ),
+        None => Value::Null,
+    };
+    Ok(Some(json!({
+        "format": "medledger-reading-proof/1",
+        "reading": hex::encode(hash),
+        "patient": hex::encode(at.patient),
+        "ledger": {
+            "index": at.index,
+            "entry": base64::engine::general_purpose::STANDARD.encode(&entry),
+            "size": cp.size,
+            "proof": hexes(&inclusion),
+            "checkpoint": note,
+            "key": state.ledger.verifier_key(),
+            "anchor": checkpoint_anchor,
+        },
+        "batch": {
+            "root": hex::encode(&at.batch),
+            "index": at.batch_pos,
+            "count": tree.size(),
+            "proof": hexes(&batch_proof),
+            "anchor": batch_anchor,
+        },
+    })))
+}

@@ -1,0 +1,590 @@
+//! Committing a forwarded batch. The collector is not trusted: every
+//! reading is verified again as if it came straight from the device, and
+//! every patient's readings must carry that patient's card signature.
+//!
+//! Per reading, in order: already stored (a retry: `duplicate`); the
+//! device certificate (chain, validity, CRL, role); the COSE signature and
+//! `dev`; the Registry binding (registered, active, this certificate, the
+//! patient the collector named); a valid card signature of that patient
+//! covering it; the rules; the sequence number. Then, for what passed:
+//! one sealed blob per patient, `DataRecorded` entries, the reading index,
+//! the sequence marks and the batch root, in one SQL transaction.
+
+use crate::State;
+use alloy::primitives::B256;
+use medledger_contracts::rule_inputs;
+use medledger_patient_ledger::{Field, NewEntry, Tree, leaf_hash};
+use medledger_pki::{Identity, Rejection};
+use medledger_protocol::cbor::{self, Value};
+use medledger_protocol::{
+    CommitReply, CommitResult, CommitStatus, ForwardBatch, ProblemType, Reading, SignedReading,
+    card_digest, reading_hash,
+};
+use medledger_storage::Cid;
+use medledger_storage::sqlx::{self, Row};
+use rustls::pki_types::UnixTime;
+use std::collections::{BTreeMap, HashMap};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Rule inputs per `RuleManager.check` call.
+const RULE_CHUNK: usize = 512;
+
+/// Why a whole batch could not be committed now (the collector retries).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct Unavailable(pub(crate) String);
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn rejected(hash: &[u8; 32], kind: ProblemType, detail: impl Into<String>) -> CommitResult {
+    CommitResult {
+        hash: hex::encode(hash),
+        status: CommitStatus::Rejected,
+        index: None,
+        problem: Some(kind.name().to_owned()),
+        detail: Some(detail.into()),
+    }
+}
+
+/// A reading that passed so far.
+struct Verified {
+    reading: Reading,
+    identity: std::sync::Arc<Identity>,
+}
+
+/// Commits a batch; one result per reading, in order.
+pub(crate) async fn commit(state: &State, batch: ForwardBatch) -> Result<CommitReply, Unavailable> {
+    let _one_at_a_time = state.ingest_lock.lock().await;
+    let n = batch.readings.len();
+    let hashes: Vec<[u8; 32]> = batch
+        .readings
+        .iter()
+        .map(|r| reading_hash(&r.cose))
+        .collect();
+    let mut results: Vec<Option<CommitResult>> = vec![None; n];
+
+    // Retries: stored before.
+    for (i, index) in known(state, &hashes).await? {
+        results[i] = Some(CommitResult {
+            hash: hex::encode(hashes[i]),
+            status: CommitStatus::Duplicate,
+            index: Some(index),
+            problem: None,
+            detail: None,
+        });
+    }
+
+    // Certificates and signatures.
+    let at = UnixTime::now();
+    let mut identities: HashMap<u32, Result<std::sync::Arc<Identity>, String>> = HashMap::new();
+    let mut verified: Vec<Option<Verified>> = (0..n).map(|_| None).collect();
+    for (i, f) in batch.readings.iter().enumerate() {
+        if results[i].is_some() {
+            continue;
+        }
+        let identity = identities.entry(f.cert).or_insert_with(|| {
+            state
+                .device_auth
+                .verify_certificate(&batch.certs[f.cert as usize], &batch.cas, at)
+                .map(std::sync::Arc::new)
+                .map_err(|e: Rejection| format!("{}: {e}", e.problem_type().name()))
+        });
+        let identity = match identity {
+            Ok(id) => id.clone(),
+            Err(e) => {
+                let kind = e
+                    .split(':')
+                    .next()
+                    .and_then(ProblemType::parse)
+                    .unwrap_or(ProblemType::UntrustedCertificate);
+                results[i] = Some(rejected(
+                    &hashes[i],
+                    kind,
+                    format!("device certificate: {e}"),
+                ));
+                continue;
+            }
+        };
+        let reading = match SignedReading::decode(&f.cose).and_then(|s| s.verify(&identity.key)) {
+            Ok(r) => r,
+            Err(e) => {
+                results[i] = Some(rejected(&hashes[i], e.problem_type(), e.to_string()));
+                continue;
+            }
+        };
+        if identity.epc().map(|e| e.as_bytes()) != Some(&reading.dev.0) {
+            results[i] = Some(rejected(
+                &hashes[i],
+                ProblemType::UnknownDevice,
+                "the reading names another device than its certificate",
+            ));
+            continue;
+        }
+        verified[i] = Some(Verified { reading, identity });
+    }
+
+    // Registry bindings.
+    let epcs: Vec<[u8; 12]> = verified.iter().flatten().map(|v| v.reading.dev.0).collect();
+    let bindings = state
+        .view
+        .bindings(&epcs)
+        .await
+        .map_err(|e| Unavailable(format!("the chain cannot be asked: {e}")))?;
+    for i in 0..n {
+        let Some(v) = &verified[i] else { continue };
+        let b = bindings.get(&v.reading.dev.0);
+        let problem = match b {
+            None => Some((
+                ProblemType::UnknownDevice,
+                "the device is not registered".to_owned(),
+            )),
+            Some(b) if !b.registered => Some((
+                ProblemType::UnknownDevice,
+                "the device is not registered".to_owned(),
+            )),
+            Some(b) if !b.active => Some((
+                ProblemType::UnknownDevice,
+                "the device is deactivated".to_owned(),
+            )),
+            Some(b) if b.cert_fingerprint != v.identity.fingerprint => Some((
+                ProblemType::UnknownDevice,
+                "the certificate is not the one registered for the device".to_owned(),
+            )),
+            Some(b) if b.patient != Some(B256::from(batch.readings[i].patient)) => Some((
+                ProblemType::NotAdmitted,
+                "the device does not report for the patient the collector named".to_owned(),
+            )),
+            Some(_) => None,
+        };
+        if let Some((kind, detail)) = problem {
+            results[i] = Some(rejected(&hashes[i], kind, detail));
+            verified[i] = None;
+        }
+    }
+
+    // Card signatures: each reading covered by one valid signature of its
+    // patient's card.
+    let mut covered = vec![false; n];
+    for card in &batch.cards {
+        let account = card.readings.iter().find_map(|&r| {
+            verified[r as usize]
+                .as_ref()
+                .and_then(|v| bindings.get(&v.reading.dev.0))
+                .and_then(|b| b.account)
+        });
+        let valid = account.is_some_and(|account| {
+            card.readings
+                .iter()
+                .all(|&r| batch.readings[r as usize].patient == card.patient)
+                && state
+                    .card_auth
+                    .verify_certificate(&batch.certs[card.cert as usize], &batch.cas, at)
+                    .ok()
+                    .filter(|id| id.address() == Some(account))
+                    .is_some_and(|id| {
+                        let digest = card_digest(
+                            &card.patient,
+                            card.readings.iter().map(|&r| &hashes[r as usize]),
+                        );
+                        SignedReading::decode(&card.sig)
+                            .ok()
+                            .and_then(|s| s.verify_payload(&id.key).ok().map(|p| p == digest))
+                            .unwrap_or(false)
+                    })
+        });
+        if valid {
+            for &r in &card.readings {
+                covered[r as usize] = true;
+            }
+        }
+    }
+    for i in 0..n {
+        if verified[i].is_some() && !covered[i] {
+            results[i] = Some(rejected(
+                &hashes[i],
+                ProblemType::Forbidden,
+                "no valid signature of the patient's card covers the reading",
+            ));
+            verified[i] = None;
+        }
+    }
+
+    // Rules.
+    let mut inputs = Vec::new();
+    let mut owners = Vec::new();
+    for (i, v) in verified.iter().enumerate() {
+        if let Some(v) = v {
+            for input in rule_inputs(&v.reading) {
+                inputs.push(input);
+                owners.push(i);
+            }
+        }
+    }
+    let mut reasons = Vec::with_capacity(inputs.len());
+    for chunk in inputs.chunks(RULE_CHUNK) {
+        let (r, _version) = state
+            .view
+            .contracts()
+            .check_readings(chunk.to_vec())
+            .await
+            .map_err(|e| Unavailable(format!("the rule contracts cannot be asked: {e}")))?;
+        reasons.extend(r);
+    }
+    for (i, reason) in owners.into_iter().zip(reasons) {
+        if verified[i].is_some() && !reason.is_allow() {
+            results[i] = Some(rejected(
+                &hashes[i],
+                ProblemType::RuleViolation,
+                format!("a rule contract denied the reading: {}", reason.name()),
+            ));
+            verified[i] = None;
+        }
+    }
+
+    // Sequence numbers against the server's own marks.
+    let mut marks: HashMap<[u8; 12], Option<u64>> = HashMap::new();
+    for i in 0..n {
+        let Some(v) = &verified[i] else { continue };
+        let dev = v.reading.dev.0;
+        let mark = match marks.get(&dev) {
+            Some(m) => *m,
+            None => {
+                let m = load_mark(state, &dev).await?;
+                marks.insert(dev, m);
+                m
+            }
+        };
+        match mark {
+            Some(m) if v.reading.seq <= m => {
+                results[i] = Some(rejected(
+                    &hashes[i],
+                    ProblemType::Replay,
+                    format!(
+                        "sequence {} is not above {m}, the device's last stored",
+                        v.reading.seq
+                    ),
+                ));
+                verified[i] = None;
+                continue;
+            }
+            Some(m) if v.reading.seq > m + 1 => {
+                state.metrics.add(
+                    "medledger_server_sequence_gaps_total",
+                    "Readings that arrived after a gap in their device's sequence.",
+                    &[],
+                    1,
+                );
+                eprintln!(
+                    "medledger server: device {} skipped from sequence {m} to {}",
+                    hex::encode(dev),
+                    v.reading.seq
+                );
+            }
+            _ => {}
+        }
+        marks.insert(dev, Some(v.reading.seq));
+    }
+
+    let stored = store(state, &batch, &hashes, &verified, &marks).await?;
+    for (i, index) in stored {
+        results[i] = Some(CommitResult {
+            hash: hex::encode(hashes[i]),
+            status: CommitStatus::Stored,
+            index: Some(index),
+            problem: None,
+            detail: None,
+        });
+    }
+    for r in results.iter().flatten() {
+        let (status, cause) = match r.status {
+            CommitStatus::Stored => ("stored", ""),
+            CommitStatus::Duplicate => ("duplicate", ""),
+            CommitStatus::Rejected => ("rejected", r.problem.as_deref().unwrap_or("")),
+        };
+        state.metrics.add(
+            "medledger_server_readings_total",
+            "Forwarded readings by outcome and cause.",
+            &[("outcome", status), ("cause", cause)],
+            1,
+        );
+    }
+    state.committed.notify_one();
+    Ok(CommitReply {
+        results: results
+            .into_iter()
+            .map(|r| r.expect("every reading has a result"))
+            .collect(),
+    })
+}
+
+/// The readings of `hashes` stored before: (position, ledger index).
+async fn known(state: &State, hashes: &[[u8; 32]]) -> Result<Vec<(usize, u64)>, Unavailable> {
+    let mut found = Vec::new();
+    let position: HashMap<&[u8; 32], usize> =
+        hashes.iter().enumerate().map(|(i, h)| (h, i)).collect();
+    for chunk in hashes.chunks(256) {
+        let params: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT hash, idx FROM ingest_readings WHERE hash IN ({})",
+            params.join(", ")
+        );
+        let mut query = sqlx::query(&sql);
+        for h in chunk {
+            query = query.bind(h.to_vec());
+        }
+        let rows = query.fetch_all(state.db.pool()).await.map_err(db_down)?;
+        for row in rows {
+            let hash: Vec<u8> = row.try_get("hash").map_err(db_down)?;
+            let idx: i64 = row.try_get("idx").map_err(db_down)?;
+            if let Some(&i) = hash
+                .as_slice()
+                .try_into()
+                .ok()
+                .and_then(|h: [u8; 32]| position.get(&h))
+            {
+                found.push((i, u64::try_from(idx).unwrap_or(0)));
+            }
+        }
+    }
+    Ok(found)
+}
+
+fn db_down(e: sqlx::Error) -> Unavailable {
+    Unavailable(format!("the database failed: {e}"))
+}
+
+async fn load_mark(state: &State, dev: &[u8; 12]) -> Result<Option<u64>, Unavailable> {
+    let row = sqlx::query("SELECT seq FROM ingest_device_seq WHERE epc = $1")
+        .bind(dev.to_vec())
+        .fetch_optional(state.db.pool())
+        .await
+        .map_err(db_down)?;
+    Ok(match row {
+        Some(r) => Some(u64::try_from(r.try_get::<i64, _>("seq").map_err(db_down)?).unwrap_or(0)),
+        None => None,
+    })
+}
+
+/// Seals one blob per patient, then writes the ledger entries, reading
+/// index, marks and batch root in one transaction. Returns (position,
+/// ledger index) of every stored reading.
+async fn store(
+    state: &State,
+    batch: &ForwardBatch,
+    hashes: &[[u8; 32]],
+    verified: &[Option<Verified>],
+    marks: &HashMap<[u8; 12], Option<u64>>,
+) -> Result<Vec<(usize, u64)>, Unavailable> {
+    // Readings per patient, in batch order.
+    let mut by_patient: BTreeMap<[u8; 32], Vec<usize>> = BTreeMap::new();
+    for (i, v) in verified.iter().enumerate() {
+        if v.is_some() {
+            by_patient
+                .entry(batch.readings[i].patient)
+                .or_default()
+                .push(i);
+        }
+    }
+    if by_patient.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut sealed = Vec::with_capacity(by_patient.len());
+    let mut digests = Vec::with_capacity(by_patient.len());
+    for (patient, members) in &by_patient {
+        let plaintext = cbor::encode_with(|e| {
+            e.array(members.len());
+            for &i in members {
+                e.bytes(&batch.readings[i].cose);
+            }
+        });
+        digests.push(reading_hash(&plaintext));
+        sealed.push(
+            state
+                .vault
+                .seal(patient, &plaintext)
+                .await
+                .map_err(|e| storage_failure(state, format!("sealing: {e}")))?,
+        );
+    }
+    let cids = state
+        .blobs
+        .put_many(&sealed)
+        .await
+        .map_err(|e| storage_failure(state, format!("storing blobs: {e}")))?;
+
+    // The batch root over the stored readings, in batch order.
+    let order: Vec<usize> = (0..verified.len())
+        .filter(|&i| verified[i].is_some())
+        .collect();
+    let mut tree = Tree::new();
+    for &i in &order {
+        tree.push(leaf_hash(&hashes[i]));
+    }
+    let root = tree.root(tree.size()).expect("the tree holds its own size");
+    let batch_pos: HashMap<usize, usize> = order.iter().enumerate().map(|(p, &i)| (i, p)).collect();
+
+    let now = now_ms();
+    let groups: Vec<([u8; 32], Vec<NewEntry>)> = by_patient
+        .iter()
+        .zip(&cids)
+        .map(|((patient, members), cid)| {
+            let entries = members
+                .iter()
+                .enumerate()
+                .map(|(pos, &i)| {
+                    let r = &verified[i]
+                        .as_ref()
+                        .expect("stored readings verified")
+                        .reading;
+                    NewEntry {
+                        kind: "DataRecorded",
+                        ts_ms: now,
+                        body: BTreeMap::from([
+                            ("reading".to_owned(), Field::Bytes(hashes[i].to_vec())),
+                            ("blob".to_owned(), Field::Text(cid.to_string())),
+                            ("pos".to_owned(), Field::Uint(pos as u64)),
+                            ("device".to_owned(), Field::Bytes(r.dev.0.to_vec())),
+                            ("seq".to_owned(), Field::Uint(r.seq)),
+                            ("measured".to_owned(), Field::Uint(r.ts_ms)),
+                            ("batch".to_owned(), Field::Bytes(root.to_vec())),
+                        ]),
+                    }
+                })
+                .collect();
+            (*patient, entries)
+        })
+        .collect();
+
+    let mut tx = state.db.pool().begin().await.map_err(db_down)?;
+    let staged = state
+        .ledger
+        .stage(&mut tx, groups)
+        .await
+        .map_err(|e| storage_failure(state, format!("the ledger: {e}")))?;
+    let mut stored = Vec::new();
+    for ((((patient, members), cid), digest), indexes) in by_patient
+        .iter()
+        .zip(&cids)
+        .zip(&digests)
+        .zip(staged.indexes())
+    {
+        for ((pos, &i), &index) in members.iter().enumerate().zip(indexes) {
+            let r = &verified[i]
+                .as_ref()
+                .expect("stored readings verified")
+                .reading;
+            sqlx::query(
+                "INSERT INTO ingest_readings (hash, patient, idx, blob, blob_sha256, pos, epc, seq, ts_ms, batch, batch_pos) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            )
+            .bind(hashes[i].to_vec())
+            .bind(patient.to_vec())
+            .bind(to_i64(index))
+            .bind(cid.to_string())
+            .bind(digest.to_vec())
+            .bind(to_i64(pos as u64))
+            .bind(r.dev.0.to_vec())
+            .bind(to_i64(r.seq))
+            .bind(to_i64(r.ts_ms))
+            .bind(root.to_vec())
+            .bind(to_i64(batch_pos[&i] as u64))
+            .execute(&mut *tx)
+            .await
+            .map_err(db_down)?;
+            stored.push((i, index));
+        }
+    }
+    for (dev, seq) in marks {
+        let Some(seq) = seq else { continue };
+        sqlx::query(
+            "INSERT INTO ingest_device_seq (epc, seq) VALUES ($1, $2) \
+             ON CONFLICT (epc) DO UPDATE SET seq = excluded.seq",
+        )
+        .bind(dev.to_vec())
+        .bind(to_i64(*seq))
+        .execute(&mut *tx)
+        .await
+        .map_err(db_down)?;
+    }
+    sqlx::query(
+        "INSERT INTO ingest_batches (root, count, first, last, created_ms) VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(root.to_vec())
+    .bind(to_i64(order.len() as u64))
+    .bind(hashes[order[0]].to_vec())
+    .bind(hashes[order[order.len() - 1]].to_vec())
+    .bind(to_i64(now))
+    .execute(&mut *tx)
+    .await
+    .map_err(db_down)?;
+    tx.commit().await.map_err(db_down)?;
+    drop(staged.committed());
+    Ok(stored)
+}
+
+fn storage_failure(state: &State, detail: String) -> Unavailable {
+    state.metrics.add(
+        "medledger_server_storage_failures_total",
+        "Batches that could not be stored (the collector retries them).",
+        &[],
+        1,
+    );
+    eprintln!("medledger server: storage failure: {detail}");
+    Unavailable(format!("storage failure: {detail}"))
+}
+
+/// A stored reading's COSE bytes, from its sealed blob.
+pub(crate) async fn load_reading(
+    state: &State,
+    hash: &[u8; 32],
+) -> Result<Option<Vec<u8>>, String> {
+    let row =
+        sqlx::query("SELECT patient, blob, blob_sha256, pos FROM ingest_readings WHERE hash = $1")
+            .bind(hash.to_vec())
+            .fetch_optional(state.db.pool())
+            .await
+            .map_err(|e| e.to_string())?;
+    let Some(row) = row else { return Ok(None) };
+    let get = |e: sqlx::Error| e.to_string();
+    let patient: Vec<u8> = row.try_get("patient").map_err(get)?;
+    let blob: String = row.try_get("blob").map_err(get)?;
+    let digest: Vec<u8> = row.try_get("blob_sha256").map_err(get)?;
+    let pos: i64 = row.try_get("pos").map_err(get)?;
+    let patient: [u8; 32] = patient
+        .as_slice()
+        .try_into()
+        .map_err(|_| "bad patientRef")?;
+    let digest: [u8; 32] = digest
+        .as_slice()
+        .try_into()
+        .map_err(|_| "bad blob digest")?;
+    let cid: Cid = blob.parse().map_err(|e| format!("{e}"))?;
+    let sealed = state.blobs.get(&cid).await.map_err(|e| e.to_string())?;
+    let plaintext = state
+        .vault
+        .open(&patient, &digest, &sealed)
+        .await
+        .map_err(|e| e.to_string())?;
+    let Ok(Value::Array(items)) = cbor::decode(&plaintext) else {
+        return Err(format!("blob {cid} is not an array of readings"));
+    };
+    let Some(Value::Bytes(cose)) = usize::try_from(pos)
+        .ok()
+        .and_then(|p| items.into_iter().nth(p))
+    else {
+        return Err(format!("blob {cid} has no reading at {pos}"));
+    };
+    if reading_hash(&cose) != *hash {
+        return Err(format!("blob {cid} position {pos} holds another reading"));
+    }
+    Ok(Some(cose))
+}

@@ -1,0 +1,239 @@
+//! The application server: commits what collectors forward.
+//!
+//! ```text
+//!  collector --mTLS POST /v1/batches--> ingest: re-verify every reading
+//!      (device certificate + CRL, COSE signature, Registry binding, card
+//!      signature per patient, rules, sequence) --> seal one blob per
+//!      patient --> blob store; DataRecorded entries + reading index +
+//!      batch root in one SQL transaction --> CommitReply
+//!  anchor task: batch roots (kind 2) and changed patient-ledger
+//!      checkpoints (kind 3) --> Anchor.anchorMany
+//!  GET /v1/readings/{hash}/proof: ledger inclusion + checkpoint, batch
+//!      inclusion + anchoring transaction
+//! ```
+//!
+//! - [`config`]: the TOML configuration.
+
+mod anchor;
+pub mod config;
+mod http;
+mod ingest;
+
+use alloy::providers::DynProvider;
+pub use config::{ConfigError, ConfigFile};
+use medledger_contracts::{ChainView, Contracts};
+use medledger_patient_ledger::{Ledger, NoteSigner};
+use medledger_pki::metrics::Metrics;
+use medledger_pki::{ClientAuth, Credentials};
+use medledger_storage::{BlobStore, Db, Kek, Vault};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Everything a server runs with, resolved.
+pub struct Settings {
+    /// Where collectors (and later staff) connect.
+    pub listen: SocketAddr,
+    /// Where Prometheus scrapes `/metrics` (plain HTTP), if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
+    /// The server's certificate chain and key.
+    pub credentials: Credentials,
+    /// Verifies peers on the listening port (collectors).
+    pub client_auth: Arc<ClientAuth>,
+    /// Verifies forwarded device certificates (role `device`).
+    pub device_auth: Arc<ClientAuth>,
+    /// Verifies patient card certificates (role `patient`).
+    pub card_auth: Arc<ClientAuth>,
+    /// The database, migrated.
+    pub db: Db,
+    /// Where sealed readings go.
+    pub blobs: Arc<dyn BlobStore>,
+    /// Wraps the patients' data keys.
+    pub kek: Kek,
+    /// Signs ledger entries and checkpoints.
+    pub ledger_key: NoteSigner,
+    /// The contracts, through a provider that signs as the server's
+    /// registered node account (for anchoring).
+    pub contracts: Contracts<DynProvider>,
+    /// How often batch roots are anchored.
+    pub anchor_interval: Duration,
+    /// How often changed patient ledgers get an anchored checkpoint.
+    pub checkpoint_interval: Duration,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("listen", &self.listen)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the server cannot start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// A socket could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TLS setup failed.
+    #[error("TLS: {0}")]
+    Tls(#[from] medledger_pki::Error),
+}
+
+/// State shared by the endpoints and the anchor task.
+pub(crate) struct State {
+    pub(crate) db: Db,
+    pub(crate) blobs: Arc<dyn BlobStore>,
+    pub(crate) vault: Vault,
+    pub(crate) ledger: Ledger,
+    pub(crate) view: ChainView<DynProvider>,
+    pub(crate) device_auth: Arc<ClientAuth>,
+    pub(crate) card_auth: Arc<ClientAuth>,
+    pub(crate) metrics: Arc<Metrics>,
+    /// One batch commits at a time (sequence marks, ledger order).
+    pub(crate) ingest_lock: tokio::sync::Mutex<()>,
+    /// Wakes the anchor task after a commit.
+    pub(crate) committed: tokio::sync::Notify,
+}
+
+/// A running server. Dropping it stops it.
+pub struct Server {
+    addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
+    state: Arc<State>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl Server {
+    /// Binds the endpoint and starts the anchor task.
+    pub async fn start(settings: Settings) -> Result<Server, StartError> {
+        let Settings {
+            listen,
+            metrics_listen,
+            credentials,
+            client_auth,
+            device_auth,
+            card_auth,
+            db,
+            blobs,
+            kek,
+            ledger_key,
+            contracts,
+            anchor_interval,
+            checkpoint_interval,
+        } = settings;
+        let bind = |addr: SocketAddr| async move {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Listen { addr, source })?;
+            let bound = listener
+                .local_addr()
+                .map_err(|source| StartError::Listen { addr, source })?;
+            Ok::<_, StartError>((listener, bound))
+        };
+        let (listener, addr) = bind(listen).await?;
+        let tls = medledger_pki::server_config(&credentials, client_auth.clone())?;
+        let metrics = Arc::new(Metrics::new());
+        let state = Arc::new(State {
+            vault: Vault::new(db.clone(), kek),
+            ledger: Ledger::new(db.clone(), ledger_key),
+            db,
+            blobs,
+            view: ChainView::new(contracts),
+            device_auth,
+            card_auth,
+            metrics: metrics.clone(),
+            ingest_lock: tokio::sync::Mutex::new(()),
+            committed: tokio::sync::Notify::new(),
+        });
+        let mut tasks = vec![tokio::spawn(anchor::run(
+            state.clone(),
+            anchor_interval,
+            checkpoint_interval,
+        ))];
+        tasks.push(tokio::spawn(medledger_pki::https::serve(
+            listener,
+            medledger_pki::Acceptor::new(tls, Duration::from_secs(5)),
+            client_auth,
+            http::router(state.clone()),
+            medledger_pki::https::ServeLimits::default(),
+            Arc::new(|_| {}),
+        )));
+        let metrics_addr = match metrics_listen {
+            Some(at) => {
+                let (listener, bound) = bind(at).await?;
+                let app = http::metrics_router(state.clone());
+                tasks.push(tokio::spawn(async move {
+                    let _ = axum::serve(listener, app).await;
+                }));
+                Some(bound)
+            }
+            None => None,
+        };
+        Ok(Server {
+            addr,
+            metrics_addr,
+            state,
+            tasks,
+        })
+    }
+
+    /// Where collectors connect.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Where `/metrics` is served, if configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.state.metrics
+    }
+
+    /// The patient ledgers.
+    pub fn ledger(&self) -> &Ledger {
+        &self.state.ledger
+    }
+
+    /// The vault of data keys.
+    pub fn vault(&self) -> &Vault {
+        &self.state.vault
+    }
+
+    /// The blob store.
+    pub fn blobs(&self) -> &Arc<dyn BlobStore> {
+        &self.state.blobs
+    }
+
+    /// A stored reading by its hash: the COSE_Sign1 bytes, decrypted from
+    /// its blob and checked against the hash.
+    pub async fn reading(&self, hash: &[u8; 32]) -> Result<Option<Vec<u8>>, String> {
+        ingest::load_reading(&self.state, hash).await
+    }
+}
