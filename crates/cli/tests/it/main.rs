@@ -1,7 +1,9 @@
 //! The `medledger` binary, run as an operator would.
-#![allow(clippy::unwrap_used, missing_docs)]
+#![allow(clippy::unwrap_used, missing_docs, unreachable_pub)]
 
 mod admin;
 mod ca;
 mod chain;
+mod ingest;
+mod site;
 mod verify;

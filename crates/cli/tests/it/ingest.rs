@@ -1,0 +1,375 @@
+//! The ingest path end to end over real sockets: device -> collector ->
+//! server -> ledger, blob store and chain; and the attacks it refuses.
+
+use crate::site::{Site, body, now_ms, post_one};
+use base64::Engine;
+use medledger_patient_ledger::{NoteVerifier, leaf_hash, verify_inclusion};
+use medledger_protocol::{ForwardBatch, Reading, reading_hash};
+use std::time::Duration;
+
+fn unhex32(v: &serde_json::Value) -> [u8; 32] {
+    hex::decode(v.as_str().unwrap())
+        .unwrap()
+        .try_into()
+        .unwrap()
+}
+
+fn proof_path(v: &serde_json::Value) -> Vec<[u8; 32]> {
+    v.as_array().unwrap().iter().map(unhex32).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reading_is_stored_sealed_proven_and_anchored() {
+    let site = Site::start().await;
+    let mut device = site.device(1).await;
+    let mut conn = site.connect(&device).await;
+    let cose = device.heart_rate(72.0);
+    let hash = reading_hash(&cose);
+
+    let reply = post_one(&mut conn, cose.clone(), true).await;
+    assert_eq!(
+        reply.status,
+        202,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let receipt = body(&reply);
+    assert_eq!(receipt["hash"], hex::encode(hash));
+    assert_eq!(receipt["status"], "committed");
+    assert_eq!(receipt["ledger_index"], 0);
+
+    // Stored sealed, decryptable to the very bytes the device signed.
+    assert_eq!(site.server.reading(&hash).await.unwrap().unwrap(), cose);
+    let blobs: Vec<_> = walk(&site.dir.path().join("blobs"));
+    assert_eq!(blobs.len(), 1);
+    let sealed = std::fs::read(&blobs[0]).unwrap();
+    assert!(
+        !sealed.windows(cose.len()).any(|w| w == cose.as_slice()),
+        "the blob holds the reading in the clear"
+    );
+
+    // Proven and, soon, anchored.
+    let mut server = site.connect_server().await;
+    let proof = loop {
+        let reply = server
+            .request(
+                "GET",
+                &format!("/v1/readings/{}/proof", hex::encode(hash)),
+                &[],
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            reply.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        let proof = body(&reply);
+        if !proof["batch"]["anchor"].is_null() && !proof["ledger"]["anchor"].is_null() {
+            break proof;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let ledger = &proof["ledger"];
+    let verifier = NoteVerifier::new(ledger["key"].as_str().unwrap()).unwrap();
+    let checkpoint = verifier
+        .verify(ledger["checkpoint"].as_str().unwrap())
+        .unwrap();
+    let entry = base64::engine::general_purpose::STANDARD
+        .decode(ledger["entry"].as_str().unwrap())
+        .unwrap();
+    verify_inclusion(
+        &leaf_hash(&entry),
+        0,
+        checkpoint.size,
+        &proof_path(&ledger["proof"]),
+        &checkpoint.root,
+    )
+    .unwrap();
+    let batch = &proof["batch"];
+    verify_inclusion(
+        &leaf_hash(&hash),
+        batch["index"].as_u64().unwrap(),
+        batch["count"].as_u64().unwrap(),
+        &proof_path(&batch["proof"]),
+        &unhex32(&batch["root"]),
+    )
+    .unwrap();
+    // The anchor on chain holds the batch root.
+    let id = batch["anchor"]["id"].as_u64().unwrap();
+    let record = site
+        .admin
+        .anchor()
+        .record(alloy::primitives::U256::from(id))
+        .call()
+        .await
+        .unwrap();
+    assert_eq!(record.kind, 2);
+    assert_eq!(record.root.0, unhex32(&batch["root"]));
+    assert_eq!(record.first.0, hash);
+    let id = ledger["anchor"]["id"].as_u64().unwrap();
+    let record = site
+        .admin
+        .anchor()
+        .record(alloy::primitives::U256::from(id))
+        .call()
+        .await
+        .unwrap();
+    assert_eq!((record.kind, record.first), (3, site.patient_ref));
+    assert_eq!(record.root.0, checkpoint.root);
+
+    // The patient's ledger verifies.
+    let verified = site
+        .server
+        .ledger()
+        .verify(&site.patient_ref.0, &[])
+        .await
+        .unwrap();
+    assert_eq!(verified.size, 1);
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// Posts one reading and returns (status, problem type name).
+async fn refused(conn: &mut medledger_pki::https::Connection, cose: Vec<u8>) -> (u16, String) {
+    let reply = post_one(conn, cose, false).await;
+    assert_eq!(
+        reply.header("content-type"),
+        Some("application/problem+json"),
+        "{}: {}",
+        reply.status,
+        String::from_utf8_lossy(&reply.body)
+    );
+    let p = body(&reply);
+    let kind = p["type"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("urn:medledger:problem:")
+        .to_owned();
+    (reply.status, kind)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_attack_on_the_collector_is_refused_with_its_cause() {
+    let site = Site::start().await;
+    let mut device = site.device(1).await;
+    let mut conn = site.connect(&device).await;
+
+    let first = device.heart_rate(70.0);
+    assert_eq!(post_one(&mut conn, first.clone(), false).await.status, 202);
+    // Replay: the same reading again.
+    assert_eq!(refused(&mut conn, first).await, (409, "replay".into()));
+
+    // False data: a heart rate no human has.
+    assert_eq!(
+        refused(&mut conn, device.heart_rate(400.0)).await,
+        (422, "rule-violation".into())
+    );
+
+    // A flipped byte in the signature.
+    let mut forged = device.heart_rate(71.0);
+    let last = forged.len() - 1;
+    forged[last] ^= 1;
+    assert_eq!(
+        refused(&mut conn, forged).await,
+        (400, "bad-signature".into())
+    );
+
+    // A stale reading, correctly signed.
+    device.seq += 1;
+    let stale = device.key.sign(&Reading {
+        dev: medledger_protocol::DeviceId(*device.epc.as_bytes()),
+        seq: device.seq,
+        ts_ms: now_ms() - 3_600_000,
+        obs: vec![medledger_protocol::Observation::scalar(
+            medledger_protocol::catalogue::data_type("8867-4").unwrap(),
+            70.0,
+        )],
+        model: None,
+    });
+    assert_eq!(
+        refused(&mut conn, stale).await,
+        (400, "stale-timestamp".into())
+    );
+
+    // A device with a certificate from our CA that was never registered.
+    let mut stranger = site.issue_device(2);
+    let mut conn2 = site.connect(&stranger).await;
+    assert_eq!(
+        refused(&mut conn2, stranger.heart_rate(70.0)).await,
+        (403, "unknown-device".into())
+    );
+
+    // Too large: refused before the body is read.
+    let reply = conn
+        .request(
+            "POST",
+            "/v1/readings",
+            &[("content-type", "application/cbor")],
+            vec![0; 2 << 20],
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 413);
+
+    // Not a reading at all.
+    let reply = conn
+        .request(
+            "POST",
+            "/v1/readings",
+            &[("content-type", "text/plain")],
+            b"hi".to_vec(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 400);
+    assert_eq!(body(&reply)["type"], "urn:medledger:problem:malformed");
+
+    // And the legitimate device still gets through.
+    assert_eq!(
+        post_one(&mut conn, device.heart_rate(72.0), true)
+            .await
+            .status,
+        202
+    );
+    let m = site.collector.metrics();
+    for cause in [
+        "replay",
+        "rule-violation",
+        "bad-signature",
+        "stale-timestamp",
+        "unknown-device",
+    ] {
+        assert_eq!(
+            m.value(
+                "medledger_collector_readings_total",
+                &[("outcome", "rejected"), ("cause", cause)]
+            ),
+            1.0,
+            "{cause}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sinkhole_collector_cannot_alter_or_inject_readings() {
+    let site = Site::start().await;
+    let mut device = site.device(1).await;
+    let mut conn = site.connect(&device).await;
+    let cose = device.heart_rate(72.0);
+    assert_eq!(post_one(&mut conn, cose.clone(), true).await.status, 202);
+
+    // The collector's key in an attacker's hands: build batches by hand.
+    let card = medledger_collector::SoftwareCard::new(&medledger_pki::Credentials::from_issued(
+        &site.card,
+    ))
+    .unwrap();
+    let (device_cert, device_cas) = (device.issued.cert_der.clone(), device.issued.chain.clone());
+    let batch_of = |readings: Vec<Vec<u8>>, sign_card: bool| {
+        use medledger_collector::CardSigner;
+        let patient = site.patient_ref.0;
+        let hashes: Vec<[u8; 32]> = readings.iter().map(|r| reading_hash(r)).collect();
+        let mut batch = ForwardBatch {
+            certs: vec![device_cert.clone(), site.card.cert_der.clone()],
+            cas: device_cas.clone(),
+            ..ForwardBatch::default()
+        };
+        for cose in readings {
+            batch.readings.push(medledger_protocol::Forwarded {
+                cose,
+                cert: 0,
+                patient,
+                received_ms: now_ms(),
+            });
+        }
+        if sign_card {
+            batch.cards.push(medledger_protocol::CardSignature {
+                patient,
+                cert: 1,
+                readings: (0..hashes.len() as u32).collect(),
+                sig: card.sign(&medledger_protocol::card_digest(&patient, &hashes)),
+            });
+        }
+        batch.to_cbor()
+    };
+    let mut server = site.connect_server().await;
+    let mut commit = async |body: Vec<u8>| {
+        let reply = server
+            .request(
+                "POST",
+                "/v1/batches",
+                &[("content-type", "application/cbor")],
+                body,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            reply.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        let r = crate::site::body(&reply);
+        r["results"][0].clone()
+    };
+
+    // A retry of what was stored is a duplicate, not a second entry.
+    let r = commit(batch_of(vec![cose.clone()], true)).await;
+    assert_eq!(
+        (r["status"].as_str(), r["index"].as_u64()),
+        (Some("duplicate"), Some(0))
+    );
+
+    // An altered value: the device signature no longer verifies.
+    let mut next = device.heart_rate(73.0);
+    let at = next.len() - 70;
+    next[at] ^= 1;
+    let r = commit(batch_of(vec![next], true)).await;
+    assert_eq!(r["status"], "rejected");
+    assert!(
+        ["bad-signature", "malformed"].contains(&r["problem"].as_str().unwrap()),
+        "{r}"
+    );
+
+    // A genuine reading without the patient's card signature.
+    let genuine = device.heart_rate(74.0);
+    let r = commit(batch_of(vec![genuine.clone()], false)).await;
+    assert_eq!(
+        (r["status"].as_str(), r["problem"].as_str()),
+        (Some("rejected"), Some("forbidden"))
+    );
+
+    // Reordering: an older sequence number after a newer one was stored.
+    let older = device.heart_rate(75.0);
+    let newer = device.heart_rate(76.0);
+    let r = commit(batch_of(vec![newer], true)).await;
+    assert_eq!(r["status"], "stored", "{r}");
+    let r = commit(batch_of(vec![older], true)).await;
+    assert_eq!(
+        (r["status"].as_str(), r["problem"].as_str()),
+        (Some("rejected"), Some("replay"))
+    );
+
+    assert_eq!(
+        site.server
+            .ledger()
+            .verify(&site.patient_ref.0, &[])
+            .await
+            .unwrap()
+            .size,
+        2
+    );
+}
