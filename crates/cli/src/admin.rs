@@ -5,7 +5,6 @@ use alloy::primitives::{Address, B256};
 use alloy::providers::{DynProvider, Provider};
 use alloy::rpc::client::RpcClient;
 use alloy::rpc::types::TransactionReceipt;
-use alloy::signers::local::PrivateKeySigner;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use medledger_contracts::bindings::{AllOfRule, AllowedTypesRule, ValueRangeRule};
@@ -13,7 +12,7 @@ use medledger_contracts::{
     Contracts, Scope, StaffRole, code_key, decode_event, epc_bytes, epc_key, milli, send,
     short_text, signing_provider, text_of,
 };
-use medledger_pki::{Details, Epc, EthAccount, Identity};
+use medledger_pki::{Details, Epc, Identity};
 use medledger_protocol::catalogue::{DataType, data_type_by_name};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
@@ -629,11 +628,7 @@ impl Connection {
             .key
             .as_ref()
             .context("no signing key: pass --key FILE or set MEDLEDGER_KEY")?;
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading the chain key {}", path.display()))?;
-        let account = EthAccount::from_hex(text.trim())
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        let signer = PrivateKeySigner::from_signing_key(account.signing_key().clone());
+        let signer = crate::roles::load_signer(path)?;
         let me = signer.address();
         let url = self
             .rpc

@@ -4,12 +4,17 @@
 //! medledger ca init|issue|show|revoke|crl    the certificate authority
 //! medledger chain --data D --rpc ADDR          the embedded authority chain
 //! medledger admin deploy|staff|device|...      Registry and rules, as an admin
+//! medledger collector --config FILE            the ingest gateway
+//! medledger server --config FILE               the application server
 //! medledger verify --bundle FILE               a patient ledger, offline
 //! ```
 
 mod admin;
 mod ca;
 mod chain;
+mod collector;
+mod roles;
+mod server;
 mod verify;
 
 use clap::{Parser, Subcommand};
@@ -32,6 +37,10 @@ enum Command {
     Chain(chain::ChainArgs),
     /// Change the Registry and the rules as an admin, on any chain.
     Admin(admin::AdminArgs),
+    /// Run a collector: the mTLS gateway devices send readings to.
+    Collector(collector::CollectorArgs),
+    /// Run the application server: stores, records and anchors readings.
+    Server(server::ServerArgs),
     /// Verify an exported patient ledger (a proof bundle) offline.
     Verify(verify::VerifyArgs),
 }
@@ -42,6 +51,8 @@ fn main() -> ExitCode {
         Command::Ca(cmd) => ca::run(cmd),
         Command::Chain(args) => chain::run(args),
         Command::Admin(args) => admin::run(args),
+        Command::Collector(args) => collector::run(args),
+        Command::Server(args) => server::run(args),
         Command::Verify(args) => verify::run(args),
     };
     match result {

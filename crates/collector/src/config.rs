@@ -2,9 +2,10 @@
 //!
 //! ```toml
 //! listen = "0.0.0.0:8443"
+//! metrics_listen = "127.0.0.1:9101"
 //! data = "/var/lib/medledger/collector"   # the outbox database lives here
 //! # database = "postgres://medledger@db/collector"   # instead of SQLite
-//! credentials = "/etc/medledger/collector1"    # PREFIX.crt and PREFIX.key
+//! credentials = "/etc/medledger/collector1"    # PREFIX.crt, PREFIX.key, PREFIX.eth.key
 //! ca_root = "/etc/medledger/ca/root.crt"
 //! crl = "/etc/medledger/ca/issuing.crl"
 //! cards = "/etc/medledger/cards"               # patient cards: NAME.crt + NAME.key
@@ -37,6 +38,9 @@ use std::time::Duration;
 pub struct ConfigFile {
     /// Where devices connect.
     pub listen: String,
+    /// Where Prometheus scrapes `/metrics` (plain HTTP).
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
     /// The data directory (the SQLite outbox, unless `database` is set).
     pub data: PathBuf,
     /// A database URL (`sqlite:PATH` or `postgres://...`) for the outbox.

@@ -40,7 +40,7 @@ async fn a_reading_is_stored_sealed_proven_and_anchored() {
 
     // Stored sealed, decryptable to the very bytes the device signed.
     assert_eq!(site.server.reading(&hash).await.unwrap().unwrap(), cose);
-    let blobs: Vec<_> = walk(&site.dir.path().join("blobs"));
+    let blobs: Vec<_> = walk(&site.dir.path().join("server/blobs"));
     assert_eq!(blobs.len(), 1);
     let sealed = std::fs::read(&blobs[0]).unwrap();
     assert!(
@@ -372,4 +372,155 @@ async fn a_sinkhole_collector_cannot_alter_or_inject_readings() {
             .size,
         2
     );
+}
+
+/// A port nothing listens on (yet).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts `medledger collector --config FILE` and returns it with the
+/// address it listens on, read from what it prints.
+fn spawn_collector(config: &std::path::Path) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_medledger"))
+        .args(["collector", "--config"])
+        .arg(config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("the collector printed its address")
+            .unwrap();
+        if let Some(rest) = line.trim().strip_prefix("devices") {
+            break rest
+                .trim()
+                .trim_start_matches("https://")
+                .trim_end_matches("/v1/readings")
+                .to_owned();
+        }
+    };
+    // Keep reading so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledged_reading_survives_kill_9_and_arrives_once() {
+    let site = Site::start().await;
+    let mut device = site.device(1).await;
+
+    // The chain over HTTP for the collector process.
+    let rpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let rpc_url = format!("http://{}", rpc.local_addr().unwrap());
+    tokio::spawn(medledger_chain::rpc::http::serve(
+        medledger_chain::rpc::Rpc::new(site.node.clone()),
+        rpc,
+    ));
+    // Its files, written as an operator would.
+    let etc = site.dir.path().join("etc");
+    std::fs::create_dir_all(etc.join("cards")).unwrap();
+    site.collector_issued.write(&etc.join("collector")).unwrap();
+    site.card.write(&etc.join("cards/p1")).unwrap();
+    let server_port = free_port();
+    let config = etc.join("collector.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\n\
+             data = \"data\"\n\
+             credentials = \"collector\"\n\
+             ca_root = \"{root}\"\n\
+             crl = \"{crl}\"\n\
+             cards = \"cards\"\n\
+             chain_rpc = \"{rpc_url}\"\n\
+             registry = \"{registry}\"\n\
+             server = \"127.0.0.1:{server_port}\"\n\
+             server_name = \"localhost\"\n",
+            root = site.ca.dir().join("root.crt").display(),
+            crl = site.ca.dir().join("crl.pem").display(),
+            registry = site.admin.addresses().registry,
+        ),
+    )
+    .unwrap();
+
+    // The server is down: the collector acknowledges into its outbox.
+    let (mut child, addr) = spawn_collector(&config);
+    let cose = device.heart_rate(72.0);
+    let hash = reading_hash(&cose);
+    let mut conn = medledger_pki::https::Connection::open(
+        medledger_pki::client_config(
+            Some(&device.credentials()),
+            &site.ca.root_cert_der().unwrap(),
+            &[medledger_pki::Role::Collector],
+        )
+        .unwrap(),
+        &addr,
+        "localhost",
+    )
+    .await
+    .unwrap();
+    let reply = post_one(&mut conn, cose.clone(), false).await;
+    assert_eq!(
+        reply.status,
+        202,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    assert_eq!(body(&reply)["status"], "accepted");
+
+    // kill -9, then a restart.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let (mut child, addr) = spawn_collector(&config);
+
+    // The server comes up; the reading arrives, once.
+    let server = site
+        .extra_server("server-2", &format!("127.0.0.1:{server_port}"))
+        .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while server.reading(&hash).await.unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reading never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(server.reading(&hash).await.unwrap().unwrap(), cose);
+    // The restarted collector still refuses the replay, and forwards new ones.
+    let mut conn = medledger_pki::https::Connection::open(
+        medledger_pki::client_config(
+            Some(&device.credentials()),
+            &site.ca.root_cert_der().unwrap(),
+            &[medledger_pki::Role::Collector],
+        )
+        .unwrap(),
+        &addr,
+        "localhost",
+    )
+    .await
+    .unwrap();
+    assert_eq!(post_one(&mut conn, cose, false).await.status, 409);
+    let reply = post_one(&mut conn, device.heart_rate(73.0), true).await;
+    assert_eq!(body(&reply)["ledger_index"], 1, "exactly once before it");
+    assert_eq!(
+        server
+            .ledger()
+            .verify(&site.patient_ref.0, &[])
+            .await
+            .unwrap()
+            .size,
+        2
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
 }

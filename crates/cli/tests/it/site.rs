@@ -28,8 +28,8 @@ pub const GROUP: &str = "icu-hr-monitor";
 pub struct Site {
     pub dir: tempfile::TempDir,
     pub ca: Ca,
-    /// Keeps the chain running.
-    pub _node: Node,
+    pub crl: Vec<u8>,
+    pub node: Node,
     pub admin: Contracts<DynProvider>,
     pub server: Server,
     pub collector: Collector,
@@ -141,31 +141,17 @@ impl Site {
 
         let root = ca.root_cert_der().unwrap();
         let crl = ca.write_crl().unwrap();
-        let auth = |roles: &[Role]| ClientAuth::new(&root, vec![crl.clone()], roles).unwrap();
 
-        let server_db = Db::open_sqlite(&dir.path().join("server.db"))
-            .await
-            .unwrap();
-        server_db.migrate().await.unwrap();
-        let server = Server::start(medledger_server::Settings {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
-            credentials: Credentials::from_issued(&server_issued),
-            client_auth: auth(&[Role::Collector, Role::Admin, Role::Doctor, Role::Nurse]),
-            device_auth: auth(&[Role::Device]),
-            card_auth: auth(&[Role::Patient]),
-            db: server_db,
-            blobs: Arc::new(LocalDir::open(dir.path().join("blobs")).await.unwrap()),
-            kek: Kek::from_hex(&Kek::generate_hex()).unwrap(),
-            ledger_key: NoteSigner::from_pkcs8("medledger-test", &NoteSigner::generate_pkcs8())
-                .unwrap(),
-            contracts: contracts.with_provider(provider(&node, &signer(&server_issued))),
-            anchor_interval: Duration::from_millis(50),
-            checkpoint_interval: Duration::from_millis(200),
-        })
-        .await
-        .unwrap();
-
+        let server = start_server(
+            dir.path(),
+            "server",
+            "127.0.0.1:0",
+            &root,
+            &crl,
+            &server_issued,
+            contracts.with_provider(provider(&node, &signer(&server_issued))),
+        )
+        .await;
         let collector_db = Db::open_sqlite(&dir.path().join("collector.db"))
             .await
             .unwrap();
@@ -179,7 +165,7 @@ impl Site {
             metrics_listen: None,
             credentials: Credentials::from_issued(&collector_issued),
             root_der: root.clone(),
-            client_auth: auth(&[Role::Device]),
+            client_auth: auth(&root, &crl, &[Role::Device]),
             db: collector_db,
             contracts: contracts.with_provider(provider(&node, &signer(&collector_issued))),
             cards,
@@ -194,7 +180,8 @@ impl Site {
         Site {
             dir,
             ca,
-            _node: node,
+            crl,
+            node,
             admin: contracts,
             server,
             collector,
@@ -288,4 +275,71 @@ pub async fn post_one(conn: &mut Connection, cose: Vec<u8>, wait: bool) -> Reply
 pub fn body(reply: &Reply) -> serde_json::Value {
     serde_json::from_slice(&reply.body)
         .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&reply.body)))
+}
+
+pub fn auth(root: &[u8], crl: &[u8], roles: &[Role]) -> Arc<ClientAuth> {
+    ClientAuth::new(root, vec![crl.to_vec()], roles).unwrap()
+}
+
+/// A server with its own database and blobs under `dir/name`.
+pub async fn start_server(
+    dir: &std::path::Path,
+    name: &str,
+    listen: &str,
+    root: &[u8],
+    crl: &[u8],
+    issued: &Issued,
+    contracts: Contracts<DynProvider>,
+) -> Server {
+    let dir = dir.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = Db::open_sqlite(&dir.join("server.db")).await.unwrap();
+    db.migrate().await.unwrap();
+    Server::start(medledger_server::Settings {
+        listen: listen.parse().unwrap(),
+        metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
+        credentials: Credentials::from_issued(issued),
+        client_auth: auth(
+            root,
+            crl,
+            &[Role::Collector, Role::Admin, Role::Doctor, Role::Nurse],
+        ),
+        device_auth: auth(root, crl, &[Role::Device]),
+        card_auth: auth(root, crl, &[Role::Patient]),
+        db,
+        blobs: Arc::new(LocalDir::open(dir.join("blobs")).await.unwrap()),
+        kek: Kek::from_hex(&Kek::generate_hex()).unwrap(),
+        ledger_key: NoteSigner::from_pkcs8("medledger-test", &NoteSigner::generate_pkcs8())
+            .unwrap(),
+        contracts,
+        anchor_interval: Duration::from_millis(50),
+        checkpoint_interval: Duration::from_millis(200),
+    })
+    .await
+    .unwrap()
+}
+
+impl Site {
+    /// Another server, registered as a node, listening on `listen`.
+    pub async fn extra_server(&self, name: &str, listen: &str) -> Server {
+        let issued = self.ca.issue(&LeafRequest::new(Role::Server)).unwrap();
+        send(
+            self.admin
+                .registry()
+                .registerNode(signer(&issued).address(), 2, text(name)),
+        )
+        .await
+        .unwrap();
+        start_server(
+            self.dir.path(),
+            name,
+            listen,
+            &self.ca.root_cert_der().unwrap(),
+            &self.crl,
+            &issued,
+            self.admin
+                .with_provider(provider(&self.node, &signer(&issued))),
+        )
+        .await
+    }
 }

@@ -1,0 +1,80 @@
+//! `medledger collector --config FILE`: the ingest gateway.
+
+use crate::roles;
+use anyhow::{Context, Result};
+use clap::Args;
+use medledger_collector::{Cards, Collector, ConfigFile, ServerTarget, Settings};
+use medledger_pki::{Credentials, Role, files};
+use medledger_storage::Db;
+use std::path::PathBuf;
+
+#[derive(Debug, Args)]
+pub(crate) struct CollectorArgs {
+    /// The configuration file (TOML; see docs/operations.md).
+    #[arg(long, env = "MEDLEDGER_COLLECTOR_CONFIG")]
+    config: PathBuf,
+}
+
+pub(crate) fn run(args: CollectorArgs) -> Result<()> {
+    let config = ConfigFile::load(&args.config)?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        std::fs::create_dir_all(&config.data)
+            .with_context(|| format!("creating {}", config.data.display()))?;
+        let db = match &config.database {
+            Some(url) => Db::connect(url).await,
+            None => Db::open_sqlite(&config.data.join("collector.db")).await,
+        }
+        .context("opening the outbox database")?;
+        db.migrate()
+            .await
+            .context("migrating the outbox database")?;
+        let credentials = Credentials::load(&config.credentials)
+            .with_context(|| format!("loading {}", config.credentials.display()))?;
+        let identity = credentials.identity()?;
+        identity.require_role(&[Role::Collector])?;
+        let signer = roles::load_signer(&files::with_suffix(&config.credentials, ".eth.key"))?;
+        let contracts = roles::contracts(&config.chain_rpc, &config.registry, signer).await?;
+        let client_auth = roles::client_auth(&config.ca_root, &config.crl, &[Role::Device])?;
+        let cards = Cards::load_dir(&config.cards).map_err(anyhow::Error::msg)?;
+        let root_der = files::read_first(&config.ca_root, "CERTIFICATE")?;
+        let collector = Collector::start(Settings {
+            listen: roles::socket(&config.listen, "listen")?,
+            metrics_listen: config
+                .metrics_listen
+                .as_deref()
+                .map(|m| roles::socket(m, "metrics_listen"))
+                .transpose()?,
+            credentials,
+            root_der,
+            client_auth: client_auth.clone(),
+            db,
+            contracts,
+            cards: cards.clone(),
+            server: ServerTarget {
+                addr: config.server.clone(),
+                name: config.server_name.clone(),
+            },
+            limits: config.limits.clone(),
+        })
+        .await?;
+        roles::watch_crl(config.crl.clone(), vec![client_auth]);
+        println!("medledger collector {}", identity.subject);
+        println!("  devices      https://{}/v1/readings", collector.addr());
+        if let Some(m) = collector.metrics_addr() {
+            println!("  metrics      http://{m}/metrics");
+        }
+        println!(
+            "  forwards to  https://{} ({})",
+            config.server, config.server_name
+        );
+        println!(
+            "  cards        {} patient card(s) from {}",
+            cards.len(),
+            config.cards.display()
+        );
+        roles::shutdown().await;
+        println!("medledger collector: stopping");
+        Ok(())
+    })
+}

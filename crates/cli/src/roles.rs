@@ -1,0 +1,116 @@
+//! What the long-running roles (`collector`, `server`) share: keys, the
+//! chain connection, client verification with a CRL that is re-read when
+//! it changes, and waiting for Ctrl-C.
+
+use alloy::primitives::Address;
+use alloy::providers::DynProvider;
+use alloy::rpc::client::RpcClient;
+use alloy::signers::local::PrivateKeySigner;
+use anyhow::{Context, Result};
+use medledger_contracts::{Contracts, signing_provider};
+use medledger_pki::{ClientAuth, EthAccount, Role, files};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// How often the CRL file is looked at.
+const CRL_POLL: Duration = Duration::from_secs(5);
+
+/// The chain key in a `PREFIX.eth.key` file (hex).
+pub(crate) fn load_signer(path: &Path) -> Result<PrivateKeySigner> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the chain key {}", path.display()))?;
+    let account = EthAccount::from_hex(text.trim())
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok(PrivateKeySigner::from_signing_key(
+        account.signing_key().clone(),
+    ))
+}
+
+/// The contracts at `registry` on the chain at `rpc`, signing as `signer`.
+pub(crate) async fn contracts(
+    rpc: &str,
+    registry: &str,
+    signer: PrivateKeySigner,
+) -> Result<Contracts<DynProvider>> {
+    let url = rpc
+        .parse()
+        .with_context(|| format!("chain_rpc {rpc:?} is not a URL"))?;
+    let registry: Address = registry
+        .parse()
+        .with_context(|| format!("registry {registry:?} is not an address"))?;
+    let provider = signing_provider(signer, RpcClient::new_http(url));
+    Contracts::at(provider, registry)
+        .await
+        .with_context(|| format!("finding the contracts from the Registry at {registry} on {rpc}"))
+}
+
+/// Verifies peers of `roles` against the root and the CRL file.
+pub(crate) fn client_auth(root: &Path, crl: &Path, roles: &[Role]) -> Result<Arc<ClientAuth>> {
+    ClientAuth::load(root, crl, roles)
+        .with_context(|| format!("loading {} and {}", root.display(), crl.display()))
+}
+
+fn modified(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// Re-reads the CRL file whenever it changes and hands it to every
+/// verifier; a revoked peer's open connections close.
+pub(crate) fn watch_crl(path: PathBuf, auths: Vec<Arc<ClientAuth>>) {
+    tokio::spawn(async move {
+        let mut seen = modified(&path);
+        loop {
+            tokio::time::sleep(CRL_POLL).await;
+            let now = modified(&path);
+            if now == seen {
+                continue;
+            }
+            seen = now;
+            match files::read_der_blocks(&path, "X509 CRL") {
+                Ok(crls) => {
+                    for auth in &auths {
+                        if let Err(e) = auth.update_crls(crls.clone()) {
+                            eprintln!("medledger: the new CRL {}: {e}", path.display());
+                        }
+                    }
+                    println!("medledger: CRL {} reloaded", path.display());
+                }
+                Err(e) => eprintln!("medledger: reading the CRL {}: {e}", path.display()),
+            }
+        }
+    });
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub(crate) async fn shutdown() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let term = async {
+            match term.as_mut() {
+                Some(t) => {
+                    t.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            () = term => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// `host:port` as a socket address.
+pub(crate) fn socket(text: &str, what: &str) -> Result<std::net::SocketAddr> {
+    use std::net::ToSocketAddrs;
+    text.to_socket_addrs()
+        .with_context(|| format!("{what} {text:?} is not host:port"))?
+        .next()
+        .with_context(|| format!("{what} {text:?} resolves to nothing"))
+}

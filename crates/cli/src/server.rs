@@ -1,0 +1,114 @@
+//! `medledger server --config FILE`: the application server.
+
+use crate::roles;
+use anyhow::{Context, Result};
+use clap::Args;
+use medledger_patient_ledger::NoteSigner;
+use medledger_pki::{Credentials, Role, files};
+use medledger_server::{ConfigFile, Server, Settings};
+use medledger_storage::{BlobStore, Db, Kek, LocalDir, ObjectStoreBlobs};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, Args)]
+pub(crate) struct ServerArgs {
+    /// The configuration file (TOML; see docs/operations.md).
+    #[arg(long, env = "MEDLEDGER_SERVER_CONFIG")]
+    config: PathBuf,
+}
+
+/// The ledger signing key at `path`, created on first start.
+fn ledger_key(path: &Path, name: &str) -> Result<NoteSigner> {
+    if !path.exists() {
+        files::write_secret(
+            path,
+            files::to_pem("PRIVATE KEY", &NoteSigner::generate_pkcs8()).as_bytes(),
+        )?;
+        println!(
+            "medledger server: created the ledger key {}",
+            path.display()
+        );
+    }
+    let pkcs8 = files::read_first(path, "PRIVATE KEY")?;
+    NoteSigner::from_pkcs8(name, &pkcs8)
+        .map_err(|e| anyhow::anyhow!("the ledger key {}: {e}", path.display()))
+}
+
+pub(crate) fn run(args: ServerArgs) -> Result<()> {
+    let config = ConfigFile::load(&args.config)?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        std::fs::create_dir_all(&config.data)
+            .with_context(|| format!("creating {}", config.data.display()))?;
+        let db = match &config.database {
+            Some(url) => Db::connect(url).await,
+            None => Db::open_sqlite(&config.data.join("server.db")).await,
+        }
+        .context("opening the database")?;
+        db.migrate().await.context("migrating the database")?;
+        let blobs: Arc<dyn BlobStore> = match &config.blobs {
+            Some(url) => Arc::new(ObjectStoreBlobs::from_url(url)?),
+            None => Arc::new(LocalDir::open(config.data.join("blobs")).await?),
+        };
+        let kek = match (&config.kek_file, &config.kek_env) {
+            (Some(file), _) => Kek::from_file(file)?,
+            (None, Some(var)) => Kek::from_env(var)?,
+            (None, None) => unreachable!("ConfigFile::load requires one"),
+        };
+        let credentials = Credentials::load(&config.credentials)
+            .with_context(|| format!("loading {}", config.credentials.display()))?;
+        let identity = credentials.identity()?;
+        identity.require_role(&[Role::Server])?;
+        let ledger_key = ledger_key(&config.ledger_key, &identity.subject)?;
+        let signer = roles::load_signer(&files::with_suffix(&config.credentials, ".eth.key"))?;
+        let contracts = roles::contracts(&config.chain_rpc, &config.registry, signer).await?;
+        let auth = |roles: &[Role]| roles::client_auth(&config.ca_root, &config.crl, roles);
+        let client_auth = auth(&[
+            Role::Collector,
+            Role::Admin,
+            Role::Doctor,
+            Role::Nurse,
+            Role::Patient,
+        ])?;
+        let device_auth = auth(&[Role::Device])?;
+        let card_auth = auth(&[Role::Patient])?;
+        let server = Server::start(Settings {
+            listen: roles::socket(&config.listen, "listen")?,
+            metrics_listen: config
+                .metrics_listen
+                .as_deref()
+                .map(|m| roles::socket(m, "metrics_listen"))
+                .transpose()?,
+            credentials,
+            client_auth: client_auth.clone(),
+            device_auth: device_auth.clone(),
+            card_auth: card_auth.clone(),
+            db,
+            blobs,
+            kek,
+            ledger_key,
+            contracts,
+            anchor_interval: Duration::from_millis(config.anchor_interval_ms),
+            checkpoint_interval: Duration::from_millis(config.checkpoint_interval_ms),
+        })
+        .await?;
+        roles::watch_crl(
+            config.crl.clone(),
+            vec![client_auth, device_auth, card_auth],
+        );
+        println!("medledger server {}", identity.subject);
+        println!("  collectors   https://{}/v1/batches", server.addr());
+        println!(
+            "  proofs       https://{}/v1/readings/HASH/proof",
+            server.addr()
+        );
+        if let Some(m) = server.metrics_addr() {
+            println!("  metrics      http://{m}/metrics");
+        }
+        println!("  ledger key   {}", server.ledger().verifier_key());
+        roles::shutdown().await;
+        println!("medledger server: stopping");
+        Ok(())
+    })
+}
