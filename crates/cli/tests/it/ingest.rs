@@ -524,3 +524,177 @@ async fn an_acknowledged_reading_survives_kill_9_and_arrives_once() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// The collector's count of connections refused for `cause`.
+fn refused_connections(site: &Site, cause: &str) -> f64 {
+    site.collector.metrics().value(
+        "medledger_collector_connections_refused_total",
+        &[("cause", cause)],
+    )
+}
+
+async fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !ok() {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attacks_on_connections_are_refused_before_any_request() {
+    use medledger_pki::https::Connection;
+    use medledger_pki::{Ca, Credentials, LeafRequest, Role};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let site = Site::start().await;
+    let addr = site.collector.addr().to_string();
+
+    // A device certificate from another CA (spoofed identity).
+    let other = Ca::init(&site.dir.path().join("other-ca"), "Mallory").unwrap();
+    let mut request = LeafRequest::new(Role::Device);
+    request.epc = Some(medledger_pki::Epc::new(3, "0614141", "812345", 1).unwrap());
+    request.group = Some(crate::site::GROUP.into());
+    request.rule = Some("default".into());
+    let spoofed = other.issue(&request).unwrap();
+    let config = site.client_config(&Credentials::from_issued(&spoofed), Role::Collector);
+    let _ = Connection::open(config, &addr, "localhost").await;
+    wait_for("untrusted-certificate counted", || {
+        refused_connections(&site, "untrusted-certificate") == 1.0
+    })
+    .await;
+
+    // Our CA, but a patient's card is not a device.
+    let config = site.client_config(&Credentials::from_issued(&site.card), Role::Collector);
+    let _ = Connection::open(config, &addr, "localhost").await;
+    wait_for("wrong-role counted", || {
+        refused_connections(&site, "wrong-role") == 1.0
+    })
+    .await;
+
+    // Plain HTTP: told to use TLS.
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    tcp.write_all(b"POST /v1/readings HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    tcp.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(
+        answer.contains("urn:medledger:problem:tls-required"),
+        "{answer}"
+    );
+
+    // A handshake that never starts is dropped after the deadline.
+    let mut idle = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(5), idle.read(&mut buf)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+
+    // Slowloris: headers that never end are cut off.
+    let device = site.device(1).await;
+    let mut config = (*site.client_config(&device.credentials(), Role::Collector)).clone();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    tls.write_all(b"POST /v1/readings HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .unwrap();
+    tls.flush().await.unwrap();
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut rest)).await;
+    assert!(read.is_ok(), "the slow connection was not closed");
+    assert!(started.elapsed() >= Duration::from_millis(500));
+
+    // Revoked while connected: the connection closes, and a new handshake
+    // is refused as revoked.
+    let mut device = device;
+    let mut conn = site.connect(&device).await;
+    assert_eq!(
+        post_one(&mut conn, device.heart_rate(70.0), false)
+            .await
+            .status,
+        202
+    );
+    let crl = site.ca.revoke(&device.issued.cert_der).unwrap();
+    site.collector_auth.update_crls(vec![crl]).unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let after = conn
+        .request(
+            "POST",
+            "/v1/readings",
+            &[("content-type", "application/cose")],
+            device.heart_rate(71.0),
+        )
+        .await;
+    assert!(after.is_err(), "a revoked device's connection stayed open");
+    let config = site.client_config(&device.credentials(), Role::Collector);
+    let _ = Connection::open(config, &addr, "localhost").await;
+    wait_for("revoked counted", || {
+        refused_connections(&site, "revoked") == 1.0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unassigned_devices_and_floods_are_refused() {
+    let site = Site::start().await;
+    // Registered, but assigned to no admitted patient.
+    let mut loose = site.registered_device(7).await;
+    let mut conn = site.connect(&loose).await;
+    let reply = post_one(&mut conn, loose.heart_rate(70.0), false).await;
+    assert_eq!(reply.status, 409);
+    assert_eq!(body(&reply)["type"], "urn:medledger:problem:not-admitted");
+
+    // More than the device's burst at once: 429 with Retry-After.
+    let mut device = site.device(1).await;
+    let mut conn = site.connect(&device).await;
+    let batch: Vec<Vec<u8>> = (0..250).map(|_| device.heart_rate(70.0)).collect();
+    let body_bytes = medledger_protocol::cbor::encode_with(|e| {
+        e.array(batch.len());
+        for r in &batch {
+            e.bytes(r);
+        }
+    });
+    let reply = conn
+        .request(
+            "POST",
+            "/v1/readings",
+            &[("content-type", "application/cbor")],
+            body_bytes,
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 429);
+    assert!(reply.header("retry-after").is_some());
+    // Within the burst, a batch is accepted whole.
+    let batch: Vec<Vec<u8>> = (0..100).map(|_| device.heart_rate(70.0)).collect();
+    let body_bytes = medledger_protocol::cbor::encode_with(|e| {
+        e.array(batch.len());
+        for r in &batch {
+            e.bytes(r);
+        }
+    });
+    let reply = conn
+        .request(
+            "POST",
+            "/v1/readings?wait=committed",
+            &[("content-type", "application/cbor")],
+            body_bytes,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        reply.status,
+        202,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let receipts = body(&reply);
+    assert_eq!(receipts["receipts"].as_array().unwrap().len(), 100);
+    assert_eq!(receipts["receipts"][99]["ledger_index"], 99);
+    assert!(receipts["rejected"].as_array().unwrap().is_empty());
+}

@@ -33,6 +33,8 @@ pub struct Site {
     pub admin: Contracts<DynProvider>,
     pub server: Server,
     pub collector: Collector,
+    /// The collector's device verifier (to hand it a new CRL).
+    pub collector_auth: Arc<ClientAuth>,
     pub collector_issued: Issued,
     pub patient_ref: B256,
     pub card: Issued,
@@ -156,6 +158,7 @@ impl Site {
             .await
             .unwrap();
         collector_db.migrate().await.unwrap();
+        let collector_auth = auth(&root, &crl, &[Role::Device]);
         let mut cards = Cards::new();
         cards.insert(Arc::new(
             SoftwareCard::new(&Credentials::from_issued(&card)).unwrap(),
@@ -165,7 +168,7 @@ impl Site {
             metrics_listen: None,
             credentials: Credentials::from_issued(&collector_issued),
             root_der: root.clone(),
-            client_auth: auth(&root, &crl, &[Role::Device]),
+            client_auth: collector_auth.clone(),
             db: collector_db,
             contracts: contracts.with_provider(provider(&node, &signer(&collector_issued))),
             cards,
@@ -173,7 +176,11 @@ impl Site {
                 addr: server.addr().to_string(),
                 name: "localhost".into(),
             },
-            limits: medledger_collector::Limits::default(),
+            limits: medledger_collector::Limits {
+                handshake_timeout_ms: 1_000,
+                header_timeout_ms: 1_000,
+                ..medledger_collector::Limits::default()
+            },
         })
         .await
         .unwrap();
@@ -185,6 +192,7 @@ impl Site {
             admin: contracts,
             server,
             collector,
+            collector_auth,
             collector_issued,
             patient_ref,
             card,
@@ -211,6 +219,19 @@ impl Site {
 
     /// A device registered and assigned to the patient.
     pub async fn device(&self, serial: u64) -> Device {
+        let device = self.registered_device(serial).await;
+        send(
+            self.admin
+                .registry()
+                .assignDevice(epc_bytes(&device.epc), self.patient_ref),
+        )
+        .await
+        .unwrap();
+        device
+    }
+
+    /// A device registered but not assigned to anyone.
+    pub async fn registered_device(&self, serial: u64) -> Device {
         let device = self.issue_device(serial);
         let registry = self.admin.registry();
         send(registry.registerDevice(
@@ -221,13 +242,10 @@ impl Site {
         ))
         .await
         .unwrap();
-        send(registry.assignDevice(epc_bytes(&device.epc), self.patient_ref))
-            .await
-            .unwrap();
         device
     }
 
-    fn client_config(&self, own: &Credentials, server_role: Role) -> Arc<rustls::ClientConfig> {
+    pub fn client_config(&self, own: &Credentials, server_role: Role) -> Arc<rustls::ClientConfig> {
         medledger_pki::client_config(Some(own), &self.ca.root_cert_der().unwrap(), &[server_role])
             .unwrap()
     }
