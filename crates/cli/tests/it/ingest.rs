@@ -20,9 +20,9 @@ fn proof_path(v: &serde_json::Value) -> Vec<[u8; 32]> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reading_is_stored_sealed_proven_and_anchored() {
-    let site = Site::start().await;
-    let mut device = site.device(1).await;
-    let mut conn = site.connect(&device).await;
+    let site = crate::site::start().await;
+    let mut device = site.device(1).await.unwrap();
+    let mut conn = site.connect(&device).await.unwrap();
     let cose = device.heart_rate(72.0);
     let hash = reading_hash(&cose);
 
@@ -49,7 +49,7 @@ async fn a_reading_is_stored_sealed_proven_and_anchored() {
     );
 
     // Proven and, soon, anchored.
-    let mut server = site.connect_server().await;
+    let mut server = site.connect_server().await.unwrap();
     let proof = loop {
         let reply = server
             .request(
@@ -164,9 +164,9 @@ async fn refused(conn: &mut medledger_pki::https::Connection, cose: Vec<u8>) -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_attack_on_the_collector_is_refused_with_its_cause() {
-    let site = Site::start().await;
-    let mut device = site.device(1).await;
-    let mut conn = site.connect(&device).await;
+    let site = crate::site::start().await;
+    let mut device = site.device(1).await.unwrap();
+    let mut conn = site.connect(&device).await.unwrap();
 
     let first = device.heart_rate(70.0);
     assert_eq!(post_one(&mut conn, first.clone(), false).await.status, 202);
@@ -206,8 +206,8 @@ async fn each_attack_on_the_collector_is_refused_with_its_cause() {
     );
 
     // A device with a certificate from our CA that was never registered.
-    let mut stranger = site.issue_device(2);
-    let mut conn2 = site.connect(&stranger).await;
+    let mut stranger = site.issue_device(2, medledger_pki::KeyAlg::P256).unwrap();
+    let mut conn2 = site.connect(&stranger).await.unwrap();
     assert_eq!(
         refused(&mut conn2, stranger.heart_rate(70.0)).await,
         (403, "unknown-device".into())
@@ -266,9 +266,9 @@ async fn each_attack_on_the_collector_is_refused_with_its_cause() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sinkhole_collector_cannot_alter_or_inject_readings() {
-    let site = Site::start().await;
-    let mut device = site.device(1).await;
-    let mut conn = site.connect(&device).await;
+    let site = crate::site::start().await;
+    let mut device = site.device(1).await.unwrap();
+    let mut conn = site.connect(&device).await.unwrap();
     let cose = device.heart_rate(72.0);
     assert_eq!(post_one(&mut conn, cose.clone(), true).await.status, 202);
 
@@ -305,7 +305,7 @@ async fn a_sinkhole_collector_cannot_alter_or_inject_readings() {
         }
         batch.to_cbor()
     };
-    let mut server = site.connect_server().await;
+    let mut server = site.connect_server().await.unwrap();
     let mut commit = async |body: Vec<u8>| {
         let reply = server
             .request(
@@ -416,8 +416,8 @@ fn spawn_collector(config: &std::path::Path) -> (std::process::Child, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_acknowledged_reading_survives_kill_9_and_arrives_once() {
-    let site = Site::start().await;
-    let mut device = site.device(1).await;
+    let site = crate::site::start().await;
+    let mut device = site.device(1).await.unwrap();
 
     // The chain over HTTP for the collector process.
     let rpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -486,7 +486,8 @@ async fn an_acknowledged_reading_survives_kill_9_and_arrives_once() {
     // The server comes up; the reading arrives, once.
     let server = site
         .extra_server("server-2", &format!("127.0.0.1:{server_port}"))
-        .await;
+        .await
+        .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while server.reading(&hash).await.unwrap().is_none() {
         assert!(
@@ -546,7 +547,7 @@ async fn attacks_on_connections_are_refused_before_any_request() {
     use medledger_pki::https::Connection;
     use medledger_pki::{Ca, Credentials, LeafRequest, Role};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let site = Site::start().await;
+    let site = crate::site::start().await;
     let addr = site.collector.addr().to_string();
 
     // A device certificate from another CA (spoofed identity).
@@ -556,7 +557,9 @@ async fn attacks_on_connections_are_refused_before_any_request() {
     request.group = Some(crate::site::GROUP.into());
     request.rule = Some("default".into());
     let spoofed = other.issue(&request).unwrap();
-    let config = site.client_config(&Credentials::from_issued(&spoofed), Role::Collector);
+    let config = site
+        .client_config(&Credentials::from_issued(&spoofed), Role::Collector)
+        .unwrap();
     let _ = Connection::open(config, &addr, "localhost").await;
     wait_for("untrusted-certificate counted", || {
         refused_connections(&site, "untrusted-certificate") == 1.0
@@ -564,7 +567,9 @@ async fn attacks_on_connections_are_refused_before_any_request() {
     .await;
 
     // Our CA, but a patient's card is not a device.
-    let config = site.client_config(&Credentials::from_issued(&site.card), Role::Collector);
+    let config = site
+        .client_config(&Credentials::from_issued(&site.card), Role::Collector)
+        .unwrap();
     let _ = Connection::open(config, &addr, "localhost").await;
     wait_for("wrong-role counted", || {
         refused_connections(&site, "wrong-role") == 1.0
@@ -591,8 +596,11 @@ async fn attacks_on_connections_are_refused_before_any_request() {
     assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
 
     // Slowloris: headers that never end are cut off.
-    let device = site.device(1).await;
-    let mut config = (*site.client_config(&device.credentials(), Role::Collector)).clone();
+    let device = site.device(1).await.unwrap();
+    let mut config = (*site
+        .client_config(&device.credentials(), Role::Collector)
+        .unwrap())
+    .clone();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
@@ -612,7 +620,7 @@ async fn attacks_on_connections_are_refused_before_any_request() {
     // Revoked while connected: the connection closes, and a new handshake
     // is refused as revoked.
     let mut device = device;
-    let mut conn = site.connect(&device).await;
+    let mut conn = site.connect(&device).await.unwrap();
     assert_eq!(
         post_one(&mut conn, device.heart_rate(70.0), false)
             .await
@@ -631,7 +639,9 @@ async fn attacks_on_connections_are_refused_before_any_request() {
         )
         .await;
     assert!(after.is_err(), "a revoked device's connection stayed open");
-    let config = site.client_config(&device.credentials(), Role::Collector);
+    let config = site
+        .client_config(&device.credentials(), Role::Collector)
+        .unwrap();
     let _ = Connection::open(config, &addr, "localhost").await;
     wait_for("revoked counted", || {
         refused_connections(&site, "revoked") == 1.0
@@ -641,17 +651,20 @@ async fn attacks_on_connections_are_refused_before_any_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unassigned_devices_and_floods_are_refused() {
-    let site = Site::start().await;
+    let site = crate::site::start().await;
     // Registered, but assigned to no admitted patient.
-    let mut loose = site.registered_device(7).await;
-    let mut conn = site.connect(&loose).await;
+    let mut loose = site
+        .registered_device(7, medledger_pki::KeyAlg::P256)
+        .await
+        .unwrap();
+    let mut conn = site.connect(&loose).await.unwrap();
     let reply = post_one(&mut conn, loose.heart_rate(70.0), false).await;
     assert_eq!(reply.status, 409);
     assert_eq!(body(&reply)["type"], "urn:medledger:problem:not-admitted");
 
     // More than the device's burst at once: 429 with Retry-After.
-    let mut device = site.device(1).await;
-    let mut conn = site.connect(&device).await;
+    let mut device = site.device(1).await.unwrap();
+    let mut conn = site.connect(&device).await.unwrap();
     let batch: Vec<Vec<u8>> = (0..250).map(|_| device.heart_rate(70.0)).collect();
     let body_bytes = medledger_protocol::cbor::encode_with(|e| {
         e.array(batch.len());

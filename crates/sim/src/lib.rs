@@ -1,0 +1,431 @@
+//! Simulation: a hospital in one process, and devices that talk to it
+//! over the wire.
+//!
+//! ```text
+//!  Hospital::start: CA -> embedded chain + contracts -> server, collector
+//!                   (real sockets), one admitted patient with a card
+//!  Hospital::device(n): a registered device assigned to the patient
+//!  Device::heart_rate: a signed reading, as the device would send it
+//! ```
+//!
+//! Tests, `medledger bench` and (later) `medledger demo` build on it.
+
+use alloy::primitives::{B256, keccak256};
+use alloy::providers::DynProvider;
+use alloy::rpc::client::RpcClient;
+use alloy::signers::local::PrivateKeySigner;
+use anyhow::{Context, Result};
+use medledger_chain::rpc::Rpc;
+use medledger_chain::rpc::transport::InProcess;
+use medledger_chain::{Node, NodeConfig, Sealing};
+use medledger_collector::{Cards, Collector, Limits, ServerTarget, SoftwareCard};
+use medledger_contracts::{
+    Contracts, RegistryPermissions, code_key, epc_bytes, send, short_text, signing_provider,
+};
+use medledger_patient_ledger::NoteSigner;
+use medledger_pki::https::Connection;
+use medledger_pki::{
+    Ca, ClientAuth, Credentials, Epc, Issued, KeyAlg, LeafRequest, Location, Role,
+};
+use medledger_protocol::catalogue::data_type;
+use medledger_protocol::{DeviceId, Observation, Reading, SigningKey};
+use medledger_server::Server;
+use medledger_storage::{Db, Kek, LocalDir};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The device group every simulated device belongs to.
+pub const GROUP: &str = "icu-hr-monitor";
+
+/// Unix time in milliseconds.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn text(s: &str) -> Result<B256> {
+    Ok(short_text(s)?)
+}
+
+/// The chain signer of a certificate holder.
+pub fn signer(issued: &Issued) -> Result<PrivateKeySigner> {
+    let account = issued
+        .account
+        .as_ref()
+        .context("the certificate holds no chain account")?;
+    Ok(PrivateKeySigner::from_signing_key(
+        account.signing_key().clone(),
+    ))
+}
+
+/// A provider on `node`, in process, signing as `signer`.
+pub fn provider(node: &Node, signer: &PrivateKeySigner) -> DynProvider {
+    signing_provider(
+        signer.clone(),
+        RpcClient::new(InProcess::new(Rpc::new(node.clone())), true),
+    )
+}
+
+/// Verifies peers of `roles` against `root` and `crl`.
+pub fn auth(root: &[u8], crl: &[u8], roles: &[Role]) -> Result<Arc<ClientAuth>> {
+    Ok(ClientAuth::new(root, vec![crl.to_vec()], roles)?)
+}
+
+/// How to build the hospital.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The least time between two blocks.
+    pub block_interval: Duration,
+    /// The collector's limits.
+    pub limits: Limits,
+    /// How often the server anchors batch roots.
+    pub anchor_interval: Duration,
+    /// How often it anchors changed ledgers' checkpoints.
+    pub checkpoint_interval: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            block_interval: Duration::from_millis(1),
+            limits: Limits {
+                handshake_timeout_ms: 1_000,
+                header_timeout_ms: 1_000,
+                ..Limits::default()
+            },
+            anchor_interval: Duration::from_millis(50),
+            checkpoint_interval: Duration::from_millis(200),
+        }
+    }
+}
+
+/// A hospital in one process: CA, chain, contracts, a server and a
+/// collector on real sockets, and one admitted patient whose card is at
+/// the collector. Everything lives in a temporary directory.
+pub struct Hospital {
+    /// The temporary directory (removed on drop).
+    pub dir: tempfile::TempDir,
+    /// The CA.
+    pub ca: Ca,
+    /// Its current CRL (DER).
+    pub crl: Vec<u8>,
+    /// The chain.
+    pub node: Node,
+    /// The contracts, as the admin.
+    pub admin: Contracts<DynProvider>,
+    /// The server.
+    pub server: Server,
+    /// The collector.
+    pub collector: Collector,
+    /// The collector's device verifier (hand it a new CRL to revoke).
+    pub collector_auth: Arc<ClientAuth>,
+    /// The collector's certificate.
+    pub collector_issued: Issued,
+    /// The admitted patient.
+    pub patient_ref: B256,
+    /// The patient's card certificate and key.
+    pub card: Issued,
+    options: Options,
+}
+
+impl std::fmt::Debug for Hospital {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hospital")
+            .field("dir", &self.dir.path())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A device: its certificate, key and sequence counter.
+pub struct Device {
+    /// Its certificate and key.
+    pub issued: Issued,
+    /// Its EPC.
+    pub epc: Epc,
+    /// Its reading key.
+    pub key: SigningKey,
+    /// The last sequence number used.
+    pub seq: u64,
+}
+
+impl std::fmt::Debug for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Device")
+            .field("epc", &self.epc.to_tag_uri())
+            .field("seq", &self.seq)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Device {
+    /// A signed heart-rate reading with the next sequence number.
+    pub fn heart_rate(&mut self, bpm: f64) -> Vec<u8> {
+        self.seq += 1;
+        self.key.sign(&Reading {
+            dev: DeviceId(*self.epc.as_bytes()),
+            seq: self.seq,
+            ts_ms: now_ms(),
+            obs: data_type("8867-4")
+                .map(|t| vec![Observation::scalar(t, bpm)])
+                .unwrap_or_default(),
+            model: None,
+        })
+    }
+
+    /// Its TLS credentials.
+    pub fn credentials(&self) -> Credentials {
+        Credentials::from_issued(&self.issued)
+    }
+}
+
+/// A server with its own database and blobs under `dir`.
+#[allow(clippy::too_many_arguments)]
+async fn start_server(
+    dir: &Path,
+    listen: &str,
+    root: &[u8],
+    crl: &[u8],
+    issued: &Issued,
+    contracts: Contracts<DynProvider>,
+    options: &Options,
+) -> Result<Server> {
+    std::fs::create_dir_all(dir)?;
+    let db = Db::open_sqlite(&dir.join("server.db")).await?;
+    db.migrate().await?;
+    Ok(Server::start(medledger_server::Settings {
+        listen: listen.parse()?,
+        metrics_listen: None,
+        credentials: Credentials::from_issued(issued),
+        client_auth: auth(
+            root,
+            crl,
+            &[Role::Collector, Role::Admin, Role::Doctor, Role::Nurse],
+        )?,
+        device_auth: auth(root, crl, &[Role::Device])?,
+        card_auth: auth(root, crl, &[Role::Patient])?,
+        db,
+        blobs: Arc::new(LocalDir::open(dir.join("blobs")).await?),
+        kek: Kek::from_hex(&Kek::generate_hex())?,
+        ledger_key: NoteSigner::from_pkcs8("medledger-sim", &NoteSigner::generate_pkcs8())
+            .map_err(|e| anyhow::anyhow!("the ledger key: {e}"))?,
+        contracts,
+        anchor_interval: options.anchor_interval,
+        checkpoint_interval: options.checkpoint_interval,
+    })
+    .await?)
+}
+
+impl Hospital {
+    /// Builds and starts everything.
+    pub async fn start(options: Options) -> Result<Hospital> {
+        let dir = tempfile::tempdir()?;
+        let ca = Ca::init(&dir.path().join("ca"), "Simulated Hospital")?;
+        let admin = PrivateKeySigner::random();
+        let node = Node::start(&NodeConfig {
+            data_dir: dir.path().join("chain"),
+            chain_id: 31337,
+            allow: vec![admin.address()],
+            sealing: Sealing::OnDemand {
+                min_interval: options.block_interval,
+            },
+        })?;
+        let contracts = Contracts::deploy(provider(&node, &admin)).await?;
+        node.set_permissions(Arc::new(RegistryPermissions::new(
+            contracts.addresses().registry,
+        )));
+        let registry = contracts.registry();
+
+        let server_issued = ca.issue(&LeafRequest::new(Role::Server))?;
+        let mut request = LeafRequest::new(Role::Collector);
+        request.location = Some("cardiology/204/B".parse::<Location>()?);
+        let collector_issued = ca.issue(&request)?;
+        let card = ca.issue(&LeafRequest::new(Role::Patient))?;
+        for (issued, kind, place) in [
+            (&server_issued, 2u8, "server"),
+            (&collector_issued, 1u8, "cardiology/204"),
+        ] {
+            send(registry.registerNode(signer(issued)?.address(), kind, text(place)?)).await?;
+        }
+        let patient_ref = keccak256("salt:p1");
+        send(registry.admit(
+            patient_ref,
+            signer(&card)?.address(),
+            text("cardiology")?,
+            text("floor-2")?,
+            text("room-204")?,
+            text("bed-B")?,
+            vec![],
+        ))
+        .await?;
+        send(contracts.allowed_types().setAllowed(
+            text(GROUP)?,
+            vec![code_key("8867-4"), code_key("59408-5")],
+            true,
+        ))
+        .await?;
+
+        let root = ca.root_cert_der()?;
+        let crl = ca.write_crl()?;
+        let server = start_server(
+            &dir.path().join("server"),
+            "127.0.0.1:0",
+            &root,
+            &crl,
+            &server_issued,
+            contracts.with_provider(provider(&node, &signer(&server_issued)?)),
+            &options,
+        )
+        .await?;
+        let collector_db = Db::open_sqlite(&dir.path().join("collector.db")).await?;
+        collector_db.migrate().await?;
+        let collector_auth = auth(&root, &crl, &[Role::Device])?;
+        let mut cards = Cards::new();
+        cards.insert(Arc::new(
+            SoftwareCard::new(&Credentials::from_issued(&card)).map_err(anyhow::Error::msg)?,
+        ));
+        let collector = Collector::start(medledger_collector::Settings {
+            listen: "127.0.0.1:0".parse()?,
+            metrics_listen: None,
+            credentials: Credentials::from_issued(&collector_issued),
+            root_der: root,
+            client_auth: collector_auth.clone(),
+            db: collector_db,
+            contracts: contracts.with_provider(provider(&node, &signer(&collector_issued)?)),
+            cards,
+            server: ServerTarget {
+                addr: server.addr().to_string(),
+                name: "localhost".into(),
+            },
+            limits: options.limits.clone(),
+        })
+        .await?;
+        Ok(Hospital {
+            dir,
+            ca,
+            crl,
+            node,
+            admin: contracts,
+            server,
+            collector,
+            collector_auth,
+            collector_issued,
+            patient_ref,
+            card,
+            options,
+        })
+    }
+
+    /// A device certificate with EPC serial `serial`, not registered.
+    pub fn issue_device(&self, serial: u64, key_alg: KeyAlg) -> Result<Device> {
+        let epc = Epc::new(3, "0614141", "812345", serial)?;
+        let mut request = LeafRequest::new(Role::Device);
+        request.epc = Some(epc);
+        request.group = Some(GROUP.into());
+        request.rule = Some("default".into());
+        request.key_alg = key_alg;
+        let issued = self.ca.issue(&request)?;
+        let key = SigningKey::from_pkcs8(
+            key_alg.reading_algorithm(),
+            &issued.key_pkcs8,
+            &issued.cert_der,
+        )?;
+        Ok(Device {
+            issued,
+            epc,
+            key,
+            seq: 0,
+        })
+    }
+
+    /// A device registered but assigned to no one.
+    pub async fn registered_device(&self, serial: u64, key_alg: KeyAlg) -> Result<Device> {
+        let device = self.issue_device(serial, key_alg)?;
+        send(self.admin.registry().registerDevice(
+            epc_bytes(&device.epc),
+            text(GROUP)?,
+            text("default")?,
+            B256::from(medledger_protocol::kid_of(&device.issued.cert_der)),
+        ))
+        .await?;
+        Ok(device)
+    }
+
+    /// A P-256 device registered and assigned to the patient.
+    pub async fn device(&self, serial: u64) -> Result<Device> {
+        self.device_with(serial, KeyAlg::P256).await
+    }
+
+    /// A device of `key_alg`, registered and assigned to the patient.
+    pub async fn device_with(&self, serial: u64, key_alg: KeyAlg) -> Result<Device> {
+        let device = self.registered_device(serial, key_alg).await?;
+        send(
+            self.admin
+                .registry()
+                .assignDevice(epc_bytes(&device.epc), self.patient_ref),
+        )
+        .await?;
+        Ok(device)
+    }
+
+    /// A client configuration presenting `own` to a server of `role`.
+    pub fn client_config(
+        &self,
+        own: &Credentials,
+        server_role: Role,
+    ) -> Result<Arc<rustls::ClientConfig>> {
+        Ok(medledger_pki::client_config(
+            Some(own),
+            &self.ca.root_cert_der()?,
+            &[server_role],
+        )?)
+    }
+
+    /// A connection to the collector as `device`.
+    pub async fn connect(&self, device: &Device) -> Result<Connection> {
+        Ok(Connection::open(
+            self.client_config(&device.credentials(), Role::Collector)?,
+            &self.collector.addr().to_string(),
+            "localhost",
+        )
+        .await?)
+    }
+
+    /// A connection to the server holding the collector's key (as the
+    /// collector, or a sinkhole that stole it).
+    pub async fn connect_server(&self) -> Result<Connection> {
+        Ok(Connection::open(
+            self.client_config(
+                &Credentials::from_issued(&self.collector_issued),
+                Role::Server,
+            )?,
+            &self.server.addr().to_string(),
+            "localhost",
+        )
+        .await?)
+    }
+
+    /// Another server, registered as a node, listening on `listen`, with
+    /// its own database and blobs under `DIR/name`.
+    pub async fn extra_server(&self, name: &str, listen: &str) -> Result<Server> {
+        let issued = self.ca.issue(&LeafRequest::new(Role::Server))?;
+        send(
+            self.admin
+                .registry()
+                .registerNode(signer(&issued)?.address(), 2, text(name)?),
+        )
+        .await?;
+        start_server(
+            &self.dir.path().join(name),
+            listen,
+            &self.ca.root_cert_der()?,
+            &self.crl,
+            &issued,
+            self.admin
+                .with_provider(provider(&self.node, &signer(&issued)?)),
+            &self.options,
+        )
+        .await
+    }
+}
