@@ -6,10 +6,12 @@
 //! medledger admin deploy|staff|device|...      Registry and rules, as an admin
 //! medledger collector --config FILE            the ingest gateway
 //! medledger server --config FILE               the application server
+//! medledger bench ingest                       the ingest load generator
 //! medledger verify --bundle FILE               a patient ledger, offline
 //! ```
 
 mod admin;
+mod bench;
 mod ca;
 mod chain;
 mod collector;
@@ -41,6 +43,9 @@ enum Command {
     Collector(collector::CollectorArgs),
     /// Run the application server: stores, records and anchors readings.
     Server(server::ServerArgs),
+    /// Measure the system under load (in this process).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
     /// Verify an exported patient ledger (a proof bundle) offline.
     Verify(verify::VerifyArgs),
 }
@@ -53,6 +58,7 @@ fn main() -> ExitCode {
         Command::Admin(args) => admin::run(args),
         Command::Collector(args) => collector::run(args),
         Command::Server(args) => server::run(args),
+        Command::Bench(cmd) => bench::run(cmd),
         Command::Verify(args) => verify::run(args),
     };
     match result {

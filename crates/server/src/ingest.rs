@@ -588,3 +588,26 @@ pub(crate) async fn load_reading(
     }
     Ok(Some(cose))
 }
+
+/// How many of `hashes` are stored in an anchored batch.
+pub(crate) async fn anchored_count(state: &State, hashes: &[[u8; 32]]) -> Result<usize, String> {
+    let mut n = 0;
+    for chunk in hashes.chunks(256) {
+        let params: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT COUNT(*) AS n FROM ingest_readings r JOIN ingest_batches b ON r.batch = b.root \
+             WHERE b.anchor_id IS NOT NULL AND r.hash IN ({})",
+            params.join(", ")
+        );
+        let mut query = sqlx::query(&sql);
+        for h in chunk {
+            query = query.bind(h.to_vec());
+        }
+        let row = query
+            .fetch_one(state.db.pool())
+            .await
+            .map_err(|e| e.to_string())?;
+        n += usize::try_from(row.try_get::<i64, _>("n").map_err(|e| e.to_string())?).unwrap_or(0);
+    }
+    Ok(n)
+}

@@ -231,6 +231,11 @@ impl Server {
         &self.state.blobs
     }
 
+    /// How many of `hashes` are stored in a batch whose root is anchored.
+    pub async fn anchored_count(&self, hashes: &[[u8; 32]]) -> Result<usize, String> {
+        ingest::anchored_count(&self.state, hashes).await
+    }
+
     /// A stored reading by its hash: the COSE_Sign1 bytes, decrypted from
     /// its blob and checked against the hash.
     pub async fn reading(&self, hash: &[u8; 32]) -> Result<Option<Vec<u8>>, String> {

@@ -8,7 +8,10 @@
 //!  Device::heart_rate: a signed reading, as the device would send it
 //! ```
 //!
-//! Tests, `medledger bench` and (later) `medledger demo` build on it.
+//! Tests, `medledger bench` ([`load`]) and (later) `medledger demo` build
+//! on it.
+
+pub mod load;
 
 use alloy::primitives::{B256, keccak256};
 use alloy::providers::DynProvider;
