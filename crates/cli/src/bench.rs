@@ -128,6 +128,13 @@ async fn ingest(args: IngestArgs) -> Result<()> {
     bar.await?;
 
     print_table(&bursts, &s, args.alg);
+    println!();
+    println!("Where the server's time went (seconds, all batches):");
+    for line in hospital.server.metrics().render().lines() {
+        if let Some(rest) = line.strip_prefix("medledger_server_stage_seconds_sum") {
+            println!("  {rest}");
+        }
+    }
     if let Some(path) = &args.json {
         let json = serde_json::json!({
             "alg": format!("{:?}", args.alg),

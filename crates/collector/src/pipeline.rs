@@ -13,7 +13,7 @@ use alloy::primitives::B256;
 use medledger_contracts::{Binding, RuleReason, rule_inputs};
 use medledger_protocol::{ProblemType, Reading, card_digest};
 use medledger_storage::sqlx::{self, Row};
-use medledger_storage::{Db, SqlError};
+use medledger_storage::{Db, SqlError, SqlValue, insert_many};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -356,22 +356,38 @@ async fn commit(
         .execute(&mut *tx)
         .await?;
     }
-    for (pos, (i, patient)) in accepted.iter().enumerate() {
-        let c = items[*i];
-        sqlx::query(
-            "INSERT INTO collector_outbox (hash, batch, pos, patient, device_cert, cose, received_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(c.hash.to_vec())
-        .bind(batch)
-        .bind(to_i64(pos as u64))
-        .bind(patient.to_vec())
-        .bind(c.fingerprint.to_vec())
-        .bind(c.cose.as_slice())
-        .bind(received)
-        .execute(&mut *tx)
-        .await?;
-    }
+    let rows: Vec<Vec<SqlValue>> = accepted
+        .iter()
+        .enumerate()
+        .map(|(pos, (i, patient))| {
+            let c = items[*i];
+            vec![
+                SqlValue::Bytes(c.hash.to_vec()),
+                SqlValue::Int(batch),
+                SqlValue::Int(to_i64(pos as u64)),
+                SqlValue::Bytes(patient.to_vec()),
+                SqlValue::Bytes(c.fingerprint.to_vec()),
+                SqlValue::Bytes(c.cose.clone()),
+                SqlValue::Int(received),
+            ]
+        })
+        .collect();
+    insert_many(
+        &mut tx,
+        "collector_outbox",
+        &[
+            "hash",
+            "batch",
+            "pos",
+            "patient",
+            "device_cert",
+            "cose",
+            "received_ms",
+        ],
+        "",
+        &rows,
+    )
+    .await?;
     for ((patient, _, sig), fp) in cards.iter().zip(&card_fps) {
         sqlx::query(
             "INSERT INTO collector_outbox_cards (batch, patient, card_cert, sig) VALUES ($1, $2, $3, $4)",

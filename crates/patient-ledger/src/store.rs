@@ -9,17 +9,12 @@ use crate::checkpoint::{Checkpoint, CheckpointError, NoteSigner, NoteVerifier};
 use crate::entry::{Entry, EntryError, Field};
 use crate::merkle::{Hash, ProofError, Tree, leaf_hash, verify_consistency};
 use medledger_storage::sqlx::{self, Row};
-use medledger_storage::{Db, SqlError};
+use medledger_storage::{Db, SqlError, SqlValue, insert_many};
 use std::collections::{BTreeMap, HashMap};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// A patientRef.
 pub type PatientRef = [u8; 32];
-
-/// Entries per INSERT statement (3 parameters each). Binding is quadratic
-/// in the parameters of a statement on SQLite (sqlx looks each one up by
-/// name), so more rows per statement is slower.
-const INSERT_CHUNK: usize = 64;
 
 /// Batches at least this large are signed on all cores.
 const PARALLEL_SIGNING: usize = 64;
@@ -253,29 +248,25 @@ impl Ledger {
             }));
         }
         let signed = self.sign_all(&entries);
-        // Many rows per statement: one round trip per chunk, not per entry.
-        for chunk in entries
+        let rows: Vec<Vec<SqlValue>> = entries
             .iter()
             .zip(&signed)
-            .collect::<Vec<_>>()
-            .chunks(INSERT_CHUNK)
-        {
-            let values: Vec<String> = (0..chunk.len())
-                .map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3))
-                .collect();
-            let sql = format!(
-                "INSERT INTO ledger_entries (patient, idx, entry) VALUES {}",
-                values.join(", ")
-            );
-            let mut query = sqlx::query(&sql);
-            for (entry, stored) in chunk {
-                query = query
-                    .bind(entry.patient.to_vec())
-                    .bind(to_i64(entry.index))
-                    .bind(stored.as_slice());
-            }
-            query.execute(&mut *tx).await?;
-        }
+            .map(|(entry, stored)| {
+                vec![
+                    SqlValue::Bytes(entry.patient.to_vec()),
+                    SqlValue::Int(to_i64(entry.index)),
+                    SqlValue::Bytes(stored.clone()),
+                ]
+            })
+            .collect();
+        insert_many(
+            tx,
+            "ledger_entries",
+            &["patient", "idx", "entry"],
+            "",
+            &rows,
+        )
+        .await?;
         let leaves = entries
             .iter()
             .zip(&signed)

@@ -14,16 +14,17 @@ use crate::State;
 use alloy::primitives::B256;
 use medledger_contracts::rule_inputs;
 use medledger_patient_ledger::{Field, NewEntry, Tree, leaf_hash};
-use medledger_pki::{Identity, Rejection};
+use medledger_pki::{ClientAuth, Identity};
 use medledger_protocol::cbor::{self, Value};
 use medledger_protocol::{
     CommitReply, CommitResult, CommitStatus, ForwardBatch, ProblemType, Reading, SignedReading,
     card_digest, reading_hash,
 };
-use medledger_storage::Cid;
 use medledger_storage::sqlx::{self, Row};
+use medledger_storage::{Cid, SqlValue, insert_many, placeholders};
 use rustls::pki_types::UnixTime;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Rule inputs per `RuleManager.check` call.
@@ -57,7 +58,99 @@ fn rejected(hash: &[u8; 32], kind: ProblemType, detail: impl Into<String>) -> Co
 /// A reading that passed so far.
 struct Verified {
     reading: Reading,
-    identity: std::sync::Arc<Identity>,
+    identity: Arc<Identity>,
+}
+
+/// Times the stages of a commit into `medledger_server_stage_seconds`.
+struct Stages<'a> {
+    state: &'a State,
+    at: std::time::Instant,
+}
+
+impl<'a> Stages<'a> {
+    fn new(state: &'a State) -> Stages<'a> {
+        Stages {
+            state,
+            at: std::time::Instant::now(),
+        }
+    }
+
+    fn lap(&mut self, stage: &str) {
+        let now = std::time::Instant::now();
+        self.state.metrics.observe(
+            "medledger_server_stage_seconds",
+            "Time per stage of committing a forwarded batch.",
+            &[("stage", stage)],
+            now - self.at,
+        );
+        self.at = now;
+    }
+}
+
+/// A reading's device check: verified, refused, or not checked (`None`).
+type Checked = Option<Result<Verified, (ProblemType, String)>>;
+
+/// Batches at least this large are verified on all cores.
+const PARALLEL_CHECKS: usize = 32;
+
+/// Checks each reading not in `skip` against its device certificate:
+/// chain and CRL (once per certificate), COSE signature and `dev`.
+fn check_devices(auth: &ClientAuth, batch: &ForwardBatch, skip: &[bool]) -> Vec<Checked> {
+    let at = UnixTime::now();
+    let mut identities: HashMap<u32, Result<Arc<Identity>, (ProblemType, String)>> = HashMap::new();
+    for (f, skipped) in batch.readings.iter().zip(skip) {
+        if !skipped {
+            identities.entry(f.cert).or_insert_with(|| {
+                auth.verify_certificate(&batch.certs[f.cert as usize], &batch.cas, at)
+                    .map(Arc::new)
+                    .map_err(|e| (e.problem_type(), format!("device certificate: {e}")))
+            });
+        }
+    }
+    let check = |i: usize| -> Checked {
+        if skip[i] {
+            return None;
+        }
+        let f = &batch.readings[i];
+        let identity = match &identities[&f.cert] {
+            Ok(id) => id.clone(),
+            Err(e) => return Some(Err(e.clone())),
+        };
+        let reading = match SignedReading::decode(&f.cose).and_then(|s| s.verify(&identity.key)) {
+            Ok(r) => r,
+            Err(e) => return Some(Err((e.problem_type(), e.to_string()))),
+        };
+        if identity.epc().map(|e| e.as_bytes()) != Some(&reading.dev.0) {
+            return Some(Err((
+                ProblemType::UnknownDevice,
+                "the reading names another device than its certificate".into(),
+            )));
+        }
+        Some(Ok(Verified { reading, identity }))
+    };
+    let n = batch.readings.len();
+    let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
+    if n < PARALLEL_CHECKS || threads < 2 {
+        return (0..n).map(check).collect();
+    }
+    let chunk = n.div_ceil(threads);
+    std::thread::scope(|scope| {
+        let check = &check;
+        let handles: Vec<_> = (0..n)
+            .step_by(chunk)
+            .map(|start| {
+                scope.spawn(move || {
+                    (start..(start + chunk).min(n))
+                        .map(check)
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("checking does not panic"))
+            .collect()
+    })
 }
 
 /// Commits a batch; one result per reading, in order.
@@ -82,55 +175,29 @@ pub(crate) async fn commit(state: &State, batch: ForwardBatch) -> Result<CommitR
         });
     }
 
-    // Certificates and signatures.
-    let at = UnixTime::now();
-    let mut identities: HashMap<u32, Result<std::sync::Arc<Identity>, String>> = HashMap::new();
-    let mut verified: Vec<Option<Verified>> = (0..n).map(|_| None).collect();
-    for (i, f) in batch.readings.iter().enumerate() {
-        if results[i].is_some() {
-            continue;
-        }
-        let identity = identities.entry(f.cert).or_insert_with(|| {
-            state
-                .device_auth
-                .verify_certificate(&batch.certs[f.cert as usize], &batch.cas, at)
-                .map(std::sync::Arc::new)
-                .map_err(|e: Rejection| format!("{}: {e}", e.problem_type().name()))
+    let mut clock = Stages::new(state);
+    // Certificates and signatures, on every core.
+    let skip: Vec<bool> = results.iter().map(Option::is_some).collect();
+    let auth = state.device_auth.clone();
+    let (batch, checked) = tokio::task::spawn_blocking(move || {
+        let checked = check_devices(&auth, &batch, &skip);
+        (batch, checked)
+    })
+    .await
+    .map_err(|e| Unavailable(format!("verifying the readings: {e}")))?;
+    let mut verified: Vec<Option<Verified>> = Vec::with_capacity(n);
+    for (i, checked) in checked.into_iter().enumerate() {
+        verified.push(match checked {
+            Some(Ok(v)) => Some(v),
+            Some(Err((kind, detail))) => {
+                results[i] = Some(rejected(&hashes[i], kind, detail));
+                None
+            }
+            None => None,
         });
-        let identity = match identity {
-            Ok(id) => id.clone(),
-            Err(e) => {
-                let kind = e
-                    .split(':')
-                    .next()
-                    .and_then(ProblemType::parse)
-                    .unwrap_or(ProblemType::UntrustedCertificate);
-                results[i] = Some(rejected(
-                    &hashes[i],
-                    kind,
-                    format!("device certificate: {e}"),
-                ));
-                continue;
-            }
-        };
-        let reading = match SignedReading::decode(&f.cose).and_then(|s| s.verify(&identity.key)) {
-            Ok(r) => r,
-            Err(e) => {
-                results[i] = Some(rejected(&hashes[i], e.problem_type(), e.to_string()));
-                continue;
-            }
-        };
-        if identity.epc().map(|e| e.as_bytes()) != Some(&reading.dev.0) {
-            results[i] = Some(rejected(
-                &hashes[i],
-                ProblemType::UnknownDevice,
-                "the reading names another device than its certificate",
-            ));
-            continue;
-        }
-        verified[i] = Some(Verified { reading, identity });
     }
 
+    clock.lap("verify");
     // Registry bindings.
     let epcs: Vec<[u8; 12]> = verified.iter().flatten().map(|v| v.reading.dev.0).collect();
     let bindings = state
@@ -170,9 +237,11 @@ pub(crate) async fn commit(state: &State, batch: ForwardBatch) -> Result<CommitR
         }
     }
 
+    clock.lap("bindings");
     // Card signatures: each reading covered by one valid signature of its
     // patient's card.
     let mut covered = vec![false; n];
+    let at = UnixTime::now();
     for card in &batch.cards {
         let account = card.readings.iter().find_map(|&r| {
             verified[r as usize]
@@ -217,6 +286,7 @@ pub(crate) async fn commit(state: &State, batch: ForwardBatch) -> Result<CommitR
         }
     }
 
+    clock.lap("cards");
     // Rules.
     let mut inputs = Vec::new();
     let mut owners = Vec::new();
@@ -249,6 +319,7 @@ pub(crate) async fn commit(state: &State, batch: ForwardBatch) -> Result<CommitR
         }
     }
 
+    clock.lap("rules");
     // Sequence numbers against the server's own marks.
     let mut marks: HashMap<[u8; 12], Option<u64>> = HashMap::new();
     for i in 0..n {
@@ -293,7 +364,7 @@ pub(crate) async fn commit(state: &State, batch: ForwardBatch) -> Result<CommitR
         marks.insert(dev, Some(v.reading.seq));
     }
 
-    let stored = store(state, &batch, &hashes, &verified, &marks).await?;
+    let stored = store(state, &batch, &hashes, &verified, &marks, &mut clock).await?;
     for (i, index) in stored {
         results[i] = Some(CommitResult {
             hash: hex::encode(hashes[i]),
@@ -331,10 +402,9 @@ async fn known(state: &State, hashes: &[[u8; 32]]) -> Result<Vec<(usize, u64)>, 
     let position: HashMap<&[u8; 32], usize> =
         hashes.iter().enumerate().map(|(i, h)| (h, i)).collect();
     for chunk in hashes.chunks(256) {
-        let params: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
         let sql = format!(
             "SELECT hash, idx FROM ingest_readings WHERE hash IN ({})",
-            params.join(", ")
+            placeholders(chunk.len())
         );
         let mut query = sqlx::query(&sql);
         for h in chunk {
@@ -382,7 +452,9 @@ async fn store(
     hashes: &[[u8; 32]],
     verified: &[Option<Verified>],
     marks: &HashMap<[u8; 12], Option<u64>>,
+    clock: &mut Stages<'_>,
 ) -> Result<Vec<(usize, u64)>, Unavailable> {
+    clock.lap("sequence");
     // Readings per patient, in batch order.
     let mut by_patient: BTreeMap<[u8; 32], Vec<usize>> = BTreeMap::new();
     for (i, v) in verified.iter().enumerate() {
@@ -463,6 +535,7 @@ async fn store(
         })
         .collect();
 
+    clock.lap("blobs");
     let mut tx = state.db.pool().begin().await.map_err(db_down)?;
     let staged = state
         .ledger
@@ -470,6 +543,7 @@ async fn store(
         .await
         .map_err(|e| storage_failure(state, format!("the ledger: {e}")))?;
     let mut stored = Vec::new();
+    let mut rows = Vec::new();
     for ((((patient, members), cid), digest), indexes) in by_patient
         .iter()
         .zip(&cids)
@@ -481,27 +555,43 @@ async fn store(
                 .as_ref()
                 .expect("stored readings verified")
                 .reading;
-            sqlx::query(
-                "INSERT INTO ingest_readings (hash, patient, idx, blob, blob_sha256, pos, epc, seq, ts_ms, batch, batch_pos) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-            )
-            .bind(hashes[i].to_vec())
-            .bind(patient.to_vec())
-            .bind(to_i64(index))
-            .bind(cid.to_string())
-            .bind(digest.to_vec())
-            .bind(to_i64(pos as u64))
-            .bind(r.dev.0.to_vec())
-            .bind(to_i64(r.seq))
-            .bind(to_i64(r.ts_ms))
-            .bind(root.to_vec())
-            .bind(to_i64(batch_pos[&i] as u64))
-            .execute(&mut *tx)
-            .await
-            .map_err(db_down)?;
+            rows.push(vec![
+                SqlValue::Bytes(hashes[i].to_vec()),
+                SqlValue::Bytes(patient.to_vec()),
+                SqlValue::Int(to_i64(index)),
+                SqlValue::Text(cid.to_string()),
+                SqlValue::Bytes(digest.to_vec()),
+                SqlValue::Int(to_i64(pos as u64)),
+                SqlValue::Bytes(r.dev.0.to_vec()),
+                SqlValue::Int(to_i64(r.seq)),
+                SqlValue::Int(to_i64(r.ts_ms)),
+                SqlValue::Bytes(root.to_vec()),
+                SqlValue::Int(to_i64(batch_pos[&i] as u64)),
+            ]);
             stored.push((i, index));
         }
     }
+    insert_many(
+        &mut tx,
+        "ingest_readings",
+        &[
+            "hash",
+            "patient",
+            "idx",
+            "blob",
+            "blob_sha256",
+            "pos",
+            "epc",
+            "seq",
+            "ts_ms",
+            "batch",
+            "batch_pos",
+        ],
+        "",
+        &rows,
+    )
+    .await
+    .map_err(db_down)?;
     for (dev, seq) in marks {
         let Some(seq) = seq else { continue };
         sqlx::query(
@@ -527,6 +617,7 @@ async fn store(
     .await
     .map_err(db_down)?;
     tx.commit().await.map_err(db_down)?;
+    clock.lap("ledger");
     drop(staged.committed());
     Ok(stored)
 }
@@ -593,11 +684,10 @@ pub(crate) async fn load_reading(
 pub(crate) async fn anchored_count(state: &State, hashes: &[[u8; 32]]) -> Result<usize, String> {
     let mut n = 0;
     for chunk in hashes.chunks(256) {
-        let params: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
         let sql = format!(
             "SELECT COUNT(*) AS n FROM ingest_readings r JOIN ingest_batches b ON r.batch = b.root \
              WHERE b.anchor_id IS NOT NULL AND r.hash IN ({})",
-            params.join(", ")
+            placeholders(chunk.len())
         );
         let mut query = sqlx::query(&sql);
         for h in chunk {

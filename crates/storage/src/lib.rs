@@ -18,6 +18,6 @@ pub mod test_utils;
 
 pub use blob::{BlobError, BlobStore, Cid, CidError, LocalDir, ObjectStoreBlobs};
 pub use keys::{Kek, KeyError, PatientRef, Vault};
-pub use sql::{Backend, Db, MIGRATIONS, Migration, SqlError};
+pub use sql::{Backend, Db, MIGRATIONS, Migration, SqlError, SqlValue, insert_many, placeholders};
 /// The SQL toolkit, for crates that write queries against a [`Db`].
 pub use sqlx;

@@ -351,3 +351,67 @@ pub(crate) fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
+
+/// A value for [`insert_many`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SqlValue {
+    /// `BIGINT`.
+    Int(i64),
+    /// `BYTEA`.
+    Bytes(Vec<u8>),
+    /// `TEXT`.
+    Text(String),
+}
+
+/// Parameters per statement in [`insert_many`]: SQLite's parameter lookup
+/// (as sqlx binds) is quadratic in the parameters of one statement.
+const PARAMS_PER_STATEMENT: usize = 200;
+
+/// Inserts `rows` into `table` (`columns` in order, one [`SqlValue`] each) with
+/// as many rows per statement as keep binding cheap. `suffix` follows each
+/// statement (e.g. `ON CONFLICT DO NOTHING`).
+pub async fn insert_many(
+    conn: &mut sqlx::AnyConnection,
+    table: &str,
+    columns: &[&str],
+    suffix: &str,
+    rows: &[Vec<SqlValue>],
+) -> std::result::Result<(), sqlx::Error> {
+    let per = (PARAMS_PER_STATEMENT / columns.len().max(1)).max(1);
+    for chunk in rows.chunks(per) {
+        let values: Vec<String> = (0..chunk.len())
+            .map(|r| {
+                let params: Vec<String> = (1..=columns.len())
+                    .map(|c| format!("${}", r * columns.len() + c))
+                    .collect();
+                format!("({})", params.join(", "))
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO {table} ({}) VALUES {} {suffix}",
+            columns.join(", "),
+            values.join(", ")
+        );
+        let mut query = sqlx::query(&sql);
+        for row in chunk {
+            debug_assert_eq!(row.len(), columns.len());
+            for value in row {
+                query = match value {
+                    SqlValue::Int(v) => query.bind(*v),
+                    SqlValue::Bytes(v) => query.bind(v.as_slice()),
+                    SqlValue::Text(v) => query.bind(v.as_str()),
+                };
+            }
+        }
+        query.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// `$1, $2, ..., $n`: placeholders for an `IN (...)` list.
+pub fn placeholders(n: usize) -> String {
+    (1..=n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
