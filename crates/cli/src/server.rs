@@ -60,7 +60,12 @@ pub(crate) fn run(args: ServerArgs) -> Result<()> {
             .with_context(|| format!("loading {}", config.credentials.display()))?;
         let identity = credentials.identity()?;
         identity.require_role(&[Role::Server])?;
-        let ledger_key = ledger_key(&config.ledger_key, &identity.subject)?;
+        // A note key name has no spaces: name it after the server's account.
+        let key_name = match identity.address() {
+            Some(address) => format!("medledger-server-{address}"),
+            None => "medledger-server".to_owned(),
+        };
+        let ledger_key = ledger_key(&config.ledger_key, &key_name)?;
         let signer = roles::load_signer(&files::with_suffix(&config.credentials, ".eth.key"))?;
         let contracts = roles::contracts(&config.chain_rpc, &config.registry, signer).await?;
         let auth = |roles: &[Role]| roles::client_auth(&config.ca_root, &config.crl, roles);

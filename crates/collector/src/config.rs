@@ -7,7 +7,7 @@
 //! # database = "postgres://medledger@db/collector"   # instead of SQLite
 //! credentials = "/etc/medledger/collector1"    # PREFIX.crt, PREFIX.key, PREFIX.eth.key
 //! ca_root = "/etc/medledger/ca/root.crt"
-//! crl = "/etc/medledger/ca/issuing.crl"
+//! crl = "/etc/medledger/ca/crl.pem"
 //! cards = "/etc/medledger/cards"               # patient cards: NAME.crt + NAME.key
 //! chain_rpc = "http://127.0.0.1:8545"
 //! registry = "0x5FbDB2315678afecb367f032d93F642f64180aa3"

@@ -36,7 +36,7 @@ pub(crate) async fn run(state: Arc<State>, tls: Arc<rustls::ClientConfig>, serve
             &[],
             pending.depth as f64,
         );
-        let Some((batch, hashes)) = pending.batch else {
+        let Some((batch, hashes, range)) = pending.batch else {
             // Nothing to send: wait for the pipeline, or look again soon.
             let _ =
                 tokio::time::timeout(Duration::from_secs(1), state.outbox_changed.notified()).await;
@@ -65,7 +65,7 @@ pub(crate) async fn run(state: Arc<State>, tls: Arc<rustls::ClientConfig>, serve
             }
         };
         backoff = MIN_BACKOFF;
-        if let Err(e) = settle(&state, &hashes, &reply).await {
+        if let Err(e) = settle(&state, range, &hashes, &reply).await {
             eprintln!("medledger collector: clearing the outbox: {e}");
             tokio::time::sleep(backoff).await;
         }
@@ -74,8 +74,9 @@ pub(crate) async fn run(state: Arc<State>, tls: Arc<rustls::ClientConfig>, serve
 
 struct Pending {
     depth: i64,
-    /// The batch to send and the hash of each reading in it.
-    batch: Option<(ForwardBatch, Vec<[u8; 32]>)>,
+    /// The batch to send, the hash of each reading in it, and the
+    /// collector batches it holds (first, last).
+    batch: Option<(ForwardBatch, Vec<[u8; 32]>, (i64, i64))>,
 }
 
 /// The oldest whole collector batches in the outbox, as one forward batch.
@@ -177,7 +178,7 @@ async fn load(state: &State) -> Result<Pending, sqlx::Error> {
     }
     Ok(Pending {
         depth,
-        batch: Some((batch, hashes)),
+        batch: Some((batch, hashes, (first, last))),
     })
 }
 
@@ -227,22 +228,21 @@ async fn send(
 /// devices their ledger index.
 async fn settle(
     state: &State,
+    (first, last): (i64, i64),
     hashes: &[[u8; 32]],
     reply: &CommitReply,
 ) -> Result<(), sqlx::Error> {
+    // What was sent is whole collector batches `first..=last`.
     let mut tx = state.db.pool().begin().await?;
-    for hash in hashes {
-        sqlx::query("DELETE FROM collector_outbox WHERE hash = $1")
-            .bind(hash.to_vec())
-            .execute(&mut *tx)
-            .await?;
+    for table in ["collector_outbox", "collector_outbox_cards"] {
+        sqlx::query(&format!(
+            "DELETE FROM {table} WHERE batch >= $1 AND batch <= $2"
+        ))
+        .bind(first)
+        .bind(last)
+        .execute(&mut *tx)
+        .await?;
     }
-    sqlx::query(
-        "DELETE FROM collector_outbox_cards WHERE NOT EXISTS \
-         (SELECT 1 FROM collector_outbox o WHERE o.batch = collector_outbox_cards.batch)",
-    )
-    .execute(&mut *tx)
-    .await?;
     tx.commit().await?;
     let mut waiters = state.waiters.lock().unwrap_or_else(|e| e.into_inner());
     for (hash, result) in hashes.iter().zip(&reply.results) {

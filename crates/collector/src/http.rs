@@ -1,10 +1,11 @@
 //! `POST /v1/readings`: the per-request checks, then the pipeline.
 //!
 //! Before the body is read: the declared length against the limit (413).
-//! Then: the device's rate (429 with `Retry-After`), the media type, and
-//! for each reading its envelope, `kid` and signature against the
-//! presented certificate, `dev` against the certificate's EPC, and the
-//! timestamp window. What passes goes to the pipeline as one submission.
+//! Then: the media type, the number of readings, the device's rate (429
+//! with `Retry-After`), and for each reading its envelope, `kid` and
+//! signature against the presented certificate, `dev` against the
+//! certificate's EPC, and the timestamp window. What passes goes to the
+//! pipeline as one submission.
 
 use crate::State;
 use crate::pipeline::{Candidate, Refusal, Submission, now_ms};
@@ -254,6 +255,7 @@ async fn readings(
         let Some(decisions) = decisions else {
             return refuse(ProblemType::Unavailable, "the collector is shutting down");
         };
+        let deadline = tokio::time::Instant::now() + COMMIT_WAIT;
         let mut receipts = Vec::with_capacity(decisions.len());
         for (((hash, seq), decision), commit) in seqs.into_iter().zip(decisions).zip(
             commits
@@ -264,7 +266,7 @@ async fn readings(
             receipts.push(match decision {
                 Ok(()) => {
                     let ledger_index = match commit {
-                        Some(rx) => tokio::time::timeout(COMMIT_WAIT, rx)
+                        Some(rx) => tokio::time::timeout_at(deadline, rx)
                             .await
                             .ok()
                             .and_then(Result::ok),
@@ -360,12 +362,14 @@ fn take_tokens(state: &State, epc: [u8; 12], n: usize) -> Result<(), u64> {
     });
     bucket.tokens = (bucket.tokens + now.duration_since(bucket.at).as_secs_f64() * rate).min(burst);
     bucket.at = now;
+    // A request larger than the burst is admitted when the bucket is
+    // full, and leaves a debt the device waits out.
     let want = n as f64;
-    if bucket.tokens >= want {
+    if bucket.tokens >= want.min(burst) {
         bucket.tokens -= want;
         Ok(())
     } else {
-        let secs = ((want - bucket.tokens) / rate).ceil();
+        let secs = ((want.min(burst) - bucket.tokens) / rate).ceil();
         Err(if secs.is_finite() {
             secs.max(1.0) as u64
         } else {

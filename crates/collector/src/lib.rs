@@ -183,7 +183,6 @@ impl Collector {
         ];
         let serve_limits = medledger_pki::https::ServeLimits {
             max_connections: limits.max_connections,
-            handshake_timeout: limits.handshake_timeout(),
             header_timeout: limits.header_timeout(),
         };
         let refused_metrics = metrics.clone();

@@ -277,19 +277,11 @@ fn check_binding(c: &Candidate, binding: Option<&Binding>, state: &State) -> Res
 }
 
 fn rule_refusal(reason: &RuleReason) -> Refusal {
-    match reason {
-        RuleReason::UnknownDevice => Refusal::new(
-            ProblemType::UnknownDevice,
-            "the rule manager does not know the device",
-        ),
-        RuleReason::DeviceInactive => {
-            Refusal::new(ProblemType::UnknownDevice, "the device is deactivated")
-        }
-        other => Refusal {
-            kind: ProblemType::RuleViolation,
-            detail: format!("a rule contract denied the reading: {}", other.name()),
-            reason: Some(other.name()),
-        },
+    let (kind, detail) = reason.refusal();
+    Refusal {
+        kind,
+        detail,
+        reason: (kind == ProblemType::RuleViolation).then(|| reason.name()),
     }
 }
 

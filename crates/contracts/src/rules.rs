@@ -2,7 +2,7 @@
 
 use crate::bindings::RuleManager::RuleInput;
 use alloy::primitives::FixedBytes;
-use medledger_protocol::{ObservedValue, Reading};
+use medledger_protocol::{ObservedValue, ProblemType, Reading};
 use std::fmt;
 
 /// A rule contract's answer for one reading (`Reason` in
@@ -56,6 +56,25 @@ impl RuleReason {
     /// Whether the reading may pass.
     pub fn is_allow(&self) -> bool {
         *self == RuleReason::Allow
+    }
+
+    /// What a device is told when a reading gets this reason: the device
+    /// is unknown or deactivated, or a rule denied the reading.
+    pub fn refusal(&self) -> (ProblemType, String) {
+        match self {
+            RuleReason::UnknownDevice => (
+                ProblemType::UnknownDevice,
+                "the rule manager does not know the device".into(),
+            ),
+            RuleReason::DeviceInactive => (
+                ProblemType::UnknownDevice,
+                "the device is deactivated".into(),
+            ),
+            other => (
+                ProblemType::RuleViolation,
+                format!("a rule contract denied the reading: {}", other.name()),
+            ),
+        }
     }
 
     /// A stable name, e.g. `type-not-allowed`.

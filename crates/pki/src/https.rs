@@ -28,10 +28,9 @@ use tower::ServiceExt;
 /// Limits on what a peer may hold open.
 #[derive(Debug, Clone)]
 pub struct ServeLimits {
-    /// Connections open at once; more are closed at accept.
+    /// Connections open at once; more are closed at accept. (The
+    /// handshake deadline is the [`Acceptor`]'s.)
     pub max_connections: usize,
-    /// The TLS handshake must finish in this time.
-    pub handshake_timeout: Duration,
     /// An HTTP/1.1 request's headers must arrive in this time (slowloris).
     pub header_timeout: Duration,
 }
@@ -40,7 +39,6 @@ impl Default for ServeLimits {
     fn default() -> Self {
         ServeLimits {
             max_connections: 20_000,
-            handshake_timeout: Duration::from_secs(5),
             header_timeout: Duration::from_secs(5),
         }
     }

@@ -58,6 +58,7 @@ problem_types! {
     TlsRequired => ("tls-required", 400, "The port speaks HTTPS with a client certificate only"),
     Malformed => ("malformed", 400, "The request is not a well-formed medledger message"),
     Forbidden => ("forbidden", 403, "The request is not permitted"),
+    NotFound => ("not-found", 404, "Nothing is stored under this name"),
     Unavailable => ("unavailable", 503, "The service cannot take the request now"),
 }
 

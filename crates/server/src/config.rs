@@ -7,7 +7,7 @@
 //! # blobs = "file:///srv/medledger/blobs"         # instead of DATA/blobs
 //! credentials = "/etc/medledger/server"          # PREFIX.crt, PREFIX.key, PREFIX.eth.key
 //! ca_root = "/etc/medledger/ca/root.crt"
-//! crl = "/etc/medledger/ca/issuing.crl"
+//! crl = "/etc/medledger/ca/crl.pem"
 //! kek_file = "/etc/medledger/kek.hex"            # or kek_env = "MEDLEDGER_KEK"
 //! ledger_key = "/var/lib/medledger/server/ledger.key"   # created if absent
 //! chain_rpc = "http://127.0.0.1:8545"

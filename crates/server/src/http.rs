@@ -19,6 +19,9 @@ use medledger_storage::sqlx::{self, Row};
 use serde_json::{Value, json};
 use std::sync::Arc;
 
+/// `Registry.NodeKind.Collector`.
+const COLLECTOR: u8 = 1;
+
 /// The largest forwarded batch.
 const MAX_BATCH_BYTES: usize = 64 << 20;
 
@@ -72,6 +75,26 @@ async fn batches(
     if peer.identity.role != Role::Collector {
         return problem(ProblemType::WrongRole, "only collectors forward batches");
     }
+    // A collector certificate is not enough: the Registry must list the
+    // account as an active collector.
+    let Some(account) = peer.identity.address() else {
+        return problem(ProblemType::WrongRole, "the certificate names no account");
+    };
+    match state.view.contracts().registry().node(account).call().await {
+        Ok(node) if node.active && node.kind == COLLECTOR => {}
+        Ok(_) => {
+            return problem(
+                ProblemType::Forbidden,
+                format!("{account} is not an active collector in the Registry"),
+            );
+        }
+        Err(e) => {
+            return problem(
+                ProblemType::Unavailable,
+                format!("the chain cannot be asked: {e}"),
+            );
+        }
+    }
     let Ok(bytes) = axum::body::to_bytes(body, MAX_BATCH_BYTES).await else {
         return problem(
             ProblemType::TooLarge,
@@ -102,17 +125,7 @@ async fn proof(AxState(state): AxState<Arc<State>>, Path(hash): Path<String>) ->
     };
     match build_proof(&state, &hash).await {
         Ok(Some(p)) => json_response(&p),
-        Ok(None) => (
-            StatusCode::NOT_FOUND,
-            [(header::CONTENT_TYPE, PROBLEM_JSON)],
-            Problem::new(
-                ProblemType::Malformed,
-                "no reading with this hash is stored",
-            )
-            .with("status", 404)
-            .to_json(),
-        )
-            .into_response(),
+        Ok(None) => problem(ProblemType::NotFound, "no reading with this hash is stored"),
         Err(e) => problem(ProblemType::Unavailable, e),
     }
 }

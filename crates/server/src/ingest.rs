@@ -310,11 +310,8 @@ pub(crate) async fn commit(state: &State, batch: ForwardBatch) -> Result<CommitR
     }
     for (i, reason) in owners.into_iter().zip(reasons) {
         if verified[i].is_some() && !reason.is_allow() {
-            results[i] = Some(rejected(
-                &hashes[i],
-                ProblemType::RuleViolation,
-                format!("a rule contract denied the reading: {}", reason.name()),
-            ));
+            let (kind, detail) = reason.refusal();
+            results[i] = Some(rejected(&hashes[i], kind, detail));
             verified[i] = None;
         }
     }

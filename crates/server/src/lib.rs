@@ -180,7 +180,18 @@ impl Server {
             client_auth,
             http::router(state.clone()),
             medledger_pki::https::ServeLimits::default(),
-            Arc::new(|_| {}),
+            Arc::new(move |refused| {
+                let cause = match &refused {
+                    medledger_pki::https::Refused::AtCapacity(_) => "at-capacity",
+                    medledger_pki::https::Refused::Handshake(_, r) => r.problem_type().name(),
+                };
+                metrics.add(
+                    "medledger_server_connections_refused_total",
+                    "Connections refused before any request, by cause.",
+                    &[("cause", cause)],
+                    1,
+                );
+            }),
         )));
         let metrics_addr = match metrics_listen {
             Some(at) => {

@@ -326,6 +326,37 @@ async fn a_sinkhole_collector_cannot_alter_or_inject_readings() {
         r["results"][0].clone()
     };
 
+    // A collector certificate the Registry does not list is refused.
+    let mut request = medledger_pki::LeafRequest::new(medledger_pki::Role::Collector);
+    request.location = Some("cardiology/204/C".parse().unwrap());
+    let rogue = site.ca.issue(&request).unwrap();
+    let mut rogue_conn = medledger_pki::https::Connection::open(
+        site.client_config(
+            &medledger_pki::Credentials::from_issued(&rogue),
+            medledger_pki::Role::Server,
+        )
+        .unwrap(),
+        &site.server.addr().to_string(),
+        "localhost",
+    )
+    .await
+    .unwrap();
+    let reply = rogue_conn
+        .request(
+            "POST",
+            "/v1/batches",
+            &[("content-type", "application/cbor")],
+            batch_of(vec![cose.clone()], true),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        reply.status,
+        403,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+
     // A retry of what was stored is a duplicate, not a second entry.
     let r = commit(batch_of(vec![cose.clone()], true)).await;
     assert_eq!(
@@ -662,44 +693,11 @@ async fn unassigned_devices_and_floods_are_refused() {
     assert_eq!(reply.status, 409);
     assert_eq!(body(&reply)["type"], "urn:medledger:problem:not-admitted");
 
-    // More than the device's burst at once: 429 with Retry-After.
+    // A batch (250 readings, more than the burst of 200) is accepted whole
+    // from a full bucket; the next request must wait out the debt.
     let mut device = site.device(1).await.unwrap();
     let mut conn = site.connect(&device).await.unwrap();
-    let batch: Vec<Vec<u8>> = (0..250).map(|_| device.heart_rate(70.0)).collect();
-    let body_bytes = medledger_protocol::cbor::encode_with(|e| {
-        e.array(batch.len());
-        for r in &batch {
-            e.bytes(r);
-        }
-    });
-    let reply = conn
-        .request(
-            "POST",
-            "/v1/readings",
-            &[("content-type", "application/cbor")],
-            body_bytes,
-        )
-        .await
-        .unwrap();
-    assert_eq!(reply.status, 429);
-    assert!(reply.header("retry-after").is_some());
-    // Within the burst, a batch is accepted whole.
-    let batch: Vec<Vec<u8>> = (0..100).map(|_| device.heart_rate(70.0)).collect();
-    let body_bytes = medledger_protocol::cbor::encode_with(|e| {
-        e.array(batch.len());
-        for r in &batch {
-            e.bytes(r);
-        }
-    });
-    let reply = conn
-        .request(
-            "POST",
-            "/v1/readings?wait=committed",
-            &[("content-type", "application/cbor")],
-            body_bytes,
-        )
-        .await
-        .unwrap();
+    let reply = post_batch(&mut conn, &mut device, 250, true).await;
     assert_eq!(
         reply.status,
         202,
@@ -707,7 +705,41 @@ async fn unassigned_devices_and_floods_are_refused() {
         String::from_utf8_lossy(&reply.body)
     );
     let receipts = body(&reply);
-    assert_eq!(receipts["receipts"].as_array().unwrap().len(), 100);
-    assert_eq!(receipts["receipts"][99]["ledger_index"], 99);
+    assert_eq!(receipts["receipts"].as_array().unwrap().len(), 250);
+    assert_eq!(receipts["receipts"][249]["ledger_index"], 249);
     assert!(receipts["rejected"].as_array().unwrap().is_empty());
+    let reply = post_batch(&mut conn, &mut device, 10, false).await;
+    assert_eq!(reply.status, 429);
+    let retry: u64 = reply.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=5).contains(&retry), "{retry}");
+    assert_eq!(body(&reply)["type"], "urn:medledger:problem:rate-limited");
+}
+
+/// Posts `n` fresh readings of `device` as one CBOR batch.
+async fn post_batch(
+    conn: &mut medledger_pki::https::Connection,
+    device: &mut medledger_sim::Device,
+    n: usize,
+    wait: bool,
+) -> medledger_pki::https::Reply {
+    let batch: Vec<Vec<u8>> = (0..n).map(|_| device.heart_rate(70.0)).collect();
+    let body_bytes = medledger_protocol::cbor::encode_with(|e| {
+        e.array(batch.len());
+        for r in &batch {
+            e.bytes(r);
+        }
+    });
+    let path = if wait {
+        "/v1/readings?wait=committed"
+    } else {
+        "/v1/readings"
+    };
+    conn.request(
+        "POST",
+        path,
+        &[("content-type", "application/cbor")],
+        body_bytes,
+    )
+    .await
+    .unwrap()
 }
