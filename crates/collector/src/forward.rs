@@ -36,7 +36,12 @@ pub(crate) async fn run(state: Arc<State>, tls: Arc<rustls::ClientConfig>, serve
             &[],
             pending.depth as f64,
         );
-        let Some((batch, hashes, range)) = pending.batch else {
+        let Some(Outgoing {
+            batch,
+            hashes,
+            range,
+        }) = pending.batch
+        else {
             // Nothing to send: wait for the pipeline, or look again soon.
             let _ =
                 tokio::time::timeout(Duration::from_secs(1), state.outbox_changed.notified()).await;
@@ -74,9 +79,16 @@ pub(crate) async fn run(state: Arc<State>, tls: Arc<rustls::ClientConfig>, serve
 
 struct Pending {
     depth: i64,
-    /// The batch to send, the hash of each reading in it, and the
-    /// collector batches it holds (first, last).
-    batch: Option<(ForwardBatch, Vec<[u8; 32]>, (i64, i64))>,
+    batch: Option<Outgoing>,
+}
+
+/// A forward batch and what it holds.
+struct Outgoing {
+    batch: ForwardBatch,
+    /// The hash of each reading, in order.
+    hashes: Vec<[u8; 32]>,
+    /// The collector batches it holds (first, last).
+    range: (i64, i64),
 }
 
 /// The oldest whole collector batches in the outbox, as one forward batch.
@@ -178,7 +190,11 @@ async fn load(state: &State) -> Result<Pending, sqlx::Error> {
     }
     Ok(Pending {
         depth,
-        batch: Some((batch, hashes, (first, last))),
+        batch: Some(Outgoing {
+            batch,
+            hashes,
+            range: (first, last),
+        }),
     })
 }
 
