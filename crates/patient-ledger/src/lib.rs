@@ -20,6 +20,7 @@ pub mod bundle;
 pub mod checkpoint;
 pub mod entry;
 pub mod merkle;
+pub mod reading_proof;
 pub mod store;
 
 pub use bundle::{Bundle, BundleError, Report};
@@ -28,4 +29,5 @@ pub use entry::{Entry, EntryError, Field, KINDS};
 pub use merkle::{
     Hash, ProofError, Tree, empty_root, leaf_hash, node_hash, verify_consistency, verify_inclusion,
 };
+pub use reading_proof::{ReadingProof, ReadingProofError, ReadingReport};
 pub use store::{Ledger, LedgerError, NewEntry, Staged, Verified};

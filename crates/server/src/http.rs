@@ -10,13 +10,13 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine;
-use medledger_patient_ledger::{NoteVerifier, Tree, leaf_hash};
+use medledger_patient_ledger::reading_proof::{self, AnchorRef, BatchPart, LedgerPart};
+use medledger_patient_ledger::{NoteVerifier, ReadingProof, Tree, leaf_hash};
 use medledger_pki::Role;
 use medledger_pki::https::Peer;
 use medledger_protocol::problem::PROBLEM_JSON;
 use medledger_protocol::{ForwardBatch, Problem, ProblemType};
 use medledger_storage::sqlx::{self, Row};
-use serde_json::{Value, json};
 use std::sync::Arc;
 
 /// `Registry.NodeKind.Collector`.
@@ -134,16 +134,18 @@ fn hexes(hashes: &[[u8; 32]]) -> Vec<String> {
     hashes.iter().map(hex::encode).collect()
 }
 
-fn anchor_json(id: Option<i64>, tx: Option<Vec<u8>>, block: Option<i64>) -> Value {
+fn anchor_ref(id: Option<i64>, tx: Option<Vec<u8>>, block: Option<i64>) -> Option<AnchorRef> {
     match (id, tx, block) {
-        (Some(id), Some(tx), Some(block)) => {
-            json!({ "id": id, "tx": format!("0x{}", hex::encode(tx)), "block": block })
-        }
-        _ => Value::Null,
+        (Some(id), Some(tx), Some(block)) => Some(AnchorRef {
+            id: u64::try_from(id).ok()?,
+            tx: format!("0x{}", hex::encode(tx)),
+            block: u64::try_from(block).ok()?,
+        }),
+        _ => None,
     }
 }
 
-async fn build_proof(state: &State, hash: &[u8; 32]) -> Result<Option<Value>, String> {
+async fn build_proof(state: &State, hash: &[u8; 32]) -> Result<Option<ReadingProof>, String> {
     let e = |e: sqlx::Error| e.to_string();
     let row =
         sqlx::query("SELECT patient, idx, batch, batch_pos FROM ingest_readings WHERE hash = $1")
@@ -178,7 +180,7 @@ async fn build_proof(state: &State, hash: &[u8; 32]) -> Result<Option<Value>, St
     let (note, checkpoint_anchor) = match anchored {
         Some(r) => (
             r.try_get::<String, _>("note").map_err(e)?,
-            anchor_json(
+            anchor_ref(
                 r.try_get("anchor_id").map_err(e)?,
                 r.try_get("anchor_tx").map_err(e)?,
                 r.try_get("anchor_block").map_err(e)?,
@@ -190,7 +192,7 @@ async fn build_proof(state: &State, hash: &[u8; 32]) -> Result<Option<Value>, St
                 .checkpoint(&at.patient)
                 .await
                 .map_err(|e| e.to_string())?,
-            Value::Null,
+            None,
         ),
     };
     let verifier = NoteVerifier::new(&state.ledger.verifier_key()).map_err(|e| e.to_string())?;
@@ -230,32 +232,32 @@ async fn build_proof(state: &State, hash: &[u8; 32]) -> Result<Option<Value>, St
     .await
     .map_err(e)?;
     let batch_anchor = match batch_row {
-        Some(r) => anchor_json(
+        Some(r) => anchor_ref(
             r.try_get("anchor_id").map_err(e)?,
             r.try_get("anchor_tx").map_err(e)?,
             r.try_get("anchor_block").map_err(e)?,
         ),
-        None => Value::Null,
+        None => None,
     };
-    Ok(Some(json!({
-        "format": "medledger-reading-proof/1",
-        "reading": hex::encode(hash),
-        "patient": hex::encode(at.patient),
-        "ledger": {
-            "index": at.index,
-            "entry": base64::engine::general_purpose::STANDARD.encode(&entry),
-            "size": cp.size,
-            "proof": hexes(&inclusion),
-            "checkpoint": note,
-            "key": state.ledger.verifier_key(),
-            "anchor": checkpoint_anchor,
+    Ok(Some(ReadingProof {
+        format: reading_proof::FORMAT.to_owned(),
+        reading: hex::encode(hash),
+        patient: hex::encode(at.patient),
+        ledger: LedgerPart {
+            index: at.index,
+            entry: base64::engine::general_purpose::STANDARD.encode(&entry),
+            size: cp.size,
+            proof: hexes(&inclusion),
+            checkpoint: note,
+            verifier_key: state.ledger.verifier_key(),
+            anchor: checkpoint_anchor,
         },
-        "batch": {
-            "root": hex::encode(&at.batch),
-            "index": at.batch_pos,
-            "count": tree.size(),
-            "proof": hexes(&batch_proof),
-            "anchor": batch_anchor,
+        batch: BatchPart {
+            root: hex::encode(&at.batch),
+            index: at.batch_pos,
+            count: tree.size(),
+            proof: hexes(&batch_proof),
+            anchor: batch_anchor,
         },
-    })))
+    }))
 }

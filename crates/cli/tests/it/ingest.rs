@@ -73,7 +73,7 @@ async fn a_reading_is_stored_sealed_proven_and_anchored() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let ledger = &proof["ledger"];
-    let verifier = NoteVerifier::new(ledger["key"].as_str().unwrap()).unwrap();
+    let verifier = NoteVerifier::new(ledger["verifier_key"].as_str().unwrap()).unwrap();
     let checkpoint = verifier
         .verify(ledger["checkpoint"].as_str().unwrap())
         .unwrap();
@@ -119,6 +119,43 @@ async fn a_reading_is_stored_sealed_proven_and_anchored() {
         .unwrap();
     assert_eq!((record.kind, record.first), (3, site.patient_ref));
     assert_eq!(record.root.0, checkpoint.root);
+
+    // `medledger verify --proof` checks the same offline, and catches a
+    // proof whose entry was altered.
+    let file = site.dir.path().join("proof.json");
+    std::fs::write(&file, proof.to_string()).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_medledger"))
+        .args(["verify", "--json", "--proof"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["reading"], hex::encode(hash));
+    assert_eq!(report["batch_anchor"]["id"], batch["anchor"]["id"]);
+    let mut forged = proof.clone();
+    let mut entry_bytes = entry.clone();
+    let last = entry_bytes.len() - 1;
+    entry_bytes[last] ^= 1;
+    forged["ledger"]["entry"] = base64::engine::general_purpose::STANDARD
+        .encode(&entry_bytes)
+        .into();
+    std::fs::write(&file, forged.to_string()).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_medledger"))
+        .args(["verify", "--proof"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("does not verify"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // The patient's ledger verifies.
     let verified = site
