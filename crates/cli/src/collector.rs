@@ -5,7 +5,6 @@ use anyhow::{Context, Result};
 use clap::Args;
 use medledger_collector::{Cards, Collector, ConfigFile, ServerTarget, Settings};
 use medledger_pki::{Credentials, Role, files};
-use medledger_storage::Db;
 use std::path::PathBuf;
 
 #[derive(Debug, Args)]
@@ -19,16 +18,7 @@ pub(crate) fn run(args: CollectorArgs) -> Result<()> {
     let config = ConfigFile::load(&args.config)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
-        std::fs::create_dir_all(&config.data)
-            .with_context(|| format!("creating {}", config.data.display()))?;
-        let db = match &config.database {
-            Some(url) => Db::connect(url).await,
-            None => Db::open_sqlite(&config.data.join("collector.db")).await,
-        }
-        .context("opening the outbox database")?;
-        db.migrate()
-            .await
-            .context("migrating the outbox database")?;
+        let db = roles::open_db(config.database.as_deref(), &config.data, "collector.db").await?;
         let credentials = Credentials::load(&config.credentials)
             .with_context(|| format!("loading {}", config.credentials.display()))?;
         let identity = credentials.identity()?;

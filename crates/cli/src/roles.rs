@@ -9,6 +9,7 @@ use alloy::signers::local::PrivateKeySigner;
 use anyhow::{Context, Result};
 use medledger_contracts::{Contracts, signing_provider};
 use medledger_pki::{ClientAuth, EthAccount, Role, files};
+use medledger_storage::Db;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -80,6 +81,19 @@ pub(crate) fn watch_crl(path: PathBuf, auths: Vec<Arc<ClientAuth>>) {
             }
         }
     });
+}
+
+/// The database at `url`, or else the SQLite file `data/file`, migrated;
+/// creates `data` if needed.
+pub(crate) async fn open_db(url: Option<&str>, data: &Path, file: &str) -> Result<Db> {
+    std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
+    let db = match url {
+        Some(url) => Db::connect(url).await,
+        None => Db::open_sqlite(&data.join(file)).await,
+    }
+    .context("opening the database")?;
+    db.migrate().await.context("migrating the database")?;
+    Ok(db)
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -6,7 +6,7 @@ use clap::Args;
 use medledger_patient_ledger::NoteSigner;
 use medledger_pki::{Credentials, Role, files};
 use medledger_server::{ConfigFile, Server, Settings};
-use medledger_storage::{BlobStore, Db, Kek, LocalDir, ObjectStoreBlobs};
+use medledger_storage::{BlobStore, Kek, LocalDir, ObjectStoreBlobs};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,14 +39,7 @@ pub(crate) fn run(args: ServerArgs) -> Result<()> {
     let config = ConfigFile::load(&args.config)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
-        std::fs::create_dir_all(&config.data)
-            .with_context(|| format!("creating {}", config.data.display()))?;
-        let db = match &config.database {
-            Some(url) => Db::connect(url).await,
-            None => Db::open_sqlite(&config.data.join("server.db")).await,
-        }
-        .context("opening the database")?;
-        db.migrate().await.context("migrating the database")?;
+        let db = roles::open_db(config.database.as_deref(), &config.data, "server.db").await?;
         let blobs: Arc<dyn BlobStore> = match &config.blobs {
             Some(url) => Arc::new(ObjectStoreBlobs::from_url(url)?),
             None => Arc::new(LocalDir::open(config.data.join("blobs")).await?),

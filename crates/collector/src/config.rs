@@ -28,6 +28,8 @@
 //!
 //! Relative paths are relative to the configuration file.
 
+use medledger_pki::files;
+pub use medledger_pki::files::ConfigError;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -119,38 +121,21 @@ impl Limits {
     }
 }
 
-/// Why a configuration file cannot be used.
-#[derive(Debug, thiserror::Error)]
-#[error("{path}: {problem}")]
-pub struct ConfigError {
-    /// The file.
-    pub path: PathBuf,
-    /// What is wrong.
-    pub problem: String,
-}
-
 impl ConfigFile {
     /// Reads and parses `path`; relative paths in it become relative to
     /// its directory.
     pub fn load(path: &Path) -> Result<ConfigFile, ConfigError> {
-        let error = |problem: String| ConfigError {
-            path: path.to_owned(),
-            problem,
-        };
-        let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
-        let mut config: ConfigFile = toml::from_str(&text).map_err(|e| error(e.to_string()))?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        for p in [
-            &mut config.data,
-            &mut config.credentials,
-            &mut config.ca_root,
-            &mut config.crl,
-            &mut config.cards,
-        ] {
-            if p.is_relative() {
-                *p = base.join(&*p);
-            }
-        }
+        let mut config: ConfigFile = files::read_toml(path)?;
+        files::relative_to(
+            path,
+            [
+                &mut config.data,
+                &mut config.credentials,
+                &mut config.ca_root,
+                &mut config.crl,
+                &mut config.cards,
+            ],
+        );
         Ok(config)
     }
 }

@@ -8,7 +8,7 @@
 //! pipeline as one submission.
 
 use crate::State;
-use crate::pipeline::{Candidate, Refusal, Submission, now_ms};
+use crate::pipeline::{Candidate, Refusal, Submission};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Extension, State as AxState};
@@ -16,12 +16,11 @@ use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use medledger_pki::Identity;
-use medledger_pki::https::{Peer, Refused};
-use medledger_pki::metrics::Metrics;
+use medledger_pki::https::Peer;
 use medledger_protocol::cbor::{self, Value};
 use medledger_protocol::problem::PROBLEM_JSON;
 use medledger_protocol::{
-    Problem, ProblemType, Receipt, ReceiptStatus, SignedReading, reading_hash,
+    Problem, ProblemType, Receipt, ReceiptStatus, SignedReading, now_ms, reading_hash,
 };
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,35 +35,6 @@ pub(crate) fn router(state: Arc<State>) -> Router {
         .route("/v1/readings", post(readings))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(state)
-}
-
-/// `/metrics` for Prometheus, on its own plain-HTTP address.
-pub(crate) fn metrics_router(state: Arc<State>) -> Router {
-    Router::new()
-        .route(
-            "/metrics",
-            get(|AxState(state): AxState<Arc<State>>| async move {
-                (
-                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                    state.metrics.render(),
-                )
-            }),
-        )
-        .with_state(state)
-}
-
-/// Counts connections refused before the app.
-pub(crate) fn count_refused(metrics: &Metrics, refused: &Refused) {
-    let cause = match refused {
-        Refused::AtCapacity(_) => "at-capacity",
-        Refused::Handshake(_, rejection) => rejection.problem_type().name(),
-    };
-    metrics.add(
-        "medledger_collector_connections_refused_total",
-        "Connections refused before any request, by cause.",
-        &[("cause", cause)],
-        1,
-    );
 }
 
 /// A device's token bucket: `device_rate_per_s` readings per second,

@@ -21,6 +21,7 @@ use alloy::providers::DynProvider;
 pub use cards::{CardSigner, Cards, SoftwareCard};
 pub use config::{ConfigError, ConfigFile, Limits};
 use medledger_contracts::{ChainView, Contracts};
+use medledger_pki::https::{self, Tasks};
 use medledger_pki::metrics::Metrics;
 use medledger_pki::{ClientAuth, Credentials, Role};
 use medledger_storage::Db;
@@ -115,7 +116,7 @@ pub struct Collector {
     addr: SocketAddr,
     metrics_addr: Option<SocketAddr>,
     metrics: Arc<Metrics>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    _tasks: Tasks,
 }
 
 impl std::fmt::Debug for Collector {
@@ -123,14 +124,6 @@ impl std::fmt::Debug for Collector {
         f.debug_struct("Collector")
             .field("addr", &self.addr)
             .finish_non_exhaustive()
-    }
-}
-
-impl Drop for Collector {
-    fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
-        }
     }
 }
 
@@ -149,16 +142,12 @@ impl Collector {
             server,
             limits,
         } = settings;
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .map_err(|source| StartError::Listen {
-                addr: listen,
-                source,
-            })?;
-        let addr = listener.local_addr().map_err(|source| StartError::Listen {
-            addr: listen,
-            source,
-        })?;
+        let bind = |addr: SocketAddr| async move {
+            https::bind(addr)
+                .await
+                .map_err(|source| StartError::Listen { addr, source })
+        };
+        let (listener, addr) = bind(listen).await?;
         let tls = medledger_pki::server_config(&credentials, client_auth.clone())?;
         let forward_tls =
             medledger_pki::client_config(Some(&credentials), &root_der, &[Role::Server])?;
@@ -177,35 +166,32 @@ impl Collector {
             outbox_changed: Notify::new(),
             cas: Mutex::new(credentials.chain[1..].iter().map(|c| c.to_vec()).collect()),
         });
-        let mut tasks = vec![
-            tokio::spawn(pipeline::run(state.clone(), submissions, next_batch)),
-            tokio::spawn(forward::run(state.clone(), forward_tls, server)),
-        ];
-        let serve_limits = medledger_pki::https::ServeLimits {
+        let mut tasks = Tasks::default();
+        tasks.spawn(pipeline::run(state.clone(), submissions, next_batch));
+        tasks.spawn(forward::run(state.clone(), forward_tls, server));
+        let serve_limits = https::ServeLimits {
             max_connections: limits.max_connections,
             header_timeout: limits.header_timeout(),
         };
         let refused_metrics = metrics.clone();
-        tasks.push(tokio::spawn(medledger_pki::https::serve(
+        tasks.spawn(https::serve(
             listener,
             medledger_pki::Acceptor::new(tls, limits.handshake_timeout()),
             client_auth,
             http::router(state.clone()),
             serve_limits,
-            Arc::new(move |refused| http::count_refused(&refused_metrics, &refused)),
-        )));
+            Arc::new(move |refused| {
+                https::count_refused(
+                    &refused_metrics,
+                    "medledger_collector_connections_refused_total",
+                    &refused,
+                );
+            }),
+        ));
         let metrics_addr = match metrics_listen {
             Some(at) => {
-                let listener = tokio::net::TcpListener::bind(at)
-                    .await
-                    .map_err(|source| StartError::Listen { addr: at, source })?;
-                let bound = listener
-                    .local_addr()
-                    .map_err(|source| StartError::Listen { addr: at, source })?;
-                let app = http::metrics_router(state);
-                tasks.push(tokio::spawn(async move {
-                    let _ = axum::serve(listener, app).await;
-                }));
+                let (listener, bound) = bind(at).await?;
+                tasks.spawn(https::serve_metrics(listener, metrics.clone()));
                 Some(bound)
             }
             None => None,
@@ -214,7 +200,7 @@ impl Collector {
             addr,
             metrics_addr,
             metrics,
-            tasks,
+            _tasks: tasks,
         })
     }
 

@@ -11,12 +11,12 @@
 use crate::State;
 use alloy::primitives::B256;
 use medledger_contracts::{Binding, RuleReason, rule_inputs};
-use medledger_protocol::{ProblemType, Reading, card_digest};
+use medledger_protocol::{ProblemType, Reading, card_digest, now_ms};
 use medledger_storage::sqlx::{self, Row};
 use medledger_storage::{Db, SqlError, SqlValue, insert_many};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
 /// Most readings decided in one batch.
@@ -70,12 +70,6 @@ pub(crate) async fn next_batch(db: &Db) -> Result<i64, SqlError> {
         .fetch_one(db.pool())
         .await?;
     Ok(row.try_get::<i64, _>("b").map_err(SqlError::Database)? + 1)
-}
-
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn to_i64(n: u64) -> i64 {
@@ -391,15 +385,17 @@ async fn commit(
         .execute(&mut *tx)
         .await?;
     }
-    for (dev, seq) in new_marks {
-        sqlx::query(
-            "INSERT INTO collector_device_seq (epc, seq) VALUES ($1, $2) \
-             ON CONFLICT (epc) DO UPDATE SET seq = excluded.seq",
-        )
-        .bind(dev.to_vec())
-        .bind(to_i64(*seq))
-        .execute(&mut *tx)
-        .await?;
-    }
+    let marks: Vec<Vec<SqlValue>> = new_marks
+        .iter()
+        .map(|(dev, seq)| vec![SqlValue::Bytes(dev.to_vec()), SqlValue::Int(to_i64(*seq))])
+        .collect();
+    insert_many(
+        &mut tx,
+        "collector_device_seq",
+        &["epc", "seq"],
+        "ON CONFLICT (epc) DO UPDATE SET seq = excluded.seq",
+        &marks,
+    )
+    .await?;
     tx.commit().await
 }

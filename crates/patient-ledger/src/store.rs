@@ -8,10 +8,10 @@ use crate::bundle::{Bundle, BundleEntry};
 use crate::checkpoint::{Checkpoint, CheckpointError, NoteSigner, NoteVerifier};
 use crate::entry::{Entry, EntryError, Field};
 use crate::merkle::{Hash, ProofError, Tree, leaf_hash, verify_consistency};
+use medledger_protocol::now_ms;
 use medledger_storage::sqlx::{self, Row};
 use medledger_storage::{Db, SqlError, SqlValue, insert_many};
 use std::collections::{BTreeMap, HashMap};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// A patientRef.
 pub type PatientRef = [u8; 32];
@@ -147,12 +147,6 @@ pub struct Verified {
     pub size: u64,
     /// Their root.
     pub root: Hash,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn to_i64(n: u64) -> i64 {

@@ -74,3 +74,40 @@ pub fn with_suffix(prefix: &Path, suffix: &str) -> PathBuf {
     s.push(suffix);
     PathBuf::from(s)
 }
+
+/// Why a configuration file cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {problem}")]
+pub struct ConfigError {
+    /// The file.
+    pub path: PathBuf,
+    /// What is wrong.
+    pub problem: String,
+}
+
+impl ConfigError {
+    /// A problem with `path`.
+    pub fn new(path: &Path, problem: impl Into<String>) -> ConfigError {
+        ConfigError {
+            path: path.to_owned(),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// Reads a TOML configuration file into `T`.
+pub fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::new(path, e.to_string()))?;
+    toml::from_str(&text).map_err(|e| ConfigError::new(path, e.to_string()))
+}
+
+/// Makes every relative path in `paths` relative to the directory that
+/// holds `file` (a configuration file's paths are relative to it).
+pub fn relative_to<'a>(file: &Path, paths: impl IntoIterator<Item = &'a mut PathBuf>) {
+    let base = file.parent().unwrap_or(Path::new("."));
+    for p in paths {
+        if p.is_relative() {
+            *p = base.join(&*p);
+        }
+    }
+}

@@ -9,6 +9,7 @@
 //! ```
 
 use crate::identity::Identity;
+use crate::metrics::Metrics;
 use crate::tls::{Acceptor, ClientAuth, Rejection};
 use axum::Router;
 use axum::body::Body;
@@ -288,5 +289,64 @@ impl Connection {
             headers,
             body,
         })
+    }
+}
+
+/// Binds `addr` (port 0: any free port); returns the listener and the
+/// address it got.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    Ok((listener, bound))
+}
+
+/// Serves `GET /metrics` (Prometheus text format) over plain HTTP on
+/// `listener` until the future is dropped.
+pub async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>) {
+    let app = Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let metrics = metrics.clone();
+            async move {
+                (
+                    [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    metrics.render(),
+                )
+            }
+        }),
+    );
+    let _ = axum::serve(listener, app).await;
+}
+
+/// Counts a connection refused before any request, by cause, in `name`.
+pub fn count_refused(metrics: &Metrics, name: &'static str, refused: &Refused) {
+    let cause = match refused {
+        Refused::AtCapacity(_) => "at-capacity",
+        Refused::Handshake(_, rejection) => rejection.problem_type().name(),
+    };
+    metrics.add(
+        name,
+        "Connections refused before any request, by cause.",
+        &[("cause", cause)],
+        1,
+    );
+}
+
+/// Background tasks that stop when this is dropped.
+#[derive(Debug, Default)]
+pub struct Tasks(Vec<tokio::task::JoinHandle<()>>);
+
+impl Tasks {
+    /// Runs `task` until this is dropped.
+    pub fn spawn(&mut self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.0.push(tokio::spawn(task));
+    }
+}
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
     }
 }

@@ -34,3 +34,10 @@ pub use cose::{
 };
 pub use problem::{Problem, ProblemType};
 pub use reading::{DeviceId, Observation, ObservedValue, PayloadError, Reading};
+
+/// The time now in Unix milliseconds, as readings and receipts state it.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}

@@ -18,6 +18,8 @@
 //!
 //! Relative paths are relative to the configuration file.
 
+use medledger_pki::files;
+pub use medledger_pki::files::ConfigError;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -72,42 +74,26 @@ fn default_checkpoint_interval() -> u64 {
     10_000
 }
 
-/// Why a configuration file cannot be used.
-#[derive(Debug, thiserror::Error)]
-#[error("{path}: {problem}")]
-pub struct ConfigError {
-    /// The file.
-    pub path: PathBuf,
-    /// What is wrong.
-    pub problem: String,
-}
-
 impl ConfigFile {
     /// Reads and parses `path`; relative paths in it become relative to
     /// its directory.
     pub fn load(path: &Path) -> Result<ConfigFile, ConfigError> {
-        let error = |problem: String| ConfigError {
-            path: path.to_owned(),
-            problem,
-        };
-        let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
-        let mut config: ConfigFile = toml::from_str(&text).map_err(|e| error(e.to_string()))?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        let paths = [
-            Some(&mut config.data),
-            Some(&mut config.credentials),
-            Some(&mut config.ca_root),
-            Some(&mut config.crl),
-            Some(&mut config.ledger_key),
-            config.kek_file.as_mut(),
-        ];
-        for p in paths.into_iter().flatten() {
-            if p.is_relative() {
-                *p = base.join(&*p);
-            }
-        }
+        let mut config: ConfigFile = files::read_toml(path)?;
+        files::relative_to(
+            path,
+            [
+                Some(&mut config.data),
+                Some(&mut config.credentials),
+                Some(&mut config.ca_root),
+                Some(&mut config.crl),
+                Some(&mut config.ledger_key),
+                config.kek_file.as_mut(),
+            ]
+            .into_iter()
+            .flatten(),
+        );
         if config.kek_file.is_none() && config.kek_env.is_none() {
-            return Err(error("set kek_file or kek_env".into()));
+            return Err(ConfigError::new(path, "set kek_file or kek_env"));
         }
         Ok(config)
     }

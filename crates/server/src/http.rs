@@ -33,21 +33,6 @@ pub(crate) fn router(state: Arc<State>) -> Router {
         .with_state(state)
 }
 
-/// `/metrics` for Prometheus, on its own plain-HTTP address.
-pub(crate) fn metrics_router(state: Arc<State>) -> Router {
-    Router::new()
-        .route(
-            "/metrics",
-            get(|AxState(state): AxState<Arc<State>>| async move {
-                (
-                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                    state.metrics.render(),
-                )
-            }),
-        )
-        .with_state(state)
-}
-
 fn problem(kind: ProblemType, detail: impl Into<String>) -> Response {
     let p = Problem::new(kind, detail);
     (

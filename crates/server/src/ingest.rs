@@ -18,14 +18,13 @@ use medledger_pki::{ClientAuth, Identity};
 use medledger_protocol::cbor::{self, Value};
 use medledger_protocol::{
     CommitReply, CommitResult, CommitStatus, ForwardBatch, ProblemType, Reading, SignedReading,
-    card_digest, reading_hash,
+    card_digest, now_ms, reading_hash,
 };
 use medledger_storage::sqlx::{self, Row};
 use medledger_storage::{Cid, SqlValue, insert_many, placeholders};
 use rustls::pki_types::UnixTime;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Rule inputs per `RuleManager.check` call.
 const RULE_CHUNK: usize = 512;
@@ -34,12 +33,6 @@ const RULE_CHUNK: usize = 512;
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub(crate) struct Unavailable(pub(crate) String);
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
 
 fn to_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
@@ -589,18 +582,21 @@ async fn store(
     )
     .await
     .map_err(db_down)?;
-    for (dev, seq) in marks {
-        let Some(seq) = seq else { continue };
-        sqlx::query(
-            "INSERT INTO ingest_device_seq (epc, seq) VALUES ($1, $2) \
-             ON CONFLICT (epc) DO UPDATE SET seq = excluded.seq",
-        )
-        .bind(dev.to_vec())
-        .bind(to_i64(*seq))
-        .execute(&mut *tx)
-        .await
-        .map_err(db_down)?;
-    }
+    let marks: Vec<Vec<SqlValue>> = marks
+        .iter()
+        .filter_map(|(dev, seq)| {
+            seq.map(|seq| vec![SqlValue::Bytes(dev.to_vec()), SqlValue::Int(to_i64(seq))])
+        })
+        .collect();
+    insert_many(
+        &mut tx,
+        "ingest_device_seq",
+        &["epc", "seq"],
+        "ON CONFLICT (epc) DO UPDATE SET seq = excluded.seq",
+        &marks,
+    )
+    .await
+    .map_err(db_down)?;
     sqlx::query(
         "INSERT INTO ingest_batches (root, count, first, last, created_ms) VALUES ($1, $2, $3, $4, $5) \
          ON CONFLICT DO NOTHING",

@@ -23,6 +23,7 @@ use alloy::providers::DynProvider;
 pub use config::{ConfigError, ConfigFile};
 use medledger_contracts::{ChainView, Contracts};
 use medledger_patient_ledger::{Ledger, NoteSigner};
+use medledger_pki::https::{self, Tasks};
 use medledger_pki::metrics::Metrics;
 use medledger_pki::{ClientAuth, Credentials};
 use medledger_storage::{BlobStore, Db, Kek, Vault};
@@ -108,7 +109,7 @@ pub struct Server {
     addr: SocketAddr,
     metrics_addr: Option<SocketAddr>,
     state: Arc<State>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    _tasks: Tasks,
 }
 
 impl std::fmt::Debug for Server {
@@ -116,14 +117,6 @@ impl std::fmt::Debug for Server {
         f.debug_struct("Server")
             .field("addr", &self.addr)
             .finish_non_exhaustive()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
-        }
     }
 }
 
@@ -146,13 +139,9 @@ impl Server {
             checkpoint_interval,
         } = settings;
         let bind = |addr: SocketAddr| async move {
-            let listener = tokio::net::TcpListener::bind(addr)
+            https::bind(addr)
                 .await
-                .map_err(|source| StartError::Listen { addr, source })?;
-            let bound = listener
-                .local_addr()
-                .map_err(|source| StartError::Listen { addr, source })?;
-            Ok::<_, StartError>((listener, bound))
+                .map_err(|source| StartError::Listen { addr, source })
         };
         let (listener, addr) = bind(listen).await?;
         let tls = medledger_pki::server_config(&credentials, client_auth.clone())?;
@@ -169,37 +158,31 @@ impl Server {
             ingest_lock: tokio::sync::Mutex::new(()),
             committed: tokio::sync::Notify::new(),
         });
-        let mut tasks = vec![tokio::spawn(anchor::run(
+        let mut tasks = Tasks::default();
+        tasks.spawn(anchor::run(
             state.clone(),
             anchor_interval,
             checkpoint_interval,
-        ))];
-        tasks.push(tokio::spawn(medledger_pki::https::serve(
+        ));
+        let refused_metrics = metrics.clone();
+        tasks.spawn(https::serve(
             listener,
             medledger_pki::Acceptor::new(tls, Duration::from_secs(5)),
             client_auth,
             http::router(state.clone()),
-            medledger_pki::https::ServeLimits::default(),
+            https::ServeLimits::default(),
             Arc::new(move |refused| {
-                let cause = match &refused {
-                    medledger_pki::https::Refused::AtCapacity(_) => "at-capacity",
-                    medledger_pki::https::Refused::Handshake(_, r) => r.problem_type().name(),
-                };
-                metrics.add(
+                https::count_refused(
+                    &refused_metrics,
                     "medledger_server_connections_refused_total",
-                    "Connections refused before any request, by cause.",
-                    &[("cause", cause)],
-                    1,
+                    &refused,
                 );
             }),
-        )));
+        ));
         let metrics_addr = match metrics_listen {
             Some(at) => {
                 let (listener, bound) = bind(at).await?;
-                let app = http::metrics_router(state.clone());
-                tasks.push(tokio::spawn(async move {
-                    let _ = axum::serve(listener, app).await;
-                }));
+                tasks.spawn(https::serve_metrics(listener, metrics));
                 Some(bound)
             }
             None => None,
@@ -208,7 +191,7 @@ impl Server {
             addr,
             metrics_addr,
             state,
-            tasks,
+            _tasks: tasks,
         })
     }
 

@@ -31,22 +31,16 @@ use medledger_pki::{
     Ca, ClientAuth, Credentials, Epc, Issued, KeyAlg, LeafRequest, Location, Role,
 };
 use medledger_protocol::catalogue::data_type;
+pub use medledger_protocol::now_ms;
 use medledger_protocol::{DeviceId, Observation, Reading, SigningKey};
 use medledger_server::Server;
 use medledger_storage::{Db, Kek, LocalDir};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// The device group every simulated device belongs to.
 pub const GROUP: &str = "icu-hr-monitor";
-
-/// Unix time in milliseconds.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
 
 fn text(s: &str) -> Result<B256> {
     Ok(short_text(s)?)
@@ -385,28 +379,35 @@ impl Hospital {
         )?)
     }
 
+    /// A connection presenting `own` to the `server_role` node at `addr`.
+    pub async fn open(
+        &self,
+        own: &Credentials,
+        server_role: Role,
+        addr: &str,
+    ) -> Result<Connection> {
+        Ok(Connection::open(self.client_config(own, server_role)?, addr, "localhost").await?)
+    }
+
     /// A connection to the collector as `device`.
     pub async fn connect(&self, device: &Device) -> Result<Connection> {
-        Ok(Connection::open(
-            self.client_config(&device.credentials(), Role::Collector)?,
+        self.open(
+            &device.credentials(),
+            Role::Collector,
             &self.collector.addr().to_string(),
-            "localhost",
         )
-        .await?)
+        .await
     }
 
     /// A connection to the server holding the collector's key (as the
     /// collector, or a sinkhole that stole it).
     pub async fn connect_server(&self) -> Result<Connection> {
-        Ok(Connection::open(
-            self.client_config(
-                &Credentials::from_issued(&self.collector_issued),
-                Role::Server,
-            )?,
+        self.open(
+            &Credentials::from_issued(&self.collector_issued),
+            Role::Server,
             &self.server.addr().to_string(),
-            "localhost",
         )
-        .await?)
+        .await
     }
 
     /// Another server, registered as a node, listening on `listen`, with

@@ -367,17 +367,14 @@ async fn a_sinkhole_collector_cannot_alter_or_inject_readings() {
     let mut request = medledger_pki::LeafRequest::new(medledger_pki::Role::Collector);
     request.location = Some("cardiology/204/C".parse().unwrap());
     let rogue = site.ca.issue(&request).unwrap();
-    let mut rogue_conn = medledger_pki::https::Connection::open(
-        site.client_config(
+    let mut rogue_conn = site
+        .open(
             &medledger_pki::Credentials::from_issued(&rogue),
             medledger_pki::Role::Server,
+            &site.server.addr().to_string(),
         )
-        .unwrap(),
-        &site.server.addr().to_string(),
-        "localhost",
-    )
-    .await
-    .unwrap();
+        .await
+        .unwrap();
     let reply = rogue_conn
         .request(
             "POST",
@@ -525,18 +522,10 @@ async fn an_acknowledged_reading_survives_kill_9_and_arrives_once() {
     let (mut child, addr) = spawn_collector(&config);
     let cose = device.heart_rate(72.0);
     let hash = reading_hash(&cose);
-    let mut conn = medledger_pki::https::Connection::open(
-        medledger_pki::client_config(
-            Some(&device.credentials()),
-            &site.ca.root_cert_der().unwrap(),
-            &[medledger_pki::Role::Collector],
-        )
-        .unwrap(),
-        &addr,
-        "localhost",
-    )
-    .await
-    .unwrap();
+    let mut conn = site
+        .open(&device.credentials(), medledger_pki::Role::Collector, &addr)
+        .await
+        .unwrap();
     let reply = post_one(&mut conn, cose.clone(), false).await;
     assert_eq!(
         reply.status,
@@ -566,18 +555,10 @@ async fn an_acknowledged_reading_survives_kill_9_and_arrives_once() {
     }
     assert_eq!(server.reading(&hash).await.unwrap().unwrap(), cose);
     // The restarted collector still refuses the replay, and forwards new ones.
-    let mut conn = medledger_pki::https::Connection::open(
-        medledger_pki::client_config(
-            Some(&device.credentials()),
-            &site.ca.root_cert_der().unwrap(),
-            &[medledger_pki::Role::Collector],
-        )
-        .unwrap(),
-        &addr,
-        "localhost",
-    )
-    .await
-    .unwrap();
+    let mut conn = site
+        .open(&device.credentials(), medledger_pki::Role::Collector, &addr)
+        .await
+        .unwrap();
     assert_eq!(post_one(&mut conn, cose, false).await.status, 409);
     let reply = post_one(&mut conn, device.heart_rate(73.0), true).await;
     assert_eq!(body(&reply)["ledger_index"], 1, "exactly once before it");
