@@ -81,6 +81,11 @@ pub struct Options {
     pub anchor_interval: Duration,
     /// How often it anchors changed ledgers' checkpoints.
     pub checkpoint_interval: Duration,
+    /// The server's database (migrated here); SQLite in the directory if
+    /// `None`.
+    pub server_db: Option<Db>,
+    /// The collector's database, likewise.
+    pub collector_db: Option<Db>,
 }
 
 impl Default for Options {
@@ -94,8 +99,20 @@ impl Default for Options {
             },
             anchor_interval: Duration::from_millis(50),
             checkpoint_interval: Duration::from_millis(200),
+            server_db: None,
+            collector_db: None,
         }
     }
+}
+
+/// `db`, or else the SQLite file `path`; migrated.
+async fn database(db: Option<Db>, path: &Path) -> Result<Db> {
+    let db = match db {
+        Some(db) => db,
+        None => Db::open_sqlite(path).await?,
+    };
+    db.migrate().await?;
+    Ok(db)
 }
 
 /// A hospital in one process: CA, chain, contracts, a server and a
@@ -187,10 +204,10 @@ async fn start_server(
     issued: &Issued,
     contracts: Contracts<DynProvider>,
     options: &Options,
+    db: Option<Db>,
 ) -> Result<Server> {
     std::fs::create_dir_all(dir)?;
-    let db = Db::open_sqlite(&dir.join("server.db")).await?;
-    db.migrate().await?;
+    let db = database(db, &dir.join("server.db")).await?;
     Ok(Server::start(medledger_server::Settings {
         listen: listen.parse()?,
         metrics_listen: None,
@@ -273,10 +290,14 @@ impl Hospital {
             &server_issued,
             contracts.with_provider(provider(&node, &signer(&server_issued)?)),
             &options,
+            options.server_db.clone(),
         )
         .await?;
-        let collector_db = Db::open_sqlite(&dir.path().join("collector.db")).await?;
-        collector_db.migrate().await?;
+        let collector_db = database(
+            options.collector_db.clone(),
+            &dir.path().join("collector.db"),
+        )
+        .await?;
         let collector_auth = auth(&root, &crl, &[Role::Device])?;
         let mut cards = Cards::new();
         cards.insert(Arc::new(
@@ -429,6 +450,7 @@ impl Hospital {
             self.admin
                 .with_provider(provider(&self.node, &signer(&issued)?)),
             &self.options,
+            None,
         )
         .await
     }

@@ -761,3 +761,72 @@ async fn post_batch(
     .await
     .unwrap()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ingest_path_runs_on_postgresql() {
+    // Collector and server each in a fresh schema of the test PostgreSQL.
+    let (Some(server_db), Some(collector_db)) = (
+        medledger_storage::test_utils::postgres().await,
+        medledger_storage::test_utils::postgres().await,
+    ) else {
+        return;
+    };
+    let site = Site::start(medledger_sim::Options {
+        server_db: Some(server_db),
+        collector_db: Some(collector_db),
+        ..medledger_sim::Options::default()
+    })
+    .await
+    .unwrap();
+    let mut device = site.device(1).await.unwrap();
+    let mut conn = site.connect(&device).await.unwrap();
+    let mut hashes = Vec::new();
+    for expected in 0..3u64 {
+        let cose = device.heart_rate(70.0 + expected as f64);
+        hashes.push(reading_hash(&cose));
+        let reply = post_one(&mut conn, cose.clone(), true).await;
+        assert_eq!(
+            reply.status,
+            202,
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        assert_eq!(body(&reply)["ledger_index"], expected);
+        if expected == 2 {
+            assert_eq!(post_one(&mut conn, cose, false).await.status, 409);
+        }
+    }
+    // Anchored, and provable, from PostgreSQL.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while site.server.anchored_count(&hashes).await.unwrap() < hashes.len() {
+        assert!(std::time::Instant::now() < deadline, "not anchored");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut server = site.connect_server().await.unwrap();
+    let reply = server
+        .request(
+            "GET",
+            &format!("/v1/readings/{}/proof", hex::encode(hashes[2])),
+            &[],
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    medledger_patient_ledger::reading_proof::verify(&String::from_utf8(reply.body).unwrap(), None)
+        .unwrap();
+    assert_eq!(
+        site.server
+            .ledger()
+            .verify(&site.patient_ref.0, &[])
+            .await
+            .unwrap()
+            .size,
+        3
+    );
+}
