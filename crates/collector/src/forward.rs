@@ -4,9 +4,12 @@
 //! The server is idempotent by reading hash, so a batch resent after a
 //! lost answer is stored once.
 
+use crate::pipeline::Refusal;
 use crate::{ServerTarget, State};
 use medledger_pki::https::Connection;
-use medledger_protocol::{CardSignature, CommitReply, CommitStatus, ForwardBatch, Forwarded};
+use medledger_protocol::{
+    CardSignature, CommitReply, CommitStatus, ForwardBatch, Forwarded, ProblemType,
+};
 use medledger_storage::sqlx::{self, Row};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -281,10 +284,22 @@ async fn settle(
             &[("status", status)],
             1,
         );
-        if let (Some(senders), Some(index)) = (waiters.remove(hash), result.index) {
-            for tx in senders {
-                let _ = tx.send(index);
-            }
+        let answer = match (result.status, result.index) {
+            (CommitStatus::Rejected, _) | (_, None) => Err(Refusal::new(
+                result
+                    .problem
+                    .as_deref()
+                    .and_then(ProblemType::parse)
+                    .unwrap_or(ProblemType::Forbidden),
+                format!(
+                    "the server refused the reading: {}",
+                    result.detail.as_deref().unwrap_or("no reason given")
+                ),
+            )),
+            (_, Some(index)) => Ok(index),
+        };
+        for tx in waiters.remove(hash).into_iter().flatten() {
+            let _ = tx.send(answer.clone());
         }
     }
     Ok(())

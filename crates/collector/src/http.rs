@@ -235,23 +235,29 @@ async fn readings(
         ) {
             receipts.push(match decision {
                 Ok(()) => {
-                    let ledger_index = match commit {
+                    // Waiting: the server's answer, or (timed out) none.
+                    let answer = match commit {
                         Some(rx) => tokio::time::timeout_at(deadline, rx)
                             .await
                             .ok()
                             .and_then(Result::ok),
                         None => None,
                     };
-                    Ok(Receipt {
-                        hash,
-                        seq,
-                        status: if ledger_index.is_some() {
-                            ReceiptStatus::Committed
-                        } else {
-                            ReceiptStatus::Accepted
-                        },
-                        ledger_index,
-                    })
+                    match answer {
+                        Some(Err(refusal)) => Err(refusal),
+                        Some(Ok(index)) => Ok(Receipt {
+                            hash,
+                            seq,
+                            status: ReceiptStatus::Committed,
+                            ledger_index: Some(index),
+                        }),
+                        None => Ok(Receipt {
+                            hash,
+                            seq,
+                            status: ReceiptStatus::Accepted,
+                            ledger_index: None,
+                        }),
+                    }
                 }
                 Err(refusal) => Err(refusal),
             });

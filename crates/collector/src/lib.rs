@@ -101,8 +101,9 @@ pub(crate) struct State {
     pub(crate) cards: Cards,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) submit: mpsc::Sender<pipeline::Submission>,
-    /// Receipts waiting for the server's commit, by reading hash.
-    pub(crate) waiters: Mutex<HashMap<[u8; 32], Vec<oneshot::Sender<u64>>>>,
+    /// Receipts waiting for the server's answer, by reading hash: the
+    /// ledger index, or why the server refused the reading.
+    pub(crate) waiters: Mutex<HashMap<[u8; 32], Vec<oneshot::Sender<pipeline::Committed>>>>,
     /// Token buckets per device EPC.
     pub(crate) rates: Mutex<HashMap<[u8; 12], http::Bucket>>,
     /// Wakes the forwarder after an outbox commit.

@@ -58,6 +58,10 @@ impl Refusal {
     }
 }
 
+/// What the server said of an accepted reading: its ledger index, or why
+/// it refused it.
+pub(crate) type Committed = Result<u64, Refusal>;
+
 /// One request's readings and where to send their outcomes.
 pub(crate) struct Submission {
     pub(crate) items: Vec<Candidate>,

@@ -109,6 +109,8 @@ pub struct Server {
     addr: SocketAddr,
     metrics_addr: Option<SocketAddr>,
     state: Arc<State>,
+    /// Every verifier, for [`Server::update_crls`].
+    auths: [Arc<ClientAuth>; 3],
     _tasks: Tasks,
 }
 
@@ -144,6 +146,7 @@ impl Server {
                 .map_err(|source| StartError::Listen { addr, source })
         };
         let (listener, addr) = bind(listen).await?;
+        let auths = [client_auth.clone(), device_auth.clone(), card_auth.clone()];
         let tls = medledger_pki::server_config(&credentials, client_auth.clone())?;
         let metrics = Arc::new(Metrics::new());
         let state = Arc::new(State {
@@ -191,8 +194,18 @@ impl Server {
             addr,
             metrics_addr,
             state,
+            auths,
             _tasks: tasks,
         })
+    }
+
+    /// Replaces the CRLs (DER) of every verifier: peers, forwarded device
+    /// certificates and patient cards.
+    pub fn update_crls(&self, crls: &[Vec<u8>]) -> Result<(), medledger_pki::Error> {
+        for auth in &self.auths {
+            auth.update_crls(crls.to_vec())?;
+        }
+        Ok(())
     }
 
     /// Where collectors connect.

@@ -275,6 +275,29 @@ async fn each_attack_on_the_collector_is_refused_with_its_cause() {
     assert_eq!(reply.status, 400);
     assert_eq!(body(&reply)["type"], "urn:medledger:problem:malformed");
 
+    // Revoked at the server before the collector hears of it: the
+    // collector accepts, the server refuses, and a waiting device is told.
+    let mut revoked = site.device(3).await.unwrap();
+    let mut conn3 = site.connect(&revoked).await.unwrap();
+    let crl = site.ca.revoke(&revoked.issued.cert_der).unwrap();
+    site.server.update_crls(&[crl]).unwrap();
+    let reply = post_one(&mut conn3, revoked.heart_rate(70.0), true).await;
+    assert_eq!(
+        reply.status,
+        401,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let p = body(&reply);
+    assert_eq!(p["type"], "urn:medledger:problem:revoked");
+    assert!(
+        p["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("the server refused the reading"),
+        "{p}"
+    );
+
     // And the legitimate device still gets through.
     assert_eq!(
         post_one(&mut conn, device.heart_rate(72.0), true)
