@@ -853,3 +853,119 @@ async fn the_ingest_path_runs_on_postgresql() {
         3
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retired_and_recertified_devices_are_refused_until_the_registry_says_so() {
+    use medledger_contracts::{epc_bytes, send};
+    let site = crate::site::start().await;
+    let registry = site.admin.registry();
+
+    // Deactivated in the Registry: refused from the next block on.
+    let mut retired = site.device(1).await.unwrap();
+    let mut conn = site.connect(&retired).await.unwrap();
+    assert_eq!(
+        post_one(&mut conn, retired.heart_rate(70.0), false)
+            .await
+            .status,
+        202
+    );
+    send(registry.deactivateDevice(epc_bytes(&retired.epc)))
+        .await
+        .unwrap();
+    let reply = post_one(&mut conn, retired.heart_rate(71.0), false).await;
+    assert_eq!(reply.status, 403);
+    assert!(
+        body(&reply)["detail"]
+            .as_str()
+            .unwrap()
+            .contains("deactivated"),
+        "{}",
+        body(&reply)
+    );
+
+    // A new certificate for the same EPC is refused until the Registry
+    // names it; then accepted, with the sequence carried on.
+    let mut device = site.device(2).await.unwrap();
+    let mut old_conn = site.connect(&device).await.unwrap();
+    assert_eq!(
+        post_one(&mut old_conn, device.heart_rate(70.0), false)
+            .await
+            .status,
+        202
+    );
+    let mut renewed = site.issue_device(2, medledger_pki::KeyAlg::P256).unwrap();
+    renewed.seq = device.seq;
+    let mut conn = site.connect(&renewed).await.unwrap();
+    let reply = post_one(&mut conn, renewed.heart_rate(72.0), false).await;
+    assert_eq!(reply.status, 403);
+    assert!(
+        body(&reply)["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not the one registered"),
+        "{}",
+        body(&reply)
+    );
+    send(registry.setDeviceCertificate(
+        epc_bytes(&renewed.epc),
+        alloy::primitives::B256::from(medledger_protocol::kid_of(&renewed.issued.cert_der)),
+    ))
+    .await
+    .unwrap();
+    let reply = post_one(&mut conn, renewed.heart_rate(73.0), true).await;
+    assert_eq!(
+        reply.status,
+        202,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    // The old certificate is now the one refused.
+    let reply = post_one(&mut old_conn, device.heart_rate(74.0), false).await;
+    assert_eq!(reply.status, 403);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_cap_are_closed_at_accept() {
+    let mut options = medledger_sim::Options::default();
+    options.limits.max_connections = 2;
+    let site = Site::start(options).await.unwrap();
+    let mut device = site.device(1).await.unwrap();
+    let mut first = site.connect(&device).await.unwrap();
+    let _second = site.connect(&device).await.unwrap();
+    assert!(
+        site.connect(&device).await.is_err(),
+        "a third connection got in"
+    );
+    let refused = || {
+        site.collector.metrics().value(
+            "medledger_collector_connections_refused_total",
+            &[("cause", "at-capacity")],
+        )
+    };
+    wait_for("at-capacity counted", || refused() == 1.0).await;
+    // The connections inside still work; one closing makes room.
+    assert_eq!(
+        post_one(&mut first, device.heart_rate(70.0), false)
+            .await
+            .status,
+        202
+    );
+    drop(first);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut again = loop {
+        if let Ok(conn) = site.connect(&device).await {
+            break conn;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no room after a close"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        post_one(&mut again, device.heart_rate(71.0), false)
+            .await
+            .status,
+        202
+    );
+}
