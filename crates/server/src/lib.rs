@@ -12,11 +12,13 @@
 //!      inclusion + anchoring transaction
 //! ```
 //!
-//! - [`config`]: the TOML configuration.
+//! - [`config`]: the TOML configuration;
+//! - [`indexer`]: our contracts' events, copied into SQL.
 
 mod anchor;
 pub mod config;
 mod http;
+pub mod indexer;
 mod ingest;
 
 use alloy::providers::DynProvider;
@@ -30,6 +32,9 @@ use medledger_storage::{BlobStore, Db, Kek, Vault};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// How often the indexer looks for new blocks once it has caught up.
+const INDEX_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Everything a server runs with, resolved.
 pub struct Settings {
@@ -162,6 +167,10 @@ impl Server {
             committed: tokio::sync::Notify::new(),
         });
         let mut tasks = Tasks::default();
+        tasks.spawn(
+            indexer::Indexer::new(state.db.clone(), state.view.contracts().clone())
+                .run(INDEX_INTERVAL),
+        );
         tasks.spawn(anchor::run(
             state.clone(),
             anchor_interval,
@@ -226,6 +235,15 @@ impl Server {
     /// The patient ledgers.
     pub fn ledger(&self) -> &Ledger {
         &self.state.ledger
+    }
+
+    /// The indexed chain events named `name` (all with `None`), in chain
+    /// order.
+    pub async fn events(
+        &self,
+        name: Option<&str>,
+    ) -> Result<Vec<indexer::IndexedEvent>, indexer::IndexError> {
+        indexer::events(&self.state.db, name).await
     }
 
     /// The vault of data keys.

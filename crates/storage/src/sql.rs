@@ -178,6 +178,26 @@ pub static MIGRATIONS: &[Migration] = &[
               PRIMARY KEY (patient, size)
           )",
     },
+    Migration {
+        version: 5,
+        name: "chain indexer: events of our contracts and the cursor",
+        sql: "CREATE TABLE chain_cursor (
+              name TEXT PRIMARY KEY,
+              block BIGINT NOT NULL
+          );
+          CREATE TABLE chain_events (
+              block BIGINT NOT NULL,
+              log_index BIGINT NOT NULL,
+              tx BYTEA NOT NULL,
+              address BYTEA NOT NULL,
+              name TEXT NOT NULL,
+              args TEXT NOT NULL,
+              topics BYTEA NOT NULL,
+              data BYTEA NOT NULL,
+              PRIMARY KEY (block, log_index)
+          );
+          CREATE INDEX chain_events_name ON chain_events (name, block)",
+    },
 ];
 
 /// A pool of connections to one database.

@@ -4,6 +4,7 @@
 mod admin;
 mod ca;
 mod chain;
+mod indexer;
 mod ingest;
 mod site;
 mod verify;
