@@ -12,7 +12,8 @@
 //! - [`reading`]: the typed [`Reading`] and its payload checks;
 //! - [`catalogue`]: LOINC codes and their UCUM units;
 //! - [`problem`]: RFC 9457 problem details with stable types;
-//! - [`batch`]: what collectors forward to servers, and the receipts.
+//! - [`batch`]: what collectors forward to servers, and the receipts;
+//! - [`fhir`]: readings as FHIR R4 vital-signs Observations.
 //!
 //! No feature flags.
 
@@ -20,6 +21,7 @@ pub mod batch;
 pub mod catalogue;
 pub mod cbor;
 pub mod cose;
+pub mod fhir;
 pub mod problem;
 pub mod reading;
 

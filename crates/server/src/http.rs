@@ -29,6 +29,7 @@ pub(crate) fn router(state: Arc<State>) -> Router {
     Router::new()
         .route("/v1/batches", post(batches))
         .route("/v1/readings/{hash}/proof", get(proof))
+        .route("/v1/records", get(records))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(state)
 }
@@ -93,6 +94,35 @@ async fn batches(
     match ingest::commit(&state, batch).await {
         Ok(reply) => json_response(&reply),
         Err(Unavailable(detail)) => problem(ProblemType::Unavailable, detail),
+    }
+}
+
+/// `GET /v1/records?request=ID`.
+async fn records(
+    AxState(state): AxState<Arc<State>>,
+    Extension(peer): Extension<Peer>,
+    uri: axum::http::Uri,
+) -> Response {
+    let id = uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("request="))
+        .and_then(|v| v.parse::<u64>().ok());
+    let Some(id) = id else {
+        return problem(
+            ProblemType::Malformed,
+            "name the access request: /v1/records?request=ID",
+        );
+    };
+    match crate::records::serve(&state, &peer, id).await {
+        Ok(bundle) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/fhir+json")],
+            bundle.to_string(),
+        )
+            .into_response(),
+        Err(r) => problem(r.kind, r.detail),
     }
 }
 

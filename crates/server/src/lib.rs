@@ -20,6 +20,7 @@ pub mod config;
 mod http;
 pub mod indexer;
 mod ingest;
+pub mod records;
 
 use alloy::providers::DynProvider;
 pub use config::{ConfigError, ConfigFile};

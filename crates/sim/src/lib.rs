@@ -23,7 +23,8 @@ use medledger_chain::rpc::transport::InProcess;
 use medledger_chain::{Node, NodeConfig, Sealing};
 use medledger_collector::{Cards, Collector, Limits, ServerTarget, SoftwareCard};
 use medledger_contracts::{
-    Contracts, RegistryPermissions, code_key, epc_bytes, send, short_text, signing_provider,
+    Contracts, RegistryPermissions, StaffRole, code_key, epc_bytes, send, short_text,
+    signing_provider,
 };
 use medledger_patient_ledger::NoteSigner;
 use medledger_pki::https::Connection;
@@ -189,6 +190,32 @@ impl Device {
     }
 
     /// Its TLS credentials.
+    pub fn credentials(&self) -> Credentials {
+        Credentials::from_issued(&self.issued)
+    }
+}
+
+/// A member of staff: certificate, account, and the contracts as they see
+/// them.
+pub struct Staff {
+    /// Their certificate and keys.
+    pub issued: Issued,
+    /// Their chain account.
+    pub address: alloy::primitives::Address,
+    /// The contracts, signing as them.
+    pub contracts: Contracts<DynProvider>,
+}
+
+impl std::fmt::Debug for Staff {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Staff")
+            .field("address", &self.address)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Staff {
+    /// Their TLS credentials.
     pub fn credentials(&self) -> Credentials {
         Credentials::from_issued(&self.issued)
     }
@@ -385,6 +412,28 @@ impl Hospital {
         )
         .await?;
         Ok(device)
+    }
+
+    /// A staff member (`Role::Doctor` or `Role::Nurse`) of cardiology with a
+    /// certificate and a chain account, registered in the Registry and,
+    /// with `carer`, assigned to the patient.
+    pub async fn staff(&self, role: Role, carer: bool) -> Result<Staff> {
+        let issued = self.ca.issue(&LeafRequest::new(role))?;
+        let signer = signer(&issued)?;
+        let code = match role {
+            Role::Doctor => StaffRole::Doctor,
+            _ => StaffRole::Nurse,
+        };
+        let registry = self.admin.registry();
+        send(registry.registerStaff(signer.address(), code.code(), text("cardiology")?)).await?;
+        if carer {
+            send(registry.assignCarer(self.patient_ref, signer.address())).await?;
+        }
+        Ok(Staff {
+            contracts: self.admin.with_provider(provider(&self.node, &signer)),
+            address: signer.address(),
+            issued,
+        })
     }
 
     /// A client configuration presenting `own` to a server of `role`.

@@ -6,5 +6,6 @@ mod ca;
 mod chain;
 mod indexer;
 mod ingest;
+mod records;
 mod site;
 mod verify;

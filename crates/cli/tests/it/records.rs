@@ -1,0 +1,197 @@
+//! Staff reading records: only with a usable access request of their own,
+//! within its scope, as FHIR Observations with ledger proofs; every
+//! attempt recorded in the patient's ledger.
+
+use crate::site::{body, post_one};
+use base64::Engine;
+use medledger_contracts::{Scope, send};
+use medledger_patient_ledger::{Entry, Field, NoteVerifier, leaf_hash, verify_inclusion};
+use medledger_pki::Role;
+use medledger_pki::https::{Connection, Reply};
+use medledger_sim::{Hospital, Staff};
+
+async fn read(site: &Hospital, who: &Staff, request: u64) -> Reply {
+    let mut conn: Connection = site
+        .open(
+            &who.credentials(),
+            Role::Server,
+            &site.server.addr().to_string(),
+        )
+        .await
+        .unwrap();
+    conn.request(
+        "GET",
+        &format!("/v1/records?request={request}"),
+        &[],
+        vec![],
+    )
+    .await
+    .unwrap()
+}
+
+fn extension<'a>(list: &'a serde_json::Value, url: &str) -> &'a serde_json::Value {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["url"] == url)
+        .unwrap_or_else(|| panic!("no extension {url} in {list}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staff_read_records_only_with_a_usable_request_of_their_own() {
+    let site = crate::site::start().await;
+    let mut device = site.device(1).await.unwrap();
+    let mut conn = site.connect(&device).await.unwrap();
+    for bpm in [71.0, 72.0] {
+        assert_eq!(
+            post_one(&mut conn, device.heart_rate(bpm), true)
+                .await
+                .status,
+            202
+        );
+    }
+    let nurse = site.staff(Role::Nurse, true).await.unwrap();
+    let doctor = site.staff(Role::Doctor, false).await.unwrap();
+
+    // The assigned nurse asks and reads: two heart rates, each proven.
+    let granted = nurse
+        .contracts
+        .request_access(site.patient_ref, Scope::ALL, "treatment")
+        .await
+        .unwrap();
+    assert!(granted.granted());
+    let reply = read(&site, &nurse, granted.id).await;
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    assert_eq!(reply.header("content-type"), Some("application/fhir+json"));
+    let bundle = body(&reply);
+    assert_eq!(bundle["resourceType"], "Bundle");
+    let entries = bundle["entry"].as_array().unwrap();
+    assert_eq!(entries.len(), 2);
+    let meta = &bundle["meta"]["extension"];
+    let verifier = NoteVerifier::new(
+        extension(meta, medledger_server::records::KEY_EXTENSION)["valueString"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    let checkpoint = verifier
+        .verify(
+            extension(meta, medledger_server::records::CHECKPOINT_EXTENSION)["valueString"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+    for (i, e) in entries.iter().enumerate() {
+        let obs = &e["resource"];
+        assert_eq!(obs["code"]["coding"][0]["code"], "8867-4");
+        assert_eq!(obs["valueQuantity"]["value"], [71.0, 72.0][i]);
+        let proof = extension(
+            &obs["extension"],
+            medledger_server::records::PROOF_EXTENSION,
+        );
+        let parts = &proof["extension"];
+        let index = extension(parts, "index")["valueUnsignedInt"]
+            .as_u64()
+            .unwrap();
+        let stored = base64::engine::general_purpose::STANDARD
+            .decode(
+                extension(parts, "entry")["valueBase64Binary"]
+                    .as_str()
+                    .unwrap(),
+            )
+            .unwrap();
+        let path: Vec<[u8; 32]> = extension(parts, "path")["valueString"]
+            .as_str()
+            .unwrap()
+            .split(',')
+            .filter(|h| !h.is_empty())
+            .map(|h| hex::decode(h).unwrap().try_into().unwrap())
+            .collect();
+        verify_inclusion(
+            &leaf_hash(&stored),
+            index,
+            checkpoint.size,
+            &path,
+            &checkpoint.root,
+        )
+        .unwrap();
+        // The entry records this very reading.
+        let entry = Entry::open(&stored, &verifier).unwrap();
+        let id = obs["identifier"][0]["value"].as_str().unwrap();
+        let hash = hex::decode(id.split('#').next().unwrap()).unwrap();
+        assert_eq!(entry.body["reading"], Field::Bytes(hash));
+    }
+
+    // The scope is the request's: SpO2 only gives nothing here.
+    let spo2 = nurse
+        .contracts
+        .request_access(site.patient_ref, "spo2".parse().unwrap(), "treatment")
+        .await
+        .unwrap();
+    let reply = read(&site, &nurse, spo2.id).await;
+    assert_eq!(reply.status, 200);
+    assert!(body(&reply)["entry"].as_array().unwrap().is_empty());
+
+    // A doctor who is not a carer, without consent: denied on chain, and
+    // refused here.
+    let denied = doctor
+        .contracts
+        .request_access(site.patient_ref, Scope::ALL, "curiosity")
+        .await
+        .unwrap();
+    assert!(!denied.granted());
+    let reply = read(&site, &doctor, denied.id).await;
+    assert_eq!(reply.status, 403);
+    assert!(body(&reply)["detail"].as_str().unwrap().contains("denied"));
+    // Nor may they use the nurse's request.
+    let reply = read(&site, &doctor, granted.id).await;
+    assert_eq!(reply.status, 403);
+    assert!(
+        body(&reply)["detail"]
+            .as_str()
+            .unwrap()
+            .contains("was made by")
+    );
+    // An unknown request.
+    assert_eq!(read(&site, &nurse, 999).await.status, 404);
+
+    // Released from the patient's care: the nurse's next read is refused.
+    send(
+        site.admin
+            .registry()
+            .releaseCarer(site.patient_ref, nurse.address),
+    )
+    .await
+    .unwrap();
+    let reply = read(&site, &nurse, granted.id).await;
+    assert_eq!(reply.status, 403);
+    assert!(
+        body(&reply)["detail"]
+            .as_str()
+            .unwrap()
+            .contains("no longer holds")
+    );
+
+    // Every attempt is in the patient's ledger: 2 served, 3 refused.
+    let ledger = site.server.ledger();
+    let verifier = NoteVerifier::new(&ledger.verifier_key()).unwrap();
+    let mut outcomes = Vec::new();
+    for stored in ledger.entries(&site.patient_ref.0).await.unwrap() {
+        let entry = Entry::open(&stored, &verifier).unwrap();
+        if entry.kind == "AccessEvent" {
+            let Field::Text(outcome) = &entry.body["outcome"] else {
+                panic!("outcome is text")
+            };
+            outcomes.push(outcome.clone());
+        }
+    }
+    assert_eq!(
+        outcomes,
+        ["served", "served", "refused", "refused", "refused"]
+    );
+}

@@ -1,0 +1,161 @@
+//! Readings as FHIR R4 resources: vital-signs `Observation`s (LOINC codes,
+//! UCUM quantities, ECG strips as `SampledData`) in a `Bundle`.
+//!
+//! Each Observation names its device by EPC (`urn:epc:tag:sgtin-96:...`
+//! when it decodes as one, else the hex EPC), the patient by patientRef,
+//! and carries the reading hash as an identifier
+//! (`urn:medledger:reading`), so that it can be matched to its ledger
+//! entry and proof.
+
+use crate::reading::{ObservedValue, Reading};
+use serde_json::{Value, json};
+
+/// The identifier system of a reading hash.
+pub const READING_SYSTEM: &str = "urn:medledger:reading";
+/// The identifier system of a patientRef.
+pub const PATIENT_SYSTEM: &str = "urn:medledger:patient-ref";
+/// The identifier system of a device EPC (hex).
+pub const DEVICE_SYSTEM: &str = "urn:medledger:epc";
+
+/// RFC 3339 UTC from Unix milliseconds.
+pub fn instant(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (hour, minute, second) = (rem / 3600, rem % 3600 / 60, rem % 60);
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}.{:03}Z",
+        ms % 1000
+    )
+}
+
+/// The Observations of one reading: one per observation the `keep`
+/// predicate admits (by LOINC code).
+pub fn observations(
+    reading: &Reading,
+    reading_hash: &[u8; 32],
+    patient_ref: &[u8; 32],
+    keep: impl Fn(&str) -> bool,
+) -> Vec<Value> {
+    let hash = hex::encode(reading_hash);
+    reading
+        .obs
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| keep(o.data_type.code))
+        .map(|(i, o)| {
+            let mut obs = json!({
+                "resourceType": "Observation",
+                "id": format!("{}-{i}", &hash[..16]),
+                "identifier": [{ "system": READING_SYSTEM, "value": format!("{hash}#{i}") }],
+                "status": "final",
+                "category": [{ "coding": [{
+                    "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                    "code": "vital-signs",
+                    "display": "Vital Signs",
+                }]}],
+                "code": { "coding": [{
+                    "system": "http://loinc.org",
+                    "code": o.data_type.code,
+                    "display": o.data_type.display,
+                }]},
+                "subject": { "identifier": { "system": PATIENT_SYSTEM, "value": hex::encode(patient_ref) } },
+                "effectiveDateTime": instant(reading.ts_ms),
+                "device": { "identifier": { "system": DEVICE_SYSTEM, "value": hex::encode(reading.dev.0) } },
+            });
+            match &o.value {
+                ObservedValue::Scalar(v) => {
+                    obs["valueQuantity"] = json!({
+                        "value": v,
+                        "unit": o.unit,
+                        "system": "http://unitsofmeasure.org",
+                        "code": o.unit,
+                    });
+                }
+                ObservedValue::Waveform(samples) => {
+                    let data: Vec<String> = samples.iter().map(|s| s.to_string()).collect();
+                    obs["valueSampledData"] = json!({
+                        "origin": { "value": 0, "unit": o.unit, "system": "http://unitsofmeasure.org", "code": o.unit },
+                        "period": o.data_type.period_ms.unwrap_or(0.0),
+                        "dimensions": 1,
+                        "data": data.join(" "),
+                    });
+                }
+            }
+            obs
+        })
+        .collect()
+}
+
+/// A `collection` Bundle of `resources`, stamped `timestamp_ms`.
+pub fn bundle(resources: Vec<Value>, timestamp_ms: u64) -> Value {
+    json!({
+        "resourceType": "Bundle",
+        "type": "collection",
+        "timestamp": instant(timestamp_ms),
+        "entry": resources
+            .into_iter()
+            .map(|r| {
+                let url = format!(
+                    "urn:medledger:{}:{}",
+                    r["resourceType"].as_str().unwrap_or("Resource"),
+                    r["id"].as_str().unwrap_or("")
+                );
+                json!({ "fullUrl": url, "resource": r })
+            })
+            .collect::<Vec<_>>(),
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::catalogue::data_type;
+    use crate::reading::{DeviceId, Observation};
+
+    #[test]
+    fn instants_are_rfc3339_utc() {
+        assert_eq!(instant(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(instant(951_782_400_123), "2000-02-29T00:00:00.123Z");
+        assert_eq!(instant(1_763_769_600_000), "2025-11-22T00:00:00.000Z");
+    }
+
+    #[test]
+    fn a_reading_becomes_vital_signs_observations() {
+        let reading = Reading {
+            dev: DeviceId([0x30; 12]),
+            seq: 1,
+            ts_ms: 1_763_769_600_000,
+            obs: vec![
+                Observation::scalar(data_type("8867-4").unwrap(), 72.0),
+                Observation::scalar(data_type("59408-5").unwrap(), 97.0),
+            ],
+            model: None,
+        };
+        let all = observations(&reading, &[1; 32], &[2; 32], |_| true);
+        assert_eq!(all.len(), 2);
+        let hr = &all[0];
+        assert_eq!(hr["code"]["coding"][0]["code"], "8867-4");
+        assert_eq!(hr["code"]["coding"][0]["system"], "http://loinc.org");
+        assert_eq!(hr["valueQuantity"]["value"], 72.0);
+        assert_eq!(hr["valueQuantity"]["code"], "/min");
+        assert_eq!(hr["category"][0]["coding"][0]["code"], "vital-signs");
+        assert_eq!(hr["effectiveDateTime"], "2025-11-22T00:00:00.000Z");
+        // Scope filtering by code.
+        let only_spo2 = observations(&reading, &[1; 32], &[2; 32], |c| c == "59408-5");
+        assert_eq!(only_spo2.len(), 1);
+        let b = bundle(all, 0);
+        assert_eq!(b["resourceType"], "Bundle");
+        assert_eq!(b["entry"].as_array().unwrap().len(), 2);
+    }
+}

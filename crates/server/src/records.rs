@@ -1,0 +1,251 @@
+//! `GET /v1/records?request=ID`: a patient's observations for a staff
+//! member holding a granted access request.
+//!
+//! The peer must be a doctor or nurse whose certificate's account is the
+//! request's requester, and `AccessLog.usable(id, requester)` must hold now
+//! (granted, unexpired, its basis still valid: a revoked consent or a
+//! released carer ends it at once). The answer is a FHIR R4 Bundle of the
+//! patient's vital-signs Observations within the request's scope, each
+//! with its ledger inclusion proof; every attempt, served or refused, is an
+//! `AccessEvent` in the patient's ledger.
+
+use crate::State;
+use crate::ingest::load_reading;
+use alloy::primitives::{Address, U256};
+use base64::Engine;
+use medledger_contracts::Scope;
+use medledger_patient_ledger::{Field, NewEntry, NoteVerifier};
+use medledger_pki::Role;
+use medledger_pki::https::Peer;
+use medledger_protocol::catalogue::data_type;
+use medledger_protocol::{ProblemType, SignedReading, fhir, now_ms};
+use medledger_storage::sqlx::{self, Row};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+
+/// The extension URL of an Observation's ledger proof.
+pub const PROOF_EXTENSION: &str = "urn:medledger:fhir:ledger-proof";
+/// The extension URL of the Bundle's checkpoint (in `Bundle.meta`).
+pub const CHECKPOINT_EXTENSION: &str = "urn:medledger:fhir:ledger-checkpoint";
+/// The extension URL of the ledger key (in `Bundle.meta`).
+pub const KEY_EXTENSION: &str = "urn:medledger:fhir:ledger-key";
+
+/// Why records were not served.
+#[derive(Debug)]
+pub(crate) struct Refused {
+    pub(crate) kind: ProblemType,
+    pub(crate) detail: String,
+}
+
+fn refused(kind: ProblemType, detail: impl Into<String>) -> Refused {
+    Refused {
+        kind,
+        detail: detail.into(),
+    }
+}
+
+/// Serves request `id` to `peer`, or says why not; records the attempt.
+pub(crate) async fn serve(state: &State, peer: &Peer, id: u64) -> Result<Value, Refused> {
+    let unavailable = |e: &dyn std::fmt::Display| refused(ProblemType::Unavailable, e.to_string());
+    let access_log = state.view.contracts().access_log();
+    let count = access_log
+        .requestCount()
+        .call()
+        .await
+        .map_err(|e| unavailable(&e))?;
+    if id == 0 || U256::from(id) > count {
+        return Err(refused(
+            ProblemType::NotFound,
+            format!("no access request {id}"),
+        ));
+    }
+    let request = access_log
+        .requestOf(U256::from(id))
+        .call()
+        .await
+        .map_err(|e| unavailable(&e))?;
+    let patient = request.patientRef.0;
+    let requester = peer.identity.address();
+    let outcome = check(state, peer, id, &request, requester).await;
+    let served = match &outcome {
+        Ok(()) => bundle(state, &patient, Scope(request.scope)).await,
+        Err(_) => Ok((json!(null), 0)),
+    };
+    let (reason, count) = match (&outcome, &served) {
+        (Err(r), _) => (r.detail.clone(), 0),
+        (Ok(()), Ok((_, n))) => (String::new(), *n),
+        (Ok(()), Err(e)) => (e.detail.clone(), 0),
+    };
+    // The attempt goes into the patient's ledger whatever came of it.
+    let event = NewEntry {
+        kind: "AccessEvent",
+        ts_ms: now_ms(),
+        body: BTreeMap::from([
+            ("request".to_owned(), Field::Uint(id)),
+            (
+                "requester".to_owned(),
+                Field::Bytes(requester.map_or_else(Vec::new, |a| a.to_vec())),
+            ),
+            (
+                "outcome".to_owned(),
+                Field::Text(
+                    if reason.is_empty() {
+                        "served"
+                    } else {
+                        "refused"
+                    }
+                    .into(),
+                ),
+            ),
+            ("reason".to_owned(), Field::Text(reason)),
+            ("observations".to_owned(), Field::Uint(count)),
+        ]),
+    };
+    state
+        .ledger
+        .append(&patient, vec![event])
+        .await
+        .map_err(|e| unavailable(&e))?;
+    state.metrics.add(
+        "medledger_server_record_requests_total",
+        "Record requests by outcome.",
+        &[(
+            "outcome",
+            if outcome.is_ok() { "served" } else { "refused" },
+        )],
+        1,
+    );
+    outcome?;
+    served.map(|(bundle, _)| bundle)
+}
+
+async fn check(
+    state: &State,
+    peer: &Peer,
+    id: u64,
+    request: &medledger_contracts::bindings::access_log::AccessLog::Request,
+    requester: Option<Address>,
+) -> Result<(), Refused> {
+    if !matches!(peer.identity.role, Role::Doctor | Role::Nurse) {
+        return Err(refused(
+            ProblemType::WrongRole,
+            "only doctors and nurses read records",
+        ));
+    }
+    let Some(requester) = requester else {
+        return Err(refused(
+            ProblemType::WrongRole,
+            "the certificate names no account",
+        ));
+    };
+    if request.requester != requester {
+        return Err(refused(
+            ProblemType::Forbidden,
+            format!(
+                "request {id} was made by {}, not by {requester}",
+                request.requester
+            ),
+        ));
+    }
+    let usable = state
+        .view
+        .contracts()
+        .request_usable(id, requester)
+        .await
+        .map_err(|e| refused(ProblemType::Unavailable, e.to_string()))?;
+    if !usable {
+        let now = now_ms() / 1000;
+        let why = if request.decision != GRANTED {
+            format!("request {id} was denied")
+        } else if request.expiresAt <= now {
+            format!("request {id} expired")
+        } else {
+            format!(
+                "request {id} no longer holds: the consent or care assignment it relied on ended, or the patient opted out"
+            )
+        };
+        return Err(refused(ProblemType::Forbidden, why));
+    }
+    Ok(())
+}
+
+/// `AccessLog.Decision.Granted`.
+const GRANTED: u8 = 1;
+
+/// The Bundle of the patient's observations within `scope`, and how many.
+async fn bundle(state: &State, patient: &[u8; 32], scope: Scope) -> Result<(Value, u64), Refused> {
+    let failed = |e: &dyn std::fmt::Display| refused(ProblemType::Unavailable, e.to_string());
+    let rows = sqlx::query("SELECT hash, idx FROM ingest_readings WHERE patient = $1 ORDER BY idx")
+        .bind(patient.to_vec())
+        .fetch_all(state.db.pool())
+        .await
+        .map_err(|e| failed(&e))?;
+    let note = state
+        .ledger
+        .checkpoint(patient)
+        .await
+        .map_err(|e| failed(&e))?;
+    let verifier = NoteVerifier::new(&state.ledger.verifier_key()).map_err(|e| failed(&e))?;
+    let size = verifier.verify(&note).map_err(|e| failed(&e))?.size;
+    let in_scope = |code: &str| data_type(code).is_some_and(|t| scope.contains(t));
+    let mut resources = Vec::new();
+    for row in rows {
+        let hash: Vec<u8> = row.try_get("hash").map_err(|e| failed(&e))?;
+        let index =
+            u64::try_from(row.try_get::<i64, _>("idx").map_err(|e| failed(&e))?).unwrap_or(0);
+        let hash: [u8; 32] = hash
+            .as_slice()
+            .try_into()
+            .map_err(|_| failed(&"bad reading hash"))?;
+        let Some(cose) = load_reading(state, &hash).await.map_err(|e| failed(&e))? else {
+            continue;
+        };
+        // Stored readings were verified at ingest; only the payload is
+        // needed here.
+        let reading = SignedReading::decode(&cose)
+            .ok()
+            .and_then(|s| s.reading_unverified().ok())
+            .ok_or_else(|| {
+                failed(&format!(
+                    "stored reading {} does not decode",
+                    hex::encode(hash)
+                ))
+            })?;
+        let observations = fhir::observations(&reading, &hash, patient, in_scope);
+        if observations.is_empty() {
+            continue;
+        }
+        let entry = state
+            .ledger
+            .entry(patient, index)
+            .await
+            .map_err(|e| failed(&e))?
+            .ok_or_else(|| failed(&"a ledger entry is missing"))?;
+        let path = state
+            .ledger
+            .inclusion(patient, index, size)
+            .await
+            .map_err(|e| failed(&e))?;
+        let proof = json!({
+            "url": PROOF_EXTENSION,
+            "extension": [
+                { "url": "index", "valueUnsignedInt": index },
+                { "url": "entry", "valueBase64Binary": base64::engine::general_purpose::STANDARD.encode(&entry) },
+                { "url": "path", "valueString": path.iter().map(hex::encode).collect::<Vec<_>>().join(",") },
+            ],
+        });
+        for mut observation in observations {
+            observation["extension"] = json!([proof.clone()]);
+            resources.push(observation);
+        }
+    }
+    let count = resources.len() as u64;
+    let mut bundle = fhir::bundle(resources, now_ms());
+    bundle["meta"] = json!({
+        "extension": [
+            { "url": CHECKPOINT_EXTENSION, "valueString": note },
+            { "url": KEY_EXTENSION, "valueString": state.ledger.verifier_key() },
+        ],
+    });
+    Ok((bundle, count))
+}
