@@ -45,7 +45,7 @@ pub(crate) struct Connection {
     registry: Option<Address>,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -324,18 +324,13 @@ pub(crate) fn run(args: AdminArgs) -> Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
         let out = execute(&args.conn, args.command).await?;
-        if args.conn.json {
-            println!("{}", serde_json::to_string_pretty(&out)?);
-        } else {
-            print_human(&out);
-        }
-        Ok(())
+        args.conn.print(&out)
     })
 }
 
 async fn execute(conn: &Connection, command: AdminCommand) -> Result<Value> {
-    let (provider, me) = conn.provider()?;
     if let AdminCommand::Deploy = command {
+        let (provider, _) = conn.provider()?;
         let contracts = Contracts::deploy(provider)
             .await
             .context("deploying the contracts")?;
@@ -346,10 +341,7 @@ async fn execute(conn: &Connection, command: AdminCommand) -> Result<Value> {
             "next": format!("export MEDLEDGER_REGISTRY={}", a.registry),
         }));
     }
-    let registry = conn
-        .registry
-        .context("no Registry address: pass --registry or set MEDLEDGER_REGISTRY (printed by `medledger admin deploy`)")?;
-    let c = Contracts::at(provider, registry).await?;
+    let (c, me) = conn.contracts().await?;
     let reg = c.registry();
     let rules = c.rule_manager();
     let done = |action: String, receipt: TransactionReceipt| outcome(action, &receipt);
@@ -621,6 +613,26 @@ async fn execute(conn: &Connection, command: AdminCommand) -> Result<Value> {
 }
 
 impl Connection {
+    /// The contracts at `--registry`, signing with `--key`, and the
+    /// signer's address.
+    pub(crate) async fn contracts(&self) -> Result<(Contracts<DynProvider>, Address)> {
+        let (provider, me) = self.provider()?;
+        let registry = self
+            .registry
+            .context("no Registry address: pass --registry or set MEDLEDGER_REGISTRY (printed by `medledger admin deploy`)")?;
+        Ok((Contracts::at(provider, registry).await?, me))
+    }
+
+    /// Prints `out` as JSON (`--json`) or for people.
+    pub(crate) fn print(&self, out: &Value) -> Result<()> {
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(out)?);
+        } else {
+            print_human(out);
+        }
+        Ok(())
+    }
+
     /// A provider over HTTP that signs with the key in `--key`, and the
     /// signer's address.
     fn provider(&self) -> Result<(DynProvider, Address)> {
@@ -725,7 +737,7 @@ fn device_certificate(path: &Path) -> Result<(Epc, String, String, B256)> {
 }
 
 /// What a transaction did, with its events decoded.
-fn outcome(action: String, receipt: &TransactionReceipt) -> Value {
+pub(crate) fn outcome(action: String, receipt: &TransactionReceipt) -> Value {
     let events: Vec<Value> = receipt
         .inner
         .logs()

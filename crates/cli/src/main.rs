@@ -6,10 +6,14 @@
 //! medledger admin deploy|staff|device|...      Registry and rules, as an admin
 //! medledger collector --config FILE            the ingest gateway
 //! medledger server --config FILE               the application server
+//! medledger access request|break-glass         ask for a patient's data, on chain
+//! medledger records get --request ID           read it, FHIR, every proof checked
+//! medledger consent grant|revoke|list|opt-out  a patient's consent, on chain
 //! medledger bench ingest                       the ingest load generator
 //! medledger verify --bundle FILE               a patient ledger, offline
 //! ```
 
+mod access;
 mod admin;
 mod bench;
 mod ca;
@@ -43,6 +47,13 @@ enum Command {
     Collector(collector::CollectorArgs),
     /// Run the application server: stores, records and anchors readings.
     Server(server::ServerArgs),
+    /// Ask for a patient's data (staff), signed on chain.
+    Access(access::AccessArgs),
+    /// Read a patient's records from the server with a granted request.
+    #[command(subcommand)]
+    Records(access::RecordsCommand),
+    /// Grant, revoke and list consent, or opt out (patients), on chain.
+    Consent(access::ConsentArgs),
     /// Measure the system under load (in this process).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -58,6 +69,9 @@ fn main() -> ExitCode {
         Command::Admin(args) => admin::run(args),
         Command::Collector(args) => collector::run(args),
         Command::Server(args) => server::run(args),
+        Command::Access(args) => access::run_access(args),
+        Command::Records(cmd) => access::run_records(cmd),
+        Command::Consent(args) => access::run_consent(args),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Verify(args) => verify::run(args),
     };

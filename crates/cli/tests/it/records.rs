@@ -195,3 +195,178 @@ async fn staff_read_records_only_with_a_usable_request_of_their_own() {
         ["served", "served", "refused", "refused", "refused"]
     );
 }
+
+/// Runs `medledger ARGS...`; returns stdout, or panics with stderr.
+fn medledger(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_medledger"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn from_the_command_line_a_patient_consents_and_a_doctor_reads() {
+    let site = crate::site::start().await;
+    let mut device = site.device(1).await.unwrap();
+    let mut conn = site.connect(&device).await.unwrap();
+    assert_eq!(
+        post_one(&mut conn, device.heart_rate(72.0), true)
+            .await
+            .status,
+        202
+    );
+    let doctor = site.staff(Role::Doctor, false).await.unwrap();
+
+    // The chain over HTTP, and everyone's files as `medledger ca issue` writes them.
+    let rpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let rpc_url = format!("http://{}", rpc.local_addr().unwrap());
+    tokio::spawn(medledger_chain::rpc::http::serve(
+        medledger_chain::rpc::Rpc::new(site.node.clone()),
+        rpc,
+    ));
+    let etc = site.dir.path().join("people");
+    std::fs::create_dir_all(&etc).unwrap();
+    doctor.issued.write(&etc.join("doctor")).unwrap();
+    site.card.write(&etc.join("patient")).unwrap();
+    let registry = site.admin.addresses().registry.to_string();
+    let patient = site.patient_ref.to_string();
+    let chain = |key: &str| {
+        vec![
+            "--rpc".to_owned(),
+            rpc_url.clone(),
+            "--registry".to_owned(),
+            registry.clone(),
+            "--key".to_owned(),
+            etc.join(format!("{key}.eth.key")).display().to_string(),
+            "--json".to_owned(),
+        ]
+    };
+    let run = |mut args: Vec<String>, who: &str| {
+        args.extend(chain(who));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        medledger(&refs)
+    };
+
+    // Without consent the doctor, no carer, is denied.
+    let (ok, out, err) = run(
+        vec![
+            "access".into(),
+            "request".into(),
+            "--patient".into(),
+            patient.clone(),
+            "--purpose".into(),
+            "review".into(),
+        ],
+        "doctor",
+    );
+    assert!(ok, "{err}");
+    let denied: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(denied["reason"], "no-consent", "{denied}");
+
+    // The patient grants every doctor heart rate for review; then it works.
+    let (ok, out, err) = run(
+        vec![
+            "consent".into(),
+            "grant".into(),
+            "--patient".into(),
+            patient.clone(),
+            "--role".into(),
+            "doctor".into(),
+            "--scope".into(),
+            "heart-rate".into(),
+            "--purpose".into(),
+            "review".into(),
+            "--days".into(),
+            "1".into(),
+        ],
+        "patient",
+    );
+    assert!(ok, "{err}");
+    let grant: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let (ok, out, _) = run(
+        vec![
+            "consent".into(),
+            "list".into(),
+            "--patient".into(),
+            patient.clone(),
+        ],
+        "patient",
+    );
+    assert!(ok);
+    let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(list["count"], 1);
+    assert_eq!(list["grants"][0]["grantee"], "doctor");
+
+    let (ok, out, err) = run(
+        vec![
+            "access".into(),
+            "request".into(),
+            "--patient".into(),
+            patient.clone(),
+            "--scope".into(),
+            "heart-rate".into(),
+            "--purpose".into(),
+            "review".into(),
+        ],
+        "doctor",
+    );
+    assert!(ok, "{err}");
+    let granted: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(granted["basis"], "consent", "{granted}");
+    let request = granted["request"].to_string();
+
+    let bundle_file = etc.join("bundle.json");
+    let records = |request: &str| {
+        medledger(&[
+            "records",
+            "get",
+            "--request",
+            request,
+            "--server",
+            &site.server.addr().to_string(),
+            "--cert",
+            &etc.join("doctor").display().to_string(),
+            "--ca-root",
+            &site.ca.dir().join("root.crt").display().to_string(),
+            "--out",
+            &bundle_file.display().to_string(),
+        ])
+    };
+    let (ok, _, err) = records(&request);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("1 observation(s); every ledger proof checked"),
+        "{err}"
+    );
+    let bundle: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&bundle_file).unwrap()).unwrap();
+    assert_eq!(
+        bundle["entry"][0]["resource"]["valueQuantity"]["value"],
+        72.0
+    );
+
+    // Revoked: the next read is refused, with the reason.
+    let (ok, _, err) = run(
+        vec![
+            "consent".into(),
+            "revoke".into(),
+            "--patient".into(),
+            patient.clone(),
+            "--id".into(),
+            grant["grant"].to_string(),
+        ],
+        "patient",
+    );
+    assert!(ok, "{err}");
+    let (ok, _, err) = records(&request);
+    assert!(!ok);
+    assert!(
+        err.contains("refused (403)") && err.contains("no longer holds"),
+        "{err}"
+    );
+}

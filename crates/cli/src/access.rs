@@ -1,0 +1,349 @@
+//! What staff and patients do: `medledger access` (ask for a patient's
+//! data, signed on chain), `medledger records` (read it from the server)
+//! and `medledger consent` (the patient's grants and opt-out).
+
+use crate::admin::{Connection, outcome};
+use alloy::primitives::{Address, B256};
+use anyhow::{Context, Result, bail};
+use base64::Engine;
+use clap::{Args, Subcommand, ValueEnum};
+use medledger_contracts::{AccessDecision, Grantee, Scope, StaffRole, text_of};
+use medledger_patient_ledger::{NoteVerifier, leaf_hash, verify_inclusion};
+use medledger_pki::https::Connection as Https;
+use medledger_pki::{Credentials, Role, files};
+use serde_json::{Value, json};
+use std::path::PathBuf;
+
+#[derive(Debug, Args)]
+pub(crate) struct AccessArgs {
+    #[command(flatten)]
+    conn: Connection,
+    #[command(subcommand)]
+    command: AccessCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum AccessCommand {
+    /// Ask for a patient's data for a purpose, signed with your chain key;
+    /// prints the decision AccessLog recorded.
+    Request {
+        /// The patientRef (0x and 64 hex digits).
+        #[arg(long)]
+        patient: B256,
+        /// `all`, or data types (LOINC codes or names) separated by commas.
+        #[arg(long, default_value = "all")]
+        scope: Scope,
+        /// Why (a short code, public on chain: no names or narrative).
+        #[arg(long)]
+        purpose: String,
+    },
+    /// Emergency access (doctors only): always granted, flagged, reviewed.
+    BreakGlass {
+        /// The patientRef.
+        #[arg(long)]
+        patient: B256,
+        /// The data types.
+        #[arg(long, default_value = "all")]
+        scope: Scope,
+        /// The reason code (public on chain).
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+fn decision(d: &AccessDecision) -> Value {
+    match &d.outcome {
+        Ok(basis) => json!({
+            "action": format!("access request {} granted", d.id),
+            "request": d.id,
+            "basis": basis.name(),
+            "grant": d.grant_id,
+            "expires_at": d.expires_at,
+            "tx": d.tx,
+            "next": format!("medledger records get --request {} ...", d.id),
+        }),
+        Err(reason) => json!({
+            "action": format!("access request {} denied", d.id),
+            "request": d.id,
+            "reason": reason.name(),
+            "tx": d.tx,
+        }),
+    }
+}
+
+pub(crate) fn run_access(args: AccessArgs) -> Result<()> {
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let (c, _) = args.conn.contracts().await?;
+        let d = match args.command {
+            AccessCommand::Request {
+                patient,
+                scope,
+                purpose,
+            } => c.request_access(patient, scope, &purpose).await?,
+            AccessCommand::BreakGlass {
+                patient,
+                scope,
+                reason,
+            } => c.break_glass(patient, scope, &reason).await?,
+        };
+        args.conn.print(&decision(&d))
+    })
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum RecordsCommand {
+    /// Read a patient's observations with a granted request of yours: a
+    /// FHIR R4 Bundle, every Observation's ledger proof checked.
+    Get(RecordsGet),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RecordsGet {
+    /// The access request id (from `medledger access request`).
+    #[arg(long)]
+    request: u64,
+    /// The server's `host:port`.
+    #[arg(long, env = "MEDLEDGER_SERVER")]
+    server: String,
+    /// The name on the server's certificate.
+    #[arg(long, env = "MEDLEDGER_SERVER_NAME", default_value = "localhost")]
+    server_name: String,
+    /// Your certificate and key: `PREFIX.crt`, `PREFIX.key`.
+    #[arg(long, env = "MEDLEDGER_CERT")]
+    cert: PathBuf,
+    /// The root CA certificate.
+    #[arg(long, env = "MEDLEDGER_CA_ROOT")]
+    ca_root: PathBuf,
+    /// Write the Bundle here instead of standard output.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+pub(crate) fn run_records(command: RecordsCommand) -> Result<()> {
+    let RecordsCommand::Get(args) = command;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let own = Credentials::load(&args.cert)
+            .with_context(|| format!("loading {}", args.cert.display()))?;
+        let root = files::read_first(&args.ca_root, "CERTIFICATE")?;
+        let tls = medledger_pki::client_config(Some(&own), &root, &[Role::Server])?;
+        let mut conn = Https::open(tls, &args.server, &args.server_name).await?;
+        let reply = conn
+            .request(
+                "GET",
+                &format!("/v1/records?request={}", args.request),
+                &[],
+                Vec::new(),
+            )
+            .await?;
+        if reply.status != 200 {
+            let problem: Value = serde_json::from_slice(&reply.body).unwrap_or_default();
+            bail!(
+                "the server refused ({}): {}",
+                reply.status,
+                problem["detail"]
+                    .as_str()
+                    .map_or_else(|| String::from_utf8_lossy(&reply.body).into_owned(), str::to_owned)
+            );
+        }
+        let bundle: Value = serde_json::from_slice(&reply.body).context("the server's Bundle")?;
+        let (observations, size) = check_proofs(&bundle)?;
+        let text = serde_json::to_string_pretty(&bundle)?;
+        match &args.out {
+            Some(path) => {
+                std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?
+            }
+            None => println!("{text}"),
+        }
+        eprintln!(
+            "{observations} observation(s); every ledger proof checked against a checkpoint of {size} entries"
+        );
+        Ok(())
+    })
+}
+
+fn extension<'a>(list: &'a Value, url: &str) -> Result<&'a Value> {
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["url"] == url)
+        .with_context(|| format!("no extension {url}"))
+}
+
+/// Checks every Observation's ledger proof against the Bundle's signed
+/// checkpoint; returns how many and the checkpoint's size.
+fn check_proofs(bundle: &Value) -> Result<(usize, u64)> {
+    use medledger_server::records::{CHECKPOINT_EXTENSION, KEY_EXTENSION, PROOF_EXTENSION};
+    let meta = &bundle["meta"]["extension"];
+    let text = |v: &Value| v["valueString"].as_str().map(str::to_owned);
+    let key = text(extension(meta, KEY_EXTENSION)?).context("no ledger key")?;
+    let note = text(extension(meta, CHECKPOINT_EXTENSION)?).context("no checkpoint")?;
+    let verifier = NoteVerifier::new(&key).map_err(|e| anyhow::anyhow!("the ledger key: {e}"))?;
+    let checkpoint = verifier
+        .verify(&note)
+        .map_err(|e| anyhow::anyhow!("the checkpoint: {e}"))?;
+    let entries = bundle["entry"].as_array().cloned().unwrap_or_default();
+    for entry in &entries {
+        let obs = &entry["resource"];
+        let parts = &extension(&obs["extension"], PROOF_EXTENSION)?["extension"];
+        let index = extension(parts, "index")?["valueUnsignedInt"]
+            .as_u64()
+            .context("no index")?;
+        let stored = base64::engine::general_purpose::STANDARD
+            .decode(
+                extension(parts, "entry")?["valueBase64Binary"]
+                    .as_str()
+                    .context("no entry")?,
+            )
+            .context("the entry")?;
+        let path = text(extension(parts, "path")?).unwrap_or_default();
+        let path: Vec<[u8; 32]> = path
+            .split(',')
+            .filter(|h| !h.is_empty())
+            .map(|h| {
+                hex::decode(h)
+                    .ok()
+                    .and_then(|b| b.try_into().ok())
+                    .context("a proof hash")
+            })
+            .collect::<Result<_>>()?;
+        verify_inclusion(
+            &leaf_hash(&stored),
+            index,
+            checkpoint.size,
+            &path,
+            &checkpoint.root,
+        )
+        .map_err(|e| anyhow::anyhow!("observation {}: {e}", obs["id"]))?;
+    }
+    Ok((entries.len(), checkpoint.size))
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ConsentArgs {
+    #[command(flatten)]
+    conn: Connection,
+    #[command(subcommand)]
+    command: ConsentCommand,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum StaffRoleArg {
+    Doctor,
+    Nurse,
+}
+
+#[derive(Debug, Subcommand)]
+enum ConsentCommand {
+    /// Grant a staff member, or every doctor or nurse, access to your data.
+    Grant {
+        /// Your patientRef.
+        #[arg(long)]
+        patient: B256,
+        /// The staff account.
+        #[arg(long, conflicts_with = "role", required_unless_present = "role")]
+        to: Option<Address>,
+        /// Or every active staff member of this role.
+        #[arg(long, value_enum)]
+        role: Option<StaffRoleArg>,
+        /// `all`, or data types separated by commas.
+        #[arg(long, default_value = "all")]
+        scope: Scope,
+        /// For this purpose only (`any` for every purpose).
+        #[arg(long, default_value = "any")]
+        purpose: String,
+        /// Valid for this many days.
+        #[arg(long, default_value_t = 30)]
+        days: u64,
+    },
+    /// Revoke a grant: its next use is refused.
+    Revoke {
+        /// Your patientRef.
+        #[arg(long)]
+        patient: B256,
+        /// The grant id.
+        #[arg(long)]
+        id: u64,
+    },
+    /// Your live grants.
+    List {
+        /// Your patientRef.
+        #[arg(long)]
+        patient: B256,
+    },
+    /// Refuse (`on`) or allow again (`off`) access by your assigned carers
+    /// without a grant.
+    OptOut {
+        /// Your patientRef.
+        #[arg(long)]
+        patient: B256,
+        /// `on` or `off`.
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+    },
+}
+
+pub(crate) fn run_consent(args: ConsentArgs) -> Result<()> {
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let (c, _) = args.conn.contracts().await?;
+        let out = match args.command {
+            ConsentCommand::Grant {
+                patient,
+                to,
+                role,
+                scope,
+                purpose,
+                days,
+            } => {
+                let grantee = match (to, role) {
+                    (Some(account), _) => Grantee::Account(account),
+                    (None, Some(StaffRoleArg::Doctor)) => Grantee::Role(StaffRole::Doctor),
+                    (None, Some(StaffRoleArg::Nurse)) => Grantee::Role(StaffRole::Nurse),
+                    (None, None) => bail!("pass --to ACCOUNT or --role doctor|nurse"),
+                };
+                let purpose = if purpose == "any" {
+                    ""
+                } else {
+                    purpose.as_str()
+                };
+                let expiry = medledger_protocol::now_ms() / 1000 + days * 86_400;
+                let id = c
+                    .grant_consent(patient, grantee, scope, purpose, expiry)
+                    .await?;
+                json!({ "action": format!("consent {id} granted"), "grant": id, "expiry": expiry })
+            }
+            ConsentCommand::Revoke { patient, id } => outcome(
+                format!("consent {id} revoked"),
+                &c.revoke_consent(patient, id).await?,
+            ),
+            ConsentCommand::OptOut { patient, state } => outcome(
+                format!("opt-out {state}"),
+                &c.set_opt_out(patient, state == "on").await?,
+            ),
+            ConsentCommand::List { patient } => {
+                let consent = c.consent();
+                let ids = consent.liveGrants(patient).call().await?;
+                let mut grants = Vec::with_capacity(ids.len());
+                for id in ids {
+                    let g = consent.grantOf(id).call().await?;
+                    grants.push(json!({
+                        "id": id.to_string(),
+                        "grantee": if g.grantee.is_zero() {
+                            StaffRole::from_code(g.role).map_or("?", StaffRole::name).to_owned()
+                        } else {
+                            g.grantee.to_string()
+                        },
+                        "scope": Scope(g.scope).to_string(),
+                        "purpose": text_of(g.purpose),
+                        "expiry": g.expiry,
+                    }));
+                }
+                let opted_out = consent.optedOut(patient).call().await?;
+                json!({ "count": grants.len(), "grants": grants, "opted_out": opted_out })
+            }
+        };
+        args.conn.print(&out)
+    })
+}
