@@ -30,6 +30,8 @@ pub(crate) fn router(state: Arc<State>) -> Router {
         .route("/v1/batches", post(batches))
         .route("/v1/readings/{hash}/proof", get(proof))
         .route("/v1/records", get(records))
+        .route("/v1/alerts", get(alerts))
+        .route("/v1/alerts/stream", get(alert_stream))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(state)
 }
@@ -103,12 +105,7 @@ async fn records(
     Extension(peer): Extension<Peer>,
     uri: axum::http::Uri,
 ) -> Response {
-    let id = uri
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("request="))
-        .and_then(|v| v.parse::<u64>().ok());
+    let id = query_param(&uri, "request").and_then(|v| v.parse::<u64>().ok());
     let Some(id) = id else {
         return problem(
             ProblemType::Malformed,
@@ -124,6 +121,134 @@ async fn records(
             .into_response(),
         Err(r) => problem(r.kind, r.detail),
     }
+}
+
+/// The value of `name` in the query, if any.
+fn query_param<'a>(uri: &'a axum::http::Uri, name: &str) -> Option<&'a str> {
+    uri.query()?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+}
+
+/// The patientRef of a patient peer, or the refusal.
+async fn patient_of(state: &State, peer: &Peer) -> Result<[u8; 32], Response> {
+    if peer.identity.role != Role::Patient {
+        return Err(problem(
+            ProblemType::WrongRole,
+            "alerts are read with the patient's certificate",
+        ));
+    }
+    let Some(account) = peer.identity.address() else {
+        return Err(problem(
+            ProblemType::WrongRole,
+            "the certificate names no account",
+        ));
+    };
+    match state
+        .view
+        .contracts()
+        .registry()
+        .patientOfAccount(account)
+        .call()
+        .await
+    {
+        Ok(p) if !p.is_zero() => Ok(p.0),
+        Ok(_) => Err(problem(
+            ProblemType::Forbidden,
+            format!("the Registry knows no patient with account {account}"),
+        )),
+        Err(e) => Err(problem(
+            ProblemType::Unavailable,
+            format!("the chain cannot be asked: {e}"),
+        )),
+    }
+}
+
+/// `GET /v1/alerts?after=N&limit=M`: the patient's alerts after `N`.
+async fn alerts(
+    AxState(state): AxState<Arc<State>>,
+    Extension(peer): Extension<Peer>,
+    uri: axum::http::Uri,
+) -> Response {
+    let patient = match patient_of(&state, &peer).await {
+        Ok(p) => p,
+        Err(refusal) => return refusal,
+    };
+    let after = query_param(&uri, "after")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let limit = query_param(&uri, "limit")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000u64)
+        .min(1000);
+    match state.alerts.list(&patient, after, limit).await {
+        Ok(list) => json_response(&serde_json::json!({ "alerts": list })),
+        Err(e) => problem(ProblemType::Unavailable, e.to_string()),
+    }
+}
+
+/// `GET /v1/alerts/stream`: server-sent events, one per alert, from the
+/// one after `Last-Event-ID` (or `?after=N`), then live.
+async fn alert_stream(
+    AxState(state): AxState<Arc<State>>,
+    Extension(peer): Extension<Peer>,
+    headers: axum::http::HeaderMap,
+    uri: axum::http::Uri,
+) -> Response {
+    let patient = match patient_of(&state, &peer).await {
+        Ok(p) => p,
+        Err(refusal) => return refusal,
+    };
+    let after: u64 = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| query_param(&uri, "after"))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let newest = state.alerts.follow();
+    let stream = futures_util::stream::unfold(
+        (state, after, newest),
+        move |(state, mut after, mut newest)| async move {
+            loop {
+                match state.alerts.list(&patient, after, 100).await {
+                    Ok(list) if !list.is_empty() => {
+                        let mut frames = String::new();
+                        for alert in &list {
+                            after = alert.id;
+                            let data = serde_json::to_string(alert).unwrap_or_default();
+                            frames.push_str(&format!(
+                                "id: {}\nevent: alert\ndata: {data}\n\n",
+                                alert.id
+                            ));
+                        }
+                        return Some((
+                            Ok::<_, std::convert::Infallible>(frames),
+                            (state, after, newest),
+                        ));
+                    }
+                    Ok(_) => {}
+                    Err(_) => return None,
+                }
+                // Nothing new: wait, with a comment now and then so that
+                // proxies keep the connection.
+                if tokio::time::timeout(std::time::Duration::from_secs(15), newest.changed())
+                    .await
+                    .is_err()
+                {
+                    return Some((Ok(": keep-alive\n\n".to_owned()), (state, after, newest)));
+                }
+            }
+        },
+    );
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response()
 }
 
 /// What a proof lookup needs from the reading index.

@@ -11,6 +11,7 @@
 //! the sequence marks and the batch root, in one SQL transaction.
 
 use crate::State;
+use crate::alerts::NewAlert;
 use alloy::primitives::B256;
 use medledger_contracts::rule_inputs;
 use medledger_patient_ledger::{Field, NewEntry, Tree, leaf_hash};
@@ -45,6 +46,18 @@ fn rejected(hash: &[u8; 32], kind: ProblemType, detail: impl Into<String>) -> Co
         index: None,
         problem: Some(kind.name().to_owned()),
         detail: Some(detail.into()),
+    }
+}
+
+/// The alert of a refused reading whose device and patient are known.
+fn reading_alert(batch: &ForwardBatch, hashes: &[[u8; 32]], i: usize, detail: &str) -> NewAlert {
+    NewAlert {
+        patient: batch.readings[i].patient,
+        kind: "reading-rejected",
+        source: format!("reading:{}", hex::encode(hashes[i])),
+        flagged: true,
+        why: format!("a reading from one of your devices was refused: {detail}"),
+        body: serde_json::json!({ "reading": hex::encode(hashes[i]), "detail": detail }),
     }
 }
 
@@ -169,6 +182,7 @@ pub(crate) async fn commit(state: &State, batch: ForwardBatch) -> Result<CommitR
     }
 
     let mut clock = Stages::new(state);
+    let mut alerts: Vec<NewAlert> = Vec::new();
     // Certificates and signatures, on every core.
     let skip: Vec<bool> = results.iter().map(Option::is_some).collect();
     let auth = state.device_auth.clone();
@@ -304,6 +318,7 @@ pub(crate) async fn commit(state: &State, batch: ForwardBatch) -> Result<CommitR
     for (i, reason) in owners.into_iter().zip(reasons) {
         if verified[i].is_some() && !reason.is_allow() {
             let (kind, detail) = reason.refusal();
+            alerts.push(reading_alert(&batch, &hashes, i, &detail));
             results[i] = Some(rejected(&hashes[i], kind, detail));
             verified[i] = None;
         }
@@ -325,14 +340,12 @@ pub(crate) async fn commit(state: &State, batch: ForwardBatch) -> Result<CommitR
         };
         match mark {
             Some(m) if v.reading.seq <= m => {
-                results[i] = Some(rejected(
-                    &hashes[i],
-                    ProblemType::Replay,
-                    format!(
-                        "sequence {} is not above {m}, the device's last stored",
-                        v.reading.seq
-                    ),
-                ));
+                let detail = format!(
+                    "sequence {} is not above {m}, the device's last stored",
+                    v.reading.seq
+                );
+                alerts.push(reading_alert(&batch, &hashes, i, &detail));
+                results[i] = Some(rejected(&hashes[i], ProblemType::Replay, detail));
                 verified[i] = None;
                 continue;
             }
@@ -348,6 +361,23 @@ pub(crate) async fn commit(state: &State, batch: ForwardBatch) -> Result<CommitR
                     hex::encode(dev),
                     v.reading.seq
                 );
+                alerts.push(NewAlert {
+                    patient: batch.readings[i].patient,
+                    kind: "sequence-gap",
+                    source: format!("gap:{}:{}", hex::encode(dev), v.reading.seq),
+                    flagged: true,
+                    why: format!(
+                        "readings {}..{} of device {} never arrived",
+                        m + 1,
+                        v.reading.seq - 1,
+                        hex::encode(dev)
+                    ),
+                    body: serde_json::json!({
+                        "device": hex::encode(dev),
+                        "from": m + 1,
+                        "to": v.reading.seq - 1,
+                    }),
+                });
             }
             _ => {}
         }
@@ -376,6 +406,11 @@ pub(crate) async fn commit(state: &State, batch: ForwardBatch) -> Result<CommitR
             &[("outcome", status), ("cause", cause)],
             1,
         );
+    }
+    // Alerts only for readings whose device is bound to the patient named
+    // (checked above), so a forged batch cannot alert arbitrary patients.
+    if let Err(e) = state.alerts.raise(alerts, None).await {
+        eprintln!("medledger server: raising ingest alerts: {e}");
     }
     state.committed.notify_one();
     Ok(CommitReply {

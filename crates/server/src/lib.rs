@@ -15,6 +15,7 @@
 //! - [`config`]: the TOML configuration;
 //! - [`indexer`]: our contracts' events, copied into SQL.
 
+pub mod alerts;
 mod anchor;
 pub mod config;
 mod http;
@@ -108,6 +109,8 @@ pub(crate) struct State {
     pub(crate) ingest_lock: tokio::sync::Mutex<()>,
     /// Wakes the anchor task after a commit.
     pub(crate) committed: tokio::sync::Notify,
+    /// The patients' alerts.
+    pub(crate) alerts: alerts::Alerts,
 }
 
 /// A running server. Dropping it stops it.
@@ -157,6 +160,7 @@ impl Server {
         let metrics = Arc::new(Metrics::new());
         let state = Arc::new(State {
             vault: Vault::new(db.clone(), kek),
+            alerts: alerts::Alerts::new(db.clone()),
             ledger: Ledger::new(db.clone(), ledger_key),
             db,
             blobs,
@@ -172,6 +176,7 @@ impl Server {
             indexer::Indexer::new(state.db.clone(), state.view.contracts().clone())
                 .run(INDEX_INTERVAL),
         );
+        tasks.spawn(alerts::follow_chain(state.clone(), INDEX_INTERVAL));
         tasks.spawn(anchor::run(
             state.clone(),
             anchor_interval,

@@ -10,6 +10,7 @@
 //! `AccessEvent` in the patient's ledger.
 
 use crate::State;
+use crate::alerts::NewAlert;
 use crate::ingest::load_reading;
 use alloy::primitives::{Address, U256};
 use base64::Engine;
@@ -101,9 +102,46 @@ pub(crate) async fn serve(state: &State, peer: &Peer, id: u64) -> Result<Value, 
             ("observations".to_owned(), Field::Uint(count)),
         ]),
     };
-    state
+    let index = state
         .ledger
         .append(&patient, vec![event])
+        .await
+        .map_err(|e| unavailable(&e))?;
+    let who = requester.map_or_else(|| peer.identity.subject.clone(), |a| a.to_string());
+    let alert = match &outcome {
+        Ok(()) => NewAlert {
+            patient,
+            kind: "record-read",
+            source: String::new(),
+            flagged: false,
+            why: format!("{who} read {count} observation(s) with request {id}"),
+            body: json!({ "request": id, "requester": who, "observations": count }),
+        },
+        Err(r) => NewAlert {
+            patient,
+            kind: "record-refused",
+            source: String::new(),
+            flagged: true,
+            why: format!(
+                "{who} tried to read with request {id} and was refused: {}",
+                r.detail
+            ),
+            body: json!({ "request": id, "requester": who, "reason": r.detail }),
+        },
+    };
+    state
+        .alerts
+        .raise(
+            vec![NewAlert {
+                source: format!(
+                    "access-event:{}:{}",
+                    hex::encode(patient),
+                    index.first().copied().unwrap_or_default()
+                ),
+                ..alert
+            }],
+            None,
+        )
         .await
         .map_err(|e| unavailable(&e))?;
     state.metrics.add(

@@ -242,7 +242,13 @@ async fn start_server(
         client_auth: auth(
             root,
             crl,
-            &[Role::Collector, Role::Admin, Role::Doctor, Role::Nurse],
+            &[
+                Role::Collector,
+                Role::Admin,
+                Role::Doctor,
+                Role::Nurse,
+                Role::Patient,
+            ],
         )?,
         device_auth: auth(root, crl, &[Role::Device])?,
         card_auth: auth(root, crl, &[Role::Patient])?,

@@ -198,6 +198,21 @@ pub static MIGRATIONS: &[Migration] = &[
           );
           CREATE INDEX chain_events_name ON chain_events (name, block)",
     },
+    Migration {
+        version: 6,
+        name: "patient alerts",
+        sql: "CREATE TABLE alerts (
+              id BIGINT PRIMARY KEY,
+              patient BYTEA NOT NULL,
+              created_ms BIGINT NOT NULL,
+              kind TEXT NOT NULL,
+              source TEXT NOT NULL UNIQUE,
+              flagged BIGINT NOT NULL,
+              why TEXT NOT NULL,
+              body TEXT NOT NULL
+          );
+          CREATE INDEX alerts_patient ON alerts (patient, id)",
+    },
 ];
 
 /// A pool of connections to one database.

@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, missing_docs, unreachable_pub)]
 
 mod admin;
+mod alerts;
 mod ca;
 mod chain;
 mod indexer;

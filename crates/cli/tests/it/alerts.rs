@@ -1,0 +1,195 @@
+//! Patient alerts: raised once per cause, kept while the patient is away,
+//! read from the inbox or followed live.
+
+use crate::site::{body, post_one};
+use medledger_contracts::{Grantee, Scope, StaffRole};
+use medledger_pki::{Credentials, Role};
+use medledger_sim::Hospital;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The patient's alerts after `after`, read with their card certificate.
+async fn inbox(site: &Hospital, after: u64) -> Vec<serde_json::Value> {
+    let mut conn = site
+        .open(
+            &Credentials::from_issued(&site.card),
+            Role::Server,
+            &site.server.addr().to_string(),
+        )
+        .await
+        .unwrap();
+    let reply = conn
+        .request("GET", &format!("/v1/alerts?after={after}"), &[], vec![])
+        .await
+        .unwrap();
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    body(&reply)["alerts"].as_array().unwrap().clone()
+}
+
+async fn wait_for_alerts(site: &Hospital, n: usize) -> Vec<serde_json::Value> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let alerts = inbox(site, 0).await;
+        if alerts.len() >= n {
+            return alerts;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} alerts: {alerts:?}",
+            alerts.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_access_and_consent_change_alerts_the_patient_once() {
+    let site = crate::site::start().await;
+    let mut device = site.device(1).await.unwrap();
+    let mut conn = site.connect(&device).await.unwrap();
+    assert_eq!(
+        post_one(&mut conn, device.heart_rate(72.0), true)
+            .await
+            .status,
+        202
+    );
+    let nurse = site.staff(Role::Nurse, true).await.unwrap();
+    let doctor = site.staff(Role::Doctor, false).await.unwrap();
+
+    let granted = nurse
+        .contracts
+        .request_access(site.patient_ref, Scope::ALL, "treatment")
+        .await
+        .unwrap();
+    let mut staff_conn = site
+        .open(
+            &nurse.credentials(),
+            Role::Server,
+            &site.server.addr().to_string(),
+        )
+        .await
+        .unwrap();
+    let read = staff_conn
+        .request(
+            "GET",
+            &format!("/v1/records?request={}", granted.id),
+            &[],
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(read.status, 200);
+    doctor
+        .contracts
+        .request_access(site.patient_ref, Scope::ALL, "curiosity")
+        .await
+        .unwrap();
+    let patient = site.admin.with_provider(medledger_sim::provider(
+        &site.node,
+        &medledger_sim::signer(&site.card).unwrap(),
+    ));
+    patient
+        .grant_consent(
+            site.patient_ref,
+            Grantee::Role(StaffRole::Doctor),
+            Scope::ALL,
+            "",
+            medledger_protocol::now_ms() / 1000 + 3600,
+        )
+        .await
+        .unwrap();
+
+    let alerts = wait_for_alerts(&site, 4).await;
+    let mut kinds: Vec<&str> = alerts.iter().map(|a| a["kind"].as_str().unwrap()).collect();
+    kinds.sort_unstable();
+    assert_eq!(
+        kinds,
+        [
+            "access-denied",
+            "access-granted",
+            "consent-changed",
+            "record-read"
+        ]
+    );
+    let ids: Vec<u64> = alerts.iter().map(|a| a["id"].as_u64().unwrap()).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    let denied = alerts
+        .iter()
+        .find(|a| a["kind"] == "access-denied")
+        .unwrap();
+    assert_eq!(denied["flagged"], true, "a denial is always unusual");
+    assert!(
+        denied["why"]
+            .as_str()
+            .unwrap()
+            .contains(&doctor.address.to_string())
+    );
+
+    // Nothing twice, however long we wait; `after` gives only what is new.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(inbox(&site, 0).await.len(), 4);
+    assert!(inbox(&site, ids[3]).await.is_empty());
+
+    // Live: the stream replays from Last-Event-ID, then follows.
+    let mut config = (*site
+        .client_config(&Credentials::from_issued(&site.card), Role::Server)
+        .unwrap())
+    .clone();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(site.server.addr())
+        .await
+        .unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    tls.write_all(
+        format!(
+            "GET /v1/alerts/stream HTTP/1.1\r\nHost: localhost\r\nLast-Event-ID: {}\r\n\r\n",
+            ids[1]
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    // A new alert while following: the patient revokes nothing but opts out.
+    patient.set_opt_out(site.patient_ref, true).await.unwrap();
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while seen.matches("event: alert").count() < 3 {
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout_at(deadline, tls.read(&mut buf))
+            .await
+            .expect("the stream went quiet")
+            .unwrap();
+        assert!(n > 0, "the stream ended: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(seen.contains("text/event-stream"), "{seen}");
+    assert!(seen.contains(&format!("id: {}", ids[2])), "{seen}");
+    assert!(
+        !seen.contains(&format!("id: {}\n", ids[1])),
+        "replayed an old one: {seen}"
+    );
+    assert!(seen.contains("opt-out set to true"), "{seen}");
+
+    // Another patient's certificate, or staff, cannot read these.
+    let mut staff_conn = site
+        .open(
+            &nurse.credentials(),
+            Role::Server,
+            &site.server.addr().to_string(),
+        )
+        .await
+        .unwrap();
+    let reply = staff_conn
+        .request("GET", "/v1/alerts", &[], vec![])
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 403);
+}
