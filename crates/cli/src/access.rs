@@ -98,11 +98,9 @@ pub(crate) enum RecordsCommand {
     Get(RecordsGet),
 }
 
+/// Where the server is and who you are to it.
 #[derive(Debug, Args)]
-pub(crate) struct RecordsGet {
-    /// The access request id (from `medledger access request`).
-    #[arg(long)]
-    request: u64,
+pub(crate) struct ServerArgs {
     /// The server's `host:port`.
     #[arg(long, env = "MEDLEDGER_SERVER")]
     server: String,
@@ -115,6 +113,43 @@ pub(crate) struct RecordsGet {
     /// The root CA certificate.
     #[arg(long, env = "MEDLEDGER_CA_ROOT")]
     ca_root: PathBuf,
+}
+
+impl ServerArgs {
+    /// A mutual-TLS connection to the server.
+    async fn open(&self) -> Result<Https> {
+        let own = Credentials::load(&self.cert)
+            .with_context(|| format!("loading {}", self.cert.display()))?;
+        let root = files::read_first(&self.ca_root, "CERTIFICATE")?;
+        let tls = medledger_pki::client_config(Some(&own), &root, &[Role::Server])?;
+        Ok(Https::open(tls, &self.server, &self.server_name).await?)
+    }
+
+    /// `GET path` as JSON, or the server's refusal as an error.
+    async fn get(&self, conn: &mut Https, path: &str) -> Result<Value> {
+        let reply = conn.request("GET", path, &[], Vec::new()).await?;
+        if reply.status != 200 {
+            let problem: Value = serde_json::from_slice(&reply.body).unwrap_or_default();
+            bail!(
+                "the server refused ({}): {}",
+                reply.status,
+                problem["detail"].as_str().map_or_else(
+                    || String::from_utf8_lossy(&reply.body).into_owned(),
+                    str::to_owned
+                )
+            );
+        }
+        serde_json::from_slice(&reply.body).context("the server's answer")
+    }
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RecordsGet {
+    /// The access request id (from `medledger access request`).
+    #[arg(long)]
+    request: u64,
+    #[command(flatten)]
+    server: ServerArgs,
     /// Write the Bundle here instead of standard output.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -124,30 +159,11 @@ pub(crate) fn run_records(command: RecordsCommand) -> Result<()> {
     let RecordsCommand::Get(args) = command;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
-        let own = Credentials::load(&args.cert)
-            .with_context(|| format!("loading {}", args.cert.display()))?;
-        let root = files::read_first(&args.ca_root, "CERTIFICATE")?;
-        let tls = medledger_pki::client_config(Some(&own), &root, &[Role::Server])?;
-        let mut conn = Https::open(tls, &args.server, &args.server_name).await?;
-        let reply = conn
-            .request(
-                "GET",
-                &format!("/v1/records?request={}", args.request),
-                &[],
-                Vec::new(),
-            )
+        let mut conn = args.server.open().await?;
+        let bundle = args
+            .server
+            .get(&mut conn, &format!("/v1/records?request={}", args.request))
             .await?;
-        if reply.status != 200 {
-            let problem: Value = serde_json::from_slice(&reply.body).unwrap_or_default();
-            bail!(
-                "the server refused ({}): {}",
-                reply.status,
-                problem["detail"]
-                    .as_str()
-                    .map_or_else(|| String::from_utf8_lossy(&reply.body).into_owned(), str::to_owned)
-            );
-        }
-        let bundle: Value = serde_json::from_slice(&reply.body).context("the server's Bundle")?;
         let (observations, size) = check_proofs(&bundle)?;
         let text = serde_json::to_string_pretty(&bundle)?;
         match &args.out {
@@ -345,5 +361,73 @@ pub(crate) fn run_consent(args: ConsentArgs) -> Result<()> {
             }
         };
         args.conn.print(&out)
+    })
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AlertsCommand {
+    /// Your alerts after `--after` (all by default), oldest first.
+    List(AlertsArgs),
+    /// Your alerts as they come (after printing those after `--after`),
+    /// until Ctrl-C.
+    Watch(AlertsArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct AlertsArgs {
+    /// Only alerts with a larger id.
+    #[arg(long, default_value_t = 0)]
+    after: u64,
+    #[command(flatten)]
+    server: ServerArgs,
+    /// Print JSON lines instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn print_alert(alert: &Value, json: bool) {
+    if json {
+        println!("{alert}");
+        return;
+    }
+    let flag = if alert["flagged"] == true { "!" } else { " " };
+    println!(
+        "{flag} #{:<5} {} {:<16} {}",
+        alert["id"],
+        medledger_protocol::fhir::instant(alert["created_ms"].as_u64().unwrap_or(0)),
+        alert["kind"].as_str().unwrap_or("?"),
+        alert["why"].as_str().unwrap_or("")
+    );
+}
+
+pub(crate) fn run_alerts(command: AlertsCommand) -> Result<()> {
+    let (args, watch) = match command {
+        AlertsCommand::List(args) => (args, false),
+        AlertsCommand::Watch(args) => (args, true),
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let mut conn = args.server.open().await?;
+        let mut after = args.after;
+        loop {
+            let page = args
+                .server
+                .get(&mut conn, &format!("/v1/alerts?after={after}"))
+                .await?;
+            let alerts = page["alerts"].as_array().cloned().unwrap_or_default();
+            for alert in &alerts {
+                print_alert(alert, args.json);
+                after = alert["id"].as_u64().unwrap_or(after);
+            }
+            if !watch && alerts.len() < 1000 {
+                return Ok(());
+            }
+            if alerts.is_empty() {
+                tokio::select! {
+                    () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                    () = crate::roles::shutdown() => return Ok(()),
+                }
+            }
+        }
     })
 }

@@ -9,6 +9,7 @@
 //! medledger access request|break-glass         ask for a patient's data, on chain
 //! medledger records get --request ID           read it, FHIR, every proof checked
 //! medledger consent grant|revoke|list|opt-out  a patient's consent, on chain
+//! medledger alerts list|watch                  a patient's alerts
 //! medledger bench ingest                       the ingest load generator
 //! medledger verify --bundle FILE               a patient ledger, offline
 //! ```
@@ -54,6 +55,9 @@ enum Command {
     Records(access::RecordsCommand),
     /// Grant, revoke and list consent, or opt out (patients), on chain.
     Consent(access::ConsentArgs),
+    /// Read your alerts as a patient, or follow them.
+    #[command(subcommand)]
+    Alerts(access::AlertsCommand),
     /// Measure the system under load (in this process).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -72,6 +76,7 @@ fn main() -> ExitCode {
         Command::Access(args) => access::run_access(args),
         Command::Records(cmd) => access::run_records(cmd),
         Command::Consent(args) => access::run_consent(args),
+        Command::Alerts(cmd) => access::run_alerts(cmd),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Verify(args) => verify::run(args),
     };

@@ -78,11 +78,15 @@ impl Alerts {
             return Ok(());
         }
         let _one_writer = self.lock.lock().await;
-        let mut tx = self.db.pool().begin().await?;
+        // Read before the transaction, which then only writes: a SQLite
+        // transaction that reads first cannot become a writer while another
+        // connection writes (SQLITE_BUSY_SNAPSHOT). The lock makes this
+        // the only writer of ids.
         let next: i64 = sqlx::query("SELECT COALESCE(MAX(id), 0) AS id FROM alerts")
-            .fetch_one(&mut *tx)
+            .fetch_one(self.db.pool())
             .await?
             .try_get("id")?;
+        let mut tx = self.db.pool().begin().await?;
         let now = i64::try_from(medledger_protocol::now_ms()).unwrap_or(i64::MAX);
         let rows: Vec<Vec<SqlValue>> = alerts
             .into_iter()

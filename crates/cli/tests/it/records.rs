@@ -369,4 +369,48 @@ async fn from_the_command_line_a_patient_consents_and_a_doctor_reads() {
         err.contains("refused (403)") && err.contains("no longer holds"),
         "{err}"
     );
+
+    // The patient reads it all in their alerts.
+    let alerts = || {
+        medledger(&[
+            "alerts",
+            "list",
+            "--json",
+            "--server",
+            &site.server.addr().to_string(),
+            "--cert",
+            &etc.join("patient").display().to_string(),
+            "--ca-root",
+            &site.ca.dir().join("root.crt").display().to_string(),
+        ])
+    };
+    let want = [
+        "access-denied",
+        "consent-changed",
+        "access-granted",
+        "record-read",
+        "record-refused",
+    ];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (ok, out, err) = alerts();
+        assert!(ok, "{err}");
+        let kinds: Vec<String> = out
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["kind"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+        if want.iter().all(|k| kinds.iter().any(|x| x == k)) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "alerts so far: {kinds:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
