@@ -8,12 +8,15 @@ use crate::pipeline::Refusal;
 use crate::{ServerTarget, State};
 use medledger_pki::https::Connection;
 use medledger_protocol::{
-    CardSignature, CommitReply, CommitStatus, ForwardBatch, Forwarded, ProblemType,
+    CardSignature, CommitReply, CommitStatus, ForwardBatch, Forwarded, ProblemType, Refused,
 };
 use medledger_storage::sqlx::{self, Row};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Most refused readings reported per forwarded batch.
+const MAX_REFUSED: i64 = 1000;
 
 /// Most readings per forwarded batch (whole collector batches only).
 const MAX_FORWARD: i64 = 4096;
@@ -43,6 +46,7 @@ pub(crate) async fn run(state: Arc<State>, tls: Arc<rustls::ClientConfig>, serve
             batch,
             hashes,
             range,
+            refused,
         }) = pending.batch
         else {
             // Nothing to send: wait for the pipeline, or look again soon.
@@ -73,7 +77,7 @@ pub(crate) async fn run(state: Arc<State>, tls: Arc<rustls::ClientConfig>, serve
             }
         };
         backoff = MIN_BACKOFF;
-        if let Err(e) = settle(&state, range, &hashes, &reply).await {
+        if let Err(e) = settle(&state, range, &refused, &hashes, &reply).await {
             eprintln!("medledger collector: clearing the outbox: {e}");
             tokio::time::sleep(backoff).await;
         }
@@ -92,6 +96,8 @@ struct Outgoing {
     hashes: Vec<[u8; 32]>,
     /// The collector batches it holds (first, last).
     range: (i64, i64),
+    /// The hashes of the refused readings it reports.
+    refused: Vec<Vec<u8>>,
 }
 
 /// The oldest whole collector batches in the outbox, as one forward batch.
@@ -101,7 +107,14 @@ async fn load(state: &State) -> Result<Pending, sqlx::Error> {
         .fetch_one(pool)
         .await?
         .try_get("n")?;
-    if depth == 0 {
+    let refused = sqlx::query(
+        "SELECT hash, patient, device_cert, cose, problem, detail FROM collector_refused \
+         ORDER BY at_ms LIMIT $1",
+    )
+    .bind(MAX_REFUSED)
+    .fetch_all(pool)
+    .await?;
+    if depth == 0 && refused.is_empty() {
         return Ok(Pending { depth, batch: None });
     }
     let rows = sqlx::query(
@@ -126,11 +139,13 @@ async fn load(state: &State) -> Result<Pending, sqlx::Error> {
         .collect::<Result<_, sqlx::Error>>()?;
     // Whole collector batches only: drop a cut-off last one (a collector
     // batch is at most MAX_BATCH < MAX_FORWARD, so one always fits).
-    let (first, last) = (rows[0].1, rows[rows.len() - 1].1);
+    // No readings: the range is empty.
+    let first = rows.first().map_or(0, |r| r.1);
+    let last = rows.last().map_or(-1, |r| r.1);
     if rows.len() as i64 == MAX_FORWARD && first != last {
         rows.retain(|r| r.1 != last);
     }
-    let last = rows[rows.len() - 1].1;
+    let last = rows.last().map_or(-1, |r| r.1);
     let cards = sqlx::query(
         "SELECT batch, patient, card_cert, sig FROM collector_outbox_cards \
          WHERE batch >= $1 AND batch <= $2",
@@ -182,6 +197,19 @@ async fn load(state: &State) -> Result<Pending, sqlx::Error> {
             sig: row.try_get("sig")?,
         });
     }
+    let mut refused_hashes = Vec::with_capacity(refused.len());
+    for row in refused {
+        refused_hashes.push(row.try_get::<Vec<u8>, _>("hash")?);
+        let cert = index_of(row.try_get("device_cert")?, &mut batch.certs);
+        let patient: Vec<u8> = row.try_get("patient")?;
+        batch.refused.push(Refused {
+            cose: row.try_get("cose")?,
+            cert,
+            patient: patient.as_slice().try_into().unwrap_or([0; 32]),
+            problem: row.try_get("problem")?,
+            detail: row.try_get("detail")?,
+        });
+    }
     // Fill in the certificates by fingerprint.
     for (fp, i) in cert_index {
         let der: Vec<u8> = sqlx::query("SELECT der FROM collector_certs WHERE fingerprint = $1")
@@ -197,6 +225,7 @@ async fn load(state: &State) -> Result<Pending, sqlx::Error> {
             batch,
             hashes,
             range: (first, last),
+            refused: refused_hashes,
         }),
     })
 }
@@ -248,6 +277,7 @@ async fn send(
 async fn settle(
     state: &State,
     (first, last): (i64, i64),
+    refused: &[Vec<u8>],
     hashes: &[[u8; 32]],
     reply: &CommitReply,
 ) -> Result<(), sqlx::Error> {
@@ -261,6 +291,12 @@ async fn settle(
         .bind(last)
         .execute(&mut *tx)
         .await?;
+    }
+    for hash in refused {
+        sqlx::query("DELETE FROM collector_refused WHERE hash = $1")
+            .bind(hash.as_slice())
+            .execute(&mut *tx)
+            .await?;
     }
     tx.commit().await?;
     let mut waiters = state.waiters.lock().unwrap_or_else(|e| e.into_inner());

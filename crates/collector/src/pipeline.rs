@@ -229,10 +229,29 @@ async fn decide(
             (i, patient)
         })
         .collect();
-    if accepted.is_empty() {
+    // Readings of a bound device refused for what they say (rules) or
+    // when (replay) are reported to the server, which alerts the patient.
+    let refused: Vec<(usize, B256, &Refusal)> = items
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| {
+            let refusal = outcomes[i].as_ref().err()?;
+            let patient = bindings.get(&c.reading.dev.0)?.patient?;
+            matches!(
+                refusal.kind,
+                ProblemType::RuleViolation | ProblemType::Replay
+            )
+            .then_some((i, patient, refusal))
+        })
+        .collect();
+    if accepted.is_empty() && refused.is_empty() {
         return outcomes;
     }
-    if let Err(e) = commit(state, items, &accepted, &bindings, &new_marks, batch).await {
+    let written = commit(
+        state, items, &accepted, &refused, &bindings, &new_marks, batch,
+    )
+    .await;
+    if let Err(e) = written {
         return unavailable(items.len(), &format!("the outbox write failed: {e}"));
     }
     marks.extend(new_marks);
@@ -296,10 +315,12 @@ async fn load_mark(db: &Db, dev: &[u8; 12]) -> Result<Option<u64>, sqlx::Error> 
 
 /// Signs per patient and writes the accepted readings, their certificates,
 /// the card signatures and the new sequence marks in one transaction.
+#[allow(clippy::too_many_arguments)]
 async fn commit(
     state: &State,
     items: &[&Candidate],
     accepted: &[(usize, B256)],
+    refused: &[(usize, B256, &Refusal)],
     bindings: &HashMap<[u8; 12], Binding>,
     new_marks: &HashMap<[u8; 12], u64>,
     batch: i64,
@@ -325,7 +346,9 @@ async fn commit(
     let mut tx = state.db.pool().begin().await?;
     let mut certs: Vec<(&[u8; 32], &[u8])> = accepted
         .iter()
-        .map(|(i, _)| (&items[*i].fingerprint, items[*i].cert.as_slice()))
+        .map(|(i, _)| *i)
+        .chain(refused.iter().map(|(i, ..)| *i))
+        .map(|i| (&items[i].fingerprint, items[i].cert.as_slice()))
         .collect();
     certs.sort_unstable();
     certs.dedup_by_key(|(fp, _)| **fp);
@@ -389,6 +412,37 @@ async fn commit(
         .execute(&mut *tx)
         .await?;
     }
+    let refused_rows: Vec<Vec<SqlValue>> = refused
+        .iter()
+        .map(|(i, patient, refusal)| {
+            let c = items[*i];
+            vec![
+                SqlValue::Bytes(c.hash.to_vec()),
+                SqlValue::Bytes(patient.to_vec()),
+                SqlValue::Bytes(c.fingerprint.to_vec()),
+                SqlValue::Bytes(c.cose.clone()),
+                SqlValue::Text(refusal.kind.name().to_owned()),
+                SqlValue::Text(refusal.detail.clone()),
+                SqlValue::Int(received),
+            ]
+        })
+        .collect();
+    insert_many(
+        &mut tx,
+        "collector_refused",
+        &[
+            "hash",
+            "patient",
+            "device_cert",
+            "cose",
+            "problem",
+            "detail",
+            "at_ms",
+        ],
+        "ON CONFLICT DO NOTHING",
+        &refused_rows,
+    )
+    .await?;
     let marks: Vec<Vec<SqlValue>> = new_marks
         .iter()
         .map(|(dev, seq)| vec![SqlValue::Bytes(dev.to_vec()), SqlValue::Int(to_i64(*seq))])

@@ -69,6 +69,23 @@ pub struct CardSignature {
     pub sig: Vec<u8>,
 }
 
+/// A reading the collector refused after checking its signature, so that
+/// the server can alert the patient (it verifies the signature and the
+/// device's binding to the patient first).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// The COSE_Sign1 bytes as the device sent them.
+    pub cose: Vec<u8>,
+    /// Index into [`ForwardBatch::certs`] of the device certificate.
+    pub cert: u32,
+    /// The patient the device reports for.
+    pub patient: [u8; 32],
+    /// The problem type's name.
+    pub problem: String,
+    /// Why, for a person.
+    pub detail: String,
+}
+
 /// What a collector forwards to a server (`POST /v1/batches`,
 /// `application/cbor`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -81,6 +98,8 @@ pub struct ForwardBatch {
     pub readings: Vec<Forwarded>,
     /// The card signatures; every reading is covered by exactly one.
     pub cards: Vec<CardSignature>,
+    /// Readings the collector refused, for the patients' alerts.
+    pub refused: Vec<Refused>,
 }
 
 /// Why bytes are not a forward batch.
@@ -129,6 +148,12 @@ fn text_map(entries: Vec<(&str, Vec<u8>)>) -> Vec<u8> {
 fn enc_bytes(b: &[u8]) -> Vec<u8> {
     cbor::encode_with(|e| {
         e.bytes(b);
+    })
+}
+
+fn enc_text(t: &str) -> Vec<u8> {
+    cbor::encode_with(|e| {
+        e.text(t);
     })
 }
 
@@ -182,6 +207,13 @@ fn as_ref32(v: Value, at: &str) -> Result<[u8; 32], BatchError> {
     b.as_slice()
         .try_into()
         .map_err(|_| bad(at, format!("is {} bytes, expected 32", b.len())))
+}
+
+fn as_text(v: Value, at: &str) -> Result<String, BatchError> {
+    match v {
+        Value::Text(t) => Ok(t),
+        other => Err(bad(at, format!("is {other}, expected text"))),
+    }
 }
 
 fn as_uint(v: Value, at: &str) -> Result<u64, BatchError> {
@@ -245,6 +277,23 @@ impl ForwardBatch {
             ),
             ("readings", enc_array(readings)),
             ("cards", enc_array(cards)),
+            (
+                "refused",
+                enc_array(
+                    self.refused
+                        .iter()
+                        .map(|r| {
+                            text_map(vec![
+                                ("cose", enc_bytes(&r.cose)),
+                                ("cert", enc_uint(u64::from(r.cert))),
+                                ("patient", enc_bytes(&r.patient)),
+                                ("problem", enc_text(&r.problem)),
+                                ("detail", enc_text(&r.detail)),
+                            ])
+                        })
+                        .collect(),
+                ),
+            ),
         ])
     }
 
@@ -253,7 +302,7 @@ impl ForwardBatch {
         let mut top = fields(
             cbor::decode(bytes)?,
             "batch",
-            &["v", "cas", "certs", "readings", "cards"],
+            &["v", "cas", "certs", "readings", "cards", "refused"],
         )?;
         let version = as_uint(take(&mut top, "v", "batch")?, "batch.v")?;
         if version != 1 {
@@ -324,11 +373,27 @@ impl ForwardBatch {
                 sig: as_bytes(take(&mut f, "sig", &at)?, &format!("{at}.sig"))?,
             });
         }
+        let mut refused = Vec::new();
+        for (i, v) in as_array(take(&mut top, "refused", "batch")?, "batch.refused")?
+            .into_iter()
+            .enumerate()
+        {
+            let at = format!("refused[{i}]");
+            let mut f = fields(v, &at, &["cose", "cert", "patient", "problem", "detail"])?;
+            refused.push(Refused {
+                cose: as_bytes(take(&mut f, "cose", &at)?, &format!("{at}.cose"))?,
+                cert: cert_index(take(&mut f, "cert", &at)?, &format!("{at}.cert"))?,
+                patient: as_ref32(take(&mut f, "patient", &at)?, &format!("{at}.patient"))?,
+                problem: as_text(take(&mut f, "problem", &at)?, &format!("{at}.problem"))?,
+                detail: as_text(take(&mut f, "detail", &at)?, &format!("{at}.detail"))?,
+            });
+        }
         Ok(ForwardBatch {
             certs,
             cas,
             readings,
             cards,
+            refused,
         })
     }
 }
@@ -422,6 +487,13 @@ mod tests {
                 cert: 1,
                 readings: vec![0, 1],
                 sig: vec![9; 70],
+            }],
+            refused: vec![Refused {
+                cose: vec![0xd2, 3],
+                cert: 0,
+                patient: [7; 32],
+                problem: "rule-violation".into(),
+                detail: "above-range".into(),
             }],
         }
     }

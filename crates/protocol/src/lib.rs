@@ -27,7 +27,7 @@ pub mod reading;
 
 pub use batch::{
     BatchError, CardSignature, CommitReply, CommitResult, CommitStatus, ForwardBatch, Forwarded,
-    Receipt, ReceiptStatus, card_digest, reading_hash,
+    Receipt, ReceiptStatus, Refused, card_digest, reading_hash,
 };
 pub use catalogue::{CATALOGUE, DataType};
 pub use cose::{

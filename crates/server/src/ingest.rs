@@ -49,6 +49,64 @@ fn rejected(hash: &[u8; 32], kind: ProblemType, detail: impl Into<String>) -> Co
     }
 }
 
+/// The alerts of the readings the collector refused: each only if the
+/// device really signed it and is bound to the patient named.
+async fn refused_alerts(state: &State, batch: &ForwardBatch) -> Result<Vec<NewAlert>, Unavailable> {
+    let at = UnixTime::now();
+    let mut checked = Vec::new();
+    for r in &batch.refused {
+        let Ok(identity) =
+            state
+                .device_auth
+                .verify_certificate(&batch.certs[r.cert as usize], &batch.cas, at)
+        else {
+            continue;
+        };
+        let Ok(reading) = SignedReading::decode(&r.cose).and_then(|s| s.verify(&identity.key))
+        else {
+            continue;
+        };
+        if identity.epc().map(|e| e.as_bytes()) == Some(&reading.dev.0) {
+            checked.push((r, reading.dev.0, identity.fingerprint));
+        }
+    }
+    if checked.is_empty() {
+        return Ok(Vec::new());
+    }
+    let epcs: Vec<[u8; 12]> = checked.iter().map(|(_, dev, _)| *dev).collect();
+    let bindings = state
+        .view
+        .bindings(&epcs)
+        .await
+        .map_err(|e| Unavailable(format!("the chain cannot be asked: {e}")))?;
+    Ok(checked
+        .into_iter()
+        .filter(|(r, dev, fingerprint)| {
+            bindings.get(dev).is_some_and(|b| {
+                b.cert_fingerprint == *fingerprint && b.patient == Some(B256::from(r.patient))
+            })
+        })
+        .map(|(r, _, _)| {
+            let hash = reading_hash(&r.cose);
+            NewAlert {
+                patient: r.patient,
+                kind: "reading-rejected",
+                source: format!("reading:{}", hex::encode(hash)),
+                flagged: true,
+                why: format!(
+                    "a reading from one of your devices was refused by the collector: {}",
+                    r.detail
+                ),
+                body: serde_json::json!({
+                    "reading": hex::encode(hash),
+                    "problem": r.problem,
+                    "detail": r.detail,
+                }),
+            }
+        })
+        .collect())
+}
+
 /// The alert of a refused reading whose device and patient are known.
 fn reading_alert(batch: &ForwardBatch, hashes: &[[u8; 32]], i: usize, detail: &str) -> NewAlert {
     NewAlert {
@@ -407,6 +465,7 @@ pub(crate) async fn commit(state: &State, batch: ForwardBatch) -> Result<CommitR
             1,
         );
     }
+    alerts.extend(refused_alerts(state, &batch).await?);
     // Alerts only for readings whose device is bound to the patient named
     // (checked above), so a forged batch cannot alert arbitrary patients.
     if let Err(e) = state.alerts.raise(alerts, None).await {

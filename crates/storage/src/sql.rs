@@ -213,6 +213,19 @@ pub static MIGRATIONS: &[Migration] = &[
           );
           CREATE INDEX alerts_patient ON alerts (patient, id)",
     },
+    Migration {
+        version: 7,
+        name: "collector: refused readings to report for the patients' alerts",
+        sql: "CREATE TABLE collector_refused (
+              hash BYTEA PRIMARY KEY,
+              patient BYTEA NOT NULL,
+              device_cert BYTEA NOT NULL,
+              cose BYTEA NOT NULL,
+              problem TEXT NOT NULL,
+              detail TEXT NOT NULL,
+              at_ms BIGINT NOT NULL
+          )",
+    },
 ];
 
 /// A pool of connections to one database.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The patient's alerts after `after`, read with their card certificate.
-async fn inbox(site: &Hospital, after: u64) -> Vec<serde_json::Value> {
+pub(crate) async fn inbox(site: &Hospital, after: u64) -> Vec<serde_json::Value> {
     let mut conn = site
         .open(
             &Credentials::from_issued(&site.card),
@@ -31,7 +31,7 @@ async fn inbox(site: &Hospital, after: u64) -> Vec<serde_json::Value> {
     body(&reply)["alerts"].as_array().unwrap().clone()
 }
 
-async fn wait_for_alerts(site: &Hospital, n: usize) -> Vec<serde_json::Value> {
+pub(crate) async fn wait_for_alerts(site: &Hospital, n: usize) -> Vec<serde_json::Value> {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
         let alerts = inbox(site, 0).await;

@@ -305,6 +305,23 @@ async fn each_attack_on_the_collector_is_refused_with_its_cause() {
             .status,
         202
     );
+    // The patient hears of the replay and the false data (readings of
+    // their device the collector refused after checking the signature).
+    let alerts = crate::alerts::wait_for_alerts(&site, 2).await;
+    let refused: Vec<&serde_json::Value> = alerts
+        .iter()
+        .filter(|a| a["kind"] == "reading-rejected")
+        .collect();
+    assert_eq!(refused.len(), 2, "{alerts:?}");
+    let problems: Vec<&str> = refused
+        .iter()
+        .map(|a| a["body"]["problem"].as_str().unwrap())
+        .collect();
+    assert!(
+        problems.contains(&"replay") && problems.contains(&"rule-violation"),
+        "{problems:?}"
+    );
+
     let m = site.collector.metrics();
     for cause in [
         "replay",
