@@ -562,19 +562,19 @@ async fn store(
             }
         });
         digests.push(reading_hash(&plaintext));
-        sealed.push(
-            state
-                .vault
-                .seal(patient, &plaintext)
-                .await
-                .map_err(|e| storage_failure(state, format!("sealing: {e}")))?,
-        );
+        match state.vault.seal(patient, &plaintext).await {
+            Ok(s) => sealed.push(s),
+            Err(e) => {
+                return Err(storage_failure(state, &by_patient, format!("sealing: {e}")).await);
+            }
+        }
     }
-    let cids = state
-        .blobs
-        .put_many(&sealed)
-        .await
-        .map_err(|e| storage_failure(state, format!("storing blobs: {e}")))?;
+    let cids = match state.blobs.put_many(&sealed).await {
+        Ok(cids) => cids,
+        Err(e) => {
+            return Err(storage_failure(state, &by_patient, format!("storing blobs: {e}")).await);
+        }
+    };
 
     // The batch root over the stored readings, in batch order.
     let order: Vec<usize> = (0..verified.len())
@@ -621,11 +621,12 @@ async fn store(
 
     clock.lap("blobs");
     let mut tx = state.db.pool().begin().await.map_err(db_down)?;
-    let staged = state
-        .ledger
-        .stage(&mut tx, groups)
-        .await
-        .map_err(|e| storage_failure(state, format!("the ledger: {e}")))?;
+    let staged = match state.ledger.stage(&mut tx, groups).await {
+        Ok(staged) => staged,
+        Err(e) => {
+            return Err(storage_failure(state, &by_patient, format!("the ledger: {e}")).await);
+        }
+    };
     let mut stored = Vec::new();
     let mut rows = Vec::new();
     for ((((patient, members), cid), digest), indexes) in by_patient
@@ -709,7 +710,14 @@ async fn store(
     Ok(stored)
 }
 
-fn storage_failure(state: &State, detail: String) -> Unavailable {
+/// Counts and logs a storage failure and alerts the patients whose
+/// readings it holds up (at most once an hour each while it lasts); the
+/// collector keeps the readings and sends them again.
+async fn storage_failure(
+    state: &State,
+    patients: &BTreeMap<[u8; 32], Vec<usize>>,
+    detail: String,
+) -> Unavailable {
     state.metrics.add(
         "medledger_server_storage_failures_total",
         "Batches that could not be stored (the collector retries them).",
@@ -717,6 +725,21 @@ fn storage_failure(state: &State, detail: String) -> Unavailable {
         1,
     );
     eprintln!("medledger server: storage failure: {detail}");
+    let hour = now_ms() / 3_600_000;
+    let alerts = patients
+        .keys()
+        .map(|patient| NewAlert {
+            patient: *patient,
+            kind: "storage-failure",
+            source: format!("storage:{}:{hour}", hex::encode(patient)),
+            flagged: true,
+            why: "new readings could not be stored yet; they are kept and sent again".into(),
+            body: serde_json::json!({ "detail": detail }),
+        })
+        .collect();
+    if let Err(e) = state.alerts.raise(alerts, None).await {
+        eprintln!("medledger server: raising storage-failure alerts: {e}");
+    }
     Unavailable(format!("storage failure: {detail}"))
 }
 

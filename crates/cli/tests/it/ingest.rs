@@ -986,3 +986,52 @@ async fn connections_over_the_cap_are_closed_at_accept() {
         202
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storage_failure_alerts_the_patient_and_the_reading_is_retried() {
+    let site = crate::site::start().await;
+    let mut device = site.device(1).await.unwrap();
+    let mut conn = site.connect(&device).await.unwrap();
+    // The blob store breaks: its directory becomes a file.
+    let blobs = site.dir.path().join("server/blobs");
+    std::fs::remove_dir_all(&blobs).unwrap();
+    std::fs::write(&blobs, b"not a directory").unwrap();
+
+    let cose = device.heart_rate(72.0);
+    let hash = reading_hash(&cose);
+    let reply = post_one(&mut conn, cose.clone(), false).await;
+    assert_eq!(reply.status, 202, "the collector holds it");
+    let alerts = crate::alerts::wait_for_alerts(&site, 1).await;
+    assert_eq!(alerts[0]["kind"], "storage-failure", "{alerts:?}");
+    assert_eq!(alerts[0]["flagged"], true);
+    assert!(site.server.reading(&hash).await.unwrap().is_none());
+
+    // Repaired: the collector's retry stores it, once.
+    std::fs::remove_file(&blobs).unwrap();
+    std::fs::create_dir(&blobs).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while site.server.reading(&hash).await.unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never stored after the repair"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(site.server.reading(&hash).await.unwrap().unwrap(), cose);
+    assert_eq!(
+        site.server
+            .ledger()
+            .verify(&site.patient_ref.0, &[])
+            .await
+            .unwrap()
+            .size,
+        1
+    );
+    // One alert for the outage, however many retries it took.
+    let kinds: Vec<String> = crate::alerts::inbox(&site, 0)
+        .await
+        .iter()
+        .map(|a| a["kind"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(kinds, ["storage-failure"]);
+}
