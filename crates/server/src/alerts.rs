@@ -46,6 +46,55 @@ pub(crate) struct NewAlert {
     pub(crate) flagged: bool,
     pub(crate) why: String,
     pub(crate) body: Value,
+    /// Who caused it (an account), if a person did.
+    pub(crate) actor: String,
+}
+
+/// A patient's alert preferences.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Preferences {
+    /// `all` alerts, or only `unusual` (flagged) ones. Every alert is kept
+    /// either way; this chooses what is delivered.
+    pub mode: String,
+    /// Reads from this UTC hour...
+    pub day_start: u8,
+    /// ...until this one are usual; the same hour twice: any hour is.
+    pub day_end: u8,
+    /// More reads than this by one person in an hour are unusual.
+    pub max_reads_per_hour: u64,
+}
+
+impl Default for Preferences {
+    fn default() -> Self {
+        Preferences {
+            mode: "all".into(),
+            day_start: 0,
+            day_end: 0,
+            max_reads_per_hour: 10,
+        }
+    }
+}
+
+impl Preferences {
+    /// Checks the values.
+    pub fn check(&self) -> Result<(), String> {
+        if self.mode != "all" && self.mode != "unusual" {
+            return Err(format!("mode {:?}: expected all or unusual", self.mode));
+        }
+        if self.day_start > 23 || self.day_end > 23 {
+            return Err("day_start and day_end are hours, 0 to 23".into());
+        }
+        Ok(())
+    }
+
+    /// Whether `hour` (UTC) is outside the usual hours.
+    fn outside(&self, hour: u8) -> bool {
+        match (self.day_start, self.day_end) {
+            (s, e) if s == e => false,
+            (s, e) if s < e => hour < s || hour >= e,
+            (s, e) => hour < s && hour >= e,
+        }
+    }
 }
 
 /// The alert store.
@@ -101,6 +150,7 @@ impl Alerts {
                     SqlValue::Int(i64::from(a.flagged)),
                     SqlValue::Text(a.why),
                     SqlValue::Text(a.body.to_string()),
+                    SqlValue::Text(a.actor),
                 ]
             })
             .collect();
@@ -116,6 +166,7 @@ impl Alerts {
                 "flagged",
                 "why",
                 "body",
+                "actor",
             ],
             "ON CONFLICT (source) DO NOTHING",
             &rows,
@@ -140,20 +191,114 @@ impl Alerts {
         Ok(())
     }
 
-    /// The patient's alerts after `after`, oldest first, at most `limit`.
+    /// The patient's preferences (the defaults if never set).
+    pub(crate) async fn preferences(&self, patient: &[u8; 32]) -> Result<Preferences, sqlx::Error> {
+        let row = sqlx::query(
+            "SELECT mode, day_start, day_end, max_reads_per_hour FROM alert_prefs WHERE patient = $1",
+        )
+        .bind(patient.to_vec())
+        .fetch_optional(self.db.pool())
+        .await?;
+        Ok(match row {
+            Some(r) => Preferences {
+                mode: r.try_get("mode")?,
+                day_start: u8::try_from(r.try_get::<i64, _>("day_start")?).unwrap_or(0),
+                day_end: u8::try_from(r.try_get::<i64, _>("day_end")?).unwrap_or(0),
+                max_reads_per_hour: u64::try_from(r.try_get::<i64, _>("max_reads_per_hour")?)
+                    .unwrap_or(0),
+            },
+            None => Preferences::default(),
+        })
+    }
+
+    /// Stores the patient's preferences.
+    pub(crate) async fn set_preferences(
+        &self,
+        patient: &[u8; 32],
+        prefs: &Preferences,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO alert_prefs (patient, mode, day_start, day_end, max_reads_per_hour) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (patient) DO UPDATE SET mode = excluded.mode, \
+             day_start = excluded.day_start, day_end = excluded.day_end, \
+             max_reads_per_hour = excluded.max_reads_per_hour",
+        )
+        .bind(patient.to_vec())
+        .bind(prefs.mode.as_str())
+        .bind(i64::from(prefs.day_start))
+        .bind(i64::from(prefs.day_end))
+        .bind(i64::try_from(prefs.max_reads_per_hour).unwrap_or(i64::MAX))
+        .execute(self.db.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Why a read of the patient's records by `actor` now is unusual
+    /// (empty: it is not): the first read by this person, outside the
+    /// usual hours, by someone who is not an assigned carer, or more reads
+    /// this hour than the patient allows.
+    pub(crate) async fn unusual_read(
+        &self,
+        patient: &[u8; 32],
+        actor: &str,
+        assigned_carer: bool,
+    ) -> Result<Vec<String>, sqlx::Error> {
+        let prefs = self.preferences(patient).await?;
+        let now = medledger_protocol::now_ms();
+        let reads_since = |since: u64| {
+            sqlx::query(
+                "SELECT COUNT(*) AS n FROM alerts WHERE patient = $1 AND actor = $2 \
+                 AND kind = 'record-read' AND created_ms >= $3",
+            )
+            .bind(patient.to_vec())
+            .bind(actor.to_owned())
+            .bind(i64::try_from(since).unwrap_or(0))
+            .fetch_one(self.db.pool())
+        };
+        let ever: i64 = reads_since(0).await?.try_get("n")?;
+        let this_hour: i64 = reads_since(now.saturating_sub(3_600_000))
+            .await?
+            .try_get("n")?;
+        let mut why = Vec::new();
+        if ever == 0 {
+            why.push("the first read by this person".to_owned());
+        }
+        let hour = u8::try_from(now / 3_600_000 % 24).unwrap_or(0);
+        if prefs.outside(hour) {
+            why.push(format!(
+                "outside your usual hours ({:02}:00-{:02}:00 UTC)",
+                prefs.day_start, prefs.day_end
+            ));
+        }
+        if !assigned_carer {
+            why.push("not one of your assigned carers".to_owned());
+        }
+        if u64::try_from(this_hour).unwrap_or(0) >= prefs.max_reads_per_hour {
+            why.push(format!(
+                "more than {} reads in an hour",
+                prefs.max_reads_per_hour
+            ));
+        }
+        Ok(why)
+    }
+
+    /// The patient's alerts after `after`, oldest first, at most `limit`:
+    /// all, or only the flagged ones if the patient chose `unusual`.
     pub(crate) async fn list(
         &self,
         patient: &[u8; 32],
         after: u64,
         limit: u64,
     ) -> Result<Vec<Alert>, sqlx::Error> {
+        let only_flagged = self.preferences(patient).await?.mode == "unusual";
         let rows = sqlx::query(
             "SELECT id, created_ms, kind, flagged, why, body FROM alerts \
-             WHERE patient = $1 AND id > $2 ORDER BY id LIMIT $3",
+             WHERE patient = $1 AND id > $2 AND flagged >= $4 ORDER BY id LIMIT $3",
         )
         .bind(patient.to_vec())
         .bind(i64::try_from(after).unwrap_or(i64::MAX))
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .bind(i64::from(only_flagged))
         .fetch_all(self.db.pool())
         .await?;
         rows.into_iter()
@@ -245,6 +390,11 @@ fn from_event(name: &str, args: &Value, patient: [u8; 32], source: String) -> Op
         ),
         _ => return None,
     };
+    let actor = ["requester", "author"]
+        .iter()
+        .map(|k| arg(k))
+        .find(|a| !a.is_empty())
+        .unwrap_or_default();
     Some(NewAlert {
         patient,
         kind,
@@ -252,6 +402,7 @@ fn from_event(name: &str, args: &Value, patient: [u8; 32], source: String) -> Op
         flagged,
         why,
         body: json!({ "event": name, "args": args }),
+        actor,
     })
 }
 

@@ -32,6 +32,10 @@ pub(crate) fn router(state: Arc<State>) -> Router {
         .route("/v1/records", get(records))
         .route("/v1/alerts", get(alerts))
         .route("/v1/alerts/stream", get(alert_stream))
+        .route(
+            "/v1/alerts/preferences",
+            get(preferences).put(set_preferences),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .with_state(state)
 }
@@ -183,6 +187,47 @@ async fn alerts(
         .min(1000);
     match state.alerts.list(&patient, after, limit).await {
         Ok(list) => json_response(&serde_json::json!({ "alerts": list })),
+        Err(e) => problem(ProblemType::Unavailable, e.to_string()),
+    }
+}
+
+/// `GET /v1/alerts/preferences`: the patient's alert preferences.
+async fn preferences(
+    AxState(state): AxState<Arc<State>>,
+    Extension(peer): Extension<Peer>,
+) -> Response {
+    let patient = match patient_of(&state, &peer).await {
+        Ok(p) => p,
+        Err(refusal) => return refusal,
+    };
+    match state.alerts.preferences(&patient).await {
+        Ok(prefs) => json_response(&prefs),
+        Err(e) => problem(ProblemType::Unavailable, e.to_string()),
+    }
+}
+
+/// `PUT /v1/alerts/preferences`: replaces them (JSON, as `GET` gives).
+async fn set_preferences(
+    AxState(state): AxState<Arc<State>>,
+    Extension(peer): Extension<Peer>,
+    body: Body,
+) -> Response {
+    let patient = match patient_of(&state, &peer).await {
+        Ok(p) => p,
+        Err(refusal) => return refusal,
+    };
+    let Ok(bytes) = axum::body::to_bytes(body, 64 << 10).await else {
+        return problem(ProblemType::TooLarge, "preferences are at most 64 KiB");
+    };
+    let prefs: crate::alerts::Preferences = match serde_json::from_slice(&bytes) {
+        Ok(p) => p,
+        Err(e) => return problem(ProblemType::Malformed, format!("preferences: {e}")),
+    };
+    if let Err(e) = prefs.check() {
+        return problem(ProblemType::Malformed, format!("preferences: {e}"));
+    }
+    match state.alerts.set_preferences(&patient, &prefs).await {
+        Ok(()) => json_response(&prefs),
         Err(e) => problem(ProblemType::Unavailable, e.to_string()),
     }
 }

@@ -89,6 +89,7 @@ async fn refused_alerts(state: &State, batch: &ForwardBatch) -> Result<Vec<NewAl
         .map(|(r, _, _)| {
             let hash = reading_hash(&r.cose);
             NewAlert {
+                actor: String::new(),
                 patient: r.patient,
                 kind: "reading-rejected",
                 source: format!("reading:{}", hex::encode(hash)),
@@ -110,6 +111,7 @@ async fn refused_alerts(state: &State, batch: &ForwardBatch) -> Result<Vec<NewAl
 /// The alert of a refused reading whose device and patient are known.
 fn reading_alert(batch: &ForwardBatch, hashes: &[[u8; 32]], i: usize, detail: &str) -> NewAlert {
     NewAlert {
+        actor: String::new(),
         patient: batch.readings[i].patient,
         kind: "reading-rejected",
         source: format!("reading:{}", hex::encode(hashes[i])),
@@ -420,6 +422,7 @@ pub(crate) async fn commit(state: &State, batch: ForwardBatch) -> Result<CommitR
                     v.reading.seq
                 );
                 alerts.push(NewAlert {
+                    actor: String::new(),
                     patient: batch.readings[i].patient,
                     kind: "sequence-gap",
                     source: format!("gap:{}:{}", hex::encode(dev), v.reading.seq),
@@ -729,6 +732,7 @@ async fn storage_failure(
     let alerts = patients
         .keys()
         .map(|patient| NewAlert {
+            actor: String::new(),
             patient: *patient,
             kind: "storage-failure",
             source: format!("storage:{}:{hour}", hex::encode(patient)),

@@ -109,14 +109,39 @@ pub(crate) async fn serve(state: &State, peer: &Peer, id: u64) -> Result<Value, 
         .map_err(|e| unavailable(&e))?;
     let who = requester.map_or_else(|| peer.identity.subject.clone(), |a| a.to_string());
     let alert = match &outcome {
-        Ok(()) => NewAlert {
-            patient,
-            kind: "record-read",
-            source: String::new(),
-            flagged: false,
-            why: format!("{who} read {count} observation(s) with request {id}"),
-            body: json!({ "request": id, "requester": who, "observations": count }),
-        },
+        Ok(()) => {
+            let carer = match requester {
+                Some(r) => state
+                    .view
+                    .contracts()
+                    .registry()
+                    .isAssignedCarer(request.patientRef, r)
+                    .call()
+                    .await
+                    .unwrap_or(false),
+                None => false,
+            };
+            let unusual = state
+                .alerts
+                .unusual_read(&patient, &who, carer)
+                .await
+                .map_err(|e| unavailable(&e))?;
+            let mut why = format!("{who} read {count} observation(s) with request {id}");
+            if !unusual.is_empty() {
+                why.push_str(&format!("; unusual: {}", unusual.join(", ")));
+            }
+            NewAlert {
+                patient,
+                kind: "record-read",
+                source: String::new(),
+                flagged: !unusual.is_empty(),
+                why,
+                body: json!({
+                    "request": id, "requester": who, "observations": count, "unusual": unusual,
+                }),
+                actor: who.clone(),
+            }
+        }
         Err(r) => NewAlert {
             patient,
             kind: "record-refused",
@@ -127,6 +152,7 @@ pub(crate) async fn serve(state: &State, peer: &Peer, id: u64) -> Result<Value, 
                 r.detail
             ),
             body: json!({ "request": id, "requester": who, "reason": r.detail }),
+            actor: who.clone(),
         },
     };
     state

@@ -226,6 +226,19 @@ pub static MIGRATIONS: &[Migration] = &[
               at_ms BIGINT NOT NULL
           )",
     },
+    Migration {
+        version: 8,
+        name: "alert preferences, and who caused an alert",
+        sql: "ALTER TABLE alerts ADD COLUMN actor TEXT NOT NULL DEFAULT '';
+          CREATE INDEX alerts_actor ON alerts (patient, actor, kind, created_ms);
+          CREATE TABLE alert_prefs (
+              patient BYTEA PRIMARY KEY,
+              mode TEXT NOT NULL,
+              day_start BIGINT NOT NULL,
+              day_end BIGINT NOT NULL,
+              max_reads_per_hour BIGINT NOT NULL
+          )",
+    },
 ];
 
 /// A pool of connections to one database.

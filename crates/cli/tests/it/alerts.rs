@@ -193,3 +193,110 @@ async fn every_access_and_consent_change_alerts_the_patient_once() {
         .unwrap();
     assert_eq!(reply.status, 403);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unusual_reads_are_flagged_with_why_and_preferences_filter_delivery() {
+    let site = crate::site::start().await;
+    let nurse = site.staff(Role::Nurse, true).await.unwrap();
+    let granted = nurse
+        .contracts
+        .request_access(site.patient_ref, Scope::ALL, "treatment")
+        .await
+        .unwrap();
+    let mut conn = site
+        .open(
+            &nurse.credentials(),
+            Role::Server,
+            &site.server.addr().to_string(),
+        )
+        .await
+        .unwrap();
+    let path = format!("/v1/records?request={}", granted.id);
+    for _ in 0..3 {
+        assert_eq!(
+            conn.request("GET", &path, &[], vec![])
+                .await
+                .unwrap()
+                .status,
+            200
+        );
+    }
+    let reads: Vec<serde_json::Value> = wait_for_alerts(&site, 4)
+        .await
+        .into_iter()
+        .filter(|a| a["kind"] == "record-read")
+        .collect();
+    assert_eq!(reads.len(), 3);
+    // The nurse is an assigned carer: only the first read is unusual.
+    assert_eq!(reads[0]["flagged"], true);
+    assert!(
+        reads[0]["why"]
+            .as_str()
+            .unwrap()
+            .contains("the first read by this person"),
+        "{}",
+        reads[0]
+    );
+    assert_eq!(reads[1]["flagged"], false);
+
+    // The patient asks for unusual alerts only, and at most 3 reads an hour.
+    let mut patient = site
+        .open(
+            &Credentials::from_issued(&site.card),
+            Role::Server,
+            &site.server.addr().to_string(),
+        )
+        .await
+        .unwrap();
+    let prefs = serde_json::json!({
+        "mode": "unusual", "day_start": 0, "day_end": 0, "max_reads_per_hour": 3,
+    });
+    let reply = patient
+        .request(
+            "PUT",
+            "/v1/alerts/preferences",
+            &[("content-type", "application/json")],
+            prefs.to_string().into_bytes(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let bad = patient
+        .request(
+            "PUT",
+            "/v1/alerts/preferences",
+            &[("content-type", "application/json")],
+            br#"{"mode":"some","day_start":0,"day_end":0,"max_reads_per_hour":3}"#.to_vec(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(bad.status, 400);
+    // A fourth read this hour is unusual; the inbox now holds only the
+    // flagged ones (the others are kept, not delivered).
+    assert_eq!(
+        conn.request("GET", &path, &[], vec![])
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    let delivered = inbox(&site, 0).await;
+    assert!(
+        delivered.iter().all(|a| a["flagged"] == true),
+        "{delivered:?}"
+    );
+    let last = delivered.last().unwrap();
+    assert_eq!(last["kind"], "record-read");
+    assert!(
+        last["why"]
+            .as_str()
+            .unwrap()
+            .contains("more than 3 reads in an hour"),
+        "{last}"
+    );
+}
