@@ -127,7 +127,30 @@ impl ServerArgs {
 
     /// `GET path` as JSON, or the server's refusal as an error.
     async fn get(&self, conn: &mut Https, path: &str) -> Result<Value> {
-        let reply = conn.request("GET", path, &[], Vec::new()).await?;
+        self.call(conn, "GET", path, None).await
+    }
+
+    /// `METHOD path` with an optional JSON body; the answer as JSON, or
+    /// the server's refusal as an error.
+    async fn call(
+        &self,
+        conn: &mut Https,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value> {
+        let reply = match body {
+            Some(body) => {
+                conn.request(
+                    method,
+                    path,
+                    &[("content-type", "application/json")],
+                    body.to_string().into_bytes(),
+                )
+                .await?
+            }
+            None => conn.request(method, path, &[], Vec::new()).await?,
+        };
         if reply.status != 200 {
             let problem: Value = serde_json::from_slice(&reply.body).unwrap_or_default();
             bail!(
@@ -371,6 +394,23 @@ pub(crate) enum AlertsCommand {
     /// Your alerts as they come (after printing those after `--after`),
     /// until Ctrl-C.
     Watch(AlertsArgs),
+    /// Show your alert preferences, or change them.
+    Prefs(PrefsArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PrefsArgs {
+    /// `all` alerts, or only `unusual` ones (every alert is kept).
+    #[arg(long, value_parser = ["all", "unusual"])]
+    mode: Option<String>,
+    /// Your usual hours for reads, UTC, e.g. `7-19`; `0-0`: any hour.
+    #[arg(long)]
+    hours: Option<String>,
+    /// More reads than this by one person in an hour are unusual.
+    #[arg(long)]
+    max_reads_per_hour: Option<u64>,
+    #[command(flatten)]
+    server: ServerArgs,
 }
 
 #[derive(Debug, Args)]
@@ -404,6 +444,7 @@ pub(crate) fn run_alerts(command: AlertsCommand) -> Result<()> {
     let (args, watch) = match command {
         AlertsCommand::List(args) => (args, false),
         AlertsCommand::Watch(args) => (args, true),
+        AlertsCommand::Prefs(args) => return preferences(args),
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
@@ -429,5 +470,39 @@ pub(crate) fn run_alerts(command: AlertsCommand) -> Result<()> {
                 }
             }
         }
+    })
+}
+
+fn preferences(args: PrefsArgs) -> Result<()> {
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let mut conn = args.server.open().await?;
+        let mut prefs = args.server.get(&mut conn, "/v1/alerts/preferences").await?;
+        let changed =
+            args.mode.is_some() || args.hours.is_some() || args.max_reads_per_hour.is_some();
+        if let Some(mode) = args.mode {
+            prefs["mode"] = mode.into();
+        }
+        if let Some(hours) = &args.hours {
+            let (start, end) = hours
+                .split_once('-')
+                .and_then(|(s, e)| {
+                    Some((s.trim().parse::<u8>().ok()?, e.trim().parse::<u8>().ok()?))
+                })
+                .with_context(|| format!("--hours {hours:?}: expected START-END, e.g. 7-19"))?;
+            prefs["day_start"] = start.into();
+            prefs["day_end"] = end.into();
+        }
+        if let Some(n) = args.max_reads_per_hour {
+            prefs["max_reads_per_hour"] = n.into();
+        }
+        if changed {
+            prefs = args
+                .server
+                .call(&mut conn, "PUT", "/v1/alerts/preferences", Some(&prefs))
+                .await?;
+        }
+        println!("{}", serde_json::to_string_pretty(&prefs)?);
+        Ok(())
     })
 }

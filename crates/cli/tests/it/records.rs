@@ -413,4 +413,30 @@ async fn from_the_command_line_a_patient_consents_and_a_doctor_reads() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+
+    // And chooses to hear only of the unusual, with usual hours.
+    let (ok, out, err) = medledger(&[
+        "alerts",
+        "prefs",
+        "--mode",
+        "unusual",
+        "--hours",
+        "7-19",
+        "--server",
+        &site.server.addr().to_string(),
+        "--cert",
+        &etc.join("patient").display().to_string(),
+        "--ca-root",
+        &site.ca.dir().join("root.crt").display().to_string(),
+    ]);
+    assert!(ok, "{err}");
+    let prefs: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (
+            prefs["mode"].as_str(),
+            prefs["day_start"].as_u64(),
+            prefs["day_end"].as_u64()
+        ),
+        (Some("unusual"), Some(7), Some(19))
+    );
 }
