@@ -73,6 +73,22 @@ pub struct Addresses {
     pub default_rule: Address,
 }
 
+impl Addresses {
+    /// Every contract of the set, for following all their events.
+    pub fn all(&self) -> Vec<Address> {
+        vec![
+            self.registry,
+            self.rule_manager,
+            self.consent,
+            self.access_log,
+            self.anchor,
+            self.allowed_types,
+            self.value_range,
+            self.default_rule,
+        ]
+    }
+}
+
 /// A staff member's role (`Registry.StaffRole`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

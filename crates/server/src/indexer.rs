@@ -86,18 +86,8 @@ impl<P: Provider + Clone> Indexer<P> {
             None => 0,
         };
         let to = head.min(from + BLOCKS_PER_STEP - 1);
-        let a = self.contracts.addresses();
         let filter = Filter::new()
-            .address(vec![
-                a.registry,
-                a.rule_manager,
-                a.consent,
-                a.access_log,
-                a.anchor,
-                a.allowed_types,
-                a.value_range,
-                a.default_rule,
-            ])
+            .address(self.contracts.addresses().all())
             .from_block(from)
             .to_block(to);
         let logs = provider.get_logs(&filter).await.map_err(|e| chain(&e))?;

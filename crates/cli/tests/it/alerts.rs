@@ -1,7 +1,7 @@
 //! Patient alerts: raised once per cause, kept while the patient is away,
 //! read from the inbox or followed live.
 
-use crate::site::{body, post_one};
+use crate::site::{get_ok, post_one};
 use medledger_contracts::{Grantee, Scope, StaffRole};
 use medledger_pki::{Credentials, Role};
 use medledger_sim::Hospital;
@@ -18,17 +18,10 @@ pub(crate) async fn inbox(site: &Hospital, after: u64) -> Vec<serde_json::Value>
         )
         .await
         .unwrap();
-    let reply = conn
-        .request("GET", &format!("/v1/alerts?after={after}"), &[], vec![])
-        .await
-        .unwrap();
-    assert_eq!(
-        reply.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
-    body(&reply)["alerts"].as_array().unwrap().clone()
+    get_ok(&mut conn, &format!("/v1/alerts?after={after}")).await["alerts"]
+        .as_array()
+        .unwrap()
+        .clone()
 }
 
 pub(crate) async fn wait_for_alerts(site: &Hospital, n: usize) -> Vec<serde_json::Value> {

@@ -10,18 +10,8 @@ use std::time::Duration;
 
 /// Every log our contracts emitted so far, straight from the chain.
 async fn chain_logs(site: &crate::site::Site) -> usize {
-    let a = site.admin.addresses();
     let filter = Filter::new()
-        .address(vec![
-            a.registry,
-            a.rule_manager,
-            a.consent,
-            a.access_log,
-            a.anchor,
-            a.allowed_types,
-            a.value_range,
-            a.default_rule,
-        ])
+        .address(site.admin.addresses().all())
         .from_block(0);
     site.admin.provider().get_logs(&filter).await.unwrap().len()
 }

@@ -1,7 +1,7 @@
 //! The ingest path end to end over real sockets: device -> collector ->
 //! server -> ledger, blob store and chain; and the attacks it refuses.
 
-use crate::site::{Site, body, now_ms, post_one};
+use crate::site::{Site, body, get_ok, now_ms, post_one};
 use base64::Engine;
 use medledger_patient_ledger::{NoteVerifier, leaf_hash, verify_inclusion};
 use medledger_protocol::{ForwardBatch, Reading, reading_hash};
@@ -51,22 +51,11 @@ async fn a_reading_is_stored_sealed_proven_and_anchored() {
     // Proven and, soon, anchored.
     let mut server = site.connect_server().await.unwrap();
     let proof = loop {
-        let reply = server
-            .request(
-                "GET",
-                &format!("/v1/readings/{}/proof", hex::encode(hash)),
-                &[],
-                vec![],
-            )
-            .await
-            .unwrap();
-        assert_eq!(
-            reply.status,
-            200,
-            "{}",
-            String::from_utf8_lossy(&reply.body)
-        );
-        let proof = body(&reply);
+        let proof = get_ok(
+            &mut server,
+            &format!("/v1/readings/{}/proof", hex::encode(hash)),
+        )
+        .await;
         if !proof["batch"]["anchor"].is_null() && !proof["ledger"]["anchor"].is_null() {
             break proof;
         }
@@ -843,23 +832,12 @@ async fn the_ingest_path_runs_on_postgresql() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let mut server = site.connect_server().await.unwrap();
-    let reply = server
-        .request(
-            "GET",
-            &format!("/v1/readings/{}/proof", hex::encode(hashes[2])),
-            &[],
-            vec![],
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        reply.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
-    medledger_patient_ledger::reading_proof::verify(&String::from_utf8(reply.body).unwrap(), None)
-        .unwrap();
+    let proof = get_ok(
+        &mut server,
+        &format!("/v1/readings/{}/proof", hex::encode(hashes[2])),
+    )
+    .await;
+    medledger_patient_ledger::reading_proof::verify(&proof.to_string(), None).unwrap();
     assert_eq!(
         site.server
             .ledger()

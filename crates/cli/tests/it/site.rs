@@ -27,3 +27,15 @@ pub fn body(reply: &Reply) -> serde_json::Value {
     serde_json::from_slice(&reply.body)
         .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&reply.body)))
 }
+
+/// `GET path`, which must answer 200; its JSON body.
+pub async fn get_ok(conn: &mut Connection, path: &str) -> serde_json::Value {
+    let reply = conn.request("GET", path, &[], vec![]).await.unwrap();
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    body(&reply)
+}
