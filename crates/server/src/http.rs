@@ -36,6 +36,10 @@ pub(crate) fn router(state: Arc<State>) -> Router {
             "/v1/alerts/preferences",
             get(preferences).put(set_preferences),
         )
+        .route(
+            "/v1/alerts/webhook",
+            get(webhook).put(set_webhook).delete(remove_webhook),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .with_state(state)
 }
@@ -228,6 +232,83 @@ async fn set_preferences(
     }
     match state.alerts.set_preferences(&patient, &prefs).await {
         Ok(()) => json_response(&prefs),
+        Err(e) => problem(ProblemType::Unavailable, e.to_string()),
+    }
+}
+
+/// `GET /v1/alerts/webhook`: `{"url": ...}` or `{"url": null}`.
+async fn webhook(
+    AxState(state): AxState<Arc<State>>,
+    Extension(peer): Extension<Peer>,
+) -> Response {
+    let patient = match patient_of(&state, &peer).await {
+        Ok(p) => p,
+        Err(refusal) => return refusal,
+    };
+    match crate::webhook::url(&state, &patient).await {
+        Ok(url) => json_response(&serde_json::json!({ "url": url })),
+        Err(e) => problem(ProblemType::Unavailable, e.to_string()),
+    }
+}
+
+/// `PUT /v1/alerts/webhook`: `{"url", "secret", "after"}`: deliver the
+/// alerts after `after` (default: from now on) to `url`, signed with
+/// `secret` (at least 16 characters).
+async fn set_webhook(
+    AxState(state): AxState<Arc<State>>,
+    Extension(peer): Extension<Peer>,
+    body: Body,
+) -> Response {
+    #[derive(serde::Deserialize)]
+    struct Hook {
+        url: String,
+        secret: String,
+        after: Option<u64>,
+    }
+    let patient = match patient_of(&state, &peer).await {
+        Ok(p) => p,
+        Err(refusal) => return refusal,
+    };
+    let Ok(bytes) = axum::body::to_bytes(body, 64 << 10).await else {
+        return problem(ProblemType::TooLarge, "a webhook is at most 64 KiB");
+    };
+    let hook: Hook = match serde_json::from_slice(&bytes) {
+        Ok(h) => h,
+        Err(e) => return problem(ProblemType::Malformed, format!("webhook: {e}")),
+    };
+    if let Err(e) = crate::webhook::check_url(&hook.url) {
+        return problem(ProblemType::Malformed, e);
+    }
+    if hook.secret.len() < 16 {
+        return problem(
+            ProblemType::Malformed,
+            "the webhook secret must be at least 16 characters",
+        );
+    }
+    let after = match hook.after {
+        Some(a) => a,
+        None => match state.alerts.list(&patient, 0, u64::MAX).await {
+            Ok(all) => all.last().map_or(0, |a| a.id),
+            Err(e) => return problem(ProblemType::Unavailable, e.to_string()),
+        },
+    };
+    match crate::webhook::set(&state, &patient, Some((&hook.url, &hook.secret)), after).await {
+        Ok(()) => json_response(&serde_json::json!({ "url": hook.url, "after": after })),
+        Err(e) => problem(ProblemType::Unavailable, e.to_string()),
+    }
+}
+
+/// `DELETE /v1/alerts/webhook`.
+async fn remove_webhook(
+    AxState(state): AxState<Arc<State>>,
+    Extension(peer): Extension<Peer>,
+) -> Response {
+    let patient = match patient_of(&state, &peer).await {
+        Ok(p) => p,
+        Err(refusal) => return refusal,
+    };
+    match crate::webhook::set(&state, &patient, None, 0).await {
+        Ok(()) => json_response(&serde_json::json!({ "url": null })),
         Err(e) => problem(ProblemType::Unavailable, e.to_string()),
     }
 }

@@ -22,6 +22,7 @@ mod http;
 pub mod indexer;
 mod ingest;
 pub mod records;
+mod webhook;
 
 use alloy::providers::DynProvider;
 pub use config::{ConfigError, ConfigFile};
@@ -177,6 +178,7 @@ impl Server {
                 .run(INDEX_INTERVAL),
         );
         tasks.spawn(alerts::follow_chain(state.clone(), INDEX_INTERVAL));
+        tasks.spawn(webhook::run(state.clone(), Duration::from_secs(1)));
         tasks.spawn(anchor::run(
             state.clone(),
             anchor_interval,

@@ -239,6 +239,16 @@ pub static MIGRATIONS: &[Migration] = &[
               max_reads_per_hour BIGINT NOT NULL
           )",
     },
+    Migration {
+        version: 9,
+        name: "alert webhooks",
+        sql: "CREATE TABLE alert_webhooks (
+              patient BYTEA PRIMARY KEY,
+              url TEXT NOT NULL,
+              secret TEXT NOT NULL,
+              delivered BIGINT NOT NULL
+          )",
+    },
 ];
 
 /// A pool of connections to one database.

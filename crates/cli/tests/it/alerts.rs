@@ -293,3 +293,114 @@ async fn unusual_reads_are_flagged_with_why_and_preferences_filter_delivery() {
         "{last}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_gets_every_alert_signed_and_retried_until_it_answers() {
+    use std::sync::{Arc, Mutex};
+    let site = crate::site::start().await;
+    const SECRET: &str = "a shared secret for the test";
+
+    // The receiver: refuses the first two deliveries, checks signatures.
+    #[derive(Default)]
+    struct Seen {
+        calls: u32,
+        ids: Vec<u64>,
+        bad_signatures: u32,
+    }
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let app = {
+        let seen = seen.clone();
+        axum::Router::new().route(
+            "/hook",
+            axum::routing::post(
+                move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                    let seen = seen.clone();
+                    async move {
+                        let mut s = seen.lock().unwrap();
+                        s.calls += 1;
+                        if s.calls <= 2 {
+                            return axum::http::StatusCode::INTERNAL_SERVER_ERROR;
+                        }
+                        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, SECRET.as_bytes());
+                        let expected =
+                            format!("sha256={}", hex::encode(ring::hmac::sign(&key, &body)));
+                        if headers["x-medledger-signature"] != expected.as_str() {
+                            s.bad_signatures += 1;
+                        }
+                        let alert: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                        s.ids.push(alert["id"].as_u64().unwrap());
+                        axum::http::StatusCode::NO_CONTENT
+                    }
+                },
+            ),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let mut patient = site
+        .open(
+            &Credentials::from_issued(&site.card),
+            Role::Server,
+            &site.server.addr().to_string(),
+        )
+        .await
+        .unwrap();
+    let set = |body: serde_json::Value| body.to_string().into_bytes();
+    let reply = patient
+        .request(
+            "PUT",
+            "/v1/alerts/webhook",
+            &[("content-type", "application/json")],
+            set(serde_json::json!({ "url": "https://example.org/x", "secret": SECRET })),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 400, "only http:// endpoints");
+    let reply = patient
+        .request(
+            "PUT",
+            "/v1/alerts/webhook",
+            &[("content-type", "application/json")],
+            set(serde_json::json!({ "url": url, "secret": SECRET, "after": 0 })),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+
+    // Two alerts: a granted request and a denied one.
+    let nurse = site.staff(Role::Nurse, true).await.unwrap();
+    let doctor = site.staff(Role::Doctor, false).await.unwrap();
+    nurse
+        .contracts
+        .request_access(site.patient_ref, Scope::ALL, "treatment")
+        .await
+        .unwrap();
+    doctor
+        .contracts
+        .request_access(site.patient_ref, Scope::ALL, "curiosity")
+        .await
+        .unwrap();
+    let alerts = wait_for_alerts(&site, 2).await;
+    let want: Vec<u64> = alerts.iter().map(|a| a["id"].as_u64().unwrap()).collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        {
+            let s = seen.lock().unwrap();
+            if s.ids == want {
+                assert!(s.calls >= 4, "two refusals, then two deliveries");
+                assert_eq!(s.bad_signatures, 0);
+                break;
+            }
+            assert!(s.ids.len() <= want.len(), "delivered twice: {:?}", s.ids);
+        }
+        assert!(std::time::Instant::now() < deadline, "not delivered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
