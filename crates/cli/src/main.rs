@@ -9,13 +9,16 @@
 //! medledger access request|break-glass         ask for a patient's data, on chain
 //! medledger records get --request ID           read it, FHIR, every proof checked
 //! medledger consent grant|revoke|list|opt-out  a patient's consent, on chain
-//! medledger alerts list|watch                  a patient's alerts
+//! medledger alerts list|watch|prefs            a patient's alerts
+//! medledger review list|close                  the break-glass review queue (admins)
+//! medledger audit --patient REF                a patient's access and consent history
 //! medledger bench ingest                       the ingest load generator
 //! medledger verify --bundle FILE               a patient ledger, offline
 //! ```
 
 mod access;
 mod admin;
+mod audit;
 mod bench;
 mod ca;
 mod chain;
@@ -58,6 +61,10 @@ enum Command {
     /// Read your alerts as a patient, or follow them.
     #[command(subcommand)]
     Alerts(access::AlertsCommand),
+    /// The break-glass review queue, as an admin.
+    Review(audit::ReviewArgs),
+    /// A patient's access and consent history, from the chain.
+    Audit(audit::AuditArgs),
     /// Measure the system under load (in this process).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -77,6 +84,8 @@ fn main() -> ExitCode {
         Command::Records(cmd) => access::run_records(cmd),
         Command::Consent(args) => access::run_consent(args),
         Command::Alerts(cmd) => access::run_alerts(cmd),
+        Command::Review(args) => audit::run_review(args),
+        Command::Audit(args) => audit::run_audit(args),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Verify(args) => verify::run(args),
     };

@@ -130,6 +130,8 @@ pub struct Hospital {
     pub node: Node,
     /// The contracts, as the admin.
     pub admin: Contracts<DynProvider>,
+    /// The admin's chain key.
+    pub admin_signer: PrivateKeySigner,
     /// The server.
     pub server: Server,
     /// The collector.
@@ -358,6 +360,7 @@ impl Hospital {
             crl,
             node,
             admin: contracts,
+            admin_signer: admin,
             server,
             collector,
             collector_auth,

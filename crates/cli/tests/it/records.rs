@@ -440,3 +440,76 @@ async fn from_the_command_line_a_patient_consents_and_a_doctor_reads() {
         (Some("unusual"), Some(7), Some(19))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn break_glass_is_reviewed_and_the_history_audited_from_the_command_line() {
+    let site = crate::site::start().await;
+    let doctor = site.staff(Role::Doctor, false).await.unwrap();
+    let rpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let rpc_url = format!("http://{}", rpc.local_addr().unwrap());
+    tokio::spawn(medledger_chain::rpc::http::serve(
+        medledger_chain::rpc::Rpc::new(site.node.clone()),
+        rpc,
+    ));
+    let etc = site.dir.path().join("people");
+    std::fs::create_dir_all(&etc).unwrap();
+    doctor.issued.write(&etc.join("doctor")).unwrap();
+    std::fs::write(
+        etc.join("admin.eth.key"),
+        format!("0x{}", hex::encode(site.admin_signer.to_bytes())),
+    )
+    .unwrap();
+    let registry = site.admin.addresses().registry.to_string();
+    let patient = site.patient_ref.to_string();
+    let run = |args: &[&str], who: &str| {
+        let key = etc.join(format!("{who}.eth.key")).display().to_string();
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend([
+            "--rpc",
+            &rpc_url,
+            "--registry",
+            &registry,
+            "--key",
+            &key,
+            "--json",
+        ]);
+        let (ok, out, err) = medledger(&all);
+        assert!(ok, "{all:?}: {err}");
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()
+    };
+
+    let glass = run(
+        &[
+            "access",
+            "break-glass",
+            "--patient",
+            &patient,
+            "--reason",
+            "cardiac-arrest",
+        ],
+        "doctor",
+    );
+    assert_eq!(glass["basis"], "emergency", "{glass}");
+    let pending = run(&["review", "list"], "admin");
+    assert_eq!(pending["count"], 1);
+    assert_eq!(pending["pending"][0]["reason"], "cardiac-arrest");
+    let id = pending["pending"][0]["request"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    run(
+        &["review", "close", "--id", &id, "--outcome", "justified"],
+        "admin",
+    );
+    assert_eq!(run(&["review", "list"], "admin")["count"], 0);
+
+    let audit = run(&["audit", "--patient", &patient], "admin");
+    let names: Vec<&str> = audit["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["AccessGranted", "BreakGlass"], "{audit}");
+    assert!(audit["events"][1]["tx"].as_str().unwrap().starts_with("0x"));
+}
