@@ -385,14 +385,82 @@ struct Indexed {
     batch_pos: u64,
 }
 
-async fn proof(AxState(state): AxState<Arc<State>>, Path(hash): Path<String>) -> Response {
+async fn proof(
+    AxState(state): AxState<Arc<State>>,
+    Extension(peer): Extension<Peer>,
+    Path(hash): Path<String>,
+    uri: axum::http::Uri,
+) -> Response {
     let Ok(hash) = <[u8; 32]>::try_from(hex::decode(&hash).unwrap_or_default().as_slice()) else {
         return problem(ProblemType::Malformed, "a reading hash is 64 hex digits");
     };
+    let request = query_param(&uri, "request").and_then(|v| v.parse().ok());
+    if let Err(refusal) = may_see(&state, &peer, &hash, request).await {
+        return refusal;
+    }
     match build_proof(&state, &hash).await {
         Ok(Some(p)) => json_response(&p),
         Ok(None) => problem(ProblemType::NotFound, "no reading with this hash is stored"),
         Err(e) => problem(ProblemType::Unavailable, e),
+    }
+}
+
+/// Whether `peer` may see the proof of reading `hash`: its patient, or a
+/// doctor or nurse with a usable access request (`request`) for them.
+async fn may_see(
+    state: &State,
+    peer: &Peer,
+    hash: &[u8; 32],
+    request: Option<u64>,
+) -> Result<(), Response> {
+    let row = sqlx::query("SELECT patient FROM ingest_readings WHERE hash = $1")
+        .bind(hash.to_vec())
+        .fetch_optional(state.db.pool())
+        .await
+        .map_err(|e| problem(ProblemType::Unavailable, e.to_string()))?;
+    let Some(row) = row else {
+        return Err(problem(
+            ProblemType::NotFound,
+            "no reading with this hash is stored",
+        ));
+    };
+    let patient: Vec<u8> = row
+        .try_get("patient")
+        .map_err(|e| problem(ProblemType::Unavailable, e.to_string()))?;
+    let refused = || {
+        problem(
+            ProblemType::Forbidden,
+            "a reading's proof is for its patient, or for staff with a usable access request for them (?request=ID)",
+        )
+    };
+    match peer.identity.role {
+        Role::Patient => match patient_of(state, peer).await {
+            Ok(own) if own.as_slice() == patient.as_slice() => Ok(()),
+            _ => Err(refused()),
+        },
+        Role::Doctor | Role::Nurse => {
+            let (Some(id), Some(me)) = (request, peer.identity.address()) else {
+                return Err(refused());
+            };
+            let contracts = state.view.contracts();
+            let of = contracts
+                .access_log()
+                .requestOf(alloy::primitives::U256::from(id))
+                .call()
+                .await;
+            let usable = contracts.request_usable(id, me).await.unwrap_or(false);
+            match of {
+                Ok(r)
+                    if usable
+                        && r.requester == me
+                        && r.patientRef.as_slice() == patient.as_slice() =>
+                {
+                    Ok(())
+                }
+                _ => Err(refused()),
+            }
+        }
+        _ => Err(refused()),
     }
 }
 

@@ -48,8 +48,27 @@ async fn a_reading_is_stored_sealed_proven_and_anchored() {
         "the blob holds the reading in the clear"
     );
 
+    // Only the patient (or staff with a usable request) sees the proof.
+    let mut collector = site.connect_server().await.unwrap();
+    let refused = collector
+        .request(
+            "GET",
+            &format!("/v1/readings/{}/proof", hex::encode(hash)),
+            &[],
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(refused.status, 403);
     // Proven and, soon, anchored.
-    let mut server = site.connect_server().await.unwrap();
+    let mut server = site
+        .open(
+            &medledger_pki::Credentials::from_issued(&site.card),
+            medledger_pki::Role::Server,
+            &site.server.addr().to_string(),
+        )
+        .await
+        .unwrap();
     let proof = loop {
         let proof = get_ok(
             &mut server,
@@ -831,7 +850,14 @@ async fn the_ingest_path_runs_on_postgresql() {
         assert!(std::time::Instant::now() < deadline, "not anchored");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let mut server = site.connect_server().await.unwrap();
+    let mut server = site
+        .open(
+            &medledger_pki::Credentials::from_issued(&site.card),
+            medledger_pki::Role::Server,
+            &site.server.addr().to_string(),
+        )
+        .await
+        .unwrap();
     let proof = get_ok(
         &mut server,
         &format!("/v1/readings/{}/proof", hex::encode(hashes[2])),

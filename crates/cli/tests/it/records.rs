@@ -127,6 +127,30 @@ async fn staff_read_records_only_with_a_usable_request_of_their_own() {
         assert_eq!(entry.body["reading"], Field::Bytes(hash));
     }
 
+    // The nurse may also see a reading's proof, with the request.
+    let first = entries[0]["resource"]["identifier"][0]["value"]
+        .as_str()
+        .unwrap();
+    let hash = first.split('#').next().unwrap();
+    let mut conn = site
+        .open(
+            &nurse.credentials(),
+            Role::Server,
+            &site.server.addr().to_string(),
+        )
+        .await
+        .unwrap();
+    for (path, status) in [
+        (format!("/v1/readings/{hash}/proof"), 403),
+        (
+            format!("/v1/readings/{hash}/proof?request={}", granted.id),
+            200,
+        ),
+    ] {
+        let reply = conn.request("GET", &path, &[], vec![]).await.unwrap();
+        assert_eq!(reply.status, status, "{path}");
+    }
+
     // The scope is the request's: SpO2 only gives nothing here.
     let spo2 = nurse
         .contracts
