@@ -131,10 +131,7 @@ impl Alerts {
         // transaction that reads first cannot become a writer while another
         // connection writes (SQLITE_BUSY_SNAPSHOT). The lock makes this
         // the only writer of ids.
-        let next: i64 = sqlx::query("SELECT COALESCE(MAX(id), 0) AS id FROM alerts")
-            .fetch_one(self.db.pool())
-            .await?
-            .try_get("id")?;
+        let next = i64::try_from(self.last_id().await?).unwrap_or(i64::MAX);
         let mut tx = self.db.pool().begin().await?;
         let now = i64::try_from(medledger_protocol::now_ms()).unwrap_or(i64::MAX);
         let rows: Vec<Vec<SqlValue>> = alerts
@@ -183,11 +180,7 @@ impl Alerts {
             .await?;
         }
         tx.commit().await?;
-        let newest: i64 = sqlx::query("SELECT COALESCE(MAX(id), 0) AS id FROM alerts")
-            .fetch_one(self.db.pool())
-            .await?
-            .try_get("id")?;
-        self.newest.send_replace(u64::try_from(newest).unwrap_or(0));
+        self.newest.send_replace(self.last_id().await?);
         Ok(())
     }
 
@@ -314,6 +307,15 @@ impl Alerts {
                 })
             })
             .collect()
+    }
+
+    /// The newest alert id of all patients (0: none yet).
+    pub(crate) async fn last_id(&self) -> Result<u64, sqlx::Error> {
+        let id: i64 = sqlx::query("SELECT COALESCE(MAX(id), 0) AS id FROM alerts")
+            .fetch_one(self.db.pool())
+            .await?
+            .try_get("id")?;
+        Ok(u64::try_from(id).unwrap_or(0))
     }
 
     /// Follows the newest alert id.

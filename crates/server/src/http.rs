@@ -287,8 +287,8 @@ async fn set_webhook(
     }
     let after = match hook.after {
         Some(a) => a,
-        None => match state.alerts.list(&patient, 0, u64::MAX).await {
-            Ok(all) => all.last().map_or(0, |a| a.id),
+        None => match state.alerts.last_id().await {
+            Ok(id) => id,
             Err(e) => return problem(ProblemType::Unavailable, e.to_string()),
         },
     };

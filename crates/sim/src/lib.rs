@@ -489,6 +489,17 @@ impl Hospital {
         .await
     }
 
+    /// A connection to the server as the patient (their card's
+    /// certificate).
+    pub async fn connect_patient(&self) -> Result<Connection> {
+        self.open(
+            &Credentials::from_issued(&self.card),
+            Role::Server,
+            &self.server.addr().to_string(),
+        )
+        .await
+    }
+
     /// Another server, registered as a node, listening on `listen`, with
     /// its own database and blobs under `DIR/name`.
     pub async fn extra_server(&self, name: &str, listen: &str) -> Result<Server> {

@@ -10,14 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The patient's alerts after `after`, read with their card certificate.
 pub(crate) async fn inbox(site: &Hospital, after: u64) -> Vec<serde_json::Value> {
-    let mut conn = site
-        .open(
-            &Credentials::from_issued(&site.card),
-            Role::Server,
-            &site.server.addr().to_string(),
-        )
-        .await
-        .unwrap();
+    let mut conn = site.connect_patient().await.unwrap();
     get_ok(&mut conn, &format!("/v1/alerts?after={after}")).await["alerts"]
         .as_array()
         .unwrap()
@@ -233,14 +226,7 @@ async fn unusual_reads_are_flagged_with_why_and_preferences_filter_delivery() {
     assert_eq!(reads[1]["flagged"], false);
 
     // The patient asks for unusual alerts only, and at most 3 reads an hour.
-    let mut patient = site
-        .open(
-            &Credentials::from_issued(&site.card),
-            Role::Server,
-            &site.server.addr().to_string(),
-        )
-        .await
-        .unwrap();
+    let mut patient = site.connect_patient().await.unwrap();
     let prefs = serde_json::json!({
         "mode": "unusual", "day_start": 0, "day_end": 0, "max_reads_per_hour": 3,
     });
@@ -339,14 +325,7 @@ async fn a_webhook_gets_every_alert_signed_and_retried_until_it_answers() {
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
 
-    let mut patient = site
-        .open(
-            &Credentials::from_issued(&site.card),
-            Role::Server,
-            &site.server.addr().to_string(),
-        )
-        .await
-        .unwrap();
+    let mut patient = site.connect_patient().await.unwrap();
     let set = |body: serde_json::Value| body.to_string().into_bytes();
     let reply = patient
         .request(

@@ -61,14 +61,7 @@ async fn a_reading_is_stored_sealed_proven_and_anchored() {
         .unwrap();
     assert_eq!(refused.status, 403);
     // Proven and, soon, anchored.
-    let mut server = site
-        .open(
-            &medledger_pki::Credentials::from_issued(&site.card),
-            medledger_pki::Role::Server,
-            &site.server.addr().to_string(),
-        )
-        .await
-        .unwrap();
+    let mut server = site.connect_patient().await.unwrap();
     let proof = loop {
         let proof = get_ok(
             &mut server,
@@ -106,25 +99,11 @@ async fn a_reading_is_stored_sealed_proven_and_anchored() {
     )
     .unwrap();
     // The anchor on chain holds the batch root.
-    let id = batch["anchor"]["id"].as_u64().unwrap();
-    let record = site
-        .admin
-        .anchor()
-        .record(alloy::primitives::U256::from(id))
-        .call()
-        .await
-        .unwrap();
+    let record = anchor_record(&site, &batch["anchor"]).await;
     assert_eq!(record.kind, 2);
     assert_eq!(record.root.0, unhex32(&batch["root"]));
     assert_eq!(record.first.0, hash);
-    let id = ledger["anchor"]["id"].as_u64().unwrap();
-    let record = site
-        .admin
-        .anchor()
-        .record(alloy::primitives::U256::from(id))
-        .call()
-        .await
-        .unwrap();
+    let record = anchor_record(&site, &ledger["anchor"]).await;
     assert_eq!((record.kind, record.first), (3, site.patient_ref));
     assert_eq!(record.root.0, checkpoint.root);
 
@@ -173,6 +152,20 @@ async fn a_reading_is_stored_sealed_proven_and_anchored() {
         .await
         .unwrap();
     assert_eq!(verified.size, 1);
+}
+
+/// The on-chain record of an anchor a proof names.
+async fn anchor_record(
+    site: &Site,
+    anchor: &serde_json::Value,
+) -> medledger_contracts::bindings::anchor::Anchor::Record {
+    let id = anchor["id"].as_u64().unwrap();
+    site.admin
+        .anchor()
+        .record(alloy::primitives::U256::from(id))
+        .call()
+        .await
+        .unwrap()
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
@@ -533,12 +526,7 @@ async fn an_acknowledged_reading_survives_kill_9_and_arrives_once() {
     let mut device = site.device(1).await.unwrap();
 
     // The chain over HTTP for the collector process.
-    let rpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let rpc_url = format!("http://{}", rpc.local_addr().unwrap());
-    tokio::spawn(medledger_chain::rpc::http::serve(
-        medledger_chain::rpc::Rpc::new(site.node.clone()),
-        rpc,
-    ));
+    let rpc_url = crate::site::serve_rpc(&site).await;
     // Its files, written as an operator would.
     let etc = site.dir.path().join("etc");
     std::fs::create_dir_all(etc.join("cards")).unwrap();
@@ -850,14 +838,7 @@ async fn the_ingest_path_runs_on_postgresql() {
         assert!(std::time::Instant::now() < deadline, "not anchored");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let mut server = site
-        .open(
-            &medledger_pki::Credentials::from_issued(&site.card),
-            medledger_pki::Role::Server,
-            &site.server.addr().to_string(),
-        )
-        .await
-        .unwrap();
+    let mut server = site.connect_patient().await.unwrap();
     let proof = get_ok(
         &mut server,
         &format!("/v1/readings/{}/proof", hex::encode(hashes[2])),

@@ -247,12 +247,7 @@ async fn from_the_command_line_a_patient_consents_and_a_doctor_reads() {
     let doctor = site.staff(Role::Doctor, false).await.unwrap();
 
     // The chain over HTTP, and everyone's files as `medledger ca issue` writes them.
-    let rpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let rpc_url = format!("http://{}", rpc.local_addr().unwrap());
-    tokio::spawn(medledger_chain::rpc::http::serve(
-        medledger_chain::rpc::Rpc::new(site.node.clone()),
-        rpc,
-    ));
+    let rpc_url = crate::site::serve_rpc(&site).await;
     let etc = site.dir.path().join("people");
     std::fs::create_dir_all(&etc).unwrap();
     doctor.issued.write(&etc.join("doctor")).unwrap();
@@ -469,12 +464,7 @@ async fn from_the_command_line_a_patient_consents_and_a_doctor_reads() {
 async fn break_glass_is_reviewed_and_the_history_audited_from_the_command_line() {
     let site = crate::site::start().await;
     let doctor = site.staff(Role::Doctor, false).await.unwrap();
-    let rpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let rpc_url = format!("http://{}", rpc.local_addr().unwrap());
-    tokio::spawn(medledger_chain::rpc::http::serve(
-        medledger_chain::rpc::Rpc::new(site.node.clone()),
-        rpc,
-    ));
+    let rpc_url = crate::site::serve_rpc(&site).await;
     let etc = site.dir.path().join("people");
     std::fs::create_dir_all(&etc).unwrap();
     doctor.issued.write(&etc.join("doctor")).unwrap();

@@ -39,3 +39,15 @@ pub async fn get_ok(conn: &mut Connection, path: &str) -> serde_json::Value {
     );
     body(&reply)
 }
+
+/// Serves the hospital's chain over JSON-RPC on HTTP, for `medledger`
+/// processes; returns its URL.
+pub async fn serve_rpc(site: &Site) -> String {
+    let rpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", rpc.local_addr().unwrap());
+    tokio::spawn(medledger_chain::rpc::http::serve(
+        medledger_chain::rpc::Rpc::new(site.node.clone()),
+        rpc,
+    ));
+    url
+}
