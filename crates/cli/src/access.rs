@@ -103,30 +103,36 @@ pub(crate) enum RecordsCommand {
 pub(crate) struct ServerArgs {
     /// The server's `host:port`.
     #[arg(long, env = "MEDLEDGER_SERVER")]
-    server: String,
-    /// The name on the server's certificate.
-    #[arg(long, env = "MEDLEDGER_SERVER_NAME", default_value = "localhost")]
-    server_name: String,
+    server: Option<String>,
+    /// The name on the server's certificate (default: localhost).
+    #[arg(long, env = "MEDLEDGER_SERVER_NAME")]
+    server_name: Option<String>,
     /// Your certificate and key: `PREFIX.crt`, `PREFIX.key`.
     #[arg(long, env = "MEDLEDGER_CERT")]
-    cert: PathBuf,
+    cert: Option<PathBuf>,
     /// The root CA certificate.
     #[arg(long, env = "MEDLEDGER_CA_ROOT")]
-    ca_root: PathBuf,
+    ca_root: Option<PathBuf>,
 }
 
 impl ServerArgs {
     /// A mutual-TLS connection to the server.
-    async fn open(&self) -> Result<Https> {
-        let own = Credentials::load(&self.cert)
-            .with_context(|| format!("loading {}", self.cert.display()))?;
-        let root = files::read_first(&self.ca_root, "CERTIFICATE")?;
+    pub(crate) async fn open(&self) -> Result<Https> {
+        let (Some(server), Some(cert), Some(ca_root)) = (&self.server, &self.cert, &self.ca_root)
+        else {
+            bail!(
+                "this talks to the server: pass --server HOST:PORT, --cert PREFIX and --ca-root FILE (or set MEDLEDGER_SERVER, MEDLEDGER_CERT and MEDLEDGER_CA_ROOT)"
+            );
+        };
+        let own = Credentials::load(cert).with_context(|| format!("loading {}", cert.display()))?;
+        let root = files::read_first(ca_root, "CERTIFICATE")?;
         let tls = medledger_pki::client_config(Some(&own), &root, &[Role::Server])?;
-        Ok(Https::open(tls, &self.server, &self.server_name).await?)
+        let name = self.server_name.as_deref().unwrap_or("localhost");
+        Ok(Https::open(tls, server, name).await?)
     }
 
     /// `GET path` as JSON, or the server's refusal as an error.
-    async fn get(&self, conn: &mut Https, path: &str) -> Result<Value> {
+    pub(crate) async fn get(&self, conn: &mut Https, path: &str) -> Result<Value> {
         self.call(conn, "GET", path, None).await
     }
 

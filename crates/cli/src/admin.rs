@@ -612,15 +612,25 @@ async fn execute(conn: &Connection, command: AdminCommand) -> Result<Value> {
     })
 }
 
+const NO_REGISTRY: &str = "no Registry address: pass --registry or set MEDLEDGER_REGISTRY (printed by `medledger admin deploy`)";
+
 impl Connection {
     /// The contracts at `--registry`, signing with `--key`, and the
     /// signer's address.
     pub(crate) async fn contracts(&self) -> Result<(Contracts<DynProvider>, Address)> {
         let (provider, me) = self.provider()?;
-        let registry = self
-            .registry
-            .context("no Registry address: pass --registry or set MEDLEDGER_REGISTRY (printed by `medledger admin deploy`)")?;
+        let registry = self.registry.context(NO_REGISTRY)?;
         Ok((Contracts::at(provider, registry).await?, me))
+    }
+
+    /// The contracts at `--registry`, to read: signing with `--key` if
+    /// given, else with no key at all.
+    pub(crate) async fn reader(&self) -> Result<Contracts<DynProvider>> {
+        if self.key.is_some() {
+            return Ok(self.contracts().await?.0);
+        }
+        let registry = self.registry.context(NO_REGISTRY)?;
+        crate::roles::read_contracts(&self.rpc, registry).await
     }
 
     /// Prints `out` as JSON (`--json`) or for people.

@@ -1,7 +1,9 @@
 //! `medledger review list|close` (admins: the break-glass review queue) and
 //! `medledger audit --patient REF` (anyone who reads the chain: a patient's
-//! access and consent history, with the transaction of each event).
+//! access and consent history, with the transaction of each event; with
+//! `--fhir FILE`, the server's AuditEvents of every read of their data).
 
+use crate::access::ServerArgs;
 use crate::admin::{Connection, outcome};
 use alloy::primitives::{B256, U256};
 use alloy::providers::Provider;
@@ -10,6 +12,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use medledger_contracts::{decode_event, send, short_text, text_of};
 use serde_json::{Value, json};
+use std::path::PathBuf;
 
 #[derive(Debug, Args)]
 pub(crate) struct ReviewArgs {
@@ -74,13 +77,20 @@ pub(crate) struct AuditArgs {
     /// The patientRef.
     #[arg(long)]
     patient: B256,
+    /// Also write the server's record of every read of the patient's data
+    /// (from their ledger) as a FHIR Bundle of AuditEvents to this file;
+    /// needs the patient's or an admin's certificate.
+    #[arg(long)]
+    fhir: Option<PathBuf>,
+    #[command(flatten)]
+    server: ServerArgs,
 }
 
 /// Events of AccessLog and Consent that name the patient, and where.
 pub(crate) fn run_audit(args: AuditArgs) -> Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
-        let (c, _) = args.conn.contracts().await?;
+        let c = args.conn.reader().await?;
         let a = c.addresses();
         let provider = c.provider();
         // The patientRef is the second indexed topic of the access and
@@ -110,6 +120,23 @@ pub(crate) fn run_audit(args: AuditArgs) -> Result<()> {
                 }))
             })
             .collect();
+        if let Some(path) = &args.fhir {
+            let mut conn = args.server.open().await?;
+            let bundle = args
+                .server
+                .get(
+                    &mut conn,
+                    &format!("/v1/audit?patient={}", hex::encode(args.patient)),
+                )
+                .await?;
+            std::fs::write(path, serde_json::to_string_pretty(&bundle)?)
+                .with_context(|| format!("writing {}", path.display()))?;
+            eprintln!(
+                "{} AuditEvent(s) written to {}",
+                bundle["entry"].as_array().map_or(0, Vec::len),
+                path.display()
+            );
+        }
         if args.conn.json {
             println!(
                 "{}",

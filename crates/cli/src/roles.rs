@@ -3,7 +3,7 @@
 //! it changes, and waiting for Ctrl-C.
 
 use alloy::primitives::Address;
-use alloy::providers::DynProvider;
+use alloy::providers::{DynProvider, Provider, ProviderBuilder};
 use alloy::rpc::client::RpcClient;
 use alloy::signers::local::PrivateKeySigner;
 use anyhow::{Context, Result};
@@ -41,6 +41,21 @@ pub(crate) async fn contracts(
         .parse()
         .with_context(|| format!("registry {registry:?} is not an address"))?;
     let provider = signing_provider(signer, RpcClient::new_http(url));
+    Contracts::at(provider, registry)
+        .await
+        .with_context(|| format!("finding the contracts from the Registry at {registry} on {rpc}"))
+}
+
+/// The contracts at `registry` on the chain at `rpc`, to read (no key:
+/// anyone may read the chain).
+pub(crate) async fn read_contracts(rpc: &str, registry: Address) -> Result<Contracts<DynProvider>> {
+    let url = rpc
+        .parse()
+        .with_context(|| format!("--rpc {rpc:?} is not a URL"))?;
+    let provider = ProviderBuilder::new()
+        .disable_recommended_fillers()
+        .connect_client(RpcClient::new_http(url))
+        .erased();
     Contracts::at(provider, registry)
         .await
         .with_context(|| format!("finding the contracts from the Registry at {registry} on {rpc}"))

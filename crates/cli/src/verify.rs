@@ -1,20 +1,44 @@
 //! `medledger verify --bundle FILE` checks an exported patient ledger
-//! offline; `medledger verify --proof FILE` one reading's proof (from the
-//! server's `GET /v1/readings/{hash}/proof`).
+//! offline; `medledger verify --patient REF` fetches one from the server;
+//! with `--registry`, either is also checked against every checkpoint
+//! anchored for it on chain. `medledger verify --proof FILE` checks one
+//! reading's proof (from the server's `GET /v1/readings/{hash}/proof`).
 
+use crate::access::ServerArgs;
+use alloy::primitives::{Address, B256};
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use medledger_patient_ledger::{bundle, reading_proof};
-use std::path::PathBuf;
+use medledger_contracts::CheckpointAnchor;
+use medledger_patient_ledger::{Report, bundle, reading_proof};
+use serde_json::json;
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, Args)]
 pub(crate) struct VerifyArgs {
     /// A proof bundle exported from a patient's ledger (JSON).
-    #[arg(long, required_unless_present = "proof", conflicts_with = "proof")]
+    #[arg(
+        long,
+        required_unless_present_any = ["proof", "patient"],
+        conflicts_with_all = ["proof", "patient"]
+    )]
     bundle: Option<PathBuf>,
     /// A reading's proof, as the server serves it (JSON).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "patient")]
     proof: Option<PathBuf>,
+    /// A patient's ledger (their patientRef), fetched from the server with
+    /// the patient's own certificate or an admin's, and checked against
+    /// every checkpoint anchored for it on chain.
+    #[arg(long, requires = "registry")]
+    patient: Option<B256>,
+    #[command(flatten)]
+    server: ServerArgs,
+    /// The chain's JSON-RPC URL.
+    #[arg(long, env = "MEDLEDGER_RPC", default_value = "http://127.0.0.1:8545")]
+    rpc: String,
+    /// The Registry's address: with it, a ledger is also checked against
+    /// every checkpoint anchored for it on chain.
+    #[arg(long, env = "MEDLEDGER_REGISTRY")]
+    registry: Option<Address>,
     /// The ledger key to trust (`name+keyid+key`); without it the bundle's
     /// own key is used, which proves integrity but not who signed.
     #[arg(long)]
@@ -25,26 +49,67 @@ pub(crate) struct VerifyArgs {
 }
 
 pub(crate) fn run(args: VerifyArgs) -> Result<()> {
-    let (path, proof) = match (&args.bundle, &args.proof) {
-        (Some(path), _) => (path, false),
-        (None, Some(path)) => (path, true),
-        (None, None) => bail!("pass --bundle FILE or --proof FILE"),
-    };
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    if proof {
-        return verify_proof(&args, path, &text);
+    if let Some(path) = &args.proof {
+        return verify_proof(&args, path, &read(path)?);
     }
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(verify_ledger(args))
+}
+
+fn read(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// Verifies a patient's ledger, from a file or from the server, and with
+/// `--registry` against its anchored checkpoints.
+async fn verify_ledger(args: VerifyArgs) -> Result<()> {
+    let (text, source) = match (&args.bundle, args.patient) {
+        (Some(path), _) => (read(path)?, format!("bundle {}", path.display())),
+        (None, Some(patient)) => {
+            let server = &args.server;
+            let mut conn = server.open().await?;
+            let bundle = server
+                .get(
+                    &mut conn,
+                    &format!("/v1/ledger?patient={}", hex::encode(patient)),
+                )
+                .await?;
+            (
+                bundle.to_string(),
+                format!("patient {patient}'s ledger from the server"),
+            )
+        }
+        (None, None) => bail!("pass --bundle FILE, --proof FILE or --patient REF"),
+    };
     let report = match bundle::verify(&text, args.key.as_deref()) {
         Ok(report) => report,
-        Err(e) => bail!("{} does not verify: {e}", path.display()),
+        Err(e) => bail!("{source} does not verify: {e}"),
+    };
+    if let Some(patient) = args.patient
+        && report.patient != hex::encode(patient)
+    {
+        bail!(
+            "the server sent patient {}'s ledger, not {patient}'s (a patient's certificate reads only its own)",
+            report.patient
+        );
+    }
+    let anchors = match args.registry {
+        Some(registry) => {
+            let contracts = crate::roles::read_contracts(&args.rpc, registry).await?;
+            let patient: B256 = report.patient.parse().context("the bundle's patientRef")?;
+            Some(check_anchors(
+                &report,
+                contracts.checkpoint_anchors(patient).await?,
+            )?)
+        }
+        None => None,
     };
     let root = hex::encode(report.root);
     if args.json {
         let kinds: Vec<&str> = report.entries.iter().map(|e| e.kind.as_str()).collect();
         println!(
             "{}",
-            serde_json::json!({
+            json!({
                 "verified": true,
                 "patient": report.patient,
                 "size": report.size,
@@ -52,11 +117,12 @@ pub(crate) fn run(args: VerifyArgs) -> Result<()> {
                 "erased": report.erased,
                 "trusted_key": args.key.is_some(),
                 "kinds": kinds,
+                "anchors": anchors,
             })
         );
         return Ok(());
     }
-    println!("bundle verified: {}", path.display());
+    println!("{source}: verified");
     println!("  patient      {}", report.patient);
     if report.erased {
         println!(
@@ -70,10 +136,89 @@ pub(crate) fn run(args: VerifyArgs) -> Result<()> {
         );
     }
     println!("  root         {root}");
+    if let Some(anchors) = &anchors {
+        print_anchors(&report, anchors);
+    }
     if args.key.is_none() {
         println!("  note         signed by the bundle's own key; pass --key to check who signed");
     }
     Ok(())
+}
+
+/// An anchored checkpoint and what the ledger says of it.
+#[derive(Debug, serde::Serialize)]
+struct AnchorCheck {
+    #[serde(flatten)]
+    anchor: CheckpointAnchor,
+    /// The ledger's first `size` entries hash to the anchored root; false:
+    /// the bundle cannot tell (an erased ledger's earlier checkpoints).
+    checked: bool,
+}
+
+/// Checks that the ledger extends every anchored checkpoint: its first
+/// `size` entries hash to each anchored root, and no anchor covers more
+/// entries than it holds.
+fn check_anchors(report: &Report, anchors: Vec<CheckpointAnchor>) -> Result<Vec<AnchorCheck>> {
+    anchors
+        .into_iter()
+        .map(|anchor| {
+            let place = format!(
+                "the checkpoint anchored as Anchor.record({}) in transaction {} (block {})",
+                anchor.id, anchor.tx, anchor.block
+            );
+            if anchor.size > report.size {
+                bail!(
+                    "{place} covers {} entries; the ledger holds {}: entries were removed or the ledger was rolled back",
+                    anchor.size,
+                    report.size
+                );
+            }
+            let checked = match report.root_at(anchor.size) {
+                Some(root) if root == anchor.root.0 => true,
+                Some(root) => bail!(
+                    "{place} has root {}; the ledger's first {} entries hash to {}: the ledger was altered",
+                    anchor.root,
+                    anchor.size,
+                    hex::encode(root)
+                ),
+                None => false,
+            };
+            Ok(AnchorCheck { anchor, checked })
+        })
+        .collect()
+}
+
+fn print_anchors(report: &Report, anchors: &[AnchorCheck]) {
+    let Some(latest) = anchors.iter().map(|a| a.anchor.size).max() else {
+        println!("  anchors      none yet: no checkpoint of this ledger is on chain");
+        return;
+    };
+    let checked = anchors.iter().filter(|a| a.checked).count();
+    println!(
+        "  anchors      {} on chain, {checked} matched by the ledger's entries",
+        anchors.len()
+    );
+    for a in anchors {
+        println!(
+            "               {} entries  root {}  Anchor.record({})  tx {}  block {}{}",
+            a.anchor.size,
+            a.anchor.root,
+            a.anchor.id,
+            a.anchor.tx,
+            a.anchor.block,
+            if a.checked {
+                ""
+            } else {
+                "  (erased: not checkable)"
+            }
+        );
+    }
+    if report.size > latest {
+        println!(
+            "  unanchored   {} entries after the latest anchor (anchored at the next checkpoint)",
+            report.size - latest
+        );
+    }
 }
 
 fn anchor_text(anchor: Option<&reading_proof::AnchorRef>) -> String {
@@ -86,7 +231,7 @@ fn anchor_text(anchor: Option<&reading_proof::AnchorRef>) -> String {
     }
 }
 
-fn verify_proof(args: &VerifyArgs, path: &std::path::Path, text: &str) -> Result<()> {
+fn verify_proof(args: &VerifyArgs, path: &Path, text: &str) -> Result<()> {
     let report = match reading_proof::verify(text, args.key.as_deref()) {
         Ok(report) => report,
         Err(e) => bail!("{} does not verify: {e}", path.display()),
@@ -94,7 +239,7 @@ fn verify_proof(args: &VerifyArgs, path: &std::path::Path, text: &str) -> Result
     if args.json {
         println!(
             "{}",
-            serde_json::json!({
+            json!({
                 "verified": true,
                 "reading": report.reading,
                 "patient": report.patient,
@@ -134,4 +279,70 @@ fn verify_proof(args: &VerifyArgs, path: &std::path::Path, text: &str) -> Result
         println!("  note         signed by the proof's own key; pass --key to check who signed");
     }
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use medledger_patient_ledger::{Tree, leaf_hash};
+
+    fn anchor(size: u64, root: [u8; 32]) -> CheckpointAnchor {
+        CheckpointAnchor {
+            id: size,
+            by: Address::ZERO,
+            size,
+            root: B256::from(root),
+            note_hash: B256::ZERO,
+            tx: B256::ZERO,
+            block: 1,
+        }
+    }
+
+    #[test]
+    fn a_ledger_must_extend_every_anchored_checkpoint() {
+        let leaves: Vec<[u8; 32]> = (0u8..3).map(|i| leaf_hash(&[i])).collect();
+        let mut tree = Tree::new();
+        for leaf in &leaves {
+            tree.push(*leaf);
+        }
+        let report = Report {
+            patient: "00".repeat(32),
+            size: 3,
+            root: tree.root(3).unwrap(),
+            entries: Vec::new(),
+            erased: false,
+            leaves,
+        };
+        let checks = check_anchors(
+            &report,
+            vec![anchor(2, tree.root(2).unwrap()), anchor(3, report.root)],
+        )
+        .unwrap();
+        assert!(checks.iter().all(|c| c.checked));
+
+        let altered = check_anchors(&report, vec![anchor(2, [9; 32])]).unwrap_err();
+        assert!(altered.to_string().contains("was altered"), "{altered}");
+        let rolled_back = check_anchors(&report, vec![anchor(4, [9; 32])]).unwrap_err();
+        assert!(
+            rolled_back.to_string().contains("rolled back"),
+            "{rolled_back}"
+        );
+
+        // Erased: only the tombstone's own size can be checked.
+        let erased = Report {
+            erased: true,
+            leaves: Vec::new(),
+            ..report.clone()
+        };
+        let checks = check_anchors(
+            &erased,
+            vec![anchor(2, tree.root(2).unwrap()), anchor(3, erased.root)],
+        )
+        .unwrap();
+        assert_eq!(
+            checks.iter().map(|c| c.checked).collect::<Vec<_>>(),
+            [false, true]
+        );
+    }
 }

@@ -19,7 +19,7 @@ use alloy::network::EthereumWallet;
 use alloy::primitives::{Address, B256, U256};
 use alloy::providers::{DynProvider, Provider, ProviderBuilder};
 use alloy::rpc::client::RpcClient;
-use alloy::rpc::types::TransactionReceipt;
+use alloy::rpc::types::{Filter, TransactionReceipt};
 use alloy::signers::local::PrivateKeySigner;
 use alloy::sol_types::SolEvent;
 use serde::{Deserialize, Serialize};
@@ -156,7 +156,8 @@ pub enum Basis {
 }
 
 impl Basis {
-    fn from_code(code: u8) -> Basis {
+    /// The Basis of an `AccessLog.Basis` code.
+    pub fn from_code(code: u8) -> Basis {
         match code {
             1 => Basis::Carer,
             2 => Basis::Consent,
@@ -527,6 +528,57 @@ impl<P: Provider + Clone> Contracts<P> {
         }
         Ok((ids, receipt))
     }
+}
+
+impl<P: Provider> Contracts<P> {
+    /// Every checkpoint of the patient's ledger anchored on chain (kind 3),
+    /// oldest first.
+    pub async fn checkpoint_anchors(&self, patient_ref: B256) -> Result<Vec<CheckpointAnchor>> {
+        let filter = Filter::new()
+            .address(self.addresses.anchor)
+            .event_signature(Anchor::Anchored::SIGNATURE_HASH)
+            .topic2(B256::with_last_byte(CHECKPOINT_KIND))
+            .topic3(patient_ref)
+            .from_block(0);
+        let logs = self.provider.get_logs(&filter).await?;
+        logs.iter()
+            .map(|log| {
+                let event = Anchor::Anchored::decode_log(&log.inner)
+                    .map_err(|e| Error::Unexpected(format!("an Anchored log: {e}")))?;
+                Ok(CheckpointAnchor {
+                    id: to_u64(event.data.id)?,
+                    by: event.data.by,
+                    size: event.data.count,
+                    root: event.data.root,
+                    note_hash: event.data.last,
+                    tx: log.transaction_hash.unwrap_or_default(),
+                    block: log.block_number.unwrap_or_default(),
+                })
+            })
+            .collect()
+    }
+}
+
+/// `Anchor` kind 3: a patient-ledger checkpoint.
+pub const CHECKPOINT_KIND: u8 = 3;
+
+/// A patient-ledger checkpoint anchored on chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CheckpointAnchor {
+    /// `Anchor.record(id)`.
+    pub id: u64,
+    /// The server that anchored it.
+    pub by: Address,
+    /// Entries the checkpoint covers.
+    pub size: u64,
+    /// Its Merkle root.
+    pub root: B256,
+    /// SHA-256 of the signed checkpoint note.
+    pub note_hash: B256,
+    /// The anchoring transaction.
+    pub tx: B256,
+    /// Its block.
+    pub block: u64,
 }
 
 /// One root for [`Contracts::anchor_many`] (`Anchor.Input`).

@@ -13,7 +13,7 @@
 
 use crate::checkpoint::{CheckpointError, NoteVerifier};
 use crate::entry::{Entry, EntryError};
-use crate::merkle::{Hash, ProofError, leaf_hash, verify_inclusion};
+use crate::merkle::{Hash, ProofError, Tree, leaf_hash, verify_inclusion};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde::{Deserialize, Serialize};
@@ -149,6 +149,24 @@ pub struct Report {
     pub entries: Vec<Entry>,
     /// Whether the checkpoint is an erasure tombstone.
     pub erased: bool,
+    /// The entries' leaf hashes, in order.
+    pub leaves: Vec<Hash>,
+}
+
+impl Report {
+    /// The root of the ledger's first `size` entries, as a checkpoint of
+    /// that size must state; `None` if the bundle cannot tell (more
+    /// entries than it holds, or an erased ledger's earlier sizes).
+    pub fn root_at(&self, size: u64) -> Option<Hash> {
+        if size == self.size {
+            return Some(self.root);
+        }
+        let mut tree = Tree::new();
+        for leaf in self.leaves.iter().take(usize::try_from(size).ok()?) {
+            tree.push(*leaf);
+        }
+        tree.root(size)
+    }
 }
 
 /// Verifies a bundle (JSON): the checkpoint's signature, that it is this
@@ -191,6 +209,7 @@ pub fn verify(json: &str, trusted_key: Option<&str>) -> Result<Report, BundleErr
         });
     }
     let mut entries = Vec::with_capacity(bundle.entries.len());
+    let mut leaves = Vec::with_capacity(bundle.entries.len());
     for (i, e) in bundle.entries.iter().enumerate() {
         let index = i as u64;
         let misplaced = |what: String| BundleError::Misplaced { index, what };
@@ -214,9 +233,11 @@ pub fn verify(json: &str, trusted_key: Option<&str>) -> Result<Report, BundleErr
         if format!("medledger/patient/{}", hex::encode(entry.patient)) != cp.origin {
             return Err(misplaced("it is another patient's entry".into()));
         }
-        verify_inclusion(&leaf_hash(&stored), index, cp.size, &proof, &cp.root)
+        let leaf = leaf_hash(&stored);
+        verify_inclusion(&leaf, index, cp.size, &proof, &cp.root)
             .map_err(|source| BundleError::Proof { index, source })?;
         entries.push(entry);
+        leaves.push(leaf);
     }
     Ok(Report {
         patient: bundle.patient,
@@ -224,5 +245,6 @@ pub fn verify(json: &str, trusted_key: Option<&str>) -> Result<Report, BundleErr
         root: cp.root,
         entries,
         erased,
+        leaves,
     })
 }

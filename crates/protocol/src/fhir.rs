@@ -116,6 +116,106 @@ pub fn bundle(resources: Vec<Value>, timestamp_ms: u64) -> Value {
     })
 }
 
+/// The identifier system of an account (a person's chain address).
+pub const ACCOUNT_SYSTEM: &str = "urn:medledger:account";
+/// The identifier system of an on-chain access request id.
+pub const REQUEST_SYSTEM: &str = "urn:medledger:access-request";
+/// The identifier system of a patient-ledger entry (`patientRef/index`).
+pub const LEDGER_ENTRY_SYSTEM: &str = "urn:medledger:ledger-entry";
+
+/// One read of a patient's records, served or refused, as the server
+/// recorded it in the patient's ledger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordAccess<'a> {
+    /// The patient.
+    pub patient_ref: &'a [u8; 32],
+    /// The `AccessEvent` entry's index in the patient's ledger.
+    pub ledger_index: u64,
+    /// When, Unix ms.
+    pub recorded_ms: u64,
+    /// Who asked: an account (`0x...`), or a certificate subject.
+    pub requester: &'a str,
+    /// The on-chain access request it relied on.
+    pub request: u64,
+    /// Why (the request's purpose); `emergency` marks break-glass.
+    pub purpose: &'a str,
+    /// Whether the request was a break-glass one.
+    pub emergency: bool,
+    /// Whether data was served.
+    pub served: bool,
+    /// Observations served, or why it was refused.
+    pub detail: &'a str,
+}
+
+/// A FHIR R4 `AuditEvent` for one read of a patient's records (DICOM
+/// "Patient Record" events, action `R`; outcome `0` served, `4` refused).
+pub fn audit_event(access: &RecordAccess<'_>) -> Value {
+    let patient = hex::encode(access.patient_ref);
+    let mut purpose = vec![json!({ "text": access.purpose })];
+    if access.emergency {
+        purpose.push(json!({ "coding": [{
+            "system": "http://terminology.hl7.org/CodeSystem/v3-ActReason",
+            "code": "BTG", "display": "break the glass",
+        }] }));
+    }
+    let requester = if access.requester.starts_with("0x") {
+        json!({ "identifier": { "system": ACCOUNT_SYSTEM, "value": access.requester } })
+    } else {
+        json!({ "display": access.requester })
+    };
+    json!({
+        "resourceType": "AuditEvent",
+        "id": format!("{}-{}", &patient[..16], access.ledger_index),
+        "type": {
+            "system": "http://dicom.nema.org/resources/ontology/DCM",
+            "code": "110110", "display": "Patient Record",
+        },
+        "subtype": [{
+            "system": "http://hl7.org/fhir/restful-interaction",
+            "code": "search-type", "display": "search-type",
+        }],
+        "action": "R",
+        "recorded": instant(access.recorded_ms),
+        "outcome": if access.served { "0" } else { "4" },
+        "outcomeDesc": access.detail,
+        "purposeOfEvent": purpose,
+        "agent": [{ "who": requester, "requestor": true }],
+        "source": {
+            "observer": { "display": "medledger server" },
+            "type": [{
+                "system": "http://terminology.hl7.org/CodeSystem/security-source-type",
+                "code": "4", "display": "Application Server",
+            }],
+        },
+        "entity": [
+            {
+                "what": { "identifier": { "system": PATIENT_SYSTEM, "value": patient } },
+                "type": {
+                    "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type",
+                    "code": "1", "display": "Person",
+                },
+                "role": {
+                    "system": "http://terminology.hl7.org/CodeSystem/object-role",
+                    "code": "1", "display": "Patient",
+                },
+            },
+            {
+                "what": { "identifier": {
+                    "system": REQUEST_SYSTEM, "value": access.request.to_string(),
+                } },
+                "description": "the on-chain access request",
+            },
+            {
+                "what": { "identifier": {
+                    "system": LEDGER_ENTRY_SYSTEM,
+                    "value": format!("{patient}/{}", access.ledger_index),
+                } },
+                "description": "the AccessEvent entry in the patient's ledger",
+            },
+        ],
+    })
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -157,5 +257,45 @@ mod tests {
         let b = bundle(all, 0);
         assert_eq!(b["resourceType"], "Bundle");
         assert_eq!(b["entry"].as_array().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn an_audit_event_names_who_why_what_and_the_outcome() {
+        let patient = [7u8; 32];
+        let access = RecordAccess {
+            patient_ref: &patient,
+            ledger_index: 12,
+            recorded_ms: 951_782_400_123,
+            requester: "0x00000000000000000000000000000000000000aa",
+            request: 3,
+            purpose: "sepsis",
+            emergency: true,
+            served: false,
+            detail: "request 3 expired",
+        };
+        let e = audit_event(&access);
+        assert_eq!(e["resourceType"], "AuditEvent");
+        assert_eq!(e["recorded"], "2000-02-29T00:00:00.123Z");
+        assert_eq!(e["outcome"], "4");
+        assert_eq!(e["outcomeDesc"], "request 3 expired");
+        assert_eq!(
+            e["agent"][0]["who"]["identifier"]["value"],
+            access.requester
+        );
+        assert_eq!(e["purposeOfEvent"][1]["coding"][0]["code"], "BTG");
+        assert_eq!(e["entity"][1]["what"]["identifier"]["value"], "3");
+        assert_eq!(
+            e["entity"][2]["what"]["identifier"]["value"],
+            format!("{}/12", hex::encode(patient))
+        );
+        let served = audit_event(&RecordAccess {
+            served: true,
+            emergency: false,
+            requester: "CN=someone",
+            ..access
+        });
+        assert_eq!(served["outcome"], "0");
+        assert_eq!(served["purposeOfEvent"].as_array().unwrap().len(), 1);
+        assert_eq!(served["agent"][0]["who"]["display"], "CN=someone");
     }
 }

@@ -10,10 +10,12 @@
 //! follows the indexer from a cursor of its own.
 
 use crate::State;
+use medledger_patient_ledger::{Field, Ledger, LedgerError, NewEntry};
 use medledger_storage::sqlx::{self, Row};
 use medledger_storage::{Db, SqlValue, insert_many};
 use serde::Serialize;
 use serde_json::{Value, json};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -127,59 +129,47 @@ impl Alerts {
             return Ok(());
         }
         let _one_writer = self.lock.lock().await;
-        // Read before the transaction, which then only writes: a SQLite
-        // transaction that reads first cannot become a writer while another
-        // connection writes (SQLITE_BUSY_SNAPSHOT). The lock makes this
-        // the only writer of ids.
-        let next = i64::try_from(self.last_id().await?).unwrap_or(i64::MAX);
+        let next = self.next_id().await?;
         let mut tx = self.db.pool().begin().await?;
-        let now = i64::try_from(medledger_protocol::now_ms()).unwrap_or(i64::MAX);
-        let rows: Vec<Vec<SqlValue>> = alerts
-            .into_iter()
-            .enumerate()
-            .map(|(i, a)| {
-                vec![
-                    SqlValue::Int(next + 1 + i as i64),
-                    SqlValue::Bytes(a.patient.to_vec()),
-                    SqlValue::Int(now),
-                    SqlValue::Text(a.kind.to_owned()),
-                    SqlValue::Text(a.source),
-                    SqlValue::Int(i64::from(a.flagged)),
-                    SqlValue::Text(a.why),
-                    SqlValue::Text(a.body.to_string()),
-                    SqlValue::Text(a.actor),
-                ]
-            })
-            .collect();
-        insert_many(
-            &mut tx,
-            "alerts",
-            &[
-                "id",
-                "patient",
-                "created_ms",
-                "kind",
-                "source",
-                "flagged",
-                "why",
-                "body",
-                "actor",
-            ],
-            "ON CONFLICT (source) DO NOTHING",
-            &rows,
-        )
-        .await?;
-        if let Some(block) = cursor {
-            sqlx::query(
-                "INSERT INTO chain_cursor (name, block) VALUES ($1, $2) \
-                 ON CONFLICT (name) DO UPDATE SET block = excluded.block",
-            )
-            .bind(ALERT_CURSOR)
-            .bind(i64::try_from(block).unwrap_or(i64::MAX))
-            .execute(&mut *tx)
-            .await?;
-        }
+        insert(&mut tx, next, alerts, cursor).await?;
         tx.commit().await?;
+        self.woken().await
+    }
+
+    /// Appends ledger entries and stores the alerts they cause (`alerts`
+    /// is given each group's ledger indexes) in one transaction, with the
+    /// chain-event cursor if `cursor` is given: a crash leaves all of it
+    /// or none, so nothing is recorded twice or lost. Returns the indexes.
+    pub(crate) async fn record(
+        &self,
+        ledger: &Ledger,
+        entries: Vec<([u8; 32], Vec<NewEntry>)>,
+        alerts: impl FnOnce(&[Vec<u64>]) -> Vec<NewAlert>,
+        cursor: Option<u64>,
+    ) -> Result<Vec<Vec<u64>>, LedgerError> {
+        let _one_writer = self.lock.lock().await;
+        let next = self.next_id().await?;
+        let mut tx = self.db.pool().begin().await?;
+        let staged = ledger.stage(&mut tx, entries).await?;
+        insert(&mut tx, next, alerts(staged.indexes()), cursor).await?;
+        tx.commit().await?;
+        let indexes = staged.committed();
+        self.woken().await?;
+        Ok(indexes)
+    }
+
+    /// The first free alert id. Read before a write transaction, which then
+    /// only writes: a SQLite transaction that reads first cannot become a
+    /// writer while another connection writes (SQLITE_BUSY_SNAPSHOT). The
+    /// caller holds `lock`, so it is the only writer of ids.
+    async fn next_id(&self) -> Result<i64, sqlx::Error> {
+        Ok(i64::try_from(self.last_id().await?)
+            .unwrap_or(i64::MAX)
+            .saturating_add(1))
+    }
+
+    /// Wakes the followers after a commit.
+    async fn woken(&self) -> Result<(), sqlx::Error> {
         self.newest.send_replace(self.last_id().await?);
         Ok(())
     }
@@ -324,6 +314,63 @@ impl Alerts {
     }
 }
 
+/// Inserts alerts with ids from `next` on, and moves the chain-event
+/// cursor to `cursor` if given, in the caller's transaction.
+async fn insert(
+    tx: &mut sqlx::AnyConnection,
+    next: i64,
+    alerts: Vec<NewAlert>,
+    cursor: Option<u64>,
+) -> Result<(), sqlx::Error> {
+    let now = i64::try_from(medledger_protocol::now_ms()).unwrap_or(i64::MAX);
+    let rows: Vec<Vec<SqlValue>> = alerts
+        .into_iter()
+        .enumerate()
+        .map(|(i, a)| {
+            vec![
+                SqlValue::Int(next + i as i64),
+                SqlValue::Bytes(a.patient.to_vec()),
+                SqlValue::Int(now),
+                SqlValue::Text(a.kind.to_owned()),
+                SqlValue::Text(a.source),
+                SqlValue::Int(i64::from(a.flagged)),
+                SqlValue::Text(a.why),
+                SqlValue::Text(a.body.to_string()),
+                SqlValue::Text(a.actor),
+            ]
+        })
+        .collect();
+    insert_many(
+        tx,
+        "alerts",
+        &[
+            "id",
+            "patient",
+            "created_ms",
+            "kind",
+            "source",
+            "flagged",
+            "why",
+            "body",
+            "actor",
+        ],
+        "ON CONFLICT (source) DO NOTHING",
+        &rows,
+    )
+    .await?;
+    if let Some(block) = cursor {
+        sqlx::query(
+            "INSERT INTO chain_cursor (name, block) VALUES ($1, $2) \
+             ON CONFLICT (name) DO UPDATE SET block = excluded.block",
+        )
+        .bind(ALERT_CURSOR)
+        .bind(i64::try_from(block).unwrap_or(i64::MAX))
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
+}
+
 /// The chain-event cursor of the alert task in `chain_cursor`.
 const ALERT_CURSOR: &str = "alerts";
 
@@ -418,7 +465,7 @@ pub(crate) async fn follow_chain(state: Arc<State>, every: Duration) {
     }
 }
 
-async fn chain_step(state: &State) -> Result<(), sqlx::Error> {
+async fn chain_step(state: &State) -> Result<(), LedgerError> {
     let cursor = |name: &'static str| async move {
         let row = sqlx::query("SELECT block FROM chain_cursor WHERE name = $1")
             .bind(name)
@@ -437,7 +484,7 @@ async fn chain_step(state: &State) -> Result<(), sqlx::Error> {
         return Ok(());
     }
     let rows = sqlx::query(
-        "SELECT block, log_index, name, args, topics FROM chain_events \
+        "SELECT block, log_index, tx, name, args, topics FROM chain_events \
          WHERE block > $1 AND block <= $2 ORDER BY block, log_index",
     )
     .bind(done)
@@ -445,6 +492,7 @@ async fn chain_step(state: &State) -> Result<(), sqlx::Error> {
     .fetch_all(state.db.pool())
     .await?;
     let mut alerts = Vec::new();
+    let mut entries = Vec::new();
     for r in rows {
         let name: String = r.try_get("name")?;
         let Some(topic) = patient_topic(&name) else {
@@ -459,15 +507,52 @@ async fn chain_step(state: &State) -> Result<(), sqlx::Error> {
         };
         let args: String = r.try_get("args")?;
         let args: Value = serde_json::from_str(&args).unwrap_or_default();
-        let source = format!(
-            "event:{}:{}",
-            r.try_get::<i64, _>("block")?,
-            r.try_get::<i64, _>("log_index")?
-        );
+        let block = r.try_get::<i64, _>("block")?;
+        let log_index = r.try_get::<i64, _>("log_index")?;
+        let source = format!("event:{block}:{log_index}");
         alerts.extend(from_event(&name, &args, patient, source));
+        if let Some(kind) = ledger_kind(&name)
+            && !state.ledger.is_erased(&patient).await?
+        {
+            let mut body: BTreeMap<String, Field> = args
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| (k.clone(), Field::Text(v.as_str().unwrap_or("").to_owned())))
+                .collect();
+            body.insert("event".into(), Field::Text(name));
+            body.insert("tx".into(), Field::Bytes(r.try_get("tx")?));
+            body.insert(
+                "block".into(),
+                Field::Uint(u64::try_from(block).unwrap_or(0)),
+            );
+            entries.push((
+                patient,
+                vec![NewEntry {
+                    kind,
+                    ts_ms: medledger_protocol::now_ms(),
+                    body,
+                }],
+            ));
+        }
     }
     state
         .alerts
-        .raise(alerts, u64::try_from(indexed).ok())
+        .record(
+            &state.ledger,
+            entries,
+            |_| alerts,
+            u64::try_from(indexed).ok(),
+        )
         .await
+        .map(drop)
+}
+
+/// The patient-ledger entry kind an indexed event appends, if any.
+fn ledger_kind(event: &str) -> Option<&'static str> {
+    match event {
+        "ConsentGranted" | "ConsentRevoked" | "OptOutChanged" => Some("ConsentChanged"),
+        "Annotated" => Some("Annotation"),
+        _ => None,
+    }
 }

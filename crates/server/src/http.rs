@@ -1,5 +1,5 @@
-//! The server's endpoints: `POST /v1/batches` for collectors, and
-//! `GET /v1/readings/{hash}/proof`.
+//! The server's endpoints: `POST /v1/batches` for collectors; proofs,
+//! records, ledgers, audit trails and alerts for people.
 
 use crate::State;
 use crate::ingest::{self, Unavailable};
@@ -30,6 +30,8 @@ pub(crate) fn router(state: Arc<State>) -> Router {
         .route("/v1/batches", post(batches))
         .route("/v1/readings/{hash}/proof", get(proof))
         .route("/v1/records", get(records))
+        .route("/v1/ledger", get(ledger))
+        .route("/v1/audit", get(audit))
         .route("/v1/alerts", get(alerts))
         .route("/v1/alerts/stream", get(alert_stream))
         .route(
@@ -143,7 +145,7 @@ async fn patient_of(state: &State, peer: &Peer) -> Result<[u8; 32], Response> {
     if peer.identity.role != Role::Patient {
         return Err(problem(
             ProblemType::WrongRole,
-            "alerts are read with the patient's certificate",
+            "this is read with the patient's certificate",
         ));
     }
     let Some(account) = peer.identity.address() else {
@@ -169,6 +171,94 @@ async fn patient_of(state: &State, peer: &Peer) -> Result<[u8; 32], Response> {
             ProblemType::Unavailable,
             format!("the chain cannot be asked: {e}"),
         )),
+    }
+}
+
+/// Whose ledger a patient or an admin asks for: a patient their own; an
+/// admin active in the Registry the one named by `?patient=HEX`.
+async fn subject_of(
+    state: &State,
+    peer: &Peer,
+    uri: &axum::http::Uri,
+) -> Result<[u8; 32], Response> {
+    if peer.identity.role != Role::Admin {
+        return patient_of(state, peer).await;
+    }
+    let Some(account) = peer.identity.address() else {
+        return Err(problem(
+            ProblemType::WrongRole,
+            "the certificate names no account",
+        ));
+    };
+    match state
+        .view
+        .contracts()
+        .registry()
+        .isAdmin(account)
+        .call()
+        .await
+    {
+        Ok(true) => {}
+        Ok(false) => {
+            return Err(problem(
+                ProblemType::Forbidden,
+                format!("{account} is not an admin in the Registry"),
+            ));
+        }
+        Err(e) => {
+            return Err(problem(
+                ProblemType::Unavailable,
+                format!("the chain cannot be asked: {e}"),
+            ));
+        }
+    }
+    query_param(uri, "patient")
+        .and_then(|h| hex::decode(h.trim_start_matches("0x")).ok())
+        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+        .ok_or_else(|| {
+            problem(
+                ProblemType::Malformed,
+                "name the patient: ?patient=<patientRef, 64 hex digits>",
+            )
+        })
+}
+
+/// `GET /v1/ledger[?patient=HEX]`: the patient's ledger as a proof bundle
+/// (`medledger-ledger-bundle/1`), for the patient or an admin.
+async fn ledger(
+    AxState(state): AxState<Arc<State>>,
+    Extension(peer): Extension<Peer>,
+    uri: axum::http::Uri,
+) -> Response {
+    let patient = match subject_of(&state, &peer, &uri).await {
+        Ok(p) => p,
+        Err(refusal) => return refusal,
+    };
+    match state.ledger.export(&patient).await {
+        Ok(bundle) => json_response(&bundle),
+        Err(e) => problem(ProblemType::Unavailable, e.to_string()),
+    }
+}
+
+/// `GET /v1/audit[?patient=HEX]`: the patient's record reads as a FHIR
+/// Bundle of AuditEvents, for the patient or an admin.
+async fn audit(
+    AxState(state): AxState<Arc<State>>,
+    Extension(peer): Extension<Peer>,
+    uri: axum::http::Uri,
+) -> Response {
+    let patient = match subject_of(&state, &peer, &uri).await {
+        Ok(p) => p,
+        Err(refusal) => return refusal,
+    };
+    match crate::records::audit_events(&state, &patient).await {
+        Ok(bundle) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/fhir+json")],
+            bundle.to_string(),
+        )
+            .into_response(),
+        Err(r) => problem(r.kind, r.detail),
     }
 }
 

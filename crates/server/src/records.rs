@@ -14,8 +14,8 @@ use crate::alerts::NewAlert;
 use crate::ingest::load_reading;
 use alloy::primitives::{Address, U256};
 use base64::Engine;
-use medledger_contracts::Scope;
-use medledger_patient_ledger::{Field, NewEntry, NoteVerifier};
+use medledger_contracts::{Basis, Scope, text_of};
+use medledger_patient_ledger::{Entry, Field, NewEntry, NoteVerifier};
 use medledger_pki::Role;
 use medledger_pki::https::Peer;
 use medledger_protocol::catalogue::data_type;
@@ -100,13 +100,13 @@ pub(crate) async fn serve(state: &State, peer: &Peer, id: u64) -> Result<Value, 
             ),
             ("reason".to_owned(), Field::Text(reason)),
             ("observations".to_owned(), Field::Uint(count)),
+            ("purpose".to_owned(), Field::Text(text_of(request.purpose))),
+            (
+                "basis".to_owned(),
+                Field::Text(Basis::from_code(request.basis).name()),
+            ),
         ]),
     };
-    let index = state
-        .ledger
-        .append(&patient, vec![event])
-        .await
-        .map_err(|e| unavailable(&e))?;
     let who = requester.map_or_else(|| peer.identity.subject.clone(), |a| a.to_string());
     let alert = match &outcome {
         Ok(()) => {
@@ -155,17 +155,19 @@ pub(crate) async fn serve(state: &State, peer: &Peer, id: u64) -> Result<Value, 
             actor: who.clone(),
         },
     };
+    // The attempt and its alert commit together.
     state
         .alerts
-        .raise(
-            vec![NewAlert {
-                source: format!(
-                    "access-event:{}:{}",
-                    hex::encode(patient),
-                    index.first().copied().unwrap_or_default()
-                ),
-                ..alert
-            }],
+        .record(
+            &state.ledger,
+            vec![(patient, vec![event])],
+            |indexes| {
+                let index = indexes[0][0];
+                vec![NewAlert {
+                    source: format!("access-event:{}:{index}", hex::encode(patient)),
+                    ..alert
+                }]
+            },
             None,
         )
         .await
@@ -312,4 +314,63 @@ async fn bundle(state: &State, patient: &[u8; 32], scope: Scope) -> Result<(Valu
         ],
     });
     Ok((bundle, count))
+}
+
+/// The patient's record reads, served and refused, as a FHIR `collection`
+/// Bundle of AuditEvents: one per `AccessEvent` entry in their ledger, each
+/// entry's signature checked.
+pub(crate) async fn audit_events(state: &State, patient: &[u8; 32]) -> Result<Value, Refused> {
+    let failed = |e: &dyn std::fmt::Display| refused(ProblemType::Unavailable, e.to_string());
+    // Every entry that is not a reading's (those are in ingest_readings).
+    let rows = sqlx::query(
+        "SELECT e.entry AS entry FROM ledger_entries e WHERE e.patient = $1 AND NOT EXISTS \
+         (SELECT 1 FROM ingest_readings r WHERE r.patient = e.patient AND r.idx = e.idx) \
+         ORDER BY e.idx",
+    )
+    .bind(patient.to_vec())
+    .fetch_all(state.db.pool())
+    .await
+    .map_err(|e| failed(&e))?;
+    let verifier = NoteVerifier::new(&state.ledger.verifier_key()).map_err(|e| failed(&e))?;
+    let mut events = Vec::new();
+    for row in rows {
+        let stored: Vec<u8> = row.try_get("entry").map_err(|e| failed(&e))?;
+        let entry = Entry::open(&stored, &verifier).map_err(|e| failed(&e))?;
+        if entry.kind != "AccessEvent" {
+            continue;
+        }
+        let text = |k: &str| match entry.body.get(k) {
+            Some(Field::Text(t)) => t.clone(),
+            _ => String::new(),
+        };
+        let requester = match entry.body.get("requester") {
+            Some(Field::Bytes(b)) if b.len() == 20 => Address::from_slice(b).to_string(),
+            _ => "an unnamed certificate".to_owned(),
+        };
+        let served = text("outcome") == "served";
+        let observations = match entry.body.get("observations") {
+            Some(Field::Uint(n)) => *n,
+            _ => 0,
+        };
+        let detail = if served {
+            format!("{observations} observation(s) served")
+        } else {
+            text("reason")
+        };
+        events.push(fhir::audit_event(&fhir::RecordAccess {
+            patient_ref: patient,
+            ledger_index: entry.index,
+            recorded_ms: entry.ts_ms,
+            requester: &requester,
+            request: match entry.body.get("request") {
+                Some(Field::Uint(n)) => *n,
+                _ => 0,
+            },
+            purpose: &text("purpose"),
+            emergency: text("basis") == Basis::Emergency.name(),
+            served,
+            detail: &detail,
+        }));
+    }
+    Ok(fhir::bundle(events, now_ms()))
 }

@@ -197,8 +197,8 @@ impl Device {
     }
 }
 
-/// A member of staff: certificate, account, and the contracts as they see
-/// them.
+/// A member of staff (or an admin): certificate, account, and the
+/// contracts as they see them.
 pub struct Staff {
     /// Their certificate and keys.
     pub issued: Issued,
@@ -443,6 +443,26 @@ impl Hospital {
             address: signer.address(),
             issued,
         })
+    }
+
+    /// An admin with a certificate of their own, added to the Registry's
+    /// admins by the first one.
+    pub async fn admin_person(&self) -> Result<Staff> {
+        let issued = self.ca.issue(&LeafRequest::new(Role::Admin))?;
+        let signer = signer(&issued)?;
+        send(self.admin.registry().addAdmin(signer.address())).await?;
+        Ok(Staff {
+            contracts: self.admin.with_provider(provider(&self.node, &signer)),
+            address: signer.address(),
+            issued,
+        })
+    }
+
+    /// The contracts, signing as the patient (with the card's account).
+    pub fn patient_contracts(&self) -> Result<Contracts<DynProvider>> {
+        Ok(self
+            .admin
+            .with_provider(provider(&self.node, &signer(&self.card)?)))
     }
 
     /// A client configuration presenting `own` to a server of `role`.

@@ -1,6 +1,7 @@
 //! The `medledger` binary, run as an operator would.
 #![allow(clippy::unwrap_used, missing_docs, unreachable_pub)]
 
+mod access;
 mod admin;
 mod alerts;
 mod ca;

@@ -10,7 +10,7 @@ use medledger_pki::Role;
 use medledger_pki::https::{Connection, Reply};
 use medledger_sim::{Hospital, Staff};
 
-async fn read(site: &Hospital, who: &Staff, request: u64) -> Reply {
+pub(crate) async fn read(site: &Hospital, who: &Staff, request: u64) -> Reply {
     let mut conn: Connection = site
         .open(
             &who.credentials(),
@@ -458,6 +458,84 @@ async fn from_the_command_line_a_patient_consents_and_a_doctor_reads() {
         ),
         (Some("unusual"), Some(7), Some(19))
     );
+
+    // The patient checks their ledger against the checkpoints anchored on
+    // chain, once the consent changes are in it and it is anchored.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let report = loop {
+        let (ok, out, err) = medledger(&[
+            "verify",
+            "--patient",
+            &patient,
+            "--json",
+            "--rpc",
+            &rpc_url,
+            "--registry",
+            &registry,
+            "--key",
+            &site.server.ledger().verifier_key(),
+            "--server",
+            &site.server.addr().to_string(),
+            "--cert",
+            &etc.join("patient").display().to_string(),
+            "--ca-root",
+            &site.ca.dir().join("root.crt").display().to_string(),
+        ]);
+        assert!(ok, "{err}");
+        let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let kinds = report["kinds"].as_array().unwrap();
+        let consent_changes = kinds.iter().filter(|k| *k == "ConsentChanged").count();
+        let latest = report["anchors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["size"].as_u64().unwrap())
+            .max();
+        if consent_changes == 2 && latest == report["size"].as_u64() {
+            break report;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not yet consistent: {report}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!(report["verified"], true);
+    let kinds: Vec<&str> = report["kinds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap())
+        .collect();
+    assert_eq!(kinds[0], "DataRecorded");
+    assert_eq!(kinds.iter().filter(|k| **k == "AccessEvent").count(), 2);
+    assert!(
+        report["anchors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| a["checked"] == true),
+        "{report}"
+    );
+
+    // A patient's certificate reads only its own ledger.
+    let (ok, _, err) = medledger(&[
+        "verify",
+        "--patient",
+        &format!("0x{}", "ab".repeat(32)),
+        "--rpc",
+        &rpc_url,
+        "--registry",
+        &registry,
+        "--server",
+        &site.server.addr().to_string(),
+        "--cert",
+        &etc.join("patient").display().to_string(),
+        "--ca-root",
+        &site.ca.dir().join("root.crt").display().to_string(),
+    ]);
+    assert!(!ok);
+    assert!(err.contains("not 0xabab"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -526,4 +604,48 @@ async fn break_glass_is_reviewed_and_the_history_audited_from_the_command_line()
         .collect();
     assert_eq!(names, ["AccessGranted", "BreakGlass"], "{audit}");
     assert!(audit["events"][1]["tx"].as_str().unwrap().starts_with("0x"));
+
+    // The doctor reads under break-glass; an admin exports the reads as
+    // FHIR AuditEvents. A doctor may not.
+    let request: u64 = id.parse().unwrap();
+    assert_eq!(read(&site, &doctor, request).await.status, 200);
+    let auditor = site.admin_person().await.unwrap();
+    auditor.issued.write(&etc.join("auditor")).unwrap();
+    let fhir = etc.join("audit.json");
+    let export = |who: &str| {
+        medledger(&[
+            "audit",
+            "--patient",
+            &patient,
+            "--rpc",
+            &rpc_url,
+            "--registry",
+            &registry,
+            "--fhir",
+            &fhir.display().to_string(),
+            "--server",
+            &site.server.addr().to_string(),
+            "--cert",
+            &etc.join(who).display().to_string(),
+            "--ca-root",
+            &site.ca.dir().join("root.crt").display().to_string(),
+        ])
+    };
+    let (ok, _, err) = export("auditor");
+    assert!(ok, "{err}");
+    assert!(err.contains("1 AuditEvent(s) written"), "{err}");
+    let bundle: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&fhir).unwrap()).unwrap();
+    let event = &bundle["entry"][0]["resource"];
+    assert_eq!(event["resourceType"], "AuditEvent");
+    assert_eq!(event["outcome"], "0");
+    assert_eq!(event["purposeOfEvent"][1]["coding"][0]["code"], "BTG");
+    assert_eq!(
+        event["agent"][0]["who"]["identifier"]["value"],
+        doctor.address.to_string()
+    );
+    assert_eq!(event["entity"][1]["what"]["identifier"]["value"], id);
+    let (ok, _, err) = export("doctor");
+    assert!(!ok);
+    assert!(err.contains("refused (403)"), "{err}");
 }
