@@ -1,5 +1,6 @@
-//! `medledger bench ingest`: the seed experiment and a sustained run,
-//! against a hospital in this process (`medledger_sim`).
+//! `medledger bench ingest` (the seed experiment and a sustained run) and
+//! `medledger bench access` (request to decrypted data), against a
+//! hospital in this process (`medledger_sim`).
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
@@ -19,6 +20,21 @@ const SEED: &[(usize, f64)] = &[(10, 5.72), (100, 10.81), (1000, 30.25)];
 pub(crate) enum BenchCommand {
     /// Readings from devices through collector and server to the chain.
     Ingest(IngestArgs),
+    /// Staff access: the request on chain, then the decrypted records.
+    Access(AccessArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct AccessArgs {
+    /// Accesses to measure, one after another.
+    #[arg(long, default_value_t = 200)]
+    requests: usize,
+    /// Heart-rate readings the patient has (each access reads them all).
+    #[arg(long, default_value_t = 100)]
+    readings: usize,
+    /// Also write the results as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -53,9 +69,60 @@ pub(crate) struct IngestArgs {
 }
 
 pub(crate) fn run(command: BenchCommand) -> Result<()> {
-    let BenchCommand::Ingest(args) = command;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    runtime.block_on(ingest(args))
+    match command {
+        BenchCommand::Ingest(args) => runtime.block_on(ingest(args)),
+        BenchCommand::Access(args) => runtime.block_on(access(args)),
+    }
+}
+
+async fn access(args: AccessArgs) -> Result<()> {
+    let mut options = Options::default();
+    options.limits.device_rate_per_s = 1e9;
+    options.limits.device_burst = 1e9;
+    eprintln!("medledger bench access: starting a hospital in this process");
+    let hospital = Hospital::start(options).await?;
+    let done = Arc::new(AtomicU64::new(0));
+    let bar = progress("request, then read", done.clone(), args.requests as u64);
+    let a = load::access(&hospital, args.readings, args.requests, done).await?;
+    bar.await?;
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let row = |label: &str, list: &[Duration]| {
+        println!(
+            "| {label} | {:.2} ms | {:.2} ms |",
+            ms(load::quantile(list, 0.5)),
+            ms(load::quantile(list, 0.99))
+        );
+    };
+    println!();
+    println!(
+        "{} accesses by an assigned nurse, each reading {} observations, on the embedded chain:",
+        a.total.len(),
+        a.readings
+    );
+    println!("| step | p50 | p99 |");
+    println!("|---|---:|---:|");
+    row("requestAccess mined and decided", &a.decided);
+    row("records read, decrypted, FHIR Bundle in hand", &a.served);
+    row("request to decrypted data", &a.total);
+    if let Some(path) = &args.json {
+        let q = |list: &[Duration]| {
+            serde_json::json!({
+                "p50_ms": ms(load::quantile(list, 0.5)),
+                "p99_ms": ms(load::quantile(list, 0.99)),
+            })
+        };
+        let json = serde_json::json!({
+            "requests": a.total.len(),
+            "readings": a.readings,
+            "decided": q(&a.decided),
+            "served": q(&a.served),
+            "total": q(&a.total),
+        });
+        std::fs::write(path, serde_json::to_vec_pretty(&json)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// Draws a progress bar on stderr until `done` reaches `total`.

@@ -628,12 +628,20 @@ pub async fn send<P: Provider, D: CallDecoder>(
     Ok(receipt)
 }
 
-/// Polls for a receipt, quickly at first: a local chain seals within
-/// milliseconds, a remote one takes seconds.
+/// Polls for a receipt, every millisecond for the first 20 (a local chain
+/// seals within milliseconds), then less and less often (a remote one
+/// takes seconds).
 async fn wait_for_receipt<P: Provider>(provider: &P, tx: B256) -> Result<TransactionReceipt> {
     let start = Instant::now();
     let mut pause = Duration::from_millis(1);
     loop {
+        if start.elapsed() < Duration::from_millis(20) {
+            if let Some(receipt) = provider.get_transaction_receipt(tx).await? {
+                return Ok(receipt);
+            }
+            tokio::time::sleep(pause).await;
+            continue;
+        }
         if let Some(receipt) = provider.get_transaction_receipt(tx).await? {
             return Ok(receipt);
         }

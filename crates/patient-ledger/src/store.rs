@@ -298,16 +298,11 @@ impl Ledger {
     /// Signs and stores a checkpoint of the patient's ledger as it is now;
     /// returns the signed note (what gets anchored on chain).
     pub async fn checkpoint(&self, patient: &PatientRef) -> Result<String> {
-        let mut trees = self.trees.lock().await;
-        let tree = self.tree_in(&mut trees, patient).await?;
-        let size = tree.size();
-        let root = tree.root(size).expect("the tree holds its own size");
-        let note = self.signer.sign(&Checkpoint {
-            origin: Ledger::origin(patient),
-            size,
-            root,
-            extensions: vec![format!("time {}", now_ms())],
-        });
+        let (note, size) = {
+            let mut trees = self.trees.lock().await;
+            let tree = self.tree_in(&mut trees, patient).await?;
+            (self.sign_checkpoint(patient, tree), tree.size())
+        };
         sqlx::query("DELETE FROM ledger_checkpoints WHERE patient = $1 AND size = $2")
             .bind(patient.to_vec())
             .bind(to_i64(size))
@@ -320,6 +315,37 @@ impl Ledger {
             .execute(self.db.pool())
             .await?;
         Ok(note)
+    }
+
+    /// A checkpoint of the patient's ledger as it is now, signed but not
+    /// stored, with the inclusion proof of each entry in `indexes`: what a
+    /// reader needs to check those entries.
+    pub async fn proofs(
+        &self,
+        patient: &PatientRef,
+        indexes: &[u64],
+    ) -> Result<(String, Vec<Vec<Hash>>)> {
+        let mut trees = self.trees.lock().await;
+        let tree = self.tree_in(&mut trees, patient).await?;
+        let size = tree.size();
+        let proofs = indexes
+            .iter()
+            .map(|i| {
+                tree.inclusion(*i, size)
+                    .map_err(|e| LedgerError::Missing(format!("no inclusion proof: {e}")))
+            })
+            .collect::<Result<_>>()?;
+        Ok((self.sign_checkpoint(patient, tree), proofs))
+    }
+
+    fn sign_checkpoint(&self, patient: &PatientRef, tree: &Tree) -> String {
+        let size = tree.size();
+        self.signer.sign(&Checkpoint {
+            origin: Ledger::origin(patient),
+            size,
+            root: tree.root(size).expect("the tree holds its own size"),
+            extensions: vec![format!("time {}", now_ms())],
+        })
     }
 
     /// The newest stored checkpoint of the patient, if any.

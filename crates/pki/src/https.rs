@@ -79,7 +79,11 @@ pub async fn serve(
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     loop {
         let (tcp, addr) = match listener.accept().await {
-            Ok(accepted) => accepted,
+            Ok(accepted) => {
+                // Answers go out at once, not after the peer's delayed ACK.
+                let _ = accepted.0.set_nodelay(true);
+                accepted
+            }
             Err(e) => {
                 // Out of file descriptors and the like: wait, do not die.
                 eprintln!("medledger: accepting a connection: {e}");

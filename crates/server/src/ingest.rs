@@ -772,26 +772,44 @@ pub(crate) async fn load_reading(
         .as_slice()
         .try_into()
         .map_err(|_| "bad blob digest")?;
+    let items = open_blob(state, &patient, &blob, &digest).await?;
+    reading_at(&items, &blob, pos, hash).map(Some)
+}
+
+/// The readings (COSE bytes) in a patient's sealed blob, decrypted.
+pub(crate) async fn open_blob(
+    state: &State,
+    patient: &[u8; 32],
+    blob: &str,
+    digest: &[u8; 32],
+) -> Result<Vec<Value>, String> {
     let cid: Cid = blob.parse().map_err(|e| format!("{e}"))?;
     let sealed = state.blobs.get(&cid).await.map_err(|e| e.to_string())?;
     let plaintext = state
         .vault
-        .open(&patient, &digest, &sealed)
+        .open(patient, digest, &sealed)
         .await
         .map_err(|e| e.to_string())?;
-    let Ok(Value::Array(items)) = cbor::decode(&plaintext) else {
-        return Err(format!("blob {cid} is not an array of readings"));
-    };
-    let Some(Value::Bytes(cose)) = usize::try_from(pos)
-        .ok()
-        .and_then(|p| items.into_iter().nth(p))
-    else {
-        return Err(format!("blob {cid} has no reading at {pos}"));
-    };
-    if reading_hash(&cose) != *hash {
-        return Err(format!("blob {cid} position {pos} holds another reading"));
+    match cbor::decode(&plaintext) {
+        Ok(Value::Array(items)) => Ok(items),
+        _ => Err(format!("blob {cid} is not an array of readings")),
     }
-    Ok(Some(cose))
+}
+
+/// The reading at `pos` of an opened blob, which must hash to `hash`.
+pub(crate) fn reading_at(
+    items: &[Value],
+    blob: &str,
+    pos: i64,
+    hash: &[u8; 32],
+) -> Result<Vec<u8>, String> {
+    let Some(Value::Bytes(cose)) = usize::try_from(pos).ok().and_then(|p| items.get(p)) else {
+        return Err(format!("blob {blob} has no reading at {pos}"));
+    };
+    if reading_hash(cose) != *hash {
+        return Err(format!("blob {blob} position {pos} holds another reading"));
+    }
+    Ok(cose.clone())
 }
 
 /// How many of `hashes` are stored in an anchored batch.

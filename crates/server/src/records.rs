@@ -11,7 +11,7 @@
 
 use crate::State;
 use crate::alerts::NewAlert;
-use crate::ingest::load_reading;
+use crate::ingest::{open_blob, reading_at};
 use alloy::primitives::{Address, U256};
 use base64::Engine;
 use medledger_contracts::{Basis, Scope, text_of};
@@ -19,10 +19,10 @@ use medledger_patient_ledger::{Entry, Field, NewEntry, NoteVerifier};
 use medledger_pki::Role;
 use medledger_pki::https::Peer;
 use medledger_protocol::catalogue::data_type;
-use medledger_protocol::{ProblemType, SignedReading, fhir, now_ms};
+use medledger_protocol::{ProblemType, SignedReading, cbor, fhir, now_ms};
 use medledger_storage::sqlx::{self, Row};
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// The extension URL of an Observation's ledger proof.
 pub const PROOF_EXTENSION: &str = "urn:medledger:fhir:ledger-proof";
@@ -239,33 +239,47 @@ async fn check(
 const GRANTED: u8 = 1;
 
 /// The Bundle of the patient's observations within `scope`, and how many.
+/// Each sealed blob is opened once, however many of its readings are read.
 async fn bundle(state: &State, patient: &[u8; 32], scope: Scope) -> Result<(Value, u64), Refused> {
     let failed = |e: &dyn std::fmt::Display| refused(ProblemType::Unavailable, e.to_string());
-    let rows = sqlx::query("SELECT hash, idx FROM ingest_readings WHERE patient = $1 ORDER BY idx")
-        .bind(patient.to_vec())
-        .fetch_all(state.db.pool())
-        .await
-        .map_err(|e| failed(&e))?;
-    let note = state
-        .ledger
-        .checkpoint(patient)
-        .await
-        .map_err(|e| failed(&e))?;
-    let verifier = NoteVerifier::new(&state.ledger.verifier_key()).map_err(|e| failed(&e))?;
-    let size = verifier.verify(&note).map_err(|e| failed(&e))?.size;
+    let rows = sqlx::query(
+        "SELECT r.hash AS hash, r.idx AS idx, r.blob AS blob, r.blob_sha256 AS digest, \
+         r.pos AS pos, e.entry AS entry FROM ingest_readings r JOIN ledger_entries e \
+         ON e.patient = r.patient AND e.idx = r.idx WHERE r.patient = $1 ORDER BY r.idx",
+    )
+    .bind(patient.to_vec())
+    .fetch_all(state.db.pool())
+    .await
+    .map_err(|e| failed(&e))?;
     let in_scope = |code: &str| data_type(code).is_some_and(|t| scope.contains(t));
-    let mut resources = Vec::new();
+    let mut blobs: HashMap<String, Vec<cbor::Value>> = HashMap::new();
+    let mut kept = Vec::new();
     for row in rows {
-        let hash: Vec<u8> = row.try_get("hash").map_err(|e| failed(&e))?;
-        let index =
-            u64::try_from(row.try_get::<i64, _>("idx").map_err(|e| failed(&e))?).unwrap_or(0);
-        let hash: [u8; 32] = hash
-            .as_slice()
+        let get = |e: sqlx::Error| failed(&e);
+        let hash: [u8; 32] = row
+            .try_get::<Vec<u8>, _>("hash")
+            .map_err(get)?
             .try_into()
             .map_err(|_| failed(&"bad reading hash"))?;
-        let Some(cose) = load_reading(state, &hash).await.map_err(|e| failed(&e))? else {
-            continue;
-        };
+        let blob: String = row.try_get("blob").map_err(get)?;
+        if !blobs.contains_key(&blob) {
+            let digest: [u8; 32] = row
+                .try_get::<Vec<u8>, _>("digest")
+                .map_err(get)?
+                .try_into()
+                .map_err(|_| failed(&"bad blob digest"))?;
+            let items = open_blob(state, patient, &blob, &digest)
+                .await
+                .map_err(|e| failed(&e))?;
+            blobs.insert(blob.clone(), items);
+        }
+        let cose = reading_at(
+            &blobs[&blob],
+            &blob,
+            row.try_get("pos").map_err(get)?,
+            &hash,
+        )
+        .map_err(|e| failed(&e))?;
         // Stored readings were verified at ingest; only the payload is
         // needed here.
         let reading = SignedReading::decode(&cose)
@@ -281,17 +295,18 @@ async fn bundle(state: &State, patient: &[u8; 32], scope: Scope) -> Result<(Valu
         if observations.is_empty() {
             continue;
         }
-        let entry = state
-            .ledger
-            .entry(patient, index)
-            .await
-            .map_err(|e| failed(&e))?
-            .ok_or_else(|| failed(&"a ledger entry is missing"))?;
-        let path = state
-            .ledger
-            .inclusion(patient, index, size)
-            .await
-            .map_err(|e| failed(&e))?;
+        let index = u64::try_from(row.try_get::<i64, _>("idx").map_err(get)?).unwrap_or(0);
+        let entry: Vec<u8> = row.try_get("entry").map_err(get)?;
+        kept.push((index, entry, observations));
+    }
+    let indexes: Vec<u64> = kept.iter().map(|(i, _, _)| *i).collect();
+    let (note, paths) = state
+        .ledger
+        .proofs(patient, &indexes)
+        .await
+        .map_err(|e| failed(&e))?;
+    let mut resources = Vec::new();
+    for ((index, entry, observations), path) in kept.into_iter().zip(paths) {
         let proof = json!({
             "url": PROOF_EXTENSION,
             "extension": [

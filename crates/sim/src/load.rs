@@ -135,12 +135,7 @@ pub async fn sustained(
         let bodies: Vec<Vec<u8>> = (0..rounds)
             .map(|_| {
                 let readings: Vec<Vec<u8>> = (0..batch).map(|_| device.heart_rate(72.0)).collect();
-                medledger_protocol::cbor::encode_with(|e| {
-                    e.array(readings.len());
-                    for r in &readings {
-                        e.bytes(r);
-                    }
-                })
+                cbor_array(&readings)
             })
             .collect();
         let conn = Connection::open(config, &addr, "localhost")
@@ -202,4 +197,121 @@ fn stored(hospital: &Hospital) -> f64 {
         "medledger_server_readings_total",
         &[("outcome", "stored"), ("cause", "")],
     )
+}
+
+/// Readings as a batch request body: a CBOR array of COSE_Sign1 bytes.
+fn cbor_array(readings: &[Vec<u8>]) -> Vec<u8> {
+    medledger_protocol::cbor::encode_with(|e| {
+        e.array(readings.len());
+        for r in readings {
+            e.bytes(r);
+        }
+    })
+}
+
+/// What [`access`] measured: one duration per access, sorted.
+#[derive(Debug, Clone)]
+pub struct Access {
+    /// Readings the patient had.
+    pub readings: usize,
+    /// From sending `AccessLog.requestAccess` to its mined decision.
+    pub decided: Vec<Duration>,
+    /// From the decision to the decrypted FHIR Bundle in hand.
+    pub served: Vec<Duration>,
+    /// The whole access: request to decrypted data.
+    pub total: Vec<Duration>,
+}
+
+/// The `q` quantile (0 to 1) of sorted durations.
+pub fn quantile(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// An assigned nurse asks for access `n` times and reads the patient's
+/// records each time, on one keep-alive connection; the patient first gets
+/// `readings` heart rates. `done` counts accesses.
+pub async fn access(
+    hospital: &Hospital,
+    readings: usize,
+    n: usize,
+    done: Arc<AtomicU64>,
+) -> Result<Access> {
+    let mut device = hospital.device(1_000_000).await?;
+    let mut conn = hospital.connect(&device).await?;
+    for start in (0..readings).step_by(100) {
+        let batch: Vec<Vec<u8>> = (start..readings.min(start + 100))
+            .map(|i| device.heart_rate(60.0 + (i % 40) as f64))
+            .collect();
+        let reply = conn
+            .request(
+                "POST",
+                "/v1/readings?wait=committed",
+                &[("content-type", "application/cbor")],
+                cbor_array(&batch),
+            )
+            .await?;
+        if reply.status != 202 {
+            bail!(
+                "the collector answered {}: {}",
+                reply.status,
+                String::from_utf8_lossy(&reply.body)
+            );
+        }
+    }
+    let nurse = hospital.staff(Role::Nurse, true).await?;
+    let mut server = hospital
+        .open(
+            &nurse.credentials(),
+            Role::Server,
+            &hospital.server.addr().to_string(),
+        )
+        .await?;
+    let scope = medledger_contracts::Scope::ALL;
+    let mut result = Access {
+        readings,
+        decided: Vec::with_capacity(n),
+        served: Vec::with_capacity(n),
+        total: Vec::with_capacity(n),
+    };
+    for _ in 0..n {
+        let start = Instant::now();
+        let decision = nurse
+            .contracts
+            .request_access(hospital.patient_ref, scope, "treatment")
+            .await?;
+        if !decision.granted() {
+            bail!("the assigned nurse was denied: {decision:?}");
+        }
+        let decided = start.elapsed();
+        let reply = server
+            .request(
+                "GET",
+                &format!("/v1/records?request={}", decision.id),
+                &[],
+                vec![],
+            )
+            .await?;
+        let bundle: serde_json::Value =
+            serde_json::from_slice(&reply.body).context("the records answer")?;
+        let observations = bundle["entry"].as_array().map_or(0, Vec::len);
+        if reply.status != 200 || observations != readings {
+            bail!(
+                "the read answered {} with {observations} observations, not {readings}",
+                reply.status
+            );
+        }
+        let total = start.elapsed();
+        result.decided.push(decided);
+        result.served.push(total - decided);
+        result.total.push(total);
+        done.fetch_add(1, Ordering::Relaxed);
+    }
+    for list in [&mut result.decided, &mut result.served, &mut result.total] {
+        list.sort_unstable();
+    }
+    Ok(result)
 }
