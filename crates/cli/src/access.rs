@@ -138,7 +138,7 @@ impl ServerArgs {
 
     /// `METHOD path` with an optional JSON body; the answer as JSON, or
     /// the server's refusal as an error.
-    async fn call(
+    pub(crate) async fn call(
         &self,
         conn: &mut Https,
         method: &str,

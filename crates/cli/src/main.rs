@@ -18,6 +18,7 @@
 
 mod access;
 mod admin;
+mod annotate;
 mod audit;
 mod bench;
 mod ca;
@@ -61,6 +62,8 @@ enum Command {
     /// Read your alerts as a patient, or follow them.
     #[command(subcommand)]
     Alerts(access::AlertsCommand),
+    /// Annotate or correct a reading you read (staff), signed on chain.
+    Annotate(annotate::AnnotateArgs),
     /// The break-glass review queue, as an admin.
     Review(audit::ReviewArgs),
     /// A patient's access and consent history, from the chain.
@@ -84,6 +87,7 @@ fn main() -> ExitCode {
         Command::Records(cmd) => access::run_records(cmd),
         Command::Consent(args) => access::run_consent(args),
         Command::Alerts(cmd) => access::run_alerts(cmd),
+        Command::Annotate(args) => annotate::run(args),
         Command::Review(args) => audit::run_review(args),
         Command::Audit(args) => audit::run_audit(args),
         Command::Bench(cmd) => bench::run(cmd),

@@ -432,6 +432,25 @@ impl<P: Provider + Clone> Contracts<P> {
         decision(&send(call).await?)
     }
 
+    /// Annotates (or, with `correction`, corrects) a reading under request
+    /// `request`: `reading_ref` is the reading's hash and `content_hash`
+    /// the SHA-256 of the text, which goes to the server. Returns the
+    /// annotation id.
+    pub async fn annotate(
+        &self,
+        request: u64,
+        reading_ref: B256,
+        correction: bool,
+        content_hash: B256,
+    ) -> Result<u64> {
+        let log = self.access_log();
+        let kind = if correction { 2 } else { 1 };
+        let receipt =
+            send(log.annotate(U256::from(request), reading_ref, kind, content_hash)).await?;
+        let event: AccessLog::Annotated = event(&receipt, self.addresses.access_log)?;
+        to_u64(event.id)
+    }
+
     /// Whether request `id` lets `requester` read now (granted to them,
     /// unexpired, and its basis still holds).
     pub async fn request_usable(&self, id: u64, requester: Address) -> Result<bool> {
@@ -556,6 +575,25 @@ impl<P: Provider> Contracts<P> {
                 })
             })
             .collect()
+    }
+}
+
+impl<P: Provider> Contracts<P> {
+    /// Annotation `id`'s `Annotated` event, if there is one.
+    pub async fn annotation(&self, id: u64) -> Result<Option<AccessLog::Annotated>> {
+        let filter = Filter::new()
+            .address(self.addresses.access_log)
+            .event_signature(AccessLog::Annotated::SIGNATURE_HASH)
+            .topic1(U256::from(id))
+            .from_block(0);
+        let logs = self.provider.get_logs(&filter).await?;
+        logs.first()
+            .map(|log| {
+                AccessLog::Annotated::decode_log(&log.inner)
+                    .map(|e| e.data)
+                    .map_err(|e| Error::Unexpected(format!("an Annotated log: {e}")))
+            })
+            .transpose()
     }
 }
 

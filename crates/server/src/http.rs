@@ -31,6 +31,7 @@ pub(crate) fn router(state: Arc<State>) -> Router {
         .route("/v1/readings/{hash}/proof", get(proof))
         .route("/v1/records", get(records))
         .route("/v1/ledger", get(ledger))
+        .route("/v1/annotations", post(annotations))
         .route("/v1/audit", get(audit))
         .route("/v1/alerts", get(alerts))
         .route("/v1/alerts/stream", get(alert_stream))
@@ -129,6 +130,40 @@ async fn records(
             bundle.to_string(),
         )
             .into_response(),
+        Err(r) => problem(r.kind, r.detail),
+    }
+}
+
+/// `POST /v1/annotations` with `{"annotation": ID, "text": "..."}`: the
+/// text of the caller's on-chain annotation.
+async fn annotations(
+    AxState(state): AxState<Arc<State>>,
+    Extension(peer): Extension<Peer>,
+    body: Body,
+) -> Response {
+    let limit = crate::annotations::MAX_TEXT_BYTES * 2 + 1024;
+    let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
+        return problem(
+            ProblemType::TooLarge,
+            format!("an annotation is at most {limit} bytes of JSON"),
+        );
+    };
+    #[derive(serde::Deserialize)]
+    struct Text {
+        annotation: u64,
+        text: String,
+    }
+    let text: Text = match serde_json::from_slice(&bytes) {
+        Ok(t) => t,
+        Err(e) => {
+            return problem(
+                ProblemType::Malformed,
+                format!("expected {{\"annotation\": ID, \"text\": \"...\"}}: {e}"),
+            );
+        }
+    };
+    match crate::annotations::store(&state, &peer, text.annotation, &text.text).await {
+        Ok(answer) => json_response(&answer),
         Err(r) => problem(r.kind, r.detail),
     }
 }

@@ -17,6 +17,7 @@
 
 pub mod alerts;
 mod anchor;
+pub mod annotations;
 pub mod config;
 mod http;
 pub mod indexer;

@@ -252,6 +252,9 @@ async fn bundle(state: &State, patient: &[u8; 32], scope: Scope) -> Result<(Valu
     .await
     .map_err(|e| failed(&e))?;
     let in_scope = |code: &str| data_type(code).is_some_and(|t| scope.contains(t));
+    let notes = crate::annotations::notes(state, patient)
+        .await
+        .map_err(|e| failed(&e))?;
     let mut blobs: HashMap<String, Vec<cbor::Value>> = HashMap::new();
     let mut kept = Vec::new();
     for row in rows {
@@ -291,9 +294,14 @@ async fn bundle(state: &State, patient: &[u8; 32], scope: Scope) -> Result<(Valu
                     hex::encode(hash)
                 ))
             })?;
-        let observations = fhir::observations(&reading, &hash, patient, in_scope);
+        let mut observations = fhir::observations(&reading, &hash, patient, in_scope);
         if observations.is_empty() {
             continue;
+        }
+        if let Some(notes) = notes.get(&hash) {
+            for observation in &mut observations {
+                observation["note"] = json!(notes);
+            }
         }
         let index = u64::try_from(row.try_get::<i64, _>("idx").map_err(get)?).unwrap_or(0);
         let entry: Vec<u8> = row.try_get("entry").map_err(get)?;

@@ -249,6 +249,21 @@ pub static MIGRATIONS: &[Migration] = &[
               delivered BIGINT NOT NULL
           )",
     },
+    Migration {
+        version: 10,
+        name: "annotation texts, sealed with the patient's key",
+        sql: "CREATE TABLE annotations (
+              id BIGINT PRIMARY KEY,
+              patient BYTEA NOT NULL,
+              reading BYTEA NOT NULL,
+              author BYTEA NOT NULL,
+              correction BIGINT NOT NULL,
+              content_hash BYTEA NOT NULL,
+              sealed BYTEA NOT NULL,
+              created_ms BIGINT NOT NULL
+          );
+          CREATE INDEX annotations_patient ON annotations (patient, reading)",
+    },
 ];
 
 /// A pool of connections to one database.

@@ -151,6 +151,55 @@ async fn staff_read_records_only_with_a_usable_request_of_their_own() {
         assert_eq!(reply.status, status, "{path}");
     }
 
+    // The nurse annotates the first reading on chain; only they can give
+    // its text, and only the text that hashes to it.
+    let text = "Taken after exercise.";
+    let annotation = nurse
+        .contracts
+        .annotate(
+            granted.id,
+            hash.parse().unwrap(),
+            false,
+            medledger_protocol::reading_hash(text.as_bytes()).into(),
+        )
+        .await
+        .unwrap();
+    let give = |who: &Staff, text: &str| {
+        let body = serde_json::json!({ "annotation": annotation, "text": text });
+        let who = who.credentials();
+        let site = &site;
+        async move {
+            let mut conn = site
+                .open(&who, Role::Server, &site.server.addr().to_string())
+                .await
+                .unwrap();
+            conn.request(
+                "POST",
+                "/v1/annotations",
+                &[("content-type", "application/json")],
+                body.to_string().into_bytes(),
+            )
+            .await
+            .unwrap()
+        }
+    };
+    assert_eq!(give(&doctor, text).await.status, 403);
+    let wrong = give(&nurse, "Taken at rest.").await;
+    assert_eq!(wrong.status, 400);
+    assert!(
+        body(&wrong)["detail"]
+            .as_str()
+            .unwrap()
+            .contains("contentHash")
+    );
+    assert_eq!(give(&nurse, text).await.status, 200);
+    let notes = &body(&read(&site, &nurse, granted.id).await)["entry"][0]["resource"]["note"];
+    assert_eq!(notes[0]["text"], text, "{notes}");
+    assert_eq!(
+        notes[0]["extension"][0]["valueCode"], "annotation",
+        "{notes}"
+    );
+
     // The scope is the request's: SpO2 only gives nothing here.
     let spo2 = nurse
         .contracts
@@ -216,7 +265,9 @@ async fn staff_read_records_only_with_a_usable_request_of_their_own() {
     }
     assert_eq!(
         outcomes,
-        ["served", "served", "refused", "refused", "refused"]
+        [
+            "served", "served", "served", "refused", "refused", "refused"
+        ]
     );
 }
 
@@ -369,6 +420,51 @@ async fn from_the_command_line_a_patient_consents_and_a_doctor_reads() {
         72.0
     );
 
+    // The doctor annotates the reading; the next read carries the note.
+    let reading = bundle["entry"][0]["resource"]["identifier"][0]["value"]
+        .as_str()
+        .unwrap()
+        .split('#')
+        .next()
+        .unwrap()
+        .to_owned();
+    let (ok, out, err) = run(
+        vec![
+            "annotate".into(),
+            "--request".into(),
+            request.clone(),
+            "--reading".into(),
+            reading.clone(),
+            "--text".into(),
+            "Rate confirmed by palpation.".into(),
+            "--server".into(),
+            site.server.addr().to_string(),
+            "--cert".into(),
+            etc.join("doctor").display().to_string(),
+            "--ca-root".into(),
+            site.ca.dir().join("root.crt").display().to_string(),
+        ],
+        "doctor",
+    );
+    assert!(ok, "{err}");
+    let stored: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (stored["stored"].as_bool(), stored["reading"].as_str()),
+        (Some(true), Some(reading.as_str()))
+    );
+    let (ok, _, err) = records(&request);
+    assert!(ok, "{err}");
+    let bundle: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&bundle_file).unwrap()).unwrap();
+    let note = &bundle["entry"][0]["resource"]["note"][0];
+    assert_eq!(note["text"], "Rate confirmed by palpation.", "{bundle}");
+    assert_eq!(
+        note["authorReference"]["identifier"]["value"]
+            .as_str()
+            .unwrap(),
+        doctor.address.to_string().to_lowercase()
+    );
+
     // Revoked: the next read is refused, with the reason.
     let (ok, _, err) = run(
         vec![
@@ -491,7 +587,8 @@ async fn from_the_command_line_a_patient_consents_and_a_doctor_reads() {
             .iter()
             .map(|a| a["size"].as_u64().unwrap())
             .max();
-        if consent_changes == 2 && latest == report["size"].as_u64() {
+        let annotations = kinds.iter().filter(|k| *k == "Annotation").count();
+        if consent_changes == 2 && annotations == 1 && latest == report["size"].as_u64() {
             break report;
         }
         assert!(
@@ -508,7 +605,8 @@ async fn from_the_command_line_a_patient_consents_and_a_doctor_reads() {
         .map(|k| k.as_str().unwrap())
         .collect();
     assert_eq!(kinds[0], "DataRecorded");
-    assert_eq!(kinds.iter().filter(|k| **k == "AccessEvent").count(), 2);
+    assert_eq!(kinds.iter().filter(|k| **k == "AccessEvent").count(), 3);
+    assert_eq!(kinds.iter().filter(|k| **k == "Annotation").count(), 1);
     assert!(
         report["anchors"]
             .as_array()

@@ -1,0 +1,184 @@
+//! Annotation texts. A doctor or nurse annotates a reading on chain
+//! (`AccessLog.annotate`: the reading's hash and the SHA-256 of the text,
+//! under a request usable by them), then gives the text to the server with
+//! `POST /v1/annotations`. The server keeps it only if the on-chain
+//! annotation is theirs, the text hashes to its `contentHash` and the
+//! reading is the patient's; it is sealed with the patient's key (so an
+//! erasure removes it with the readings) and served as a `note` on the
+//! reading's Observations.
+
+use crate::State;
+use crate::records::Refused;
+use medledger_pki::Role;
+use medledger_pki::https::Peer;
+use medledger_protocol::{ProblemType, fhir, now_ms, reading_hash};
+use medledger_storage::sqlx::{self, Row};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+
+/// The longest annotation text, in bytes.
+pub const MAX_TEXT_BYTES: usize = 16 * 1024;
+
+/// The extension URL of a note's kind (`annotation` or `correction`).
+pub const KIND_EXTENSION: &str = "urn:medledger:fhir:annotation-kind";
+
+fn refused(kind: ProblemType, detail: impl Into<String>) -> Refused {
+    Refused {
+        kind,
+        detail: detail.into(),
+    }
+}
+
+/// Stores the text of annotation `id` for its author `peer`.
+pub(crate) async fn store(
+    state: &State,
+    peer: &Peer,
+    id: u64,
+    text: &str,
+) -> Result<Value, Refused> {
+    let unavailable = |e: &dyn std::fmt::Display| refused(ProblemType::Unavailable, e.to_string());
+    if !matches!(peer.identity.role, Role::Doctor | Role::Nurse) {
+        return Err(refused(
+            ProblemType::WrongRole,
+            "only doctors and nurses annotate",
+        ));
+    }
+    let Some(author) = peer.identity.address() else {
+        return Err(refused(
+            ProblemType::WrongRole,
+            "the certificate names no account",
+        ));
+    };
+    if text.is_empty() || text.len() > MAX_TEXT_BYTES {
+        return Err(refused(
+            ProblemType::Malformed,
+            format!("an annotation's text is 1 to {MAX_TEXT_BYTES} bytes"),
+        ));
+    }
+    let event = state
+        .view
+        .contracts()
+        .annotation(id)
+        .await
+        .map_err(|e| unavailable(&e))?
+        .ok_or_else(|| {
+            refused(
+                ProblemType::NotFound,
+                format!("no annotation {id} on chain"),
+            )
+        })?;
+    if event.author != author {
+        return Err(refused(
+            ProblemType::Forbidden,
+            format!("annotation {id} is {}'s, not {author}'s", event.author),
+        ));
+    }
+    let digest = reading_hash(text.as_bytes());
+    if digest != event.contentHash.0 {
+        return Err(refused(
+            ProblemType::Malformed,
+            format!(
+                "the text hashes to {}, not to annotation {id}'s contentHash {}",
+                hex::encode(digest),
+                event.contentHash
+            ),
+        ));
+    }
+    let patient = event.patientRef.0;
+    let stored = sqlx::query("SELECT 1 FROM ingest_readings WHERE hash = $1 AND patient = $2")
+        .bind(event.readingRef.to_vec())
+        .bind(patient.to_vec())
+        .fetch_optional(state.db.pool())
+        .await
+        .map_err(|e| unavailable(&e))?;
+    if stored.is_none() {
+        return Err(refused(
+            ProblemType::NotFound,
+            format!(
+                "annotation {id} names reading {}, which is not one of the patient's here",
+                event.readingRef
+            ),
+        ));
+    }
+    let sealed = state
+        .vault
+        .seal(&patient, text.as_bytes())
+        .await
+        .map_err(|e| unavailable(&e))?;
+    sqlx::query(
+        "INSERT INTO annotations (id, patient, reading, author, correction, content_hash, \
+         sealed, created_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(i64::try_from(id).unwrap_or(i64::MAX))
+    .bind(patient.to_vec())
+    .bind(event.readingRef.to_vec())
+    .bind(author.to_vec())
+    .bind(i64::from(event.kind == CORRECTION))
+    .bind(digest.to_vec())
+    .bind(sealed)
+    .bind(i64::try_from(now_ms()).unwrap_or(i64::MAX))
+    .execute(state.db.pool())
+    .await
+    .map_err(|e| unavailable(&e))?;
+    Ok(json!({
+        "annotation": id,
+        "reading": hex::encode(event.readingRef),
+        "stored": true,
+    }))
+}
+
+/// `AccessLog.AnnotationKind.Correction`.
+const CORRECTION: u8 = 2;
+
+/// The patient's annotations as FHIR `Annotation`s, by reading hash.
+pub(crate) async fn notes(
+    state: &State,
+    patient: &[u8; 32],
+) -> Result<HashMap<[u8; 32], Vec<Value>>, String> {
+    let rows = sqlx::query(
+        "SELECT id, reading, author, correction, content_hash, sealed, created_ms FROM annotations \
+         WHERE patient = $1 ORDER BY id",
+    )
+    .bind(patient.to_vec())
+    .fetch_all(state.db.pool())
+    .await
+    .map_err(|e| e.to_string())?;
+    let mut notes: HashMap<[u8; 32], Vec<Value>> = HashMap::new();
+    for row in rows {
+        let get = |e: sqlx::Error| e.to_string();
+        let reading: [u8; 32] = row
+            .try_get::<Vec<u8>, _>("reading")
+            .map_err(get)?
+            .try_into()
+            .map_err(|_| "bad reading hash")?;
+        let sealed: Vec<u8> = row.try_get("sealed").map_err(get)?;
+        let id: i64 = row.try_get("id").map_err(get)?;
+        let content_hash: [u8; 32] = row
+            .try_get::<Vec<u8>, _>("content_hash")
+            .map_err(get)?
+            .try_into()
+            .map_err(|_| "bad content hash")?;
+        let plain = state
+            .vault
+            .open(patient, &content_hash, &sealed)
+            .await
+            .map_err(|e| format!("annotation {id}: {e}"))?;
+        let text = String::from_utf8_lossy(&plain).into_owned();
+        let author: Vec<u8> = row.try_get("author").map_err(get)?;
+        let correction = row.try_get::<i64, _>("correction").map_err(get)? != 0;
+        let created = u64::try_from(row.try_get::<i64, _>("created_ms").map_err(get)?).unwrap_or(0);
+        notes.entry(reading).or_default().push(json!({
+            "authorReference": { "identifier": {
+                "system": fhir::ACCOUNT_SYSTEM,
+                "value": format!("0x{}", hex::encode(author)),
+            } },
+            "time": fhir::instant(created),
+            "text": text,
+            "extension": [
+                { "url": KIND_EXTENSION, "valueCode": if correction { "correction" } else { "annotation" } },
+                { "url": "urn:medledger:fhir:annotation-id", "valueUnsignedInt": id },
+            ],
+        }));
+    }
+    Ok(notes)
+}
