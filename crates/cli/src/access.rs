@@ -402,6 +402,28 @@ pub(crate) enum AlertsCommand {
     Watch(AlertsArgs),
     /// Show your alert preferences, or change them.
     Prefs(PrefsArgs),
+    /// Show your webhook, set it (alerts POSTed to a URL, signed with a
+    /// secret), or remove it.
+    Webhook(WebhookArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct WebhookArgs {
+    /// Deliver your alerts to this `http://` URL.
+    #[arg(long, requires = "secret_file", conflicts_with = "remove")]
+    url: Option<String>,
+    /// A file holding the shared secret (at least 16 characters) the
+    /// alerts are signed with (HMAC-SHA256).
+    #[arg(long)]
+    secret_file: Option<PathBuf>,
+    /// Start after this alert id (default: with the next alert).
+    #[arg(long)]
+    after: Option<u64>,
+    /// Remove the webhook.
+    #[arg(long)]
+    remove: bool,
+    #[command(flatten)]
+    server: ServerArgs,
 }
 
 #[derive(Debug, Args)]
@@ -451,6 +473,7 @@ pub(crate) fn run_alerts(command: AlertsCommand) -> Result<()> {
         AlertsCommand::List(args) => (args, false),
         AlertsCommand::Watch(args) => (args, true),
         AlertsCommand::Prefs(args) => return preferences(args),
+        AlertsCommand::Webhook(args) => return webhook(args),
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
@@ -509,6 +532,35 @@ fn preferences(args: PrefsArgs) -> Result<()> {
                 .await?;
         }
         println!("{}", serde_json::to_string_pretty(&prefs)?);
+        Ok(())
+    })
+}
+
+fn webhook(args: WebhookArgs) -> Result<()> {
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let mut conn = args.server.open().await?;
+        let path = "/v1/alerts/webhook";
+        let answer = match (&args.url, args.remove) {
+            (_, true) => args.server.call(&mut conn, "DELETE", path, None).await?,
+            (Some(url), false) => {
+                let file = args
+                    .secret_file
+                    .as_ref()
+                    .context("--url needs --secret-file")?;
+                let secret = std::fs::read_to_string(file)
+                    .with_context(|| format!("reading {}", file.display()))?;
+                let mut hook = json!({ "url": url, "secret": secret.trim() });
+                if let Some(after) = args.after {
+                    hook["after"] = after.into();
+                }
+                args.server
+                    .call(&mut conn, "PUT", path, Some(&hook))
+                    .await?
+            }
+            (None, false) => args.server.get(&mut conn, path).await?,
+        };
+        println!("{}", serde_json::to_string_pretty(&answer)?);
         Ok(())
     })
 }

@@ -555,6 +555,31 @@ async fn from_the_command_line_a_patient_consents_and_a_doctor_reads() {
         (Some("unusual"), Some(7), Some(19))
     );
 
+    // A webhook: set, shown, removed.
+    let secret = etc.join("webhook.secret");
+    std::fs::write(&secret, "a-secret-of-sixteen-or-more\n").unwrap();
+    let patient_tls = [
+        "--server".to_owned(),
+        site.server.addr().to_string(),
+        "--cert".to_owned(),
+        etc.join("patient").display().to_string(),
+        "--ca-root".to_owned(),
+        site.ca.dir().join("root.crt").display().to_string(),
+    ];
+    let hook = |extra: &[&str]| {
+        let mut args = vec!["alerts", "webhook"];
+        args.extend(extra);
+        args.extend(patient_tls.iter().map(String::as_str));
+        let (ok, out, err) = medledger(&args);
+        assert!(ok, "{err}");
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["url"].clone()
+    };
+    let url = "http://127.0.0.1:9/alerts";
+    let secret = secret.display().to_string();
+    assert_eq!(hook(&["--url", url, "--secret-file", &secret]), url);
+    assert_eq!(hook(&[]), url);
+    assert_eq!(hook(&["--remove"]), serde_json::Value::Null);
+
     // The patient checks their ledger against the checkpoints anchored on
     // chain, once the consent changes are in it and it is anchored.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
