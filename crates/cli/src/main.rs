@@ -24,6 +24,7 @@ mod bench;
 mod ca;
 mod chain;
 mod collector;
+mod demo;
 mod roles;
 mod server;
 mod verify;
@@ -68,6 +69,9 @@ enum Command {
     Review(audit::ReviewArgs),
     /// A patient's access and consent history, from the chain.
     Audit(audit::AuditArgs),
+    /// Run a small hospital in this process through every scenario and
+    /// attack, and report what happened.
+    Demo(demo::DemoArgs),
     /// Measure the system under load (in this process).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -90,6 +94,7 @@ fn main() -> ExitCode {
         Command::Annotate(args) => annotate::run(args),
         Command::Review(args) => audit::run_review(args),
         Command::Audit(args) => audit::run_audit(args),
+        Command::Demo(args) => demo::run(args),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Verify(args) => verify::run(args),
     };

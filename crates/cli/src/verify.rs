@@ -166,23 +166,9 @@ fn check_anchors(report: &Report, anchors: Vec<CheckpointAnchor>) -> Result<Vec<
                 "the checkpoint anchored as Anchor.record({}) in transaction {} (block {})",
                 anchor.id, anchor.tx, anchor.block
             );
-            if anchor.size > report.size {
-                bail!(
-                    "{place} covers {} entries; the ledger holds {}: entries were removed or the ledger was rolled back",
-                    anchor.size,
-                    report.size
-                );
-            }
-            let checked = match report.root_at(anchor.size) {
-                Some(root) if root == anchor.root.0 => true,
-                Some(root) => bail!(
-                    "{place} has root {}; the ledger's first {} entries hash to {}: the ledger was altered",
-                    anchor.root,
-                    anchor.size,
-                    hex::encode(root)
-                ),
-                None => false,
-            };
+            let checked = report
+                .check_extends(anchor.size, &anchor.root.0)
+                .map_err(|why| anyhow::anyhow!("{place}: {why}"))?;
             Ok(AnchorCheck { anchor, checked })
         })
         .collect()

@@ -10,7 +10,7 @@ use medledger_pki::{Credentials, Role};
 use medledger_protocol::SigningKey;
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 /// A patient's card.
 pub trait CardSigner: Send + Sync {
@@ -79,16 +79,18 @@ impl CardSigner for SoftwareCard {
     }
 }
 
-/// The cards at this collector, by patient account.
+/// The cards at this collector, by patient account. Clones share the same
+/// cards, so a card inserted through one (a patient admitted while the
+/// collector runs) is seen by all.
 #[derive(Clone, Default)]
 pub struct Cards {
-    by_account: HashMap<Address, Arc<dyn CardSigner>>,
+    by_account: Arc<RwLock<HashMap<Address, Arc<dyn CardSigner>>>>,
 }
 
 impl std::fmt::Debug for Cards {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Cards")
-            .field("accounts", &self.by_account.keys().collect::<Vec<_>>())
+            .field("accounts", &self.read().keys().copied().collect::<Vec<_>>())
             .finish()
     }
 }
@@ -99,14 +101,21 @@ impl Cards {
         Cards::default()
     }
 
-    /// Adds a card.
-    pub fn insert(&mut self, card: Arc<dyn CardSigner>) {
-        self.by_account.insert(card.account(), card);
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Address, Arc<dyn CardSigner>>> {
+        self.by_account.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds a card (replacing the patient's earlier one, if any).
+    pub fn insert(&self, card: Arc<dyn CardSigner>) {
+        self.by_account
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(card.account(), card);
     }
 
     /// Every `NAME.crt` with a `NAME.key` beside it in `dir`.
     pub fn load_dir(dir: &Path) -> Result<Cards, String> {
-        let mut cards = Cards::new();
+        let cards = Cards::new();
         let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let mut paths: Vec<_> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
         paths.sort();
@@ -119,17 +128,17 @@ impl Cards {
     }
 
     /// The card of the patient with this account.
-    pub fn get(&self, account: &Address) -> Option<&Arc<dyn CardSigner>> {
-        self.by_account.get(account)
+    pub fn get(&self, account: &Address) -> Option<Arc<dyn CardSigner>> {
+        self.read().get(account).cloned()
     }
 
     /// How many.
     pub fn len(&self) -> usize {
-        self.by_account.len()
+        self.read().len()
     }
 
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
-        self.by_account.is_empty()
+        self.read().is_empty()
     }
 }

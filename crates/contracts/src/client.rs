@@ -172,6 +172,7 @@ impl Basis {
             Basis::Carer => "carer".into(),
             Basis::Consent => "consent".into(),
             Basis::Emergency => "emergency".into(),
+            Basis::Other(0) => "none".into(),
             Basis::Other(n) => format!("basis-{n}"),
         }
     }

@@ -167,6 +167,28 @@ impl Report {
         }
         tree.root(size)
     }
+
+    /// Checks that the ledger extends a checkpoint of `size` entries with
+    /// `root` (one anchored on chain): `Ok(true)` if its first `size`
+    /// entries hash to `root`, `Ok(false)` if the bundle cannot tell (an
+    /// erased ledger's earlier checkpoints), else why not.
+    pub fn check_extends(&self, size: u64, root: &Hash) -> Result<bool, String> {
+        if size > self.size {
+            return Err(format!(
+                "it covers {size} entries; the ledger holds {}: entries were removed or the ledger was rolled back",
+                self.size
+            ));
+        }
+        match self.root_at(size) {
+            Some(found) if found == *root => Ok(true),
+            Some(found) => Err(format!(
+                "it has root {}; the ledger's first {size} entries hash to {}: the ledger was altered",
+                hex::encode(root),
+                hex::encode(found)
+            )),
+            None => Ok(false),
+        }
+    }
 }
 
 /// Verifies a bundle (JSON): the checkpoint's signature, that it is this

@@ -267,6 +267,7 @@ const CLOCK_SKEW: Duration = Duration::minutes(5);
 
 /// A newly issued leaf: certificate, private key and, for roles that sign
 /// transactions, the chain account.
+#[derive(Clone)]
 pub struct Issued {
     /// The certificate DER.
     pub cert_der: Vec<u8>,

@@ -11,7 +11,9 @@
 //! Tests, `medledger bench` ([`load`]) and (later) `medledger demo` build
 //! on it.
 
+pub mod demo;
 pub mod load;
+pub mod signals;
 
 use alloy::primitives::{B256, keccak256};
 use alloy::providers::DynProvider;
@@ -140,6 +142,8 @@ pub struct Hospital {
     pub collector_auth: Arc<ClientAuth>,
     /// The collector's certificate.
     pub collector_issued: Issued,
+    /// The cards at the collector (insert one to admit a patient there).
+    pub cards: Cards,
     /// The admitted patient.
     pub patient_ref: B256,
     /// The patient's card certificate and key.
@@ -179,14 +183,27 @@ impl std::fmt::Debug for Device {
 impl Device {
     /// A signed heart-rate reading with the next sequence number.
     pub fn heart_rate(&mut self, bpm: f64) -> Vec<u8> {
+        self.reading(
+            data_type("8867-4")
+                .map(|t| vec![Observation::scalar(t, bpm)])
+                .unwrap_or_default(),
+        )
+    }
+
+    /// A signed reading of `obs`, now, with the next sequence number.
+    pub fn reading(&mut self, obs: Vec<Observation>) -> Vec<u8> {
+        self.reading_at(obs, now_ms())
+    }
+
+    /// A signed reading of `obs` taken at `ts_ms`, with the next sequence
+    /// number.
+    pub fn reading_at(&mut self, obs: Vec<Observation>, ts_ms: u64) -> Vec<u8> {
         self.seq += 1;
         self.key.sign(&Reading {
             dev: DeviceId(*self.epc.as_bytes()),
             seq: self.seq,
-            ts_ms: now_ms(),
-            obs: data_type("8867-4")
-                .map(|t| vec![Observation::scalar(t, bpm)])
-                .unwrap_or_default(),
+            ts_ms,
+            obs,
             model: None,
         })
     }
@@ -266,6 +283,73 @@ async fn start_server(
     .await?)
 }
 
+/// What a new collector is started against.
+struct Place<'a> {
+    ca: &'a Ca,
+    node: &'a Node,
+    admin: &'a Contracts<DynProvider>,
+    crl: &'a [u8],
+    server: &'a Server,
+    options: &'a Options,
+}
+
+/// A collector with its certificate, device verifier and cards.
+pub struct Ward {
+    /// The collector.
+    pub collector: Collector,
+    /// Its device verifier (hand it a new CRL to revoke).
+    pub auth: Arc<ClientAuth>,
+    /// Its certificate.
+    pub issued: Issued,
+    /// The patients' cards at it.
+    pub cards: Cards,
+}
+
+/// An admitted patient.
+pub struct Patient {
+    /// Their patientRef.
+    pub patient_ref: B256,
+    /// Their card: certificate, key and chain account.
+    pub card: Issued,
+}
+
+/// Starts a collector with `issued` (already registered on chain).
+async fn launch_collector(
+    place: &Place<'_>,
+    issued: Issued,
+    cards: Cards,
+    db: Option<Db>,
+    db_path: &Path,
+) -> Result<Ward> {
+    let root = place.ca.root_cert_der()?;
+    let db = database(db, db_path).await?;
+    let auth = auth(&root, place.crl, &[Role::Device])?;
+    let collector = Collector::start(medledger_collector::Settings {
+        listen: "127.0.0.1:0".parse()?,
+        metrics_listen: None,
+        credentials: Credentials::from_issued(&issued),
+        root_der: root,
+        client_auth: auth.clone(),
+        db,
+        contracts: place
+            .admin
+            .with_provider(provider(place.node, &signer(&issued)?)),
+        cards: cards.clone(),
+        server: ServerTarget {
+            addr: place.server.addr().to_string(),
+            name: "localhost".into(),
+        },
+        limits: place.options.limits.clone(),
+    })
+    .await?;
+    Ok(Ward {
+        collector,
+        auth,
+        issued,
+        cards,
+    })
+}
+
 impl Hospital {
     /// Builds and starts everything.
     pub async fn start(options: Options) -> Result<Hospital> {
@@ -328,31 +412,24 @@ impl Hospital {
             options.server_db.clone(),
         )
         .await?;
-        let collector_db = database(
-            options.collector_db.clone(),
-            &dir.path().join("collector.db"),
-        )
-        .await?;
-        let collector_auth = auth(&root, &crl, &[Role::Device])?;
-        let mut cards = Cards::new();
+        let cards = Cards::new();
         cards.insert(Arc::new(
             SoftwareCard::new(&Credentials::from_issued(&card)).map_err(anyhow::Error::msg)?,
         ));
-        let collector = Collector::start(medledger_collector::Settings {
-            listen: "127.0.0.1:0".parse()?,
-            metrics_listen: None,
-            credentials: Credentials::from_issued(&collector_issued),
-            root_der: root,
-            client_auth: collector_auth.clone(),
-            db: collector_db,
-            contracts: contracts.with_provider(provider(&node, &signer(&collector_issued)?)),
-            cards,
-            server: ServerTarget {
-                addr: server.addr().to_string(),
-                name: "localhost".into(),
+        let ward = launch_collector(
+            &Place {
+                ca: &ca,
+                node: &node,
+                admin: &contracts,
+                crl: &crl,
+                server: &server,
+                options: &options,
             },
-            limits: options.limits.clone(),
-        })
+            collector_issued,
+            cards,
+            options.collector_db.clone(),
+            &dir.path().join("collector.db"),
+        )
         .await?;
         Ok(Hospital {
             dir,
@@ -362,21 +439,99 @@ impl Hospital {
             admin: contracts,
             admin_signer: admin,
             server,
-            collector,
-            collector_auth,
-            collector_issued,
+            collector: ward.collector,
+            collector_auth: ward.auth,
+            collector_issued: ward.issued,
+            cards: ward.cards,
             patient_ref,
             card,
             options,
         })
     }
 
+    fn place(&self) -> Place<'_> {
+        Place {
+            ca: &self.ca,
+            node: &self.node,
+            admin: &self.admin,
+            crl: &self.crl,
+            server: &self.server,
+            options: &self.options,
+        }
+    }
+
+    /// Another collector, at `location` (`department/room/bed`),
+    /// registered on chain, with no cards yet.
+    pub async fn add_collector(&self, location: &str) -> Result<Ward> {
+        let mut request = LeafRequest::new(Role::Collector);
+        request.location = Some(location.parse::<Location>()?);
+        let issued = self.ca.issue(&request)?;
+        send(
+            self.admin.registry().registerNode(
+                signer(&issued)?.address(),
+                1,
+                text(
+                    location
+                        .split('/')
+                        .take(2)
+                        .collect::<Vec<_>>()
+                        .join("/")
+                        .as_str(),
+                )?,
+            ),
+        )
+        .await?;
+        let name = format!("collector-{}.db", hex::encode(&keccak256(location)[..4]));
+        launch_collector(
+            &self.place(),
+            issued,
+            Cards::new(),
+            None,
+            &self.dir.path().join(name),
+        )
+        .await
+    }
+
+    /// Admits patient `id` (their patientRef is keccak256 of a salt and
+    /// `id`) to `department`, room and bed, with a card of their own,
+    /// which goes into `cards` (the collector at their bedside).
+    pub async fn admit(
+        &self,
+        id: &str,
+        department: &str,
+        room: &str,
+        bed: &str,
+        cards: &Cards,
+    ) -> Result<Patient> {
+        let card = self.ca.issue(&LeafRequest::new(Role::Patient))?;
+        let patient_ref = keccak256(format!("salt:{id}"));
+        send(self.admin.registry().admit(
+            patient_ref,
+            signer(&card)?.address(),
+            text(department)?,
+            text("floor-1")?,
+            text(room)?,
+            text(bed)?,
+            vec![],
+        ))
+        .await?;
+        cards.insert(Arc::new(
+            SoftwareCard::new(&Credentials::from_issued(&card)).map_err(anyhow::Error::msg)?,
+        ));
+        Ok(Patient { patient_ref, card })
+    }
+
     /// A device certificate with EPC serial `serial`, not registered.
     pub fn issue_device(&self, serial: u64, key_alg: KeyAlg) -> Result<Device> {
+        self.issue_device_in(serial, GROUP, key_alg)
+    }
+
+    /// A device certificate of `group` with EPC serial `serial`.
+    pub fn issue_device_in(&self, serial: u64, group: &str, key_alg: KeyAlg) -> Result<Device> {
         let epc = Epc::new(3, "0614141", "812345", serial)?;
         let mut request = LeafRequest::new(Role::Device);
         request.epc = Some(epc);
-        request.group = Some(GROUP.into());
+        request.group = Some(group.into());
         request.rule = Some("default".into());
         request.key_alg = key_alg;
         let issued = self.ca.issue(&request)?;
@@ -395,10 +550,52 @@ impl Hospital {
 
     /// A device registered but assigned to no one.
     pub async fn registered_device(&self, serial: u64, key_alg: KeyAlg) -> Result<Device> {
-        let device = self.issue_device(serial, key_alg)?;
+        self.register(self.issue_device(serial, key_alg)?, GROUP)
+            .await
+    }
+
+    /// A P-256 device of `kind` (its group allowed its data types first,
+    /// see [`Hospital::allow_kinds`]) registered and assigned to `patient`.
+    pub async fn device_of(
+        &self,
+        serial: u64,
+        kind: &signals::Kind,
+        patient: B256,
+    ) -> Result<Device> {
+        let device = self
+            .register(
+                self.issue_device_in(serial, kind.group, KeyAlg::P256)?,
+                kind.group,
+            )
+            .await?;
+        send(
+            self.admin
+                .registry()
+                .assignDevice(epc_bytes(&device.epc), patient),
+        )
+        .await?;
+        Ok(device)
+    }
+
+    /// Lets each kind's group send its data types (the `allowed-types`
+    /// rule).
+    pub async fn allow_kinds(&self, kinds: &[signals::Kind]) -> Result<()> {
+        for kind in kinds {
+            send(self.admin.allowed_types().setAllowed(
+                text(kind.group)?,
+                kind.codes.iter().map(|c| code_key(c)).collect(),
+                true,
+            ))
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Registers `device` in `group`.
+    async fn register(&self, device: Device, group: &str) -> Result<Device> {
         send(self.admin.registry().registerDevice(
             epc_bytes(&device.epc),
-            text(GROUP)?,
+            text(group)?,
             text("default")?,
             B256::from(medledger_protocol::kid_of(&device.issued.cert_der)),
         ))
@@ -427,6 +624,18 @@ impl Hospital {
     /// certificate and a chain account, registered in the Registry and,
     /// with `carer`, assigned to the patient.
     pub async fn staff(&self, role: Role, carer: bool) -> Result<Staff> {
+        let patients: &[B256] = if carer { &[self.patient_ref] } else { &[] };
+        self.staff_for(role, "cardiology", patients).await
+    }
+
+    /// A staff member (`Role::Doctor` or `Role::Nurse`) of `department`,
+    /// registered in the Registry and assigned to care for `patients`.
+    pub async fn staff_for(
+        &self,
+        role: Role,
+        department: &str,
+        patients: &[B256],
+    ) -> Result<Staff> {
         let issued = self.ca.issue(&LeafRequest::new(role))?;
         let signer = signer(&issued)?;
         let code = match role {
@@ -434,9 +643,9 @@ impl Hospital {
             _ => StaffRole::Nurse,
         };
         let registry = self.admin.registry();
-        send(registry.registerStaff(signer.address(), code.code(), text("cardiology")?)).await?;
-        if carer {
-            send(registry.assignCarer(self.patient_ref, signer.address())).await?;
+        send(registry.registerStaff(signer.address(), code.code(), text(department)?)).await?;
+        for patient in patients {
+            send(registry.assignCarer(*patient, signer.address())).await?;
         }
         Ok(Staff {
             contracts: self.admin.with_provider(provider(&self.node, &signer)),

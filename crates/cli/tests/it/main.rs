@@ -6,6 +6,7 @@ mod admin;
 mod alerts;
 mod ca;
 mod chain;
+mod demo;
 mod indexer;
 mod ingest;
 mod records;

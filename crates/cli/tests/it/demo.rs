@@ -1,0 +1,33 @@
+//! `medledger demo`, the README's main command, as a newcomer runs it.
+
+#[test]
+fn the_demo_meets_every_expectation_and_writes_its_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_medledger"))
+        .args(["demo", "--json", json.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("expectations held"), "{stdout}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["hospital"]["patients"], 10);
+    assert_eq!(report["hospital"]["devices"], 30);
+    assert_eq!(report["accepted"], 300);
+    let attacks = report["attacks"].as_array().unwrap();
+    assert!(attacks.len() >= 17, "{attacks:?}");
+    assert!(attacks.iter().all(|a| a["ok"] == true));
+    let ledgers = report["ledgers"].as_array().unwrap();
+    assert_eq!(ledgers.len(), 10);
+    assert!(
+        ledgers
+            .iter()
+            .all(|l| l["ok"] == true && l["anchors"].as_u64() > Some(0))
+    );
+}
