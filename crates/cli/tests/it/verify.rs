@@ -33,7 +33,7 @@ async fn an_auditor_verifies_an_exported_ledger() {
 
     let out = ok(&["verify", "--bundle", s(&path), "--key", &key]);
     assert!(
-        out.contains("bundle verified") && out.contains("3 (every signature"),
+        out.contains(": verified") && out.contains("3 (every signature"),
         "{out}"
     );
     let out = ok(&["verify", "--bundle", s(&path), "--json"]);
