@@ -101,12 +101,12 @@ fn print_report(r: &Report) {
             }
         );
     }
+    print_checks("Right to be forgotten:", &r.forgotten);
     println!();
     println!("Roots anchored on chain: {}", r.anchors);
-    let total = r.accesses.len() + r.attacks.len() + r.ledgers.len();
-    let failed = r.accesses.iter().filter(|c| !c.ok).count()
-        + r.attacks.iter().filter(|c| !c.ok).count()
-        + r.ledgers.iter().filter(|l| !l.ok).count();
+    let checks = r.accesses.iter().chain(&r.attacks).chain(&r.forgotten);
+    let total = checks.clone().count() + r.ledgers.len();
+    let failed = checks.filter(|c| !c.ok).count() + r.ledgers.iter().filter(|l| !l.ok).count();
     if failed == 0 {
         println!("All {total} expectations held, in {:.1} s.", r.seconds);
     } else {

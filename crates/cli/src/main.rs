@@ -25,6 +25,7 @@ mod ca;
 mod chain;
 mod collector;
 mod demo;
+mod erase;
 mod roles;
 mod server;
 mod verify;
@@ -65,6 +66,8 @@ enum Command {
     Alerts(access::AlertsCommand),
     /// Annotate or correct a reading you read (staff), signed on chain.
     Annotate(annotate::AnnotateArgs),
+    /// Erase (forget) a patient, as the patient or an admin.
+    Erase(erase::EraseArgs),
     /// The break-glass review queue, as an admin.
     Review(audit::ReviewArgs),
     /// A patient's access and consent history, from the chain.
@@ -92,6 +95,7 @@ fn main() -> ExitCode {
         Command::Consent(args) => access::run_consent(args),
         Command::Alerts(cmd) => access::run_alerts(cmd),
         Command::Annotate(args) => annotate::run(args),
+        Command::Erase(args) => erase::run(args),
         Command::Review(args) => audit::run_review(args),
         Command::Audit(args) => audit::run_audit(args),
         Command::Demo(args) => demo::run(args),

@@ -128,6 +128,7 @@ impl Alerts {
         if alerts.is_empty() && cursor.is_none() {
             return Ok(());
         }
+        let alerts = self.without_erased(alerts).await?;
         let _one_writer = self.lock.lock().await;
         let next = self.next_id().await?;
         let mut tx = self.db.pool().begin().await?;
@@ -151,11 +152,37 @@ impl Alerts {
         let next = self.next_id().await?;
         let mut tx = self.db.pool().begin().await?;
         let staged = ledger.stage(&mut tx, entries).await?;
-        insert(&mut tx, next, alerts(staged.indexes()), cursor).await?;
+        let alerts = self.without_erased(alerts(staged.indexes())).await?;
+        insert(&mut tx, next, alerts, cursor).await?;
         tx.commit().await?;
         let indexes = staged.committed();
         self.woken().await?;
         Ok(indexes)
+    }
+
+    /// `alerts` but those of erased (forgotten) patients.
+    async fn without_erased(&self, alerts: Vec<NewAlert>) -> Result<Vec<NewAlert>, sqlx::Error> {
+        let mut erased = std::collections::HashMap::new();
+        let mut kept = Vec::with_capacity(alerts.len());
+        for alert in alerts {
+            let gone = match erased.get(&alert.patient) {
+                Some(gone) => *gone,
+                None => {
+                    let gone =
+                        sqlx::query("SELECT 1 AS one FROM erased_patients WHERE patient = $1")
+                            .bind(alert.patient.to_vec())
+                            .fetch_optional(self.db.pool())
+                            .await?
+                            .is_some();
+                    erased.insert(alert.patient, gone);
+                    gone
+                }
+            };
+            if !gone {
+                kept.push(alert);
+            }
+        }
+        Ok(kept)
     }
 
     /// The first free alert id. Read before a write transaction, which then

@@ -32,6 +32,7 @@ pub(crate) fn router(state: Arc<State>) -> Router {
         .route("/v1/records", get(records))
         .route("/v1/ledger", get(ledger))
         .route("/v1/annotations", post(annotations))
+        .route("/v1/patients/{patient}", axum::routing::delete(erase))
         .route("/v1/audit", get(audit))
         .route("/v1/alerts", get(alerts))
         .route("/v1/alerts/stream", get(alert_stream))
@@ -131,6 +132,42 @@ async fn records(
         )
             .into_response(),
         Err(r) => problem(r.kind, r.detail),
+    }
+}
+
+/// `DELETE /v1/patients/{patientRef}`: erase (forget) the patient, asked
+/// by the patient (their own certificate) or an admin.
+async fn erase(
+    AxState(state): AxState<Arc<State>>,
+    Extension(peer): Extension<Peer>,
+    Path(patient): Path<String>,
+) -> Response {
+    let Some(named) = hex::decode(patient.trim_start_matches("0x"))
+        .ok()
+        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+    else {
+        return problem(
+            ProblemType::Malformed,
+            "name the patient: /v1/patients/<patientRef, 64 hex digits>",
+        );
+    };
+    let uri: axum::http::Uri = match format!("/?patient={}", hex::encode(named)).parse() {
+        Ok(uri) => uri,
+        Err(e) => return problem(ProblemType::Malformed, e.to_string()),
+    };
+    let allowed = match subject_of(&state, &peer, &uri).await {
+        Ok(p) => p,
+        Err(refusal) => return refusal,
+    };
+    if allowed != named {
+        return problem(
+            ProblemType::Forbidden,
+            "a patient may erase only themselves",
+        );
+    }
+    match crate::erase::erase(&state, &named).await {
+        Ok(done) => json_response(&done),
+        Err(e) => problem(ProblemType::Unavailable, e),
     }
 }
 

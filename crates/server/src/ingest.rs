@@ -304,6 +304,34 @@ pub(crate) async fn commit(state: &State, batch: ForwardBatch) -> Result<CommitR
         }
     }
 
+    // An erased (forgotten) patient takes no new readings.
+    let mut erased: HashMap<[u8; 32], bool> = HashMap::new();
+    for i in 0..n {
+        if verified[i].is_none() {
+            continue;
+        }
+        let patient = batch.readings[i].patient;
+        let gone = match erased.get(&patient) {
+            Some(gone) => *gone,
+            None => {
+                let gone = state
+                    .vault
+                    .is_erased(&patient)
+                    .await
+                    .map_err(|e| Unavailable(format!("the key store: {e}")))?;
+                erased.insert(patient, gone);
+                gone
+            }
+        };
+        if gone {
+            results[i] = Some(rejected(
+                &hashes[i],
+                ProblemType::NotAdmitted,
+                "the patient was erased (forgotten)".to_owned(),
+            ));
+            verified[i] = None;
+        }
+    }
     clock.lap("bindings");
     // Card signatures: each reading covered by one valid signature of its
     // patient's card.

@@ -19,6 +19,7 @@ pub mod alerts;
 mod anchor;
 pub mod annotations;
 pub mod config;
+pub mod erase;
 mod http;
 pub mod indexer;
 mod ingest;

@@ -66,6 +66,17 @@ pub(crate) async fn serve(state: &State, peer: &Peer, id: u64) -> Result<Value, 
         .await
         .map_err(|e| unavailable(&e))?;
     let patient = request.patientRef.0;
+    if state
+        .ledger
+        .is_erased(&patient)
+        .await
+        .map_err(|e| unavailable(&e))?
+    {
+        return Err(refused(
+            ProblemType::NotFound,
+            format!("the patient of request {id} was erased (forgotten)"),
+        ));
+    }
     let requester = peer.identity.address();
     let outcome = check(state, peer, id, &request, requester).await;
     let served = match &outcome {

@@ -10,6 +10,8 @@
 //!             consent granted, used, revoked; break-glass
 //!  attacks    each one, expected against observed
 //!  verify     every patient ledger against its checkpoints on chain
+//!  forget     p10 is erased: nothing of theirs opens, the tombstone
+//!             still matches the chain, new readings are refused
 //! ```
 
 use crate::signals::{KINDS, Vitals};
@@ -85,6 +87,8 @@ pub struct Report {
     pub attacks: Vec<Check>,
     /// Every patient ledger against the chain.
     pub ledgers: Vec<LedgerCheck>,
+    /// The right to be forgotten.
+    pub forgotten: Vec<Check>,
     /// Roots anchored on chain.
     pub anchors: u64,
     /// Seconds, start to end.
@@ -97,6 +101,7 @@ impl Report {
         self.accesses.iter().all(|c| c.ok)
             && self.attacks.iter().all(|c| c.ok)
             && self.ledgers.iter().all(|l| l.ok)
+            && self.forgotten.iter().all(|c| c.ok)
     }
 }
 
@@ -112,6 +117,7 @@ pub async fn run(
     let accesses = demo.access(progress).await?;
     let attacks = demo.attacks(progress).await?;
     let ledgers = demo.verify_ledgers(progress).await?;
+    let forgotten = demo.forget(progress).await?;
     let metrics = demo.hospital.collector.metrics();
     let mut rejected = BTreeMap::new();
     for m in [metrics, demo.neurology.collector.metrics()] {
@@ -153,6 +159,7 @@ pub async fn run(
         accesses,
         attacks,
         ledgers,
+        forgotten,
         anchors,
         seconds: started.elapsed().as_secs_f64(),
     };
@@ -828,6 +835,110 @@ impl Demo {
         }
         check.ok = true;
         Ok(check)
+    }
+
+    /// p10 asks to be forgotten: their readings no longer open, their
+    /// ledger is a tombstone that still matches the chain, and nothing new
+    /// is taken for them.
+    pub async fn forget(&mut self, progress: &(dyn Fn(&str) + Sync)) -> Result<Vec<Check>> {
+        progress("right to be forgotten: p10 is erased");
+        let i = self.patients.len() - 1;
+        let (label, patient, _) = &self.patients[i];
+        let label = label.clone();
+        let patient_ref = patient.patient_ref;
+        let mut checks = Vec::new();
+        let mut conn = self.patient_conn(i).await?;
+        let reply = conn
+            .request(
+                "DELETE",
+                &format!("/v1/patients/{}", hex::encode(patient_ref)),
+                &[],
+                vec![],
+            )
+            .await?;
+        let done: serde_json::Value = serde_json::from_slice(&reply.body).unwrap_or_default();
+        checks.push(check(
+            &format!("{label} asks to be erased"),
+            "200: keys destroyed, blobs deleted, ledger reduced to a signed tombstone",
+            format!(
+                "{}: {} readings unlinked, {} blobs deleted",
+                reply.status, done["readings"], done["blobs"]
+            ),
+            reply.status == 200,
+        ));
+        // Their readings: the hashes of what their devices sent.
+        let theirs: Vec<usize> = self
+            .devices
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, p))| *p == i)
+            .map(|(k, _)| k)
+            .collect();
+        let n = self.sent.len() / self.devices.len().max(1);
+        let mut opened = 0;
+        for k in &theirs {
+            for hash in &self.sent[k * n..(k + 1) * n] {
+                if matches!(self.hospital.server.reading(hash).await, Ok(Some(_))) {
+                    opened += 1;
+                }
+            }
+        }
+        checks.push(check(
+            &format!("reading {label}'s stored readings afterwards"),
+            "none opens",
+            format!("{opened} of {} open", theirs.len() * n),
+            opened == 0,
+        ));
+        let ledger = self.hospital.server.ledger();
+        let bundle = serde_json::to_string(&ledger.export(&patient_ref.0).await?)?;
+        let observed =
+            match medledger_patient_ledger::bundle::verify(&bundle, Some(&ledger.verifier_key())) {
+                Ok(report) => {
+                    let anchors = self.hospital.admin.checkpoint_anchors(patient_ref).await?;
+                    let matched = anchors
+                        .iter()
+                        .filter(|a| report.check_extends(a.size, &a.root.0) == Ok(true))
+                        .count();
+                    format!(
+                        "erased: {}; {} entries, none held; {matched} of {} anchors still match",
+                        report.erased,
+                        report.size,
+                        anchors.len()
+                    )
+                }
+                Err(e) => format!("does not verify: {e}"),
+            };
+        checks.push(check(
+            &format!("{label}'s ledger"),
+            "a signed tombstone that still matches its latest anchor",
+            observed.clone(),
+            observed.starts_with("erased: true") && !observed.contains(" 0 of"),
+        ));
+        let k = theirs[0];
+        let kind = KINDS[k % KINDS.len()];
+        let addr = self.patients[i].2.clone();
+        let config = self
+            .hospital
+            .client_config(&self.devices[k].0.credentials(), Role::Collector)?;
+        let mut vitals = Vitals::new(1);
+        let device = &mut self.devices[k].0;
+        let cose = device.reading(vitals.observe(&kind, medledger_protocol::now_ms()));
+        let mut conn = Connection::open(config, &addr, "localhost").await?;
+        let reply = conn
+            .request(
+                "POST",
+                "/v1/readings?wait=committed",
+                &[("content-type", "application/cose")],
+                cose,
+            )
+            .await?;
+        checks.push(check(
+            &format!("one of {label}'s devices sends a new reading"),
+            "refused by the server: the patient was erased",
+            cause(&reply),
+            reply.status != 202 && String::from_utf8_lossy(&reply.body).contains("erased"),
+        ));
+        Ok(checks)
     }
 
     /// A connection to the server as patient `i`.

@@ -30,4 +30,7 @@ fn the_demo_meets_every_expectation_and_writes_its_report() {
             .iter()
             .all(|l| l["ok"] == true && l["anchors"].as_u64() > Some(0))
     );
+    let forgotten = report["forgotten"].as_array().unwrap();
+    assert_eq!(forgotten.len(), 4);
+    assert!(forgotten.iter().all(|c| c["ok"] == true), "{forgotten:?}");
 }

@@ -7,6 +7,7 @@ mod alerts;
 mod ca;
 mod chain;
 mod demo;
+mod erase;
 mod indexer;
 mod ingest;
 mod records;

@@ -1,0 +1,96 @@
+//! The right to be forgotten. Erasing a patient:
+//!
+//! 1. destroys their data keys (crypto-shredding): from then on nothing of
+//!    theirs decrypts, here or in any backup, whatever else happens;
+//! 2. erases their ledger: the entries go; a signed tombstone checkpoint
+//!    (the last size and root, marked `erased`) stays, so the checkpoints
+//!    anchored on chain still make sense;
+//! 3. deletes their sealed blobs, annotations, alerts, alert preferences
+//!    and webhook, and unlinks their readings' hashes from them (the hashes
+//!    stay, anonymous, because other patients' batch proofs need them).
+//!
+//! Steps 2 and 3 are idempotent: if the server stops half way, erasing
+//! again finishes the job. Readings that arrive for an erased patient are
+//! rejected. On chain only salted pseudonyms and hashes remain.
+
+use crate::State;
+use medledger_storage::Cid;
+use medledger_storage::sqlx::{self, Row};
+use serde::Serialize;
+
+/// What an erasure did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Erasure {
+    /// The patientRef, hex.
+    pub patient: String,
+    /// The tombstone checkpoint (a signed note).
+    pub tombstone: String,
+    /// Readings unlinked from the patient.
+    pub readings: u64,
+    /// Sealed blobs deleted.
+    pub blobs: u64,
+}
+
+/// Erases a patient; erasing twice is fine.
+pub(crate) async fn erase(state: &State, patient: &[u8; 32]) -> Result<Erasure, String> {
+    let failed = |what: &str, e: &dyn std::fmt::Display| format!("erasing: {what}: {e}");
+    state
+        .vault
+        .erase(patient)
+        .await
+        .map_err(|e| failed("the data keys", &e))?;
+    let tombstone = state
+        .ledger
+        .erase(patient)
+        .await
+        .map_err(|e| failed("the ledger", &e))?;
+    let rows = sqlx::query("SELECT DISTINCT blob FROM ingest_readings WHERE patient = $1")
+        .bind(patient.to_vec())
+        .fetch_all(state.db.pool())
+        .await
+        .map_err(|e| failed("finding the blobs", &e))?;
+    let mut blobs = 0;
+    for row in rows {
+        let cid: String = row.try_get("blob").map_err(|e| failed("a blob", &e))?;
+        let cid: Cid = cid.parse().map_err(|e| failed("a blob's CID", &e))?;
+        state
+            .blobs
+            .delete(&cid)
+            .await
+            .map_err(|e| failed("deleting a blob", &e))?;
+        blobs += 1;
+    }
+    let sql = |e: sqlx::Error| failed("the database", &e);
+    let mut tx = state.db.pool().begin().await.map_err(sql)?;
+    let readings = sqlx::query(
+        "UPDATE ingest_readings SET patient = $2, idx = 0, blob = '', blob_sha256 = $2, \
+         pos = 0, epc = $3, seq = 0, ts_ms = 0 WHERE patient = $1",
+    )
+    .bind(patient.to_vec())
+    .bind(vec![0u8; 32])
+    .bind(vec![0u8; 12])
+    .execute(&mut *tx)
+    .await
+    .map_err(sql)?
+    .rows_affected();
+    for table in ["annotations", "alerts", "alert_prefs", "alert_webhooks"] {
+        sqlx::query(&format!("DELETE FROM {table} WHERE patient = $1"))
+            .bind(patient.to_vec())
+            .execute(&mut *tx)
+            .await
+            .map_err(sql)?;
+    }
+    tx.commit().await.map_err(sql)?;
+    state.metrics.add(
+        "medledger_server_erasures_total",
+        "Patients erased (forgotten).",
+        &[],
+        1,
+    );
+    Ok(Erasure {
+        patient: hex::encode(patient),
+        tombstone,
+        readings,
+        blobs,
+    })
+}
