@@ -6,6 +6,7 @@ use clap::Args;
 use medledger_collector::{Cards, Collector, ConfigFile, ServerTarget, Settings};
 use medledger_pki::{Credentials, Role, files};
 use std::path::PathBuf;
+use std::time::Duration;
 
 #[derive(Debug, Args)]
 pub(crate) struct CollectorArgs {
@@ -18,53 +19,99 @@ pub(crate) fn run(args: CollectorArgs) -> Result<()> {
     let config = ConfigFile::load(&args.config)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
-        let db = roles::open_db(config.database.as_deref(), &config.data, "collector.db").await?;
-        let credentials = Credentials::load(&config.credentials)
-            .with_context(|| format!("loading {}", config.credentials.display()))?;
-        let identity = credentials.identity()?;
-        identity.require_role(&[Role::Collector])?;
-        let signer = roles::load_signer(&files::with_suffix(&config.credentials, ".eth.key"))?;
-        let contracts = roles::contracts(&config.chain_rpc, &config.registry, signer).await?;
-        let client_auth = roles::client_auth(&config.ca_root, &config.crl, &[Role::Device])?;
-        let cards = Cards::load_dir(&config.cards).map_err(anyhow::Error::msg)?;
-        let root_der = files::read_first(&config.ca_root, "CERTIFICATE")?;
-        let collector = Collector::start(Settings {
-            listen: roles::socket(&config.listen, "listen")?,
-            metrics_listen: config
-                .metrics_listen
-                .as_deref()
-                .map(|m| roles::socket(m, "metrics_listen"))
-                .transpose()?,
-            credentials,
-            root_der,
-            client_auth: client_auth.clone(),
-            db,
-            contracts,
-            cards: cards.clone(),
-            server: ServerTarget {
-                addr: config.server.clone(),
-                name: config.server_name.clone(),
-            },
-            limits: config.limits.clone(),
-        })
-        .await?;
-        roles::watch_crl(config.crl.clone(), vec![client_auth]);
-        println!("medledger collector {}", identity.subject);
-        println!("  devices      https://{}/v1/readings", collector.addr());
-        if let Some(m) = collector.metrics_addr() {
-            println!("  metrics      http://{m}/metrics");
-        }
-        println!(
-            "  forwards to  https://{} ({})",
-            config.server, config.server_name
-        );
-        println!(
-            "  cards        {} patient card(s) from {}",
-            cards.len(),
-            config.cards.display()
-        );
+        let started = start(&config).await?;
+        println!("medledger collector {}", started.subject);
+        print_endpoints(&started, &config);
         roles::shutdown().await;
         println!("medledger collector: stopping");
         Ok(())
+    })
+}
+
+/// A started collector, its cards and the subject of its certificate.
+pub(crate) struct Started {
+    pub(crate) collector: Collector,
+    pub(crate) cards: Cards,
+    pub(crate) subject: String,
+}
+
+/// Prints where the collector serves and what it holds.
+pub(crate) fn print_endpoints(started: &Started, config: &ConfigFile) {
+    println!(
+        "  devices      https://{}/v1/readings",
+        started.collector.addr()
+    );
+    if let Some(m) = started.collector.metrics_addr() {
+        println!("  metrics      http://{m}/metrics");
+    }
+    println!(
+        "  forwards to  https://{} ({})",
+        config.server, config.server_name
+    );
+    println!(
+        "  cards        {} patient card(s) from {} (new ones are picked up)",
+        started.cards.len(),
+        config.cards.display()
+    );
+}
+
+/// How often the cards directory is looked at for new cards.
+const CARDS_POLL: Duration = Duration::from_secs(2);
+
+/// Starts a collector as `config` says, re-reading the CRL as it changes
+/// and taking up new cards put in its cards directory.
+pub(crate) async fn start(config: &ConfigFile) -> Result<Started> {
+    let db = roles::open_db(config.database.as_deref(), &config.data, "collector.db").await?;
+    let credentials = Credentials::load(&config.credentials)
+        .with_context(|| format!("loading {}", config.credentials.display()))?;
+    let identity = credentials.identity()?;
+    identity.require_role(&[Role::Collector])?;
+    let signer = roles::load_signer(&files::with_suffix(&config.credentials, ".eth.key"))?;
+    let contracts = roles::contracts(&config.chain_rpc, &config.registry, signer).await?;
+    let client_auth = roles::client_auth(&config.ca_root, &config.crl, &[Role::Device])?;
+    let cards = Cards::load_dir(&config.cards).map_err(anyhow::Error::msg)?;
+    let root_der = files::read_first(&config.ca_root, "CERTIFICATE")?;
+    let collector = Collector::start(Settings {
+        listen: roles::socket(&config.listen, "listen")?,
+        metrics_listen: config
+            .metrics_listen
+            .as_deref()
+            .map(|m| roles::socket(m, "metrics_listen"))
+            .transpose()?,
+        credentials,
+        root_der,
+        client_auth: client_auth.clone(),
+        db,
+        contracts,
+        cards: cards.clone(),
+        server: ServerTarget {
+            addr: config.server.clone(),
+            name: config.server_name.clone(),
+        },
+        limits: config.limits.clone(),
+    })
+    .await?;
+    roles::watch_crl(config.crl.clone(), vec![client_auth]);
+    let (dir, watched) = (config.cards.clone(), cards.clone());
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(CARDS_POLL).await;
+            match Cards::load_dir(&dir) {
+                Ok(found) => {
+                    for card in found.all() {
+                        if watched.get(&card.account()).is_none() {
+                            println!("medledger collector: a new card for {}", card.account());
+                            watched.insert(card);
+                        }
+                    }
+                }
+                Err(e) => eprintln!("medledger collector: reading the cards: {e}"),
+            }
+        }
+    });
+    Ok(Started {
+        collector,
+        cards,
+        subject: identity.subject,
     })
 }

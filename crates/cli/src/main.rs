@@ -28,6 +28,8 @@ mod demo;
 mod erase;
 mod roles;
 mod server;
+mod simulate;
+mod up;
 mod verify;
 
 use clap::{Parser, Subcommand};
@@ -72,6 +74,11 @@ enum Command {
     Review(audit::ReviewArgs),
     /// A patient's access and consent history, from the chain.
     Audit(audit::AuditArgs),
+    /// Run the chain, a server and a collector in one process, with their
+    /// state in a data directory (initialised on first start).
+    Up(up::UpArgs),
+    /// Simulated devices for `medledger up`: they stream vital signs.
+    Sim(simulate::SimArgs),
     /// Run a small hospital in this process through every scenario and
     /// attack, and report what happened.
     Demo(demo::DemoArgs),
@@ -98,6 +105,8 @@ fn main() -> ExitCode {
         Command::Erase(args) => erase::run(args),
         Command::Review(args) => audit::run_review(args),
         Command::Audit(args) => audit::run_audit(args),
+        Command::Up(args) => up::run(args),
+        Command::Sim(args) => simulate::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Verify(args) => verify::run(args),

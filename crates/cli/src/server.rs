@@ -39,74 +39,94 @@ pub(crate) fn run(args: ServerArgs) -> Result<()> {
     let config = ConfigFile::load(&args.config)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
-        let db = roles::open_db(config.database.as_deref(), &config.data, "server.db").await?;
-        let blobs: Arc<dyn BlobStore> = match &config.blobs {
-            Some(url) => Arc::new(ObjectStoreBlobs::from_url(url)?),
-            None => Arc::new(LocalDir::open(config.data.join("blobs")).await?),
-        };
-        let kek = match (&config.kek_file, &config.kek_env) {
-            (Some(file), _) => Kek::from_file(file)?,
-            (None, Some(var)) => Kek::from_env(var)?,
-            (None, None) => unreachable!("ConfigFile::load requires one"),
-        };
-        let credentials = Credentials::load(&config.credentials)
-            .with_context(|| format!("loading {}", config.credentials.display()))?;
-        let identity = credentials.identity()?;
-        identity.require_role(&[Role::Server])?;
-        // A note key name has no spaces: name it after the server's account.
-        let key_name = match identity.address() {
-            Some(address) => format!("medledger-server-{address}"),
-            None => "medledger-server".to_owned(),
-        };
-        let ledger_key = ledger_key(&config.ledger_key, &key_name)?;
-        let signer = roles::load_signer(&files::with_suffix(&config.credentials, ".eth.key"))?;
-        let contracts = roles::contracts(&config.chain_rpc, &config.registry, signer).await?;
-        let auth = |roles: &[Role]| roles::client_auth(&config.ca_root, &config.crl, roles);
-        let client_auth = auth(&[
-            Role::Collector,
-            Role::Admin,
-            Role::Doctor,
-            Role::Nurse,
-            Role::Patient,
-        ])?;
-        let device_auth = auth(&[Role::Device])?;
-        let card_auth = auth(&[Role::Patient])?;
-        let server = Server::start(Settings {
-            listen: roles::socket(&config.listen, "listen")?,
-            metrics_listen: config
-                .metrics_listen
-                .as_deref()
-                .map(|m| roles::socket(m, "metrics_listen"))
-                .transpose()?,
-            credentials,
-            client_auth: client_auth.clone(),
-            device_auth: device_auth.clone(),
-            card_auth: card_auth.clone(),
-            db,
-            blobs,
-            kek,
-            ledger_key,
-            contracts,
-            anchor_interval: Duration::from_millis(config.anchor_interval_ms),
-            checkpoint_interval: Duration::from_millis(config.checkpoint_interval_ms),
-        })
-        .await?;
-        roles::watch_crl(
-            config.crl.clone(),
-            vec![client_auth, device_auth, card_auth],
-        );
-        println!("medledger server {}", identity.subject);
-        println!("  collectors   https://{}/v1/batches", server.addr());
-        println!(
-            "  proofs       https://{}/v1/readings/HASH/proof",
-            server.addr()
-        );
-        if let Some(m) = server.metrics_addr() {
-            println!("  metrics      http://{m}/metrics");
-        }
-        println!("  ledger key   {}", server.ledger().verifier_key());
+        let server = start(&config).await?;
+        println!("medledger server {}", server.subject);
+        print_endpoints(&server.server);
         roles::shutdown().await;
         println!("medledger server: stopping");
         Ok(())
+    })
+}
+
+/// A started server and the subject of its certificate.
+pub(crate) struct Started {
+    pub(crate) server: Server,
+    pub(crate) subject: String,
+}
+
+/// Prints where the server serves.
+pub(crate) fn print_endpoints(server: &Server) {
+    println!("  collectors   https://{}/v1/batches", server.addr());
+    println!(
+        "  proofs       https://{}/v1/readings/HASH/proof",
+        server.addr()
+    );
+    if let Some(m) = server.metrics_addr() {
+        println!("  metrics      http://{m}/metrics");
+    }
+    println!("  ledger key   {}", server.ledger().verifier_key());
+}
+
+/// Starts a server as `config` says, re-reading the CRL as it changes.
+pub(crate) async fn start(config: &ConfigFile) -> Result<Started> {
+    let db = roles::open_db(config.database.as_deref(), &config.data, "server.db").await?;
+    let blobs: Arc<dyn BlobStore> = match &config.blobs {
+        Some(url) => Arc::new(ObjectStoreBlobs::from_url(url)?),
+        None => Arc::new(LocalDir::open(config.data.join("blobs")).await?),
+    };
+    let kek = match (&config.kek_file, &config.kek_env) {
+        (Some(file), _) => Kek::from_file(file)?,
+        (None, Some(var)) => Kek::from_env(var)?,
+        (None, None) => unreachable!("ConfigFile::load requires one"),
+    };
+    let credentials = Credentials::load(&config.credentials)
+        .with_context(|| format!("loading {}", config.credentials.display()))?;
+    let identity = credentials.identity()?;
+    identity.require_role(&[Role::Server])?;
+    // A note key name has no spaces: name it after the server's account.
+    let key_name = match identity.address() {
+        Some(address) => format!("medledger-server-{address}"),
+        None => "medledger-server".to_owned(),
+    };
+    let ledger_key = ledger_key(&config.ledger_key, &key_name)?;
+    let signer = roles::load_signer(&files::with_suffix(&config.credentials, ".eth.key"))?;
+    let contracts = roles::contracts(&config.chain_rpc, &config.registry, signer).await?;
+    let auth = |roles: &[Role]| roles::client_auth(&config.ca_root, &config.crl, roles);
+    let client_auth = auth(&[
+        Role::Collector,
+        Role::Admin,
+        Role::Doctor,
+        Role::Nurse,
+        Role::Patient,
+    ])?;
+    let device_auth = auth(&[Role::Device])?;
+    let card_auth = auth(&[Role::Patient])?;
+    let server = Server::start(Settings {
+        listen: roles::socket(&config.listen, "listen")?,
+        metrics_listen: config
+            .metrics_listen
+            .as_deref()
+            .map(|m| roles::socket(m, "metrics_listen"))
+            .transpose()?,
+        credentials,
+        client_auth: client_auth.clone(),
+        device_auth: device_auth.clone(),
+        card_auth: card_auth.clone(),
+        db,
+        blobs,
+        kek,
+        ledger_key,
+        contracts,
+        anchor_interval: Duration::from_millis(config.anchor_interval_ms),
+        checkpoint_interval: Duration::from_millis(config.checkpoint_interval_ms),
+    })
+    .await?;
+    roles::watch_crl(
+        config.crl.clone(),
+        vec![client_auth, device_auth, card_auth],
+    );
+    Ok(Started {
+        server,
+        subject: identity.subject,
     })
 }

@@ -132,6 +132,11 @@ impl Cards {
         self.read().get(account).cloned()
     }
 
+    /// Every card.
+    pub fn all(&self) -> Vec<Arc<dyn CardSigner>> {
+        self.read().values().cloned().collect()
+    }
+
     /// How many.
     pub fn len(&self) -> usize {
         self.read().len()

@@ -286,6 +286,37 @@ impl Issued {
         Ok(Identity::from_peer_certificate(&self.cert_der)?)
     }
 
+    /// Reads what [`Issued::write`] wrote under `prefix`.
+    pub fn load(prefix: &Path) -> Result<Issued> {
+        let mut certs = files::read_der_blocks(&with_suffix(prefix, ".crt"), "CERTIFICATE")?;
+        if certs.is_empty() {
+            return Err(Error::Format {
+                path: with_suffix(prefix, ".crt"),
+                reason: "no certificate".into(),
+            });
+        }
+        let cert_der = certs.remove(0);
+        let key_pkcs8 = files::read_first(&with_suffix(prefix, ".key"), "PRIVATE KEY")?;
+        let eth = with_suffix(prefix, ".eth.key");
+        let account = if eth.exists() {
+            let text = String::from_utf8_lossy(&files::read(&eth)?)
+                .trim()
+                .to_owned();
+            Some(EthAccount::from_hex(&text).map_err(|e| Error::Format {
+                path: eth.clone(),
+                reason: e.to_string(),
+            })?)
+        } else {
+            None
+        };
+        Ok(Issued {
+            cert_der,
+            chain: certs,
+            key_pkcs8,
+            account,
+        })
+    }
+
     /// Writes `PREFIX.crt` (leaf then issuing CA, PEM), `PREFIX.key`
     /// (PKCS#8 PEM, 0600) and, with an account, `PREFIX.eth.key` (hex, 0600).
     /// Refuses to overwrite an existing key.

@@ -190,6 +190,70 @@ impl Device {
         )
     }
 
+    /// A new device of `group` with EPC serial `serial`, its certificate
+    /// issued by `ca` (rule `default`), not registered.
+    pub fn issue(ca: &Ca, serial: u64, group: &str, key_alg: KeyAlg) -> Result<Device> {
+        let epc = Epc::new(3, "0614141", "812345", serial)?;
+        let mut request = LeafRequest::new(Role::Device);
+        request.epc = Some(epc);
+        request.group = Some(group.into());
+        request.rule = Some("default".into());
+        request.key_alg = key_alg;
+        let issued = ca.issue(&request)?;
+        let key = SigningKey::from_pkcs8(
+            key_alg.reading_algorithm(),
+            &issued.key_pkcs8,
+            &issued.cert_der,
+        )?;
+        Ok(Device {
+            issued,
+            epc,
+            key,
+            seq: 0,
+        })
+    }
+
+    /// Registers the device in `group` (as an admin), and assigns it to
+    /// `patient` if given.
+    pub async fn register<P: alloy::providers::Provider + Clone>(
+        &self,
+        admin: &Contracts<P>,
+        group: &str,
+        patient: Option<B256>,
+    ) -> Result<()> {
+        let registry = admin.registry();
+        send(registry.registerDevice(
+            epc_bytes(&self.epc),
+            text(group)?,
+            text("default")?,
+            B256::from(medledger_protocol::kid_of(&self.issued.cert_der)),
+        ))
+        .await?;
+        if let Some(patient) = patient {
+            send(registry.assignDevice(epc_bytes(&self.epc), patient)).await?;
+        }
+        Ok(())
+    }
+
+    /// A device from its certificate and key (`PREFIX.crt`, `PREFIX.key`,
+    /// P-256), its sequence counter set to `seq`.
+    pub fn load(prefix: &Path, seq: u64) -> Result<Device> {
+        let issued = Issued::load(prefix)?;
+        let identity = issued.identity()?;
+        let epc = *identity.epc().context("the certificate holds no EPC")?;
+        let key = SigningKey::from_pkcs8(
+            KeyAlg::P256.reading_algorithm(),
+            &issued.key_pkcs8,
+            &issued.cert_der,
+        )?;
+        Ok(Device {
+            issued,
+            epc,
+            key,
+            seq,
+        })
+    }
+
     /// A signed reading of `obs`, now, with the next sequence number.
     pub fn reading(&mut self, obs: Vec<Observation>) -> Vec<u8> {
         self.reading_at(obs, now_ms())
@@ -281,6 +345,23 @@ async fn start_server(
         checkpoint_interval: options.checkpoint_interval,
     })
     .await?)
+}
+
+/// Lets each kind's group send its data types (the `allowed-types`
+/// rule), signing as an admin.
+pub async fn allow_kinds<P: alloy::providers::Provider + Clone>(
+    admin: &Contracts<P>,
+    kinds: &[signals::Kind],
+) -> Result<()> {
+    for kind in kinds {
+        send(admin.allowed_types().setAllowed(
+            text(kind.group)?,
+            kind.codes.iter().map(|c| code_key(c)).collect(),
+            true,
+        ))
+        .await?;
+    }
+    Ok(())
 }
 
 /// What a new collector is started against.
@@ -528,24 +609,7 @@ impl Hospital {
 
     /// A device certificate of `group` with EPC serial `serial`.
     pub fn issue_device_in(&self, serial: u64, group: &str, key_alg: KeyAlg) -> Result<Device> {
-        let epc = Epc::new(3, "0614141", "812345", serial)?;
-        let mut request = LeafRequest::new(Role::Device);
-        request.epc = Some(epc);
-        request.group = Some(group.into());
-        request.rule = Some("default".into());
-        request.key_alg = key_alg;
-        let issued = self.ca.issue(&request)?;
-        let key = SigningKey::from_pkcs8(
-            key_alg.reading_algorithm(),
-            &issued.key_pkcs8,
-            &issued.cert_der,
-        )?;
-        Ok(Device {
-            issued,
-            epc,
-            key,
-            seq: 0,
-        })
+        Device::issue(&self.ca, serial, group, key_alg)
     }
 
     /// A device registered but assigned to no one.
@@ -580,26 +644,12 @@ impl Hospital {
     /// Lets each kind's group send its data types (the `allowed-types`
     /// rule).
     pub async fn allow_kinds(&self, kinds: &[signals::Kind]) -> Result<()> {
-        for kind in kinds {
-            send(self.admin.allowed_types().setAllowed(
-                text(kind.group)?,
-                kind.codes.iter().map(|c| code_key(c)).collect(),
-                true,
-            ))
-            .await?;
-        }
-        Ok(())
+        allow_kinds(&self.admin, kinds).await
     }
 
     /// Registers `device` in `group`.
     async fn register(&self, device: Device, group: &str) -> Result<Device> {
-        send(self.admin.registry().registerDevice(
-            epc_bytes(&device.epc),
-            text(group)?,
-            text("default")?,
-            B256::from(medledger_protocol::kid_of(&device.issued.cert_der)),
-        ))
-        .await?;
+        device.register(&self.admin, group, None).await?;
         Ok(device)
     }
 

@@ -481,7 +481,7 @@ async fn a_sinkhole_collector_cannot_alter_or_inject_readings() {
 }
 
 /// A port nothing listens on (yet).
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

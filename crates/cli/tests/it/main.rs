@@ -12,4 +12,5 @@ mod indexer;
 mod ingest;
 mod records;
 mod site;
+mod up;
 mod verify;

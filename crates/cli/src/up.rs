@@ -1,0 +1,264 @@
+//! `medledger up --data D`: the chain, a server and one collector in one
+//! process, with their state in `D`. The first start initialises
+//! everything (a CA, an admin, the node and server certificates, the
+//! contracts, the key-encryption key); later starts reuse it. The server
+//! and the collector run from the configuration files written to `D`
+//! (`server.toml`, `collector.toml`), exactly as `medledger server` and
+//! `medledger collector` would run them alone.
+//!
+//! ```text
+//!  D/up.toml            the Registry address (written once)
+//!  D/ca/                the CA (root.crt, crl.pem)
+//!  D/chain/             the node's blocks and state
+//!  D/people/admin.*     the admin's certificate, key and chain key
+//!  D/server/            its certificate and keys, database, blobs
+//!  D/collector/         its certificate and keys, database, cards/
+//! ```
+
+use crate::roles;
+use alloy::primitives::Address;
+use anyhow::{Context, Result};
+use clap::Args;
+use medledger_chain::rpc::{Rpc, http};
+use medledger_chain::{Node, NodeConfig, Sealing};
+use medledger_contracts::{Contracts, RegistryPermissions, send, short_text};
+use medledger_pki::{Ca, Issued, LeafRequest, Location, Role, files};
+use medledger_storage::Kek;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, Args)]
+pub(crate) struct UpArgs {
+    /// The data directory (created on first start).
+    #[arg(long, env = "MEDLEDGER_DATA")]
+    data: PathBuf,
+    /// Where the chain serves JSON-RPC over HTTP.
+    #[arg(long, default_value = "127.0.0.1:8545")]
+    rpc: SocketAddr,
+    /// Where the server listens (collectors, staff, patients).
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    server: SocketAddr,
+    /// Where the collector listens (devices).
+    #[arg(long, default_value = "127.0.0.1:8444")]
+    collector: SocketAddr,
+}
+
+/// What the first start decided, kept in `D/up.toml`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UpState {
+    /// The Registry's address.
+    pub(crate) registry: Address,
+    /// The chain id.
+    pub(crate) chain_id: u64,
+    /// The collector's address, for `medledger sim`.
+    pub(crate) collector: String,
+}
+
+/// The chain id of `medledger up`.
+const CHAIN_ID: u64 = 1337;
+
+impl UpState {
+    pub(crate) fn path(data: &Path) -> PathBuf {
+        data.join("up.toml")
+    }
+
+    pub(crate) fn load(data: &Path) -> Result<UpState> {
+        let path = UpState::path(data);
+        if !path.exists() {
+            anyhow::bail!(
+                "{} is missing: run `medledger up --data {}` first",
+                path.display(),
+                data.display()
+            );
+        }
+        Ok(files::read_toml(&path)?)
+    }
+
+    fn save(&self, data: &Path) -> Result<()> {
+        std::fs::write(
+            UpState::path(data),
+            format!(
+                "# Written by `medledger up`.\nregistry = \"{}\"\nchain_id = {}\ncollector = \"{}\"\n",
+                self.registry, self.chain_id, self.collector
+            ),
+        )?;
+        Ok(())
+    }
+}
+
+pub(crate) fn run(args: UpArgs) -> Result<()> {
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(up(args))
+}
+
+fn issue(ca: &Ca, request: &LeafRequest, prefix: &Path) -> Result<Issued> {
+    if let Some(dir) = prefix.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let issued = ca.issue(request)?;
+    issued.write(prefix)?;
+    Ok(issued)
+}
+
+/// First start: CA, admin, node certificates, key-encryption key and the
+/// contracts; writes `up.toml` last, so an interrupted start begins again.
+async fn initialise(args: &UpArgs, node_dir: &Path) -> Result<(Node, UpState)> {
+    let d = &args.data;
+    println!("medledger up: first start, initialising {}", d.display());
+    for dir in ["ca", "chain", "server"] {
+        let path = d.join(dir);
+        if path.exists() {
+            std::fs::remove_dir_all(&path)
+                .with_context(|| format!("clearing an interrupted start: {}", path.display()))?;
+        }
+    }
+    let _ = std::fs::remove_dir_all(d.join("people"));
+    let _ = std::fs::remove_dir_all(d.join("collector"));
+    let ca = Ca::init(&d.join("ca"), "medledger")?;
+    ca.write_crl()?;
+    let admin = issue(&ca, &LeafRequest::new(Role::Admin), &d.join("people/admin"))?;
+    let server = issue(
+        &ca,
+        &LeafRequest::new(Role::Server),
+        &d.join("server/server"),
+    )?;
+    let mut request = LeafRequest::new(Role::Collector);
+    request.location = Some("ward/1/A".parse::<Location>()?);
+    let collector = issue(&ca, &request, &d.join("collector/collector"))?;
+    std::fs::create_dir_all(d.join("collector/cards"))?;
+    files::write_secret(&d.join("server/kek.hex"), Kek::generate_hex().as_bytes())?;
+    let admin_signer = medledger_sim::signer(&admin)?;
+    let node = start_node(node_dir, vec![admin_signer.address()])?;
+    let contracts = Contracts::deploy(medledger_sim::provider(&node, &admin_signer)).await?;
+    let registry = contracts.registry();
+    for (issued, kind, place) in [(&server, 2u8, "server"), (&collector, 1u8, "ward/1")] {
+        let account = medledger_sim::signer(issued)?.address();
+        send(registry.registerNode(account, kind, short_text(place)?)).await?;
+    }
+    let state = UpState {
+        registry: contracts.addresses().registry,
+        chain_id: CHAIN_ID,
+        collector: args.collector.to_string(),
+    };
+    state.save(d)?;
+    Ok((node, state))
+}
+
+fn start_node(dir: &Path, allow: Vec<Address>) -> Result<Node> {
+    Node::start(&NodeConfig {
+        data_dir: dir.to_path_buf(),
+        chain_id: CHAIN_ID,
+        allow,
+        sealing: Sealing::OnDemand {
+            min_interval: Duration::from_millis(5),
+        },
+    })
+    .with_context(|| format!("starting the chain in {}", dir.display()))
+}
+
+/// The server's and the collector's configuration files, rewritten on
+/// every start from the flags.
+fn write_configs(args: &UpArgs, state: &UpState) -> Result<()> {
+    let rpc = format!("http://{}", args.rpc);
+    let common = format!(
+        "ca_root = \"ca/root.crt\"\ncrl = \"ca/crl.pem\"\nchain_rpc = \"{rpc}\"\nregistry = \"{}\"\n",
+        state.registry
+    );
+    std::fs::write(
+        args.data.join("server.toml"),
+        format!(
+            "# Written by `medledger up` on every start.\nlisten = \"{}\"\ndata = \"server\"\ncredentials = \"server/server\"\nkek_file = \"server/kek.hex\"\nledger_key = \"server/ledger.key\"\n{common}",
+            args.server
+        ),
+    )?;
+    std::fs::write(
+        args.data.join("collector.toml"),
+        format!(
+            "# Written by `medledger up` on every start.\nlisten = \"{}\"\ndata = \"collector\"\ncredentials = \"collector/collector\"\ncards = \"collector/cards\"\nserver = \"{}\"\nserver_name = \"localhost\"\n{common}",
+            args.collector, args.server
+        ),
+    )?;
+    Ok(())
+}
+
+async fn up(args: UpArgs) -> Result<()> {
+    let d = args.data.clone();
+    std::fs::create_dir_all(&d)?;
+    let node_dir = d.join("chain");
+    let first = !UpState::path(&d).exists();
+    let (node, mut state) = if first {
+        initialise(&args, &node_dir).await?
+    } else {
+        let state = UpState::load(&d)?;
+        let admin = roles::load_signer(&d.join("people/admin.eth.key"))?;
+        (start_node(&node_dir, vec![admin.address()])?, state)
+    };
+    node.set_permissions(Arc::new(RegistryPermissions::new(state.registry)));
+    if state.collector != args.collector.to_string() {
+        state.collector = args.collector.to_string();
+        state.save(&d)?;
+    }
+    let listener = tokio::net::TcpListener::bind(args.rpc)
+        .await
+        .with_context(|| format!("binding {}", args.rpc))?;
+    let rpc = Rpc::new(node.clone());
+    tokio::spawn(async move {
+        if let Err(e) = http::serve(rpc, listener).await {
+            eprintln!("medledger up: serving JSON-RPC: {e}");
+        }
+    });
+    write_configs(&args, &state)?;
+    let server_config = medledger_server::ConfigFile::load(&d.join("server.toml"))?;
+    let server = crate::server::start(&server_config).await?;
+    let collector_config = medledger_collector::ConfigFile::load(&d.join("collector.toml"))?;
+    let collector = crate::collector::start(&collector_config).await?;
+
+    let root = d.join("ca/root.crt");
+    let admin_key = d.join("people/admin.eth.key");
+    println!(
+        "medledger up: {} ({})",
+        d.display(),
+        if first { "initialised" } else { "reused" }
+    );
+    println!(
+        "  chain        http://{} (chain id {}, head block {})",
+        args.rpc,
+        state.chain_id,
+        node.block_number()
+    );
+    println!("  Registry     {}", state.registry);
+    println!(
+        "  server       https://{} ({})",
+        server.server.addr(),
+        server.subject
+    );
+    crate::server::print_endpoints(&server.server);
+    println!("  collector    {}", collector.subject);
+    crate::collector::print_endpoints(&collector, &collector_config);
+    println!(
+        "  CA           {} (root.crt, crl.pem)",
+        d.join("ca").display()
+    );
+    println!(
+        "  admin        {} (.crt, .key, .eth.key)",
+        d.join("people/admin").display()
+    );
+    println!();
+    println!("Use the other commands against it with:");
+    println!(
+        "  export MEDLEDGER_RPC=http://{} MEDLEDGER_REGISTRY={} MEDLEDGER_SERVER={} MEDLEDGER_CA_ROOT={} MEDLEDGER_KEY={}",
+        args.rpc,
+        state.registry,
+        server.server.addr(),
+        root.display(),
+        admin_key.display()
+    );
+    println!("and drive it with simulated devices from another terminal:");
+    println!("  medledger sim --data {} --devices 10", d.display());
+    roles::shutdown().await;
+    println!("medledger up: stopping");
+    Ok(())
+}

@@ -1,0 +1,88 @@
+//! `medledger up` keeps its state in a data directory across restarts;
+//! `medledger sim` drives it with devices.
+
+use crate::ingest::free_port;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+/// Starts `medledger up` and waits until it has printed its endpoints;
+/// returns it with everything it printed.
+fn up(data: &std::path::Path, ports: [u16; 3]) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_medledger"))
+        .args(["up", "--data", data.to_str().unwrap()])
+        .args(["--rpc", &format!("127.0.0.1:{}", ports[0])])
+        .args(["--server", &format!("127.0.0.1:{}", ports[1])])
+        .args(["--collector", &format!("127.0.0.1:{}", ports[2])])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut out = String::new();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        out.push_str(&line);
+        out.push('\n');
+        if line.contains("medledger sim --data") {
+            break;
+        }
+    }
+    // Keep draining, so the process never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, out)
+}
+
+fn stop(mut child: Child) {
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+}
+
+#[test]
+fn up_initialises_once_reuses_its_state_and_takes_simulated_devices() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("medledger");
+    let ports = [free_port(), free_port(), free_port()];
+    let (child, first) = up(&data, ports);
+    assert!(first.contains("(initialised)"), "{first}");
+    let registry = first
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Registry"))
+        .unwrap()
+        .trim()
+        .to_owned();
+
+    let sim = Command::new(env!("CARGO_BIN_EXE_medledger"))
+        .args(["sim", "--data", data.to_str().unwrap(), "--devices", "3"])
+        .args(["--rate", "5", "--seconds", "4"])
+        .args(["--rpc", &format!("http://127.0.0.1:{}", ports[0])])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&sim.stdout);
+    assert!(
+        sim.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&sim.stderr)
+    );
+    let last = out.lines().last().unwrap();
+    let accepted: u64 = last
+        .split(", ")
+        .find_map(|p| p.split_once("accepted ").map(|(_, n)| n.trim()))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(accepted >= 10, "{out}");
+    stop(child);
+
+    // The second start reuses the CA, chain, contracts and keys.
+    let (child, second) = up(&data, ports);
+    assert!(second.contains("(reused)"), "{second}");
+    assert!(second.contains(&registry), "{second}");
+    let head: u64 = second
+        .lines()
+        .find_map(|l| l.split("head block ").nth(1))
+        .and_then(|n| n.trim_end_matches(')').parse().ok())
+        .unwrap();
+    assert!(head > 15, "the chain did not keep its blocks: {second}");
+    stop(child);
+}
