@@ -125,12 +125,7 @@ async fn records(
         );
     };
     match crate::records::serve(&state, &peer, id).await {
-        Ok(bundle) => (
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, "application/fhir+json")],
-            bundle.to_string(),
-        )
-            .into_response(),
+        Ok(bundle) => fhir_response(&bundle),
         Err(r) => problem(r.kind, r.detail),
     }
 }
@@ -142,20 +137,13 @@ async fn erase(
     Extension(peer): Extension<Peer>,
     Path(patient): Path<String>,
 ) -> Response {
-    let Some(named) = hex::decode(patient.trim_start_matches("0x"))
-        .ok()
-        .and_then(|b| <[u8; 32]>::try_from(b).ok())
-    else {
+    let Some(named) = patient_ref(&patient) else {
         return problem(
             ProblemType::Malformed,
             "name the patient: /v1/patients/<patientRef, 64 hex digits>",
         );
     };
-    let uri: axum::http::Uri = match format!("/?patient={}", hex::encode(named)).parse() {
-        Ok(uri) => uri,
-        Err(e) => return problem(ProblemType::Malformed, e.to_string()),
-    };
-    let allowed = match subject_of(&state, &peer, &uri).await {
+    let allowed = match subject_of(&state, &peer, Some(named)).await {
         Ok(p) => p,
         Err(refusal) => return refusal,
     };
@@ -251,7 +239,7 @@ async fn patient_of(state: &State, peer: &Peer) -> Result<[u8; 32], Response> {
 async fn subject_of(
     state: &State,
     peer: &Peer,
-    uri: &axum::http::Uri,
+    named: Option<[u8; 32]>,
 ) -> Result<[u8; 32], Response> {
     if peer.identity.role != Role::Admin {
         return patient_of(state, peer).await;
@@ -284,15 +272,29 @@ async fn subject_of(
             ));
         }
     }
-    query_param(uri, "patient")
-        .and_then(|h| hex::decode(h.trim_start_matches("0x")).ok())
+    named.ok_or_else(|| {
+        problem(
+            ProblemType::Malformed,
+            "name the patient: ?patient=<patientRef, 64 hex digits>",
+        )
+    })
+}
+
+/// A patientRef in hex (with or without `0x`).
+fn patient_ref(hex_text: &str) -> Option<[u8; 32]> {
+    hex::decode(hex_text.trim_start_matches("0x"))
+        .ok()
         .and_then(|b| <[u8; 32]>::try_from(b).ok())
-        .ok_or_else(|| {
-            problem(
-                ProblemType::Malformed,
-                "name the patient: ?patient=<patientRef, 64 hex digits>",
-            )
-        })
+}
+
+/// A FHIR JSON answer.
+fn fhir_response(resource: &serde_json::Value) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/fhir+json")],
+        resource.to_string(),
+    )
+        .into_response()
 }
 
 /// `GET /v1/ledger[?patient=HEX]`: the patient's ledger as a proof bundle
@@ -302,7 +304,8 @@ async fn ledger(
     Extension(peer): Extension<Peer>,
     uri: axum::http::Uri,
 ) -> Response {
-    let patient = match subject_of(&state, &peer, &uri).await {
+    let named = query_param(&uri, "patient").and_then(patient_ref);
+    let patient = match subject_of(&state, &peer, named).await {
         Ok(p) => p,
         Err(refusal) => return refusal,
     };
@@ -319,17 +322,13 @@ async fn audit(
     Extension(peer): Extension<Peer>,
     uri: axum::http::Uri,
 ) -> Response {
-    let patient = match subject_of(&state, &peer, &uri).await {
+    let named = query_param(&uri, "patient").and_then(patient_ref);
+    let patient = match subject_of(&state, &peer, named).await {
         Ok(p) => p,
         Err(refusal) => return refusal,
     };
     match crate::records::audit_events(&state, &patient).await {
-        Ok(bundle) => (
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, "application/fhir+json")],
-            bundle.to_string(),
-        )
-            .into_response(),
+        Ok(bundle) => fhir_response(&bundle),
         Err(r) => problem(r.kind, r.detail),
     }
 }

@@ -694,12 +694,7 @@ impl Demo {
         let mut statuses = Vec::new();
         for _ in 0..2 {
             let batch: Vec<Vec<u8>> = (0..250).map(|_| flood.heart_rate(72.0)).collect();
-            let body = medledger_protocol::cbor::encode_with(|e| {
-                e.array(batch.len());
-                for r in &batch {
-                    e.bytes(r);
-                }
-            });
+            let body = crate::load::cbor_array(&batch);
             let reply = conn
                 .request(
                     "POST",

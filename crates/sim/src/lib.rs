@@ -614,8 +614,9 @@ impl Hospital {
 
     /// A device registered but assigned to no one.
     pub async fn registered_device(&self, serial: u64, key_alg: KeyAlg) -> Result<Device> {
-        self.register(self.issue_device(serial, key_alg)?, GROUP)
-            .await
+        let device = self.issue_device(serial, key_alg)?;
+        device.register(&self.admin, GROUP, None).await?;
+        Ok(device)
     }
 
     /// A P-256 device of `kind` (its group allowed its data types first,
@@ -626,18 +627,10 @@ impl Hospital {
         kind: &signals::Kind,
         patient: B256,
     ) -> Result<Device> {
-        let device = self
-            .register(
-                self.issue_device_in(serial, kind.group, KeyAlg::P256)?,
-                kind.group,
-            )
+        let device = self.issue_device_in(serial, kind.group, KeyAlg::P256)?;
+        device
+            .register(&self.admin, kind.group, Some(patient))
             .await?;
-        send(
-            self.admin
-                .registry()
-                .assignDevice(epc_bytes(&device.epc), patient),
-        )
-        .await?;
         Ok(device)
     }
 
@@ -647,12 +640,6 @@ impl Hospital {
         allow_kinds(&self.admin, kinds).await
     }
 
-    /// Registers `device` in `group`.
-    async fn register(&self, device: Device, group: &str) -> Result<Device> {
-        device.register(&self.admin, group, None).await?;
-        Ok(device)
-    }
-
     /// A P-256 device registered and assigned to the patient.
     pub async fn device(&self, serial: u64) -> Result<Device> {
         self.device_with(serial, KeyAlg::P256).await
@@ -660,13 +647,10 @@ impl Hospital {
 
     /// A device of `key_alg`, registered and assigned to the patient.
     pub async fn device_with(&self, serial: u64, key_alg: KeyAlg) -> Result<Device> {
-        let device = self.registered_device(serial, key_alg).await?;
-        send(
-            self.admin
-                .registry()
-                .assignDevice(epc_bytes(&device.epc), self.patient_ref),
-        )
-        .await?;
+        let device = self.issue_device(serial, key_alg)?;
+        device
+            .register(&self.admin, GROUP, Some(self.patient_ref))
+            .await?;
         Ok(device)
     }
 

@@ -200,7 +200,7 @@ fn stored(hospital: &Hospital) -> f64 {
 }
 
 /// Readings as a batch request body: a CBOR array of COSE_Sign1 bytes.
-fn cbor_array(readings: &[Vec<u8>]) -> Vec<u8> {
+pub(crate) fn cbor_array(readings: &[Vec<u8>]) -> Vec<u8> {
     medledger_protocol::cbor::encode_with(|e| {
         e.array(readings.len());
         for r in readings {
