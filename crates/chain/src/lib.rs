@@ -29,6 +29,7 @@ pub mod store;
 pub mod test_utils;
 
 mod error;
+mod trie;
 mod verify;
 
 pub use error::{ChainError, Result, TxError};

@@ -1,10 +1,11 @@
 //! The world state: accounts, storage and code, held in memory (loaded from
 //! the store at start-up) and read by revm through [`DatabaseRef`].
 
+use crate::trie::StorageTrie;
 use alloy_primitives::map::HashMap;
 use alloy_primitives::{Address, B256, Bytes, KECCAK256_EMPTY, U256};
 use alloy_rlp::{RlpDecodable, RlpEncodable};
-use alloy_trie::root::{state_root_unhashed, storage_root_unhashed};
+use alloy_trie::root::state_root_unhashed;
 use alloy_trie::{EMPTY_ROOT_HASH, TrieAccount};
 use revm::DatabaseRef;
 use revm::database::{AccountState, CacheDB};
@@ -50,8 +51,9 @@ pub struct WorldState {
     code: HashMap<B256, Bytecode>,
     /// Hashes of recent blocks, for the BLOCKHASH opcode.
     block_hashes: BTreeMap<u64, B256>,
-    /// Storage roots of accounts, kept between blocks.
-    storage_roots: HashMap<Address, B256>,
+    /// Storage tries of accounts, kept between blocks and updated in
+    /// place (built on first use).
+    tries: HashMap<Address, StorageTrie>,
 }
 
 /// BLOCKHASH sees this many blocks back.
@@ -150,7 +152,7 @@ impl WorldState {
     pub fn apply(&mut self, diff: &StateDiff) {
         for address in &diff.wiped_storage {
             self.storage.remove(address);
-            self.storage_roots.remove(address);
+            self.tries.remove(address);
         }
         for (address, record) in &diff.accounts {
             match record {
@@ -160,9 +162,9 @@ impl WorldState {
                 None => {
                     self.accounts.remove(address);
                     self.storage.remove(address);
+                    self.tries.remove(address);
                 }
             }
-            self.storage_roots.remove(address);
         }
         for (address, slot, value) in &diff.storage {
             let slots = self.storage.entry(*address).or_default();
@@ -170,6 +172,9 @@ impl WorldState {
                 slots.remove(slot);
             } else {
                 slots.insert(*slot, *value);
+            }
+            if let Some(trie) = self.tries.get_mut(address) {
+                trie.set(slot, value);
             }
         }
         for (hash, bytes) in &diff.code {
@@ -182,16 +187,14 @@ impl WorldState {
     pub fn state_root(&mut self) -> B256 {
         let mut accounts = Vec::with_capacity(self.accounts.len());
         for (address, record) in &self.accounts {
-            let storage_root = *self.storage_roots.entry(*address).or_insert_with(|| {
-                self.storage.get(address).map_or(EMPTY_ROOT_HASH, |slots| {
-                    storage_root_unhashed(
-                        slots
-                            .iter()
-                            .filter(|(_, v)| !v.is_zero())
-                            .map(|(k, v)| (B256::from(*k), *v)),
-                    )
-                })
-            });
+            let storage_root = match self.storage.get(address) {
+                None => EMPTY_ROOT_HASH,
+                Some(slots) => self
+                    .tries
+                    .entry(*address)
+                    .or_insert_with(|| StorageTrie::build(slots))
+                    .root(),
+            };
             accounts.push((
                 *address,
                 TrieAccount::new(record.nonce, record.balance, storage_root, record.code_hash),
