@@ -284,7 +284,7 @@ mod tests {
             for _ in 0..(1 + next() % 40) {
                 let slot = U256::from(next() % 300);
                 // A third of the writes delete.
-                let value = if next() % 3 == 0 {
+                let value = if next().is_multiple_of(3) {
                     U256::ZERO
                 } else {
                     U256::from(next() % 1_000_000)
