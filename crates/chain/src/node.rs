@@ -14,7 +14,7 @@ use alloy_consensus::{Header, ReceiptEnvelope, Transaction, TxEnvelope};
 use alloy_eips::eip2718::Decodable2718;
 use alloy_primitives::{Address, B256, Bloom, Bytes, KECCAK256_EMPTY};
 use medledger_pki::EthAccount;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, watch};
@@ -97,6 +97,7 @@ pub(crate) struct Head {
 }
 
 struct Shared {
+    data_dir: PathBuf,
     genesis: Genesis,
     authority: EthAccount,
     sealing: Sealing,
@@ -170,6 +171,7 @@ impl Node {
         let number = head.header.number;
         let node = Node {
             shared: Arc::new(Shared {
+                data_dir: config.data_dir.clone(),
                 genesis,
                 authority,
                 sealing: config.sealing,
@@ -483,6 +485,24 @@ impl Node {
         drop(head);
         shared.blocks.send_replace(info.number);
         Ok(())
+    }
+
+    /// Copies the chain's files (authority key, genesis, block store) into
+    /// `out` while no block commits: a consistent copy of a running node,
+    /// which [`Node::start`] opens like the original. Returns the head
+    /// block number it holds.
+    pub fn backup(&self, out: &Path) -> Result<u64> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| ChainError::Io { path, source }
+        };
+        let head = read(&self.shared.head);
+        std::fs::create_dir_all(out).map_err(io(out))?;
+        for name in [layout::AUTHORITY_KEY, layout::GENESIS, layout::STORE] {
+            let to = out.join(name);
+            std::fs::copy(self.shared.data_dir.join(name), &to).map_err(io(&to))?;
+        }
+        Ok(head.header.number)
     }
 
     /// Waits until block `number` exists, or `timeout` passes.

@@ -20,6 +20,7 @@ mod access;
 mod admin;
 mod annotate;
 mod audit;
+mod backup;
 mod bench;
 mod ca;
 mod chain;
@@ -77,6 +78,10 @@ enum Command {
     /// Run the chain, a server and a collector in one process, with their
     /// state in a data directory (initialised on first start).
     Up(up::UpArgs),
+    /// Back up the data directory of `medledger up`, even while it runs.
+    Backup(backup::BackupArgs),
+    /// Restore a backup into a new data directory and verify it.
+    Restore(backup::RestoreArgs),
     /// Simulated devices for `medledger up`: they stream vital signs.
     Sim(simulate::SimArgs),
     /// Run a small hospital in this process through every scenario and
@@ -106,6 +111,8 @@ fn main() -> ExitCode {
         Command::Review(args) => audit::run_review(args),
         Command::Audit(args) => audit::run_audit(args),
         Command::Up(args) => up::run(args),
+        Command::Backup(args) => backup::run_backup(args),
+        Command::Restore(args) => backup::run_restore(args),
         Command::Sim(args) => simulate::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Bench(cmd) => bench::run(cmd),

@@ -45,6 +45,23 @@ pub(crate) struct UpArgs {
     collector: SocketAddr,
 }
 
+impl UpArgs {
+    /// `medledger up` on `data` at these addresses.
+    pub(crate) fn local(
+        data: PathBuf,
+        rpc: SocketAddr,
+        server: SocketAddr,
+        collector: SocketAddr,
+    ) -> UpArgs {
+        UpArgs {
+            data,
+            rpc,
+            server,
+            collector,
+        }
+    }
+}
+
 /// What the first start decided, kept in `D/up.toml`.
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -161,7 +178,7 @@ fn start_node(dir: &Path, allow: Vec<Address>) -> Result<Node> {
 
 /// The server's and the collector's configuration files, rewritten on
 /// every start from the flags.
-fn write_configs(args: &UpArgs, state: &UpState) -> Result<()> {
+pub(crate) fn write_configs(args: &UpArgs, state: &UpState) -> Result<()> {
     let rpc = format!("http://{}", args.rpc);
     let common = format!(
         "ca_root = \"ca/root.crt\"\ncrl = \"ca/crl.pem\"\nchain_rpc = \"{rpc}\"\nregistry = \"{}\"\n",
@@ -211,6 +228,12 @@ async fn up(args: UpArgs) -> Result<()> {
         }
     });
     write_configs(&args, &state)?;
+    let control = crate::backup::serve_control(d.clone(), node.clone());
+    tokio::spawn(async move {
+        if let Err(e) = control.await {
+            eprintln!("medledger up: the control socket: {e:#}");
+        }
+    });
     let server_config = medledger_server::ConfigFile::load(&d.join("server.toml"))?;
     let server = crate::server::start(&server_config).await?;
     let collector_config = medledger_collector::ConfigFile::load(&d.join("collector.toml"))?;
@@ -258,6 +281,8 @@ async fn up(args: UpArgs) -> Result<()> {
     );
     println!("and drive it with simulated devices from another terminal:");
     println!("  medledger sim --data {} --devices 10", d.display());
+    println!("Back it up while it runs:");
+    println!("  medledger backup --data {} --out BACKUP_DIR", d.display());
     roles::shutdown().await;
     println!("medledger up: stopping");
     Ok(())

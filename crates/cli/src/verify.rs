@@ -275,6 +275,7 @@ mod tests {
 
     fn anchor(size: u64, root: [u8; 32]) -> CheckpointAnchor {
         CheckpointAnchor {
+            patient: B256::ZERO,
             id: size,
             by: Address::ZERO,
             size,

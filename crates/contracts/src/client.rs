@@ -554,18 +554,36 @@ impl<P: Provider> Contracts<P> {
     /// Every checkpoint of the patient's ledger anchored on chain (kind 3),
     /// oldest first.
     pub async fn checkpoint_anchors(&self, patient_ref: B256) -> Result<Vec<CheckpointAnchor>> {
-        let filter = Filter::new()
+        self.anchors_of(CHECKPOINT_KIND, Some(patient_ref)).await
+    }
+
+    /// Every erasure recorded on chain (kind 4), oldest first; `first` of
+    /// each is the patientRef.
+    pub async fn erasures(&self) -> Result<Vec<CheckpointAnchor>> {
+        self.anchors_of(ERASURE_KIND, None).await
+    }
+
+    /// The `Anchored` events of `kind`, for one patient or all.
+    async fn anchors_of(
+        &self,
+        kind: u8,
+        patient_ref: Option<B256>,
+    ) -> Result<Vec<CheckpointAnchor>> {
+        let mut filter = Filter::new()
             .address(self.addresses.anchor)
             .event_signature(Anchor::Anchored::SIGNATURE_HASH)
-            .topic2(B256::with_last_byte(CHECKPOINT_KIND))
-            .topic3(patient_ref)
+            .topic2(B256::with_last_byte(kind))
             .from_block(0);
+        if let Some(patient_ref) = patient_ref {
+            filter = filter.topic3(patient_ref);
+        }
         let logs = self.provider.get_logs(&filter).await?;
         logs.iter()
             .map(|log| {
                 let event = Anchor::Anchored::decode_log(&log.inner)
                     .map_err(|e| Error::Unexpected(format!("an Anchored log: {e}")))?;
                 Ok(CheckpointAnchor {
+                    patient: event.data.first,
                     id: to_u64(event.data.id)?,
                     by: event.data.by,
                     size: event.data.count,
@@ -601,9 +619,15 @@ impl<P: Provider> Contracts<P> {
 /// `Anchor` kind 3: a patient-ledger checkpoint.
 pub const CHECKPOINT_KIND: u8 = 3;
 
+/// `Anchor` kind 4: a patient erased (`first` = patientRef, `root` and
+/// `count` the tombstone checkpoint's, `last` = SHA-256 of its note).
+pub const ERASURE_KIND: u8 = 4;
+
 /// A patient-ledger checkpoint anchored on chain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CheckpointAnchor {
+    /// The patientRef.
+    pub patient: B256,
     /// `Anchor.record(id)`.
     pub id: u64,
     /// The server that anchored it.

@@ -9,11 +9,19 @@
 //!    and webhook, and unlinks their readings' hashes from them (the hashes
 //!    stay, anonymous, because other patients' batch proofs need them).
 //!
-//! Steps 2 and 3 are idempotent: if the server stops half way, erasing
+//! 4. records the erasure on chain (`Anchor` kind 4: the patientRef and the
+//!    tombstone's root), so that a restore from a backup taken before it
+//!    erases the patient again.
+//!
+//! Steps 2 to 4 are idempotent: if the server stops half way, erasing
 //! again finishes the job. Readings that arrive for an erased patient are
 //! rejected. On chain only salted pseudonyms and hashes remain.
 
 use crate::State;
+use alloy::primitives::B256;
+use medledger_contracts::{AnchorInput, ERASURE_KIND};
+use medledger_patient_ledger::NoteVerifier;
+use medledger_protocol::reading_hash;
 use medledger_storage::Cid;
 use medledger_storage::sqlx::{self, Row};
 use serde::Serialize;
@@ -81,6 +89,27 @@ pub(crate) async fn erase(state: &State, patient: &[u8; 32]) -> Result<Erasure, 
             .map_err(sql)?;
     }
     tx.commit().await.map_err(sql)?;
+    // The erasure on chain, where a restore from an older backup finds it.
+    let cp = NoteVerifier::new(&state.ledger.verifier_key())
+        .and_then(|v| v.verify(&tombstone))
+        .map_err(|e| failed("the tombstone", &e))?;
+    state
+        .view
+        .contracts()
+        .anchor_many(vec![AnchorInput {
+            kind: ERASURE_KIND,
+            count: cp.size,
+            root: B256::from(cp.root),
+            first: B256::from(*patient),
+            last: B256::from(reading_hash(tombstone.as_bytes())),
+        }])
+        .await
+        .map_err(|e| {
+            failed(
+                "recording the erasure on chain (the data is gone here; erase again to record it)",
+                &e,
+            )
+        })?;
     state.metrics.add(
         "medledger_server_erasures_total",
         "Patients erased (forgotten).",

@@ -33,6 +33,7 @@ use medledger_patient_ledger::{Ledger, NoteSigner};
 use medledger_pki::https::{self, Tasks};
 use medledger_pki::metrics::Metrics;
 use medledger_pki::{ClientAuth, Credentials};
+use medledger_storage::sqlx::{self, Row};
 use medledger_storage::{BlobStore, Db, Kek, Vault};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -275,5 +276,25 @@ impl Server {
     /// its blob and checked against the hash.
     pub async fn reading(&self, hash: &[u8; 32]) -> Result<Option<Vec<u8>>, String> {
         ingest::load_reading(&self.state, hash).await
+    }
+
+    /// Erases (forgets) a patient, as `DELETE /v1/patients/{ref}` does.
+    pub async fn erase(&self, patient: &[u8; 32]) -> Result<erase::Erasure, String> {
+        erase::erase(&self.state, patient).await
+    }
+
+    /// Every patient with a ledger here, erased or not.
+    pub async fn patients(&self) -> Result<Vec<[u8; 32]>, String> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT patient FROM ledger_entries UNION SELECT DISTINCT patient FROM ledger_checkpoints",
+        )
+        .fetch_all(self.state.db.pool())
+        .await
+        .map_err(|e| e.to_string())?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| r.try_get::<Vec<u8>, _>("patient").ok())
+            .filter_map(|p| <[u8; 32]>::try_from(p).ok())
+            .collect())
     }
 }

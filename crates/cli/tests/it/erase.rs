@@ -115,6 +115,11 @@ async fn an_erased_patient_is_forgotten_and_takes_no_new_readings() {
         "{}",
         String::from_utf8_lossy(&reply.body)
     );
+    // The erasure is on chain, for restores from older backups.
+    let erasures = site.admin.erasures().await.unwrap();
+    assert_eq!(erasures.len(), 1);
+    assert_eq!(erasures[0].patient, site.patient_ref);
+    assert_eq!(erasures[0].size as usize, size);
     // Erasing again is harmless.
     let reply = patient.request("DELETE", &path, &[], vec![]).await.unwrap();
     assert_eq!(reply.status, 200);

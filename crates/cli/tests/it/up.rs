@@ -72,6 +72,59 @@ fn up_initialises_once_reuses_its_state_and_takes_simulated_devices() {
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
     assert!(accepted >= 10, "{out}");
+
+    // A backup while it runs; then the simulated patient is erased.
+    let backup = dir.path().join("backup");
+    let medledger = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_medledger"))
+            .args(args)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{args:?}: {text}");
+        text
+    };
+    let said = medledger(&[
+        "backup",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        backup.to_str().unwrap(),
+    ]);
+    assert!(said.contains("backed up"), "{said}");
+    let patient = alloy::primitives::keccak256("salt:sim-patient").to_string();
+    let said = medledger(&[
+        "erase",
+        "--patient",
+        &patient,
+        "--yes",
+        "--server",
+        &format!("127.0.0.1:{}", ports[1]),
+        "--cert",
+        data.join("people/admin").to_str().unwrap(),
+        "--ca-root",
+        data.join("ca/root.crt").to_str().unwrap(),
+    ]);
+    assert!(said.contains("tombstone"), "{said}");
+
+    // Restored from before the erasure, the patient is erased again (the
+    // live chain recorded it), and every ledger verifies.
+    let restored = dir.path().join("restored");
+    let said = medledger(&[
+        "restore",
+        "--from",
+        backup.to_str().unwrap(),
+        "--data",
+        restored.to_str().unwrap(),
+        "--erasures-from",
+        &format!("http://127.0.0.1:{}", ports[0]),
+    ]);
+    assert!(said.contains("1 erased again"), "{said}");
+    assert!(said.contains("every ledger verified"), "{said}");
     stop(child);
 
     // The second start reuses the CA, chain, contracts and keys.

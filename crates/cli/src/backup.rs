@@ -1,0 +1,315 @@
+//! `medledger backup --data D --out B` and `medledger restore --from B
+//! --data D2`, for the data directory of `medledger up`.
+//!
+//! A backup is consistent while the system runs: the databases are copied
+//! by SQLite's own online backup (`VACUUM INTO`), the blobs after them
+//! (they never change once written, so every blob a copied row names is
+//! there), and the chain last, while its node commits no block (it only
+//! grows, so it holds every anchor the databases name). When `medledger
+//! up` runs on `D`, it takes the backup itself, asked over `D/control.sock`.
+//!
+//! A restore copies the backup into a new directory, then starts its chain
+//! and server there (on free local ports), erases again every patient whose
+//! erasure is recorded on chain (in the restored chain, and in a live one
+//! given with `--erasures-from`), and verifies every patient ledger against
+//! the checkpoints anchored for it.
+
+use crate::roles;
+use crate::up::{UpArgs, UpState};
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use medledger_chain::{Node, NodeConfig, Sealing};
+use medledger_contracts::{Contracts, RegistryPermissions};
+use medledger_storage::Db;
+use medledger_storage::sqlx;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+/// The control socket of a running `medledger up`.
+pub(crate) fn control_socket(data: &Path) -> PathBuf {
+    data.join("control.sock")
+}
+
+/// The SQLite databases in a data directory: (directory, file).
+const DATABASES: &[(&str, &str)] = &[("server", "server.db"), ("collector", "collector.db")];
+
+/// Copies `d` to `out` (which must not exist); `node` is the chain when it
+/// runs in this process. Returns the chain's head block in the copy.
+pub(crate) async fn snapshot(d: &Path, out: &Path, node: Option<&Node>) -> Result<u64> {
+    if out.exists() {
+        bail!(
+            "{} exists already: a backup goes to a new directory",
+            out.display()
+        );
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    copy_tree(d, out, &|rel| {
+        rel.starts_with("chain")
+            || rel.starts_with("server/blobs")
+            || rel == Path::new("control.sock")
+            || DATABASES.iter().any(|(dir, db)| {
+                rel.starts_with(dir)
+                    && rel
+                        .file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with(db))
+            })
+    })?;
+    for (dir, name) in DATABASES {
+        let from = d.join(dir).join(name);
+        if !from.exists() {
+            continue;
+        }
+        let db = Db::open_sqlite(&from).await?;
+        let to = out.join(dir).join(name);
+        std::fs::create_dir_all(out.join(dir))?;
+        sqlx::query("VACUUM INTO $1")
+            .bind(to.display().to_string())
+            .execute(db.pool())
+            .await
+            .with_context(|| format!("copying {}", from.display()))?;
+    }
+    let blobs = d.join("server/blobs");
+    if blobs.exists() {
+        copy_tree(&blobs, &out.join("server/blobs"), &|rel| {
+            rel.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(".tmp-"))
+        })?;
+    }
+    let head = match node {
+        Some(node) => node.backup(&out.join("chain"))?,
+        None => {
+            copy_tree(&d.join("chain"), &out.join("chain"), &|_| false)?;
+            let node = Node::start(&NodeConfig::new(out.join("chain")))?;
+            node.block_number()
+        }
+    };
+    std::fs::write(
+        out.join("backup.toml"),
+        format!(
+            "# Written by `medledger backup`.\ntaken_ms = {}\nhead_block = {head}\n",
+            medledger_protocol::now_ms()
+        ),
+    )?;
+    Ok(head)
+}
+
+/// Copies every file under `from` to the same place under `to`, but those
+/// whose path relative to `from` `skip` says.
+fn copy_tree(from: &Path, to: &Path, skip: &dyn Fn(&Path) -> bool) -> Result<()> {
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let dir = from.join(&rel);
+        std::fs::create_dir_all(to.join(&rel))?;
+        for entry in
+            std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?
+        {
+            let entry = entry?;
+            let rel = rel.join(entry.file_name());
+            if skip(&rel) {
+                continue;
+            }
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                stack.push(rel);
+            } else if kind.is_file() {
+                std::fs::copy(entry.path(), to.join(&rel))
+                    .with_context(|| format!("copying {}", entry.path().display()))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Answers `backup PATH` on the control socket of `medledger up`, forever.
+pub(crate) async fn serve_control(data: PathBuf, node: Node) -> Result<()> {
+    let path = control_socket(&data);
+    let _ = std::fs::remove_file(&path);
+    let listener = tokio::net::UnixListener::bind(&path)
+        .with_context(|| format!("binding {}", path.display()))?;
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let (data, node) = (data.clone(), node.clone());
+        tokio::spawn(async move {
+            let (read, mut write) = stream.into_split();
+            let mut line = String::new();
+            if BufReader::new(read).read_line(&mut line).await.is_err() {
+                return;
+            }
+            let answer = match line.trim().strip_prefix("backup ") {
+                Some(out) => match snapshot(&data, Path::new(out), Some(&node)).await {
+                    Ok(head) => format!("ok {head}\n"),
+                    Err(e) => format!("error {e:#}\n"),
+                },
+                None => "error unknown command\n".to_owned(),
+            };
+            let _ = write.write_all(answer.as_bytes()).await;
+        });
+    }
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BackupArgs {
+    /// The data directory of `medledger up`.
+    #[arg(long, env = "MEDLEDGER_DATA")]
+    data: PathBuf,
+    /// The backup directory to create.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+pub(crate) fn run_backup(args: BackupArgs) -> Result<()> {
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let out = std::path::absolute(&args.out)?;
+        let socket = control_socket(&args.data);
+        let head = match tokio::net::UnixStream::connect(&socket).await {
+            // `medledger up` runs: it takes the backup.
+            Ok(mut stream) => {
+                stream
+                    .write_all(format!("backup {}\n", out.display()).as_bytes())
+                    .await?;
+                let mut answer = String::new();
+                BufReader::new(stream).read_line(&mut answer).await?;
+                match answer.trim().split_once(' ') {
+                    Some(("ok", head)) => head.parse::<u64>().unwrap_or(0),
+                    _ => bail!(
+                        "medledger up: {}",
+                        answer.trim().trim_start_matches("error ")
+                    ),
+                }
+            }
+            Err(_) => snapshot(&args.data, &out, None).await?,
+        };
+        println!(
+            "backed up {} to {} (chain head block {head})",
+            args.data.display(),
+            out.display()
+        );
+        Ok(())
+    })
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RestoreArgs {
+    /// The backup directory.
+    #[arg(long)]
+    from: PathBuf,
+    /// The data directory to create.
+    #[arg(long)]
+    data: PathBuf,
+    /// A live chain's JSON-RPC URL whose recorded erasures are applied too
+    /// (those after the backup was taken).
+    #[arg(long)]
+    erasures_from: Option<String>,
+}
+
+pub(crate) fn run_restore(args: RestoreArgs) -> Result<()> {
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(restore(args))
+}
+
+fn free_local() -> Result<std::net::SocketAddr> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+async fn restore(args: RestoreArgs) -> Result<()> {
+    if !args.from.join("backup.toml").exists() {
+        bail!(
+            "{} is not a medledger backup (no backup.toml)",
+            args.from.display()
+        );
+    }
+    if args.data.exists() && std::fs::read_dir(&args.data)?.next().is_some() {
+        bail!(
+            "{} is not empty: restore into a new directory",
+            args.data.display()
+        );
+    }
+    copy_tree(&args.from, &args.data, &|_| false)?;
+    let d = &args.data;
+    let state = UpState::load(d)?;
+    let admin = roles::load_signer(&d.join("people/admin.eth.key"))?;
+    let node = Node::start(&NodeConfig {
+        sealing: Sealing::OnDemand {
+            min_interval: Duration::from_millis(5),
+        },
+        allow: vec![admin.address()],
+        ..NodeConfig::new(d.join("chain"))
+    })?;
+    node.set_permissions(Arc::new(RegistryPermissions::new(state.registry)));
+    let rpc_addr = free_local()?;
+    let up = UpArgs::local(d.clone(), rpc_addr, free_local()?, free_local()?);
+    let listener = tokio::net::TcpListener::bind(rpc_addr).await?;
+    let rpc = medledger_chain::rpc::Rpc::new(node.clone());
+    tokio::spawn(medledger_chain::rpc::http::serve(rpc, listener));
+    crate::up::write_configs(&up, &state)?;
+    let config = medledger_server::ConfigFile::load(&d.join("server.toml"))?;
+    let started = crate::server::start(&config).await?;
+    let server = &started.server;
+
+    // Erasures recorded on chain: never undone by a restore.
+    let restored = Contracts::at(medledger_sim::provider(&node, &admin), state.registry).await?;
+    let mut erased: Vec<[u8; 32]> = restored
+        .erasures()
+        .await?
+        .iter()
+        .map(|a| a.patient.0)
+        .collect();
+    if let Some(url) = &args.erasures_from {
+        let live = roles::read_contracts(url, state.registry).await?;
+        erased.extend(live.erasures().await?.iter().map(|a| a.patient.0));
+    }
+    erased.sort_unstable();
+    erased.dedup();
+    let patients = server.patients().await.map_err(anyhow::Error::msg)?;
+    let mut erased_again = 0;
+    for patient in &erased {
+        if patients.contains(patient) && !server.ledger().is_erased(patient).await? {
+            server.erase(patient).await.map_err(anyhow::Error::msg)?;
+            erased_again += 1;
+        }
+    }
+
+    // Every ledger against the restored chain's anchors.
+    let key = server.ledger().verifier_key();
+    let mut failures = Vec::new();
+    for patient in &patients {
+        let bundle = serde_json::to_string(&server.ledger().export(patient).await?)?;
+        let report = match medledger_patient_ledger::bundle::verify(&bundle, Some(&key)) {
+            Ok(report) => report,
+            Err(e) => {
+                failures.push(format!("{}: {e}", hex::encode(patient)));
+                continue;
+            }
+        };
+        let anchors = restored
+            .checkpoint_anchors(alloy::primitives::B256::from(*patient))
+            .await?;
+        for a in &anchors {
+            if let Err(why) = report.check_extends(a.size, &a.root.0) {
+                failures.push(format!("{}: anchor {}: {why}", hex::encode(patient), a.id));
+            }
+        }
+    }
+    println!(
+        "restored {} into {}: {} patient ledger(s) checked against the chain ({} block(s)), {} erased again",
+        args.from.display(),
+        d.display(),
+        patients.len(),
+        node.block_number(),
+        erased_again
+    );
+    if !failures.is_empty() {
+        for f in &failures {
+            println!("  FAILED {f}");
+        }
+        bail!("{} ledger(s) do not verify", failures.len());
+    }
+    println!(
+        "every ledger verified; start it with `medledger up --data {}`",
+        d.display()
+    );
+    Ok(())
+}
