@@ -6,9 +6,11 @@ import {Registry} from "./Registry.sol";
 /// Merkle roots that collectors and servers commit to: batches of readings
 /// and patient-ledger checkpoints. Anyone reads them; nothing is changed.
 ///
-/// Kinds: 1 a collector's batch (collectors only), 2 a server's batch and 3
-/// a patient-ledger checkpoint (`first` = patientRef, `last` = the
-/// checkpoint's hash; servers only). Other non-zero kinds are open to any
+/// Kinds: 1 a collector's batch (collectors only); servers only: 2 a
+/// server's batch, 3 a patient-ledger checkpoint (`first` = patientRef,
+/// `last` = the checkpoint's hash), 4 an erasure (`first` = patientRef,
+/// the tombstone's root) and 5 a chain recovery (`root` = the retired
+/// chain's last trusted block hash). Other non-zero kinds are open to any
 /// active node. `first` and `last` name the first and last item covered, in
 /// the kind's own terms.
 contract Anchor {
@@ -91,7 +93,7 @@ contract Anchor {
         if (input.kind == 0 || input.root == bytes32(0) || input.count == 0) revert InvalidAnchor();
         Registry.NodeKind needed = input.kind == 1
             ? Registry.NodeKind.Collector
-            : (input.kind <= 3 ? Registry.NodeKind.Server : Registry.NodeKind.None);
+            : (input.kind <= 5 ? Registry.NodeKind.Server : Registry.NodeKind.None);
         if (needed != Registry.NodeKind.None && by != needed) revert WrongNodeKind(input.kind, msg.sender);
         records.push(
             Record({

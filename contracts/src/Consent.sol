@@ -10,6 +10,11 @@ import {Registry} from "./Registry.sol";
 /// of `medledger-protocol`'s catalogue; all ones = every type, including
 /// types added later). A purpose is short UTF-8 text in a `bytes32`; a grant
 /// with a zero purpose serves any purpose.
+///
+/// A set deployed to replace a compromised chain (`medledger chain
+/// recover`) starts `restoring`: until an admin closes that for good, admins
+/// may copy the live grants and opt-outs of the retired chain, each linked
+/// to its old id. Nobody can restore anything afterwards.
 contract Consent {
     struct Grant {
         bytes32 patientRef;
@@ -33,6 +38,8 @@ contract Consent {
     mapping(bytes32 => uint256[]) internal live;
     /// Whether the patient refused default access by assigned carers.
     mapping(bytes32 => bool) public optedOut;
+    /// Whether admins may still restore grants from a retired chain.
+    bool public restoring;
 
     event ConsentGranted(
         uint256 indexed id,
@@ -45,6 +52,9 @@ contract Consent {
     );
     event ConsentRevoked(uint256 indexed id, bytes32 indexed patientRef);
     event OptOutChanged(bytes32 indexed patientRef, bool optedOut);
+    /// Grant `id` is grant `retiredId` of the retired chain, restored.
+    event ConsentRestored(uint256 indexed id, uint256 indexed retiredId, bytes32 indexed patientRef);
+    event RestoreClosed(address by);
 
     error NotPatient(address caller, bytes32 patientRef);
     error EmptyScope();
@@ -53,6 +63,8 @@ contract Consent {
     error TooManyGrants(bytes32 patientRef);
     error UnknownGrant(uint256 id);
     error AlreadyRevoked(uint256 id);
+    error NotAdmin(address caller);
+    error NotRestoring();
 
     modifier onlyPatient(bytes32 patientRef) {
         if (patientRef == bytes32(0) || registry.patientAccount(patientRef) != msg.sender) {
@@ -61,8 +73,15 @@ contract Consent {
         _;
     }
 
-    constructor(Registry registry_) {
+    modifier onlyRestoringAdmin() {
+        if (!registry.isAdmin(msg.sender)) revert NotAdmin(msg.sender);
+        if (!restoring) revert NotRestoring();
+        _;
+    }
+
+    constructor(Registry registry_, bool restoring_) {
         registry = registry_;
+        restoring = restoring_;
     }
 
     /// Grants `grantee` (an account) or `role` (every active staff member of
@@ -76,6 +95,46 @@ contract Consent {
         bytes32 purpose,
         uint64 expiry
     ) external onlyPatient(patientRef) returns (uint256 id) {
+        return add(patientRef, grantee, role, scope, purpose, expiry);
+    }
+
+    /// Copies grant `retiredId` of the retired chain (still live there),
+    /// while `restoring`.
+    function restoreGrant(
+        uint256 retiredId,
+        bytes32 patientRef,
+        address grantee,
+        Registry.StaffRole role,
+        uint256 scope,
+        bytes32 purpose,
+        uint64 expiry
+    ) external onlyRestoringAdmin returns (uint256 id) {
+        if (registry.patientAccount(patientRef) == address(0)) revert NotPatient(address(0), patientRef);
+        id = add(patientRef, grantee, role, scope, purpose, expiry);
+        emit ConsentRestored(id, retiredId, patientRef);
+    }
+
+    /// Copies a patient's opt-out of the retired chain, while `restoring`.
+    function restoreOptOut(bytes32 patientRef, bool optOut) external onlyRestoringAdmin {
+        if (registry.patientAccount(patientRef) == address(0)) revert NotPatient(address(0), patientRef);
+        optedOut[patientRef] = optOut;
+        emit OptOutChanged(patientRef, optOut);
+    }
+
+    /// Ends restoring for good.
+    function closeRestore() external onlyRestoringAdmin {
+        restoring = false;
+        emit RestoreClosed(msg.sender);
+    }
+
+    function add(
+        bytes32 patientRef,
+        address grantee,
+        Registry.StaffRole role,
+        uint256 scope,
+        bytes32 purpose,
+        uint64 expiry
+    ) internal returns (uint256 id) {
         if ((grantee == address(0)) == (role == Registry.StaffRole.None)) revert GranteeOrRole();
         if (scope == 0) revert EmptyScope();
         if (expiry <= block.timestamp) revert ExpiryNotInFuture(expiry);

@@ -18,13 +18,12 @@ use crate::roles;
 use crate::up::{UpArgs, UpState};
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use medledger_chain::{Node, NodeConfig, Sealing};
+use medledger_chain::{Node, NodeConfig};
 use medledger_contracts::{Contracts, RegistryPermissions};
 use medledger_storage::Db;
 use medledger_storage::sqlx;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 /// The control socket of a running `medledger up`.
@@ -32,8 +31,11 @@ pub(crate) fn control_socket(data: &Path) -> PathBuf {
     data.join("control.sock")
 }
 
-/// The SQLite databases in a data directory: (directory, file).
-const DATABASES: &[(&str, &str)] = &[("server", "server.db"), ("collector", "collector.db")];
+/// The SQLite databases in a data directory: (directory, file), copied in
+/// this order: a reading the server commits while the collector's outbox
+/// is copied is then in the server's copy, or still in the outbox's (the
+/// server takes a reading it has once).
+const DATABASES: &[(&str, &str)] = &[("collector", "collector.db"), ("server", "server.db")];
 
 /// Copies `d` to `out` (which must not exist); `node` is the chain when it
 /// runs in this process. Returns the chain's head block in the copy.
@@ -214,6 +216,53 @@ fn free_local() -> Result<std::net::SocketAddr> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
+/// Serves `node`'s JSON-RPC and starts the server of the data directory
+/// `d` on it, on free local ports (the next `medledger up` writes its own
+/// configuration again).
+pub(crate) async fn start_server(
+    d: &Path,
+    node: &Node,
+    state: &UpState,
+) -> Result<crate::server::Started> {
+    let rpc_addr = free_local()?;
+    let up = UpArgs::local(d.to_path_buf(), rpc_addr, free_local()?, free_local()?);
+    let listener = tokio::net::TcpListener::bind(rpc_addr).await?;
+    let rpc = medledger_chain::rpc::Rpc::new(node.clone());
+    tokio::spawn(medledger_chain::rpc::http::serve(rpc, listener));
+    crate::up::write_configs(&up, state)?;
+    let config = medledger_server::ConfigFile::load(&d.join("server.toml"))?;
+    crate::server::start(&config).await
+}
+
+/// Checks every patient ledger of `server` against the checkpoints
+/// anchored for it in `contracts`; returns what failed, one line each.
+pub(crate) async fn verify_ledgers<P: alloy::providers::Provider>(
+    server: &medledger_server::Server,
+    contracts: &Contracts<P>,
+) -> Result<Vec<String>> {
+    let key = server.ledger().verifier_key();
+    let mut failures = Vec::new();
+    for patient in &server.patients().await.map_err(anyhow::Error::msg)? {
+        let bundle = serde_json::to_string(&server.ledger().export(patient).await?)?;
+        let report = match medledger_patient_ledger::bundle::verify(&bundle, Some(&key)) {
+            Ok(report) => report,
+            Err(e) => {
+                failures.push(format!("{}: {e}", hex::encode(patient)));
+                continue;
+            }
+        };
+        let anchors = contracts
+            .checkpoint_anchors(alloy::primitives::B256::from(*patient))
+            .await?;
+        for a in &anchors {
+            if let Err(why) = report.check_extends(a.size, &a.root.0) {
+                failures.push(format!("{}: anchor {}: {why}", hex::encode(patient), a.id));
+            }
+        }
+    }
+    Ok(failures)
+}
+
 async fn restore(args: RestoreArgs) -> Result<()> {
     if !args.from.join("backup.toml").exists() {
         bail!(
@@ -231,22 +280,9 @@ async fn restore(args: RestoreArgs) -> Result<()> {
     let d = &args.data;
     let state = UpState::load(d)?;
     let admin = roles::load_signer(&d.join("people/admin.eth.key"))?;
-    let node = Node::start(&NodeConfig {
-        sealing: Sealing::OnDemand {
-            min_interval: Duration::from_millis(5),
-        },
-        allow: vec![admin.address()],
-        ..NodeConfig::new(d.join("chain"))
-    })?;
+    let node = crate::up::start_node(&d.join("chain"), vec![admin.address()])?;
     node.set_permissions(Arc::new(RegistryPermissions::new(state.registry)));
-    let rpc_addr = free_local()?;
-    let up = UpArgs::local(d.clone(), rpc_addr, free_local()?, free_local()?);
-    let listener = tokio::net::TcpListener::bind(rpc_addr).await?;
-    let rpc = medledger_chain::rpc::Rpc::new(node.clone());
-    tokio::spawn(medledger_chain::rpc::http::serve(rpc, listener));
-    crate::up::write_configs(&up, &state)?;
-    let config = medledger_server::ConfigFile::load(&d.join("server.toml"))?;
-    let started = crate::server::start(&config).await?;
+    let started = start_server(d, &node, &state).await?;
     let server = &started.server;
 
     // Erasures recorded on chain: never undone by a restore.
@@ -272,27 +308,7 @@ async fn restore(args: RestoreArgs) -> Result<()> {
         }
     }
 
-    // Every ledger against the restored chain's anchors.
-    let key = server.ledger().verifier_key();
-    let mut failures = Vec::new();
-    for patient in &patients {
-        let bundle = serde_json::to_string(&server.ledger().export(patient).await?)?;
-        let report = match medledger_patient_ledger::bundle::verify(&bundle, Some(&key)) {
-            Ok(report) => report,
-            Err(e) => {
-                failures.push(format!("{}: {e}", hex::encode(patient)));
-                continue;
-            }
-        };
-        let anchors = restored
-            .checkpoint_anchors(alloy::primitives::B256::from(*patient))
-            .await?;
-        for a in &anchors {
-            if let Err(why) = report.check_extends(a.size, &a.root.0) {
-                failures.push(format!("{}: anchor {}: {why}", hex::encode(patient), a.id));
-            }
-        }
-    }
+    let failures = verify_ledgers(server, &restored).await?;
     println!(
         "restored {} into {}: {} patient ledger(s) checked against the chain ({} block(s)), {} erased again",
         args.from.display(),

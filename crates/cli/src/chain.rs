@@ -2,7 +2,7 @@
 
 use alloy_primitives::Address;
 use anyhow::{Context, Result};
-use clap::Args;
+use clap::{Args, Subcommand};
 use medledger_chain::rpc::{Rpc, http};
 use medledger_chain::{Node, NodeConfig, Sealing};
 use medledger_contracts::RegistryPermissions;
@@ -13,10 +13,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub(crate) struct ChainArgs {
+    #[command(subcommand)]
+    command: Option<ChainCommand>,
     /// Data directory: authority key, genesis, block store.
-    #[arg(long)]
-    data: PathBuf,
+    #[arg(long, required = true)]
+    data: Option<PathBuf>,
     /// Where to serve JSON-RPC over HTTP.
     #[arg(long, default_value = "127.0.0.1:8545")]
     rpc: SocketAddr,
@@ -52,7 +55,20 @@ pub(crate) struct ChainArgs {
     tls_crl: Option<PathBuf>,
 }
 
+#[derive(Debug, Subcommand)]
+pub(crate) enum ChainCommand {
+    /// Retire a compromised chain of `medledger up` and start a new one
+    /// from the server's copy of its events: contracts, registry, rules and
+    /// consents restored, every patient ledger anchored again and verified.
+    Recover(crate::recover::RecoverArgs),
+}
+
 pub(crate) fn run(args: ChainArgs) -> Result<()> {
+    let data = match (args.command, &args.data) {
+        (Some(ChainCommand::Recover(recover)), _) => return crate::recover::run(recover),
+        (None, Some(data)) => data.clone(),
+        (None, None) => anyhow::bail!("--data is required"),
+    };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
         let sealing = match args.block_time_ms {
@@ -62,13 +78,13 @@ pub(crate) fn run(args: ChainArgs) -> Result<()> {
             },
         };
         let config = NodeConfig {
-            data_dir: args.data.clone(),
+            data_dir: data.clone(),
             chain_id: args.chain_id,
             allow: args.allow,
             sealing,
         };
         let node = Node::start(&config)
-            .with_context(|| format!("starting the chain in {}", args.data.display()))?;
+            .with_context(|| format!("starting the chain in {}", data.display()))?;
         if let Some(registry) = args.registry {
             node.set_permissions(Arc::new(RegistryPermissions::new(registry)));
         }
@@ -76,7 +92,7 @@ pub(crate) fn run(args: ChainArgs) -> Result<()> {
             .await
             .with_context(|| format!("binding {}", args.rpc))?;
         let genesis = node.genesis();
-        println!("medledger chain {}", args.data.display());
+        println!("medledger chain {}", data.display());
         println!("  chain id     {}", genesis.chain_id);
         println!("  authority    {}", genesis.authority);
         println!("  allowed      {}", genesis.allow.len());

@@ -3,6 +3,7 @@
 //! ```text
 //! medledger ca init|issue|show|revoke|crl    the certificate authority
 //! medledger chain --data D --rpc ADDR          the embedded authority chain
+//! medledger chain recover --data D             retire a compromised chain, start anew
 //! medledger admin deploy|staff|device|...      Registry and rules, as an admin
 //! medledger collector --config FILE            the ingest gateway
 //! medledger server --config FILE               the application server
@@ -27,6 +28,7 @@ mod chain;
 mod collector;
 mod demo;
 mod erase;
+mod recover;
 mod roles;
 mod server;
 mod simulate;

@@ -94,7 +94,7 @@ impl UpState {
         Ok(files::read_toml(&path)?)
     }
 
-    fn save(&self, data: &Path) -> Result<()> {
+    pub(crate) fn save(&self, data: &Path) -> Result<()> {
         std::fs::write(
             UpState::path(data),
             format!(
@@ -164,7 +164,7 @@ async fn initialise(args: &UpArgs, node_dir: &Path) -> Result<(Node, UpState)> {
     Ok((node, state))
 }
 
-fn start_node(dir: &Path, allow: Vec<Address>) -> Result<Node> {
+pub(crate) fn start_node(dir: &Path, allow: Vec<Address>) -> Result<Node> {
     Node::start(&NodeConfig {
         data_dir: dir.to_path_buf(),
         chain_id: CHAIN_ID,

@@ -257,10 +257,21 @@ impl<P: Provider + Clone> Contracts<P> {
     /// [`ALLOWED_TYPES_RULE`], [`VALUE_RANGE_RULE`] and [`DEFAULT_RULE`] with
     /// [`DEFAULT_RANGES`], and records the addresses in the Registry.
     pub async fn deploy(provider: P) -> Result<Contracts<P>> {
+        Contracts::deploy_set(provider, false).await
+    }
+
+    /// Deploys the set as [`Contracts::deploy`] does, with Consent open for
+    /// restoring the grants of a retired chain (`Consent.restoreGrant`)
+    /// until `Consent.closeRestore`; see [`crate::recover`].
+    pub async fn deploy_restoring(provider: P) -> Result<Contracts<P>> {
+        Contracts::deploy_set(provider, true).await
+    }
+
+    async fn deploy_set(provider: P, restoring: bool) -> Result<Contracts<P>> {
         let p = || provider.clone();
         let registry = deployed(Registry::deploy_builder(p())).await?;
         let rule_manager = deployed(RuleManager::deploy_builder(p(), registry)).await?;
-        let consent = deployed(Consent::deploy_builder(p(), registry)).await?;
+        let consent = deployed(Consent::deploy_builder(p(), registry, restoring)).await?;
         let access_log = deployed(AccessLog::deploy_builder(p(), registry, consent)).await?;
         let anchor = deployed(Anchor::deploy_builder(p(), registry)).await?;
         let allowed_types = deployed(AllowedTypesRule::deploy_builder(p(), rule_manager)).await?;
@@ -622,6 +633,13 @@ pub const CHECKPOINT_KIND: u8 = 3;
 /// `Anchor` kind 4: a patient erased (`first` = patientRef, `root` and
 /// `count` the tombstone checkpoint's, `last` = SHA-256 of its note).
 pub const ERASURE_KIND: u8 = 4;
+
+/// The `Anchor` kind of a chain recovery, recorded on the new chain:
+/// `root` = the hash of the retired chain's last trusted block, `count` =
+/// that block's number + 1 (the blocks trusted), `first` = the retired
+/// Registry's address (left-padded), `last` = the retired chain's genesis
+/// hash.
+pub const RECOVERY_KIND: u8 = 5;
 
 /// A patient-ledger checkpoint anchored on chain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

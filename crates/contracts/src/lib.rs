@@ -17,6 +17,7 @@ mod abi;
 pub mod bindings;
 mod client;
 mod permissions;
+pub mod recover;
 mod rules;
 mod scope;
 mod text;
@@ -26,7 +27,7 @@ pub use abi::{DecodedEvent, Error, Result, decode_event, decode_revert};
 pub use client::{
     ALLOWED_TYPES_RULE, AccessDecision, Addresses, AnchorInput, Basis, CHECKPOINT_KIND,
     CheckpointAnchor, Contracts, DEFAULT_RANGES, DEFAULT_RULE, DenyReason, ERASURE_KIND, Grantee,
-    StaffRole, VALUE_RANGE_RULE, send, signing_provider,
+    RECOVERY_KIND, StaffRole, VALUE_RANGE_RULE, send, signing_provider,
 };
 pub use permissions::RegistryPermissions;
 pub use rules::{RuleReason, code_key, milli, rule_inputs};

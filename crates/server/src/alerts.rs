@@ -386,15 +386,25 @@ async fn insert(
     )
     .await?;
     if let Some(block) = cursor {
-        sqlx::query(
-            "INSERT INTO chain_cursor (name, block) VALUES ($1, $2) \
-             ON CONFLICT (name) DO UPDATE SET block = excluded.block",
-        )
-        .bind(ALERT_CURSOR)
-        .bind(i64::try_from(block).unwrap_or(i64::MAX))
-        .execute(&mut *tx)
-        .await?;
+        set_cursor(tx, block).await?;
     }
+    Ok(())
+}
+
+/// Moves the alert task's chain-event cursor to `block` (done up to it),
+/// in the caller's transaction.
+pub(crate) async fn set_cursor(
+    tx: &mut sqlx::AnyConnection,
+    block: u64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO chain_cursor (name, block) VALUES ($1, $2) \
+         ON CONFLICT (name) DO UPDATE SET block = excluded.block",
+    )
+    .bind(ALERT_CURSOR)
+    .bind(i64::try_from(block).unwrap_or(i64::MAX))
+    .execute(&mut *tx)
+    .await?;
     Ok(())
 }
 

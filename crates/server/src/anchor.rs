@@ -27,44 +27,74 @@ pub(crate) async fn run(state: Arc<State>, every: Duration, checkpoint_every: Du
     let mut last_checkpoints = Instant::now();
     loop {
         let _ = tokio::time::timeout(every, state.committed.notified()).await;
-        let mut inputs = Vec::new();
-        let mut pending = Vec::new();
-        if let Err(e) = batches(&state, &mut inputs, &mut pending).await {
-            eprintln!("medledger server: reading batches to anchor: {e}");
-        }
-        if last_checkpoints.elapsed() >= checkpoint_every {
+        let with_checkpoints = last_checkpoints.elapsed() >= checkpoint_every;
+        if with_checkpoints {
             last_checkpoints = Instant::now();
-            if let Err(e) = checkpoints(&state, &verifier, &mut inputs, &mut pending).await {
-                eprintln!("medledger server: checkpointing ledgers: {e}");
-            }
         }
-        if inputs.is_empty() {
-            continue;
+        if let Err(e) = round(&state, &verifier, with_checkpoints).await {
+            eprintln!("medledger server: {e}");
         }
-        let n = inputs.len();
-        match state.view.contracts().anchor_many(inputs).await {
-            Ok((ids, receipt)) => {
-                let tx = receipt.transaction_hash;
-                let block = receipt.block_number.unwrap_or(0);
-                if let Err(e) = mark(&state, &pending, &ids, tx, block).await {
-                    eprintln!("medledger server: recording anchors: {e}");
-                }
-                state.metrics.add(
-                    "medledger_server_anchored_total",
-                    "Roots anchored on chain.",
-                    &[],
-                    n as u64,
-                );
-            }
-            Err(e) => {
-                state.metrics.add(
-                    "medledger_server_anchor_failures_total",
-                    "Anchoring transactions that failed (retried next round).",
-                    &[],
-                    1,
-                );
-                eprintln!("medledger server: anchoring {n} roots: {e}");
-            }
+    }
+}
+
+/// Anchors every batch root and every grown ledger's checkpoint not yet
+/// anchored, in as many rounds as it takes; returns how many.
+pub(crate) async fn all(state: &State) -> Result<usize, String> {
+    let verifier = NoteVerifier::new(&state.ledger.verifier_key()).expect("our own key parses");
+    let mut anchored = 0;
+    loop {
+        match round(state, &verifier, true).await? {
+            0 => return Ok(anchored),
+            n => anchored += n,
+        }
+    }
+}
+
+/// One `anchorMany` of unanchored batch roots and, `with_checkpoints`,
+/// checkpoints of grown ledgers; returns how many roots it anchored.
+async fn round(
+    state: &State,
+    verifier: &NoteVerifier,
+    with_checkpoints: bool,
+) -> Result<usize, String> {
+    let _one = state.anchoring.lock().await;
+    let mut inputs = Vec::new();
+    let mut pending = Vec::new();
+    batches(state, &mut inputs, &mut pending)
+        .await
+        .map_err(|e| format!("reading batches to anchor: {e}"))?;
+    if with_checkpoints && inputs.len() < MAX_ROOTS as usize {
+        checkpoints(state, verifier, &mut inputs, &mut pending)
+            .await
+            .map_err(|e| format!("checkpointing ledgers: {e}"))?;
+    }
+    if inputs.is_empty() {
+        return Ok(0);
+    }
+    let n = inputs.len();
+    match state.view.contracts().anchor_many(inputs).await {
+        Ok((ids, receipt)) => {
+            let tx = receipt.transaction_hash;
+            let block = receipt.block_number.unwrap_or(0);
+            mark(state, &pending, &ids, tx, block)
+                .await
+                .map_err(|e| format!("recording anchors: {e}"))?;
+            state.metrics.add(
+                "medledger_server_anchored_total",
+                "Roots anchored on chain.",
+                &[],
+                n as u64,
+            );
+            Ok(n)
+        }
+        Err(e) => {
+            state.metrics.add(
+                "medledger_server_anchor_failures_total",
+                "Anchoring transactions that failed (retried next round).",
+                &[],
+                1,
+            );
+            Err(format!("anchoring {n} roots: {e}"))
         }
     }
 }
@@ -114,7 +144,8 @@ async fn checkpoints(
     .fetch_all(state.db.pool())
     .await
     .map_err(|e| e.to_string())?;
-    for row in rows.into_iter().take(MAX_ROOTS as usize) {
+    let room = (MAX_ROOTS as usize).saturating_sub(inputs.len());
+    for row in rows.into_iter().take(room) {
         let patient: Vec<u8> = row.try_get("patient").map_err(|e| e.to_string())?;
         let Ok(patient_ref) = <[u8; 32]>::try_from(patient.as_slice()) else {
             continue;

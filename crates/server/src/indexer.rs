@@ -170,7 +170,7 @@ impl<P: Provider + Clone> Indexer<P> {
     }
 }
 
-async fn cursor(db: &Db) -> Result<Option<u64>, IndexError> {
+pub(crate) async fn cursor(db: &Db) -> Result<Option<u64>, IndexError> {
     let row = sqlx::query("SELECT block FROM chain_cursor WHERE name = $1")
         .bind(CURSOR)
         .fetch_optional(db.pool())

@@ -24,6 +24,7 @@ mod http;
 pub mod indexer;
 mod ingest;
 pub mod records;
+pub mod recover;
 mod webhook;
 
 use alloy::providers::DynProvider;
@@ -113,6 +114,8 @@ pub(crate) struct State {
     pub(crate) ingest_lock: tokio::sync::Mutex<()>,
     /// Wakes the anchor task after a commit.
     pub(crate) committed: tokio::sync::Notify,
+    /// One anchoring round at a time (the task's or `Server::anchor_all`).
+    pub(crate) anchoring: tokio::sync::Mutex<()>,
     /// The patients' alerts.
     pub(crate) alerts: alerts::Alerts,
 }
@@ -174,6 +177,7 @@ impl Server {
             metrics: metrics.clone(),
             ingest_lock: tokio::sync::Mutex::new(()),
             committed: tokio::sync::Notify::new(),
+            anchoring: tokio::sync::Mutex::new(()),
         });
         let mut tasks = Tasks::default();
         tasks.spawn(
@@ -281,6 +285,13 @@ impl Server {
     /// Erases (forgets) a patient, as `DELETE /v1/patients/{ref}` does.
     pub async fn erase(&self, patient: &[u8; 32]) -> Result<erase::Erasure, String> {
         erase::erase(&self.state, patient).await
+    }
+
+    /// Anchors every batch root and every grown ledger's checkpoint not
+    /// yet anchored, now, in as many transactions as it takes; returns how
+    /// many roots.
+    pub async fn anchor_all(&self) -> Result<usize, String> {
+        anchor::all(&self.state).await
     }
 
     /// Every patient with a ledger here, erased or not.

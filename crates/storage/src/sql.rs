@@ -264,6 +264,41 @@ pub static MIGRATIONS: &[Migration] = &[
           );
           CREATE INDEX annotations_patient ON annotations (patient, reading)",
     },
+    Migration {
+        version: 11,
+        name: "retired chains: the events indexed from a chain replaced by `chain recover`",
+        sql: "CREATE TABLE retired_chains (
+              id BIGINT PRIMARY KEY,
+              registry BYTEA NOT NULL,
+              genesis BYTEA NOT NULL,
+              trusted_block BIGINT NOT NULL,
+              trusted_hash BYTEA NOT NULL,
+              successor BYTEA NOT NULL,
+              retired_ms BIGINT NOT NULL
+          );
+          CREATE TABLE retired_chain_events (
+              chain BIGINT NOT NULL,
+              block BIGINT NOT NULL,
+              log_index BIGINT NOT NULL,
+              tx BYTEA NOT NULL,
+              address BYTEA NOT NULL,
+              name TEXT NOT NULL,
+              args TEXT NOT NULL,
+              topics BYTEA NOT NULL,
+              data BYTEA NOT NULL,
+              PRIMARY KEY (chain, block, log_index)
+          );
+          CREATE TABLE retired_anchors (
+              chain BIGINT NOT NULL,
+              kind BIGINT NOT NULL,
+              item BYTEA NOT NULL,
+              size BIGINT NOT NULL,
+              anchor_id BIGINT NOT NULL,
+              anchor_tx BYTEA NOT NULL,
+              anchor_block BIGINT NOT NULL,
+              PRIMARY KEY (chain, kind, item, size)
+          )",
+    },
 ];
 
 /// A pool of connections to one database.

@@ -139,3 +139,147 @@ fn up_initialises_once_reuses_its_state_and_takes_simulated_devices() {
     assert!(head > 15, "the chain did not keep its blocks: {second}");
     stop(child);
 }
+
+/// Runs `medledger ARGS` and returns what it printed; fails the test if it
+/// fails.
+fn medledger(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_medledger"))
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{args:?}: {text}");
+    text
+}
+
+/// Streams `devices` simulated devices for `seconds`; returns how many
+/// readings were accepted.
+fn sim(data: &std::path::Path, rpc_port: u16, devices: &str, seconds: &str) -> u64 {
+    let out = medledger(&[
+        "sim",
+        "--data",
+        data.to_str().unwrap(),
+        "--devices",
+        devices,
+        "--rate",
+        "5",
+        "--seconds",
+        seconds,
+        "--rpc",
+        &format!("http://127.0.0.1:{rpc_port}"),
+    ]);
+    out.lines()
+        .rev()
+        .find_map(|l| {
+            l.split(", ")
+                .find_map(|p| p.split_once("accepted ").map(|(_, n)| n.trim().to_owned()))
+        })
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+fn registry_of(printed: &str) -> String {
+    printed
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Registry"))
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn chain_recover_starts_a_new_chain_where_every_ledger_verifies_and_devices_keep_sending() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("medledger");
+    let d = data.to_str().unwrap();
+    let ports = [free_port(), free_port(), free_port()];
+    let rpc = format!("http://127.0.0.1:{}", ports[0]);
+    let (child, first) = up(&data, ports);
+    let old_registry = registry_of(&first);
+    assert!(sim(&data, ports[0], "3", "3") >= 5);
+
+    // The patient's consent and opt-out, on the chain to be retired.
+    let patient = alloy::primitives::keccak256("salt:sim-patient").to_string();
+    let key = data.join("sim/patient.eth.key");
+    let as_patient = |args: &[&str]| {
+        let mut all = vec!["consent", "--rpc", &rpc, "--registry", &old_registry];
+        all.extend(["--key", key.to_str().unwrap()]);
+        all.extend(args);
+        medledger(&all)
+    };
+    as_patient(&["grant", "--patient", &patient, "--role", "nurse"]);
+    as_patient(&["opt-out", "--patient", &patient, "on"]);
+    // The server indexes the chain every few hundred milliseconds: wait
+    // until the recovery copy holds the consent.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let consent_indexed = || {
+        runtime.block_on(async {
+            let db = medledger_storage::Db::open_sqlite(&data.join("server/server.db"))
+                .await
+                .unwrap();
+            let events = medledger_server::indexer::events(&db, Some("OptOutChanged")).await;
+            events.is_ok_and(|e| e.len() == 1)
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !consent_indexed() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the opt-out was never indexed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    stop(child);
+
+    let said = medledger(&["chain", "recover", "--data", d]);
+    println!("{said}");
+    assert!(said.contains("3 devices"), "{said}");
+    assert!(said.contains("1 consents, 1 opt-outs"), "{said}");
+    assert!(
+        said.contains("every one of 1 patient ledger(s) verified"),
+        "{said}"
+    );
+    let retired = std::fs::read_dir(&data)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("chain.retired-")
+        })
+        .expect("the retired chain is kept");
+    let genesis = |dir: &std::path::Path| std::fs::read(dir.join("genesis.json")).unwrap();
+    assert_ne!(
+        genesis(&retired),
+        genesis(&data.join("chain")),
+        "a new chain, with a new authority"
+    );
+
+    // The new chain: the same devices, patient and consent; readings flow
+    // again.
+    let (child, second) = up(&data, ports);
+    let new_registry = registry_of(&second);
+    let listed = medledger(&[
+        "consent",
+        "--rpc",
+        &rpc,
+        "--registry",
+        &new_registry,
+        "--key",
+        key.to_str().unwrap(),
+        "list",
+        "--patient",
+        &patient,
+    ]);
+    assert!(listed.contains("nurse"), "{listed}");
+    assert!(
+        sim(&data, ports[0], "3", "3") >= 5,
+        "devices send on the new chain"
+    );
+    stop(child);
+}

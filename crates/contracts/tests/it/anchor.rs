@@ -117,6 +117,13 @@ async fn nodes_anchor_anyone_reads() {
         h.collector.anchor_root(0, root, 1, first, last).await,
         "InvalidAnchor",
     );
+    // Erasures and recoveries are the server's word alone.
+    for kind in [4, 5] {
+        assert_refused(
+            h.collector.anchor_root(kind, root, 1, first, last).await,
+            "WrongNodeKind",
+        );
+    }
     assert_refused(
         h.collector.anchor_root(1, B256::ZERO, 1, first, last).await,
         "InvalidAnchor",

@@ -8,5 +8,6 @@ mod anvil;
 mod common;
 mod consent;
 mod permissions;
+mod recover;
 mod registry;
 mod rules;

@@ -1,0 +1,240 @@
+//! `medledger chain recover --data D`: the first seed's chain recovery for
+//! the data directory of `medledger up` (stopped). A compromised chain is
+//! retired and a new one started from the recovery copy, the server's
+//! index of the chain's events:
+//!
+//! ```text
+//!  1. server index, blocks 0..=trusted --> Replica (registry, rules, consents)
+//!  2. new chain in D/chain.recovering: new authority key, contracts
+//!     deployed restoring, the replica written, Consent's restoring closed
+//!  3. server SQL: the old events and anchors retired (one transaction)
+//!  4. D/chain -> D/chain.retired-MS, D/chain.recovering -> D/chain, up.toml
+//!  5. on the new chain: erasures recorded again (kind 4), every batch root
+//!     and ledger checkpoint anchored again (kinds 2, 3), the retired
+//!     chain's last trusted block recorded (kind 5)
+//!  6. every patient ledger verified against the new chain's anchors
+//! ```
+
+use crate::backup::{control_socket, start_server, verify_ledgers};
+use crate::roles;
+use crate::up::{UpState, start_node};
+use alloy::primitives::B256;
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use medledger_chain::genesis::layout;
+use medledger_chain::store::Store;
+use medledger_contracts::recover::{Replica, addresses_from_logs};
+use medledger_contracts::{Contracts, RECOVERY_KIND, RegistryPermissions};
+use medledger_server::recover::{Retirement, indexed_head, indexed_logs, retire};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Debug, Args)]
+pub(crate) struct RecoverArgs {
+    /// The data directory of `medledger up`; stop it first.
+    #[arg(long, env = "MEDLEDGER_DATA")]
+    data: PathBuf,
+    /// The retired chain's last trusted block: nothing after it is carried
+    /// over (default: the last block the server indexed).
+    #[arg(long)]
+    trusted_block: Option<u64>,
+    /// That block's hash, if the retired chain's store cannot be read.
+    #[arg(long)]
+    trusted_hash: Option<B256>,
+}
+
+pub(crate) fn run(args: RecoverArgs) -> Result<()> {
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(recover(args))
+}
+
+/// The hashes of the retired chain's block `number` and of its genesis,
+/// from its store (if it can be read) or as given.
+fn retired_hashes(chain: &Path, number: u64, given: Option<B256>) -> Result<(B256, B256)> {
+    let read = || -> Result<(B256, B256)> {
+        let store = Store::open(&chain.join(layout::STORE))?;
+        let hash = |n: u64| -> Result<B256> {
+            Ok(store
+                .header(n)?
+                .with_context(|| format!("the retired chain has no block {n}"))?
+                .hash_slow())
+        };
+        Ok((hash(number)?, hash(0)?))
+    };
+    match (read(), given) {
+        (Ok((hash, genesis)), Some(given)) if hash != given => bail!(
+            "the retired chain's block {number} is {hash}, not the --trusted-hash {given}: {genesis}"
+        ),
+        (Ok(hashes), _) => Ok(hashes),
+        (Err(_), Some(given)) => Ok((given, B256::ZERO)),
+        (Err(e), None) => Err(e.context(format!(
+            "reading block {number} of the retired chain in {}; give its hash with --trusted-hash",
+            chain.display()
+        ))),
+    }
+}
+
+async fn recover(args: RecoverArgs) -> Result<()> {
+    let d = &args.data;
+    if tokio::net::UnixStream::connect(control_socket(d))
+        .await
+        .is_ok()
+    {
+        bail!(
+            "medledger up is running on {}: stop it before recovering its chain",
+            d.display()
+        );
+    }
+    let mut state = UpState::load(d)?;
+    let admin = roles::load_signer(&d.join("people/admin.eth.key"))?;
+    let server_signer = roles::load_signer(&d.join("server/server.eth.key"))?;
+    let config = medledger_server::ConfigFile::load(&d.join("server.toml"))?;
+    let db = roles::open_db(config.database.as_deref(), &config.data, "server.db").await?;
+
+    // 1. The recovery copy, up to the last trusted block.
+    let indexed = indexed_head(&db)
+        .await?
+        .context("the server has indexed no block of the chain: there is nothing to recover")?;
+    let trusted = args.trusted_block.unwrap_or(indexed);
+    if trusted > indexed {
+        bail!(
+            "the server indexed the chain up to block {indexed} only: --trusted-block {trusted} is past it"
+        );
+    }
+    let (trusted_hash, genesis_hash) =
+        retired_hashes(&d.join("chain"), trusted, args.trusted_hash)?;
+    let logs = indexed_logs(&db, trusted).await?;
+    let old = addresses_from_logs(state.registry, &logs)?;
+    let mut replica = Replica::new(old);
+    for log in &logs {
+        replica.apply(log)?;
+    }
+    println!(
+        "medledger chain recover: {} events of the Registry at {} up to block {trusted} ({trusted_hash})",
+        replica.events(),
+        state.registry
+    );
+
+    // 2. The new chain, beside the old one until it is ready.
+    let fresh = d.join("chain.recovering");
+    if fresh.exists() {
+        std::fs::remove_dir_all(&fresh)
+            .with_context(|| format!("clearing an interrupted recovery: {}", fresh.display()))?;
+    }
+    let node = start_node(&fresh, vec![admin.address()])?;
+    let new = Contracts::deploy_restoring(medledger_sim::provider(&node, &admin)).await?;
+    let registry = new.addresses().registry;
+    node.set_permissions(Arc::new(RegistryPermissions::new(registry)));
+    let restored = replica.restore(&new, admin.address()).await?;
+    println!(
+        "  new chain    Registry {registry}, authority {} ({} transactions)",
+        node.genesis().authority,
+        restored.transactions
+    );
+    println!(
+        "  restored     {} admins, {} staff, {} nodes, {} devices, {} patients, {} rule bindings, {} consents, {} opt-outs",
+        restored.admins,
+        restored.staff,
+        restored.nodes,
+        restored.devices,
+        restored.patients,
+        restored.bindings,
+        restored.grants,
+        restored.opt_outs
+    );
+    for (id, at) in &restored.custom_rules {
+        println!(
+            "  NOT restored the rule {} (its own contract {at} on the retired chain): deploy it again and register it",
+            medledger_contracts::text_of(*id)
+        );
+    }
+
+    // 3 and 4. The server moves to the new chain; the directories follow.
+    let retired = retire(
+        &db,
+        &Retirement {
+            registry: state.registry,
+            genesis: genesis_hash,
+            trusted_block: trusted,
+            trusted_hash,
+            successor: registry,
+            alerts_after: node.block_number(),
+        },
+    )
+    .await
+    .context("moving the server to the new chain")?;
+    db.pool().close().await;
+    let retired_dir = d.join(format!("chain.retired-{}", medledger_protocol::now_ms()));
+    std::fs::rename(d.join("chain"), &retired_dir)
+        .with_context(|| format!("moving the retired chain to {}", retired_dir.display()))?;
+    std::fs::rename(&fresh, d.join("chain")).context("putting the new chain in place")?;
+    let old_registry = state.registry;
+    state.registry = registry;
+    state.save(d)?;
+
+    // 5. Anchors on the new chain.
+    let started = start_server(d, &node, &state).await?;
+    let server = &started.server;
+    let mut erased = 0;
+    for patient in server.patients().await.map_err(anyhow::Error::msg)? {
+        if server.ledger().is_erased(&patient).await? {
+            server.erase(&patient).await.map_err(anyhow::Error::msg)?;
+            erased += 1;
+        }
+    }
+    let anchored = server.anchor_all().await.map_err(anyhow::Error::msg)?;
+    let as_server = new.with_provider(medledger_sim::provider(&node, &server_signer));
+    let recovery = as_server
+        .anchor_root(
+            RECOVERY_KIND,
+            trusted_hash,
+            trusted + 1,
+            B256::left_padding_from(old_registry.as_slice()),
+            genesis_hash,
+        )
+        .await
+        .context("recording the retired chain's last trusted block")?;
+    println!(
+        "  anchored     {anchored} batch roots and checkpoints again, {erased} erasures, the retired chain as anchor {recovery}"
+    );
+    println!(
+        "  retired      {} (retired chain {} in the server's retired_* tables: {} events, {} anchors)",
+        retired_dir.display(),
+        retired.chain,
+        retired.events,
+        retired.anchors
+    );
+
+    // 6. Every ledger against the new chain.
+    let mut failures = verify_ledgers(server, &as_server).await?;
+    let patients = server.patients().await.map_err(anyhow::Error::msg)?;
+    for patient in &patients {
+        let erased = server.ledger().is_erased(patient).await?;
+        if !erased
+            && as_server
+                .checkpoint_anchors(B256::from(*patient))
+                .await?
+                .is_empty()
+        {
+            failures.push(format!(
+                "{}: no checkpoint anchored on the new chain",
+                hex::encode(patient)
+            ));
+        }
+    }
+    if !failures.is_empty() {
+        for f in &failures {
+            println!("  FAILED {f}");
+        }
+        bail!(
+            "{} ledger(s) do not verify on the new chain",
+            failures.len()
+        );
+    }
+    println!(
+        "every one of {} patient ledger(s) verified against the new chain; start it with `medledger up --data {}`",
+        patients.len(),
+        d.display()
+    );
+    Ok(())
+}
