@@ -19,7 +19,7 @@ use crate::up::{UpArgs, UpState};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use medledger_chain::{Node, NodeConfig};
-use medledger_contracts::{Contracts, RegistryPermissions};
+use medledger_contracts::RegistryPermissions;
 use medledger_storage::Db;
 use medledger_storage::sqlx;
 use std::path::{Path, PathBuf};
@@ -234,35 +234,6 @@ pub(crate) async fn start_server(
     crate::server::start(&config).await
 }
 
-/// Checks every patient ledger of `server` against the checkpoints
-/// anchored for it in `contracts`; returns what failed, one line each.
-pub(crate) async fn verify_ledgers<P: alloy::providers::Provider>(
-    server: &medledger_server::Server,
-    contracts: &Contracts<P>,
-) -> Result<Vec<String>> {
-    let key = server.ledger().verifier_key();
-    let mut failures = Vec::new();
-    for patient in &server.patients().await.map_err(anyhow::Error::msg)? {
-        let bundle = serde_json::to_string(&server.ledger().export(patient).await?)?;
-        let report = match medledger_patient_ledger::bundle::verify(&bundle, Some(&key)) {
-            Ok(report) => report,
-            Err(e) => {
-                failures.push(format!("{}: {e}", hex::encode(patient)));
-                continue;
-            }
-        };
-        let anchors = contracts
-            .checkpoint_anchors(alloy::primitives::B256::from(*patient))
-            .await?;
-        for a in &anchors {
-            if let Err(why) = report.check_extends(a.size, &a.root.0) {
-                failures.push(format!("{}: anchor {}: {why}", hex::encode(patient), a.id));
-            }
-        }
-    }
-    Ok(failures)
-}
-
 async fn restore(args: RestoreArgs) -> Result<()> {
     if !args.from.join("backup.toml").exists() {
         bail!(
@@ -286,29 +257,17 @@ async fn restore(args: RestoreArgs) -> Result<()> {
     let server = &started.server;
 
     // Erasures recorded on chain: never undone by a restore.
-    let restored = Contracts::at(medledger_sim::provider(&node, &admin), state.registry).await?;
-    let mut erased: Vec<[u8; 32]> = restored
-        .erasures()
-        .await?
-        .iter()
-        .map(|a| a.patient.0)
-        .collect();
+    let mut live_erasures = Vec::new();
     if let Some(url) = &args.erasures_from {
         let live = roles::read_contracts(url, state.registry).await?;
-        erased.extend(live.erasures().await?.iter().map(|a| a.patient.0));
+        live_erasures.extend(live.erasures().await?.iter().map(|a| a.patient.0));
     }
-    erased.sort_unstable();
-    erased.dedup();
+    let erased_again = server
+        .erase_recorded(&live_erasures)
+        .await
+        .map_err(anyhow::Error::msg)?;
     let patients = server.patients().await.map_err(anyhow::Error::msg)?;
-    let mut erased_again = 0;
-    for patient in &erased {
-        if patients.contains(patient) && !server.ledger().is_erased(patient).await? {
-            server.erase(patient).await.map_err(anyhow::Error::msg)?;
-            erased_again += 1;
-        }
-    }
-
-    let failures = verify_ledgers(server, &restored).await?;
+    let failures = server.verify_ledgers().await.map_err(anyhow::Error::msg)?;
     println!(
         "restored {} into {}: {} patient ledger(s) checked against the chain ({} block(s)), {} erased again",
         args.from.display(),

@@ -102,9 +102,18 @@ fn print_report(r: &Report) {
         );
     }
     print_checks("Right to be forgotten:", &r.forgotten);
+    print_checks(
+        "Backup (taken before the erasure) and restore:",
+        &r.restored,
+    );
     println!();
     println!("Roots anchored on chain: {}", r.anchors);
-    let checks = r.accesses.iter().chain(&r.attacks).chain(&r.forgotten);
+    let checks = r
+        .accesses
+        .iter()
+        .chain(&r.attacks)
+        .chain(&r.forgotten)
+        .chain(&r.restored);
     let total = checks.clone().count() + r.ledgers.len();
     let failed = checks.filter(|c| !c.ok).count() + r.ledgers.iter().filter(|l| !l.ok).count();
     if failed == 0 {

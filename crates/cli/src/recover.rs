@@ -15,7 +15,7 @@
 //!  6. every patient ledger verified against the new chain's anchors
 //! ```
 
-use crate::backup::{control_socket, start_server, verify_ledgers};
+use crate::backup::{control_socket, start_server};
 use crate::roles;
 use crate::up::{UpState, start_node};
 use alloy::primitives::B256;
@@ -206,7 +206,7 @@ async fn recover(args: RecoverArgs) -> Result<()> {
     );
 
     // 6. Every ledger against the new chain.
-    let mut failures = verify_ledgers(server, &as_server).await?;
+    let mut failures = server.verify_ledgers().await.map_err(anyhow::Error::msg)?;
     let patients = server.patients().await.map_err(anyhow::Error::msg)?;
     for patient in &patients {
         let erased = server.ledger().is_erased(patient).await?;

@@ -294,6 +294,73 @@ impl Server {
         anchor::all(&self.state).await
     }
 
+    /// Erases again every patient here whose erasure the chain records
+    /// (`Anchor` kind 4), and every patient in `also` (say, erasures a
+    /// newer chain records), unless already erased: a restored backup
+    /// never brings back a forgotten patient. Returns how many.
+    pub async fn erase_recorded(&self, also: &[[u8; 32]]) -> Result<usize, String> {
+        let recorded = self
+            .state
+            .view
+            .contracts()
+            .erasures()
+            .await
+            .map_err(|e| format!("reading the erasures on chain: {e}"))?;
+        let mut erased: Vec<[u8; 32]> = recorded.iter().map(|a| a.patient.0).collect();
+        erased.extend_from_slice(also);
+        erased.sort_unstable();
+        erased.dedup();
+        let here = self.patients().await?;
+        let mut n = 0;
+        for patient in erased.iter().filter(|p| here.contains(p)) {
+            if !self
+                .state
+                .ledger
+                .is_erased(patient)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                self.erase(patient).await?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Checks every patient ledger here against the checkpoints anchored
+    /// for it on chain (kind 3); returns what failed, one line each.
+    pub async fn verify_ledgers(&self) -> Result<Vec<String>, String> {
+        let ledger = &self.state.ledger;
+        let key = ledger.verifier_key();
+        let contracts = self.state.view.contracts();
+        let mut failures = Vec::new();
+        for patient in &self.patients().await? {
+            let name = hex::encode(patient);
+            let bundle = ledger
+                .export(patient)
+                .await
+                .map_err(|e| format!("{name}: exporting the ledger: {e}"))?;
+            let bundle = serde_json::to_string(&bundle).map_err(|e| e.to_string())?;
+            let report = match medledger_patient_ledger::bundle::verify(&bundle, Some(&key)) {
+                Ok(report) => report,
+                Err(e) => {
+                    failures.push(format!("{name}: {e}"));
+                    continue;
+                }
+            };
+            let anchors = contracts
+                .checkpoint_anchors(alloy::primitives::B256::from(*patient))
+                .await
+                .map_err(|e| format!("{name}: reading its anchors: {e}"))?;
+            for a in &anchors {
+                if let Err(why) = report.check_extends(a.size, &a.root.0) {
+                    failures.push(format!("{name}: anchor {}: {why}", a.id));
+                }
+            }
+        }
+        Ok(failures)
+    }
+
     /// Every patient with a ledger here, erased or not.
     pub async fn patients(&self) -> Result<Vec<[u8; 32]>, String> {
         let rows = sqlx::query(

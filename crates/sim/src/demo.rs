@@ -10,8 +10,12 @@
 //!             consent granted, used, revoked; break-glass
 //!  attacks    each one, expected against observed
 //!  verify     every patient ledger against its checkpoints on chain
+//!  backup     the server's database, blobs and the chain, copied while
+//!             everything runs
 //!  forget     p10 is erased: nothing of theirs opens, the tombstone
 //!             still matches the chain, new readings are refused
+//!  restore    the backup (from before the erasure) starts again: p10 is
+//!             erased again, every ledger verifies against its chain
 //! ```
 
 use crate::signals::{KINDS, Vitals};
@@ -89,6 +93,8 @@ pub struct Report {
     pub ledgers: Vec<LedgerCheck>,
     /// The right to be forgotten.
     pub forgotten: Vec<Check>,
+    /// A backup taken before the erasure, restored after it.
+    pub restored: Vec<Check>,
     /// Roots anchored on chain.
     pub anchors: u64,
     /// Seconds, start to end.
@@ -102,6 +108,7 @@ impl Report {
             && self.attacks.iter().all(|c| c.ok)
             && self.ledgers.iter().all(|l| l.ok)
             && self.forgotten.iter().all(|c| c.ok)
+            && self.restored.iter().all(|c| c.ok)
     }
 }
 
@@ -117,7 +124,9 @@ pub async fn run(
     let accesses = demo.access(progress).await?;
     let attacks = demo.attacks(progress).await?;
     let ledgers = demo.verify_ledgers(progress).await?;
+    let backup = demo.backup(progress).await?;
     let forgotten = demo.forget(progress).await?;
+    let restored = demo.restore(&backup, progress).await?;
     let metrics = demo.hospital.collector.metrics();
     let mut rejected = BTreeMap::new();
     for m in [metrics, demo.neurology.collector.metrics()] {
@@ -160,6 +169,7 @@ pub async fn run(
         attacks,
         ledgers,
         forgotten,
+        restored,
         anchors,
         seconds: started.elapsed().as_secs_f64(),
     };
@@ -932,6 +942,110 @@ impl Demo {
             "refused by the server: the patient was erased",
             cause(&reply),
             reply.status != 202 && String::from_utf8_lossy(&reply.body).contains("erased"),
+        ));
+        Ok(checks)
+    }
+
+    /// Backs up the server's data and the chain while they run, as
+    /// `medledger backup` does: the database by SQLite's online copy, the
+    /// blobs after it (they never change once written), the chain last (it
+    /// only grows). Returns the backup directory.
+    pub async fn backup(&self, progress: &(dyn Fn(&str) + Sync)) -> Result<std::path::PathBuf> {
+        progress("backing up the server and the chain while they run");
+        let dir = self.hospital.dir.path();
+        let out = dir.join("backup");
+        std::fs::create_dir_all(out.join("server"))?;
+        let db = medledger_storage::Db::open_sqlite(&dir.join("server/server.db")).await?;
+        medledger_storage::sqlx::query("VACUUM INTO $1")
+            .bind(out.join("server/server.db").display().to_string())
+            .execute(db.pool())
+            .await
+            .context("copying the server's database")?;
+        let blobs = dir.join("server/blobs");
+        for file in walk(&blobs) {
+            let rel = file.strip_prefix(&blobs)?;
+            if rel.to_string_lossy().contains(".tmp-") {
+                continue;
+            }
+            let to = out.join("server/blobs").join(rel);
+            std::fs::create_dir_all(to.parent().context("a blob path has a parent")?)?;
+            std::fs::copy(&file, &to)?;
+        }
+        self.hospital.node.backup(&out.join("chain"))?;
+        Ok(out)
+    }
+
+    /// Starts the server of the backup on the backup's chain, erases again
+    /// every patient whose erasure the live chain records, and checks
+    /// every ledger against the backup chain's anchors.
+    pub async fn restore(
+        &self,
+        backup: &std::path::Path,
+        progress: &(dyn Fn(&str) + Sync),
+    ) -> Result<Vec<Check>> {
+        progress("restoring the backup taken before the erasure");
+        let h = &self.hospital;
+        let node = medledger_chain::Node::start(&medledger_chain::NodeConfig {
+            data_dir: backup.join("chain"),
+            chain_id: h.node.chain_id(),
+            allow: vec![h.admin_signer.address()],
+            sealing: medledger_chain::Sealing::OnDemand {
+                min_interval: Duration::from_millis(1),
+            },
+        })?;
+        node.set_permissions(std::sync::Arc::new(
+            medledger_contracts::RegistryPermissions::new(h.admin.addresses().registry),
+        ));
+        let server = h.restored_server(&backup.join("server"), &node).await?;
+        let live: Vec<[u8; 32]> = h
+            .admin
+            .erasures()
+            .await?
+            .iter()
+            .map(|a| a.patient.0)
+            .collect();
+        let again = server
+            .erase_recorded(&live)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        let (label, forgotten, _) = &self.patients[self.patients.len() - 1];
+        let erased = server.ledger().is_erased(&forgotten.patient_ref.0).await?;
+        let mut checks = vec![check(
+            &format!("restoring a backup taken before {label}'s erasure"),
+            &format!("{label} erased again: the live chain records the erasure"),
+            format!("{again} patient(s) erased again; {label} erased: {erased}"),
+            again == 1 && erased,
+        )];
+        let failures = server.verify_ledgers().await.map_err(anyhow::Error::msg)?;
+        let patients = server.patients().await.map_err(anyhow::Error::msg)?;
+        checks.push(check(
+            "every restored ledger against the backup chain's anchors",
+            "all verify",
+            if failures.is_empty() {
+                format!("{} of {} verify", patients.len(), patients.len())
+            } else {
+                failures.join("; ")
+            },
+            failures.is_empty() && patients.len() == self.patients.len(),
+        ));
+        let n = self.sent.len() / self.devices.len().max(1);
+        let (mut kept, mut back) = (0, 0);
+        for (k, (_, p)) in self.devices.iter().enumerate() {
+            for hash in &self.sent[k * n..(k + 1) * n] {
+                if matches!(server.reading(hash).await, Ok(Some(_))) {
+                    if *p == self.patients.len() - 1 {
+                        back += 1;
+                    } else {
+                        kept += 1;
+                    }
+                }
+            }
+        }
+        checks.push(check(
+            "the restored readings",
+            &format!("everyone's open but {label}'s"),
+            format!("{kept} open; {back} of {label}'s"),
+            kept > 0 && back == 0,
         ));
         Ok(checks)
     }

@@ -148,6 +148,10 @@ pub struct Hospital {
     pub patient_ref: B256,
     /// The patient's card certificate and key.
     pub card: Issued,
+    /// The server's certificate and secrets, for a server restored from
+    /// a backup of its data.
+    server_issued: Issued,
+    server_keys: ServerKeys,
     options: Options,
 }
 
@@ -304,6 +308,22 @@ impl Staff {
     }
 }
 
+/// A server's secrets: its key-encryption key and ledger signing key.
+#[derive(Clone)]
+struct ServerKeys {
+    kek_hex: String,
+    ledger_pkcs8: Vec<u8>,
+}
+
+impl ServerKeys {
+    fn generate() -> ServerKeys {
+        ServerKeys {
+            kek_hex: Kek::generate_hex(),
+            ledger_pkcs8: NoteSigner::generate_pkcs8(),
+        }
+    }
+}
+
 /// A server with its own database and blobs under `dir`.
 #[allow(clippy::too_many_arguments)]
 async fn start_server(
@@ -315,6 +335,7 @@ async fn start_server(
     contracts: Contracts<DynProvider>,
     options: &Options,
     db: Option<Db>,
+    keys: &ServerKeys,
 ) -> Result<Server> {
     std::fs::create_dir_all(dir)?;
     let db = database(db, &dir.join("server.db")).await?;
@@ -337,8 +358,8 @@ async fn start_server(
         card_auth: auth(root, crl, &[Role::Patient])?,
         db,
         blobs: Arc::new(LocalDir::open(dir.join("blobs")).await?),
-        kek: Kek::from_hex(&Kek::generate_hex())?,
-        ledger_key: NoteSigner::from_pkcs8("medledger-sim", &NoteSigner::generate_pkcs8())
+        kek: Kek::from_hex(&keys.kek_hex)?,
+        ledger_key: NoteSigner::from_pkcs8("medledger-sim", &keys.ledger_pkcs8)
             .map_err(|e| anyhow::anyhow!("the ledger key: {e}"))?,
         contracts,
         anchor_interval: options.anchor_interval,
@@ -482,6 +503,7 @@ impl Hospital {
 
         let root = ca.root_cert_der()?;
         let crl = ca.write_crl()?;
+        let server_keys = ServerKeys::generate();
         let server = start_server(
             &dir.path().join("server"),
             "127.0.0.1:0",
@@ -491,6 +513,7 @@ impl Hospital {
             contracts.with_provider(provider(&node, &signer(&server_issued)?)),
             &options,
             options.server_db.clone(),
+            &server_keys,
         )
         .await?;
         let cards = Cards::new();
@@ -526,8 +549,29 @@ impl Hospital {
             cards: ward.cards,
             patient_ref,
             card,
+            server_issued,
+            server_keys,
             options,
         })
+    }
+
+    /// The hospital's server again, with its certificate and keys, on the
+    /// database and blobs under `dir` (a backup of `DIR/server`) and on
+    /// the chain `node` (a backup of this one), on a new port.
+    pub async fn restored_server(&self, dir: &Path, node: &Node) -> Result<Server> {
+        start_server(
+            dir,
+            "127.0.0.1:0",
+            &self.ca.root_cert_der()?,
+            &self.crl,
+            &self.server_issued,
+            self.admin
+                .with_provider(provider(node, &signer(&self.server_issued)?)),
+            &self.options,
+            None,
+            &self.server_keys,
+        )
+        .await
     }
 
     fn place(&self) -> Place<'_> {
@@ -783,6 +827,7 @@ impl Hospital {
                 .with_provider(provider(&self.node, &signer(&issued)?)),
             &self.options,
             None,
+            &ServerKeys::generate(),
         )
         .await
     }

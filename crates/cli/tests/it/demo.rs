@@ -33,4 +33,7 @@ fn the_demo_meets_every_expectation_and_writes_its_report() {
     let forgotten = report["forgotten"].as_array().unwrap();
     assert_eq!(forgotten.len(), 4);
     assert!(forgotten.iter().all(|c| c["ok"] == true), "{forgotten:?}");
+    let restored = report["restored"].as_array().unwrap();
+    assert_eq!(restored.len(), 3);
+    assert!(restored.iter().all(|c| c["ok"] == true), "{restored:?}");
 }
