@@ -4,7 +4,8 @@ pragma solidity 0.8.30;
 import {Registry} from "./Registry.sol";
 
 /// A patient's consents, changed only by the patient's own account (the one
-/// the Registry holds for the patientRef).
+/// the Registry holds for the patientRef), but while a set deployed for a
+/// chain recovery is `restoring` (below).
 ///
 /// A scope is a bit set over the data type catalogue (bit i = the i-th type
 /// of `medledger-protocol`'s catalogue; all ones = every type, including

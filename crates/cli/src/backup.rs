@@ -251,7 +251,7 @@ async fn restore(args: RestoreArgs) -> Result<()> {
     let d = &args.data;
     let state = UpState::load(d)?;
     let admin = roles::load_signer(&d.join("people/admin.eth.key"))?;
-    let node = crate::up::start_node(&d.join("chain"), vec![admin.address()])?;
+    let node = crate::up::start_node(&d.join("chain"), state.chain_id, vec![admin.address()])?;
     node.set_permissions(Arc::new(RegistryPermissions::new(state.registry)));
     let started = start_server(d, &node, &state).await?;
     let server = &started.server;

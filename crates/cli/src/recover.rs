@@ -62,9 +62,9 @@ fn retired_hashes(chain: &Path, number: u64, given: Option<B256>) -> Result<(B25
         Ok((hash(number)?, hash(0)?))
     };
     match (read(), given) {
-        (Ok((hash, genesis)), Some(given)) if hash != given => bail!(
-            "the retired chain's block {number} is {hash}, not the --trusted-hash {given}: {genesis}"
-        ),
+        (Ok((hash, _)), Some(given)) if hash != given => {
+            bail!("the retired chain's block {number} is {hash}, not the --trusted-hash {given}")
+        }
         (Ok(hashes), _) => Ok(hashes),
         (Err(_), Some(given)) => Ok((given, B256::ZERO)),
         (Err(e), None) => Err(e.context(format!(
@@ -121,13 +121,16 @@ async fn recover(args: RecoverArgs) -> Result<()> {
         std::fs::remove_dir_all(&fresh)
             .with_context(|| format!("clearing an interrupted recovery: {}", fresh.display()))?;
     }
-    let node = start_node(&fresh, vec![admin.address()])?;
+    // A new chain id: transactions signed for the retired chain (EIP-155)
+    // cannot be replayed on the new one, whatever their nonce.
+    let chain_id = state.chain_id + 1;
+    let node = start_node(&fresh, chain_id, vec![admin.address()])?;
     let new = Contracts::deploy_restoring(medledger_sim::provider(&node, &admin)).await?;
     let registry = new.addresses().registry;
     node.set_permissions(Arc::new(RegistryPermissions::new(registry)));
     let restored = replica.restore(&new, admin.address()).await?;
     println!(
-        "  new chain    Registry {registry}, authority {} ({} transactions)",
+        "  new chain    chain id {chain_id}, Registry {registry}, authority {} ({} transactions)",
         node.genesis().authority,
         restored.transactions
     );
@@ -148,6 +151,12 @@ async fn recover(args: RecoverArgs) -> Result<()> {
             medledger_contracts::text_of(*id)
         );
     }
+    if restored.skipped_bindings > 0 {
+        println!(
+            "  NOT restored {} binding(s) to those rules: bind them again once registered",
+            restored.skipped_bindings
+        );
+    }
 
     // 3 and 4. The server moves to the new chain; the directories follow.
     let retired = retire(
@@ -165,16 +174,23 @@ async fn recover(args: RecoverArgs) -> Result<()> {
     .context("moving the server to the new chain")?;
     db.pool().close().await;
     let retired_dir = d.join(format!("chain.retired-{}", medledger_protocol::now_ms()));
-    std::fs::rename(d.join("chain"), &retired_dir)
-        .with_context(|| format!("moving the retired chain to {}", retired_dir.display()))?;
+    // The retired chain's store may be gone (then --trusted-hash named the
+    // block).
+    if d.join("chain").exists() {
+        std::fs::rename(d.join("chain"), &retired_dir)
+            .with_context(|| format!("moving the retired chain to {}", retired_dir.display()))?;
+    }
     std::fs::rename(&fresh, d.join("chain")).context("putting the new chain in place")?;
     let old_registry = state.registry;
     state.registry = registry;
+    state.chain_id = chain_id;
     state.save(d)?;
 
     // 5. Anchors on the new chain.
     let started = start_server(d, &node, &state).await?;
     let server = &started.server;
+    // Erasures the retired chain recorded, then every erased ledger's
+    // record again on the new chain.
     let mut erased = 0;
     for patient in server.patients().await.map_err(anyhow::Error::msg)? {
         if server.ledger().is_erased(&patient).await? {
@@ -182,6 +198,10 @@ async fn recover(args: RecoverArgs) -> Result<()> {
             erased += 1;
         }
     }
+    erased += server
+        .erase_recorded(&replica.erasures())
+        .await
+        .map_err(anyhow::Error::msg)?;
     let anchored = server.anchor_all().await.map_err(anyhow::Error::msg)?;
     let as_server = new.with_provider(medledger_sim::provider(&node, &server_signer));
     let recovery = as_server

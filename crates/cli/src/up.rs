@@ -74,7 +74,8 @@ pub(crate) struct UpState {
     pub(crate) collector: String,
 }
 
-/// The chain id of `medledger up`.
+/// The chain id of `medledger up`'s first chain (each `chain recover`
+/// takes the next one).
 const CHAIN_ID: u64 = 1337;
 
 impl UpState {
@@ -148,7 +149,7 @@ async fn initialise(args: &UpArgs, node_dir: &Path) -> Result<(Node, UpState)> {
     std::fs::create_dir_all(d.join("collector/cards"))?;
     files::write_secret(&d.join("server/kek.hex"), Kek::generate_hex().as_bytes())?;
     let admin_signer = medledger_sim::signer(&admin)?;
-    let node = start_node(node_dir, vec![admin_signer.address()])?;
+    let node = start_node(node_dir, CHAIN_ID, vec![admin_signer.address()])?;
     let contracts = Contracts::deploy(medledger_sim::provider(&node, &admin_signer)).await?;
     let registry = contracts.registry();
     for (issued, kind, place) in [(&server, 2u8, "server"), (&collector, 1u8, "ward/1")] {
@@ -164,10 +165,11 @@ async fn initialise(args: &UpArgs, node_dir: &Path) -> Result<(Node, UpState)> {
     Ok((node, state))
 }
 
-pub(crate) fn start_node(dir: &Path, allow: Vec<Address>) -> Result<Node> {
+/// The node of `medledger up` in `dir`, with chain id `chain_id`.
+pub(crate) fn start_node(dir: &Path, chain_id: u64, allow: Vec<Address>) -> Result<Node> {
     Node::start(&NodeConfig {
         data_dir: dir.to_path_buf(),
-        chain_id: CHAIN_ID,
+        chain_id,
         allow,
         sealing: Sealing::OnDemand {
             min_interval: Duration::from_millis(5),
@@ -211,7 +213,10 @@ async fn up(args: UpArgs) -> Result<()> {
     } else {
         let state = UpState::load(&d)?;
         let admin = roles::load_signer(&d.join("people/admin.eth.key"))?;
-        (start_node(&node_dir, vec![admin.address()])?, state)
+        (
+            start_node(&node_dir, state.chain_id, vec![admin.address()])?,
+            state,
+        )
     };
     node.set_permissions(Arc::new(RegistryPermissions::new(state.registry)));
     if state.collector != args.collector.to_string() {

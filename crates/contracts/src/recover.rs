@@ -19,7 +19,9 @@
 //! events; they are reported in [`Restored::custom_rules`].
 
 use crate::abi::Result;
+use crate::bindings::AccessLog::AccessLogEvents;
 use crate::bindings::AllowedTypesRule::AllowedTypesRuleEvents;
+use crate::bindings::Anchor::AnchorEvents;
 use crate::bindings::Consent::ConsentEvents;
 use crate::bindings::Registry::RegistryEvents;
 use crate::bindings::RuleManager::RuleManagerEvents;
@@ -88,6 +90,9 @@ pub struct Replica {
     ranges: BTreeMap<FixedBytes<16>, Option<(i64, i64)>>,
     grants: BTreeMap<u64, GrantState>,
     opt_outs: BTreeMap<B256, bool>,
+    access_ttl: Option<u64>,
+    /// Patients whose erasure a server recorded (kind 4).
+    erasures: BTreeSet<B256>,
     events: u64,
 }
 
@@ -136,8 +141,16 @@ impl Replica {
             ranges: BTreeMap::new(),
             grants: BTreeMap::new(),
             opt_outs: BTreeMap::new(),
+            access_ttl: None,
+            erasures: BTreeSet::new(),
             events: 0,
         }
+    }
+
+    /// The patients whose erasure a server recorded on the retired chain:
+    /// they stay forgotten.
+    pub fn erasures(&self) -> Vec<[u8; 32]> {
+        self.erasures.iter().map(|p| p.0).collect()
     }
 
     /// How many events were applied.
@@ -217,6 +230,19 @@ impl Replica {
                     self.opt_outs.insert(e.patientRef, e.optedOut);
                 }
                 _ => {}
+            }
+        } else if log.address == a.access_log {
+            if let AccessLogEvents::AccessTtlChanged(e) =
+                AccessLogEvents::decode_log(log).map_err(undecodable)?.data
+            {
+                self.access_ttl = Some(e.ttl);
+            }
+        } else if log.address == a.anchor {
+            let AnchorEvents::Anchored(e) =
+                AnchorEvents::decode_log(log).map_err(undecodable)?.data;
+            let by_server = self.nodes.get(&e.by).is_some_and(|n| n.kind == 2);
+            if e.kind == crate::client::ERASURE_KIND && by_server {
+                self.erasures.insert(e.first);
             }
         } else {
             return Ok(());
@@ -512,6 +538,10 @@ impl Replica {
                 count(&mut done);
                 done.opt_outs += 1;
             }
+        }
+        if let Some(ttl) = self.access_ttl {
+            send(new.access_log().setAccessTtl(ttl)).await?;
+            count(&mut done);
         }
         send(consent.closeRestore()).await?;
         count(&mut done);

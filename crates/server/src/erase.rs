@@ -98,7 +98,9 @@ pub(crate) async fn erase(state: &State, patient: &[u8; 32]) -> Result<Erasure, 
         .contracts()
         .anchor_many(vec![AnchorInput {
             kind: ERASURE_KIND,
-            count: cp.size,
+            // Anchor takes no empty count: an empty ledger's tombstone
+            // counts 1 (its root, the empty tree's, tells the two apart).
+            count: cp.size.max(1),
             root: B256::from(cp.root),
             first: B256::from(*patient),
             last: B256::from(reading_hash(tombstone.as_bytes())),

@@ -124,3 +124,20 @@ async fn an_erased_patient_is_forgotten_and_takes_no_new_readings() {
     let reply = patient.request("DELETE", &path, &[], vec![]).await.unwrap();
     assert_eq!(reply.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patient_with_no_readings_yet_can_be_forgotten() {
+    let site = crate::site::start().await;
+    let mut patient = site.connect_patient().await.unwrap();
+    let path = format!("/v1/patients/{}", hex::encode(site.patient_ref));
+    let reply = patient.request("DELETE", &path, &[], vec![]).await.unwrap();
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let erasures = site.admin.erasures().await.unwrap();
+    assert_eq!(erasures.len(), 1);
+    assert_eq!(erasures[0].patient, site.patient_ref);
+}

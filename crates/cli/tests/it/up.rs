@@ -237,6 +237,7 @@ fn chain_recover_starts_a_new_chain_where_every_ledger_verifies_and_devices_keep
 
     let said = medledger(&["chain", "recover", "--data", d]);
     println!("{said}");
+    assert!(said.contains("chain id 1338"), "a new chain id: {said}");
     assert!(said.contains("3 devices"), "{said}");
     assert!(said.contains("1 consents, 1 opt-outs"), "{said}");
     assert!(

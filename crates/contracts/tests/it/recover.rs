@@ -83,6 +83,16 @@ async fn a_fresh_chain_gets_the_registry_rules_and_live_consents_of_the_retired_
         .unwrap();
     h.patient.revoke_consent(p, revoked).await.unwrap();
     h.patient.set_opt_out(p, true).await.unwrap();
+    send(h.admin.access_log().setAccessTtl(3600)).await.unwrap();
+    // A server records an erasure.
+    let server = h.account();
+    send(registry.registerNode(server.address, 2, text("server")))
+        .await
+        .unwrap();
+    server
+        .anchor_root(4, B256::repeat_byte(1), 1, gone, B256::ZERO)
+        .await
+        .unwrap();
 
     // A normal deployment can restore nothing.
     assert_refused(
@@ -106,6 +116,7 @@ async fn a_fresh_chain_gets_the_registry_rules_and_live_consents_of_the_retired_
     for log in &logs {
         replica.apply(log).unwrap();
     }
+    assert_eq!(replica.erasures(), vec![gone.0], "stays forgotten");
 
     // A new chain, deployed by another admin who leaves at the end.
     let dir = tempfile::tempdir().unwrap();
@@ -125,7 +136,7 @@ async fn a_fresh_chain_gets_the_registry_rules_and_live_consents_of_the_retired_
     let done = replica.restore(&new, deployer.address()).await.unwrap();
     assert_eq!(
         (done.staff, done.nodes, done.devices, done.patients),
-        (3, 1, 3, 2)
+        (3, 2, 3, 2)
     );
     assert_eq!((done.grants, done.opt_outs, done.bindings), (1, 1, 1));
     assert!(done.custom_rules.is_empty());
@@ -180,6 +191,7 @@ async fn a_fresh_chain_gets_the_registry_rules_and_live_consents_of_the_retired_
     assert!(!vr.ranges(code_key("2339-0")).call().await.unwrap().set);
     assert!(vr.ranges(code_key("8867-4")).call().await.unwrap().set);
 
+    assert_eq!(new.access_log().accessTtl().call().await.unwrap(), 3600);
     let c = new.consent();
     let live = c.liveGrants(p).call().await.unwrap();
     assert_eq!(live.len(), 1, "the revoked grant stays behind");
