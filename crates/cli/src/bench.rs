@@ -22,6 +22,43 @@ pub(crate) enum BenchCommand {
     Ingest(IngestArgs),
     /// Staff access: the request on chain, then the decrypted records.
     Access(AccessArgs),
+    /// Floods against a collector while legitimate devices keep sending.
+    Flood(FloodArgs),
+    /// Idle and slowloris connections for `bench flood`, from another
+    /// process (its own open-file limit).
+    #[command(hide = true)]
+    Hold(HoldArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct HoldArgs {
+    #[arg(long)]
+    addr: String,
+    #[arg(long)]
+    idle: usize,
+    #[arg(long)]
+    slow: usize,
+    #[arg(long)]
+    seconds: u64,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct FloodArgs {
+    /// Idle connections the flood holds open (reopened when closed).
+    #[arg(long, default_value_t = 10_000)]
+    idle: usize,
+    /// Legitimate devices, each on one keep-alive connection.
+    #[arg(long, default_value_t = 20)]
+    devices: usize,
+    /// Seconds without the flood, then as many with it.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Each legitimate device sends a reading this often.
+    #[arg(long, default_value_t = 50)]
+    every_ms: u64,
+    /// Also write the results as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -73,6 +110,19 @@ pub(crate) fn run(command: BenchCommand) -> Result<()> {
     match command {
         BenchCommand::Ingest(args) => runtime.block_on(ingest(args)),
         BenchCommand::Access(args) => runtime.block_on(access(args)),
+        BenchCommand::Flood(args) => runtime.block_on(flood(args)),
+        BenchCommand::Hold(args) => runtime.block_on(async move {
+            raise_open_files(args.idle as u64 + args.slow as u64 + 1_024);
+            let held = load::hold(
+                &args.addr,
+                args.idle,
+                args.slow,
+                Duration::from_secs(args.seconds),
+            )
+            .await;
+            println!("{}", serde_json::to_string(&held)?);
+            Ok(())
+        }),
     }
 }
 
@@ -121,6 +171,161 @@ async fn access(args: AccessArgs) -> Result<()> {
         });
         std::fs::write(path, serde_json::to_vec_pretty(&json)?)
             .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Raises this process's open-file limit to its hard limit, or beyond it
+/// where the process may (root); returns the limit in force.
+fn raise_open_files(wanted: u64) -> u64 {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let now = getrlimit(Resource::Nofile);
+    let hard = now.maximum.unwrap_or(u64::MAX);
+    for limit in [wanted.max(hard), hard] {
+        let to = Rlimit {
+            current: Some(limit),
+            maximum: Some(limit.max(hard)),
+        };
+        if setrlimit(Resource::Nofile, to).is_ok() {
+            return limit;
+        }
+    }
+    now.current.unwrap_or(0)
+}
+
+async fn flood(args: FloodArgs) -> Result<()> {
+    // The collector's ends of the idle connections live here; their other
+    // ends in a `bench hold` process.
+    let limit = raise_open_files(args.idle as u64 + 4_096);
+    if limit < args.idle as u64 + 1_024 {
+        anyhow::bail!(
+            "{} idle connections need {} open files in this process; the limit is {limit}",
+            args.idle,
+            args.idle + 1_024
+        );
+    }
+    let mut options = Options::default();
+    options.limits.device_rate_per_s = 1e9;
+    options.limits.device_burst = 1e9;
+    eprintln!("medledger bench flood: starting a hospital in this process");
+    let hospital = Hospital::start(options).await?;
+    let mut legit = Vec::with_capacity(args.devices);
+    for i in 0..args.devices {
+        legit.push(hospital.device(300_000 + i as u64).await?);
+    }
+    let attacker = hospital.device(399_999).await?;
+    let other = tempfile::tempdir()?;
+    let foreign = medledger_pki::Ca::init(other.path(), "Not our CA")?;
+    let mut request = medledger_pki::LeafRequest::new(medledger_pki::Role::Device);
+    request.epc = Some(medledger_pki::Epc::new(3, "0614141", "812345", 399_998)?);
+    request.group = Some("icu-hr-monitor".into());
+    request.rule = Some("default".into());
+    let spoofed = medledger_pki::Credentials::from_issued(&foreign.issue(&request)?);
+    eprintln!(
+        "  {} devices send every {} ms for {} s, then {} s more under the flood ({} idle connections)",
+        args.devices, args.every_ms, args.seconds, args.seconds, args.idle
+    );
+    let addr = hospital.collector.addr().to_string();
+    let (idle, seconds) = (args.idle, args.seconds);
+    let held = async move {
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(std::env::current_exe()?)
+                .args(["bench", "hold", "--addr", &addr])
+                .args(["--idle", &idle.to_string(), "--slow", "200"])
+                .args(["--seconds", &seconds.to_string()])
+                .output()
+        })
+        .await??;
+        if !out.status.success() {
+            anyhow::bail!(
+                "the connection holder failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(serde_json::from_slice::<load::Held>(&out.stdout)?)
+    };
+    let f = load::flood(
+        &hospital,
+        &mut legit,
+        &attacker,
+        &spoofed,
+        held,
+        args.seconds,
+        Duration::from_millis(args.every_ms),
+    )
+    .await?;
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let q = |list: &[Duration], p: f64| ms(load::quantile(list, p));
+    println!();
+    println!(
+        "Legitimate devices ({}), one reading per request on keep-alive connections:",
+        f.devices
+    );
+    println!("| phase | requests | p50 | p99 | max | failed |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    let max = |list: &[Duration]| list.last().map_or(0.0, |d| ms(*d));
+    println!(
+        "| before the flood | {} | {:.2} ms | {:.2} ms | {:.2} ms | 0 |",
+        f.before.len(),
+        q(&f.before, 0.5),
+        q(&f.before, 0.99),
+        max(&f.before)
+    );
+    println!(
+        "| during the flood | {} | {:.2} ms | {:.2} ms | {:.2} ms | {} |",
+        f.during.len(),
+        q(&f.during, 0.5),
+        q(&f.during, 0.99),
+        max(&f.during),
+        f.failed
+    );
+    println!();
+    println!("The flood, for {} s:", args.seconds);
+    println!(
+        "  connections held open at once (idle + slowloris): {} at most; idle ones closed by the collector and reopened: {}",
+        f.idle_peak, f.idle_closed
+    );
+    println!("  slowloris connections closed: {}", f.slowloris_closed);
+    println!(
+        "  handshakes with a foreign CA's certificate: {} refused, {} accepted",
+        f.handshakes_refused, f.handshakes_accepted
+    );
+    println!("  2 MiB bodies answered 413: {}", f.oversized_refused);
+    println!(
+        "  resident memory of the process: {:.0} MiB before, {:.0} MiB at most",
+        f.rss_before_kib as f64 / 1024.0,
+        f.rss_peak_kib as f64 / 1024.0
+    );
+    println!(
+        "  a new legitimate connection afterwards: {}",
+        if f.up_after {
+            "202, the collector is up"
+        } else {
+            "FAILED"
+        }
+    );
+    if let Some(path) = &args.json {
+        let json = serde_json::json!({
+            "devices": f.devices,
+            "idle": args.idle,
+            "seconds": args.seconds,
+            "before": { "requests": f.before.len(), "p50_ms": q(&f.before, 0.5), "p99_ms": q(&f.before, 0.99) },
+            "during": { "requests": f.during.len(), "p50_ms": q(&f.during, 0.5), "p99_ms": q(&f.during, 0.99), "failed": f.failed },
+            "connections_peak": f.idle_peak,
+            "idle_closed": f.idle_closed,
+            "slowloris_closed": f.slowloris_closed,
+            "handshakes_refused": f.handshakes_refused,
+            "handshakes_accepted": f.handshakes_accepted,
+            "oversized_refused": f.oversized_refused,
+            "rss_before_kib": f.rss_before_kib,
+            "rss_peak_kib": f.rss_peak_kib,
+            "up_after": f.up_after,
+        });
+        std::fs::write(path, serde_json::to_vec_pretty(&json)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if !f.up_after || f.handshakes_accepted > 0 {
+        anyhow::bail!("the collector did not hold");
     }
     Ok(())
 }

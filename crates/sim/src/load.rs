@@ -315,3 +315,298 @@ pub async fn access(
     }
     Ok(result)
 }
+
+/// What [`flood`] measured.
+#[derive(Debug, Clone)]
+pub struct Flood {
+    /// Legitimate devices sending throughout.
+    pub devices: usize,
+    /// Latency of each legitimate request before the flood, and during it.
+    pub before: Vec<Duration>,
+    /// See `before`.
+    pub during: Vec<Duration>,
+    /// Legitimate requests that failed or were refused during the flood.
+    pub failed: u64,
+    /// Idle connections held open at once (the most), and how many the
+    /// collector closed (handshake timeout) and the flooder opened again.
+    pub idle_peak: u64,
+    /// See `idle_peak`.
+    pub idle_closed: u64,
+    /// Slowloris connections (a TLS record trickled a byte at a time)
+    /// the collector closed.
+    pub slowloris_closed: u64,
+    /// Handshakes with a certificate from another CA, all refused.
+    pub handshakes_refused: u64,
+    /// Handshakes of that kind that were accepted (must be 0).
+    pub handshakes_accepted: u64,
+    /// Oversized bodies answered 413.
+    pub oversized_refused: u64,
+    /// Resident memory of this whole process (chain, server, collector and
+    /// the flooders), before and at its highest during the flood, in KiB.
+    pub rss_before_kib: u64,
+    /// See `rss_before_kib`.
+    pub rss_peak_kib: u64,
+    /// Whether a fresh legitimate connection got a 202 after the flood.
+    pub up_after: bool,
+}
+
+/// This process's resident memory in KiB (Linux), or 0.
+pub fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Connections held against a collector by [`hold`].
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
+pub struct Held {
+    /// Connections open at once, at most.
+    pub peak: u64,
+    /// Idle connections the collector closed (and the flooder reopened).
+    pub idle_closed: u64,
+    /// Slowloris connections the collector closed.
+    pub slowloris_closed: u64,
+}
+
+/// Holds `idle` idle TCP connections and `slow` slowloris connections (a
+/// TLS record trickled a byte every 200 ms) to `addr` for `time`,
+/// reopening each one the collector closes.
+pub async fn hold(addr: &str, idle: usize, slow: usize, time: Duration) -> Held {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let counter = || Arc::new(AtomicU64::new(0));
+    let (open, peak, idle_closed, slow_closed) = (counter(), counter(), counter(), counter());
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..idle + slow {
+        let slow = i >= idle;
+        let (addr, stop, open, peak) = (addr.to_owned(), stop.clone(), open.clone(), peak.clone());
+        let closed = if slow {
+            slow_closed.clone()
+        } else {
+            idle_closed.clone()
+        };
+        tasks.spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            while !stop.load(Ordering::Relaxed) {
+                let Ok(mut s) = tokio::net::TcpStream::connect(&addr).await else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                let now = open.fetch_add(1, Ordering::Relaxed) + 1;
+                peak.fetch_max(now, Ordering::Relaxed);
+                if slow {
+                    for byte in [0x16u8, 0x03, 0x01, 0x02, 0x00, 0x01].iter().cycle() {
+                        if stop.load(Ordering::Relaxed) || s.write_all(&[*byte]).await.is_err() {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                } else {
+                    let mut buf = [0u8; 64];
+                    let _ = s.read(&mut buf).await;
+                }
+                open.fetch_sub(1, Ordering::Relaxed);
+                if !stop.load(Ordering::Relaxed) {
+                    closed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+    }
+    tokio::time::sleep(time).await;
+    stop.store(true, Ordering::Relaxed);
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
+    let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    Held {
+        peak: get(&peak),
+        idle_closed: get(&idle_closed),
+        slowloris_closed: get(&slow_closed),
+    }
+}
+
+/// Legitimate devices send one reading each every `every` on their own
+/// keep-alive connection for `seconds`, then again for `seconds` while
+/// `held` (idle and slowloris connections, see [`hold`]; another process
+/// may hold them, since both ends of a connection in one process count
+/// twice against its open files), handshakes with a foreign certificate
+/// (`spoofed`) and oversized bodies (from `attacker`, a registered device)
+/// hit the collector.
+#[allow(clippy::too_many_arguments)]
+pub async fn flood(
+    hospital: &Hospital,
+    legit: &mut [Device],
+    attacker: &Device,
+    spoofed: &medledger_pki::Credentials,
+    held: impl std::future::Future<Output = Result<Held>>,
+    seconds: u64,
+    every: Duration,
+) -> Result<Flood> {
+    let addr = hospital.collector.addr().to_string();
+    let per_phase = (seconds as u128 * 1000 / every.as_millis().max(1)) as usize;
+    let mut senders = Vec::with_capacity(legit.len());
+    for device in legit.iter_mut() {
+        let config = hospital.client_config(&device.credentials(), Role::Collector)?;
+        let readings: Vec<Vec<u8>> = (0..2 * per_phase)
+            .map(|_| device.heart_rate(72.0))
+            .collect();
+        senders.push((config, readings));
+    }
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flooding = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut legit_tasks = tokio::task::JoinSet::new();
+    for (config, readings) in senders {
+        let (addr, flooding) = (addr.clone(), flooding.clone());
+        legit_tasks.spawn(async move {
+            let mut conn = Connection::open(config, &addr, "localhost").await?;
+            let (mut before, mut during, mut failed) = (Vec::new(), Vec::new(), 0u64);
+            let mut next = Instant::now();
+            for reading in readings {
+                tokio::time::sleep_until(next.into()).await;
+                next += every;
+                let in_flood = flooding.load(Ordering::Relaxed);
+                let start = Instant::now();
+                let ok = conn
+                    .request(
+                        "POST",
+                        "/v1/readings",
+                        &[("content-type", "application/cose")],
+                        reading,
+                    )
+                    .await
+                    .is_ok_and(|r| r.status == 202);
+                let took = start.elapsed();
+                match (in_flood, ok) {
+                    (false, true) => before.push(took),
+                    (true, true) => during.push(took),
+                    (_, false) => failed += 1,
+                }
+            }
+            anyhow::Ok((before, during, failed))
+        });
+    }
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let rss_before_kib = rss_kib();
+    flooding.store(true, Ordering::Relaxed);
+
+    let counter = || Arc::new(AtomicU64::new(0));
+    let (refused, accepted, oversized) = (counter(), counter(), counter());
+    let mut attackers = tokio::task::JoinSet::new();
+    let foreign = hospital.client_config(spoofed, Role::Collector)?;
+    for _ in 0..4 {
+        let (addr, stop, foreign) = (addr.clone(), stop.clone(), foreign.clone());
+        let (refused, accepted) = (refused.clone(), accepted.clone());
+        attackers.spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match Connection::open(foreign.clone(), &addr, "localhost").await {
+                    Ok(mut conn) => {
+                        // TLS 1.3 may report the refusal on first use.
+                        match conn.request("GET", "/v1/readings", &[], vec![]).await {
+                            Ok(_) => accepted.fetch_add(1, Ordering::Relaxed),
+                            Err(_) => refused.fetch_add(1, Ordering::Relaxed),
+                        };
+                    }
+                    Err(_) => {
+                        refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        });
+    }
+    let own = hospital.client_config(&attacker.credentials(), Role::Collector)?;
+    let huge = vec![0u8; 2 * 1024 * 1024];
+    for _ in 0..2 {
+        let (addr, stop, own, oversized, huge) = (
+            addr.clone(),
+            stop.clone(),
+            own.clone(),
+            oversized.clone(),
+            huge.clone(),
+        );
+        attackers.spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let Ok(mut conn) = Connection::open(own.clone(), &addr, "localhost").await else {
+                    continue;
+                };
+                while !stop.load(Ordering::Relaxed) {
+                    match conn
+                        .request(
+                            "POST",
+                            "/v1/readings",
+                            &[("content-type", "application/cbor")],
+                            huge.clone(),
+                        )
+                        .await
+                    {
+                        Ok(r) if r.status == 413 => {
+                            oversized.fetch_add(1, Ordering::Relaxed);
+                        }
+                        _ => break,
+                    }
+                }
+            }
+        });
+    }
+    let mut rss_peak_kib = rss_before_kib;
+    let mut legit_results = Vec::new();
+    let mut ticker = tokio::time::interval(Duration::from_millis(100));
+    let mut held = std::pin::pin!(held);
+    let mut connections = None;
+    while legit_results.len() < legit.len() || connections.is_none() {
+        tokio::select! {
+            _ = ticker.tick() => rss_peak_kib = rss_peak_kib.max(rss_kib()),
+            done = legit_tasks.join_next(), if legit_results.len() < legit.len() => match done {
+                Some(r) => legit_results.push(r??),
+                None => break,
+            },
+            h = &mut held, if connections.is_none() => connections = Some(h?),
+        }
+    }
+    let connections = connections.unwrap_or_default();
+    stop.store(true, Ordering::Relaxed);
+    attackers.abort_all();
+    while attackers.join_next().await.is_some() {}
+
+    let mut fresh = Connection::open(
+        hospital.client_config(&legit[0].credentials(), Role::Collector)?,
+        &addr,
+        "localhost",
+    )
+    .await?;
+    let up_after = fresh
+        .request(
+            "POST",
+            "/v1/readings",
+            &[("content-type", "application/cose")],
+            legit[0].heart_rate(72.0),
+        )
+        .await
+        .is_ok_and(|r| r.status == 202);
+    let (mut before, mut during, mut failed) = (Vec::new(), Vec::new(), 0);
+    for (b, d, f) in legit_results {
+        before.extend(b);
+        during.extend(d);
+        failed += f;
+    }
+    before.sort();
+    during.sort();
+    let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    Ok(Flood {
+        devices: legit.len(),
+        before,
+        during,
+        failed,
+        idle_peak: connections.peak,
+        idle_closed: connections.idle_closed,
+        slowloris_closed: connections.slowloris_closed,
+        handshakes_refused: get(&refused),
+        handshakes_accepted: get(&accepted),
+        oversized_refused: get(&oversized),
+        rss_before_kib,
+        rss_peak_kib,
+        up_after,
+    })
+}
