@@ -46,48 +46,11 @@ fn up_initialises_once_reuses_its_state_and_takes_simulated_devices() {
     let ports = [free_port(), free_port(), free_port()];
     let (child, first) = up(&data, ports);
     assert!(first.contains("(initialised)"), "{first}");
-    let registry = first
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Registry"))
-        .unwrap()
-        .trim()
-        .to_owned();
-
-    let sim = Command::new(env!("CARGO_BIN_EXE_medledger"))
-        .args(["sim", "--data", data.to_str().unwrap(), "--devices", "3"])
-        .args(["--rate", "5", "--seconds", "4"])
-        .args(["--rpc", &format!("http://127.0.0.1:{}", ports[0])])
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&sim.stdout);
-    assert!(
-        sim.status.success(),
-        "{out}{}",
-        String::from_utf8_lossy(&sim.stderr)
-    );
-    let last = out.lines().last().unwrap();
-    let accepted: u64 = last
-        .split(", ")
-        .find_map(|p| p.split_once("accepted ").map(|(_, n)| n.trim()))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
-    assert!(accepted >= 10, "{out}");
+    let registry = registry_of(&first);
+    assert!(sim(&data, ports[0], "3", "4") >= 10);
 
     // A backup while it runs; then the simulated patient is erased.
     let backup = dir.path().join("backup");
-    let medledger = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_medledger"))
-            .args(args)
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(out.status.success(), "{args:?}: {text}");
-        text
-    };
     let said = medledger(&[
         "backup",
         "--data",
