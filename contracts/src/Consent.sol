@@ -115,11 +115,12 @@ contract Consent {
         emit ConsentRestored(id, retiredId, patientRef);
     }
 
-    /// Copies a patient's opt-out of the retired chain, while `restoring`.
-    function restoreOptOut(bytes32 patientRef, bool optOut) external onlyRestoringAdmin {
+    /// Copies a patient's opt-out of the retired chain, while `restoring`
+    /// (only ever on: nothing restored takes a patient's choice away).
+    function restoreOptOut(bytes32 patientRef) external onlyRestoringAdmin {
         if (registry.patientAccount(patientRef) == address(0)) revert NotPatient(address(0), patientRef);
-        optedOut[patientRef] = optOut;
-        emit OptOutChanged(patientRef, optOut);
+        optedOut[patientRef] = true;
+        emit OptOutChanged(patientRef, true);
     }
 
     /// Ends restoring for good.

@@ -265,11 +265,12 @@ async fn flood(args: FloodArgs) -> Result<()> {
     println!("|---|---:|---:|---:|---:|---:|");
     let max = |list: &[Duration]| list.last().map_or(0.0, |d| ms(*d));
     println!(
-        "| before the flood | {} | {:.2} ms | {:.2} ms | {:.2} ms | 0 |",
+        "| before the flood | {} | {:.2} ms | {:.2} ms | {:.2} ms | {} |",
         f.before.len(),
         q(&f.before, 0.5),
         q(&f.before, 0.99),
-        max(&f.before)
+        max(&f.before),
+        f.failed_before
     );
     println!(
         "| during the flood | {} | {:.2} ms | {:.2} ms | {:.2} ms | {} |",
@@ -277,7 +278,7 @@ async fn flood(args: FloodArgs) -> Result<()> {
         q(&f.during, 0.5),
         q(&f.during, 0.99),
         max(&f.during),
-        f.failed
+        f.failed_during
     );
     println!();
     println!("The flood, for {} s:", args.seconds);
@@ -310,7 +311,8 @@ async fn flood(args: FloodArgs) -> Result<()> {
             "idle": args.idle,
             "seconds": args.seconds,
             "before": { "requests": f.before.len(), "p50_ms": q(&f.before, 0.5), "p99_ms": q(&f.before, 0.99) },
-            "during": { "requests": f.during.len(), "p50_ms": q(&f.during, 0.5), "p99_ms": q(&f.during, 0.99), "failed": f.failed },
+            "failed_before": f.failed_before,
+            "during": { "requests": f.during.len(), "p50_ms": q(&f.during, 0.5), "p99_ms": q(&f.during, 0.99), "failed": f.failed_during },
             "connections_peak": f.idle_peak,
             "idle_closed": f.idle_closed,
             "slowloris_closed": f.slowloris_closed,

@@ -125,7 +125,7 @@ async fn recover(args: RecoverArgs) -> Result<()> {
     // cannot be replayed on the new one, whatever their nonce.
     let chain_id = state.chain_id + 1;
     let node = start_node(&fresh, chain_id, vec![admin.address()])?;
-    let new = Contracts::deploy_restoring(medledger_sim::provider(&node, &admin)).await?;
+    let new = Contracts::danger_deploy_restoring(medledger_sim::provider(&node, &admin)).await?;
     let registry = new.addresses().registry;
     node.set_permissions(Arc::new(RegistryPermissions::new(registry)));
     let restored = replica.restore(&new, admin.address()).await?;

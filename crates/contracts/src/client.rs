@@ -263,7 +263,7 @@ impl<P: Provider + Clone> Contracts<P> {
     /// Deploys the set as [`Contracts::deploy`] does, with Consent open for
     /// restoring the grants of a retired chain (`Consent.restoreGrant`)
     /// until `Consent.closeRestore`; see [`crate::recover`].
-    pub async fn deploy_restoring(provider: P) -> Result<Contracts<P>> {
+    pub async fn danger_deploy_restoring(provider: P) -> Result<Contracts<P>> {
         Contracts::deploy_set(provider, true).await
     }
 

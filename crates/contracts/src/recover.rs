@@ -4,7 +4,7 @@
 //!
 //! ```text
 //!  indexed logs (<= trusted block) --Replica::apply--> Replica (final state)
-//!  Contracts::deploy_restoring --> Replica::restore --> Restored (what was copied, what was not)
+//!  Contracts::danger_deploy_restoring --> Replica::restore --> Restored (what was copied, what was not)
 //! ```
 //!
 //! The replica is the *final* state, not a replay: a device registered,
@@ -31,6 +31,9 @@ use alloy::primitives::{Address, B256, FixedBytes, Log};
 use alloy::providers::Provider;
 use alloy::sol_types::SolEventInterface;
 use std::collections::{BTreeMap, BTreeSet};
+
+/// Consents that lapse within this many seconds are not restored.
+const EXPIRY_MARGIN_S: u64 = 300;
 
 #[derive(Debug, Clone)]
 struct StaffState {
@@ -112,7 +115,8 @@ pub struct Restored {
     pub devices: usize,
     /// See `admins`.
     pub patients: usize,
-    /// Consents live at the trusted block and still unexpired.
+    /// Consents live at the trusted block and unexpired for five minutes
+    /// more.
     pub grants: usize,
     /// Patients opted out of default carer access.
     pub opt_outs: usize,
@@ -121,7 +125,8 @@ pub struct Restored {
     /// (rule id, the retired chain's contract) of rules whose contract is
     /// not one of the shipped set: deploy them again and register them.
     pub custom_rules: Vec<(B256, Address)>,
-    /// Bindings left out because their rule is such a custom rule.
+    /// Bindings left out because their rule is such a custom rule
+    /// (bindings to a rule id since removed are restored: they refuse).
     pub skipped_bindings: usize,
 }
 
@@ -372,7 +377,7 @@ impl Replica {
     }
 
     /// Writes the replica onto `new`, a set that `me` has just deployed
-    /// with [`Contracts::deploy_restoring`], through `new`'s provider
+    /// with [`Contracts::danger_deploy_restoring`], through `new`'s provider
     /// (signing as `me`); closes Consent's restoring at the end, and takes
     /// away `me`'s admin role if the retired chain had none for it.
     /// Consents that have expired by now are left out.
@@ -458,30 +463,43 @@ impl Replica {
         for (id, old_at) in &self.rules {
             match shipped.iter().find(|(old, _)| old == old_at) {
                 Some((_, at)) => {
-                    let current = rules.rules(*id).call().await?;
-                    if current != *at {
-                        send(rules.registerRule(*id, *at)).await?;
-                        count(&mut done);
-                    }
                     new_rules.insert(*id, *at);
                 }
                 None => done.custom_rules.push((*id, *old_at)),
             }
         }
-        // Shipped rule ids the retired chain removed.
-        for (id, _) in shipped_ids(new).await? {
-            if !new_rules.contains_key(&id) {
+        // First free the shipped ids the retired chain removed or pointed
+        // elsewhere (a contract answers to one id only), then register.
+        for (id, at) in shipped_ids(new) {
+            if new_rules.get(&id) != Some(&at) {
                 send(rules.removeRule(id)).await?;
                 count(&mut done);
             }
         }
+        for (id, at) in &new_rules {
+            if rules.rules(*id).call().await? != *at {
+                send(rules.registerRule(*id, *at)).await?;
+                count(&mut done);
+            }
+        }
+        let custom: BTreeSet<B256> = done.custom_rules.iter().map(|(id, _)| *id).collect();
         for ((scope, key), id) in &self.bindings {
             if new_rules.contains_key(id) {
                 send(rules.bind(*scope, *key, *id)).await?;
                 count(&mut done);
                 done.bindings += 1;
-            } else {
+            } else if custom.contains(id) {
                 done.skipped_bindings += 1;
+            } else {
+                // A binding to a rule id since removed: on the retired
+                // chain it refuses the readings it governs (no rule), so it
+                // must on the new one too. `bind` needs a registered id:
+                // lend it a contract of the set, bind, then remove it.
+                send(rules.registerRule(*id, a.anchor)).await?;
+                send(rules.bind(*scope, *key, *id)).await?;
+                send(rules.removeRule(*id)).await?;
+                done.transactions += 3;
+                done.bindings += 1;
             }
         }
         let mut by_group: BTreeMap<(B256, bool), Vec<FixedBytes<16>>> = BTreeMap::new();
@@ -516,7 +534,8 @@ impl Replica {
             .await?
             .map_or(0, |b| b.header.timestamp);
         for (id, g) in &self.grants {
-            if g.expiry <= now || !self.patients.contains_key(&g.patient) {
+            // A grant that would lapse while the restore runs is left out.
+            if g.expiry <= now + EXPIRY_MARGIN_S || !self.patients.contains_key(&g.patient) {
                 continue;
             }
             send(consent.restoreGrant(
@@ -534,7 +553,7 @@ impl Replica {
         }
         for (patient, opted) in &self.opt_outs {
             if *opted && self.patients.contains_key(patient) {
-                send(consent.restoreOptOut(*patient, true)).await?;
+                send(consent.restoreOptOut(*patient)).await?;
                 count(&mut done);
                 done.opt_outs += 1;
             }
@@ -596,9 +615,9 @@ pub fn addresses_from_logs(registry: Address, logs: &[Log]) -> Result<Addresses>
 }
 
 /// The shipped rule ids and where the set has them.
-async fn shipped_ids<P: Provider + Clone>(set: &Contracts<P>) -> Result<Vec<(B256, Address)>> {
+fn shipped_ids<P: Provider + Clone>(set: &Contracts<P>) -> Vec<(B256, Address)> {
     let a = set.addresses();
-    Ok([
+    [
         (crate::client::ALLOWED_TYPES_RULE, a.allowed_types),
         (crate::client::VALUE_RANGE_RULE, a.value_range),
         (crate::client::DEFAULT_RULE, a.default_rule),
@@ -610,5 +629,5 @@ async fn shipped_ids<P: Provider + Clone>(set: &Contracts<P>) -> Result<Vec<(B25
             at,
         )
     })
-    .collect())
+    .collect()
 }

@@ -295,19 +295,37 @@ impl Server {
     }
 
     /// Erases again every patient here whose erasure the chain records
-    /// (`Anchor` kind 4), and every patient in `also` (say, erasures a
-    /// newer chain records), unless already erased: a restored backup
-    /// never brings back a forgotten patient. Returns how many.
+    /// (`Anchor` kind 4, by a server the Registry knows), and every patient
+    /// in `also` (say, erasures a newer chain records), unless already
+    /// erased: a restored backup never brings back a forgotten patient.
+    /// Returns how many.
     pub async fn erase_recorded(&self, also: &[[u8; 32]]) -> Result<usize, String> {
-        let recorded = self
-            .state
-            .view
-            .contracts()
+        let contracts = self.state.view.contracts();
+        let recorded = contracts
             .erasures()
             .await
             .map_err(|e| format!("reading the erasures on chain: {e}"))?;
-        let mut erased: Vec<[u8; 32]> = recorded.iter().map(|a| a.patient.0).collect();
-        erased.extend_from_slice(also);
+        let mut servers = std::collections::BTreeMap::new();
+        let mut erased: Vec<[u8; 32]> = also.to_vec();
+        for a in &recorded {
+            // Chains deployed before kind 4 was the servers' alone let any
+            // node record one: only a server's counts.
+            let by_server = match servers.get(&a.by) {
+                Some(known) => *known,
+                None => {
+                    let node = contracts
+                        .registry()
+                        .node(a.by)
+                        .call()
+                        .await
+                        .map_err(|e| format!("reading the node {}: {e}", a.by))?;
+                    *servers.entry(a.by).or_insert(node.kind == 2)
+                }
+            };
+            if by_server {
+                erased.push(a.patient.0);
+            }
+        }
         erased.sort_unstable();
         erased.dedup();
         let here = self.patients().await?;

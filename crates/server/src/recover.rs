@@ -8,6 +8,7 @@
 //! ```text
 //!  chain_events ------------> retired_chain_events (kept, by retired chain)
 //!  ledger_anchors, batches -> retired_anchors; anchored again on the new chain
+//!  alerts, annotations -----> keys of chain events and annotation ids set aside
 //!  chain_cursor ------------> events: from block 0 of the new chain;
 //!                             alerts: after the restoring blocks (no alerts for them)
 //!  retired_chains ----------> the old Registry and genesis, the last trusted block and hash, the new Registry
@@ -134,6 +135,20 @@ pub async fn retire(db: &Db, r: &Retirement) -> Result<Retired, sqlx::Error> {
         .execute(&mut *tx)
         .await?;
     }
+    // Alerts of chain events are keyed by (block, log index), and
+    // annotation texts by the annotation's id: the new chain counts both
+    // from the start again. The retired ones step aside (`chain` is ours,
+    // an integer).
+    sqlx::query(&format!(
+        "UPDATE alerts SET source = 'retired-{chain}:' || source WHERE source LIKE 'event:%'"
+    ))
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(&format!(
+        "UPDATE annotations SET id = -({chain} * 1000000000000 + id) WHERE id > 0"
+    ))
+    .execute(&mut *tx)
+    .await?;
     sqlx::query("DELETE FROM chain_cursor WHERE name = 'events'")
         .execute(&mut *tx)
         .await?;

@@ -316,6 +316,15 @@ pub async fn access(
     Ok(result)
 }
 
+/// One legitimate device's requests in each phase of [`flood`].
+#[derive(Debug, Default)]
+struct Phases {
+    before: Vec<Duration>,
+    during: Vec<Duration>,
+    failed_before: u64,
+    failed_during: u64,
+}
+
 /// What [`flood`] measured.
 #[derive(Debug, Clone)]
 pub struct Flood {
@@ -325,8 +334,11 @@ pub struct Flood {
     pub before: Vec<Duration>,
     /// See `before`.
     pub during: Vec<Duration>,
-    /// Legitimate requests that failed or were refused during the flood.
-    pub failed: u64,
+    /// Legitimate requests that failed or were refused before the flood,
+    /// and during it.
+    pub failed_before: u64,
+    /// See `failed_before`.
+    pub failed_during: u64,
     /// Idle connections held open at once (the most), and how many the
     /// collector closed (handshake timeout) and the flooder opened again.
     pub idle_peak: u64,
@@ -445,6 +457,9 @@ pub async fn flood(
     seconds: u64,
     every: Duration,
 ) -> Result<Flood> {
+    if legit.is_empty() {
+        bail!("a flood needs at least one legitimate device");
+    }
     let addr = hospital.collector.addr().to_string();
     let per_phase = (seconds as u128 * 1000 / every.as_millis().max(1)) as usize;
     let mut senders = Vec::with_capacity(legit.len());
@@ -461,31 +476,41 @@ pub async fn flood(
     for (config, readings) in senders {
         let (addr, flooding) = (addr.clone(), flooding.clone());
         legit_tasks.spawn(async move {
-            let mut conn = Connection::open(config, &addr, "localhost").await?;
-            let (mut before, mut during, mut failed) = (Vec::new(), Vec::new(), 0u64);
+            let mut conn = Connection::open(config.clone(), &addr, "localhost").await?;
+            let mut r = Phases::default();
             let mut next = Instant::now();
             for reading in readings {
                 tokio::time::sleep_until(next.into()).await;
                 next += every;
                 let in_flood = flooding.load(Ordering::Relaxed);
                 let start = Instant::now();
-                let ok = conn
+                let reply = conn
                     .request(
                         "POST",
                         "/v1/readings",
                         &[("content-type", "application/cose")],
                         reading,
                     )
-                    .await
-                    .is_ok_and(|r| r.status == 202);
+                    .await;
                 let took = start.elapsed();
-                match (in_flood, ok) {
-                    (false, true) => before.push(took),
-                    (true, true) => during.push(took),
-                    (_, false) => failed += 1,
+                match (in_flood, reply) {
+                    (false, Ok(r2)) if r2.status == 202 => r.before.push(took),
+                    (true, Ok(r2)) if r2.status == 202 => r.during.push(took),
+                    (false, reply) => {
+                        r.failed_before += 1;
+                        if reply.is_err() {
+                            conn = Connection::open(config.clone(), &addr, "localhost").await?;
+                        }
+                    }
+                    (true, reply) => {
+                        r.failed_during += 1;
+                        if reply.is_err() {
+                            conn = Connection::open(config.clone(), &addr, "localhost").await?;
+                        }
+                    }
                 }
             }
-            anyhow::Ok((before, during, failed))
+            anyhow::Ok(r)
         });
     }
     tokio::time::sleep(Duration::from_secs(seconds)).await;
@@ -585,11 +610,13 @@ pub async fn flood(
         )
         .await
         .is_ok_and(|r| r.status == 202);
-    let (mut before, mut during, mut failed) = (Vec::new(), Vec::new(), 0);
-    for (b, d, f) in legit_results {
-        before.extend(b);
-        during.extend(d);
-        failed += f;
+    let (mut before, mut during, mut failed_before, mut failed_during) =
+        (Vec::new(), Vec::new(), 0, 0);
+    for r in legit_results {
+        before.extend(r.before);
+        during.extend(r.during);
+        failed_before += r.failed_before;
+        failed_during += r.failed_during;
     }
     before.sort();
     during.sort();
@@ -598,7 +625,8 @@ pub async fn flood(
         devices: legit.len(),
         before,
         during,
-        failed,
+        failed_before,
+        failed_during,
         idle_peak: connections.peak,
         idle_closed: connections.idle_closed,
         slowloris_closed: connections.slowloris_closed,

@@ -96,7 +96,7 @@ async fn a_fresh_chain_gets_the_registry_rules_and_live_consents_of_the_retired_
 
     // A normal deployment can restore nothing.
     assert_refused(
-        send(h.admin.consent().restoreOptOut(p, false)).await,
+        send(h.admin.consent().restoreOptOut(p)).await,
         "NotRestoring",
     );
 
@@ -130,7 +130,7 @@ async fn a_fresh_chain_gets_the_registry_rules_and_live_consents_of_the_retired_
         },
     })
     .unwrap();
-    let new = Contracts::deploy_restoring(provider(&node, &deployer))
+    let new = Contracts::danger_deploy_restoring(provider(&node, &deployer))
         .await
         .unwrap();
     let done = replica.restore(&new, deployer.address()).await.unwrap();
