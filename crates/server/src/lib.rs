@@ -305,27 +305,8 @@ impl Server {
             .erasures()
             .await
             .map_err(|e| format!("reading the erasures on chain: {e}"))?;
-        let mut servers = std::collections::BTreeMap::new();
         let mut erased: Vec<[u8; 32]> = also.to_vec();
-        for a in &recorded {
-            // Chains deployed before kind 4 was the servers' alone let any
-            // node record one: only a server's counts.
-            let by_server = match servers.get(&a.by) {
-                Some(known) => *known,
-                None => {
-                    let node = contracts
-                        .registry()
-                        .node(a.by)
-                        .call()
-                        .await
-                        .map_err(|e| format!("reading the node {}: {e}", a.by))?;
-                    *servers.entry(a.by).or_insert(node.kind == 2)
-                }
-            };
-            if by_server {
-                erased.push(a.patient.0);
-            }
-        }
+        erased.extend(self.by_servers(recorded).await?.iter().map(|a| a.patient.0));
         erased.sort_unstable();
         erased.dedup();
         let here = self.patients().await?;
@@ -345,8 +326,38 @@ impl Server {
         Ok(n)
     }
 
+    /// The anchors recorded by a node the Registry lists as a server:
+    /// chains deployed before kind 4 was the servers' alone let any node
+    /// record an erasure.
+    async fn by_servers(
+        &self,
+        anchors: Vec<medledger_contracts::CheckpointAnchor>,
+    ) -> Result<Vec<medledger_contracts::CheckpointAnchor>, String> {
+        let registry = self.state.view.contracts().registry();
+        let mut servers = std::collections::BTreeMap::new();
+        let mut out = Vec::with_capacity(anchors.len());
+        for a in anchors {
+            let by_server = match servers.get(&a.by) {
+                Some(known) => *known,
+                None => {
+                    let node = registry
+                        .node(a.by)
+                        .call()
+                        .await
+                        .map_err(|e| format!("reading the node {}: {e}", a.by))?;
+                    *servers.entry(a.by).or_insert(node.kind == 2)
+                }
+            };
+            if by_server {
+                out.push(a);
+            }
+        }
+        Ok(out)
+    }
+
     /// Checks every patient ledger here against the checkpoints anchored
-    /// for it on chain (kind 3); returns what failed, one line each.
+    /// for it on chain (kind 3, servers' only); returns what failed, one
+    /// line each.
     pub async fn verify_ledgers(&self) -> Result<Vec<String>, String> {
         let ledger = &self.state.ledger;
         let key = ledger.verifier_key();
