@@ -493,20 +493,18 @@ pub async fn flood(
                     )
                     .await;
                 let took = start.elapsed();
-                match (in_flood, reply) {
-                    (false, Ok(r2)) if r2.status == 202 => r.before.push(took),
-                    (true, Ok(r2)) if r2.status == 202 => r.during.push(took),
-                    (false, reply) => {
-                        r.failed_before += 1;
-                        if reply.is_err() {
-                            conn = Connection::open(config.clone(), &addr, "localhost").await?;
-                        }
-                    }
-                    (true, reply) => {
-                        r.failed_during += 1;
-                        if reply.is_err() {
-                            conn = Connection::open(config.clone(), &addr, "localhost").await?;
-                        }
+                let acknowledged = reply.as_ref().is_ok_and(|r| r.status == 202);
+                let (times, failed) = if in_flood {
+                    (&mut r.during, &mut r.failed_during)
+                } else {
+                    (&mut r.before, &mut r.failed_before)
+                };
+                if acknowledged {
+                    times.push(took);
+                } else {
+                    *failed += 1;
+                    if reply.is_err() {
+                        conn = Connection::open(config.clone(), &addr, "localhost").await?;
                     }
                 }
             }
