@@ -263,23 +263,17 @@ async fn flood(args: FloodArgs) -> Result<()> {
     );
     println!("| phase | requests | p50 | p99 | max | failed |");
     println!("|---|---:|---:|---:|---:|---:|");
-    let max = |list: &[Duration]| list.last().map_or(0.0, |d| ms(*d));
-    println!(
-        "| before the flood | {} | {:.2} ms | {:.2} ms | {:.2} ms | {} |",
-        f.before.len(),
-        q(&f.before, 0.5),
-        q(&f.before, 0.99),
-        max(&f.before),
-        f.failed_before
-    );
-    println!(
-        "| during the flood | {} | {:.2} ms | {:.2} ms | {:.2} ms | {} |",
-        f.during.len(),
-        q(&f.during, 0.5),
-        q(&f.during, 0.99),
-        max(&f.during),
-        f.failed_during
-    );
+    let row = |phase: &str, list: &[Duration], failed: u64| {
+        println!(
+            "| {phase} | {} | {:.2} ms | {:.2} ms | {:.2} ms | {failed} |",
+            list.len(),
+            q(list, 0.5),
+            q(list, 0.99),
+            list.last().map_or(0.0, |d| ms(*d))
+        );
+    };
+    row("before the flood", &f.before, f.failed_before);
+    row("during the flood", &f.during, f.failed_during);
     println!();
     println!("The flood, for {} s:", args.seconds);
     println!(

@@ -12,7 +12,7 @@
 use crate::{Device, Hospital};
 use anyhow::{Context, Result, bail};
 use medledger_pki::Role;
-use medledger_pki::https::Connection;
+use medledger_pki::https::{ClientError, Connection, Reply};
 use medledger_protocol::reading_hash;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,14 +44,7 @@ pub async fn burst(hospital: &Hospital, devices: &mut [Device]) -> Result<Burst>
         let addr = addr.clone();
         tasks.spawn(async move {
             let mut conn = Connection::open(config, &addr, "localhost").await?;
-            let reply = conn
-                .request(
-                    "POST",
-                    "/v1/readings",
-                    &[("content-type", "application/cose")],
-                    reading,
-                )
-                .await?;
+            let reply = post_cose(&mut conn, reading).await?;
             anyhow::Ok(reply)
         });
     }
@@ -89,6 +82,17 @@ pub async fn burst(hospital: &Hospital, devices: &mut [Device]) -> Result<Burst>
         acknowledged,
         anchored: start.elapsed(),
     })
+}
+
+/// Posts one signed reading (`application/cose`).
+async fn post_cose(conn: &mut Connection, reading: Vec<u8>) -> Result<Reply, ClientError> {
+    conn.request(
+        "POST",
+        "/v1/readings",
+        &[("content-type", "application/cose")],
+        reading,
+    )
+    .await
 }
 
 /// What a sustained run measured.
@@ -484,14 +488,7 @@ pub async fn flood(
                 next += every;
                 let in_flood = flooding.load(Ordering::Relaxed);
                 let start = Instant::now();
-                let reply = conn
-                    .request(
-                        "POST",
-                        "/v1/readings",
-                        &[("content-type", "application/cose")],
-                        reading,
-                    )
-                    .await;
+                let reply = post_cose(&mut conn, reading).await;
                 let took = start.elapsed();
                 let acknowledged = reply.as_ref().is_ok_and(|r| r.status == 202);
                 let (times, failed) = if in_flood {
@@ -599,13 +596,7 @@ pub async fn flood(
         "localhost",
     )
     .await?;
-    let up_after = fresh
-        .request(
-            "POST",
-            "/v1/readings",
-            &[("content-type", "application/cose")],
-            legit[0].heart_rate(72.0),
-        )
+    let up_after = post_cose(&mut fresh, legit[0].heart_rate(72.0))
         .await
         .is_ok_and(|r| r.status == 202);
     let (mut before, mut during, mut failed_before, mut failed_during) =
