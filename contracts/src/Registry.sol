@@ -48,6 +48,10 @@ contract Registry {
         /// The patient's stay it was assigned in; a later stay does not
         /// inherit it.
         uint64 stay;
+        /// The certificate `certFingerprint` replaced, and when (block
+        /// time, Unix seconds): readings it signed before then still count.
+        bytes32 previousCertFingerprint;
+        uint64 certChangedAt;
     }
 
     /// What a collector or server needs to know about a device at once.
@@ -59,6 +63,9 @@ contract Registry {
         bytes32 patientRef;
         /// That patient's account, or zero.
         address account;
+        /// The retired certificate and when it was retired (Device).
+        bytes32 previousCertFingerprint;
+        uint64 certChangedAt;
     }
 
     struct Admission {
@@ -259,14 +266,20 @@ contract Registry {
             ruleId: ruleId,
             certFingerprint: certFingerprint,
             patientRef: bytes32(0),
-            stay: 0
+            stay: 0,
+            previousCertFingerprint: bytes32(0),
+            certChangedAt: 0
         });
         emit DeviceRegistered(epc, group, ruleId, certFingerprint);
     }
 
-    /// Records a renewed certificate for an active device.
+    /// Records a renewed certificate for an active device. The certificate
+    /// it replaces is retired now: what it signed before stays acceptable.
     function setDeviceCertificate(bytes12 epc, bytes32 certFingerprint) external onlyAdmin {
         Device storage d = activeDevice(epc);
+        if (d.certFingerprint == certFingerprint) return;
+        d.previousCertFingerprint = d.certFingerprint;
+        d.certChangedAt = uint64(block.timestamp);
         d.certFingerprint = certFingerprint;
         emit DeviceCertificateChanged(epc, certFingerprint);
     }
@@ -329,7 +342,9 @@ contract Registry {
                 active: d.active,
                 certFingerprint: d.certFingerprint,
                 patientRef: patientRef,
-                account: patientRef == bytes32(0) ? address(0) : admissions[patientRef].account
+                account: patientRef == bytes32(0) ? address(0) : admissions[patientRef].account,
+                previousCertFingerprint: d.previousCertFingerprint,
+                certChangedAt: d.certChangedAt
             });
         }
     }

@@ -52,7 +52,9 @@ fn main() {
         .issue(&LeafRequest::new(Role::Server))
         .expect("a server certificate");
     write("certificate", "server.der", &server.cert_der);
-    write("crl", "empty.der", &ca.write_crl().expect("a CRL"));
+    let crls = ca.write_crl().expect("the CRLs");
+    write("crl", "root.der", &crls[0]);
+    write("crl", "empty.der", &crls[1]);
 
     let signer = NoteSigner::from_pkcs8("fuzz", &NoteSigner::generate_pkcs8()).expect("a key");
     let note = signer.sign_text("fuzz\n1\nbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbs=\n");

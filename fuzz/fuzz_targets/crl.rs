@@ -10,9 +10,9 @@ fn verifier() -> &'static Arc<ClientAuth> {
         .get_or_init(|| {
             let dir = tempfile::tempdir().expect("a temporary directory");
             let ca = medledger_pki::Ca::init(dir.path(), "fuzz").expect("a CA");
-            let crl = ca.write_crl().expect("its CRL");
+            let crls = ca.write_crl().expect("its CRLs");
             let root = ca.root_cert_der().expect("its root");
-            let auth = ClientAuth::new(&root, vec![crl], &[Role::Device]).expect("a verifier");
+            let auth = ClientAuth::new(&root, crls, &[Role::Device]).expect("a verifier");
             (dir, auth)
         })
         .1

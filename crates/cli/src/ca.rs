@@ -38,14 +38,30 @@ pub(crate) enum CaCommand {
         /// The certificate to revoke.
         cert: PathBuf,
     },
-    /// Write a freshly signed CRL.
+    /// Write freshly signed CRLs (the root's and each issuing CA's), PEM.
     Crl {
         /// The CA directory.
         #[arg(long)]
         ca: PathBuf,
-        /// Where to write it (PEM if the name ends in .pem, else DER).
+        /// Where to write them.
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Make a new issuing CA the one that issues; the one it replaces
+    /// stays trusted until `ca retire`.
+    Rotate {
+        /// The CA directory.
+        #[arg(long)]
+        ca: PathBuf,
+    },
+    /// Retire a replaced issuing CA: the root revokes it and its key is
+    /// deleted; nothing it issued is accepted once the new CRL is out.
+    Retire {
+        /// The CA directory.
+        #[arg(long)]
+        ca: PathBuf,
+        /// The serial of the issuing CA (as `ca rotate` printed it).
+        serial: String,
     },
 }
 
@@ -119,17 +135,41 @@ pub(crate) fn run(cmd: CaCommand) -> Result<()> {
         }
         CaCommand::Crl { ca, out } => {
             let ca = Ca::open(&ca)?;
-            let der = ca.write_crl()?;
-            let bytes = if out.extension().is_some_and(|e| e == "pem") {
-                files::to_pem("X509 CRL", &der).into_bytes()
-            } else {
-                der
-            };
-            files::write_public(&out, &bytes)?;
+            let pem: String = ca
+                .write_crl()?
+                .iter()
+                .map(|der| files::to_pem("X509 CRL", der))
+                .collect();
+            files::write_public(&out, pem.as_bytes())?;
             println!(
-                "wrote CRL with {} revoked certificate(s) to {}",
+                "wrote CRLs with {} revoked certificate(s) to {}",
                 ca.revoked()?.len(),
                 out.display()
+            );
+            Ok(())
+        }
+        CaCommand::Rotate { ca } => {
+            let old = Ca::open(&ca)?;
+            let replaced = old.issuing_serial().to_owned();
+            let ca = old.rotate()?;
+            println!("new issuing CA {}", ca.issuing_serial());
+            println!("  {}", ca.dir().join(layout::ISSUING_CERT).display());
+            println!(
+                "replaced {replaced}: what it issued stays valid until `medledger ca retire --ca {} {replaced}`",
+                ca.dir().display()
+            );
+            println!(
+                "CRLs rewritten at {}: give the new one to every collector, server and chain node",
+                ca.dir().join(layout::CRL).display()
+            );
+            Ok(())
+        }
+        CaCommand::Retire { ca, serial } => {
+            let ca = Ca::open(&ca)?.retire(&serial)?;
+            println!("retired issuing CA {serial}: its key is deleted and the root revoked it");
+            println!(
+                "CRLs rewritten at {}: once they are out, nothing it issued is accepted",
+                ca.dir().join(layout::CRL).display()
             );
             Ok(())
         }

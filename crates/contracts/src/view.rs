@@ -30,6 +30,23 @@ pub struct Binding {
     pub patient: Option<B256>,
     /// That patient's account.
     pub account: Option<Address>,
+    /// The certificate the registered one replaced, and when it was
+    /// retired (block time, Unix seconds).
+    pub retired_cert: Option<([u8; 32], u64)>,
+}
+
+impl Binding {
+    /// Whether a reading signed at `ts_ms` (Unix ms) by the certificate
+    /// with `fingerprint` counts: the registered certificate, or the one
+    /// it replaced for what that one signed before its retirement (so that
+    /// readings accepted before a renewal still commit). Block times are
+    /// whole seconds, so the retirement's second still counts as before.
+    pub fn signed_by_registered(&self, fingerprint: &[u8; 32], ts_ms: u64) -> bool {
+        self.cert_fingerprint == *fingerprint
+            || self.retired_cert.is_some_and(|(retired, at_s)| {
+                retired == *fingerprint && ts_ms < at_s.saturating_add(1).saturating_mul(1000)
+            })
+    }
 }
 
 impl From<DeviceBinding> for Binding {
@@ -40,6 +57,8 @@ impl From<DeviceBinding> for Binding {
             cert_fingerprint: b.certFingerprint.0,
             patient: (b.patientRef != B256::ZERO).then_some(b.patientRef),
             account: (b.account != Address::ZERO).then_some(b.account),
+            retired_cert: (b.certChangedAt != 0)
+                .then_some((b.previousCertFingerprint.0, b.certChangedAt)),
         }
     }
 }

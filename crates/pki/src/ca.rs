@@ -1,15 +1,23 @@
 //! The certificate authority: a root CA, an issuing CA, leaf certificates for
-//! every role, and the CRL.
+//! every role, and the CRLs.
 //!
 //! A CA directory holds:
 //!
 //! ```text
 //! root.crt  root.key        self-signed root (key 0600)
-//! issuing.crt issuing.key   issuing CA signed by the root (key 0600)
-//! crl.pem                   current CRL of the issuing CA
-//! state.json                CRL number and revoked serials
+//! issuing.crt issuing.key   the current issuing CA, signed by the root (key 0600)
+//! previous/SERIAL.crt .key  issuing CAs replaced by `rotate`, still trusted
+//! retired/SERIAL.crt        issuing CAs retired (revoked by the root); no key
+//! crl.pem                   the CRLs: the root's, and one per trusted issuing CA
+//! state.json                CRL number and revoked serials, by issuer
 //! issued.jsonl              one line per certificate issued
 //! ```
+//!
+//! Rotating the issuing CA is two steps. [`Ca::rotate`] makes a new issuing
+//! CA current; the replaced one still vouches for what it issued (and can
+//! still revoke it) until [`Ca::retire`] has the root revoke it and deletes
+//! its key. From then on nothing it signed is accepted: verifiers check the
+//! whole chain against the CRLs.
 
 use crate::account::EthAccount;
 use crate::epc::Epc;
@@ -346,9 +354,45 @@ impl Issued {
 /// An open CA directory.
 pub struct Ca {
     dir: PathBuf,
-    issuing_der: Vec<u8>,
-    issuing_key: KeyPair,
+    issuing: IssuingCa,
+    /// Replaced by [`Ca::rotate`], not yet retired.
+    previous: Vec<IssuingCa>,
 }
+
+/// An issuing CA: its certificate, key and serial (lowercase hex).
+struct IssuingCa {
+    der: Vec<u8>,
+    key: KeyPair,
+    serial: String,
+}
+
+impl IssuingCa {
+    fn load(cert: &Path, key: &Path) -> Result<IssuingCa> {
+        let der = files::read_first(cert, "CERTIFICATE")?;
+        Ok(IssuingCa {
+            serial: serial_hex(&der, cert)?,
+            key: read_key(key)?,
+            der,
+        })
+    }
+
+    fn issuer(&self) -> Result<Issuer<'static, PatchingSigner<'_>>> {
+        Ok(Issuer::from_ca_cert_der(
+            &self.der.clone().into(),
+            PatchingSigner(&self.key),
+        )?)
+    }
+
+    /// Whether this CA signed `cert`.
+    fn signed(&self, cert: &x509_parser::certificate::X509Certificate<'_>) -> bool {
+        use x509_parser::prelude::{FromDer, X509Certificate};
+        X509Certificate::from_der(&self.der)
+            .is_ok_and(|(_, ca)| cert.verify_signature(Some(ca.public_key())).is_ok())
+    }
+}
+
+/// The `issuer` of revocations the root signs (of issuing CAs).
+const ROOT_ISSUER: &str = "root";
 
 impl std::fmt::Debug for Ca {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -385,6 +429,11 @@ pub struct Revoked {
     pub revoked_at: i64,
     /// The subject's common name, for people.
     pub subject: String,
+    /// Who revoked it: the serial of the issuing CA that issued it, or
+    /// `root` for a retired issuing CA. Empty in a state written before
+    /// rotation existed: the current issuing CA's.
+    #[serde(default)]
+    pub issuer: String,
 }
 
 #[derive(Serialize)]
@@ -412,6 +461,68 @@ pub mod layout {
     pub const STATE: &str = "state.json";
     /// Log of issued certificates.
     pub const ISSUED: &str = "issued.jsonl";
+    /// Issuing CAs replaced by rotation, still trusted.
+    pub const PREVIOUS: &str = "previous";
+    /// Issuing CAs retired: certificates only.
+    pub const RETIRED: &str = "retired";
+}
+
+/// The parameters of a CA certificate valid from now for `years`.
+fn ca_params(organization: &str, cn: &str, years: i64, path_len: u8) -> CertificateParams {
+    let now = OffsetDateTime::now_utc();
+    let mut p = CertificateParams::default();
+    p.distinguished_name = name(organization, cn, None);
+    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(path_len));
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    p.not_before = now - CLOCK_SKEW;
+    p.not_after = now + Duration::days(365 * years);
+    p.serial_number = Some(random_serial());
+    p.key_identifier_method = KeyIdMethod::Sha256;
+    p.use_authority_key_identifier_extension = true;
+    p
+}
+
+/// Years an issuing CA is valid.
+const ISSUING_YEARS: i64 = 10;
+
+fn read_key(path: &Path) -> Result<KeyPair> {
+    let pem = String::from_utf8(files::read(path)?).map_err(|_| Error::Format {
+        path: path.to_owned(),
+        reason: "not UTF-8 PEM".into(),
+    })?;
+    KeyPair::from_pem(&pem).map_err(|e| Error::Format {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+fn parse_cert<'a>(
+    der: &'a [u8],
+    path: &Path,
+) -> Result<x509_parser::certificate::X509Certificate<'a>> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    X509Certificate::from_der(der)
+        .map(|(_, c)| c)
+        .map_err(|e| Error::Format {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })
+}
+
+fn serial_hex(der: &[u8], path: &Path) -> Result<String> {
+    Ok(hex::encode(parse_cert(der, path)?.raw_serial()))
+}
+
+/// Renames `from` to `to` if `from` exists (finishing a rotation).
+fn rename_if_present(from: &Path, to: &Path) -> Result<()> {
+    match std::fs::rename(from, to) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(from, e)),
+        _ => Ok(()),
+    }
 }
 
 impl Ca {
@@ -425,30 +536,13 @@ impl Ca {
                 dir.display()
             )));
         }
-        let now = OffsetDateTime::now_utc();
-        let ca_params = |cn: &str, years: i64, path_len: u8| {
-            let mut p = CertificateParams::default();
-            p.distinguished_name = name(organization, cn, None);
-            p.is_ca = IsCa::Ca(BasicConstraints::Constrained(path_len));
-            p.key_usages = vec![
-                KeyUsagePurpose::KeyCertSign,
-                KeyUsagePurpose::CrlSign,
-                KeyUsagePurpose::DigitalSignature,
-            ];
-            p.not_before = now - CLOCK_SKEW;
-            p.not_after = now + Duration::days(365 * years);
-            p.serial_number = Some(random_serial());
-            p.key_identifier_method = KeyIdMethod::Sha256;
-            p.use_authority_key_identifier_extension = true;
-            p
-        };
         let root_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-        let root_params = ca_params("medledger root CA", 20, 1);
+        let root_params = ca_params(organization, "medledger root CA", 20, 1);
         let root_cert = root_params.self_signed(&root_key)?;
         let root = Issuer::new(root_params, &root_key);
         let issuing_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-        let issuing_cert =
-            ca_params("medledger issuing CA", 10, 0).signed_by(&issuing_key, &root)?;
+        let issuing_cert = ca_params(organization, "medledger issuing CA", ISSUING_YEARS, 0)
+            .signed_by(&issuing_key, &root)?;
 
         files::write_secret(
             &dir.join(layout::ROOT_KEY),
@@ -465,17 +559,28 @@ impl Ca {
         )?;
         let ca = Ca {
             dir: dir.to_owned(),
-            issuing_der: issuing_cert.der().to_vec(),
-            issuing_key,
+            issuing: IssuingCa {
+                serial: serial_hex(issuing_cert.der(), &dir.join(layout::ISSUING_CERT))?,
+                der: issuing_cert.der().to_vec(),
+                key: issuing_key,
+            },
+            previous: Vec::new(),
         };
         ca.write_state(&State::default())?;
         ca.write_crl()?;
         Ok(ca)
     }
 
-    /// Opens an initialised CA directory.
+    /// Opens an initialised CA directory (finishing a rotation that was
+    /// interrupted).
     pub fn open(dir: &Path) -> Result<Ca> {
         let key_path = dir.join(layout::ISSUING_KEY);
+        let cert_path = dir.join(layout::ISSUING_CERT);
+        // A rotation writes the new CA beside the current one, then
+        // renames key and certificate over it; the old one is kept in
+        // previous/ before that.
+        rename_if_present(&with_suffix(&key_path, ".new"), &key_path)?;
+        rename_if_present(&with_suffix(&cert_path, ".new"), &cert_path)?;
         if !key_path.exists() {
             return Err(Error::Request(format!(
                 "{} is not a CA directory (no {}); run `medledger ca init --dir {}` first",
@@ -484,19 +589,27 @@ impl Ca {
                 dir.display()
             )));
         }
-        let key_pem = String::from_utf8(files::read(&key_path)?).map_err(|_| Error::Format {
-            path: key_path.clone(),
-            reason: "not UTF-8 PEM".into(),
-        })?;
-        let issuing_key = KeyPair::from_pem(&key_pem).map_err(|e| Error::Format {
-            path: key_path,
-            reason: e.to_string(),
-        })?;
-        let issuing_der = files::read_first(&dir.join(layout::ISSUING_CERT), "CERTIFICATE")?;
+        let issuing = IssuingCa::load(&cert_path, &key_path)?;
+        let mut previous = Vec::new();
+        let previous_dir = dir.join(layout::PREVIOUS);
+        if previous_dir.is_dir() {
+            let mut names: Vec<PathBuf> = std::fs::read_dir(&previous_dir)
+                .map_err(|e| Error::io(&previous_dir, e))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "crt"))
+                .collect();
+            names.sort();
+            for cert in names {
+                let ca = IssuingCa::load(&cert, &cert.with_extension("key"))?;
+                if ca.serial != issuing.serial {
+                    previous.push(ca);
+                }
+            }
+        }
         Ok(Ca {
             dir: dir.to_owned(),
-            issuing_der,
-            issuing_key,
+            issuing,
+            previous,
         })
     }
 
@@ -510,26 +623,153 @@ impl Ca {
         files::read_first(&self.dir.join(layout::ROOT_CERT), "CERTIFICATE")
     }
 
-    /// The issuing CA certificate.
+    /// The current issuing CA certificate.
     pub fn issuing_cert_der(&self) -> &[u8] {
-        &self.issuing_der
+        &self.issuing.der
+    }
+
+    /// The serial (hex) of the current issuing CA.
+    pub fn issuing_serial(&self) -> &str {
+        &self.issuing.serial
+    }
+
+    /// The serials (hex) of issuing CAs replaced by [`Ca::rotate`] and not
+    /// yet retired: what they issued is still accepted.
+    pub fn previous_serials(&self) -> Vec<String> {
+        self.previous.iter().map(|p| p.serial.clone()).collect()
     }
 
     fn issuing_not_after(&self) -> Result<OffsetDateTime> {
-        use x509_parser::prelude::{FromDer, X509Certificate};
-        let (_, cert) =
-            X509Certificate::from_der(&self.issuing_der).map_err(|e| Error::Format {
-                path: self.dir.join(layout::ISSUING_CERT),
-                reason: e.to_string(),
-            })?;
-        Ok(cert.validity().not_after.to_datetime())
+        Ok(
+            parse_cert(&self.issuing.der, &self.dir.join(layout::ISSUING_CERT))?
+                .validity()
+                .not_after
+                .to_datetime(),
+        )
     }
 
-    fn issuer(&self) -> Result<Issuer<'static, PatchingSigner<'_>>> {
-        Ok(Issuer::from_ca_cert_der(
-            &self.issuing_der.clone().into(),
-            PatchingSigner(&self.issuing_key),
-        )?)
+    fn root(&self) -> Result<(Vec<u8>, KeyPair)> {
+        Ok((
+            self.root_cert_der()?,
+            read_key(&self.dir.join(layout::ROOT_KEY))?,
+        ))
+    }
+
+    /// Makes a new issuing CA, signed by the root, the one that issues from
+    /// now on. The one it replaces moves to `previous/`: certificates it
+    /// issued stay valid, and revocable, until [`Ca::retire`]. Returns the
+    /// CA as it now is.
+    pub fn rotate(self) -> Result<Ca> {
+        let (root_der, root_key) = self.root()?;
+        let root_path = self.dir.join(layout::ROOT_CERT);
+        let root_cert = parse_cert(&root_der, &root_path)?;
+        let organization = root_cert
+            .subject()
+            .iter_organization()
+            .next()
+            .and_then(|o| o.as_str().ok())
+            .unwrap_or("medledger")
+            .to_owned();
+        let root = Issuer::from_ca_cert_der(&root_der.clone().into(), &root_key)?;
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let mut params = ca_params(&organization, "", ISSUING_YEARS, 0);
+        let serial = params
+            .serial_number
+            .clone()
+            .expect("ca_params sets a serial");
+        // A name of its own, so that CRLs (matched by issuer name) and
+        // chains never confuse it with the CA it replaces.
+        params.distinguished_name = name(
+            &organization,
+            &format!(
+                "medledger issuing CA {}",
+                &hex::encode(serial.to_bytes())[..8]
+            ),
+            None,
+        );
+        let cert = params.signed_by(&key, &root)?;
+
+        // Stamp old revocations with their issuer before it stops being
+        // the current one.
+        let state = self.state()?;
+        self.write_state(&state)?;
+        let previous_dir = self.dir.join(layout::PREVIOUS);
+        std::fs::create_dir_all(&previous_dir).map_err(|e| Error::io(&previous_dir, e))?;
+        let kept = previous_dir.join(&self.issuing.serial);
+        let kept_key = with_suffix(&kept, ".key");
+        if !kept_key.exists() {
+            files::write_secret(&kept_key, self.issuing.key.serialize_pem().as_bytes())?;
+        }
+        files::write_public(
+            &with_suffix(&kept, ".crt"),
+            files::to_pem("CERTIFICATE", &self.issuing.der).as_bytes(),
+        )?;
+        let key_path = self.dir.join(layout::ISSUING_KEY);
+        let cert_path = self.dir.join(layout::ISSUING_CERT);
+        let new_key = with_suffix(&key_path, ".new");
+        if new_key.exists() {
+            std::fs::remove_file(&new_key).map_err(|e| Error::io(&new_key, e))?;
+        }
+        files::write_secret(&new_key, key.serialize_pem().as_bytes())?;
+        files::write_public(&with_suffix(&cert_path, ".new"), cert.pem().as_bytes())?;
+        let ca = Ca::open(&self.dir)?;
+        ca.write_crl()?;
+        Ok(ca)
+    }
+
+    /// Retires the previous issuing CA with `serial` (hex): the root
+    /// revokes it, its key is deleted, and from the next CRL on nothing it
+    /// issued is accepted. The current issuing CA cannot be retired; rotate
+    /// first. Returns the CA as it now is.
+    pub fn retire(self, serial: &str) -> Result<Ca> {
+        let serial = serial.replace(':', "").to_lowercase();
+        if serial == self.issuing.serial {
+            return Err(Error::Request(format!(
+                "{serial} is the current issuing CA; run `medledger ca rotate` first, then retire it"
+            )));
+        }
+        let Some(retiring) = self.previous.iter().find(|p| p.serial == serial) else {
+            return Err(Error::Request(format!(
+                "no previous issuing CA {serial}; previous: {}",
+                if self.previous.is_empty() {
+                    "none".to_owned()
+                } else {
+                    self.previous_serials().join(", ")
+                }
+            )));
+        };
+        let mut state = self.state()?;
+        if !state
+            .revoked
+            .iter()
+            .any(|r| r.issuer == ROOT_ISSUER && r.serial == serial)
+        {
+            let path = self
+                .dir
+                .join(layout::PREVIOUS)
+                .join(format!("{serial}.crt"));
+            state.revoked.push(Revoked {
+                serial: serial.clone(),
+                revoked_at: OffsetDateTime::now_utc().unix_timestamp(),
+                subject: crate::identity::common_name(&parse_cert(&retiring.der, &path)?),
+                issuer: ROOT_ISSUER.to_owned(),
+            });
+            self.write_state(&state)?;
+        }
+        // Revoked on record first; then the files go.
+        let retired_dir = self.dir.join(layout::RETIRED);
+        std::fs::create_dir_all(&retired_dir).map_err(|e| Error::io(&retired_dir, e))?;
+        let previous = self.dir.join(layout::PREVIOUS).join(&serial);
+        let key = with_suffix(&previous, ".key");
+        std::fs::remove_file(&key).map_err(|e| Error::io(&key, e))?;
+        std::fs::rename(
+            with_suffix(&previous, ".crt"),
+            retired_dir.join(format!("{serial}.crt")),
+        )
+        .map_err(|e| Error::io(&previous, e))?;
+        let ca = Ca::open(&self.dir)?;
+        ca.write_crl()?;
+        Ok(ca)
     }
 
     /// Issues a leaf certificate with a fresh key (and account, for all
@@ -560,7 +800,7 @@ impl Ca {
         let serial = random_serial();
         let cert = spec
             .params(serial.clone())?
-            .signed_by(&key, &self.issuer()?)?;
+            .signed_by(&key, &self.issuing.issuer()?)?;
         let cert_der = patch_oids(cert.der());
         let line = serde_json::to_string(&IssuedLine {
             serial: &hex::encode(serial.to_bytes()),
@@ -579,7 +819,7 @@ impl Ca {
         writeln!(f, "{line}").map_err(|e| Error::io(&log, e))?;
         Ok(Issued {
             cert_der,
-            chain: vec![self.issuing_der.clone()],
+            chain: vec![self.issuing.der.clone()],
             key_pkcs8: key.serialize_der(),
             account,
         })
@@ -587,10 +827,17 @@ impl Ca {
 
     fn state(&self) -> Result<State> {
         let path = self.dir.join(layout::STATE);
-        serde_json::from_slice(&files::read(&path)?).map_err(|e| Error::Format {
-            path,
-            reason: e.to_string(),
-        })
+        let mut state: State =
+            serde_json::from_slice(&files::read(&path)?).map_err(|e| Error::Format {
+                path,
+                reason: e.to_string(),
+            })?;
+        for r in &mut state.revoked {
+            if r.issuer.is_empty() {
+                r.issuer = self.issuing.serial.clone();
+            }
+        }
+        Ok(state)
     }
 
     fn write_state(&self, state: &State) -> Result<()> {
@@ -603,19 +850,21 @@ impl Ca {
         Ok(self.state()?.revoked)
     }
 
-    /// Revokes the certificate `cert_der` (which this CA must have issued)
-    /// and rewrites `crl.pem`. Returns the new CRL (DER).
-    pub fn revoke(&self, cert_der: &[u8]) -> Result<Vec<u8>> {
+    /// Revokes the certificate `cert_der` (which the current or a previous
+    /// issuing CA must have issued) and rewrites `crl.pem`. Returns the new
+    /// CRLs (DER).
+    pub fn revoke(&self, cert_der: &[u8]) -> Result<Vec<Vec<u8>>> {
         use x509_parser::prelude::{FromDer, X509Certificate};
         let (_, cert) = X509Certificate::from_der(cert_der)
             .map_err(|e| Error::Request(format!("not a certificate: {e}")))?;
-        let (_, issuing) = X509Certificate::from_der(&self.issuing_der)
-            .map_err(|e| Error::Request(e.to_string()))?;
-        if cert.verify_signature(Some(issuing.public_key())).is_err() {
+        let Some(issuer) = std::iter::once(&self.issuing)
+            .chain(&self.previous)
+            .find(|ca| ca.signed(&cert))
+        else {
             return Err(Error::Request(
-                "the certificate was not issued by this CA".into(),
+                "the certificate was not issued by this CA (or by an issuing CA already retired, which refuses it anyway)".into(),
             ));
-        }
+        };
         let serial = hex::encode(cert.raw_serial());
         let mut state = self.state()?;
         if state.revoked.iter().any(|r| r.serial == serial) {
@@ -627,20 +876,45 @@ impl Ca {
             serial,
             revoked_at: OffsetDateTime::now_utc().unix_timestamp(),
             subject: crate::identity::common_name(&cert),
+            issuer: issuer.serial.clone(),
         });
         self.write_state(&state)?;
         self.write_crl()
     }
 
-    /// Signs a fresh CRL (next CRL number, valid 7 days), stores it as
-    /// `crl.pem` and returns its DER.
-    pub fn write_crl(&self) -> Result<Vec<u8>> {
+    /// Signs fresh CRLs (next CRL number, valid 7 days): the root's (the
+    /// retired issuing CAs) and one per trusted issuing CA; stores them
+    /// all in `crl.pem` and returns them (DER), the root's first.
+    pub fn write_crl(&self) -> Result<Vec<Vec<u8>>> {
         let mut state = self.state()?;
         state.crl_number += 1;
+        let (root_der, root_key) = self.root()?;
+        let root = Issuer::from_ca_cert_der(&root_der.into(), &root_key)?;
+        let mut crls = vec![self.sign_crl(&root, &state, ROOT_ISSUER)?];
+        for ca in std::iter::once(&self.issuing).chain(&self.previous) {
+            crls.push(self.sign_crl(&ca.issuer()?, &state, &ca.serial)?);
+        }
+        self.write_state(&state)?;
+        let pem: String = crls
+            .iter()
+            .map(|der| files::to_pem("X509 CRL", der))
+            .collect();
+        files::write_public(&self.dir.join(layout::CRL), pem.as_bytes())?;
+        Ok(crls)
+    }
+
+    /// The CRL `issuer` signs of what `state` says it revoked.
+    fn sign_crl<S: SigningKey>(
+        &self,
+        issuer: &Issuer<'_, S>,
+        state: &State,
+        issuer_id: &str,
+    ) -> Result<Vec<u8>> {
         let now = OffsetDateTime::now_utc();
         let revoked_certs = state
             .revoked
             .iter()
+            .filter(|r| r.issuer == issuer_id)
             .map(|r| {
                 Ok(RevokedCertParams {
                     serial_number: SerialNumber::from_slice(&hex::decode(&r.serial).map_err(
@@ -664,14 +938,8 @@ impl Ca {
             revoked_certs,
             key_identifier_method: KeyIdMethod::Sha256,
         }
-        .signed_by(&self.issuer()?)?;
-        self.write_state(&state)?;
-        let der = crl.der().to_vec();
-        files::write_public(
-            &self.dir.join(layout::CRL),
-            files::to_pem("X509 CRL", &der).as_bytes(),
-        )?;
-        Ok(der)
+        .signed_by(issuer)?;
+        Ok(crl.der().to_vec())
     }
 }
 

@@ -116,7 +116,8 @@ pub async fn serve(
                 .unwrap_or_default()
                 .iter()
                 .map(|c| c.to_vec())
-                .collect();
+                .collect::<Arc<[Vec<u8>]>>();
+            let peer_chain = Arc::clone(&chain);
             let peer = Peer {
                 identity: identity.clone(),
                 chain,
@@ -137,7 +138,7 @@ pub async fn serve(
             tokio::select! {
                 _ = connection => {}
                 // Revoked while connected: the connection goes (DESIGN §3).
-                () = client_auth.revoked(&identity) => {}
+                () = client_auth.revoked(&identity, &peer_chain) => {}
             }
         });
     }

@@ -152,12 +152,11 @@ impl ClientAuth {
     ) -> Result<Arc<dyn ClientCertVerifier>> {
         if crls.is_empty() {
             return Err(Error::Request(
-                "a CRL from the issuing CA is required".into(),
+                "CRLs from the root and the issuing CA are required".into(),
             ));
         }
         WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
             .with_crls(crls.into_iter().map(CertificateRevocationListDer::from))
-            .only_check_end_entity_revocation()
             .build()
             .map_err(|e| Error::Request(format!("cannot use the CRL: {e}")))
     }
@@ -181,12 +180,20 @@ impl ClientAuth {
             .contains(&identity.serial)
     }
 
-    /// Resolves once a CRL update revokes `identity`: a connection's task
-    /// selects on it to close connections of revoked peers (DESIGN §3).
-    pub async fn revoked(&self, identity: &Identity) {
+    /// Resolves once a CRL update revokes `identity` or, through its
+    /// issuing CA, the `chain` it presented (leaf first): a connection's
+    /// task selects on it to close connections of revoked peers (DESIGN §3).
+    pub async fn revoked(&self, identity: &Identity, chain: &[Vec<u8>]) {
         let mut updates = self.crl_updates.subscribe();
+        let refused = || {
+            let Some((leaf, intermediates)) = chain.split_first() else {
+                return false;
+            };
+            self.verify_certificate(leaf, intermediates, UnixTime::now())
+                .is_err()
+        };
         loop {
-            if self.is_revoked(identity) {
+            if self.is_revoked(identity) || refused() {
                 return;
             }
             if updates.changed().await.is_err() {

@@ -67,13 +67,13 @@ async fn refused_alerts(state: &State, batch: &ForwardBatch) -> Result<Vec<NewAl
             continue;
         };
         if identity.epc().map(|e| e.as_bytes()) == Some(&reading.dev.0) {
-            checked.push((r, reading.dev.0, identity.fingerprint));
+            checked.push((r, reading.dev.0, identity.fingerprint, reading.ts_ms));
         }
     }
     if checked.is_empty() {
         return Ok(Vec::new());
     }
-    let epcs: Vec<[u8; 12]> = checked.iter().map(|(_, dev, _)| *dev).collect();
+    let epcs: Vec<[u8; 12]> = checked.iter().map(|(_, dev, _, _)| *dev).collect();
     let bindings = state
         .view
         .bindings(&epcs)
@@ -81,12 +81,13 @@ async fn refused_alerts(state: &State, batch: &ForwardBatch) -> Result<Vec<NewAl
         .map_err(|e| Unavailable(format!("the chain cannot be asked: {e}")))?;
     Ok(checked
         .into_iter()
-        .filter(|(r, dev, fingerprint)| {
+        .filter(|(r, dev, fingerprint, ts_ms)| {
             bindings.get(dev).is_some_and(|b| {
-                b.cert_fingerprint == *fingerprint && b.patient == Some(B256::from(r.patient))
+                b.signed_by_registered(fingerprint, *ts_ms)
+                    && b.patient == Some(B256::from(r.patient))
             })
         })
-        .map(|(r, _, _)| {
+        .map(|(r, _, _, _)| {
             let hash = reading_hash(&r.cose);
             NewAlert {
                 actor: String::new(),
@@ -288,9 +289,9 @@ pub(crate) async fn commit(state: &State, batch: ForwardBatch) -> Result<CommitR
                 ProblemType::UnknownDevice,
                 "the device is deactivated".to_owned(),
             )),
-            Some(b) if b.cert_fingerprint != v.identity.fingerprint => Some((
+            Some(b) if !b.signed_by_registered(&v.identity.fingerprint, v.reading.ts_ms) => Some((
                 ProblemType::UnknownDevice,
-                "the certificate is not the one registered for the device".to_owned(),
+                "the certificate is not the one registered for the device (or was retired before the reading)".to_owned(),
             )),
             Some(b) if b.patient != Some(B256::from(batch.readings[i].patient)) => Some((
                 ProblemType::NotAdmitted,

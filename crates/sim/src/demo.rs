@@ -649,10 +649,10 @@ impl Demo {
             cause(&reply).ends_with("unknown-device"),
         ));
         let mut revoked = h.device_of(101, kind, p1).await?;
-        let crl = h.ca.revoke(&revoked.issued.cert_der)?;
-        h.collector_auth.update_crls(vec![crl.clone()])?;
-        self.neurology.auth.update_crls(vec![crl.clone()])?;
-        h.server.update_crls(&[crl])?;
+        let crls = h.ca.revoke(&revoked.issued.cert_der)?;
+        h.collector_auth.update_crls(crls.clone())?;
+        self.neurology.auth.update_crls(crls.clone())?;
+        h.server.update_crls(&crls)?;
         let config = h.client_config(&revoked.credentials(), Role::Collector)?;
         let observed = attempt(config, revoked.heart_rate(70.0)).await;
         checks.push(check(

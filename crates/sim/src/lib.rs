@@ -68,9 +68,9 @@ pub fn provider(node: &Node, signer: &PrivateKeySigner) -> DynProvider {
     )
 }
 
-/// Verifies peers of `roles` against `root` and `crl`.
-pub fn auth(root: &[u8], crl: &[u8], roles: &[Role]) -> Result<Arc<ClientAuth>> {
-    Ok(ClientAuth::new(root, vec![crl.to_vec()], roles)?)
+/// Verifies peers of `roles` against `root` and `crls`.
+pub fn auth(root: &[u8], crls: &[Vec<u8>], roles: &[Role]) -> Result<Arc<ClientAuth>> {
+    Ok(ClientAuth::new(root, crls.to_vec(), roles)?)
 }
 
 /// How to build the hospital.
@@ -126,8 +126,8 @@ pub struct Hospital {
     pub dir: tempfile::TempDir,
     /// The CA.
     pub ca: Ca,
-    /// Its current CRL (DER).
-    pub crl: Vec<u8>,
+    /// Its current CRLs (DER).
+    pub crls: Vec<Vec<u8>>,
     /// The chain.
     pub node: Node,
     /// The contracts, as the admin.
@@ -187,10 +187,16 @@ impl std::fmt::Debug for Device {
 impl Device {
     /// A signed heart-rate reading with the next sequence number.
     pub fn heart_rate(&mut self, bpm: f64) -> Vec<u8> {
-        self.reading(
+        self.heart_rate_at(bpm, now_ms())
+    }
+
+    /// A signed heart-rate reading taken at `ts_ms`.
+    pub fn heart_rate_at(&mut self, bpm: f64, ts_ms: u64) -> Vec<u8> {
+        self.reading_at(
             data_type("8867-4")
                 .map(|t| vec![Observation::scalar(t, bpm)])
                 .unwrap_or_default(),
+            ts_ms,
         )
     }
 
@@ -330,7 +336,7 @@ async fn start_server(
     dir: &Path,
     listen: &str,
     root: &[u8],
-    crl: &[u8],
+    crls: &[Vec<u8>],
     issued: &Issued,
     contracts: Contracts<DynProvider>,
     options: &Options,
@@ -345,7 +351,7 @@ async fn start_server(
         credentials: Credentials::from_issued(issued),
         client_auth: auth(
             root,
-            crl,
+            crls,
             &[
                 Role::Collector,
                 Role::Admin,
@@ -354,8 +360,8 @@ async fn start_server(
                 Role::Patient,
             ],
         )?,
-        device_auth: auth(root, crl, &[Role::Device])?,
-        card_auth: auth(root, crl, &[Role::Patient])?,
+        device_auth: auth(root, crls, &[Role::Device])?,
+        card_auth: auth(root, crls, &[Role::Patient])?,
         db,
         blobs: Arc::new(LocalDir::open(dir.join("blobs")).await?),
         kek: Kek::from_hex(&keys.kek_hex)?,
@@ -390,7 +396,7 @@ struct Place<'a> {
     ca: &'a Ca,
     node: &'a Node,
     admin: &'a Contracts<DynProvider>,
-    crl: &'a [u8],
+    crls: &'a [Vec<u8>],
     server: &'a Server,
     options: &'a Options,
 }
@@ -425,7 +431,7 @@ async fn launch_collector(
 ) -> Result<Ward> {
     let root = place.ca.root_cert_der()?;
     let db = database(db, db_path).await?;
-    let auth = auth(&root, place.crl, &[Role::Device])?;
+    let auth = auth(&root, place.crls, &[Role::Device])?;
     let collector = Collector::start(medledger_collector::Settings {
         listen: "127.0.0.1:0".parse()?,
         metrics_listen: None,
@@ -502,13 +508,13 @@ impl Hospital {
         .await?;
 
         let root = ca.root_cert_der()?;
-        let crl = ca.write_crl()?;
+        let crls = ca.write_crl()?;
         let server_keys = ServerKeys::generate();
         let server = start_server(
             &dir.path().join("server"),
             "127.0.0.1:0",
             &root,
-            &crl,
+            &crls,
             &server_issued,
             contracts.with_provider(provider(&node, &signer(&server_issued)?)),
             &options,
@@ -525,7 +531,7 @@ impl Hospital {
                 ca: &ca,
                 node: &node,
                 admin: &contracts,
-                crl: &crl,
+                crls: &crls,
                 server: &server,
                 options: &options,
             },
@@ -538,7 +544,7 @@ impl Hospital {
         Ok(Hospital {
             dir,
             ca,
-            crl,
+            crls,
             node,
             admin: contracts,
             admin_signer: admin,
@@ -563,7 +569,7 @@ impl Hospital {
             dir,
             "127.0.0.1:0",
             &self.ca.root_cert_der()?,
-            &self.crl,
+            &self.crls,
             &self.server_issued,
             self.admin
                 .with_provider(provider(node, &signer(&self.server_issued)?)),
@@ -579,7 +585,7 @@ impl Hospital {
             ca: &self.ca,
             node: &self.node,
             admin: &self.admin,
-            crl: &self.crl,
+            crls: &self.crls,
             server: &self.server,
             options: &self.options,
         }
@@ -821,7 +827,7 @@ impl Hospital {
             &self.dir.path().join(name),
             listen,
             &self.ca.root_cert_der()?,
-            &self.crl,
+            &self.crls,
             &issued,
             self.admin
                 .with_provider(provider(&self.node, &signer(&issued)?)),

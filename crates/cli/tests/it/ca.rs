@@ -1,4 +1,4 @@
-//! `medledger ca init|issue|show|revoke|crl`.
+//! `medledger ca init|issue|show|revoke|crl|rotate|retire`.
 
 use serde_json::Value;
 use std::os::unix::fs::PermissionsExt;
@@ -192,6 +192,74 @@ fn an_operator_issues_shows_and_revokes_certificates() {
             .unwrap()
             .starts_with("-----BEGIN X509 CRL-----")
     );
+}
+
+#[test]
+fn the_issuing_ca_rotates_then_retires_and_its_key_is_gone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = tmp.path().join("ca");
+    ok(&["ca", "init", "--dir", s(&ca)]);
+    let issue = |out: &str| {
+        ok(&[
+            "ca",
+            "issue",
+            "--ca",
+            s(&ca),
+            "--role",
+            "nurse",
+            "--out",
+            s(&tmp.path().join(out)),
+        ])
+    };
+    issue("before");
+    let rotated = ok(&["ca", "rotate", "--ca", s(&ca)]);
+    let old = rotated
+        .lines()
+        .find_map(|l| l.strip_prefix("replaced "))
+        .and_then(|l| l.split(':').next())
+        .unwrap()
+        .to_owned();
+    assert!(ca.join(format!("previous/{old}.key")).exists(), "{rotated}");
+    issue("after");
+    // The new certificate chains to a new issuing CA.
+    let chain =
+        |name: &str| std::fs::read_to_string(tmp.path().join(format!("{name}.crt"))).unwrap();
+    assert_ne!(
+        chain("before").split("-----END CERTIFICATE-----").nth(1),
+        chain("after").split("-----END CERTIFICATE-----").nth(1)
+    );
+    // One CRL for the root and one per trusted issuing CA.
+    let crls = || {
+        std::fs::read_to_string(ca.join("crl.pem"))
+            .unwrap()
+            .matches("BEGIN X509 CRL")
+            .count()
+    };
+    assert_eq!(crls(), 3);
+    assert!(fails(&["ca", "retire", "--ca", s(&ca), "0123"]).contains("no previous issuing CA"));
+    ok(&["ca", "retire", "--ca", s(&ca), &old]);
+    assert!(!ca.join(format!("previous/{old}.key")).exists());
+    assert!(ca.join(format!("retired/{old}.crt")).exists());
+    assert_eq!(crls(), 2);
+    // What the retired CA issued can no longer be revoked here: it is
+    // refused already.
+    assert!(
+        fails(&[
+            "ca",
+            "revoke",
+            "--ca",
+            s(&ca),
+            s(&tmp.path().join("before.crt"))
+        ])
+        .contains("retired")
+    );
+    ok(&[
+        "ca",
+        "revoke",
+        "--ca",
+        s(&ca),
+        s(&tmp.path().join("after.crt")),
+    ]);
 }
 
 #[test]

@@ -4,7 +4,7 @@
 use crate::site::{Site, body, get_ok, now_ms, post_one};
 use base64::Engine;
 use medledger_patient_ledger::{NoteVerifier, leaf_hash, verify_inclusion};
-use medledger_protocol::{ForwardBatch, Reading, reading_hash};
+use medledger_protocol::{Reading, reading_hash};
 use std::time::Duration;
 
 fn unhex32(v: &serde_json::Value) -> [u8; 32] {
@@ -281,7 +281,7 @@ async fn each_attack_on_the_collector_is_refused_with_its_cause() {
     let mut revoked = site.device(3).await.unwrap();
     let mut conn3 = site.connect(&revoked).await.unwrap();
     let crl = site.ca.revoke(&revoked.issued.cert_der).unwrap();
-    site.server.update_crls(&[crl]).unwrap();
+    site.server.update_crls(&crl).unwrap();
     let reply = post_one(&mut conn3, revoked.heart_rate(70.0), true).await;
     assert_eq!(
         reply.status,
@@ -351,58 +351,12 @@ async fn a_sinkhole_collector_cannot_alter_or_inject_readings() {
     assert_eq!(post_one(&mut conn, cose.clone(), true).await.status, 202);
 
     // The collector's key in an attacker's hands: build batches by hand.
-    let card = medledger_collector::SoftwareCard::new(&medledger_pki::Credentials::from_issued(
-        &site.card,
-    ))
-    .unwrap();
-    let (device_cert, device_cas) = (device.issued.cert_der.clone(), device.issued.chain.clone());
+    let issued = device.issued.clone();
     let batch_of = |readings: Vec<Vec<u8>>, sign_card: bool| {
-        use medledger_collector::CardSigner;
-        let patient = site.patient_ref.0;
-        let hashes: Vec<[u8; 32]> = readings.iter().map(|r| reading_hash(r)).collect();
-        let mut batch = ForwardBatch {
-            certs: vec![device_cert.clone(), site.card.cert_der.clone()],
-            cas: device_cas.clone(),
-            ..ForwardBatch::default()
-        };
-        for cose in readings {
-            batch.readings.push(medledger_protocol::Forwarded {
-                cose,
-                cert: 0,
-                patient,
-                received_ms: now_ms(),
-            });
-        }
-        if sign_card {
-            batch.cards.push(medledger_protocol::CardSignature {
-                patient,
-                cert: 1,
-                readings: (0..hashes.len() as u32).collect(),
-                sig: card.sign(&medledger_protocol::card_digest(&patient, &hashes)),
-            });
-        }
-        batch.to_cbor()
+        crate::site::batch_by_hand(&site, &issued, readings, sign_card)
     };
     let mut server = site.connect_server().await.unwrap();
-    let mut commit = async |body: Vec<u8>| {
-        let reply = server
-            .request(
-                "POST",
-                "/v1/batches",
-                &[("content-type", "application/cbor")],
-                body,
-            )
-            .await
-            .unwrap();
-        assert_eq!(
-            reply.status,
-            200,
-            "{}",
-            String::from_utf8_lossy(&reply.body)
-        );
-        let r = crate::site::body(&reply);
-        r["results"][0].clone()
-    };
+    let mut commit = async |batch: Vec<u8>| crate::site::commit_by_hand(&mut server, batch).await;
 
     // A collector certificate the Registry does not list is refused.
     let mut request = medledger_pki::LeafRequest::new(medledger_pki::Role::Collector);
@@ -713,7 +667,7 @@ async fn attacks_on_connections_are_refused_before_any_request() {
         202
     );
     let crl = site.ca.revoke(&device.issued.cert_der).unwrap();
-    site.collector_auth.update_crls(vec![crl]).unwrap();
+    site.collector_auth.update_crls(crl).unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     let after = conn
         .request(
@@ -924,6 +878,39 @@ async fn retired_and_recertified_devices_are_refused_until_the_registry_says_so(
     // The old certificate is now the one refused.
     let reply = post_one(&mut old_conn, device.heart_rate(74.0), false).await;
     assert_eq!(reply.status, 403);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readings_signed_before_a_renewal_still_commit_and_none_signed_after() {
+    use crate::site::{batch_by_hand, commit_by_hand};
+    use medledger_contracts::{epc_bytes, send};
+    let site = crate::site::start().await;
+    let mut device = site.device(1).await.unwrap();
+    let old = device.issued.clone();
+    // Accepted by the collector before the renewal, forwarded after it
+    // (the server was down, say).
+    let before = device.heart_rate(70.0);
+    let renewed = site.issue_device(1, medledger_pki::KeyAlg::P256).unwrap();
+    send(site.admin.registry().setDeviceCertificate(
+        epc_bytes(&renewed.epc),
+        alloy::primitives::B256::from(medledger_protocol::kid_of(&renewed.issued.cert_der)),
+    ))
+    .await
+    .unwrap();
+    let mut server = site.connect_server().await.unwrap();
+    let r = commit_by_hand(&mut server, batch_by_hand(&site, &old, vec![before], true)).await;
+    assert_eq!(r["status"], "stored", "{r}");
+
+    // Signed with the retired key after its retirement: refused, even
+    // from a collector that lets it through.
+    let after = device.heart_rate_at(71.0, now_ms() + 1500);
+    let r = commit_by_hand(&mut server, batch_by_hand(&site, &old, vec![after], true)).await;
+    assert_eq!(
+        (r["status"].as_str(), r["problem"].as_str()),
+        (Some("rejected"), Some("unknown-device")),
+        "{r}"
+    );
+    assert!(r["detail"].as_str().unwrap().contains("retired"), "{r}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

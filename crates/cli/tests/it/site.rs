@@ -51,3 +51,65 @@ pub async fn serve_rpc(site: &Site) -> String {
     ));
     url
 }
+
+/// A forward batch built by hand, as a compromised collector could:
+/// readings of the device with certificate `device`, for the site's
+/// patient, with the patient's card signature over them if `sign_card`.
+pub fn batch_by_hand(
+    site: &Site,
+    device: &medledger_pki::Issued,
+    readings: Vec<Vec<u8>>,
+    sign_card: bool,
+) -> Vec<u8> {
+    use medledger_collector::CardSigner;
+    use medledger_protocol::reading_hash;
+    let card = medledger_collector::SoftwareCard::new(&medledger_pki::Credentials::from_issued(
+        &site.card,
+    ))
+    .unwrap();
+    let patient = site.patient_ref.0;
+    let hashes: Vec<[u8; 32]> = readings.iter().map(|r| reading_hash(r)).collect();
+    let mut batch = medledger_protocol::ForwardBatch {
+        certs: vec![device.cert_der.clone(), site.card.cert_der.clone()],
+        cas: device.chain.clone(),
+        ..medledger_protocol::ForwardBatch::default()
+    };
+    for cose in readings {
+        batch.readings.push(medledger_protocol::Forwarded {
+            cose,
+            cert: 0,
+            patient,
+            received_ms: now_ms(),
+        });
+    }
+    if sign_card {
+        batch.cards.push(medledger_protocol::CardSignature {
+            patient,
+            cert: 1,
+            readings: (0..hashes.len() as u32).collect(),
+            sig: card.sign(&medledger_protocol::card_digest(&patient, &hashes)),
+        });
+    }
+    batch.to_cbor()
+}
+
+/// Posts a forward batch to the server, which must answer 200; the result
+/// of its first reading.
+pub async fn commit_by_hand(server: &mut Connection, batch: Vec<u8>) -> serde_json::Value {
+    let reply = server
+        .request(
+            "POST",
+            "/v1/batches",
+            &[("content-type", "application/cbor")],
+            batch,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    body(&reply)["results"][0].clone()
+}

@@ -254,9 +254,18 @@ async fn devices_are_registered_once_and_bound_to_admitted_patients() {
     let e: Registry::DeviceCertificateChanged =
         event(&send(registry.setDeviceCertificate(d, fp2)).await.unwrap());
     assert_eq!((e.epc, e.certFingerprint), (d, fp2));
+    let renewed = registry.device(d).call().await.unwrap();
+    assert_eq!(renewed.certFingerprint, fp2);
+    // The replaced certificate is kept, with when it was retired.
+    assert_ne!(renewed.previousCertFingerprint, fp2);
+    assert_ne!(renewed.previousCertFingerprint, B256::ZERO);
+    assert!(renewed.certChangedAt > 0);
+    // Naming the same certificate again changes nothing.
+    send(registry.setDeviceCertificate(d, fp2)).await.unwrap();
+    let again = registry.device(d).call().await.unwrap();
     assert_eq!(
-        registry.device(d).call().await.unwrap().certFingerprint,
-        fp2
+        (again.previousCertFingerprint, again.certChangedAt),
+        (renewed.previousCertFingerprint, renewed.certChangedAt)
     );
 
     let receipt = send(registry.deactivateDevice(d)).await.unwrap();

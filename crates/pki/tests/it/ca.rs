@@ -145,8 +145,10 @@ fn revocation_lists_the_serial_in_a_crl_signed_by_the_issuing_ca() {
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::init(dir.path(), "medledger test").unwrap();
     let issued = ca.issue(&request(Role::Device)).unwrap();
-    let crl = ca.revoke(&issued.cert_der).unwrap();
-    let (_, parsed) = CertificateRevocationList::from_der(&crl).unwrap();
+    let crls = ca.revoke(&issued.cert_der).unwrap();
+    // The root's first, then the issuing CA's.
+    assert_eq!(crls.len(), 2);
+    let (_, parsed) = CertificateRevocationList::from_der(&crls[1]).unwrap();
     let (_, cert) = X509Certificate::from_der(&issued.cert_der).unwrap();
     let (_, issuing) = X509Certificate::from_der(ca.issuing_cert_der()).unwrap();
     assert!(
@@ -165,7 +167,7 @@ fn revocation_lists_the_serial_in_a_crl_signed_by_the_issuing_ca() {
             .contains("already revoked")
     );
     let again = ca.write_crl().unwrap();
-    let (_, again) = CertificateRevocationList::from_der(&again).unwrap();
+    let (_, again) = CertificateRevocationList::from_der(&again[1]).unwrap();
     assert!(*again.crl_number().unwrap() > first);
     // A certificate of another CA cannot be revoked here.
     let other_dir = tempfile::tempdir().unwrap();

@@ -63,10 +63,18 @@ async fn collector() -> Collector {
                         let _ = tx.send(Ok(id.clone()));
                         // Serve until the client leaves or its certificate
                         // is revoked.
+                        let chain: Vec<Vec<u8>> = stream
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .unwrap_or_default()
+                            .iter()
+                            .map(|c| c.to_vec())
+                            .collect();
                         let mut sink = Vec::new();
                         tokio::select! {
                             _ = stream.read_to_end(&mut sink) => {}
-                            () = auth.revoked(&id) => {}
+                            () = auth.revoked(&id, &chain) => {}
                         }
                         let _ = stream.shutdown().await;
                     }
@@ -249,8 +257,8 @@ async fn a_revoked_device_is_refused_once_the_new_crl_is_loaded() {
     let issued = c.ca.issue(&device_request()).unwrap();
     let creds = Credentials::from_issued(&issued);
     assert!(c.connect(Some(&creds)).await.is_ok());
-    let crl = c.ca.revoke(&issued.cert_der).unwrap();
-    c.auth.update_crls(vec![crl]).unwrap();
+    let crls = c.ca.revoke(&issued.cert_der).unwrap();
+    c.auth.update_crls(crls).unwrap();
     assert!(matches!(
         c.connect(Some(&creds)).await,
         Err(Rejection::Revoked)
@@ -275,7 +283,7 @@ async fn a_revoked_device_cannot_resume_an_earlier_session() {
     assert!(c.dial(config.clone()).await.is_ok());
     assert!(c.dial(config.clone()).await.is_ok());
     c.auth
-        .update_crls(vec![c.ca.revoke(&issued.cert_der).unwrap()])
+        .update_crls(c.ca.revoke(&issued.cert_der).unwrap())
         .unwrap();
     assert!(matches!(c.dial(config).await, Err(Rejection::Revoked)));
 }
@@ -294,7 +302,7 @@ async fn revoking_a_device_closes_its_open_connection() {
     );
 
     c.auth
-        .update_crls(vec![c.ca.revoke(&issued.cert_der).unwrap()])
+        .update_crls(c.ca.revoke(&issued.cert_der).unwrap())
         .unwrap();
     assert!(c.auth.is_revoked(&id));
     let mut rest = Vec::new();
@@ -302,6 +310,80 @@ async fn revoking_a_device_closes_its_open_connection() {
     assert!(
         closed.is_ok(),
         "the server closes the revoked device's connection"
+    );
+}
+
+#[tokio::test]
+async fn a_rotated_issuing_ca_vouches_until_retired_then_nothing_it_issued_gets_in() {
+    let mut c = collector().await;
+    let before = c.ca.issue(&device_request()).unwrap();
+    let doomed = c.ca.issue(&device_request()).unwrap();
+    let (mut stream, _) = c.open(&Credentials::from_issued(&before)).await;
+    let old_serial = c.ca.issuing_serial().to_owned();
+    let dir = c.ca.dir().to_owned();
+
+    // Rotated: the new CA issues, what the old one issued still gets in.
+    let ca = Ca::open(&dir).unwrap().rotate().unwrap();
+    assert_ne!(ca.issuing_serial(), old_serial);
+    assert_eq!(ca.previous_serials(), vec![old_serial.clone()]);
+    c.auth
+        .update_crls(files::read_der_blocks(&dir.join(layout::CRL), "X509 CRL").unwrap())
+        .unwrap();
+    let after = ca.issue(&device_request()).unwrap();
+    assert_eq!(after.chain, vec![ca.issuing_cert_der().to_vec()]);
+    assert!(
+        c.connect(Some(&Credentials::from_issued(&after)))
+            .await
+            .is_ok()
+    );
+    assert!(
+        c.connect(Some(&Credentials::from_issued(&before)))
+            .await
+            .is_ok()
+    );
+    // The previous CA's certificates can still be revoked.
+    c.auth
+        .update_crls(ca.revoke(&doomed.cert_der).unwrap())
+        .unwrap();
+    assert!(matches!(
+        c.connect(Some(&Credentials::from_issued(&doomed))).await,
+        Err(Rejection::Revoked)
+    ));
+
+    // Retired: its key is gone, and nothing it issued gets in, nor stays.
+    let ca = ca.retire(&old_serial).unwrap();
+    assert!(ca.previous_serials().is_empty());
+    assert!(
+        !dir.join(layout::PREVIOUS)
+            .join(format!("{old_serial}.key"))
+            .exists()
+    );
+    c.auth.update_crls(ca.write_crl().unwrap()).unwrap();
+    assert!(
+        c.connect(Some(&Credentials::from_issued(&before)))
+            .await
+            .is_err()
+    );
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest)).await;
+    assert!(
+        closed.is_ok(),
+        "the connection of the retired CA's device is closed"
+    );
+    assert!(
+        c.connect(Some(&Credentials::from_issued(&after)))
+            .await
+            .is_ok()
+    );
+    // Reopened, the directory agrees; the current CA cannot be retired.
+    let ca = Ca::open(&dir).unwrap();
+    assert!(ca.previous_serials().is_empty());
+    let current = ca.issuing_serial().to_owned();
+    assert!(
+        ca.retire(&current)
+            .unwrap_err()
+            .to_string()
+            .contains("rotate` first")
     );
 }
 
