@@ -4,9 +4,11 @@
 //! medledger ca init|issue|show|revoke|crl    the certificate authority
 //! medledger chain --data D --rpc ADDR          the embedded authority chain
 //! medledger chain recover --data D             retire a compromised chain, start anew
+//! medledger up rotate-kek --data D             rotate the KEK of `medledger up`
 //! medledger admin deploy|staff|device|...      Registry and rules, as an admin
 //! medledger collector --config FILE            the ingest gateway
 //! medledger server --config FILE               the application server
+//! medledger server new-kek|rewrap              rotate the key-encryption key
 //! medledger access request|break-glass         ask for a patient's data, on chain
 //! medledger records get --request ID           read it, FHIR, every proof checked
 //! medledger consent grant|revoke|list|opt-out  a patient's consent, on chain
@@ -28,6 +30,7 @@ mod chain;
 mod collector;
 mod demo;
 mod erase;
+mod kek;
 mod recover;
 mod roles;
 mod server;
@@ -79,7 +82,7 @@ enum Command {
     Audit(audit::AuditArgs),
     /// Run the chain, a server and a collector in one process, with their
     /// state in a data directory (initialised on first start).
-    Up(up::UpArgs),
+    Up(up::UpCommandLine),
     /// Back up the data directory of `medledger up`, even while it runs.
     Backup(backup::BackupArgs),
     /// Restore a backup into a new data directory and verify it.

@@ -6,16 +6,20 @@ use clap::Args;
 use medledger_patient_ledger::NoteSigner;
 use medledger_pki::{Credentials, Role, files};
 use medledger_server::{ConfigFile, Server, Settings};
-use medledger_storage::{BlobStore, Kek, LocalDir, ObjectStoreBlobs};
+use medledger_storage::{BlobStore, LocalDir, ObjectStoreBlobs};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub(crate) struct ServerArgs {
+    /// Key-encryption key rotation (docs/operations.md).
+    #[command(subcommand)]
+    command: Option<crate::kek::KekCommand>,
     /// The configuration file (TOML; see docs/operations.md).
-    #[arg(long, env = "MEDLEDGER_SERVER_CONFIG")]
-    config: PathBuf,
+    #[arg(long, env = "MEDLEDGER_SERVER_CONFIG", required = true)]
+    config: Option<PathBuf>,
 }
 
 /// The ledger signing key at `path`, created on first start.
@@ -36,7 +40,13 @@ fn ledger_key(path: &Path, name: &str) -> Result<NoteSigner> {
 }
 
 pub(crate) fn run(args: ServerArgs) -> Result<()> {
-    let config = ConfigFile::load(&args.config)?;
+    if let Some(command) = args.command {
+        return crate::kek::run(command);
+    }
+    let path = args
+        .config
+        .expect("clap requires --config without a subcommand");
+    let config = ConfigFile::load(&path)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
         let server = start(&config).await?;
@@ -74,11 +84,7 @@ pub(crate) async fn start(config: &ConfigFile) -> Result<Started> {
         Some(url) => Arc::new(ObjectStoreBlobs::from_url(url)?),
         None => Arc::new(LocalDir::open(config.data.join("blobs")).await?),
     };
-    let kek = match (&config.kek_file, &config.kek_env) {
-        (Some(file), _) => Kek::from_file(file)?,
-        (None, Some(var)) => Kek::from_env(var)?,
-        (None, None) => unreachable!("ConfigFile::load requires one"),
-    };
+    let (kek, previous_keks) = config.keks()?;
     let credentials = Credentials::load(&config.credentials)
         .with_context(|| format!("loading {}", config.credentials.display()))?;
     let identity = credentials.identity()?;
@@ -115,6 +121,7 @@ pub(crate) async fn start(config: &ConfigFile) -> Result<Started> {
         db,
         blobs,
         kek,
+        previous_keks,
         ledger_key,
         contracts,
         anchor_interval: Duration::from_millis(config.anchor_interval_ms),

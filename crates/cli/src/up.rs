@@ -29,11 +29,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// `medledger up` as typed.
 #[derive(Debug, Args)]
-pub(crate) struct UpArgs {
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub(crate) struct UpCommandLine {
+    #[command(subcommand)]
+    command: Option<UpCommand>,
     /// The data directory (created on first start).
-    #[arg(long, env = "MEDLEDGER_DATA")]
-    data: PathBuf,
+    #[arg(long, env = "MEDLEDGER_DATA", required = true)]
+    data: Option<PathBuf>,
     /// Where the chain serves JSON-RPC over HTTP.
     #[arg(long, default_value = "127.0.0.1:8545")]
     rpc: SocketAddr,
@@ -42,6 +46,27 @@ pub(crate) struct UpArgs {
     server: SocketAddr,
     /// Where the collector listens (devices).
     #[arg(long, default_value = "127.0.0.1:8444")]
+    collector: SocketAddr,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum UpCommand {
+    /// Rotate the key-encryption key of a stopped `medledger up`: a new
+    /// one in D/server/kek.hex, every data key re-wrapped under it, the
+    /// old one retired and removed. Resumes an interrupted rotation.
+    RotateKek {
+        /// The data directory.
+        #[arg(long, env = "MEDLEDGER_DATA")]
+        data: PathBuf,
+    },
+}
+
+/// What `medledger up` runs with.
+#[derive(Debug)]
+pub(crate) struct UpArgs {
+    data: PathBuf,
+    rpc: SocketAddr,
+    server: SocketAddr,
     collector: SocketAddr,
 }
 
@@ -107,7 +132,18 @@ impl UpState {
     }
 }
 
-pub(crate) fn run(args: UpArgs) -> Result<()> {
+pub(crate) fn run(line: UpCommandLine) -> Result<()> {
+    if let Some(UpCommand::RotateKek { data }) = line.command {
+        return crate::kek::rotate_up(&data);
+    }
+    let args = UpArgs {
+        data: line
+            .data
+            .expect("clap requires --data without a subcommand"),
+        rpc: line.rpc,
+        server: line.server,
+        collector: line.collector,
+    };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(up(args))
 }
@@ -186,10 +222,17 @@ pub(crate) fn write_configs(args: &UpArgs, state: &UpState) -> Result<()> {
         "ca_root = \"ca/root.crt\"\ncrl = \"ca/crl.pem\"\nchain_rpc = \"{rpc}\"\nregistry = \"{}\"\n",
         state.registry
     );
+    // An interrupted `medledger up rotate-kek` left the old KEK beside the
+    // new one: the server re-wraps in the background.
+    let previous = if crate::kek::up_previous_kek(&args.data).exists() {
+        "previous_kek_files = [\"server/kek.previous.hex\"]\n"
+    } else {
+        ""
+    };
     std::fs::write(
         args.data.join("server.toml"),
         format!(
-            "# Written by `medledger up` on every start.\nlisten = \"{}\"\ndata = \"server\"\ncredentials = \"server/server\"\nkek_file = \"server/kek.hex\"\nledger_key = \"server/ledger.key\"\n{common}",
+            "# Written by `medledger up` on every start.\nlisten = \"{}\"\ndata = \"server\"\ncredentials = \"server/server\"\nkek_file = \"server/kek.hex\"\n{previous}ledger_key = \"server/ledger.key\"\n{common}",
             args.server
         ),
     )?;

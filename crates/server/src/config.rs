@@ -9,6 +9,8 @@
 //! ca_root = "/etc/medledger/ca/root.crt"
 //! crl = "/etc/medledger/ca/crl.pem"
 //! kek_file = "/etc/medledger/kek.hex"            # or kek_env = "MEDLEDGER_KEK"
+//! # previous_kek_files = ["/etc/medledger/kek.old.hex"]  # while a rotation re-wraps
+//! # previous_kek_envs = ["MEDLEDGER_KEK_OLD"]
 //! ledger_key = "/var/lib/medledger/server/ledger.key"   # created if absent
 //! chain_rpc = "http://127.0.0.1:8545"
 //! registry = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
@@ -20,6 +22,7 @@
 
 use medledger_pki::files;
 pub use medledger_pki::files::ConfigError;
+use medledger_storage::{Kek, KeyError};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -52,6 +55,13 @@ pub struct ConfigFile {
     /// An environment variable holding it instead.
     #[serde(default)]
     pub kek_env: Option<String>,
+    /// Files of previous KEKs: they unwrap data keys not yet re-wrapped
+    /// under the current one (a rotation, docs/operations.md).
+    #[serde(default)]
+    pub previous_kek_files: Vec<PathBuf>,
+    /// Environment variables holding previous KEKs.
+    #[serde(default)]
+    pub previous_kek_envs: Vec<String>,
     /// The ledger signing key (PKCS#8); created if absent.
     pub ledger_key: PathBuf,
     /// The chain's JSON-RPC URL.
@@ -90,11 +100,30 @@ impl ConfigFile {
                 config.kek_file.as_mut(),
             ]
             .into_iter()
-            .flatten(),
+            .flatten()
+            .chain(config.previous_kek_files.iter_mut()),
         );
         if config.kek_file.is_none() && config.kek_env.is_none() {
             return Err(ConfigError::new(path, "set kek_file or kek_env"));
         }
         Ok(config)
+    }
+
+    /// The current KEK and the previous ones, read from their files and
+    /// variables.
+    pub fn keks(&self) -> Result<(Kek, Vec<Kek>), KeyError> {
+        let current = match (&self.kek_file, &self.kek_env) {
+            (Some(file), _) => Kek::from_file(file)?,
+            (None, Some(var)) => Kek::from_env(var)?,
+            (None, None) => return Err(KeyError::Kek("set kek_file or kek_env".to_owned())),
+        };
+        let mut previous = Vec::new();
+        for file in &self.previous_kek_files {
+            previous.push(Kek::from_file(file)?);
+        }
+        for var in &self.previous_kek_envs {
+            previous.push(Kek::from_env(var)?);
+        }
+        Ok((current, previous))
     }
 }

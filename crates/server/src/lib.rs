@@ -25,6 +25,7 @@ pub mod indexer;
 mod ingest;
 pub mod records;
 pub mod recover;
+pub mod rewrap;
 mod webhook;
 
 use alloy::providers::DynProvider;
@@ -63,6 +64,9 @@ pub struct Settings {
     pub blobs: Arc<dyn BlobStore>,
     /// Wraps the patients' data keys.
     pub kek: Kek,
+    /// Unwrap data keys not yet re-wrapped under `kek` (a rotation); the
+    /// server re-wraps them in the background.
+    pub previous_keks: Vec<Kek>,
     /// Signs ledger entries and checkpoints.
     pub ledger_key: NoteSigner,
     /// The contracts, through a provider that signs as the server's
@@ -98,6 +102,9 @@ pub enum StartError {
     /// The TLS setup failed.
     #[error("TLS: {0}")]
     Tls(#[from] medledger_pki::Error),
+    /// The key-encryption keys cannot open every data key.
+    #[error(transparent)]
+    Keys(#[from] medledger_storage::KeyError),
 }
 
 /// State shared by the endpoints and the anchor task.
@@ -151,11 +158,14 @@ impl Server {
             db,
             blobs,
             kek,
+            previous_keks,
             ledger_key,
             contracts,
             anchor_interval,
             checkpoint_interval,
         } = settings;
+        let vault = Vault::with_previous(db.clone(), kek, previous_keks);
+        let keks = vault.check_keks().await?;
         let bind = |addr: SocketAddr| async move {
             https::bind(addr)
                 .await
@@ -166,7 +176,7 @@ impl Server {
         let tls = medledger_pki::server_config(&credentials, client_auth.clone())?;
         let metrics = Arc::new(Metrics::new());
         let state = Arc::new(State {
-            vault: Vault::new(db.clone(), kek),
+            vault,
             alerts: alerts::Alerts::new(db.clone()),
             ledger: Ledger::new(db.clone(), ledger_key),
             db,
@@ -185,6 +195,9 @@ impl Server {
                 .run(INDEX_INTERVAL),
         );
         tasks.spawn(alerts::follow_chain(state.clone(), INDEX_INTERVAL));
+        if keks.left() > 0 || !state.vault.previous_keks().is_empty() {
+            tasks.spawn(rewrap::run(state.clone(), keks));
+        }
         tasks.spawn(webhook::run(state.clone(), Duration::from_secs(1)));
         tasks.spawn(anchor::run(
             state.clone(),

@@ -365,6 +365,7 @@ async fn start_server(
         db,
         blobs: Arc::new(LocalDir::open(dir.join("blobs")).await?),
         kek: Kek::from_hex(&keys.kek_hex)?,
+        previous_keks: Vec::new(),
         ledger_key: NoteSigner::from_pkcs8("medledger-sim", &keys.ledger_pkcs8)
             .map_err(|e| anyhow::anyhow!("the ledger key: {e}"))?,
         contracts,

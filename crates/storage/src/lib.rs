@@ -17,7 +17,7 @@ pub mod sql;
 pub mod test_utils;
 
 pub use blob::{BlobError, BlobStore, Cid, CidError, LocalDir, ObjectStoreBlobs};
-pub use keys::{Kek, KeyError, PatientRef, Vault};
+pub use keys::{Kek, KekId, KekStatus, KeyError, PatientRef, Rewrapped, Vault};
 pub use sql::{Backend, Db, MIGRATIONS, Migration, SqlError, SqlValue, insert_many, placeholders};
 /// The SQL toolkit, for crates that write queries against a [`Db`].
 pub use sqlx;

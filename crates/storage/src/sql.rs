@@ -299,6 +299,19 @@ pub static MIGRATIONS: &[Migration] = &[
               PRIMARY KEY (chain, kind, item, size)
           )",
     },
+    Migration {
+        version: 12,
+        name: "key-encryption key rotation: which KEK wrapped each data key, and retired KEKs",
+        // `kek` is the KEK id (`Kek::id`); NULL for keys wrapped before
+        // this migration, whose KEK the vault finds by trying each one it
+        // holds (AES-GCM authenticates: only the right one opens them).
+        sql: "ALTER TABLE data_keys ADD COLUMN kek TEXT;
+          CREATE INDEX data_keys_kek ON data_keys (kek);
+          CREATE TABLE retired_keks (
+              kek TEXT PRIMARY KEY,
+              retired_ms BIGINT NOT NULL
+          )",
+    },
 ];
 
 /// A pool of connections to one database.

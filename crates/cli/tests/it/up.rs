@@ -247,3 +247,156 @@ fn chain_recover_starts_a_new_chain_where_every_ledger_verifies_and_devices_keep
     );
     stop(child);
 }
+
+/// Opens every sealed blob of the server in `data` with only the KEK in
+/// `data/server/kek.hex`; returns how many there are.
+fn open_every_blob(data: &std::path::Path) -> usize {
+    use medledger_storage::sqlx::{self, Row};
+    use medledger_storage::{BlobStore, Db, Kek, LocalDir, Vault};
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let db = Db::open_sqlite(&data.join("server/server.db"))
+            .await
+            .unwrap();
+        let blobs = LocalDir::open(data.join("server/blobs")).await.unwrap();
+        let vault = Vault::new(
+            db.clone(),
+            Kek::from_file(&data.join("server/kek.hex")).unwrap(),
+        );
+        let rows = sqlx::query("SELECT DISTINCT patient, blob, blob_sha256 FROM ingest_readings")
+            .fetch_all(db.pool())
+            .await
+            .unwrap();
+        for row in &rows {
+            let patient: [u8; 32] = row.get::<Vec<u8>, _>(0).try_into().unwrap();
+            let cid: medledger_storage::Cid = row.get::<String, _>(1).parse().unwrap();
+            let digest: [u8; 32] = row.get::<Vec<u8>, _>(2).try_into().unwrap();
+            let sealed = blobs.get(&cid).await.unwrap();
+            vault.open(&patient, &digest, &sealed).await.unwrap();
+        }
+        db.close().await;
+        rows.len()
+    })
+}
+
+/// Waits until every data key of the server in `data` is under the KEK in
+/// `data/server/kek.hex` alone.
+fn wait_rewrapped(data: &std::path::Path) {
+    use medledger_storage::{Db, Kek, Vault};
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let done = runtime.block_on(async {
+            let db = Db::open_sqlite(&data.join("server/server.db"))
+                .await
+                .unwrap();
+            let kek = Kek::from_file(&data.join("server/kek.hex")).unwrap();
+            let status = Vault::new(db.clone(), kek).check_keks().await;
+            db.close().await;
+            status.is_ok_and(|s| s.left() == 0)
+        });
+        if done {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server never re-wrapped its data keys"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+fn kek_id(path: &std::path::Path) -> String {
+    medledger_storage::Kek::from_file(path)
+        .unwrap()
+        .id()
+        .to_string()
+}
+
+#[test]
+fn the_key_encryption_key_rotates_and_backups_of_before_and_after_restore() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("medledger");
+    let d = data.to_str().unwrap();
+    let (kek, previous) = (
+        data.join("server/kek.hex"),
+        data.join("server/kek.previous.hex"),
+    );
+    let ports = [free_port(), free_port(), free_port()];
+    let (child, _) = up(&data, ports);
+    assert!(sim(&data, ports[0], "2", "3") >= 5);
+    let before = dir.path().join("before");
+    medledger(&["backup", "--data", d, "--out", before.to_str().unwrap()]);
+    let out = Command::new(env!("CARGO_BIN_EXE_medledger"))
+        .args(["up", "rotate-kek", "--data", d])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("is running"), "{said}");
+    stop(child);
+    let first = kek_id(&kek);
+
+    // An interrupted rotation: the new KEK in place, the old one beside it.
+    // `up` starts, and its server re-wraps in the background while devices
+    // send.
+    std::fs::copy(&kek, &previous).unwrap();
+    let next = data.join("server/kek.next.hex");
+    let said = medledger(&["server", "new-kek", "--out", next.to_str().unwrap()]);
+    assert!(said.contains("(mode 0600)"), "{said}");
+    std::fs::rename(&next, &kek).unwrap();
+    let second = kek_id(&kek);
+    let (child, _) = up(&data, ports);
+    wait_rewrapped(&data);
+    assert!(sim(&data, ports[0], "2", "2") >= 3);
+    stop(child);
+    // Finishing it removes the old KEK's file.
+    let said = medledger(&["up", "rotate-kek", "--data", d]);
+    assert!(
+        said.contains(&format!("resuming the rotation away from {first}")),
+        "{said}"
+    );
+    assert!(!previous.exists());
+
+    // A whole rotation in one command.
+    let said = medledger(&["up", "rotate-kek", "--data", d]);
+    assert!(
+        said.contains(&format!(
+            "left under {second}; the old key-encryption key(s) can now be destroyed"
+        )),
+        "{said}"
+    );
+    assert!(
+        !said
+            .lines()
+            .any(|l| l.starts_with("0 data key(s) re-wrapped")),
+        "{said}"
+    );
+    assert!(!previous.exists());
+    let third = kek_id(&kek);
+    assert_ne!(second, third);
+    assert!(
+        open_every_blob(&data) >= 2,
+        "every blob opens with the new KEK alone"
+    );
+    let config = data.join("server.toml");
+    let said = medledger(&["server", "rewrap", "--config", config.to_str().unwrap()]);
+    assert!(said.contains("0 data key(s) re-wrapped, 0 left"), "{said}");
+
+    // A backup from before the rotations restores (it holds its KEK), and
+    // so does one from after.
+    let after = dir.path().join("after");
+    medledger(&["backup", "--data", d, "--out", after.to_str().unwrap()]);
+    for (backup, id) in [(&before, &first), (&after, &third)] {
+        let restored = dir.path().join(format!("restored-{id}"));
+        let said = medledger(&[
+            "restore",
+            "--from",
+            backup.to_str().unwrap(),
+            "--data",
+            restored.to_str().unwrap(),
+        ]);
+        assert!(said.contains("every ledger verified"), "{said}");
+        assert_eq!(&kek_id(&restored.join("server/kek.hex")), id);
+        assert!(open_every_blob(&restored) >= 1);
+    }
+}
