@@ -24,6 +24,9 @@ pub(crate) enum BenchCommand {
     Access(AccessArgs),
     /// Floods against a collector while legitimate devices keep sending.
     Flood(FloodArgs),
+    /// SIGKILLs of chain, server and collector under load; then checks
+    /// that nothing acknowledged or confirmed was lost.
+    Crash(crate::crash::CrashArgs),
     /// Idle and slowloris connections for `bench flood`, from another
     /// process (its own open-file limit).
     #[command(hide = true)]
@@ -111,6 +114,7 @@ pub(crate) fn run(command: BenchCommand) -> Result<()> {
         BenchCommand::Ingest(args) => runtime.block_on(ingest(args)),
         BenchCommand::Access(args) => runtime.block_on(access(args)),
         BenchCommand::Flood(args) => runtime.block_on(flood(args)),
+        BenchCommand::Crash(args) => runtime.block_on(crate::crash::run(args)),
         BenchCommand::Hold(args) => runtime.block_on(async move {
             raise_open_files(args.idle as u64 + args.slow as u64 + 1_024);
             let held = load::hold(

@@ -28,6 +28,7 @@ mod bench;
 mod ca;
 mod chain;
 mod collector;
+mod crash;
 mod demo;
 mod erase;
 mod kek;

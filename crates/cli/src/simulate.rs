@@ -47,12 +47,26 @@ pub(crate) fn run(args: SimArgs) -> Result<()> {
     runtime.block_on(simulate(args))
 }
 
-async fn simulate(args: SimArgs) -> Result<()> {
-    let d = &args.data;
-    let state = UpState::load(d)?;
+/// The simulated patient and devices of a `medledger up` data directory.
+pub(crate) struct Simulated {
+    /// The patient.
+    pub(crate) patient_ref: alloy::primitives::B256,
+    /// Their card.
+    pub(crate) card: Issued,
+    /// The devices, each with its kind, sequence numbers above any
+    /// earlier run's.
+    pub(crate) devices: Vec<(Device, medledger_sim::signals::Kind)>,
+}
+
+/// Admits the simulated patient (once; their card goes into the
+/// collector's cards directory) and issues, registers and assigns the
+/// first `count` simulated devices not made before (`D/sim/`).
+pub(crate) async fn prepare(
+    d: &std::path::Path,
+    contracts: &medledger_contracts::Contracts<alloy::providers::DynProvider>,
+    count: usize,
+) -> Result<Simulated> {
     let ca = Ca::open(&d.join("ca"))?;
-    let admin = roles::load_signer(&d.join("people/admin.eth.key"))?;
-    let contracts = roles::contracts(&args.rpc, &state.registry.to_string(), admin).await?;
     let sim = d.join("sim");
     std::fs::create_dir_all(sim.join("devices"))?;
 
@@ -61,7 +75,7 @@ async fn simulate(args: SimArgs) -> Result<()> {
     let card = sim.join("patient");
     if !medledger_pki::files::with_suffix(&card, ".crt").exists() {
         println!("medledger sim: admitting a simulated patient {patient_ref}");
-        medledger_sim::allow_kinds(&contracts, KINDS).await?;
+        medledger_sim::allow_kinds(contracts, KINDS).await?;
         let issued = ca.issue(&LeafRequest::new(Role::Patient))?;
         let account = medledger_sim::signer(&issued)?.address();
         send(contracts.registry().admit(
@@ -82,20 +96,37 @@ async fn simulate(args: SimArgs) -> Result<()> {
     let card = Issued::load(&card)?;
 
     // The devices, made once each.
-    let mut devices = Vec::with_capacity(args.devices);
-    for i in 0..args.devices {
+    let mut devices = Vec::with_capacity(count);
+    for i in 0..count {
         let prefix = sim.join(format!("devices/device-{i}"));
         let kind = KINDS[i % KINDS.len()];
         if !medledger_pki::files::with_suffix(&prefix, ".crt").exists() {
             let device = Device::issue(&ca, FIRST_SERIAL + i as u64, kind.group, KeyAlg::P256)?;
             device
-                .register(&contracts, kind.group, Some(patient_ref))
+                .register(contracts, kind.group, Some(patient_ref))
                 .await?;
             device.issued.write(&prefix)?;
         }
         // Sequence numbers above any earlier run's: milliseconds now.
         devices.push((Device::load(&prefix, medledger_protocol::now_ms())?, kind));
     }
+    Ok(Simulated {
+        patient_ref,
+        card,
+        devices,
+    })
+}
+
+async fn simulate(args: SimArgs) -> Result<()> {
+    let d = &args.data;
+    let state = UpState::load(d)?;
+    let admin = roles::load_signer(&d.join("people/admin.eth.key"))?;
+    let contracts = roles::contracts(&args.rpc, &state.registry.to_string(), admin).await?;
+    let Simulated {
+        patient_ref,
+        card,
+        devices,
+    } = prepare(d, &contracts, args.devices).await?;
     println!(
         "medledger sim: {} devices of patient {patient_ref} (card account {}) send to {}, {} reading(s)/s each",
         devices.len(),
@@ -104,7 +135,7 @@ async fn simulate(args: SimArgs) -> Result<()> {
         args.rate
     );
 
-    let root = ca.root_cert_der()?;
+    let root = Ca::open(&d.join("ca"))?.root_cert_der()?;
     let counts: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
     let every = Duration::from_secs_f64(1.0 / args.rate.max(0.001));
     let mut tasks = tokio::task::JoinSet::new();

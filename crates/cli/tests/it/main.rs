@@ -6,6 +6,7 @@ mod admin;
 mod alerts;
 mod ca;
 mod chain;
+mod crash;
 mod demo;
 mod erase;
 mod indexer;
