@@ -28,6 +28,7 @@ mod chain;
 mod collector;
 mod demo;
 mod erase;
+mod ledger_key;
 mod recover;
 mod roles;
 mod server;

@@ -30,7 +30,7 @@ mod webhook;
 use alloy::providers::DynProvider;
 pub use config::{ConfigError, ConfigFile};
 use medledger_contracts::{ChainView, Contracts};
-use medledger_patient_ledger::{Ledger, NoteSigner};
+use medledger_patient_ledger::{Ledger, LedgerError, NoteSigner};
 use medledger_pki::https::{self, Tasks};
 use medledger_pki::metrics::Metrics;
 use medledger_pki::{ClientAuth, Credentials};
@@ -98,6 +98,9 @@ pub enum StartError {
     /// The TLS setup failed.
     #[error("TLS: {0}")]
     Tls(#[from] medledger_pki::Error),
+    /// The ledger key is not the current key of the stored key history.
+    #[error("the ledger key: {0}")]
+    LedgerKey(#[source] LedgerError),
 }
 
 /// State shared by the endpoints and the anchor task.
@@ -165,10 +168,13 @@ impl Server {
         let auths = [client_auth.clone(), device_auth.clone(), card_auth.clone()];
         let tls = medledger_pki::server_config(&credentials, client_auth.clone())?;
         let metrics = Arc::new(Metrics::new());
+        let ledger = Ledger::open(db.clone(), ledger_key)
+            .await
+            .map_err(StartError::LedgerKey)?;
         let state = Arc::new(State {
             vault: Vault::new(db.clone(), kek),
             alerts: alerts::Alerts::new(db.clone()),
-            ledger: Ledger::new(db.clone(), ledger_key),
+            ledger,
             db,
             blobs,
             view: ChainView::new(contracts),
