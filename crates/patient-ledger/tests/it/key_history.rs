@@ -276,7 +276,10 @@ async fn ledgers_verify_across_a_rotation() {
         let rotated_ms = now_ms() + 1;
         let (ledger, statement) = ledger.rotate(new(), rotated_ms).await.unwrap();
         assert_eq!(ledger.verifier_key(), new().verifier_key());
-        assert_eq!(ledger.history().statements(), [statement.clone()]);
+        assert_eq!(
+            ledger.history().statements(),
+            std::slice::from_ref(&statement)
+        );
         ledger
             .append(&P, (3..6).map(|i| entry(i, rotated_ms + i)).collect())
             .await
