@@ -32,6 +32,7 @@ mod crash;
 mod demo;
 mod erase;
 mod kek;
+mod ledger_key;
 mod recover;
 mod roles;
 mod server;

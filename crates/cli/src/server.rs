@@ -1,4 +1,5 @@
-//! `medledger server --config FILE`: the application server.
+//! `medledger server --config FILE`: the application server;
+//! `medledger server rotate-ledger-key` ([`crate::ledger_key`]).
 
 use crate::roles;
 use anyhow::{Context, Result};
@@ -14,16 +15,24 @@ use std::time::Duration;
 #[derive(Debug, Args)]
 #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub(crate) struct ServerArgs {
-    /// Key-encryption key rotation (docs/operations.md).
+    /// Key rotation (docs/operations.md).
     #[command(subcommand)]
-    command: Option<crate::kek::KekCommand>,
+    command: Option<ServerCommand>,
     /// The configuration file (TOML; see docs/operations.md).
     #[arg(long, env = "MEDLEDGER_SERVER_CONFIG", required = true)]
     config: Option<PathBuf>,
 }
 
+#[derive(Debug, clap::Subcommand)]
+enum ServerCommand {
+    #[command(flatten)]
+    Kek(crate::kek::KekCommand),
+    /// Retire the ledger signing key for a new one (server stopped).
+    RotateLedgerKey(crate::ledger_key::RotateArgs),
+}
+
 /// The ledger signing key at `path`, created on first start.
-fn ledger_key(path: &Path, name: &str) -> Result<NoteSigner> {
+pub(crate) fn ledger_key(path: &Path, name: &str) -> Result<NoteSigner> {
     if !path.exists() {
         files::write_secret(
             path,
@@ -41,12 +50,12 @@ fn ledger_key(path: &Path, name: &str) -> Result<NoteSigner> {
 
 pub(crate) fn run(args: ServerArgs) -> Result<()> {
     if let Some(command) = args.command {
-        return crate::kek::run(command);
+        return match command {
+            ServerCommand::Kek(command) => crate::kek::run(command),
+            ServerCommand::RotateLedgerKey(args) => crate::ledger_key::run(args),
+        };
     }
-    let path = args
-        .config
-        .expect("clap requires --config without a subcommand");
-    let config = ConfigFile::load(&path)?;
+    let config = ConfigFile::load(&args.config.context("pass --config FILE")?)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
         let server = start(&config).await?;
@@ -77,6 +86,15 @@ pub(crate) fn print_endpoints(server: &Server) {
     println!("  ledger key   {}", server.ledger().verifier_key());
 }
 
+/// The ledger key's name: a note key name has no spaces, so it is named
+/// after the server's account.
+pub(crate) fn key_name(identity: &medledger_pki::Identity) -> String {
+    match identity.address() {
+        Some(address) => format!("medledger-server-{address}"),
+        None => "medledger-server".to_owned(),
+    }
+}
+
 /// Starts a server as `config` says, re-reading the CRL as it changes.
 pub(crate) async fn start(config: &ConfigFile) -> Result<Started> {
     let db = roles::open_db(config.database.as_deref(), &config.data, "server.db").await?;
@@ -89,11 +107,7 @@ pub(crate) async fn start(config: &ConfigFile) -> Result<Started> {
         .with_context(|| format!("loading {}", config.credentials.display()))?;
     let identity = credentials.identity()?;
     identity.require_role(&[Role::Server])?;
-    // A note key name has no spaces: name it after the server's account.
-    let key_name = match identity.address() {
-        Some(address) => format!("medledger-server-{address}"),
-        None => "medledger-server".to_owned(),
-    };
+    let key_name = key_name(&identity);
     let ledger_key = ledger_key(&config.ledger_key, &key_name)?;
     let signer = roles::load_signer(&files::with_suffix(&config.credentials, ".eth.key"))?;
     let contracts = roles::contracts(&config.chain_rpc, &config.registry, signer).await?;

@@ -39,8 +39,9 @@ pub(crate) struct VerifyArgs {
     /// every checkpoint anchored for it on chain.
     #[arg(long, env = "MEDLEDGER_REGISTRY")]
     registry: Option<Address>,
-    /// The ledger key to trust (`name+keyid+key`); without it the bundle's
-    /// own key is used, which proves integrity but not who signed.
+    /// The ledger key to trust (`name+keyid+key`), current or retired: the
+    /// bundle's key history must hold it. Without it the bundle's own key
+    /// is used, which proves integrity but not who signed.
     #[arg(long)]
     key: Option<String>,
     /// Print JSON instead of text.
@@ -116,6 +117,7 @@ async fn verify_ledger(args: VerifyArgs) -> Result<()> {
                 "root": root,
                 "erased": report.erased,
                 "trusted_key": args.key.is_some(),
+                "keys": report.keys,
                 "kinds": kinds,
                 "anchors": anchors,
             })
@@ -136,6 +138,15 @@ async fn verify_ledger(args: VerifyArgs) -> Result<()> {
         );
     }
     println!("  root         {root}");
+    if let [.., current] = report.keys.as_slice()
+        && report.keys.len() > 1
+    {
+        println!(
+            "  ledger keys  {} (rotated {} time(s); each key checked against its retirement)",
+            current,
+            report.keys.len() - 1
+        );
+    }
     if let Some(anchors) = &anchors {
         print_anchors(&report, anchors);
     }
@@ -300,6 +311,7 @@ mod tests {
             entries: Vec::new(),
             erased: false,
             leaves,
+            keys: Vec::new(),
         };
         let checks = check_anchors(
             &report,

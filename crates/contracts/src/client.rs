@@ -641,6 +641,12 @@ pub const ERASURE_KIND: u8 = 4;
 /// hash.
 pub const RECOVERY_KIND: u8 = 5;
 
+/// The `Anchor` kind of a ledger key rotation (open to any active node, so
+/// readers keep only servers' records): `root` = SHA-256 of the rotation
+/// statement, `count` = its place in the key history (from 1), `first` and
+/// `last` = SHA-256 of the old and the new verifier key.
+pub const LEDGER_KEY_KIND: u8 = 6;
+
 /// A patient-ledger checkpoint anchored on chain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CheckpointAnchor {

@@ -6,13 +6,20 @@
 //! { "format": "medledger-ledger-bundle/1",
 //!   "patient": "<patientRef hex>",
 //!   "verifier_key": "<name>+<key id hex>+<base64(0x01 || Ed25519 public key)>",
+//!   "key_history": ["<rotation statement>", ...],
 //!   "checkpoint": "<signed note>",
 //!   "entries": [ { "index": 0, "entry": "<base64 stored entry>",
 //!                  "proof": ["<base64 hash>", ...] }, ... ] }
 //! ```
+//!
+//! `verifier_key` is the current ledger key. `key_history`, present only
+//! once the key was rotated, holds the rotation statements oldest first
+//! ([`crate::key_history`]); entries and checkpoints may be signed by any
+//! key of that history, each before its retirement.
 
-use crate::checkpoint::{CheckpointError, NoteVerifier};
+use crate::checkpoint::CheckpointError;
 use crate::entry::{Entry, EntryError};
+use crate::key_history::{KeyHistory, KeyHistoryError};
 use crate::merkle::{Hash, ProofError, Tree, leaf_hash, verify_inclusion};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -28,8 +35,12 @@ pub struct Bundle {
     pub format: String,
     /// The patientRef, hex.
     pub patient: String,
-    /// The key entries and checkpoint are signed with.
+    /// The current ledger key.
     pub verifier_key: String,
+    /// The ledger key's rotation statements, oldest first; empty (and left
+    /// out of the JSON) if it was never rotated.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub key_history: Vec<String>,
     /// The signed checkpoint the proofs lead to.
     pub checkpoint: String,
     /// Every entry the checkpoint covers, in order.
@@ -61,6 +72,7 @@ impl Bundle {
     pub(crate) fn new(
         patient: String,
         verifier_key: String,
+        key_history: Vec<String>,
         checkpoint: String,
         entries: Vec<BundleEntry>,
     ) -> Bundle {
@@ -68,6 +80,7 @@ impl Bundle {
             format: FORMAT.to_owned(),
             patient,
             verifier_key,
+            key_history,
             checkpoint,
             entries,
         }
@@ -81,14 +94,20 @@ pub enum BundleError {
     /// Not a bundle.
     #[error("not a ledger bundle: {0}")]
     Malformed(String),
-    /// The bundle's key is not the one the verifier trusts.
-    #[error("the bundle is signed with {found}, not the trusted key {trusted}")]
+    /// The bundle's key is not the one the verifier trusts, nor does its
+    /// key history hold that key.
+    #[error(
+        "the bundle is signed with {found}, not the trusted key {trusted} (nor does its key history hold it)"
+    )]
     UntrustedKey {
         /// The bundle's key.
         found: String,
         /// The trusted key.
         trusted: String,
     },
+    /// The key history does not verify.
+    #[error("key history: {0}")]
+    KeyHistory(#[source] KeyHistoryError),
     /// The checkpoint does not verify.
     #[error("checkpoint: {0}")]
     Checkpoint(#[source] CheckpointError),
@@ -151,6 +170,8 @@ pub struct Report {
     pub erased: bool,
     /// The entries' leaf hashes, in order.
     pub leaves: Vec<Hash>,
+    /// The ledger keys, oldest first; the last is the current one.
+    pub keys: Vec<String>,
 }
 
 impl Report {
@@ -193,8 +214,10 @@ impl Report {
 
 /// Verifies a bundle (JSON): the checkpoint's signature, that it is this
 /// patient's log, and every entry's signature, place and inclusion proof;
-/// and that every entry the checkpoint covers is there. With
-/// `trusted_key`, the bundle must be signed with that key.
+/// and that every entry the checkpoint covers is there. Entries and the
+/// checkpoint may be signed by any key of the bundle's key history, each
+/// before its retirement. With `trusted_key`, that history must hold it
+/// (an auditor who trusts a retired key follows its rotations).
 pub fn verify(json: &str, trusted_key: Option<&str>) -> Result<Report, BundleError> {
     let bundle: Bundle =
         serde_json::from_str(json).map_err(|e| BundleError::Malformed(e.to_string()))?;
@@ -204,17 +227,22 @@ pub fn verify(json: &str, trusted_key: Option<&str>) -> Result<Report, BundleErr
             bundle.format
         )));
     }
+    let history = KeyHistory::from_statements(&bundle.key_history, &bundle.verifier_key).map_err(
+        |e| match e {
+            KeyHistoryError::BadKey(e) => BundleError::Checkpoint(e),
+            e => BundleError::KeyHistory(e),
+        },
+    )?;
     if let Some(trusted) = trusted_key
-        && trusted != bundle.verifier_key
+        && history.require(trusted).is_err()
     {
         return Err(BundleError::UntrustedKey {
             found: bundle.verifier_key,
             trusted: trusted.to_owned(),
         });
     }
-    let verifier = NoteVerifier::new(&bundle.verifier_key).map_err(BundleError::Checkpoint)?;
-    let cp = verifier
-        .verify(&bundle.checkpoint)
+    let cp = history
+        .verify_checkpoint(&bundle.checkpoint)
         .map_err(BundleError::Checkpoint)?;
     if cp.origin != format!("medledger/patient/{}", bundle.patient) {
         return Err(BundleError::WrongLog {
@@ -247,7 +275,8 @@ pub fn verify(json: &str, trusted_key: Option<&str>) -> Result<Report, BundleErr
             .map(|h| B64.decode(h).ok().and_then(|b| Hash::try_from(b).ok()))
             .collect::<Option<Vec<Hash>>>()
             .ok_or_else(|| misplaced("a proof hash is not 32 bytes of base64".into()))?;
-        let entry = Entry::open(&stored, &verifier)
+        let entry = history
+            .open_entry(&stored)
             .map_err(|source| BundleError::Entry { index, source })?;
         if entry.index != index {
             return Err(misplaced(format!("it says it is entry {}", entry.index)));
@@ -268,5 +297,6 @@ pub fn verify(json: &str, trusted_key: Option<&str>) -> Result<Report, BundleErr
         entries,
         erased,
         leaves,
+        keys: history.keys(),
     })
 }

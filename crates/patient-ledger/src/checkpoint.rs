@@ -56,6 +56,23 @@ pub enum CheckpointError {
     /// A verifier key string that is not one.
     #[error("malformed verifier key: {0}")]
     BadKey(String),
+    /// Signed by a ledger key after that key was retired (or at a time
+    /// the checkpoint does not state).
+    #[error(
+        "signed by the ledger key {key}, retired at {retired_ms} (Unix ms), but {}",
+        match time_ms {
+            Some(t) => format!("the checkpoint's time is {t}"),
+            None => "the checkpoint states no time".to_owned(),
+        }
+    )]
+    RetiredKey {
+        /// The retired key, `name+id+key`.
+        key: String,
+        /// The checkpoint's `time`, if it has one.
+        time_ms: Option<u64>,
+        /// When the key was retired (its rotation statement's time).
+        retired_ms: u64,
+    },
 }
 
 impl Checkpoint {
@@ -214,10 +231,17 @@ impl NoteSigner {
 
     /// A signed note of any text that ends in a newline.
     pub fn sign_text(&self, body: &str) -> String {
+        format!("{body}\n{}", self.signature_line(body))
+    }
+
+    /// This key's signature line of a note's text (what follows the blank
+    /// line), ending in a newline: notes signed by several keys carry one
+    /// line each.
+    pub fn signature_line(&self, body: &str) -> String {
         let sig = self.key.sign(body.as_bytes());
         let mut blob = self.id.to_vec();
         blob.extend_from_slice(sig.as_ref());
-        format!("{body}\n{SIG_PREFIX}{} {}\n", self.name, B64.encode(blob))
+        format!("{SIG_PREFIX}{} {}\n", self.name, B64.encode(blob))
     }
 }
 
@@ -257,6 +281,15 @@ impl NoteVerifier {
             id: key_id(name, public),
             public: public.to_vec(),
         })
+    }
+
+    /// The key as verifiers write it: `name+hex(key id)+base64(0x01 ||
+    /// public key)`.
+    pub fn key(&self) -> String {
+        let mut public = vec![ALG_ED25519];
+        public.extend_from_slice(&self.public);
+        let id: String = self.id.iter().map(|b| format!("{b:02x}")).collect();
+        format!("{}+{id}+{}", self.name, B64.encode(public))
     }
 
     /// Whether `signature` is this key's Ed25519 signature of `message`.

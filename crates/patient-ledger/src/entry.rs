@@ -72,6 +72,21 @@ pub enum EntryError {
     /// A kind this version does not know.
     #[error("unknown entry kind {0:?}")]
     UnknownKind(String),
+    /// Signed by a ledger key with a time after that key was retired.
+    #[error("signed by the ledger key {key}, retired at {retired_ms} (Unix ms), but dated {ts_ms}")]
+    RetiredKey {
+        /// The retired key, `name+id+key`.
+        key: String,
+        /// The entry's `ts`.
+        ts_ms: u64,
+        /// When the key was retired (its rotation statement's time).
+        retired_ms: u64,
+    },
+    /// No key of the ledger's key history signed it.
+    #[error(
+        "the entry's signature does not verify with any of the {0} ledger keys of the key history"
+    )]
+    NoKeySigned(usize),
 }
 
 fn key(k: &str) -> Vec<u8> {
@@ -149,20 +164,39 @@ impl Entry {
 
     /// Checks a stored entry's signature and decodes it.
     pub fn open(stored: &[u8], verifier: &NoteVerifier) -> Result<Entry, EntryError> {
+        let (payload, signature) = Entry::split(stored)?;
+        if !verifier.verify_raw(&Entry::signed_message(&payload), &signature) {
+            return Err(EntryError::BadSignature);
+        }
+        Entry::decode_payload(&payload)
+    }
+
+    /// Decodes a stored entry without checking its signature; returns it
+    /// with the message signed and the signature, for the caller to check.
+    pub(crate) fn open_unverified(stored: &[u8]) -> Result<(Entry, Vec<u8>, Vec<u8>), EntryError> {
+        let (payload, signature) = Entry::split(stored)?;
+        let entry = Entry::decode_payload(&payload)?;
+        Ok((entry, Entry::signed_message(&payload), signature))
+    }
+
+    fn signed_message(payload: &[u8]) -> Vec<u8> {
+        [SIGNING_CONTEXT, payload].concat()
+    }
+
+    /// The `[payload, signature]` of a stored entry.
+    fn split(stored: &[u8]) -> Result<(Vec<u8>, Vec<u8>), EntryError> {
         let malformed = |why: &str| EntryError::Malformed(why.to_owned());
         let value = cbor::decode(stored).map_err(|e| EntryError::Malformed(e.to_string()))?;
         let Value::Array(items) = value else {
             return Err(malformed("not a [payload, signature] array"));
         };
-        let [Value::Bytes(payload), Value::Bytes(signature)] = items.as_slice() else {
+        let Ok([Value::Bytes(payload), Value::Bytes(signature)]) = <[Value; 2]>::try_from(items)
+        else {
             return Err(malformed(
                 "not a [payload, signature] array of two byte strings",
             ));
         };
-        if !verifier.verify_raw(&[SIGNING_CONTEXT, payload].concat(), signature) {
-            return Err(EntryError::BadSignature);
-        }
-        Entry::decode_payload(payload)
+        Ok((payload, signature))
     }
 
     fn decode_payload(payload: &[u8]) -> Result<Entry, EntryError> {

@@ -12,13 +12,16 @@
 //!
 //! Entries are signed CBOR ([`entry`]); the durable store keeps them in SQL
 //! ([`store`]); a patient's ledger exports as a proof bundle that anyone can
-//! verify offline ([`bundle`]).
+//! verify offline ([`bundle`]). The ledger key rotates: a [`KeyHistory`]
+//! of rotation statements, each signed by the old and the new key, says
+//! which key signed validly when ([`key_history`]).
 //!
 //! No feature flags.
 
 pub mod bundle;
 pub mod checkpoint;
 pub mod entry;
+pub mod key_history;
 pub mod merkle;
 pub mod reading_proof;
 pub mod store;
@@ -26,6 +29,7 @@ pub mod store;
 pub use bundle::{Bundle, BundleError, Report};
 pub use checkpoint::{Checkpoint, CheckpointError, NoteSigner, NoteVerifier};
 pub use entry::{Entry, EntryError, Field, KINDS};
+pub use key_history::{KeyHistory, KeyHistoryError, Rotation, sign_rotation, verify_rotation};
 pub use merkle::{
     Hash, ProofError, Tree, empty_root, leaf_hash, node_hash, verify_consistency, verify_inclusion,
 };

@@ -9,14 +9,20 @@
 //!   "reading": "<reading hash hex>", "patient": "<patientRef hex>",
 //!   "ledger": { "index": 0, "entry": "<base64 stored entry>", "size": 1,
 //!               "proof": ["<hash hex>", ...], "checkpoint": "<signed note>",
-//!               "verifier_key": "<name+id+key>", "anchor": null },
+//!               "verifier_key": "<name+id+key>",
+//!               "key_history": ["<rotation statement>", ...], "anchor": null },
 //!   "batch":  { "root": "<hex>", "index": 0, "count": 1,
 //!               "proof": ["<hash hex>", ...],
 //!               "anchor": { "id": 7, "tx": "0x...", "block": 42 } } }
 //! ```
+//!
+//! `key_history` (left out until the ledger key is first rotated) holds the
+//! rotation statements oldest first; the entry and the checkpoint may be
+//! signed by any key of it, each before its retirement.
 
-use crate::checkpoint::{CheckpointError, NoteVerifier};
-use crate::entry::{Entry, EntryError, Field};
+use crate::checkpoint::CheckpointError;
+use crate::entry::{EntryError, Field};
+use crate::key_history::{KeyHistory, KeyHistoryError};
 use crate::merkle::{Hash, ProofError, leaf_hash, verify_inclusion};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -49,8 +55,12 @@ pub struct LedgerPart {
     pub proof: Vec<String>,
     /// The signed checkpoint.
     pub checkpoint: String,
-    /// The ledger key.
+    /// The current ledger key.
     pub verifier_key: String,
+    /// The ledger key's rotation statements, oldest first; empty (and left
+    /// out of the JSON) if it was never rotated.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub key_history: Vec<String>,
     /// Where this checkpoint was anchored, if it was.
     pub anchor: Option<AnchorRef>,
 }
@@ -98,6 +108,9 @@ pub enum ReadingProofError {
     /// The entry's signature or form.
     #[error("ledger entry: {0}")]
     Entry(#[from] EntryError),
+    /// The key history does not verify, or does not hold the trusted key.
+    #[error("key history: {0}")]
+    KeyHistory(#[from] KeyHistoryError),
     /// The entry is not this reading's record.
     #[error("the ledger entry {0}")]
     WrongEntry(String),
@@ -145,8 +158,9 @@ fn hashes(list: &[String], what: &str) -> Result<Vec<Hash>, ReadingProofError> {
     list.iter().map(|h| hash(h, what)).collect()
 }
 
-/// Verifies a proof: the checkpoint's signature (by `trusted_key`, or by
-/// the proof's own key), the entry's signature and that it records this
+/// Verifies a proof: the checkpoint's and the entry's signatures by keys
+/// of the proof's key history, each before its retirement (with
+/// `trusted_key`, that history must hold it), that the entry records this
 /// reading of this patient in this batch, and both inclusion proofs.
 pub fn verify(json: &str, trusted_key: Option<&str>) -> Result<ReadingReport, ReadingProofError> {
     let proof: ReadingProof =
@@ -160,8 +174,12 @@ pub fn verify(json: &str, trusted_key: Option<&str>) -> Result<ReadingReport, Re
     let reading = hash(&proof.reading, "reading")?;
     let patient = hash(&proof.patient, "patient")?;
     let batch_root = hash(&proof.batch.root, "batch root")?;
-    let verifier = NoteVerifier::new(trusted_key.unwrap_or(&proof.ledger.verifier_key))?;
-    let checkpoint = verifier.verify(&proof.ledger.checkpoint)?;
+    let history =
+        KeyHistory::from_statements(&proof.ledger.key_history, &proof.ledger.verifier_key)?;
+    if let Some(trusted) = trusted_key {
+        history.require(trusted)?;
+    }
+    let checkpoint = history.verify_checkpoint(&proof.ledger.checkpoint)?;
     if checkpoint.size != proof.ledger.size {
         return Err(ReadingProofError::Malformed(format!(
             "the proof says size {}, the checkpoint {}",
@@ -171,7 +189,7 @@ pub fn verify(json: &str, trusted_key: Option<&str>) -> Result<ReadingReport, Re
     let stored = B64
         .decode(&proof.ledger.entry)
         .map_err(|e| ReadingProofError::Malformed(format!("entry: {e}")))?;
-    let entry = Entry::open(&stored, &verifier)?;
+    let entry = history.open_entry(&stored)?;
     let field = |name: &str| entry.body.get(name);
     if entry.patient != patient || entry.index != proof.ledger.index {
         return Err(ReadingProofError::WrongEntry(format!(

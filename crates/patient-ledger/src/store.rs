@@ -5,8 +5,9 @@
 //! stored entries on first use and extended on every append.
 
 use crate::bundle::{Bundle, BundleEntry};
-use crate::checkpoint::{Checkpoint, CheckpointError, NoteSigner, NoteVerifier};
+use crate::checkpoint::{Checkpoint, CheckpointError, NoteSigner};
 use crate::entry::{Entry, EntryError, Field};
+use crate::key_history::{KeyHistory, KeyHistoryError};
 use crate::merkle::{Hash, ProofError, Tree, leaf_hash, verify_consistency};
 use medledger_protocol::now_ms;
 use medledger_storage::sqlx::{self, Row};
@@ -83,6 +84,12 @@ pub enum LedgerError {
     /// The patient was erased.
     #[error("patient {0}'s ledger was erased")]
     Erased(String),
+    /// The ledger key's history is broken, or does not end at the key.
+    #[error("the ledger key history: {0}")]
+    KeyHistory(#[from] KeyHistoryError),
+    /// A rotation that would retire the key before a time it signed.
+    #[error("{0}")]
+    Rotation(String),
 }
 
 impl From<sqlx::Error> for LedgerError {
@@ -157,7 +164,8 @@ fn to_i64(n: u64) -> i64 {
 pub struct Ledger {
     db: Db,
     signer: NoteSigner,
-    verifier: NoteVerifier,
+    /// Every key that signed these ledgers; the signer's is the last.
+    history: KeyHistory,
     /// Trees by patient; the lock also serialises appends.
     trees: tokio::sync::Mutex<HashMap<PatientRef, Tree>>,
 }
@@ -169,15 +177,99 @@ impl std::fmt::Debug for Ledger {
 }
 
 impl Ledger {
-    /// The ledgers in a migrated database, signed with `signer`.
+    /// The ledgers in a migrated database whose ledger key was never
+    /// rotated, signed with `signer`. A server uses [`Ledger::open`],
+    /// which reads the key history.
     pub fn new(db: Db, signer: NoteSigner) -> Ledger {
-        let verifier = NoteVerifier::new(&signer.verifier_key()).expect("our own key parses");
+        let history = KeyHistory::new(&signer.verifier_key()).expect("our own key parses");
         Ledger {
             db,
             signer,
-            verifier,
+            history,
             trees: tokio::sync::Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The ledgers in a migrated database, signed with `signer`, verified
+    /// with the key history stored there (`ledger_key_rotations`), which
+    /// must end at `signer`'s key: a retired key is refused.
+    pub async fn open(db: Db, signer: NoteSigner) -> Result<Ledger> {
+        let statements = Ledger::rotations(&db).await?;
+        let history = KeyHistory::from_statements(&statements, &signer.verifier_key())?;
+        Ok(Ledger {
+            db,
+            signer,
+            history,
+            trees: tokio::sync::Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The stored rotation statements, oldest first.
+    async fn rotations(db: &Db) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT statement FROM ledger_key_rotations ORDER BY seq")
+            .fetch_all(db.pool())
+            .await?;
+        rows.iter()
+            .map(|r| Ok(r.try_get::<String, _>("statement")?))
+            .collect()
+    }
+
+    /// Retires the ledger key for `new` at `time_ms`: the rotation
+    /// statement, signed by both keys, is durable in the database when
+    /// this returns. Returns the ledgers signed with `new` and the
+    /// statement. Refused if a stored checkpoint is dated at or after
+    /// `time_ms` (it would no longer verify: the clock is behind).
+    pub async fn rotate(self, new: NoteSigner, time_ms: u64) -> Result<(Ledger, String)> {
+        for table in ["ledger_checkpoints", "ledger_anchors"] {
+            let rows = sqlx::query(&format!("SELECT note FROM {table}"))
+                .fetch_all(self.db.pool())
+                .await?;
+            for row in rows {
+                let note: String = row.try_get("note")?;
+                let time = note
+                    .split("\n\n")
+                    .next()
+                    .into_iter()
+                    .flat_map(|body| body.lines())
+                    .find_map(|l| l.strip_prefix("time ")?.parse::<u64>().ok());
+                if let Some(time) = time
+                    && time >= time_ms
+                {
+                    return Err(LedgerError::Rotation(format!(
+                        "a stored checkpoint is dated {time}, not before the rotation time {time_ms}: \
+                         is the clock behind?"
+                    )));
+                }
+            }
+        }
+        let mut history = self.history.clone();
+        let statement = history.rotate(&self.signer, &new, time_ms)?;
+        let seq = history.statements().len();
+        sqlx::query(
+            "INSERT INTO ledger_key_rotations (seq, statement, hash, new_key, created_ms) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(to_i64(seq as u64))
+        .bind(statement.as_str())
+        .bind(medledger_protocol::reading_hash(statement.as_bytes()).to_vec())
+        .bind(new.verifier_key())
+        .bind(to_i64(time_ms))
+        .execute(self.db.pool())
+        .await?;
+        Ok((
+            Ledger {
+                db: self.db,
+                signer: new,
+                history,
+                trees: self.trees,
+            },
+            statement,
+        ))
+    }
+
+    /// Every key that signed these ledgers, and when.
+    pub fn history(&self) -> &KeyHistory {
+        &self.history
     }
 
     /// The checkpoint origin of a patient's ledger.
@@ -185,7 +277,8 @@ impl Ledger {
         format!("medledger/patient/{}", hex::encode(patient))
     }
 
-    /// The key that verifies entries and checkpoints.
+    /// The current key, which signs new entries and checkpoints (older
+    /// ones may be signed by the retired keys of [`Ledger::history`]).
     pub fn verifier_key(&self) -> String {
         self.signer.verifier_key()
     }
@@ -416,7 +509,9 @@ impl Ledger {
         let mut tree = Tree::new();
         for (i, bytes) in stored.iter().enumerate() {
             let index = i as u64;
-            let entry = Entry::open(bytes, &self.verifier)
+            let entry = self
+                .history
+                .open_entry(bytes)
                 .map_err(|source| LedgerError::Entry { index, source })?;
             if entry.index != index || entry.patient != *patient {
                 return Err(LedgerError::Misplaced {
@@ -480,6 +575,7 @@ impl Ledger {
             return Ok(Bundle::new(
                 hex::encode(patient),
                 self.verifier_key(),
+                self.history.statements().to_vec(),
                 tombstone,
                 Vec::new(),
             ));
@@ -495,6 +591,7 @@ impl Ledger {
         Ok(Bundle::new(
             hex::encode(patient),
             self.verifier_key(),
+            self.history.statements().to_vec(),
             note,
             entries,
         ))
@@ -561,8 +658,8 @@ impl Ledger {
             .and_then(|l| l.parse().ok())
             .unwrap_or(0);
         let cp = self
-            .verifier
-            .verify(note)
+            .history
+            .verify_checkpoint(note)
             .map_err(|source| LedgerError::Checkpoint { size, source })?;
         if cp.origin != Ledger::origin(patient) {
             return Err(LedgerError::Checkpoint {

@@ -2,12 +2,14 @@
 //! the hashes of its first and last reading, `count` its readings), and
 //! periodically a fresh checkpoint of every patient ledger that grew
 //! (kind 3: `first` = patientRef, `last` = SHA-256 of the signed note,
-//! `root` and `count` the checkpoint's), in one `anchorMany` per round.
+//! `root` and `count` the checkpoint's), and every ledger key rotation
+//! not yet anchored (kind 6, [`LEDGER_KEY_KIND`]), in one `anchorMany` per
+//! round.
 
 use crate::State;
 use alloy::primitives::B256;
-use medledger_contracts::AnchorInput;
-use medledger_patient_ledger::NoteVerifier;
+use medledger_contracts::{AnchorInput, LEDGER_KEY_KIND};
+use medledger_patient_ledger::verify_rotation;
 use medledger_storage::sqlx::{self, Row};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,11 +21,11 @@ const MAX_ROOTS: i64 = 200;
 enum Pending {
     Batch(Vec<u8>),
     Checkpoint(Vec<u8>, i64),
+    Rotation(i64),
 }
 
 /// Anchors until the server stops.
 pub(crate) async fn run(state: Arc<State>, every: Duration, checkpoint_every: Duration) {
-    let verifier = NoteVerifier::new(&state.ledger.verifier_key()).expect("our own key parses");
     let mut last_checkpoints = Instant::now();
     loop {
         let _ = tokio::time::timeout(every, state.committed.notified()).await;
@@ -31,7 +33,7 @@ pub(crate) async fn run(state: Arc<State>, every: Duration, checkpoint_every: Du
         if with_checkpoints {
             last_checkpoints = Instant::now();
         }
-        if let Err(e) = round(&state, &verifier, with_checkpoints).await {
+        if let Err(e) = round(&state, with_checkpoints).await {
             eprintln!("medledger server: {e}");
         }
     }
@@ -40,10 +42,9 @@ pub(crate) async fn run(state: Arc<State>, every: Duration, checkpoint_every: Du
 /// Anchors every batch root and every grown ledger's checkpoint not yet
 /// anchored, in as many rounds as it takes; returns how many.
 pub(crate) async fn all(state: &State) -> Result<usize, String> {
-    let verifier = NoteVerifier::new(&state.ledger.verifier_key()).expect("our own key parses");
     let mut anchored = 0;
     loop {
-        match round(state, &verifier, true).await? {
+        match round(state, true).await? {
             0 => return Ok(anchored),
             n => anchored += n,
         }
@@ -52,19 +53,18 @@ pub(crate) async fn all(state: &State) -> Result<usize, String> {
 
 /// One `anchorMany` of unanchored batch roots and, `with_checkpoints`,
 /// checkpoints of grown ledgers; returns how many roots it anchored.
-async fn round(
-    state: &State,
-    verifier: &NoteVerifier,
-    with_checkpoints: bool,
-) -> Result<usize, String> {
+async fn round(state: &State, with_checkpoints: bool) -> Result<usize, String> {
     let _one = state.anchoring.lock().await;
     let mut inputs = Vec::new();
     let mut pending = Vec::new();
+    rotations(state, &mut inputs, &mut pending)
+        .await
+        .map_err(|e| format!("reading ledger key rotations to anchor: {e}"))?;
     batches(state, &mut inputs, &mut pending)
         .await
         .map_err(|e| format!("reading batches to anchor: {e}"))?;
     if with_checkpoints && inputs.len() < MAX_ROOTS as usize {
-        checkpoints(state, verifier, &mut inputs, &mut pending)
+        checkpoints(state, &mut inputs, &mut pending)
             .await
             .map_err(|e| format!("checkpointing ledgers: {e}"))?;
     }
@@ -125,6 +125,36 @@ async fn batches(
     Ok(())
 }
 
+/// Every ledger key rotation statement not yet anchored.
+async fn rotations(
+    state: &State,
+    inputs: &mut Vec<AnchorInput>,
+    pending: &mut Vec<Pending>,
+) -> Result<(), String> {
+    let rows = sqlx::query(
+        "SELECT seq, statement FROM ledger_key_rotations WHERE anchor_id IS NULL ORDER BY seq",
+    )
+    .fetch_all(state.db.pool())
+    .await
+    .map_err(|e| e.to_string())?;
+    for row in rows {
+        let seq: i64 = row.try_get("seq").map_err(|e| e.to_string())?;
+        let statement: String = row.try_get("statement").map_err(|e| e.to_string())?;
+        let index = usize::try_from(seq).unwrap_or(1).saturating_sub(1);
+        let rotation = verify_rotation(&statement, index).map_err(|e| e.to_string())?;
+        let hash = |text: &str| B256::from(medledger_protocol::reading_hash(text.as_bytes()));
+        inputs.push(AnchorInput {
+            kind: LEDGER_KEY_KIND,
+            count: u64::try_from(seq).unwrap_or(0),
+            root: hash(&statement),
+            first: hash(&rotation.old),
+            last: hash(&rotation.new),
+        });
+        pending.push(Pending::Rotation(seq));
+    }
+    Ok(())
+}
+
 fn b256(bytes: &[u8]) -> B256 {
     B256::try_from(bytes).unwrap_or_default()
 }
@@ -132,7 +162,6 @@ fn b256(bytes: &[u8]) -> B256 {
 /// A checkpoint of every ledger that grew since its last anchored one.
 async fn checkpoints(
     state: &State,
-    verifier: &NoteVerifier,
     inputs: &mut Vec<AnchorInput>,
     pending: &mut Vec<Pending>,
 ) -> Result<(), String> {
@@ -156,7 +185,11 @@ async fn checkpoints(
             Err(medledger_patient_ledger::LedgerError::Erased(_)) => continue,
             Err(e) => return Err(e.to_string()),
         };
-        let cp = verifier.verify(&note).map_err(|e| e.to_string())?;
+        let cp = state
+            .ledger
+            .history()
+            .verify_checkpoint(&note)
+            .map_err(|e| e.to_string())?;
         let size = i64::try_from(cp.size).unwrap_or(i64::MAX);
         sqlx::query(
             "INSERT INTO ledger_anchors (patient, size, note) VALUES ($1, $2, $3) \
@@ -213,6 +246,18 @@ async fn mark(
                 .bind(block)
                 .bind(patient.clone())
                 .bind(*size)
+                .execute(&mut *db)
+                .await?;
+            }
+            Pending::Rotation(seq) => {
+                sqlx::query(
+                    "UPDATE ledger_key_rotations SET anchor_id = $1, anchor_tx = $2, \
+                     anchor_block = $3 WHERE seq = $4",
+                )
+                .bind(id)
+                .bind(tx.to_vec())
+                .bind(block)
+                .bind(*seq)
                 .execute(&mut *db)
                 .await?;
             }

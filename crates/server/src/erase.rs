@@ -20,7 +20,6 @@
 use crate::State;
 use alloy::primitives::B256;
 use medledger_contracts::{AnchorInput, ERASURE_KIND};
-use medledger_patient_ledger::NoteVerifier;
 use medledger_protocol::reading_hash;
 use medledger_storage::Cid;
 use medledger_storage::sqlx::{self, Row};
@@ -90,8 +89,11 @@ pub(crate) async fn erase(state: &State, patient: &[u8; 32]) -> Result<Erasure, 
     }
     tx.commit().await.map_err(sql)?;
     // The erasure on chain, where a restore from an older backup finds it.
-    let cp = NoteVerifier::new(&state.ledger.verifier_key())
-        .and_then(|v| v.verify(&tombstone))
+    // A tombstone from before a rotation is signed by a retired key.
+    let cp = state
+        .ledger
+        .history()
+        .verify_checkpoint(&tombstone)
         .map_err(|e| failed("the tombstone", &e))?;
     state
         .view

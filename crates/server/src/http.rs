@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine;
 use medledger_patient_ledger::reading_proof::{self, AnchorRef, BatchPart, LedgerPart};
-use medledger_patient_ledger::{NoteVerifier, ReadingProof, Tree, leaf_hash};
+use medledger_patient_ledger::{ReadingProof, Tree, leaf_hash};
 use medledger_pki::Role;
 use medledger_pki::https::Peer;
 use medledger_protocol::problem::PROBLEM_JSON;
@@ -690,8 +690,12 @@ async fn build_proof(state: &State, hash: &[u8; 32]) -> Result<Option<ReadingPro
             None,
         ),
     };
-    let verifier = NoteVerifier::new(&state.ledger.verifier_key()).map_err(|e| e.to_string())?;
-    let cp = verifier.verify(&note).map_err(|e| e.to_string())?;
+    // Anchored before a rotation, it is signed by a retired key.
+    let cp = state
+        .ledger
+        .history()
+        .verify_checkpoint(&note)
+        .map_err(|e| e.to_string())?;
     let entry = state
         .ledger
         .entry(&at.patient, at.index)
@@ -745,6 +749,7 @@ async fn build_proof(state: &State, hash: &[u8; 32]) -> Result<Option<ReadingPro
             proof: hexes(&inclusion),
             checkpoint: note,
             verifier_key: state.ledger.verifier_key(),
+            key_history: state.ledger.history().statements().to_vec(),
             anchor: checkpoint_anchor,
         },
         batch: BatchPart {

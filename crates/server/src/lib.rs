@@ -31,7 +31,7 @@ mod webhook;
 use alloy::providers::DynProvider;
 pub use config::{ConfigError, ConfigFile};
 use medledger_contracts::{ChainView, Contracts};
-use medledger_patient_ledger::{Ledger, NoteSigner};
+use medledger_patient_ledger::{Ledger, LedgerError, NoteSigner};
 use medledger_pki::https::{self, Tasks};
 use medledger_pki::metrics::Metrics;
 use medledger_pki::{ClientAuth, Credentials};
@@ -105,6 +105,9 @@ pub enum StartError {
     /// The key-encryption keys cannot open every data key.
     #[error(transparent)]
     Keys(#[from] medledger_storage::KeyError),
+    /// The ledger key is not the current key of the stored key history.
+    #[error("the ledger key: {0}")]
+    LedgerKey(#[source] LedgerError),
 }
 
 /// State shared by the endpoints and the anchor task.
@@ -175,10 +178,13 @@ impl Server {
         let auths = [client_auth.clone(), device_auth.clone(), card_auth.clone()];
         let tls = medledger_pki::server_config(&credentials, client_auth.clone())?;
         let metrics = Arc::new(Metrics::new());
+        let ledger = Ledger::open(db.clone(), ledger_key)
+            .await
+            .map_err(StartError::LedgerKey)?;
         let state = Arc::new(State {
             vault,
             alerts: alerts::Alerts::new(db.clone()),
-            ledger: Ledger::new(db.clone(), ledger_key),
+            ledger,
             db,
             blobs,
             view: ChainView::new(contracts),

@@ -15,7 +15,7 @@ use crate::ingest::{open_blob, reading_at};
 use alloy::primitives::{Address, U256};
 use base64::Engine;
 use medledger_contracts::{Basis, Scope, text_of};
-use medledger_patient_ledger::{Entry, Field, NewEntry, NoteVerifier};
+use medledger_patient_ledger::{Field, NewEntry};
 use medledger_pki::Role;
 use medledger_pki::https::Peer;
 use medledger_protocol::catalogue::data_type;
@@ -365,11 +365,14 @@ pub(crate) async fn audit_events(state: &State, patient: &[u8; 32]) -> Result<Va
     .fetch_all(state.db.pool())
     .await
     .map_err(|e| failed(&e))?;
-    let verifier = NoteVerifier::new(&state.ledger.verifier_key()).map_err(|e| failed(&e))?;
     let mut events = Vec::new();
     for row in rows {
         let stored: Vec<u8> = row.try_get("entry").map_err(|e| failed(&e))?;
-        let entry = Entry::open(&stored, &verifier).map_err(|e| failed(&e))?;
+        let entry = state
+            .ledger
+            .history()
+            .open_entry(&stored)
+            .map_err(|e| failed(&e))?;
         if entry.kind != "AccessEvent" {
             continue;
         }

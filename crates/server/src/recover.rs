@@ -118,6 +118,7 @@ pub async fn retire(db: &Db, r: &Retirement) -> Result<Retired, sqlx::Error> {
     for (kind, table, item, size) in [
         (2, "ingest_batches", "root", "count"),
         (3, "ledger_anchors", "patient", "size"),
+        (6, "ledger_key_rotations", "hash", "seq"),
     ] {
         anchors += sqlx::query(&format!(
             "INSERT INTO retired_anchors \

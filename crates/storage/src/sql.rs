@@ -312,6 +312,20 @@ pub static MIGRATIONS: &[Migration] = &[
               retired_ms BIGINT NOT NULL
           )",
     },
+    Migration {
+        version: 13,
+        name: "ledger key rotations: statements signed by the old and the new key",
+        sql: "CREATE TABLE ledger_key_rotations (
+              seq BIGINT PRIMARY KEY,
+              statement TEXT NOT NULL,
+              hash BYTEA NOT NULL,
+              new_key TEXT NOT NULL,
+              created_ms BIGINT NOT NULL,
+              anchor_id BIGINT,
+              anchor_tx BYTEA,
+              anchor_block BIGINT
+          )",
+    },
 ];
 
 /// A pool of connections to one database.

@@ -400,3 +400,112 @@ fn the_key_encryption_key_rotates_and_backups_of_before_and_after_restore() {
         assert!(open_every_blob(&restored) >= 1);
     }
 }
+
+/// The line of `printed` that starts (after spaces) with `label`, its rest.
+fn field(printed: &str, label: &str) -> String {
+    printed
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(label))
+        .unwrap_or_else(|| panic!("no {label:?} in {printed}"))
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn the_ledger_key_rotates_and_ledgers_verify_with_the_retired_key_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("medledger");
+    let d = data.to_str().unwrap();
+    let ports = [free_port(), free_port(), free_port()];
+    let (child, first) = up(&data, ports);
+    let registry = registry_of(&first);
+    let old_key = field(&first, "ledger key");
+    assert!(sim(&data, ports[0], "2", "3") >= 5);
+
+    // Not while the server runs with the key.
+    let refused = Command::new(env!("CARGO_BIN_EXE_medledger"))
+        .args(["server", "rotate-ledger-key", "--data", d])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("is running"),
+        "{refused:?}"
+    );
+    stop(child);
+
+    let said = medledger(&["server", "rotate-ledger-key", "--data", d]);
+    assert_eq!(field(&said, "retired key"), old_key, "{said}");
+    let new_key = field(&said, "current key");
+    assert_ne!(new_key, old_key);
+    let key_file = data.join("server/ledger.key");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the new key is private");
+    }
+    assert!(!data.join("server/ledger.key.new").exists());
+
+    // Restarted, the server signs with the new key, readings flow, and the
+    // rotation is anchored on chain.
+    let (child, second) = up(&data, ports);
+    assert_eq!(field(&second, "ledger key"), new_key);
+    assert!(sim(&data, ports[0], "2", "3") >= 5);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let anchored = || {
+        runtime.block_on(async {
+            let db = medledger_storage::Db::open_sqlite(&data.join("server/server.db"))
+                .await
+                .unwrap();
+            medledger_storage::sqlx::query(
+                "SELECT seq FROM ledger_key_rotations WHERE anchor_id IS NOT NULL",
+            )
+            .fetch_all(db.pool())
+            .await
+            .is_ok_and(|rows| rows.len() == 1)
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !anchored() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the rotation was never anchored"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+
+    // An auditor who trusts only the retired key verifies the whole
+    // ledger, before and after the rotation, against its anchors.
+    let patient = alloy::primitives::keccak256("salt:sim-patient").to_string();
+    let server = format!("127.0.0.1:{}", ports[1]);
+    let rpc = format!("http://127.0.0.1:{}", ports[0]);
+    let verify = |key: &str| {
+        Command::new(env!("CARGO_BIN_EXE_medledger"))
+            .args(["verify", "--patient", &patient, "--server", &server])
+            .args(["--cert", data.join("people/admin").to_str().unwrap()])
+            .args(["--ca-root", data.join("ca/root.crt").to_str().unwrap()])
+            .args(["--rpc", &rpc, "--registry", &registry, "--key", key])
+            .output()
+            .unwrap()
+    };
+    for key in [&old_key, &new_key] {
+        let out = verify(key);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains("rotated 1 time(s)"), "{text}");
+    }
+    use medledger_patient_ledger::NoteSigner;
+    let stranger = NoteSigner::from_pkcs8("medledger-server", &NoteSigner::generate_pkcs8())
+        .unwrap()
+        .verifier_key();
+    let out = verify(&stranger);
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("not the trusted key"), "{text}");
+    stop(child);
+}

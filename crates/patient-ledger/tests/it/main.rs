@@ -3,5 +3,6 @@
 #![allow(clippy::unwrap_used, missing_docs, unreachable_pub)]
 
 mod checkpoint;
+mod key_history;
 mod ledger;
 mod merkle;
