@@ -17,7 +17,7 @@ use alloy::providers::Provider;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use medledger_contracts::{Scope, StaffRole, send, short_text};
-use medledger_patient_ledger::{Entry, Field, NoteVerifier};
+use medledger_patient_ledger::Field;
 use medledger_pki::https::Connection;
 use medledger_pki::{Ca, LeafRequest, Role};
 use medledger_sim::signals::Vitals;
@@ -502,6 +502,9 @@ async fn check(
 ) -> Result<()> {
     let admin = roles::load_signer(&d.join("people/admin.eth.key"))?;
     let node = crate::up::start_node(&d.join("chain"), state.chain_id, vec![admin.address()])?;
+    node.set_permissions(Arc::new(medledger_contracts::RegistryPermissions::new(
+        state.registry,
+    )));
     let provider = medledger_sim::provider(&node, &admin);
     for (tx, block) in confirmed {
         let receipt = provider.get_transaction_receipt(*tx).await?;
@@ -513,13 +516,11 @@ async fn check(
 
     let started = crate::backup::start_server(d, &node, state).await?;
     let server = &started.server;
-    let verifier = NoteVerifier::new(&server.ledger().verifier_key())
-        .map_err(|e| anyhow::anyhow!("the ledger key: {e}"))?;
     let mut recorded: HashMap<Vec<u8>, u64> = HashMap::new();
     let patients = server.patients().await.map_err(anyhow::Error::msg)?;
     for patient in &patients {
         for stored in server.ledger().entries(patient).await? {
-            let entry = Entry::open(&stored, &verifier)?;
+            let entry = server.ledger().history().open_entry(&stored)?;
             if let (true, Some(Field::Bytes(hash))) =
                 (entry.kind == "DataRecorded", entry.body.get("reading"))
             {

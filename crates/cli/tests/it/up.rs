@@ -135,6 +135,8 @@ fn sim(data: &std::path::Path, rpc_port: u16, devices: &str, seconds: &str) -> u
         "--rpc",
         &format!("http://127.0.0.1:{rpc_port}"),
     ]);
+    // Shown when a test fails.
+    println!("medledger sim:\n{out}");
     out.lines()
         .rev()
         .find_map(|l| {
@@ -242,7 +244,7 @@ fn chain_recover_starts_a_new_chain_where_every_ledger_verifies_and_devices_keep
     ]);
     assert!(listed.contains("nurse"), "{listed}");
     assert!(
-        sim(&data, ports[0], "3", "3") >= 5,
+        sim(&data, ports[0], "3", "5") >= 5,
         "devices send on the new chain"
     );
     stop(child);
