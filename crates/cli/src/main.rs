@@ -4,6 +4,7 @@
 //! medledger ca init|issue|show|revoke|crl    the certificate authority
 //! medledger chain --data D --rpc ADDR          the embedded authority chain
 //! medledger chain recover --data D             retire a compromised chain, start anew
+//! medledger chain rotate-authority --data D    a new sealing key, same chain
 //! medledger admin deploy|staff|device|...      Registry and rules, as an admin
 //! medledger collector --config FILE            the ingest gateway
 //! medledger server --config FILE               the application server
