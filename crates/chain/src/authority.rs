@@ -26,9 +26,10 @@
 //!                            (rename, fsync directory)
 //! ```
 //!
-//! Every start ([`settle`]) finishes a rotation cut short after step 2 (the
-//! chain hands over to the key in `authority.next.key`: step 3 is redone)
-//! and rolls back one cut short before it (`authority.next.key` is deleted).
+//! Every start of the node (and every [`rotate`]) finishes a rotation cut
+//! short after step 2 (the chain hands over to the key in
+//! `authority.next.key`: step 3 is redone) and rolls back one cut short
+//! before it (`authority.next.key` is deleted).
 
 use crate::genesis::{Genesis, layout, now_secs};
 use crate::node::Head;
@@ -407,8 +408,12 @@ mod tests {
             Err(SealError::WrongSigner { .. })
         ));
         assert_eq!(
-            walk.clone()
-                .check(&block(4, B64::new([0, 0, 0, 0, 0, 0, 0, 1]), c.address(), &c)),
+            walk.clone().check(&block(
+                4,
+                B64::new([0, 0, 0, 0, 0, 0, 0, 1]),
+                c.address(),
+                &c
+            )),
             Err(SealError::Nonce(B64::new([0, 0, 0, 0, 0, 0, 0, 1])))
         );
         assert_eq!(

@@ -99,7 +99,11 @@ impl Genesis {
         let path = dir.join(layout::GENESIS);
         if !path.exists() {
             return Err(ChainError::Store {
-                what: format!("{} holds no chain: {} is missing", dir.display(), layout::GENESIS),
+                what: format!(
+                    "{} holds no chain: {} is missing",
+                    dir.display(),
+                    layout::GENESIS
+                ),
             });
         }
         serde_json::from_slice(&files::read(&path)?).map_err(|e| ChainError::Store {

@@ -4,10 +4,10 @@
 use crate::executor::{self, BlockInfo, CallError, CallRequest};
 use crate::genesis::{Genesis, layout, now_secs};
 use crate::pool::{Pool, PooledTx};
-use crate::{authority, seal};
 use crate::state::WorldState;
 use crate::store::{BlockData, Store, StoredTx};
 use crate::{ChainError, Result, TxError};
+use crate::{authority, seal};
 use alloy_consensus::proofs::{calculate_receipt_root, calculate_transaction_root};
 use alloy_consensus::transaction::SignerRecoverable;
 use alloy_consensus::{Header, ReceiptEnvelope, Transaction, TxEnvelope};

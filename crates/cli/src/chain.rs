@@ -3,8 +3,8 @@
 use alloy_primitives::Address;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use medledger_chain::rpc::{Rpc, http};
 use medledger_chain::genesis::layout;
+use medledger_chain::rpc::{Rpc, http};
 use medledger_chain::{Node, NodeConfig, Sealing};
 use medledger_contracts::RegistryPermissions;
 use medledger_pki::{Acceptor, ClientAuth, Credentials, Role, server_config};

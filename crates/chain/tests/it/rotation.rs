@@ -37,9 +37,7 @@ fn assert_no_copy_of(dir: &Path, key: &str) {
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
         let bytes = std::fs::read(&path).unwrap();
-        let found = bytes
-            .windows(key.len())
-            .any(|w| w == key.trim().as_bytes());
+        let found = bytes.windows(key.len()).any(|w| w == key.trim().as_bytes());
         assert!(!found, "{} still holds the retired key", path.display());
     }
 }
