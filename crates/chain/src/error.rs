@@ -120,6 +120,15 @@ pub enum ChainError {
         /// Which check failed.
         what: String,
     },
+    /// Another process has the store open: a running node.
+    #[error(
+        "{}: the chain store is in use by another process (a running `medledger chain` or `medledger up`?): stop it first",
+        path.display()
+    )]
+    InUse {
+        /// The store file.
+        path: PathBuf,
+    },
     /// The database engine failed.
     #[error("chain store: {0}")]
     Redb(#[from] redb::Error),

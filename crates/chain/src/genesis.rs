@@ -6,6 +6,10 @@
 //! authority.key   the sealing key, hex (mode 0600)
 //! genesis.json    chain id, timestamp, authority address, allowlist, gas limit
 //! ```
+//!
+//! `genesis.json` names the first authority; after a rotation
+//! ([`crate::authority`]) the chain itself says who seals, and
+//! `authority.key` holds that successor's key.
 
 use crate::{ChainError, Result};
 use alloy_primitives::Address;
@@ -15,8 +19,10 @@ use std::path::Path;
 
 /// File names in the data directory.
 pub mod layout {
-    /// The authority's sealing key.
+    /// The current authority's sealing key.
     pub const AUTHORITY_KEY: &str = "authority.key";
+    /// The successor's key while a rotation is under way.
+    pub const NEXT_AUTHORITY_KEY: &str = "authority.next.key";
     /// The genesis description.
     pub const GENESIS: &str = "genesis.json";
     /// The block, receipt and state store.
@@ -34,7 +40,8 @@ pub struct Genesis {
     pub chain_id: u64,
     /// Unix seconds of block 0.
     pub timestamp: u64,
-    /// The only account that seals blocks.
+    /// The account that seals blocks from block 0 until it hands over to
+    /// a successor (see [`crate::authority`]).
     pub authority: Address,
     /// Accounts permitted to send transactions from block 0.
     pub allow: Vec<Address>,
@@ -49,20 +56,18 @@ impl Genesis {
         alloy_primitives::keccak256(serde_json::to_vec(self).expect("genesis serializes"))
     }
 
-    /// Loads the genesis and authority key of `dir`, creating both on first
-    /// start. `allow` entries are added to a new genesis only: an existing
-    /// chain keeps its own.
-    pub fn load_or_create(
-        dir: &Path,
-        chain_id: u64,
-        allow: &[Address],
-    ) -> Result<(Genesis, EthAccount)> {
+    /// Loads the genesis of `dir`, creating it and the first authority
+    /// key on first start. `allow` entries are added to a new genesis only:
+    /// an existing chain keeps its own.
+    pub fn load_or_create(dir: &Path, chain_id: u64, allow: &[Address]) -> Result<Genesis> {
         std::fs::create_dir_all(dir).map_err(|e| ChainError::io(dir, e))?;
-        let key_path = dir.join(layout::AUTHORITY_KEY);
         let genesis_path = dir.join(layout::GENESIS);
         if !genesis_path.exists() {
             let authority = EthAccount::generate();
-            files::write_secret(&key_path, format!("{}\n", authority.to_hex()).as_bytes())?;
+            files::write_secret(
+                &dir.join(layout::AUTHORITY_KEY),
+                format!("{}\n", authority.to_hex()).as_bytes(),
+            )?;
             let mut allow = allow.to_vec();
             allow.sort();
             allow.dedup();
@@ -76,26 +81,7 @@ impl Genesis {
             let json = serde_json::to_vec_pretty(&genesis).expect("genesis serializes");
             files::write_public(&genesis_path, &json)?;
         }
-        let genesis: Genesis =
-            serde_json::from_slice(&files::read(&genesis_path)?).map_err(|e| {
-                ChainError::Store {
-                    what: format!("{}: {e}", genesis_path.display()),
-                }
-            })?;
-        let key_text = String::from_utf8(files::read(&key_path)?).unwrap_or_default();
-        let authority = EthAccount::from_hex(&key_text).map_err(|e| ChainError::Store {
-            what: format!("{}: {e}", key_path.display()),
-        })?;
-        if authority.address() != genesis.authority {
-            return Err(ChainError::Store {
-                what: format!(
-                    "{} belongs to {}, but the genesis names {} as the authority",
-                    key_path.display(),
-                    authority.address(),
-                    genesis.authority
-                ),
-            });
-        }
+        let genesis = Genesis::load(dir)?;
         if genesis.chain_id != chain_id {
             return Err(ChainError::Store {
                 what: format!(
@@ -105,7 +91,24 @@ impl Genesis {
                 ),
             });
         }
-        Ok((genesis, authority))
+        Ok(genesis)
+    }
+
+    /// Loads the genesis of the chain in `dir`.
+    pub fn load(dir: &Path) -> Result<Genesis> {
+        let path = dir.join(layout::GENESIS);
+        if !path.exists() {
+            return Err(ChainError::Store {
+                what: format!(
+                    "{} holds no chain: {} is missing",
+                    dir.display(),
+                    layout::GENESIS
+                ),
+            });
+        }
+        serde_json::from_slice(&files::read(&path)?).map_err(|e| ChainError::Store {
+            what: format!("{}: {e}", path.display()),
+        })
     }
 }
 

@@ -12,11 +12,13 @@
 //!
 //! Split like anvil: [`state`] and [`executor`] (backend), [`pool`],
 //! [`node`] (miner and service loop), [`rpc`] (JSON-RPC, wire types apart),
-//! [`store`] (persistence), [`seal`] (the authority's signature).
+//! [`store`] (persistence), [`seal`] (the authority's signature),
+//! [`authority`] (who seals, handovers, key rotation).
 //!
 //! Feature `test-utils`: the `test_utils` module, helpers for tests that run anvil
 //! and cast beside the node (used by this crate's and `medledger-contracts`' tests).
 
+pub mod authority;
 pub mod executor;
 pub mod genesis;
 pub mod node;

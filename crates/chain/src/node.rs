@@ -4,10 +4,10 @@
 use crate::executor::{self, BlockInfo, CallError, CallRequest};
 use crate::genesis::{Genesis, layout, now_secs};
 use crate::pool::{Pool, PooledTx};
-use crate::seal;
 use crate::state::WorldState;
 use crate::store::{BlockData, Store, StoredTx};
 use crate::{ChainError, Result, TxError};
+use crate::{authority, seal};
 use alloy_consensus::proofs::{calculate_receipt_root, calculate_transaction_root};
 use alloy_consensus::transaction::SignerRecoverable;
 use alloy_consensus::{Header, ReceiptEnvelope, Transaction, TxEnvelope};
@@ -69,8 +69,9 @@ impl NodeConfig {
     }
 }
 
-/// Decides who may send transactions. The genesis allowlist is the start;
-/// the Registry contract plugs in here once it is deployed.
+/// Decides who may send transactions besides the current authority, which
+/// always may. The genesis allowlist is the start; the Registry contract
+/// plugs in here once it is deployed.
 ///
 /// It runs while the node holds its head state: read `state` (for instance
 /// with [`executor::call`]), never call back into the [`Node`], which would
@@ -80,13 +81,15 @@ pub trait Permissions: Send + Sync + 'static {
     fn is_permitted(&self, state: &WorldState, genesis: &Genesis, sender: &Address) -> bool;
 }
 
-/// Only the genesis allowlist and the authority may send.
+/// Only the genesis allowlist (and the current authority) may send. The
+/// genesis authority is not on it by being named in the genesis: once it
+/// has handed over, it is an account like any other.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct GenesisAllowlist;
 
 impl Permissions for GenesisAllowlist {
     fn is_permitted(&self, _state: &WorldState, genesis: &Genesis, sender: &Address) -> bool {
-        *sender == genesis.authority || genesis.allow.contains(sender)
+        genesis.allow.contains(sender)
     }
 }
 
@@ -99,6 +102,8 @@ pub(crate) struct Head {
 struct Shared {
     data_dir: PathBuf,
     genesis: Genesis,
+    /// The current authority's key (a rotation happens with the node
+    /// stopped, so it stays the same while the node runs).
     authority: EthAccount,
     sealing: Sealing,
     store: Store,
@@ -158,16 +163,29 @@ fn intrinsic_gas(tx: &TxEnvelope) -> u64 {
 
 impl Node {
     /// Opens the node in `config.data_dir` (creating the chain on first
-    /// start), verifies the stored chain, and starts sealing blocks.
-    /// Must be called inside a tokio runtime.
+    /// start), verifies the stored chain, settles an interrupted authority
+    /// rotation, and starts sealing blocks with the current authority's
+    /// key. Must be called inside a tokio runtime.
     pub fn start(config: &NodeConfig) -> Result<Node> {
-        let (genesis, authority) =
-            Genesis::load_or_create(&config.data_dir, config.chain_id, &config.allow)?;
-        let store = Store::open(&config.data_dir.join(layout::STORE))?;
+        let dir = &config.data_dir;
+        let genesis = Genesis::load_or_create(dir, config.chain_id, &config.allow)?;
+        let store = Store::open(&dir.join(layout::STORE))?;
         if store.head()?.is_none() {
-            Self::write_genesis_block(&store, &genesis, &authority)?;
+            let first = authority::read_key(&dir.join(layout::AUTHORITY_KEY))?;
+            if first.address() != genesis.authority {
+                return Err(ChainError::Store {
+                    what: format!(
+                        "{} belongs to {}, but the genesis names {} as the authority",
+                        dir.join(layout::AUTHORITY_KEY).display(),
+                        first.address(),
+                        genesis.authority
+                    ),
+                });
+            }
+            Self::write_genesis_block(&store, &genesis, &first)?;
         }
-        let head = crate::verify::verify_store(&store, &genesis)?;
+        let (head, authorities) = crate::verify::verify_store(&store, &genesis)?;
+        let authority = authority::settle(dir, &authorities)?;
         let number = head.header.number;
         let node = Node {
             shared: Arc::new(Shared {
@@ -223,6 +241,12 @@ impl Node {
     /// The genesis.
     pub fn genesis(&self) -> &Genesis {
         &self.shared.genesis
+    }
+
+    /// The current authority: the account that seals the next block (the
+    /// genesis authority until it hands over).
+    pub fn authority(&self) -> Address {
+        self.shared.authority.address()
     }
 
     /// The chain id.
@@ -317,7 +341,9 @@ impl Node {
         {
             let head = read(&self.shared.head);
             let permissions = read(&self.shared.permissions).clone();
-            if !permissions.is_permitted(&head.state, &self.shared.genesis, &sender) {
+            if sender != self.authority()
+                && !permissions.is_permitted(&head.state, &self.shared.genesis, &sender)
+            {
                 return Err(TxError::NotPermitted(sender));
             }
             let account = head.state.account(&sender).copied();
@@ -344,7 +370,7 @@ impl Node {
             chain_id: self.chain_id(),
             number: head.header.number + 1,
             timestamp: now_secs().max(head.header.timestamp),
-            beneficiary: self.shared.genesis.authority,
+            beneficiary: self.authority(),
             gas_limit: self.shared.genesis.gas_limit,
             prevrandao: head.hash,
         }

@@ -6,10 +6,11 @@
 //! ```
 //!
 //! This is the layout of Clique (EIP-225) with one signer; the block hash
-//! is the ordinary Ethereum hash of the whole header.
+//! is the ordinary Ethereum hash of the whole header. Which signer that is
+//! changes at handover blocks: see [`crate::authority`].
 
 use alloy_consensus::Header;
-use alloy_primitives::{Address, B256, Bytes, Signature, keccak256};
+use alloy_primitives::{Address, B64, B256, Bytes, Signature, keccak256};
 use k256::ecdsa::SigningKey;
 
 /// The vanity prefix of `extraData`.
@@ -53,18 +54,58 @@ pub enum SealError {
         /// Who should have.
         expected: Address,
     },
+    /// Sealed by an authority that had handed over to a successor.
+    #[error(
+        "sealed by the retired authority {found}, which handed over in block {handover}; \
+         the authority is {expected}"
+    )]
+    Retired {
+        /// Who signed: a retired authority.
+        found: Address,
+        /// The block in which it handed over (its last).
+        handover: u64,
+        /// Who should have signed.
+        expected: Address,
+    },
+    /// The nonce is neither an ordinary block's nor a handover's.
+    #[error(
+        "nonce is {0}: 0x0000000000000000 marks an ordinary block, 0xffffffffffffffff a handover"
+    )]
+    Nonce(B64),
+    /// An ordinary block names someone other than its sealer as beneficiary.
+    #[error("beneficiary is {found}; a block that does not hand over names its sealer {expected}")]
+    Beneficiary {
+        /// The header's beneficiary.
+        found: Address,
+        /// The authority that sealed it.
+        expected: Address,
+    },
+    /// A handover to an address that cannot succeed.
+    #[error("hands over to {successor}, which {why}")]
+    Successor {
+        /// The named successor.
+        successor: Address,
+        /// Why it cannot be the authority.
+        why: &'static str,
+    },
 }
 
-/// Checks that `authority` sealed `header`.
-pub fn verify(header: &Header, authority: Address) -> Result<(), SealError> {
+/// The address that sealed `header`.
+pub fn signer(header: &Header) -> Result<Address, SealError> {
     let extra = header.extra_data.as_ref();
     if extra.len() != VANITY.len() + SEAL_LEN || extra[..VANITY.len()] != VANITY {
         return Err(SealError::Length(extra.len()));
     }
     let sig = Signature::try_from(&extra[VANITY.len()..]).map_err(|_| SealError::BadSignature)?;
-    let found = sig
-        .recover_address_from_prehash(&sealing_hash(header))
-        .map_err(|_| SealError::BadSignature)?;
+    sig.recover_address_from_prehash(&sealing_hash(header))
+        .map_err(|_| SealError::BadSignature)
+}
+
+/// Checks that `authority` sealed `header` (the seal only: whether
+/// `authority` is the right one for this block is
+/// [`crate::authority::Authorities::check`]'s business).
+pub fn verify(header: &Header, authority: Address) -> Result<(), SealError> {
+    let found = signer(header)?;
     if found == authority {
         Ok(())
     } else {

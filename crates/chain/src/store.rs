@@ -77,9 +77,15 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    /// Opens (or creates) the store file.
+    /// Opens (or creates) the store file, refusing with
+    /// [`ChainError::InUse`] while another process has it open.
     pub fn open(path: &Path) -> Result<Self> {
-        let db = Database::create(path).map_err(|e| corrupt(format!("{}: {e}", path.display())))?;
+        let db = Database::create(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => ChainError::InUse {
+                path: path.to_owned(),
+            },
+            e => corrupt(format!("{}: {e}", path.display())),
+        })?;
         let tx = db.begin_write()?;
         // Create every table so that readers never meet a missing one.
         tx.open_table(HEADERS)?;

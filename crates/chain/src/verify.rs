@@ -1,11 +1,13 @@
 //! Start-up verification of the stored chain: every block's parent link,
-//! seal, transactions root and receipts root, and the head's state root
-//! against the stored state.
+//! seal (by the authority of its time, tracked across handovers),
+//! transactions root and receipts root, and the head's state root against
+//! the stored state.
 
+use crate::authority::Authorities;
 use crate::genesis::Genesis;
 use crate::node::{Head, head_from};
 use crate::store::Store;
-use crate::{ChainError, Result, seal};
+use crate::{ChainError, Result};
 use alloy_consensus::TxEnvelope;
 use alloy_consensus::proofs::{calculate_receipt_root, calculate_transaction_root};
 use alloy_eips::eip2718::Decodable2718;
@@ -18,13 +20,15 @@ fn tampered(block: u64, what: impl Into<String>) -> ChainError {
     }
 }
 
-/// Checks the whole stored chain and returns the head with its state.
-pub(crate) fn verify_store(store: &Store, genesis: &Genesis) -> Result<Head> {
+/// Checks the whole stored chain and returns the head with its state, and
+/// who seals the next block.
+pub(crate) fn verify_store(store: &Store, genesis: &Genesis) -> Result<(Head, Authorities)> {
     let head_number = store.head()?.ok_or_else(|| ChainError::Store {
         what: "the store has no genesis block".into(),
     })?;
     let mut parent: Option<B256> = None;
     let mut last = None;
+    let mut authorities = Authorities::new(genesis);
     for number in 0..=head_number {
         let header = store
             .header(number)
@@ -45,7 +49,8 @@ pub(crate) fn verify_store(store: &Store, genesis: &Genesis) -> Result<Head> {
         if number == 0 && header.mix_hash != genesis.hash() {
             return Err(tampered(0, "block 0 does not match genesis.json"));
         }
-        seal::verify(&header, genesis.authority)
+        authorities
+            .check(&header)
             .map_err(|e| tampered(number, format!("seal: {e}")))?;
         let hash = header.hash_slow();
         if store.block_number(&hash)? != Some(number) {
@@ -95,5 +100,5 @@ pub(crate) fn verify_store(store: &Store, genesis: &Genesis) -> Result<Head> {
             state.push_block_hash(number, h.hash_slow());
         }
     }
-    Ok(head_from(state, header))
+    Ok((head_from(state, header), authorities))
 }

@@ -3,6 +3,7 @@
 use alloy_primitives::Address;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
+use medledger_chain::genesis::layout;
 use medledger_chain::rpc::{Rpc, http};
 use medledger_chain::{Node, NodeConfig, Sealing};
 use medledger_contracts::RegistryPermissions;
@@ -61,11 +62,55 @@ pub(crate) enum ChainCommand {
     /// from the server's copy of its events: contracts, registry, rules and
     /// consents restored, every patient ledger anchored again and verified.
     Recover(crate::recover::RecoverArgs),
+    /// Rotate the chain's authority (sealing) key, with the node stopped: a
+    /// new key, a handover block to it sealed by the old one, and the old
+    /// key removed from the data directory. The chain and its contracts
+    /// stay as they are.
+    RotateAuthority(RotateArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RotateArgs {
+    /// The chain's data directory (`D/chain` for `medledger up`); stop its
+    /// node first.
+    #[arg(long)]
+    data: PathBuf,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn rotate_authority(args: &RotateArgs) -> Result<()> {
+    let d = &args.data;
+    if !d.join(layout::GENESIS).exists() && d.join("up.toml").exists() {
+        anyhow::bail!(
+            "{} is the data directory of `medledger up`: its chain is in {}",
+            d.display(),
+            d.join("chain").display()
+        );
+    }
+    let rotation = medledger_chain::authority::rotate(d)
+        .with_context(|| format!("rotating the authority key of the chain in {}", d.display()))?;
+    if args.json {
+        let out = serde_json::json!({
+            "retired": rotation.retired.to_string(),
+            "authority": rotation.authority.to_string(),
+            "handover_block": rotation.handover,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!("medledger chain rotate-authority {}", d.display());
+        println!("  retired      {}", rotation.retired);
+        println!("  authority    {}", rotation.authority);
+        println!("  handover     block {}", rotation.handover);
+    }
+    Ok(())
 }
 
 pub(crate) fn run(args: ChainArgs) -> Result<()> {
     let data = match (args.command, &args.data) {
         (Some(ChainCommand::Recover(recover)), _) => return crate::recover::run(recover),
+        (Some(ChainCommand::RotateAuthority(rotate)), _) => return rotate_authority(&rotate),
         (None, Some(data)) => data.clone(),
         (None, None) => anyhow::bail!("--data is required"),
     };
@@ -94,7 +139,7 @@ pub(crate) fn run(args: ChainArgs) -> Result<()> {
         let genesis = node.genesis();
         println!("medledger chain {}", data.display());
         println!("  chain id     {}", genesis.chain_id);
-        println!("  authority    {}", genesis.authority);
+        println!("  authority    {}", node.authority());
         println!("  allowed      {}", genesis.allow.len());
         if let Some(registry) = args.registry {
             println!("  registry     {registry} (its accounts may send)");

@@ -2,20 +2,23 @@
 //!
 //! ```text
 //! medledger ca init|issue|show|revoke|crl    the certificate authority
+//! medledger ca rotate|retire                   a new issuing CA; retire the old one
 //! medledger chain --data D --rpc ADDR          the embedded authority chain
 //! medledger chain recover --data D             retire a compromised chain, start anew
+//! medledger chain rotate-authority --data D    a new sealing key, same chain
 //! medledger up rotate-kek --data D             rotate the KEK of `medledger up`
 //! medledger admin deploy|staff|device|...      Registry and rules, as an admin
 //! medledger collector --config FILE            the ingest gateway
 //! medledger server --config FILE               the application server
 //! medledger server new-kek|rewrap              rotate the key-encryption key
+//! medledger server rotate-ledger-key           a new ledger signing key
 //! medledger access request|break-glass         ask for a patient's data, on chain
 //! medledger records get --request ID           read it, FHIR, every proof checked
 //! medledger consent grant|revoke|list|opt-out  a patient's consent, on chain
 //! medledger alerts list|watch|prefs            a patient's alerts
 //! medledger review list|close                  the break-glass review queue (admins)
 //! medledger audit --patient REF                a patient's access and consent history
-//! medledger bench ingest                       the ingest load generator
+//! medledger bench ingest|access|flood|crash   load, floods and SIGKILLs
 //! medledger verify --bundle FILE               a patient ledger, offline
 //! ```
 

@@ -131,7 +131,7 @@ async fn recover(args: RecoverArgs) -> Result<()> {
     let restored = replica.restore(&new, admin.address()).await?;
     println!(
         "  new chain    chain id {chain_id}, Registry {registry}, authority {} ({} transactions)",
-        node.genesis().authority,
+        node.authority(),
         restored.transactions
     );
     println!(

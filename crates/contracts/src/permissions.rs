@@ -11,9 +11,10 @@ use medledger_chain::{Genesis, GenesisAllowlist, Permissions};
 /// Gas for one `canTransact` lookup; it reads four storage slots.
 const LOOKUP_GAS: u64 = 100_000;
 
-/// Lets an account send if the genesis allows it (the authority and the
-/// genesis allowlist) or the Registry at `registry` says `canTransact`:
-/// admins, active staff, collectors and servers, registered patients.
+/// Lets an account send if the genesis allowlist has it or the Registry at
+/// `registry` says `canTransact`: admins, active staff, collectors and
+/// servers, registered patients. (The node lets the current chain authority
+/// send in any case.)
 #[derive(Debug, Clone, Copy)]
 pub struct RegistryPermissions {
     registry: Address,

@@ -8,5 +8,6 @@ mod filters;
 mod pool;
 mod rejections;
 mod restart;
+mod rotation;
 mod tls;
 mod tools;

@@ -16,7 +16,7 @@ const ACCOUNTS: TableDefinition<&[u8; 20], &[u8]> = TableDefinition::new("accoun
 
 /// Runs a node on `dir` in its own runtime: deploys a counter and
 /// increments it once. Returns the counter and the increment's tx hash.
-fn first_life(dir: &Path, signer: &PrivateKeySigner) -> (Address, B256) {
+pub(crate) fn first_life(dir: &Path, signer: &PrivateKeySigner) -> (Address, B256) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let node = Node::start(&config(dir, vec![signer.address()])).unwrap();
@@ -39,7 +39,7 @@ fn first_life(dir: &Path, signer: &PrivateKeySigner) -> (Address, B256) {
 }
 
 /// Starts a node on `dir` and returns its head block number.
-fn restart(dir: &Path, signer: &PrivateKeySigner) -> Result<u64, ChainError> {
+pub(crate) fn restart(dir: &Path, signer: &PrivateKeySigner) -> Result<u64, ChainError> {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         Node::start(&config(dir, vec![signer.address()])).map(|n| n.block_number())
@@ -77,14 +77,14 @@ fn blocks_receipts_and_state_survive_a_restart() {
     });
 }
 
-fn tamper(dir: &Path, f: impl FnOnce(&redb::WriteTransaction)) {
+pub(crate) fn tamper(dir: &Path, f: impl FnOnce(&redb::WriteTransaction)) {
     let db = redb::Database::create(dir.join("chain.redb")).unwrap();
     let tx = db.begin_write().unwrap();
     f(&tx);
     tx.commit().unwrap();
 }
 
-fn expect_tampered(result: Result<u64, ChainError>, block: u64, what: &str) {
+pub(crate) fn expect_tampered(result: Result<u64, ChainError>, block: u64, what: &str) {
     match result {
         Err(ChainError::Tampered { block: b, what: w }) => {
             assert_eq!(b, block, "{w}");

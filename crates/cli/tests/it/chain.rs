@@ -141,3 +141,88 @@ async fn kill_9_loses_no_block_whose_receipt_was_returned() {
     }
     assert!(confirmed.len() >= 32);
 }
+
+/// Runs `medledger chain rotate-authority` on `dir`.
+fn rotate_authority(dir: &Path, extra: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_medledger"))
+        .args(["chain", "rotate-authority", "--data", dir.to_str().unwrap()])
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotate_authority_refuses_a_running_node_then_hands_over_to_a_new_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let signer = PrivateKeySigner::random();
+    let chain = start(dir.path(), signer.address());
+    let provider = ProviderBuilder::new().connect_http(chain.url.parse().unwrap());
+    let first = provider
+        .send_raw_transaction(&transfer(&signer, 0))
+        .await
+        .unwrap()
+        .get_receipt()
+        .await
+        .unwrap();
+    let old = provider
+        .get_block_by_number(1.into())
+        .await
+        .unwrap()
+        .unwrap()
+        .header
+        .beneficiary;
+
+    // While the node runs: refused, nothing written.
+    let refused = rotate_authority(dir.path(), &[]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("in use"), "{stderr}");
+    assert!(stderr.contains("stop it first"), "{stderr}");
+    assert!(!dir.path().join("authority.next.key").exists());
+    drop(chain);
+
+    let done = rotate_authority(dir.path(), &["--json"]);
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let out: serde_json::Value = serde_json::from_slice(&done.stdout).unwrap();
+    assert_eq!(out["retired"], old.to_string());
+    assert_eq!(out["handover_block"], 2);
+    let new: Address = out["authority"].as_str().unwrap().parse().unwrap();
+    assert_ne!(new, old);
+
+    // The chain goes on: the old block is there, the next one is the new key's.
+    let chain = start(dir.path(), signer.address());
+    let provider = ProviderBuilder::new().connect_http(chain.url.parse().unwrap());
+    let kept = provider
+        .get_transaction_receipt(first.transaction_hash)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(kept.block_hash, first.block_hash);
+    let handover = provider
+        .get_block_by_number(2.into())
+        .await
+        .unwrap()
+        .unwrap()
+        .header;
+    assert_eq!(handover.beneficiary, new);
+    assert_eq!(handover.nonce, alloy::primitives::B64::new([0xff; 8]));
+    let next = provider
+        .send_raw_transaction(&transfer(&signer, 1))
+        .await
+        .unwrap()
+        .get_receipt()
+        .await
+        .unwrap();
+    assert_eq!(next.block_number, Some(3));
+    let sealed = provider
+        .get_block_by_number(3.into())
+        .await
+        .unwrap()
+        .unwrap()
+        .header;
+    assert_eq!(sealed.beneficiary, new);
+}
