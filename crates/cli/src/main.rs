@@ -18,7 +18,7 @@
 //! medledger alerts list|watch|prefs            a patient's alerts
 //! medledger review list|close                  the break-glass review queue (admins)
 //! medledger audit --patient REF                a patient's access and consent history
-//! medledger bench ingest|access|flood|crash   load, floods and SIGKILLs
+//! medledger bench ingest|access|flood|crash  load, floods and SIGKILLs
 //! medledger verify --bundle FILE               a patient ledger, offline
 //! ```
 
