@@ -592,6 +592,19 @@ impl Ca {
         let issuing = IssuingCa::load(&cert_path, &key_path)?;
         let mut previous = Vec::new();
         let previous_dir = dir.join(layout::PREVIOUS);
+        let retired_dir = dir.join(layout::RETIRED);
+        if retired_dir.is_dir() {
+            // Keys of retired CAs that a crash left behind.
+            for cert in std::fs::read_dir(&retired_dir).map_err(|e| Error::io(&retired_dir, e))? {
+                let Some(name) = cert.ok().map(|c| c.path().with_extension("key")) else {
+                    continue;
+                };
+                let key = previous_dir.join(name.file_name().unwrap_or_default());
+                if key.exists() {
+                    std::fs::remove_file(&key).map_err(|e| Error::io(&key, e))?;
+                }
+            }
+        }
         if previous_dir.is_dir() {
             let mut names: Vec<PathBuf> = std::fs::read_dir(&previous_dir)
                 .map_err(|e| Error::io(&previous_dir, e))?
@@ -759,9 +772,9 @@ impl Ca {
         // Revoked on record first; then the files go.
         let retired_dir = self.dir.join(layout::RETIRED);
         std::fs::create_dir_all(&retired_dir).map_err(|e| Error::io(&retired_dir, e))?;
+        // The certificate moves first: a key left behind by a crash is
+        // deleted by the next `open`.
         let previous = self.dir.join(layout::PREVIOUS).join(&serial);
-        let key = with_suffix(&previous, ".key");
-        std::fs::remove_file(&key).map_err(|e| Error::io(&key, e))?;
         std::fs::rename(
             with_suffix(&previous, ".crt"),
             retired_dir.join(format!("{serial}.crt")),
