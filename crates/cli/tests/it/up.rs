@@ -148,12 +148,7 @@ fn sim(data: &std::path::Path, rpc_port: u16, devices: &str, seconds: &str) -> u
 }
 
 fn registry_of(printed: &str) -> String {
-    printed
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Registry"))
-        .unwrap()
-        .trim()
-        .to_owned()
+    field(printed, "Registry")
 }
 
 #[test]
