@@ -223,6 +223,8 @@ async fn prepare(
         .args(["--rpc", &addrs[0].to_string()])
         .args(["--server", &addrs[1].to_string()])
         .args(["--collector", &addrs[2].to_string()])
+        // Any free port: the portal is not under test here.
+        .args(["--portal", "127.0.0.1:0"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(d.join("crash/up.err"))?)

@@ -80,6 +80,9 @@ pub(crate) fn print_endpoints(server: &Server) {
         "  proofs       https://{}/v1/readings/HASH/proof",
         server.addr()
     );
+    if let Some(p) = server.portal_addr() {
+        println!("  portal       https://{p}/ (sign in with a client certificate or a chain key)");
+    }
     if let Some(m) = server.metrics_addr() {
         println!("  metrics      http://{m}/metrics");
     }
@@ -123,6 +126,11 @@ pub(crate) async fn start(config: &ConfigFile) -> Result<Started> {
     let card_auth = auth(&[Role::Patient])?;
     let server = Server::start(Settings {
         listen: roles::socket(&config.listen, "listen")?,
+        portal_listen: config
+            .portal_listen
+            .as_deref()
+            .map(|p| roles::socket(p, "portal_listen"))
+            .transpose()?,
         metrics_listen: config
             .metrics_listen
             .as_deref()

@@ -47,6 +47,9 @@ pub(crate) struct UpCommandLine {
     /// Where the collector listens (devices).
     #[arg(long, default_value = "127.0.0.1:8444")]
     collector: SocketAddr,
+    /// Where the server serves the web portal (HTTPS).
+    #[arg(long, default_value = "127.0.0.1:8446")]
+    portal: SocketAddr,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -68,6 +71,8 @@ pub(crate) struct UpArgs {
     rpc: SocketAddr,
     server: SocketAddr,
     collector: SocketAddr,
+    /// `None`: no portal (a restore check, say).
+    portal: Option<SocketAddr>,
 }
 
 impl UpArgs {
@@ -83,6 +88,7 @@ impl UpArgs {
             rpc,
             server,
             collector,
+            portal: None,
         }
     }
 }
@@ -143,6 +149,7 @@ pub(crate) fn run(line: UpCommandLine) -> Result<()> {
         rpc: line.rpc,
         server: line.server,
         collector: line.collector,
+        portal: Some(line.portal),
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(up(args))
@@ -224,6 +231,10 @@ pub(crate) fn write_configs(args: &UpArgs, state: &UpState) -> Result<()> {
     );
     // An interrupted `medledger up rotate-kek` left the old KEK beside the
     // new one: the server re-wraps in the background.
+    let portal = args
+        .portal
+        .map(|p| format!("portal_listen = \"{p}\"\n"))
+        .unwrap_or_default();
     let previous = if crate::kek::up_previous_kek(&args.data).exists() {
         "previous_kek_files = [\"server/kek.previous.hex\"]\n"
     } else {
@@ -232,7 +243,7 @@ pub(crate) fn write_configs(args: &UpArgs, state: &UpState) -> Result<()> {
     std::fs::write(
         args.data.join("server.toml"),
         format!(
-            "# Written by `medledger up` on every start.\nlisten = \"{}\"\ndata = \"server\"\ncredentials = \"server/server\"\nkek_file = \"server/kek.hex\"\n{previous}ledger_key = \"server/ledger.key\"\n{common}",
+            "# Written by `medledger up` on every start.\nlisten = \"{}\"\n{portal}data = \"server\"\ncredentials = \"server/server\"\nkek_file = \"server/kek.hex\"\n{previous}ledger_key = \"server/ledger.key\"\n{common}",
             args.server
         ),
     )?;

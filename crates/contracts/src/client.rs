@@ -715,6 +715,13 @@ pub async fn send<P: Provider, D: CallDecoder>(
     Ok(receipt)
 }
 
+/// Sends a transaction someone signed elsewhere (`raw`, EIP-2718 bytes:
+/// a person's page, say) and waits for its receipt, whatever its status.
+pub async fn send_raw<P: Provider>(provider: &P, raw: &[u8]) -> Result<TransactionReceipt> {
+    let pending = provider.send_raw_transaction(raw).await?;
+    wait_for_receipt(provider, *pending.tx_hash()).await
+}
+
 /// Polls for a receipt, every millisecond for the first 20 (a local chain
 /// seals within milliseconds), then less and less often (a remote one
 /// takes seconds).

@@ -27,7 +27,7 @@ pub use abi::{DecodedEvent, Error, Result, decode_event, decode_revert};
 pub use client::{
     ALLOWED_TYPES_RULE, AccessDecision, Addresses, AnchorInput, Basis, CHECKPOINT_KIND,
     CheckpointAnchor, Contracts, DEFAULT_RANGES, DEFAULT_RULE, DenyReason, ERASURE_KIND, Grantee,
-    LEDGER_KEY_KIND, RECOVERY_KIND, StaffRole, VALUE_RANGE_RULE, send, signing_provider,
+    LEDGER_KEY_KIND, RECOVERY_KIND, StaffRole, VALUE_RANGE_RULE, send, send_raw, signing_provider,
 };
 pub use permissions::RegistryPermissions;
 pub use rules::{RuleReason, code_key, milli, rule_inputs};

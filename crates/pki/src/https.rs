@@ -66,7 +66,9 @@ pub enum Refused {
 }
 
 /// Serves `app` on `listener` to peers the acceptor admits, until the
-/// future is dropped. Each request carries a [`Peer`] extension.
+/// future is dropped. Each request carries a [`Peer`] extension, but on an
+/// [`Acceptor::optional`] acceptor, whose clients may come without a
+/// certificate: those requests carry none.
 /// `refused` hears of every connection turned away (for logs and metrics).
 pub async fn serve(
     listener: TcpListener,
@@ -104,11 +106,11 @@ pub async fn serve(
         let header_timeout = limits.header_timeout;
         tokio::spawn(async move {
             let _slot = slot;
-            let (tls, identity) = match acceptor.accept(tcp).await {
+            let (tls, identity) = match acceptor.accept_optional(tcp).await {
                 Ok(accepted) => accepted,
                 Err(rejection) => return refused(Refused::Handshake(addr, rejection)),
             };
-            let identity = Arc::new(identity);
+            let identity = identity.map(Arc::new);
             let chain = tls
                 .get_ref()
                 .1
@@ -118,14 +120,16 @@ pub async fn serve(
                 .map(|c| c.to_vec())
                 .collect::<Arc<[Vec<u8>]>>();
             let peer_chain = Arc::clone(&chain);
-            let peer = Peer {
-                identity: identity.clone(),
+            let peer = identity.clone().map(|identity| Peer {
+                identity,
                 chain,
                 addr,
-            };
+            });
             let service =
                 hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-                    request.extensions_mut().insert(peer.clone());
+                    if let Some(peer) = &peer {
+                        request.extensions_mut().insert(peer.clone());
+                    }
                     app.clone().oneshot(request.map(Body::new))
                 });
             let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -138,9 +142,17 @@ pub async fn serve(
             tokio::select! {
                 _ = connection => {}
                 // Revoked while connected: the connection goes (DESIGN §3).
-                () = client_auth.revoked(&identity, &peer_chain) => {}
+                () = revoked(&client_auth, identity.as_deref(), &peer_chain) => {}
             }
         });
+    }
+}
+
+/// Resolves once `identity`'s certificate is revoked; never without one.
+async fn revoked(client_auth: &ClientAuth, identity: Option<&Identity>, chain: &[Vec<u8>]) {
+    match identity {
+        Some(identity) => client_auth.revoked(identity, chain).await,
+        None => std::future::pending().await,
     }
 }
 

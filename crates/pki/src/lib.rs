@@ -36,4 +36,7 @@ pub use epc::{Epc, EpcError};
 pub use error::{Error, Result};
 pub use ext::{Ext, Location, Role};
 pub use identity::{Details, Identity, IdentityError};
-pub use tls::{Acceptor, ClientAuth, Credentials, Rejection, client_config, server_config};
+pub use tls::{
+    Acceptor, ClientAuth, Credentials, Rejection, client_config, server_config,
+    server_config_optional_client,
+};

@@ -307,9 +307,72 @@ pub fn server_config(
     own: &Credentials,
     client_auth: Arc<ClientAuth>,
 ) -> Result<Arc<rustls::ServerConfig>> {
+    config_with_verifier(own, client_auth)
+}
+
+/// Like [`server_config`], but a client may connect without a
+/// certificate (a browser whose user signs in with a key instead); one it
+/// does present is verified exactly as there. Pair it with
+/// [`Acceptor::optional`].
+pub fn server_config_optional_client(
+    own: &Credentials,
+    client_auth: Arc<ClientAuth>,
+) -> Result<Arc<rustls::ServerConfig>> {
+    config_with_verifier(own, Arc::new(OptionalClientAuth(client_auth)))
+}
+
+/// [`ClientAuth`] with the certificate made optional.
+#[derive(Debug)]
+struct OptionalClientAuth(Arc<ClientAuth>);
+
+impl ClientCertVerifier for OptionalClientAuth {
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.0.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.0.verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+fn config_with_verifier(
+    own: &Credentials,
+    verifier: Arc<dyn ClientCertVerifier>,
+) -> Result<Arc<rustls::ServerConfig>> {
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
-        .with_client_cert_verifier(client_auth)
+        .with_client_cert_verifier(verifier)
         .with_single_cert(own.chain.clone(), own.key.clone_key())?;
     config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
     // No session resumption: a resumed session reuses the client
@@ -491,6 +554,8 @@ impl Rejection {
 pub struct Acceptor {
     tls: tokio_rustls::TlsAcceptor,
     handshake_timeout: Duration,
+    /// Whether a client may come without a certificate.
+    optional: bool,
 }
 
 /// The TLS record type of a handshake; every TLS connection starts with it.
@@ -503,6 +568,16 @@ impl Acceptor {
         Acceptor {
             tls: tokio_rustls::TlsAcceptor::from(config),
             handshake_timeout,
+            optional: false,
+        }
+    }
+
+    /// An acceptor for a [`server_config_optional_client`] configuration:
+    /// [`Acceptor::accept_optional`] admits clients without a certificate.
+    pub fn optional(config: Arc<rustls::ServerConfig>, handshake_timeout: Duration) -> Self {
+        Acceptor {
+            optional: true,
+            ..Acceptor::new(config, handshake_timeout)
         }
     }
 
@@ -512,6 +587,26 @@ impl Acceptor {
         &self,
         tcp: TcpStream,
     ) -> Result<(tokio_rustls::server::TlsStream<TcpStream>, Identity), Rejection> {
+        match self.handshake(tcp, false).await? {
+            (stream, Some(identity)) => Ok((stream, identity)),
+            (_, None) => Err(Rejection::NoClientCertificate),
+        }
+    }
+
+    /// Like [`Acceptor::accept`], but on an [`Acceptor::optional`]
+    /// acceptor a client without a certificate is admitted (`None`).
+    pub async fn accept_optional(
+        &self,
+        tcp: TcpStream,
+    ) -> Result<(tokio_rustls::server::TlsStream<TcpStream>, Option<Identity>), Rejection> {
+        self.handshake(tcp, self.optional).await
+    }
+
+    async fn handshake(
+        &self,
+        tcp: TcpStream,
+        optional: bool,
+    ) -> Result<(tokio_rustls::server::TlsStream<TcpStream>, Option<Identity>), Rejection> {
         let work = async {
             let mut first = [0u8; 1];
             let n = tcp.peek(&mut first).await.map_err(Rejection::Io)?;
@@ -519,7 +614,7 @@ impl Acceptor {
                 return Err(Rejection::Io(std::io::ErrorKind::UnexpectedEof.into()));
             }
             if first[0] != TLS_HANDSHAKE_RECORD {
-                refuse_plain_text(tcp).await;
+                refuse_plain_text(tcp, optional).await;
                 return Err(Rejection::PlainText);
             }
             let stream = self.tls.accept(tcp).await.map_err(Rejection::from_io)?;
@@ -527,9 +622,14 @@ impl Acceptor {
                 .get_ref()
                 .1
                 .peer_certificates()
-                .and_then(|c| c.first())
-                .ok_or(Rejection::NoClientCertificate)?;
-            let identity = Identity::from_peer_certificate(leaf).map_err(Rejection::Identity)?;
+                .and_then(|c| c.first());
+            let identity = match leaf {
+                Some(leaf) => {
+                    Some(Identity::from_peer_certificate(leaf).map_err(Rejection::Identity)?)
+                }
+                None if optional => None,
+                None => return Err(Rejection::NoClientCertificate),
+            };
             Ok((stream, identity))
         };
         tokio::time::timeout(self.handshake_timeout, work)
@@ -539,10 +639,14 @@ impl Acceptor {
 }
 
 /// Tells a plain-HTTP client, in HTTP, that it must use TLS, then closes.
-async fn refuse_plain_text(mut tcp: TcpStream) {
+async fn refuse_plain_text(mut tcp: TcpStream, certificate_optional: bool) {
     let body = Problem::new(
         ProblemType::TlsRequired,
-        "this port speaks HTTPS with a client certificate only",
+        if certificate_optional {
+            "this port speaks HTTPS only"
+        } else {
+            "this port speaks HTTPS with a client certificate only"
+        },
     )
     .to_json();
     let response = format!(

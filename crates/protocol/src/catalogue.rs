@@ -21,6 +21,10 @@ pub struct DataType {
     pub waveform: bool,
     /// For waveforms, the sampling period in milliseconds.
     pub period_ms: Option<f64>,
+    /// The usual adult reference interval (low, high) in the reporting
+    /// unit, for marking values out of range; `None` where a single
+    /// interval would mislead (weight, waveforms).
+    pub reference: Option<(f64, f64)>,
 }
 
 impl DataType {
@@ -49,6 +53,7 @@ pub static CATALOGUE: &[DataType] = &[
         units: &["/min"],
         waveform: false,
         period_ms: None,
+        reference: Some((60.0, 100.0)),
     },
     DataType {
         code: "59408-5",
@@ -57,6 +62,7 @@ pub static CATALOGUE: &[DataType] = &[
         units: &["%"],
         waveform: false,
         period_ms: None,
+        reference: Some((95.0, 100.0)),
     },
     DataType {
         code: "8310-5",
@@ -65,6 +71,7 @@ pub static CATALOGUE: &[DataType] = &[
         units: &["Cel", "[degF]"],
         waveform: false,
         period_ms: None,
+        reference: Some((36.1, 37.8)),
     },
     DataType {
         code: "8480-6",
@@ -73,6 +80,7 @@ pub static CATALOGUE: &[DataType] = &[
         units: &["mm[Hg]"],
         waveform: false,
         period_ms: None,
+        reference: Some((90.0, 140.0)),
     },
     DataType {
         code: "8462-4",
@@ -81,6 +89,7 @@ pub static CATALOGUE: &[DataType] = &[
         units: &["mm[Hg]"],
         waveform: false,
         period_ms: None,
+        reference: Some((60.0, 90.0)),
     },
     DataType {
         code: "9279-1",
@@ -89,6 +98,7 @@ pub static CATALOGUE: &[DataType] = &[
         units: &["/min"],
         waveform: false,
         period_ms: None,
+        reference: Some((12.0, 20.0)),
     },
     DataType {
         code: "2339-0",
@@ -97,6 +107,7 @@ pub static CATALOGUE: &[DataType] = &[
         units: &["mg/dL"],
         waveform: false,
         period_ms: None,
+        reference: Some((70.0, 140.0)),
     },
     DataType {
         code: "15074-8",
@@ -105,6 +116,7 @@ pub static CATALOGUE: &[DataType] = &[
         units: &["mmol/L"],
         waveform: false,
         period_ms: None,
+        reference: Some((3.9, 7.8)),
     },
     DataType {
         code: "29463-7",
@@ -113,6 +125,7 @@ pub static CATALOGUE: &[DataType] = &[
         units: &["kg", "[lb_av]"],
         waveform: false,
         period_ms: None,
+        reference: None,
     },
     DataType {
         code: "11524-6",
@@ -121,6 +134,7 @@ pub static CATALOGUE: &[DataType] = &[
         units: &["mV"],
         waveform: true,
         period_ms: Some(4.0),
+        reference: None,
     },
 ];
 

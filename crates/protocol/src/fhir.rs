@@ -80,6 +80,28 @@ pub fn observations(
                         "system": "http://unitsofmeasure.org",
                         "code": o.unit,
                     });
+                    if let Some((low, high)) = o.data_type.reference {
+                        let quantity = |value: f64| json!({
+                            "value": value,
+                            "unit": o.data_type.unit(),
+                            "system": "http://unitsofmeasure.org",
+                            "code": o.data_type.unit(),
+                        });
+                        obs["referenceRange"] = json!([{ "low": quantity(low), "high": quantity(high) }]);
+                        let reported = o.data_type.to_reporting_unit(o.unit, *v);
+                        let (code, display) = if reported < low {
+                            ("L", "Low")
+                        } else if reported > high {
+                            ("H", "High")
+                        } else {
+                            ("N", "Normal")
+                        };
+                        obs["interpretation"] = json!([{ "coding": [{
+                            "system": INTERPRETATION_SYSTEM,
+                            "code": code,
+                            "display": display,
+                        }]}]);
+                    }
                 }
                 ObservedValue::Waveform(samples) => {
                     let data: Vec<String> = samples.iter().map(|s| s.to_string()).collect();
@@ -115,6 +137,10 @@ pub fn bundle(resources: Vec<Value>, timestamp_ms: u64) -> Value {
             .collect::<Vec<_>>(),
     })
 }
+
+/// HL7's observation interpretation codes (`H`, `L`, `N`).
+pub const INTERPRETATION_SYSTEM: &str =
+    "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation";
 
 /// The identifier system of an account (a person's chain address).
 pub const ACCOUNT_SYSTEM: &str = "urn:medledger:account";

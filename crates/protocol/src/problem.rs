@@ -60,6 +60,8 @@ problem_types! {
     Forbidden => ("forbidden", 403, "The request is not permitted"),
     NotFound => ("not-found", 404, "Nothing is stored under this name"),
     Unavailable => ("unavailable", 503, "The service cannot take the request now"),
+    SignInRequired => ("sign-in-required", 401, "Sign in first: with a client certificate or with your chain key"),
+    ContractRefused => ("contract-refused", 422, "The contract would refuse this transaction"),
 }
 
 impl ProblemType {

@@ -8,9 +8,9 @@
 //! reading's Observations.
 
 use crate::State;
+use crate::caller::Caller;
 use crate::records::Refused;
 use medledger_pki::Role;
-use medledger_pki::https::Peer;
 use medledger_protocol::{ProblemType, fhir, now_ms, reading_hash};
 use medledger_storage::sqlx::{self, Row};
 use serde_json::{Value, json};
@@ -29,21 +29,21 @@ fn refused(kind: ProblemType, detail: impl Into<String>) -> Refused {
     }
 }
 
-/// Stores the text of annotation `id` for its author `peer`.
+/// Stores the text of annotation `id` for its author `caller`.
 pub(crate) async fn store(
     state: &State,
-    peer: &Peer,
+    caller: &Caller,
     id: u64,
     text: &str,
 ) -> Result<Value, Refused> {
     let unavailable = |e: &dyn std::fmt::Display| refused(ProblemType::Unavailable, e.to_string());
-    if !matches!(peer.identity.role, Role::Doctor | Role::Nurse) {
+    if !matches!(caller.role, Role::Doctor | Role::Nurse) {
         return Err(refused(
             ProblemType::WrongRole,
             "only doctors and nurses annotate",
         ));
     }
-    let Some(author) = peer.identity.address() else {
+    let Some(author) = caller.account else {
         return Err(refused(
             ProblemType::WrongRole,
             "the certificate names no account",

@@ -2,6 +2,7 @@
 //!
 //! ```toml
 //! listen = "0.0.0.0:9443"
+//! # portal_listen = "0.0.0.0:443"                # the web portal (HTTPS, certificate optional)
 //! data = "/var/lib/medledger/server"      # SQLite, blobs and keys live here
 //! # database = "postgres://medledger@db/server"    # instead of SQLite
 //! # blobs = "file:///srv/medledger/blobs"         # instead of DATA/blobs
@@ -32,6 +33,10 @@ use std::path::{Path, PathBuf};
 pub struct ConfigFile {
     /// Where collectors connect.
     pub listen: String,
+    /// Where the web portal is served (HTTPS; a client certificate
+    /// optional, people may sign in with their chain key instead).
+    #[serde(default)]
+    pub portal_listen: Option<String>,
     /// Where Prometheus scrapes `/metrics` (plain HTTP).
     #[serde(default)]
     pub metrics_listen: Option<String>,

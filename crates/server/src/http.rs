@@ -2,6 +2,7 @@
 //! records, ledgers, audit trails and alerts for people.
 
 use crate::State;
+use crate::caller::Caller;
 use crate::ingest::{self, Unavailable};
 use axum::Router;
 use axum::body::Body;
@@ -28,6 +29,16 @@ const MAX_BATCH_BYTES: usize = 64 << 20;
 pub(crate) fn router(state: Arc<State>) -> Router {
     Router::new()
         .route("/v1/batches", post(batches))
+        .merge(people())
+        .route("/healthz", get(|| async { "ok" }))
+        .layer(axum::middleware::from_fn(crate::caller::from_certificate))
+        .with_state(state)
+}
+
+/// The endpoints for people, on the API port and on the portal: each
+/// handler reads the request's [`Caller`], however it was identified.
+pub(crate) fn people() -> Router<Arc<State>> {
+    Router::new()
         .route("/v1/readings/{hash}/proof", get(proof))
         .route("/v1/records", get(records))
         .route("/v1/ledger", get(ledger))
@@ -44,11 +55,9 @@ pub(crate) fn router(state: Arc<State>) -> Router {
             "/v1/alerts/webhook",
             get(webhook).put(set_webhook).delete(remove_webhook),
         )
-        .route("/healthz", get(|| async { "ok" }))
-        .with_state(state)
 }
 
-fn problem(kind: ProblemType, detail: impl Into<String>) -> Response {
+pub(crate) fn problem(kind: ProblemType, detail: impl Into<String>) -> Response {
     let p = Problem::new(kind, detail);
     (
         StatusCode::from_u16(p.status).unwrap_or(StatusCode::BAD_REQUEST),
@@ -58,7 +67,7 @@ fn problem(kind: ProblemType, detail: impl Into<String>) -> Response {
         .into_response()
 }
 
-fn json_response(value: &impl serde::Serialize) -> Response {
+pub(crate) fn json_response(value: &impl serde::Serialize) -> Response {
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "application/json")],
@@ -105,6 +114,10 @@ async fn batches(
         Ok(b) => b,
         Err(e) => return problem(ProblemType::Malformed, e.to_string()),
     };
+    state.portal.saw(
+        format!("node:{}", account.to_string().to_lowercase()),
+        medledger_protocol::now_ms(),
+    );
     match ingest::commit(&state, batch).await {
         Ok(reply) => json_response(&reply),
         Err(Unavailable(detail)) => problem(ProblemType::Unavailable, detail),
@@ -114,7 +127,7 @@ async fn batches(
 /// `GET /v1/records?request=ID`.
 async fn records(
     AxState(state): AxState<Arc<State>>,
-    Extension(peer): Extension<Peer>,
+    Extension(caller): Extension<Caller>,
     uri: axum::http::Uri,
 ) -> Response {
     let id = query_param(&uri, "request").and_then(|v| v.parse::<u64>().ok());
@@ -124,7 +137,7 @@ async fn records(
             "name the access request: /v1/records?request=ID",
         );
     };
-    match crate::records::serve(&state, &peer, id).await {
+    match crate::records::serve(&state, &caller, id).await {
         Ok(bundle) => fhir_response(&bundle),
         Err(r) => problem(r.kind, r.detail),
     }
@@ -134,7 +147,7 @@ async fn records(
 /// by the patient (their own certificate) or an admin.
 async fn erase(
     AxState(state): AxState<Arc<State>>,
-    Extension(peer): Extension<Peer>,
+    Extension(caller): Extension<Caller>,
     Path(patient): Path<String>,
 ) -> Response {
     let Some(named) = patient_ref(&patient) else {
@@ -143,7 +156,7 @@ async fn erase(
             "name the patient: /v1/patients/<patientRef, 64 hex digits>",
         );
     };
-    let allowed = match subject_of(&state, &peer, Some(named)).await {
+    let allowed = match subject_of(&state, &caller, Some(named)).await {
         Ok(p) => p,
         Err(refusal) => return refusal,
     };
@@ -163,7 +176,7 @@ async fn erase(
 /// text of the caller's on-chain annotation.
 async fn annotations(
     AxState(state): AxState<Arc<State>>,
-    Extension(peer): Extension<Peer>,
+    Extension(caller): Extension<Caller>,
     body: Body,
 ) -> Response {
     let limit = crate::annotations::MAX_TEXT_BYTES * 2 + 1024;
@@ -187,28 +200,28 @@ async fn annotations(
             );
         }
     };
-    match crate::annotations::store(&state, &peer, text.annotation, &text.text).await {
+    match crate::annotations::store(&state, &caller, text.annotation, &text.text).await {
         Ok(answer) => json_response(&answer),
         Err(r) => problem(r.kind, r.detail),
     }
 }
 
 /// The value of `name` in the query, if any.
-fn query_param<'a>(uri: &'a axum::http::Uri, name: &str) -> Option<&'a str> {
+pub(crate) fn query_param<'a>(uri: &'a axum::http::Uri, name: &str) -> Option<&'a str> {
     uri.query()?
         .split('&')
         .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
 }
 
-/// The patientRef of a patient peer, or the refusal.
-async fn patient_of(state: &State, peer: &Peer) -> Result<[u8; 32], Response> {
-    if peer.identity.role != Role::Patient {
+/// The patientRef of a patient caller, or the refusal.
+pub(crate) async fn patient_of(state: &State, caller: &Caller) -> Result<[u8; 32], Response> {
+    if caller.role != Role::Patient {
         return Err(problem(
             ProblemType::WrongRole,
             "this is read with the patient's certificate",
         ));
     }
-    let Some(account) = peer.identity.address() else {
+    let Some(account) = caller.account else {
         return Err(problem(
             ProblemType::WrongRole,
             "the certificate names no account",
@@ -238,13 +251,13 @@ async fn patient_of(state: &State, peer: &Peer) -> Result<[u8; 32], Response> {
 /// admin active in the Registry the one named by `?patient=HEX`.
 async fn subject_of(
     state: &State,
-    peer: &Peer,
+    caller: &Caller,
     named: Option<[u8; 32]>,
 ) -> Result<[u8; 32], Response> {
-    if peer.identity.role != Role::Admin {
-        return patient_of(state, peer).await;
+    if caller.role != Role::Admin {
+        return patient_of(state, caller).await;
     }
-    let Some(account) = peer.identity.address() else {
+    let Some(account) = caller.account else {
         return Err(problem(
             ProblemType::WrongRole,
             "the certificate names no account",
@@ -281,14 +294,14 @@ async fn subject_of(
 }
 
 /// A patientRef in hex (with or without `0x`).
-fn patient_ref(hex_text: &str) -> Option<[u8; 32]> {
+pub(crate) fn patient_ref(hex_text: &str) -> Option<[u8; 32]> {
     hex::decode(hex_text.trim_start_matches("0x"))
         .ok()
         .and_then(|b| <[u8; 32]>::try_from(b).ok())
 }
 
 /// A FHIR JSON answer.
-fn fhir_response(resource: &serde_json::Value) -> Response {
+pub(crate) fn fhir_response(resource: &serde_json::Value) -> Response {
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "application/fhir+json")],
@@ -301,11 +314,11 @@ fn fhir_response(resource: &serde_json::Value) -> Response {
 /// (`medledger-ledger-bundle/1`), for the patient or an admin.
 async fn ledger(
     AxState(state): AxState<Arc<State>>,
-    Extension(peer): Extension<Peer>,
+    Extension(caller): Extension<Caller>,
     uri: axum::http::Uri,
 ) -> Response {
     let named = query_param(&uri, "patient").and_then(patient_ref);
-    let patient = match subject_of(&state, &peer, named).await {
+    let patient = match subject_of(&state, &caller, named).await {
         Ok(p) => p,
         Err(refusal) => return refusal,
     };
@@ -319,11 +332,11 @@ async fn ledger(
 /// Bundle of AuditEvents, for the patient or an admin.
 async fn audit(
     AxState(state): AxState<Arc<State>>,
-    Extension(peer): Extension<Peer>,
+    Extension(caller): Extension<Caller>,
     uri: axum::http::Uri,
 ) -> Response {
     let named = query_param(&uri, "patient").and_then(patient_ref);
-    let patient = match subject_of(&state, &peer, named).await {
+    let patient = match subject_of(&state, &caller, named).await {
         Ok(p) => p,
         Err(refusal) => return refusal,
     };
@@ -336,10 +349,10 @@ async fn audit(
 /// `GET /v1/alerts?after=N&limit=M`: the patient's alerts after `N`.
 async fn alerts(
     AxState(state): AxState<Arc<State>>,
-    Extension(peer): Extension<Peer>,
+    Extension(caller): Extension<Caller>,
     uri: axum::http::Uri,
 ) -> Response {
-    let patient = match patient_of(&state, &peer).await {
+    let patient = match patient_of(&state, &caller).await {
         Ok(p) => p,
         Err(refusal) => return refusal,
     };
@@ -359,9 +372,9 @@ async fn alerts(
 /// `GET /v1/alerts/preferences`: the patient's alert preferences.
 async fn preferences(
     AxState(state): AxState<Arc<State>>,
-    Extension(peer): Extension<Peer>,
+    Extension(caller): Extension<Caller>,
 ) -> Response {
-    let patient = match patient_of(&state, &peer).await {
+    let patient = match patient_of(&state, &caller).await {
         Ok(p) => p,
         Err(refusal) => return refusal,
     };
@@ -374,10 +387,10 @@ async fn preferences(
 /// `PUT /v1/alerts/preferences`: replaces them (JSON, as `GET` gives).
 async fn set_preferences(
     AxState(state): AxState<Arc<State>>,
-    Extension(peer): Extension<Peer>,
+    Extension(caller): Extension<Caller>,
     body: Body,
 ) -> Response {
-    let patient = match patient_of(&state, &peer).await {
+    let patient = match patient_of(&state, &caller).await {
         Ok(p) => p,
         Err(refusal) => return refusal,
     };
@@ -400,9 +413,9 @@ async fn set_preferences(
 /// `GET /v1/alerts/webhook`: `{"url": ...}` or `{"url": null}`.
 async fn webhook(
     AxState(state): AxState<Arc<State>>,
-    Extension(peer): Extension<Peer>,
+    Extension(caller): Extension<Caller>,
 ) -> Response {
-    let patient = match patient_of(&state, &peer).await {
+    let patient = match patient_of(&state, &caller).await {
         Ok(p) => p,
         Err(refusal) => return refusal,
     };
@@ -417,7 +430,7 @@ async fn webhook(
 /// `secret` (at least 16 characters).
 async fn set_webhook(
     AxState(state): AxState<Arc<State>>,
-    Extension(peer): Extension<Peer>,
+    Extension(caller): Extension<Caller>,
     body: Body,
 ) -> Response {
     #[derive(serde::Deserialize)]
@@ -426,7 +439,7 @@ async fn set_webhook(
         secret: String,
         after: Option<u64>,
     }
-    let patient = match patient_of(&state, &peer).await {
+    let patient = match patient_of(&state, &caller).await {
         Ok(p) => p,
         Err(refusal) => return refusal,
     };
@@ -462,9 +475,9 @@ async fn set_webhook(
 /// `DELETE /v1/alerts/webhook`.
 async fn remove_webhook(
     AxState(state): AxState<Arc<State>>,
-    Extension(peer): Extension<Peer>,
+    Extension(caller): Extension<Caller>,
 ) -> Response {
-    let patient = match patient_of(&state, &peer).await {
+    let patient = match patient_of(&state, &caller).await {
         Ok(p) => p,
         Err(refusal) => return refusal,
     };
@@ -478,11 +491,11 @@ async fn remove_webhook(
 /// one after `Last-Event-ID` (or `?after=N`), then live.
 async fn alert_stream(
     AxState(state): AxState<Arc<State>>,
-    Extension(peer): Extension<Peer>,
+    Extension(caller): Extension<Caller>,
     headers: axum::http::HeaderMap,
     uri: axum::http::Uri,
 ) -> Response {
-    let patient = match patient_of(&state, &peer).await {
+    let patient = match patient_of(&state, &caller).await {
         Ok(p) => p,
         Err(refusal) => return refusal,
     };
@@ -548,7 +561,7 @@ struct Indexed {
 
 async fn proof(
     AxState(state): AxState<Arc<State>>,
-    Extension(peer): Extension<Peer>,
+    Extension(caller): Extension<Caller>,
     Path(hash): Path<String>,
     uri: axum::http::Uri,
 ) -> Response {
@@ -556,7 +569,7 @@ async fn proof(
         return problem(ProblemType::Malformed, "a reading hash is 64 hex digits");
     };
     let request = query_param(&uri, "request").and_then(|v| v.parse().ok());
-    if let Err(refusal) = may_see(&state, &peer, &hash, request).await {
+    if let Err(refusal) = may_see(&state, &caller, &hash, request).await {
         return refusal;
     }
     match build_proof(&state, &hash).await {
@@ -566,11 +579,11 @@ async fn proof(
     }
 }
 
-/// Whether `peer` may see the proof of reading `hash`: its patient, or a
+/// Whether `caller` may see the proof of reading `hash`: its patient, or a
 /// doctor or nurse with a usable access request (`request`) for them.
 async fn may_see(
     state: &State,
-    peer: &Peer,
+    caller: &Caller,
     hash: &[u8; 32],
     request: Option<u64>,
 ) -> Result<(), Response> {
@@ -594,13 +607,13 @@ async fn may_see(
             "a reading's proof is for its patient, or for staff with a usable access request for them (?request=ID)",
         )
     };
-    match peer.identity.role {
-        Role::Patient => match patient_of(state, peer).await {
+    match caller.role {
+        Role::Patient => match patient_of(state, caller).await {
             Ok(own) if own.as_slice() == patient.as_slice() => Ok(()),
             _ => Err(refused()),
         },
         Role::Doctor | Role::Nurse => {
-            let (Some(id), Some(me)) = (request, peer.identity.address()) else {
+            let (Some(id), Some(me)) = (request, caller.account) else {
                 return Err(refused());
             };
             let contracts = state.view.contracts();

@@ -190,19 +190,43 @@ pub async fn events(db: &Db, name: Option<&str>) -> Result<Vec<IndexedEvent>, In
     .bind(name.unwrap_or(""))
     .fetch_all(db.pool())
     .await?;
-    rows.into_iter()
-        .map(|r| {
-            let tx: Vec<u8> = r.try_get("tx")?;
-            let address: Vec<u8> = r.try_get("address")?;
-            let args: String = r.try_get("args")?;
-            Ok(IndexedEvent {
-                block: u64::try_from(r.try_get::<i64, _>("block")?).unwrap_or(0),
-                log_index: u64::try_from(r.try_get::<i64, _>("log_index")?).unwrap_or(0),
-                tx: tx.as_slice().try_into().unwrap_or([0; 32]),
-                address: Address::try_from(address.as_slice()).unwrap_or_default(),
-                name: r.try_get("name")?,
-                args: serde_json::from_str(&args).unwrap_or_default(),
-            })
-        })
-        .collect()
+    rows.iter().map(event_of_row).collect()
+}
+
+/// The stored events with one of `names`, in chain order, or newest first.
+pub async fn events_named(
+    db: &Db,
+    names: &[&str],
+    newest_first: bool,
+) -> Result<Vec<IndexedEvent>, IndexError> {
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
+    let marks: Vec<String> = (1..=names.len()).map(|i| format!("${i}")).collect();
+    let order = if newest_first { "DESC" } else { "ASC" };
+    let sql = format!(
+        "SELECT block, log_index, tx, address, name, args FROM chain_events \
+         WHERE name IN ({}) ORDER BY block {order}, log_index {order}",
+        marks.join(", ")
+    );
+    let mut query = sqlx::query(&sql);
+    for name in names {
+        query = query.bind(*name);
+    }
+    let rows = query.fetch_all(db.pool()).await?;
+    rows.iter().map(event_of_row).collect()
+}
+
+fn event_of_row(r: &medledger_storage::sqlx::any::AnyRow) -> Result<IndexedEvent, IndexError> {
+    let tx: Vec<u8> = r.try_get("tx")?;
+    let address: Vec<u8> = r.try_get("address")?;
+    let args: String = r.try_get("args")?;
+    Ok(IndexedEvent {
+        block: u64::try_from(r.try_get::<i64, _>("block")?).unwrap_or(0),
+        log_index: u64::try_from(r.try_get::<i64, _>("log_index")?).unwrap_or(0),
+        tx: tx.as_slice().try_into().unwrap_or([0; 32]),
+        address: Address::try_from(address.as_slice()).unwrap_or_default(),
+        name: r.try_get("name")?,
+        args: serde_json::from_str(&args).unwrap_or_default(),
+    })
 }

@@ -739,6 +739,12 @@ async fn store(
     tx.commit().await.map_err(db_down)?;
     clock.lap("ledger");
     drop(staged.committed());
+    for r in verified.iter().flatten() {
+        state.portal.saw(
+            format!("device:{}", hex::encode(r.reading.dev.0)),
+            r.reading.ts_ms,
+        );
+    }
     Ok(stored)
 }
 

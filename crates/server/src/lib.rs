@@ -18,11 +18,13 @@
 pub mod alerts;
 mod anchor;
 pub mod annotations;
+mod caller;
 pub mod config;
 pub mod erase;
 mod http;
 pub mod indexer;
 mod ingest;
+mod portal;
 pub mod records;
 pub mod recover;
 pub mod rewrap;
@@ -48,6 +50,8 @@ const INDEX_INTERVAL: Duration = Duration::from_millis(100);
 pub struct Settings {
     /// Where collectors (and later staff) connect.
     pub listen: SocketAddr,
+    /// Where the web portal is served, if anywhere.
+    pub portal_listen: Option<SocketAddr>,
     /// Where Prometheus scrapes `/metrics` (plain HTTP), if anywhere.
     pub metrics_listen: Option<SocketAddr>,
     /// The server's certificate chain and key.
@@ -128,11 +132,14 @@ pub(crate) struct State {
     pub(crate) anchoring: tokio::sync::Mutex<()>,
     /// The patients' alerts.
     pub(crate) alerts: alerts::Alerts,
+    /// The web portal's sessions and what it remembers.
+    pub(crate) portal: portal::Portal,
 }
 
 /// A running server. Dropping it stops it.
 pub struct Server {
     addr: SocketAddr,
+    portal_addr: Option<SocketAddr>,
     metrics_addr: Option<SocketAddr>,
     state: Arc<State>,
     /// Every verifier, for [`Server::update_crls`].
@@ -153,6 +160,7 @@ impl Server {
     pub async fn start(settings: Settings) -> Result<Server, StartError> {
         let Settings {
             listen,
+            portal_listen,
             metrics_listen,
             credentials,
             client_auth,
@@ -194,6 +202,7 @@ impl Server {
             ingest_lock: tokio::sync::Mutex::new(()),
             committed: tokio::sync::Notify::new(),
             anchoring: tokio::sync::Mutex::new(()),
+            portal: portal::Portal::default(),
         });
         let mut tasks = Tasks::default();
         tasks.spawn(
@@ -214,7 +223,7 @@ impl Server {
         tasks.spawn(https::serve(
             listener,
             medledger_pki::Acceptor::new(tls, Duration::from_secs(5)),
-            client_auth,
+            client_auth.clone(),
             http::router(state.clone()),
             https::ServeLimits::default(),
             Arc::new(move |refused| {
@@ -225,6 +234,32 @@ impl Server {
                 );
             }),
         ));
+        let portal_addr = match portal_listen {
+            Some(at) => {
+                let (listener, bound) = bind(at).await?;
+                let tls = medledger_pki::server_config_optional_client(
+                    &credentials,
+                    client_auth.clone(),
+                )?;
+                let refused_metrics = metrics.clone();
+                tasks.spawn(https::serve(
+                    listener,
+                    medledger_pki::Acceptor::optional(tls, Duration::from_secs(10)),
+                    client_auth.clone(),
+                    portal::router(state.clone()),
+                    https::ServeLimits::default(),
+                    Arc::new(move |refused| {
+                        https::count_refused(
+                            &refused_metrics,
+                            "medledger_server_portal_connections_refused_total",
+                            &refused,
+                        );
+                    }),
+                ));
+                Some(bound)
+            }
+            None => None,
+        };
         let metrics_addr = match metrics_listen {
             Some(at) => {
                 let (listener, bound) = bind(at).await?;
@@ -235,6 +270,7 @@ impl Server {
         };
         Ok(Server {
             addr,
+            portal_addr,
             metrics_addr,
             state,
             auths,
@@ -254,6 +290,11 @@ impl Server {
     /// Where collectors connect.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where the web portal is served, if configured.
+    pub fn portal_addr(&self) -> Option<SocketAddr> {
+        self.portal_addr
     }
 
     /// Where `/metrics` is served, if configured.

@@ -11,13 +11,13 @@
 
 use crate::State;
 use crate::alerts::NewAlert;
+use crate::caller::Caller;
 use crate::ingest::{open_blob, reading_at};
 use alloy::primitives::{Address, U256};
 use base64::Engine;
 use medledger_contracts::{Basis, Scope, text_of};
 use medledger_patient_ledger::{Field, NewEntry};
 use medledger_pki::Role;
-use medledger_pki::https::Peer;
 use medledger_protocol::catalogue::data_type;
 use medledger_protocol::{ProblemType, SignedReading, cbor, fhir, now_ms};
 use medledger_storage::sqlx::{self, Row};
@@ -38,15 +38,21 @@ pub(crate) struct Refused {
     pub(crate) detail: String,
 }
 
-fn refused(kind: ProblemType, detail: impl Into<String>) -> Refused {
+impl From<Refused> for axum::response::Response {
+    fn from(r: Refused) -> Self {
+        crate::http::problem(r.kind, r.detail)
+    }
+}
+
+pub(crate) fn refused(kind: ProblemType, detail: impl Into<String>) -> Refused {
     Refused {
         kind,
         detail: detail.into(),
     }
 }
 
-/// Serves request `id` to `peer`, or says why not; records the attempt.
-pub(crate) async fn serve(state: &State, peer: &Peer, id: u64) -> Result<Value, Refused> {
+/// Serves request `id` to `caller`, or says why not; records the attempt.
+pub(crate) async fn serve(state: &State, caller: &Caller, id: u64) -> Result<Value, Refused> {
     let unavailable = |e: &dyn std::fmt::Display| refused(ProblemType::Unavailable, e.to_string());
     let access_log = state.view.contracts().access_log();
     let count = access_log
@@ -77,10 +83,10 @@ pub(crate) async fn serve(state: &State, peer: &Peer, id: u64) -> Result<Value, 
             format!("the patient of request {id} was erased (forgotten)"),
         ));
     }
-    let requester = peer.identity.address();
-    let outcome = check(state, peer, id, &request, requester).await;
+    let requester = caller.account;
+    let outcome = check(state, caller, id, &request, requester).await;
     let served = match &outcome {
-        Ok(()) => bundle(state, &patient, Scope(request.scope)).await,
+        Ok(()) => bundle(state, &patient, Scope(request.scope), u64::MAX).await,
         Err(_) => Ok((json!(null), 0)),
     };
     let (reason, count) = match (&outcome, &served) {
@@ -118,7 +124,7 @@ pub(crate) async fn serve(state: &State, peer: &Peer, id: u64) -> Result<Value, 
             ),
         ]),
     };
-    let who = requester.map_or_else(|| peer.identity.subject.clone(), |a| a.to_string());
+    let who = requester.map_or_else(|| caller.name.clone(), |a| a.to_string());
     let alert = match &outcome {
         Ok(()) => {
             let carer = match requester {
@@ -198,12 +204,12 @@ pub(crate) async fn serve(state: &State, peer: &Peer, id: u64) -> Result<Value, 
 
 async fn check(
     state: &State,
-    peer: &Peer,
+    caller: &Caller,
     id: u64,
     request: &medledger_contracts::bindings::access_log::AccessLog::Request,
     requester: Option<Address>,
 ) -> Result<(), Refused> {
-    if !matches!(peer.identity.role, Role::Doctor | Role::Nurse) {
+    if !matches!(caller.role, Role::Doctor | Role::Nurse) {
         return Err(refused(
             ProblemType::WrongRole,
             "only doctors and nurses read records",
@@ -249,19 +255,28 @@ async fn check(
 /// `AccessLog.Decision.Granted`.
 const GRANTED: u8 = 1;
 
-/// The Bundle of the patient's observations within `scope`, and how many.
+/// The Bundle of the patient's observations within `scope` from their
+/// `newest` readings (in ledger order), and how many observations.
 /// Each sealed blob is opened once, however many of its readings are read.
-async fn bundle(state: &State, patient: &[u8; 32], scope: Scope) -> Result<(Value, u64), Refused> {
+pub(crate) async fn bundle(
+    state: &State,
+    patient: &[u8; 32],
+    scope: Scope,
+    newest: u64,
+) -> Result<(Value, u64), Refused> {
     let failed = |e: &dyn std::fmt::Display| refused(ProblemType::Unavailable, e.to_string());
-    let rows = sqlx::query(
+    let mut rows = sqlx::query(
         "SELECT r.hash AS hash, r.idx AS idx, r.blob AS blob, r.blob_sha256 AS digest, \
          r.pos AS pos, e.entry AS entry FROM ingest_readings r JOIN ledger_entries e \
-         ON e.patient = r.patient AND e.idx = r.idx WHERE r.patient = $1 ORDER BY r.idx",
+         ON e.patient = r.patient AND e.idx = r.idx WHERE r.patient = $1 \
+         ORDER BY r.idx DESC LIMIT $2",
     )
     .bind(patient.to_vec())
+    .bind(i64::try_from(newest).unwrap_or(i64::MAX))
     .fetch_all(state.db.pool())
     .await
     .map_err(|e| failed(&e))?;
+    rows.reverse();
     let in_scope = |code: &str| data_type(code).is_some_and(|t| scope.contains(t));
     let notes = crate::annotations::notes(state, patient)
         .await

@@ -347,6 +347,7 @@ async fn start_server(
     let db = database(db, &dir.join("server.db")).await?;
     Ok(Server::start(medledger_server::Settings {
         listen: listen.parse()?,
+        portal_listen: None,
         metrics_listen: None,
         credentials: Credentials::from_issued(issued),
         client_auth: auth(

@@ -11,6 +11,7 @@ mod demo;
 mod erase;
 mod indexer;
 mod ingest;
+mod portal;
 mod records;
 mod site;
 mod up;

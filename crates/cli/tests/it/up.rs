@@ -8,11 +8,22 @@ use std::process::{Child, Command, Stdio};
 /// Starts `medledger up` and waits until it has printed its endpoints;
 /// returns it with everything it printed.
 fn up(data: &std::path::Path, ports: [u16; 3]) -> (Child, String) {
+    // Any free port: the portal is not under test here.
+    up_with_portal(data, ports, "127.0.0.1:0")
+}
+
+/// [`up`] with the portal at `portal`.
+pub(crate) fn up_with_portal(
+    data: &std::path::Path,
+    ports: [u16; 3],
+    portal: &str,
+) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_medledger"))
         .args(["up", "--data", data.to_str().unwrap()])
         .args(["--rpc", &format!("127.0.0.1:{}", ports[0])])
         .args(["--server", &format!("127.0.0.1:{}", ports[1])])
         .args(["--collector", &format!("127.0.0.1:{}", ports[2])])
+        .args(["--portal", portal])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -32,7 +43,7 @@ fn up(data: &std::path::Path, ports: [u16; 3]) -> (Child, String) {
     (child, out)
 }
 
-fn stop(mut child: Child) {
+pub(crate) fn stop(mut child: Child) {
     let _ = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status();
@@ -105,7 +116,7 @@ fn up_initialises_once_reuses_its_state_and_takes_simulated_devices() {
 
 /// Runs `medledger ARGS` and returns what it printed; fails the test if it
 /// fails.
-fn medledger(args: &[&str]) -> String {
+pub(crate) fn medledger(args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_medledger"))
         .args(args)
         .output()
@@ -121,7 +132,7 @@ fn medledger(args: &[&str]) -> String {
 
 /// Streams `devices` simulated devices for `seconds`; returns how many
 /// readings were accepted.
-fn sim(data: &std::path::Path, rpc_port: u16, devices: &str, seconds: &str) -> u64 {
+pub(crate) fn sim(data: &std::path::Path, rpc_port: u16, devices: &str, seconds: &str) -> u64 {
     let out = medledger(&[
         "sim",
         "--data",
@@ -399,7 +410,7 @@ fn the_key_encryption_key_rotates_and_backups_of_before_and_after_restore() {
 }
 
 /// The line of `printed` that starts (after spaces) with `label`, its rest.
-fn field(printed: &str, label: &str) -> String {
+pub(crate) fn field(printed: &str, label: &str) -> String {
     printed
         .lines()
         .find_map(|l| l.trim().strip_prefix(label))

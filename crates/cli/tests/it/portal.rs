@@ -1,0 +1,433 @@
+//! The web portal in a real browser: Debian's Chromium, driven headless by
+//! `web/e2e/portal.mjs` (playwright-core), through the main flow of a
+//! patient, a doctor and an admin against `medledger up`. Screenshots of
+//! each step go to `target/tmp/portal-screenshots`.
+
+use crate::ingest::free_port;
+use crate::up::{field, medledger, sim, stop, up_with_portal};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Chromium, node and playwright-core, or why they are missing.
+fn browser() -> Result<(PathBuf, PathBuf), String> {
+    let chromium = PathBuf::from(
+        std::env::var("MEDLEDGER_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()),
+    );
+    if !chromium.exists() {
+        return Err(format!(
+            "no Chromium at {} (apt-get install chromium, or set MEDLEDGER_CHROMIUM)",
+            chromium.display()
+        ));
+    }
+    let script = workspace().join("web/e2e/portal.mjs");
+    if !workspace()
+        .join("web/node_modules/playwright-core")
+        .exists()
+    {
+        return Err("web/node_modules/playwright-core is missing (cd web && npm ci)".into());
+    }
+    if Command::new("node").arg("--version").output().is_err() {
+        return Err("node is not installed".into());
+    }
+    Ok((chromium, script))
+}
+
+/// What `medledger ca show` says a certificate's `label` is.
+fn shown(cert: &Path, label: &str) -> String {
+    field(&medledger(&["ca", "show", cert.to_str().unwrap()]), label)
+}
+
+fn person(prefix: &Path, patient_ref: &str) -> serde_json::Value {
+    let file = |suffix: &str| format!("{}{suffix}", prefix.display());
+    serde_json::json!({
+        "key": file(".eth.key"),
+        "cert": file(".crt"),
+        "pkcs8": file(".key"),
+        "account": shown(Path::new(&file(".crt")), "address"),
+        "ref": patient_ref,
+    })
+}
+
+#[test]
+fn patients_doctors_and_admins_use_the_portal_in_chromium() {
+    let (chromium, script) = match browser() {
+        Ok(found) => found,
+        Err(why) if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("the portal test needs a browser in CI: {why}")
+        }
+        Err(why) => {
+            eprintln!("\n!!! SKIPPED the portal browser test: {why} !!!\n");
+            return;
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("medledger");
+    let d = data.to_str().unwrap();
+    let ports = [free_port(), free_port(), free_port()];
+    let portal = free_port();
+    let (child, printed) = up_with_portal(&data, ports, &format!("127.0.0.1:{portal}"));
+    assert!(printed.contains("portal"), "{printed}");
+    let rpc = format!("http://127.0.0.1:{}", ports[0]);
+    let registry = field(&printed, "Registry");
+
+    // A simulated patient with devices, and their readings.
+    assert!(sim(&data, ports[0], "3", "4") > 0);
+    let patient_ref = format!("{}", alloy::primitives::keccak256("salt:sim-patient"));
+
+    // A doctor, registered and caring for the patient.
+    let doctor = data.join("people/doctor");
+    medledger(&[
+        "ca",
+        "issue",
+        "--ca",
+        &format!("{d}/ca"),
+        "--role",
+        "doctor",
+        "--out",
+        doctor.to_str().unwrap(),
+    ]);
+    let doctor_account = shown(&doctor.with_extension("crt"), "address");
+    let admin_key = format!("{d}/people/admin.eth.key");
+    let admin = |args: &[&str]| {
+        let mut all = vec![
+            "admin",
+            "--rpc",
+            &rpc,
+            "--registry",
+            &registry,
+            "--key",
+            &admin_key,
+        ];
+        all.extend_from_slice(args);
+        medledger(&all)
+    };
+    admin(&[
+        "staff",
+        "register",
+        &doctor_account,
+        "--role",
+        "doctor",
+        "--department",
+        "ward",
+    ]);
+    admin(&[
+        "patient",
+        "assign-carer",
+        "--patient",
+        &patient_ref,
+        "--carer",
+        &doctor_account,
+    ]);
+
+    let screenshots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("portal-screenshots");
+    let _ = std::fs::remove_dir_all(&screenshots);
+    std::fs::create_dir_all(&screenshots).unwrap();
+    let facts = serde_json::json!({
+        "portal": format!("https://127.0.0.1:{portal}"),
+        "chromium": chromium,
+        "patient": person(&data.join("sim/patient"), &patient_ref),
+        "doctor": person(&doctor, &patient_ref),
+        "admin": person(&data.join("people/admin"), &patient_ref),
+    });
+    let facts_file = dir.path().join("facts.json");
+    std::fs::write(&facts_file, facts.to_string()).unwrap();
+    let run = Command::new("node")
+        .arg(&script)
+        .arg("--facts")
+        .arg(&facts_file)
+        .arg("--screenshots")
+        .arg(&screenshots)
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    println!("{said}");
+    println!("screenshots: {}", screenshots.display());
+
+    // What the browser did is on chain, signed by each person.
+    let audit = medledger(&[
+        "audit",
+        "--rpc",
+        &rpc,
+        "--registry",
+        &registry,
+        "--patient",
+        &patient_ref,
+    ]);
+    stop(child);
+    assert!(run.status.success(), "the browser flow failed:\n{said}");
+    for event in [
+        "ConsentGranted",
+        "AccessGranted",
+        "BreakGlass",
+        "ConsentRevoked",
+    ] {
+        assert!(audit.contains(event), "no {event} on chain:\n{audit}");
+    }
+    let pictures = std::fs::read_dir(&screenshots).unwrap().count();
+    assert!(pictures >= 5, "only {pictures} screenshots");
+}
+
+/// The portal over HTTPS without a client certificate, as a browser
+/// whose user signs in with a key.
+struct Visitor {
+    conn: medledger_pki::https::Connection,
+    cookie: String,
+}
+
+impl Visitor {
+    async fn open(root: &Path, addr: &str, own: Option<&Path>) -> Visitor {
+        let root = medledger_pki::files::read_first(root, "CERTIFICATE").unwrap();
+        let own = own.map(|p| medledger_pki::Credentials::load(p).unwrap());
+        let config =
+            medledger_pki::client_config(own.as_ref(), &root, &[medledger_pki::Role::Server])
+                .unwrap();
+        let conn = medledger_pki::https::Connection::open(config, addr, "localhost")
+            .await
+            .unwrap();
+        Visitor {
+            conn,
+            cookie: String::new(),
+        }
+    }
+
+    async fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        extra: &[(&str, &str)],
+        body: &str,
+    ) -> (u16, serde_json::Value) {
+        let mut headers = vec![("content-type", "application/json")];
+        if !self.cookie.is_empty() {
+            headers.push(("cookie", self.cookie.as_str()));
+        }
+        headers.extend_from_slice(extra);
+        let reply = self
+            .conn
+            .request(method, path, &headers, body.as_bytes().to_vec())
+            .await
+            .unwrap();
+        if let Some(set) = reply.header("set-cookie") {
+            self.cookie = set.split(';').next().unwrap_or("").to_owned();
+        }
+        let json = serde_json::from_slice(&reply.body).unwrap_or(serde_json::Value::Null);
+        (reply.status, json)
+    }
+
+    async fn challenge(&mut self) -> String {
+        let (status, body) = self.send("POST", "/portal/v1/challenge", &[], "{}").await;
+        assert_eq!(status, 200, "{body}");
+        body["message"].as_str().unwrap().to_owned()
+    }
+}
+
+fn sign(key: &alloy::signers::local::PrivateKeySigner, message: &[u8]) -> String {
+    use alloy::signers::SignerSync;
+    let signature = key.sign_message_sync(message).unwrap();
+    format!("0x{}", hex::encode(signature.as_bytes()))
+}
+
+fn problem_type(body: &serde_json::Value) -> &str {
+    body["type"]
+        .as_str()
+        .unwrap_or("")
+        .trim_start_matches("urn:medledger:problem:")
+}
+
+/// A legacy transaction to `to`, signed by `key`, as the page makes them.
+fn signed_tx(
+    key: &alloy::signers::local::PrivateKeySigner,
+    to: alloy::primitives::Address,
+) -> String {
+    use alloy::consensus::{SignableTransaction, TxLegacy};
+    use alloy::eips::Encodable2718;
+    use alloy::signers::SignerSync;
+    let tx = TxLegacy {
+        chain_id: Some(1337),
+        nonce: 0,
+        gas_price: 0,
+        gas_limit: 100_000,
+        to: alloy::primitives::TxKind::Call(to),
+        value: alloy::primitives::U256::ZERO,
+        input: Default::default(),
+    };
+    let signature = key.sign_hash_sync(&tx.signature_hash()).unwrap();
+    format!(
+        "0x{}",
+        hex::encode(tx.into_signed(signature).encoded_2718())
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_portal_signs_in_only_registered_keys_and_relays_only_what_they_signed() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("medledger");
+    let ports = [free_port(), free_port(), free_port()];
+    let portal = format!("127.0.0.1:{}", free_port());
+    let (child, printed) = up_with_portal(&data, ports, &portal);
+    let registry: alloy::primitives::Address = field(&printed, "Registry").parse().unwrap();
+    let root = data.join("ca/root.crt");
+    let admin_key = std::fs::read_to_string(data.join("people/admin.eth.key")).unwrap();
+    let admin: alloy::signers::local::PrivateKeySigner = admin_key.trim().parse().unwrap();
+    let stranger = alloy::signers::local::PrivateKeySigner::random();
+    let mut v = Visitor::open(&root, &portal, None).await;
+
+    // Signed out: only the page and sign-in.
+    let (status, page) = v.send("GET", "/", &[], "").await;
+    assert_eq!(status, 200, "{page}");
+    let (status, body) = v.send("GET", "/portal/v1/overview", &[], "").await;
+    assert_eq!((status, problem_type(&body)), (401, "sign-in-required"));
+
+    // A key the Registry does not know signs in to nothing.
+    let message = v.challenge().await;
+    let answer =
+        serde_json::json!({ "message": message, "signature": sign(&stranger, message.as_bytes()) });
+    let (status, body) = v
+        .send("POST", "/portal/v1/session", &[], &answer.to_string())
+        .await;
+    assert_eq!((status, problem_type(&body)), (403, "forbidden"), "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&stranger.address().to_string())
+    );
+    // Each challenge is answered once.
+    let again =
+        serde_json::json!({ "message": message, "signature": sign(&admin, message.as_bytes()) });
+    let (status, body) = v
+        .send("POST", "/portal/v1/session", &[], &again.to_string())
+        .await;
+    assert_eq!(status, 403, "a used challenge signed in: {body}");
+    // A signature over another message names no account of ours.
+    let message = v.challenge().await;
+    let wrong =
+        serde_json::json!({ "message": message, "signature": sign(&admin, b"something else") });
+    let (status, body) = v
+        .send("POST", "/portal/v1/session", &[], &wrong.to_string())
+        .await;
+    assert_eq!(status, 403, "{body}");
+
+    // The admin's key signs in.
+    let message = v.challenge().await;
+    let answer =
+        serde_json::json!({ "message": message, "signature": sign(&admin, message.as_bytes()) });
+    let (status, session) = v
+        .send("POST", "/portal/v1/session", &[], &answer.to_string())
+        .await;
+    assert_eq!(status, 200, "{session}");
+    assert_eq!(session["role"], "admin");
+    assert_eq!(session["via"], "key");
+    assert!(v.cookie.starts_with("medledger_session="));
+    let (status, overview) = v.send("GET", "/portal/v1/overview", &[], "").await;
+    assert_eq!(status, 200, "{overview}");
+    assert!(overview["chain"]["height"].as_u64().unwrap() > 0);
+
+    // Off-chain changes must be signed by the signed-in account.
+    let prefs = r#"{"mode":"all","day_start":0,"day_end":0,"max_reads_per_hour":10}"#;
+    let (status, body) = v.send("PUT", "/v1/alerts/preferences", &[], prefs).await;
+    assert_eq!(
+        (status, problem_type(&body)),
+        (400, "bad-signature"),
+        "{body}"
+    );
+    let at = medledger_protocol::now_ms().to_string();
+    let text = format!("medledger portal request\nPUT /v1/alerts/preferences\n{at}\n{prefs}");
+    let by_stranger = sign(&stranger, text.as_bytes());
+    let (status, body) = v
+        .send(
+            "PUT",
+            "/v1/alerts/preferences",
+            &[
+                ("x-medledger-signed-at", &at),
+                ("x-medledger-signature", &by_stranger),
+            ],
+            prefs,
+        )
+        .await;
+    assert_eq!(
+        (status, problem_type(&body)),
+        (400, "bad-signature"),
+        "{body}"
+    );
+    // Signed by the admin, it reaches the endpoint, which is the patient's.
+    let by_admin = sign(&admin, text.as_bytes());
+    let (status, body) = v
+        .send(
+            "PUT",
+            "/v1/alerts/preferences",
+            &[
+                ("x-medledger-signed-at", &at),
+                ("x-medledger-signature", &by_admin),
+            ],
+            prefs,
+        )
+        .await;
+    assert_eq!((status, problem_type(&body)), (403, "wrong-role"), "{body}");
+
+    // The portal relays only the signed-in account's own transactions,
+    // and only to medledger's contracts.
+    let relay = |raw: String| serde_json::json!({ "raw": raw }).to_string();
+    let (status, body) = v
+        .send(
+            "POST",
+            "/portal/v1/transactions",
+            &[],
+            &relay(signed_tx(&stranger, registry)),
+        )
+        .await;
+    assert_eq!(
+        (status, problem_type(&body)),
+        (400, "bad-signature"),
+        "{body}"
+    );
+    let (status, body) = v
+        .send(
+            "POST",
+            "/portal/v1/transactions",
+            &[],
+            &relay(signed_tx(&admin, stranger.address())),
+        )
+        .await;
+    assert_eq!((status, problem_type(&body)), (403, "forbidden"), "{body}");
+    // What the contract would refuse is named before anything is signed.
+    let (status, body) = v
+        .send(
+            "POST",
+            "/portal/v1/prepare",
+            &[],
+            r#"{"action":"close_review","id":7,"outcome":"ok"}"#,
+        )
+        .await;
+    assert_eq!(
+        (status, problem_type(&body)),
+        (422, "contract-refused"),
+        "{body}"
+    );
+    assert!(
+        body["detail"].as_str().unwrap().contains("UnknownRequest"),
+        "{body}"
+    );
+
+    // Signed out, the cookie is worth nothing.
+    let (status, _) = v.send("DELETE", "/portal/v1/session", &[], "").await;
+    assert_eq!(status, 204);
+    let (status, _) = v.send("GET", "/portal/v1/overview", &[], "").await;
+    assert_eq!(status, 401);
+
+    // A client certificate signs in by itself.
+    let mut with_cert = Visitor::open(&root, &portal, Some(&data.join("people/admin"))).await;
+    let (status, session) = with_cert.send("GET", "/portal/v1/session", &[], "").await;
+    assert_eq!(status, 200, "{session}");
+    assert_eq!(session["via"], "certificate");
+    assert_eq!(session["account"], admin.address().to_string());
+    stop(child);
+}

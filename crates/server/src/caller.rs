@@ -1,0 +1,55 @@
+//! Who is asking: a person (or node) known by the client certificate it
+//! presented, or, on the portal, by a session its holder signed in to with
+//! their chain key. Handlers see only this, never how it was learnt.
+
+use alloy::primitives::Address;
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::response::Response;
+use medledger_pki::Role;
+use medledger_pki::https::Peer;
+
+/// The party behind a request.
+#[derive(Debug, Clone)]
+pub(crate) struct Caller {
+    /// The role: from the certificate, or from the Registry for a key.
+    pub(crate) role: Role,
+    /// The chain account (absent only for a certificate that names none).
+    pub(crate) account: Option<Address>,
+    /// For people reading logs and alerts: the account, else the
+    /// certificate's subject.
+    pub(crate) name: String,
+    /// How the caller was identified.
+    pub(crate) via: Via,
+}
+
+/// How a [`Caller`] was identified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Via {
+    /// By the client certificate of the connection.
+    Certificate,
+    /// By a portal session signed in to with the chain key.
+    Key,
+}
+
+impl Caller {
+    /// The holder of a verified client certificate.
+    pub(crate) fn of_peer(peer: &Peer) -> Caller {
+        let account = peer.identity.address();
+        Caller {
+            role: peer.identity.role,
+            account,
+            name: account.map_or_else(|| peer.identity.subject.clone(), |a| a.to_string()),
+            via: Via::Certificate,
+        }
+    }
+}
+
+/// Middleware: gives every request with a [`Peer`] its [`Caller`].
+pub(crate) async fn from_certificate(mut request: Request, next: Next) -> Response {
+    if let Some(peer) = request.extensions().get::<Peer>() {
+        let caller = Caller::of_peer(peer);
+        request.extensions_mut().insert(caller);
+    }
+    next.run(request).await
+}

@@ -1,0 +1,211 @@
+//! The web portal: a single-page app for patients, staff and admins, and
+//! the JSON it reads, on its own HTTPS port.
+//!
+//! ```text
+//!  browser --HTTPS, client certificate optional--> identify:
+//!      certificate  -> Caller (role and account from its extensions)
+//!      session cookie -> Caller (signed in with the chain key: the role
+//!                        from the Registry)
+//!      neither      -> only the page and sign-in
+//!  state changes: on chain, a transaction the browser signs (prepare ->
+//!      sign in the page -> /portal/v1/transactions relays it); off chain
+//!      (/v1/... PUT, POST, DELETE), a request the browser signs
+//!      (x-medledger-signature over method, path, time and body)
+//! ```
+//!
+//! Private keys stay in the page: the server sees signatures only.
+
+mod session;
+mod tx;
+mod views;
+
+use crate::State;
+use crate::caller::{Caller, Via};
+use crate::http::problem;
+use axum::Router;
+use axum::extract::{Request, State as AxState};
+use axum::http::{HeaderValue, Method, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use medledger_pki::https::Peer;
+use medledger_protocol::ProblemType;
+use session::Sessions;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// The page and its assets, built into the binary.
+const INDEX_HTML: &str = include_str!("../../web/index.html");
+const APP_JS: &str = include_str!("../../web/app.js");
+const VENDOR_JS: &str = include_str!("../../web/vendor.js");
+const STYLE_CSS: &str = include_str!("../../web/style.css");
+
+/// No script, style, frame or connection but our own.
+const CSP: &str = "default-src 'self'; img-src 'self' data:; object-src 'none'; \
+                   base-uri 'none'; frame-ancestors 'none'; form-action 'self'";
+
+/// The portal's routes: the page, sign-in, its JSON, and the people
+/// endpoints of the API port.
+pub(crate) fn router(state: Arc<State>) -> Router {
+    Router::new()
+        .route("/", get(|| asset(INDEX_HTML, "text/html; charset=utf-8")))
+        .route(
+            "/assets/app.js",
+            get(|| asset(APP_JS, "text/javascript; charset=utf-8")),
+        )
+        .route(
+            "/assets/vendor.js",
+            get(|| asset(VENDOR_JS, "text/javascript; charset=utf-8")),
+        )
+        .route(
+            "/assets/style.css",
+            get(|| asset(STYLE_CSS, "text/css; charset=utf-8")),
+        )
+        .route("/portal/v1/challenge", post(session::challenge))
+        .route(
+            "/portal/v1/session",
+            get(session::show)
+                .post(session::sign_in)
+                .delete(session::sign_out),
+        )
+        .route("/portal/v1/prepare", post(tx::prepare))
+        .route("/portal/v1/transactions", post(tx::relay))
+        .route("/portal/v1/tx/{hash}", get(views::transaction))
+        .route("/portal/v1/catalogue", get(views::catalogue))
+        .route("/portal/v1/events", get(views::events))
+        .route("/portal/v1/consents", get(views::consents))
+        .route("/portal/v1/vitals", get(views::vitals))
+        .route("/portal/v1/ledger/{index}", get(views::ledger_entry))
+        .route("/portal/v1/requests", get(views::requests))
+        .route("/portal/v1/overview", get(views::overview))
+        .route("/portal/v1/reviews", get(views::reviews))
+        .merge(crate::http::people())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            identify,
+        ))
+        .layer(axum::middleware::map_response(security_headers))
+        .with_state(state)
+}
+
+async fn asset(body: &'static str, content_type: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn security_headers(mut response: Response) -> Response {
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(
+        header::STRICT_TRANSPORT_SECURITY,
+        HeaderValue::from_static("max-age=31536000"),
+    );
+    response
+}
+
+/// Paths anyone may reach before signing in.
+fn public(path: &str) -> bool {
+    path == "/"
+        || path.starts_with("/assets/")
+        || path == "/portal/v1/challenge"
+        || path == "/portal/v1/session"
+        || path == "/portal/v1/catalogue"
+}
+
+/// Middleware: who is asking (certificate, else session cookie), and for
+/// off-chain state changes, that the caller signed this very request.
+async fn identify(AxState(state): AxState<Arc<State>>, request: Request, next: Next) -> Response {
+    let (mut parts, body) = request.into_parts();
+    let caller = match parts.extensions.get::<Peer>() {
+        Some(peer) => Some(Caller::of_peer(peer)),
+        None => {
+            session::cookie(&parts.headers).and_then(|token| state.portal.sessions.caller(token))
+        }
+    };
+    let path = parts.uri.path().to_owned();
+    let Some(caller) = caller else {
+        if public(&path) {
+            return next.run(Request::from_parts(parts, body)).await;
+        }
+        return problem(
+            ProblemType::SignInRequired,
+            "sign in with your client certificate or your chain key",
+        );
+    };
+    let changes = !matches!(parts.method, Method::GET | Method::HEAD);
+    let body = if changes && path.starts_with("/v1/") {
+        match session::check_signed_request(&caller, &parts, body).await {
+            Ok(body) => body,
+            Err(refusal) => return refusal,
+        }
+    } else {
+        body
+    };
+    parts.extensions.insert(caller);
+    next.run(Request::from_parts(parts, body)).await
+}
+
+/// What the portal keeps in memory: sessions, block times, and when
+/// devices and collectors were last heard of (since the server started).
+#[derive(Debug, Default)]
+pub(crate) struct Portal {
+    sessions: Sessions,
+    block_times: Mutex<HashMap<u64, u64>>,
+    seen: Mutex<HashMap<String, u64>>,
+}
+
+/// Block times kept at most (they are cheap to ask for again).
+const MAX_BLOCK_TIMES: usize = 100_000;
+
+impl Portal {
+    fn block_time(&self, number: u64) -> Option<u64> {
+        let times = self.block_times.lock().unwrap_or_else(|e| e.into_inner());
+        times.get(&number).copied()
+    }
+
+    fn remember_block_time(&self, number: u64, ms: u64) {
+        let mut times = self.block_times.lock().unwrap_or_else(|e| e.into_inner());
+        if times.len() >= MAX_BLOCK_TIMES {
+            times.clear();
+        }
+        times.insert(number, ms);
+    }
+
+    /// Notes that `who` (`device:<epc hex>` or `node:<account, lower
+    /// case>`) was heard of at `ms`.
+    pub(crate) fn saw(&self, who: String, ms: u64) {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let last = seen.entry(who).or_insert(ms);
+        *last = (*last).max(ms);
+    }
+
+    fn seen(&self, who: &str) -> Option<u64> {
+        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.get(who).copied()
+    }
+}
+
+/// How a caller was identified, as the page shows it.
+pub(crate) fn via_name(via: Via) -> &'static str {
+    match via {
+        Via::Certificate => "certificate",
+        Via::Key => "key",
+    }
+}

@@ -1,0 +1,432 @@
+//! Signing in with a chain key, sessions, and signed off-chain requests.
+//!
+//! Sign-in: `POST /portal/v1/challenge` gives a message with a fresh
+//! nonce; the page signs it (EIP-191 `personal_sign`) with the key the
+//! person holds; `POST /portal/v1/session` recovers the account, asks the
+//! Registry what it is (admin, staff, patient) and sets an HttpOnly
+//! session cookie. Sessions live in memory: a restart signs everyone out.
+
+use super::via_name;
+use crate::State;
+use crate::caller::{Caller, Via};
+use crate::http::{json_response, problem};
+use alloy::primitives::{Address, Signature};
+use axum::body::Body;
+use axum::extract::{Extension, State as AxState};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header, request::Parts};
+use axum::response::{IntoResponse, Response};
+use medledger_contracts::StaffRole;
+use medledger_pki::Role;
+use medledger_protocol::{ProblemType, now_ms};
+use ring::rand::{SecureRandom, SystemRandom};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// The cookie that carries a session.
+const COOKIE: &str = "medledger_session";
+/// How long a session lasts.
+const SESSION_MS: u64 = 8 * 3600 * 1000;
+/// How long a sign-in challenge may be answered.
+const CHALLENGE_MS: u64 = 5 * 60 * 1000;
+/// How far a signed request's time may be from ours.
+const SIGNED_REQUEST_WINDOW_MS: u64 = 5 * 60 * 1000;
+/// Most unanswered challenges kept (older ones are dropped first).
+const MAX_CHALLENGES: usize = 10_000;
+/// The largest signed off-chain request body.
+const MAX_SIGNED_BODY: usize = 1 << 20;
+/// The first line of every sign-in message.
+const SIGN_IN: &str = "medledger portal sign-in";
+/// The first line of every signed request.
+const SIGNED_REQUEST: &str = "medledger portal request";
+
+/// The portal's sessions and open challenges.
+#[derive(Debug, Default)]
+pub(crate) struct Sessions {
+    sessions: Mutex<HashMap<String, (Caller, u64)>>,
+    challenges: Mutex<HashMap<String, u64>>,
+}
+
+impl Sessions {
+    /// The caller of a live session.
+    pub(crate) fn caller(&self, token: &str) -> Option<Caller> {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        match sessions.get(token) {
+            Some((caller, until)) if *until > now_ms() => Some(caller.clone()),
+            Some(_) => {
+                sessions.remove(token);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn open(&self, caller: Caller) -> String {
+        let token = random_hex();
+        let now = now_ms();
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        sessions.retain(|_, (_, until)| *until > now);
+        sessions.insert(token.clone(), (caller, now + SESSION_MS));
+        token
+    }
+
+    fn close(&self, token: &str) {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(token);
+    }
+
+    fn challenge(&self) -> String {
+        let nonce = random_hex();
+        let now = now_ms();
+        let mut open = self.challenges.lock().unwrap_or_else(|e| e.into_inner());
+        open.retain(|_, until| *until > now);
+        if open.len() >= MAX_CHALLENGES {
+            // Under a flood of challenges, the oldest go first.
+            if let Some(oldest) = open.iter().min_by_key(|(_, u)| **u).map(|(n, _)| n.clone()) {
+                open.remove(&oldest);
+            }
+        }
+        open.insert(nonce.clone(), now + CHALLENGE_MS);
+        nonce
+    }
+
+    /// Takes a challenge: each may be answered once, in time.
+    fn answer(&self, nonce: &str) -> bool {
+        let mut open = self.challenges.lock().unwrap_or_else(|e| e.into_inner());
+        matches!(open.remove(nonce), Some(until) if until > now_ms())
+    }
+}
+
+fn random_hex() -> String {
+    let mut bytes = [0u8; 32];
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .expect("the system random generator works");
+    hex::encode(bytes)
+}
+
+/// The session token in the request's cookies.
+pub(crate) fn cookie(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|kv| kv.trim().strip_prefix(COOKIE)?.strip_prefix('='))
+}
+
+/// The account whose key made `signature` (65 bytes hex, `r || s || v`)
+/// over `message` as EIP-191 `personal_sign`.
+pub(crate) fn signer_of(message: &[u8], signature: &str) -> Result<Address, String> {
+    let bytes = hex::decode(signature.trim().trim_start_matches("0x"))
+        .map_err(|e| format!("the signature is not hex: {e}"))?;
+    let signature = Signature::from_raw(&bytes)
+        .map_err(|e| format!("the signature is not 65 bytes r, s, v: {e}"))?;
+    signature
+        .recover_address_from_msg(message)
+        .map_err(|e| format!("no account signed this: {e}"))
+}
+
+/// `POST /portal/v1/challenge`: a message to sign, valid for five minutes.
+pub(super) async fn challenge(
+    AxState(state): AxState<std::sync::Arc<State>>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+) -> Response {
+    // HTTP/2 names the host in the URI, HTTP/1.1 in `Host`.
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    let portal = uri
+        .authority()
+        .map(|a| a.as_str())
+        .or(host)
+        .unwrap_or("medledger");
+    let message = format!(
+        "{SIGN_IN}\nportal: {portal}\nnonce: {}\nissued: {}",
+        state.portal.sessions.challenge(),
+        medledger_protocol::fhir::instant(now_ms())
+    );
+    json_response(&json!({ "message": message }))
+}
+
+/// `POST /portal/v1/session` with `{"message", "signature"}`.
+pub(super) async fn sign_in(
+    AxState(state): AxState<std::sync::Arc<State>>,
+    body: Body,
+) -> Response {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        message: String,
+        signature: String,
+    }
+    let Ok(bytes) = axum::body::to_bytes(body, 16 << 10).await else {
+        return problem(ProblemType::TooLarge, "a sign-in is at most 16 KiB");
+    };
+    let answer: Answer = match serde_json::from_slice(&bytes) {
+        Ok(a) => a,
+        Err(e) => {
+            return problem(
+                ProblemType::Malformed,
+                format!("expected {{\"message\": ..., \"signature\": \"0x...\"}}: {e}"),
+            );
+        }
+    };
+    let nonce = answer
+        .message
+        .strip_prefix(SIGN_IN)
+        .and_then(|rest| rest.lines().find_map(|l| l.strip_prefix("nonce: ")));
+    let Some(nonce) = nonce else {
+        return problem(
+            ProblemType::Malformed,
+            "sign the message POST /portal/v1/challenge gave, unchanged",
+        );
+    };
+    if !state.portal.sessions.answer(nonce) {
+        return problem(
+            ProblemType::Forbidden,
+            "this sign-in message is unknown, used or expired: ask for a new challenge",
+        );
+    }
+    let account = match signer_of(answer.message.as_bytes(), &answer.signature) {
+        Ok(a) => a,
+        Err(e) => return problem(ProblemType::BadSignature, e),
+    };
+    let role = match role_of(&state, account).await {
+        Ok(Some(role)) => role,
+        Ok(None) => {
+            return problem(
+                ProblemType::Forbidden,
+                format!("the Registry knows {account} as no admin, staff member or patient"),
+            );
+        }
+        Err(e) => return problem(ProblemType::Unavailable, e),
+    };
+    let caller = Caller {
+        role,
+        account: Some(account),
+        name: account.to_string(),
+        via: Via::Key,
+    };
+    let token = state.portal.sessions.open(caller.clone());
+    let mut response = describe(&state, &caller).await;
+    let cookie = format!(
+        "{COOKIE}={token}; HttpOnly; Secure; SameSite=Strict; Path=/; Max-Age={}",
+        SESSION_MS / 1000
+    );
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    response
+}
+
+/// `GET /portal/v1/session`: who is signed in, or 401.
+pub(super) async fn show(
+    AxState(state): AxState<std::sync::Arc<State>>,
+    caller: Option<Extension<Caller>>,
+) -> Response {
+    match caller {
+        Some(Extension(caller)) => describe(&state, &caller).await,
+        None => problem(
+            ProblemType::SignInRequired,
+            "sign in with your client certificate or your chain key",
+        ),
+    }
+}
+
+/// `DELETE /portal/v1/session`.
+pub(super) async fn sign_out(
+    AxState(state): AxState<std::sync::Arc<State>>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(token) = cookie(&headers) {
+        state.portal.sessions.close(token);
+    }
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_static(
+            "medledger_session=; HttpOnly; Secure; SameSite=Strict; Path=/; Max-Age=0",
+        ),
+    );
+    response
+}
+
+/// What the account is, by the Registry: admin first, then staff, then
+/// patient.
+async fn role_of(state: &State, account: Address) -> Result<Option<Role>, String> {
+    let registry = state.view.contracts().registry();
+    let down = |e: alloy::contract::Error| format!("the chain cannot be asked: {e}");
+    if registry.isAdmin(account).call().await.map_err(down)? {
+        return Ok(Some(Role::Admin));
+    }
+    let staff = registry.staff(account).call().await.map_err(down)?;
+    if staff.active {
+        match StaffRole::from_code(staff.role) {
+            Some(StaffRole::Doctor) => return Ok(Some(Role::Doctor)),
+            Some(StaffRole::Nurse) => return Ok(Some(Role::Nurse)),
+            None => {}
+        }
+    }
+    let patient = registry
+        .patientOfAccount(account)
+        .call()
+        .await
+        .map_err(down)?;
+    Ok((!patient.is_zero()).then_some(Role::Patient))
+}
+
+/// The session JSON of `caller`.
+async fn describe(state: &State, caller: &Caller) -> Response {
+    let contracts = state.view.contracts();
+    let chain_id = match alloy::providers::Provider::get_chain_id(contracts.provider()).await {
+        Ok(id) => id,
+        Err(e) => return problem(ProblemType::Unavailable, format!("the chain: {e}")),
+    };
+    let patient = match (caller.role, caller.account) {
+        (Role::Patient, Some(account)) => {
+            match contracts.registry().patientOfAccount(account).call().await {
+                Ok(p) if !p.is_zero() => Some(p.to_string()),
+                _ => None,
+            }
+        }
+        _ => None,
+    };
+    let patients = match (caller.role, caller.account) {
+        (Role::Doctor | Role::Nurse, Some(me)) => match cared_for(state, me).await {
+            Ok(list) => list,
+            Err(e) => return problem(ProblemType::Unavailable, e),
+        },
+        _ => Vec::new(),
+    };
+    json_response(&json!({
+        "role": caller.role.to_string(),
+        "account": caller.account.map(|a| a.to_string()),
+        "name": caller.name,
+        "via": via_name(caller.via),
+        "patient": patient,
+        "chain_id": chain_id,
+        "patients": patients,
+    }))
+}
+
+/// The admitted patients `carer` is assigned to now, from the indexed
+/// Registry events.
+async fn cared_for(state: &State, carer: Address) -> Result<Vec<Value>, String> {
+    let events = super::views::indexed(
+        state,
+        &[
+            "PatientAdmitted",
+            "PatientTransferred",
+            "PatientDischarged",
+            "CarerAssigned",
+            "CarerReleased",
+        ],
+        false,
+    )
+    .await?;
+    let me = carer.to_string().to_lowercase();
+    let mut wards: HashMap<String, Value> = HashMap::new();
+    let mut mine: Vec<String> = Vec::new();
+    for e in events {
+        let arg = |k: &str| e.args[k].as_str().unwrap_or("").to_owned();
+        let patient = arg("patientRef");
+        match e.name.as_str() {
+            "PatientAdmitted" | "PatientTransferred" => {
+                wards.insert(
+                    patient.clone(),
+                    json!({
+                        "patient": patient,
+                        "department": text_or(&arg("department")),
+                        "room": text_or(&arg("room")),
+                        "bed": text_or(&arg("bed")),
+                    }),
+                );
+                if e.name == "PatientAdmitted" {
+                    // A new admission starts without carers; each comes as
+                    // a CarerAssigned event.
+                    mine.retain(|p| *p != patient);
+                }
+            }
+            "PatientDischarged" => {
+                wards.remove(&patient);
+                mine.retain(|p| *p != patient);
+            }
+            "CarerAssigned" if arg("carer").to_lowercase() == me && !mine.contains(&patient) => {
+                mine.push(patient);
+            }
+            "CarerReleased" if arg("carer").to_lowercase() == me => {
+                mine.retain(|p| *p != patient);
+            }
+            _ => {}
+        }
+    }
+    Ok(mine.iter().filter_map(|p| wards.get(p).cloned()).collect())
+}
+
+/// A `bytes32` short text as the indexer shows it (quoted), as text.
+pub(super) fn text_or(shown: &str) -> String {
+    shown
+        .strip_prefix('"')
+        .and_then(|s| s.strip_suffix('"'))
+        .unwrap_or(shown)
+        .to_owned()
+}
+
+/// Checks that an off-chain state change was signed by the caller: headers
+/// `x-medledger-signed-at` (Unix ms, within five minutes) and
+/// `x-medledger-signature` over
+/// `"medledger portal request\n{METHOD} {PATH}\n{signed-at}\n{BODY}"`.
+/// Returns the body, read whole.
+pub(super) async fn check_signed_request(
+    caller: &Caller,
+    parts: &Parts,
+    body: Body,
+) -> Result<Body, Response> {
+    let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
+    let (Some(at), Some(signature)) = (
+        header("x-medledger-signed-at"),
+        header("x-medledger-signature"),
+    ) else {
+        return Err(problem(
+            ProblemType::BadSignature,
+            "a change must be signed with your chain key: x-medledger-signed-at and x-medledger-signature",
+        ));
+    };
+    let Ok(at_ms) = at.parse::<u64>() else {
+        return Err(problem(
+            ProblemType::Malformed,
+            "x-medledger-signed-at is Unix milliseconds",
+        ));
+    };
+    if now_ms().abs_diff(at_ms) > SIGNED_REQUEST_WINDOW_MS {
+        return Err(problem(
+            ProblemType::StaleTimestamp,
+            "x-medledger-signed-at is more than five minutes from the server's clock",
+        ));
+    }
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_SIGNED_BODY).await else {
+        return Err(problem(
+            ProblemType::TooLarge,
+            format!("a signed request is at most {MAX_SIGNED_BODY} bytes"),
+        ));
+    };
+    let mut text = format!(
+        "{SIGNED_REQUEST}\n{} {}\n{at_ms}\n",
+        parts.method,
+        parts.uri.path()
+    )
+    .into_bytes();
+    text.extend_from_slice(&bytes);
+    let signer = signer_of(&text, signature).map_err(|e| problem(ProblemType::BadSignature, e))?;
+    if Some(signer) != caller.account {
+        return Err(problem(
+            ProblemType::BadSignature,
+            format!(
+                "the request is signed by {signer}, not by the signed-in account {}",
+                caller.name
+            ),
+        ));
+    }
+    Ok(Body::from(bytes))
+}

@@ -1,0 +1,409 @@
+//! Transactions people sign in the page: the server prepares the call
+//! (checked against the contract by a dry run from the person's account),
+//! the page signs it, and the server relays the signed bytes.
+//!
+//! The server never holds the person's key, so it cannot change what is
+//! signed; it refuses to relay what the signed-in account did not sign,
+//! or what is not addressed to one of our contracts.
+
+use crate::State;
+use crate::caller::Caller;
+use crate::http::{json_response, patient_of, problem};
+use crate::records::{Refused, refused};
+use alloy::consensus::transaction::SignerRecoverable;
+use alloy::consensus::{Transaction, TxEnvelope};
+use alloy::contract::{CallBuilder, CallDecoder};
+use alloy::eips::Decodable2718;
+use alloy::primitives::{Address, B256, U256};
+use alloy::providers::Provider;
+use alloy::rpc::types::TransactionReceipt;
+use axum::body::Body;
+use axum::extract::{Extension, State as AxState};
+use axum::response::Response;
+use medledger_contracts::{Scope, StaffRole, decode_event, short_text};
+use medledger_pki::Role;
+use medledger_protocol::ProblemType;
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+/// Consent lasts at most this many days from the portal.
+const MAX_GRANT_DAYS: u64 = 3650;
+
+/// What a person asks to sign.
+#[derive(Debug, serde::Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case", deny_unknown_fields)]
+enum Action {
+    /// Patient: consent to an account or a staff role.
+    Grant {
+        grantee: Option<Address>,
+        role: Option<String>,
+        scope: String,
+        #[serde(default)]
+        purpose: String,
+        days: u64,
+    },
+    /// Patient: revoke a grant.
+    Revoke { id: u64 },
+    /// Patient: refuse (or accept again) default access by assigned carers.
+    OptOut { opted_out: bool },
+    /// Doctor or nurse: ask for a patient's data.
+    RequestAccess {
+        patient: B256,
+        scope: String,
+        purpose: String,
+    },
+    /// Doctor: emergency access.
+    BreakGlass {
+        patient: B256,
+        scope: String,
+        reason: String,
+    },
+    /// Doctor or nurse: annotate a reading read under a request.
+    Annotate {
+        request: u64,
+        reading: B256,
+        text: String,
+        #[serde(default)]
+        correction: bool,
+    },
+    /// Admin: close a break-glass review.
+    CloseReview { id: u64, outcome: String },
+    /// Admin: assign a carer to a patient.
+    AssignCarer { patient: B256, carer: Address },
+    /// Admin: release a carer.
+    ReleaseCarer { patient: B256, carer: Address },
+}
+
+fn malformed(detail: impl Into<String>) -> Refused {
+    refused(ProblemType::Malformed, detail)
+}
+
+fn require(caller: &Caller, roles: &[Role], what: &str) -> Result<Address, Refused> {
+    if !roles.contains(&caller.role) {
+        return Err(refused(
+            ProblemType::WrongRole,
+            format!("{what} is not for a {}", caller.role),
+        ));
+    }
+    caller
+        .account
+        .ok_or_else(|| refused(ProblemType::WrongRole, "the caller has no chain account"))
+}
+
+fn scope_of(text: &str) -> Result<Scope, Refused> {
+    text.parse::<Scope>()
+        .map_err(|e| malformed(format!("scope {text:?}: {e}")))
+}
+
+fn word(text: &str, what: &str) -> Result<B256, Refused> {
+    short_text(text).map_err(|e| malformed(format!("{what}: {e}")))
+}
+
+/// `POST /portal/v1/prepare` with `{"action": ..., ...}`: the call to
+/// sign, `{to, data, nonce, chain_id, gas, summary}`.
+pub(super) async fn prepare(
+    AxState(state): AxState<Arc<State>>,
+    Extension(caller): Extension<Caller>,
+    body: Body,
+) -> Response {
+    let Ok(bytes) = axum::body::to_bytes(body, 64 << 10).await else {
+        return problem(ProblemType::TooLarge, "an action is at most 64 KiB");
+    };
+    let action: Action = match serde_json::from_slice(&bytes) {
+        Ok(a) => a,
+        Err(e) => return malformed(format!("the action: {e}")).into(),
+    };
+    match build(&state, &caller, action).await {
+        Ok(prepared) => json_response(&prepared),
+        Err(refusal) => refusal,
+    }
+}
+
+async fn build(state: &State, caller: &Caller, action: Action) -> Result<Value, Response> {
+    let contracts = state.view.contracts();
+    let patient_self = || async { patient_of(state, caller).await.map(B256::from) };
+    let staff = [Role::Doctor, Role::Nurse];
+    match action {
+        Action::Grant {
+            grantee,
+            role,
+            scope,
+            purpose,
+            days,
+        } => {
+            let from = require(caller, &[Role::Patient], "consent")?;
+            let patient = patient_self().await?;
+            let (account, role_code, whom) = match (grantee, role.as_deref()) {
+                (Some(a), None | Some("")) => (a, 0, a.to_string()),
+                (None, Some(r)) => {
+                    let r: StaffRole = r
+                        .parse()
+                        .map_err(|_| malformed(format!("role {r:?}: expected doctor or nurse")))?;
+                    (Address::ZERO, r.code(), format!("every {}", r.name()))
+                }
+                _ => return Err(malformed("grant to one grantee account or one role").into()),
+            };
+            if days == 0 || days > MAX_GRANT_DAYS {
+                return Err(malformed(format!("days: 1 to {MAX_GRANT_DAYS}, not {days}")).into());
+            }
+            let expiry = medledger_protocol::now_ms() / 1000 + days * 86_400;
+            let scope = scope_of(&scope)?;
+            let summary = format!(
+                "Consent.grant: {whom} may read {scope} for {} for {days} day(s)",
+                if purpose.is_empty() {
+                    "any purpose".to_owned()
+                } else {
+                    format!("purpose {purpose:?}")
+                }
+            );
+            let consent = contracts.consent();
+            let purpose = word(&purpose, "purpose")?;
+            prepared(
+                consent.grant(patient, account, role_code, scope.0, purpose, expiry),
+                from,
+                summary,
+            )
+            .await
+        }
+        Action::Revoke { id } => {
+            let from = require(caller, &[Role::Patient], "revoking consent")?;
+            let patient = patient_self().await?;
+            let consent = contracts.consent();
+            prepared(
+                consent.revoke(patient, U256::from(id)),
+                from,
+                format!("Consent.revoke: grant {id}"),
+            )
+            .await
+        }
+        Action::OptOut { opted_out } => {
+            let from = require(caller, &[Role::Patient], "opting out")?;
+            let patient = patient_self().await?;
+            let consent = contracts.consent();
+            let summary = if opted_out {
+                "Consent.setOptOut: assigned carers may no longer read without your consent"
+            } else {
+                "Consent.setOptOut: assigned carers may read again"
+            };
+            prepared(
+                consent.setOptOut(patient, opted_out),
+                from,
+                summary.to_owned(),
+            )
+            .await
+        }
+        Action::RequestAccess {
+            patient,
+            scope,
+            purpose,
+        } => {
+            let from = require(caller, &staff, "an access request")?;
+            let scope = scope_of(&scope)?;
+            let log = contracts.access_log();
+            let summary =
+                format!("AccessLog.requestAccess: {scope} of patient {patient} for {purpose:?}");
+            prepared(
+                log.requestAccess(patient, scope.0, word(&purpose, "purpose")?),
+                from,
+                summary,
+            )
+            .await
+        }
+        Action::BreakGlass {
+            patient,
+            scope,
+            reason,
+        } => {
+            let from = require(caller, &[Role::Doctor], "break-glass")?;
+            let scope = scope_of(&scope)?;
+            let log = contracts.access_log();
+            let summary = format!(
+                "AccessLog.breakGlass: EMERGENCY access to {scope} of patient {patient}, reason {reason:?} (always alerted and reviewed)"
+            );
+            prepared(
+                log.breakGlass(patient, scope.0, word(&reason, "reason")?),
+                from,
+                summary,
+            )
+            .await
+        }
+        Action::Annotate {
+            request,
+            reading,
+            text,
+            correction,
+        } => {
+            let from = require(caller, &staff, "an annotation")?;
+            if text.is_empty() || text.len() > crate::annotations::MAX_TEXT_BYTES {
+                return Err(malformed(format!(
+                    "an annotation's text is 1 to {} bytes",
+                    crate::annotations::MAX_TEXT_BYTES
+                ))
+                .into());
+            }
+            let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+            let content = B256::from_slice(digest.as_ref());
+            let log = contracts.access_log();
+            let kind = if correction { 2 } else { 1 };
+            prepared(
+                log.annotate(U256::from(request), reading, kind, content),
+                from,
+                format!(
+                    "AccessLog.annotate: {} reading {reading} under request {request} (text SHA-256 {content})",
+                    if correction { "correct" } else { "annotate" }
+                ),
+            )
+            .await
+        }
+        Action::CloseReview { id, outcome } => {
+            let from = require(caller, &[Role::Admin], "closing a review")?;
+            let log = contracts.access_log();
+            prepared(
+                log.closeReview(U256::from(id), word(&outcome, "outcome")?),
+                from,
+                format!("AccessLog.closeReview: break-glass {id}, outcome {outcome:?}"),
+            )
+            .await
+        }
+        Action::AssignCarer { patient, carer } => {
+            let from = require(caller, &[Role::Admin], "assigning carers")?;
+            let registry = contracts.registry();
+            prepared(
+                registry.assignCarer(patient, carer),
+                from,
+                format!("Registry.assignCarer: {carer} cares for patient {patient}"),
+            )
+            .await
+        }
+        Action::ReleaseCarer { patient, carer } => {
+            let from = require(caller, &[Role::Admin], "releasing carers")?;
+            let registry = contracts.registry();
+            prepared(
+                registry.releaseCarer(patient, carer),
+                from,
+                format!("Registry.releaseCarer: {carer} no longer cares for patient {patient}"),
+            )
+            .await
+        }
+    }
+}
+
+/// The call as the page signs it, after a dry run from `from` that would
+/// name the contract's refusal before anything is signed.
+async fn prepared<P: Provider, D: CallDecoder>(
+    call: CallBuilder<P, D>,
+    from: Address,
+    summary: String,
+) -> Result<Value, Response> {
+    let call = call.from(from);
+    let gas = call.estimate_gas().await.map_err(|e| {
+        problem(
+            ProblemType::ContractRefused,
+            medledger_contracts::Error::from(e).to_string(),
+        )
+    })?;
+    let provider = &call.provider;
+    let (nonce, chain_id) = match (
+        provider.get_transaction_count(from).pending().await,
+        provider.get_chain_id().await,
+    ) {
+        (Ok(n), Ok(c)) => (n, c),
+        (Err(e), _) | (_, Err(e)) => {
+            return Err(problem(ProblemType::Unavailable, format!("the chain: {e}")));
+        }
+    };
+    let data = call.calldata().clone();
+    let to = call
+        .into_transaction_request()
+        .to
+        .and_then(|kind| kind.to().copied());
+    Ok(json!({
+        "to": to.map(|a| a.to_string()),
+        "data": format!("0x{}", hex::encode(data)),
+        "nonce": nonce,
+        "chain_id": chain_id,
+        // Headroom over the estimate: state may move before it is sealed.
+        "gas": gas + gas / 4 + 10_000,
+        "summary": summary,
+    }))
+}
+
+/// `POST /portal/v1/transactions` with `{"raw": "0x..."}`: relays a
+/// transaction the caller signed and answers with its receipt.
+pub(super) async fn relay(
+    AxState(state): AxState<Arc<State>>,
+    Extension(caller): Extension<Caller>,
+    body: Body,
+) -> Response {
+    #[derive(serde::Deserialize)]
+    struct Raw {
+        raw: String,
+    }
+    let Ok(bytes) = axum::body::to_bytes(body, 256 << 10).await else {
+        return problem(ProblemType::TooLarge, "a transaction is at most 256 KiB");
+    };
+    let raw: Raw = match serde_json::from_slice(&bytes) {
+        Ok(r) => r,
+        Err(e) => return malformed(format!("expected {{\"raw\": \"0x...\"}}: {e}")).into(),
+    };
+    let Ok(raw) = hex::decode(raw.raw.trim_start_matches("0x")) else {
+        return malformed("the raw transaction is not hex").into();
+    };
+    let envelope = match TxEnvelope::decode_2718(&mut raw.as_slice()) {
+        Ok(t) => t,
+        Err(e) => return malformed(format!("not a signed transaction: {e}")).into(),
+    };
+    let signer = match envelope.recover_signer() {
+        Ok(s) => s,
+        Err(e) => return problem(ProblemType::BadSignature, format!("the signature: {e}")),
+    };
+    if Some(signer) != caller.account {
+        return problem(
+            ProblemType::BadSignature,
+            format!(
+                "signed by {signer}, not by the signed-in account {}",
+                caller.name
+            ),
+        );
+    }
+    let contracts = state.view.contracts();
+    let ours = envelope
+        .to()
+        .is_some_and(|to| contracts.addresses().all().contains(&to));
+    if !ours {
+        return problem(
+            ProblemType::Forbidden,
+            "the portal relays only calls to medledger's contracts",
+        );
+    }
+    let receipt = match medledger_contracts::send_raw(contracts.provider(), &raw).await {
+        Ok(r) => r,
+        Err(e) => return problem(ProblemType::Unavailable, format!("the chain: {e}")),
+    };
+    let ok = receipt.status();
+    json_response(&json!({
+        "tx": receipt.transaction_hash.to_string(),
+        "block": receipt.block_number,
+        "status": if ok { "ok" } else { "reverted" },
+        "events": events_of(&receipt),
+        "error": (!ok).then_some("the transaction reverted: the chain changed since it was prepared; prepare it again"),
+    }))
+}
+
+/// A receipt's events of our contracts, decoded: `{event, ...args}`.
+pub(super) fn events_of(receipt: &TransactionReceipt) -> Vec<Value> {
+    receipt
+        .inner
+        .logs()
+        .iter()
+        .filter_map(|log| decode_event(&log.inner))
+        .map(|e| {
+            let mut v = serde_json::Map::new();
+            v.insert("event".into(), json!(e.name));
+            for (k, value) in e.args {
+                v.insert(k, json!(super::session::text_or(&value)));
+            }
+            Value::Object(v)
+        })
+        .collect()
+}

@@ -1,0 +1,612 @@
+//! What the portal's pages read: chain records, consents, vitals, ledger
+//! entries, requests, and the admin's overview.
+
+use super::session::text_or;
+use crate::State;
+use crate::caller::Caller;
+use crate::http::{fhir_response, json_response, patient_of, problem, query_param};
+use crate::indexer::{IndexedEvent, events_named};
+use crate::records::{Refused, refused};
+use alloy::primitives::{Address, B256, U256};
+use alloy::providers::Provider;
+use axum::extract::{Extension, Path, State as AxState};
+use axum::http::Uri;
+use axum::response::Response;
+use medledger_contracts::{Basis, Scope, text_of};
+use medledger_pki::Role;
+use medledger_protocol::ProblemType;
+use medledger_protocol::catalogue::CATALOGUE;
+use medledger_storage::sqlx::{self, Row};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+type Shared = AxState<Arc<State>>;
+
+/// Readings a vitals page shows at most (the newest).
+const VITALS_READINGS: u64 = 2_000;
+/// Events a page lists at most.
+const MAX_EVENTS: usize = 500;
+/// Blocks the overview lists.
+const RECENT_BLOCKS: u64 = 10;
+
+/// The events with one of `names`, newest first or in chain order.
+pub(super) async fn indexed(
+    state: &State,
+    names: &[&str],
+    newest_first: bool,
+) -> Result<Vec<IndexedEvent>, String> {
+    events_named(&state.db, names, newest_first)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+fn unavailable(e: impl std::fmt::Display) -> Response {
+    problem(ProblemType::Unavailable, e.to_string())
+}
+
+fn only(caller: &Caller, roles: &[Role], what: &str) -> Result<(), Refused> {
+    if roles.contains(&caller.role) {
+        Ok(())
+    } else {
+        Err(refused(
+            ProblemType::WrongRole,
+            format!("{what} is for {}", names_of(roles)),
+        ))
+    }
+}
+
+fn names_of(roles: &[Role]) -> String {
+    let names: Vec<String> = roles.iter().map(|r| format!("{r}s")).collect();
+    names.join(" and ")
+}
+
+/// When block `number` was sealed, Unix ms (blocks never change: cached).
+async fn block_time(state: &State, number: u64) -> Option<u64> {
+    if let Some(t) = state.portal.block_time(number) {
+        return Some(t);
+    }
+    let block = state
+        .view
+        .contracts()
+        .provider()
+        .get_block_by_number(number.into())
+        .await
+        .ok()??;
+    let ms = block.header.timestamp * 1000;
+    state.portal.remember_block_time(number, ms);
+    Some(ms)
+}
+
+/// An indexed event as the pages read it.
+async fn event_json(state: &State, e: &IndexedEvent) -> Value {
+    json!({
+        "block": e.block,
+        "tx": B256::from(e.tx).to_string(),
+        "event": e.name,
+        "contract": e.address.to_string(),
+        "args": readable(&e.args),
+        "time_ms": block_time(state, e.block).await,
+    })
+}
+
+/// Event arguments with short texts unquoted.
+fn readable(args: &Value) -> Value {
+    match args {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (k.clone(), json!(text_or(v.as_str().unwrap_or("")))))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+fn arg<'a>(e: &'a IndexedEvent, name: &str) -> &'a str {
+    e.args[name].as_str().unwrap_or("")
+}
+
+fn same_account(shown: &str, account: Option<Address>) -> bool {
+    account.is_some_and(|a| shown.eq_ignore_ascii_case(&a.to_string()))
+}
+
+/// `GET /portal/v1/catalogue`: the data types, with adult reference
+/// ranges for charts.
+pub(super) async fn catalogue() -> Response {
+    let types: Vec<Value> = CATALOGUE
+        .iter()
+        .map(|t| {
+            json!({
+                "code": t.code,
+                "name": t.name,
+                "display": t.display,
+                "unit": t.unit(),
+                "waveform": t.waveform,
+                "reference": t.reference.map(|(lo, hi)| [lo, hi]),
+            })
+        })
+        .collect();
+    json_response(&types)
+}
+
+/// `GET /portal/v1/events?names=A,B&limit=N`: indexed events a caller may
+/// see: a patient those naming them, staff those naming them, an admin
+/// every one.
+pub(super) async fn events(
+    AxState(state): Shared,
+    Extension(caller): Extension<Caller>,
+    uri: Uri,
+) -> Response {
+    let names: Vec<&str> = query_param(&uri, "names")
+        .unwrap_or("")
+        .split(',')
+        .filter(|n| !n.is_empty())
+        .collect();
+    if names.is_empty() {
+        return problem(
+            ProblemType::Malformed,
+            "name the events: ?names=AccessGranted,AccessDenied",
+        );
+    }
+    let limit = query_param(&uri, "limit")
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(100)
+        .min(MAX_EVENTS);
+    let own_patient = match caller.role {
+        Role::Patient => match patient_of(&state, &caller).await {
+            Ok(p) => Some(B256::from(p).to_string()),
+            Err(refusal) => return refusal,
+        },
+        _ => None,
+    };
+    let all = match indexed(&state, &names, true).await {
+        Ok(all) => all,
+        Err(e) => return unavailable(e),
+    };
+    let visible = all.iter().filter(|e| match caller.role {
+        Role::Admin => true,
+        Role::Patient => own_patient
+            .as_deref()
+            .is_some_and(|p| arg(e, "patientRef").eq_ignore_ascii_case(p)),
+        _ => ["requester", "grantee", "carer", "account", "author"]
+            .iter()
+            .any(|k| same_account(arg(e, k), caller.account)),
+    });
+    let mut out = Vec::new();
+    for e in visible.take(limit) {
+        out.push(event_json(&state, e).await);
+    }
+    json_response(&json!({ "events": out }))
+}
+
+/// `GET /portal/v1/tx/{hash}`: a transaction of the chain, its receipt
+/// and decoded events.
+pub(super) async fn transaction(
+    AxState(state): Shared,
+    Extension(_caller): Extension<Caller>,
+    Path(hash): Path<String>,
+) -> Response {
+    let Ok(hash) = hash.parse::<B256>() else {
+        return problem(
+            ProblemType::Malformed,
+            "a transaction hash is 0x and 64 hex digits",
+        );
+    };
+    let provider = state.view.contracts().provider();
+    let receipt = match provider.get_transaction_receipt(hash).await {
+        Ok(Some(r)) => r,
+        Ok(None) => return problem(ProblemType::NotFound, format!("no transaction {hash}")),
+        Err(e) => return unavailable(e),
+    };
+    let block = receipt.block_number.unwrap_or(0);
+    json_response(&json!({
+        "tx": hash.to_string(),
+        "block": block,
+        "from": receipt.from.to_string(),
+        "to": receipt.to.map(|a| a.to_string()),
+        "status": if receipt.status() { "ok" } else { "reverted" },
+        "events": super::tx::events_of(&receipt),
+        "time_ms": block_time(&state, block).await,
+    }))
+}
+
+/// `GET /portal/v1/consents`: the patient's live grants and opt-out.
+pub(super) async fn consents(
+    AxState(state): Shared,
+    Extension(caller): Extension<Caller>,
+) -> Response {
+    let patient = match patient_of(&state, &caller).await {
+        Ok(p) => B256::from(p),
+        Err(refusal) => return refusal,
+    };
+    let consent = state.view.contracts().consent();
+    let (ids, opted_out) = match (
+        consent.liveGrants(patient).call().await,
+        consent.optedOut(patient).call().await,
+    ) {
+        (Ok(ids), Ok(o)) => (ids, o),
+        (Err(e), _) | (_, Err(e)) => return unavailable(e),
+    };
+    let mut grants = Vec::new();
+    for id in ids {
+        let g = match consent.grantOf(id).call().await {
+            Ok(g) => g,
+            Err(e) => return unavailable(e),
+        };
+        let role = medledger_contracts::StaffRole::from_code(g.role).map(|r| r.name());
+        grants.push(json!({
+            "id": id.to_string(),
+            "grantee": (!g.grantee.is_zero()).then(|| g.grantee.to_string()),
+            "role": role,
+            "scope": Scope(g.scope).to_string().split(',').collect::<Vec<_>>(),
+            "purpose": text_of(g.purpose),
+            "granted_at": g.grantedAt,
+            "expiry": g.expiry,
+            "revoked": g.revoked,
+        }));
+    }
+    json_response(&json!({ "opted_out": opted_out, "grants": grants }))
+}
+
+/// `GET /portal/v1/vitals`: the patient's own newest observations, as
+/// `/v1/records` gives them to staff.
+pub(super) async fn vitals(
+    AxState(state): Shared,
+    Extension(caller): Extension<Caller>,
+) -> Response {
+    let patient = match patient_of(&state, &caller).await {
+        Ok(p) => p,
+        Err(refusal) => return refusal,
+    };
+    match crate::records::bundle(&state, &patient, Scope::ALL, VITALS_READINGS).await {
+        Ok((bundle, _)) => fhir_response(&bundle),
+        Err(r) => problem(r.kind, r.detail),
+    }
+}
+
+/// `GET /portal/v1/ledger/{index}`: one entry of the patient's own ledger
+/// with its inclusion proof in the newest checkpoint, and the anchor of
+/// the newest anchored checkpoint that covers it.
+pub(super) async fn ledger_entry(
+    AxState(state): Shared,
+    Extension(caller): Extension<Caller>,
+    Path(index): Path<u64>,
+) -> Response {
+    let patient = match patient_of(&state, &caller).await {
+        Ok(p) => p,
+        Err(refusal) => return refusal,
+    };
+    let stored = match state.ledger.entry(&patient, index).await {
+        Ok(Some(e)) => e,
+        Ok(None) => return problem(ProblemType::NotFound, format!("no ledger entry {index}")),
+        Err(e) => return unavailable(e),
+    };
+    let entry = match state.ledger.history().open_entry(&stored) {
+        Ok(e) => e,
+        Err(e) => return unavailable(format!("ledger entry {index}: {e}")),
+    };
+    let note = match state.ledger.checkpoint(&patient).await {
+        Ok(n) => n,
+        Err(e) => return unavailable(e),
+    };
+    let size = match state.ledger.history().verify_checkpoint(&note) {
+        Ok(cp) => cp.size,
+        Err(e) => return unavailable(e),
+    };
+    let proof = match state.ledger.inclusion(&patient, index, size).await {
+        Ok(p) => p,
+        Err(e) => return unavailable(e),
+    };
+    let anchor = sqlx::query(
+        "SELECT anchor_tx, anchor_block, size FROM ledger_anchors \
+         WHERE patient = $1 AND size > $2 AND anchor_id IS NOT NULL ORDER BY size DESC LIMIT 1",
+    )
+    .bind(patient.to_vec())
+    .bind(i64::try_from(index).unwrap_or(i64::MAX))
+    .fetch_optional(state.db.pool())
+    .await;
+    let anchor = match anchor {
+        Ok(Some(r)) => {
+            let tx: Vec<u8> = r.try_get("anchor_tx").unwrap_or_default();
+            json!({
+                "tx": format!("0x{}", hex::encode(tx)),
+                "block": r.try_get::<i64, _>("anchor_block").unwrap_or(0),
+                "size": r.try_get::<i64, _>("size").unwrap_or(0),
+            })
+        }
+        Ok(None) => Value::Null,
+        Err(e) => return unavailable(e),
+    };
+    let body: BTreeMap<String, Value> = entry
+        .body
+        .iter()
+        .map(|(k, v)| (k.clone(), field_json(v)))
+        .collect();
+    json_response(&json!({
+        "index": index,
+        "entry": { "kind": entry.kind, "ts_ms": entry.ts_ms, "body": body },
+        "checkpoint": note,
+        "size": size,
+        "proof": proof.iter().map(hex::encode).collect::<Vec<_>>(),
+        "anchor": anchor,
+    }))
+}
+
+fn field_json(field: &medledger_patient_ledger::Field) -> Value {
+    use medledger_patient_ledger::Field;
+    match field {
+        Field::Uint(n) => json!(n),
+        Field::Text(t) => json!(t),
+        Field::Bytes(b) => json!(format!("0x{}", hex::encode(b))),
+    }
+}
+
+/// `GET /portal/v1/requests`: the caller's own access requests.
+pub(super) async fn requests(
+    AxState(state): Shared,
+    Extension(caller): Extension<Caller>,
+) -> Response {
+    if let Err(refusal) = only(&caller, &[Role::Doctor, Role::Nurse], "a request list") {
+        return refusal.into();
+    }
+    let decided = match indexed(&state, &["AccessGranted", "AccessDenied"], true).await {
+        Ok(e) => e,
+        Err(e) => return unavailable(e),
+    };
+    let access_log = state.view.contracts().access_log();
+    let mut out = Vec::new();
+    for e in decided
+        .iter()
+        .filter(|e| same_account(arg(e, "requester"), caller.account))
+        .take(MAX_EVENTS)
+    {
+        let Ok(id) = arg(e, "id").parse::<U256>() else {
+            continue;
+        };
+        let r = match access_log.requestOf(id).call().await {
+            Ok(r) => r,
+            Err(e) => return unavailable(e),
+        };
+        let granted = e.name == "AccessGranted";
+        out.push(json!({
+            "id": id.to_string(),
+            "patient": r.patientRef.to_string(),
+            "scope": Scope(r.scope).to_string().split(',').collect::<Vec<_>>(),
+            "purpose": text_of(r.purpose),
+            "decision": if granted { "granted" } else { "denied" },
+            "basis": granted.then(|| Basis::from_code(r.basis).name()),
+            "reason": (!granted).then(|| text_or(arg(e, "reason"))),
+            "break_glass": !r.emergencyReason.is_zero(),
+            "expires_at": r.expiresAt,
+            "tx": B256::from(e.tx).to_string(),
+            "block": e.block,
+        }));
+    }
+    json_response(&json!({ "requests": out }))
+}
+
+/// `GET /portal/v1/reviews`: break-glass accesses waiting for review.
+pub(super) async fn reviews(
+    AxState(state): Shared,
+    Extension(caller): Extension<Caller>,
+) -> Response {
+    if let Err(refusal) = only(&caller, &[Role::Admin], "the review queue") {
+        return refusal.into();
+    }
+    let access_log = state.view.contracts().access_log();
+    let ids = match access_log
+        .pendingReviews(U256::ZERO, U256::from(MAX_EVENTS))
+        .call()
+        .await
+    {
+        Ok(ids) => ids,
+        Err(e) => return unavailable(e),
+    };
+    let glass = match indexed(&state, &["BreakGlass"], true).await {
+        Ok(e) => e,
+        Err(e) => return unavailable(e),
+    };
+    let tx_of: HashMap<&str, &IndexedEvent> = glass.iter().map(|e| (arg(e, "id"), e)).collect();
+    let mut out = Vec::new();
+    for id in ids {
+        let r = match access_log.requestOf(id).call().await {
+            Ok(r) => r,
+            Err(e) => return unavailable(e),
+        };
+        let id = id.to_string();
+        out.push(json!({
+            "id": id,
+            "patient": r.patientRef.to_string(),
+            "requester": r.requester.to_string(),
+            "reason": text_of(r.emergencyReason),
+            "time_ms": r.time * 1000,
+            "tx": tx_of.get(id.as_str()).map(|e| B256::from(e.tx).to_string()),
+        }));
+    }
+    json_response(&json!({ "reviews": out }))
+}
+
+/// `GET /portal/v1/overview`: the chain, its anchors, and what the
+/// Registry holds, with when devices and collectors were last heard of.
+pub(super) async fn overview(
+    AxState(state): Shared,
+    Extension(caller): Extension<Caller>,
+) -> Response {
+    if let Err(refusal) = only(&caller, &[Role::Admin], "the overview") {
+        return refusal.into();
+    }
+    let provider = state.view.contracts().provider();
+    let (height, chain_id) = match (
+        provider.get_block_number().await,
+        provider.get_chain_id().await,
+    ) {
+        (Ok(h), Ok(c)) => (h, c),
+        (Err(e), _) | (_, Err(e)) => return unavailable(e),
+    };
+    let mut blocks = Vec::new();
+    for number in (height.saturating_sub(RECENT_BLOCKS - 1)..=height).rev() {
+        if let Ok(Some(b)) = provider.get_block_by_number(number.into()).await {
+            blocks.push(json!({
+                "number": number,
+                "hash": b.header.hash.to_string(),
+                "time_ms": b.header.timestamp * 1000,
+                "transactions": b.transactions.len(),
+            }));
+        }
+    }
+    let anchors = match indexed(&state, &["Anchored"], true).await {
+        Ok(list) => list,
+        Err(e) => return unavailable(e),
+    };
+    let mut anchor_list = Vec::new();
+    for e in anchors.iter().take(20) {
+        let mut v = event_json(&state, e).await;
+        v["kind"] = json!(arg(e, "kind"));
+        anchor_list.push(v);
+    }
+    let registry = match indexed(&state, REGISTRY_EVENTS, false).await {
+        Ok(list) => list,
+        Err(e) => return unavailable(e),
+    };
+    let rules = match indexed(&state, RULE_EVENTS, true).await {
+        Ok(list) => list,
+        Err(e) => return unavailable(e),
+    };
+    let mut rule_list = Vec::new();
+    for e in rules.iter().take(50) {
+        rule_list.push(event_json(&state, e).await);
+    }
+    let directory = Directory::replay(&registry, &state.portal);
+    json_response(&json!({
+        "chain": { "chain_id": chain_id, "height": height, "blocks": blocks },
+        "anchors": anchor_list,
+        "devices": directory.devices.into_values().collect::<Vec<_>>(),
+        "patients": directory.patients.into_values().collect::<Vec<_>>(),
+        "staff": directory.staff.into_values().collect::<Vec<_>>(),
+        "collectors": directory.nodes.into_values().collect::<Vec<_>>(),
+        "rules": rule_list,
+    }))
+}
+
+const REGISTRY_EVENTS: &[&str] = &[
+    "StaffRegistered",
+    "StaffDeactivated",
+    "NodeRegistered",
+    "NodeDeactivated",
+    "DeviceRegistered",
+    "DeviceDeactivated",
+    "DeviceAssigned",
+    "DeviceReleased",
+    "PatientAdmitted",
+    "PatientTransferred",
+    "PatientDischarged",
+    "CarerAssigned",
+    "CarerReleased",
+];
+
+const RULE_EVENTS: &[&str] = &["RuleChanged", "TypesAllowed", "RangeSet", "RangeCleared"];
+
+/// What the Registry holds now, replayed from its events.
+#[derive(Default)]
+struct Directory {
+    devices: BTreeMap<String, Value>,
+    patients: BTreeMap<String, Value>,
+    staff: BTreeMap<String, Value>,
+    nodes: BTreeMap<String, Value>,
+}
+
+impl Directory {
+    fn replay(events: &[IndexedEvent], portal: &super::Portal) -> Directory {
+        let mut d = Directory::default();
+        for e in events {
+            let a = |k: &str| text_or(arg(e, k));
+            match e.name.as_str() {
+                "StaffRegistered" => {
+                    let role = a("role")
+                        .parse::<u8>()
+                        .ok()
+                        .and_then(medledger_contracts::StaffRole::from_code)
+                        .map_or("unknown", |r| r.name());
+                    d.staff.insert(
+                        a("account"),
+                        json!({ "account": a("account"), "role": role,
+                                "department": a("department"), "active": true }),
+                    );
+                }
+                "StaffDeactivated" => set(&mut d.staff, &a("account"), "active", json!(false)),
+                "NodeRegistered" => {
+                    let kind = if a("kind") == "1" {
+                        "collector"
+                    } else {
+                        "server"
+                    };
+                    d.nodes.insert(
+                        a("account"),
+                        json!({ "account": a("account"), "kind": kind, "location": a("location"),
+                                "active": true,
+                                "last_seen_ms": portal.seen(&format!("node:{}", a("account").to_lowercase())) }),
+                    );
+                }
+                "NodeDeactivated" => set(&mut d.nodes, &a("account"), "active", json!(false)),
+                "DeviceRegistered" => {
+                    let epc = a("epc");
+                    d.devices.insert(
+                        epc.clone(),
+                        json!({ "epc": epc, "group": a("group"), "rule": a("ruleId"),
+                                "active": true, "patient": null,
+                                "last_seen_ms": portal.seen(&format!("device:{}", epc.trim_start_matches("0x").to_lowercase())) }),
+                    );
+                }
+                "DeviceDeactivated" => set(&mut d.devices, &a("epc"), "active", json!(false)),
+                "DeviceAssigned" => {
+                    set(&mut d.devices, &a("epc"), "patient", json!(a("patientRef")))
+                }
+                "DeviceReleased" => set(&mut d.devices, &a("epc"), "patient", Value::Null),
+                "PatientAdmitted" => {
+                    d.patients.insert(
+                        a("patientRef"),
+                        json!({ "patient": a("patientRef"), "department": a("department"),
+                                "room": a("room"), "bed": a("bed"), "admitted": true,
+                                "carers": [] }),
+                    );
+                }
+                "PatientTransferred" => {
+                    for k in ["department", "room", "bed"] {
+                        set(&mut d.patients, &a("patientRef"), k, json!(a(k)));
+                    }
+                }
+                "PatientDischarged" => {
+                    set(&mut d.patients, &a("patientRef"), "admitted", json!(false));
+                    set(&mut d.patients, &a("patientRef"), "carers", json!([]));
+                }
+                "CarerAssigned" => {
+                    if let Some(Value::Array(c)) = d
+                        .patients
+                        .get_mut(&a("patientRef"))
+                        .and_then(|p| p.get_mut("carers"))
+                        && !c.iter().any(|x| x == &json!(a("carer")))
+                    {
+                        c.push(json!(a("carer")));
+                    }
+                }
+                "CarerReleased" => {
+                    if let Some(Value::Array(c)) = d
+                        .patients
+                        .get_mut(&a("patientRef"))
+                        .and_then(|p| p.get_mut("carers"))
+                    {
+                        c.retain(|x| x != &json!(a("carer")));
+                    }
+                }
+                _ => {}
+            }
+        }
+        d
+    }
+}
+
+fn set(map: &mut BTreeMap<String, Value>, key: &str, field: &str, value: Value) {
+    if let Some(entry) = map.get_mut(key) {
+        entry[field] = value;
+    }
+}
