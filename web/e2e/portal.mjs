@@ -237,7 +237,8 @@ async function main() {
   await step('patient signs in by key file and sees the Alerts view', async () => {
     await signInWithKey(patient, 'patient', patientFacts);
     await visible(patient.getByRole('heading', { name: 'Alerts', level: 2 }), 'patient: the Alerts view after signing in');
-    await visible(patient.getByRole('list', { name: 'Alerts' }), 'patient: the list of alerts');
+    // The list is empty (and so has no size) until the first alert.
+    await patient.getByRole('list', { name: 'Alerts', includeHidden: true }).waitFor({ state: 'attached', timeout: 30_000 });
     await shot(patient, 'patient-alerts');
   });
 

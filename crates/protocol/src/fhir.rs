@@ -286,6 +286,37 @@ mod tests {
     }
 
     #[test]
+    fn values_outside_the_reference_range_are_interpreted_high_or_low() {
+        let hr = data_type("8867-4").unwrap();
+        let temperature = data_type("8310-5").unwrap();
+        let reading = Reading {
+            dev: DeviceId([0x30; 12]),
+            seq: 1,
+            ts_ms: 0,
+            obs: vec![
+                Observation::scalar(hr, 130.0),
+                Observation::scalar(hr, 72.0),
+                Observation::scalar(hr, 41.0),
+                // 104 degrees Fahrenheit is 40 Celsius: high.
+                Observation {
+                    unit: "[degF]",
+                    ..Observation::scalar(temperature, 104.0)
+                },
+            ],
+            model: None,
+        };
+        let all = observations(&reading, &[1; 32], &[2; 32], |_| true);
+        let code = |o: &Value| o["interpretation"][0]["coding"][0]["code"].clone();
+        assert_eq!(code(&all[0]), "H");
+        assert_eq!(code(&all[1]), "N");
+        assert_eq!(code(&all[2]), "L");
+        assert_eq!(code(&all[3]), "H");
+        assert_eq!(all[0]["referenceRange"][0]["low"]["value"], 60.0);
+        assert_eq!(all[0]["referenceRange"][0]["high"]["value"], 100.0);
+        assert_eq!(all[3]["referenceRange"][0]["high"]["unit"], "Cel");
+    }
+
+    #[test]
     fn an_audit_event_names_who_why_what_and_the_outcome() {
         let patient = [7u8; 32];
         let access = RecordAccess {

@@ -603,6 +603,7 @@ function showKeyPrompt() {
           waiting?.resolve(key);
         } catch (err) {
           problem.textContent = errorText(err);
+          sayError(err);
           input.focus();
         }
       },
