@@ -219,20 +219,24 @@ impl Server {
             anchor_interval,
             checkpoint_interval,
         ));
-        let refused_metrics = metrics.clone();
-        tasks.spawn(https::serve(
+        let serve = |listener, acceptor, app, refused_total: &'static str| {
+            let metrics = metrics.clone();
+            https::serve(
+                listener,
+                acceptor,
+                client_auth.clone(),
+                app,
+                https::ServeLimits::default(),
+                Arc::new(move |refused| {
+                    https::count_refused(&metrics, refused_total, &refused);
+                }),
+            )
+        };
+        tasks.spawn(serve(
             listener,
             medledger_pki::Acceptor::new(tls, Duration::from_secs(5)),
-            client_auth.clone(),
             http::router(state.clone()),
-            https::ServeLimits::default(),
-            Arc::new(move |refused| {
-                https::count_refused(
-                    &refused_metrics,
-                    "medledger_server_connections_refused_total",
-                    &refused,
-                );
-            }),
+            "medledger_server_connections_refused_total",
         ));
         let portal_addr = match portal_listen {
             Some(at) => {
@@ -241,20 +245,11 @@ impl Server {
                     &credentials,
                     client_auth.clone(),
                 )?;
-                let refused_metrics = metrics.clone();
-                tasks.spawn(https::serve(
+                tasks.spawn(serve(
                     listener,
                     medledger_pki::Acceptor::optional(tls, Duration::from_secs(10)),
-                    client_auth.clone(),
                     portal::router(state.clone()),
-                    https::ServeLimits::default(),
-                    Arc::new(move |refused| {
-                        https::count_refused(
-                            &refused_metrics,
-                            "medledger_server_portal_connections_refused_total",
-                            &refused,
-                        );
-                    }),
+                    "medledger_server_portal_connections_refused_total",
                 ));
                 Some(bound)
             }
