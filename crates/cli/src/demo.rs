@@ -149,6 +149,11 @@ async fn keep(demo: &demo::Demo) -> Result<()> {
     println!("  chain JSON-RPC       {rpc}");
     println!("  Registry             {}", h.admin.addresses().registry);
     println!("  server               {}", h.server.addr());
+    if let Some(portal) = h.server.portal_addr() {
+        println!(
+            "  web portal           https://{portal}/ (sign in with a PERSON.eth.key below; trust the root CA)"
+        );
+    }
     println!("  cardiology collector {}", h.collector.addr());
     println!("  neurology collector  {}", demo.neurology.collector.addr());
     println!("  certificates, keys   {}", people.display());

@@ -347,7 +347,8 @@ async fn start_server(
     let db = database(db, &dir.join("server.db")).await?;
     Ok(Server::start(medledger_server::Settings {
         listen: listen.parse()?,
-        portal_listen: None,
+        // The web portal on any free port (`medledger demo --keep` shows it).
+        portal_listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
         metrics_listen: None,
         credentials: Credentials::from_issued(issued),
         client_auth: auth(
