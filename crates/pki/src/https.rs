@@ -312,10 +312,26 @@ impl Connection {
 /// Binds `addr` (port 0: any free port); returns the listener and the
 /// address it got.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)> {
-    let listener = TcpListener::bind(addr).await?;
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As std and tokio do: a restarted server may bind while old
+    // connections linger in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    let listener = socket.listen(LISTEN_BACKLOG)?;
     let bound = listener.local_addr()?;
     Ok((listener, bound))
 }
+
+/// Connections the kernel queues before they are accepted (capped by
+/// `net.core.somaxconn`). tokio's default of 1024 overflows when a
+/// thousand devices connect at once (after a power cut, say): the kernel
+/// drops the excess, and each dropped device waits a second for its SYN
+/// to be sent again.
+const LISTEN_BACKLOG: u32 = 8192;
 
 /// Serves `GET /metrics` (Prometheus text format) over plain HTTP on
 /// `listener` until the future is dropped.
