@@ -63,11 +63,23 @@ impl Genesis {
         std::fs::create_dir_all(dir).map_err(|e| ChainError::io(dir, e))?;
         let genesis_path = dir.join(layout::GENESIS);
         if !genesis_path.exists() {
+            let key_path = dir.join(layout::AUTHORITY_KEY);
+            if key_path.exists() {
+                if dir.join(layout::STORE).exists() {
+                    return Err(ChainError::Store {
+                        what: format!(
+                            "{} holds blocks and an authority key but no {}: restore it from a backup",
+                            dir.display(),
+                            layout::GENESIS
+                        ),
+                    });
+                }
+                // A first start cut short before the genesis was written
+                // (it is written last): the key never sealed anything.
+                std::fs::remove_file(&key_path).map_err(|e| ChainError::io(&key_path, e))?;
+            }
             let authority = EthAccount::generate();
-            files::write_secret(
-                &dir.join(layout::AUTHORITY_KEY),
-                format!("{}\n", authority.to_hex()).as_bytes(),
-            )?;
+            files::write_secret(&key_path, format!("{}\n", authority.to_hex()).as_bytes())?;
             let mut allow = allow.to_vec();
             allow.sort();
             allow.dedup();
@@ -117,4 +129,38 @@ pub fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_first_start_cut_short_before_the_genesis_starts_again() {
+        let dir = tempfile::tempdir().unwrap();
+        // The key file of an interrupted first start, half written.
+        std::fs::write(dir.path().join(layout::AUTHORITY_KEY), "4f3e").unwrap();
+        let genesis = Genesis::load_or_create(dir.path(), 1337, &[]).unwrap();
+        let key = crate::authority::read_key(&dir.path().join(layout::AUTHORITY_KEY)).unwrap();
+        assert_eq!(key.address(), genesis.authority);
+        // Started again, it keeps that chain.
+        assert_eq!(
+            Genesis::load_or_create(dir.path(), 1337, &[])
+                .unwrap()
+                .authority,
+            genesis.authority
+        );
+    }
+
+    #[test]
+    fn blocks_without_a_genesis_are_refused_and_their_key_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let key_path = dir.path().join(layout::AUTHORITY_KEY);
+        std::fs::write(&key_path, "precious").unwrap();
+        std::fs::write(dir.path().join(layout::STORE), "blocks").unwrap();
+        let err = Genesis::load_or_create(dir.path(), 1337, &[]).unwrap_err();
+        assert!(err.to_string().contains("no genesis.json"), "{err}");
+        assert_eq!(std::fs::read_to_string(&key_path).unwrap(), "precious");
+    }
 }
