@@ -94,16 +94,23 @@ async fn verify_ledger(args: VerifyArgs) -> Result<()> {
             report.patient
         );
     }
-    let anchors = match args.registry {
+    let (anchors, rotations) = match args.registry {
         Some(registry) => {
             let contracts = crate::roles::read_contracts(&args.rpc, registry).await?;
             let patient: B256 = report.patient.parse().context("the bundle's patientRef")?;
-            Some(check_anchors(
-                &report,
-                contracts.checkpoint_anchors(patient).await?,
-            )?)
+            let anchors = check_anchors(&report, contracts.checkpoint_anchors(patient).await?)?;
+            let history: Vec<String> = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| serde_json::from_value(v["key_history"].clone()).ok())
+                .unwrap_or_default();
+            let by_servers =
+                servers_only(&contracts, contracts.ledger_key_rotations().await?).await?;
+            (
+                Some(anchors),
+                Some(check_key_history(&history, &by_servers)?),
+            )
         }
-        None => None,
+        None => (None, None),
     };
     let root = hex::encode(report.root);
     if args.json {
@@ -120,6 +127,7 @@ async fn verify_ledger(args: VerifyArgs) -> Result<()> {
                 "keys": report.keys,
                 "kinds": kinds,
                 "anchors": anchors,
+                "key_rotations": rotations,
             })
         );
         return Ok(());
@@ -149,6 +157,9 @@ async fn verify_ledger(args: VerifyArgs) -> Result<()> {
     }
     if let Some(anchors) = &anchors {
         print_anchors(&report, anchors);
+    }
+    if let Some(rotations) = &rotations {
+        print_key_history(rotations);
     }
     if args.key.is_none() {
         println!("  note         signed by the bundle's own key; pass --key to check who signed");
@@ -183,6 +194,99 @@ fn check_anchors(report: &Report, anchors: Vec<CheckpointAnchor>) -> Result<Vec<
             Ok(AnchorCheck { anchor, checked })
         })
         .collect()
+}
+
+/// The bundle's ledger key history against the rotations servers
+/// anchored (kind 6).
+#[derive(Debug, serde::Serialize)]
+struct KeyHistoryCheck {
+    /// Rotations in the bundle, each anchored with its statement's hash.
+    anchored: usize,
+    /// Rotations in the bundle not on chain yet (the server anchors them
+    /// within its anchor interval).
+    unanchored: usize,
+    /// Rotations on chain after the bundle's last (a bundle exported
+    /// before them).
+    later: usize,
+}
+
+/// Keeps the anchors whose `by` the Registry lists as a server (kind 6 is
+/// open to every active node).
+async fn servers_only<P: alloy::providers::Provider + Clone>(
+    contracts: &medledger_contracts::Contracts<P>,
+    anchors: Vec<CheckpointAnchor>,
+) -> Result<Vec<CheckpointAnchor>> {
+    /// `Registry.NodeKind.Server`.
+    const SERVER: u8 = 2;
+    let mut kept = Vec::new();
+    for anchor in anchors {
+        if contracts.registry().node(anchor.by).call().await?.kind == SERVER {
+            kept.push(anchor);
+        }
+    }
+    Ok(kept)
+}
+
+/// Checks each rotation statement of the bundle (place `i` from 1)
+/// against the servers' kind-6 anchors: where one anchors place `i`, its
+/// root must be the statement's SHA-256, else the bundle's history is not
+/// the one the server recorded (a forked key history, signed with a
+/// stolen retired key, say).
+fn check_key_history(
+    statements: &[String],
+    anchors: &[CheckpointAnchor],
+) -> Result<KeyHistoryCheck> {
+    let mut check = KeyHistoryCheck {
+        anchored: 0,
+        unanchored: 0,
+        later: 0,
+    };
+    for (i, statement) in statements.iter().enumerate() {
+        let place = i as u64 + 1;
+        let hash = B256::from(medledger_protocol::reading_hash(statement.as_bytes()));
+        let at_place: Vec<&CheckpointAnchor> = anchors.iter().filter(|a| a.size == place).collect();
+        if at_place.iter().any(|a| a.root == hash) {
+            check.anchored += 1;
+        } else if let Some(other) = at_place.first() {
+            bail!(
+                "rotation {place} of the bundle's ledger key history is not the one anchored as Anchor.record({}) in transaction {} (block {}): a forked key history",
+                other.id,
+                other.tx,
+                other.block
+            );
+        } else {
+            check.unanchored += 1;
+        }
+    }
+    check.later = anchors
+        .iter()
+        .filter(|a| a.size > statements.len() as u64)
+        .map(|a| a.size)
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    Ok(check)
+}
+
+fn print_key_history(check: &KeyHistoryCheck) {
+    if check.anchored + check.unanchored + check.later == 0 {
+        return;
+    }
+    println!(
+        "  key history  {} rotation(s) matched on chain (kind 6)",
+        check.anchored
+    );
+    if check.unanchored > 0 {
+        println!(
+            "               {} not on chain yet: trust a newer key once its rotation is anchored",
+            check.unanchored
+        );
+    }
+    if check.later > 0 {
+        println!(
+            "               {} later rotation(s) on chain: this bundle was exported before them",
+            check.later
+        );
+    }
 }
 
 fn print_anchors(report: &Report, anchors: &[AnchorCheck]) {
@@ -342,6 +446,48 @@ mod tests {
         assert_eq!(
             checks.iter().map(|c| c.checked).collect::<Vec<_>>(),
             [false, true]
+        );
+    }
+
+    #[test]
+    fn a_key_history_must_be_the_one_the_server_anchored() {
+        let statements = vec!["first rotation".to_owned(), "second rotation".to_owned()];
+        let hash = |s: &str| medledger_protocol::reading_hash(s.as_bytes());
+        let anchored = |place: u64, statement: &str| anchor(place, hash(statement));
+
+        let both = check_key_history(
+            &statements,
+            &[
+                anchored(1, "first rotation"),
+                anchored(2, "second rotation"),
+            ],
+        )
+        .unwrap();
+        assert_eq!((both.anchored, both.unanchored, both.later), (2, 0, 0));
+
+        // The second not anchored yet; a third after the bundle was made.
+        let partial = check_key_history(
+            &statements,
+            &[anchored(1, "first rotation"), anchored(3, "third rotation")],
+        )
+        .unwrap();
+        assert_eq!(
+            (partial.anchored, partial.unanchored, partial.later),
+            (1, 1, 1)
+        );
+
+        // Another statement where the server anchored the second: a fork.
+        let forked = check_key_history(
+            &statements,
+            &[
+                anchored(1, "first rotation"),
+                anchored(2, "the server's second"),
+            ],
+        )
+        .unwrap_err();
+        assert!(
+            forked.to_string().contains("forked key history"),
+            "{forked}"
         );
     }
 }

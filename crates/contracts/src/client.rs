@@ -574,6 +574,14 @@ impl<P: Provider> Contracts<P> {
         self.anchors_of(ERASURE_KIND, None).await
     }
 
+    /// Every ledger key rotation anchored (kind 6), oldest first, by any
+    /// node: keep those whose `by` is a server. `size` is the rotation's
+    /// place in the key history (from 1), `root` the SHA-256 of its
+    /// statement.
+    pub async fn ledger_key_rotations(&self) -> Result<Vec<CheckpointAnchor>> {
+        self.anchors_of(LEDGER_KEY_KIND, None).await
+    }
+
     /// The `Anchored` events of `kind`, for one patient or all.
     async fn anchors_of(
         &self,

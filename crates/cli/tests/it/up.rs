@@ -506,6 +506,11 @@ fn the_ledger_key_rotates_and_ledgers_verify_with_the_retired_key_trusted() {
             String::from_utf8_lossy(&out.stderr)
         );
         assert!(text.contains("rotated 1 time(s)"), "{text}");
+        // The history is the one the server anchored.
+        assert!(
+            text.contains("key history  1 rotation(s) matched on chain"),
+            "{text}"
+        );
     }
     use medledger_patient_ledger::NoteSigner;
     let stranger = NoteSigner::from_pkcs8("medledger-server", &NoteSigner::generate_pkcs8())
