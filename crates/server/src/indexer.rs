@@ -193,20 +193,23 @@ pub async fn events(db: &Db, name: Option<&str>) -> Result<Vec<IndexedEvent>, In
     rows.iter().map(event_of_row).collect()
 }
 
-/// The stored events with one of `names`, in chain order, or newest first.
+/// The stored events with one of `names`, in chain order or newest
+/// first, at most `limit` of them.
 pub async fn events_named(
     db: &Db,
     names: &[&str],
     newest_first: bool,
+    limit: Option<u64>,
 ) -> Result<Vec<IndexedEvent>, IndexError> {
     if names.is_empty() {
         return Ok(Vec::new());
     }
     let marks: Vec<String> = (1..=names.len()).map(|i| format!("${i}")).collect();
     let order = if newest_first { "DESC" } else { "ASC" };
+    let limit = limit.map_or_else(String::new, |n| format!(" LIMIT {n}"));
     let sql = format!(
         "SELECT block, log_index, tx, address, name, args FROM chain_events \
-         WHERE name IN ({}) ORDER BY block {order}, log_index {order}",
+         WHERE name IN ({}) ORDER BY block {order}, log_index {order}{limit}",
         marks.join(", ")
     );
     let mut query = sqlx::query(&sql);

@@ -637,6 +637,11 @@ function showKeyPrompt() {
 async function signInWithKey(key) {
   const challenge = await api('POST', '/portal/v1/challenge', {}, { auth: false, what: 'Asking for a sign-in challenge' });
   if (!challenge || typeof challenge.message !== 'string') throw new Error('The server sent no sign-in challenge.');
+  // Sign only a sign-in to this very portal.
+  const lines = challenge.message.split('\n');
+  if (lines[0] !== 'medledger portal sign-in' || lines[1] !== `portal: ${location.host}`) {
+    throw new Error(`The sign-in challenge is not for this portal (${location.host}); nothing was signed.`);
+  }
   const signature = personalSign(key, challenge.message);
   const signedIn = await api(
     'POST',

@@ -316,6 +316,26 @@ async fn the_portal_signs_in_only_registered_keys_and_relays_only_what_they_sign
         .await;
     assert_eq!(status, 403, "{body}");
 
+    // Nor does the message of a challenge, altered (another portal's name).
+    let message = v.challenge().await;
+    let altered = message.replace("portal: ", "portal: elsewhere.example ");
+    let answer =
+        serde_json::json!({ "message": altered, "signature": sign(&admin, altered.as_bytes()) });
+    let (status, body) = v
+        .send("POST", "/portal/v1/session", &[], &answer.to_string())
+        .await;
+    assert_eq!(status, 403, "an altered challenge signed in: {body}");
+    // A page of another site may not make the browser ask.
+    let (status, body) = v
+        .send(
+            "GET",
+            "/portal/v1/catalogue",
+            &[("sec-fetch-site", "cross-site")],
+            "",
+        )
+        .await;
+    assert_eq!((status, problem_type(&body)), (403, "forbidden"), "{body}");
+
     // The admin's key signs in.
     let message = v.challenge().await;
     let answer =

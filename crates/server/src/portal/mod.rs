@@ -133,6 +133,18 @@ fn public(path: &str) -> bool {
 /// off-chain state changes, that the caller signed this very request.
 async fn identify(AxState(state): AxState<Arc<State>>, request: Request, next: Next) -> Response {
     let (mut parts, body) = request.into_parts();
+    // A page of another site may not make the browser ask (a client
+    // certificate goes with every request, whatever SameSite says).
+    let site = parts
+        .headers
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok());
+    if matches!(site, Some(s) if s != "same-origin" && s != "none") {
+        return problem(
+            ProblemType::Forbidden,
+            "the portal answers its own pages only (Sec-Fetch-Site)",
+        );
+    }
     let caller = match parts.extensions.get::<Peer>() {
         Some(peer) => Some(Caller::of_peer(peer)),
         None => {

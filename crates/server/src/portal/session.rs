@@ -44,7 +44,8 @@ const SIGNED_REQUEST: &str = "medledger portal request";
 #[derive(Debug, Default)]
 pub(crate) struct Sessions {
     sessions: Mutex<HashMap<String, (Caller, u64)>>,
-    challenges: Mutex<HashMap<String, u64>>,
+    /// Open challenges: nonce -> (the exact message, until when).
+    challenges: Mutex<HashMap<String, (String, u64)>>,
 }
 
 impl Sessions {
@@ -77,25 +78,43 @@ impl Sessions {
             .remove(token);
     }
 
-    fn challenge(&self) -> String {
+    /// A new challenge for `portal`: the message to sign.
+    fn challenge(&self, portal: &str) -> String {
         let nonce = random_hex();
         let now = now_ms();
+        let message = format!(
+            "{SIGN_IN}\nportal: {portal}\nnonce: {nonce}\nissued: {}",
+            medledger_protocol::fhir::instant(now)
+        );
         let mut open = self.challenges.lock().unwrap_or_else(|e| e.into_inner());
-        open.retain(|_, until| *until > now);
+        if open.len() >= MAX_CHALLENGES {
+            open.retain(|_, (_, until)| *until > now);
+        }
         if open.len() >= MAX_CHALLENGES {
             // Under a flood of challenges, the oldest go first.
-            if let Some(oldest) = open.iter().min_by_key(|(_, u)| **u).map(|(n, _)| n.clone()) {
+            if let Some(oldest) = open
+                .iter()
+                .min_by_key(|(_, (_, u))| *u)
+                .map(|(n, _)| n.clone())
+            {
                 open.remove(&oldest);
             }
         }
-        open.insert(nonce.clone(), now + CHALLENGE_MS);
-        nonce
+        open.insert(nonce, (message.clone(), now + CHALLENGE_MS));
+        message
     }
 
-    /// Takes a challenge: each may be answered once, in time.
-    fn answer(&self, nonce: &str) -> bool {
+    /// Takes the challenge `message` answers: each is answered once, in
+    /// time, with the very message it gave.
+    fn answer(&self, message: &str) -> bool {
+        let Some(nonce) = message.lines().find_map(|l| l.strip_prefix("nonce: ")) else {
+            return false;
+        };
         let mut open = self.challenges.lock().unwrap_or_else(|e| e.into_inner());
-        matches!(open.remove(nonce), Some(until) if until > now_ms())
+        match open.remove(nonce) {
+            Some((issued, until)) => issued == message && until > now_ms(),
+            None => false,
+        }
     }
 }
 
@@ -142,11 +161,7 @@ pub(super) async fn challenge(
         .map(|a| a.as_str())
         .or(host)
         .unwrap_or("medledger");
-    let message = format!(
-        "{SIGN_IN}\nportal: {portal}\nnonce: {}\nissued: {}",
-        state.portal.sessions.challenge(),
-        medledger_protocol::fhir::instant(now_ms())
-    );
+    let message = state.portal.sessions.challenge(portal);
     json_response(&json!({ "message": message }))
 }
 
@@ -172,20 +187,16 @@ pub(super) async fn sign_in(
             );
         }
     };
-    let nonce = answer
-        .message
-        .strip_prefix(SIGN_IN)
-        .and_then(|rest| rest.lines().find_map(|l| l.strip_prefix("nonce: ")));
-    let Some(nonce) = nonce else {
+    if !answer.message.starts_with(SIGN_IN) {
         return problem(
             ProblemType::Malformed,
             "sign the message POST /portal/v1/challenge gave, unchanged",
         );
-    };
-    if !state.portal.sessions.answer(nonce) {
+    }
+    if !state.portal.sessions.answer(&answer.message) {
         return problem(
             ProblemType::Forbidden,
-            "this sign-in message is unknown, used or expired: ask for a new challenge",
+            "this sign-in message is not one this portal gave, or was used or expired: ask for a new challenge",
         );
     }
     let account = match signer_of(answer.message.as_bytes(), &answer.signature) {

@@ -349,10 +349,21 @@ pub(super) async fn relay(
     let Ok(raw) = hex::decode(raw.raw.trim_start_matches("0x")) else {
         return malformed("the raw transaction is not hex").into();
     };
-    let envelope = match TxEnvelope::decode_2718(&mut raw.as_slice()) {
+    let envelope = match TxEnvelope::decode_2718_exact(raw.as_slice()) {
         Ok(t) => t,
         Err(e) => return malformed(format!("not a signed transaction: {e}")).into(),
     };
+    // What the page signs (15.3): legacy, for this chain (EIP-155).
+    let chain_id = match state.view.contracts().provider().get_chain_id().await {
+        Ok(id) => id,
+        Err(e) => return problem(ProblemType::Unavailable, format!("the chain: {e}")),
+    };
+    if !matches!(&envelope, TxEnvelope::Legacy(_)) || envelope.chain_id() != Some(chain_id) {
+        return malformed(format!(
+            "the portal relays legacy transactions signed for chain {chain_id} (EIP-155) only"
+        ))
+        .into();
+    }
     let signer = match envelope.recover_signer() {
         Ok(s) => s,
         Err(e) => return problem(ProblemType::BadSignature, format!("the signature: {e}")),

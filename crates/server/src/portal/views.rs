@@ -27,6 +27,11 @@ type Shared = AxState<Arc<State>>;
 const VITALS_READINGS: u64 = 2_000;
 /// Events a page lists at most.
 const MAX_EVENTS: usize = 500;
+/// The newest events of the asked names `events` looks through for those
+/// the caller may see.
+const SCANNED_EVENTS: u64 = 20_000;
+/// Event names one `events` request may ask for.
+const MAX_NAMES: usize = 16;
 /// Blocks the overview lists.
 const RECENT_BLOCKS: u64 = 10;
 
@@ -36,7 +41,7 @@ pub(super) async fn indexed(
     names: &[&str],
     newest_first: bool,
 ) -> Result<Vec<IndexedEvent>, String> {
-    events_named(&state.db, names, newest_first)
+    events_named(&state.db, names, newest_first, None)
         .await
         .map_err(|e| e.to_string())
 }
@@ -53,6 +58,35 @@ fn only(caller: &Caller, roles: &[Role], what: &str) -> Result<(), Refused> {
             ProblemType::WrongRole,
             format!("{what} is for {}", names_of(roles)),
         ))
+    }
+}
+
+/// The caller, if it is an admin the Registry still lists, or a staff
+/// member still active: a session keeps the role it signed in with, the
+/// chain decides whether it still holds.
+async fn still(state: &State, caller: &Caller) -> Result<(), Response> {
+    let registry = state.view.contracts().registry();
+    let Some(account) = caller.account else {
+        return Err(problem(
+            ProblemType::WrongRole,
+            "the caller has no chain account",
+        ));
+    };
+    let holds = match caller.role {
+        Role::Admin => registry.isAdmin(account).call().await,
+        Role::Doctor | Role::Nurse => registry.isActiveStaff(account).call().await,
+        _ => Ok(true),
+    };
+    match holds {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(problem(
+            ProblemType::Forbidden,
+            format!(
+                "the Registry no longer lists {account} as a {}",
+                caller.role
+            ),
+        )),
+        Err(e) => Err(unavailable(e)),
     }
 }
 
@@ -142,11 +176,14 @@ pub(super) async fn events(
         .split(',')
         .filter(|n| !n.is_empty())
         .collect();
-    if names.is_empty() {
+    if names.is_empty() || names.len() > MAX_NAMES {
         return problem(
             ProblemType::Malformed,
-            "name the events: ?names=AccessGranted,AccessDenied",
+            format!("name 1 to {MAX_NAMES} events: ?names=AccessGranted,AccessDenied"),
         );
+    }
+    if let Err(refusal) = still(&state, &caller).await {
+        return refusal;
     }
     let limit = query_param(&uri, "limit")
         .and_then(|v| v.parse::<usize>().ok())
@@ -159,7 +196,11 @@ pub(super) async fn events(
         },
         _ => None,
     };
-    let all = match indexed(&state, &names, true).await {
+    // The newest events only: a page lists at most MAX_EVENTS of them.
+    let all = match events_named(&state.db, &names, true, Some(SCANNED_EVENTS))
+        .await
+        .map_err(|e| e.to_string())
+    {
         Ok(all) => all,
         Err(e) => return unavailable(e),
     };
@@ -183,7 +224,7 @@ pub(super) async fn events(
 /// and decoded events.
 pub(super) async fn transaction(
     AxState(state): Shared,
-    Extension(_caller): Extension<Caller>,
+    Extension(caller): Extension<Caller>,
     Path(hash): Path<String>,
 ) -> Response {
     let Ok(hash) = hash.parse::<B256>() else {
@@ -198,6 +239,35 @@ pub(super) async fn transaction(
         Ok(None) => return problem(ProblemType::NotFound, format!("no transaction {hash}")),
         Err(e) => return unavailable(e),
     };
+    // An admin sees any transaction; others their own, and a patient
+    // those that name them.
+    let events = super::tx::events_of(&receipt);
+    let own_patient = match caller.role {
+        Role::Patient => patient_of(&state, &caller)
+            .await
+            .ok()
+            .map(|p| B256::from(p).to_string()),
+        _ => None,
+    };
+    let visible = match caller.role {
+        Role::Admin => still(&state, &caller).await.is_ok(),
+        _ => {
+            caller.account == Some(receipt.from)
+                || own_patient.is_some_and(|p| {
+                    events.iter().any(|e| {
+                        e["patientRef"]
+                            .as_str()
+                            .is_some_and(|r| r.eq_ignore_ascii_case(&p))
+                    })
+                })
+        }
+    };
+    if !visible {
+        return problem(
+            ProblemType::Forbidden,
+            "a transaction is shown to its sender, the patient it names, and admins",
+        );
+    }
     let block = receipt.block_number.unwrap_or(0);
     json_response(&json!({
         "tx": hash.to_string(),
@@ -205,7 +275,7 @@ pub(super) async fn transaction(
         "from": receipt.from.to_string(),
         "to": receipt.to.map(|a| a.to_string()),
         "status": if receipt.status() { "ok" } else { "reverted" },
-        "events": super::tx::events_of(&receipt),
+        "events": events,
         "time_ms": block_time(&state, block).await,
     }))
 }
@@ -349,6 +419,9 @@ pub(super) async fn requests(
     if let Err(refusal) = only(&caller, &[Role::Doctor, Role::Nurse], "a request list") {
         return refusal.into();
     }
+    if let Err(refusal) = still(&state, &caller).await {
+        return refusal;
+    }
     let decided = match indexed(&state, &["AccessGranted", "AccessDenied"], true).await {
         Ok(e) => e,
         Err(e) => return unavailable(e),
@@ -393,6 +466,9 @@ pub(super) async fn reviews(
     if let Err(refusal) = only(&caller, &[Role::Admin], "the review queue") {
         return refusal.into();
     }
+    if let Err(refusal) = still(&state, &caller).await {
+        return refusal;
+    }
     let access_log = state.view.contracts().access_log();
     let ids = match access_log
         .pendingReviews(U256::ZERO, U256::from(MAX_EVENTS))
@@ -434,6 +510,9 @@ pub(super) async fn overview(
 ) -> Response {
     if let Err(refusal) = only(&caller, &[Role::Admin], "the overview") {
         return refusal.into();
+    }
+    if let Err(refusal) = still(&state, &caller).await {
+        return refusal;
     }
     let provider = state.view.contracts().provider();
     let (height, chain_id) = match (
