@@ -32,6 +32,16 @@ pub(crate) enum Via {
     Key,
 }
 
+impl Via {
+    /// As the portal's session JSON names it.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Via::Certificate => "certificate",
+            Via::Key => "key",
+        }
+    }
+}
+
 impl Caller {
     /// The holder of a verified client certificate.
     pub(crate) fn of_peer(peer: &Peer) -> Caller {

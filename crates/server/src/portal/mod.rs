@@ -20,7 +20,7 @@ mod tx;
 mod views;
 
 use crate::State;
-use crate::caller::{Caller, Via};
+use crate::caller::Caller;
 use crate::http::problem;
 use axum::Router;
 use axum::extract::{Request, State as AxState};
@@ -211,13 +211,5 @@ impl Portal {
     fn seen(&self, who: &str) -> Option<u64> {
         let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         seen.get(who).copied()
-    }
-}
-
-/// How a caller was identified, as the page shows it.
-pub(crate) fn via_name(via: Via) -> &'static str {
-    match via {
-        Via::Certificate => "certificate",
-        Via::Key => "key",
     }
 }

@@ -6,7 +6,6 @@
 //! Registry what it is (admin, staff, patient) and sets an HttpOnly
 //! session cookie. Sessions live in memory: a restart signs everyone out.
 
-use super::via_name;
 use crate::State;
 use crate::caller::{Caller, Via};
 use crate::http::{json_response, problem};
@@ -314,7 +313,7 @@ async fn describe(state: &State, caller: &Caller) -> Response {
         "role": caller.role.to_string(),
         "account": caller.account.map(|a| a.to_string()),
         "name": caller.name,
-        "via": via_name(caller.via),
+        "via": caller.via.name(),
         "patient": patient,
         "chain_id": chain_id,
         "patients": patients,
@@ -334,6 +333,7 @@ async fn cared_for(state: &State, carer: Address) -> Result<Vec<Value>, String> 
             "CarerReleased",
         ],
         false,
+        None,
     )
     .await?;
     let me = carer.to_string().to_lowercase();

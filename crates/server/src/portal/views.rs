@@ -32,16 +32,22 @@ const MAX_EVENTS: usize = 500;
 const SCANNED_EVENTS: u64 = 20_000;
 /// Event names one `events` request may ask for.
 const MAX_NAMES: usize = 16;
+/// Anchors the overview lists.
+const RECENT_ANCHORS: u64 = 20;
+/// Rule changes the overview lists.
+const RECENT_RULE_CHANGES: u64 = 50;
 /// Blocks the overview lists.
 const RECENT_BLOCKS: u64 = 10;
 
-/// The events with one of `names`, newest first or in chain order.
+/// The events with one of `names`, newest first or in chain order, at
+/// most `limit` of them.
 pub(super) async fn indexed(
     state: &State,
     names: &[&str],
     newest_first: bool,
+    limit: Option<u64>,
 ) -> Result<Vec<IndexedEvent>, String> {
-    events_named(&state.db, names, newest_first, None)
+    events_named(&state.db, names, newest_first, limit)
         .await
         .map_err(|e| e.to_string())
 }
@@ -197,10 +203,7 @@ pub(super) async fn events(
         _ => None,
     };
     // The newest events only: a page lists at most MAX_EVENTS of them.
-    let all = match events_named(&state.db, &names, true, Some(SCANNED_EVENTS))
-        .await
-        .map_err(|e| e.to_string())
-    {
+    let all = match indexed(&state, &names, true, Some(SCANNED_EVENTS)).await {
         Ok(all) => all,
         Err(e) => return unavailable(e),
     };
@@ -422,7 +425,7 @@ pub(super) async fn requests(
     if let Err(refusal) = still(&state, &caller).await {
         return refusal;
     }
-    let decided = match indexed(&state, &["AccessGranted", "AccessDenied"], true).await {
+    let decided = match indexed(&state, &["AccessGranted", "AccessDenied"], true, None).await {
         Ok(e) => e,
         Err(e) => return unavailable(e),
     };
@@ -478,7 +481,7 @@ pub(super) async fn reviews(
         Ok(ids) => ids,
         Err(e) => return unavailable(e),
     };
-    let glass = match indexed(&state, &["BreakGlass"], true).await {
+    let glass = match indexed(&state, &["BreakGlass"], true, None).await {
         Ok(e) => e,
         Err(e) => return unavailable(e),
     };
@@ -533,26 +536,26 @@ pub(super) async fn overview(
             }));
         }
     }
-    let anchors = match indexed(&state, &["Anchored"], true).await {
+    let anchors = match indexed(&state, &["Anchored"], true, Some(RECENT_ANCHORS)).await {
         Ok(list) => list,
         Err(e) => return unavailable(e),
     };
     let mut anchor_list = Vec::new();
-    for e in anchors.iter().take(20) {
+    for e in &anchors {
         let mut v = event_json(&state, e).await;
         v["kind"] = json!(arg(e, "kind"));
         anchor_list.push(v);
     }
-    let registry = match indexed(&state, REGISTRY_EVENTS, false).await {
+    let registry = match indexed(&state, REGISTRY_EVENTS, false, None).await {
         Ok(list) => list,
         Err(e) => return unavailable(e),
     };
-    let rules = match indexed(&state, RULE_EVENTS, true).await {
+    let rules = match indexed(&state, RULE_EVENTS, true, Some(RECENT_RULE_CHANGES)).await {
         Ok(list) => list,
         Err(e) => return unavailable(e),
     };
     let mut rule_list = Vec::new();
-    for e in rules.iter().take(50) {
+    for e in &rules {
         rule_list.push(event_json(&state, e).await);
     }
     let directory = Directory::replay(&registry, &state.portal);
