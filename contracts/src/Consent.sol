@@ -68,7 +68,10 @@ contract Consent {
     error NotRestoring();
 
     modifier onlyPatient(bytes32 patientRef) {
-        if (patientRef == bytes32(0) || registry.patientAccount(patientRef) != msg.sender) {
+        if (
+            patientRef == bytes32(0) || registry.patientAccount(patientRef) != msg.sender
+                || registry.isRevoked(msg.sender)
+        ) {
             revert NotPatient(msg.sender, patientRef);
         }
         _;

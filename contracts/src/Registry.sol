@@ -5,6 +5,11 @@ pragma solidity 0.8.30;
 /// devices and patient admissions. Only admins change it. The chain node's
 /// account permissioning reads `canTransact`.
 ///
+/// A person (admin, staff member, patient) is their certificate and their
+/// account together: `certificateOf` records the SHA-256 of the DER of the
+/// certificate that names the account, and `revokeAccount`, the on-chain
+/// half of revoking that certificate, ends every right of the account.
+///
 /// No personal data: a patient is a `patientRef = keccak256(salt || id)` and
 /// the account the patient signs with. Short names (department, room, group,
 /// rule id, ...) are `bytes32` holding UTF-8 text, left-aligned and zero-padded.
@@ -101,6 +106,12 @@ contract Registry {
     mapping(bytes32 => mapping(uint64 => mapping(address => uint64))) internal carers;
     /// The patient's account => patientRef.
     mapping(address => bytes32) public patientOfAccount;
+    /// A person's account => SHA-256 of their current certificate's DER
+    /// (zero: none recorded, or revoked).
+    mapping(address => bytes32) public certificateOf;
+    /// Accounts whose certificate was revoked: they may not transact (nor
+    /// act as a patient) until an admin records a new certificate.
+    mapping(address => bool) public isRevoked;
     Directory internal dir;
 
     event AdminAdded(address indexed account, address indexed by);
@@ -130,6 +141,8 @@ contract Registry {
     event CarerAssigned(bytes32 indexed patientRef, address indexed carer, uint64 epoch);
     event CarerReleased(bytes32 indexed patientRef, address indexed carer, uint64 epoch);
     event DirectorySet(address ruleManager, address consent, address accessLog, address anchor);
+    event CertificateRecorded(address indexed account, bytes32 certFingerprint);
+    event AccountRevoked(address indexed account, address indexed by);
 
     error NotAdmin(address caller);
     error LastAdmin();
@@ -153,6 +166,7 @@ contract Registry {
     error NotActiveStaff(address account);
     error AlreadyCarer(bytes32 patientRef, address carer);
     error NotCarer(bytes32 patientRef, address carer);
+    error NoCertificate();
 
     modifier onlyAdmin() {
         if (!isAdmin[msg.sender]) revert NotAdmin(msg.sender);
@@ -179,10 +193,39 @@ contract Registry {
     /// Removes an admin; the last one cannot be removed.
     function removeAdmin(address account) external onlyAdmin {
         if (!isAdmin[account]) revert UnknownAdmin(account);
+        dropAdmin(account);
+    }
+
+    function dropAdmin(address account) internal {
         if (adminCount == 1) revert LastAdmin();
         isAdmin[account] = false;
         adminCount -= 1;
         emit AdminRemoved(account, msg.sender);
+    }
+
+    // ---- people's certificates
+
+    /// Records the certificate that now names `account` (SHA-256 of its
+    /// DER); a revoked account may transact again with its new certificate.
+    function setCertificate(address account, bytes32 certFingerprint) external onlyAdmin {
+        if (account == address(0)) revert ZeroAddress();
+        if (certFingerprint == bytes32(0)) revert NoCertificate();
+        certificateOf[account] = certFingerprint;
+        isRevoked[account] = false;
+        emit CertificateRecorded(account, certFingerprint);
+    }
+
+    /// The on-chain half of revoking a person's certificate: an admin is
+    /// removed (not the last), a staff member deactivated (assignments
+    /// lapse), and the account may not transact nor act as a patient until
+    /// a new certificate is recorded. Consents already given stay as they are.
+    function revokeAccount(address account) external onlyAdmin {
+        if (account == address(0)) revert ZeroAddress();
+        if (isAdmin[account]) dropAdmin(account);
+        if (staffs[account].active) dropStaff(account);
+        certificateOf[account] = bytes32(0);
+        isRevoked[account] = true;
+        emit AccountRevoked(account, msg.sender);
     }
 
     function setDirectory(Directory calldata d) external onlyAdmin {
@@ -211,8 +254,12 @@ contract Registry {
     }
 
     function deactivateStaff(address account) external onlyAdmin {
+        if (!staffs[account].active) revert UnknownStaff(account);
+        dropStaff(account);
+    }
+
+    function dropStaff(address account) internal {
         Staff storage st = staffs[account];
-        if (!st.active) revert UnknownStaff(account);
         st.active = false;
         st.generation += 1;
         emit StaffDeactivated(account);
@@ -469,8 +516,9 @@ contract Registry {
     // ---- permissioning
 
     /// Whether the chain accepts transactions from `account`: admins, active
-    /// staff and nodes, and registered patients.
+    /// staff and nodes, and registered patients, unless revoked.
     function canTransact(address account) external view returns (bool) {
+        if (isRevoked[account]) return false;
         return isAdmin[account] || staffs[account].active || nodes[account].active
             || patientOfAccount[account] != bytes32(0);
     }

@@ -10,8 +10,8 @@
 //! The replica is the *final* state, not a replay: a device registered,
 //! assigned and released on the old chain is registered on the new one and
 //! left unassigned. What is restored: admins, staff, nodes, devices (with
-//! certificate and live assignment), admissions with their place and
-//! carers, discharges (the patient's account stays theirs), rules of the
+//! certificate and live assignment), people's certificates and revoked
+//! accounts, admissions with their place and carers, discharges (the patient's account stays theirs), rules of the
 //! shipped contracts with their bindings, allowed types and ranges, and
 //! every live consent and opt-out. What is history and stays on the
 //! retired chain: access requests, decisions, annotations and anchors.
@@ -87,6 +87,10 @@ pub struct Replica {
     nodes: BTreeMap<Address, NodeState>,
     devices: BTreeMap<FixedBytes<12>, DeviceState>,
     patients: BTreeMap<B256, PatientState>,
+    /// People's recorded certificates.
+    certificates: BTreeMap<Address, B256>,
+    /// Accounts revoked (and not given a new certificate since).
+    revoked: BTreeSet<Address>,
     rules: BTreeMap<B256, Address>,
     bindings: BTreeMap<(u8, B256), B256>,
     allowed: BTreeMap<(B256, FixedBytes<16>), bool>,
@@ -140,6 +144,8 @@ impl Replica {
             nodes: BTreeMap::new(),
             devices: BTreeMap::new(),
             patients: BTreeMap::new(),
+            certificates: BTreeMap::new(),
+            revoked: BTreeSet::new(),
             rules: BTreeMap::new(),
             bindings: BTreeMap::new(),
             allowed: BTreeMap::new(),
@@ -372,6 +378,14 @@ impl Replica {
                     p.carers.remove(&e.carer);
                 }
             }
+            E::CertificateRecorded(e) => {
+                self.certificates.insert(e.account, e.certFingerprint);
+                self.revoked.remove(&e.account);
+            }
+            E::AccountRevoked(e) => {
+                self.certificates.remove(&e.account);
+                self.revoked.insert(e.account);
+            }
             E::DirectorySet(_) => {}
         }
     }
@@ -450,6 +464,10 @@ impl Replica {
             }
         }
         done.devices = self.devices.len();
+        for (account, fingerprint) in &self.certificates {
+            send(registry.setCertificate(*account, *fingerprint)).await?;
+            count(&mut done);
+        }
 
         // Rules: the shipped contracts map to the new set's; a custom
         // contract cannot be rebuilt from events.
@@ -564,7 +582,15 @@ impl Replica {
         }
         send(consent.closeRestore()).await?;
         count(&mut done);
-        if !self.admins.contains(&me) && !self.admins.is_empty() {
+        // Revocations last: revoking `me` ends its admin role too.
+        for account in self.revoked.iter().filter(|a| **a != me) {
+            send(registry.revokeAccount(*account)).await?;
+            count(&mut done);
+        }
+        if self.revoked.contains(&me) {
+            send(registry.revokeAccount(me)).await?;
+            count(&mut done);
+        } else if !self.admins.contains(&me) && !self.admins.is_empty() {
             send(registry.removeAdmin(me)).await?;
             count(&mut done);
         }

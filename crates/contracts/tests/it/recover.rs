@@ -27,6 +27,17 @@ async fn a_fresh_chain_gets_the_registry_rules_and_live_consents_of_the_retired_
     send(registry.deactivateStaff(h.other_doctor.address))
         .await
         .unwrap();
+    // People's certificates; one account revoked.
+    for (who, byte) in [
+        (h.patient.address, 1),
+        (h.doctor.address, 2),
+        (h.nurse.address, 3),
+    ] {
+        send(registry.setCertificate(who, B256::repeat_byte(byte)))
+            .await
+            .unwrap();
+    }
+    send(registry.revokeAccount(h.nurse.address)).await.unwrap();
     let [worn, lent, retired] = [1, 2, 3].map(|n| epc_bytes(&epc(n)));
     for d in [worn, lent, retired] {
         send(registry.registerDevice(d, text("icu"), text("default"), B256::repeat_byte(7)))
@@ -153,6 +164,19 @@ async fn a_fresh_chain_gets_the_registry_rules_and_live_consents_of_the_retired_
     assert!(!r.isAssignedCarer(p, h.nurse.address).call().await.unwrap());
     assert!(!r.staff(h.other_doctor.address).call().await.unwrap().active);
     assert!(r.isActiveNode(h.collector.address).call().await.unwrap());
+    assert_eq!(
+        r.certificateOf(h.patient.address).call().await.unwrap(),
+        B256::repeat_byte(1)
+    );
+    assert_eq!(
+        r.certificateOf(h.doctor.address).call().await.unwrap(),
+        B256::repeat_byte(2)
+    );
+    assert!(r.isRevoked(h.nurse.address).call().await.unwrap());
+    assert_eq!(
+        r.certificateOf(h.nurse.address).call().await.unwrap(),
+        B256::ZERO
+    );
     let b = r
         .deviceBindings(vec![worn, lent, retired])
         .call()
