@@ -165,6 +165,7 @@ async function signInWithKey(page, who, person) {
   await visible(page.getByRole('heading', { name: 'Sign in', level: 2 }), `${who}: the sign-in screen`);
   await visible(page.getByText(/client certificate/i), `${who}: the line about client certificates`);
   await page.getByLabel('Chain key file (.eth.key)').setInputFiles(person.key);
+  await page.getByLabel('Certificate file (.crt)').setInputFiles(person.cert);
   const before = await statusSeq(page);
   await page.getByRole('button', { name: 'Sign in', exact: true }).click();
   await outcome(page, before, /signed in/i, `${who}: signing in by key file`, WAIT_MS);

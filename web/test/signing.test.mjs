@@ -67,10 +67,10 @@ test('parseKeyFile refuses what is not a key', () => {
   assert.equal(parseKeyFile(`  0X${'11'.repeat(32)} \r\n`).length, 32);
 });
 
-test('requestSigningText joins method, path, time and body', () => {
+test('requestSigningText joins portal, nonce, method, path, time and body', () => {
   assert.equal(
-    requestSigningText('PUT', '/v1/alerts/preferences', '1700000000000', '{"mode":"all"}'),
-    'medledger portal request\nPUT /v1/alerts/preferences\n1700000000000\n{"mode":"all"}',
+    requestSigningText('127.0.0.1:8446', '00112233445566778899aabbccddeeff', 'PUT', '/v1/alerts/preferences', '1700000000000', '{"mode":"all"}'),
+    'medledger portal request\nportal: 127.0.0.1:8446\nnonce: 00112233445566778899aabbccddeeff\nPUT /v1/alerts/preferences\n1700000000000\n{"mode":"all"}',
   );
 });
 

@@ -69,6 +69,9 @@ enum AdminCommand {
     /// Admit, transfer and discharge patients; assign their carers.
     #[command(subcommand)]
     Patient(PatientCommand),
+    /// People's certificates: record one, revoke an account.
+    #[command(subcommand)]
+    Person(PersonCommand),
     /// Deploy, register and bind rule contracts; configure the shipped rules.
     #[command(subcommand)]
     Rule(RuleCommand),
@@ -95,6 +98,23 @@ enum StaffCommand {
     /// Deactivate a staff member: no more access, no more transactions.
     Deactivate { account: Address },
     /// Show a staff member.
+    Show { account: Address },
+}
+
+#[derive(Debug, Subcommand)]
+enum PersonCommand {
+    /// Record the certificate of an admin, staff member or patient: the
+    /// account it names may then sign in to the portal with its key.
+    Certificate {
+        /// The person's certificate (PEM), e.g. `PREFIX.crt`.
+        #[arg(long)]
+        cert: PathBuf,
+    },
+    /// End every on-chain right of an account whose certificate was
+    /// revoked (an admin is removed, staff deactivated, a patient may no
+    /// longer transact) until a new certificate is recorded.
+    Revoke { account: Address },
+    /// Show an account's recorded certificate.
     Show { account: Address },
 }
 
@@ -516,6 +536,21 @@ async fn execute(conn: &Connection, command: AdminCommand) -> Result<Value> {
                 })
             }
         },
+        AdminCommand::Person(cmd) => match cmd {
+            PersonCommand::Certificate { cert } => {
+                let (account, fingerprint) = person_certificate(&cert)?;
+                done(
+                    format!("recorded the certificate of {account}"),
+                    send(reg.setCertificate(account, fingerprint)).await?,
+                )
+            }
+            PersonCommand::Revoke { account } => revoke_account(&c, account).await?,
+            PersonCommand::Show { account } => json!({
+                "account": account,
+                "certificate_fingerprint": reg.certificateOf(account).call().await?,
+                "revoked": reg.isRevoked(account).call().await?,
+            }),
+        },
         AdminCommand::Rule(cmd) => match cmd {
             RuleCommand::Deploy { kind, id, parts } => {
                 let p = c.provider().clone();
@@ -615,6 +650,11 @@ async fn execute(conn: &Connection, command: AdminCommand) -> Result<Value> {
 const NO_REGISTRY: &str = "no Registry address: pass --registry or set MEDLEDGER_REGISTRY (printed by `medledger admin deploy`)";
 
 impl Connection {
+    /// Whether both a Registry and a signing key are given.
+    pub(crate) fn can_sign(&self) -> bool {
+        self.registry.is_some() && self.key.is_some()
+    }
+
     /// The contracts at `--registry`, signing with `--key`, and the
     /// signer's address.
     pub(crate) async fn contracts(&self) -> Result<(Contracts<DynProvider>, Address)> {
@@ -744,6 +784,34 @@ fn device_certificate(path: &Path) -> Result<(Epc, String, String, B256)> {
             id.role.name()
         ),
     }
+}
+
+/// The account a person's certificate names and the certificate's
+/// fingerprint; refuses devices, collectors and servers.
+fn person_certificate(path: &Path) -> Result<(Address, B256)> {
+    let der = medledger_pki::files::read_first(path, "CERTIFICATE")
+        .with_context(|| format!("reading the certificate {}", path.display()))?;
+    let id = Identity::from_peer_certificate(&der)
+        .with_context(|| format!("reading {}", path.display()))?;
+    match (id.role.is_person(), id.address()) {
+        (true, Some(account)) => Ok((account, B256::from(id.fingerprint))),
+        _ => bail!(
+            "{} is a {} certificate, not an admin's, a staff member's or a patient's",
+            path.display(),
+            id.role.name()
+        ),
+    }
+}
+
+/// `Registry.revokeAccount`: the on-chain half of revoking a person's
+/// certificate.
+pub(crate) async fn revoke_account(c: &Contracts<DynProvider>, account: Address) -> Result<Value> {
+    Ok(outcome(
+        format!(
+            "revoked account {account}: it may not transact until a new certificate is recorded"
+        ),
+        &send(c.registry().revokeAccount(account)).await?,
+    ))
 }
 
 /// What a transaction did, with its events decoded.

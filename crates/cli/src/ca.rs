@@ -30,13 +30,18 @@ pub(crate) enum CaCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Revoke a certificate and rewrite the CA's CRL.
+    /// Revoke a certificate and rewrite the CA's CRL. For a person's
+    /// certificate, also end the account's on-chain rights
+    /// (`Registry.revokeAccount`) given --registry and an admin's --key;
+    /// without them, print the command that does.
     Revoke {
         /// The CA directory.
         #[arg(long)]
         ca: PathBuf,
         /// The certificate to revoke.
         cert: PathBuf,
+        #[command(flatten)]
+        chain: crate::admin::Connection,
     },
     /// Write freshly signed CRLs (the root's and each issuing CA's), PEM.
     Crl {
@@ -122,16 +127,20 @@ pub(crate) fn run(cmd: CaCommand) -> Result<()> {
         }
         CaCommand::Issue(args) => issue(args),
         CaCommand::Show { cert, json } => show(&cert, json),
-        CaCommand::Revoke { ca, cert } => {
+        CaCommand::Revoke { ca, cert, chain } => {
             let ca = Ca::open(&ca)?;
             let der = first_cert(&cert)?;
             ca.revoke(&der)?;
             println!(
-                "revoked {}; CRL rewritten at {}",
+                "revoked {}; CRL rewritten at {}: off-chain access ends when servers and collectors load it",
                 cert.display(),
                 ca.dir().join(layout::CRL).display()
             );
-            Ok(())
+            let id = Identity::from_peer_certificate(&der)?;
+            match id.address().filter(|_| id.role.is_person()) {
+                Some(account) => revoke_on_chain(&chain, account),
+                None => Ok(()),
+            }
         }
         CaCommand::Crl { ca, out } => {
             let ca = Ca::open(&ca)?;
@@ -174,6 +183,27 @@ pub(crate) fn run(cmd: CaCommand) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// The on-chain half of revoking a person's certificate: made with an
+/// admin's key and the Registry, else told.
+fn revoke_on_chain(
+    chain: &crate::admin::Connection,
+    account: alloy::primitives::Address,
+) -> Result<()> {
+    if !chain.can_sign() {
+        println!(
+            "the account {account} keeps its on-chain rights until an admin runs:\n  \
+             medledger admin --registry REGISTRY --key ADMIN.eth.key person revoke {account}"
+        );
+        return Ok(());
+    }
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let (contracts, _) = chain.contracts().await?;
+        let out = crate::admin::revoke_account(&contracts, account).await?;
+        chain.print(&out)
+    })
 }
 
 fn issue(args: IssueArgs) -> Result<()> {

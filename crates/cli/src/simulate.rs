@@ -88,6 +88,7 @@ pub(crate) async fn prepare(
             vec![],
         ))
         .await?;
+        medledger_sim::record_certificate(contracts, &issued).await?;
         issued.write(&d.join("collector/cards/sim-patient"))?;
         issued.write(&card)?;
         // The collector looks at its cards directory every 2 s.

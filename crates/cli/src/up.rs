@@ -194,6 +194,7 @@ async fn initialise(args: &UpArgs, node_dir: &Path) -> Result<(Node, UpState)> {
     let admin_signer = medledger_sim::signer(&admin)?;
     let node = start_node(node_dir, CHAIN_ID, vec![admin_signer.address()])?;
     let contracts = Contracts::deploy(medledger_sim::provider(&node, &admin_signer)).await?;
+    medledger_sim::record_certificate(&contracts, &admin).await?;
     let registry = contracts.registry();
     for (issued, kind, place) in [(&server, 2u8, "server"), (&collector, 1u8, "ward/1")] {
         let account = medledger_sim::signer(issued)?.address();

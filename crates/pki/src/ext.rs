@@ -164,6 +164,15 @@ impl Role {
         self != Role::Device
     }
 
+    /// Whether the holder is a person (admin, doctor, nurse, patient): their
+    /// identity is the certificate and the account it names together.
+    pub fn is_person(self) -> bool {
+        matches!(
+            self,
+            Role::Admin | Role::Doctor | Role::Nurse | Role::Patient
+        )
+    }
+
     /// Whether the holder runs a TLS server (collectors and servers).
     pub fn serves_tls(self) -> bool {
         matches!(self, Role::Collector | Role::Server)

@@ -35,24 +35,26 @@ pub fn read(path: &Path) -> Result<Vec<u8>> {
 /// Reads every PEM block with `tag` from a file, or the file itself if it
 /// is DER (no PEM armour).
 pub fn read_der_blocks(path: &Path, tag: &str) -> Result<Vec<Vec<u8>>> {
-    let bytes = read(path)?;
-    if !bytes.starts_with(b"-----BEGIN") {
-        return Ok(vec![bytes]);
-    }
-    let blocks = pem::parse_many(&bytes).map_err(|e| Error::Format {
+    der_blocks(&read(path)?, tag).map_err(|reason| Error::Format {
         path: path.to_owned(),
-        reason: e.to_string(),
-    })?;
+        reason,
+    })
+}
+
+/// Every PEM block with `tag` in `bytes`, or `bytes` itself if it is DER
+/// (no PEM armour); at least one, else why not.
+pub fn der_blocks(bytes: &[u8], tag: &str) -> std::result::Result<Vec<Vec<u8>>, String> {
+    if !bytes.starts_with(b"-----BEGIN") {
+        return Ok(vec![bytes.to_vec()]);
+    }
+    let blocks = pem::parse_many(bytes).map_err(|e| e.to_string())?;
     let ders: Vec<Vec<u8>> = blocks
         .into_iter()
         .filter(|p| p.tag() == tag)
         .map(pem::Pem::into_contents)
         .collect();
     if ders.is_empty() {
-        return Err(Error::Format {
-            path: path.to_owned(),
-            reason: format!("no {tag} PEM block"),
-        });
+        return Err(format!("no {tag} PEM block"));
     }
     Ok(ders)
 }

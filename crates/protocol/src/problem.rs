@@ -49,7 +49,7 @@ problem_types! {
     WrongRole => ("wrong-role", 403, "The certificate's role may not use this endpoint"),
     BadSignature => ("bad-signature", 400, "The reading's signature does not verify with the device certificate"),
     Replay => ("replay", 409, "The reading's sequence number is not above the device's last accepted one"),
-    StaleTimestamp => ("stale-timestamp", 400, "The reading's timestamp is outside the accepted window"),
+    StaleTimestamp => ("stale-timestamp", 400, "The timestamp of the reading or signed request is outside the accepted window"),
     RuleViolation => ("rule-violation", 422, "A rule contract denied the reading"),
     UnknownDevice => ("unknown-device", 403, "The device is not registered, or the reading names another device"),
     NotAdmitted => ("not-admitted", 409, "The device is not assigned to an admitted patient"),
@@ -62,6 +62,9 @@ problem_types! {
     Unavailable => ("unavailable", 503, "The service cannot take the request now"),
     SignInRequired => ("sign-in-required", 401, "Sign in first: with a client certificate or with your chain key"),
     ContractRefused => ("contract-refused", 422, "The contract would refuse this transaction"),
+    BadRequestSignature => ("bad-request-signature", 403, "The request is not signed by the signed-in account's chain key"),
+    ReplayedRequest => ("replayed-request", 409, "This signed request was already taken: sign a new one"),
+    MethodNotAllowed => ("method-not-allowed", 405, "This resource does not answer this method"),
 }
 
 impl ProblemType {

@@ -6,8 +6,9 @@ use alloy::primitives::Address;
 use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::Response;
-use medledger_pki::Role;
 use medledger_pki::https::Peer;
+use medledger_pki::{ClientAuth, Identity, Role};
+use std::sync::Arc;
 
 /// The party behind a request.
 #[derive(Debug, Clone)]
@@ -21,6 +22,36 @@ pub(crate) struct Caller {
     pub(crate) name: String,
     /// How the caller was identified.
     pub(crate) via: Via,
+    /// The certificate behind the caller: the connection's, or the one a
+    /// key session was opened with. A person is their certificate and
+    /// account together: once it is revoked, the caller can do nothing.
+    pub(crate) certificate: Certificate,
+}
+
+/// A verified certificate and the chain it came with.
+#[derive(Debug, Clone)]
+pub(crate) struct Certificate {
+    pub(crate) identity: Arc<Identity>,
+    /// DER, leaf first.
+    pub(crate) chain: Arc<[Vec<u8>]>,
+}
+
+impl Certificate {
+    /// Whether `auth` accepts it now, as a handshake would (chain, validity,
+    /// the current CRLs along the chain, role).
+    pub(crate) fn still_valid(&self, auth: &ClientAuth) -> bool {
+        let Some((leaf, intermediates)) = self.chain.split_first() else {
+            return false;
+        };
+        auth.verify_certificate(leaf, intermediates, rustls::pki_types::UnixTime::now())
+            .is_ok()
+    }
+
+    /// Resolves once a CRL update revokes it or its issuing CA: streams
+    /// end on it.
+    pub(crate) async fn revoked(self, auth: Arc<ClientAuth>) {
+        auth.revoked(&self.identity, &self.chain).await;
+    }
 }
 
 /// How a [`Caller`] was identified.
@@ -51,6 +82,10 @@ impl Caller {
             account,
             name: account.map_or_else(|| peer.identity.subject.clone(), |a| a.to_string()),
             via: Via::Certificate,
+            certificate: Certificate {
+                identity: peer.identity.clone(),
+                chain: peer.chain.clone(),
+            },
         }
     }
 }

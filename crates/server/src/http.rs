@@ -488,7 +488,8 @@ async fn remove_webhook(
 }
 
 /// `GET /v1/alerts/stream`: server-sent events, one per alert, from the
-/// one after `Last-Event-ID` (or `?after=N`), then live.
+/// one after `Last-Event-ID` (or `?after=N`), then live, until the
+/// caller's certificate is revoked.
 async fn alert_stream(
     AxState(state): AxState<Arc<State>>,
     Extension(caller): Extension<Caller>,
@@ -506,6 +507,10 @@ async fn alert_stream(
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     let newest = state.alerts.follow();
+    let revoked = caller
+        .certificate
+        .clone()
+        .revoked(state.client_auth.clone());
     let stream = futures_util::stream::unfold(
         (state, after, newest),
         move |(state, mut after, mut newest)| async move {
@@ -546,7 +551,7 @@ async fn alert_stream(
             (header::CONTENT_TYPE, "text/event-stream"),
             (header::CACHE_CONTROL, "no-cache"),
         ],
-        Body::from_stream(stream),
+        Body::from_stream(futures_util::StreamExt::take_until(stream, revoked)),
     )
         .into_response()
 }

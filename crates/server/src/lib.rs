@@ -121,6 +121,9 @@ pub(crate) struct State {
     pub(crate) vault: Vault,
     pub(crate) ledger: Ledger,
     pub(crate) view: ChainView<DynProvider>,
+    /// Verifies people's (and collectors') certificates: the connection's
+    /// on the API port, the one a portal key session was opened with.
+    pub(crate) client_auth: Arc<ClientAuth>,
     pub(crate) device_auth: Arc<ClientAuth>,
     pub(crate) card_auth: Arc<ClientAuth>,
     pub(crate) metrics: Arc<Metrics>,
@@ -196,6 +199,7 @@ impl Server {
             db,
             blobs,
             view: ChainView::new(contracts),
+            client_auth: client_auth.clone(),
             device_auth,
             card_auth,
             metrics: metrics.clone(),

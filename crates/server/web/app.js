@@ -132,9 +132,17 @@ export function signLegacyTx(key, tx) {
   return hex0x(rlp([...fields, intBytes(v), intBytes(BigInt(hex0x(r))), intBytes(BigInt(hex0x(s)))]));
 }
 
-/** The text an off-chain request signature covers. */
-export function requestSigningText(method, path, signedAtMs, body) {
-  return `medledger portal request\n${method} ${path}\n${signedAtMs}\n${body}`;
+/**
+ * The text an off-chain request signature covers: the portal it is meant for
+ * and a fresh nonce (the server takes each request once), then the request.
+ */
+export function requestSigningText(portal, nonce, method, path, signedAtMs, body) {
+  return `medledger portal request\nportal: ${portal}\nnonce: ${nonce}\n${method} ${path}\n${signedAtMs}\n${body}`;
+}
+
+/** A fresh request nonce: 32 hex digits from the browser's CSPRNG. */
+function freshNonce() {
+  return bytesToHex(crypto.getRandomValues(new Uint8Array(16)));
 }
 
 // ---------------------------------------------------------------------------
@@ -499,8 +507,13 @@ async function api(method, path, body, { signed = false, auth = true, what } = {
   if (signed) {
     const key = await needKey();
     const signedAt = String(Date.now());
+    const nonce = freshNonce();
     headers['x-medledger-signed-at'] = signedAt;
-    headers['x-medledger-signature'] = personalSign(key, requestSigningText(method, path.split('?')[0], signedAt, text ?? ''));
+    headers['x-medledger-nonce'] = nonce;
+    headers['x-medledger-signature'] = personalSign(
+      key,
+      requestSigningText(location.host, nonce, method, path.split('?')[0], signedAt, text ?? ''),
+    );
   }
   const label = what ?? `${method} ${path.split('?')[0]}`;
   let res;
@@ -634,7 +647,19 @@ function showKeyPrompt() {
 // Signing in and out
 // ---------------------------------------------------------------------------
 
-async function signInWithKey(key) {
+/** The PEM text of a certificate file (`PREFIX.crt`), checked for its armour only. */
+async function certificateFromInput(input) {
+  const file = input.files?.[0];
+  if (!file) throw new Error('Choose your certificate file (.crt) too: the server checks that it is not revoked.');
+  if (file.size > 65536) throw new Error('This file is too large to be a certificate file.');
+  const pem = await file.text();
+  if (!pem.includes('-----BEGIN CERTIFICATE-----')) {
+    throw new Error('This is not a certificate file: it must hold a PEM "BEGIN CERTIFICATE" block.');
+  }
+  return pem;
+}
+
+async function signInWithKey(key, certificate) {
   const challenge = await api('POST', '/portal/v1/challenge', {}, { auth: false, what: 'Asking for a sign-in challenge' });
   if (!challenge || typeof challenge.message !== 'string') throw new Error('The server sent no sign-in challenge.');
   // Sign only a sign-in to this very portal.
@@ -646,7 +671,7 @@ async function signInWithKey(key) {
   const signedIn = await api(
     'POST',
     '/portal/v1/session',
-    { message: challenge.message, signature },
+    { message: challenge.message, signature, certificate },
     { auth: false, what: 'Signing in' },
   );
   if (addressOf(key) !== String(signedIn.account).toLowerCase()) {
@@ -663,6 +688,7 @@ function renderSignIn() {
   nav.hidden = true;
   nav.replaceChildren();
   const input = h('input', { type: 'file', id: 'signin-key', accept: KEY_ACCEPT, required: true });
+  const certInput = h('input', { type: 'file', id: 'signin-cert', accept: '.crt,.pem', required: true });
   const button = h('button', { type: 'submit' }, 'Sign in');
   const form = h(
     'form',
@@ -675,8 +701,9 @@ function renderSignIn() {
         let key = null;
         try {
           key = await keyFromInput(input);
+          const certificate = await certificateFromInput(certInput);
           say('progress', 'Signing in…');
-          const signedIn = await signInWithKey(key);
+          const signedIn = await signInWithKey(key, certificate);
           chainKey = key;
           key = null;
           await startSession(signedIn);
@@ -699,9 +726,10 @@ function renderSignIn() {
     h(
       'p',
       {},
-      'Otherwise, sign in with your chain key file. The key stays in this page\u2019s memory only: it is never stored or sent, and only signatures leave the page.',
+      'Otherwise, sign in with your chain key file and your certificate file. The key stays in this page\u2019s memory only: it is never stored or sent, and only signatures leave the page. The certificate is sent: the server checks that it is yours and not revoked.',
     ),
     field('signin-key', 'Chain key file (.eth.key)', input),
+    field('signin-cert', 'Certificate file (.crt)', certInput),
     h('div', { class: 'actions' }, button),
   );
   const main = document.getElementById('main');

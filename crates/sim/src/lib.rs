@@ -60,6 +60,25 @@ pub fn signer(issued: &Issued) -> Result<PrivateKeySigner> {
     ))
 }
 
+/// Records in the Registry the certificate of a person (admin, staff,
+/// patient): their identity is that certificate and its account together.
+pub async fn record_certificate<P: alloy::providers::Provider + Clone>(
+    contracts: &Contracts<P>,
+    issued: &Issued,
+) -> Result<()> {
+    let id = issued.identity()?;
+    let account = id
+        .address()
+        .context("the certificate holds no chain account")?;
+    send(
+        contracts
+            .registry()
+            .setCertificate(account, B256::from(id.fingerprint)),
+    )
+    .await?;
+    Ok(())
+}
+
 /// A provider on `node`, in process, signing as `signer`.
 pub fn provider(node: &Node, signer: &PrivateKeySigner) -> DynProvider {
     signing_provider(
@@ -503,6 +522,7 @@ impl Hospital {
             vec![],
         ))
         .await?;
+        record_certificate(&contracts, &card).await?;
         send(contracts.allowed_types().setAllowed(
             text(GROUP)?,
             vec![code_key("8867-4"), code_key("59408-5")],
@@ -649,6 +669,7 @@ impl Hospital {
             vec![],
         ))
         .await?;
+        record_certificate(&self.admin, &card).await?;
         cards.insert(Arc::new(
             SoftwareCard::new(&Credentials::from_issued(&card)).map_err(anyhow::Error::msg)?,
         ));
@@ -731,6 +752,7 @@ impl Hospital {
         };
         let registry = self.admin.registry();
         send(registry.registerStaff(signer.address(), code.code(), text(department)?)).await?;
+        record_certificate(&self.admin, &issued).await?;
         for patient in patients {
             send(registry.assignCarer(*patient, signer.address())).await?;
         }
@@ -747,6 +769,7 @@ impl Hospital {
         let issued = self.ca.issue(&LeafRequest::new(Role::Admin))?;
         let signer = signer(&issued)?;
         send(self.admin.registry().addAdmin(signer.address())).await?;
+        record_certificate(&self.admin, &issued).await?;
         Ok(Staff {
             contracts: self.admin.with_provider(provider(&self.node, &signer)),
             address: signer.address(),

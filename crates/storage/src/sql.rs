@@ -326,6 +326,20 @@ pub static MIGRATIONS: &[Migration] = &[
               anchor_block BIGINT
           )",
     },
+    Migration {
+        version: 14,
+        name: "signed portal requests taken (replays refused), the certificate that set each webhook",
+        // A signed request is remembered until its time can no longer pass
+        // the window; `certificate` is PEM, leaf first.
+        sql: "CREATE TABLE signed_requests (
+              signer BYTEA NOT NULL,
+              nonce TEXT NOT NULL,
+              expires_ms BIGINT NOT NULL,
+              PRIMARY KEY (signer, nonce)
+          );
+          CREATE INDEX signed_requests_expiry ON signed_requests (expires_ms);
+          ALTER TABLE alert_webhooks ADD COLUMN certificate TEXT",
+    },
 ];
 
 /// A pool of connections to one database.

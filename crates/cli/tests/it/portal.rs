@@ -115,6 +115,12 @@ fn patients_doctors_and_admins_use_the_portal_in_chromium() {
         "ward",
     ]);
     admin(&[
+        "person",
+        "certificate",
+        "--cert",
+        doctor.with_extension("crt").to_str().unwrap(),
+    ]);
+    admin(&[
         "patient",
         "assign-carer",
         "--patient",
@@ -277,6 +283,7 @@ async fn the_portal_signs_in_only_registered_keys_and_relays_only_what_they_sign
     let root = data.join("ca/root.crt");
     let admin_key = std::fs::read_to_string(data.join("people/admin.eth.key")).unwrap();
     let admin: alloy::signers::local::PrivateKeySigner = admin_key.trim().parse().unwrap();
+    let admin_cert = std::fs::read_to_string(data.join("people/admin.crt")).unwrap();
     let stranger = alloy::signers::local::PrivateKeySigner::random();
     let mut v = Visitor::open(&root, &portal, None).await;
 
@@ -286,10 +293,14 @@ async fn the_portal_signs_in_only_registered_keys_and_relays_only_what_they_sign
     let (status, body) = v.send("GET", "/portal/v1/overview", &[], "").await;
     assert_eq!((status, problem_type(&body)), (401, "sign-in-required"));
 
-    // A key the Registry does not know signs in to nothing.
+    // A key the Registry does not know signs in to nothing, even with a
+    // valid certificate (someone else's).
     let message = v.challenge().await;
-    let answer =
-        serde_json::json!({ "message": message, "signature": sign(&stranger, message.as_bytes()) });
+    let answer = serde_json::json!({
+        "message": message,
+        "signature": sign(&stranger, message.as_bytes()),
+        "certificate": admin_cert,
+    });
     let (status, body) = v
         .send("POST", "/portal/v1/session", &[], &answer.to_string())
         .await;
@@ -300,17 +311,31 @@ async fn the_portal_signs_in_only_registered_keys_and_relays_only_what_they_sign
             .unwrap()
             .contains(&stranger.address().to_string())
     );
-    // Each challenge is answered once.
-    let again =
+    // The right key without its certificate signs in to nothing either.
+    let message = v.challenge().await;
+    let answer =
         serde_json::json!({ "message": message, "signature": sign(&admin, message.as_bytes()) });
+    let (status, body) = v
+        .send("POST", "/portal/v1/session", &[], &answer.to_string())
+        .await;
+    assert_eq!((status, problem_type(&body)), (400, "malformed"), "{body}");
+    // Each challenge is answered once.
+    let again = serde_json::json!({
+        "message": message,
+        "signature": sign(&admin, message.as_bytes()),
+        "certificate": admin_cert,
+    });
     let (status, body) = v
         .send("POST", "/portal/v1/session", &[], &again.to_string())
         .await;
     assert_eq!(status, 403, "a used challenge signed in: {body}");
     // A signature over another message names no account of ours.
     let message = v.challenge().await;
-    let wrong =
-        serde_json::json!({ "message": message, "signature": sign(&admin, b"something else") });
+    let wrong = serde_json::json!({
+        "message": message,
+        "signature": sign(&admin, b"something else"),
+        "certificate": admin_cert,
+    });
     let (status, body) = v
         .send("POST", "/portal/v1/session", &[], &wrong.to_string())
         .await;
@@ -336,10 +361,13 @@ async fn the_portal_signs_in_only_registered_keys_and_relays_only_what_they_sign
         .await;
     assert_eq!((status, problem_type(&body)), (403, "forbidden"), "{body}");
 
-    // The admin's key signs in.
+    // The admin's key signs in, with the admin's certificate.
     let message = v.challenge().await;
-    let answer =
-        serde_json::json!({ "message": message, "signature": sign(&admin, message.as_bytes()) });
+    let answer = serde_json::json!({
+        "message": message,
+        "signature": sign(&admin, message.as_bytes()),
+        "certificate": admin_cert,
+    });
     let (status, session) = v
         .send("POST", "/portal/v1/session", &[], &answer.to_string())
         .await;
@@ -356,42 +384,67 @@ async fn the_portal_signs_in_only_registered_keys_and_relays_only_what_they_sign
     let (status, body) = v.send("PUT", "/v1/alerts/preferences", &[], prefs).await;
     assert_eq!(
         (status, problem_type(&body)),
-        (400, "bad-signature"),
+        (403, "bad-request-signature"),
         "{body}"
     );
-    let at = medledger_protocol::now_ms().to_string();
-    let text = format!("medledger portal request\nPUT /v1/alerts/preferences\n{at}\n{prefs}");
-    let by_stranger = sign(&stranger, text.as_bytes());
-    let (status, body) = v
-        .send(
-            "PUT",
-            "/v1/alerts/preferences",
-            &[
-                ("x-medledger-signed-at", &at),
-                ("x-medledger-signature", &by_stranger),
-            ],
-            prefs,
-        )
-        .await;
+    assert_eq!(
+        body["title"],
+        "The request is not signed by the signed-in account's chain key"
+    );
+    let signed = |key, nonce: &str, portal_named: &str| {
+        let at = medledger_protocol::now_ms().to_string();
+        let text = format!(
+            "medledger portal request\nportal: {portal_named}\nnonce: {nonce}\nPUT /v1/alerts/preferences\n{at}\n{prefs}"
+        );
+        (at, nonce.to_owned(), sign(key, text.as_bytes()))
+    };
+    let headers = |(at, nonce, signature): &(String, String, String)| {
+        vec![
+            ("x-medledger-signed-at", at.clone()),
+            ("x-medledger-nonce", nonce.clone()),
+            ("x-medledger-signature", signature.clone()),
+        ]
+    };
+    let put = async |v: &mut Visitor, h: Vec<(&'static str, String)>| {
+        let h: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        v.send("PUT", "/v1/alerts/preferences", &h, prefs).await
+    };
+    let (status, body) = put(
+        &mut v,
+        headers(&signed(&stranger, "nonce-of-the-stranger-1", &portal)),
+    )
+    .await;
     assert_eq!(
         (status, problem_type(&body)),
-        (400, "bad-signature"),
+        (403, "bad-request-signature"),
+        "{body}"
+    );
+    // Signed for another portal: refused here.
+    let (status, body) = put(
+        &mut v,
+        headers(&signed(
+            &admin,
+            "nonce-for-elsewhere-1",
+            "elsewhere.example",
+        )),
+    )
+    .await;
+    assert_eq!(
+        (status, problem_type(&body)),
+        (403, "bad-request-signature"),
         "{body}"
     );
     // Signed by the admin, it reaches the endpoint, which is the patient's.
-    let by_admin = sign(&admin, text.as_bytes());
-    let (status, body) = v
-        .send(
-            "PUT",
-            "/v1/alerts/preferences",
-            &[
-                ("x-medledger-signed-at", &at),
-                ("x-medledger-signature", &by_admin),
-            ],
-            prefs,
-        )
-        .await;
+    let by_admin = signed(&admin, "0123456789abcdef-first", &portal);
+    let (status, body) = put(&mut v, headers(&by_admin)).await;
     assert_eq!((status, problem_type(&body)), (403, "wrong-role"), "{body}");
+    // The very same request again: taken once only.
+    let (status, body) = put(&mut v, headers(&by_admin)).await;
+    assert_eq!(
+        (status, problem_type(&body)),
+        (409, "replayed-request"),
+        "{body}"
+    );
 
     // The portal relays only the signed-in account's own transactions,
     // and only to medledger's contracts.
@@ -406,7 +459,7 @@ async fn the_portal_signs_in_only_registered_keys_and_relays_only_what_they_sign
         .await;
     assert_eq!(
         (status, problem_type(&body)),
-        (400, "bad-signature"),
+        (403, "bad-request-signature"),
         "{body}"
     );
     let (status, body) = v
@@ -449,5 +502,26 @@ async fn the_portal_signs_in_only_registered_keys_and_relays_only_what_they_sign
     assert_eq!(status, 200, "{session}");
     assert_eq!(session["via"], "certificate");
     assert_eq!(session["account"], admin.address().to_string());
+
+    // After a restart, the signed request is still taken: the nonce is in SQL.
+    stop(child);
+    let (child, _) = up_with_portal(&data, ports, &portal);
+    let mut v = Visitor::open(&root, &portal, None).await;
+    let message = v.challenge().await;
+    let answer = serde_json::json!({
+        "message": message,
+        "signature": sign(&admin, message.as_bytes()),
+        "certificate": admin_cert,
+    });
+    let (status, session) = v
+        .send("POST", "/portal/v1/session", &[], &answer.to_string())
+        .await;
+    assert_eq!(status, 200, "{session}");
+    let (status, body) = put(&mut v, headers(&by_admin)).await;
+    assert_eq!(
+        (status, problem_type(&body)),
+        (409, "replayed-request"),
+        "{body}"
+    );
     stop(child);
 }

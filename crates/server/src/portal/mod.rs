@@ -10,7 +10,8 @@
 //!  state changes: on chain, a transaction the browser signs (prepare ->
 //!      sign in the page -> /portal/v1/transactions relays it); off chain
 //!      (/v1/... PUT, POST, DELETE), a request the browser signs
-//!      (x-medledger-signature over method, path, time and body)
+//!      (x-medledger-signature over portal, nonce, method, path, time and
+//!      body), taken once
 //! ```
 //!
 //! Private keys stay in the page: the server sees signatures only.
@@ -147,9 +148,8 @@ async fn identify(AxState(state): AxState<Arc<State>>, request: Request, next: N
     }
     let caller = match parts.extensions.get::<Peer>() {
         Some(peer) => Some(Caller::of_peer(peer)),
-        None => {
-            session::cookie(&parts.headers).and_then(|token| state.portal.sessions.caller(token))
-        }
+        None => session::cookie(&parts.headers)
+            .and_then(|token| state.portal.sessions.caller(token, &state.client_auth)),
     };
     let path = parts.uri.path().to_owned();
     let Some(caller) = caller else {
@@ -163,7 +163,7 @@ async fn identify(AxState(state): AxState<Arc<State>>, request: Request, next: N
     };
     let changes = !matches!(parts.method, Method::GET | Method::HEAD);
     let body = if changes && path.starts_with("/v1/") {
-        match session::check_signed_request(&caller, &parts, body).await {
+        match session::check_signed_request(&state, &caller, &parts, body).await {
             Ok(body) => body,
             Err(refusal) => return refusal,
         }

@@ -2,12 +2,17 @@
 //!
 //! Sign-in: `POST /portal/v1/challenge` gives a message with a fresh
 //! nonce; the page signs it (EIP-191 `personal_sign`) with the key the
-//! person holds; `POST /portal/v1/session` recovers the account, asks the
-//! Registry what it is (admin, staff, patient) and sets an HttpOnly
-//! session cookie. Sessions live in memory: a restart signs everyone out.
+//! person holds and sends it with the person's certificate; `POST
+//! /portal/v1/session` recovers the account, verifies the certificate as a
+//! handshake would (our CA, validity, CRLs), checks that it names that
+//! account and is the one the Registry records for it, asks the Registry
+//! what the account is (admin, staff, patient) and sets an HttpOnly
+//! session cookie. Every request of the session checks the certificate
+//! again, so revoking it ends the session. Sessions live in memory: a
+//! restart signs everyone out.
 
 use crate::State;
-use crate::caller::{Caller, Via};
+use crate::caller::{Caller, Certificate, Via};
 use crate::http::{json_response, problem};
 use alloy::primitives::{Address, Signature};
 use axum::body::Body;
@@ -15,8 +20,9 @@ use axum::extract::{Extension, State as AxState};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header, request::Parts};
 use axum::response::{IntoResponse, Response};
 use medledger_contracts::StaffRole;
-use medledger_pki::Role;
+use medledger_pki::{ClientAuth, Role};
 use medledger_protocol::{ProblemType, now_ms};
+use medledger_storage::sqlx;
 use ring::rand::{SecureRandom, SystemRandom};
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -48,11 +54,14 @@ pub(crate) struct Sessions {
 }
 
 impl Sessions {
-    /// The caller of a live session.
-    pub(crate) fn caller(&self, token: &str) -> Option<Caller> {
+    /// The caller of a live session whose certificate `auth` still
+    /// accepts; a session past its time or its certificate ends here.
+    pub(crate) fn caller(&self, token: &str, auth: &ClientAuth) -> Option<Caller> {
         let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         match sessions.get(token) {
-            Some((caller, until)) if *until > now_ms() => Some(caller.clone()),
+            Some((caller, until)) if *until > now_ms() && caller.certificate.still_valid(auth) => {
+                Some(caller.clone())
+            }
             Some(_) => {
                 sessions.remove(token);
                 None
@@ -147,24 +156,28 @@ pub(crate) fn signer_of(message: &[u8], signature: &str) -> Result<Address, Stri
         .map_err(|e| format!("no account signed this: {e}"))
 }
 
+/// The portal as the browser named it (`host[:port]`): HTTP/2 names it in
+/// the URI, HTTP/1.1 in `Host`.
+fn portal_host<'a>(headers: &'a HeaderMap, uri: &'a axum::http::Uri) -> &'a str {
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    uri.authority()
+        .map(|a| a.as_str())
+        .or(host)
+        .unwrap_or("medledger")
+}
+
 /// `POST /portal/v1/challenge`: a message to sign, valid for five minutes.
 pub(super) async fn challenge(
     AxState(state): AxState<std::sync::Arc<State>>,
     headers: HeaderMap,
     uri: axum::http::Uri,
 ) -> Response {
-    // HTTP/2 names the host in the URI, HTTP/1.1 in `Host`.
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-    let portal = uri
-        .authority()
-        .map(|a| a.as_str())
-        .or(host)
-        .unwrap_or("medledger");
-    let message = state.portal.sessions.challenge(portal);
+    let message = state.portal.sessions.challenge(portal_host(&headers, &uri));
     json_response(&json!({ "message": message }))
 }
 
-/// `POST /portal/v1/session` with `{"message", "signature"}`.
+/// `POST /portal/v1/session` with `{"message", "signature", "certificate"}`
+/// (the certificate chain, PEM, leaf first).
 pub(super) async fn sign_in(
     AxState(state): AxState<std::sync::Arc<State>>,
     body: Body,
@@ -173,6 +186,7 @@ pub(super) async fn sign_in(
     struct Answer {
         message: String,
         signature: String,
+        certificate: Option<String>,
     }
     let Ok(bytes) = axum::body::to_bytes(body, 16 << 10).await else {
         return problem(ProblemType::TooLarge, "a sign-in is at most 16 KiB");
@@ -182,7 +196,9 @@ pub(super) async fn sign_in(
         Err(e) => {
             return problem(
                 ProblemType::Malformed,
-                format!("expected {{\"message\": ..., \"signature\": \"0x...\"}}: {e}"),
+                format!(
+                    "expected {{\"message\": ..., \"signature\": \"0x...\", \"certificate\": \"-----BEGIN CERTIFICATE-----...\"}}: {e}"
+                ),
             );
         }
     };
@@ -200,7 +216,17 @@ pub(super) async fn sign_in(
     }
     let account = match signer_of(answer.message.as_bytes(), &answer.signature) {
         Ok(a) => a,
-        Err(e) => return problem(ProblemType::BadSignature, e),
+        Err(e) => return problem(ProblemType::BadRequestSignature, e),
+    };
+    let Some(pem) = answer.certificate else {
+        return problem(
+            ProblemType::Malformed,
+            "a sign-in by key needs your certificate too (\"certificate\": the PEM of PREFIX.crt)",
+        );
+    };
+    let certificate = match certificate_of(&state, account, &pem).await {
+        Ok(c) => c,
+        Err(refusal) => return refusal,
     };
     let role = match role_of(&state, account).await {
         Ok(Some(role)) => role,
@@ -212,11 +238,21 @@ pub(super) async fn sign_in(
         }
         Err(e) => return problem(ProblemType::Unavailable, e),
     };
+    if role != certificate.identity.role {
+        return problem(
+            ProblemType::WrongRole,
+            format!(
+                "the certificate says {}, the Registry knows {account} as {role}",
+                certificate.identity.role
+            ),
+        );
+    }
     let caller = Caller {
         role,
         account: Some(account),
         name: account.to_string(),
         via: Via::Key,
+        certificate,
     };
     let token = state.portal.sessions.open(caller.clone());
     let mut response = describe(&state, &caller).await;
@@ -260,6 +296,66 @@ pub(super) async fn sign_out(
         ),
     );
     response
+}
+
+/// The person's certificate from `pem` (leaf first), if it is ours and
+/// valid now, names `account`, and is the one the Registry records for it.
+async fn certificate_of(
+    state: &State,
+    account: Address,
+    pem: &str,
+) -> Result<Certificate, Response> {
+    let chain = medledger_pki::files::der_blocks(pem.as_bytes(), "CERTIFICATE")
+        .map_err(|e| problem(ProblemType::Malformed, format!("certificate: {e}")))?;
+    let (leaf, intermediates) = chain
+        .split_first()
+        .expect("der_blocks gives at least one block");
+    let identity = state
+        .client_auth
+        .verify_certificate(leaf, intermediates, rustls::pki_types::UnixTime::now())
+        .map_err(|rejection| {
+            problem(
+                rejection.problem_type(),
+                format!("certificate: {rejection}"),
+            )
+        })?;
+    if !identity.role.is_person() || identity.address() != Some(account) {
+        return Err(problem(
+            ProblemType::Forbidden,
+            format!(
+                "the certificate is not one of {account}'s: sign in with the certificate of the key that signed"
+            ),
+        ));
+    }
+    let recorded = state
+        .view
+        .contracts()
+        .registry()
+        .certificateOf(account)
+        .call()
+        .await
+        .map_err(|e| {
+            eprintln!("medledger server: portal sign-in: asking the Registry: {e}");
+            problem(
+                ProblemType::Unavailable,
+                "the chain cannot be asked; try again",
+            )
+        })?;
+    if recorded.0 != identity.fingerprint {
+        let why = if recorded.is_zero() {
+            "the Registry records no certificate for it (revoked, or never recorded: an admin records it with `medledger admin person certificate`)"
+        } else {
+            "the Registry records another certificate for it"
+        };
+        return Err(problem(
+            ProblemType::Forbidden,
+            format!("{account} may not sign in with this certificate: {why}"),
+        ));
+    }
+    Ok(Certificate {
+        identity: std::sync::Arc::new(identity),
+        chain: chain.into(),
+    })
 }
 
 /// What the account is, by the Registry: admin first, then staff, then
@@ -384,24 +480,29 @@ pub(super) fn text_or(shown: &str) -> String {
         .to_owned()
 }
 
-/// Checks that an off-chain state change was signed by the caller: headers
-/// `x-medledger-signed-at` (Unix ms, within five minutes) and
-/// `x-medledger-signature` over
-/// `"medledger portal request\n{METHOD} {PATH}\n{signed-at}\n{BODY}"`.
-/// Returns the body, read whole.
+/// Checks that an off-chain state change was signed by the caller, for
+/// this portal, once: headers `x-medledger-signed-at` (Unix ms, within five
+/// minutes), `x-medledger-nonce` (16 to 64 letters, digits, `-` or `_`,
+/// fresh for each request) and `x-medledger-signature` over
+/// `"medledger portal request\nportal: {HOST}\nnonce: {NONCE}\n{METHOD} {PATH}\n{signed-at}\n{BODY}"`.
+/// The nonce is remembered in SQL until the time can no longer pass, so a
+/// copy is refused (409 `replayed-request`) also after a restart and by
+/// every server sharing the database. Returns the body, read whole.
 pub(super) async fn check_signed_request(
+    state: &State,
     caller: &Caller,
     parts: &Parts,
     body: Body,
 ) -> Result<Body, Response> {
     let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
-    let (Some(at), Some(signature)) = (
+    let (Some(at), Some(nonce), Some(signature)) = (
         header("x-medledger-signed-at"),
+        header("x-medledger-nonce"),
         header("x-medledger-signature"),
     ) else {
         return Err(problem(
-            ProblemType::BadSignature,
-            "a change must be signed with your chain key: x-medledger-signed-at and x-medledger-signature",
+            ProblemType::BadRequestSignature,
+            "a change must be signed with your chain key: x-medledger-signed-at, x-medledger-nonce and x-medledger-signature",
         ));
     };
     let Ok(at_ms) = at.parse::<u64>() else {
@@ -410,6 +511,16 @@ pub(super) async fn check_signed_request(
             "x-medledger-signed-at is Unix milliseconds",
         ));
     };
+    if !(16..=64).contains(&nonce.len())
+        || !nonce
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(problem(
+            ProblemType::Malformed,
+            "x-medledger-nonce is 16 to 64 letters, digits, - or _",
+        ));
+    }
     if now_ms().abs_diff(at_ms) > SIGNED_REQUEST_WINDOW_MS {
         return Err(problem(
             ProblemType::StaleTimestamp,
@@ -423,21 +534,60 @@ pub(super) async fn check_signed_request(
         ));
     };
     let mut text = format!(
-        "{SIGNED_REQUEST}\n{} {}\n{at_ms}\n",
+        "{SIGNED_REQUEST}\nportal: {}\nnonce: {nonce}\n{} {}\n{at_ms}\n",
+        portal_host(&parts.headers, &parts.uri),
         parts.method,
         parts.uri.path()
     )
     .into_bytes();
     text.extend_from_slice(&bytes);
-    let signer = signer_of(&text, signature).map_err(|e| problem(ProblemType::BadSignature, e))?;
+    let signer =
+        signer_of(&text, signature).map_err(|e| problem(ProblemType::BadRequestSignature, e))?;
     if Some(signer) != caller.account {
         return Err(problem(
-            ProblemType::BadSignature,
+            ProblemType::BadRequestSignature,
             format!(
-                "the request is signed by {signer}, not by the signed-in account {}",
+                "the request is signed by {signer}, not by the signed-in account {} (for this portal, with this nonce)",
                 caller.name
             ),
         ));
     }
-    Ok(Body::from(bytes))
+    match take_nonce(state, signer, nonce, at_ms + SIGNED_REQUEST_WINDOW_MS).await {
+        Ok(true) => Ok(Body::from(bytes)),
+        Ok(false) => Err(problem(
+            ProblemType::ReplayedRequest,
+            format!("a request signed by {signer} with nonce {nonce} was already taken"),
+        )),
+        Err(e) => {
+            eprintln!("medledger server: recording a signed request: {e}");
+            Err(problem(
+                ProblemType::Unavailable,
+                "the signed request cannot be recorded now; try again",
+            ))
+        }
+    }
+}
+
+/// Records that `signer` used `nonce`, until `expires_ms`: false if it
+/// already had. Forgets nonces whose time has passed.
+async fn take_nonce(
+    state: &State,
+    signer: Address,
+    nonce: &str,
+    expires_ms: u64,
+) -> Result<bool, sqlx::Error> {
+    let pool = state.db.pool();
+    sqlx::query("DELETE FROM signed_requests WHERE expires_ms < $1")
+        .bind(i64::try_from(now_ms()).unwrap_or(i64::MAX))
+        .execute(pool)
+        .await?;
+    let taken = sqlx::query(
+        "INSERT INTO signed_requests (signer, nonce, expires_ms) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+    )
+    .bind(signer.as_slice().to_vec())
+    .bind(nonce)
+    .bind(i64::try_from(expires_ms).unwrap_or(i64::MAX))
+    .execute(pool)
+    .await?;
+    Ok(taken.rows_affected() == 1)
 }

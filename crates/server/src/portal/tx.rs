@@ -366,11 +366,16 @@ pub(super) async fn relay(
     }
     let signer = match envelope.recover_signer() {
         Ok(s) => s,
-        Err(e) => return problem(ProblemType::BadSignature, format!("the signature: {e}")),
+        Err(e) => {
+            return problem(
+                ProblemType::BadRequestSignature,
+                format!("the signature: {e}"),
+            );
+        }
     };
     if Some(signer) != caller.account {
         return problem(
-            ProblemType::BadSignature,
+            ProblemType::BadRequestSignature,
             format!(
                 "signed by {signer}, not by the signed-in account {}",
                 caller.name
