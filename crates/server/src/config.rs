@@ -17,10 +17,16 @@
 //! registry = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
 //! anchor_interval_ms = 500
 //! checkpoint_interval_ms = 10000
+//! # Alert webhooks are HTTPS, checked against the system's CA roots or:
+//! # webhook_ca = "/etc/medledger/webhook-ca.pem"     # PEM, one or more CERTIFICATE blocks
+//! # and never reach an internal address (loopback, private, link-local,
+//! # this host...) unless allowed: ADDR, ADDR:PORT ([IPv6]:PORT) or NET/PREFIX
+//! # webhook_allow = ["10.1.2.7:8443", "10.1.3.0/24"]
 //! ```
 //!
 //! Relative paths are relative to the configuration file.
 
+use crate::WebhookAllow;
 use medledger_pki::files;
 pub use medledger_pki::files::ConfigError;
 use medledger_storage::{Kek, KeyError};
@@ -79,6 +85,15 @@ pub struct ConfigFile {
     /// How often changed ledgers get an anchored checkpoint.
     #[serde(default = "default_checkpoint_interval")]
     pub checkpoint_interval_ms: u64,
+    /// Internal addresses alert webhooks may reach all the same (a relay
+    /// in the hospital's network): `ADDR`, `ADDR:PORT` or `NET/PREFIX`.
+    /// Never the server's own listening ports.
+    #[serde(default)]
+    pub webhook_allow: Vec<WebhookAllow>,
+    /// A PEM file of the CA certificates webhook endpoints must chain to,
+    /// instead of the system's roots.
+    #[serde(default)]
+    pub webhook_ca: Option<PathBuf>,
 }
 
 fn default_anchor_interval() -> u64 {
@@ -103,6 +118,7 @@ impl ConfigFile {
                 Some(&mut config.crl),
                 Some(&mut config.ledger_key),
                 config.kek_file.as_mut(),
+                config.webhook_ca.as_mut(),
             ]
             .into_iter()
             .flatten()
