@@ -210,11 +210,14 @@ impl Server {
             None => None,
         };
         // Webhooks never reach these, whatever `webhook_allow` says.
-        let listeners = [Some(addr), portal.as_ref().map(|p| p.1)]
-            .into_iter()
-            .chain([metrics_listener.as_ref().map(|m| m.1)])
-            .flatten()
-            .collect();
+        let listeners = [
+            Some(addr),
+            portal.as_ref().map(|(_, bound)| *bound),
+            metrics_listener.as_ref().map(|(_, bound)| *bound),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
         let webhooks = webhook::Webhooks::new(webhook_allow, webhook_ca.as_deref(), listeners)
             .map_err(StartError::WebhookCa)?;
         let auths = [client_auth.clone(), device_auth.clone(), card_auth.clone()];

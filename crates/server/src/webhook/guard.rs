@@ -366,7 +366,7 @@ impl fmt::Display for Why {
 }
 
 /// The range `ip` is refused for, if any, whatever the allow list says.
-pub(crate) fn classify(ip: IpAddr) -> Option<Why> {
+fn classify(ip: IpAddr) -> Option<Why> {
     match ip {
         IpAddr::V4(v4) => classify_v4(v4).map(Why::Class),
         IpAddr::V6(v6) => {
@@ -456,7 +456,7 @@ pub(crate) struct Endpoint {
     /// The host: a name to resolve, or an address.
     host: url::Host<String>,
     /// The port (443 unless the URL says otherwise).
-    pub(crate) port: u16,
+    port: u16,
     /// The name the certificate must carry (and SNI, for a name).
     pub(crate) server_name: ServerName<'static>,
 }
