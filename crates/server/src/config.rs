@@ -148,3 +148,57 @@ impl ConfigFile {
         Ok((current, previous))
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+listen = "127.0.0.1:9443"
+data = "data"
+credentials = "server"
+ca_root = "root.crt"
+crl = "crl.pem"
+kek_env = "MEDLEDGER_KEK"
+ledger_key = "ledger.key"
+chain_rpc = "http://127.0.0.1:8545"
+registry = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
+"#;
+
+    #[test]
+    fn the_webhook_keys_parse_and_a_bad_allow_entry_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("server.toml");
+
+        // Neither key: nothing allowed beyond public addresses, system roots.
+        std::fs::write(&path, BASE).unwrap();
+        let config = ConfigFile::load(&path).unwrap();
+        assert!(config.webhook_allow.is_empty());
+        assert_eq!(config.webhook_ca, None);
+
+        std::fs::write(
+            &path,
+            format!(
+                "{BASE}webhook_allow = [\"10.1.2.7:8443\", \"10.1.3.0/24\"]\n\
+                 webhook_ca = \"relay-ca.pem\"\n"
+            ),
+        )
+        .unwrap();
+        let config = ConfigFile::load(&path).unwrap();
+        let allowed: Vec<String> = config.webhook_allow.iter().map(|a| a.to_string()).collect();
+        assert_eq!(allowed, ["10.1.2.7:8443", "10.1.3.0/24"]);
+        assert_eq!(config.webhook_ca, Some(dir.path().join("relay-ca.pem")));
+
+        std::fs::write(
+            &path,
+            format!("{BASE}webhook_allow = [\"relay.local:8443\"]\n"),
+        )
+        .unwrap();
+        let refused = ConfigFile::load(&path).unwrap_err().to_string();
+        assert!(
+            refused.contains("relay.local:8443") && refused.contains("names are not accepted"),
+            "{refused}"
+        );
+    }
+}
