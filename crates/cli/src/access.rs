@@ -409,7 +409,8 @@ pub(crate) enum AlertsCommand {
 
 #[derive(Debug, Args)]
 pub(crate) struct WebhookArgs {
-    /// Deliver your alerts to this `http://` URL.
+    /// Deliver your alerts to this `https://` URL (not an internal
+    /// address, unless the server's admin allows it).
     #[arg(long, requires = "secret_file", conflicts_with = "remove")]
     url: Option<String>,
     /// A file holding the shared secret (at least 16 characters) the

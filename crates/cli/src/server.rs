@@ -148,6 +148,15 @@ pub(crate) async fn start(config: &ConfigFile) -> Result<Started> {
         contracts,
         anchor_interval: Duration::from_millis(config.anchor_interval_ms),
         checkpoint_interval: Duration::from_millis(config.checkpoint_interval_ms),
+        webhook_allow: config.webhook_allow.clone(),
+        webhook_ca: config
+            .webhook_ca
+            .as_deref()
+            .map(|ca| {
+                files::read_der_blocks(ca, "CERTIFICATE")
+                    .with_context(|| format!("webhook_ca {}", ca.display()))
+            })
+            .transpose()?,
     })
     .await?;
     roles::watch_crl(

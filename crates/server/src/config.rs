@@ -17,10 +17,16 @@
 //! registry = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
 //! anchor_interval_ms = 500
 //! checkpoint_interval_ms = 10000
+//! # Alert webhooks are HTTPS, checked against the system's CA roots or:
+//! # webhook_ca = "/etc/medledger/webhook-ca.pem"     # PEM, one or more CERTIFICATE blocks
+//! # and never reach an internal address (loopback, private, link-local,
+//! # this host...) unless allowed: ADDR, ADDR:PORT ([IPv6]:PORT) or NET/PREFIX
+//! # webhook_allow = ["10.1.2.7:8443", "10.1.3.0/24"]
 //! ```
 //!
 //! Relative paths are relative to the configuration file.
 
+use crate::WebhookAllow;
 use medledger_pki::files;
 pub use medledger_pki::files::ConfigError;
 use medledger_storage::{Kek, KeyError};
@@ -79,6 +85,15 @@ pub struct ConfigFile {
     /// How often changed ledgers get an anchored checkpoint.
     #[serde(default = "default_checkpoint_interval")]
     pub checkpoint_interval_ms: u64,
+    /// Internal addresses alert webhooks may reach all the same (a relay
+    /// in the hospital's network): `ADDR`, `ADDR:PORT` or `NET/PREFIX`.
+    /// Never the server's own listening ports.
+    #[serde(default)]
+    pub webhook_allow: Vec<WebhookAllow>,
+    /// A PEM file of the CA certificates webhook endpoints must chain to,
+    /// instead of the system's roots.
+    #[serde(default)]
+    pub webhook_ca: Option<PathBuf>,
 }
 
 fn default_anchor_interval() -> u64 {
@@ -103,6 +118,7 @@ impl ConfigFile {
                 Some(&mut config.crl),
                 Some(&mut config.ledger_key),
                 config.kek_file.as_mut(),
+                config.webhook_ca.as_mut(),
             ]
             .into_iter()
             .flatten()
@@ -130,5 +146,59 @@ impl ConfigFile {
             previous.push(Kek::from_env(var)?);
         }
         Ok((current, previous))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+listen = "127.0.0.1:9443"
+data = "data"
+credentials = "server"
+ca_root = "root.crt"
+crl = "crl.pem"
+kek_env = "MEDLEDGER_KEK"
+ledger_key = "ledger.key"
+chain_rpc = "http://127.0.0.1:8545"
+registry = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
+"#;
+
+    #[test]
+    fn the_webhook_keys_parse_and_a_bad_allow_entry_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("server.toml");
+
+        // Neither key: nothing allowed beyond public addresses, system roots.
+        std::fs::write(&path, BASE).unwrap();
+        let config = ConfigFile::load(&path).unwrap();
+        assert!(config.webhook_allow.is_empty());
+        assert_eq!(config.webhook_ca, None);
+
+        std::fs::write(
+            &path,
+            format!(
+                "{BASE}webhook_allow = [\"10.1.2.7:8443\", \"10.1.3.0/24\"]\n\
+                 webhook_ca = \"relay-ca.pem\"\n"
+            ),
+        )
+        .unwrap();
+        let config = ConfigFile::load(&path).unwrap();
+        let allowed: Vec<String> = config.webhook_allow.iter().map(|a| a.to_string()).collect();
+        assert_eq!(allowed, ["10.1.2.7:8443", "10.1.3.0/24"]);
+        assert_eq!(config.webhook_ca, Some(dir.path().join("relay-ca.pem")));
+
+        std::fs::write(
+            &path,
+            format!("{BASE}webhook_allow = [\"relay.local:8443\"]\n"),
+        )
+        .unwrap();
+        let refused = ConfigFile::load(&path).unwrap_err().to_string();
+        assert!(
+            refused.contains("relay.local:8443") && refused.contains("names are not accepted"),
+            "{refused}"
+        );
     }
 }

@@ -427,7 +427,9 @@ async fn webhook(
 
 /// `PUT /v1/alerts/webhook`: `{"url", "secret", "after"}`: deliver the
 /// alerts after `after` (default: from now on) to `url`, signed with
-/// `secret` (at least 16 characters).
+/// `secret` (at least 16 characters). `url` must be `https://` and resolve
+/// only to addresses the server may reach (`webhook::guard`); a refusal is
+/// 400 `malformed` saying why. The URL is stored as parsed.
 async fn set_webhook(
     AxState(state): AxState<Arc<State>>,
     Extension(caller): Extension<Caller>,
@@ -450,15 +452,16 @@ async fn set_webhook(
         Ok(h) => h,
         Err(e) => return problem(ProblemType::Malformed, format!("webhook: {e}")),
     };
-    if let Err(e) = crate::webhook::check_url(&hook.url) {
-        return problem(ProblemType::Malformed, e);
-    }
     if hook.secret.len() < 16 {
         return problem(
             ProblemType::Malformed,
             "the webhook secret must be at least 16 characters",
         );
     }
+    let url = match state.webhooks.check(&hook.url).await {
+        Ok(target) => target.endpoint().url.clone(),
+        Err(refused) => return problem(ProblemType::Malformed, refused.to_string()),
+    };
     let after = match hook.after {
         Some(a) => a,
         None => match state.alerts.last_id().await {
@@ -466,8 +469,8 @@ async fn set_webhook(
             Err(e) => return problem(ProblemType::Unavailable, e.to_string()),
         },
     };
-    match crate::webhook::set(&state, &patient, Some((&hook.url, &hook.secret)), after).await {
-        Ok(()) => json_response(&serde_json::json!({ "url": hook.url, "after": after })),
+    match crate::webhook::set(&state, &patient, Some((url.as_str(), &hook.secret)), after).await {
+        Ok(()) => json_response(&serde_json::json!({ "url": url.as_str(), "after": after })),
         Err(e) => problem(ProblemType::Unavailable, e.to_string()),
     }
 }

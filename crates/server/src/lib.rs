@@ -13,7 +13,9 @@
 //! ```
 //!
 //! - [`config`]: the TOML configuration;
-//! - [`indexer`]: our contracts' events, copied into SQL.
+//! - [`indexer`]: our contracts' events, copied into SQL;
+//! - alert webhooks: HTTPS only, never to an internal address unless
+//!   allowed ([`WebhookAllow`]).
 
 pub mod alerts;
 mod anchor;
@@ -42,6 +44,7 @@ use medledger_storage::{BlobStore, Db, Kek, Vault};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+pub use webhook::{WebhookAllow, WebhookAllowError};
 
 /// How often the indexer looks for new blocks once it has caught up.
 const INDEX_INTERVAL: Duration = Duration::from_millis(100);
@@ -80,6 +83,14 @@ pub struct Settings {
     pub anchor_interval: Duration,
     /// How often changed patient ledgers get an anchored checkpoint.
     pub checkpoint_interval: Duration,
+    /// Addresses alert webhooks may reach although they are internal
+    /// (loopback, private, link-local, this host's own...): `webhook_allow`.
+    /// Empty unless an admin allows a relay; the server's own listening
+    /// ports stay refused whatever it says.
+    pub webhook_allow: Vec<WebhookAllow>,
+    /// The CA certificates (DER) webhook endpoints must chain to
+    /// (`webhook_ca`); `None`: the system's roots.
+    pub webhook_ca: Option<Vec<Vec<u8>>>,
 }
 
 impl std::fmt::Debug for Settings {
@@ -112,6 +123,9 @@ pub enum StartError {
     /// The ledger key is not the current key of the stored key history.
     #[error("the ledger key: {0}")]
     LedgerKey(#[source] LedgerError),
+    /// A webhook CA certificate (`webhook_ca`) is not usable.
+    #[error("webhook_ca: {0}")]
+    WebhookCa(#[source] rustls::Error),
 }
 
 /// State shared by the endpoints and the anchor task.
@@ -137,6 +151,8 @@ pub(crate) struct State {
     pub(crate) alerts: alerts::Alerts,
     /// The web portal's sessions and what it remembers.
     pub(crate) portal: portal::Portal,
+    /// Where alert webhooks may go, and how they are reached.
+    pub(crate) webhooks: webhook::Webhooks,
 }
 
 /// A running server. Dropping it stops it.
@@ -177,6 +193,8 @@ impl Server {
             contracts,
             anchor_interval,
             checkpoint_interval,
+            webhook_allow,
+            webhook_ca,
         } = settings;
         let vault = Vault::with_previous(db.clone(), kek, previous_keks);
         let keks = vault.check_keks().await?;
@@ -186,6 +204,25 @@ impl Server {
                 .map_err(|source| StartError::Listen { addr, source })
         };
         let (listener, addr) = bind(listen).await?;
+        let portal = match portal_listen {
+            Some(at) => Some(bind(at).await?),
+            None => None,
+        };
+        let metrics_listener = match metrics_listen {
+            Some(at) => Some(bind(at).await?),
+            None => None,
+        };
+        // Webhooks never reach these, whatever `webhook_allow` says.
+        let listeners = [
+            Some(addr),
+            portal.as_ref().map(|(_, bound)| *bound),
+            metrics_listener.as_ref().map(|(_, bound)| *bound),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let webhooks = webhook::Webhooks::new(webhook_allow, webhook_ca.as_deref(), listeners)
+            .map_err(StartError::WebhookCa)?;
         let auths = [client_auth.clone(), device_auth.clone(), card_auth.clone()];
         let tls = medledger_pki::server_config(&credentials, client_auth.clone())?;
         let metrics = Arc::new(Metrics::new());
@@ -207,6 +244,7 @@ impl Server {
             committed: tokio::sync::Notify::new(),
             anchoring: tokio::sync::Mutex::new(()),
             portal: portal::Portal::default(),
+            webhooks,
         });
         let mut tasks = Tasks::default();
         tasks.spawn(
@@ -242,9 +280,8 @@ impl Server {
             http::router(state.clone()),
             "medledger_server_connections_refused_total",
         ));
-        let portal_addr = match portal_listen {
-            Some(at) => {
-                let (listener, bound) = bind(at).await?;
+        let portal_addr = match portal {
+            Some((listener, bound)) => {
                 let tls = medledger_pki::server_config_optional_client(
                     &credentials,
                     client_auth.clone(),
@@ -259,9 +296,8 @@ impl Server {
             }
             None => None,
         };
-        let metrics_addr = match metrics_listen {
-            Some(at) => {
-                let (listener, bound) = bind(at).await?;
+        let metrics_addr = match metrics_listener {
+            Some((listener, bound)) => {
                 tasks.spawn(https::serve_metrics(listener, metrics));
                 Some(bound)
             }

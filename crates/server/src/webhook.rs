@@ -1,4 +1,4 @@
-//! Alert webhooks: a patient (or an app acting for them) names an HTTP
+//! Alert webhooks: a patient (or an app acting for them) names an HTTPS
 //! endpoint and a shared secret; every alert the patient's preferences
 //! deliver is POSTed there as JSON, oldest first, signed with
 //! `X-Medledger-Signature: sha256=<hex HMAC-SHA256(secret, body)>`.
@@ -6,18 +6,167 @@
 //! endpoint answers 2xx, and only then the next one is sent; the receiver
 //! drops repeats by `id` (also in `X-Medledger-Alert-Id`).
 //!
-//! Only `http://` endpoints are reached by this build (a relay on the same
-//! host or network, such as the hospital's notification service).
+//! ```text
+//!  PUT /v1/alerts/webhook --Guard::check--> stored (or 400 naming why)
+//!  run, each second, per hook with pending alerts:
+//!      Guard::check again (resolve once, check every address)
+//!      --> TCP to a checked address --> TLS (system roots or webhook_ca;
+//!          the URL's host for SNI and verification) --> POST, Host: host
+//!      --> 2xx: next alert; 3xx (never followed), other, none in 10 s:
+//!          counted, logged, retried with backoff
+//! ```
+//!
+//! Only `https://` endpoints are reached, and never an internal address
+//! (loopback, private, link-local, ...) or the server itself unless an
+//! admin allows it with `webhook_allow`: the rules are in [`guard`].
+
+mod guard;
 
 use crate::State;
-use http_body_util::{BodyExt, Full};
+pub(crate) use guard::Refused;
+use guard::{Guard, Resolve, SystemResolver, Target};
+pub use guard::{WebhookAllow, WebhookAllowError};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
 use medledger_storage::sqlx::{self, Row};
+use rustls::RootCertStore;
+use rustls::pki_types::CertificateDer;
+use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 
 /// Longest wait between two attempts at one endpoint.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// How long connecting to one address may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the TLS handshake, then the answer, may each take.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most of an answer's body read (and dropped).
+const MAX_ANSWER_BYTES: usize = 64 << 10;
+
+/// Where webhooks may go, and how they are reached.
+pub(crate) struct Webhooks {
+    guard: Guard,
+    tls: TlsConnector,
+}
+
+impl std::fmt::Debug for Webhooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhooks")
+            .field("guard", &self.guard)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Webhooks {
+    /// Webhooks that may also reach `allow`, never `listeners` (the
+    /// server's own sockets), and trust endpoints whose certificate chains
+    /// to `ca` (DER), or with `None` to the system's roots.
+    pub(crate) fn new(
+        allow: Vec<WebhookAllow>,
+        ca: Option<&[Vec<u8>]>,
+        listeners: Vec<SocketAddr>,
+    ) -> Result<Webhooks, rustls::Error> {
+        Webhooks::with_resolver(allow, ca, listeners, Arc::new(SystemResolver))
+    }
+
+    fn with_resolver(
+        allow: Vec<WebhookAllow>,
+        ca: Option<&[Vec<u8>]>,
+        listeners: Vec<SocketAddr>,
+        resolver: Arc<dyn Resolve>,
+    ) -> Result<Webhooks, rustls::Error> {
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots(ca)?)
+        .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Webhooks {
+            guard: Guard::new(allow, listeners, resolver),
+            tls: TlsConnector::from(Arc::new(config)),
+        })
+    }
+
+    /// Parses `url` and checks where it goes (resolving its host once):
+    /// what `PUT /v1/alerts/webhook` and every delivery do first.
+    pub(crate) async fn check(&self, url: &str) -> Result<Target, Refused> {
+        self.guard.check(url).await
+    }
+}
+
+/// The trust anchors for endpoints: `ca`, or the system's.
+fn roots(ca: Option<&[Vec<u8>]>) -> Result<RootCertStore, rustls::Error> {
+    let mut store = RootCertStore::empty();
+    match ca {
+        Some(ca) => {
+            for der in ca {
+                store.add(CertificateDer::from(der.clone()))?;
+            }
+        }
+        None => {
+            let native = rustls_native_certs::load_native_certs();
+            for e in &native.errors {
+                eprintln!("medledger server: the system's CA certificates: {e}");
+            }
+            let (added, _unusable) = store.add_parsable_certificates(native.certs);
+            if added == 0 {
+                eprintln!(
+                    "medledger server: no system CA certificates found: webhook deliveries \
+                     fail until webhook_ca names the CAs of the endpoints"
+                );
+            }
+        }
+    }
+    Ok(store)
+}
+
+/// Why a delivery failed (it is retried).
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    /// The webhook is no longer one the server may reach.
+    #[error(transparent)]
+    Refused(#[from] Refused),
+    /// Reading the alerts or recording a delivery.
+    #[error("the database: {0}")]
+    Db(#[from] sqlx::Error),
+    /// No checked address took the connection.
+    #[error("connecting to {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    /// The TLS handshake failed (an untrusted certificate, say).
+    #[error("TLS with {addr}: {source}")]
+    Tls {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    /// HTTP went wrong.
+    #[error("HTTP: {0}")]
+    Http(#[from] hyper::Error),
+    /// The request could not be built.
+    #[error("the request: {0}")]
+    Request(#[from] hyper::http::Error),
+    /// The alert could not be encoded.
+    #[error("encoding the alert: {0}")]
+    Encode(#[from] serde_json::Error),
+    /// No handshake or answer in time.
+    #[error("no {0} within {ANSWER_TIMEOUT:?}")]
+    Timeout(&'static str),
+    /// A redirect, which is never followed.
+    #[error("the endpoint answered {0}; redirects are not followed")]
+    Redirect(hyper::StatusCode),
+    /// Any other answer than 2xx.
+    #[error("the endpoint answered {0}")]
+    Status(hyper::StatusCode),
+}
 
 /// A patient's webhook.
 #[derive(Debug, Clone)]
@@ -29,7 +178,8 @@ struct Hook {
 }
 
 /// Sets (or with `None` removes) the patient's webhook; delivery starts
-/// with the alerts after `after`.
+/// with the alerts after `after`. The caller has checked `url`
+/// ([`Webhooks::check`]).
 pub(crate) async fn set(
     state: &State,
     patient: &[u8; 32],
@@ -64,17 +214,6 @@ pub(crate) async fn url(state: &State, patient: &[u8; 32]) -> Result<Option<Stri
         Some(r) => Some(r.try_get("url")?),
         None => None,
     })
-}
-
-/// Whether `url` is one this build can reach.
-pub(crate) fn check_url(url: &str) -> Result<(), String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("webhook {url:?}: only http:// endpoints are supported"))?;
-    if rest.is_empty() || rest.starts_with('/') {
-        return Err(format!("webhook {url:?} names no host"));
-    }
-    Ok(())
 }
 
 /// Delivers alerts to every webhook, forever.
@@ -143,60 +282,189 @@ async fn hooks(state: &State) -> Result<Vec<Hook>, sqlx::Error> {
 }
 
 /// Sends the hook's pending alerts one by one, recording each delivery.
-async fn deliver(state: &State, hook: &Hook) -> Result<(), String> {
+/// Where the URL goes is checked first, resolving its host once; every
+/// post connects to one of the addresses checked then (a [`Target`] is
+/// made only by the check), and nothing is posted if any was refused.
+/// Nothing pending: nothing is resolved.
+async fn deliver(state: &State, hook: &Hook) -> Result<(), Failure> {
     let alerts = state
         .alerts
         .list(&hook.patient, hook.delivered, 100)
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
+    if alerts.is_empty() {
+        return Ok(());
+    }
+    let target = state.webhooks.check(&hook.url).await?;
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, hook.secret.as_bytes());
     for alert in alerts {
-        let body = serde_json::to_vec(&alert).map_err(|e| e.to_string())?;
-        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, hook.secret.as_bytes());
+        let body = serde_json::to_vec(&alert)?;
         let signature = hex::encode(ring::hmac::sign(&key, &body));
-        post(&hook.url, &body, &signature, alert.id).await?;
+        post(&state.webhooks.tls, &target, body, &signature, alert.id).await?;
         sqlx::query("UPDATE alert_webhooks SET delivered = $1 WHERE patient = $2")
             .bind(i64::try_from(alert.id).unwrap_or(i64::MAX))
             .bind(hook.patient.to_vec())
             .execute(state.db.pool())
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
     }
     Ok(())
 }
 
-/// One POST over HTTP/1.1; Ok on a 2xx answer.
-async fn post(url: &str, body: &[u8], signature: &str, id: u64) -> Result<(), String> {
-    let rest = url.strip_prefix("http://").ok_or("not an http:// URL")?;
-    let (authority, path) = rest
-        .split_once('/')
-        .map_or((rest, "/".to_owned()), |(a, p)| (a, format!("/{p}")));
-    let tcp = tokio::time::timeout(
-        Duration::from_secs(5),
-        tokio::net::TcpStream::connect(authority),
+/// Connects to the first of `target`'s checked addresses that answers.
+async fn connect(target: &Target) -> Result<(SocketAddr, TcpStream), Failure> {
+    let mut last = None;
+    for &addr in target.addrs() {
+        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+            Ok(Ok(tcp)) => return Ok((addr, tcp)),
+            Ok(Err(source)) => last = Some(Failure::Connect { addr, source }),
+            Err(_) => {
+                last = Some(Failure::Connect {
+                    addr,
+                    source: io::ErrorKind::TimedOut.into(),
+                });
+            }
+        }
+    }
+    // A target holds at least one address (`Guard::check`).
+    Err(last.unwrap_or(Failure::Timeout("address")))
+}
+
+/// Aborts the connection task when the post is over, however it ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// One POST over HTTPS (HTTP/1.1) to a checked address of `target`; Ok on
+/// a 2xx answer. A redirect is a failure: it is not followed.
+async fn post(
+    tls: &TlsConnector,
+    target: &Target,
+    body: Vec<u8>,
+    signature: &str,
+    id: u64,
+) -> Result<(), Failure> {
+    let (addr, tcp) = connect(target).await?;
+    let _ = tcp.set_nodelay(true);
+    let stream = tokio::time::timeout(
+        ANSWER_TIMEOUT,
+        tls.connect(target.endpoint().server_name.clone(), tcp),
     )
     .await
-    .map_err(|_| "connecting timed out".to_owned())?
-    .map_err(|e| format!("connecting: {e}"))?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(connection);
-    let request = hyper::Request::post(path)
-        .header("host", authority)
-        .header("content-type", "application/json")
+    .map_err(|_| Failure::Timeout("TLS handshake"))?
+    .map_err(|source| Failure::Tls { addr, source })?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    let _connection = AbortOnDrop(tokio::spawn(async move {
+        let _ = connection.await;
+    }));
+    let request = hyper::Request::post(target.endpoint().path_and_query())
+        .header(hyper::header::HOST, target.endpoint().authority())
+        .header(hyper::header::CONTENT_TYPE, "application/json")
         .header("x-medledger-signature", format!("sha256={signature}"))
         .header("x-medledger-alert-id", id.to_string())
-        .body(Full::new(bytes::Bytes::copy_from_slice(body)))
-        .map_err(|e| e.to_string())?;
-    let response = tokio::time::timeout(Duration::from_secs(10), sender.send_request(request))
-        .await
-        .map_err(|_| "no answer in 10 s".to_owned())?
-        .map_err(|e| e.to_string())?;
-    let status = response.status();
-    let _ = response.into_body().collect().await;
+        .body(Full::new(bytes::Bytes::from(body)))?;
+    let status = tokio::time::timeout(ANSWER_TIMEOUT, async {
+        let response = sender.send_request(request).await?;
+        let status = response.status();
+        // Read a little of the body, so a receiver that answers early sees
+        // its answer taken; the rest is dropped with the connection.
+        let _ = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
+            .collect()
+            .await;
+        Ok::<_, Failure>(status)
+    })
+    .await
+    .map_err(|_| Failure::Timeout("answer"))??;
     if status.is_success() {
         Ok(())
+    } else if status.is_redirection() {
+        Err(Failure::Redirect(status))
     } else {
-        Err(format!("the endpoint answered {status}"))
+        Err(Failure::Status(status))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::guard::tests::FakeResolver;
+    use super::*;
+    use futures_util::FutureExt;
+    use std::net::{IpAddr, Ipv4Addr};
+    use tokio::io::AsyncReadExt;
+
+    fn webhooks(allow: &[String], names: &Arc<FakeResolver>) -> Webhooks {
+        Webhooks::with_resolver(
+            allow.iter().map(|a| a.parse().unwrap()).collect(),
+            None,
+            Vec::new(),
+            names.clone(),
+        )
+        .unwrap()
+    }
+
+    /// Allowed when it was set, refused at delivery (the admin narrowed
+    /// `webhook_allow`, or the name now resolves elsewhere): the check that
+    /// opens every delivery refuses it, and no connection is made.
+    #[tokio::test]
+    async fn a_webhook_allowed_when_set_but_not_at_delivery_is_not_connected_to() {
+        let receiver = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let at = receiver.local_addr().unwrap();
+        let names = Arc::new(FakeResolver::default());
+        names.answer("relay.test", &[IpAddr::V4(Ipv4Addr::LOCALHOST)]);
+        let url = format!("https://relay.test:{}/alerts", at.port());
+        let allowed = webhooks(&[at.to_string()], &names);
+
+        // Set time: allowed, and a delivery does connect (and starts TLS).
+        let target = allowed.check(&url).await.unwrap();
+        assert_eq!(target.addrs(), [at]);
+        let posting = tokio::spawn({
+            let tls = allowed.tls.clone();
+            async move { post(&tls, &target, b"{}".to_vec(), "00", 1).await }
+        });
+        let (mut conn, _) = tokio::time::timeout(ANSWER_TIMEOUT, receiver.accept())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(conn.read_u8().await.unwrap(), 0x16, "a TLS handshake");
+        drop(conn);
+        let failed = posting.await.unwrap().unwrap_err();
+        assert!(matches!(failed, Failure::Tls { .. }), "{failed}");
+
+        // The admin takes the address off the allow list.
+        let narrowed = webhooks(&[], &names);
+        let refused = narrowed.check(&url).await.unwrap_err();
+        assert_eq!(
+            refused.to_string(),
+            "relay.test resolves to 127.0.0.1, a loopback address; \
+             an admin may allow it with webhook_allow"
+        );
+        // The name moves to another local address.
+        names.answer("relay.test", &["127.0.0.2".parse().unwrap()]);
+        let refused = allowed.check(&url).await.unwrap_err();
+        assert!(
+            refused
+                .to_string()
+                .contains("127.0.0.2, a loopback address"),
+            "{refused}"
+        );
+        // Neither refusal connected anywhere: nothing waits at the receiver.
+        assert!(receiver.accept().now_or_never().is_none());
+    }
+
+    #[tokio::test]
+    async fn the_webhook_ca_replaces_the_system_roots() {
+        let bad = Webhooks::new(
+            Vec::new(),
+            Some(&[b"not a certificate".to_vec()]),
+            Vec::new(),
+        );
+        assert!(bad.is_err());
+        // The system's roots load (or, on a machine without any, the
+        // server still starts and says so).
+        assert!(Webhooks::new(Vec::new(), None, Vec::new()).is_ok());
     }
 }

@@ -108,6 +108,12 @@ pub struct Options {
     pub server_db: Option<Db>,
     /// The collector's database, likewise.
     pub collector_db: Option<Db>,
+    /// Internal addresses the server's alert webhooks may reach (none by
+    /// default; a test allows its own local receiver).
+    pub webhook_allow: Vec<medledger_server::WebhookAllow>,
+    /// The CA certificates (DER) webhook endpoints must chain to; `None`:
+    /// the system's roots.
+    pub webhook_ca: Option<Vec<Vec<u8>>>,
 }
 
 impl Default for Options {
@@ -123,6 +129,8 @@ impl Default for Options {
             checkpoint_interval: Duration::from_millis(200),
             server_db: None,
             collector_db: None,
+            webhook_allow: Vec::new(),
+            webhook_ca: None,
         }
     }
 }
@@ -392,6 +400,8 @@ async fn start_server(
         contracts,
         anchor_interval: options.anchor_interval,
         checkpoint_interval: options.checkpoint_interval,
+        webhook_allow: options.webhook_allow.clone(),
+        webhook_ca: options.webhook_ca.clone(),
     })
     .await?)
 }

@@ -280,78 +280,220 @@ async fn unusual_reads_are_flagged_with_why_and_preferences_filter_delivery() {
     );
 }
 
+/// An HTTPS endpoint on a local port with a certificate from a CA of its
+/// own (not the hospital's), as a notification relay would have.
+struct Receiver {
+    addr: std::net::SocketAddr,
+    /// Its CA's root (DER): the server's `webhook_ca`.
+    root: Vec<u8>,
+    _dir: tempfile::TempDir,
+}
+
+async fn https_receiver(app: axum::Router) -> Receiver {
+    use medledger_pki::{Acceptor, Ca, ClientAuth, LeafRequest, https};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::init(&dir.path().join("ca"), "Notification Relay").unwrap();
+    // A server certificate names localhost, 127.0.0.1 and ::1.
+    let issued = ca.issue(&LeafRequest::new(Role::Server)).unwrap();
+    let root = ca.root_cert_der().unwrap();
+    // The webhook client presents no certificate; none is asked for.
+    let auth = ClientAuth::new(&root, ca.write_crl().unwrap(), &[Role::Server]).unwrap();
+    let tls = medledger_pki::server_config_optional_client(
+        &Credentials::from_issued(&issued),
+        auth.clone(),
+    )
+    .unwrap();
+    let (listener, addr) = https::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    tokio::spawn(https::serve(
+        listener,
+        Acceptor::optional(tls, Duration::from_secs(5)),
+        auth,
+        app,
+        https::ServeLimits::default(),
+        std::sync::Arc::new(|_| {}),
+    ));
+    Receiver {
+        addr,
+        root,
+        _dir: dir,
+    }
+}
+
+/// `PUT /v1/alerts/webhook` as the site's patient.
+async fn set_webhook(site: &Hospital, hook: serde_json::Value) -> medledger_pki::https::Reply {
+    site.connect_patient()
+        .await
+        .unwrap()
+        .request(
+            "PUT",
+            "/v1/alerts/webhook",
+            &[("content-type", "application/json")],
+            hook.to_string().into_bytes(),
+        )
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_to_an_internal_address_or_over_http_is_refused_naming_why() {
+    let site = crate::site::start().await;
+    let own = site.server.addr().port();
+    for (url, why) in [
+        (
+            "http://example.org/",
+            "must be an https:// URL, not http://",
+        ),
+        ("https://user:pw@example.org/", "may not carry a user name"),
+        ("https://127.0.0.1/", "127.0.0.1 is a loopback address"),
+        ("https://[::1]/", "::1 is a loopback address"),
+        (
+            "https://[::ffff:127.0.0.1]/",
+            "::ffff:127.0.0.1 is an IPv4-mapped form of 127.0.0.1, a loopback address",
+        ),
+        ("https://2130706433/", "127.0.0.1 is a loopback address"),
+        ("https://0177.0.0.1/", "127.0.0.1 is a loopback address"),
+        ("https://10.0.0.5/", "10.0.0.5 is a private address"),
+        ("https://192.168.1.1/", "192.168.1.1 is a private address"),
+        (
+            "https://169.254.169.254/latest/meta-data/",
+            "169.254.169.254 is a link-local address",
+        ),
+        ("https://localhost/", "localhost resolves to "),
+        (
+            &format!("https://localhost:{own}/v1/batches"),
+            "one of this server's own listening ports",
+        ),
+    ] {
+        let reply = set_webhook(
+            &site,
+            serde_json::json!({ "url": url, "secret": "a shared secret for the test" }),
+        )
+        .await;
+        let problem = crate::site::body(&reply);
+        assert_eq!(reply.status, 400, "{url}: {problem}");
+        assert_eq!(
+            reply.header("content-type"),
+            Some("application/problem+json")
+        );
+        assert_eq!(problem["type"], "urn:medledger:problem:malformed", "{url}");
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(detail.contains(why), "{url}: {detail}");
+        if detail.contains("address") && !detail.contains("listening") {
+            assert!(
+                detail.ends_with("an admin may allow it with webhook_allow"),
+                "{detail}"
+            );
+        }
+    }
+    let mut patient = site.connect_patient().await.unwrap();
+    let shown = get_ok(&mut patient, "/v1/alerts/webhook").await;
+    assert_eq!(shown["url"], serde_json::Value::Null, "nothing was set");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webhook_gets_every_alert_signed_and_retried_until_it_answers() {
     use std::sync::{Arc, Mutex};
-    let site = crate::site::start().await;
     const SECRET: &str = "a shared secret for the test";
 
-    // The receiver: refuses the first two deliveries, checks signatures.
+    // The receiver: refuses the first two deliveries, checks signatures;
+    // `/moved` answers every delivery with a redirect to `/hook`.
     #[derive(Default)]
     struct Seen {
         calls: u32,
         ids: Vec<u64>,
         bad_signatures: u32,
+        hosts: Vec<String>,
+        moved: u32,
     }
     let seen = Arc::new(Mutex::new(Seen::default()));
     let app = {
         let seen = seen.clone();
-        axum::Router::new().route(
-            "/hook",
-            axum::routing::post(
-                move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
-                    let seen = seen.clone();
+        let moved = seen.clone();
+        axum::Router::new()
+            .route(
+                "/hook",
+                axum::routing::post(
+                    move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                        let seen = seen.clone();
+                        async move {
+                            let mut s = seen.lock().unwrap();
+                            s.calls += 1;
+                            s.hosts
+                                .push(headers["host"].to_str().unwrap_or_default().to_owned());
+                            if s.calls <= 2 {
+                                return axum::http::StatusCode::INTERNAL_SERVER_ERROR;
+                            }
+                            let key =
+                                ring::hmac::Key::new(ring::hmac::HMAC_SHA256, SECRET.as_bytes());
+                            let expected =
+                                format!("sha256={}", hex::encode(ring::hmac::sign(&key, &body)));
+                            if headers["x-medledger-signature"] != expected.as_str() {
+                                s.bad_signatures += 1;
+                            }
+                            let alert: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                            s.ids.push(alert["id"].as_u64().unwrap());
+                            axum::http::StatusCode::NO_CONTENT
+                        }
+                    },
+                ),
+            )
+            .route(
+                "/moved",
+                axum::routing::post(move || {
+                    let seen = moved.clone();
                     async move {
-                        let mut s = seen.lock().unwrap();
-                        s.calls += 1;
-                        if s.calls <= 2 {
-                            return axum::http::StatusCode::INTERNAL_SERVER_ERROR;
-                        }
-                        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, SECRET.as_bytes());
-                        let expected =
-                            format!("sha256={}", hex::encode(ring::hmac::sign(&key, &body)));
-                        if headers["x-medledger-signature"] != expected.as_str() {
-                            s.bad_signatures += 1;
-                        }
-                        let alert: serde_json::Value = serde_json::from_slice(&body).unwrap();
-                        s.ids.push(alert["id"].as_u64().unwrap());
-                        axum::http::StatusCode::NO_CONTENT
+                        seen.lock().unwrap().moved += 1;
+                        (
+                            axum::http::StatusCode::FOUND,
+                            [(axum::http::header::LOCATION, "/hook")],
+                        )
                     }
-                },
-            ),
-        )
+                }),
+            )
     };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let receiver = https_receiver(app).await;
+    let port = receiver.addr.port();
+    // The admin allows exactly the relay's port (as `localhost` may also
+    // resolve to ::1, that too), and trusts the relay's CA.
+    let site = crate::site::Site::start(medledger_sim::Options {
+        webhook_allow: vec![
+            format!("127.0.0.1:{port}").parse().unwrap(),
+            format!("[::1]:{port}").parse().unwrap(),
+        ],
+        webhook_ca: Some(vec![receiver.root.clone()]),
+        ..medledger_sim::Options::default()
+    })
+    .await
+    .unwrap();
 
-    let mut patient = site.connect_patient().await.unwrap();
-    let set = |body: serde_json::Value| body.to_string().into_bytes();
-    let reply = patient
-        .request(
-            "PUT",
-            "/v1/alerts/webhook",
-            &[("content-type", "application/json")],
-            set(serde_json::json!({ "url": "https://example.org/x", "secret": SECRET })),
-        )
-        .await
-        .unwrap();
-    assert_eq!(reply.status, 400, "only http:// endpoints");
-    let reply = patient
-        .request(
-            "PUT",
-            "/v1/alerts/webhook",
-            &[("content-type", "application/json")],
-            set(serde_json::json!({ "url": url, "secret": SECRET, "after": 0 })),
-        )
-        .await
-        .unwrap();
+    // Still refused: plain HTTP to the same relay, and its other ports.
+    let refused = set_webhook(
+        &site,
+        serde_json::json!({ "url": format!("http://127.0.0.1:{port}/hook"), "secret": SECRET }),
+    )
+    .await;
+    assert_eq!(refused.status, 400, "only https:// endpoints");
+    let refused = set_webhook(
+        &site,
+        serde_json::json!({ "url": format!("https://127.0.0.1:{}/hook", port ^ 1), "secret": SECRET }),
+    )
+    .await;
+    assert_eq!(refused.status, 400, "only the allowed port");
+
+    // By name: resolved to the allowed address, verified as `localhost`.
+    let url = format!("https://localhost:{port}/hook");
+    let reply = set_webhook(
+        &site,
+        serde_json::json!({ "url": url, "secret": SECRET, "after": 0 }),
+    )
+    .await;
     assert_eq!(
         reply.status,
         200,
         "{}",
         String::from_utf8_lossy(&reply.body)
     );
+    assert_eq!(crate::site::body(&reply)["url"], url.as_str());
 
     // Two alerts: a granted request and a denied one.
     let nurse = site.staff(Role::Nurse, true).await.unwrap();
@@ -369,17 +511,52 @@ async fn a_webhook_gets_every_alert_signed_and_retried_until_it_answers() {
     let alerts = wait_for_alerts(&site, 2).await;
     let want: Vec<u64> = alerts.iter().map(|a| a["id"].as_u64().unwrap()).collect();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
+    let calls = loop {
         {
             let s = seen.lock().unwrap();
             if s.ids == want {
                 assert!(s.calls >= 4, "two refusals, then two deliveries");
                 assert_eq!(s.bad_signatures, 0);
-                break;
+                let host = format!("localhost:{port}");
+                assert!(s.hosts.iter().all(|h| *h == host), "{:?}", s.hosts);
+                break s.calls;
             }
             assert!(s.ids.len() <= want.len(), "delivered twice: {:?}", s.ids);
         }
         assert!(std::time::Instant::now() < deadline, "not delivered");
         tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let failures = |site: &Hospital| {
+        site.server
+            .metrics()
+            .value("medledger_server_webhook_failures_total", &[])
+    };
+    assert!(failures(&site) >= 2.0, "the two refusals are counted");
+
+    // A redirect is a failed delivery, retried, and never followed.
+    let before = failures(&site);
+    let reply = set_webhook(
+        &site,
+        serde_json::json!({
+            "url": format!("https://127.0.0.1:{port}/moved"), "secret": SECRET, "after": 0,
+        }),
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while seen.lock().unwrap().moved < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no delivery attempted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // The runner counts each failure after the answer: wait for the third.
+    while failures(&site) < before + 3.0 {
+        assert!(std::time::Instant::now() < deadline, "failures not counted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let s = seen.lock().unwrap();
+    assert_eq!(s.calls, calls, "the redirect to /hook was followed");
+    assert_eq!(s.ids, want);
 }

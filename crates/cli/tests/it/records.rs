@@ -286,7 +286,13 @@ fn medledger(args: &[&str]) -> (bool, String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn from_the_command_line_a_patient_consents_and_a_doctor_reads() {
-    let site = crate::site::start().await;
+    // The patient's webhook goes to a local port the admin allows.
+    let site = crate::site::Site::start(medledger_sim::Options {
+        webhook_allow: vec!["127.0.0.1:9".parse().unwrap()],
+        ..medledger_sim::Options::default()
+    })
+    .await
+    .unwrap();
     let mut device = site.device(1).await.unwrap();
     let mut conn = site.connect(&device).await.unwrap();
     assert_eq!(
@@ -574,8 +580,27 @@ async fn from_the_command_line_a_patient_consents_and_a_doctor_reads() {
         assert!(ok, "{err}");
         serde_json::from_str::<serde_json::Value>(&out).unwrap()["url"].clone()
     };
-    let url = "http://127.0.0.1:9/alerts";
+    let url = "https://127.0.0.1:9/alerts";
     let secret = secret.display().to_string();
+    // Only https://, and not to an internal address unless the admin
+    // allows it (this site allows 127.0.0.1:9, where nothing listens).
+    let mut args = vec!["alerts", "webhook", "--secret-file", &secret, "--url"];
+    args.extend(patient_tls.iter().map(String::as_str));
+    for (refused, why) in [
+        (
+            "http://127.0.0.1:9/alerts",
+            "must be an https:// URL, not http://",
+        ),
+        (
+            "https://127.0.0.1:10/alerts",
+            "127.0.0.1 is a loopback address",
+        ),
+    ] {
+        args.insert(5, refused);
+        let (ok, _, err) = medledger(&args);
+        assert!(!ok && err.contains(why), "{refused}: {err}");
+        args.remove(5);
+    }
     assert_eq!(hook(&["--url", url, "--secret-file", &secret]), url);
     assert_eq!(hook(&[]), url);
     assert_eq!(hook(&["--remove"]), serde_json::Value::Null);
