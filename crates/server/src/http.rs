@@ -31,8 +31,60 @@ pub(crate) fn router(state: Arc<State>) -> Router {
         .route("/v1/batches", post(batches))
         .merge(people())
         .route("/healthz", get(|| async { "ok" }))
+        .fallback(not_found)
         .layer(axum::middleware::from_fn(crate::caller::from_certificate))
+        .layer(axum::middleware::from_fn(problems_only))
         .with_state(state)
+}
+
+/// What an unknown path answers.
+pub(crate) async fn not_found(uri: axum::http::Uri) -> Response {
+    problem(
+        ProblemType::NotFound,
+        format!("nothing here: {}", bounded(uri.path())),
+    )
+}
+
+/// Middleware: every error answer is problem+json, also those no handler
+/// wrote (unknown paths, other methods, path and query values the router
+/// could not parse).
+pub(crate) async fn problems_only(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|t| t.as_bytes().starts_with(PROBLEM_JSON.as_bytes()));
+    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        return response;
+    }
+    let said = axum::body::to_bytes(response.into_body(), 4096)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let path = bounded(&path);
+    match status {
+        StatusCode::NOT_FOUND => problem(ProblemType::NotFound, format!("nothing here: {path}")),
+        StatusCode::METHOD_NOT_ALLOWED => problem(
+            ProblemType::MethodNotAllowed,
+            format!("{path} does not answer {method}"),
+        ),
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            problem(ProblemType::TooLarge, format!("{path}: {}", bounded(&said)))
+        }
+        s if s.is_client_error() => problem(
+            ProblemType::Malformed,
+            format!("{method} {path}: {}", bounded(&said)),
+        ),
+        _ => problem(
+            ProblemType::Unavailable,
+            "the server could not answer; try again",
+        ),
+    }
 }
 
 /// The endpoints for people, on the API port and on the portal: each
@@ -130,7 +182,10 @@ async fn records(
     Extension(caller): Extension<Caller>,
     uri: axum::http::Uri,
 ) -> Response {
-    let id = query_param(&uri, "request").and_then(|v| v.parse::<u64>().ok());
+    let id = match number_param(&uri, "request") {
+        Ok(id) => id,
+        Err(refusal) => return refusal,
+    };
     let Some(id) = id else {
         return problem(
             ProblemType::Malformed,
@@ -213,12 +268,53 @@ pub(crate) fn query_param<'a>(uri: &'a axum::http::Uri, name: &str) -> Option<&'
         .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
 }
 
+/// The whole number `name` in the query: `None` if absent, a 400 naming
+/// the parameter if it is not one.
+pub(crate) fn number_param(uri: &axum::http::Uri, name: &str) -> Result<Option<u64>, Response> {
+    query_param(uri, name)
+        .map(|v| {
+            v.parse::<u64>().map_err(|_| {
+                problem(
+                    ProblemType::Malformed,
+                    format!("?{name}= takes a whole number from 0, not {:?}", bounded(v)),
+                )
+            })
+        })
+        .transpose()
+}
+
+/// The patientRef named by `?patient=`: `None` if absent, a 400 if it is
+/// not 64 hex digits.
+fn patient_param(uri: &axum::http::Uri) -> Result<Option<[u8; 32]>, Response> {
+    query_param(uri, "patient")
+        .map(|v| {
+            patient_ref(v).ok_or_else(|| {
+                problem(
+                    ProblemType::Malformed,
+                    "?patient= takes a patientRef: 64 hex digits",
+                )
+            })
+        })
+        .transpose()
+}
+
+/// At most 64 characters of what a client sent, to quote it back.
+pub(crate) fn bounded(text: &str) -> String {
+    match text.char_indices().nth(64) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_owned(),
+    }
+}
+
 /// The patientRef of a patient caller, or the refusal.
 pub(crate) async fn patient_of(state: &State, caller: &Caller) -> Result<[u8; 32], Response> {
     if caller.role != Role::Patient {
         return Err(problem(
             ProblemType::WrongRole,
-            "this is read with the patient's certificate",
+            format!(
+                "only the patient may do this; you are signed in as {}",
+                caller.role
+            ),
         ));
     }
     let Some(account) = caller.account else {
@@ -254,8 +350,15 @@ async fn subject_of(
     caller: &Caller,
     named: Option<[u8; 32]>,
 ) -> Result<[u8; 32], Response> {
-    if caller.role != Role::Admin {
-        return patient_of(state, caller).await;
+    match caller.role {
+        Role::Admin => {}
+        Role::Patient => return patient_of(state, caller).await,
+        role => {
+            return Err(problem(
+                ProblemType::WrongRole,
+                format!("only the patient or an admin may do this; you are signed in as {role}"),
+            ));
+        }
     }
     let Some(account) = caller.account else {
         return Err(problem(
@@ -293,6 +396,16 @@ async fn subject_of(
     })
 }
 
+/// [`subject_of`] with the patient named by `?patient=`.
+async fn subject_named(
+    state: &State,
+    caller: &Caller,
+    uri: &axum::http::Uri,
+) -> Result<[u8; 32], Response> {
+    let named = patient_param(uri)?;
+    subject_of(state, caller, named).await
+}
+
 /// A patientRef in hex (with or without `0x`).
 pub(crate) fn patient_ref(hex_text: &str) -> Option<[u8; 32]> {
     hex::decode(hex_text.trim_start_matches("0x"))
@@ -317,8 +430,7 @@ async fn ledger(
     Extension(caller): Extension<Caller>,
     uri: axum::http::Uri,
 ) -> Response {
-    let named = query_param(&uri, "patient").and_then(patient_ref);
-    let patient = match subject_of(&state, &caller, named).await {
+    let patient = match subject_named(&state, &caller, &uri).await {
         Ok(p) => p,
         Err(refusal) => return refusal,
     };
@@ -335,8 +447,7 @@ async fn audit(
     Extension(caller): Extension<Caller>,
     uri: axum::http::Uri,
 ) -> Response {
-    let named = query_param(&uri, "patient").and_then(patient_ref);
-    let patient = match subject_of(&state, &caller, named).await {
+    let patient = match subject_named(&state, &caller, &uri).await {
         Ok(p) => p,
         Err(refusal) => return refusal,
     };
@@ -356,13 +467,10 @@ async fn alerts(
         Ok(p) => p,
         Err(refusal) => return refusal,
     };
-    let after = query_param(&uri, "after")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let limit = query_param(&uri, "limit")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1000u64)
-        .min(1000);
+    let (after, limit) = match (number_param(&uri, "after"), number_param(&uri, "limit")) {
+        (Ok(after), Ok(limit)) => (after.unwrap_or(0), limit.unwrap_or(1000).min(1000)),
+        (Err(refusal), _) | (_, Err(refusal)) => return refusal,
+    };
     match state.alerts.list(&patient, after, limit).await {
         Ok(list) => json_response(&serde_json::json!({ "alerts": list })),
         Err(e) => problem(ProblemType::Unavailable, e.to_string()),
@@ -469,7 +577,12 @@ async fn set_webhook(
             Err(e) => return problem(ProblemType::Unavailable, e.to_string()),
         },
     };
-    match crate::webhook::set(&state, &patient, Some((url.as_str(), &hook.secret)), after).await {
+    let new = crate::webhook::NewHook {
+        url: url.as_str(),
+        secret: &hook.secret,
+        set_by: &caller.certificate,
+    };
+    match crate::webhook::set(&state, &patient, Some(new), after).await {
         Ok(()) => json_response(&serde_json::json!({ "url": url.as_str(), "after": after })),
         Err(e) => problem(ProblemType::Unavailable, e.to_string()),
     }
@@ -503,12 +616,21 @@ async fn alert_stream(
         Ok(p) => p,
         Err(refusal) => return refusal,
     };
-    let after: u64 = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| query_param(&uri, "after"))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let after = match headers.get("last-event-id") {
+        Some(v) => match v.to_str().ok().and_then(|v| v.parse::<u64>().ok()) {
+            Some(id) => id,
+            None => {
+                return problem(
+                    ProblemType::Malformed,
+                    "Last-Event-ID takes the id of an alert: a whole number",
+                );
+            }
+        },
+        None => match number_param(&uri, "after") {
+            Ok(after) => after.unwrap_or(0),
+            Err(refusal) => return refusal,
+        },
+    };
     let newest = state.alerts.follow();
     let revoked = caller
         .certificate
@@ -576,7 +698,10 @@ async fn proof(
     let Ok(hash) = <[u8; 32]>::try_from(hex::decode(&hash).unwrap_or_default().as_slice()) else {
         return problem(ProblemType::Malformed, "a reading hash is 64 hex digits");
     };
-    let request = query_param(&uri, "request").and_then(|v| v.parse().ok());
+    let request = match number_param(&uri, "request") {
+        Ok(request) => request,
+        Err(refusal) => return refusal,
+    };
     if let Err(refusal) = may_see(&state, &caller, &hash, request).await {
         return refusal;
     }

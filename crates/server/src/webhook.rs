@@ -19,10 +19,15 @@
 //! Only `https://` endpoints are reached, and never an internal address
 //! (loopback, private, link-local, ...) or the server itself unless an
 //! admin allows it with `webhook_allow`: the rules are in [`guard`].
+//!
+//! A webhook is as good as the certificate of the person who set it: it
+//! is kept with the hook, checked before each delivery, and a hook whose
+//! certificate is revoked (or expired) is removed, never delivered to.
 
 mod guard;
 
 use crate::State;
+use crate::caller::Certificate;
 pub(crate) use guard::Refused;
 use guard::{Guard, Resolve, SystemResolver, Target};
 pub use guard::{WebhookAllow, WebhookAllowError};
@@ -128,6 +133,10 @@ fn roots(ca: Option<&[Vec<u8>]>) -> Result<RootCertStore, rustls::Error> {
 /// Why a delivery failed (it is retried).
 #[derive(Debug, thiserror::Error)]
 enum Failure {
+    /// The certificate of the person who set the webhook is revoked,
+    /// expired, or was never kept: the hook ends.
+    #[error("the certificate that set it is revoked, expired or unknown")]
+    SetterRevoked,
     /// The webhook is no longer one the server may reach.
     #[error(transparent)]
     Refused(#[from] Refused),
@@ -175,6 +184,17 @@ struct Hook {
     url: String,
     secret: String,
     delivered: u64,
+    /// The certificate chain (PEM, leaf first) of whoever set it; `None`
+    /// for hooks set before certificates were kept.
+    certificate: Option<String>,
+}
+
+/// A webhook to set: where, the shared secret, and the certificate of the
+/// person setting it.
+pub(crate) struct NewHook<'a> {
+    pub(crate) url: &'a str,
+    pub(crate) secret: &'a str,
+    pub(crate) set_by: &'a Certificate,
 }
 
 /// Sets (or with `None` removes) the patient's webhook; delivery starts
@@ -183,24 +203,36 @@ struct Hook {
 pub(crate) async fn set(
     state: &State,
     patient: &[u8; 32],
-    hook: Option<(&str, &str)>,
+    hook: Option<NewHook<'_>>,
     after: u64,
 ) -> Result<(), sqlx::Error> {
+    remove(state, patient).await?;
+    if let Some(hook) = hook {
+        let pem: String = hook
+            .set_by
+            .chain
+            .iter()
+            .map(|der| medledger_pki::files::to_pem("CERTIFICATE", der))
+            .collect();
+        sqlx::query(
+            "INSERT INTO alert_webhooks (patient, url, secret, delivered, certificate) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(patient.to_vec())
+        .bind(hook.url)
+        .bind(hook.secret)
+        .bind(i64::try_from(after).unwrap_or(i64::MAX))
+        .bind(pem)
+        .execute(state.db.pool())
+        .await?;
+    }
+    Ok(())
+}
+
+async fn remove(state: &State, patient: &[u8; 32]) -> Result<(), sqlx::Error> {
     sqlx::query("DELETE FROM alert_webhooks WHERE patient = $1")
         .bind(patient.to_vec())
         .execute(state.db.pool())
         .await?;
-    if let Some((url, secret)) = hook {
-        sqlx::query(
-            "INSERT INTO alert_webhooks (patient, url, secret, delivered) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(patient.to_vec())
-        .bind(url)
-        .bind(secret)
-        .bind(i64::try_from(after).unwrap_or(i64::MAX))
-        .execute(state.db.pool())
-        .await?;
-    }
     Ok(())
 }
 
@@ -239,6 +271,16 @@ pub(crate) async fn run(state: Arc<State>, every: Duration) {
                 Ok(()) => {
                     backoff.remove(&hook.patient);
                 }
+                Err(Failure::SetterRevoked) => {
+                    eprintln!(
+                        "medledger server: webhook {}: removed: {}",
+                        hook.url,
+                        Failure::SetterRevoked
+                    );
+                    if let Err(e) = remove(&state, &hook.patient).await {
+                        eprintln!("medledger server: removing webhook {}: {e}", hook.url);
+                    }
+                }
                 Err(e) => {
                     let wait = backoff
                         .get(&hook.patient)
@@ -264,10 +306,30 @@ pub(crate) async fn run(state: Arc<State>, every: Duration) {
     }
 }
 
+/// Whether the person who set `hook` still holds a certificate the server
+/// accepts (revoking it ends the webhooks they set).
+fn set_by_valid_certificate(state: &State, hook: &Hook) -> bool {
+    let Some(chain) = hook
+        .certificate
+        .as_deref()
+        .and_then(|pem| medledger_pki::files::der_blocks(pem.as_bytes(), "CERTIFICATE").ok())
+    else {
+        return false;
+    };
+    let Some((leaf, intermediates)) = chain.split_first() else {
+        return false;
+    };
+    state
+        .client_auth
+        .verify_certificate(leaf, intermediates, rustls::pki_types::UnixTime::now())
+        .is_ok()
+}
+
 async fn hooks(state: &State) -> Result<Vec<Hook>, sqlx::Error> {
-    let rows = sqlx::query("SELECT patient, url, secret, delivered FROM alert_webhooks")
-        .fetch_all(state.db.pool())
-        .await?;
+    let rows =
+        sqlx::query("SELECT patient, url, secret, delivered, certificate FROM alert_webhooks")
+            .fetch_all(state.db.pool())
+            .await?;
     rows.into_iter()
         .map(|r| {
             let patient: Vec<u8> = r.try_get("patient")?;
@@ -276,6 +338,7 @@ async fn hooks(state: &State) -> Result<Vec<Hook>, sqlx::Error> {
                 url: r.try_get("url")?,
                 secret: r.try_get("secret")?,
                 delivered: u64::try_from(r.try_get::<i64, _>("delivered")?).unwrap_or(0),
+                certificate: r.try_get("certificate")?,
             })
         })
         .collect()
@@ -293,6 +356,9 @@ async fn deliver(state: &State, hook: &Hook) -> Result<(), Failure> {
         .await?;
     if alerts.is_empty() {
         return Ok(());
+    }
+    if !set_by_valid_certificate(state, hook) {
+        return Err(Failure::SetterRevoked);
     }
     let target = state.webhooks.check(&hook.url).await?;
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, hook.secret.as_bytes());

@@ -547,7 +547,10 @@ pub(super) fn dispatch(rpc: &Rpc, method: &str, p: Value) -> Result<Value, RpcEr
         }
         _ => Err(RpcError::new(
             -32601,
-            format!("the method {method} does not exist/is not available"),
+            format!(
+                "the method {} does not exist/is not available",
+                method.chars().take(64).collect::<String>()
+            ),
         )),
     }
 }

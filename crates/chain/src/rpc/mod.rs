@@ -29,11 +29,20 @@ pub struct RpcError {
     pub data: Option<Value>,
 }
 
+/// The longest error message sent: what a client sent is quoted back,
+/// never in full.
+const MAX_MESSAGE_CHARS: usize = 512;
+
 impl RpcError {
     pub(crate) fn new(code: i64, message: impl Into<String>) -> Self {
+        let mut message = message.into();
+        if let Some((cut, _)) = message.char_indices().nth(MAX_MESSAGE_CHARS) {
+            message.truncate(cut);
+            message.push('…');
+        }
         RpcError {
             code,
-            message: message.into(),
+            message,
             data: None,
         }
     }

@@ -237,3 +237,29 @@ async fn bad_requests_get_json_rpc_errors() {
         "0x7a69"
     );
 }
+
+/// An unknown method is named in the error, but never echoed whole: a
+/// 2 MiB method name comes back as a few dozen characters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_method_is_quoted_back_bounded() {
+    let chain = start().await;
+    let huge = "x".repeat(2 << 20);
+    let answer = rpc(&chain, &huge, json!([])).await;
+    assert_eq!(
+        answer["error"]["code"],
+        -32601,
+        "{}",
+        &answer.to_string()[..200]
+    );
+    let message = answer["error"]["message"].as_str().unwrap();
+    assert!(message.len() < 200, "{} bytes echoed", message.len());
+    assert!(message.contains(&"x".repeat(64)), "{message}");
+    let answer = rpc(&chain, "eth_noSuchThing", json!([])).await;
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("eth_noSuchThing"),
+        "{answer}"
+    );
+}

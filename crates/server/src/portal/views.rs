@@ -4,7 +4,7 @@
 use super::session::text_or;
 use crate::State;
 use crate::caller::Caller;
-use crate::http::{fhir_response, json_response, patient_of, problem, query_param};
+use crate::http::{fhir_response, json_response, number_param, patient_of, problem, query_param};
 use crate::indexer::{IndexedEvent, events_named};
 use crate::records::{Refused, refused};
 use alloy::primitives::{Address, B256, U256};
@@ -191,10 +191,12 @@ pub(super) async fn events(
     if let Err(refusal) = still(&state, &caller).await {
         return refusal;
     }
-    let limit = query_param(&uri, "limit")
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(100)
-        .min(MAX_EVENTS);
+    let limit = match number_param(&uri, "limit") {
+        Ok(limit) => usize::try_from(limit.unwrap_or(100))
+            .unwrap_or(MAX_EVENTS)
+            .min(MAX_EVENTS),
+        Err(refusal) => return refusal,
+    };
     let own_patient = match caller.role {
         Role::Patient => match patient_of(&state, &caller).await {
             Ok(p) => Some(B256::from(p).to_string()),
