@@ -13,6 +13,7 @@ mod indexer;
 mod ingest;
 mod portal;
 mod records;
+mod revocation;
 mod site;
 mod up;
 mod verify;

@@ -183,13 +183,13 @@ fn patients_doctors_and_admins_use_the_portal_in_chromium() {
 
 /// The portal over HTTPS without a client certificate, as a browser
 /// whose user signs in with a key.
-struct Visitor {
+pub(crate) struct Visitor {
     conn: medledger_pki::https::Connection,
-    cookie: String,
+    pub(crate) cookie: String,
 }
 
 impl Visitor {
-    async fn open(root: &Path, addr: &str, own: Option<&Path>) -> Visitor {
+    pub(crate) async fn open(root: &Path, addr: &str, own: Option<&Path>) -> Visitor {
         let root = medledger_pki::files::read_first(root, "CERTIFICATE").unwrap();
         let own = own.map(|p| medledger_pki::Credentials::load(p).unwrap());
         let config =
@@ -204,7 +204,7 @@ impl Visitor {
         }
     }
 
-    async fn send(
+    pub(crate) async fn send(
         &mut self,
         method: &str,
         path: &str,
@@ -228,20 +228,20 @@ impl Visitor {
         (reply.status, json)
     }
 
-    async fn challenge(&mut self) -> String {
+    pub(crate) async fn challenge(&mut self) -> String {
         let (status, body) = self.send("POST", "/portal/v1/challenge", &[], "{}").await;
         assert_eq!(status, 200, "{body}");
         body["message"].as_str().unwrap().to_owned()
     }
 }
 
-fn sign(key: &alloy::signers::local::PrivateKeySigner, message: &[u8]) -> String {
+pub(crate) fn sign(key: &alloy::signers::local::PrivateKeySigner, message: &[u8]) -> String {
     use alloy::signers::SignerSync;
     let signature = key.sign_message_sync(message).unwrap();
     format!("0x{}", hex::encode(signature.as_bytes()))
 }
 
-fn problem_type(body: &serde_json::Value) -> &str {
+pub(crate) fn problem_type(body: &serde_json::Value) -> &str {
     body["type"]
         .as_str()
         .unwrap_or("")
