@@ -4,6 +4,7 @@
 use crate::State;
 use crate::caller::Caller;
 use crate::ingest::{self, Unavailable};
+use crate::records::{Refused, refused};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Extension, Path, State as AxState};
@@ -184,7 +185,7 @@ async fn records(
 ) -> Response {
     let id = match number_param(&uri, "request") {
         Ok(id) => id,
-        Err(refusal) => return refusal,
+        Err(refusal) => return refusal.into(),
     };
     let Some(id) = id else {
         return problem(
@@ -270,11 +271,11 @@ pub(crate) fn query_param<'a>(uri: &'a axum::http::Uri, name: &str) -> Option<&'
 
 /// The whole number `name` in the query: `None` if absent, a 400 naming
 /// the parameter if it is not one.
-pub(crate) fn number_param(uri: &axum::http::Uri, name: &str) -> Result<Option<u64>, Response> {
+pub(crate) fn number_param(uri: &axum::http::Uri, name: &str) -> Result<Option<u64>, Refused> {
     query_param(uri, name)
         .map(|v| {
             v.parse::<u64>().map_err(|_| {
-                problem(
+                refused(
                     ProblemType::Malformed,
                     format!("?{name}= takes a whole number from 0, not {:?}", bounded(v)),
                 )
@@ -285,11 +286,11 @@ pub(crate) fn number_param(uri: &axum::http::Uri, name: &str) -> Result<Option<u
 
 /// The patientRef named by `?patient=`: `None` if absent, a 400 if it is
 /// not 64 hex digits.
-fn patient_param(uri: &axum::http::Uri) -> Result<Option<[u8; 32]>, Response> {
+fn patient_param(uri: &axum::http::Uri) -> Result<Option<[u8; 32]>, Refused> {
     query_param(uri, "patient")
         .map(|v| {
             patient_ref(v).ok_or_else(|| {
-                problem(
+                refused(
                     ProblemType::Malformed,
                     "?patient= takes a patientRef: 64 hex digits",
                 )
@@ -402,7 +403,7 @@ async fn subject_named(
     caller: &Caller,
     uri: &axum::http::Uri,
 ) -> Result<[u8; 32], Response> {
-    let named = patient_param(uri)?;
+    let named = patient_param(uri).map_err(Response::from)?;
     subject_of(state, caller, named).await
 }
 
@@ -469,7 +470,7 @@ async fn alerts(
     };
     let (after, limit) = match (number_param(&uri, "after"), number_param(&uri, "limit")) {
         (Ok(after), Ok(limit)) => (after.unwrap_or(0), limit.unwrap_or(1000).min(1000)),
-        (Err(refusal), _) | (_, Err(refusal)) => return refusal,
+        (Err(refusal), _) | (_, Err(refusal)) => return refusal.into(),
     };
     match state.alerts.list(&patient, after, limit).await {
         Ok(list) => json_response(&serde_json::json!({ "alerts": list })),
@@ -628,7 +629,7 @@ async fn alert_stream(
         },
         None => match number_param(&uri, "after") {
             Ok(after) => after.unwrap_or(0),
-            Err(refusal) => return refusal,
+            Err(refusal) => return refusal.into(),
         },
     };
     let newest = state.alerts.follow();
@@ -700,7 +701,7 @@ async fn proof(
     };
     let request = match number_param(&uri, "request") {
         Ok(request) => request,
-        Err(refusal) => return refusal,
+        Err(refusal) => return refusal.into(),
     };
     if let Err(refusal) = may_see(&state, &caller, &hash, request).await {
         return refusal;

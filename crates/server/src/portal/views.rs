@@ -195,7 +195,7 @@ pub(super) async fn events(
         Ok(limit) => usize::try_from(limit.unwrap_or(100))
             .unwrap_or(MAX_EVENTS)
             .min(MAX_EVENTS),
-        Err(refusal) => return refusal,
+        Err(refusal) => return refusal.into(),
     };
     let own_patient = match caller.role {
         Role::Patient => match patient_of(&state, &caller).await {
