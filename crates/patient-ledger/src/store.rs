@@ -396,17 +396,18 @@ impl Ledger {
             let tree = self.tree_in(&mut trees, patient).await?;
             (self.sign_checkpoint(patient, tree), tree.size())
         };
-        sqlx::query("DELETE FROM ledger_checkpoints WHERE patient = $1 AND size = $2")
-            .bind(patient.to_vec())
-            .bind(to_i64(size))
-            .execute(self.db.pool())
-            .await?;
-        sqlx::query("INSERT INTO ledger_checkpoints (patient, size, note) VALUES ($1, $2, $3)")
-            .bind(patient.to_vec())
-            .bind(to_i64(size))
-            .bind(note.as_str())
-            .execute(self.db.pool())
-            .await?;
+        // One statement: two checkpoints of the same size (the anchor task
+        // and a proof asked for at once) must not race; the later note wins,
+        // and both are valid signatures of the same tree.
+        sqlx::query(
+            "INSERT INTO ledger_checkpoints (patient, size, note) VALUES ($1, $2, $3) \
+             ON CONFLICT (patient, size) DO UPDATE SET note = excluded.note",
+        )
+        .bind(patient.to_vec())
+        .bind(to_i64(size))
+        .bind(note.as_str())
+        .execute(self.db.pool())
+        .await?;
         Ok(note)
     }
 
