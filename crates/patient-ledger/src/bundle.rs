@@ -213,10 +213,11 @@ impl Report {
 }
 
 /// Verifies a bundle (JSON): the checkpoint's signature, that it is this
-/// patient's log, and every entry's signature, place and inclusion proof;
-/// and that every entry the checkpoint covers is there. Entries and the
-/// checkpoint may be signed by any key of the bundle's key history, each
-/// before its retirement. With `trusted_key`, that history must hold it
+/// patient's log, and every entry's place and inclusion proof (and the
+/// signature of a signed entry of an earlier release); and that every
+/// entry the checkpoint covers is there. The checkpoint and signed entries
+/// may be signed by any key of the bundle's key history, each before its
+/// retirement. With `trusted_key`, that history must hold it
 /// (an auditor who trusts a retired key follows its rotations).
 pub fn verify(json: &str, trusted_key: Option<&str>) -> Result<Report, BundleError> {
     let bundle: Bundle =

@@ -1,20 +1,27 @@
-//! Ledger entries: canonical CBOR, signed with the server's ledger key.
+//! Ledger entries: canonical CBOR.
 //!
 //! An entry's payload is a deterministic CBOR map (RFC 8949 §4.2.1) with
 //! text keys:
 //!
 //! | key | value |
 //! |---|---|
-//! | `v` | 1 |
+//! | `v` | 2 (1 in the signed entries of earlier releases) |
 //! | `patient` | bstr(32), the patientRef |
 //! | `idx` | uint, its index in the patient's ledger |
 //! | `ts` | uint, Unix ms |
 //! | `kind` | text: `DataRecorded`, `ConsentChanged`, `AccessEvent`, `Annotation`, `Alert`, `StorageFailure`, `Erased` |
 //! | `body` | map of text keys to uint, text or bstr |
 //!
-//! The stored entry (the Merkle leaf data) is the CBOR array
+//! The stored entry (the Merkle leaf data) is the payload itself (`v` 2).
+//! As in Certificate Transparency, what is signed is the checkpoint: an
+//! entry is authentic because it is included under a signed (and
+//! anchored) checkpoint, so it carries no signature of its own; a signature
+//! per entry cost a fifth of a reading's CPU and proved nothing more.
+//!
+//! Entries written by earlier releases (`v` 1) are the CBOR array
 //! `[payload (bstr), signature (bstr(64))]`, the signature being Ed25519
-//! over `"medledger ledger entry\n" || payload`.
+//! over `"medledger ledger entry\n" || payload`; they are read, and their
+//! signature checked, as before.
 
 use crate::checkpoint::{NoteSigner, NoteVerifier};
 use medledger_protocol::cbor::{self, Encoder, Value};
@@ -32,6 +39,11 @@ pub const KINDS: &[&str] = &[
 ];
 
 const SIGNING_CONTEXT: &[u8] = b"medledger ledger entry\n";
+
+/// The version of the entries this release writes (unsigned).
+const VERSION: u64 = 2;
+/// The version of signed entries (`[payload, signature]`), read only.
+const SIGNED_VERSION: u64 = 1;
 
 /// A value in an entry's body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,9 +107,28 @@ fn key(k: &str) -> Vec<u8> {
     })
 }
 
+/// A stored entry, decoded: an unsigned one (`v` 2), or a signed one of
+/// an earlier release with the message its signature covers.
+#[derive(Debug)]
+pub(crate) enum Stored {
+    /// `v` 2: authentic by inclusion under a signed checkpoint.
+    Unsigned(Entry),
+    /// `v` 1: `[payload, signature]`.
+    Signed {
+        entry: Entry,
+        message: Vec<u8>,
+        signature: Vec<u8>,
+    },
+}
+
 impl Entry {
-    /// The canonical CBOR payload.
-    pub fn payload(&self) -> Vec<u8> {
+    /// The stored form of the entry (the Merkle leaf data): its canonical
+    /// CBOR payload.
+    pub fn encode(&self) -> Vec<u8> {
+        self.payload_of(VERSION)
+    }
+
+    fn payload_of(&self, version: u64) -> Vec<u8> {
         let body: Vec<(Vec<u8>, Vec<u8>)> = self
             .body
             .iter()
@@ -119,7 +150,7 @@ impl Entry {
             (
                 key("v"),
                 cbor::encode_with(|e| {
-                    e.uint(1);
+                    e.uint(version);
                 }),
             ),
             (
@@ -153,30 +184,45 @@ impl Entry {
         })
     }
 
-    /// Signs the entry: the bytes to store and hash into the tree.
-    pub fn sign(&self, signer: &NoteSigner) -> Vec<u8> {
-        let payload = self.payload();
-        let signature = signer.sign_raw(&[SIGNING_CONTEXT, &payload].concat());
+    /// The signed form of earlier releases (`v` 1, `[payload,
+    /// signature]`): what their ledgers hold, for tests of reading them.
+    pub fn sign_v1(&self, signer: &NoteSigner) -> Vec<u8> {
+        let payload = self.payload_of(SIGNED_VERSION);
+        let signature = signer.sign_raw(&Entry::signed_message(&payload));
         cbor::encode_with(|e| {
             e.array(2).bytes(&payload).bytes(&signature);
         })
     }
 
-    /// Checks a stored entry's signature and decodes it.
+    /// Decodes a stored entry; a signed one (`v` 1) must verify with
+    /// `verifier`. An unsigned one is authentic only under a checkpoint:
+    /// the caller checks its inclusion.
     pub fn open(stored: &[u8], verifier: &NoteVerifier) -> Result<Entry, EntryError> {
-        let (payload, signature) = Entry::split(stored)?;
-        if !verifier.verify_raw(&Entry::signed_message(&payload), &signature) {
-            return Err(EntryError::BadSignature);
+        match Entry::decode(stored)? {
+            Stored::Unsigned(entry) => Ok(entry),
+            Stored::Signed {
+                entry,
+                message,
+                signature,
+            } if verifier.verify_raw(&message, &signature) => Ok(entry),
+            Stored::Signed { .. } => Err(EntryError::BadSignature),
         }
-        Entry::decode_payload(&payload)
     }
 
-    /// Decodes a stored entry without checking its signature; returns it
-    /// with the message signed and the signature, for the caller to check.
-    pub(crate) fn open_unverified(stored: &[u8]) -> Result<(Entry, Vec<u8>, Vec<u8>), EntryError> {
-        let (payload, signature) = Entry::split(stored)?;
-        let entry = Entry::decode_payload(&payload)?;
-        Ok((entry, Entry::signed_message(&payload), signature))
+    /// Decodes a stored entry of either form, leaving a signature to check
+    /// to the caller.
+    pub(crate) fn decode(stored: &[u8]) -> Result<Stored, EntryError> {
+        // A definite-length array head (major type 4): the signed form.
+        if stored.first().is_some_and(|b| b >> 5 == 4) {
+            let (payload, signature) = Entry::split(stored)?;
+            let entry = Entry::decode_payload(&payload, SIGNED_VERSION)?;
+            return Ok(Stored::Signed {
+                entry,
+                message: Entry::signed_message(&payload),
+                signature,
+            });
+        }
+        Ok(Stored::Unsigned(Entry::decode_payload(stored, VERSION)?))
     }
 
     fn signed_message(payload: &[u8]) -> Vec<u8> {
@@ -199,7 +245,7 @@ impl Entry {
         Ok((payload, signature))
     }
 
-    fn decode_payload(payload: &[u8]) -> Result<Entry, EntryError> {
+    fn decode_payload(payload: &[u8], version: u64) -> Result<Entry, EntryError> {
         let malformed = |why: String| EntryError::Malformed(why);
         let Value::Map(mut fields) = cbor::decode(payload).map_err(|e| malformed(e.to_string()))?
         else {
@@ -216,8 +262,16 @@ impl Entry {
             Value::Uint(n) => Ok(n),
             _ => Err(malformed(format!("{name:?} is not an unsigned integer"))),
         };
-        if uint(get("v")?, "v")? != 1 {
-            return Err(malformed("unknown entry version".into()));
+        let v = uint(get("v")?, "v")?;
+        if v != version {
+            return Err(malformed(format!(
+                "entry version {v} in the {} form",
+                if version == VERSION {
+                    "unsigned"
+                } else {
+                    "signed"
+                }
+            )));
         }
         let patient = match get("patient")? {
             Value::Bytes(b) => {

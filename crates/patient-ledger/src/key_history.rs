@@ -32,7 +32,7 @@
 //! are what fix the past.
 
 use crate::checkpoint::{Checkpoint, CheckpointError, NoteSigner, NoteVerifier};
-use crate::entry::{Entry, EntryError};
+use crate::entry::{Entry, EntryError, Stored};
 
 /// The first line of a rotation statement.
 pub const ROTATION_HEADER: &str = "medledger ledger key rotation";
@@ -357,10 +357,19 @@ impl KeyHistory {
         }
     }
 
-    /// Checks a stored entry's signature by a key of the history, valid at
-    /// the entry's `ts`, and decodes it.
+    /// Decodes a stored entry; a signed one of an earlier release (`v` 1)
+    /// must verify by a key of the history valid at the entry's `ts`. An
+    /// unsigned one is authentic only under a checkpoint: the caller
+    /// checks its inclusion.
     pub fn open_entry(&self, stored: &[u8]) -> Result<Entry, EntryError> {
-        let (entry, message, signature) = Entry::open_unverified(stored)?;
+        let (entry, message, signature) = match Entry::decode(stored)? {
+            Stored::Unsigned(entry) => return Ok(entry),
+            Stored::Signed {
+                entry,
+                message,
+                signature,
+            } => (entry, message, signature),
+        };
         let expected = self.key_at(entry.ts_ms);
         // The key valid at `ts` first: the only one tried for a good entry.
         let order = self

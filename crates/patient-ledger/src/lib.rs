@@ -1,5 +1,6 @@
-//! The per-patient verifiable ledger: an append-only log of signed entries
-//! hashed into an RFC 6962 (RFC 9162 §2.1) Merkle tree, so that anyone
+//! The per-patient verifiable ledger: an append-only log of entries
+//! hashed into an RFC 6962 (RFC 9162 §2.1) Merkle tree, under signed
+//! checkpoints, so that anyone
 //! holding a checkpoint can check that an entry is in the log and that a
 //! later log extends an earlier one.
 //!
@@ -10,7 +11,8 @@
 //!                               `-- consistency(m, n)     -> verify_consistency
 //! ```
 //!
-//! Entries are signed CBOR ([`entry`]); the durable store keeps them in SQL
+//! Entries are canonical CBOR, authentic by inclusion under a signed
+//! checkpoint ([`entry`]); the durable store keeps them in SQL
 //! ([`store`]); a patient's ledger exports as a proof bundle that anyone can
 //! verify offline ([`bundle`]). The ledger key rotates: a [`KeyHistory`]
 //! of rotation statements, each signed by the old and the new key, says

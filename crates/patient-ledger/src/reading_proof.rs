@@ -105,7 +105,7 @@ pub enum ReadingProofError {
     /// The checkpoint's signature or form.
     #[error("checkpoint: {0}")]
     Checkpoint(#[from] CheckpointError),
-    /// The entry's signature or form.
+    /// The entry's form (or a signed entry's signature).
     #[error("ledger entry: {0}")]
     Entry(#[from] EntryError),
     /// The key history does not verify, or does not hold the trusted key.
@@ -158,8 +158,9 @@ fn hashes(list: &[String], what: &str) -> Result<Vec<Hash>, ReadingProofError> {
     list.iter().map(|h| hash(h, what)).collect()
 }
 
-/// Verifies a proof: the checkpoint's and the entry's signatures by keys
-/// of the proof's key history, each before its retirement (with
+/// Verifies a proof: the checkpoint's signature (and a signed entry's, of
+/// an earlier release) by keys of the proof's key history, each before its
+/// retirement (with
 /// `trusted_key`, that history must hold it), that the entry records this
 /// reading of this patient in this batch, and both inclusion proofs.
 pub fn verify(json: &str, trusted_key: Option<&str>) -> Result<ReadingReport, ReadingProofError> {

@@ -17,9 +17,6 @@ use std::collections::{BTreeMap, HashMap};
 /// A patientRef.
 pub type PatientRef = [u8; 32];
 
-/// Batches at least this large are signed on all cores.
-const PARALLEL_SIGNING: usize = 64;
-
 /// Why a ledger operation failed or a ledger does not verify.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -334,10 +331,10 @@ impl Ledger {
                 body: e.body,
             }));
         }
-        let signed = self.sign_all(&entries);
+        let stored: Vec<Vec<u8>> = entries.iter().map(Entry::encode).collect();
         let rows: Vec<Vec<SqlValue>> = entries
             .iter()
-            .zip(&signed)
+            .zip(&stored)
             .map(|(entry, stored)| {
                 vec![
                     SqlValue::Bytes(entry.patient.to_vec()),
@@ -356,35 +353,13 @@ impl Ledger {
         .await?;
         let leaves = entries
             .iter()
-            .zip(&signed)
+            .zip(&stored)
             .map(|(e, stored)| (e.patient, leaf_hash(stored)))
             .collect();
         Ok(Staged {
             trees,
             leaves,
             indexes,
-        })
-    }
-
-    /// Signs entries, on every core for large batches.
-    fn sign_all(&self, entries: &[Entry]) -> Vec<Vec<u8>> {
-        let sign = |chunk: &[Entry]| -> Vec<Vec<u8>> {
-            chunk.iter().map(|e| e.sign(&self.signer)).collect()
-        };
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        if entries.len() < PARALLEL_SIGNING || threads < 2 {
-            return sign(entries);
-        }
-        let chunk = entries.len().div_ceil(threads);
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = entries
-                .chunks(chunk)
-                .map(|c| scope.spawn(move || sign(c)))
-                .collect();
-            handles
-                .into_iter()
-                .flat_map(|h| h.join().expect("signing does not panic"))
-                .collect()
         })
     }
 

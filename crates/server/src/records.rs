@@ -367,7 +367,7 @@ pub(crate) async fn bundle(
 
 /// The patient's record reads, served and refused, as a FHIR `collection`
 /// Bundle of AuditEvents: one per `AccessEvent` entry in their ledger, each
-/// entry's signature checked.
+/// entry's form checked (entries are proven by `GET /v1/ledger`).
 pub(crate) async fn audit_events(state: &State, patient: &[u8; 32]) -> Result<Value, Refused> {
     let failed = |e: &dyn std::fmt::Display| refused(ProblemType::Unavailable, e.to_string());
     // Every entry that is not a reading's (those are in ingest_readings).

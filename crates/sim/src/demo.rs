@@ -1174,7 +1174,7 @@ impl Demo {
         };
         Ok(check(
             "an entry of p3's ledger rewritten",
-            "the ledger no longer verifies (entry signature, inclusion proof)",
+            "the ledger no longer verifies (the entry is not under the signed checkpoint)",
             observed.clone(),
             observed.starts_with("refused"),
         ))

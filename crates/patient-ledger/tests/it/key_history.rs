@@ -188,11 +188,11 @@ fn a_retired_key_signs_nothing_after_its_retirement() {
     };
 
     // Entries: the old key before its retirement, the new key any time.
-    history.open_entry(&at(retired - 1).sign(&old)).unwrap();
-    history.open_entry(&at(retired - 1).sign(&new)).unwrap();
-    history.open_entry(&at(retired + 1).sign(&new)).unwrap();
+    history.open_entry(&at(retired - 1).sign_v1(&old)).unwrap();
+    history.open_entry(&at(retired - 1).sign_v1(&new)).unwrap();
+    history.open_entry(&at(retired + 1).sign_v1(&new)).unwrap();
     for ts_ms in [retired, retired + 1] {
-        let err = history.open_entry(&at(ts_ms).sign(&old)).unwrap_err();
+        let err = history.open_entry(&at(ts_ms).sign_v1(&old)).unwrap_err();
         assert_eq!(
             err,
             EntryError::RetiredKey {
@@ -208,7 +208,7 @@ fn a_retired_key_signs_nothing_after_its_retirement() {
         );
     }
     assert!(matches!(
-        history.open_entry(&at(retired - 1).sign(&signer())),
+        history.open_entry(&at(retired - 1).sign_v1(&signer())),
         Err(EntryError::NoKeySigned(2))
     ));
 
@@ -333,20 +333,15 @@ async fn ledgers_verify_across_a_rotation() {
         // Trusting a key outside the chain.
         let err = bundle::verify(&bundle, Some(&signer().verifier_key())).unwrap_err();
         assert!(matches!(err, BundleError::UntrustedKey { .. }), "{err}");
-        // Without the history, the old key's entries are not the new key's.
+        // Entries carry no signature: without the history, the bundle
+        // still verifies under its newest checkpoint, the new key's, which
+        // covers every entry; trusting the old key needs the history.
         let mut stripped: Bundle = serde_json::from_str(&bundle).unwrap();
         stripped.key_history.clear();
-        let err = bundle::verify(&serde_json::to_string(&stripped).unwrap(), None).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                BundleError::Entry {
-                    index: 0,
-                    source: EntryError::BadSignature
-                }
-            ),
-            "{err}"
-        );
+        let stripped = serde_json::to_string(&stripped).unwrap();
+        assert_eq!(bundle::verify(&stripped, None).unwrap().size, 6);
+        let err = bundle::verify(&stripped, Some(&old_key)).unwrap_err();
+        assert!(matches!(err, BundleError::UntrustedKey { .. }), "{err}");
 
         // A retired-key entry dated after the retirement, slipped into
         // the store, is named.
@@ -357,7 +352,7 @@ async fn ledgers_verify_across_a_rotation() {
             kind: "DataRecorded".to_owned(),
             body: BTreeMap::new(),
         }
-        .sign(&NoteSigner::from_pkcs8("medledger-server", &old_pkcs8).unwrap());
+        .sign_v1(&NoteSigner::from_pkcs8("medledger-server", &old_pkcs8).unwrap());
         sqlx::query("INSERT INTO ledger_entries (patient, idx, entry) VALUES ($1, $2, $3)")
             .bind(P.to_vec())
             .bind(6_i64)
@@ -440,9 +435,15 @@ async fn reading_proofs_verify_across_a_rotation() {
         ),
         "{err}"
     );
-    let err = reading_proof::verify(&proof(Vec::new()), None).unwrap_err();
+    // The entry is unsigned: the new key's checkpoint alone proves it.
+    let without = proof(Vec::new());
+    assert_eq!(reading_proof::verify(&without, None).unwrap().index, 0);
+    let err = reading_proof::verify(&without, Some(&old_key)).unwrap_err();
     assert!(
-        matches!(err, ReadingProofError::Entry(EntryError::BadSignature)),
+        matches!(
+            err,
+            ReadingProofError::KeyHistory(KeyHistoryError::Untrusted { .. })
+        ),
         "{err}"
     );
 }

@@ -5,7 +5,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use medledger_patient_ledger::bundle::{self, Bundle};
 use medledger_patient_ledger::{
-    BundleError, EntryError, Field, Ledger, LedgerError, NewEntry, NoteSigner, ProofError,
+    BundleError, Entry, EntryError, Field, Ledger, LedgerError, NewEntry, NoteSigner, ProofError,
     leaf_hash, verify_inclusion,
 };
 use medledger_storage::Db;
@@ -109,26 +109,39 @@ async fn tampering_is_named_by_entry_and_check() {
         let anchored = f.ledger.checkpoint(&P).await.unwrap();
         let db = f.db().await;
 
-        // A flipped byte in a stored entry.
+        // An entry rewritten (a well-formed entry saying something else):
+        // the entries no longer hash to the signed checkpoint's root.
         let stored = f.ledger.entries(&P).await.unwrap();
+        let mut rewritten = f.ledger.history().open_entry(&stored[3]).unwrap();
+        rewritten.body.insert("seq".to_owned(), Field::Uint(99));
+        set_entry(&db, 3, &rewritten.encode()).await;
+        let err = f.reopen().await.verify(&P, &[]).await.unwrap_err();
+        assert!(
+            matches!(err, LedgerError::RootMismatch { size: 6, .. }),
+            "{err}"
+        );
+        // A flipped byte in a stored entry (here, in the patientRef).
         let mut bad = stored[3].clone();
         let last = bad.len() - 1;
         bad[last] ^= 1;
         set_entry(&db, 3, &bad).await;
         let err = f.reopen().await.verify(&P, &[]).await.unwrap_err();
         assert!(
+            matches!(err, LedgerError::Misplaced { index: 3, .. }),
+            "{err}"
+        );
+        // Bytes that are no entry at all.
+        set_entry(&db, 3, b"\xa1\x61v\x07").await;
+        let err = f.reopen().await.verify(&P, &[]).await.unwrap_err();
+        assert!(
             matches!(
                 err,
                 LedgerError::Entry {
                     index: 3,
-                    source: EntryError::BadSignature
+                    source: EntryError::Malformed(_)
                 }
             ),
             "{err}"
-        );
-        assert_eq!(
-            err.to_string(),
-            "entry 3: the entry's signature does not verify with the ledger key"
         );
         set_entry(&db, 3, &stored[3]).await;
 
@@ -230,7 +243,9 @@ async fn bundles_verify_offline_and_name_what_is_wrong() {
         t.entries[5].entry = B64.encode(raw);
         assert!(matches!(
             check(&t),
-            Err(BundleError::Entry { index: 5, .. })
+            Err(BundleError::Entry { index: 5, .. }
+                | BundleError::Proof { index: 5, .. }
+                | BundleError::Misplaced { index: 5, .. })
         ));
         // A flipped byte in a proof.
         let mut t = b.clone();
@@ -386,6 +401,84 @@ async fn staged_entries_follow_the_callers_transaction() {
         assert_eq!(
             f.ledger.verify(&P, &[]).await.unwrap(),
             again.verify(&P, &[]).await.unwrap()
+        );
+    }
+}
+
+/// Ledgers written by earlier releases hold signed entries (`v` 1): they
+/// still verify, grow with unsigned ones, and export as bundles that
+/// verify; a forged signature on an old entry is still named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ledgers_of_signed_entries_from_earlier_releases_still_verify() {
+    for (f, _dir) in fixtures().await {
+        let db = f.db().await;
+        let signer = NoteSigner::from_pkcs8("medledger-server", &f.key).unwrap();
+        let old: Vec<Vec<u8>> = (0..3)
+            .map(|i| {
+                let e = entry(i);
+                Entry {
+                    patient: P,
+                    index: i,
+                    ts_ms: e.ts_ms,
+                    kind: e.kind.to_owned(),
+                    body: e.body,
+                }
+                .sign_v1(&signer)
+            })
+            .collect();
+        for (i, stored) in old.iter().enumerate() {
+            sqlx::query("INSERT INTO ledger_entries (patient, idx, entry) VALUES ($1, $2, $3)")
+                .bind(P.to_vec())
+                .bind(i as i64)
+                .bind(stored.clone())
+                .execute(db.pool())
+                .await
+                .unwrap();
+        }
+        let ledger = f.reopen().await;
+        assert_eq!(
+            ledger
+                .append(&P, (3..5).map(entry).collect())
+                .await
+                .unwrap(),
+            [3, 4]
+        );
+        let anchored = ledger.checkpoint(&P).await.unwrap();
+        let v = ledger.verify(&P, &[anchored]).await.unwrap();
+        assert_eq!(v.size, 5);
+        let stored = ledger.entries(&P).await.unwrap();
+        assert_eq!(stored[0], old[0], "old entries are kept as they were");
+        assert_ne!(
+            stored[3].first(),
+            old[0].first(),
+            "new entries are unsigned"
+        );
+        let bundle = serde_json::to_string(&ledger.export(&P).await.unwrap()).unwrap();
+        let report = bundle::verify(&bundle, Some(&ledger.verifier_key())).unwrap();
+        assert_eq!(report.entries[1].body["seq"], Field::Uint(1));
+
+        // An old entry with a signature of another key is named.
+        let forged = Entry {
+            patient: P,
+            index: 1,
+            ts_ms: 1,
+            kind: "DataRecorded".to_owned(),
+            body: BTreeMap::new(),
+        }
+        .sign_v1(
+            &NoteSigner::from_pkcs8("medledger-server", &NoteSigner::generate_pkcs8()).unwrap(),
+        );
+        set_entry(&db, 1, &forged).await;
+        let err = f.reopen().await.verify(&P, &[]).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                LedgerError::Entry {
+                    index: 1,
+                    source: EntryError::BadSignature
+                }
+            ),
+            "{err}"
         );
     }
 }
