@@ -3,7 +3,7 @@
 use crate::roles;
 use anyhow::{Context, Result};
 use clap::Args;
-use medledger_collector::{Cards, Collector, ConfigFile, ServerTarget, Settings};
+use medledger_collector::{Cards, Collector, ConfigFile, ServerTarget, Settings, Upstream};
 use medledger_pki::{Credentials, Role, files};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -19,7 +19,7 @@ pub(crate) fn run(args: CollectorArgs) -> Result<()> {
     let config = ConfigFile::load(&args.config)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
-        let started = start(&config).await?;
+        let started = start(&config, None).await?;
         println!("medledger collector {}", started.subject);
         print_endpoints(&started, &config);
         roles::shutdown().await;
@@ -59,8 +59,10 @@ pub(crate) fn print_endpoints(started: &Started, config: &ConfigFile) {
 const CARDS_POLL: Duration = Duration::from_secs(2);
 
 /// Starts a collector as `config` says, re-reading the CRL as it changes
-/// and taking up new cards put in its cards directory.
-pub(crate) async fn start(config: &ConfigFile) -> Result<Started> {
+/// and taking up new cards put in its cards directory. It forwards to
+/// `upstream` if given (a server in this process), else to the server the
+/// configuration names.
+pub(crate) async fn start(config: &ConfigFile, upstream: Option<Upstream>) -> Result<Started> {
     let db = roles::open_db(config.database.as_deref(), &config.data, "collector.db").await?;
     let credentials = Credentials::load(&config.credentials)
         .with_context(|| format!("loading {}", config.credentials.display()))?;
@@ -84,10 +86,12 @@ pub(crate) async fn start(config: &ConfigFile) -> Result<Started> {
         db,
         contracts,
         cards: cards.clone(),
-        server: ServerTarget {
-            addr: config.server.clone(),
-            name: config.server_name.clone(),
-        },
+        upstream: upstream.unwrap_or_else(|| {
+            Upstream::Server(ServerTarget {
+                addr: config.server.clone(),
+                name: config.server_name.clone(),
+            })
+        }),
         limits: config.limits.clone(),
     })
     .await?;

@@ -297,7 +297,13 @@ async fn up(args: UpArgs) -> Result<()> {
     let server_config = medledger_server::ConfigFile::load(&d.join("server.toml"))?;
     let server = crate::server::start(&server_config).await?;
     let collector_config = medledger_collector::ConfigFile::load(&d.join("collector.toml"))?;
-    let collector = crate::collector::start(&collector_config).await?;
+    // The collector hands its batches to the server in this process: one
+    // verification per reading, no TLS hop.
+    let collector = crate::collector::start(
+        &collector_config,
+        Some(medledger_sim::in_process(&server.server)),
+    )
+    .await?;
 
     let root = d.join("ca/root.crt");
     let admin_key = d.join("people/admin.eth.key");

@@ -1,11 +1,12 @@
 //! Forwarding: the outbox, oldest batch first, to the server over mutual
-//! TLS; rows leave the outbox only after the server has answered for them.
+//! TLS (or to the server's ingest in this process); rows leave the outbox
+//! only after the server has answered for them.
 //! While the server is down, retries back off up to [`MAX_BACKOFF`].
 //! The server is idempotent by reading hash, so a batch resent after a
 //! lost answer is stored once.
 
 use crate::pipeline::Refusal;
-use crate::{ServerTarget, State};
+use crate::{ForwardError, ServerTarget, State, Upstream};
 use medledger_pki::https::Connection;
 use medledger_protocol::{
     CardSignature, CommitReply, CommitStatus, ForwardBatch, Forwarded, ProblemType, Refused,
@@ -24,7 +25,7 @@ const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Forwards until the collector stops.
-pub(crate) async fn run(state: Arc<State>, tls: Arc<rustls::ClientConfig>, server: ServerTarget) {
+pub(crate) async fn run(state: Arc<State>, tls: Arc<rustls::ClientConfig>, upstream: Upstream) {
     let mut connection: Option<Connection> = None;
     let mut backoff = MIN_BACKOFF;
     loop {
@@ -54,15 +55,21 @@ pub(crate) async fn run(state: Arc<State>, tls: Arc<rustls::ClientConfig>, serve
                 tokio::time::timeout(Duration::from_secs(1), state.outbox_changed.notified()).await;
             continue;
         };
-        let sent = send(&mut connection, &tls, &server, &batch).await;
+        let count = batch.readings.len();
+        let sent = match &upstream {
+            Upstream::Server(server) => send(&mut connection, &tls, server, batch).await,
+            Upstream::InProcess(server) => server.commit(batch).await,
+        }
+        .and_then(|reply| answers_each(reply, count));
         let reply = match sent {
             Ok(reply) => reply,
             Err(e) => {
+                let to = match &upstream {
+                    Upstream::Server(server) => server.addr.as_str(),
+                    Upstream::InProcess(_) => "the server in this process",
+                };
                 eprintln!(
-                    "medledger collector: forwarding {} readings to {}: {e}; retrying in {:?}",
-                    batch.readings.len(),
-                    server.addr,
-                    backoff
+                    "medledger collector: forwarding {count} readings to {to}: {e}; retrying in {backoff:?}"
                 );
                 connection = None;
                 state.metrics.add(
@@ -234,13 +241,14 @@ async fn send(
     connection: &mut Option<Connection>,
     tls: &Arc<rustls::ClientConfig>,
     server: &ServerTarget,
-    batch: &ForwardBatch,
-) -> Result<CommitReply, String> {
+    batch: ForwardBatch,
+) -> Result<CommitReply, ForwardError> {
+    let failed = |e: &dyn std::fmt::Display| ForwardError(e.to_string());
     if connection.is_none() {
         *connection = Some(
             Connection::open(tls.clone(), &server.addr, &server.name)
                 .await
-                .map_err(|e| e.to_string())?,
+                .map_err(|e| failed(&e))?,
         );
     }
     let conn = connection.as_mut().expect("opened above");
@@ -252,22 +260,25 @@ async fn send(
             batch.to_cbor(),
         )
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| failed(&e))?;
     if reply.status != 200 {
-        return Err(format!(
+        return Err(ForwardError(format!(
             "the server answered {}: {}",
             reply.status,
             String::from_utf8_lossy(&reply.body)
-        ));
+        )));
     }
-    let reply: CommitReply =
-        serde_json::from_slice(&reply.body).map_err(|e| format!("the server's answer: {e}"))?;
-    if reply.results.len() != batch.readings.len() {
-        return Err(format!(
-            "the server answered for {} of {} readings",
-            reply.results.len(),
-            batch.readings.len()
-        ));
+    serde_json::from_slice(&reply.body)
+        .map_err(|e| ForwardError(format!("the server's answer: {e}")))
+}
+
+/// The reply, if it answers for each of the `count` readings sent.
+fn answers_each(reply: CommitReply, count: usize) -> Result<CommitReply, ForwardError> {
+    if reply.results.len() != count {
+        return Err(ForwardError(format!(
+            "the server answered for {} of {count} readings",
+            reply.results.len()
+        )));
     }
     Ok(reply)
 }

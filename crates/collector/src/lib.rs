@@ -6,6 +6,8 @@
 //!                        card, rules, sequence; one durable outbox commit)
 //!        <--202 receipts (after the commit; ?wait=committed: after the server)
 //!  outbox --forward (mTLS POST /v1/batches, retries)--> server
+//!         (or, where the server runs in this process, its ingest in
+//!          memory: no TLS hop, no second verification)
 //! ```
 //!
 //! - [`config`]: the TOML configuration;
@@ -24,13 +26,53 @@ use medledger_contracts::{ChainView, Contracts};
 use medledger_pki::https::{self, Tasks};
 use medledger_pki::metrics::Metrics;
 use medledger_pki::{ClientAuth, Credentials, Role};
+use medledger_protocol::{CommitReply, ForwardBatch};
 use medledger_storage::Db;
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{Notify, mpsc, oneshot};
 
-/// Where the collector forwards to.
+/// Where the collector forwards its batches.
+#[derive(Clone)]
+pub enum Upstream {
+    /// A server over mutual TLS (`POST /v1/batches`), which verifies every
+    /// reading again: a collector is not trusted across machines.
+    Server(ServerTarget),
+    /// The server's ingest in this same process (`medledger up`, the
+    /// demo): batches go in memory, and nothing is verified twice.
+    InProcess(Arc<dyn InProcessServer>),
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Upstream::Server(target) => f.debug_tuple("Server").field(target).finish(),
+            Upstream::InProcess(_) => f.write_str("InProcess"),
+        }
+    }
+}
+
+/// A server's ingest running in the collector's own process.
+pub trait InProcessServer: Send + Sync {
+    /// Commits a batch this collector verified, card-signed and made
+    /// durable, as `POST /v1/batches` answers it: one result per reading,
+    /// in order; idempotent by reading hash. An error leaves the batch in
+    /// the outbox, to be sent again.
+    fn commit(
+        &self,
+        batch: ForwardBatch,
+    ) -> Pin<Box<dyn Future<Output = Result<CommitReply, ForwardError>> + Send + '_>>;
+}
+
+/// Why a batch could not be handed on now (it is sent again).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ForwardError(pub String);
+
+/// A server reached over mutual TLS.
 #[derive(Debug, Clone)]
 pub struct ServerTarget {
     /// `host:port`.
@@ -57,8 +99,8 @@ pub struct Settings {
     pub contracts: Contracts<DynProvider>,
     /// The patient cards.
     pub cards: Cards,
-    /// The server.
-    pub server: ServerTarget,
+    /// Where batches go.
+    pub upstream: Upstream,
     /// Limits.
     pub limits: Limits,
 }
@@ -67,7 +109,7 @@ impl std::fmt::Debug for Settings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Settings")
             .field("listen", &self.listen)
-            .field("server", &self.server)
+            .field("upstream", &self.upstream)
             .finish_non_exhaustive()
     }
 }
@@ -140,7 +182,7 @@ impl Collector {
             db,
             contracts,
             cards,
-            server,
+            upstream,
             limits,
         } = settings;
         let bind = |addr: SocketAddr| async move {
@@ -169,7 +211,7 @@ impl Collector {
         });
         let mut tasks = Tasks::default();
         tasks.spawn(pipeline::run(state.clone(), submissions, next_batch));
-        tasks.spawn(forward::run(state.clone(), forward_tls, server));
+        tasks.spawn(forward::run(state.clone(), forward_tls, upstream));
         let serve_limits = https::ServeLimits {
             max_connections: limits.max_connections,
             header_timeout: limits.header_timeout(),

@@ -171,7 +171,7 @@ async fn batches(
         format!("node:{}", account.to_string().to_lowercase()),
         medledger_protocol::now_ms(),
     );
-    match ingest::commit(&state, batch).await {
+    match ingest::commit(&state, batch, ingest::Source::Peer).await {
         Ok(reply) => json_response(&reply),
         Err(Unavailable(detail)) => problem(ProblemType::Unavailable, detail),
     }

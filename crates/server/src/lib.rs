@@ -34,6 +34,7 @@ mod webhook;
 
 use alloy::providers::DynProvider;
 pub use config::{ConfigError, ConfigFile};
+pub use ingest::Unavailable;
 use medledger_contracts::{ChainView, Contracts};
 use medledger_patient_ledger::{Ledger, LedgerError, NoteSigner};
 use medledger_pki::https::{self, Tasks};
@@ -153,6 +154,33 @@ pub(crate) struct State {
     pub(crate) portal: portal::Portal,
     /// Where alert webhooks may go, and how they are reached.
     pub(crate) webhooks: webhook::Webhooks,
+}
+
+/// The server's ingest, handed to a collector running in the same process
+/// (`medledger up`, the demo): batches come in memory, without a TLS hop
+/// and without a second verification, since no trust boundary lies
+/// between. A collector on another machine forwards over mutual TLS
+/// instead, and everything is verified again there.
+#[derive(Clone)]
+pub struct Ingest(Arc<State>);
+
+impl std::fmt::Debug for Ingest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ingest").finish_non_exhaustive()
+    }
+}
+
+impl Ingest {
+    /// Commits a batch the collector of this process verified, card-signed
+    /// and made durable in its outbox, as `POST /v1/batches` would without
+    /// verifying certificates, signatures, cards and rules again; one
+    /// result per reading, in order. Idempotent by reading hash.
+    pub async fn commit_from_this_process(
+        &self,
+        batch: medledger_protocol::ForwardBatch,
+    ) -> Result<medledger_protocol::CommitReply, Unavailable> {
+        ingest::commit(&self.0, batch, ingest::Source::SameProcess).await
+    }
 }
 
 /// A running server. Dropping it stops it.
@@ -335,6 +363,11 @@ impl Server {
     /// Where `/metrics` is served, if configured.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_addr
+    }
+
+    /// The server's ingest, for a collector in this same process.
+    pub fn ingest(&self) -> Ingest {
+        Ingest(self.state.clone())
     }
 
     /// The metrics.

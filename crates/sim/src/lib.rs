@@ -23,7 +23,9 @@ use anyhow::{Context, Result};
 use medledger_chain::rpc::Rpc;
 use medledger_chain::rpc::transport::InProcess;
 use medledger_chain::{Node, NodeConfig, Sealing};
-use medledger_collector::{Cards, Collector, Limits, ServerTarget, SoftwareCard};
+use medledger_collector::{
+    Cards, Collector, ForwardError, InProcessServer, Limits, ServerTarget, SoftwareCard, Upstream,
+};
 use medledger_contracts::{
     Contracts, RegistryPermissions, StaffRole, code_key, epc_bytes, send, short_text,
     signing_provider,
@@ -114,6 +116,11 @@ pub struct Options {
     /// The CA certificates (DER) webhook endpoints must chain to; `None`:
     /// the system's roots.
     pub webhook_ca: Option<Vec<Vec<u8>>>,
+    /// Collectors forward to the server over mutual TLS, which verifies
+    /// every reading again, as across machines; by default they hand
+    /// their batches to the server's ingest in memory (one process, one
+    /// verification).
+    pub forward_over_tls: bool,
 }
 
 impl Default for Options {
@@ -131,7 +138,37 @@ impl Default for Options {
             collector_db: None,
             webhook_allow: Vec::new(),
             webhook_ca: None,
+            forward_over_tls: false,
         }
+    }
+}
+
+/// Where a collector in the server's own process forwards: the server's
+/// ingest, in memory.
+pub fn in_process(server: &Server) -> Upstream {
+    Upstream::InProcess(Arc::new(ServerInProcess(server.ingest())))
+}
+
+/// A server's ingest as a collector's in-process upstream.
+struct ServerInProcess(medledger_server::Ingest);
+
+impl InProcessServer for ServerInProcess {
+    fn commit(
+        &self,
+        batch: medledger_protocol::ForwardBatch,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<Output = Result<medledger_protocol::CommitReply, ForwardError>>
+                + Send
+                + '_,
+        >,
+    > {
+        Box::pin(async move {
+            self.0
+                .commit_from_this_process(batch)
+                .await
+                .map_err(|e| ForwardError(e.to_string()))
+        })
     }
 }
 
@@ -475,9 +512,13 @@ async fn launch_collector(
             .admin
             .with_provider(provider(place.node, &signer(&issued)?)),
         cards: cards.clone(),
-        server: ServerTarget {
-            addr: place.server.addr().to_string(),
-            name: "localhost".into(),
+        upstream: if place.options.forward_over_tls {
+            Upstream::Server(ServerTarget {
+                addr: place.server.addr().to_string(),
+                name: "localhost".into(),
+            })
+        } else {
+            in_process(place.server)
         },
         limits: place.options.limits.clone(),
     })

@@ -202,7 +202,14 @@ async fn refused(conn: &mut medledger_pki::https::Connection, cose: Vec<u8>) -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_attack_on_the_collector_is_refused_with_its_cause() {
-    let site = crate::site::start().await;
+    // Over mutual TLS, as between machines: the server verifies again
+    // (the last attack is one only the server can refuse).
+    let site = crate::site::Site::start(medledger_sim::Options {
+        forward_over_tls: true,
+        ..medledger_sim::Options::default()
+    })
+    .await
+    .unwrap();
     let mut device = site.device(1).await.unwrap();
     let mut conn = site.connect(&device).await.unwrap();
 
