@@ -438,7 +438,8 @@ async fn ingest(args: IngestArgs) -> Result<()> {
             continue;
         };
         if let Some((stage, seconds)) = rest.split_once("\"} ") {
-            println!("| {stage} | {seconds} |");
+            let seconds: f64 = seconds.parse().unwrap_or(f64::NAN);
+            println!("| {stage} | {seconds:.3} |");
         }
     }
     if let Some(path) = &args.json {

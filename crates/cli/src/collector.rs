@@ -33,6 +33,8 @@ pub(crate) struct Started {
     pub(crate) collector: Collector,
     pub(crate) cards: Cards,
     pub(crate) subject: String,
+    /// Whether it hands its batches to a server in this process.
+    pub(crate) in_process: bool,
 }
 
 /// Prints where the collector serves and what it holds.
@@ -44,10 +46,14 @@ pub(crate) fn print_endpoints(started: &Started, config: &ConfigFile) {
     if let Some(m) = started.collector.metrics_addr() {
         println!("  metrics      http://{m}/metrics");
     }
-    println!(
-        "  forwards to  https://{} ({})",
-        config.server, config.server_name
-    );
+    if started.in_process {
+        println!("  forwards to  the server in this process (in memory, verified once)");
+    } else {
+        println!(
+            "  forwards to  https://{} ({})",
+            config.server, config.server_name
+        );
+    }
     println!(
         "  cards        {} patient card(s) from {} (new ones are picked up)",
         started.cards.len(),
@@ -63,6 +69,7 @@ const CARDS_POLL: Duration = Duration::from_secs(2);
 /// `upstream` if given (a server in this process), else to the server the
 /// configuration names.
 pub(crate) async fn start(config: &ConfigFile, upstream: Option<Upstream>) -> Result<Started> {
+    let in_process = upstream.is_some();
     let db = roles::open_db(config.database.as_deref(), &config.data, "collector.db").await?;
     let credentials = Credentials::load(&config.credentials)
         .with_context(|| format!("loading {}", config.credentials.display()))?;
@@ -117,5 +124,6 @@ pub(crate) async fn start(config: &ConfigFile, upstream: Option<Upstream>) -> Re
         collector,
         cards,
         subject: identity.subject,
+        in_process,
     })
 }
