@@ -233,9 +233,26 @@ impl Visitor {
         assert_eq!(status, 200, "{body}");
         body["message"].as_str().unwrap().to_owned()
     }
+
+    /// Signs in with a chain key and the certificate (PEM) that goes with
+    /// it, as the page does.
+    pub(crate) async fn sign_in_by_key(
+        &mut self,
+        key: &alloy::signers::local::PrivateKeySigner,
+        certificate: &str,
+    ) -> (u16, serde_json::Value) {
+        let message = self.challenge().await;
+        let answer = serde_json::json!({
+            "message": message,
+            "signature": sign(key, message.as_bytes()),
+            "certificate": certificate,
+        });
+        self.send("POST", "/portal/v1/session", &[], &answer.to_string())
+            .await
+    }
 }
 
-pub(crate) fn sign(key: &alloy::signers::local::PrivateKeySigner, message: &[u8]) -> String {
+fn sign(key: &alloy::signers::local::PrivateKeySigner, message: &[u8]) -> String {
     use alloy::signers::SignerSync;
     let signature = key.sign_message_sync(message).unwrap();
     format!("0x{}", hex::encode(signature.as_bytes()))
@@ -362,15 +379,7 @@ async fn the_portal_signs_in_only_registered_keys_and_relays_only_what_they_sign
     assert_eq!((status, problem_type(&body)), (403, "forbidden"), "{body}");
 
     // The admin's key signs in, with the admin's certificate.
-    let message = v.challenge().await;
-    let answer = serde_json::json!({
-        "message": message,
-        "signature": sign(&admin, message.as_bytes()),
-        "certificate": admin_cert,
-    });
-    let (status, session) = v
-        .send("POST", "/portal/v1/session", &[], &answer.to_string())
-        .await;
+    let (status, session) = v.sign_in_by_key(&admin, &admin_cert).await;
     assert_eq!(status, 200, "{session}");
     assert_eq!(session["role"], "admin");
     assert_eq!(session["via"], "key");
@@ -507,15 +516,7 @@ async fn the_portal_signs_in_only_registered_keys_and_relays_only_what_they_sign
     stop(child);
     let (child, _) = up_with_portal(&data, ports, &portal);
     let mut v = Visitor::open(&root, &portal, None).await;
-    let message = v.challenge().await;
-    let answer = serde_json::json!({
-        "message": message,
-        "signature": sign(&admin, message.as_bytes()),
-        "certificate": admin_cert,
-    });
-    let (status, session) = v
-        .send("POST", "/portal/v1/session", &[], &answer.to_string())
-        .await;
+    let (status, session) = v.sign_in_by_key(&admin, &admin_cert).await;
     assert_eq!(status, 200, "{session}");
     let (status, body) = put(&mut v, headers(&by_admin)).await;
     assert_eq!(

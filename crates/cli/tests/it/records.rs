@@ -2,7 +2,7 @@
 //! within its scope, as FHIR Observations with ledger proofs; every
 //! attempt recorded in the patient's ledger.
 
-use crate::site::{body, post_one};
+use crate::site::{body, medledger, post_one};
 use base64::Engine;
 use medledger_contracts::{Scope, send};
 use medledger_patient_ledger::{Entry, Field, NoteVerifier, leaf_hash, verify_inclusion};
@@ -269,19 +269,6 @@ async fn staff_read_records_only_with_a_usable_request_of_their_own() {
             "served", "served", "served", "refused", "refused", "refused"
         ]
     );
-}
-
-/// Runs `medledger ARGS...`; returns stdout, or panics with stderr.
-fn medledger(args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_medledger"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

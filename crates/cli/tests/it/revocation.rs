@@ -3,29 +3,11 @@
 //! certificate or key, sessions already open), and `medledger ca revoke`
 //! ends the account's on-chain rights too, or says how.
 
-use crate::portal::{Visitor, problem_type, sign};
+use crate::portal::{Visitor, problem_type};
 use crate::records::read;
-use crate::site::post_one;
+use crate::site::{medledger, post_one};
 use medledger_contracts::Scope;
 use medledger_pki::Role;
-use std::process::Command;
-
-/// `medledger ARGS` without the chain settings of the environment:
-/// (success, stdout, stderr).
-fn medledger(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_medledger"))
-        .args(args)
-        .env_remove("MEDLEDGER_REGISTRY")
-        .env_remove("MEDLEDGER_KEY")
-        .env_remove("MEDLEDGER_RPC")
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_nurse_reads_nothing_through_the_api_the_portal_or_an_open_session() {
@@ -59,18 +41,8 @@ async fn a_revoked_nurse_reads_nothing_through_the_api_the_portal_or_an_open_ses
     // ... and through the portal, signed in with her chain key.
     let root = site.ca.dir().join("root.crt");
     let portal = site.server.portal_addr().unwrap().to_string();
-    let sign_in = async |v: &mut Visitor| {
-        let message = v.challenge().await;
-        let answer = serde_json::json!({
-            "message": message,
-            "signature": sign(&nurse_key, message.as_bytes()),
-            "certificate": nurse_cert,
-        });
-        v.send("POST", "/portal/v1/session", &[], &answer.to_string())
-            .await
-    };
     let mut open_session = Visitor::open(&root, &portal, None).await;
-    let (status, session) = sign_in(&mut open_session).await;
+    let (status, session) = open_session.sign_in_by_key(&nurse_key, &nurse_cert).await;
     assert_eq!(status, 200, "{session}");
     assert_eq!(session["role"], "nurse");
     let (status, bundle) = open_session
@@ -126,7 +98,7 @@ async fn a_revoked_nurse_reads_nothing_through_the_api_the_portal_or_an_open_ses
     );
     // Her key signs in to nothing: the certificate that goes with it is revoked.
     let mut again = Visitor::open(&root, &portal, None).await;
-    let (status, body) = sign_in(&mut again).await;
+    let (status, body) = again.sign_in_by_key(&nurse_key, &nurse_cert).await;
     assert_eq!((status, problem_type(&body)), (401, "revoked"), "{body}");
     // Nor does her certificate in the browser sign her in to the portal.
     let by_cert = match medledger_pki::https::Connection::open(

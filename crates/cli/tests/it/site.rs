@@ -3,6 +3,23 @@
 use medledger_pki::https::{Connection, Reply};
 pub use medledger_sim::{GROUP, Hospital as Site, now_ms};
 
+/// Runs `medledger ARGS` without the chain settings of the environment
+/// (`MEDLEDGER_REGISTRY`, `_KEY`, `_RPC`): (success, stdout, stderr).
+pub fn medledger(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_medledger"))
+        .args(args)
+        .env_remove("MEDLEDGER_REGISTRY")
+        .env_remove("MEDLEDGER_KEY")
+        .env_remove("MEDLEDGER_RPC")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// A hospital with the default options.
 pub async fn start() -> Site {
     Site::start(medledger_sim::Options::default())
