@@ -37,14 +37,27 @@ pub(crate) struct Certificate {
 }
 
 impl Certificate {
-    /// Whether `auth` accepts it now, as a handshake would (chain, validity,
-    /// the current CRLs along the chain, role).
-    pub(crate) fn still_valid(&self, auth: &ClientAuth) -> bool {
-        let Some((leaf, intermediates)) = self.chain.split_first() else {
-            return false;
-        };
-        auth.verify_certificate(leaf, intermediates, rustls::pki_types::UnixTime::now())
-            .is_ok()
+    /// The chain in `pem` (leaf first), if `auth` accepts it now as a
+    /// handshake would (chain, validity, the current CRLs along the chain,
+    /// role): how a stored certificate is checked again.
+    pub(crate) fn verified_from_pem(pem: &str, auth: &ClientAuth) -> Option<Certificate> {
+        let chain = medledger_pki::files::der_blocks(pem.as_bytes(), "CERTIFICATE").ok()?;
+        let (leaf, intermediates) = chain.split_first()?;
+        let identity = auth
+            .verify_certificate(leaf, intermediates, rustls::pki_types::UnixTime::now())
+            .ok()?;
+        Some(Certificate {
+            identity: Arc::new(identity),
+            chain: chain.into(),
+        })
+    }
+
+    /// The chain as PEM, leaf first: how it is stored.
+    pub(crate) fn to_pem(&self) -> String {
+        self.chain
+            .iter()
+            .map(|der| medledger_pki::files::to_pem("CERTIFICATE", der))
+            .collect()
     }
 
     /// Resolves once a CRL update revokes it or its issuing CA: streams

@@ -124,6 +124,9 @@ pub enum StartError {
     /// The ledger key is not the current key of the stored key history.
     #[error("the ledger key: {0}")]
     LedgerKey(#[source] LedgerError),
+    /// The database cannot be read or written.
+    #[error("the database: {0}")]
+    Db(#[source] sqlx::Error),
     /// A webhook CA certificate (`webhook_ca`) is not usable.
     #[error("webhook_ca: {0}")]
     WebhookCa(#[source] rustls::Error),
@@ -257,6 +260,7 @@ impl Server {
         let ledger = Ledger::open(db.clone(), ledger_key)
             .await
             .map_err(StartError::LedgerKey)?;
+        let portal_state = portal::Portal::open(&db).await.map_err(StartError::Db)?;
         let state = Arc::new(State {
             vault,
             alerts: alerts::Alerts::new(db.clone()),
@@ -271,7 +275,7 @@ impl Server {
             ingest_lock: tokio::sync::Mutex::new(()),
             committed: tokio::sync::Notify::new(),
             anchoring: tokio::sync::Mutex::new(()),
-            portal: portal::Portal::default(),
+            portal: portal_state,
             webhooks,
         });
         let mut tasks = Tasks::default();

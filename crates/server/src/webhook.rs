@@ -208,12 +208,7 @@ pub(crate) async fn set(
 ) -> Result<(), sqlx::Error> {
     remove(state, patient).await?;
     if let Some(hook) = hook {
-        let pem: String = hook
-            .set_by
-            .chain
-            .iter()
-            .map(|der| medledger_pki::files::to_pem("CERTIFICATE", der))
-            .collect();
+        let pem = hook.set_by.to_pem();
         sqlx::query(
             "INSERT INTO alert_webhooks (patient, url, secret, delivered, certificate) VALUES ($1, $2, $3, $4, $5)",
         )
@@ -309,20 +304,10 @@ pub(crate) async fn run(state: Arc<State>, every: Duration) {
 /// Whether the person who set `hook` still holds a certificate the server
 /// accepts (revoking it ends the webhooks they set).
 fn set_by_valid_certificate(state: &State, hook: &Hook) -> bool {
-    let Some(chain) = hook
-        .certificate
+    hook.certificate
         .as_deref()
-        .and_then(|pem| medledger_pki::files::der_blocks(pem.as_bytes(), "CERTIFICATE").ok())
-    else {
-        return false;
-    };
-    let Some((leaf, intermediates)) = chain.split_first() else {
-        return false;
-    };
-    state
-        .client_auth
-        .verify_certificate(leaf, intermediates, rustls::pki_types::UnixTime::now())
-        .is_ok()
+        .and_then(|pem| Certificate::verified_from_pem(pem, &state.client_auth))
+        .is_some()
 }
 
 async fn hooks(state: &State) -> Result<Vec<Hook>, sqlx::Error> {

@@ -340,6 +340,23 @@ pub static MIGRATIONS: &[Migration] = &[
           CREATE INDEX signed_requests_expiry ON signed_requests (expires_ms);
           ALTER TABLE alert_webhooks ADD COLUMN certificate TEXT",
     },
+    Migration {
+        version: 15,
+        name: "portal sessions in SQL (outliving restarts, shared by servers) and the challenge key",
+        // A session is found by the SHA-256 of its token, never the token.
+        sql: "CREATE TABLE portal_sessions (
+              token_sha256 BYTEA PRIMARY KEY,
+              account BYTEA NOT NULL,
+              role TEXT NOT NULL,
+              certificate TEXT NOT NULL,
+              expires_ms BIGINT NOT NULL
+          );
+          CREATE INDEX portal_sessions_account ON portal_sessions (account, expires_ms);
+          CREATE TABLE portal_secrets (
+              name TEXT PRIMARY KEY,
+              secret BYTEA NOT NULL
+          )",
+    },
 ];
 
 /// A pool of connections to one database.

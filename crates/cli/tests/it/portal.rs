@@ -505,6 +505,43 @@ async fn the_portal_signs_in_only_registered_keys_and_relays_only_what_they_sign
     let (status, _) = v.send("GET", "/portal/v1/overview", &[], "").await;
     assert_eq!(status, 401);
 
+    // A flood of challenges evicts nothing: they hold no state, and the
+    // first one given is still good after 10,001 more.
+    let first = v.challenge().await;
+    let mut flooder = Visitor::open(&root, &portal, None).await;
+    let mut issued = 0;
+    while issued < 10_001 {
+        let asked = flooder
+            .conn
+            .request("POST", "/portal/v1/challenge", &[], b"{}".to_vec())
+            .await;
+        match asked {
+            Ok(reply) if reply.status == 200 => issued += 1,
+            Ok(reply) => panic!("a challenge was refused: {}", reply.status),
+            // The connection was closed: a flooder reconnects.
+            Err(_) => flooder = Visitor::open(&root, &portal, None).await,
+        }
+    }
+    let answer = serde_json::json!({
+        "message": first,
+        "signature": sign(&admin, first.as_bytes()),
+        "certificate": admin_cert,
+    });
+    let (status, session) = v
+        .send("POST", "/portal/v1/session", &[], &answer.to_string())
+        .await;
+    assert_eq!(status, 200, "{session}");
+    // An account has at most 16 sessions: a 17th ends the oldest.
+    let mut newest = Vec::new();
+    for _ in 0..16 {
+        let mut other = Visitor::open(&root, &portal, None).await;
+        assert_eq!(other.sign_in_by_key(&admin, &admin_cert).await.0, 200);
+        newest.push(other);
+    }
+    let (status, _) = v.send("GET", "/portal/v1/session", &[], "").await;
+    assert_eq!(status, 401, "the oldest of 17 sessions still lives");
+    let last = newest.pop().unwrap();
+
     // A client certificate signs in by itself.
     let mut with_cert = Visitor::open(&root, &portal, Some(&data.join("people/admin"))).await;
     let (status, session) = with_cert.send("GET", "/portal/v1/session", &[], "").await;
@@ -512,12 +549,15 @@ async fn the_portal_signs_in_only_registered_keys_and_relays_only_what_they_sign
     assert_eq!(session["via"], "certificate");
     assert_eq!(session["account"], admin.address().to_string());
 
-    // After a restart, the signed request is still taken: the nonce is in SQL.
+    // After a restart, a session goes on (sessions are in SQL), and the
+    // signed request is still taken (so are nonces).
     stop(child);
     let (child, _) = up_with_portal(&data, ports, &portal);
     let mut v = Visitor::open(&root, &portal, None).await;
-    let (status, session) = v.sign_in_by_key(&admin, &admin_cert).await;
-    assert_eq!(status, 200, "{session}");
+    v.cookie = last.cookie.clone();
+    let (status, session) = v.send("GET", "/portal/v1/session", &[], "").await;
+    assert_eq!(status, 200, "a session ended with the restart: {session}");
+    assert_eq!(session["via"], "key");
     let (status, body) = put(&mut v, headers(&by_admin)).await;
     assert_eq!(
         (status, problem_type(&body)),

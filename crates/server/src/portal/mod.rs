@@ -150,8 +150,10 @@ async fn identify(AxState(state): AxState<Arc<State>>, request: Request, next: N
     }
     let caller = match parts.extensions.get::<Peer>() {
         Some(peer) => Some(Caller::of_peer(peer)),
-        None => session::cookie(&parts.headers)
-            .and_then(|token| state.portal.sessions.caller(token, &state.client_auth)),
+        None => match session::cookie(&parts.headers) {
+            Some(token) => state.portal.sessions.caller(&state, token).await,
+            None => None,
+        },
     };
     let path = parts.uri.path().to_owned();
     let Some(caller) = caller else {
@@ -176,9 +178,10 @@ async fn identify(AxState(state): AxState<Arc<State>>, request: Request, next: N
     next.run(Request::from_parts(parts, body)).await
 }
 
-/// What the portal keeps in memory: sessions, block times, and when
-/// devices and collectors were last heard of (since the server started).
-#[derive(Debug, Default)]
+/// The portal's sessions (in SQL), and what it keeps in memory: block
+/// times, and when devices and collectors were last heard of (since the
+/// server started).
+#[derive(Debug)]
 pub(crate) struct Portal {
     sessions: Sessions,
     block_times: Mutex<HashMap<u64, u64>>,
@@ -189,6 +192,17 @@ pub(crate) struct Portal {
 const MAX_BLOCK_TIMES: usize = 100_000;
 
 impl Portal {
+    /// The portal of the server on `db`.
+    pub(crate) async fn open(
+        db: &medledger_storage::Db,
+    ) -> Result<Portal, medledger_storage::sqlx::Error> {
+        Ok(Portal {
+            sessions: Sessions::open(db).await?,
+            block_times: Mutex::default(),
+            seen: Mutex::default(),
+        })
+    }
+
     fn block_time(&self, number: u64) -> Option<u64> {
         let times = self.block_times.lock().unwrap_or_else(|e| e.into_inner());
         times.get(&number).copied()

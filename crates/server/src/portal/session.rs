@@ -8,8 +8,14 @@
 //! account and is the one the Registry records for it, asks the Registry
 //! what the account is (admin, staff, patient) and sets an HttpOnly
 //! session cookie. Every request of the session checks the certificate
-//! again, so revoking it ends the session. Sessions live in memory: a
-//! restart signs everyone out.
+//! again, so revoking it ends the session.
+//!
+//! Sessions live in SQL (the token's SHA-256 only): they outlive a restart
+//! and every server of the database knows them; an account has at most
+//! [`MAX_SESSIONS_PER_ACCOUNT`]. Challenges hold no state: each carries its
+//! time and an HMAC by a key the servers of the database share, so a flood
+//! of them costs nothing to keep; an answered one is taken once, in SQL,
+//! like a signed request.
 
 use crate::State;
 use crate::caller::{Caller, Certificate, Via};
@@ -20,13 +26,15 @@ use axum::extract::{Extension, State as AxState};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header, request::Parts};
 use axum::response::{IntoResponse, Response};
 use medledger_contracts::StaffRole;
-use medledger_pki::{ClientAuth, Role};
+use medledger_pki::Role;
 use medledger_protocol::{ProblemType, now_ms};
+use medledger_storage::Db;
 use medledger_storage::sqlx;
+use medledger_storage::sqlx::Row;
+use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
 use serde_json::{Value, json};
 use std::collections::HashMap;
-use std::sync::Mutex;
 
 /// The cookie that carries a session.
 const COOKIE: &str = "medledger_session";
@@ -36,8 +44,8 @@ const SESSION_MS: u64 = 8 * 3600 * 1000;
 const CHALLENGE_MS: u64 = 5 * 60 * 1000;
 /// How far a signed request's time may be from ours.
 const SIGNED_REQUEST_WINDOW_MS: u64 = 5 * 60 * 1000;
-/// Most unanswered challenges kept (older ones are dropped first).
-const MAX_CHALLENGES: usize = 10_000;
+/// Most live sessions of one account (its oldest end first).
+const MAX_SESSIONS_PER_ACCOUNT: i64 = 16;
 /// The largest signed off-chain request body.
 const MAX_SIGNED_BODY: usize = 1 << 20;
 /// The first line of every sign-in message.
@@ -45,85 +53,167 @@ const SIGN_IN: &str = "medledger portal sign-in";
 /// The first line of every signed request.
 const SIGNED_REQUEST: &str = "medledger portal request";
 
-/// The portal's sessions and open challenges.
-#[derive(Debug, Default)]
+/// The portal's sessions (in SQL) and the key of its challenges.
 pub(crate) struct Sessions {
-    sessions: Mutex<HashMap<String, (Caller, u64)>>,
-    /// Open challenges: nonce -> (the exact message, until when).
-    challenges: Mutex<HashMap<String, (String, u64)>>,
+    /// Authenticates the challenges the servers of this database issue.
+    challenge_key: hmac::Key,
+}
+
+impl std::fmt::Debug for Sessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sessions").finish_non_exhaustive()
+    }
+}
+
+/// A challenge's nonce, once its tag and time check out.
+struct Challenge {
+    random: String,
+    issued_ms: u64,
 }
 
 impl Sessions {
-    /// The caller of a live session whose certificate `auth` still
-    /// accepts; a session past its time or its certificate ends here.
-    pub(crate) fn caller(&self, token: &str, auth: &ClientAuth) -> Option<Caller> {
-        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        match sessions.get(token) {
-            Some((caller, until)) if *until > now_ms() && caller.certificate.still_valid(auth) => {
-                Some(caller.clone())
+    /// The sessions of the portal on `db`, with the challenge key every
+    /// server of the database shares (made by the first).
+    pub(crate) async fn open(db: &Db) -> Result<Sessions, sqlx::Error> {
+        let mut fresh = [0u8; 32];
+        SystemRandom::new()
+            .fill(&mut fresh)
+            .expect("the system random generator works");
+        sqlx::query(
+            "INSERT INTO portal_secrets (name, secret) VALUES ('challenge', $1) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(fresh.to_vec())
+        .execute(db.pool())
+        .await?;
+        let secret: Vec<u8> =
+            sqlx::query("SELECT secret FROM portal_secrets WHERE name = 'challenge'")
+                .fetch_one(db.pool())
+                .await?
+                .try_get("secret")?;
+        Ok(Sessions {
+            challenge_key: hmac::Key::new(hmac::HMAC_SHA256, &secret),
+        })
+    }
+
+    /// The caller of a live session whose certificate the server still
+    /// accepts; a session past its certificate ends here.
+    pub(crate) async fn caller(&self, state: &State, token: &str) -> Option<Caller> {
+        let row = sqlx::query(
+            "SELECT account, role, certificate FROM portal_sessions WHERE token_sha256 = $1 AND expires_ms > $2",
+        )
+        .bind(token_hash(token))
+        .bind(i64::try_from(now_ms()).unwrap_or(i64::MAX))
+        .fetch_optional(state.db.pool())
+        .await;
+        let row = match row {
+            Ok(row) => row?,
+            Err(e) => {
+                eprintln!("medledger server: reading a portal session: {e}");
+                return None;
             }
-            Some(_) => {
-                sessions.remove(token);
-                None
-            }
-            None => None,
-        }
-    }
-
-    fn open(&self, caller: Caller) -> String {
-        let token = random_hex();
-        let now = now_ms();
-        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        sessions.retain(|_, (_, until)| *until > now);
-        sessions.insert(token.clone(), (caller, now + SESSION_MS));
-        token
-    }
-
-    fn close(&self, token: &str) {
-        self.sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(token);
-    }
-
-    /// A new challenge for `portal`: the message to sign.
-    fn challenge(&self, portal: &str) -> String {
-        let nonce = random_hex();
-        let now = now_ms();
-        let message = format!(
-            "{SIGN_IN}\nportal: {portal}\nnonce: {nonce}\nissued: {}",
-            medledger_protocol::fhir::instant(now)
-        );
-        let mut open = self.challenges.lock().unwrap_or_else(|e| e.into_inner());
-        if open.len() >= MAX_CHALLENGES {
-            open.retain(|_, (_, until)| *until > now);
-        }
-        if open.len() >= MAX_CHALLENGES {
-            // Under a flood of challenges, the oldest go first.
-            if let Some(oldest) = open
-                .iter()
-                .min_by_key(|(_, (_, u))| *u)
-                .map(|(n, _)| n.clone())
-            {
-                open.remove(&oldest);
-            }
-        }
-        open.insert(nonce, (message.clone(), now + CHALLENGE_MS));
-        message
-    }
-
-    /// Takes the challenge `message` answers: each is answered once, in
-    /// time, with the very message it gave.
-    fn answer(&self, message: &str) -> bool {
-        let Some(nonce) = message.lines().find_map(|l| l.strip_prefix("nonce: ")) else {
-            return false;
         };
-        let mut open = self.challenges.lock().unwrap_or_else(|e| e.into_inner());
-        match open.remove(nonce) {
-            Some((issued, until)) => issued == message && until > now_ms(),
-            None => false,
+        let account: Vec<u8> = row.try_get("account").ok()?;
+        let role: String = row.try_get("role").ok()?;
+        let pem: String = row.try_get("certificate").ok()?;
+        let Some(certificate) = Certificate::verified_from_pem(&pem, &state.client_auth) else {
+            self.close(state, token).await;
+            return None;
+        };
+        let account = Address::try_from(account.as_slice()).ok()?;
+        Some(Caller {
+            role: role.parse().ok()?,
+            account: Some(account),
+            name: account.to_string(),
+            via: Via::Key,
+            certificate,
+        })
+    }
+
+    /// Opens a session for `caller` (signed in by key); its token. The
+    /// account's oldest sessions beyond the cap end.
+    async fn start(&self, state: &State, caller: &Caller) -> Result<String, sqlx::Error> {
+        let token = random_hex();
+        let now = i64::try_from(now_ms()).unwrap_or(i64::MAX);
+        let account = caller.account.map(|a| a.to_vec()).unwrap_or_default();
+        let pem = caller.certificate.to_pem();
+        let pool = state.db.pool();
+        sqlx::query("DELETE FROM portal_sessions WHERE expires_ms <= $1")
+            .bind(now)
+            .execute(pool)
+            .await?;
+        sqlx::query(
+            "INSERT INTO portal_sessions (token_sha256, account, role, certificate, expires_ms) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(token_hash(&token))
+        .bind(account.clone())
+        .bind(caller.role.name())
+        .bind(pem)
+        .bind(now.saturating_add(i64::try_from(SESSION_MS).unwrap_or(i64::MAX)))
+        .execute(pool)
+        .await?;
+        sqlx::query(
+            "DELETE FROM portal_sessions WHERE account = $1 AND token_sha256 NOT IN \
+             (SELECT token_sha256 FROM portal_sessions WHERE account = $1 ORDER BY expires_ms DESC LIMIT $2)",
+        )
+        .bind(account)
+        .bind(MAX_SESSIONS_PER_ACCOUNT)
+        .execute(pool)
+        .await?;
+        Ok(token)
+    }
+
+    async fn close(&self, state: &State, token: &str) {
+        let closed = sqlx::query("DELETE FROM portal_sessions WHERE token_sha256 = $1")
+            .bind(token_hash(token))
+            .execute(state.db.pool())
+            .await;
+        if let Err(e) = closed {
+            eprintln!("medledger server: ending a portal session: {e}");
         }
     }
+
+    /// A new challenge for `portal`: the message to sign. Its nonce is
+    /// `RANDOM-ISSUED_MS-TAG`, the tag an HMAC of the rest.
+    fn challenge(&self, portal: &str) -> String {
+        let random = random_hex();
+        challenge_message(portal, &random, now_ms(), &self.challenge_key)
+    }
+
+    /// The nonce of a challenge this portal's servers issued, unaltered and
+    /// in time, that `message` answers.
+    fn check(&self, message: &str) -> Option<Challenge> {
+        let portal = message.lines().find_map(|l| l.strip_prefix("portal: "))?;
+        let nonce = message.lines().find_map(|l| l.strip_prefix("nonce: "))?;
+        let mut parts = nonce.split('-');
+        let (random, issued_ms) = (parts.next()?, parts.next()?.parse::<u64>().ok()?);
+        let issued = challenge_message(portal, random, issued_ms, &self.challenge_key);
+        let fresh = now_ms().saturating_sub(issued_ms) <= CHALLENGE_MS && issued_ms <= now_ms();
+        (fresh && issued == message).then(|| Challenge {
+            random: random.to_owned(),
+            issued_ms,
+        })
+    }
+}
+
+/// The sign-in message for `portal` with nonce `random`, issued at
+/// `issued_ms`, tagged with `key`.
+fn challenge_message(portal: &str, random: &str, issued_ms: u64, key: &hmac::Key) -> String {
+    let tag = hmac::sign(
+        key,
+        format!("medledger portal challenge\n{portal}\n{random}\n{issued_ms}").as_bytes(),
+    );
+    format!(
+        "{SIGN_IN}\nportal: {portal}\nnonce: {random}-{issued_ms}-{}\nissued: {}",
+        hex::encode(tag.as_ref()),
+        medledger_protocol::fhir::instant(issued_ms)
+    )
+}
+
+/// What a session token is stored as.
+fn token_hash(token: &str) -> Vec<u8> {
+    ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
+        .as_ref()
+        .to_vec()
 }
 
 fn random_hex() -> String {
@@ -208,11 +298,37 @@ pub(super) async fn sign_in(
             "sign the message POST /portal/v1/challenge gave, unchanged",
         );
     }
-    if !state.portal.sessions.answer(&answer.message) {
+    let Some(challenge) = state.portal.sessions.check(&answer.message) else {
         return problem(
             ProblemType::Forbidden,
-            "this sign-in message is not one this portal gave, or was used or expired: ask for a new challenge",
+            "this sign-in message is not one this portal gave, or it expired: ask for a new challenge",
         );
+    };
+    // Each challenge is answered once, whoever answers it (under no
+    // account: the zero address signs nothing).
+    let until = challenge.issued_ms + CHALLENGE_MS;
+    match take_nonce(
+        &state,
+        Address::ZERO,
+        &format!("challenge-{}", challenge.random),
+        until,
+    )
+    .await
+    {
+        Ok(true) => {}
+        Ok(false) => {
+            return problem(
+                ProblemType::Forbidden,
+                "this sign-in message was used already: ask for a new challenge",
+            );
+        }
+        Err(e) => {
+            eprintln!("medledger server: recording a sign-in: {e}");
+            return problem(
+                ProblemType::Unavailable,
+                "the sign-in cannot be recorded now; try again",
+            );
+        }
     }
     let account = match signer_of(answer.message.as_bytes(), &answer.signature) {
         Ok(a) => a,
@@ -254,7 +370,16 @@ pub(super) async fn sign_in(
         via: Via::Key,
         certificate,
     };
-    let token = state.portal.sessions.open(caller.clone());
+    let token = match state.portal.sessions.start(&state, &caller).await {
+        Ok(token) => token,
+        Err(e) => {
+            eprintln!("medledger server: opening a portal session: {e}");
+            return problem(
+                ProblemType::Unavailable,
+                "the session cannot be opened now; try again",
+            );
+        }
+    };
     let mut response = describe(&state, &caller).await;
     let cookie = format!(
         "{COOKIE}={token}; HttpOnly; Secure; SameSite=Strict; Path=/; Max-Age={}",
@@ -286,7 +411,7 @@ pub(super) async fn sign_out(
     headers: HeaderMap,
 ) -> Response {
     if let Some(token) = cookie(&headers) {
-        state.portal.sessions.close(token);
+        state.portal.sessions.close(&state, token).await;
     }
     let mut response = StatusCode::NO_CONTENT.into_response();
     response.headers_mut().insert(
