@@ -16,7 +16,7 @@ use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use medledger_pki::Identity;
-use medledger_pki::https::Peer;
+use medledger_pki::https::{self, Peer};
 use medledger_protocol::cbor::{self, Value};
 use medledger_protocol::problem::PROBLEM_JSON;
 use medledger_protocol::{
@@ -34,6 +34,8 @@ pub(crate) fn router(state: Arc<State>) -> Router {
     Router::new()
         .route("/v1/readings", post(readings))
         .route("/healthz", get(|| async { "ok" }))
+        .fallback(https::not_found)
+        .layer(axum::middleware::from_fn(https::problems_only))
         .with_state(state)
 }
 
@@ -69,7 +71,7 @@ fn problem_response(p: &Problem, extra_headers: &[(header::HeaderName, String)])
 }
 
 fn refuse(kind: ProblemType, detail: impl Into<String>) -> Response {
-    problem_response(&Problem::new(kind, detail), &[])
+    https::problem_response(kind, detail)
 }
 
 async fn readings(

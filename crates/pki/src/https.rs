@@ -383,3 +383,85 @@ impl Drop for Tasks {
         }
     }
 }
+
+/// An RFC 9457 problem answer of `kind`, with `detail` for a person.
+pub fn problem_response(
+    kind: medledger_protocol::ProblemType,
+    detail: impl Into<String>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let p = medledger_protocol::Problem::new(kind, detail);
+    (
+        axum::http::StatusCode::from_u16(p.status).unwrap_or(axum::http::StatusCode::BAD_REQUEST),
+        [(
+            axum::http::header::CONTENT_TYPE,
+            medledger_protocol::problem::PROBLEM_JSON,
+        )],
+        p.to_json(),
+    )
+        .into_response()
+}
+
+/// At most 64 characters of what a client sent, to quote it back.
+pub fn bounded(text: &str) -> String {
+    match text.char_indices().nth(64) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_owned(),
+    }
+}
+
+/// What an unknown path answers: 404 `not-found`.
+pub async fn not_found(uri: axum::http::Uri) -> axum::response::Response {
+    problem_response(
+        medledger_protocol::ProblemType::NotFound,
+        format!("nothing here: {}", bounded(uri.path())),
+    )
+}
+
+/// Middleware: every error answer is problem+json, also those no handler
+/// wrote (another method on a known path, path and query values the router
+/// could not parse). Give the router [`not_found`] as its fallback too.
+pub async fn problems_only(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use medledger_protocol::ProblemType;
+    let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_problem = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|t| {
+            t.as_bytes()
+                .starts_with(medledger_protocol::problem::PROBLEM_JSON.as_bytes())
+        });
+    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        return response;
+    }
+    let said = axum::body::to_bytes(response.into_body(), 4096)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let path = bounded(&path);
+    match status {
+        axum::http::StatusCode::NOT_FOUND => {
+            problem_response(ProblemType::NotFound, format!("nothing here: {path}"))
+        }
+        axum::http::StatusCode::METHOD_NOT_ALLOWED => problem_response(
+            ProblemType::MethodNotAllowed,
+            format!("{path} does not answer {method}"),
+        ),
+        axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
+            problem_response(ProblemType::TooLarge, format!("{path}: {}", bounded(&said)))
+        }
+        s if s.is_client_error() => problem_response(
+            ProblemType::Malformed,
+            format!("{method} {path}: {}", bounded(&said)),
+        ),
+        _ => problem_response(
+            ProblemType::Unavailable,
+            "the service could not answer; try again",
+        ),
+    }
+}

@@ -15,9 +15,8 @@ use base64::Engine;
 use medledger_patient_ledger::reading_proof::{self, AnchorRef, BatchPart, LedgerPart};
 use medledger_patient_ledger::{ReadingProof, Tree, leaf_hash};
 use medledger_pki::Role;
-use medledger_pki::https::Peer;
-use medledger_protocol::problem::PROBLEM_JSON;
-use medledger_protocol::{ForwardBatch, Problem, ProblemType};
+use medledger_pki::https::{self, Peer};
+use medledger_protocol::{ForwardBatch, ProblemType};
 use medledger_storage::sqlx::{self, Row};
 use std::sync::Arc;
 
@@ -32,60 +31,10 @@ pub(crate) fn router(state: Arc<State>) -> Router {
         .route("/v1/batches", post(batches))
         .merge(people())
         .route("/healthz", get(|| async { "ok" }))
-        .fallback(not_found)
+        .fallback(https::not_found)
         .layer(axum::middleware::from_fn(crate::caller::from_certificate))
-        .layer(axum::middleware::from_fn(problems_only))
+        .layer(axum::middleware::from_fn(https::problems_only))
         .with_state(state)
-}
-
-/// What an unknown path answers.
-pub(crate) async fn not_found(uri: axum::http::Uri) -> Response {
-    problem(
-        ProblemType::NotFound,
-        format!("nothing here: {}", bounded(uri.path())),
-    )
-}
-
-/// Middleware: every error answer is problem+json, also those no handler
-/// wrote (unknown paths, other methods, path and query values the router
-/// could not parse).
-pub(crate) async fn problems_only(
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let (method, path) = (request.method().clone(), request.uri().path().to_owned());
-    let response = next.run(request).await;
-    let status = response.status();
-    let is_problem = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|t| t.as_bytes().starts_with(PROBLEM_JSON.as_bytes()));
-    if !(status.is_client_error() || status.is_server_error()) || is_problem {
-        return response;
-    }
-    let said = axum::body::to_bytes(response.into_body(), 4096)
-        .await
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default();
-    let path = bounded(&path);
-    match status {
-        StatusCode::NOT_FOUND => problem(ProblemType::NotFound, format!("nothing here: {path}")),
-        StatusCode::METHOD_NOT_ALLOWED => problem(
-            ProblemType::MethodNotAllowed,
-            format!("{path} does not answer {method}"),
-        ),
-        StatusCode::PAYLOAD_TOO_LARGE => {
-            problem(ProblemType::TooLarge, format!("{path}: {}", bounded(&said)))
-        }
-        s if s.is_client_error() => problem(
-            ProblemType::Malformed,
-            format!("{method} {path}: {}", bounded(&said)),
-        ),
-        _ => problem(
-            ProblemType::Unavailable,
-            "the server could not answer; try again",
-        ),
-    }
 }
 
 /// The endpoints for people, on the API port and on the portal: each
@@ -110,15 +59,7 @@ pub(crate) fn people() -> Router<Arc<State>> {
         )
 }
 
-pub(crate) fn problem(kind: ProblemType, detail: impl Into<String>) -> Response {
-    let p = Problem::new(kind, detail);
-    (
-        StatusCode::from_u16(p.status).unwrap_or(StatusCode::BAD_REQUEST),
-        [(header::CONTENT_TYPE, PROBLEM_JSON)],
-        p.to_json(),
-    )
-        .into_response()
-}
+pub(crate) use medledger_pki::https::{bounded, problem_response as problem};
 
 pub(crate) fn json_response(value: &impl serde::Serialize) -> Response {
     (
@@ -297,14 +238,6 @@ fn patient_param(uri: &axum::http::Uri) -> Result<Option<[u8; 32]>, Refused> {
             })
         })
         .transpose()
-}
-
-/// At most 64 characters of what a client sent, to quote it back.
-pub(crate) fn bounded(text: &str) -> String {
-    match text.char_indices().nth(64) {
-        Some((at, _)) => format!("{}…", &text[..at]),
-        None => text.to_owned(),
-    }
 }
 
 /// The patientRef of a patient caller, or the refusal.

@@ -202,6 +202,21 @@ async fn every_refusal_is_a_problem_naming_what_is_wrong() {
     let (status, kind, _) = problem(&reply);
     assert_eq!((status, kind.as_str()), (405, "method-not-allowed"));
 
+    // The collector too: another method, an unknown path.
+    let device = site.device(1).await.unwrap();
+    let mut at_collector = site.connect(&device).await.unwrap();
+    let reply = at_collector
+        .request("GET", "/v1/readings", &[], vec![])
+        .await
+        .unwrap();
+    let (status, kind, _) = problem(&reply);
+    assert_eq!((status, kind.as_str()), (405, "method-not-allowed"));
+    let reply = at_collector
+        .request("GET", "/v1/nothing", &[], vec![])
+        .await
+        .unwrap();
+    assert_eq!(problem(&reply).0, 404);
+
     // A nurse who tries to erase a patient is told who may.
     let reply = as_nurse
         .request(

@@ -81,12 +81,14 @@ pub(crate) fn router(state: Arc<State>) -> Router {
         .route("/portal/v1/overview", get(views::overview))
         .route("/portal/v1/reviews", get(views::reviews))
         .merge(crate::http::people())
-        .fallback(crate::http::not_found)
+        .fallback(medledger_pki::https::not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             identify,
         ))
-        .layer(axum::middleware::from_fn(crate::http::problems_only))
+        .layer(axum::middleware::from_fn(
+            medledger_pki::https::problems_only,
+        ))
         .layer(axum::middleware::map_response(security_headers))
         .with_state(state)
 }
