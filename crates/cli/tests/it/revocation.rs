@@ -252,3 +252,30 @@ async fn every_refusal_is_a_problem_naming_what_is_wrong() {
         .unwrap();
     assert_eq!(problem(&reply).0, 404);
 }
+
+/// A key session ends at once when the Registry removes the account, even
+/// with its certificate still valid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_session_ends_when_the_registry_removes_the_account() {
+    let site = crate::site::start().await;
+    let nurse = site.staff(Role::Nurse, true).await.unwrap();
+    let etc = site.dir.path().join("people");
+    std::fs::create_dir_all(&etc).unwrap();
+    nurse.issued.write(&etc.join("nurse")).unwrap();
+    let cert = std::fs::read_to_string(etc.join("nurse.crt")).unwrap();
+    let key = medledger_sim::signer(&nurse.issued).unwrap();
+    let root = site.ca.dir().join("root.crt");
+    let portal = site.server.portal_addr().unwrap().to_string();
+    let mut v = Visitor::open(&root, &portal, None).await;
+    assert_eq!(v.sign_in_by_key(&key, &cert).await.0, 200);
+    assert_eq!(v.send("GET", "/portal/v1/session", &[], "").await.0, 200);
+    medledger_contracts::send(site.admin.registry().deactivateStaff(nurse.address))
+        .await
+        .unwrap();
+    let (status, body) = v.send("GET", "/portal/v1/session", &[], "").await;
+    assert_eq!(
+        (status, problem_type(&body)),
+        (401, "sign-in-required"),
+        "{body}"
+    );
+}

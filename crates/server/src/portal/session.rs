@@ -8,7 +8,8 @@
 //! account and is the one the Registry records for it, asks the Registry
 //! what the account is (admin, staff, patient) and sets an HttpOnly
 //! session cookie. Every request of the session checks the certificate
-//! again, so revoking it ends the session.
+//! and the Registry again, so revoking the certificate, or the Registry
+//! removing the account or recording another certificate, ends it.
 //!
 //! Sessions live in SQL (the token's SHA-256 only): they outlive a restart
 //! and every server of the database knows them; an account has at most
@@ -120,8 +121,22 @@ impl Sessions {
             return None;
         };
         let account = Address::try_from(account.as_slice()).ok()?;
+        let role: Role = role.parse().ok()?;
+        // The Registry may have removed the account, revoked it or
+        // recorded another certificate since: then the session is over.
+        match standing(state, account, &certificate.identity.fingerprint).await {
+            Ok(Some(now)) if now == role => {}
+            Ok(_) => {
+                self.close(state, token).await;
+                return None;
+            }
+            Err(e) => {
+                eprintln!("medledger server: checking a portal session: {e}");
+                return None;
+            }
+        }
         Some(Caller {
-            role: role.parse().ok()?,
+            role,
             account: Some(account),
             name: account.to_string(),
             via: Via::Key,
@@ -481,6 +496,27 @@ async fn certificate_of(
         identity: std::sync::Arc::new(identity),
         chain: chain.into(),
     })
+}
+
+/// What the account is by the Registry while `fingerprint` is its
+/// recorded certificate; `None` once it is not (revoked, replaced).
+async fn standing(
+    state: &State,
+    account: Address,
+    fingerprint: &[u8; 32],
+) -> Result<Option<Role>, String> {
+    let recorded = state
+        .view
+        .contracts()
+        .registry()
+        .certificateOf(account)
+        .call()
+        .await
+        .map_err(|e| format!("the chain cannot be asked: {e}"))?;
+    if recorded.0 != *fingerprint {
+        return Ok(None);
+    }
+    role_of(state, account).await
 }
 
 /// What the account is, by the Registry: admin first, then staff, then
