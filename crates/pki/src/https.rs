@@ -56,6 +56,11 @@ pub struct Peer {
     pub addr: SocketAddr,
 }
 
+/// The TCP peer of a request, on every request (with or without a client
+/// certificate): what per-address limits key on.
+#[derive(Debug, Clone, Copy)]
+pub struct RemoteAddr(pub SocketAddr);
+
 /// What happened to a connection that never reached the app.
 #[derive(Debug)]
 pub enum Refused {
@@ -130,6 +135,7 @@ pub async fn serve(
                     if let Some(peer) = &peer {
                         request.extensions_mut().insert(peer.clone());
                     }
+                    request.extensions_mut().insert(RemoteAddr(addr));
                     app.clone().oneshot(request.map(Body::new))
                 });
             let mut builder = auto::Builder::new(TokioExecutor::new());

@@ -54,7 +54,7 @@ problem_types! {
     UnknownDevice => ("unknown-device", 403, "The device is not registered, or the reading names another device"),
     NotAdmitted => ("not-admitted", 409, "The device is not assigned to an admitted patient"),
     TooLarge => ("too-large", 413, "The request body is larger than allowed"),
-    RateLimited => ("rate-limited", 429, "Too many requests from this device"),
+    RateLimited => ("rate-limited", 429, "Too many requests from this device or address"),
     TlsRequired => ("tls-required", 400, "The port speaks HTTPS with a client certificate only"),
     Malformed => ("malformed", 400, "The request is not a well-formed medledger message"),
     Forbidden => ("forbidden", 403, "The request is not permitted"),

@@ -188,7 +188,16 @@ pub(crate) struct Portal {
     sessions: Sessions,
     block_times: Mutex<HashMap<u64, u64>>,
     seen: Mutex<HashMap<String, u64>>,
+    /// Challenges per address: a token bucket each.
+    challenge_rates: Mutex<HashMap<std::net::IpAddr, (f64, std::time::Instant)>>,
 }
+
+/// Challenges one address may ask for at once, and per second after.
+const CHALLENGE_BURST: f64 = 60.0;
+const CHALLENGES_PER_S: f64 = 5.0;
+/// Addresses whose buckets are kept at most (a flood from many addresses
+/// empties the table rather than growing it).
+const MAX_RATED_ADDRESSES: usize = 100_000;
 
 /// Block times kept at most (they are cheap to ask for again).
 const MAX_BLOCK_TIMES: usize = 100_000;
@@ -202,7 +211,32 @@ impl Portal {
             sessions: Sessions::open(db).await?,
             block_times: Mutex::default(),
             seen: Mutex::default(),
+            challenge_rates: Mutex::default(),
         })
+    }
+
+    /// Takes a challenge from `from`'s bucket; how long to wait if empty.
+    fn take_challenge(&self, from: std::net::IpAddr) -> Result<(), std::time::Duration> {
+        let now = std::time::Instant::now();
+        let mut rates = self
+            .challenge_rates
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if rates.len() >= MAX_RATED_ADDRESSES && !rates.contains_key(&from) {
+            rates.clear();
+        }
+        let (tokens, at) = rates.entry(from).or_insert((CHALLENGE_BURST, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * CHALLENGES_PER_S)
+            .min(CHALLENGE_BURST);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(std::time::Duration::from_secs_f64(
+                (1.0 - *tokens) / CHALLENGES_PER_S,
+            ))
+        }
     }
 
     fn block_time(&self, number: u64) -> Option<u64> {

@@ -271,12 +271,27 @@ fn portal_host<'a>(headers: &'a HeaderMap, uri: &'a axum::http::Uri) -> &'a str 
         .unwrap_or("medledger")
 }
 
-/// `POST /portal/v1/challenge`: a message to sign, valid for five minutes.
+/// `POST /portal/v1/challenge`: a message to sign, valid for five minutes;
+/// a few a second per address (429 `rate-limited` with `Retry-After`).
 pub(super) async fn challenge(
     AxState(state): AxState<std::sync::Arc<State>>,
+    from: Option<Extension<medledger_pki::https::RemoteAddr>>,
     headers: HeaderMap,
     uri: axum::http::Uri,
 ) -> Response {
+    if let Some(Extension(from)) = from
+        && let Err(wait) = state.portal.take_challenge(from.0.ip())
+    {
+        let mut refused = problem(
+            ProblemType::RateLimited,
+            "too many sign-in challenges from this address; wait a moment",
+        );
+        let seconds = wait.as_secs().max(1).to_string();
+        if let Ok(v) = HeaderValue::from_str(&seconds) {
+            refused.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return refused;
+    }
     let message = state.portal.sessions.challenge(portal_host(&headers, &uri));
     json_response(&json!({ "message": message }))
 }
