@@ -833,7 +833,7 @@ impl Ca {
         Ok(Issued {
             cert_der,
             chain: vec![self.issuing.der.clone()],
-            key_pkcs8: key.serialize_der(),
+            key_pkcs8: portable_pkcs8(key.serialize_der()),
             account,
         })
     }
@@ -966,6 +966,30 @@ fn name(organization: &str, common_name: &str, unit: Option<&str>) -> Distinguis
     dn
 }
 
+/// The PKCS#8 of a leaf key as every toolkit reads it. An Ed25519 key
+/// comes as RFC 5958 version 2 (the seed and the public key), which
+/// OpenSSL 3.0, Python's `cryptography` and `ssl` refuse; it is written as
+/// version 1 (RFC 8410: the seed only), which they and ring all read.
+/// Other keys are returned as they are.
+fn portable_pkcs8(der: Vec<u8>) -> Vec<u8> {
+    // SEQUENCE { INTEGER 1, SEQUENCE { OID 1.3.101.112 }, OCTET STRING {
+    // OCTET STRING (32) seed }, [1] public key }.
+    const V2_BODY_HEAD: [u8; 14] = [
+        0x02, 0x01, 0x01, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+    ];
+    const V1_HEAD: [u8; 16] = [
+        0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,
+        0x20,
+    ];
+    let v2 = der.first() == Some(&0x30)
+        && der.get(1).map(|&n| usize::from(n) + 2) == Some(der.len())
+        && der.get(2..16) == Some(&V2_BODY_HEAD[..]);
+    match der.get(16..48) {
+        Some(seed) if v2 => [&V1_HEAD[..], seed].concat(),
+        _ => der,
+    }
+}
+
 fn random_serial() -> SerialNumber {
     let mut bytes = [0u8; 16];
     SystemRandom::new()
@@ -1020,7 +1044,7 @@ impl CertSpec {
         Ok(Issued {
             cert_der: patch_oids(cert.der()),
             chain: Vec::new(),
-            key_pkcs8: key.serialize_der(),
+            key_pkcs8: portable_pkcs8(key.serialize_der()),
             account: None,
         })
     }
@@ -1107,6 +1131,22 @@ impl SigningKey for PatchingSigner<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ed25519_key_files_are_pkcs8_v1_and_still_sign() {
+        let key = KeyPair::generate_for(KeyAlg::Ed25519.rcgen()).expect("a key");
+        let v1 = portable_pkcs8(key.serialize_der());
+        assert_eq!((v1.len(), v1[4]), (48, 0), "RFC 8410 version 1, the seed only");
+        let signer = ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(&v1)
+            .expect("ring reads it");
+        assert_eq!(
+            ring::signature::KeyPair::public_key(&signer).as_ref(),
+            key.public_key_raw()
+        );
+        // P-256 keys are left as they are.
+        let p256 = KeyPair::generate_for(KeyAlg::P256.rcgen()).expect("a key");
+        assert_eq!(portable_pkcs8(p256.serialize_der()), p256.serialize_der());
+    }
 
     #[test]
     fn placeholder_oids_have_the_length_of_ours() {

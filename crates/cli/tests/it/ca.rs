@@ -140,6 +140,34 @@ fn an_operator_issues_shows_and_revokes_certificates() {
     assert_eq!(shown["address"], account.address().to_string());
     assert_eq!(shown["key"], "EdDSA");
     assert!(shown.get("epc").is_none());
+    // OpenSSL reads the Ed25519 key file (PKCS#8 v1, RFC 8410) and finds
+    // the certificate's public key in it.
+    let openssl = |args: &[&str]| Command::new("openssl").args(args).output();
+    match openssl(&["version"]) {
+        Ok(_) => {
+            let from_key =
+                openssl(&["pkey", "-in", s(&tmp.path().join("col1.key")), "-pubout"]).unwrap();
+            assert!(
+                from_key.status.success(),
+                "openssl cannot read the key: {}",
+                String::from_utf8_lossy(&from_key.stderr)
+            );
+            let from_cert = openssl(&[
+                "x509",
+                "-in",
+                s(&tmp.path().join("col1.crt")),
+                "-pubkey",
+                "-noout",
+            ])
+            .unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&from_key.stdout),
+                String::from_utf8_lossy(&from_cert.stdout)
+            );
+        }
+        Err(e) if std::env::var_os("CI").is_some() => panic!("openssl is needed in CI: {e}"),
+        Err(e) => eprintln!("\n!!! SKIPPED the OpenSSL key check: {e} !!!\n"),
+    }
 
     // Every other role gets an account too.
     for role in ["server", "admin", "doctor", "nurse", "patient"] {
