@@ -1136,7 +1136,11 @@ mod tests {
     fn ed25519_key_files_are_pkcs8_v1_and_still_sign() {
         let key = KeyPair::generate_for(KeyAlg::Ed25519.rcgen()).expect("a key");
         let v1 = portable_pkcs8(key.serialize_der());
-        assert_eq!((v1.len(), v1[4]), (48, 0), "RFC 8410 version 1, the seed only");
+        assert_eq!(
+            (v1.len(), v1[4]),
+            (48, 0),
+            "RFC 8410 version 1, the seed only"
+        );
         let signer = ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(&v1)
             .expect("ring reads it");
         assert_eq!(
