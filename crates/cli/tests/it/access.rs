@@ -3,7 +3,7 @@
 //! behind (one on-chain record, one ledger entry, one alert).
 
 use crate::records::read;
-use crate::site::{body, get_ok, post_one};
+use crate::site::{body, get_ok};
 use medledger_contracts::{Grantee, Scope, StaffRole};
 use medledger_patient_ledger::{Entry, Field, NoteVerifier};
 use medledger_pki::Role;
@@ -54,15 +54,7 @@ async fn eventually<F: std::future::Future<Output = usize>>(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_role_consent_and_assignment_gets_its_decision_and_each_read_is_recorded_once() {
-    let site = crate::site::start().await;
-    let mut device = site.device(1).await.unwrap();
-    let mut conn = site.connect(&device).await.unwrap();
-    assert_eq!(
-        post_one(&mut conn, device.heart_rate(72.0), true)
-            .await
-            .status,
-        202
-    );
+    let site = crate::site::start_with_a_reading().await;
     let patient = site.patient_contracts().unwrap();
     let expiry = medledger_protocol::now_ms() / 1000 + 3600;
     let (mut granted, mut denied, mut consent_events) = (0usize, 0usize, 0usize);

@@ -1,7 +1,7 @@
 //! Patient alerts: raised once per cause, kept while the patient is away,
 //! read from the inbox or followed live.
 
-use crate::site::{get_ok, post_one};
+use crate::site::get_ok;
 use medledger_contracts::{Grantee, Scope, StaffRole};
 use medledger_pki::{Credentials, Role};
 use medledger_sim::Hospital;
@@ -35,15 +35,7 @@ pub(crate) async fn wait_for_alerts(site: &Hospital, n: usize) -> Vec<serde_json
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_access_and_consent_change_alerts_the_patient_once() {
-    let site = crate::site::start().await;
-    let mut device = site.device(1).await.unwrap();
-    let mut conn = site.connect(&device).await.unwrap();
-    assert_eq!(
-        post_one(&mut conn, device.heart_rate(72.0), true)
-            .await
-            .status,
-        202
-    );
+    let site = crate::site::start_with_a_reading().await;
     let nurse = site.staff(Role::Nurse, true).await.unwrap();
     let doctor = site.staff(Role::Doctor, false).await.unwrap();
 

@@ -5,21 +5,13 @@
 
 use crate::portal::{Visitor, problem_type};
 use crate::records::read;
-use crate::site::{medledger, post_one};
+use crate::site::medledger;
 use medledger_contracts::Scope;
 use medledger_pki::Role;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_nurse_reads_nothing_through_the_api_the_portal_or_an_open_session() {
-    let site = crate::site::start().await;
-    let mut device = site.device(1).await.unwrap();
-    let mut conn = site.connect(&device).await.unwrap();
-    assert_eq!(
-        post_one(&mut conn, device.heart_rate(72.0), true)
-            .await
-            .status,
-        202
-    );
+    let site = crate::site::start_with_a_reading().await;
     let nurse = site.staff(Role::Nurse, true).await.unwrap();
     let admin = site.admin_person().await.unwrap();
     let etc = site.dir.path().join("people");

@@ -27,6 +27,21 @@ pub async fn start() -> Site {
         .unwrap()
 }
 
+/// A hospital whose patient has one heart rate stored, from device 1.
+pub async fn start_with_a_reading() -> Site {
+    let site = start().await;
+    let mut device = site.device(1).await.unwrap();
+    let mut conn = site.connect(&device).await.unwrap();
+    let reply = post_one(&mut conn, device.heart_rate(72.0), true).await;
+    assert_eq!(
+        reply.status,
+        202,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    site
+}
+
 /// Posts one COSE reading (`wait`: until the server committed it).
 pub async fn post_one(conn: &mut Connection, cose: Vec<u8>, wait: bool) -> Reply {
     let path = if wait {

@@ -482,20 +482,13 @@ async fn certificate_of(
             ),
         ));
     }
-    let recorded = state
-        .view
-        .contracts()
-        .registry()
-        .certificateOf(account)
-        .call()
-        .await
-        .map_err(|e| {
-            eprintln!("medledger server: portal sign-in: asking the Registry: {e}");
-            problem(
-                ProblemType::Unavailable,
-                "the chain cannot be asked; try again",
-            )
-        })?;
+    let recorded = recorded_certificate(state, account).await.map_err(|e| {
+        eprintln!("medledger server: portal sign-in: {e}");
+        problem(
+            ProblemType::Unavailable,
+            "the chain cannot be asked; try again",
+        )
+    })?;
     if recorded.0 != identity.fingerprint {
         let why = if recorded.is_zero() {
             "the Registry records no certificate for it (revoked, or never recorded: an admin records it with `medledger admin person certificate`)"
@@ -520,18 +513,26 @@ async fn standing(
     account: Address,
     fingerprint: &[u8; 32],
 ) -> Result<Option<Role>, String> {
-    let recorded = state
+    if recorded_certificate(state, account).await?.0 != *fingerprint {
+        return Ok(None);
+    }
+    role_of(state, account).await
+}
+
+/// The fingerprint of the certificate the Registry records for `account`
+/// (zero: none, or revoked).
+async fn recorded_certificate(
+    state: &State,
+    account: Address,
+) -> Result<alloy::primitives::B256, String> {
+    state
         .view
         .contracts()
         .registry()
         .certificateOf(account)
         .call()
         .await
-        .map_err(|e| format!("the chain cannot be asked: {e}"))?;
-    if recorded.0 != *fingerprint {
-        return Ok(None);
-    }
-    role_of(state, account).await
+        .map_err(|e| format!("the chain cannot be asked: {e}"))
 }
 
 /// What the account is, by the Registry: admin first, then staff, then
