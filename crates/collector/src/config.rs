@@ -119,6 +119,14 @@ impl Limits {
     pub fn header_timeout(&self) -> Duration {
         Duration::from_millis(self.header_timeout_ms)
     }
+
+    /// The timestamp window.
+    pub fn window(&self) -> medledger_checks::Window {
+        medledger_checks::Window {
+            past_ms: self.timestamp_past_ms,
+            future_ms: self.timestamp_future_ms,
+        }
+    }
 }
 
 impl ConfigFile {

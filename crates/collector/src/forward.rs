@@ -5,8 +5,8 @@
 //! The server is idempotent by reading hash, so a batch resent after a
 //! lost answer is stored once.
 
-use crate::pipeline::Refusal;
 use crate::{ForwardError, ServerTarget, State, Upstream};
+use medledger_checks::Refusal;
 use medledger_pki::https::Connection;
 use medledger_protocol::{
     CardSignature, CommitReply, CommitStatus, ForwardBatch, Forwarded, ProblemType, Refused,
@@ -209,11 +209,14 @@ async fn load(state: &State) -> Result<Pending, sqlx::Error> {
         refused_hashes.push(row.try_get::<Vec<u8>, _>("hash")?);
         let cert = index_of(row.try_get("device_cert")?, &mut batch.certs);
         let patient: Vec<u8> = row.try_get("patient")?;
+        let problem: String = row.try_get("problem")?;
         batch.refused.push(Refused {
             cose: row.try_get("cose")?,
             cert,
             patient: patient.as_slice().try_into().unwrap_or([0; 32]),
-            problem: row.try_get("problem")?,
+            problem: ProblemType::parse(&problem).ok_or_else(|| {
+                sqlx::Error::Decode(format!("{problem:?} is not a problem type").into())
+            })?,
             detail: row.try_get("detail")?,
         });
     }
@@ -319,7 +322,7 @@ async fn settle(
                 eprintln!(
                     "medledger collector: the server rejected reading {}: {} ({})",
                     result.hash,
-                    result.problem.as_deref().unwrap_or("?"),
+                    result.problem.map_or("?", ProblemType::name),
                     result.detail.as_deref().unwrap_or("")
                 );
                 "rejected"
@@ -332,17 +335,14 @@ async fn settle(
             1,
         );
         let answer = match (result.status, result.index) {
-            (CommitStatus::Rejected, _) | (_, None) => Err(Refusal::new(
-                result
-                    .problem
-                    .as_deref()
-                    .and_then(ProblemType::parse)
-                    .unwrap_or(ProblemType::Forbidden),
-                format!(
+            (CommitStatus::Rejected, _) | (_, None) => Err(Refusal {
+                kind: result.problem.unwrap_or(ProblemType::Forbidden),
+                detail: format!(
                     "the server refused the reading: {}",
                     result.detail.as_deref().unwrap_or("no reason given")
                 ),
-            )),
+                reason: result.reason.clone(),
+            }),
             (_, Some(index)) => Ok(index),
         };
         for tx in waiters.remove(hash).into_iter().flatten() {

@@ -8,20 +8,19 @@
 //! pipeline as one submission.
 
 use crate::State;
-use crate::pipeline::{Candidate, Refusal, Submission};
+use crate::pipeline::{Candidate, Presented, Submission};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Extension, State as AxState};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use medledger_pki::Identity;
+use medledger_checks::{Item, Refusal, Trust, Verdict};
 use medledger_pki::https::{self, Peer};
 use medledger_protocol::cbor::{self, Value};
 use medledger_protocol::problem::PROBLEM_JSON;
-use medledger_protocol::{
-    Problem, ProblemType, Receipt, ReceiptStatus, SignedReading, now_ms, reading_hash,
-};
+use medledger_protocol::{Problem, ProblemType, Receipt, ReceiptStatus, now_ms};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -45,14 +44,6 @@ pub(crate) fn router(state: Arc<State>) -> Router {
 pub(crate) struct Bucket {
     tokens: f64,
     at: Instant,
-}
-
-fn problem(refusal: &Refusal) -> Problem {
-    let p = Problem::new(refusal.kind, refusal.detail.clone());
-    match &refusal.reason {
-        Some(reason) => p.with("reason", reason.as_str()),
-        None => p,
-    }
 }
 
 fn problem_response(p: &Problem, extra_headers: &[(header::HeaderName, String)]) -> Response {
@@ -170,162 +161,97 @@ async fn readings(
         return problem_response(&p, &[(header::RETRY_AFTER, retry_after.to_string())]);
     }
 
-    // Per-reading checks; what passes goes to the pipeline.
-    let cert = Arc::new(peer.chain.first().cloned().unwrap_or_default());
+    // Per-reading checks; then the pipeline, in request order.
     remember_cas(&state, &peer.chain);
-    let now = now_ms();
-    let mut outcomes: Vec<Option<Result<Receipt, Refusal>>> = Vec::with_capacity(envelopes.len());
-    let mut candidates = Vec::new();
-    for cose in envelopes {
-        match check(&peer.identity, &cose, now, limits) {
-            Ok(reading) => {
-                outcomes.push(None);
-                candidates.push(Candidate {
-                    hash: reading_hash(&cose),
-                    cose,
-                    reading,
-                    cert: cert.clone(),
-                    fingerprint: peer.identity.fingerprint,
-                });
-            }
-            Err(refusal) => outcomes.push(Some(Err(refusal))),
+    let presented = Arc::new(Presented {
+        der: peer.chain.first().cloned().unwrap_or_default(),
+        fingerprint: peer.identity.fingerprint,
+    });
+    let identity = peer.identity.clone();
+    let mut items: Vec<Candidate> = envelopes
+        .into_iter()
+        .map(|cose| Item::new(cose, presented.clone()))
+        .collect();
+    medledger_checks::verify(&mut items, |_| Ok(identity.clone()), Trust::Verify);
+    medledger_checks::window(&mut items, limits.window(), now_ms());
+    for item in &items {
+        if let Verdict::Refused(r) = &item.verdict {
+            count(&state, r.kind, 1);
         }
-    }
-    for refusal in outcomes.iter().flatten().filter_map(|o| o.as_ref().err()) {
-        count(&state, refusal.kind, 1);
     }
     let wait_commit = uri
         .query()
         .is_some_and(|q| q.split('&').any(|kv| kv == "wait=committed"));
-    if !candidates.is_empty() {
-        let mut commits = Vec::new();
-        if wait_commit {
-            let mut waiters = state.waiters.lock().unwrap_or_else(|e| e.into_inner());
-            for c in &candidates {
-                let (tx, rx) = oneshot::channel();
-                waiters.entry(c.hash).or_default().push(tx);
-                commits.push(rx);
-            }
+    let mut commits = HashMap::new();
+    if wait_commit {
+        let mut waiters = state.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        for item in items.iter().filter(|i| i.passing().is_some()) {
+            let (tx, rx) = oneshot::channel();
+            waiters.entry(item.hash).or_default().push(tx);
+            commits.insert(item.hash, rx);
         }
+    }
+    let items = if items.iter().any(|i| i.passing().is_some()) {
         let (reply, decided) = oneshot::channel();
-        let seqs: Vec<(String, u64)> = candidates
-            .iter()
-            .map(|c| (hex::encode(c.hash), c.reading.seq))
-            .collect();
-        let hashes: Vec<[u8; 32]> = candidates.iter().map(|c| c.hash).collect();
-        let submitted = state
-            .submit
-            .send(Submission {
-                items: candidates,
-                reply,
-            })
-            .await;
-        let decisions = match submitted {
+        let submitted = state.submit.send(Submission { items, reply }).await;
+        let decided = match submitted {
             Ok(()) => decided.await.ok(),
             Err(_) => None,
         };
-        let Some(decisions) = decisions else {
+        let Some(decided) = decided else {
             return refuse(ProblemType::Unavailable, "the collector is shutting down");
         };
-        let deadline = tokio::time::Instant::now() + COMMIT_WAIT;
-        let mut receipts = Vec::with_capacity(decisions.len());
-        for (((hash, seq), decision), commit) in seqs.into_iter().zip(decisions).zip(
-            commits
-                .into_iter()
-                .map(Some)
-                .chain(std::iter::repeat_with(|| None)),
-        ) {
-            receipts.push(match decision {
-                Ok(()) => {
-                    // Waiting: the server's answer, or (timed out) none.
-                    let answer = match commit {
-                        Some(rx) => tokio::time::timeout_at(deadline, rx)
-                            .await
-                            .ok()
-                            .and_then(Result::ok),
-                        None => None,
-                    };
-                    match answer {
-                        Some(Err(refusal)) => Err(refusal),
-                        Some(Ok(index)) => Ok(Receipt {
-                            hash,
-                            seq,
-                            status: ReceiptStatus::Committed,
-                            ledger_index: Some(index),
-                        }),
-                        None => Ok(Receipt {
-                            hash,
-                            seq,
-                            status: ReceiptStatus::Accepted,
-                            ledger_index: None,
-                        }),
-                    }
-                }
-                Err(refusal) => Err(refusal),
-            });
-        }
-        if wait_commit {
-            // Rejected readings leave no waiter behind.
-            let mut waiters = state.waiters.lock().unwrap_or_else(|e| e.into_inner());
-            for (hash, r) in hashes.iter().zip(&receipts) {
-                if r.is_err() {
-                    waiters.remove(hash);
+        decided
+    } else {
+        items
+    };
+    let deadline = tokio::time::Instant::now() + COMMIT_WAIT;
+    let mut outcomes = Vec::with_capacity(items.len());
+    let mut unwaited = Vec::new();
+    for item in items {
+        let commit = commits.remove(&item.hash);
+        outcomes.push(match item.verdict {
+            Verdict::Passing(p) => {
+                // Waiting: the server's answer, or (timed out) none.
+                let answer = match commit {
+                    Some(rx) => tokio::time::timeout_at(deadline, rx)
+                        .await
+                        .ok()
+                        .and_then(Result::ok),
+                    None => None,
+                };
+                let receipt = |status, ledger_index| Receipt {
+                    hash: hex::encode(item.hash),
+                    seq: p.reading.seq,
+                    status,
+                    ledger_index,
+                };
+                match answer {
+                    Some(Err(refusal)) => Err(refusal),
+                    Some(Ok(index)) => Ok(receipt(ReceiptStatus::Committed, Some(index))),
+                    None => Ok(receipt(ReceiptStatus::Accepted, None)),
                 }
             }
+            Verdict::Refused(refusal) => {
+                if commit.is_some() {
+                    unwaited.push(item.hash);
+                }
+                Err(refusal)
+            }
+            Verdict::Unchecked | Verdict::Stored { .. } => Err(Refusal::new(
+                ProblemType::Unavailable,
+                "the reading was left undecided",
+            )),
+        });
+    }
+    if !unwaited.is_empty() {
+        // Rejected readings leave no waiter behind.
+        let mut waiters = state.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        for hash in &unwaited {
+            waiters.remove(hash);
         }
-        let mut receipts = receipts.into_iter();
-        for slot in outcomes.iter_mut().filter(|o| o.is_none()) {
-            *slot = receipts.next();
-        }
     }
-    respond(
-        media == "application/cose",
-        outcomes
-            .into_iter()
-            .map(|o| o.expect("every slot filled"))
-            .collect(),
-    )
-}
-
-/// One reading's own checks: envelope, signature, device, timestamp.
-fn check(
-    identity: &Identity,
-    cose: &[u8],
-    now: u64,
-    limits: &crate::Limits,
-) -> Result<medledger_protocol::Reading, Refusal> {
-    let signed =
-        SignedReading::decode(cose).map_err(|e| Refusal::new(e.problem_type(), e.to_string()))?;
-    let reading = signed
-        .verify(&identity.key)
-        .map_err(|e| Refusal::new(e.problem_type(), e.to_string()))?;
-    if identity.epc().map(|e| e.as_bytes()) != Some(&reading.dev.0) {
-        return Err(Refusal::new(
-            ProblemType::UnknownDevice,
-            "the reading names another device than the certificate",
-        ));
-    }
-    if reading.ts_ms + limits.timestamp_past_ms < now {
-        return Err(Refusal::new(
-            ProblemType::StaleTimestamp,
-            format!(
-                "the reading is {} ms old; at most {} ms is accepted",
-                now - reading.ts_ms,
-                limits.timestamp_past_ms
-            ),
-        ));
-    }
-    if reading.ts_ms > now + limits.timestamp_future_ms {
-        return Err(Refusal::new(
-            ProblemType::StaleTimestamp,
-            format!(
-                "the reading is {} ms in the future; at most {} ms of clock skew is accepted",
-                reading.ts_ms - now,
-                limits.timestamp_future_ms
-            ),
-        ));
-    }
-    Ok(reading)
+    respond(media == "application/cose", outcomes)
 }
 
 /// Takes `n` tokens from the device's bucket, or says in how many seconds
@@ -385,7 +311,7 @@ fn respond(single: bool, outcomes: Vec<Result<Receipt, Refusal>>) -> Response {
     if single {
         return match outcomes.into_iter().next() {
             Some(Ok(receipt)) => json(StatusCode::ACCEPTED, &receipt),
-            Some(Err(refusal)) => problem_response(&problem(&refusal), &[]),
+            Some(Err(refusal)) => problem_response(&refusal.problem(), &[]),
             None => refuse(ProblemType::Malformed, "no reading"),
         };
     }
@@ -395,7 +321,7 @@ fn respond(single: bool, outcomes: Vec<Result<Receipt, Refusal>>) -> Response {
         match outcome {
             Ok(r) => receipts.push(r),
             Err(refusal) => {
-                let mut p = serde_json::to_value(problem(&refusal)).unwrap_or_default();
+                let mut p = serde_json::to_value(refusal.problem()).unwrap_or_default();
                 p["index"] = index.into();
                 rejected.push(p);
             }

@@ -8,13 +8,24 @@
 //! registered and active, certificate as registered, admitted patient),
 //! the patient's card here, the rule contracts, then the sequence number.
 
+//! The batch stage: every reading that passed the per-request checks
+//! (certificate, signature, timestamp) waits here for one batch decision
+//! against the chain and one durable outbox commit.
+//!
+//! Requests that arrive while a batch is being decided form the next
+//! batch, so the chain calls and the fsync are shared by all of them
+//! (group commit). The checks are [`medledger_checks`]' stages, with the
+//! patient's card in between: Registry binding (device registered and
+//! active, certificate as registered, admitted patient), the patient's
+//! card here, the rule contracts, then the sequence number.
+
 use crate::State;
 use alloy::primitives::B256;
-use medledger_contracts::{Binding, RuleReason, rule_inputs};
-use medledger_protocol::{ProblemType, Reading, card_digest, now_ms};
+use medledger_checks::{Item, Marks, Refusal, Signed, Verdict, epc_name};
+use medledger_protocol::{ProblemType, card_digest, now_ms};
 use medledger_storage::sqlx::{self, Row};
 use medledger_storage::{Db, SqlError, SqlValue, insert_many};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
@@ -22,50 +33,25 @@ use tokio::sync::{mpsc, oneshot};
 /// Most readings decided in one batch.
 pub(crate) const MAX_BATCH: usize = 2048;
 
-/// Rule inputs per `RuleManager.check` call (gas per call is bounded).
-const RULE_CHUNK: usize = 512;
-
-/// A reading that passed the per-request checks.
-#[derive(Debug, Clone)]
-pub(crate) struct Candidate {
-    /// `reading_hash` of `cose`.
-    pub(crate) hash: [u8; 32],
-    /// As the device sent it.
-    pub(crate) cose: Vec<u8>,
-    /// What it says.
-    pub(crate) reading: Reading,
-    /// The device certificate (DER) and its SHA-256.
-    pub(crate) cert: Arc<Vec<u8>>,
+/// The certificate a device presented (DER) and its SHA-256.
+#[derive(Debug)]
+pub(crate) struct Presented {
+    pub(crate) der: Vec<u8>,
     pub(crate) fingerprint: [u8; 32],
 }
 
-/// Why a reading was refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Refusal {
-    pub(crate) kind: ProblemType,
-    pub(crate) detail: String,
-    /// A rule's reason name, for `rule-violation`.
-    pub(crate) reason: Option<String>,
-}
-
-impl Refusal {
-    pub(crate) fn new(kind: ProblemType, detail: impl Into<String>) -> Refusal {
-        Refusal {
-            kind,
-            detail: detail.into(),
-            reason: None,
-        }
-    }
-}
+/// A reading of a device, on its way through the checks.
+pub(crate) type Candidate = Item<Arc<Presented>>;
 
 /// What the server said of an accepted reading: its ledger index, or why
 /// it refused it.
 pub(crate) type Committed = Result<u64, Refusal>;
 
-/// One request's readings and where to send their outcomes.
+/// One request's readings (those the per-request checks refused too, to
+/// keep their order) and where to send them back decided.
 pub(crate) struct Submission {
     pub(crate) items: Vec<Candidate>,
-    pub(crate) reply: oneshot::Sender<Vec<Result<(), Refusal>>>,
+    pub(crate) reply: oneshot::Sender<Vec<Candidate>>,
 }
 
 /// The first batch number not used yet.
@@ -86,8 +72,9 @@ pub(crate) async fn run(
     mut submissions: mpsc::Receiver<Submission>,
     mut batch: i64,
 ) {
-    // The highest accepted sequence per device, as far as loaded.
-    let mut marks: HashMap<[u8; 12], u64> = HashMap::new();
+    // The highest accepted sequence per device, as far as loaded; only
+    // this collector writes its table.
+    let mut marks = Marks::new("collector_device_seq");
     while let Some(first) = submissions.recv().await {
         let mut queued = first.items.len();
         let mut subs = vec![first];
@@ -101,8 +88,17 @@ pub(crate) async fn run(
             }
         }
         let started = Instant::now();
-        let items: Vec<&Candidate> = subs.iter().flat_map(|s| &s.items).collect();
-        let mut outcomes = decide(&state, &mut marks, &items, batch).await;
+        let sizes: Vec<usize> = subs.iter().map(|s| s.items.len()).collect();
+        let mut items: Vec<Candidate> = subs
+            .iter_mut()
+            .flat_map(|s| std::mem::take(&mut s.items))
+            .collect();
+        if let Err(detail) = decide(&state, &mut marks, &mut items, batch).await {
+            eprintln!("medledger collector: {detail}");
+            for item in items.iter_mut().filter(|i| i.passing().is_some()) {
+                item.refuse(Refusal::new(ProblemType::Unavailable, detail.clone()));
+            }
+        }
         batch += 1;
         state.metrics.observe(
             "medledger_collector_batch_seconds",
@@ -110,235 +106,119 @@ pub(crate) async fn run(
             &[],
             started.elapsed(),
         );
-        for outcome in &outcomes {
-            match outcome {
-                Ok(()) => state.metrics.add(
-                    "medledger_collector_readings_total",
-                    "Readings by outcome and cause.",
-                    &[("outcome", "accepted"), ("cause", "")],
-                    1,
-                ),
-                Err(r) => state.metrics.add(
-                    "medledger_collector_readings_total",
-                    "Readings by outcome and cause.",
-                    &[("outcome", "rejected"), ("cause", r.kind.name())],
-                    1,
-                ),
-            }
+        for item in &items {
+            let (outcome, cause) = match &item.verdict {
+                Verdict::Refused(r) => ("rejected", r.kind.name()),
+                _ => ("accepted", ""),
+            };
+            state.metrics.add(
+                "medledger_collector_readings_total",
+                "Readings by outcome and cause.",
+                &[("outcome", outcome), ("cause", cause)],
+                1,
+            );
         }
-        if outcomes.iter().any(Result::is_ok) {
+        if items.iter().any(|i| i.passing().is_some()) {
             state.outbox_changed.notify_one();
         }
-        for sub in subs {
-            let rest = outcomes.split_off(sub.items.len());
-            let _ = sub.reply.send(std::mem::replace(&mut outcomes, rest));
+        let mut items = items.into_iter();
+        for (sub, n) in subs.into_iter().zip(sizes) {
+            let _ = sub.reply.send(items.by_ref().take(n).collect());
         }
     }
 }
 
-/// Decides one batch and commits the accepted readings; one outcome per
-/// item, in order.
+/// Decides one batch and commits the accepted readings; on an error
+/// (the chain or the outbox failed), nothing is committed.
 async fn decide(
     state: &State,
-    marks: &mut HashMap<[u8; 12], u64>,
-    items: &[&Candidate],
+    marks: &mut Marks,
+    items: &mut [Candidate],
     batch: i64,
-) -> Vec<Result<(), Refusal>> {
-    let epcs: Vec<[u8; 12]> = items.iter().map(|c| c.reading.dev.0).collect();
-    let bindings = match state.view.bindings(&epcs).await {
-        Ok(b) => b,
-        Err(e) => return unavailable(items.len(), &format!("the chain cannot be asked: {e}")),
-    };
-    let mut outcomes: Vec<Result<(), Refusal>> = items
-        .iter()
-        .map(|c| check_binding(c, bindings.get(&c.reading.dev.0), state))
-        .collect();
-
-    // Rules: one call (per chunk) for every observation still in.
-    let mut inputs = Vec::new();
-    let mut owners = Vec::new();
-    for (i, c) in items.iter().enumerate() {
-        if outcomes[i].is_ok() {
-            for input in rule_inputs(&c.reading) {
-                inputs.push(input);
-                owners.push(i);
-            }
-        }
-    }
-    let mut reasons = Vec::with_capacity(inputs.len());
-    for chunk in inputs.chunks(RULE_CHUNK) {
-        match state.view.contracts().check_readings(chunk.to_vec()).await {
-            Ok((r, _version)) => reasons.extend(r),
-            Err(e) => {
-                return unavailable(
-                    items.len(),
-                    &format!("the rule contracts cannot be asked: {e}"),
-                );
-            }
-        }
-    }
-    for (owner, reason) in owners.into_iter().zip(reasons) {
-        if outcomes[owner].is_ok() && !reason.is_allow() {
-            outcomes[owner] = Err(rule_refusal(&reason));
-        }
-    }
-
-    // Sequence numbers, in arrival order, against the persisted marks.
-    let mut new_marks: HashMap<[u8; 12], u64> = HashMap::new();
-    for (i, c) in items.iter().enumerate() {
-        if outcomes[i].is_err() {
+) -> Result<(), String> {
+    medledger_checks::bind(&state.view, items, Signed::Now, |_| None)
+        .await
+        .map_err(|e| format!("the chain cannot be asked: {e}"))?;
+    for item in items.iter_mut() {
+        let Some(bound) = item.passing_for() else {
             continue;
-        }
-        let dev = c.reading.dev.0;
-        let mark = match new_marks.get(&dev).or_else(|| marks.get(&dev)) {
-            Some(m) => Some(*m),
-            None => match load_mark(&state.db, &dev).await {
-                Ok(m) => {
-                    if let Some(m) = m {
-                        marks.insert(dev, m);
-                    }
-                    m
-                }
-                Err(e) => {
-                    return unavailable(items.len(), &format!("the outbox cannot be read: {e}"));
-                }
-            },
         };
-        if mark.is_some_and(|m| c.reading.seq <= m) {
-            outcomes[i] = Err(Refusal::new(
-                ProblemType::Replay,
+        if state.cards.get(&bound.account).is_none() {
+            let epc = item.passing().map(|p| epc_name(&p.reading.dev.0));
+            item.refuse(Refusal::new(
+                ProblemType::Unavailable,
                 format!(
-                    "sequence {} is not above {}, the device's last accepted",
-                    c.reading.seq,
-                    mark.unwrap_or_default()
+                    "this collector holds no card for the patient of device {}",
+                    epc.unwrap_or_default()
                 ),
             ));
-        } else {
-            new_marks.insert(dev, c.reading.seq);
         }
     }
-
-    let accepted: Vec<(usize, B256)> = items
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| outcomes[*i].is_ok())
-        .map(|(i, c)| {
-            let patient = bindings[&c.reading.dev.0]
-                .patient
-                .expect("checked in check_binding");
-            (i, patient)
-        })
-        .collect();
-    // Readings of a bound device refused for what they say (rules) or
-    // when (replay) are reported to the server, which alerts the patient.
-    let refused: Vec<(usize, B256, &Refusal)> = items
-        .iter()
-        .enumerate()
-        .filter_map(|(i, c)| {
-            let refusal = outcomes[i].as_ref().err()?;
-            let patient = bindings.get(&c.reading.dev.0)?.patient?;
-            matches!(
-                refusal.kind,
-                ProblemType::RuleViolation | ProblemType::Replay
-            )
-            .then_some((i, patient, refusal))
-        })
-        .collect();
-    if accepted.is_empty() && refused.is_empty() {
-        return outcomes;
-    }
-    let written = commit(
-        state, items, &accepted, &refused, &bindings, &new_marks, batch,
-    )
-    .await;
-    if let Err(e) = written {
-        return unavailable(items.len(), &format!("the outbox write failed: {e}"));
-    }
-    marks.extend(new_marks);
-    outcomes
-}
-
-fn unavailable(n: usize, detail: &str) -> Vec<Result<(), Refusal>> {
-    eprintln!("medledger collector: {detail}");
-    vec![Err(Refusal::new(ProblemType::Unavailable, detail)); n]
-}
-
-fn check_binding(c: &Candidate, binding: Option<&Binding>, state: &State) -> Result<(), Refusal> {
-    let epc = medledger_pki::Epc::from_bytes(c.reading.dev.0)
-        .map_or_else(|_| hex::encode(c.reading.dev.0), |e| e.to_tag_uri());
-    let unknown = |detail: String| Err(Refusal::new(ProblemType::UnknownDevice, detail));
-    let Some(b) = binding.filter(|b| b.registered) else {
-        return unknown(format!("device {epc} is not registered"));
-    };
-    if !b.active {
-        return unknown(format!("device {epc} is deactivated in the Registry"));
-    }
-    if b.cert_fingerprint != c.fingerprint {
-        return unknown(format!(
-            "the certificate presented is not the one registered for device {epc}"
-        ));
-    }
-    let (Some(_), Some(account)) = (b.patient, b.account) else {
-        return Err(Refusal::new(
-            ProblemType::NotAdmitted,
-            format!("device {epc} is not assigned to an admitted patient"),
-        ));
-    };
-    if state.cards.get(&account).is_none() {
-        return Err(Refusal::new(
-            ProblemType::Unavailable,
-            format!("this collector holds no card for the patient of device {epc}"),
-        ));
-    }
+    medledger_checks::rules(&state.view, items)
+        .await
+        .map_err(|e| format!("the rule contracts cannot be asked: {e}"))?;
+    marks
+        .sequence(&state.db, items)
+        .await
+        .map_err(|e| format!("the outbox cannot be read: {e}"))?;
+    commit(state, items, marks, batch)
+        .await
+        .map_err(|e| format!("the outbox write failed: {e}"))?;
+    marks.settle();
     Ok(())
 }
 
-fn rule_refusal(reason: &RuleReason) -> Refusal {
-    let (kind, detail) = reason.refusal();
-    Refusal {
-        kind,
-        detail,
-        reason: (kind == ProblemType::RuleViolation).then(|| reason.name()),
+/// Readings of a bound device refused for what they say (rules) or when
+/// (replay): reported to the server, which alerts the patient.
+fn reported(item: &Candidate) -> Option<(&Refusal, B256)> {
+    match (&item.verdict, item.bound) {
+        (Verdict::Refused(r), Some(bound))
+            if matches!(r.kind, ProblemType::RuleViolation | ProblemType::Replay) =>
+        {
+            Some((r, bound.patient))
+        }
+        _ => None,
     }
-}
-
-async fn load_mark(db: &Db, dev: &[u8; 12]) -> Result<Option<u64>, sqlx::Error> {
-    let row = sqlx::query("SELECT seq FROM collector_device_seq WHERE epc = $1")
-        .bind(dev.to_vec())
-        .fetch_optional(db.pool())
-        .await?;
-    Ok(match row {
-        Some(r) => Some(u64::try_from(r.try_get::<i64, _>("seq")?).unwrap_or(0)),
-        None => None,
-    })
 }
 
 /// Signs per patient and writes the accepted readings, their certificates,
-/// the card signatures and the new sequence marks in one transaction.
-#[allow(clippy::too_many_arguments)]
+/// the card signatures, the reported refusals and the new sequence marks in
+/// one transaction.
 async fn commit(
     state: &State,
-    items: &[&Candidate],
-    accepted: &[(usize, B256)],
-    refused: &[(usize, B256, &Refusal)],
-    bindings: &HashMap<[u8; 12], Binding>,
-    new_marks: &HashMap<[u8; 12], u64>,
+    items: &[Candidate],
+    marks: &Marks,
     batch: i64,
 ) -> Result<(), sqlx::Error> {
+    let accepted: Vec<(&Candidate, B256)> = items
+        .iter()
+        .filter_map(|i| Some((i, i.passing_for()?.patient)))
+        .collect();
+    let reported: Vec<(&Candidate, &Refusal, B256)> = items
+        .iter()
+        .filter_map(|i| reported(i).map(|(r, patient)| (i, r, patient)))
+        .collect();
+    if accepted.is_empty() && reported.is_empty() {
+        return Ok(());
+    }
     let received = to_i64(now_ms());
     // Card signatures: per patient, over their readings in batch order.
-    let mut by_patient: BTreeMap<B256, Vec<[u8; 32]>> = BTreeMap::new();
-    for (i, patient) in accepted {
-        by_patient.entry(*patient).or_default().push(items[*i].hash);
+    let mut by_patient: BTreeMap<B256, (alloy::primitives::Address, Vec<[u8; 32]>)> =
+        BTreeMap::new();
+    for (item, _) in &accepted {
+        let bound = item.passing_for().expect("accepted readings are bound");
+        by_patient
+            .entry(bound.patient)
+            .or_insert_with(|| (bound.account, Vec::new()))
+            .1
+            .push(item.hash);
     }
     let mut cards = Vec::with_capacity(by_patient.len());
-    for (patient, hashes) in &by_patient {
-        let account = accepted
-            .iter()
-            .find(|(_, p)| p == patient)
-            .and_then(|(i, _)| bindings[&items[*i].reading.dev.0].account)
-            .expect("bound readings have an account");
-        let card = state.cards.get(&account).expect("checked in check_binding");
+    for (patient, (account, hashes)) in &by_patient {
+        let card = state
+            .cards
+            .get(account)
+            .expect("readings without a card were refused");
         let sig = card.sign(&card_digest(&patient.0, hashes));
         cards.push((patient, card.certificate().to_vec(), sig));
     }
@@ -347,8 +227,8 @@ async fn commit(
     let mut certs: Vec<(&[u8; 32], &[u8])> = accepted
         .iter()
         .map(|(i, _)| *i)
-        .chain(refused.iter().map(|(i, ..)| *i))
-        .map(|i| (&items[i].fingerprint, items[i].cert.as_slice()))
+        .chain(reported.iter().map(|(i, ..)| *i))
+        .map(|i| (&i.data.fingerprint, i.data.der.as_slice()))
         .collect();
     certs.sort_unstable();
     certs.dedup_by_key(|(fp, _)| **fp);
@@ -372,15 +252,14 @@ async fn commit(
     let rows: Vec<Vec<SqlValue>> = accepted
         .iter()
         .enumerate()
-        .map(|(pos, (i, patient))| {
-            let c = items[*i];
+        .map(|(pos, (item, patient))| {
             vec![
-                SqlValue::Bytes(c.hash.to_vec()),
+                SqlValue::Bytes(item.hash.to_vec()),
                 SqlValue::Int(batch),
                 SqlValue::Int(to_i64(pos as u64)),
                 SqlValue::Bytes(patient.to_vec()),
-                SqlValue::Bytes(c.fingerprint.to_vec()),
-                SqlValue::Bytes(c.cose.clone()),
+                SqlValue::Bytes(item.data.fingerprint.to_vec()),
+                SqlValue::Bytes(item.cose.clone()),
                 SqlValue::Int(received),
             ]
         })
@@ -412,15 +291,14 @@ async fn commit(
         .execute(&mut *tx)
         .await?;
     }
-    let refused_rows: Vec<Vec<SqlValue>> = refused
+    let reported_rows: Vec<Vec<SqlValue>> = reported
         .iter()
-        .map(|(i, patient, refusal)| {
-            let c = items[*i];
+        .map(|(item, refusal, patient)| {
             vec![
-                SqlValue::Bytes(c.hash.to_vec()),
+                SqlValue::Bytes(item.hash.to_vec()),
                 SqlValue::Bytes(patient.to_vec()),
-                SqlValue::Bytes(c.fingerprint.to_vec()),
-                SqlValue::Bytes(c.cose.clone()),
+                SqlValue::Bytes(item.data.fingerprint.to_vec()),
+                SqlValue::Bytes(item.cose.clone()),
                 SqlValue::Text(refusal.kind.name().to_owned()),
                 SqlValue::Text(refusal.detail.clone()),
                 SqlValue::Int(received),
@@ -440,20 +318,9 @@ async fn commit(
             "at_ms",
         ],
         "ON CONFLICT DO NOTHING",
-        &refused_rows,
+        &reported_rows,
     )
     .await?;
-    let marks: Vec<Vec<SqlValue>> = new_marks
-        .iter()
-        .map(|(dev, seq)| vec![SqlValue::Bytes(dev.to_vec()), SqlValue::Int(to_i64(*seq))])
-        .collect();
-    insert_many(
-        &mut tx,
-        "collector_device_seq",
-        &["epc", "seq"],
-        "ON CONFLICT (epc) DO UPDATE SET seq = excluded.seq",
-        &marks,
-    )
-    .await?;
+    marks.write(&mut tx).await?;
     tx.commit().await
 }

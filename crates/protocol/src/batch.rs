@@ -10,6 +10,7 @@
 //! A reading is named everywhere by [`reading_hash`]: SHA-256 of its
 //! COSE_Sign1 bytes exactly as the device sent them.
 
+use crate::ProblemType;
 use crate::cbor::{self, CborError, Value};
 use serde::{Deserialize, Serialize};
 
@@ -80,8 +81,8 @@ pub struct Refused {
     pub cert: u32,
     /// The patient the device reports for.
     pub patient: [u8; 32],
-    /// The problem type's name.
-    pub problem: String,
+    /// Why the collector refused it.
+    pub problem: ProblemType,
     /// Why, for a person.
     pub detail: String,
 }
@@ -287,7 +288,7 @@ impl ForwardBatch {
                                 ("cose", enc_bytes(&r.cose)),
                                 ("cert", enc_uint(u64::from(r.cert))),
                                 ("patient", enc_bytes(&r.patient)),
-                                ("problem", enc_text(&r.problem)),
+                                ("problem", enc_text(r.problem.name())),
                                 ("detail", enc_text(&r.detail)),
                             ])
                         })
@@ -384,7 +385,15 @@ impl ForwardBatch {
                 cose: as_bytes(take(&mut f, "cose", &at)?, &format!("{at}.cose"))?,
                 cert: cert_index(take(&mut f, "cert", &at)?, &format!("{at}.cert"))?,
                 patient: as_ref32(take(&mut f, "patient", &at)?, &format!("{at}.patient"))?,
-                problem: as_text(take(&mut f, "problem", &at)?, &format!("{at}.problem"))?,
+                problem: {
+                    let name = as_text(take(&mut f, "problem", &at)?, &format!("{at}.problem"))?;
+                    ProblemType::parse(&name).ok_or_else(|| {
+                        bad(
+                            format!("{at}.problem"),
+                            format!("{name:?} is not a problem type"),
+                        )
+                    })?
+                },
                 detail: as_text(take(&mut f, "detail", &at)?, &format!("{at}.detail"))?,
             });
         }
@@ -420,12 +429,15 @@ pub struct CommitResult {
     /// Its index in the patient's ledger, when stored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub index: Option<u64>,
-    /// The problem type's name, when rejected.
+    /// The problem type (its name on the wire), when rejected.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub problem: Option<String>,
+    pub problem: Option<ProblemType>,
     /// Why, for a person, when rejected.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// A rule's reason name, when a rule contract denied it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// The server's answer to a batch (`application/json`).
@@ -492,7 +504,7 @@ mod tests {
                 cose: vec![0xd2, 3],
                 cert: 0,
                 patient: [7; 32],
-                problem: "rule-violation".into(),
+                problem: ProblemType::RuleViolation,
                 detail: "above-range".into(),
             }],
         }

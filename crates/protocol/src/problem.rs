@@ -80,6 +80,21 @@ impl ProblemType {
     }
 }
 
+/// On the wire (JSON, CBOR text) a problem type is its short name.
+impl Serialize for ProblemType {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ProblemType {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        ProblemType::parse(&name)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown problem type {name:?}")))
+    }
+}
+
 /// An RFC 9457 problem details document.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Problem {

@@ -2,13 +2,23 @@
 //! reading is verified again as if it came straight from the device, and
 //! every patient's readings must carry that patient's card signature.
 //!
-//! Per reading, in order: already stored (a retry: `duplicate`); the
-//! device certificate (chain, validity, CRL, role); the COSE signature and
-//! `dev`; the Registry binding (registered, active, this certificate, the
-//! patient the collector named); a valid card signature of that patient
-//! covering it; the rules; the sequence number. Then, for what passed:
-//! one sealed blob per patient, `DataRecorded` entries, the reading index,
-//! the sequence marks and the batch root, in one SQL transaction.
+//! The commit reads as its stages, the shared checks of
+//! [`medledger_checks`] with the server's own around them:
+//!
+//! ```text
+//!  duplicates   stored before (a retry): `duplicate`
+//!  verify       device certificate (chain, validity, CRL, role), COSE
+//!               signature, `dev`                          (checks::verify)
+//!  bind         Registry binding to the patient the collector named
+//!               (checks::bind); not erased
+//!  cards        a valid card signature of that patient covers it
+//!  rules        the rule contracts                         (checks::rules)
+//!  sequence     above the device's last stored     (checks::Marks, gaps)
+//!  store        one sealed blob per patient; `DataRecorded` entries, the
+//!               reading index, the marks and the batch root in one SQL
+//!               transaction
+//!  alert        refused readings, gaps, and what the collector refused
+//! ```
 //!
 //! A reading is verified once per trust boundary: where the collector runs
 //! in the server's own process ([`Source::SameProcess`]), it has verified
@@ -18,22 +28,19 @@
 use crate::State;
 use crate::alerts::NewAlert;
 use alloy::primitives::B256;
-use medledger_contracts::rule_inputs;
+use medledger_checks::{Item, Marks, Refusal, Signed, Trust, Verdict};
 use medledger_patient_ledger::{Field, NewEntry, Tree, leaf_hash};
 use medledger_pki::{ClientAuth, Identity};
 use medledger_protocol::cbor::{self, Value};
 use medledger_protocol::{
-    CommitReply, CommitResult, CommitStatus, ForwardBatch, ProblemType, Reading, SignedReading,
-    card_digest, now_ms, reading_hash,
+    CardSignature, CommitReply, CommitResult, CommitStatus, ForwardBatch, ProblemType,
+    SignedReading, card_digest, now_ms, reading_hash,
 };
 use medledger_storage::sqlx::{self, Row};
 use medledger_storage::{Cid, SqlValue, insert_many, placeholders};
 use rustls::pki_types::UnixTime;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-
-/// Rule inputs per `RuleManager.check` call.
-const RULE_CHUNK: usize = 512;
 
 /// Why a whole batch could not be committed now (the collector retries).
 #[derive(Debug, thiserror::Error)]
@@ -52,96 +59,36 @@ pub(crate) enum Source {
     SameProcess,
 }
 
+impl Source {
+    fn trust(self) -> Trust {
+        match self {
+            Source::Peer => Trust::Verify,
+            Source::SameProcess => Trust::VerifiedHere,
+        }
+    }
+}
+
+/// What the collector said of a reading: its device certificate (an index
+/// into the batch's `certs`) and the patient it bound it to.
+#[derive(Debug, Clone, Copy)]
+struct Named {
+    cert: u32,
+    patient: [u8; 32],
+}
+
+/// A forwarded reading on its way through the stages.
+type Forwarded = Item<Named>;
+
 fn to_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-fn rejected(hash: &[u8; 32], kind: ProblemType, detail: impl Into<String>) -> CommitResult {
-    CommitResult {
-        hash: hex::encode(hash),
-        status: CommitStatus::Rejected,
-        index: None,
-        problem: Some(kind.name().to_owned()),
-        detail: Some(detail.into()),
-    }
+fn db_down(e: sqlx::Error) -> Unavailable {
+    Unavailable(format!("the database failed: {e}"))
 }
 
-/// The alerts of the readings the collector refused: each only if the
-/// device really signed it and is bound to the patient named.
-async fn refused_alerts(
-    state: &State,
-    batch: &ForwardBatch,
-    source: Source,
-) -> Result<Vec<NewAlert>, Unavailable> {
-    let at = UnixTime::now();
-    let mut checked = Vec::new();
-    for r in &batch.refused {
-        let Ok(identity) = device_identity(&state.device_auth, batch, r.cert, at, source) else {
-            continue;
-        };
-        let Ok(reading) = reading_of(&r.cose, &identity, source) else {
-            continue;
-        };
-        if identity.epc().map(|e| e.as_bytes()) == Some(&reading.dev.0) {
-            checked.push((r, reading.dev.0, identity.fingerprint, reading.ts_ms));
-        }
-    }
-    if checked.is_empty() {
-        return Ok(Vec::new());
-    }
-    let epcs: Vec<[u8; 12]> = checked.iter().map(|(_, dev, _, _)| *dev).collect();
-    let bindings = state
-        .view
-        .bindings(&epcs)
-        .await
-        .map_err(|e| Unavailable(format!("the chain cannot be asked: {e}")))?;
-    Ok(checked
-        .into_iter()
-        .filter(|(r, dev, fingerprint, ts_ms)| {
-            bindings.get(dev).is_some_and(|b| {
-                b.signed_by_registered(fingerprint, *ts_ms)
-                    && b.patient == Some(B256::from(r.patient))
-            })
-        })
-        .map(|(r, _, _, _)| {
-            let hash = reading_hash(&r.cose);
-            NewAlert {
-                actor: String::new(),
-                patient: r.patient,
-                kind: "reading-rejected",
-                source: format!("reading:{}", hex::encode(hash)),
-                flagged: true,
-                why: format!(
-                    "a reading from one of your devices was refused by the collector: {}",
-                    r.detail
-                ),
-                body: serde_json::json!({
-                    "reading": hex::encode(hash),
-                    "problem": r.problem,
-                    "detail": r.detail,
-                }),
-            }
-        })
-        .collect())
-}
-
-/// The alert of a refused reading whose device and patient are known.
-fn reading_alert(batch: &ForwardBatch, hashes: &[[u8; 32]], i: usize, detail: &str) -> NewAlert {
-    NewAlert {
-        actor: String::new(),
-        patient: batch.readings[i].patient,
-        kind: "reading-rejected",
-        source: format!("reading:{}", hex::encode(hashes[i])),
-        flagged: true,
-        why: format!("a reading from one of your devices was refused: {detail}"),
-        body: serde_json::json!({ "reading": hex::encode(hashes[i]), "detail": detail }),
-    }
-}
-
-/// A reading that passed so far.
-struct Verified {
-    reading: Reading,
-    identity: Arc<Identity>,
+fn chain_down(e: medledger_contracts::Error) -> Unavailable {
+    Unavailable(format!("the chain cannot be asked: {e}"))
 }
 
 /// Times the stages of a commit into `medledger_server_stage_seconds`.
@@ -170,115 +117,75 @@ impl<'a> Stages<'a> {
     }
 }
 
-/// A reading's device check: verified, refused, or not checked (`None`).
-type Checked = Option<Result<Verified, (ProblemType, String)>>;
+/// The certificates and intermediates a batch carries.
+struct Certificates {
+    certs: Vec<Vec<u8>>,
+    cas: Vec<Vec<u8>>,
+}
 
-/// Batches at least this large are verified on all cores.
-const PARALLEL_CHECKS: usize = 32;
-
-/// The identity of a batch's certificate `cert`: verified (chain,
-/// validity, CRL, role) from a peer, parsed only from the same process.
-fn device_identity(
-    auth: &ClientAuth,
-    batch: &ForwardBatch,
-    cert: u32,
-    at: UnixTime,
-    source: Source,
-) -> Result<Identity, (ProblemType, String)> {
-    let der = batch.certs.get(cert as usize).ok_or_else(|| {
-        (
-            ProblemType::Malformed,
-            format!("no certificate {cert} in the batch"),
-        )
-    })?;
-    match source {
-        Source::Peer => auth
-            .verify_certificate(der, &batch.cas, at)
-            .map_err(|e| (e.problem_type(), format!("device certificate: {e}"))),
-        Source::SameProcess => Identity::from_peer_certificate(der).map_err(|e| {
-            (
-                ProblemType::UntrustedCertificate,
-                format!("device certificate: {e}"),
-            )
-        }),
+impl Certificates {
+    /// The device identities of the certificates `wanted` names, each
+    /// checked once: from a peer verified (chain, validity, CRL, role),
+    /// from this process parsed.
+    fn devices(
+        &self,
+        auth: &ClientAuth,
+        wanted: impl Iterator<Item = u32>,
+        source: Source,
+    ) -> HashMap<u32, Result<Arc<Identity>, Refusal>> {
+        let at = UnixTime::now();
+        let mut found = HashMap::new();
+        for cert in wanted {
+            found.entry(cert).or_insert_with(|| {
+                let der = self.certs.get(cert as usize).ok_or_else(|| {
+                    Refusal::new(
+                        ProblemType::Malformed,
+                        format!("no certificate {cert} in the batch"),
+                    )
+                })?;
+                match source {
+                    Source::Peer => auth.verify_certificate(der, &self.cas, at).map_err(|e| {
+                        Refusal::new(e.problem_type(), format!("device certificate: {e}"))
+                    }),
+                    Source::SameProcess => Identity::from_peer_certificate(der).map_err(|e| {
+                        Refusal::new(
+                            ProblemType::UntrustedCertificate,
+                            format!("device certificate: {e}"),
+                        )
+                    }),
+                }
+                .map(Arc::new)
+            });
+        }
+        found
     }
 }
 
-/// A signed reading's payload: its signature checked from a peer, only
-/// parsed from the same process.
-fn reading_of(
-    cose: &[u8],
-    identity: &Identity,
+/// Runs [`medledger_checks::verify`] on every core, off the async
+/// runtime, with the batch's device certificates.
+async fn verify<T: Send + Sync + 'static>(
+    state: &State,
+    certificates: Arc<Certificates>,
+    mut items: Vec<Item<T>>,
+    cert_of: fn(&T) -> u32,
     source: Source,
-) -> Result<Reading, medledger_protocol::ReadingError> {
-    let signed = SignedReading::decode(cose)?;
-    match source {
-        Source::Peer => signed.verify(&identity.key),
-        Source::SameProcess => signed.reading_unverified(),
-    }
-}
-
-/// Checks each reading not in `skip` against its device certificate:
-/// chain and CRL (once per certificate), COSE signature and `dev`.
-fn check_devices(
-    auth: &ClientAuth,
-    batch: &ForwardBatch,
-    skip: &[bool],
-    source: Source,
-) -> Vec<Checked> {
-    let at = UnixTime::now();
-    let mut identities: HashMap<u32, Result<Arc<Identity>, (ProblemType, String)>> = HashMap::new();
-    for (f, skipped) in batch.readings.iter().zip(skip) {
-        if !skipped {
-            identities
-                .entry(f.cert)
-                .or_insert_with(|| device_identity(auth, batch, f.cert, at, source).map(Arc::new));
-        }
-    }
-    let check = |i: usize| -> Checked {
-        if skip[i] {
-            return None;
-        }
-        let f = &batch.readings[i];
-        let identity = match &identities[&f.cert] {
-            Ok(id) => id.clone(),
-            Err(e) => return Some(Err(e.clone())),
-        };
-        let reading = match reading_of(&f.cose, &identity, source) {
-            Ok(r) => r,
-            Err(e) => return Some(Err((e.problem_type(), e.to_string()))),
-        };
-        if identity.epc().map(|e| e.as_bytes()) != Some(&reading.dev.0) {
-            return Some(Err((
-                ProblemType::UnknownDevice,
-                "the reading names another device than its certificate".into(),
-            )));
-        }
-        Some(Ok(Verified { reading, identity }))
-    };
-    let n = batch.readings.len();
-    let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
-    if n < PARALLEL_CHECKS || threads < 2 {
-        return (0..n).map(check).collect();
-    }
-    let chunk = n.div_ceil(threads);
-    std::thread::scope(|scope| {
-        let check = &check;
-        let handles: Vec<_> = (0..n)
-            .step_by(chunk)
-            .map(|start| {
-                scope.spawn(move || {
-                    (start..(start + chunk).min(n))
-                        .map(check)
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().expect("checking does not panic"))
-            .collect()
+) -> Result<Vec<Item<T>>, Unavailable> {
+    let auth = state.device_auth.clone();
+    tokio::task::spawn_blocking(move || {
+        let unchecked = items
+            .iter()
+            .filter(|i| matches!(i.verdict, Verdict::Unchecked))
+            .map(|i| cert_of(&i.data));
+        let identities = certificates.devices(&auth, unchecked, source);
+        medledger_checks::verify(
+            &mut items,
+            |data| identities[&cert_of(data)].clone(),
+            source.trust(),
+        );
+        items
     })
+    .await
+    .map_err(|e| Unavailable(format!("verifying the readings: {e}")))
 }
 
 /// Commits a batch from `source`; one result per reading, in order.
@@ -288,95 +195,157 @@ pub(crate) async fn commit(
     source: Source,
 ) -> Result<CommitReply, Unavailable> {
     let _one_at_a_time = state.ingest_lock.lock().await;
-    let n = batch.readings.len();
-    let hashes: Vec<[u8; 32]> = batch
-        .readings
-        .iter()
-        .map(|r| reading_hash(&r.cose))
+    let ForwardBatch {
+        certs,
+        cas,
+        readings,
+        cards,
+        refused,
+    } = batch;
+    let certificates = Arc::new(Certificates { certs, cas });
+    let mut items: Vec<Forwarded> = readings
+        .into_iter()
+        .map(|f| {
+            Item::new(
+                f.cose,
+                Named {
+                    cert: f.cert,
+                    patient: f.patient,
+                },
+            )
+        })
         .collect();
-    let mut results: Vec<Option<CommitResult>> = vec![None; n];
-
-    // Retries: stored before.
-    for (i, index) in known(state, &hashes).await? {
-        results[i] = Some(CommitResult {
-            hash: hex::encode(hashes[i]),
-            status: CommitStatus::Duplicate,
-            index: Some(index),
-            problem: None,
-            detail: None,
-        });
-    }
-
     let mut clock = Stages::new(state);
     let mut alerts: Vec<NewAlert> = Vec::new();
-    // Certificates and signatures, on every core.
-    let skip: Vec<bool> = results.iter().map(Option::is_some).collect();
-    let auth = state.device_auth.clone();
-    let (batch, checked) = tokio::task::spawn_blocking(move || {
-        let checked = check_devices(&auth, &batch, &skip, source);
-        (batch, checked)
+
+    duplicates(state, &mut items).await?;
+    let mut items = verify(state, certificates.clone(), items, |n| n.cert, source).await?;
+    clock.lap("verify");
+
+    medledger_checks::bind(&state.view, &mut items, Signed::Measured, |n| {
+        Some(B256::from(n.patient))
     })
     .await
-    .map_err(|e| Unavailable(format!("verifying the readings: {e}")))?;
-    let mut verified: Vec<Option<Verified>> = Vec::with_capacity(n);
-    for (i, checked) in checked.into_iter().enumerate() {
-        verified.push(match checked {
-            Some(Ok(v)) => Some(v),
-            Some(Err((kind, detail))) => {
-                results[i] = Some(rejected(&hashes[i], kind, detail));
-                None
-            }
-            None => None,
-        });
+    .map_err(chain_down)?;
+    not_erased(state, &mut items).await?;
+    clock.lap("bindings");
+
+    if source == Source::Peer {
+        covered_by_cards(state, &certificates, &cards, &mut items);
+        clock.lap("cards");
+        let refused = medledger_checks::rules(&state.view, &mut items)
+            .await
+            .map_err(chain_down)?;
+        alerts.extend(refused.into_iter().map(|i| reading_alert(&items[i])));
+        clock.lap("rules");
     }
 
-    clock.lap("verify");
-    // Registry bindings.
-    let epcs: Vec<[u8; 12]> = verified.iter().flatten().map(|v| v.reading.dev.0).collect();
-    let bindings = state
-        .view
-        .bindings(&epcs)
+    let mut marks = Marks::new("ingest_device_seq");
+    let sequenced = marks
+        .sequence(&state.db, &mut items)
         .await
-        .map_err(|e| Unavailable(format!("the chain cannot be asked: {e}")))?;
-    for i in 0..n {
-        let Some(v) = &verified[i] else { continue };
-        let b = bindings.get(&v.reading.dev.0);
-        let problem = match b {
-            None => Some((
-                ProblemType::UnknownDevice,
-                "the device is not registered".to_owned(),
-            )),
-            Some(b) if !b.registered => Some((
-                ProblemType::UnknownDevice,
-                "the device is not registered".to_owned(),
-            )),
-            Some(b) if !b.active => Some((
-                ProblemType::UnknownDevice,
-                "the device is deactivated".to_owned(),
-            )),
-            Some(b) if !b.signed_by_registered(&v.identity.fingerprint, v.reading.ts_ms) => Some((
-                ProblemType::UnknownDevice,
-                "the certificate is not the one registered for the device (or was retired before the reading)".to_owned(),
-            )),
-            Some(b) if b.patient != Some(B256::from(batch.readings[i].patient)) => Some((
-                ProblemType::NotAdmitted,
-                "the device does not report for the patient the collector named".to_owned(),
-            )),
-            Some(_) => None,
+        .map_err(db_down)?;
+    alerts.extend(sequenced.replays.iter().map(|&i| reading_alert(&items[i])));
+    for gap in &sequenced.gaps {
+        alerts.push(gap_alert(state, &items[gap.item], gap));
+    }
+    clock.lap("sequence");
+
+    store(state, &mut items, &marks, &mut clock).await?;
+    let results = items
+        .iter()
+        .map(result_of)
+        .collect::<Option<Vec<CommitResult>>>()
+        .ok_or_else(|| Unavailable("a reading was left undecided".into()))?;
+    for r in &results {
+        let (status, cause) = match r.status {
+            CommitStatus::Stored => ("stored", ""),
+            CommitStatus::Duplicate => ("duplicate", ""),
+            CommitStatus::Rejected => ("rejected", r.problem.map_or("", ProblemType::name)),
         };
-        if let Some((kind, detail)) = problem {
-            results[i] = Some(rejected(&hashes[i], kind, detail));
-            verified[i] = None;
-        }
+        state.metrics.add(
+            "medledger_server_readings_total",
+            "Forwarded readings by outcome and cause.",
+            &[("outcome", status), ("cause", cause)],
+            1,
+        );
     }
 
-    // An erased (forgotten) patient takes no new readings.
-    let mut erased: HashMap<[u8; 32], bool> = HashMap::new();
-    for i in 0..n {
-        if verified[i].is_none() {
-            continue;
+    alerts.extend(refused_by_collector(state, certificates, refused, source).await?);
+    // Alerts only for readings whose device is bound to the patient named
+    // (checked above), so a forged batch cannot alert arbitrary patients.
+    if let Err(e) = state.alerts.raise(alerts, None).await {
+        eprintln!("medledger server: raising ingest alerts: {e}");
+    }
+    state.committed.notify_one();
+    Ok(CommitReply { results })
+}
+
+/// A reading's answer to the collector, once decided.
+fn result_of(item: &Forwarded) -> Option<CommitResult> {
+    let hash = hex::encode(item.hash);
+    Some(match &item.verdict {
+        Verdict::Stored { index, before } => CommitResult {
+            hash,
+            status: if *before {
+                CommitStatus::Duplicate
+            } else {
+                CommitStatus::Stored
+            },
+            index: Some(*index),
+            problem: None,
+            detail: None,
+            reason: None,
+        },
+        Verdict::Refused(r) => CommitResult {
+            hash,
+            status: CommitStatus::Rejected,
+            index: None,
+            problem: Some(r.kind),
+            detail: Some(r.detail.clone()),
+            reason: r.reason.clone(),
+        },
+        Verdict::Unchecked | Verdict::Passing(_) => return None,
+    })
+}
+
+/// Retries: readings stored before are answered with their index.
+async fn duplicates(state: &State, items: &mut [Forwarded]) -> Result<(), Unavailable> {
+    let position: HashMap<[u8; 32], usize> =
+        items.iter().enumerate().map(|(i, r)| (r.hash, i)).collect();
+    let hashes: Vec<[u8; 32]> = items.iter().map(|i| i.hash).collect();
+    for chunk in hashes.chunks(256) {
+        let sql = format!(
+            "SELECT hash, idx FROM ingest_readings WHERE hash IN ({})",
+            placeholders(chunk.len())
+        );
+        let mut query = sqlx::query(&sql);
+        for hash in chunk {
+            query = query.bind(hash.to_vec());
         }
-        let patient = batch.readings[i].patient;
+        let rows = query.fetch_all(state.db.pool()).await.map_err(db_down)?;
+        for row in rows {
+            let hash: Vec<u8> = row.try_get("hash").map_err(db_down)?;
+            let idx: i64 = row.try_get("idx").map_err(db_down)?;
+            let found = <[u8; 32]>::try_from(hash.as_slice())
+                .ok()
+                .and_then(|h| position.get(&h));
+            if let Some(&i) = found {
+                items[i].verdict = Verdict::Stored {
+                    index: u64::try_from(idx).unwrap_or(0),
+                    before: true,
+                };
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An erased (forgotten) patient takes no new readings.
+async fn not_erased(state: &State, items: &mut [Forwarded]) -> Result<(), Unavailable> {
+    let mut erased: HashMap<[u8; 32], bool> = HashMap::new();
+    for item in items.iter_mut().filter(|i| i.passing_for().is_some()) {
+        let patient = item.data.patient;
         let gone = match erased.get(&patient) {
             Some(gone) => *gone,
             None => {
@@ -390,39 +359,51 @@ pub(crate) async fn commit(
             }
         };
         if gone {
-            results[i] = Some(rejected(
-                &hashes[i],
+            item.refuse(Refusal::new(
                 ProblemType::NotAdmitted,
-                "the patient was erased (forgotten)".to_owned(),
+                "the patient was erased (forgotten)",
             ));
-            verified[i] = None;
         }
     }
-    clock.lap("bindings");
-    // Card signatures: each reading covered by one valid signature of its
-    // patient's card (made by the collector itself when in this process).
-    let mut covered = vec![source == Source::SameProcess; n];
+    Ok(())
+}
+
+/// Refuses (`forbidden`) each reading no valid signature of its patient's
+/// card covers: the card certificate verified with role `patient` and the
+/// Registry account of the readings' patient, its signature over the card
+/// digest of exactly the readings it lists.
+fn covered_by_cards(
+    state: &State,
+    certificates: &Certificates,
+    cards: &[CardSignature],
+    items: &mut [Forwarded],
+) {
     let at = UnixTime::now();
-    for card in batch.cards.iter().filter(|_| source == Source::Peer) {
-        let account = card.readings.iter().find_map(|&r| {
-            verified[r as usize]
-                .as_ref()
-                .and_then(|v| bindings.get(&v.reading.dev.0))
-                .and_then(|b| b.account)
-        });
+    let mut covered = vec![false; items.len()];
+    for card in cards {
+        let member = |r: &u32| items.get(*r as usize);
+        let account = card
+            .readings
+            .iter()
+            .find_map(|r| Some(member(r)?.passing_for()?.account));
         let valid = account.is_some_and(|account| {
             card.readings
                 .iter()
-                .all(|&r| batch.readings[r as usize].patient == card.patient)
-                && state
-                    .card_auth
-                    .verify_certificate(&batch.certs[card.cert as usize], &batch.cas, at)
-                    .ok()
+                .all(|r| member(r).is_some_and(|i| i.data.patient == card.patient))
+                && certificates
+                    .certs
+                    .get(card.cert as usize)
+                    .and_then(|der| {
+                        state
+                            .card_auth
+                            .verify_certificate(der, &certificates.cas, at)
+                            .ok()
+                    })
                     .filter(|id| id.address() == Some(account))
                     .is_some_and(|id| {
                         let digest = card_digest(
                             &card.patient,
-                            card.readings.iter().map(|&r| &hashes[r as usize]),
+                            card.readings.iter().filter_map(|r| Some(&member(r)?.hash)),
                         );
                         SignedReading::decode(&card.sig)
                             .ok()
@@ -432,261 +413,188 @@ pub(crate) async fn commit(
         });
         if valid {
             for &r in &card.readings {
-                covered[r as usize] = true;
+                if let Some(c) = covered.get_mut(r as usize) {
+                    *c = true;
+                }
             }
         }
     }
-    for i in 0..n {
-        if verified[i].is_some() && !covered[i] {
-            results[i] = Some(rejected(
-                &hashes[i],
+    for (item, covered) in items.iter_mut().zip(covered) {
+        if item.passing().is_some() && !covered {
+            item.refuse(Refusal::new(
                 ProblemType::Forbidden,
                 "no valid signature of the patient's card covers the reading",
             ));
-            verified[i] = None;
         }
     }
+}
 
-    clock.lap("cards");
-    // Rules (checked by the collector when in this process).
-    let mut inputs = Vec::new();
-    let mut owners = Vec::new();
-    for (i, v) in verified
+/// The alert of a refused reading whose device and patient are known.
+fn reading_alert(item: &Forwarded) -> NewAlert {
+    let detail = match &item.verdict {
+        Verdict::Refused(r) => r.detail.as_str(),
+        _ => "",
+    };
+    NewAlert {
+        actor: String::new(),
+        patient: item.data.patient,
+        kind: "reading-rejected",
+        source: format!("reading:{}", hex::encode(item.hash)),
+        flagged: true,
+        why: format!("a reading from one of your devices was refused: {detail}"),
+        body: serde_json::json!({ "reading": hex::encode(item.hash), "detail": detail }),
+    }
+}
+
+/// Counts, logs and alerts a gap in a device's sequence.
+fn gap_alert(state: &State, item: &Forwarded, gap: &medledger_checks::Gap) -> NewAlert {
+    state.metrics.add(
+        "medledger_server_sequence_gaps_total",
+        "Readings that arrived after a gap in their device's sequence.",
+        &[],
+        1,
+    );
+    let device = hex::encode(gap.device);
+    eprintln!(
+        "medledger server: device {device} skipped from sequence {} to {}",
+        gap.from - 1,
+        gap.to + 1
+    );
+    NewAlert {
+        actor: String::new(),
+        patient: item.data.patient,
+        kind: "sequence-gap",
+        source: format!("gap:{device}:{}", gap.to + 1),
+        flagged: true,
+        why: format!(
+            "readings {}..{} of device {device} never arrived",
+            gap.from, gap.to
+        ),
+        body: serde_json::json!({ "device": device, "from": gap.from, "to": gap.to }),
+    }
+}
+
+/// What the collector reported it refused (for a rule or a replay), as
+/// the collector said it.
+#[derive(Debug)]
+struct Reported {
+    cert: u32,
+    patient: [u8; 32],
+    problem: ProblemType,
+    detail: String,
+}
+
+/// The alerts of the readings the collector refused: each only if the
+/// device really signed it and is bound to the patient named.
+async fn refused_by_collector(
+    state: &State,
+    certificates: Arc<Certificates>,
+    refused: Vec<medledger_protocol::Refused>,
+    source: Source,
+) -> Result<Vec<NewAlert>, Unavailable> {
+    if refused.is_empty() {
+        return Ok(Vec::new());
+    }
+    let items: Vec<Item<Reported>> = refused
+        .into_iter()
+        .map(|r| {
+            Item::new(
+                r.cose,
+                Reported {
+                    cert: r.cert,
+                    patient: r.patient,
+                    problem: r.problem,
+                    detail: r.detail,
+                },
+            )
+        })
+        .collect();
+    let mut items = verify(state, certificates, items, |r| r.cert, source).await?;
+    medledger_checks::bind(&state.view, &mut items, Signed::Measured, |r| {
+        Some(B256::from(r.patient))
+    })
+    .await
+    .map_err(chain_down)?;
+    Ok(items
         .iter()
-        .enumerate()
-        .filter(|_| source == Source::Peer)
-    {
-        if let Some(v) = v {
-            for input in rule_inputs(&v.reading) {
-                inputs.push(input);
-                owners.push(i);
-            }
-        }
-    }
-    let mut reasons = Vec::with_capacity(inputs.len());
-    for chunk in inputs.chunks(RULE_CHUNK) {
-        let (r, _version) = state
-            .view
-            .contracts()
-            .check_readings(chunk.to_vec())
-            .await
-            .map_err(|e| Unavailable(format!("the rule contracts cannot be asked: {e}")))?;
-        reasons.extend(r);
-    }
-    for (i, reason) in owners.into_iter().zip(reasons) {
-        if verified[i].is_some() && !reason.is_allow() {
-            let (kind, detail) = reason.refusal();
-            alerts.push(reading_alert(&batch, &hashes, i, &detail));
-            results[i] = Some(rejected(&hashes[i], kind, detail));
-            verified[i] = None;
-        }
-    }
-
-    clock.lap("rules");
-    // Sequence numbers against the server's own marks.
-    let mut marks: HashMap<[u8; 12], Option<u64>> = HashMap::new();
-    for i in 0..n {
-        let Some(v) = &verified[i] else { continue };
-        let dev = v.reading.dev.0;
-        let mark = match marks.get(&dev) {
-            Some(m) => *m,
-            None => {
-                let m = load_mark(state, &dev).await?;
-                marks.insert(dev, m);
-                m
-            }
-        };
-        match mark {
-            Some(m) if v.reading.seq <= m => {
-                let detail = format!(
-                    "sequence {} is not above {m}, the device's last stored",
-                    v.reading.seq
-                );
-                alerts.push(reading_alert(&batch, &hashes, i, &detail));
-                results[i] = Some(rejected(&hashes[i], ProblemType::Replay, detail));
-                verified[i] = None;
-                continue;
-            }
-            Some(m) if v.reading.seq > m + 1 => {
-                state.metrics.add(
-                    "medledger_server_sequence_gaps_total",
-                    "Readings that arrived after a gap in their device's sequence.",
-                    &[],
-                    1,
-                );
-                eprintln!(
-                    "medledger server: device {} skipped from sequence {m} to {}",
-                    hex::encode(dev),
-                    v.reading.seq
-                );
-                alerts.push(NewAlert {
-                    actor: String::new(),
-                    patient: batch.readings[i].patient,
-                    kind: "sequence-gap",
-                    source: format!("gap:{}:{}", hex::encode(dev), v.reading.seq),
-                    flagged: true,
-                    why: format!(
-                        "readings {}..{} of device {} never arrived",
-                        m + 1,
-                        v.reading.seq - 1,
-                        hex::encode(dev)
-                    ),
-                    body: serde_json::json!({
-                        "device": hex::encode(dev),
-                        "from": m + 1,
-                        "to": v.reading.seq - 1,
-                    }),
-                });
-            }
-            _ => {}
-        }
-        marks.insert(dev, Some(v.reading.seq));
-    }
-
-    let stored = store(state, &batch, &hashes, &verified, &marks, &mut clock).await?;
-    for (i, index) in stored {
-        results[i] = Some(CommitResult {
-            hash: hex::encode(hashes[i]),
-            status: CommitStatus::Stored,
-            index: Some(index),
-            problem: None,
-            detail: None,
-        });
-    }
-    for r in results.iter().flatten() {
-        let (status, cause) = match r.status {
-            CommitStatus::Stored => ("stored", ""),
-            CommitStatus::Duplicate => ("duplicate", ""),
-            CommitStatus::Rejected => ("rejected", r.problem.as_deref().unwrap_or("")),
-        };
-        state.metrics.add(
-            "medledger_server_readings_total",
-            "Forwarded readings by outcome and cause.",
-            &[("outcome", status), ("cause", cause)],
-            1,
-        );
-    }
-    alerts.extend(refused_alerts(state, &batch, source).await?);
-    // Alerts only for readings whose device is bound to the patient named
-    // (checked above), so a forged batch cannot alert arbitrary patients.
-    if let Err(e) = state.alerts.raise(alerts, None).await {
-        eprintln!("medledger server: raising ingest alerts: {e}");
-    }
-    state.committed.notify_one();
-    Ok(CommitReply {
-        results: results
-            .into_iter()
-            .map(|r| r.expect("every reading has a result"))
-            .collect(),
-    })
-}
-
-/// The readings of `hashes` stored before: (position, ledger index).
-async fn known(state: &State, hashes: &[[u8; 32]]) -> Result<Vec<(usize, u64)>, Unavailable> {
-    let mut found = Vec::new();
-    let position: HashMap<&[u8; 32], usize> =
-        hashes.iter().enumerate().map(|(i, h)| (h, i)).collect();
-    for chunk in hashes.chunks(256) {
-        let sql = format!(
-            "SELECT hash, idx FROM ingest_readings WHERE hash IN ({})",
-            placeholders(chunk.len())
-        );
-        let mut query = sqlx::query(&sql);
-        for h in chunk {
-            query = query.bind(h.to_vec());
-        }
-        let rows = query.fetch_all(state.db.pool()).await.map_err(db_down)?;
-        for row in rows {
-            let hash: Vec<u8> = row.try_get("hash").map_err(db_down)?;
-            let idx: i64 = row.try_get("idx").map_err(db_down)?;
-            if let Some(&i) = hash
-                .as_slice()
-                .try_into()
-                .ok()
-                .and_then(|h: [u8; 32]| position.get(&h))
-            {
-                found.push((i, u64::try_from(idx).unwrap_or(0)));
-            }
-        }
-    }
-    Ok(found)
-}
-
-fn db_down(e: sqlx::Error) -> Unavailable {
-    Unavailable(format!("the database failed: {e}"))
-}
-
-async fn load_mark(state: &State, dev: &[u8; 12]) -> Result<Option<u64>, Unavailable> {
-    let row = sqlx::query("SELECT seq FROM ingest_device_seq WHERE epc = $1")
-        .bind(dev.to_vec())
-        .fetch_optional(state.db.pool())
-        .await
-        .map_err(db_down)?;
-    Ok(match row {
-        Some(r) => Some(u64::try_from(r.try_get::<i64, _>("seq").map_err(db_down)?).unwrap_or(0)),
-        None => None,
-    })
+        .filter(|i| i.passing_for().is_some())
+        .map(|i| NewAlert {
+            actor: String::new(),
+            patient: i.data.patient,
+            kind: "reading-rejected",
+            source: format!("reading:{}", hex::encode(i.hash)),
+            flagged: true,
+            why: format!(
+                "a reading from one of your devices was refused by the collector: {}",
+                i.data.detail
+            ),
+            body: serde_json::json!({
+                "reading": hex::encode(i.hash),
+                "problem": i.data.problem,
+                "detail": i.data.detail,
+            }),
+        })
+        .collect())
 }
 
 /// Seals one blob per patient, then writes the ledger entries, reading
-/// index, marks and batch root in one transaction. Returns (position,
-/// ledger index) of every stored reading.
+/// index, marks and batch root in one transaction; each reading stored
+/// becomes [`Verdict::Stored`].
 async fn store(
     state: &State,
-    batch: &ForwardBatch,
-    hashes: &[[u8; 32]],
-    verified: &[Option<Verified>],
-    marks: &HashMap<[u8; 12], Option<u64>>,
+    items: &mut [Forwarded],
+    marks: &Marks,
     clock: &mut Stages<'_>,
-) -> Result<Vec<(usize, u64)>, Unavailable> {
-    clock.lap("sequence");
+) -> Result<(), Unavailable> {
     // Readings per patient, in batch order.
     let mut by_patient: BTreeMap<[u8; 32], Vec<usize>> = BTreeMap::new();
-    for (i, v) in verified.iter().enumerate() {
-        if v.is_some() {
-            by_patient
-                .entry(batch.readings[i].patient)
-                .or_default()
-                .push(i);
+    for (i, item) in items.iter().enumerate() {
+        if item.passing().is_some() {
+            by_patient.entry(item.data.patient).or_default().push(i);
         }
     }
     if by_patient.is_empty() {
-        return Ok(Vec::new());
+        return Ok(());
     }
+    let patients: Vec<[u8; 32]> = by_patient.keys().copied().collect();
     let mut sealed = Vec::with_capacity(by_patient.len());
     let mut digests = Vec::with_capacity(by_patient.len());
     for (patient, members) in &by_patient {
         let plaintext = cbor::encode_with(|e| {
             e.array(members.len());
             for &i in members {
-                e.bytes(&batch.readings[i].cose);
+                e.bytes(&items[i].cose);
             }
         });
         digests.push(reading_hash(&plaintext));
         match state.vault.seal(patient, &plaintext).await {
             Ok(s) => sealed.push(s),
-            Err(e) => {
-                return Err(storage_failure(state, &by_patient, format!("sealing: {e}")).await);
-            }
+            Err(e) => return Err(storage_failure(state, &patients, format!("sealing: {e}")).await),
         }
     }
     let cids = match state.blobs.put_many(&sealed).await {
         Ok(cids) => cids,
         Err(e) => {
-            return Err(storage_failure(state, &by_patient, format!("storing blobs: {e}")).await);
+            return Err(storage_failure(state, &patients, format!("storing blobs: {e}")).await);
         }
     };
 
     // The batch root over the stored readings, in batch order.
-    let order: Vec<usize> = (0..verified.len())
-        .filter(|&i| verified[i].is_some())
+    let order: Vec<usize> = (0..items.len())
+        .filter(|&i| items[i].passing().is_some())
         .collect();
     let mut tree = Tree::new();
     for &i in &order {
-        tree.push(leaf_hash(&hashes[i]));
+        tree.push(leaf_hash(&items[i].hash));
     }
     let root = tree.root(tree.size()).expect("the tree holds its own size");
     let batch_pos: HashMap<usize, usize> = order.iter().enumerate().map(|(p, &i)| (i, p)).collect();
+    let reading = |i: usize| {
+        &items[i]
+            .passing()
+            .expect("only passing readings are stored")
+            .reading
+    };
 
     let now = now_ms();
     let groups: Vec<([u8; 32], Vec<NewEntry>)> = by_patient
@@ -697,15 +605,12 @@ async fn store(
                 .iter()
                 .enumerate()
                 .map(|(pos, &i)| {
-                    let r = &verified[i]
-                        .as_ref()
-                        .expect("stored readings verified")
-                        .reading;
+                    let r = reading(i);
                     NewEntry {
                         kind: "DataRecorded",
                         ts_ms: now,
                         body: BTreeMap::from([
-                            ("reading".to_owned(), Field::Bytes(hashes[i].to_vec())),
+                            ("reading".to_owned(), Field::Bytes(items[i].hash.to_vec())),
                             ("blob".to_owned(), Field::Text(cid.to_string())),
                             ("pos".to_owned(), Field::Uint(pos as u64)),
                             ("device".to_owned(), Field::Bytes(r.dev.0.to_vec())),
@@ -725,11 +630,11 @@ async fn store(
     let staged = match state.ledger.stage(&mut tx, groups).await {
         Ok(staged) => staged,
         Err(e) => {
-            return Err(storage_failure(state, &by_patient, format!("the ledger: {e}")).await);
+            return Err(storage_failure(state, &patients, format!("the ledger: {e}")).await);
         }
     };
-    let mut stored = Vec::new();
-    let mut rows = Vec::new();
+    let mut stored = Vec::with_capacity(order.len());
+    let mut rows = Vec::with_capacity(order.len());
     for ((((patient, members), cid), digest), indexes) in by_patient
         .iter()
         .zip(&cids)
@@ -737,12 +642,9 @@ async fn store(
         .zip(staged.indexes())
     {
         for ((pos, &i), &index) in members.iter().enumerate().zip(indexes) {
-            let r = &verified[i]
-                .as_ref()
-                .expect("stored readings verified")
-                .reading;
+            let r = reading(i);
             rows.push(vec![
-                SqlValue::Bytes(hashes[i].to_vec()),
+                SqlValue::Bytes(items[i].hash.to_vec()),
                 SqlValue::Bytes(patient.to_vec()),
                 SqlValue::Int(to_i64(index)),
                 SqlValue::Text(cid.to_string()),
@@ -778,29 +680,15 @@ async fn store(
     )
     .await
     .map_err(db_down)?;
-    let marks: Vec<Vec<SqlValue>> = marks
-        .iter()
-        .filter_map(|(dev, seq)| {
-            seq.map(|seq| vec![SqlValue::Bytes(dev.to_vec()), SqlValue::Int(to_i64(seq))])
-        })
-        .collect();
-    insert_many(
-        &mut tx,
-        "ingest_device_seq",
-        &["epc", "seq"],
-        "ON CONFLICT (epc) DO UPDATE SET seq = excluded.seq",
-        &marks,
-    )
-    .await
-    .map_err(db_down)?;
+    marks.write(&mut tx).await.map_err(db_down)?;
     sqlx::query(
         "INSERT INTO ingest_batches (root, count, first, last, created_ms) VALUES ($1, $2, $3, $4, $5) \
          ON CONFLICT DO NOTHING",
     )
     .bind(root.to_vec())
     .bind(to_i64(order.len() as u64))
-    .bind(hashes[order[0]].to_vec())
-    .bind(hashes[order[order.len() - 1]].to_vec())
+    .bind(items[order[0]].hash.to_vec())
+    .bind(items[order[order.len() - 1]].hash.to_vec())
     .bind(to_i64(now))
     .execute(&mut *tx)
     .await
@@ -808,23 +696,25 @@ async fn store(
     tx.commit().await.map_err(db_down)?;
     clock.lap("ledger");
     drop(staged.committed());
-    for r in verified.iter().flatten() {
-        state.portal.saw(
-            format!("device:{}", hex::encode(r.reading.dev.0)),
-            r.reading.ts_ms,
-        );
+    for (i, index) in stored {
+        if let Some(p) = items[i].passing() {
+            let r = &p.reading;
+            state
+                .portal
+                .saw(format!("device:{}", hex::encode(r.dev.0)), r.ts_ms);
+        }
+        items[i].verdict = Verdict::Stored {
+            index,
+            before: false,
+        };
     }
-    Ok(stored)
+    Ok(())
 }
 
 /// Counts and logs a storage failure and alerts the patients whose
 /// readings it holds up (at most once an hour each while it lasts); the
 /// collector keeps the readings and sends them again.
-async fn storage_failure(
-    state: &State,
-    patients: &BTreeMap<[u8; 32], Vec<usize>>,
-    detail: String,
-) -> Unavailable {
+async fn storage_failure(state: &State, patients: &[[u8; 32]], detail: String) -> Unavailable {
     state.metrics.add(
         "medledger_server_storage_failures_total",
         "Batches that could not be stored (the collector retries them).",
@@ -834,7 +724,7 @@ async fn storage_failure(
     eprintln!("medledger server: storage failure: {detail}");
     let hour = now_ms() / 3_600_000;
     let alerts = patients
-        .keys()
+        .iter()
         .map(|patient| NewAlert {
             actor: String::new(),
             patient: *patient,

@@ -430,6 +430,23 @@ async fn a_sinkhole_collector_cannot_alter_or_inject_readings() {
         (Some("rejected"), Some("replay"))
     );
 
+    // A genuine, card-signed reading a rule denies: the server's rules,
+    // not the collector's, decide; the rule's reason comes back.
+    let r = commit(batch_of(vec![device.heart_rate(400.0)], true)).await;
+    assert_eq!(
+        (
+            r["status"].as_str(),
+            r["problem"].as_str(),
+            r["reason"].as_str()
+        ),
+        (
+            Some("rejected"),
+            Some("rule-violation"),
+            Some("above-range")
+        ),
+        "{r}"
+    );
+
     assert_eq!(
         site.server
             .ledger()

@@ -1,0 +1,308 @@
+//! The stages after [`verify`](crate::verify): the timestamp window, the
+//! Registry binding, the rule contracts and the sequence number.
+
+use crate::{Bound, Item, Refusal, Verdict, epc_name};
+use alloy::primitives::B256;
+use alloy::providers::Provider;
+use medledger_contracts::{ChainView, rule_inputs};
+use medledger_protocol::ProblemType;
+use medledger_storage::sqlx::{self, Row};
+use medledger_storage::{Db, SqlValue, insert_many};
+use std::collections::HashMap;
+
+/// Rule inputs per `RuleManager.check` call (gas per call is bounded).
+const RULE_CHUNK: usize = 512;
+
+/// How far a reading's timestamp may lie from the time it arrives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    /// At most this old, in ms.
+    pub past_ms: u64,
+    /// At most this far ahead (clock skew), in ms.
+    pub future_ms: u64,
+}
+
+/// Refuses each reading whose timestamp lies outside `window` around
+/// `now_ms` (`stale-timestamp`).
+pub fn window<T>(items: &mut [Item<T>], window: Window, now_ms: u64) {
+    for item in items.iter_mut() {
+        let Some(p) = item.passing() else { continue };
+        let ts = p.reading.ts_ms;
+        let detail = if ts.saturating_add(window.past_ms) < now_ms {
+            format!(
+                "the reading is {} ms old; at most {} ms is accepted",
+                now_ms - ts,
+                window.past_ms
+            )
+        } else if ts > now_ms.saturating_add(window.future_ms) {
+            format!(
+                "the reading is {} ms in the future; at most {} ms of clock skew is accepted",
+                ts - now_ms,
+                window.future_ms
+            )
+        } else {
+            continue;
+        };
+        item.refuse(Refusal::new(ProblemType::StaleTimestamp, detail));
+    }
+}
+
+/// When a reading counts as signed, for a device whose certificate was
+/// renewed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signed {
+    /// Now, as it arrives (the collector): only the registered certificate
+    /// counts, whatever the reading's timestamp claims.
+    Now,
+    /// When it says it was measured (the server, which receives readings
+    /// late from a collector's outbox): what the replaced certificate
+    /// signed before its retirement still counts, nothing after.
+    Measured,
+}
+
+/// Binds each reading to its device's admitted patient through the
+/// Registry: the device registered and active, the reading signed by its
+/// registered certificate (see [`Signed`]), reporting for an admitted
+/// patient, and, where the side was told one (`named`), that patient.
+///
+/// # Errors
+/// When the chain cannot be asked; nothing is refused then.
+pub async fn bind<T, P: Provider + Clone>(
+    view: &ChainView<P>,
+    items: &mut [Item<T>],
+    signed: Signed,
+    named: impl Fn(&T) -> Option<B256>,
+) -> medledger_contracts::Result<()> {
+    let epcs: Vec<[u8; 12]> = items
+        .iter()
+        .filter_map(|i| Some(i.passing()?.reading.dev.0))
+        .collect();
+    if epcs.is_empty() {
+        return Ok(());
+    }
+    let bindings = view.bindings(&epcs).await?;
+    for item in items.iter_mut() {
+        let Verdict::Passing(p) = &item.verdict else {
+            continue;
+        };
+        let dev = p.reading.dev.0;
+        let epc = || epc_name(&dev);
+        let fingerprint = &p.identity.fingerprint;
+        let refusal = match bindings.get(&dev).filter(|b| b.registered) {
+            None => Refusal::new(
+                ProblemType::UnknownDevice,
+                format!("device {} is not registered", epc()),
+            ),
+            Some(b) if !b.active => Refusal::new(
+                ProblemType::UnknownDevice,
+                format!("device {} is deactivated in the Registry", epc()),
+            ),
+            Some(b) if signed == Signed::Now && b.cert_fingerprint != *fingerprint => Refusal::new(
+                ProblemType::UnknownDevice,
+                format!(
+                    "the certificate presented is not the one registered for device {}",
+                    epc()
+                ),
+            ),
+            Some(b) if !b.signed_by_registered(fingerprint, p.reading.ts_ms) => Refusal::new(
+                ProblemType::UnknownDevice,
+                format!(
+                    "the certificate is not the one registered for device {} (or was retired before the reading)",
+                    epc()
+                ),
+            ),
+            Some(b) => match (b.patient, b.account) {
+                (Some(patient), Some(account))
+                    if named(&item.data).is_none_or(|n| n == patient) =>
+                {
+                    item.bound = Some(Bound { patient, account });
+                    continue;
+                }
+                (Some(_), Some(_)) => Refusal::new(
+                    ProblemType::NotAdmitted,
+                    format!(
+                        "device {} does not report for the patient the collector named",
+                        epc()
+                    ),
+                ),
+                _ => Refusal::new(
+                    ProblemType::NotAdmitted,
+                    format!("device {} is not assigned to an admitted patient", epc()),
+                ),
+            },
+        };
+        item.refuse(refusal);
+    }
+    Ok(())
+}
+
+/// Asks the rule contracts about every observation of the readings still
+/// in, one call per chunk of the batch, and refuses those a rule denies.
+/// Returns the positions it refused.
+///
+/// # Errors
+/// When the chain cannot be asked; nothing is refused then.
+pub async fn rules<T, P: Provider + Clone>(
+    view: &ChainView<P>,
+    items: &mut [Item<T>],
+) -> medledger_contracts::Result<Vec<usize>> {
+    let mut inputs = Vec::new();
+    let mut owners = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        if let Some(p) = item.passing() {
+            for input in rule_inputs(&p.reading) {
+                inputs.push(input);
+                owners.push(i);
+            }
+        }
+    }
+    let mut reasons = Vec::with_capacity(inputs.len());
+    for chunk in inputs.chunks(RULE_CHUNK) {
+        let (r, _version) = view.contracts().check_readings(chunk.to_vec()).await?;
+        reasons.extend(r);
+    }
+    let mut refused = Vec::new();
+    for (i, reason) in owners.into_iter().zip(reasons) {
+        if items[i].passing().is_some() && !reason.is_allow() {
+            items[i].refuse(Refusal::of_rule(&reason));
+            refused.push(i);
+        }
+    }
+    Ok(refused)
+}
+
+/// Readings of a device that never arrived: the reading at `item` came
+/// after a gap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gap {
+    /// Its position in the batch.
+    pub item: usize,
+    /// The device.
+    pub device: [u8; 12],
+    /// The first sequence number missing.
+    pub from: u64,
+    /// The last one missing.
+    pub to: u64,
+}
+
+/// What a sequence check found.
+#[derive(Debug, Default)]
+pub struct Sequenced {
+    /// Positions refused as replays.
+    pub replays: Vec<usize>,
+    /// Readings that came after a gap (accepted).
+    pub gaps: Vec<Gap>,
+}
+
+/// Each device's highest accepted sequence number, as kept in one SQL
+/// table (`epc BLOB PRIMARY KEY, seq BIGINT`): loaded as needed and kept,
+/// the marks of a batch pending until its transaction commits.
+#[derive(Debug)]
+pub struct Marks {
+    table: &'static str,
+    known: HashMap<[u8; 12], Option<u64>>,
+    pending: HashMap<[u8; 12], u64>,
+}
+
+impl Marks {
+    /// The marks kept in `table`, none loaded yet. Keep one across batches
+    /// only where nothing else writes the table.
+    pub fn new(table: &'static str) -> Marks {
+        Marks {
+            table,
+            known: HashMap::new(),
+            pending: HashMap::new(),
+        }
+    }
+
+    /// Refuses each reading whose sequence number is not above its
+    /// device's last accepted one (`replay`), in batch order, and notes
+    /// the gaps; the batch's new marks are pending until [`Marks::write`]
+    /// and [`Marks::settle`].
+    ///
+    /// # Errors
+    /// When a mark cannot be read; nothing is refused then.
+    pub async fn sequence<T>(
+        &mut self,
+        db: &Db,
+        items: &mut [Item<T>],
+    ) -> Result<Sequenced, sqlx::Error> {
+        self.pending.clear();
+        let mut found = Sequenced::default();
+        for (i, item) in items.iter_mut().enumerate() {
+            let Some(p) = item.passing() else { continue };
+            let (dev, seq) = (p.reading.dev.0, p.reading.seq);
+            let mark = match self.pending.get(&dev) {
+                Some(m) => Some(*m),
+                None => self.load(db, &dev).await?,
+            };
+            match mark {
+                Some(m) if seq <= m => {
+                    item.refuse(Refusal::new(
+                        ProblemType::Replay,
+                        format!("sequence {seq} is not above {m}, the device's last accepted"),
+                    ));
+                    found.replays.push(i);
+                    continue;
+                }
+                Some(m) if seq > m + 1 => found.gaps.push(Gap {
+                    item: i,
+                    device: dev,
+                    from: m + 1,
+                    to: seq - 1,
+                }),
+                _ => {}
+            }
+            self.pending.insert(dev, seq);
+        }
+        Ok(found)
+    }
+
+    async fn load(&mut self, db: &Db, dev: &[u8; 12]) -> Result<Option<u64>, sqlx::Error> {
+        if let Some(m) = self.known.get(dev) {
+            return Ok(*m);
+        }
+        let row = sqlx::query(&format!("SELECT seq FROM {} WHERE epc = $1", self.table))
+            .bind(dev.to_vec())
+            .fetch_optional(db.pool())
+            .await?;
+        let mark = match row {
+            Some(r) => Some(u64::try_from(r.try_get::<i64, _>("seq")?).unwrap_or(0)),
+            None => None,
+        };
+        self.known.insert(*dev, mark);
+        Ok(mark)
+    }
+
+    /// Writes the pending marks in `tx`, the batch's transaction.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn write(&self, tx: &mut sqlx::AnyConnection) -> Result<(), sqlx::Error> {
+        let rows: Vec<Vec<SqlValue>> = self
+            .pending
+            .iter()
+            .map(|(dev, seq)| {
+                vec![
+                    SqlValue::Bytes(dev.to_vec()),
+                    SqlValue::Int(i64::try_from(*seq).unwrap_or(i64::MAX)),
+                ]
+            })
+            .collect();
+        insert_many(
+            tx,
+            self.table,
+            &["epc", "seq"],
+            "ON CONFLICT (epc) DO UPDATE SET seq = excluded.seq",
+            &rows,
+        )
+        .await
+    }
+
+    /// The batch's transaction committed: its marks are the known ones.
+    pub fn settle(&mut self) {
+        for (dev, seq) in self.pending.drain() {
+            self.known.insert(dev, Some(seq));
+        }
+    }
+}
