@@ -85,8 +85,25 @@ enum Alg {
     Ed25519,
 }
 
+/// Where `bench ingest` runs the collector and the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    /// In this process, beside the load generator: the bursts, then a
+    /// sustained run.
+    InProcess,
+    /// `medledger up` in a process of its own (chain, server and collector
+    /// together, batches handed over in memory): a sustained run.
+    Up,
+    /// The chain, the server and the collector in three processes of
+    /// their own, forwarding over mutual TLS, as deployed: a sustained run.
+    Split,
+}
+
 #[derive(Debug, Args)]
 pub(crate) struct IngestArgs {
+    /// Where the collector and the server run.
+    #[arg(long, value_enum, default_value_t = Mode::InProcess)]
+    mode: Mode,
     /// Burst sizes: devices that each open a new connection and send one
     /// reading at the same moment.
     #[arg(long, value_delimiter = ',', default_value = "10,100,1000")]
@@ -103,12 +120,17 @@ pub(crate) struct IngestArgs {
     /// The devices' key type.
     #[arg(long, value_enum, default_value_t = Alg::P256)]
     alg: Alg,
-    /// The collector forwards to the server over mutual TLS and the server
-    /// verifies every reading again, as between machines (by default the
-    /// collector hands its batches to the server in memory, as `medledger
-    /// up` does).
+    /// In process: the collector forwards to the server over mutual TLS
+    /// and the server verifies every reading again, as between machines
+    /// (by default the collector hands its batches to the server in
+    /// memory, as `medledger up` does).
     #[arg(long)]
     over_tls: bool,
+    /// Up and split: the devices' kind (`medledger sim`'s groups, e.g.
+    /// `thermometer`: one observation per reading; `ecg-patch`: a strip),
+    /// or `all` for a mixed ward.
+    #[arg(long, default_value = "thermometer")]
+    kind: String,
     /// Also write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -363,11 +385,20 @@ fn progress(label: &'static str, done: Arc<AtomicU64>, total: u64) -> tokio::tas
     })
 }
 
+impl Alg {
+    fn key_alg(self) -> KeyAlg {
+        match self {
+            Alg::P256 => KeyAlg::P256,
+            Alg::Ed25519 => KeyAlg::Ed25519,
+        }
+    }
+}
+
 async fn ingest(args: IngestArgs) -> Result<()> {
-    let key_alg = match args.alg {
-        Alg::P256 => KeyAlg::P256,
-        Alg::Ed25519 => KeyAlg::Ed25519,
-    };
+    if args.mode != Mode::InProcess {
+        return ingest_apart(args).await;
+    }
+    let key_alg = args.alg.key_alg();
     let mut options = Options::default();
     // The per-device rate limit is not what is measured here.
     options.limits.device_rate_per_s = 1e9;
@@ -503,4 +534,206 @@ fn print_table(bursts: &[Burst], s: &Sustained, alg: Alg) {
         s.stored.as_secs_f64(),
         s.stored_rate()
     );
+}
+
+/// Where `bench ingest --mode up|split` keeps the roles' output.
+const LOGS: &str = "bench";
+
+/// `bench ingest --mode up|split`: a sustained run against a `medledger
+/// up` directory whose roles run in processes of their own, the load
+/// generator (this process) beside them; CPU read per process.
+async fn ingest_apart(args: IngestArgs) -> Result<()> {
+    use crate::apart::{self, ROLES, Roles, cpu_of, free_local};
+    use medledger_storage::sqlx::Row;
+    let temp = tempfile::tempdir()?;
+    let d = temp.path();
+    let addrs = [free_local()?, free_local()?, free_local()?];
+    eprintln!("medledger bench ingest: initialising a `medledger up` directory");
+    let mut up = apart::start_up(d, LOGS, addrs).await?;
+    let mut roles = Roles::new(d, LOGS, addrs)?;
+    let rpc = format!("http://{}", addrs[0]);
+    let admin = crate::roles::load_signer(&d.join("people/admin.eth.key"))?;
+    let contracts = crate::roles::contracts(&rpc, &roles.state.registry.to_string(), admin).await?;
+    eprintln!(
+        "  registering {} devices and their patient",
+        args.sustained_devices
+    );
+    let kinds: Vec<medledger_sim::signals::Kind> = medledger_sim::signals::KINDS
+        .iter()
+        .filter(|k| args.kind == "all" || k.group == args.kind)
+        .copied()
+        .collect();
+    if kinds.is_empty() {
+        anyhow::bail!(
+            "--kind {}: not a device kind; one of all, {}",
+            args.kind,
+            medledger_sim::signals::KINDS
+                .iter()
+                .map(|k| k.group)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let simulated = crate::simulate::prepare(
+        d,
+        &contracts,
+        args.sustained_devices,
+        &kinds,
+        args.alg.key_alg(),
+    )
+    .await?;
+    up.kill()?;
+    up.wait()?;
+    // The per-device rate limit is not what is measured here.
+    let mut config = std::fs::OpenOptions::new()
+        .append(true)
+        .open(d.join("collector.toml"))?;
+    writeln!(
+        config,
+        "\n[limits]\ndevice_rate_per_s = 1e9\ndevice_burst = 1e9\nmax_readings_per_request = {}\nmax_body_bytes = {}",
+        args.batch.max(1),
+        args.batch.max(1) * 4096
+    )?;
+    let processes: Vec<(&str, u32)> = match args.mode {
+        Mode::Up => {
+            up = apart::start_up(d, LOGS, addrs).await?;
+            vec![("up (chain, server, collector)", up.id())]
+        }
+        _ => {
+            roles.start_all().await?;
+            (0..ROLES.len())
+                .filter_map(|r| Some((ROLES[r], roles.child(r)?.id())))
+                .collect()
+        }
+    };
+
+    // Every reading signed before the clock starts.
+    let root = medledger_pki::Ca::open(&d.join("ca"))?.root_cert_der()?;
+    let verification = load::p256_verification(&mut medledger_sim::Device::issue(
+        &medledger_pki::Ca::open(&d.join("ca"))?,
+        u64::MAX >> 40,
+        "bench",
+        KeyAlg::P256,
+    )?)?;
+    let mut prepared = Vec::with_capacity(simulated.devices.len());
+    for (n, (mut device, kind)) in simulated.devices.into_iter().enumerate() {
+        let mut vitals = medledger_sim::signals::Vitals::new(n as u64);
+        let bodies: Vec<Vec<u8>> = (0..args.rounds)
+            .map(|_| {
+                let readings: Vec<Vec<u8>> = (0..args.batch)
+                    .map(|_| device.reading(vitals.observe(&kind, medledger_protocol::now_ms())))
+                    .collect();
+                load::cbor_array(&readings)
+            })
+            .collect();
+        let config = medledger_pki::client_config(
+            Some(&device.credentials()),
+            &root,
+            &[medledger_pki::Role::Collector],
+        )?;
+        let conn =
+            medledger_pki::https::Connection::open(config, &addrs[2].to_string(), "localhost")
+                .await
+                .context("connecting a device")?;
+        prepared.push((conn, bodies));
+    }
+    let readings = (prepared.len() * args.batch * args.rounds) as u64;
+
+    let cpu = |pid: u32| cpu_of(pid).unwrap_or_default();
+    let before: Vec<Duration> = processes.iter().map(|(_, pid)| cpu(*pid)).collect();
+    let generator_before = load::cpu_time();
+    let done = Arc::new(AtomicU64::new(0));
+    let bar = progress("sustained (keep-alive)", done.clone(), readings);
+    let start = std::time::Instant::now();
+    load::send_all(prepared, args.batch as u64, done).await?;
+    let acknowledged = start.elapsed();
+    bar.await?;
+    apart::drain(d, Duration::from_millis(2)).await?;
+    let stored = start.elapsed();
+    let used: Vec<Duration> = processes
+        .iter()
+        .zip(&before)
+        .map(|((_, pid), b)| cpu(*pid).saturating_sub(*b))
+        .collect();
+    let generator = load::cpu_time().saturating_sub(generator_before);
+    roles.kill_all()?;
+    if args.mode == Mode::Up {
+        up.kill()?;
+        up.wait()?;
+    }
+    // Every reading acknowledged is stored: counted in the server's index.
+    let db = crate::roles::open_db(None, &d.join("server"), "server.db").await?;
+    let stored_rows: i64 =
+        medledger_storage::sqlx::query("SELECT COUNT(*) AS n FROM ingest_readings")
+            .fetch_one(db.pool())
+            .await?
+            .try_get("n")?;
+    if u64::try_from(stored_rows).unwrap_or(0) != readings {
+        anyhow::bail!(
+            "{readings} readings were acknowledged but the server stored {stored_rows}; the roles' output is in {}",
+            d.join(LOGS).display()
+        );
+    }
+
+    let per_reading = |t: Duration| t.as_secs_f64() * 1e6 / readings.max(1) as f64;
+    let unit = verification.as_secs_f64() * 1e6;
+    let total: Duration = used.iter().sum();
+    println!(
+        "\nSustained, {:?} devices of kind {}, mode {:?}: {} devices x {} requests of {} readings, keep-alive",
+        args.alg, args.kind, args.mode, args.sustained_devices, args.rounds, args.batch
+    );
+    println!(
+        "  {readings} readings acknowledged in {:.2} s ({:.0}/s), stored (the collector's outbox empty) in {:.2} s ({:.0}/s)",
+        acknowledged.as_secs_f64(),
+        readings as f64 / acknowledged.as_secs_f64(),
+        stored.as_secs_f64(),
+        readings as f64 / stored.as_secs_f64()
+    );
+    println!("  one P-256 verification, timed in this run: {unit:.1} µs");
+    println!();
+    println!("| process | CPU s | CPU per reading, µs | in P-256 verifications |");
+    println!("|---|---:|---:|---:|");
+    for ((name, _), t) in processes.iter().zip(&used) {
+        println!(
+            "| {name} | {:.2} | {:.1} | {:.2} |",
+            t.as_secs_f64(),
+            per_reading(*t),
+            per_reading(*t) / unit
+        );
+    }
+    println!(
+        "| **medledger, all processes** | {:.2} | {:.1} | **{:.2}** |",
+        total.as_secs_f64(),
+        per_reading(total),
+        per_reading(total) / unit
+    );
+    println!(
+        "| load generator (this process: devices' TLS, outbox polling) | {:.2} | {:.1} | {:.2} |",
+        generator.as_secs_f64(),
+        per_reading(generator),
+        per_reading(generator) / unit
+    );
+    if let Some(path) = &args.json {
+        let json = serde_json::json!({
+            "alg": format!("{:?}", args.alg),
+            "mode": format!("{:?}", args.mode),
+            "kind": args.kind,
+            "readings": readings,
+            "stored": stored_rows,
+            "acknowledged_per_s": readings as f64 / acknowledged.as_secs_f64(),
+            "stored_per_s": readings as f64 / stored.as_secs_f64(),
+            "p256_verification_us": unit,
+            "processes": processes.iter().zip(&used).map(|((name, _), t)| serde_json::json!({
+                "process": name,
+                "cpu_s": t.as_secs_f64(),
+                "cpu_per_reading_us": per_reading(*t),
+            })).collect::<Vec<_>>(),
+            "cpu_per_reading_us": per_reading(total),
+            "cpu_per_reading_in_verifications": per_reading(total) / unit,
+            "load_generator_cpu_per_reading_us": per_reading(generator),
+        });
+        std::fs::write(path, serde_json::to_vec_pretty(&json)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
 }

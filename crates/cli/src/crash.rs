@@ -10,6 +10,7 @@
 //! ledger exactly once; every transaction whose receipt was seen is still
 //! in the same block; every patient ledger verifies against its anchors.
 
+use crate::apart::{self, ROLES, Roles, free_local};
 use crate::roles;
 use crate::up::UpState;
 use alloy::primitives::B256;
@@ -21,11 +22,9 @@ use medledger_patient_ledger::Field;
 use medledger_pki::https::Connection;
 use medledger_pki::{Ca, LeafRequest, Role};
 use medledger_sim::signals::Vitals;
-use medledger_storage::sqlx::{self, Row};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -56,8 +55,8 @@ pub(crate) struct CrashArgs {
     json: Option<PathBuf>,
 }
 
-/// The three processes, in the order they start.
-const ROLES: [&str; 3] = ["chain", "server", "collector"];
+/// Where the roles' output goes, under the data directory.
+const LOGS: &str = "crash";
 
 /// What a run found.
 #[derive(Debug, Default, serde::Serialize)]
@@ -104,151 +103,33 @@ impl Random {
     }
 }
 
-fn free_local() -> Result<SocketAddr> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
-}
-
-/// Whether something accepts connections at `addr`.
-fn listening(addr: SocketAddr) -> bool {
-    std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
-}
-
-/// The role processes of one data directory.
-struct Processes {
-    exe: PathBuf,
-    data: PathBuf,
-    state: UpState,
-    addrs: [SocketAddr; 3],
-    children: [Option<Child>; 3],
-}
-
-impl Processes {
-    fn command(&self, role: usize) -> Result<Command> {
-        let mut c = Command::new(&self.exe);
-        match ROLES[role] {
-            "chain" => {
-                c.args(["chain", "--data"]).arg(self.data.join("chain"));
-                c.args(["--rpc", &self.addrs[0].to_string()]);
-                c.args(["--registry", &self.state.registry.to_string()]);
-                c.args(["--chain-id", &self.state.chain_id.to_string()]);
-                c.args(["--min-block-interval-ms", "5"]);
-            }
-            name => {
-                c.args([name, "--config"])
-                    .arg(self.data.join(format!("{name}.toml")));
-            }
-        }
-        let log = |name: &str| -> Result<std::fs::File> {
-            let path = self.data.join(format!("crash/{}.{name}", ROLES[role]));
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .with_context(|| format!("opening {}", path.display()))
-        };
-        c.stdin(Stdio::null())
-            .stdout(log("out")?)
-            .stderr(log("err")?);
-        Ok(c)
-    }
-
-    /// Starts `role` and waits until it listens.
-    async fn start(&mut self, role: usize) -> Result<()> {
-        let mut child = self
-            .command(role)?
-            .spawn()
-            .with_context(|| format!("starting the {}", ROLES[role]))?;
-        let started = Instant::now();
-        while !listening(self.addrs[role]) {
-            if let Some(status) = child.try_wait()? {
-                bail!(
-                    "the {} exited ({status}) instead of starting; see {}",
-                    ROLES[role],
-                    self.data
-                        .join(format!("crash/{}.err", ROLES[role]))
-                        .display()
-                );
-            }
-            if started.elapsed() > Duration::from_secs(120) {
-                let _ = child.kill();
-                bail!("the {} did not listen within 120 s", ROLES[role]);
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        self.children[role] = Some(child);
-        Ok(())
-    }
-
-    /// SIGKILLs `role` and reaps it.
-    fn kill(&mut self, role: usize) -> Result<()> {
-        if let Some(mut child) = self.children[role].take() {
-            child.kill()?;
-            child.wait()?;
-        }
-        Ok(())
-    }
-
-    fn kill_all(&mut self) -> Result<()> {
-        for role in (0..ROLES.len()).rev() {
-            self.kill(role)?;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Processes {
-    fn drop(&mut self) {
-        let _ = self.kill_all();
-    }
-}
-
-/// Initialises `d` with `medledger up` (stopped once it listens), then
+/// Initialises `d` with `medledger up` (stopped once it is set up), then
 /// admits the simulated patient, makes the devices and registers a
-/// doctor. Returns the processes (none running), the devices and the
-/// doctor's contracts.
+/// doctor. Returns the roles (none running), the devices and the doctor's
+/// contracts.
 async fn prepare(
     d: &Path,
     args: &CrashArgs,
 ) -> Result<(
-    Processes,
+    Roles,
     crate::simulate::Simulated,
     medledger_contracts::Contracts<alloy::providers::DynProvider>,
 )> {
-    let exe = std::env::current_exe().context("finding the medledger executable")?;
     let addrs = [free_local()?, free_local()?, free_local()?];
-    std::fs::create_dir_all(d.join("crash"))?;
-    let mut up = Command::new(&exe)
-        .args(["up", "--data"])
-        .arg(d)
-        .args(["--rpc", &addrs[0].to_string()])
-        .args(["--server", &addrs[1].to_string()])
-        .args(["--collector", &addrs[2].to_string()])
-        // Any free port: the portal is not under test here.
-        .args(["--portal", "127.0.0.1:0"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(d.join("crash/up.err"))?)
-        .spawn()
-        .context("starting medledger up")?;
-    let started = Instant::now();
-    while !listening(addrs[2]) {
-        if let Some(status) = up.try_wait()? {
-            bail!(
-                "medledger up exited ({status}); see {}",
-                d.join("crash/up.err").display()
-            );
-        }
-        if started.elapsed() > Duration::from_secs(180) {
-            let _ = up.kill();
-            bail!("medledger up did not start within 180 s");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let state = UpState::load(d)?;
+    let mut up = apart::start_up(d, LOGS, addrs).await?;
+    let roles = Roles::new(d, LOGS, addrs)?;
     let rpc = format!("http://{}", addrs[0]);
+    let registry = roles.state.registry.to_string();
     let admin = roles::load_signer(&d.join("people/admin.eth.key"))?;
-    let contracts = roles::contracts(&rpc, &state.registry.to_string(), admin).await?;
-    let simulated = crate::simulate::prepare(d, &contracts, args.devices).await?;
+    let contracts = roles::contracts(&rpc, &registry, admin).await?;
+    let simulated = crate::simulate::prepare(
+        d,
+        &contracts,
+        args.devices,
+        medledger_sim::signals::KINDS,
+        medledger_pki::KeyAlg::P256,
+    )
+    .await?;
     let doctor = Ca::open(&d.join("ca"))?.issue(&LeafRequest::new(Role::Doctor))?;
     let signer = medledger_sim::signer(&doctor)?;
     send(contracts.registry().registerStaff(
@@ -263,20 +144,10 @@ async fn prepare(
             .assignCarer(simulated.patient_ref, signer.address()),
     )
     .await?;
-    let doctor = roles::contracts(&rpc, &state.registry.to_string(), signer).await?;
+    let doctor = roles::contracts(&rpc, &registry, signer).await?;
     up.kill()?;
     up.wait()?;
-    Ok((
-        Processes {
-            exe,
-            data: d.to_path_buf(),
-            state,
-            addrs,
-            children: [None, None, None],
-        },
-        simulated,
-        doctor,
-    ))
+    Ok((roles, simulated, doctor))
 }
 
 /// What the load saw: acknowledged readings and confirmed transactions.
@@ -396,9 +267,7 @@ pub(crate) async fn run(args: CrashArgs) -> Result<()> {
         args.kills, args.devices, args.every_ms
     );
     let (mut processes, simulated, doctor) = prepare(&d, &args).await?;
-    for role in 0..ROLES.len() {
-        processes.start(role).await?;
-    }
+    processes.start_all().await?;
     let shared = Shared::default();
     let mut load = tokio::task::JoinSet::new();
     start_load(
@@ -447,7 +316,7 @@ pub(crate) async fn run(args: CrashArgs) -> Result<()> {
     load.abort_all();
     while load.join_next().await.is_some() {}
     outcome.seconds = started.elapsed().as_secs_f64();
-    drain(&d).await?;
+    apart::drain(&d, Duration::from_millis(200)).await?;
     processes.kill_all()?;
 
     let seen = std::mem::take(&mut *seen(&shared));
@@ -471,26 +340,6 @@ pub(crate) async fn run(args: CrashArgs) -> Result<()> {
         bail!("crash consistency violated (data kept in {})", d.display());
     }
     Ok(())
-}
-
-/// Waits until the collector's outbox is empty: everything it
-/// acknowledged has reached the server.
-async fn drain(d: &Path) -> Result<()> {
-    let db = roles::open_db(None, &d.join("collector"), "collector.db").await?;
-    let started = Instant::now();
-    loop {
-        let left: i64 = sqlx::query("SELECT COUNT(*) AS n FROM collector_outbox")
-            .fetch_one(db.pool())
-            .await?
-            .try_get("n")?;
-        if left == 0 {
-            return Ok(());
-        }
-        if started.elapsed() > Duration::from_secs(300) {
-            bail!("{left} reading(s) still in the collector's outbox after 300 s");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 /// The checks, on the stopped system: the chain and server run in this

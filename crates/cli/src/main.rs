@@ -25,6 +25,7 @@
 mod access;
 mod admin;
 mod annotate;
+mod apart;
 mod audit;
 mod backup;
 mod bench;

@@ -14,7 +14,7 @@ use medledger_contracts::{send, short_text};
 use medledger_pki::https::Connection;
 use medledger_pki::{Ca, Issued, KeyAlg, LeafRequest, Role};
 use medledger_sim::Device;
-use medledger_sim::signals::{KINDS, Vitals};
+use medledger_sim::signals::{KINDS, Kind, Vitals};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -60,11 +60,14 @@ pub(crate) struct Simulated {
 
 /// Admits the simulated patient (once; their card goes into the
 /// collector's cards directory) and issues, registers and assigns the
-/// first `count` simulated devices not made before (`D/sim/`).
+/// first `count` simulated devices not made before (`D/sim/`), of
+/// `kinds` in turn, with `key_alg` keys.
 pub(crate) async fn prepare(
     d: &std::path::Path,
     contracts: &medledger_contracts::Contracts<alloy::providers::DynProvider>,
     count: usize,
+    kinds: &[Kind],
+    key_alg: KeyAlg,
 ) -> Result<Simulated> {
     let ca = Ca::open(&d.join("ca"))?;
     let sim = d.join("sim");
@@ -100,9 +103,9 @@ pub(crate) async fn prepare(
     let mut devices = Vec::with_capacity(count);
     for i in 0..count {
         let prefix = sim.join(format!("devices/device-{i}"));
-        let kind = KINDS[i % KINDS.len()];
+        let kind = kinds[i % kinds.len()];
         if !medledger_pki::files::with_suffix(&prefix, ".crt").exists() {
-            let device = Device::issue(&ca, FIRST_SERIAL + i as u64, kind.group, KeyAlg::P256)?;
+            let device = Device::issue(&ca, FIRST_SERIAL + i as u64, kind.group, key_alg)?;
             device
                 .register(contracts, kind.group, Some(patient_ref))
                 .await?;
@@ -127,7 +130,7 @@ async fn simulate(args: SimArgs) -> Result<()> {
         patient_ref,
         card,
         devices,
-    } = prepare(d, &contracts, args.devices).await?;
+    } = prepare(d, &contracts, args.devices, KINDS, KeyAlg::P256).await?;
     println!(
         "medledger sim: {} devices of patient {patient_ref} (card account {}) send to {}, {} reading(s)/s each",
         devices.len(),

@@ -248,14 +248,33 @@ pub(crate) fn write_configs(args: &UpArgs, state: &UpState) -> Result<()> {
             args.server
         ),
     )?;
+    let collector = args.data.join("collector.toml");
+    let limits = std::fs::read_to_string(&collector)
+        .ok()
+        .and_then(|text| limits_section(&text))
+        .unwrap_or_default();
     std::fs::write(
-        args.data.join("collector.toml"),
+        &collector,
         format!(
-            "# Written by `medledger up` on every start.\nlisten = \"{}\"\ndata = \"collector\"\ncredentials = \"collector/collector\"\ncards = \"collector/cards\"\nserver = \"{}\"\nserver_name = \"localhost\"\n{common}",
+            "# Written by `medledger up` on every start (a [limits] table is kept).\nlisten = \"{}\"\ndata = \"collector\"\ncredentials = \"collector/collector\"\ncards = \"collector/cards\"\nserver = \"{}\"\nserver_name = \"localhost\"\n{common}{limits}",
             args.collector, args.server
         ),
     )?;
     Ok(())
+}
+
+/// The `[limits]` table of a collector configuration, as written (up to
+/// the next table), so that an operator's limits survive a restart.
+fn limits_section(text: &str) -> Option<String> {
+    let start = text.lines().position(|l| l.trim() == "[limits]")?;
+    let section: Vec<&str> = text
+        .lines()
+        .skip(start)
+        .enumerate()
+        .take_while(|(i, l)| *i == 0 || !l.trim_start().starts_with('['))
+        .map(|(_, l)| l)
+        .collect();
+    Some(format!("\n{}\n", section.join("\n")))
 }
 
 async fn up(args: UpArgs) -> Result<()> {
@@ -352,4 +371,20 @@ async fn up(args: UpArgs) -> Result<()> {
     roles::shutdown().await;
     println!("medledger up: stopping");
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::limits_section;
+
+    #[test]
+    fn an_operators_collector_limits_survive_the_rewrite() {
+        let text = "listen = \"127.0.0.1:1\"\n\n[limits]\ndevice_rate_per_s = 1e9\ndevice_burst = 1e9\n\n[other]\nx = 1\n";
+        assert_eq!(
+            limits_section(text).unwrap(),
+            "\n[limits]\ndevice_rate_per_s = 1e9\ndevice_burst = 1e9\n\n"
+        );
+        assert_eq!(limits_section("listen = \"127.0.0.1:1\"\n"), None);
+    }
 }

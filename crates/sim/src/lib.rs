@@ -309,14 +309,15 @@ impl Device {
         Ok(())
     }
 
-    /// A device from its certificate and key (`PREFIX.crt`, `PREFIX.key`,
-    /// P-256), its sequence counter set to `seq`.
+    /// A device from its certificate and key (`PREFIX.crt`, `PREFIX.key`;
+    /// P-256 or Ed25519, as the certificate says), its sequence counter set
+    /// to `seq`.
     pub fn load(prefix: &Path, seq: u64) -> Result<Device> {
         let issued = Issued::load(prefix)?;
         let identity = issued.identity()?;
         let epc = *identity.epc().context("the certificate holds no EPC")?;
         let key = SigningKey::from_pkcs8(
-            KeyAlg::P256.reading_algorithm(),
+            identity.key.algorithm(),
             &issued.key_pkcs8,
             &issued.cert_der,
         )?;

@@ -183,6 +183,35 @@ pub async fn sustained(
     let stored_before = stored(hospital);
     let cpu_before = cpu_time();
     let start = Instant::now();
+    send_all(prepared, batch as u64, progress).await?;
+    let elapsed = start.elapsed();
+    let readings = (devices.len() * batch * rounds) as u64;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while stored(hospital) - stored_before < readings as f64 {
+        if Instant::now() > deadline {
+            bail!("the server had not stored every reading after 300 s");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(Sustained {
+        devices: devices.len(),
+        batch,
+        readings,
+        elapsed,
+        stored: start.elapsed(),
+        cpu: cpu_time().saturating_sub(cpu_before),
+    })
+}
+
+/// Sends each connection's bodies (CBOR arrays of `per_body` readings)
+/// one after another, each once the previous was acknowledged (202), all
+/// connections at once; returns when every body was. `progress` counts
+/// acknowledged readings.
+pub async fn send_all(
+    prepared: Vec<(Connection, Vec<Vec<u8>>)>,
+    per_body: u64,
+    progress: Arc<AtomicU64>,
+) -> Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
     for (mut conn, bodies) in prepared {
         let progress = progress.clone();
@@ -203,7 +232,7 @@ pub async fn sustained(
                         String::from_utf8_lossy(&reply.body)
                     );
                 }
-                progress.fetch_add(batch as u64, Ordering::Relaxed);
+                progress.fetch_add(per_body, Ordering::Relaxed);
             }
             anyhow::Ok(())
         });
@@ -211,23 +240,7 @@ pub async fn sustained(
     while let Some(done) = tasks.join_next().await {
         done??;
     }
-    let elapsed = start.elapsed();
-    let readings = (devices.len() * batch * rounds) as u64;
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while stored(hospital) - stored_before < readings as f64 {
-        if Instant::now() > deadline {
-            bail!("the server had not stored every reading after 300 s");
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    Ok(Sustained {
-        devices: devices.len(),
-        batch,
-        readings,
-        elapsed,
-        stored: start.elapsed(),
-        cpu: cpu_time().saturating_sub(cpu_before),
-    })
+    Ok(())
 }
 
 /// Readings the server has stored so far.
@@ -239,7 +252,7 @@ fn stored(hospital: &Hospital) -> f64 {
 }
 
 /// Readings as a batch request body: a CBOR array of COSE_Sign1 bytes.
-pub(crate) fn cbor_array(readings: &[Vec<u8>]) -> Vec<u8> {
+pub fn cbor_array(readings: &[Vec<u8>]) -> Vec<u8> {
     medledger_protocol::cbor::encode_with(|e| {
         e.array(readings.len());
         for r in readings {

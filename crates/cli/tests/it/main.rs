@@ -4,6 +4,7 @@
 mod access;
 mod admin;
 mod alerts;
+mod bench;
 mod ca;
 mod chain;
 mod crash;
