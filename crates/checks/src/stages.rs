@@ -138,7 +138,9 @@ pub async fn bind<T, P: Provider + Clone>(
 
 /// Asks the rule contracts about every observation of the readings still
 /// in, one call per chunk of the batch, and refuses those a rule denies.
-/// Returns the positions it refused.
+/// Inputs alike (the same device, data type and value) are asked once: a
+/// rule's answer depends on nothing else within one call. Returns the
+/// positions it refused.
 ///
 /// # Errors
 /// When the chain cannot be asked; nothing is refused then.
@@ -147,13 +149,18 @@ pub async fn rules<T, P: Provider + Clone>(
     items: &mut [Item<T>],
 ) -> medledger_contracts::Result<Vec<usize>> {
     let mut inputs = Vec::new();
+    let mut asked: HashMap<([u8; 12], [u8; 16], i64, i64), usize> = HashMap::new();
+    // (item, input) pairs.
     let mut owners = Vec::new();
     for (i, item) in items.iter().enumerate() {
-        if let Some(p) = item.passing() {
-            for input in rule_inputs(&p.reading) {
+        let Some(p) = item.passing() else { continue };
+        for input in rule_inputs(&p.reading) {
+            let key = (input.epc.0, input.code.0, input.min, input.max);
+            let at = *asked.entry(key).or_insert_with(|| {
                 inputs.push(input);
-                owners.push(i);
-            }
+                inputs.len() - 1
+            });
+            owners.push((i, at));
         }
     }
     let mut reasons = Vec::with_capacity(inputs.len());
@@ -162,9 +169,10 @@ pub async fn rules<T, P: Provider + Clone>(
         reasons.extend(r);
     }
     let mut refused = Vec::new();
-    for (i, reason) in owners.into_iter().zip(reasons) {
+    for (i, at) in owners {
+        let reason = &reasons[at];
         if items[i].passing().is_some() && !reason.is_allow() {
-            items[i].refuse(Refusal::of_rule(&reason));
+            items[i].refuse(Refusal::of_rule(reason));
             refused.push(i);
         }
     }

@@ -313,6 +313,18 @@ async fn settle(
             .await?;
     }
     tx.commit().await?;
+    answered(state, hashes, reply);
+    Ok(())
+}
+
+/// Counts and logs the server's answer for each reading of `hashes`, and
+/// tells the devices waiting for it; returns the refusals, by hash.
+pub(crate) fn answered(
+    state: &State,
+    hashes: &[[u8; 32]],
+    reply: &CommitReply,
+) -> HashMap<[u8; 32], Refusal> {
+    let mut refused = HashMap::new();
     let mut waiters = state.waiters.lock().unwrap_or_else(|e| e.into_inner());
     for (hash, result) in hashes.iter().zip(&reply.results) {
         let status = match result.status {
@@ -345,9 +357,12 @@ async fn settle(
             }),
             (_, Some(index)) => Ok(index),
         };
+        if let Err(refusal) = &answer {
+            refused.insert(*hash, refusal.clone());
+        }
         for tx in waiters.remove(hash).into_iter().flatten() {
             let _ = tx.send(answer.clone());
         }
     }
-    Ok(())
+    refused
 }

@@ -152,6 +152,9 @@ pub(crate) struct State {
     pub(crate) outbox_changed: Notify,
     /// CA certificates seen in device chains (DER), for the server.
     pub(crate) cas: Mutex<Vec<Vec<u8>>>,
+    /// The server's ingest, where it runs in this process: decided
+    /// batches go to it straight away while the outbox is empty.
+    pub(crate) in_process: Option<Arc<dyn InProcessServer>>,
 }
 
 /// A running collector. Dropping it stops it.
@@ -208,6 +211,10 @@ impl Collector {
             rates: Mutex::new(HashMap::new()),
             outbox_changed: Notify::new(),
             cas: Mutex::new(credentials.chain[1..].iter().map(|c| c.to_vec()).collect()),
+            in_process: match &upstream {
+                Upstream::InProcess(server) => Some(server.clone()),
+                Upstream::Server(_) => None,
+            },
         });
         let mut tasks = Tasks::default();
         tasks.spawn(pipeline::run(state.clone(), submissions, next_batch));

@@ -19,13 +19,15 @@
 //! active, certificate as registered, admitted patient), the patient's
 //! card here, the rule contracts, then the sequence number.
 
-use crate::State;
+use crate::{InProcessServer, State};
 use alloy::primitives::B256;
 use medledger_checks::{Item, Marks, Refusal, Signed, Verdict, epc_name};
-use medledger_protocol::{ProblemType, card_digest, now_ms};
+use medledger_protocol::{
+    CardSignature, ForwardBatch, Forwarded, ProblemType, Refused, card_digest, now_ms,
+};
 use medledger_storage::sqlx::{self, Row};
 use medledger_storage::{Db, SqlError, SqlValue, insert_many};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
@@ -161,9 +163,20 @@ async fn decide(
         .sequence(&state.db, items)
         .await
         .map_err(|e| format!("the outbox cannot be read: {e}"))?;
-    commit(state, items, marks, batch)
-        .await
-        .map_err(|e| format!("the outbox write failed: {e}"))?;
+    let handed = match &state.in_process {
+        Some(server) => hand_over(state, server.as_ref(), items, marks)
+            .await
+            .unwrap_or_else(|e| {
+                eprintln!("medledger collector: {e}; the batch goes to the outbox");
+                false
+            }),
+        None => false,
+    };
+    if !handed {
+        commit(state, items, marks, batch)
+            .await
+            .map_err(|e| format!("the outbox write failed: {e}"))?;
+    }
     marks.settle();
     Ok(())
 }
@@ -181,48 +194,177 @@ fn reported(item: &Candidate) -> Option<(&Refusal, B256)> {
     }
 }
 
-/// Signs per patient and writes the accepted readings, their certificates,
-/// the card signatures, the reported refusals and the new sequence marks in
-/// one transaction.
+/// What a decided batch sends on.
+struct Outgoing<'a> {
+    /// The accepted readings, in batch order, with their patients.
+    accepted: Vec<(&'a Candidate, B256)>,
+    /// The refusals reported for the patients' alerts.
+    reported: Vec<(&'a Candidate, &'a Refusal, B256)>,
+    /// Per patient: the card's certificate and its signature over the
+    /// patient's accepted readings, in batch order.
+    cards: Vec<(B256, Vec<u8>, Vec<u8>)>,
+}
+
+impl<'a> Outgoing<'a> {
+    /// The accepted and reported readings of `items`, the cards signed.
+    fn of(state: &State, items: &'a [Candidate]) -> Outgoing<'a> {
+        let accepted: Vec<(&Candidate, B256)> = items
+            .iter()
+            .filter_map(|i| Some((i, i.passing_for()?.patient)))
+            .collect();
+        let reported = items
+            .iter()
+            .filter_map(|i| reported(i).map(|(r, patient)| (i, r, patient)))
+            .collect();
+        let mut by_patient: BTreeMap<B256, (alloy::primitives::Address, Vec<[u8; 32]>)> =
+            BTreeMap::new();
+        for (item, _) in &accepted {
+            let bound = item.passing_for().expect("accepted readings are bound");
+            by_patient
+                .entry(bound.patient)
+                .or_insert_with(|| (bound.account, Vec::new()))
+                .1
+                .push(item.hash);
+        }
+        let cards = by_patient
+            .iter()
+            .map(|(patient, (account, hashes))| {
+                let card = state
+                    .cards
+                    .get(account)
+                    .expect("readings without a card were refused");
+                let sig = card.sign(&card_digest(&patient.0, hashes));
+                (*patient, card.certificate().to_vec(), sig)
+            })
+            .collect();
+        Outgoing {
+            accepted,
+            reported,
+            cards,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.accepted.is_empty() && self.reported.is_empty()
+    }
+
+    /// As a forward batch, for the server in this process.
+    fn to_batch(&self, state: &State) -> ForwardBatch {
+        let mut batch = ForwardBatch {
+            cas: state.cas.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            ..ForwardBatch::default()
+        };
+        let mut certs: HashMap<[u8; 32], u32> = HashMap::new();
+        let mut cert = |fingerprint: [u8; 32], der: &[u8], batch: &mut ForwardBatch| -> u32 {
+            *certs.entry(fingerprint).or_insert_with(|| {
+                batch.certs.push(der.to_vec());
+                (batch.certs.len() - 1) as u32
+            })
+        };
+        let received = now_ms();
+        let mut positions: HashMap<B256, Vec<u32>> = HashMap::new();
+        for (i, (item, patient)) in self.accepted.iter().enumerate() {
+            let c = cert(item.data.fingerprint, &item.data.der, &mut batch);
+            positions.entry(*patient).or_default().push(i as u32);
+            batch.readings.push(Forwarded {
+                cose: item.cose.clone(),
+                cert: c,
+                patient: patient.0,
+                received_ms: received,
+            });
+        }
+        for (patient, der, sig) in &self.cards {
+            let c = cert(medledger_protocol::kid_of(der), der, &mut batch);
+            batch.cards.push(CardSignature {
+                patient: patient.0,
+                cert: c,
+                readings: positions.remove(patient).unwrap_or_default(),
+                sig: sig.clone(),
+            });
+        }
+        for (item, refusal, patient) in &self.reported {
+            let c = cert(item.data.fingerprint, &item.data.der, &mut batch);
+            batch.refused.push(Refused {
+                cose: item.cose.clone(),
+                cert: c,
+                patient: patient.0,
+                problem: refusal.kind,
+                detail: refusal.detail.clone(),
+            });
+        }
+        batch
+    }
+}
+
+/// Hands a decided batch to the server in this process, where nothing
+/// waits in the outbox (which keeps each device's readings in order):
+/// stored there durably, so that the outbox is skipped. The readings the
+/// server refused are refused to their devices. An error leaves the
+/// batch to the outbox.
+async fn hand_over(
+    state: &State,
+    server: &dyn InProcessServer,
+    items: &mut [Candidate],
+    marks: &Marks,
+) -> Result<bool, String> {
+    let waiting: i64 = sqlx::query(
+        "SELECT (SELECT COUNT(*) FROM (SELECT 1 FROM collector_outbox LIMIT 1) o) \
+         + (SELECT COUNT(*) FROM (SELECT 1 FROM collector_refused LIMIT 1) r) AS n",
+    )
+    .fetch_one(state.db.pool())
+    .await
+    .and_then(|row| row.try_get("n"))
+    .map_err(|e| format!("the outbox cannot be read: {e}"))?;
+    if waiting > 0 {
+        return Ok(false);
+    }
+    let outgoing = Outgoing::of(state, items);
+    if outgoing.is_empty() {
+        return Ok(true);
+    }
+    let hashes: Vec<[u8; 32]> = outgoing.accepted.iter().map(|(i, _)| i.hash).collect();
+    let reply = match server.commit(outgoing.to_batch(state)).await {
+        Ok(reply) if reply.results.len() == hashes.len() => reply,
+        Ok(reply) => {
+            return Err(format!(
+                "the server in this process answered for {} of {} readings",
+                reply.results.len(),
+                hashes.len()
+            ));
+        }
+        Err(e) => return Err(format!("the server in this process: {e}")),
+    };
+    // The marks: a replay after a restart is refused here too.
+    let mut tx = state.db.pool().begin().await.map_err(|e| e.to_string())?;
+    marks.write(&mut tx).await.map_err(|e| e.to_string())?;
+    tx.commit().await.map_err(|e| e.to_string())?;
+    let refused = crate::forward::answered(state, &hashes, &reply);
+    for item in items.iter_mut() {
+        if let Some(refusal) = refused.get(&item.hash) {
+            item.refuse(refusal.clone());
+        }
+    }
+    Ok(true)
+}
+
+/// Writes the accepted readings, their certificates, the card signatures,
+/// the reported refusals and the new sequence marks to the outbox in one
+/// transaction.
 async fn commit(
     state: &State,
     items: &[Candidate],
     marks: &Marks,
     batch: i64,
 ) -> Result<(), sqlx::Error> {
-    let accepted: Vec<(&Candidate, B256)> = items
-        .iter()
-        .filter_map(|i| Some((i, i.passing_for()?.patient)))
-        .collect();
-    let reported: Vec<(&Candidate, &Refusal, B256)> = items
-        .iter()
-        .filter_map(|i| reported(i).map(|(r, patient)| (i, r, patient)))
-        .collect();
+    let Outgoing {
+        accepted,
+        reported,
+        cards,
+    } = Outgoing::of(state, items);
     if accepted.is_empty() && reported.is_empty() {
         return Ok(());
     }
     let received = to_i64(now_ms());
-    // Card signatures: per patient, over their readings in batch order.
-    let mut by_patient: BTreeMap<B256, (alloy::primitives::Address, Vec<[u8; 32]>)> =
-        BTreeMap::new();
-    for (item, _) in &accepted {
-        let bound = item.passing_for().expect("accepted readings are bound");
-        by_patient
-            .entry(bound.patient)
-            .or_insert_with(|| (bound.account, Vec::new()))
-            .1
-            .push(item.hash);
-    }
-    let mut cards = Vec::with_capacity(by_patient.len());
-    for (patient, (account, hashes)) in &by_patient {
-        let card = state
-            .cards
-            .get(account)
-            .expect("readings without a card were refused");
-        let sig = card.sign(&card_digest(&patient.0, hashes));
-        cards.push((patient, card.certificate().to_vec(), sig));
-    }
-
     let mut tx = state.db.pool().begin().await?;
     let mut certs: Vec<(&[u8; 32], &[u8])> = accepted
         .iter()
