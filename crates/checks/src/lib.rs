@@ -25,7 +25,7 @@
 mod stages;
 mod verify;
 
-pub use stages::{Gap, Marks, Sequenced, Signed, Window, bind, rules, window};
+pub use stages::{Gap, Marks, NewMarks, Sequenced, Signed, Window, bind, rules, window};
 pub use verify::{Trust, verify};
 
 use alloy::primitives::{Address, B256};

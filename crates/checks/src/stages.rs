@@ -225,8 +225,8 @@ impl Marks {
 
     /// Refuses each reading whose sequence number is not above its
     /// device's last accepted one (`replay`), in batch order, and notes
-    /// the gaps; the batch's new marks are pending until [`Marks::write`]
-    /// and [`Marks::settle`].
+    /// the gaps; the batch's new marks are pending until
+    /// [`Marks::advance`].
     ///
     /// # Errors
     /// When a mark cannot be read; nothing is refused then.
@@ -282,13 +282,47 @@ impl Marks {
         Ok(mark)
     }
 
-    /// Writes the pending marks in `tx`, the batch's transaction.
+    /// The batch's marks, from now on the known ones (the next batch is
+    /// checked against them), to be written with the batch
+    /// ([`NewMarks::write`]); if that fails, [`Marks::forget`] them.
+    pub fn advance(&mut self) -> NewMarks {
+        let marks: Vec<([u8; 12], u64)> = self.pending.drain().collect();
+        for (dev, seq) in &marks {
+            self.known.insert(*dev, Some(*seq));
+        }
+        NewMarks {
+            table: self.table,
+            marks,
+        }
+    }
+
+    /// Forgets every mark known: they are read again from the table (a
+    /// batch whose marks were advanced was not written).
+    pub fn forget(&mut self) {
+        self.known.clear();
+        self.pending.clear();
+    }
+}
+
+/// A batch's new marks (device, highest accepted sequence number), for
+/// the table they belong in; none by default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NewMarks {
+    table: &'static str,
+    marks: Vec<([u8; 12], u64)>,
+}
+
+impl NewMarks {
+    /// Upserts them in `tx`, the batch's transaction.
     ///
     /// # Errors
     /// When the database fails.
     pub async fn write(&self, tx: &mut sqlx::AnyConnection) -> Result<(), sqlx::Error> {
+        if self.marks.is_empty() {
+            return Ok(());
+        }
         let rows: Vec<Vec<SqlValue>> = self
-            .pending
+            .marks
             .iter()
             .map(|(dev, seq)| {
                 vec![
@@ -305,12 +339,5 @@ impl Marks {
             &rows,
         )
         .await
-    }
-
-    /// The batch's transaction committed: its marks are the known ones.
-    pub fn settle(&mut self) {
-        for (dev, seq) in self.pending.drain() {
-            self.known.insert(dev, Some(seq));
-        }
     }
 }

@@ -155,6 +155,9 @@ pub(crate) struct State {
     /// The server's ingest, where it runs in this process: decided
     /// batches go to it straight away while the outbox is empty.
     pub(crate) in_process: Option<Arc<dyn InProcessServer>>,
+    /// Moves on each time a decided batch cannot be committed (see
+    /// `pipeline::commit_in_order`).
+    pub(crate) epoch: std::sync::atomic::AtomicU64,
 }
 
 /// A running collector. Dropping it stops it.
@@ -215,6 +218,7 @@ impl Collector {
                 Upstream::InProcess(server) => Some(server.clone()),
                 Upstream::Server(_) => None,
             },
+            epoch: std::sync::atomic::AtomicU64::new(0),
         });
         let mut tasks = Tasks::default();
         tasks.spawn(pipeline::run(state.clone(), submissions, next_batch));

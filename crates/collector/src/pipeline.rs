@@ -21,7 +21,7 @@
 
 use crate::{InProcessServer, State};
 use alloy::primitives::B256;
-use medledger_checks::{Item, Marks, Refusal, Signed, Verdict, epc_name};
+use medledger_checks::{Item, Marks, NewMarks, Refusal, Signed, Verdict, epc_name};
 use medledger_protocol::{
     CardSignature, ForwardBatch, Forwarded, ProblemType, Refused, card_digest, now_ms,
 };
@@ -29,6 +29,7 @@ use medledger_storage::sqlx::{self, Row};
 use medledger_storage::{Db, SqlError, SqlValue, insert_many};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
@@ -68,15 +69,34 @@ fn to_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-/// Decides batches until the endpoint goes away.
+/// A decided batch on its way to being committed.
+struct Decided {
+    subs: Vec<Submission>,
+    /// Readings per submission, in order.
+    sizes: Vec<usize>,
+    items: Vec<Candidate>,
+    marks: NewMarks,
+    batch: i64,
+    /// The pipeline's epoch when it was decided (see [`commit_in_order`]).
+    epoch: u64,
+    started: Instant,
+}
+
+/// Decides batches until the endpoint goes away; a committer commits them
+/// in order meanwhile, so that the next batch is decided while one is
+/// written (two in flight at most).
 pub(crate) async fn run(
     state: Arc<State>,
     mut submissions: mpsc::Receiver<Submission>,
     mut batch: i64,
 ) {
-    // The highest accepted sequence per device, as far as loaded; only
-    // this collector writes its table.
+    let (decided, to_commit) = mpsc::channel(1);
+    let committer = tokio::spawn(commit_in_order(state.clone(), to_commit));
+    // The highest accepted sequence per device, as far as loaded, with the
+    // batches decided but not yet committed; only this collector writes
+    // its table.
     let mut marks = Marks::new("collector_device_seq");
+    let mut epoch = state.epoch.load(Ordering::SeqCst);
     while let Some(first) = submissions.recv().await {
         let mut queued = first.items.len();
         let mut subs = vec![first];
@@ -95,13 +115,71 @@ pub(crate) async fn run(
             .iter_mut()
             .flat_map(|s| std::mem::take(&mut s.items))
             .collect();
-        if let Err(detail) = decide(&state, &mut marks, &mut items, batch).await {
-            eprintln!("medledger collector: {detail}");
-            for item in items.iter_mut().filter(|i| i.passing().is_some()) {
-                item.refuse(Refusal::new(ProblemType::Unavailable, detail.clone()));
-            }
+        // A batch failed to commit: the marks of those after it are void.
+        let now = state.epoch.load(Ordering::SeqCst);
+        if now != epoch {
+            marks.forget();
+            epoch = now;
         }
+        let new_marks = match decide(&state, &mut marks, &mut items).await {
+            Ok(()) => marks.advance(),
+            Err(detail) => {
+                eprintln!("medledger collector: {detail}");
+                refuse_open(&mut items, &detail);
+                NewMarks::default()
+            }
+        };
+        let next = Decided {
+            subs,
+            sizes,
+            items,
+            marks: new_marks,
+            batch,
+            epoch,
+            started,
+        };
         batch += 1;
+        if decided.send(next).await.is_err() {
+            break;
+        }
+    }
+    drop(decided);
+    let _ = committer.await;
+}
+
+/// Refuses (`unavailable`) every reading still in.
+fn refuse_open(items: &mut [Candidate], detail: &str) {
+    for item in items.iter_mut().filter(|i| i.passing().is_some()) {
+        item.refuse(Refusal::new(ProblemType::Unavailable, detail));
+    }
+}
+
+/// Commits decided batches in order and answers their requests. A batch
+/// that cannot be committed moves the pipeline to a new epoch: the
+/// batches decided after it (against its marks) are refused too, and the
+/// marks are read again, so that the devices' retries are not taken for
+/// replays.
+async fn commit_in_order(state: Arc<State>, mut to_commit: mpsc::Receiver<Decided>) {
+    while let Some(Decided {
+        subs,
+        sizes,
+        mut items,
+        marks,
+        batch,
+        epoch,
+        started,
+    }) = to_commit.recv().await
+    {
+        let committed = if epoch != state.epoch.load(Ordering::SeqCst) {
+            Err("an earlier batch could not be committed; send again".to_owned())
+        } else {
+            commit_decided(&state, &mut items, &marks, batch).await
+        };
+        if let Err(detail) = committed {
+            eprintln!("medledger collector: {detail}");
+            state.epoch.fetch_add(1, Ordering::SeqCst);
+            refuse_open(&mut items, &detail);
+        }
         state.metrics.observe(
             "medledger_collector_batch_seconds",
             "Time to decide and durably commit one batch of readings.",
@@ -130,14 +208,10 @@ pub(crate) async fn run(
     }
 }
 
-/// Decides one batch and commits the accepted readings; on an error
-/// (the chain or the outbox failed), nothing is committed.
-async fn decide(
-    state: &State,
-    marks: &mut Marks,
-    items: &mut [Candidate],
-    batch: i64,
-) -> Result<(), String> {
+/// Decides one batch: the Registry binding, the patient's card here, the
+/// rules, the sequence numbers. On an error (the chain or the outbox
+/// cannot be asked), nothing is decided.
+async fn decide(state: &State, marks: &mut Marks, items: &mut [Candidate]) -> Result<(), String> {
     medledger_checks::bind(&state.view, items, Signed::Now, |_| None)
         .await
         .map_err(|e| format!("the chain cannot be asked: {e}"))?;
@@ -163,6 +237,17 @@ async fn decide(
         .sequence(&state.db, items)
         .await
         .map_err(|e| format!("the outbox cannot be read: {e}"))?;
+    Ok(())
+}
+
+/// Commits a decided batch: to the server in this process where it runs
+/// here and nothing waits in the outbox, to the outbox otherwise.
+async fn commit_decided(
+    state: &State,
+    items: &mut [Candidate],
+    marks: &NewMarks,
+    batch: i64,
+) -> Result<(), String> {
     let handed = match &state.in_process {
         Some(server) => hand_over(state, server.as_ref(), items, marks)
             .await
@@ -177,7 +262,6 @@ async fn decide(
             .await
             .map_err(|e| format!("the outbox write failed: {e}"))?;
     }
-    marks.settle();
     Ok(())
 }
 
@@ -305,8 +389,12 @@ async fn hand_over(
     state: &State,
     server: &dyn InProcessServer,
     items: &mut [Candidate],
-    marks: &Marks,
+    marks: &NewMarks,
 ) -> Result<bool, String> {
+    let outgoing = Outgoing::of(state, items);
+    if outgoing.is_empty() {
+        return Ok(true);
+    }
     let waiting: i64 = sqlx::query(
         "SELECT (SELECT COUNT(*) FROM (SELECT 1 FROM collector_outbox LIMIT 1) o) \
          + (SELECT COUNT(*) FROM (SELECT 1 FROM collector_refused LIMIT 1) r) AS n",
@@ -317,10 +405,6 @@ async fn hand_over(
     .map_err(|e| format!("the outbox cannot be read: {e}"))?;
     if waiting > 0 {
         return Ok(false);
-    }
-    let outgoing = Outgoing::of(state, items);
-    if outgoing.is_empty() {
-        return Ok(true);
     }
     let hashes: Vec<[u8; 32]> = outgoing.accepted.iter().map(|(i, _)| i.hash).collect();
     let reply = match server.commit(outgoing.to_batch(state)).await {
@@ -353,7 +437,7 @@ async fn hand_over(
 async fn commit(
     state: &State,
     items: &[Candidate],
-    marks: &Marks,
+    marks: &NewMarks,
     batch: i64,
 ) -> Result<(), sqlx::Error> {
     let Outgoing {

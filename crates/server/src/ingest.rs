@@ -6,9 +6,10 @@
 //! [`medledger_checks`] with the server's own around them:
 //!
 //! ```text
-//!  duplicates   stored before (a retry): `duplicate`
 //!  verify       device certificate (chain, validity, CRL, role), COSE
-//!               signature, `dev`                          (checks::verify)
+//!               signature, `dev`, before the batch takes its turn
+//!               (checks::verify)
+//!  duplicates   stored before (a retry): `duplicate`, whatever verify said
 //!  bind         Registry binding to the patient the collector named
 //!               (checks::bind); not erased
 //!  cards        a valid card signature of that patient covers it
@@ -28,7 +29,7 @@
 use crate::State;
 use crate::alerts::NewAlert;
 use alloy::primitives::B256;
-use medledger_checks::{Item, Marks, Refusal, Signed, Trust, Verdict};
+use medledger_checks::{Item, Marks, NewMarks, Refusal, Signed, Trust, Verdict};
 use medledger_patient_ledger::{Field, NewEntry, Tree, leaf_hash};
 use medledger_pki::{ClientAuth, Identity};
 use medledger_protocol::cbor::{self, Value};
@@ -194,7 +195,6 @@ pub(crate) async fn commit(
     batch: ForwardBatch,
     source: Source,
 ) -> Result<CommitReply, Unavailable> {
-    let _one_at_a_time = state.ingest_lock.lock().await;
     let ForwardBatch {
         certs,
         cas,
@@ -203,7 +203,7 @@ pub(crate) async fn commit(
         refused,
     } = batch;
     let certificates = Arc::new(Certificates { certs, cas });
-    let mut items: Vec<Forwarded> = readings
+    let items: Vec<Forwarded> = readings
         .into_iter()
         .map(|f| {
             Item::new(
@@ -218,9 +218,12 @@ pub(crate) async fn commit(
     let mut clock = Stages::new(state);
     let mut alerts: Vec<NewAlert> = Vec::new();
 
-    duplicates(state, &mut items).await?;
+    // Verified before the batch takes its turn: the next batch's
+    // signatures are checked while this one commits.
     let mut items = verify(state, certificates.clone(), items, |n| n.cert, source).await?;
     clock.lap("verify");
+    let _one_at_a_time = state.ingest_lock.lock().await;
+    duplicates(state, &mut items).await?;
 
     medledger_checks::bind(&state.view, &mut items, Signed::Measured, |n| {
         Some(B256::from(n.patient))
@@ -251,7 +254,7 @@ pub(crate) async fn commit(
     }
     clock.lap("sequence");
 
-    store(state, &mut items, &marks, &mut clock).await?;
+    store(state, &mut items, &marks.advance(), &mut clock).await?;
     let results = items
         .iter()
         .map(result_of)
@@ -543,7 +546,7 @@ async fn refused_by_collector(
 async fn store(
     state: &State,
     items: &mut [Forwarded],
-    marks: &Marks,
+    marks: &NewMarks,
     clock: &mut Stages<'_>,
 ) -> Result<(), Unavailable> {
     // Readings per patient, in batch order.
