@@ -2,7 +2,7 @@
 
 use crate::{Item, Passing, Refusal, Verdict};
 use medledger_pki::Identity;
-use medledger_protocol::{ProblemType, Reading, SignedReading};
+use medledger_protocol::{ProblemType, Reading, SignedReading, verify_batch};
 use std::sync::Arc;
 
 /// Batches at least this large are verified on every core.
@@ -48,29 +48,50 @@ fn verify_on_this_thread<T>(
     identity: &(impl Fn(&T) -> Result<Arc<Identity>, Refusal> + Sync),
     trust: Trust,
 ) {
-    for item in items
-        .iter_mut()
-        .filter(|i| matches!(i.verdict, Verdict::Unchecked))
-    {
-        item.verdict = match identity(&item.data)
-            .and_then(|id| Ok((reading_of(&item.cose, &id, trust)?, id)))
+    // Envelopes and certificates first, then the signatures together
+    // (Ed25519 ones in one batch).
+    let mut signed = Vec::new();
+    for (i, item) in items.iter_mut().enumerate() {
+        if !matches!(item.verdict, Verdict::Unchecked) {
+            continue;
+        }
+        match identity(&item.data).and_then(|id| {
+            let envelope = SignedReading::decode(&item.cose).map_err(refused)?;
+            Ok((envelope, id))
+        }) {
+            Ok((envelope, id)) => signed.push((i, envelope, id)),
+            Err(refusal) => item.verdict = Verdict::Refused(refusal),
+        }
+    }
+    let readings = match trust {
+        Trust::Verify => verify_batch(
+            &signed
+                .iter()
+                .map(|(_, envelope, id)| (envelope, &id.key))
+                .collect::<Vec<_>>(),
+        ),
+        Trust::VerifiedHere => signed
+            .iter()
+            .map(|(_, envelope, _)| envelope.reading_unverified())
+            .collect(),
+    };
+    for ((i, _, identity), reading) in signed.into_iter().zip(readings) {
+        items[i].verdict = match reading
+            .map_err(refused)
+            .and_then(|r| of_its_device(r, &identity))
         {
-            Ok((reading, identity)) => Verdict::Passing(Box::new(Passing { reading, identity })),
+            Ok(reading) => Verdict::Passing(Box::new(Passing { reading, identity })),
             Err(refusal) => Verdict::Refused(refusal),
         };
     }
 }
 
-/// The reading in `cose`, signed by `identity`'s key and naming its EPC.
-fn reading_of(cose: &[u8], identity: &Identity, trust: Trust) -> Result<Reading, Refusal> {
-    let refused =
-        |e: medledger_protocol::ReadingError| Refusal::new(e.problem_type(), e.to_string());
-    let signed = SignedReading::decode(cose).map_err(refused)?;
-    let reading = match trust {
-        Trust::Verify => signed.verify(&identity.key),
-        Trust::VerifiedHere => signed.reading_unverified(),
-    }
-    .map_err(refused)?;
+fn refused(e: medledger_protocol::ReadingError) -> Refusal {
+    Refusal::new(e.problem_type(), e.to_string())
+}
+
+/// The reading, if it names the EPC of the certificate that signed it.
+fn of_its_device(reading: Reading, identity: &Identity) -> Result<Reading, Refusal> {
     if identity.epc().map(|e| e.as_bytes()) != Some(&reading.dev.0) {
         return Err(Refusal::new(
             ProblemType::UnknownDevice,
@@ -148,6 +169,8 @@ mod tests {
             cose[17] = a.key.sign(&reading(&b, 18, now)); // names another device
             cose[25] = vec![0xd2, 0x84]; // not COSE
             cose[31] = a.key.sign(&reading(&a, 32, now - 3_600_000)); // an hour old
+            let last = cose[9].len() - 2;
+            cose[9][last] ^= 1; // the signature no longer verifies (the batch fails)
             let mut items: Vec<Item<()>> = cose.into_iter().map(|c| Item::new(c, ())).collect();
             verify(&mut items, |_| Ok(a.identity.clone()), Trust::Verify);
             window(
@@ -160,7 +183,7 @@ mod tests {
             );
             for (i, item) in items.iter().enumerate() {
                 let expected = match i {
-                    3 => Some(ProblemType::BadSignature),
+                    3 | 9 => Some(ProblemType::BadSignature),
                     17 => Some(ProblemType::UnknownDevice),
                     25 => Some(ProblemType::Malformed),
                     31 => Some(ProblemType::StaleTimestamp),

@@ -1,11 +1,13 @@
 //! COSE_Sign1 reading verification, ES256 and EdDSA: the collector and the
-//! server each do it once per reading.
+//! server each do it once per reading; 100 readings of one device alone
+//! and in one batch (`verify_batch`).
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use medledger_protocol::catalogue::data_type_by_name;
 use medledger_protocol::{
-    Algorithm, DeviceId, Observation, Reading, SignedReading, SigningKey, open,
+    Algorithm, DeviceId, Observation, Reading, SignedReading, SigningKey, VerifyingKey, open,
+    verify_batch,
 };
 use ring::rand::SystemRandom;
 use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair};
@@ -47,6 +49,23 @@ fn bench(c: &mut Criterion) {
             b.iter(|| open(black_box(&signed), &vk).unwrap())
         });
         c.bench_function(&format!("sign_{alg}"), |b| b.iter(|| k.sign(black_box(&r))));
+        // 100 readings of one device, as one request brings them: each
+        // alone, and through `verify_batch` (one batch for Ed25519).
+        let hundred: Vec<SignedReading> = (0..100)
+            .map(|_| SignedReading::decode(&k.sign(&r)).unwrap())
+            .collect();
+        let pairs: Vec<(&SignedReading, &VerifyingKey)> =
+            hundred.iter().map(|s| (s, &vk)).collect();
+        c.bench_function(&format!("verify_100_alone_{alg}"), |b| {
+            b.iter(|| {
+                for s in &hundred {
+                    s.verify(black_box(&vk)).unwrap();
+                }
+            })
+        });
+        c.bench_function(&format!("verify_100_batch_{alg}"), |b| {
+            b.iter(|| verify_batch(black_box(&pairs)))
+        });
         if alg == Algorithm::Es256 {
             // ring alone on a message of the same size: what our envelope
             // and payload handling add on top of the signature check.

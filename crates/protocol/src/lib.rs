@@ -21,6 +21,7 @@ pub mod batch;
 pub mod catalogue;
 pub mod cbor;
 pub mod cose;
+mod ed25519;
 pub mod fhir;
 pub mod problem;
 pub mod reading;
@@ -32,7 +33,7 @@ pub use batch::{
 pub use catalogue::{CATALOGUE, DataType};
 pub use cose::{
     Algorithm, Kid, MAX_SIGNED_READING_BYTES, ReadingError, SignedReading, SigningKey,
-    VerifyingKey, kid_of, open,
+    VerifyingKey, kid_of, open, verify_batch,
 };
 pub use problem::{Problem, ProblemType};
 pub use reading::{DeviceId, Observation, ObservedValue, PayloadError, Reading};
