@@ -248,19 +248,36 @@ async fn commit_decided(
     marks: &NewMarks,
     batch: i64,
 ) -> Result<(), String> {
-    let handed = match &state.in_process {
-        Some(server) => hand_over(state, server.as_ref(), items, marks)
-            .await
-            .unwrap_or_else(|e| {
-                eprintln!("medledger collector: {e}; the batch goes to the outbox");
-                false
-            }),
-        None => false,
+    let refused = {
+        let outgoing = Outgoing::of(state, items);
+        if outgoing.is_empty() {
+            return Ok(());
+        }
+        let handed = match &state.in_process {
+            Some(server) => hand_over(state, server.as_ref(), &outgoing, marks)
+                .await
+                .unwrap_or_else(|e| {
+                    eprintln!("medledger collector: {e}; the batch goes to the outbox");
+                    None
+                }),
+            None => None,
+        };
+        match handed {
+            Some(refused) => refused,
+            None => {
+                commit(state, &outgoing, marks, batch)
+                    .await
+                    .map_err(|e| format!("the outbox write failed: {e}"))?;
+                HashMap::new()
+            }
+        }
     };
-    if !handed {
-        commit(state, items, marks, batch)
-            .await
-            .map_err(|e| format!("the outbox write failed: {e}"))?;
+    // The readings the server in this process refused are refused to
+    // their devices.
+    for item in items.iter_mut() {
+        if let Some(refusal) = refused.get(&item.hash) {
+            item.refuse(refusal.clone());
+        }
     }
     Ok(())
 }
@@ -382,19 +399,15 @@ impl<'a> Outgoing<'a> {
 
 /// Hands a decided batch to the server in this process, where nothing
 /// waits in the outbox (which keeps each device's readings in order):
-/// stored there durably, so that the outbox is skipped. The readings the
-/// server refused are refused to their devices. An error leaves the
-/// batch to the outbox.
+/// stored there durably, so that the outbox is skipped. Returns the
+/// readings the server refused, or `None` when the outbox holds readings
+/// (the batch goes after them). An error leaves the batch to the outbox.
 async fn hand_over(
     state: &State,
     server: &dyn InProcessServer,
-    items: &mut [Candidate],
+    outgoing: &Outgoing<'_>,
     marks: &NewMarks,
-) -> Result<bool, String> {
-    let outgoing = Outgoing::of(state, items);
-    if outgoing.is_empty() {
-        return Ok(true);
-    }
+) -> Result<Option<HashMap<[u8; 32], Refusal>>, String> {
     let waiting: i64 = sqlx::query(
         "SELECT (SELECT COUNT(*) FROM (SELECT 1 FROM collector_outbox LIMIT 1) o) \
          + (SELECT COUNT(*) FROM (SELECT 1 FROM collector_refused LIMIT 1) r) AS n",
@@ -404,7 +417,7 @@ async fn hand_over(
     .and_then(|row| row.try_get("n"))
     .map_err(|e| format!("the outbox cannot be read: {e}"))?;
     if waiting > 0 {
-        return Ok(false);
+        return Ok(None);
     }
     let hashes: Vec<[u8; 32]> = outgoing.accepted.iter().map(|(i, _)| i.hash).collect();
     let reply = match server.commit(outgoing.to_batch(state)).await {
@@ -422,13 +435,7 @@ async fn hand_over(
     let mut tx = state.db.pool().begin().await.map_err(|e| e.to_string())?;
     marks.write(&mut tx).await.map_err(|e| e.to_string())?;
     tx.commit().await.map_err(|e| e.to_string())?;
-    let refused = crate::forward::answered(state, &hashes, &reply);
-    for item in items.iter_mut() {
-        if let Some(refusal) = refused.get(&item.hash) {
-            item.refuse(refusal.clone());
-        }
-    }
-    Ok(true)
+    Ok(Some(crate::forward::answered(state, &hashes, &reply)))
 }
 
 /// Writes the accepted readings, their certificates, the card signatures,
@@ -436,7 +443,7 @@ async fn hand_over(
 /// transaction.
 async fn commit(
     state: &State,
-    items: &[Candidate],
+    outgoing: &Outgoing<'_>,
     marks: &NewMarks,
     batch: i64,
 ) -> Result<(), sqlx::Error> {
@@ -444,10 +451,7 @@ async fn commit(
         accepted,
         reported,
         cards,
-    } = Outgoing::of(state, items);
-    if accepted.is_empty() && reported.is_empty() {
-        return Ok(());
-    }
+    } = outgoing;
     let received = to_i64(now_ms());
     let mut tx = state.db.pool().begin().await?;
     let mut certs: Vec<(&[u8; 32], &[u8])> = accepted
