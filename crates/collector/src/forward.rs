@@ -5,16 +5,18 @@
 //! The server is idempotent by reading hash, so a batch resent after a
 //! lost answer is stored once.
 
-use crate::{ForwardError, ServerTarget, State, Upstream};
+use crate::{ForwardError, State, Upstream};
 use medledger_checks::Refusal;
 use medledger_pki::https::Connection;
 use medledger_protocol::{
-    CardSignature, CommitReply, CommitStatus, ForwardBatch, Forwarded, ProblemType, Refused,
+    CardSignature, CommitReply, CommitStatus, ForwardBatch, Forwarded, Order, ProblemType, Refused,
 };
 use medledger_storage::sqlx::{self, Row};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+use tokio::task::JoinHandle;
 
 /// Most refused readings reported per forwarded batch.
 const MAX_REFUSED: i64 = 1000;
@@ -24,44 +26,74 @@ const MAX_FORWARD: i64 = 4096;
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
+/// Most batches in flight to a server over mutual TLS at once, each on a
+/// connection of its own: the server verifies one while it commits another.
+const IN_FLIGHT: usize = 3;
+
 /// Forwards until the collector stops.
 pub(crate) async fn run(state: Arc<State>, tls: Arc<rustls::ClientConfig>, upstream: Upstream) {
-    let mut connection: Option<Connection> = None;
+    let capacity = match upstream {
+        Upstream::Server(_) => IN_FLIGHT,
+        // One ingest, in this process: nothing to overlap.
+        Upstream::InProcess(_) => 1,
+    };
+    let mut idle: Vec<Connection> = Vec::new();
+    let mut flight: VecDeque<Flight> = VecDeque::new();
+    let mut stream = Stream::new();
     let mut backoff = MIN_BACKOFF;
     loop {
-        let pending = match load(&state).await {
-            Ok(p) => p,
-            Err(e) => {
-                eprintln!("medledger collector: reading the outbox: {e}");
-                tokio::time::sleep(backoff).await;
-                continue;
+        while flight.len() < capacity {
+            let after = flight.back().map(|f| f.outgoing.range.1);
+            let pending = match load(&state, after).await {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("medledger collector: reading the outbox: {e}");
+                    break;
+                }
+            };
+            state.metrics.set(
+                "medledger_collector_outbox_depth",
+                "Readings in the outbox, not yet answered for by the server.",
+                &[],
+                pending.depth as f64,
+            );
+            let Some(mut outgoing) = pending.batch else {
+                break;
+            };
+            if let Upstream::Server(_) = upstream {
+                outgoing.batch.order = Some(stream.next(!flight.is_empty()));
             }
-        };
-        state.metrics.set(
-            "medledger_collector_outbox_depth",
-            "Readings in the outbox, not yet answered for by the server.",
-            &[],
-            pending.depth as f64,
-        );
-        let Some(Outgoing {
-            batch,
-            hashes,
-            range,
-            refused,
-        }) = pending.batch
-        else {
+            let task = tokio::spawn(send(
+                upstream.clone(),
+                tls.clone(),
+                idle.pop(),
+                outgoing.batch.clone(),
+            ));
+            flight.push_back(Flight { outgoing, task });
+        }
+        let room = flight.len() < capacity;
+        let Some(oldest) = flight.front_mut() else {
             // Nothing to send: wait for the pipeline, or look again soon.
             let _ =
                 tokio::time::timeout(Duration::from_secs(1), state.outbox_changed.notified()).await;
             continue;
         };
-        let count = batch.readings.len();
-        let sent = match &upstream {
-            Upstream::Server(server) => send(&mut connection, &tls, server, batch).await,
-            Upstream::InProcess(server) => server.commit(batch).await,
-        }
-        .and_then(|reply| answers_each(reply, count));
-        let reply = match sent {
+        // Wait for the oldest answer, or for more to send beside it.
+        let answer = if room {
+            tokio::select! {
+                answer = &mut oldest.task => answer,
+                _ = tokio::time::timeout(Duration::from_secs(1), state.outbox_changed.notified()) => continue,
+            }
+        } else {
+            (&mut oldest.task).await
+        };
+        let Some(Flight { outgoing, .. }) = flight.pop_front() else {
+            continue;
+        };
+        let count = outgoing.hashes.len();
+        let (sent, connection) =
+            answer.unwrap_or_else(|e| (Err(ForwardError(format!("the sending task: {e}"))), None));
+        let reply = match sent.and_then(|reply| answers_each(reply, count)) {
             Ok(reply) => reply,
             Err(e) => {
                 let to = match &upstream {
@@ -71,22 +103,73 @@ pub(crate) async fn run(state: Arc<State>, tls: Arc<rustls::ClientConfig>, upstr
                 eprintln!(
                     "medledger collector: forwarding {count} readings to {to}: {e}; retrying in {backoff:?}"
                 );
-                connection = None;
                 state.metrics.add(
                     "medledger_collector_forward_failures_total",
                     "Forwarding attempts that failed (and will be retried).",
                     &[],
                     1,
                 );
+                // Everything after it is sent again, oldest first, in a
+                // new stream: the server refuses to commit a batch whose
+                // predecessor failed, and is idempotent for any it did.
+                for later in flight.drain(..) {
+                    later.task.abort();
+                }
+                idle.clear();
+                stream = Stream::new();
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
                 continue;
             }
         };
+        idle.extend(connection);
         backoff = MIN_BACKOFF;
-        if let Err(e) = settle(&state, range, &refused, &hashes, &reply).await {
+        if let Err(e) = settle(&state, &outgoing, &reply).await {
             eprintln!("medledger collector: clearing the outbox: {e}");
+            for later in flight.drain(..) {
+                later.task.abort();
+            }
             tokio::time::sleep(backoff).await;
+        }
+    }
+}
+
+/// A batch sent and not yet answered.
+struct Flight {
+    outgoing: Outgoing,
+    task: JoinHandle<(Result<CommitReply, ForwardError>, Option<Connection>)>,
+}
+
+/// The numbering of the batches sent to a server (protocol [`Order`]).
+struct Stream {
+    id: u64,
+    sent: u64,
+}
+
+impl Stream {
+    /// A stream this collector has not used before: the time in
+    /// nanoseconds, which a restarted collector has moved past.
+    fn new() -> Stream {
+        static LAST: AtomicU64 = AtomicU64::new(0);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        let previous = LAST.fetch_max(now, Ordering::Relaxed);
+        let id = if now > previous {
+            now
+        } else {
+            LAST.fetch_add(1, Ordering::Relaxed) + 1
+        };
+        Stream { id, sent: 0 }
+    }
+
+    /// The next batch's order; `unanswered` when the one before it is.
+    fn next(&mut self, unanswered: bool) -> Order {
+        self.sent += 1;
+        Order {
+            stream: self.id,
+            n: self.sent,
+            after: unanswered.then(|| self.sent - 1),
         }
     }
 }
@@ -107,8 +190,10 @@ struct Outgoing {
     refused: Vec<Vec<u8>>,
 }
 
-/// The oldest whole collector batches in the outbox, as one forward batch.
-async fn load(state: &State) -> Result<Pending, sqlx::Error> {
+/// The oldest whole collector batches in the outbox after collector batch
+/// `after` (those up to it are in flight), as one forward batch; the
+/// refused readings ride only on a batch sent when nothing else is.
+async fn load(state: &State, after: Option<i64>) -> Result<Pending, sqlx::Error> {
     let pool = state.db.pool();
     let depth: i64 = sqlx::query("SELECT COUNT(*) AS n FROM collector_outbox")
         .fetch_one(pool)
@@ -118,7 +203,7 @@ async fn load(state: &State) -> Result<Pending, sqlx::Error> {
         "SELECT hash, patient, device_cert, cose, problem, detail FROM collector_refused \
          ORDER BY at_ms LIMIT $1",
     )
-    .bind(MAX_REFUSED)
+    .bind(if after.is_some() { 0 } else { MAX_REFUSED })
     .fetch_all(pool)
     .await?;
     if depth == 0 && refused.is_empty() {
@@ -126,11 +211,15 @@ async fn load(state: &State) -> Result<Pending, sqlx::Error> {
     }
     let rows = sqlx::query(
         "SELECT hash, batch, patient, device_cert, cose, received_ms FROM collector_outbox \
-         ORDER BY batch, pos LIMIT $1",
+         WHERE batch > $1 ORDER BY batch, pos LIMIT $2",
     )
+    .bind(after.unwrap_or(i64::MIN))
     .bind(MAX_FORWARD)
     .fetch_all(pool)
     .await?;
+    if rows.is_empty() && refused.is_empty() {
+        return Ok(Pending { depth, batch: None });
+    }
     let mut rows: Vec<_> = rows
         .into_iter()
         .map(|r| {
@@ -240,22 +329,27 @@ async fn load(state: &State) -> Result<Pending, sqlx::Error> {
     })
 }
 
+/// Sends a batch upstream, over `connection` if one is open; returns the
+/// answer, and the connection while it is good.
 async fn send(
-    connection: &mut Option<Connection>,
-    tls: &Arc<rustls::ClientConfig>,
-    server: &ServerTarget,
+    upstream: Upstream,
+    tls: Arc<rustls::ClientConfig>,
+    connection: Option<Connection>,
     batch: ForwardBatch,
-) -> Result<CommitReply, ForwardError> {
+) -> (Result<CommitReply, ForwardError>, Option<Connection>) {
+    let server = match upstream {
+        Upstream::Server(server) => server,
+        Upstream::InProcess(server) => return (server.commit(batch).await, None),
+    };
     let failed = |e: &dyn std::fmt::Display| ForwardError(e.to_string());
-    if connection.is_none() {
-        *connection = Some(
-            Connection::open(tls.clone(), &server.addr, &server.name)
-                .await
-                .map_err(|e| failed(&e))?,
-        );
-    }
-    let conn = connection.as_mut().expect("opened above");
-    let reply = conn
+    let mut connection = match connection {
+        Some(c) => c,
+        None => match Connection::open(tls, &server.addr, &server.name).await {
+            Ok(c) => c,
+            Err(e) => return (Err(failed(&e)), None),
+        },
+    };
+    let reply = match connection
         .request(
             "POST",
             "/v1/batches",
@@ -263,16 +357,21 @@ async fn send(
             batch.to_cbor(),
         )
         .await
-        .map_err(|e| failed(&e))?;
+    {
+        Ok(reply) => reply,
+        Err(e) => return (Err(failed(&e)), None),
+    };
     if reply.status != 200 {
-        return Err(ForwardError(format!(
+        let e = ForwardError(format!(
             "the server answered {}: {}",
             reply.status,
             String::from_utf8_lossy(&reply.body)
-        )));
+        ));
+        return (Err(e), None);
     }
-    serde_json::from_slice(&reply.body)
-        .map_err(|e| ForwardError(format!("the server's answer: {e}")))
+    let answer = serde_json::from_slice(&reply.body)
+        .map_err(|e| ForwardError(format!("the server's answer: {e}")));
+    (answer, Some(connection))
 }
 
 /// The reply, if it answers for each of the `count` readings sent.
@@ -288,13 +387,8 @@ fn answers_each(reply: CommitReply, count: usize) -> Result<CommitReply, Forward
 
 /// Removes the answered readings from the outbox and tells waiting
 /// devices their ledger index.
-async fn settle(
-    state: &State,
-    (first, last): (i64, i64),
-    refused: &[Vec<u8>],
-    hashes: &[[u8; 32]],
-    reply: &CommitReply,
-) -> Result<(), sqlx::Error> {
+async fn settle(state: &State, sent: &Outgoing, reply: &CommitReply) -> Result<(), sqlx::Error> {
+    let (first, last) = sent.range;
     // What was sent is whole collector batches `first..=last`.
     let mut tx = state.db.pool().begin().await?;
     for table in ["collector_outbox", "collector_outbox_cards"] {
@@ -306,14 +400,14 @@ async fn settle(
         .execute(&mut *tx)
         .await?;
     }
-    for hash in refused {
+    for hash in &sent.refused {
         sqlx::query("DELETE FROM collector_refused WHERE hash = $1")
             .bind(hash.as_slice())
             .execute(&mut *tx)
             .await?;
     }
     tx.commit().await?;
-    answered(state, hashes, reply);
+    answered(state, &sent.hashes, reply);
     Ok(())
 }
 

@@ -87,10 +87,30 @@ pub struct Refused {
     pub detail: String,
 }
 
+/// Where a forward batch stands among those its collector has in flight,
+/// so that the server commits them in the order they were sent.
+///
+/// A collector numbers the batches it sends from 1 in a stream, and starts
+/// a new stream whenever a batch fails. A batch sent while its predecessor
+/// is unanswered names it in `after`: the server commits it only once that
+/// one has committed, and refuses it (`unavailable`) if that one failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Order {
+    /// The stream, a number the collector never used before.
+    pub stream: u64,
+    /// This batch's number in the stream.
+    pub n: u64,
+    /// The number of the unanswered batch of the same stream it follows.
+    pub after: Option<u64>,
+}
+
 /// What a collector forwards to a server (`POST /v1/batches`,
 /// `application/cbor`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ForwardBatch {
+    /// Its place among the batches its collector has in flight, if it
+    /// sends several at once.
+    pub order: Option<Order>,
     /// Leaf certificates (DER), each once: devices' and cards'.
     pub certs: Vec<Vec<u8>>,
     /// The CA certificates between those leaves and the root (DER).
@@ -266,7 +286,7 @@ impl ForwardBatch {
                 ])
             })
             .collect();
-        text_map(vec![
+        let mut top = vec![
             ("v", enc_uint(1)),
             (
                 "cas",
@@ -295,7 +315,15 @@ impl ForwardBatch {
                         .collect(),
                 ),
             ),
-        ])
+        ];
+        if let Some(order) = &self.order {
+            let mut fields = vec![("stream", enc_uint(order.stream)), ("n", enc_uint(order.n))];
+            if let Some(after) = order.after {
+                fields.push(("after", enc_uint(after)));
+            }
+            top.push(("order", text_map(fields)));
+        }
+        text_map(top)
     }
 
     /// Parses a batch and checks that every index points inside it.
@@ -303,8 +331,12 @@ impl ForwardBatch {
         let mut top = fields(
             cbor::decode(bytes)?,
             "batch",
-            &["v", "cas", "certs", "readings", "cards", "refused"],
+            &["v", "cas", "certs", "readings", "cards", "refused", "order"],
         )?;
+        let order = match top.iter().position(|(k, _)| k == "order") {
+            Some(i) => Some(order_of(top.swap_remove(i).1)?),
+            None => None,
+        };
         let version = as_uint(take(&mut top, "v", "batch")?, "batch.v")?;
         if version != 1 {
             return Err(bad(
@@ -398,6 +430,7 @@ impl ForwardBatch {
             });
         }
         Ok(ForwardBatch {
+            order,
             certs,
             cas,
             readings,
@@ -405,6 +438,24 @@ impl ForwardBatch {
             refused,
         })
     }
+}
+
+fn order_of(v: Value) -> Result<Order, BatchError> {
+    let at = "batch.order";
+    let mut f = fields(v, at, &["stream", "n", "after"])?;
+    let after = match f.iter().position(|(k, _)| k == "after") {
+        Some(i) => Some(as_uint(f.swap_remove(i).1, "batch.order.after")?),
+        None => None,
+    };
+    let order = Order {
+        stream: as_uint(take(&mut f, "stream", at)?, "batch.order.stream")?,
+        n: as_uint(take(&mut f, "n", at)?, "batch.order.n")?,
+        after,
+    };
+    if order.after.is_some_and(|after| after >= order.n) {
+        return Err(bad("batch.order.after", "is not below n"));
+    }
+    Ok(order)
 }
 
 /// What became of one forwarded reading at the server.
@@ -478,6 +529,7 @@ mod tests {
 
     fn sample() -> ForwardBatch {
         ForwardBatch {
+            order: None,
             certs: vec![vec![1, 2, 3], vec![4; 40]],
             cas: vec![vec![5; 10]],
             readings: vec![
@@ -526,6 +578,29 @@ mod tests {
         wrong.cards[0].readings.push(5);
         let err = ForwardBatch::from_cbor(&wrong.to_cbor()).unwrap_err();
         assert!(err.to_string().contains("names reading 5"), "{err}");
+    }
+
+    #[test]
+    fn an_order_is_optional_and_after_comes_before_n() {
+        let mut batch = sample();
+        for after in [None, Some(6)] {
+            batch.order = Some(Order {
+                stream: 1 << 60,
+                n: 7,
+                after,
+            });
+            assert_eq!(ForwardBatch::from_cbor(&batch.to_cbor()).unwrap(), batch);
+        }
+        batch.order = Some(Order {
+            stream: 1,
+            n: 7,
+            after: Some(7),
+        });
+        let err = ForwardBatch::from_cbor(&batch.to_cbor()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "batch field `batch.order.after` is not below n"
+        );
     }
 
     #[test]

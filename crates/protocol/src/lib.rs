@@ -28,7 +28,7 @@ pub mod reading;
 
 pub use batch::{
     BatchError, CardSignature, CommitReply, CommitResult, CommitStatus, ForwardBatch, Forwarded,
-    Receipt, ReceiptStatus, Refused, card_digest, reading_hash,
+    Order, Receipt, ReceiptStatus, Refused, card_digest, reading_hash,
 };
 pub use catalogue::{CATALOGUE, DataType};
 pub use cose::{

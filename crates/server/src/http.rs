@@ -112,7 +112,22 @@ async fn batches(
         format!("node:{}", account.to_string().to_lowercase()),
         medledger_protocol::now_ms(),
     );
-    match ingest::commit(&state, batch, ingest::Source::Peer).await {
+    let order = batch.order;
+    let turn = async {
+        match order {
+            Some(order) => state
+                .turns
+                .wait(account, order)
+                .await
+                .map_err(|e| Unavailable(e.to_string())),
+            None => Ok(()),
+        }
+    };
+    let committed = ingest::commit(&state, batch, ingest::Source::Peer, turn).await;
+    if let Some(order) = order {
+        state.turns.finished(account, order, committed.is_ok());
+    }
+    match committed {
         Ok(reply) => json_response(&reply),
         Err(Unavailable(detail)) => problem(ProblemType::Unavailable, detail),
     }

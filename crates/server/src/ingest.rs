@@ -189,13 +189,17 @@ async fn verify<T: Send + Sync + 'static>(
     .map_err(|e| Unavailable(format!("verifying the readings: {e}")))
 }
 
-/// Commits a batch from `source`; one result per reading, in order.
+/// Commits a batch from `source` once verified and once `turn` (its
+/// collector's earlier batches committed) is ready; one result per reading,
+/// in order.
 pub(crate) async fn commit(
     state: &State,
     batch: ForwardBatch,
     source: Source,
+    turn: impl Future<Output = Result<(), Unavailable>>,
 ) -> Result<CommitReply, Unavailable> {
     let ForwardBatch {
+        order: _,
         certs,
         cas,
         readings,
@@ -222,6 +226,7 @@ pub(crate) async fn commit(
     // signatures are checked while this one commits.
     let mut items = verify(state, certificates.clone(), items, |n| n.cert, source).await?;
     clock.lap("verify");
+    turn.await?;
     let _one_at_a_time = state.ingest_lock.lock().await;
     duplicates(state, &mut items).await?;
 

@@ -30,6 +30,7 @@ mod portal;
 pub mod records;
 pub mod recover;
 pub mod rewrap;
+mod turns;
 mod webhook;
 
 use alloy::providers::DynProvider;
@@ -147,6 +148,8 @@ pub(crate) struct State {
     pub(crate) metrics: Arc<Metrics>,
     /// One batch commits at a time (sequence marks, ledger order).
     pub(crate) ingest_lock: tokio::sync::Mutex<()>,
+    /// The order in which collectors' batches in flight commit.
+    pub(crate) turns: turns::Turns,
     /// Wakes the anchor task after a commit.
     pub(crate) committed: tokio::sync::Notify,
     /// One anchoring round at a time (the task's or `Server::anchor_all`).
@@ -182,7 +185,13 @@ impl Ingest {
         &self,
         batch: medledger_protocol::ForwardBatch,
     ) -> Result<medledger_protocol::CommitReply, Unavailable> {
-        ingest::commit(&self.0, batch, ingest::Source::SameProcess).await
+        ingest::commit(
+            &self.0,
+            batch,
+            ingest::Source::SameProcess,
+            std::future::ready(Ok(())),
+        )
+        .await
     }
 }
 
@@ -273,6 +282,7 @@ impl Server {
             card_auth,
             metrics: metrics.clone(),
             ingest_lock: tokio::sync::Mutex::new(()),
+            turns: turns::Turns::default(),
             committed: tokio::sync::Notify::new(),
             anchoring: tokio::sync::Mutex::new(()),
             portal: portal_state,
