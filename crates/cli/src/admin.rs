@@ -1,9 +1,9 @@
 //! `medledger admin`: every Registry and RuleManager action, signed with an
 //! admin's chain key, against any Ethereum JSON-RPC URL.
 
+use crate::rpc::{self, TlsArgs};
 use alloy::primitives::{Address, B256};
 use alloy::providers::{DynProvider, Provider};
-use alloy::rpc::client::RpcClient;
 use alloy::rpc::types::TransactionReceipt;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
@@ -43,6 +43,8 @@ pub(crate) struct Connection {
     /// The Registry's address (printed by `admin deploy`).
     #[arg(long, env = "MEDLEDGER_REGISTRY", global = true)]
     registry: Option<Address>,
+    #[command(flatten)]
+    tls: TlsArgs,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     pub(crate) json: bool,
@@ -670,7 +672,7 @@ impl Connection {
             return Ok(self.contracts().await?.0);
         }
         let registry = self.registry.context(NO_REGISTRY)?;
-        crate::roles::read_contracts(&self.rpc, registry).await
+        crate::roles::read_contracts(&self.rpc, registry, self.identity().as_ref()).await
     }
 
     /// Prints `out` as JSON (`--json`) or for people.
@@ -692,12 +694,13 @@ impl Connection {
             .context("no signing key: pass --key FILE or set MEDLEDGER_KEY")?;
         let signer = crate::roles::load_signer(path)?;
         let me = signer.address();
-        let url = self
-            .rpc
-            .parse()
-            .with_context(|| format!("--rpc {:?} is not a URL", self.rpc))?;
-        let provider = signing_provider(signer, RpcClient::new_http(url));
-        Ok((provider, me))
+        let client = rpc::client(&self.rpc, self.identity().as_ref())?;
+        Ok((signing_provider(signer, client), me))
+    }
+
+    /// What to show the chain over `https://`.
+    fn identity(&self) -> Option<rpc::Identity> {
+        self.tls.identity(self.key.as_deref())
     }
 }
 

@@ -2,16 +2,22 @@
 //! as `bench crash` and `bench ingest --mode up|split` run them: the
 //! directory initialised by `medledger up`, then the chain, the server and
 //! the collector each started from the configuration `up` wrote (or `up`
-//! itself, all three in one process), their output in `D/<logs>/`.
+//! itself, all three in one process), their output in `D/<logs>/`. Apart,
+//! the server and the collector reach the chain as on separate machines:
+//! over HTTPS with mutual TLS, the chain showing a certificate of its own.
 
 use crate::roles;
 use crate::up::UpState;
 use anyhow::{Context, Result, bail};
+use medledger_pki::{Ca, LeafRequest, Role, files};
 use medledger_storage::sqlx::{self, Row};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// The chain's certificate (PREFIX), in the data directory.
+const CHAIN_NODE: &str = "chain/node";
 
 /// The three processes, in the order they start.
 pub(crate) const ROLES: [&str; 3] = ["chain", "server", "collector"];
@@ -93,6 +99,8 @@ pub(crate) struct Roles {
     pub(crate) state: UpState,
     /// The chain's JSON-RPC, the server's and the collector's addresses.
     pub(crate) addrs: [SocketAddr; 3],
+    /// The chain's JSON-RPC over mutual TLS.
+    chain_tls: SocketAddr,
     children: [Option<Child>; 3],
 }
 
@@ -101,7 +109,28 @@ impl Roles {
     /// `D/<logs>/<role>.{out,err}`.
     pub(crate) fn new(d: &Path, logs: &str, addrs: [SocketAddr; 3]) -> Result<Roles> {
         std::fs::create_dir_all(d.join(logs))?;
+        let node = d.join(CHAIN_NODE);
+        if !files::with_suffix(&node, ".crt").exists() {
+            Ca::open(&d.join("ca"))?
+                .issue(&LeafRequest::new(Role::Server))?
+                .write(&node)?;
+        }
+        let chain_tls = free_local()?;
+        for role in ["server", "collector"] {
+            let path = d.join(format!("{role}.toml"));
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let text: String = text
+                .lines()
+                .map(|line| match line.starts_with("chain_rpc") {
+                    true => format!("chain_rpc = \"https://{chain_tls}\"\n"),
+                    false => format!("{line}\n"),
+                })
+                .collect();
+            std::fs::write(&path, text)?;
+        }
         Ok(Roles {
+            chain_tls,
             exe: std::env::current_exe().context("finding the medledger executable")?,
             data: d.to_path_buf(),
             logs: d.join(logs),
@@ -120,6 +149,10 @@ impl Roles {
                 c.args(["--registry", &self.state.registry.to_string()]);
                 c.args(["--chain-id", &self.state.chain_id.to_string()]);
                 c.args(["--min-block-interval-ms", "5"]);
+                c.args(["--rpc-tls", &self.chain_tls.to_string()]);
+                c.arg("--tls-cert").arg(self.data.join(CHAIN_NODE));
+                c.arg("--tls-root").arg(self.data.join("ca/root.crt"));
+                c.arg("--tls-crl").arg(self.data.join("ca/crl.pem"));
             }
             name => {
                 c.args([name, "--config"])

@@ -15,6 +15,7 @@
 //! the checkpoints anchored for it.
 
 use crate::roles;
+use crate::rpc::Identity;
 use crate::up::{UpArgs, UpState};
 use anyhow::{Context, Result, bail};
 use clap::Args;
@@ -259,7 +260,7 @@ async fn restore(args: RestoreArgs) -> Result<()> {
     // Erasures recorded on chain: never undone by a restore.
     let mut live_erasures = Vec::new();
     if let Some(url) = &args.erasures_from {
-        let live = roles::read_contracts(url, state.registry).await?;
+        let live = roles::read_contracts(url, state.registry, Some(&Identity::up_admin(d))).await?;
         live_erasures.extend(live.erasures().await?.iter().map(|a| a.patient.0));
     }
     let erased_again = server

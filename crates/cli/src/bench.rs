@@ -553,7 +553,8 @@ async fn ingest_apart(args: IngestArgs) -> Result<()> {
     let mut roles = Roles::new(d, LOGS, addrs)?;
     let rpc = format!("http://{}", addrs[0]);
     let admin = crate::roles::load_signer(&d.join("people/admin.eth.key"))?;
-    let contracts = crate::roles::contracts(&rpc, &roles.state.registry.to_string(), admin).await?;
+    let contracts =
+        crate::roles::contracts(&rpc, &roles.state.registry.to_string(), admin, None).await?;
     eprintln!(
         "  registering {} devices and their patient",
         args.sustained_devices

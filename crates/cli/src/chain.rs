@@ -21,7 +21,8 @@ pub(crate) struct ChainArgs {
     /// Data directory: authority key, genesis, block store.
     #[arg(long, required = true)]
     data: Option<PathBuf>,
-    /// Where to serve JSON-RPC over HTTP.
+    /// Where to serve JSON-RPC over plain HTTP: a loopback address (other
+    /// machines use --rpc-tls).
     #[arg(long, default_value = "127.0.0.1:8545")]
     rpc: SocketAddr,
     /// An account allowed to send transactions (first start only); repeat.
@@ -40,12 +41,13 @@ pub(crate) struct ChainArgs {
     /// Seal as soon as transactions wait, at most one block per N ms.
     #[arg(long, default_value_t = 50)]
     min_block_interval_ms: u64,
-    /// Also serve JSON-RPC over mutual TLS here (any medledger role may
-    /// read; sending still needs a permitted account).
+    /// Also serve JSON-RPC over HTTPS with mutual TLS here, for other
+    /// machines (any medledger role may read; sending still needs a
+    /// permitted account).
     #[arg(long, requires_all = ["tls_cert", "tls_root", "tls_crl"])]
     rpc_tls: Option<SocketAddr>,
     /// The node's certificate and key: PREFIX.crt and PREFIX.key (role
-    /// server or collector).
+    /// server, with the name clients put in their https:// URL).
     #[arg(long)]
     tls_cert: Option<PathBuf>,
     /// The medledger root CA certificate clients must chain to.
@@ -114,6 +116,7 @@ pub(crate) fn run(args: ChainArgs) -> Result<()> {
         (None, Some(data)) => data.clone(),
         (None, None) => anyhow::bail!("--data is required"),
     };
+    crate::rpc::loopback_only(args.rpc)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
         let sealing = match args.block_time_ms {

@@ -75,8 +75,13 @@ pub(crate) async fn start(config: &ConfigFile, upstream: Option<Upstream>) -> Re
         .with_context(|| format!("loading {}", config.credentials.display()))?;
     let identity = credentials.identity()?;
     identity.require_role(&[Role::Collector])?;
-    let signer = roles::load_signer(&files::with_suffix(&config.credentials, ".eth.key"))?;
-    let contracts = roles::contracts(&config.chain_rpc, &config.registry, signer).await?;
+    let contracts = roles::node_contracts(
+        &config.chain_rpc,
+        &config.registry,
+        &config.ca_root,
+        &config.credentials,
+    )
+    .await?;
     let client_auth = roles::client_auth(&config.ca_root, &config.crl, &[Role::Device])?;
     let cards = Cards::load_dir(&config.cards).map_err(anyhow::Error::msg)?;
     let root_der = files::read_first(&config.ca_root, "CERTIFICATE")?;

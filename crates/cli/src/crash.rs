@@ -121,7 +121,7 @@ async fn prepare(
     let rpc = format!("http://{}", addrs[0]);
     let registry = roles.state.registry.to_string();
     let admin = roles::load_signer(&d.join("people/admin.eth.key"))?;
-    let contracts = roles::contracts(&rpc, &registry, admin).await?;
+    let contracts = roles::contracts(&rpc, &registry, admin, None).await?;
     let simulated = crate::simulate::prepare(
         d,
         &contracts,
@@ -144,7 +144,7 @@ async fn prepare(
             .assignCarer(simulated.patient_ref, signer.address()),
     )
     .await?;
-    let doctor = roles::contracts(&rpc, &registry, signer).await?;
+    let doctor = roles::contracts(&rpc, &registry, signer, None).await?;
     up.kill()?;
     up.wait()?;
     Ok((roles, simulated, doctor))

@@ -39,6 +39,7 @@ mod kek;
 mod ledger_key;
 mod recover;
 mod roles;
+mod rpc;
 mod server;
 mod simulate;
 mod up;

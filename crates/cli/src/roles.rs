@@ -2,9 +2,9 @@
 //! chain connection, client verification with a CRL that is re-read when
 //! it changes, and waiting for Ctrl-C.
 
+use crate::rpc::{self, Identity};
 use alloy::primitives::Address;
 use alloy::providers::{DynProvider, Provider, ProviderBuilder};
-use alloy::rpc::client::RpcClient;
 use alloy::signers::local::PrivateKeySigner;
 use anyhow::{Context, Result};
 use medledger_contracts::{Contracts, signing_provider};
@@ -28,33 +28,48 @@ pub(crate) fn load_signer(path: &Path) -> Result<PrivateKeySigner> {
     ))
 }
 
-/// The contracts at `registry` on the chain at `rpc`, signing as `signer`.
+/// The contracts at `registry` on the chain at `rpc`, signing as `signer`;
+/// `identity` is shown to a node over `https://`.
 pub(crate) async fn contracts(
     rpc: &str,
     registry: &str,
     signer: PrivateKeySigner,
+    identity: Option<&Identity>,
 ) -> Result<Contracts<DynProvider>> {
-    let url = rpc
-        .parse()
-        .with_context(|| format!("chain_rpc {rpc:?} is not a URL"))?;
     let registry: Address = registry
         .parse()
         .with_context(|| format!("registry {registry:?} is not an address"))?;
-    let provider = signing_provider(signer, RpcClient::new_http(url));
+    let provider = signing_provider(signer, rpc::client(rpc, identity)?);
     Contracts::at(provider, registry)
         .await
         .with_context(|| format!("finding the contracts from the Registry at {registry} on {rpc}"))
 }
 
+/// The contracts at `registry` on the chain at `rpc` for a server or a
+/// collector: it signs with its chain key (`credentials.eth.key`), and
+/// over `https://` shows its certificate and checks the node's against
+/// `ca_root`.
+pub(crate) async fn node_contracts(
+    rpc: &str,
+    registry: &str,
+    ca_root: &Path,
+    credentials: &Path,
+) -> Result<Contracts<DynProvider>> {
+    let signer = load_signer(&files::with_suffix(credentials, ".eth.key"))?;
+    let identity = Identity::new(ca_root, credentials);
+    contracts(rpc, registry, signer, Some(&identity)).await
+}
+
 /// The contracts at `registry` on the chain at `rpc`, to read (no key:
-/// anyone may read the chain).
-pub(crate) async fn read_contracts(rpc: &str, registry: Address) -> Result<Contracts<DynProvider>> {
-    let url = rpc
-        .parse()
-        .with_context(|| format!("--rpc {rpc:?} is not a URL"))?;
+/// anyone may read the chain, over `https://` anyone with `identity`).
+pub(crate) async fn read_contracts(
+    rpc: &str,
+    registry: Address,
+    identity: Option<&Identity>,
+) -> Result<Contracts<DynProvider>> {
     let provider = ProviderBuilder::new()
         .disable_recommended_fillers()
-        .connect_client(RpcClient::new_http(url))
+        .connect_client(rpc::client(rpc, identity)?)
         .erased();
     Contracts::at(provider, registry)
         .await

@@ -112,8 +112,13 @@ pub(crate) async fn start(config: &ConfigFile) -> Result<Started> {
     identity.require_role(&[Role::Server])?;
     let key_name = key_name(&identity);
     let ledger_key = ledger_key(&config.ledger_key, &key_name)?;
-    let signer = roles::load_signer(&files::with_suffix(&config.credentials, ".eth.key"))?;
-    let contracts = roles::contracts(&config.chain_rpc, &config.registry, signer).await?;
+    let contracts = roles::node_contracts(
+        &config.chain_rpc,
+        &config.registry,
+        &config.ca_root,
+        &config.credentials,
+    )
+    .await?;
     let auth = |roles: &[Role]| roles::client_auth(&config.ca_root, &config.crl, roles);
     let client_auth = auth(&[
         Role::Collector,

@@ -6,6 +6,7 @@
 //! over its own mutual-TLS connection until Ctrl-C or `--seconds`.
 
 use crate::roles;
+use crate::rpc::Identity;
 use crate::up::UpState;
 use alloy::primitives::keccak256;
 use anyhow::{Context, Result};
@@ -125,7 +126,13 @@ async fn simulate(args: SimArgs) -> Result<()> {
     let d = &args.data;
     let state = UpState::load(d)?;
     let admin = roles::load_signer(&d.join("people/admin.eth.key"))?;
-    let contracts = roles::contracts(&args.rpc, &state.registry.to_string(), admin).await?;
+    let contracts = roles::contracts(
+        &args.rpc,
+        &state.registry.to_string(),
+        admin,
+        Some(&Identity::up_admin(d)),
+    )
+    .await?;
     let Simulated {
         patient_ref,
         card,

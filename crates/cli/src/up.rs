@@ -38,7 +38,7 @@ pub(crate) struct UpCommandLine {
     /// The data directory (created on first start).
     #[arg(long, env = "MEDLEDGER_DATA", required = true)]
     data: Option<PathBuf>,
-    /// Where the chain serves JSON-RPC over HTTP.
+    /// Where the chain serves JSON-RPC over plain HTTP (a loopback address).
     #[arg(long, default_value = "127.0.0.1:8545")]
     rpc: SocketAddr,
     /// Where the server listens (collectors, staff, patients).
@@ -278,6 +278,7 @@ fn limits_section(text: &str) -> Option<String> {
 }
 
 async fn up(args: UpArgs) -> Result<()> {
+    crate::rpc::loopback_only(args.rpc)?;
     let d = args.data.clone();
     std::fs::create_dir_all(&d)?;
     let node_dir = d.join("chain");

@@ -5,6 +5,7 @@
 //! reading's proof (from the server's `GET /v1/readings/{hash}/proof`).
 
 use crate::access::ServerArgs;
+use crate::rpc::TlsArgs;
 use alloy::primitives::{Address, B256};
 use anyhow::{Context, Result, bail};
 use clap::Args;
@@ -35,6 +36,8 @@ pub(crate) struct VerifyArgs {
     /// The chain's JSON-RPC URL.
     #[arg(long, env = "MEDLEDGER_RPC", default_value = "http://127.0.0.1:8545")]
     rpc: String,
+    #[command(flatten)]
+    tls: TlsArgs,
     /// The Registry's address: with it, a ledger is also checked against
     /// every checkpoint anchored for it on chain.
     #[arg(long, env = "MEDLEDGER_REGISTRY")]
@@ -96,7 +99,9 @@ async fn verify_ledger(args: VerifyArgs) -> Result<()> {
     }
     let (anchors, rotations) = match args.registry {
         Some(registry) => {
-            let contracts = crate::roles::read_contracts(&args.rpc, registry).await?;
+            let contracts =
+                crate::roles::read_contracts(&args.rpc, registry, args.tls.identity(None).as_ref())
+                    .await?;
             let patient: B256 = report.patient.parse().context("the bundle's patientRef")?;
             let anchors = check_anchors(&report, contracts.checkpoint_anchors(patient).await?)?;
             let history: Vec<String> = serde_json::from_str::<serde_json::Value>(&text)

@@ -338,3 +338,111 @@ fn an_admin_runs_the_registry_and_the_rules_from_the_command_line() {
     ]);
     assert!(err.contains("no contract code at"), "{err}");
 }
+
+#[test]
+fn the_command_line_reaches_the_chain_over_mutual_tls_and_plain_http_stays_on_loopback() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = tmp.path().join("ca");
+    ok(&["ca", "init", "--dir", s(&ca)]);
+    let (admin, admin_address) = issue(&ca, tmp.path(), "admin", "admin", &[]);
+    let (nurse, _) = issue(&ca, tmp.path(), "nurse", "nurse", &[]);
+    let (node, _) = issue(&ca, tmp.path(), "chain-node", "server", &[]);
+    let foreign_ca = tmp.path().join("foreign");
+    ok(&["ca", "init", "--dir", s(&foreign_ca)]);
+    let (stranger, _) = issue(&foreign_ca, tmp.path(), "stranger", "admin", &[]);
+    let root = format!("{}/root.crt", s(&ca));
+    let crl = format!("{}/crl.pem", s(&ca));
+
+    let err = fails(&[
+        "chain",
+        "--data",
+        s(&tmp.path().join("open")),
+        "--rpc",
+        "0.0.0.0:0",
+    ]);
+    assert!(
+        err.contains("would serve plain HTTP to other machines"),
+        "{err}"
+    );
+
+    let chain = start_with(
+        &tmp.path().join("chain"),
+        admin_address.parse().unwrap(),
+        &[
+            "--rpc-tls",
+            "127.0.0.1:0",
+            "--tls-cert",
+            &node,
+            "--tls-root",
+            &root,
+            "--tls-crl",
+            &crl,
+        ],
+    );
+    let rpc = chain.tls_url.as_str();
+    assert!(rpc.starts_with("https://127.0.0.1:"), "{rpc}");
+    let admin_key = format!("{admin}.eth.key");
+    // The admin's certificate is found beside its chain key.
+    let deployed = json(&ok(&[
+        "admin",
+        "--rpc",
+        rpc,
+        "--key",
+        &admin_key,
+        "--tls-root",
+        &root,
+        "--json",
+        "deploy",
+    ]));
+    let registry = deployed["addresses"]["registry"].as_str().unwrap();
+    // A nurse reads with her own certificate and no key.
+    let patient = format!("0x{}", "11".repeat(32));
+    ok(&[
+        "audit",
+        "--patient",
+        &patient,
+        "--rpc",
+        rpc,
+        "--registry",
+        registry,
+        "--tls-root",
+        &root,
+        "--tls-cert",
+        &nurse,
+        "--json",
+    ]);
+
+    let read = |extra: &[&str]| {
+        let mut args = vec![
+            "audit",
+            "--patient",
+            &patient,
+            "--rpc",
+            rpc,
+            "--registry",
+            registry,
+        ];
+        args.extend_from_slice(extra);
+        fails(&args)
+    };
+    let err = read(&[]);
+    assert!(err.contains("give the medledger root CA"), "{err}");
+    // A certificate of another CA is refused at the handshake.
+    let err = read(&["--tls-root", &root, "--tls-cert", &stranger]);
+    assert!(err.contains("finding the contracts"), "{err}");
+    // And a node whose certificate is not of our CA is not believed.
+    let foreign_root = format!("{}/root.crt", s(&foreign_ca));
+    let err = read(&["--tls-root", &foreign_root, "--tls-cert", &nurse]);
+    assert!(err.contains("invalid peer certificate"), "{err}");
+    // Plain HTTP to another machine is refused before anything is sent.
+    let err = fails(&[
+        "audit",
+        "--patient",
+        &patient,
+        "--rpc",
+        "http://192.0.2.1:8545",
+        "--registry",
+        registry,
+    ]);
+    assert!(err.contains("plain HTTP to another machine"), "{err}");
+}

@@ -15,6 +15,8 @@ use std::time::Duration;
 pub(crate) struct Chain {
     child: Child,
     pub(crate) url: String,
+    /// The mutual-TLS listener's URL, with `--rpc-tls`.
+    pub(crate) tls_url: String,
 }
 
 impl Drop for Chain {
@@ -57,13 +59,22 @@ pub(crate) fn start_with(dir: &Path, allow: Address, extra: &[&str]) -> Chain {
     let mut chain = Chain {
         child,
         url: String::new(),
+        tls_url: String::new(),
     };
+    let tls = extra.contains(&"--rpc-tls");
     let stdout = BufReader::new(chain.child.stdout.take().unwrap());
     for line in stdout.lines() {
         let line = line.unwrap();
         if let Some(url) = line.trim().strip_prefix("JSON-RPC") {
-            chain.url = url.trim().to_owned();
-            return chain;
+            let url = url.trim().trim_end_matches("(mutual TLS)").trim();
+            if url.starts_with("https://") {
+                chain.tls_url = url.to_owned();
+            } else {
+                chain.url = url.to_owned();
+            }
+            if !tls || !chain.tls_url.is_empty() {
+                return chain;
+            }
         }
     }
     panic!("medledger chain exited before serving");
