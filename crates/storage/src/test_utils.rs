@@ -1,21 +1,26 @@
 //! Test helpers for crates whose tests need a database: a fresh one of
-//! each backend available. The PostgreSQL URL comes from
-//! `MEDLEDGER_TEST_POSTGRES`; without it the PostgreSQL half is skipped
-//! loudly, and fails when `CI=true`.
+//! each backend available. The PostgreSQL URLs come from
+//! `MEDLEDGER_TEST_POSTGRES` and `MEDLEDGER_TEST_POSTGRES_TLS` (TLS only,
+//! `sslmode=verify-full`); without one, its tests are skipped loudly, and
+//! fail when `CI=true`.
 
 use crate::sql::Db;
 use sqlx::Row;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 /// A fresh database of each backend available; each test gets its own
-/// (a new SQLite file; a new PostgreSQL schema).
+/// (a new SQLite file; a new schema of the test PostgreSQL, and of the
+/// one over TLS).
 pub async fn databases() -> Vec<(Db, Option<tempfile::TempDir>)> {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let sqlite = Db::open_sqlite(&dir.path().join("medledger.db"))
         .await
         .expect("the test database works");
     let mut all = vec![(sqlite, Some(dir))];
-    if let Some(db) = postgres().await {
+    for db in [postgres().await, postgres_tls().await]
+        .into_iter()
+        .flatten()
+    {
         all.push((db, None));
     }
     all
@@ -24,17 +29,49 @@ pub async fn databases() -> Vec<(Db, Option<tempfile::TempDir>)> {
 /// A connection to a fresh schema of the test PostgreSQL, or `None` after
 /// saying loudly why not.
 pub async fn postgres() -> Option<Db> {
-    let Ok(url) = std::env::var("MEDLEDGER_TEST_POSTGRES") else {
-        let message = "MEDLEDGER_TEST_POSTGRES is not set: the PostgreSQL half of the SQL tests is skipped \
-                       (e.g. MEDLEDGER_TEST_POSTGRES=postgres://postgres@127.0.0.1:5432/test)";
+    let url = postgres_url(TEST_POSTGRES, "postgres://postgres@127.0.0.1:5432/test")?;
+    Some(fresh_schema(&url).await)
+}
+
+/// A connection to a fresh schema of the test PostgreSQL that takes TLS
+/// connections only, verified (`sslmode=verify-full`), or `None` after
+/// saying loudly why not.
+pub async fn postgres_tls() -> Option<Db> {
+    Some(fresh_schema(&postgres_tls_url()?).await)
+}
+
+/// The URL of the test PostgreSQL over TLS (`.ci/postgres-tls` starts one
+/// and prints it), or `None` after saying loudly why not.
+pub fn postgres_tls_url() -> Option<String> {
+    postgres_url(
+        TEST_POSTGRES_TLS,
+        "postgres://postgres@localhost:5433/postgres?sslmode=verify-full&sslrootcert=CA.crt, as `.ci/postgres-tls` prints",
+    )
+}
+
+const TEST_POSTGRES: &str = "MEDLEDGER_TEST_POSTGRES";
+const TEST_POSTGRES_TLS: &str = "MEDLEDGER_TEST_POSTGRES_TLS";
+
+/// The URL in the environment variable `var`, or `None` after saying
+/// loudly why not (and failing under `CI=true`).
+fn postgres_url(var: &str, example: &str) -> Option<String> {
+    let Ok(url) = std::env::var(var) else {
+        let message = format!(
+            "{var} is not set: the tests on that PostgreSQL are skipped (e.g. {var}={example})"
+        );
         assert!(std::env::var("CI").as_deref() != Ok("true"), "{message}");
         eprintln!("\n!!! SKIPPED: {message}\n");
         return None;
     };
+    Some(url)
+}
+
+/// A connection to a fresh schema of the PostgreSQL at `url`.
+async fn fresh_schema(url: &str) -> Db {
     static N: AtomicU32 = AtomicU32::new(0);
     let pid = std::process::id();
     let schema = format!("medledger_test_{pid}_{}", N.fetch_add(1, Ordering::Relaxed));
-    let admin = Db::connect(&url).await.expect("the test database works");
+    let admin = Db::connect(url).await.expect("the test database works");
     // Schemas of earlier runs go (this process's own stay while it runs).
     let old = sqlx::query(
         "SELECT CAST(schema_name AS TEXT) FROM information_schema.schemata \
@@ -55,9 +92,7 @@ pub async fn postgres() -> Option<Db> {
         .expect("the test database works");
     admin.close().await;
     let sep = if url.contains('?') { '&' } else { '?' };
-    Some(
-        Db::connect(&format!("{url}{sep}options=-c%20search_path%3D{schema}"))
-            .await
-            .expect("the test database works"),
-    )
+    Db::connect(&format!("{url}{sep}options=-c%20search_path%3D{schema}"))
+        .await
+        .expect("the test database works")
 }

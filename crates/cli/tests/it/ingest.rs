@@ -778,13 +778,20 @@ async fn post_batch(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ingest_path_runs_on_postgresql() {
-    // Collector and server each in a fresh schema of the test PostgreSQL.
-    let (Some(server_db), Some(collector_db)) = (
-        medledger_storage::test_utils::postgres().await,
-        medledger_storage::test_utils::postgres().await,
-    ) else {
-        return;
-    };
+    use medledger_storage::test_utils::{postgres, postgres_tls};
+    // Collector and server each in a fresh schema of the test PostgreSQL,
+    // then of the one that takes verified TLS connections only.
+    if let (Some(server_db), Some(collector_db)) = (postgres().await, postgres().await) {
+        ingest_on(server_db, collector_db).await;
+    }
+    if let (Some(server_db), Some(collector_db)) = (postgres_tls().await, postgres_tls().await) {
+        ingest_on(server_db, collector_db).await;
+    }
+}
+
+/// Readings through a collector and a server on these databases: stored,
+/// anchored, provable.
+async fn ingest_on(server_db: medledger_storage::Db, collector_db: medledger_storage::Db) {
     let site = Site::start(medledger_sim::Options {
         server_db: Some(server_db),
         collector_db: Some(collector_db),

@@ -194,3 +194,31 @@ async fn sqlite_is_a_durable_wal_file() {
         Err(SqlError::UnsupportedUrl(_))
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgresql_over_tls_is_verified_and_nothing_else_is_accepted() {
+    let Some(url) = medledger_storage::test_utils::postgres_tls_url() else {
+        return;
+    };
+    let db = Db::connect(&url).await.unwrap();
+    let ssl: bool = sqlx::query("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+        .fetch_one(db.pool())
+        .await
+        .unwrap()
+        .get(0);
+    assert!(ssl, "the connection is not encrypted");
+    db.close().await;
+
+    // The server's certificate names `localhost`, not 127.0.0.1.
+    let by_address = url.replacen("@localhost:", "@127.0.0.1:", 1);
+    let err = Db::connect(&by_address).await.unwrap_err().to_string();
+    assert!(err.contains("not valid for name"), "{err}");
+    // Without the database's CA (system roots only) it is not trusted.
+    let without_ca = url.split("&sslrootcert=").next().unwrap().to_owned();
+    let err = Db::connect(&without_ca).await.unwrap_err().to_string();
+    assert!(err.contains("UnknownIssuer"), "{err}");
+    // And the server takes no connection without TLS.
+    let plain = url.replacen("sslmode=verify-full", "sslmode=disable", 1);
+    let err = Db::connect(&plain).await.unwrap_err().to_string();
+    assert!(err.contains("no encryption"), "{err}");
+}
