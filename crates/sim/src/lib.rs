@@ -39,7 +39,7 @@ use medledger_protocol::catalogue::data_type;
 pub use medledger_protocol::now_ms;
 use medledger_protocol::{DeviceId, Observation, Reading, SigningKey};
 use medledger_server::Server;
-use medledger_storage::{Db, Kek, LocalDir};
+use medledger_storage::{Db, Kek, LocalDir, ObjectStoreBlobs};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -110,6 +110,9 @@ pub struct Options {
     pub server_db: Option<Db>,
     /// The collector's database, likewise.
     pub collector_db: Option<Db>,
+    /// The server's blob store (an S3 bucket, say); a directory under the
+    /// server's if `None`.
+    pub server_blobs: Option<ObjectStoreBlobs>,
     /// Internal addresses the server's alert webhooks may reach (none by
     /// default; a test allows its own local receiver).
     pub webhook_allow: Vec<medledger_server::WebhookAllow>,
@@ -136,6 +139,7 @@ impl Default for Options {
             checkpoint_interval: Duration::from_millis(200),
             server_db: None,
             collector_db: None,
+            server_blobs: None,
             webhook_allow: Vec::new(),
             webhook_ca: None,
             forward_over_tls: false,
@@ -430,7 +434,10 @@ async fn start_server(
         device_auth: auth(root, crls, &[Role::Device])?,
         card_auth: auth(root, crls, &[Role::Patient])?,
         db,
-        blobs: Arc::new(LocalDir::open(dir.join("blobs")).await?),
+        blobs: match &options.server_blobs {
+            Some(blobs) => Arc::new(blobs.clone()),
+            None => Arc::new(LocalDir::open(dir.join("blobs")).await?),
+        },
         kek: Kek::from_hex(&keys.kek_hex)?,
         previous_keks: Vec::new(),
         ledger_key: NoteSigner::from_pkcs8("medledger-sim", &keys.ledger_pkcs8)

@@ -25,9 +25,10 @@
 /// [`ObjectStoreBlobs::new`] and to look into [`BlobError::Store`].
 pub use object_store;
 
+use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{Certificate, ClientOptions, ObjectStore, ObjectStoreExt, PutPayload};
 use ring::digest::{SHA256, digest};
 use std::fmt;
 use std::future::Future;
@@ -580,11 +581,11 @@ impl BlobStore for LocalDir {
 /// `file:///srv/blobs` and `LocalDir::open("/srv/blobs")` are the same
 /// store. The layout is part of the storage format.
 ///
-/// This build reaches `file://` and `memory://` only: S3 (`s3://`), GCS
-/// (`gs://`) and Azure (`az://`, `abfs://`) need `object_store`'s `aws`,
-/// `gcp` and `azure` features turned on in this crate's `Cargo.toml`; they
-/// are off to keep an HTTP and TLS stack out of the build. A store that
-/// needs credentials or options is built with its builder and handed to
+/// This build reaches `file://`, `memory://` and S3 or any S3-compatible
+/// store (`s3://bucket/prefix`, configured from the environment as the AWS
+/// SDKs are: [`ObjectStoreBlobs::from_url`]). GCS and Azure need
+/// `object_store`'s `gcp` and `azure` features, which are off. A store that
+/// needs other options is built with its builder and handed to
 /// [`ObjectStoreBlobs::new`]; errors name the URL, so it should carry no
 /// secret.
 ///
@@ -609,15 +610,36 @@ impl ObjectStoreBlobs {
     }
 
     /// The store named by `url`, e.g. `file:///srv/medledger/blobs`,
-    /// `memory:///` or (with its feature on) `s3://bucket/blobs`; the URL's
-    /// path is the prefix. Nothing is created or contacted until the first
-    /// operation. Each `memory://` URL opened is a new, empty store.
+    /// `memory:///` or `s3://bucket/blobs`; the URL's path is the prefix.
+    /// An S3 bucket is configured from this process's environment
+    /// ([`ObjectStoreBlobs::s3`]). Nothing is created or contacted until
+    /// the first operation. Each `memory://` URL opened is a new, empty
+    /// store.
     pub fn from_url(url: &str) -> Result<ObjectStoreBlobs> {
+        Self::from_url_with_env(url, std::env::vars())
+    }
+
+    /// [`ObjectStoreBlobs::from_url`] with the environment `env`.
+    pub fn from_url_with_env(
+        url: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<ObjectStoreBlobs> {
         let url_error = |source: Box<dyn std::error::Error + Send + Sync>| BlobError::Url {
             url: url.to_owned(),
             source,
         };
+        // reqwest's rustls comes without a provider in this build: ring,
+        // as everywhere else (an S3 client is made as soon as it is named).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let parsed = Url::parse(url).map_err(|err| url_error(err.into()))?;
+        if let "s3" | "s3a" = parsed.scheme() {
+            // `parse_url` would give an S3 client that knows nothing of
+            // the environment.
+            let prefix =
+                ObjectPath::from_url_path(parsed.path()).map_err(|err| url_error(err.into()))?;
+            let store = Arc::new(Self::s3(&parsed, env).map_err(url_error)?);
+            return Ok(ObjectStoreBlobs { store, prefix });
+        }
         let (store, prefix) =
             object_store::parse_url(&parsed).map_err(|err| url_error(err.into()))?;
         let store: Arc<dyn ObjectStore> = if parsed.scheme() == "file" {
@@ -628,6 +650,39 @@ impl ObjectStoreBlobs {
             store.into()
         };
         Ok(ObjectStoreBlobs { store, prefix })
+    }
+
+    /// The S3 bucket of `url` (`s3://bucket/...`), configured as the AWS
+    /// SDKs configure themselves, from the `AWS_*` variables of `env`:
+    /// `AWS_REGION` (or `AWS_DEFAULT_REGION`), `AWS_ENDPOINT_URL` for a
+    /// store other than AWS (MinIO, Ceph RGW, ...), `AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN` (without them, the
+    /// instance's or container's role), `AWS_CA_BUNDLE` (a PEM file of CAs
+    /// to trust beside the system's), `AWS_ALLOW_HTTP=true` for an endpoint
+    /// without TLS (tests only).
+    fn s3(
+        url: &Url,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> std::result::Result<AmazonS3, Box<dyn std::error::Error + Send + Sync>> {
+        let env: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(key, _)| key.starts_with("AWS_"))
+            .collect();
+        let mut options = ClientOptions::new();
+        for (_, bundle) in env.iter().filter(|(key, _)| key == "AWS_CA_BUNDLE") {
+            let pem = std::fs::read(bundle).map_err(|e| format!("AWS_CA_BUNDLE {bundle}: {e}"))?;
+            for ca in Certificate::from_pem_bundle(&pem)? {
+                options = options.with_root_certificate(ca);
+            }
+        }
+        // The options first: the variables below add to them.
+        let mut builder = AmazonS3Builder::new().with_client_options(options);
+        for (key, value) in env {
+            if let Ok(config) = key.to_ascii_lowercase().parse() {
+                builder = builder.with_config(config, value);
+            }
+        }
+        Ok(builder.with_url(url.as_str()).build()?)
     }
 
     /// The object store.

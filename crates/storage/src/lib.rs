@@ -18,6 +18,9 @@ pub mod test_utils;
 
 pub use blob::{BlobError, BlobStore, Cid, CidError, LocalDir, ObjectStoreBlobs};
 pub use keys::{Kek, KekId, KekStatus, KeyError, PatientRef, Rewrapped, Vault};
+/// The object store crate, for crates that reach behind an
+/// [`ObjectStoreBlobs`] (an operator's tool, a test).
+pub use object_store;
 pub use sql::{Backend, Db, MIGRATIONS, Migration, SqlError, SqlValue, insert_many, placeholders};
 /// The SQL toolkit, for crates that write queries against a [`Db`].
 pub use sqlx;

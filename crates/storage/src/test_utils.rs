@@ -2,8 +2,9 @@
 //! each backend available. The PostgreSQL URLs come from
 //! `MEDLEDGER_TEST_POSTGRES` and `MEDLEDGER_TEST_POSTGRES_TLS` (TLS only,
 //! `sslmode=verify-full`); without one, its tests are skipped loudly, and
-//! fail when `CI=true`.
+//! fail when `CI=true`. Likewise an S3 bucket from `MEDLEDGER_TEST_S3`.
 
+use crate::ObjectStoreBlobs;
 use crate::sql::Db;
 use sqlx::Row;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -29,7 +30,7 @@ pub async fn databases() -> Vec<(Db, Option<tempfile::TempDir>)> {
 /// A connection to a fresh schema of the test PostgreSQL, or `None` after
 /// saying loudly why not.
 pub async fn postgres() -> Option<Db> {
-    let url = postgres_url(TEST_POSTGRES, "postgres://postgres@127.0.0.1:5432/test")?;
+    let url = from_env(TEST_POSTGRES, "postgres://postgres@127.0.0.1:5432/test")?;
     Some(fresh_schema(&url).await)
 }
 
@@ -43,7 +44,7 @@ pub async fn postgres_tls() -> Option<Db> {
 /// The URL of the test PostgreSQL over TLS (`.ci/postgres-tls` starts one
 /// and prints it), or `None` after saying loudly why not.
 pub fn postgres_tls_url() -> Option<String> {
-    postgres_url(
+    from_env(
         TEST_POSTGRES_TLS,
         "postgres://postgres@localhost:5433/postgres?sslmode=verify-full&sslrootcert=CA.crt, as `.ci/postgres-tls` prints",
     )
@@ -52,9 +53,9 @@ pub fn postgres_tls_url() -> Option<String> {
 const TEST_POSTGRES: &str = "MEDLEDGER_TEST_POSTGRES";
 const TEST_POSTGRES_TLS: &str = "MEDLEDGER_TEST_POSTGRES_TLS";
 
-/// The URL in the environment variable `var`, or `None` after saying
+/// The value of the environment variable `var`, or `None` after saying
 /// loudly why not (and failing under `CI=true`).
-fn postgres_url(var: &str, example: &str) -> Option<String> {
+fn from_env(var: &str, example: &str) -> Option<String> {
     let Ok(url) = std::env::var(var) else {
         let message = format!(
             "{var} is not set: the tests on that PostgreSQL are skipped (e.g. {var}={example})"
@@ -95,4 +96,39 @@ async fn fresh_schema(url: &str) -> Db {
     Db::connect(&format!("{url}{sep}options=-c%20search_path%3D{schema}"))
         .await
         .expect("the test database works")
+}
+
+/// A fresh prefix in the test S3 bucket (`MEDLEDGER_TEST_S3`: the
+/// endpoint and the bucket, as `.ci/s3` prints, e.g.
+/// `http://127.0.0.1:5055/medledger-test`), or `None` after saying loudly
+/// why not.
+pub fn s3() -> Option<ObjectStoreBlobs> {
+    let url = from_env(
+        "MEDLEDGER_TEST_S3",
+        "http://127.0.0.1:5055/medledger-test, as `.ci/s3` prints",
+    )?;
+    let (endpoint, bucket) = url
+        .rsplit_once('/')
+        .expect("MEDLEDGER_TEST_S3 is ENDPOINT/BUCKET");
+    static N: AtomicU32 = AtomicU32::new(0);
+    let prefix = format!(
+        "run-{}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    );
+    let env = [
+        ("AWS_ENDPOINT_URL", endpoint),
+        ("AWS_ALLOW_HTTP", "true"),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+    ]
+    .map(|(k, v)| (k.to_owned(), v.to_owned()));
+    Some(
+        ObjectStoreBlobs::from_url_with_env(&format!("s3://{bucket}/{prefix}"), env)
+            .expect("the test S3 bucket opens"),
+    )
 }

@@ -141,3 +141,98 @@ async fn a_patient_with_no_readings_yet_can_be_forgotten() {
     assert_eq!(erasures.len(), 1);
     assert_eq!(erasures[0].patient, site.patient_ref);
 }
+
+/// The objects under the store's prefix, in every shard.
+async fn objects(store: &medledger_storage::ObjectStoreBlobs) -> Vec<String> {
+    use medledger_storage::object_store::ObjectStore;
+    let mut keys = Vec::new();
+    let shards = store
+        .store()
+        .list_with_delimiter(Some(store.prefix()))
+        .await
+        .unwrap();
+    for shard in shards.common_prefixes {
+        let listed = store
+            .store()
+            .list_with_delimiter(Some(&shard))
+            .await
+            .unwrap();
+        keys.extend(listed.objects.into_iter().map(|o| o.location.to_string()));
+    }
+    keys
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_s3_a_changed_or_lost_blob_is_not_served_and_erasure_empties_the_bucket() {
+    use medledger_storage::object_store::{ObjectStoreExt, path::Path};
+    let Some(blobs) = medledger_storage::test_utils::s3() else {
+        return;
+    };
+    let site = crate::site::Site::start(medledger_sim::Options {
+        server_blobs: Some(blobs.clone()),
+        ..medledger_sim::Options::default()
+    })
+    .await
+    .unwrap();
+    let mut device = site.device(1).await.unwrap();
+    let mut conn = site.connect(&device).await.unwrap();
+    let mut hashes = Vec::new();
+    for bpm in [70.0, 71.0, 72.0] {
+        let cose = device.heart_rate(bpm);
+        hashes.push(reading_hash(&cose));
+        assert_eq!(post_one(&mut conn, cose, true).await.status, 202);
+    }
+    for hash in &hashes {
+        assert!(site.server.reading(hash).await.unwrap().is_some());
+    }
+    // One sealed object per patient per batch, in the bucket.
+    let keys = objects(&blobs).await;
+    assert_eq!(keys.len(), 3, "{keys:?}");
+
+    // Changed in the bucket: detected, not served.
+    let first = Path::from(keys[0].as_str());
+    let sealed = blobs
+        .store()
+        .get(&first)
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let mut changed = sealed.to_vec();
+    changed[10] ^= 1;
+    blobs.store().put(&first, changed.into()).await.unwrap();
+    // Gone from the bucket: likewise.
+    let second = Path::from(keys[1].as_str());
+    blobs.store().delete(&second).await.unwrap();
+    let mut refused = Vec::new();
+    for hash in &hashes {
+        match site.server.reading(hash).await {
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("reading {} not indexed", hex::encode(hash)),
+            Err(e) => refused.push(e),
+        }
+    }
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    assert!(
+        refused.iter().any(|e| e.contains("tampered or corrupt")),
+        "{refused:?}"
+    );
+    assert!(
+        refused.iter().any(|e| e.contains("not found")),
+        "{refused:?}"
+    );
+    blobs.store().put(&first, sealed.into()).await.unwrap();
+
+    // Erasure deletes the patient's objects from the bucket.
+    let mut patient = site.connect_patient().await.unwrap();
+    let path = format!("/v1/patients/{}", hex::encode(site.patient_ref));
+    let reply = patient.request("DELETE", &path, &[], vec![]).await.unwrap();
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    assert_eq!(objects(&blobs).await, Vec::<String>::new());
+}

@@ -325,6 +325,26 @@ async fn a_file_url_behaves_as_a_blob_store() {
 }
 
 #[tokio::test]
+async fn an_s3_bucket_behaves_as_a_blob_store() {
+    let Some(store) = medledger_storage::test_utils::s3() else {
+        return;
+    };
+    behaves_as_a_blob_store(&store, async |cid: &Cid, bytes: &[u8]| {
+        store
+            .store()
+            .put(&store.key(cid), bytes.to_vec().into())
+            .await
+            .unwrap();
+    })
+    .await;
+    // The key layout is the same as on disk, under the URL's prefix.
+    let cid = store.put(b"hello world").await.unwrap();
+    let key = store.key(&cid).to_string();
+    assert!(key.ends_with(&format!("/n5/{HELLO_WORLD}")), "{key}");
+    assert!(key.starts_with(&format!("{}/", store.prefix())), "{key}");
+}
+
+#[tokio::test]
 async fn blobs_outlive_the_store_and_the_layout_is_pinned() {
     let (store, dir) = store().await;
     let cid = store.put(b"hello world").await.unwrap();
@@ -410,7 +430,7 @@ async fn object_keys_are_prefix_shard_cid() {
 async fn urls_that_cannot_be_opened_are_named() {
     for url in [
         "not a url",
-        "s3://bucket/blobs",
+        "s3:///blobs",
         "gs://bucket/blobs",
         "ftp://host/blobs",
     ] {
@@ -422,9 +442,20 @@ async fn urls_that_cannot_be_opened_are_named() {
         let message = err.to_string();
         assert!(message.contains(url), "{message}");
     }
-    // S3 is there in the code, but its feature is off in this build.
-    let err = ObjectStoreBlobs::from_url("s3://bucket/blobs").unwrap_err();
+    // GCS is there in the code, but its feature is off in this build.
+    let err = ObjectStoreBlobs::from_url("gs://bucket/blobs").unwrap_err();
     assert!(err.to_string().contains("not enabled"), "{err}");
+    // An S3 bucket opens without contacting anyone; its configuration is
+    // checked at once.
+    assert!(ObjectStoreBlobs::from_url_with_env("s3://bucket/blobs", []).is_ok());
+    let env = [("AWS_CA_BUNDLE".to_owned(), "/no/such/ca.pem".to_owned())];
+    let err = ObjectStoreBlobs::from_url_with_env("s3://bucket/blobs", env).unwrap_err();
+    let message = err.to_string();
+    assert!(message.contains("s3://bucket/blobs"), "{message}");
+    assert!(
+        message.contains("AWS_CA_BUNDLE /no/such/ca.pem"),
+        "{message}"
+    );
 }
 
 #[tokio::test]
