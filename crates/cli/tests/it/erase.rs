@@ -225,14 +225,7 @@ async fn on_s3_a_changed_or_lost_blob_is_not_served_and_erasure_empties_the_buck
     blobs.store().put(&first, sealed.into()).await.unwrap();
 
     // Erasure deletes the patient's objects from the bucket.
-    let mut patient = site.connect_patient().await.unwrap();
-    let path = format!("/v1/patients/{}", hex::encode(site.patient_ref));
-    let reply = patient.request("DELETE", &path, &[], vec![]).await.unwrap();
-    assert_eq!(
-        reply.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
+    let erased = site.server.erase(&site.patient_ref.0).await.unwrap();
+    assert_eq!(erased.blobs, 3);
     assert_eq!(objects(&blobs).await, Vec::<String>::new());
 }

@@ -299,15 +299,20 @@ async fn a_local_dir_behaves_as_a_blob_store() {
     .await;
 }
 
+/// Replaces the object kept for `cid` behind the store's back.
+async fn overwrite_object(store: &ObjectStoreBlobs, cid: &Cid, bytes: &[u8]) {
+    store
+        .store()
+        .put(&store.key(cid), bytes.to_vec().into())
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn a_memory_url_behaves_as_a_blob_store() {
     let store = ObjectStoreBlobs::from_url("memory:///blobs").unwrap();
     behaves_as_a_blob_store(&store, async |cid: &Cid, bytes: &[u8]| {
-        store
-            .store()
-            .put(&store.key(cid), bytes.to_vec().into())
-            .await
-            .unwrap();
+        overwrite_object(&store, cid, bytes).await
     })
     .await;
 }
@@ -330,11 +335,7 @@ async fn an_s3_bucket_behaves_as_a_blob_store() {
         return;
     };
     behaves_as_a_blob_store(&store, async |cid: &Cid, bytes: &[u8]| {
-        store
-            .store()
-            .put(&store.key(cid), bytes.to_vec().into())
-            .await
-            .unwrap();
+        overwrite_object(&store, cid, bytes).await
     })
     .await;
     // The key layout is the same as on disk, under the URL's prefix.
