@@ -131,6 +131,7 @@ pub(crate) fn run(args: ChainArgs) -> Result<()> {
             allow: args.allow,
             sealing,
         };
+        medledger_pki::files::private_dir(&data)?;
         let node = Node::start(&config)
             .with_context(|| format!("starting the chain in {}", data.display()))?;
         if let Some(registry) = args.registry {

@@ -107,6 +107,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // HTTP clients (reqwest, with rustls when the S3 client turns it on)
+    // take the process's crypto provider: ring, as everywhere else.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Ca(cmd) => ca::run(cmd),

@@ -19,6 +19,7 @@ const CRL_POLL: Duration = Duration::from_secs(5);
 
 /// The chain key in a `PREFIX.eth.key` file (hex).
 pub(crate) fn load_signer(path: &Path) -> Result<PrivateKeySigner> {
+    files::require_private(path)?;
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading the chain key {}", path.display()))?;
     let account = EthAccount::from_hex(text.trim())
@@ -114,9 +115,9 @@ pub(crate) fn watch_crl(path: PathBuf, auths: Vec<Arc<ClientAuth>>) {
 }
 
 /// The database at `url`, or else the SQLite file `data/file`, migrated;
-/// creates `data` if needed.
+/// creates `data` if needed, for its owner alone (0700).
 pub(crate) async fn open_db(url: Option<&str>, data: &Path, file: &str) -> Result<Db> {
-    std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
+    files::private_dir(data)?;
     let db = match url {
         Some(url) => Db::connect(url).await,
         None => Db::open_sqlite(&data.join(file)).await,

@@ -43,7 +43,7 @@ pub(crate) fn ledger_key(path: &Path, name: &str) -> Result<NoteSigner> {
             path.display()
         );
     }
-    let pkcs8 = files::read_first(path, "PRIVATE KEY")?;
+    let pkcs8 = files::read_private(path, "PRIVATE KEY")?;
     NoteSigner::from_pkcs8(name, &pkcs8)
         .map_err(|e| anyhow::anyhow!("the ledger key {}: {e}", path.display()))
 }
@@ -110,8 +110,6 @@ pub(crate) async fn start(config: &ConfigFile) -> Result<Started> {
         .with_context(|| format!("loading {}", config.credentials.display()))?;
     let identity = credentials.identity()?;
     identity.require_role(&[Role::Server])?;
-    let key_name = key_name(&identity);
-    let ledger_key = ledger_key(&config.ledger_key, &key_name)?;
     let contracts = roles::node_contracts(
         &config.chain_rpc,
         &config.registry,
@@ -119,6 +117,9 @@ pub(crate) async fn start(config: &ConfigFile) -> Result<Started> {
         &config.credentials,
     )
     .await?;
+    // Made only once the rest of the configuration holds: a start that
+    // fails leaves no key behind.
+    let ledger_key = ledger_key(&config.ledger_key, &key_name(&identity))?;
     let auth = |roles: &[Role]| roles::client_auth(&config.ca_root, &config.crl, roles);
     let client_auth = auth(&[
         Role::Collector,

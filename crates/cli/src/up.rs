@@ -280,7 +280,7 @@ fn limits_section(text: &str) -> Option<String> {
 async fn up(args: UpArgs) -> Result<()> {
     crate::rpc::loopback_only(args.rpc)?;
     let d = args.data.clone();
-    std::fs::create_dir_all(&d)?;
+    medledger_pki::files::private_dir(&d)?;
     let node_dir = d.join("chain");
     let first = !UpState::path(&d).exists();
     let (node, mut state) = if first {

@@ -304,9 +304,10 @@ impl Issued {
             });
         }
         let cert_der = certs.remove(0);
-        let key_pkcs8 = files::read_first(&with_suffix(prefix, ".key"), "PRIVATE KEY")?;
+        let key_pkcs8 = files::read_private(&with_suffix(prefix, ".key"), "PRIVATE KEY")?;
         let eth = with_suffix(prefix, ".eth.key");
         let account = if eth.exists() {
+            files::require_private(&eth)?;
             let text = String::from_utf8_lossy(&files::read(&eth)?)
                 .trim()
                 .to_owned();
@@ -490,6 +491,7 @@ fn ca_params(organization: &str, cn: &str, years: i64, path_len: u8) -> Certific
 const ISSUING_YEARS: i64 = 10;
 
 fn read_key(path: &Path) -> Result<KeyPair> {
+    files::require_private(path)?;
     let pem = String::from_utf8(files::read(path)?).map_err(|_| Error::Format {
         path: path.to_owned(),
         reason: "not UTF-8 PEM".into(),

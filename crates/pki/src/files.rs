@@ -27,6 +27,63 @@ pub fn write_public(path: &Path, contents: &[u8]) -> Result<()> {
     fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
+/// Fails unless the file at `path` is its owner's alone (no access for
+/// group or others): a private key others on the machine can read is
+/// compromised, so it is refused rather than used.
+pub fn require_private(path: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(path)
+            .map_err(|e| Error::io(path, e))?
+            .permissions()
+            .mode()
+            & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(Error::Format {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "a private key that others may read (mode {mode:04o}); \
+                     make it its owner's alone: chmod 600 {}",
+                    path.display()
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Reads the first `tag` PEM block of a private key file, which must be
+/// private ([`require_private`]).
+pub fn read_private(path: &Path, tag: &str) -> Result<Vec<u8>> {
+    require_private(path)?;
+    read_first(path, tag)
+}
+
+/// Creates the directory `path` (and its missing parents) for its owner
+/// alone (0700), and takes group and others' access away from it if it
+/// already exists.
+pub fn private_dir(path: &Path) -> Result<()> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(path).map_err(|e| Error::io(path, e))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(path)
+            .map_err(|e| Error::io(path, e))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            fs::set_permissions(path, fs::Permissions::from_mode(mode & 0o700))
+                .map_err(|e| Error::io(path, e))?;
+        }
+    }
+    Ok(())
+}
+
 /// Reads a file.
 pub fn read(path: &Path) -> Result<Vec<u8>> {
     fs::read(path).map_err(|e| Error::io(path, e))

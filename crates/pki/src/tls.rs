@@ -62,7 +62,7 @@ impl Credentials {
         let crt = with_suffix(prefix, ".crt");
         let key = with_suffix(prefix, ".key");
         let chain = files::read_der_blocks(&crt, "CERTIFICATE")?;
-        Self::from_der(chain, files::read_first(&key, "PRIVATE KEY")?)
+        Self::from_der(chain, files::read_private(&key, "PRIVATE KEY")?)
     }
 
     /// The certificate, chain and key of a freshly issued certificate.

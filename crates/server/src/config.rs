@@ -133,14 +133,18 @@ impl ConfigFile {
     /// The current KEK and the previous ones, read from their files and
     /// variables.
     pub fn keks(&self) -> Result<(Kek, Vec<Kek>), KeyError> {
+        let from_file = |file: &PathBuf| {
+            files::require_private(file).map_err(|e| KeyError::Kek(e.to_string()))?;
+            Kek::from_file(file)
+        };
         let current = match (&self.kek_file, &self.kek_env) {
-            (Some(file), _) => Kek::from_file(file)?,
+            (Some(file), _) => from_file(file)?,
             (None, Some(var)) => Kek::from_env(var)?,
             (None, None) => return Err(KeyError::Kek("set kek_file or kek_env".to_owned())),
         };
         let mut previous = Vec::new();
         for file in &self.previous_kek_files {
-            previous.push(Kek::from_file(file)?);
+            previous.push(from_file(file)?);
         }
         for var in &self.previous_kek_envs {
             previous.push(Kek::from_env(var)?);

@@ -46,6 +46,15 @@ pub enum SqlError {
         #[source]
         source: sqlx::Error,
     },
+    /// The SQLite file could not be made or kept private.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The database file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// The database was migrated by a newer medledger.
     #[error(
         "the database is at schema version {found}, newer than this medledger knows ({known}); upgrade medledger"
@@ -56,6 +65,25 @@ pub enum SqlError {
         /// The newest this binary knows.
         known: i64,
     },
+}
+
+/// Creates the file at `path` if missing, and makes it its owner's alone
+/// (0600) if it is not already.
+fn private_file(path: &Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        options.mode(0o600);
+        let file = options.open(path)?;
+        if file.metadata()?.permissions().mode() & 0o077 != 0 {
+            file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        }
+    }
+    #[cfg(not(unix))]
+    options.open(path)?;
+    Ok(())
 }
 
 /// The result of database work.
@@ -369,7 +397,13 @@ pub struct Db {
 impl Db {
     /// Opens (creating it if needed) the SQLite database at `path`, in WAL
     /// mode with full sync: a committed transaction survives power loss.
+    /// The file is its owner's alone (0600), and so are the journal and
+    /// WAL files SQLite makes beside it, which take its mode.
     pub async fn open_sqlite(path: &Path) -> Result<Db> {
+        private_file(path).map_err(|e| SqlError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
         Db::connect(&format!("sqlite://{}?mode=rwc", path.display())).await
     }
 

@@ -49,6 +49,9 @@ pub async fn start() -> TestChain {
 
 /// Serves `node` over HTTP on a free loopback port.
 pub async fn serve(node: &Node) -> String {
+    // HTTP clients (reqwest, with rustls when the S3 client turns it on)
+    // take the process's crypto provider: ring, as everywhere else.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(http::serve(Rpc::new(node.clone()), listener));

@@ -87,6 +87,10 @@ async fn the_same_client_code_runs_against_anvil() {
         return;
     };
     let anvil = Anvil::start(&anvil_bin, &[]);
+    // HTTP clients (reqwest, with rustls when the S3 client turns it on)
+    // take the process's crypto provider: ring, as everywhere else.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+
     let dev: PrivateKeySigner = DEV_KEY.parse().unwrap();
     let provider = ProviderBuilder::new()
         .wallet(EthereumWallet::from(dev.clone()))
@@ -124,6 +128,7 @@ async fn empty_anvil(anvil_bin: &std::path::Path, dir: &std::path::Path) -> Anvi
     .map(std::ffi::OsStr::new);
     let mut args = args.to_vec();
     args.push(path.as_os_str());
+    let _ = rustls::crypto::ring::default_provider().install_default();
     Anvil::start(anvil_bin, &args)
 }
 

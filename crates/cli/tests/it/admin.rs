@@ -412,6 +412,26 @@ fn the_command_line_reaches_the_chain_over_mutual_tls_and_plain_http_stays_on_lo
         "--json",
     ]);
 
+    // A key others may read is refused, saying how to fix it.
+    use std::os::unix::fs::PermissionsExt;
+    let nurse_key = format!("{nurse}.key");
+    std::fs::set_permissions(&nurse_key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let err = fails(&[
+        "audit",
+        "--patient",
+        &patient,
+        "--rpc",
+        rpc,
+        "--registry",
+        registry,
+        "--tls-root",
+        &root,
+        "--tls-cert",
+        &nurse,
+    ]);
+    assert!(err.contains(&format!("chmod 600 {nurse_key}")), "{err}");
+    std::fs::set_permissions(&nurse_key, std::fs::Permissions::from_mode(0o600)).unwrap();
+
     let read = |extra: &[&str]| {
         let mut args = vec![
             "audit",

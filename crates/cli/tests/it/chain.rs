@@ -33,6 +33,9 @@ fn start(dir: &Path, allow: Address) -> Chain {
 
 /// [`start`] with more arguments.
 pub(crate) fn start_with(dir: &Path, allow: Address, extra: &[&str]) -> Chain {
+    // HTTP clients (reqwest, with rustls when the S3 client turns it on)
+    // take the process's crypto provider: ring, as everywhere else.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let child = Command::new(env!("CARGO_BIN_EXE_medledger"))
         .args([
             "chain",

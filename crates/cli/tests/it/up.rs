@@ -112,6 +112,28 @@ fn up_initialises_once_reuses_its_state_and_takes_simulated_devices() {
         .unwrap();
     assert!(head > 15, "the chain did not keep its blocks: {second}");
     stop(child);
+
+    // The data directory and the databases are their owner's alone.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700);
+    for db in ["server/server.db", "collector/collector.db"] {
+        assert_eq!(mode(&data.join(db)), 0o600, "{db}");
+    }
+    // A server that cannot start (here: no chain) leaves no key behind.
+    let config = std::fs::read_to_string(data.join("server.toml"))
+        .unwrap()
+        .replace("server/ledger.key", "server/other-ledger.key");
+    std::fs::write(data.join("other-server.toml"), config).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_medledger"))
+        .args(["server", "--config"])
+        .arg(data.join("other-server.toml"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("finding the contracts"), "{said}");
+    assert!(!data.join("server/other-ledger.key").exists());
 }
 
 /// Runs `medledger ARGS` and returns what it printed; fails the test if it

@@ -21,6 +21,9 @@ const DEV_KEYS: [&str; 2] = [
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_typed_client_runs_against_anvil() {
+    // HTTP clients (reqwest, with rustls when the S3 client turns it on)
+    // take the process's crypto provider: ring, as everywhere else.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let Some(bin) = tool("anvil") else {
         return;
     };
