@@ -611,8 +611,14 @@ impl ObjectStoreBlobs {
 
     /// The store named by `url`, e.g. `file:///srv/medledger/blobs`,
     /// `memory:///` or `s3://bucket/blobs`; the URL's path is the prefix.
-    /// An S3 bucket is configured from this process's environment
-    /// ([`ObjectStoreBlobs::s3`]). Nothing is created or contacted until
+    /// An S3 bucket is configured as the AWS SDKs configure themselves,
+    /// from the `AWS_*` variables of this process's environment:
+    /// `AWS_REGION` (or `AWS_DEFAULT_REGION`), `AWS_ENDPOINT_URL` for a
+    /// store other than AWS (MinIO, Ceph RGW, ...), `AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN` (without them, the
+    /// instance's or container's role), `AWS_CA_BUNDLE` (a PEM file of CAs
+    /// to trust beside the system's), `AWS_ALLOW_HTTP=true` for an endpoint
+    /// without TLS (tests only). Nothing is created or contacted until
     /// the first operation. Each `memory://` URL opened is a new, empty
     /// store.
     pub fn from_url(url: &str) -> Result<ObjectStoreBlobs> {
@@ -652,14 +658,8 @@ impl ObjectStoreBlobs {
         Ok(ObjectStoreBlobs { store, prefix })
     }
 
-    /// The S3 bucket of `url` (`s3://bucket/...`), configured as the AWS
-    /// SDKs configure themselves, from the `AWS_*` variables of `env`:
-    /// `AWS_REGION` (or `AWS_DEFAULT_REGION`), `AWS_ENDPOINT_URL` for a
-    /// store other than AWS (MinIO, Ceph RGW, ...), `AWS_ACCESS_KEY_ID`,
-    /// `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN` (without them, the
-    /// instance's or container's role), `AWS_CA_BUNDLE` (a PEM file of CAs
-    /// to trust beside the system's), `AWS_ALLOW_HTTP=true` for an endpoint
-    /// without TLS (tests only).
+    /// The S3 bucket of `url` (`s3://bucket/...`), configured from the
+    /// `AWS_*` variables of `env` as [`ObjectStoreBlobs::from_url`] says.
     fn s3(
         url: &Url,
         env: impl IntoIterator<Item = (String, String)>,
