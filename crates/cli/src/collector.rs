@@ -44,7 +44,10 @@ pub(crate) fn print_endpoints(started: &Started, config: &ConfigFile) {
         started.collector.addr()
     );
     if let Some(m) = started.collector.metrics_addr() {
-        println!("  metrics      http://{m}/metrics");
+        println!(
+            "  metrics      {}/metrics (and /livez, /readyz)",
+            medledger_pki::health::base_url(m)
+        );
     }
     if started.in_process {
         println!("  forwards to  the server in this process (in memory, verified once)");

@@ -84,7 +84,10 @@ pub(crate) fn print_endpoints(server: &Server) {
         println!("  portal       https://{p}/ (sign in with a client certificate or a chain key)");
     }
     if let Some(m) = server.metrics_addr() {
-        println!("  metrics      http://{m}/metrics");
+        println!(
+            "  metrics      {}/metrics (and /livez, /readyz)",
+            medledger_pki::health::base_url(m)
+        );
     }
     println!("  ledger key   {}", server.ledger().verifier_key());
 }

@@ -23,7 +23,8 @@ use alloy::providers::DynProvider;
 pub use cards::{CardSigner, Cards, SoftwareCard};
 pub use config::{ConfigError, ConfigFile, Limits};
 use medledger_contracts::{ChainView, Contracts};
-use medledger_pki::https::{self, Tasks};
+use medledger_pki::health::{self, Readiness};
+use medledger_pki::https::{self, Connection, Tasks};
 use medledger_pki::metrics::Metrics;
 use medledger_pki::{ClientAuth, Credentials, Role};
 use medledger_protocol::{CommitReply, ForwardBatch};
@@ -222,12 +223,17 @@ impl Collector {
         });
         let mut tasks = Tasks::default();
         tasks.spawn(pipeline::run(state.clone(), submissions, next_batch));
-        tasks.spawn(forward::run(state.clone(), forward_tls, upstream));
+        tasks.spawn(forward::run(
+            state.clone(),
+            forward_tls.clone(),
+            upstream.clone(),
+        ));
         let serve_limits = https::ServeLimits {
             max_connections: limits.max_connections,
             header_timeout: limits.header_timeout(),
         };
         let refused_metrics = metrics.clone();
+        let client_auth_for_monitors = client_auth.clone();
         tasks.spawn(https::serve(
             listener,
             medledger_pki::Acceptor::new(tls, limits.handshake_timeout()),
@@ -242,14 +248,27 @@ impl Collector {
                 );
             }),
         ));
+        let readiness = Arc::new(readiness(&state, &upstream, forward_tls.clone()));
         let metrics_addr = match metrics_listen {
             Some(at) => {
                 let (listener, bound) = bind(at).await?;
-                tasks.spawn(https::serve_metrics(listener, metrics.clone()));
+                health::serve(
+                    &mut tasks,
+                    listener,
+                    &credentials,
+                    client_auth_for_monitors,
+                    metrics.clone(),
+                    readiness.clone(),
+                )?;
                 Some(bound)
             }
             None => None,
         };
+        // Says at once, in the log, what does not answer: a server that
+        // cannot be reached, or whose certificate is not `server_name`'s.
+        tasks.spawn(async move {
+            readiness.check().await;
+        });
         Ok(Collector {
             addr,
             metrics_addr,
@@ -272,4 +291,45 @@ impl Collector {
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
     }
+}
+
+/// Where the collector's `/readyz` looks: the chain, the outbox database
+/// and the server (its `/healthz`, over mutual TLS as batches go), unless
+/// that runs in this process.
+fn readiness(state: &State, upstream: &Upstream, tls: Arc<rustls::ClientConfig>) -> Readiness {
+    let (contracts, db) = (state.view.contracts().clone(), state.db.clone());
+    let readiness = Readiness::new("collector")
+        .needs("chain", move || {
+            let contracts = contracts.clone();
+            Box::pin(async move {
+                contracts
+                    .block_number()
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            })
+        })
+        .needs("database", move || {
+            let db = db.clone();
+            Box::pin(async move { db.ping().await.map_err(|e| e.to_string()) })
+        });
+    let Upstream::Server(server) = upstream.clone() else {
+        return readiness;
+    };
+    readiness.needs("server", move || {
+        let (server, tls) = (server.clone(), tls.clone());
+        Box::pin(async move {
+            let mut connection = Connection::open(tls, &server.addr, &server.name)
+                .await
+                .map_err(|e| e.to_string())?;
+            let reply = connection
+                .request("GET", "/healthz", &[], Vec::new())
+                .await
+                .map_err(|e| e.to_string())?;
+            match reply.status {
+                200 => Ok(()),
+                status => Err(format!("{} answered {status} to GET /healthz", server.addr)),
+            }
+        })
+    })
 }

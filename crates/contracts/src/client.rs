@@ -368,6 +368,11 @@ impl<P: Provider + Clone> Contracts<P> {
         &self.provider
     }
 
+    /// The chain's latest block number: whether the chain answers.
+    pub async fn block_number(&self) -> Result<u64> {
+        Ok(self.provider.get_block_number().await?)
+    }
+
     /// The Registry.
     pub fn registry(&self) -> RegistryInstance<P> {
         Registry::new(self.addresses.registry, self.provider.clone())

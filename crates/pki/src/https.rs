@@ -339,24 +339,6 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)
 /// to be sent again.
 const LISTEN_BACKLOG: u32 = 8192;
 
-/// Serves `GET /metrics` (Prometheus text format) over plain HTTP on
-/// `listener` until the future is dropped.
-pub async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>) {
-    let app = Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let metrics = metrics.clone();
-            async move {
-                (
-                    [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                    metrics.render(),
-                )
-            }
-        }),
-    );
-    let _ = axum::serve(listener, app).await;
-}
-
 /// Counts a connection refused before any request, by cause, in `name`.
 pub fn count_refused(metrics: &Metrics, name: &'static str, refused: &Refused) {
     let cause = match refused {

@@ -25,6 +25,7 @@ pub mod epc;
 mod error;
 pub mod ext;
 pub mod files;
+pub mod health;
 pub mod https;
 pub mod identity;
 pub mod metrics;

@@ -38,11 +38,12 @@ pub use config::{ConfigError, ConfigFile};
 pub use ingest::Unavailable;
 use medledger_contracts::{ChainView, Contracts};
 use medledger_patient_ledger::{Ledger, LedgerError, NoteSigner};
+use medledger_pki::health::{self, Readiness};
 use medledger_pki::https::{self, Tasks};
 use medledger_pki::metrics::Metrics;
 use medledger_pki::{ClientAuth, Credentials};
 use medledger_storage::sqlx::{self, Row};
-use medledger_storage::{BlobStore, Db, Kek, Vault};
+use medledger_storage::{BlobError, BlobStore, Cid, Db, Kek, Vault};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -338,13 +339,25 @@ impl Server {
             }
             None => None,
         };
+        let readiness = Arc::new(readiness(&state));
         let metrics_addr = match metrics_listener {
             Some((listener, bound)) => {
-                tasks.spawn(https::serve_metrics(listener, metrics));
+                health::serve(
+                    &mut tasks,
+                    listener,
+                    &credentials,
+                    client_auth.clone(),
+                    metrics,
+                    readiness.clone(),
+                )?;
                 Some(bound)
             }
             None => None,
         };
+        // Says at once, in the log, what does not answer.
+        tasks.spawn(async move {
+            readiness.check().await;
+        });
         Ok(Server {
             addr,
             portal_addr,
@@ -546,4 +559,38 @@ impl Server {
             .filter_map(|p| <[u8; 32]>::try_from(p).ok())
             .collect())
     }
+}
+
+/// Where the server's `/readyz` looks: the chain, the database and the
+/// blob store (an absent blob is an answer).
+fn readiness(state: &State) -> Readiness {
+    let (contracts, db, blobs) = (
+        state.view.contracts().clone(),
+        state.db.clone(),
+        state.blobs.clone(),
+    );
+    Readiness::new("server")
+        .needs("chain", move || {
+            let contracts = contracts.clone();
+            Box::pin(async move {
+                contracts
+                    .block_number()
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            })
+        })
+        .needs("database", move || {
+            let db = db.clone();
+            Box::pin(async move { db.ping().await.map_err(|e| e.to_string()) })
+        })
+        .needs("blob store", move || {
+            let blobs = blobs.clone();
+            Box::pin(async move {
+                match blobs.get(&Cid::of(b"medledger readiness")).await {
+                    Ok(_) | Err(BlobError::NotFound(_)) => Ok(()),
+                    Err(e) => Err(e.to_string()),
+                }
+            })
+        })
 }

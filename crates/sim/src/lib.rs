@@ -418,7 +418,8 @@ async fn start_server(
         listen: listen.parse()?,
         // The web portal on any free port (`medledger demo --keep` shows it).
         portal_listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
-        metrics_listen: None,
+        // Monitoring on any free loopback port.
+        metrics_listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
         credentials: Credentials::from_issued(issued),
         client_auth: auth(
             root,
@@ -511,7 +512,7 @@ async fn launch_collector(
     let auth = auth(&root, place.crls, &[Role::Device])?;
     let collector = Collector::start(medledger_collector::Settings {
         listen: "127.0.0.1:0".parse()?,
-        metrics_listen: None,
+        metrics_listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
         credentials: Credentials::from_issued(&issued),
         root_der: root,
         client_auth: auth.clone(),

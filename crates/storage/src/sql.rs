@@ -448,6 +448,12 @@ impl Db {
         &self.pool
     }
 
+    /// Whether the database answers a query now.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
     /// The newest migration applied (0 for an empty database).
     pub async fn schema_version(&self) -> Result<i64> {
         let mut conn = self.pool.acquire().await?;

@@ -467,15 +467,55 @@ pub(crate) fn free_port() -> u16 {
         .port()
 }
 
+/// The site's collector as an operator configures a `medledger collector`
+/// process: its files in `etc/` of the site's directory, the chain at
+/// `rpc_url`, the server at `server_port` on loopback, `extra` lines added.
+/// Returns the configuration file.
+pub(crate) fn collector_config(
+    site: &crate::site::Site,
+    rpc_url: &str,
+    server_port: u16,
+    extra: &str,
+) -> std::path::PathBuf {
+    let etc = site.dir.path().join("etc");
+    std::fs::create_dir_all(etc.join("cards")).unwrap();
+    site.collector_issued.write(&etc.join("collector")).unwrap();
+    site.card.write(&etc.join("cards/p1")).unwrap();
+    let config = etc.join("collector.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\n\
+             data = \"data\"\n\
+             credentials = \"collector\"\n\
+             ca_root = \"{root}\"\n\
+             crl = \"{crl}\"\n\
+             cards = \"cards\"\n\
+             chain_rpc = \"{rpc_url}\"\n\
+             registry = \"{registry}\"\n\
+             server = \"127.0.0.1:{server_port}\"\n\
+             server_name = \"localhost\"\n\
+             {extra}",
+            root = site.ca.dir().join("root.crt").display(),
+            crl = site.ca.dir().join("crl.pem").display(),
+            registry = site.admin.addresses().registry,
+        ),
+    )
+    .unwrap();
+    config
+}
+
 /// Starts `medledger collector --config FILE` and returns it with the
-/// address it listens on, read from what it prints.
-fn spawn_collector(config: &std::path::Path) -> (std::process::Child, String) {
+/// address it listens on, read from what it prints; its log goes to
+/// FILE with the extension `log`.
+pub(crate) fn spawn_collector(config: &std::path::Path) -> (std::process::Child, String) {
     use std::io::BufRead;
+    let log = std::fs::File::create(config.with_extension("log")).unwrap();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_medledger"))
         .args(["collector", "--config"])
         .arg(config)
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+        .stderr(log)
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
@@ -505,32 +545,8 @@ async fn an_acknowledged_reading_survives_kill_9_and_arrives_once() {
 
     // The chain over HTTP for the collector process.
     let rpc_url = crate::site::serve_rpc(&site).await;
-    // Its files, written as an operator would.
-    let etc = site.dir.path().join("etc");
-    std::fs::create_dir_all(etc.join("cards")).unwrap();
-    site.collector_issued.write(&etc.join("collector")).unwrap();
-    site.card.write(&etc.join("cards/p1")).unwrap();
     let server_port = free_port();
-    let config = etc.join("collector.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen = \"127.0.0.1:0\"\n\
-             data = \"data\"\n\
-             credentials = \"collector\"\n\
-             ca_root = \"{root}\"\n\
-             crl = \"{crl}\"\n\
-             cards = \"cards\"\n\
-             chain_rpc = \"{rpc_url}\"\n\
-             registry = \"{registry}\"\n\
-             server = \"127.0.0.1:{server_port}\"\n\
-             server_name = \"localhost\"\n",
-            root = site.ca.dir().join("root.crt").display(),
-            crl = site.ca.dir().join("crl.pem").display(),
-            registry = site.admin.addresses().registry,
-        ),
-    )
-    .unwrap();
+    let config = collector_config(&site, &rpc_url, server_port, "");
 
     // The server is down: the collector acknowledges into its outbox.
     let (mut child, addr) = spawn_collector(&config);

@@ -10,6 +10,7 @@ mod chain;
 mod crash;
 mod demo;
 mod erase;
+mod health;
 mod indexer;
 mod ingest;
 mod portal;
