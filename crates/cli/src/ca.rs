@@ -1,6 +1,6 @@
 //! `medledger ca`: the certificate authority commands.
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use medledger_pki::ca::layout;
 use medledger_pki::{Ca, Details, Epc, Identity, KeyAlg, LeafRequest, Location, Role, files};
@@ -78,12 +78,17 @@ pub(crate) struct IssueArgs {
     /// device, collector, server, admin, doctor, nurse or patient.
     #[arg(long)]
     role: Role,
-    /// Writes PREFIX.crt, PREFIX.key and (not for devices) PREFIX.eth.key.
+    /// Writes PREFIX.crt, PREFIX.key and (not for devices) PREFIX.eth.key;
+    /// with `--count`, a directory to write `device-SERIAL.*` into.
     #[arg(long)]
     out: PathBuf,
-    /// Device EPC: an SGTIN-96 tag URI or 24 hex digits.
+    /// Device EPC: an SGTIN-96 tag URI or 24 hex digits; with `--count`,
+    /// the first one (the next devices' serials follow it).
     #[arg(long)]
     epc: Option<Epc>,
+    /// Issue this many devices at once, serials counting up from `--epc`'s.
+    #[arg(long, requires = "epc")]
+    count: Option<u64>,
     /// Device group id, e.g. icu-hr-monitor.
     #[arg(long)]
     group: Option<String>,
@@ -208,7 +213,7 @@ fn revoke_on_chain(
 
 fn issue(args: IssueArgs) -> Result<()> {
     let ca = Ca::open(&args.ca)?;
-    let request = LeafRequest {
+    let mut request = LeafRequest {
         role: args.role,
         common_name: args.cn,
         key_alg: args.key_type,
@@ -219,12 +224,43 @@ fn issue(args: IssueArgs) -> Result<()> {
         subject_alt_names: args.san,
         validity_days: args.days,
     };
-    let issued = ca.issue(&request)?;
+    let Some(count) = args.count else {
+        return issue_one(&ca, &request, &args.out, args.json);
+    };
+    if args.role != Role::Device {
+        bail!("--count issues devices only (--role device)");
+    }
+    if request.common_name.is_some() {
+        bail!("--count gives each device its EPC as its name: leave out --cn");
+    }
+    let first = args
+        .epc
+        .context("--count needs --epc, the first device's EPC")?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    for n in 0..count {
+        let epc = Epc::new(
+            first.filter(),
+            &first.company_prefix(),
+            &first.item_reference(),
+            first.serial() + n,
+        )
+        .with_context(|| format!("the EPC of device {} of {count}", n + 1))?;
+        request.epc = Some(epc);
+        let prefix = args.out.join(format!("device-{}", epc.serial()));
+        issue_one(&ca, &request, &prefix, args.json)?;
+    }
+    Ok(())
+}
+
+/// Issues `request` into `PREFIX.*` and prints what was written.
+fn issue_one(ca: &Ca, request: &LeafRequest, prefix: &Path, json: bool) -> Result<()> {
+    let issued = ca.issue(request)?;
     let written = issued
-        .write(&args.out)
-        .with_context(|| format!("writing {}.*", args.out.display()))?;
+        .write(prefix)
+        .with_context(|| format!("writing {}.*", prefix.display()))?;
     let id = issued.identity()?;
-    if args.json {
+    if json {
         let mut v = serde_json::to_value(CertView::new(&id))?;
         v["files"] = written.iter().map(|p| p.display().to_string()).collect();
         println!("{}", serde_json::to_string_pretty(&v)?);

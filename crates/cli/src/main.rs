@@ -18,6 +18,7 @@
 //! medledger alerts list|watch|prefs            a patient's alerts
 //! medledger review list|close                  the break-glass review queue (admins)
 //! medledger audit --patient REF                a patient's access and consent history
+//! medledger patient ref --salt-file F --id ID  a patient's patientRef
 //! medledger bench ingest|access|flood|crash  load, floods and SIGKILLs
 //! medledger verify --bundle FILE               a patient ledger, offline
 //! ```
@@ -37,6 +38,7 @@ mod demo;
 mod erase;
 mod kek;
 mod ledger_key;
+mod patient;
 mod recover;
 mod roles;
 mod rpc;
@@ -83,6 +85,9 @@ enum Command {
     Annotate(annotate::AnnotateArgs),
     /// Erase (forget) a patient, as the patient or an admin.
     Erase(erase::EraseArgs),
+    /// A patient's reference (patientRef) from the hospital's salt.
+    #[command(subcommand)]
+    Patient(patient::PatientCommand),
     /// The break-glass review queue, as an admin.
     Review(audit::ReviewArgs),
     /// A patient's access and consent history, from the chain.
@@ -123,6 +128,7 @@ fn main() -> ExitCode {
         Command::Alerts(cmd) => access::run_alerts(cmd),
         Command::Annotate(args) => annotate::run(args),
         Command::Erase(args) => erase::run(args),
+        Command::Patient(cmd) => patient::run(cmd),
         Command::Review(args) => audit::run_review(args),
         Command::Audit(args) => audit::run_audit(args),
         Command::Up(args) => up::run(args),

@@ -1,41 +1,67 @@
-//! `medledger sim --data D --devices N`: simulated devices for a system
-//! started by `medledger up --data D`. On first use it admits a simulated
-//! patient (their card goes into the collector's cards directory), and it
-//! issues, registers and assigns each device it has not made before
-//! (`D/sim/`); then every device streams plausible vital signs of its kind
-//! over its own mutual-TLS connection until Ctrl-C or `--seconds`.
+//! `medledger sim`: simulated devices streaming plausible vital signs of
+//! their kind, each over its own mutual-TLS connection, until Ctrl-C or
+//! `--seconds`. Two ways to give them:
+//!
+//! - `--data D`, for a system started by `medledger up --data D`: on first
+//!   use it admits a simulated patient (their card goes into the
+//!   collector's cards directory), and it issues, registers and assigns
+//!   each device it has not made before (`D/sim/`).
+//! - `--devices-dir DIR --collector HOST:PORT --ca-root root.crt`, for
+//!   roles started apart: devices issued beforehand by the CA operator
+//!   (`medledger ca issue --count`), registered and assigned by an admin;
+//!   no CA key and no `up` layout needed.
 
 use crate::roles;
 use crate::rpc::Identity;
 use crate::up::UpState;
 use alloy::primitives::keccak256;
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::Args;
 use medledger_contracts::{send, short_text};
 use medledger_pki::https::Connection;
-use medledger_pki::{Ca, Issued, KeyAlg, LeafRequest, Role};
+use medledger_pki::{Ca, Details, Issued, KeyAlg, LeafRequest, Role};
 use medledger_sim::Device;
 use medledger_sim::signals::{KINDS, Kind, Vitals};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Args)]
 pub(crate) struct SimArgs {
     /// The data directory of `medledger up`.
-    #[arg(long, env = "MEDLEDGER_DATA")]
-    data: PathBuf,
-    /// How many devices.
-    #[arg(long, default_value_t = 10)]
-    devices: usize,
+    #[arg(
+        long,
+        env = "MEDLEDGER_DATA",
+        required_unless_present = "devices_dir",
+        conflicts_with = "devices_dir"
+    )]
+    data: Option<PathBuf>,
+    /// Devices issued beforehand: each PREFIX.crt with its PREFIX.key in
+    /// this directory (`medledger ca issue --count N --out DIR`).
+    #[arg(long, requires_all = ["collector", "ca_root"])]
+    devices_dir: Option<PathBuf>,
+    /// With `--devices-dir`: the collector devices send to, `host:port`.
+    #[arg(long)]
+    collector: Option<String>,
+    /// With `--devices-dir`: the name on the collector's certificate
+    /// (default: the host of `--collector`).
+    #[arg(long)]
+    collector_name: Option<String>,
+    /// With `--devices-dir`: the medledger root certificate.
+    #[arg(long)]
+    ca_root: Option<PathBuf>,
+    /// How many devices (default: 10 with `--data`, every one in
+    /// `--devices-dir`).
+    #[arg(long)]
+    devices: Option<usize>,
     /// Readings per second, per device.
     #[arg(long, default_value_t = 1.0)]
     rate: f64,
     /// Stop after this many seconds (default: at Ctrl-C).
     #[arg(long)]
     seconds: Option<u64>,
-    /// The chain's JSON-RPC URL.
+    /// With `--data`: the chain's JSON-RPC URL.
     #[arg(long, env = "MEDLEDGER_RPC", default_value = "http://127.0.0.1:8545")]
     rpc: String,
 }
@@ -122,8 +148,29 @@ pub(crate) async fn prepare(
     })
 }
 
+/// Devices ready to send, and where to.
+struct Fleet {
+    devices: Vec<(Device, Kind)>,
+    /// The root CA certificate (DER), to verify the collector.
+    root: Vec<u8>,
+    /// `host:port`.
+    collector: String,
+    /// The name on its certificate.
+    collector_name: String,
+}
+
 async fn simulate(args: SimArgs) -> Result<()> {
-    let d = &args.data;
+    let fleet = match (&args.devices_dir, &args.data) {
+        (Some(dir), _) => from_dir(dir, &args)?,
+        (None, Some(d)) => from_up(d, &args).await?,
+        (None, None) => bail!("give --data (medledger up) or --devices-dir"),
+    };
+    stream(fleet, args.rate, args.seconds).await
+}
+
+/// The devices of a `medledger up` data directory, made, registered and
+/// assigned to the simulated patient as needed.
+async fn from_up(d: &Path, args: &SimArgs) -> Result<Fleet> {
     let state = UpState::load(d)?;
     let admin = roles::load_signer(&d.join("people/admin.eth.key"))?;
     let contracts = roles::contracts(
@@ -137,7 +184,14 @@ async fn simulate(args: SimArgs) -> Result<()> {
         patient_ref,
         card,
         devices,
-    } = prepare(d, &contracts, args.devices, KINDS, KeyAlg::P256).await?;
+    } = prepare(
+        d,
+        &contracts,
+        args.devices.unwrap_or(10),
+        KINDS,
+        KeyAlg::P256,
+    )
+    .await?;
     println!(
         "medledger sim: {} devices of patient {patient_ref} (card account {}) send to {}, {} reading(s)/s each",
         devices.len(),
@@ -145,15 +199,92 @@ async fn simulate(args: SimArgs) -> Result<()> {
         state.collector,
         args.rate
     );
+    Ok(Fleet {
+        devices,
+        root: Ca::open(&d.join("ca"))?.root_cert_der()?,
+        collector: state.collector,
+        collector_name: "localhost".to_owned(),
+    })
+}
 
-    let root = Ca::open(&d.join("ca"))?.root_cert_der()?;
+/// The devices issued into `dir`, each simulated as the kind its
+/// certificate's group names.
+fn from_dir(dir: &Path, args: &SimArgs) -> Result<Fleet> {
+    let (Some(collector), Some(ca_root)) = (&args.collector, &args.ca_root) else {
+        bail!("--devices-dir needs --collector and --ca-root");
+    };
+    let mut prefixes: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading the devices directory {}", dir.display()))?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| path.extension().is_some_and(|x| x == "crt"))
+        .map(|path| path.with_extension(""))
+        .collect();
+    prefixes.sort();
+    prefixes.truncate(args.devices.unwrap_or(usize::MAX));
+    if prefixes.is_empty() {
+        bail!(
+            "no device certificates (*.crt) in {}: issue them with `medledger ca issue --role device --count N --epc FIRST --group GROUP --rule RULE --out {}`",
+            dir.display(),
+            dir.display()
+        );
+    }
+    let seq = medledger_protocol::now_ms();
+    let mut devices = Vec::with_capacity(prefixes.len());
+    for prefix in &prefixes {
+        let device = Device::load(prefix, seq)
+            .with_context(|| format!("the device {}.crt and .key", prefix.display()))?;
+        let identity = device.issued.identity()?;
+        let Details::Device { group, .. } = &identity.details else {
+            bail!("{}.crt is not a device certificate", prefix.display());
+        };
+        let Some(kind) = KINDS.iter().find(|k| k.group == group) else {
+            let known: Vec<_> = KINDS.iter().map(|k| k.group).collect();
+            bail!(
+                "{}.crt has group {group}, which sim cannot simulate; issue devices of one of: {}",
+                prefix.display(),
+                known.join(", ")
+            );
+        };
+        devices.push((device, *kind));
+    }
+    let root = medledger_pki::files::read_first(ca_root, "CERTIFICATE")?;
+    let collector_name = match &args.collector_name {
+        Some(name) => name.clone(),
+        None => host_of(collector).to_owned(),
+    };
+    println!(
+        "medledger sim: {} devices from {} send to {collector} ({collector_name}), {} reading(s)/s each",
+        devices.len(),
+        dir.display(),
+        args.rate
+    );
+    Ok(Fleet {
+        devices,
+        root,
+        collector: collector.clone(),
+        collector_name,
+    })
+}
+
+/// The host of `host:port` (`[v6]:port` without its brackets).
+fn host_of(addr: &str) -> &str {
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+/// Streams readings from every device of `fleet`, `rate` a second each,
+/// printing what came back every 5 s, until Ctrl-C or `seconds`.
+async fn stream(fleet: Fleet, rate: f64, seconds: Option<u64>) -> Result<()> {
     let counts: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
-    let every = Duration::from_secs_f64(1.0 / args.rate.max(0.001));
+    let every = Duration::from_secs_f64(1.0 / rate.max(0.001));
     let mut tasks = tokio::task::JoinSet::new();
-    for (n, (mut device, kind)) in devices.into_iter().enumerate() {
-        let config =
-            medledger_pki::client_config(Some(&device.credentials()), &root, &[Role::Collector])?;
-        let addr = state.collector.clone();
+    for (n, (mut device, kind)) in fleet.devices.into_iter().enumerate() {
+        let config = medledger_pki::client_config(
+            Some(&device.credentials()),
+            &fleet.root,
+            &[Role::Collector],
+        )?;
+        let (addr, name) = (fleet.collector.clone(), fleet.collector_name.clone());
         let counts = counts.clone();
         tasks.spawn(async move {
             let mut vitals = Vitals::new(n as u64);
@@ -161,9 +292,7 @@ async fn simulate(args: SimArgs) -> Result<()> {
             loop {
                 let cose = device.reading(vitals.observe(&kind, medledger_protocol::now_ms()));
                 if conn.is_none() {
-                    conn = Connection::open(config.clone(), &addr, "localhost")
-                        .await
-                        .ok();
+                    conn = Connection::open(config.clone(), &addr, &name).await.ok();
                 }
                 let outcome = match &mut conn {
                     Some(c) => match c
@@ -202,7 +331,7 @@ async fn simulate(args: SimArgs) -> Result<()> {
         });
     }
     let started = Instant::now();
-    let deadline = args.seconds.map(|s| started + Duration::from_secs(s));
+    let deadline = seconds.map(|s| started + Duration::from_secs(s));
     let report = |counts: &Mutex<BTreeMap<String, u64>>| {
         let counts = counts.lock().unwrap_or_else(|e| e.into_inner());
         let parts: Vec<String> = counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
@@ -213,14 +342,19 @@ async fn simulate(args: SimArgs) -> Result<()> {
         );
     };
     loop {
-        let tick = tokio::time::sleep(Duration::from_secs(5));
+        let tick = tokio::time::sleep(Duration::from_secs(5).min(
+            deadline.map_or(Duration::MAX, |d| {
+                d.saturating_duration_since(Instant::now())
+            }),
+        ));
         tokio::select! {
-            () = tick => report(&counts),
+            () = tick => {}
             () = roles::shutdown() => break,
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
             break;
         }
+        report(&counts);
     }
     tasks.abort_all();
     report(&counts);

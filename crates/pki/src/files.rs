@@ -43,7 +43,7 @@ pub fn require_private(path: &Path) -> Result<()> {
             return Err(Error::Format {
                 path: path.to_path_buf(),
                 reason: format!(
-                    "a private key that others may read (mode {mode:04o}); \
+                    "a private key or secret that others may read (mode {mode:04o}); \
                      make it its owner's alone: chmod 600 {}",
                     path.display()
                 ),

@@ -16,6 +16,7 @@ mod ingest;
 mod portal;
 mod records;
 mod revocation;
+mod sim;
 mod site;
 mod up;
 mod verify;
