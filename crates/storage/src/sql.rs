@@ -25,7 +25,8 @@ pub enum Backend {
     Postgres,
 }
 
-/// Why a database could not be used.
+/// Why a database could not be used. Each says its cause in its text
+/// and has no `source()`: error chains print the cause once.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SqlError {
@@ -34,26 +35,32 @@ pub enum SqlError {
     UnsupportedUrl(String),
     /// The database could not be reached or refused a statement.
     #[error("database: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
     /// A migration failed; nothing of it was applied.
-    #[error("migration {version} ({name}) failed: {source}")]
+    #[error("migration {version} ({name}) failed: {error}")]
     Migration {
         /// Its number.
         version: i64,
         /// What it does.
         name: &'static str,
         /// Why.
-        #[source]
-        source: sqlx::Error,
+        error: sqlx::Error,
     },
     /// The SQLite file could not be made or kept private.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
     Io {
         /// The database file.
         path: std::path::PathBuf,
         /// Why.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
+    },
+    /// PostgreSQL could not be reached or refused to let us in.
+    #[error("cannot connect to PostgreSQL at {target}: {reason}")]
+    Connect {
+        /// `host:port/database`, without credentials.
+        target: String,
+        /// Why.
+        reason: String,
     },
     /// The database was migrated by a newer medledger.
     #[error(
@@ -65,6 +72,12 @@ pub enum SqlError {
         /// The newest this binary knows.
         known: i64,
     },
+}
+
+impl From<sqlx::Error> for SqlError {
+    fn from(e: sqlx::Error) -> SqlError {
+        SqlError::Database(e)
+    }
 }
 
 /// Creates the file at `path` if missing, and makes it its owner's alone
@@ -394,15 +407,53 @@ pub struct Db {
     backend: Backend,
 }
 
+/// How long the first connection to PostgreSQL may take at start.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One connection to the PostgreSQL server of `url`, within
+/// [`CONNECT_TIMEOUT`], or an error naming its host, port and database.
+async fn reach_postgres(url: &str, options: &AnyConnectOptions) -> Result<()> {
+    let target = url::Url::parse(url).map_or_else(
+        |_| "the URL's server".to_owned(),
+        |u| {
+            format!(
+                "{}:{}{}",
+                u.host_str().unwrap_or("localhost"),
+                u.port().unwrap_or(5432),
+                u.path()
+            )
+        },
+    );
+    let failed = |reason: String| SqlError::Connect {
+        target: target.clone(),
+        reason,
+    };
+    match tokio::time::timeout(CONNECT_TIMEOUT, AnyConnection::connect_with(options)).await {
+        Ok(Ok(conn)) => {
+            let _ = conn.close().await;
+            Ok(())
+        }
+        // PostgreSQL's own answer says what to do (no such database,
+        // authentication failed...).
+        Ok(Err(sqlx::Error::Database(e))) => Err(failed(e.to_string())),
+        Ok(Err(e)) => Err(failed(format!(
+            "{e}; is PostgreSQL running there and reachable from here?"
+        ))),
+        Err(_) => Err(failed(format!(
+            "no answer within {CONNECT_TIMEOUT:?}; is PostgreSQL running there and reachable from here?"
+        ))),
+    }
+}
+
 impl Db {
     /// Opens (creating it if needed) the SQLite database at `path`, in WAL
     /// mode with full sync: a committed transaction survives power loss.
     /// The file is its owner's alone (0600), and so are the journal and
     /// WAL files SQLite makes beside it, which take its mode.
     pub async fn open_sqlite(path: &Path) -> Result<Db> {
-        private_file(path).map_err(|e| SqlError::Io {
+        private_file(path).map_err(|error| SqlError::Io {
             path: path.to_path_buf(),
-            source: e,
+            error,
         })?;
         Db::connect(&format!("sqlite://{}?mode=rwc", path.display())).await
     }
@@ -418,6 +469,11 @@ impl Db {
             return Err(SqlError::UnsupportedUrl(url.to_owned()));
         };
         let options = AnyConnectOptions::from_str(url)?;
+        if backend == Backend::Postgres {
+            // Fail at once, naming the server, rather than after the
+            // pool's whole acquire timeout with "pool timed out".
+            reach_postgres(url, &options).await?;
+        }
         let pool = AnyPoolOptions::new()
             // One writer at a time is all SQLite allows anyway.
             .max_connections(if backend == Backend::Sqlite { 4 } else { 16 })
@@ -488,11 +544,11 @@ impl Db {
                     Ok(()) => applied.push(m.version),
                     // Another SQLite process applied it first.
                     Err(_) if db.version_on(conn).await? >= m.version => {}
-                    Err(source) => {
+                    Err(error) => {
                         return Err(SqlError::Migration {
                             version: m.version,
                             name: m.name,
-                            source,
+                            error,
                         });
                     }
                 }

@@ -30,8 +30,12 @@ pub async fn databases() -> Vec<(Db, Option<tempfile::TempDir>)> {
 /// A connection to a fresh schema of the test PostgreSQL, or `None` after
 /// saying loudly why not.
 pub async fn postgres() -> Option<Db> {
-    let url = from_env(TEST_POSTGRES, "postgres://postgres@127.0.0.1:5432/test")?;
-    Some(fresh_schema(&url).await)
+    Some(fresh_schema(&postgres_url()?).await)
+}
+
+/// The URL of the test PostgreSQL, or `None` after saying loudly why not.
+pub fn postgres_url() -> Option<String> {
+    from_env(TEST_POSTGRES, "postgres://postgres@127.0.0.1:5432/test")
 }
 
 /// A connection to a fresh schema of the test PostgreSQL that takes TLS

@@ -222,3 +222,38 @@ async fn postgresql_over_tls_is_verified_and_nothing_else_is_accepted() {
     let err = Db::connect(&plain).await.unwrap_err().to_string();
     assert!(err.contains("no encryption"), "{err}");
 }
+
+#[tokio::test]
+async fn a_postgresql_that_cannot_be_reached_or_entered_is_named_at_once() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let err = Db::connect(&format!("postgres://postgres@127.0.0.1:{port}/test"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with(&format!(
+            "cannot connect to PostgreSQL at 127.0.0.1:{port}/test: "
+        )) && err.ends_with("is PostgreSQL running there and reachable from here?"),
+        "{err}"
+    );
+
+    // A database that does not exist: PostgreSQL's own answer, once.
+    let Some(url) = medledger_storage::test_utils::postgres_url() else {
+        return;
+    };
+    let (server, _) = url.rsplit_once('/').unwrap();
+    let err = Db::connect(&format!("{server}/no_such_database"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("/no_such_database: ")
+            && err.matches("does not exist").count() == 1
+            && !err.contains("reachable"),
+        "{err}"
+    );
+}
