@@ -78,7 +78,12 @@ pub(crate) fn client(rpc: &str, identity: Option<&Identity>) -> Result<RpcClient
         .with_context(|| format!("the chain RPC {rpc:?} names no host"))?;
     let local = is_loopback(host);
     match url.scheme() {
-        "http" if local => Ok(RpcClient::new_http(url)),
+        "http" if local => {
+            // reqwest has rustls without a provider of its own in this
+            // build and takes the process's: ring, as everywhere else.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            Ok(RpcClient::new_http(url))
+        }
         "http" => bail!(
             "the chain RPC {rpc} is plain HTTP to another machine: use https:// \
              (`medledger chain --rpc-tls`) with the medledger root and a certificate"
