@@ -7,6 +7,7 @@
 
 use crate::{ForwardError, State, Upstream};
 use medledger_checks::Refusal;
+use medledger_pki::health::Outage;
 use medledger_pki::https::Connection;
 use medledger_protocol::{
     CardSignature, CommitReply, CommitStatus, ForwardBatch, Forwarded, Order, ProblemType, Refused,
@@ -41,6 +42,12 @@ pub(crate) async fn run(state: Arc<State>, tls: Arc<rustls::ClientConfig>, upstr
     let mut flight: VecDeque<Flight> = VecDeque::new();
     let mut stream = Stream::new();
     let mut backoff = MIN_BACKOFF;
+    let mut outage = Outage::new(match &upstream {
+        Upstream::Server(server) => format!("medledger collector: forwarding to {}", server.addr),
+        Upstream::InProcess(_) => {
+            "medledger collector: forwarding to the server in this process".to_owned()
+        }
+    });
     loop {
         while flight.len() < capacity {
             let after = flight.back().map(|f| f.outgoing.range.1);
@@ -96,13 +103,7 @@ pub(crate) async fn run(state: Arc<State>, tls: Arc<rustls::ClientConfig>, upstr
         let reply = match sent.and_then(|reply| answers_each(reply, count)) {
             Ok(reply) => reply,
             Err(e) => {
-                let to = match &upstream {
-                    Upstream::Server(server) => server.addr.as_str(),
-                    Upstream::InProcess(_) => "the server in this process",
-                };
-                eprintln!(
-                    "medledger collector: forwarding {count} readings to {to}: {e}; retrying in {backoff:?}"
-                );
+                outage.failed(&format_args!("{count} readings: {e}"));
                 state.metrics.add(
                     "medledger_collector_forward_failures_total",
                     "Forwarding attempts that failed (and will be retried).",
@@ -123,6 +124,7 @@ pub(crate) async fn run(state: Arc<State>, tls: Arc<rustls::ClientConfig>, upstr
             }
         };
         idle.extend(connection);
+        outage.worked();
         backoff = MIN_BACKOFF;
         if let Err(e) = settle(&state, &outgoing, &reply).await {
             eprintln!("medledger collector: clearing the outbox: {e}");

@@ -235,6 +235,93 @@ pub fn serve(
     Ok(())
 }
 
+/// How often a continuing outage is logged again.
+const REMIND: Duration = Duration::from_secs(30);
+
+/// The repeated failures of a task that retries (indexing the chain,
+/// anchoring, following events) logged as one outage: its first failure
+/// at once, then at most every 30 s how long it has lasted and how many
+/// attempts failed, and its end, instead of a line per attempt. Also
+/// paces the retries: [`Outage::pause`] grows from the task's interval
+/// to 5 s while the failures last.
+#[derive(Debug)]
+pub struct Outage {
+    /// Who and what, e.g. `medledger server: indexing the chain`.
+    what: String,
+    /// Since when, how many failed attempts, when last logged.
+    current: Option<(Instant, u64, Instant)>,
+}
+
+/// The longest pause between retries during an outage.
+const MAX_PAUSE: Duration = Duration::from_secs(5);
+
+impl Outage {
+    /// No outage yet of `what`.
+    pub fn new(what: impl Into<String>) -> Outage {
+        Outage {
+            what: what.into(),
+            current: None,
+        }
+    }
+
+    /// An attempt failed with `error`: logs it if it starts an outage or
+    /// 30 s have passed since the last line.
+    pub fn failed(&mut self, error: &dyn std::fmt::Display) {
+        if let Some(line) = self.failed_at(Instant::now(), error) {
+            eprintln!("{line}");
+        }
+    }
+
+    /// An attempt worked: logs the end of an outage, if there was one.
+    pub fn worked(&mut self) {
+        if let Some(line) = self.worked_at(Instant::now()) {
+            eprintln!("{line}");
+        }
+    }
+
+    /// How long to wait before the next attempt of a task that runs every
+    /// `every`: `every` while it works, doubling per failed attempt up to
+    /// 5 s during an outage.
+    pub fn pause(&self, every: Duration) -> Duration {
+        match self.current {
+            None => every,
+            Some((_, attempts, _)) => every
+                .saturating_mul(1 << attempts.min(16))
+                .min(MAX_PAUSE.max(every)),
+        }
+    }
+
+    fn failed_at(&mut self, now: Instant, error: &dyn std::fmt::Display) -> Option<String> {
+        let what = &self.what;
+        match &mut self.current {
+            None => {
+                self.current = Some((now, 1, now));
+                Some(format!("{what}: {error}"))
+            }
+            Some((since, attempts, said)) => {
+                *attempts += 1;
+                if now.duration_since(*said) < REMIND {
+                    return None;
+                }
+                *said = now;
+                Some(format!(
+                    "{what}: still failing after {} s, {attempts} attempts: {error}",
+                    now.duration_since(*since).as_secs()
+                ))
+            }
+        }
+    }
+
+    fn worked_at(&mut self, now: Instant) -> Option<String> {
+        let (since, attempts, _) = self.current.take()?;
+        Some(format!(
+            "{}: working again after {} s, {attempts} failed attempts",
+            self.what,
+            now.duration_since(since).as_secs()
+        ))
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -293,5 +380,46 @@ mod tests {
         });
         let report = readiness.check().await;
         assert_eq!(report.0.get("server"), Some(&false));
+    }
+
+    #[test]
+    fn an_outage_is_logged_when_it_starts_every_30_s_and_when_it_ends() {
+        let mut outage = Outage::new("medledger server: indexing the chain");
+        let start = Instant::now();
+        let at = |s: u64| start + Duration::from_secs(s);
+        assert_eq!(
+            outage.pause(Duration::from_millis(100)),
+            Duration::from_millis(100)
+        );
+        assert_eq!(
+            outage.failed_at(at(0), &"connection refused").as_deref(),
+            Some("medledger server: indexing the chain: connection refused")
+        );
+        // Ten more attempts within 30 s: nothing said; the pause grows to 5 s.
+        for s in 1..=10 {
+            assert_eq!(outage.failed_at(at(s), &"connection refused"), None);
+        }
+        assert_eq!(
+            outage.pause(Duration::from_millis(100)),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            outage.failed_at(at(31), &"connection refused").as_deref(),
+            Some(
+                "medledger server: indexing the chain: still failing after 31 s, \
+                 12 attempts: connection refused"
+            )
+        );
+        assert_eq!(
+            outage.worked_at(at(40)).as_deref(),
+            Some(
+                "medledger server: indexing the chain: working again after 40 s, 12 failed attempts"
+            )
+        );
+        assert_eq!(outage.worked_at(at(41)), None);
+        assert_eq!(
+            outage.pause(Duration::from_millis(100)),
+            Duration::from_millis(100)
+        );
     }
 }

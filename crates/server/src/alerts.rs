@@ -11,6 +11,7 @@
 
 use crate::State;
 use medledger_patient_ledger::{Field, Ledger, LedgerError, NewEntry};
+use medledger_pki::health::Outage;
 use medledger_storage::sqlx::{self, Row};
 use medledger_storage::{Db, SqlValue, insert_many};
 use serde::Serialize;
@@ -494,11 +495,13 @@ fn from_event(name: &str, args: &Value, patient: [u8; 32], source: String) -> Op
 
 /// Raises the alerts of newly indexed chain events, forever.
 pub(crate) async fn follow_chain(state: Arc<State>, every: Duration) {
+    let mut outage = Outage::new("medledger server: alerts from chain events");
     loop {
-        if let Err(e) = chain_step(&state).await {
-            eprintln!("medledger server: alerts from chain events: {e}");
+        match chain_step(&state).await {
+            Ok(()) => outage.worked(),
+            Err(e) => outage.failed(&e),
         }
-        tokio::time::sleep(every).await;
+        tokio::time::sleep(outage.pause(every)).await;
     }
 }
 

@@ -10,6 +10,7 @@ use crate::State;
 use alloy::primitives::B256;
 use medledger_contracts::{AnchorInput, LEDGER_KEY_KIND};
 use medledger_patient_ledger::verify_rotation;
+use medledger_pki::health::Outage;
 use medledger_storage::sqlx::{self, Row};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,14 +28,16 @@ enum Pending {
 /// Anchors until the server stops.
 pub(crate) async fn run(state: Arc<State>, every: Duration, checkpoint_every: Duration) {
     let mut last_checkpoints = Instant::now();
+    let mut outage = Outage::new("medledger server: anchoring");
     loop {
         let _ = tokio::time::timeout(every, state.committed.notified()).await;
         let with_checkpoints = last_checkpoints.elapsed() >= checkpoint_every;
         if with_checkpoints {
             last_checkpoints = Instant::now();
         }
-        if let Err(e) = round(&state, with_checkpoints).await {
-            eprintln!("medledger server: {e}");
+        match round(&state, with_checkpoints).await {
+            Ok(_) => outage.worked(),
+            Err(e) => outage.failed(&e),
         }
     }
 }

@@ -13,6 +13,7 @@ use alloy::primitives::Address;
 use alloy::providers::Provider;
 use alloy::rpc::types::Filter;
 use medledger_contracts::{Contracts, decode_event};
+use medledger_pki::health::Outage;
 use medledger_storage::sqlx::{self, Row};
 use medledger_storage::{Db, SqlValue, insert_many};
 use std::time::Duration;
@@ -156,14 +157,21 @@ impl<P: Provider + Clone> Indexer<P> {
     }
 
     /// Steps until the head, then looks again every `every`, forever.
+    /// While the chain cannot be read, one log line per outage (and a
+    /// reminder every 30 s), retries backing off to 5 s.
     pub async fn run(self, every: Duration) {
+        let mut outage = Outage::new("medledger server: indexing the chain");
         loop {
             match self.step().await {
-                Ok((_, true)) => tokio::time::sleep(every).await,
-                Ok((_, false)) => {}
+                Ok((_, caught_up)) => {
+                    outage.worked();
+                    if caught_up {
+                        tokio::time::sleep(every).await;
+                    }
+                }
                 Err(e) => {
-                    eprintln!("medledger server: indexing the chain: {e}");
-                    tokio::time::sleep(every).await;
+                    outage.failed(&e);
+                    tokio::time::sleep(outage.pause(every)).await;
                 }
             }
         }
