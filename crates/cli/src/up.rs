@@ -50,6 +50,10 @@ pub(crate) struct UpCommandLine {
     /// Where the server serves the web portal (HTTPS).
     #[arg(long, default_value = "127.0.0.1:8446")]
     portal: SocketAddr,
+    /// Where monitoring reads the server's `/metrics`, `/livez` and
+    /// `/readyz`; the collector's are on the next port.
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -73,6 +77,9 @@ pub(crate) struct UpArgs {
     collector: SocketAddr,
     /// `None`: no portal (a restore check, say).
     portal: Option<SocketAddr>,
+    /// The server's monitoring listener; the collector's is on the next
+    /// port.
+    metrics: Option<SocketAddr>,
 }
 
 impl UpArgs {
@@ -89,6 +96,7 @@ impl UpArgs {
             server,
             collector,
             portal: None,
+            metrics: None,
         }
     }
 }
@@ -150,6 +158,7 @@ pub(crate) fn run(line: UpCommandLine) -> Result<()> {
         server: line.server,
         collector: line.collector,
         portal: Some(line.portal),
+        metrics: line.metrics,
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(up(args))
@@ -236,6 +245,16 @@ pub(crate) fn write_configs(args: &UpArgs, state: &UpState) -> Result<()> {
         .portal
         .map(|p| format!("portal_listen = \"{p}\"\n"))
         .unwrap_or_default();
+    let metrics = |next: u16| {
+        args.metrics
+            .map(|mut m| {
+                if m.port() != 0 {
+                    m.set_port(m.port().saturating_add(next));
+                }
+                format!("metrics_listen = \"{m}\"\n")
+            })
+            .unwrap_or_default()
+    };
     let previous = if crate::kek::up_previous_kek(&args.data).exists() {
         "previous_kek_files = [\"server/kek.previous.hex\"]\n"
     } else {
@@ -244,8 +263,9 @@ pub(crate) fn write_configs(args: &UpArgs, state: &UpState) -> Result<()> {
     std::fs::write(
         args.data.join("server.toml"),
         format!(
-            "# Written by `medledger up` on every start.\nlisten = \"{}\"\n{portal}data = \"server\"\ncredentials = \"server/server\"\nkek_file = \"server/kek.hex\"\n{previous}ledger_key = \"server/ledger.key\"\n{common}",
-            args.server
+            "# Written by `medledger up` on every start.\nlisten = \"{}\"\n{portal}{}data = \"server\"\ncredentials = \"server/server\"\nkek_file = \"server/kek.hex\"\n{previous}ledger_key = \"server/ledger.key\"\n{common}",
+            args.server,
+            metrics(0)
         ),
     )?;
     let collector = args.data.join("collector.toml");
@@ -256,8 +276,10 @@ pub(crate) fn write_configs(args: &UpArgs, state: &UpState) -> Result<()> {
     std::fs::write(
         &collector,
         format!(
-            "# Written by `medledger up` on every start (a [limits] table is kept).\nlisten = \"{}\"\ndata = \"collector\"\ncredentials = \"collector/collector\"\ncards = \"collector/cards\"\nserver = \"{}\"\nserver_name = \"localhost\"\n{common}{limits}",
-            args.collector, args.server
+            "# Written by `medledger up` on every start (a [limits] table is kept).\nlisten = \"{}\"\n{}data = \"collector\"\ncredentials = \"collector/collector\"\ncards = \"collector/cards\"\nserver = \"{}\"\nserver_name = \"localhost\"\n{common}{limits}",
+            args.collector,
+            metrics(1),
+            args.server
         ),
     )?;
     Ok(())

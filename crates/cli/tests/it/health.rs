@@ -23,7 +23,7 @@ async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
 }
 
 /// `GET /readyz` until it answers `status` (at most 20 s); the body.
-async fn readyz_until(addr: SocketAddr, status: u16) -> String {
+pub(crate) async fn readyz_until(addr: SocketAddr, status: u16) -> String {
     let start = Instant::now();
     loop {
         let (now, body) = get(addr, "/readyz").await;

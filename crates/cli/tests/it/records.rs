@@ -681,9 +681,9 @@ async fn break_glass_is_reviewed_and_the_history_audited_from_the_command_line()
     let etc = site.dir.path().join("people");
     std::fs::create_dir_all(&etc).unwrap();
     doctor.issued.write(&etc.join("doctor")).unwrap();
-    std::fs::write(
-        etc.join("admin.eth.key"),
-        format!("0x{}", hex::encode(site.admin_signer.to_bytes())),
+    medledger_pki::files::write_secret(
+        &etc.join("admin.eth.key"),
+        format!("0x{}", hex::encode(site.admin_signer.to_bytes())).as_bytes(),
     )
     .unwrap();
     let registry = site.admin.addresses().registry.to_string();

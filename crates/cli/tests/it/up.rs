@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 /// returns it with everything it printed.
 fn up(data: &std::path::Path, ports: [u16; 3]) -> (Child, String) {
     // Any free port: the portal is not under test here.
-    up_with_portal(data, ports, "127.0.0.1:0")
+    up_with(data, ports, &["--portal", "127.0.0.1:0"])
 }
 
 /// [`up`] with the portal at `portal`.
@@ -18,12 +18,17 @@ pub(crate) fn up_with_portal(
     ports: [u16; 3],
     portal: &str,
 ) -> (Child, String) {
+    up_with(data, ports, &["--portal", portal])
+}
+
+/// [`up`] with more arguments.
+fn up_with(data: &std::path::Path, ports: [u16; 3], more: &[&str]) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_medledger"))
         .args(["up", "--data", data.to_str().unwrap()])
         .args(["--rpc", &format!("127.0.0.1:{}", ports[0])])
         .args(["--server", &format!("127.0.0.1:{}", ports[1])])
         .args(["--collector", &format!("127.0.0.1:{}", ports[2])])
-        .args(["--portal", portal])
+        .args(more)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -542,5 +547,39 @@ fn the_ledger_key_rotates_and_ledgers_verify_with_the_retired_key_trusted() {
     assert!(!out.status.success());
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(text.contains("not the trusted key"), "{text}");
+    stop(child);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_serves_monitoring_for_its_server_and_its_collector() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("medledger");
+    let ports = [free_port(), free_port(), free_port()];
+    let metrics = free_port();
+    let at = format!("127.0.0.1:{metrics}");
+    let (child, printed) = tokio::task::spawn_blocking({
+        let data = data.clone();
+        move || up_with(&data, ports, &["--portal", "127.0.0.1:0", "--metrics", &at])
+    })
+    .await
+    .unwrap();
+    assert!(
+        printed.contains(&format!(
+            "metrics      http://127.0.0.1:{metrics}/metrics (and /livez, /readyz)"
+        )),
+        "{printed}"
+    );
+    let server = std::net::SocketAddr::from(([127, 0, 0, 1], metrics));
+    let collector = std::net::SocketAddr::from(([127, 0, 0, 1], metrics + 1));
+    let ready = |body: String| serde_json::from_str::<serde_json::Value>(&body).unwrap();
+    assert_eq!(
+        ready(crate::health::readyz_until(server, 200).await)["dependencies"],
+        serde_json::json!({ "blob store": true, "chain": true, "database": true })
+    );
+    // Its server is in this process: nothing to reach.
+    assert_eq!(
+        ready(crate::health::readyz_until(collector, 200).await)["dependencies"],
+        serde_json::json!({ "chain": true, "database": true })
+    );
     stop(child);
 }
