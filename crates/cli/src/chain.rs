@@ -176,7 +176,7 @@ pub(crate) fn run(args: ChainArgs) -> Result<()> {
         tokio::select! {
             served = http::serve(rpc, listener) => served.context("serving JSON-RPC")?,
             served = tls => served.context("serving JSON-RPC over TLS")?,
-            _ = tokio::signal::ctrl_c() => println!("stopping"),
+            () = crate::roles::shutdown() => println!("medledger chain: stopping"),
         }
         Ok(())
     })

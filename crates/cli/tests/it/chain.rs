@@ -240,3 +240,33 @@ async fn rotate_authority_refuses_a_running_node_then_hands_over_to_a_new_key() 
         .header;
     assert_eq!(sealed.beneficiary, new);
 }
+
+#[test]
+fn sigterm_stops_the_chain_saying_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_medledger"))
+        .args(["chain", "--data", dir.path().to_str().unwrap()])
+        .args(["--rpc", "127.0.0.1:0", "--allow"])
+        .arg(Address::repeat_byte(0x11).to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let serving = lines
+        .by_ref()
+        .map(Result::unwrap)
+        .any(|l| l.contains("JSON-RPC"));
+    assert!(serving, "medledger chain exited before serving");
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let rest: Vec<String> = lines.map(Result::unwrap).collect();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(
+        rest.last().map(String::as_str),
+        Some("medledger chain: stopping"),
+        "{rest:?}"
+    );
+}

@@ -9,6 +9,7 @@ mod ca;
 mod chain;
 mod crash;
 mod demo;
+mod deploy;
 mod erase;
 mod health;
 mod indexer;
