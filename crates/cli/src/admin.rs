@@ -139,12 +139,19 @@ impl NodeKind {
 enum NodeCommand {
     /// Register a collector or a server.
     Register {
-        account: Address,
+        /// Its account (or give `--cert`).
+        #[arg(required_unless_present = "cert", conflicts_with = "cert")]
+        account: Option<Address>,
+        /// Its certificate: the account, and a collector's location, are
+        /// read from it.
+        #[arg(long)]
+        cert: Option<PathBuf>,
         #[arg(long)]
         kind: NodeKind,
-        /// Where it stands, e.g. `cardiology/2`.
-        #[arg(long, default_value = "")]
-        location: String,
+        /// Where it stands, e.g. `cardiology/2/A`; with `--cert`, it must
+        /// be the certificate's.
+        #[arg(long)]
+        location: Option<String>,
     },
     /// Deactivate a collector or server.
     Deactivate { account: Address },
@@ -413,9 +420,15 @@ async fn execute(conn: &Connection, command: AdminCommand) -> Result<Value> {
         AdminCommand::Node(cmd) => match cmd {
             NodeCommand::Register {
                 account,
+                cert,
                 kind,
                 location,
             } => {
+                let (account, location) = match (account, cert) {
+                    (_, Some(cert)) => node_certificate(&cert, kind, location)?,
+                    (Some(account), None) => (account, location.unwrap_or_default()),
+                    (None, None) => bail!("give the node's account or --cert"),
+                };
                 let code = match kind {
                     NodeKind::Collector => 1,
                     NodeKind::Server => 2,
@@ -786,6 +799,40 @@ fn device_certificate(path: &Path) -> Result<(Epc, String, String, B256)> {
             path.display(),
             id.role.name()
         ),
+    }
+}
+
+/// The account and location a collector's or server's certificate names;
+/// refuses another role, or a `location` given that is not the
+/// certificate's.
+fn node_certificate(
+    path: &Path,
+    kind: NodeKind,
+    location: Option<String>,
+) -> Result<(Address, String)> {
+    let der = medledger_pki::files::read_first(path, "CERTIFICATE")
+        .with_context(|| format!("reading the certificate {}", path.display()))?;
+    let id = Identity::from_peer_certificate(&der)
+        .with_context(|| format!("reading {}", path.display()))?;
+    let role = match kind {
+        NodeKind::Collector => medledger_pki::Role::Collector,
+        NodeKind::Server => medledger_pki::Role::Server,
+    };
+    let (Some(account), true) = (id.address(), id.role == role) else {
+        bail!(
+            "{} is a {} certificate, not a {}'s",
+            path.display(),
+            id.role.name(),
+            kind.name()
+        );
+    };
+    let in_cert = id.location().map(ToString::to_string).unwrap_or_default();
+    match location {
+        Some(given) if given != in_cert => bail!(
+            "--location {given} is not the certificate's location ({}): leave it out, or issue a certificate for {given}",
+            if in_cert.is_empty() { "none" } else { &in_cert }
+        ),
+        _ => Ok((account, in_cert)),
     }
 }
 

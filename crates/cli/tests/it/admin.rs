@@ -162,6 +162,57 @@ fn an_admin_runs_the_registry_and_the_rules_from_the_command_line() {
         (Some("default"), Some("certificate"))
     );
 
+    // A collector is registered from its certificate: its account and
+    // location, which a different --location cannot contradict.
+    let (collector, _) = issue(
+        &ca,
+        tmp.path(),
+        "collector1",
+        "collector",
+        &["--location", "cardiology/2/A"],
+    );
+    let collector_cert = format!("{collector}.crt");
+    let register_node = |more: &[&str]| {
+        let mut all = vec![
+            "admin",
+            "--rpc",
+            &chain.url,
+            "--key",
+            &admin_key,
+            "--registry",
+            &registry,
+            "node",
+            "register",
+            "--cert",
+            &collector_cert,
+        ];
+        all.extend_from_slice(more);
+        crate::ca::fails(&all)
+    };
+    let err = register_node(&["--kind", "collector", "--location", "cardiology/2"]);
+    assert!(
+        err.contains("--location cardiology/2 is not the certificate's location (cardiology/2/A)"),
+        "{err}"
+    );
+    let err = register_node(&["--kind", "server"]);
+    assert!(
+        err.contains("is a collector certificate, not a server's"),
+        "{err}"
+    );
+    let out = as_admin(&[
+        "node",
+        "register",
+        "--cert",
+        &collector_cert,
+        "--kind",
+        "collector",
+    ]);
+    assert_eq!(out["events"][0]["event"], "NodeRegistered", "{out}");
+    assert_eq!(
+        out["events"][0]["args"]["location"], "\"cardiology/2/A\"",
+        "{out}"
+    );
+
     // Rules: configure the shipped ones, deploy and bind another.
     let out = as_admin(&[
         "rule",
