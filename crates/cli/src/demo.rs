@@ -83,7 +83,7 @@ fn print_report(r: &Report) {
         }
     );
     print_checks("Access scenarios (both seeds):", &r.accesses);
-    print_checks("Attacks (DESIGN §9):", &r.attacks);
+    print_checks("Attacks:", &r.attacks);
     println!();
     println!("Patient ledgers against the chain:");
     for l in &r.ledgers {

@@ -4,7 +4,7 @@
 //!
 //! Bindings are cached and the cache is dropped whenever a new block holds
 //! any Registry event, so the view is never more than one block behind
-//! (DESIGN §1). Rule checks are not cached: each batch asks the chain.
+//!. Rule checks are not cached: each batch asks the chain.
 
 use crate::abi::{Error, Result};
 use crate::bindings::registry::Registry::DeviceBinding;

@@ -1,4 +1,4 @@
-//! medledger's certificate extensions and their DER encodings (DESIGN §3).
+//! medledger's certificate extensions and their DER encodings.
 //!
 //! All live under the UUID arc `2.25.280981808911232721963113049122953743303`
 //! and are non-critical:

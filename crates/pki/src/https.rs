@@ -147,7 +147,7 @@ pub async fn serve(
             let connection = builder.serve_connection(TokioIo::new(tls), service);
             tokio::select! {
                 _ = connection => {}
-                // Revoked while connected: the connection goes (DESIGN §3).
+                // Revoked while connected: the connection goes.
                 () = revoked(&client_auth, identity.as_deref(), &peer_chain) => {}
             }
         });

@@ -182,7 +182,7 @@ impl ClientAuth {
 
     /// Resolves once a CRL update revokes `identity` or, through its
     /// issuing CA, the `chain` it presented (leaf first): a connection's
-    /// task selects on it to close connections of revoked peers (DESIGN §3).
+    /// task selects on it to close connections of revoked peers.
     pub async fn revoked(&self, identity: &Identity, chain: &[Vec<u8>]) {
         let mut updates = self.crl_updates.subscribe();
         let refused = || {

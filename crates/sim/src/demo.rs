@@ -1,5 +1,5 @@
 //! `medledger demo`: a small hospital in one process, run through the
-//! seeds' scenarios and every attack of DESIGN §9, with a report of what
+//! seeds' scenarios and every attack of the threat model, with a report of what
 //! was expected and what was observed.
 //!
 //! ```text
@@ -496,7 +496,7 @@ impl Demo {
         Ok(checks)
     }
 
-    /// Every attack of DESIGN §9, against the cardiology collector, the
+    /// Every attack of the threat model, against the cardiology collector, the
     /// server, the stored data and the chain.
     pub async fn attacks(&mut self, progress: &(dyn Fn(&str) + Sync)) -> Result<Vec<Check>> {
         let h = &self.hospital;

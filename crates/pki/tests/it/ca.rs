@@ -1,4 +1,4 @@
-//! Issuance: every role gets exactly the extensions of DESIGN §3.
+//! Issuance: every role gets exactly its extensions (docs/protocol.md, section 2).
 
 use medledger_pki::ca::layout;
 use medledger_pki::{Ca, EthAccount, Ext, LeafRequest, Role, files};
