@@ -235,7 +235,12 @@ impl Drop for Roles {
 /// Waits until the collector's outbox is empty: everything it
 /// acknowledged has reached the server.
 pub(crate) async fn drain(d: &Path, poll: Duration) -> Result<()> {
-    let db = roles::open_db(None, &d.join("collector"), "collector.db").await?;
+    let db = roles::open_db(
+        None,
+        &d.join("collector"),
+        medledger_storage::Part::Collector,
+    )
+    .await?;
     let started = Instant::now();
     loop {
         let left: i64 = sqlx::query("SELECT COUNT(*) AS n FROM collector_outbox")

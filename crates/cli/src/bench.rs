@@ -663,7 +663,8 @@ async fn ingest_apart(args: IngestArgs) -> Result<()> {
         up.wait()?;
     }
     // Every reading acknowledged is stored: counted in the server's index.
-    let db = crate::roles::open_db(None, &d.join("server"), "server.db").await?;
+    let db =
+        crate::roles::open_db(None, &d.join("server"), medledger_storage::Part::Server).await?;
     let stored_rows: i64 =
         medledger_storage::sqlx::query("SELECT COUNT(*) AS n FROM ingest_readings")
             .fetch_one(db.pool())

@@ -73,7 +73,12 @@ const CARDS_POLL: Duration = Duration::from_secs(2);
 /// configuration names.
 pub(crate) async fn start(config: &ConfigFile, upstream: Option<Upstream>) -> Result<Started> {
     let in_process = upstream.is_some();
-    let db = roles::open_db(config.database.as_deref(), &config.data, "collector.db").await?;
+    let db = roles::open_db(
+        config.database.as_deref(),
+        &config.data,
+        medledger_storage::Part::Collector,
+    )
+    .await?;
     let credentials = Credentials::load(&config.credentials)
         .with_context(|| format!("loading {}", config.credentials.display()))?;
     let identity = credentials.identity()?;

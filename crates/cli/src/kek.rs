@@ -62,9 +62,12 @@ pub(crate) fn run(command: KekCommand) -> Result<()> {
             let (kek, previous) = config.keks()?;
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             runtime.block_on(async move {
-                let db =
-                    crate::roles::open_db(config.database.as_deref(), &config.data, "server.db")
-                        .await?;
+                let db = crate::roles::open_db(
+                    config.database.as_deref(),
+                    &config.data,
+                    medledger_storage::Part::Server,
+                )
+                .await?;
                 let done = rewrap(Vault::with_previous(db, kek, previous), args.batch).await?;
                 println!("{}", medledger_server::rewrap::summary(&done));
                 Ok(())
@@ -157,7 +160,7 @@ pub(crate) fn rotate_up(data: &Path) -> Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let done = runtime.block_on(async {
         let db = Db::open_sqlite(&data.join("server/server.db")).await?;
-        db.migrate().await?;
+        db.migrate_for(medledger_storage::Part::Server).await?;
         let done = rewrap(
             Vault::with_previous(db.clone(), current, vec![previous]),
             500,

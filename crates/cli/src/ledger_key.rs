@@ -105,7 +105,12 @@ async fn rotate(args: RotateArgs) -> Result<()> {
         NoteSigner::from_pkcs8(&name, &pkcs8)
             .map_err(|e| anyhow::anyhow!("the ledger key {}: {e}", p.display()))
     };
-    let db = roles::open_db(config.database.as_deref(), &config.data, "server.db").await?;
+    let db = roles::open_db(
+        config.database.as_deref(),
+        &config.data,
+        medledger_storage::Part::Server,
+    )
+    .await?;
     let pending = pending_path(path);
     if pending.exists() {
         // An earlier rotation stopped short: finish it if its statement

@@ -89,7 +89,12 @@ async fn recover(args: RecoverArgs) -> Result<()> {
     let admin = roles::load_signer(&d.join("people/admin.eth.key"))?;
     let server_signer = roles::load_signer(&d.join("server/server.eth.key"))?;
     let config = medledger_server::ConfigFile::load(&d.join("server.toml"))?;
-    let db = roles::open_db(config.database.as_deref(), &config.data, "server.db").await?;
+    let db = roles::open_db(
+        config.database.as_deref(),
+        &config.data,
+        medledger_storage::Part::Server,
+    )
+    .await?;
 
     // 1. The recovery copy, up to the last trusted block.
     let indexed = indexed_head(&db)

@@ -9,7 +9,7 @@ use alloy::signers::local::PrivateKeySigner;
 use anyhow::{Context, Result};
 use medledger_contracts::{Contracts, signing_provider};
 use medledger_pki::{ClientAuth, EthAccount, Role, files};
-use medledger_storage::Db;
+use medledger_storage::{Db, Part};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -116,14 +116,20 @@ pub(crate) fn watch_crl(path: PathBuf, auths: Vec<Arc<ClientAuth>>) {
 
 /// The database at `url`, or else the SQLite file `data/file`, migrated;
 /// creates `data` if needed, for its owner alone (0700).
-pub(crate) async fn open_db(url: Option<&str>, data: &Path, file: &str) -> Result<Db> {
+pub(crate) async fn open_db(url: Option<&str>, data: &Path, part: Part) -> Result<Db> {
     files::private_dir(data)?;
+    let file = match part {
+        Part::Server => "server.db",
+        Part::Collector => "collector.db",
+    };
     let db = match url {
         Some(url) => Db::connect(url).await,
         None => Db::open_sqlite(&data.join(file)).await,
     }
     .context("opening the database")?;
-    db.migrate().await.context("migrating the database")?;
+    db.migrate_for(part)
+        .await
+        .context("migrating the database")?;
     Ok(db)
 }
 

@@ -103,7 +103,12 @@ pub(crate) fn key_name(identity: &medledger_pki::Identity) -> String {
 
 /// Starts a server as `config` says, re-reading the CRL as it changes.
 pub(crate) async fn start(config: &ConfigFile) -> Result<Started> {
-    let db = roles::open_db(config.database.as_deref(), &config.data, "server.db").await?;
+    let db = roles::open_db(
+        config.database.as_deref(),
+        &config.data,
+        medledger_storage::Part::Server,
+    )
+    .await?;
     let blobs: Arc<dyn BlobStore> = match &config.blobs {
         Some(url) => Arc::new(ObjectStoreBlobs::from_url(url)?),
         None => Arc::new(LocalDir::open(config.data.join("blobs")).await?),

@@ -39,7 +39,7 @@ use medledger_protocol::catalogue::data_type;
 pub use medledger_protocol::now_ms;
 use medledger_protocol::{DeviceId, Observation, Reading, SigningKey};
 use medledger_server::Server;
-use medledger_storage::{Db, Kek, LocalDir, ObjectStoreBlobs};
+use medledger_storage::{Db, Kek, LocalDir, ObjectStoreBlobs, Part};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -176,13 +176,13 @@ impl InProcessServer for ServerInProcess {
     }
 }
 
-/// `db`, or else the SQLite file `path`; migrated.
-async fn database(db: Option<Db>, path: &Path) -> Result<Db> {
+/// `db`, or else the SQLite file `path`; migrated for `part`.
+async fn database(db: Option<Db>, path: &Path, part: Part) -> Result<Db> {
     let db = match db {
         Some(db) => db,
         None => Db::open_sqlite(path).await?,
     };
-    db.migrate().await?;
+    db.migrate_for(part).await?;
     Ok(db)
 }
 
@@ -413,7 +413,7 @@ async fn start_server(
     keys: &ServerKeys,
 ) -> Result<Server> {
     std::fs::create_dir_all(dir)?;
-    let db = database(db, &dir.join("server.db")).await?;
+    let db = database(db, &dir.join("server.db"), Part::Server).await?;
     Ok(Server::start(medledger_server::Settings {
         listen: listen.parse()?,
         // The web portal on any free port (`medledger demo --keep` shows it).
@@ -508,7 +508,7 @@ async fn launch_collector(
     db_path: &Path,
 ) -> Result<Ward> {
     let root = place.ca.root_cert_der()?;
-    let db = database(db, db_path).await?;
+    let db = database(db, db_path, Part::Collector).await?;
     let auth = auth(&root, place.crls, &[Role::Device])?;
     let collector = Collector::start(medledger_collector::Settings {
         listen: "127.0.0.1:0".parse()?,

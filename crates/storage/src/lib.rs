@@ -21,6 +21,8 @@ pub use keys::{Kek, KekId, KekStatus, KeyError, PatientRef, Rewrapped, Vault};
 /// The object store crate, for crates that reach behind an
 /// [`ObjectStoreBlobs`] (an operator's tool, a test).
 pub use object_store;
-pub use sql::{Backend, Db, MIGRATIONS, Migration, SqlError, SqlValue, insert_many, placeholders};
+pub use sql::{
+    Backend, Db, MIGRATIONS, Migration, Part, SqlError, SqlValue, insert_many, placeholders,
+};
 /// The SQL toolkit, for crates that write queries against a [`Db`].
 pub use sqlx;

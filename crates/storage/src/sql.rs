@@ -102,11 +102,23 @@ fn private_file(path: &Path) -> std::io::Result<()> {
 /// The result of database work.
 pub type Result<T, E = SqlError> = std::result::Result<T, E>;
 
+/// Whose database a migration's tables belong in: a server's database
+/// holds no collector tables, and a collector's no server tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// Ledgers, keys, ingest, the chain index, alerts, the portal.
+    Server,
+    /// The outbox and what the collector remembers of devices.
+    Collector,
+}
+
 /// One schema change.
 #[derive(Debug)]
 pub struct Migration {
-    /// Applied in increasing order; never reused.
+    /// Applied in increasing order; never reused, whatever the part.
     pub version: i64,
+    /// Whose database it belongs in.
+    pub part: Part,
     /// What it does.
     pub name: &'static str,
     /// Statements separated by `;`, in SQL both backends accept.
@@ -118,6 +130,7 @@ pub struct Migration {
 pub static MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
+        part: Part::Server,
         name: "patient ledgers: entries and signed checkpoints",
         sql: "CREATE TABLE ledger_entries (
               patient BYTEA NOT NULL,
@@ -134,6 +147,7 @@ pub static MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 2,
+        part: Part::Server,
         name: "wrapped data keys and erasure tombstones",
         sql: "CREATE TABLE data_keys (
               patient BYTEA NOT NULL,
@@ -150,6 +164,7 @@ pub static MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 3,
+        part: Part::Collector,
         name: "collector: device sequence marks, certificates, the outbox",
         sql: "CREATE TABLE collector_device_seq (
               epc BYTEA PRIMARY KEY,
@@ -179,6 +194,7 @@ pub static MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 4,
+        part: Part::Server,
         name: "server ingest: readings, device sequence marks, batches, anchors",
         sql: "CREATE TABLE ingest_device_seq (
               epc BYTEA PRIMARY KEY,
@@ -221,6 +237,7 @@ pub static MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 5,
+        part: Part::Server,
         name: "chain indexer: events of our contracts and the cursor",
         sql: "CREATE TABLE chain_cursor (
               name TEXT PRIMARY KEY,
@@ -241,6 +258,7 @@ pub static MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 6,
+        part: Part::Server,
         name: "patient alerts",
         sql: "CREATE TABLE alerts (
               id BIGINT PRIMARY KEY,
@@ -256,6 +274,7 @@ pub static MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 7,
+        part: Part::Collector,
         name: "collector: refused readings to report for the patients' alerts",
         sql: "CREATE TABLE collector_refused (
               hash BYTEA PRIMARY KEY,
@@ -269,6 +288,7 @@ pub static MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 8,
+        part: Part::Server,
         name: "alert preferences, and who caused an alert",
         sql: "ALTER TABLE alerts ADD COLUMN actor TEXT NOT NULL DEFAULT '';
           CREATE INDEX alerts_actor ON alerts (patient, actor, kind, created_ms);
@@ -282,6 +302,7 @@ pub static MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 9,
+        part: Part::Server,
         name: "alert webhooks",
         sql: "CREATE TABLE alert_webhooks (
               patient BYTEA PRIMARY KEY,
@@ -292,6 +313,7 @@ pub static MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 10,
+        part: Part::Server,
         name: "annotation texts, sealed with the patient's key",
         sql: "CREATE TABLE annotations (
               id BIGINT PRIMARY KEY,
@@ -307,6 +329,7 @@ pub static MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 11,
+        part: Part::Server,
         name: "retired chains: the events indexed from a chain replaced by `chain recover`",
         sql: "CREATE TABLE retired_chains (
               id BIGINT PRIMARY KEY,
@@ -342,6 +365,7 @@ pub static MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 12,
+        part: Part::Server,
         name: "key-encryption key rotation: which KEK wrapped each data key, and retired KEKs",
         // `kek` is the KEK id (`Kek::id`); NULL for keys wrapped before
         // this migration, whose KEK the vault finds by trying each one it
@@ -355,6 +379,7 @@ pub static MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 13,
+        part: Part::Server,
         name: "ledger key rotations: statements signed by the old and the new key",
         sql: "CREATE TABLE ledger_key_rotations (
               seq BIGINT PRIMARY KEY,
@@ -369,6 +394,7 @@ pub static MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 14,
+        part: Part::Server,
         name: "signed portal requests taken (replays refused), the certificate that set each webhook",
         // A signed request is remembered until its time can no longer pass
         // the window; `certificate` is PEM, leaf first.
@@ -383,6 +409,7 @@ pub static MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 15,
+        part: Part::Server,
         name: "portal sessions in SQL (outliving restarts, shared by servers) and the challenge key",
         // A session is found by the SHA-256 of its token, never the token.
         sql: "CREATE TABLE portal_sessions (
@@ -517,33 +544,56 @@ impl Db {
             .await
     }
 
-    /// Applies every migration not yet applied, in order; returns their
-    /// versions. Safe to run from several processes at once: PostgreSQL
-    /// migrators queue on an advisory lock, SQLite ones on the file's.
+    /// Applies every migration of `part` not yet applied, in order;
+    /// returns their versions. Safe to run from several processes at
+    /// once: PostgreSQL migrators queue on an advisory lock, SQLite ones
+    /// on the file's. A database that holds a migration newer than any
+    /// this binary knows is refused ([`SqlError::SchemaTooNew`]).
+    pub async fn migrate_for(&self, part: Part) -> Result<Vec<i64>> {
+        self.run_migrations(MIGRATIONS, Some(part)).await
+    }
+
+    /// Applies every migration of every part: one database with every
+    /// table (tests, and tools that read any of them).
     pub async fn migrate(&self) -> Result<Vec<i64>> {
-        self.migrate_with(MIGRATIONS).await
+        self.run_migrations(MIGRATIONS, None).await
     }
 
     /// [`Db::migrate`] with a given list (tests).
     #[doc(hidden)]
     pub async fn migrate_with(&self, migrations: &'static [Migration]) -> Result<Vec<i64>> {
+        self.run_migrations(migrations, None).await
+    }
+
+    /// Applies the migrations of `migrations` of `part` (all with `None`)
+    /// that the database does not hold yet, oldest first.
+    async fn run_migrations(
+        &self,
+        migrations: &'static [Migration],
+        part: Option<Part>,
+    ) -> Result<Vec<i64>> {
         let mut conn = self.pool.acquire().await?;
         self.locked(&mut conn, async |db, conn| {
             let known = migrations.last().map_or(0, |m| m.version);
             let too_new = |found| SqlError::SchemaTooNew { found, known };
             let mut applied = Vec::new();
-            for m in migrations {
-                let current = db.version_on(conn).await?;
-                if current > known {
-                    return Err(too_new(current));
+            for m in migrations
+                .iter()
+                .filter(|m| part.is_none_or(|p| m.part == p))
+            {
+                let held = db.applied_on(conn).await?;
+                if let Some(&newest) = held.last()
+                    && newest > known
+                {
+                    return Err(too_new(newest));
                 }
-                if m.version <= current {
+                if held.binary_search(&m.version).is_ok() {
                     continue;
                 }
                 match db.apply(conn, m).await {
                     Ok(()) => applied.push(m.version),
                     // Another SQLite process applied it first.
-                    Err(_) if db.version_on(conn).await? >= m.version => {}
+                    Err(_) if db.applied_on(conn).await?.binary_search(&m.version).is_ok() => {}
                     Err(error) => {
                         return Err(SqlError::Migration {
                             version: m.version,
@@ -553,8 +603,8 @@ impl Db {
                     }
                 }
             }
-            match db.version_on(conn).await? {
-                current if current > known => Err(too_new(current)),
+            match db.applied_on(conn).await?.last() {
+                Some(&newest) if newest > known => Err(too_new(newest)),
                 _ => Ok(applied),
             }
         })
@@ -576,6 +626,17 @@ impl Db {
             conn.execute("SELECT pg_advisory_unlock(7231001)").await?;
         }
         result
+    }
+
+    /// The versions of every migration the database holds, ascending.
+    async fn applied_on(&self, conn: &mut AnyConnection) -> Result<Vec<i64>> {
+        self.version_on(conn).await?;
+        let rows = sqlx::query("SELECT version FROM schema_migrations ORDER BY version")
+            .fetch_all(&mut *conn)
+            .await?;
+        rows.iter()
+            .map(|row| Ok(row.try_get::<i64, _>("version")?))
+            .collect()
     }
 
     async fn version_on(&self, conn: &mut AnyConnection) -> Result<i64> {

@@ -1,7 +1,7 @@
 //! The SQL layer, the same suite on both backends.
 
 use medledger_storage::test_utils::databases;
-use medledger_storage::{Backend, Db, MIGRATIONS, Migration, SqlError};
+use medledger_storage::{Backend, Db, MIGRATIONS, Migration, Part, SqlError};
 use sqlx::Row;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -15,6 +15,45 @@ async fn migrations_apply_once_in_order() {
         assert_eq!(db.schema_version().await.unwrap(), *all.last().unwrap());
         // Again: nothing to do.
         assert!(db.migrate().await.unwrap().is_empty(), "{name}");
+    }
+}
+
+/// Whether `table` exists in `db`.
+async fn has_table(db: &Db, table: &str) -> bool {
+    // Both backends answer a query on a missing table with an error.
+    sqlx::query(&format!("SELECT COUNT(*) FROM {table}"))
+        .fetch_one(db.pool())
+        .await
+        .is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_database_holds_no_collector_tables_nor_a_collector_database_server_ones() {
+    for (server, _dir) in databases().await {
+        let name = format!("{:?}", server.backend());
+        let applied = server.migrate_for(Part::Server).await.unwrap();
+        let of = |part| -> Vec<i64> {
+            MIGRATIONS
+                .iter()
+                .filter(|m| m.part == part)
+                .map(|m| m.version)
+                .collect()
+        };
+        assert_eq!(applied, of(Part::Server), "{name}");
+        assert!(has_table(&server, "ledger_entries").await, "{name}");
+        assert!(!has_table(&server, "collector_outbox").await, "{name}");
+        assert!(server.migrate_for(Part::Server).await.unwrap().is_empty());
+
+        // A database that holds every table, as earlier versions made
+        // them, takes either part's migrations with nothing to do.
+        assert_eq!(server.migrate().await.unwrap(), of(Part::Collector), "{name}");
+        assert!(server.migrate_for(Part::Collector).await.unwrap().is_empty());
+    }
+    for (collector, _dir) in databases().await {
+        let name = format!("{:?}", collector.backend());
+        collector.migrate_for(Part::Collector).await.unwrap();
+        assert!(has_table(&collector, "collector_outbox").await, "{name}");
+        assert!(!has_table(&collector, "ledger_entries").await, "{name}");
     }
 }
 
@@ -43,11 +82,13 @@ async fn a_failed_migration_leaves_nothing_behind() {
     static BROKEN: &[Migration] = &[
         Migration {
             version: 1,
+            part: medledger_storage::Part::Server,
             name: "good",
             sql: "CREATE TABLE good (a BIGINT)",
         },
         Migration {
             version: 2,
+            part: medledger_storage::Part::Server,
             name: "half good",
             sql: "CREATE TABLE half (a BIGINT); CREATE TABLE half (a BIGINT)",
         },
