@@ -4,7 +4,7 @@ use crate::roles;
 use anyhow::{Context, Result};
 use clap::Args;
 use medledger_collector::{Cards, Collector, ConfigFile, ServerTarget, Settings, Upstream};
-use medledger_pki::{Credentials, Role, files};
+use medledger_pki::{Role, files};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -79,15 +79,16 @@ pub(crate) async fn start(config: &ConfigFile, upstream: Option<Upstream>) -> Re
         medledger_storage::Part::Collector,
     )
     .await?;
-    let credentials = Credentials::load(&config.credentials)
-        .with_context(|| format!("loading {}", config.credentials.display()))?;
-    let identity = credentials.identity()?;
-    identity.require_role(&[Role::Collector])?;
-    let contracts = roles::node_contracts(
+    let roles::NodeStart {
+        credentials,
+        identity,
+        contracts,
+    } = roles::node_start(
+        Role::Collector,
+        &config.credentials,
         &config.chain_rpc,
         &config.registry,
         &config.ca_root,
-        &config.credentials,
     )
     .await?;
     let client_auth = roles::client_auth(&config.ca_root, &config.crl, &[Role::Device])?;

@@ -8,7 +8,7 @@ use alloy::providers::{DynProvider, Provider, ProviderBuilder};
 use alloy::signers::local::PrivateKeySigner;
 use anyhow::{Context, Result};
 use medledger_contracts::{Contracts, signing_provider};
-use medledger_pki::{ClientAuth, EthAccount, Role, files};
+use medledger_pki::{ClientAuth, Credentials, EthAccount, Role, files};
 use medledger_storage::{Db, Part};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -46,19 +46,42 @@ pub(crate) async fn contracts(
         .with_context(|| format!("finding the contracts from the Registry at {registry} on {rpc}"))
 }
 
-/// The contracts at `registry` on the chain at `rpc` for a server or a
-/// collector: it signs with its chain key (`credentials.eth.key`), and
-/// over `https://` shows its certificate and checks the node's against
+/// A server's or a collector's identity and contracts.
+pub(crate) struct NodeStart {
+    pub(crate) credentials: Credentials,
+    pub(crate) identity: medledger_pki::Identity,
+    pub(crate) contracts: Contracts<DynProvider>,
+}
+
+/// Loads the certificate and key at `credentials` (which must be of
+/// `role`) and reaches the contracts at `registry` on the chain at `rpc`:
+/// signing with its chain key (`credentials.eth.key`), and over
+/// `https://` showing its certificate and checking the node's against
 /// `ca_root`.
-pub(crate) async fn node_contracts(
+pub(crate) async fn node_start(
+    role: Role,
+    credentials: &Path,
     rpc: &str,
     registry: &str,
     ca_root: &Path,
-    credentials: &Path,
-) -> Result<Contracts<DynProvider>> {
+) -> Result<NodeStart> {
+    let loaded = Credentials::load(credentials)
+        .with_context(|| format!("loading {}", credentials.display()))?;
+    let identity = loaded.identity()?;
+    identity.require_role(&[role])?;
     let signer = load_signer(&files::with_suffix(credentials, ".eth.key"))?;
-    let identity = Identity::new(ca_root, credentials);
-    contracts(rpc, registry, signer, Some(&identity)).await
+    let contracts = contracts(
+        rpc,
+        registry,
+        signer,
+        Some(&Identity::new(ca_root, credentials)),
+    )
+    .await?;
+    Ok(NodeStart {
+        credentials: loaded,
+        identity,
+        contracts,
+    })
 }
 
 /// The contracts at `registry` on the chain at `rpc`, to read (no key:

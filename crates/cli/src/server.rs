@@ -5,7 +5,7 @@ use crate::roles;
 use anyhow::{Context, Result};
 use clap::Args;
 use medledger_patient_ledger::NoteSigner;
-use medledger_pki::{Credentials, Role, files};
+use medledger_pki::{Role, files};
 use medledger_server::{ConfigFile, Server, Settings};
 use medledger_storage::{BlobStore, LocalDir, ObjectStoreBlobs};
 use std::path::{Path, PathBuf};
@@ -114,15 +114,16 @@ pub(crate) async fn start(config: &ConfigFile) -> Result<Started> {
         None => Arc::new(LocalDir::open(config.data.join("blobs")).await?),
     };
     let (kek, previous_keks) = config.keks()?;
-    let credentials = Credentials::load(&config.credentials)
-        .with_context(|| format!("loading {}", config.credentials.display()))?;
-    let identity = credentials.identity()?;
-    identity.require_role(&[Role::Server])?;
-    let contracts = roles::node_contracts(
+    let roles::NodeStart {
+        credentials,
+        identity,
+        contracts,
+    } = roles::node_start(
+        Role::Server,
+        &config.credentials,
         &config.chain_rpc,
         &config.registry,
         &config.ca_root,
-        &config.credentials,
     )
     .await?;
     // Made only once the rest of the configuration holds: a start that

@@ -301,24 +301,18 @@ fn readiness(state: &State, upstream: &Upstream, tls: Arc<rustls::ClientConfig>)
     let readiness = Readiness::new("collector")
         .needs("chain", move || {
             let contracts = contracts.clone();
-            Box::pin(async move {
-                contracts
-                    .block_number()
-                    .await
-                    .map(drop)
-                    .map_err(|e| e.to_string())
-            })
+            async move { contracts.block_number().await.map(drop) }
         })
         .needs("database", move || {
             let db = db.clone();
-            Box::pin(async move { db.ping().await.map_err(|e| e.to_string()) })
+            async move { db.ping().await }
         });
     let Upstream::Server(server) = upstream.clone() else {
         return readiness;
     };
     readiness.needs("server", move || {
         let (server, tls) = (server.clone(), tls.clone());
-        Box::pin(async move {
+        async move {
             let mut connection = Connection::open(tls, &server.addr, &server.name)
                 .await
                 .map_err(|e| e.to_string())?;
@@ -330,6 +324,6 @@ fn readiness(state: &State, upstream: &Upstream, tls: Arc<rustls::ClientConfig>)
                 200 => Ok(()),
                 status => Err(format!("{} answered {status} to GET /healthz", server.addr)),
             }
-        })
+        }
     })
 }

@@ -88,14 +88,21 @@ impl Readiness {
     }
 
     /// Adds the dependency `name`, up when `probe`'s future is `Ok`.
-    pub fn needs(
+    pub fn needs<F, E>(
         mut self,
         name: &'static str,
-        probe: impl Fn() -> Probing + Send + Sync + 'static,
-    ) -> Readiness {
+        probe: impl Fn() -> F + Send + Sync + 'static,
+    ) -> Readiness
+    where
+        F: Future<Output = std::result::Result<(), E>> + Send + 'static,
+        E: std::fmt::Display,
+    {
         self.dependencies.push(Dependency {
             name,
-            probe: Box::new(probe),
+            probe: Box::new(move || {
+                let probing = probe();
+                Box::pin(async move { probing.await.map_err(|e| e.to_string()) })
+            }),
             down: AtomicBool::new(false),
         });
         self
@@ -336,7 +343,7 @@ mod tests {
                 if up.load(Ordering::Relaxed) {
                     Ok(())
                 } else {
-                    Err("refused".into())
+                    Err("refused".to_owned())
                 }
             })
         }
@@ -350,7 +357,7 @@ mod tests {
         );
         let readiness = Readiness::new("test")
             .needs("chain", probe_of(chain.clone(), calls.clone()))
-            .needs("database", || Box::pin(async { Ok(()) }));
+            .needs("database", || async { Ok::<(), String>(()) });
         let report = readiness.check().await;
         assert!(report.ready());
         // Asked again at once: the same answer, no new probe.

@@ -572,25 +572,19 @@ fn readiness(state: &State) -> Readiness {
     Readiness::new("server")
         .needs("chain", move || {
             let contracts = contracts.clone();
-            Box::pin(async move {
-                contracts
-                    .block_number()
-                    .await
-                    .map(drop)
-                    .map_err(|e| e.to_string())
-            })
+            async move { contracts.block_number().await.map(drop) }
         })
         .needs("database", move || {
             let db = db.clone();
-            Box::pin(async move { db.ping().await.map_err(|e| e.to_string()) })
+            async move { db.ping().await }
         })
         .needs("blob store", move || {
             let blobs = blobs.clone();
-            Box::pin(async move {
+            async move {
                 match blobs.get(&Cid::of(b"medledger readiness")).await {
                     Ok(_) | Err(BlobError::NotFound(_)) => Ok(()),
-                    Err(e) => Err(e.to_string()),
+                    Err(e) => Err(e),
                 }
-            })
+            }
         })
 }

@@ -46,8 +46,18 @@ async fn a_server_database_holds_no_collector_tables_nor_a_collector_database_se
 
         // A database that holds every table, as earlier versions made
         // them, takes either part's migrations with nothing to do.
-        assert_eq!(server.migrate().await.unwrap(), of(Part::Collector), "{name}");
-        assert!(server.migrate_for(Part::Collector).await.unwrap().is_empty());
+        assert_eq!(
+            server.migrate().await.unwrap(),
+            of(Part::Collector),
+            "{name}"
+        );
+        assert!(
+            server
+                .migrate_for(Part::Collector)
+                .await
+                .unwrap()
+                .is_empty()
+        );
     }
     for (collector, _dir) in databases().await {
         let name = format!("{:?}", collector.backend());
