@@ -448,7 +448,7 @@ fn the_command_line_reaches_the_chain_over_mutual_tls_and_plain_http_stays_on_lo
     let registry = deployed["addresses"]["registry"].as_str().unwrap();
     // A nurse reads with her own certificate and no key.
     let patient = format!("0x{}", "11".repeat(32));
-    ok(&[
+    let audit = [
         "audit",
         "--patient",
         &patient,
@@ -460,26 +460,14 @@ fn the_command_line_reaches_the_chain_over_mutual_tls_and_plain_http_stays_on_lo
         &root,
         "--tls-cert",
         &nurse,
-        "--json",
-    ]);
+    ];
+    ok(&[&audit[..], &["--json"]].concat());
 
     // A key others may read is refused, saying how to fix it.
     use std::os::unix::fs::PermissionsExt;
     let nurse_key = format!("{nurse}.key");
     std::fs::set_permissions(&nurse_key, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let err = fails(&[
-        "audit",
-        "--patient",
-        &patient,
-        "--rpc",
-        rpc,
-        "--registry",
-        registry,
-        "--tls-root",
-        &root,
-        "--tls-cert",
-        &nurse,
-    ]);
+    let err = fails(&audit);
     assert!(err.contains(&format!("chmod 600 {nurse_key}")), "{err}");
     std::fs::set_permissions(&nurse_key, std::fs::Permissions::from_mode(0o600)).unwrap();
 
