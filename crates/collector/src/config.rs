@@ -40,7 +40,8 @@ use std::time::Duration;
 pub struct ConfigFile {
     /// Where devices connect.
     pub listen: String,
-    /// Where Prometheus scrapes `/metrics` (plain HTTP).
+    /// Where monitoring reads `/metrics`, `/livez` and `/readyz` (plain
+    /// HTTP on loopback, HTTPS elsewhere).
     #[serde(default)]
     pub metrics_listen: Option<String>,
     /// The data directory (the SQLite outbox, unless `database` is set).

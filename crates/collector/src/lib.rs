@@ -86,7 +86,8 @@ pub struct ServerTarget {
 pub struct Settings {
     /// Where devices connect (port 0: any free port).
     pub listen: SocketAddr,
-    /// Where Prometheus scrapes `/metrics` (plain HTTP), if anywhere.
+    /// Where monitoring reads `/metrics`, `/livez` and `/readyz`, if
+    /// anywhere (plain HTTP on loopback, HTTPS elsewhere).
     pub metrics_listen: Option<SocketAddr>,
     /// The collector's certificate chain and key.
     pub credentials: Credentials,

@@ -43,7 +43,8 @@ pub struct ConfigFile {
     /// optional, people may sign in with their chain key instead).
     #[serde(default)]
     pub portal_listen: Option<String>,
-    /// Where Prometheus scrapes `/metrics` (plain HTTP).
+    /// Where monitoring reads `/metrics`, `/livez` and `/readyz` (plain
+    /// HTTP on loopback, HTTPS elsewhere).
     #[serde(default)]
     pub metrics_listen: Option<String>,
     /// The data directory.

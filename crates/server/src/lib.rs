@@ -58,7 +58,8 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// Where the web portal is served, if anywhere.
     pub portal_listen: Option<SocketAddr>,
-    /// Where Prometheus scrapes `/metrics` (plain HTTP), if anywhere.
+    /// Where monitoring reads `/metrics`, `/livez` and `/readyz`, if
+    /// anywhere (plain HTTP on loopback, HTTPS elsewhere).
     pub metrics_listen: Option<SocketAddr>,
     /// The server's certificate chain and key.
     pub credentials: Credentials,
