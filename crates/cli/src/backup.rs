@@ -196,12 +196,17 @@ pub(crate) fn run_backup(args: BackupArgs) -> Result<()> {
 
 #[derive(Debug, Args)]
 pub(crate) struct RestoreArgs {
-    /// The backup directory.
-    #[arg(long)]
-    from: PathBuf,
+    /// The backup directory (of `medledger backup`).
+    #[arg(long, required_unless_present = "config", requires = "data")]
+    from: Option<PathBuf>,
     /// The data directory to create.
     #[arg(long)]
-    data: PathBuf,
+    data: Option<PathBuf>,
+    /// Instead: the configuration of a server whose database and blobs were
+    /// restored by hand (`pg_restore`, a bucket copy); run it while that
+    /// server is stopped.
+    #[arg(long, conflicts_with_all = ["from", "data"])]
+    config: Option<PathBuf>,
     /// A live chain's JSON-RPC URL whose recorded erasures are applied too
     /// (those after the backup was taken).
     #[arg(long)]
@@ -210,7 +215,70 @@ pub(crate) struct RestoreArgs {
 
 pub(crate) fn run_restore(args: RestoreArgs) -> Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    runtime.block_on(restore(args))
+    match (&args.config, &args.from, &args.data) {
+        (Some(config), _, _) => runtime.block_on(restore_server(config, args.erasures_from)),
+        (None, Some(from), Some(data)) => runtime.block_on(restore(from, data, args.erasures_from)),
+        _ => bail!("give --from and --data (a backup of `medledger up`), or --config"),
+    }
+}
+
+/// Completes the restore of a server run from its own configuration: on
+/// loopback ports of its own, it erases again every patient whose
+/// erasure the chain records (and those of `erasures_from`), then checks
+/// every patient ledger against the checkpoints anchored for it.
+async fn restore_server(config: &Path, erasures_from: Option<String>) -> Result<()> {
+    let mut config = medledger_server::ConfigFile::load(config)?;
+    config.listen = "127.0.0.1:0".to_owned();
+    config.portal_listen = None;
+    config.metrics_listen = None;
+    let started = crate::server::start(&config).await?;
+    let identity = Identity::new(&config.ca_root, &config.credentials);
+    let registry: alloy::primitives::Address = config
+        .registry
+        .parse()
+        .with_context(|| format!("registry {:?} is not an address", config.registry))?;
+    let (patients, erased_again) =
+        reconcile(&started.server, registry, erasures_from, &identity).await?;
+    println!(
+        "restored the server of {}: {patients} patient ledger(s) checked against the chain, {erased_again} erased again",
+        config.data.display()
+    );
+    println!("every ledger verified; start the server again");
+    Ok(())
+}
+
+/// Erases again every patient whose erasure is recorded on the server's
+/// chain or on `erasures_from`'s, then verifies every ledger against its
+/// anchors; (patients, erased again), or which ledgers failed.
+async fn reconcile(
+    server: &medledger_server::Server,
+    registry: alloy::primitives::Address,
+    erasures_from: Option<String>,
+    identity: &Identity,
+) -> Result<(usize, usize)> {
+    // Erasures recorded on chain: never undone by a restore.
+    let mut live_erasures = Vec::new();
+    if let Some(url) = &erasures_from {
+        let live = roles::read_contracts(url, registry, Some(identity)).await?;
+        live_erasures.extend(live.erasures().await?.iter().map(|a| a.patient.0));
+    }
+    let erased_again = server
+        .erase_recorded(&live_erasures)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let patients = server.patients().await.map_err(anyhow::Error::msg)?;
+    let failures = server.verify_ledgers().await.map_err(anyhow::Error::msg)?;
+    if !failures.is_empty() {
+        for f in &failures {
+            println!("  FAILED {f}");
+        }
+        bail!(
+            "{} of {} ledger(s) do not verify",
+            failures.len(),
+            patients.len()
+        );
+    }
+    Ok((patients.len(), erased_again))
 }
 
 fn free_local() -> Result<std::net::SocketAddr> {
@@ -235,54 +303,35 @@ pub(crate) async fn start_server(
     crate::server::start(&config).await
 }
 
-async fn restore(args: RestoreArgs) -> Result<()> {
-    if !args.from.join("backup.toml").exists() {
+async fn restore(from: &Path, d: &Path, erasures_from: Option<String>) -> Result<()> {
+    if !from.join("backup.toml").exists() {
         bail!(
             "{} is not a medledger backup (no backup.toml)",
-            args.from.display()
+            from.display()
         );
     }
-    if args.data.exists() && std::fs::read_dir(&args.data)?.next().is_some() {
-        bail!(
-            "{} is not empty: restore into a new directory",
-            args.data.display()
-        );
+    if d.exists() && std::fs::read_dir(d)?.next().is_some() {
+        bail!("{} is not empty: restore into a new directory", d.display());
     }
-    copy_tree(&args.from, &args.data, &|_| false)?;
-    let d = &args.data;
+    copy_tree(from, d, &|_| false)?;
     let state = UpState::load(d)?;
     let admin = roles::load_signer(&d.join("people/admin.eth.key"))?;
     let node = crate::up::start_node(&d.join("chain"), state.chain_id, vec![admin.address()])?;
     node.set_permissions(Arc::new(RegistryPermissions::new(state.registry)));
     let started = start_server(d, &node, &state).await?;
-    let server = &started.server;
-
-    // Erasures recorded on chain: never undone by a restore.
-    let mut live_erasures = Vec::new();
-    if let Some(url) = &args.erasures_from {
-        let live = roles::read_contracts(url, state.registry, Some(&Identity::up_admin(d))).await?;
-        live_erasures.extend(live.erasures().await?.iter().map(|a| a.patient.0));
-    }
-    let erased_again = server
-        .erase_recorded(&live_erasures)
-        .await
-        .map_err(anyhow::Error::msg)?;
-    let patients = server.patients().await.map_err(anyhow::Error::msg)?;
-    let failures = server.verify_ledgers().await.map_err(anyhow::Error::msg)?;
+    let (patients, erased_again) = reconcile(
+        &started.server,
+        state.registry,
+        erasures_from,
+        &Identity::up_admin(d),
+    )
+    .await?;
     println!(
-        "restored {} into {}: {} patient ledger(s) checked against the chain ({} block(s)), {} erased again",
-        args.from.display(),
+        "restored {} into {}: {patients} patient ledger(s) checked against the chain ({} block(s)), {erased_again} erased again",
+        from.display(),
         d.display(),
-        patients.len(),
         node.block_number(),
-        erased_again
     );
-    if !failures.is_empty() {
-        for f in &failures {
-            println!("  FAILED {f}");
-        }
-        bail!("{} ledger(s) do not verify", failures.len());
-    }
     println!(
         "every ledger verified; start it with `medledger up --data {}`",
         d.display()

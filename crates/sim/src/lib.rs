@@ -441,8 +441,13 @@ async fn start_server(
         },
         kek: Kek::from_hex(&keys.kek_hex)?,
         previous_keks: Vec::new(),
-        ledger_key: NoteSigner::from_pkcs8("medledger-sim", &keys.ledger_pkcs8)
-            .map_err(|e| anyhow::anyhow!("the ledger key: {e}"))?,
+        // Named as `medledger server` names it, so that one can take over
+        // this server's database.
+        ledger_key: NoteSigner::from_pkcs8(
+            &format!("medledger-server-{}", signer(issued)?.address()),
+            &keys.ledger_pkcs8,
+        )
+        .map_err(|e| anyhow::anyhow!("the ledger key: {e}"))?,
         contracts,
         anchor_interval: options.anchor_interval,
         checkpoint_interval: options.checkpoint_interval,
@@ -661,6 +666,23 @@ impl Hospital {
             &self.server_keys,
         )
         .await
+    }
+
+    /// Writes the server's certificate and secrets as `medledger server`
+    /// reads them: `DIR/server.crt`, `.key`, `.eth.key`, `DIR/kek.hex` and
+    /// `DIR/ledger.key`, each private.
+    pub fn write_server_files(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir)?;
+        self.server_issued.write(&dir.join("server"))?;
+        medledger_pki::files::write_secret(
+            &dir.join("kek.hex"),
+            self.server_keys.kek_hex.as_bytes(),
+        )?;
+        medledger_pki::files::write_secret(
+            &dir.join("ledger.key"),
+            medledger_pki::files::to_pem("PRIVATE KEY", &self.server_keys.ledger_pkcs8).as_bytes(),
+        )?;
+        Ok(())
     }
 
     fn place(&self) -> Place<'_> {

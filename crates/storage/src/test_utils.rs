@@ -30,6 +30,13 @@ pub async fn databases() -> Vec<(Db, Option<tempfile::TempDir>)> {
 /// A connection to a fresh schema of the test PostgreSQL, or `None` after
 /// saying loudly why not.
 pub async fn postgres() -> Option<Db> {
+    Some(fresh_schema(&postgres_url()?).await.2)
+}
+
+/// A fresh schema of the test PostgreSQL: the URL that reaches it (for
+/// another process), its name, and a connection; or `None` after saying
+/// loudly why not.
+pub async fn postgres_schema() -> Option<(String, String, Db)> {
     Some(fresh_schema(&postgres_url()?).await)
 }
 
@@ -42,7 +49,7 @@ pub fn postgres_url() -> Option<String> {
 /// connections only, verified (`sslmode=verify-full`), or `None` after
 /// saying loudly why not.
 pub async fn postgres_tls() -> Option<Db> {
-    Some(fresh_schema(&postgres_tls_url()?).await)
+    Some(fresh_schema(&postgres_tls_url()?).await.2)
 }
 
 /// The URL of the test PostgreSQL over TLS (`.ci/postgres-tls` starts one
@@ -72,7 +79,7 @@ fn from_env(var: &str, example: &str) -> Option<String> {
 }
 
 /// A connection to a fresh schema of the PostgreSQL at `url`.
-async fn fresh_schema(url: &str) -> Db {
+async fn fresh_schema(url: &str) -> (String, String, Db) {
     static N: AtomicU32 = AtomicU32::new(0);
     let pid = std::process::id();
     let schema = format!("medledger_test_{pid}_{}", N.fetch_add(1, Ordering::Relaxed));
@@ -97,16 +104,22 @@ async fn fresh_schema(url: &str) -> Db {
         .expect("the test database works");
     admin.close().await;
     let sep = if url.contains('?') { '&' } else { '?' };
-    Db::connect(&format!("{url}{sep}options=-c%20search_path%3D{schema}"))
-        .await
-        .expect("the test database works")
+    let url = format!("{url}{sep}options=-c%20search_path%3D{schema}");
+    let db = Db::connect(&url).await.expect("the test database works");
+    (url, schema, db)
 }
 
-/// A fresh prefix in the test S3 bucket (`MEDLEDGER_TEST_S3`: the
-/// endpoint and the bucket, as `.ci/s3` prints, e.g.
-/// `http://127.0.0.1:5055/medledger-test`), or `None` after saying loudly
-/// why not.
+/// A fresh prefix of the test S3 bucket (`MEDLEDGER_TEST_S3`, which
+/// `.ci/s3` starts), or `None` after saying loudly why not.
 pub fn s3() -> Option<ObjectStoreBlobs> {
+    let (url, env) = s3_url()?;
+    Some(ObjectStoreBlobs::from_url_with_env(&url, env).expect("the test S3 bucket opens"))
+}
+
+/// A fresh `s3://BUCKET/PREFIX` URL of the test S3 bucket and the
+/// `AWS_*` variables that reach it (for another process too), or `None`
+/// after saying loudly why not.
+pub fn s3_url() -> Option<(String, Vec<(String, String)>)> {
     let url = from_env(
         "MEDLEDGER_TEST_S3",
         "http://127.0.0.1:5055/medledger-test, as `.ci/s3` prints",
@@ -130,9 +143,7 @@ pub fn s3() -> Option<ObjectStoreBlobs> {
         ("AWS_ACCESS_KEY_ID", "testing"),
         ("AWS_SECRET_ACCESS_KEY", "testing"),
     ]
-    .map(|(k, v)| (k.to_owned(), v.to_owned()));
-    Some(
-        ObjectStoreBlobs::from_url_with_env(&format!("s3://{bucket}/{prefix}"), env)
-            .expect("the test S3 bucket opens"),
-    )
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .to_vec();
+    Some((format!("s3://{bucket}/{prefix}"), env))
 }

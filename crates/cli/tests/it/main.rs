@@ -16,6 +16,7 @@ mod indexer;
 mod ingest;
 mod portal;
 mod records;
+mod restore;
 mod revocation;
 mod sim;
 mod site;
