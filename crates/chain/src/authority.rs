@@ -243,7 +243,7 @@ pub(crate) fn settle(dir: &Path, authorities: &Authorities) -> Result<EthAccount
             Ok(next) if next.address() == want => {
                 // The handover block is committed: finish step 3.
                 finish(dir)?;
-                eprintln!(
+                tracing::warn!(
                     "medledger chain: finished the interrupted rotation: the authority is {want} since block {}",
                     authorities.since()
                 );
@@ -264,7 +264,7 @@ pub(crate) fn settle(dir: &Path, authorities: &Authorities) -> Result<EthAccount
                 }
                 std::fs::remove_file(&next_path).map_err(|e| ChainError::io(&next_path, e))?;
                 sync_dir(dir)?;
-                eprintln!(
+                tracing::warn!(
                     "medledger chain: rolled back an interrupted rotation: the authority is still {want}"
                 );
             }

@@ -419,7 +419,7 @@ impl Node {
             };
             // The store refused a commit: stop sealing and refuse new
             // transactions rather than promise what the disk does not have.
-            eprintln!("medledger chain: sealing stopped: {failure}");
+            tracing::error!("medledger chain: sealing stopped: {failure}");
             *write(&self.shared.stopped) = Some(failure);
             return;
         }
@@ -448,7 +448,7 @@ impl Node {
             (info, head.hash, outcome)
         };
         for (tx, why) in &outcome.refused {
-            eprintln!("medledger chain: dropped transaction {}: {why}", tx.hash);
+            tracing::warn!("medledger chain: dropped transaction {}: {why}", tx.hash);
         }
         let txs: Vec<&TxEnvelope> = outcome.executed.iter().map(|e| &e.tx.envelope).collect();
         let receipts: Vec<ReceiptEnvelope> =

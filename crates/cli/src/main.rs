@@ -56,6 +56,48 @@ use std::process::ExitCode;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How the log is written to stderr: `text` (one line per event) or
+    /// `json` (one object per line). The level: `RUST_LOG`, e.g. `warn`
+    /// or `info,medledger_chain=warn` (default `info`).
+    #[arg(
+        long,
+        global = true,
+        env = "MEDLEDGER_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: LogFormat,
+}
+
+/// The log's format.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Sends the log (`tracing`) to stderr in `format`, filtered by
+/// `RUST_LOG`.
+fn init_log(format: LogFormat) {
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::prelude::*;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(spec) => spec.parse::<Targets>().unwrap_or_else(|e| {
+            eprintln!("medledger: RUST_LOG={spec:?} is not a log filter ({e}); logging at info");
+            Targets::new().with_default(tracing::Level::INFO)
+        }),
+        Err(_) => Targets::new().with_default(tracing::Level::INFO),
+    };
+    let text = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(false);
+    let layer = match format {
+        LogFormat::Text => text.boxed(),
+        LogFormat::Json => text.json().boxed(),
+    };
+    let _ = tracing_subscriber::registry()
+        .with(layer.with_filter(filter))
+        .try_init();
 }
 
 #[derive(Debug, Subcommand)]
@@ -116,6 +158,7 @@ fn main() -> ExitCode {
     // take the process's crypto provider: ring, as everywhere else.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
+    init_log(cli.log_format);
     let result = match cli.command {
         Command::Ca(cmd) => ca::run(cmd),
         Command::Chain(args) => chain::run(args),

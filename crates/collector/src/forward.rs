@@ -54,7 +54,7 @@ pub(crate) async fn run(state: Arc<State>, tls: Arc<rustls::ClientConfig>, upstr
             let pending = match load(&state, after).await {
                 Ok(p) => p,
                 Err(e) => {
-                    eprintln!("medledger collector: reading the outbox: {e}");
+                    tracing::warn!("medledger collector: reading the outbox: {e}");
                     break;
                 }
             };
@@ -127,7 +127,7 @@ pub(crate) async fn run(state: Arc<State>, tls: Arc<rustls::ClientConfig>, upstr
         outage.worked();
         backoff = MIN_BACKOFF;
         if let Err(e) = settle(&state, &outgoing, &reply).await {
-            eprintln!("medledger collector: clearing the outbox: {e}");
+            tracing::warn!("medledger collector: clearing the outbox: {e}");
             for later in flight.drain(..) {
                 later.task.abort();
             }
@@ -427,7 +427,7 @@ pub(crate) fn answered(
             CommitStatus::Stored => "stored",
             CommitStatus::Duplicate => "duplicate",
             CommitStatus::Rejected => {
-                eprintln!(
+                tracing::warn!(
                     "medledger collector: the server rejected reading {}: {} ({})",
                     result.hash,
                     result.problem.map_or("?", ProblemType::name),

@@ -124,7 +124,7 @@ pub(crate) async fn run(
         let new_marks = match decide(&state, &mut marks, &mut items).await {
             Ok(()) => marks.advance(),
             Err(detail) => {
-                eprintln!("medledger collector: {detail}");
+                tracing::warn!("medledger collector: {detail}");
                 refuse_open(&mut items, &detail);
                 NewMarks::default()
             }
@@ -176,7 +176,7 @@ async fn commit_in_order(state: Arc<State>, mut to_commit: mpsc::Receiver<Decide
             commit_decided(&state, &mut items, &marks, batch).await
         };
         if let Err(detail) = committed {
-            eprintln!("medledger collector: {detail}");
+            tracing::warn!("medledger collector: {detail}");
             state.epoch.fetch_add(1, Ordering::SeqCst);
             refuse_open(&mut items, &detail);
         }
@@ -257,7 +257,7 @@ async fn commit_decided(
             Some(server) => hand_over(state, server.as_ref(), &outgoing, marks)
                 .await
                 .unwrap_or_else(|e| {
-                    eprintln!("medledger collector: {e}; the batch goes to the outbox");
+                    tracing::warn!("medledger collector: {e}; the batch goes to the outbox");
                     None
                 }),
             None => None,

@@ -131,13 +131,15 @@ impl Readiness {
             };
             let was_down = dependency.down.swap(outcome.is_err(), Ordering::Relaxed);
             match (&outcome, was_down) {
-                (Err(why), false) => eprintln!(
+                (Err(why), false) => tracing::warn!(
                     "medledger {}: not ready: the {} does not answer: {why}",
-                    self.role, dependency.name
+                    self.role,
+                    dependency.name
                 ),
-                (Ok(()), true) => eprintln!(
+                (Ok(()), true) => tracing::info!(
                     "medledger {}: the {} answers again",
-                    self.role, dependency.name
+                    self.role,
+                    dependency.name
                 ),
                 _ => {}
             }
@@ -275,14 +277,14 @@ impl Outage {
     /// 30 s have passed since the last line.
     pub fn failed(&mut self, error: &dyn std::fmt::Display) {
         if let Some(line) = self.failed_at(Instant::now(), error) {
-            eprintln!("{line}");
+            tracing::warn!("{line}");
         }
     }
 
     /// An attempt worked: logs the end of an outage, if there was one.
     pub fn worked(&mut self) {
         if let Some(line) = self.worked_at(Instant::now()) {
-            eprintln!("{line}");
+            tracing::info!("{line}");
         }
     }
 

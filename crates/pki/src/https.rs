@@ -93,7 +93,7 @@ pub async fn serve(
             }
             Err(e) => {
                 // Out of file descriptors and the like: wait, do not die.
-                eprintln!("medledger: accepting a connection: {e}");
+                tracing::warn!("medledger: accepting a connection: {e}");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }

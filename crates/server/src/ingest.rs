@@ -283,7 +283,7 @@ pub(crate) async fn commit(
     // Alerts only for readings whose device is bound to the patient named
     // (checked above), so a forged batch cannot alert arbitrary patients.
     if let Err(e) = state.alerts.raise(alerts, None).await {
-        eprintln!("medledger server: raising ingest alerts: {e}");
+        tracing::warn!("medledger server: raising ingest alerts: {e}");
     }
     state.committed.notify_one();
     Ok(CommitReply { results })
@@ -463,7 +463,7 @@ fn gap_alert(state: &State, item: &Forwarded, gap: &medledger_checks::Gap) -> Ne
         1,
     );
     let device = hex::encode(gap.device);
-    eprintln!(
+    tracing::warn!(
         "medledger server: device {device} skipped from sequence {} to {}",
         gap.from - 1,
         gap.to + 1
@@ -729,7 +729,7 @@ async fn storage_failure(state: &State, patients: &[[u8; 32]], detail: String) -
         &[],
         1,
     );
-    eprintln!("medledger server: storage failure: {detail}");
+    tracing::error!("medledger server: storage failure: {detail}");
     let hour = now_ms() / 3_600_000;
     let alerts = patients
         .iter()
@@ -744,7 +744,7 @@ async fn storage_failure(state: &State, patients: &[[u8; 32]], detail: String) -
         })
         .collect();
     if let Err(e) = state.alerts.raise(alerts, None).await {
-        eprintln!("medledger server: raising storage-failure alerts: {e}");
+        tracing::warn!("medledger server: raising storage-failure alerts: {e}");
     }
     Unavailable(format!("storage failure: {detail}"))
 }

@@ -18,7 +18,7 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 /// start (or `medledger server rewrap`) resumes.
 pub(crate) async fn run(state: Arc<State>, status: KekStatus) {
     let vault = &state.vault;
-    eprintln!(
+    tracing::info!(
         "medledger server: re-wrapping {} data key(s) under key-encryption key {}",
         status.left(),
         vault.kek_id()
@@ -28,16 +28,17 @@ pub(crate) async fn run(state: Arc<State>, status: KekStatus) {
         .rewrap_all(BATCH, |p| {
             if last.elapsed() >= PROGRESS_EVERY {
                 last = Instant::now();
-                eprintln!(
+                tracing::info!(
                     "medledger server: {} data key(s) re-wrapped, {} left",
-                    p.rewrapped, p.left
+                    p.rewrapped,
+                    p.left
                 );
             }
         })
         .await;
     match result {
-        Ok(done) => eprintln!("medledger server: {}", summary(&done)),
-        Err(e) => eprintln!("medledger server: re-wrapping data keys stopped: {e}"),
+        Ok(done) => tracing::info!("medledger server: {}", summary(&done)),
+        Err(e) => tracing::warn!("medledger server: re-wrapping data keys stopped: {e}"),
     }
 }
 

@@ -116,11 +116,11 @@ fn roots(ca: Option<&[Vec<u8>]>) -> Result<RootCertStore, rustls::Error> {
         None => {
             let native = rustls_native_certs::load_native_certs();
             for e in &native.errors {
-                eprintln!("medledger server: the system's CA certificates: {e}");
+                tracing::warn!("medledger server: the system's CA certificates: {e}");
             }
             let (added, _unusable) = store.add_parsable_certificates(native.certs);
             if added == 0 {
-                eprintln!(
+                tracing::warn!(
                     "medledger server: no system CA certificates found: webhook deliveries \
                      fail until webhook_ca names the CAs of the endpoints"
                 );
@@ -251,7 +251,7 @@ pub(crate) async fn run(state: Arc<State>, every: Duration) {
         let hooks = match hooks(&state).await {
             Ok(h) => h,
             Err(e) => {
-                eprintln!("medledger server: reading webhooks: {e}");
+                tracing::warn!("medledger server: reading webhooks: {e}");
                 Vec::new()
             }
         };
@@ -267,13 +267,13 @@ pub(crate) async fn run(state: Arc<State>, every: Duration) {
                     backoff.remove(&hook.patient);
                 }
                 Err(Failure::SetterRevoked) => {
-                    eprintln!(
+                    tracing::warn!(
                         "medledger server: webhook {}: removed: {}",
                         hook.url,
                         Failure::SetterRevoked
                     );
                     if let Err(e) = remove(&state, &hook.patient).await {
-                        eprintln!("medledger server: removing webhook {}: {e}", hook.url);
+                        tracing::warn!("medledger server: removing webhook {}: {e}", hook.url);
                     }
                 }
                 Err(e) => {
@@ -282,7 +282,7 @@ pub(crate) async fn run(state: Arc<State>, every: Duration) {
                         .map_or(Duration::from_millis(200), |(w, _)| {
                             (*w * 2).min(MAX_BACKOFF)
                         });
-                    eprintln!(
+                    tracing::warn!(
                         "medledger server: webhook {}: {e}; again in {wait:?}",
                         hook.url
                     );

@@ -64,7 +64,7 @@ pub async fn serve_tls(
             Ok((tcp, _)) => tcp,
             Err(e) => {
                 // Out of file descriptors and the like: wait, do not die.
-                eprintln!("medledger chain: accepting a TLS connection: {e}");
+                tracing::warn!("medledger chain: accepting a TLS connection: {e}");
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 continue;
             }

@@ -109,7 +109,7 @@ impl Sessions {
         let row = match row {
             Ok(row) => row?,
             Err(e) => {
-                eprintln!("medledger server: reading a portal session: {e}");
+                tracing::warn!("medledger server: reading a portal session: {e}");
                 return None;
             }
         };
@@ -131,7 +131,7 @@ impl Sessions {
                 return None;
             }
             Err(e) => {
-                eprintln!("medledger server: checking a portal session: {e}");
+                tracing::warn!("medledger server: checking a portal session: {e}");
                 return None;
             }
         }
@@ -183,7 +183,7 @@ impl Sessions {
             .execute(state.db.pool())
             .await;
         if let Err(e) = closed {
-            eprintln!("medledger server: ending a portal session: {e}");
+            tracing::warn!("medledger server: ending a portal session: {e}");
         }
     }
 
@@ -353,7 +353,7 @@ pub(super) async fn sign_in(
             );
         }
         Err(e) => {
-            eprintln!("medledger server: recording a sign-in: {e}");
+            tracing::warn!("medledger server: recording a sign-in: {e}");
             return problem(
                 ProblemType::Unavailable,
                 "the sign-in cannot be recorded now; try again",
@@ -403,7 +403,7 @@ pub(super) async fn sign_in(
     let token = match state.portal.sessions.start(&state, &caller).await {
         Ok(token) => token,
         Err(e) => {
-            eprintln!("medledger server: opening a portal session: {e}");
+            tracing::warn!("medledger server: opening a portal session: {e}");
             return problem(
                 ProblemType::Unavailable,
                 "the session cannot be opened now; try again",
@@ -483,7 +483,7 @@ async fn certificate_of(
         ));
     }
     let recorded = recorded_certificate(state, account).await.map_err(|e| {
-        eprintln!("medledger server: portal sign-in: {e}");
+        tracing::warn!("medledger server: portal sign-in: {e}");
         problem(
             ProblemType::Unavailable,
             "the chain cannot be asked; try again",
@@ -736,7 +736,7 @@ pub(super) async fn check_signed_request(
             format!("a request signed by {signer} with nonce {nonce} was already taken"),
         )),
         Err(e) => {
-            eprintln!("medledger server: recording a signed request: {e}");
+            tracing::warn!("medledger server: recording a signed request: {e}");
             Err(problem(
                 ProblemType::Unavailable,
                 "the signed request cannot be recorded now; try again",
