@@ -68,20 +68,17 @@ fn an_admin_runs_the_registry_and_the_rules_from_the_command_line() {
         .as_str()
         .unwrap()
         .to_owned();
-    let as_admin = |args: &[&str]| -> Value {
-        let mut all = vec![
-            "admin",
-            "--rpc",
-            &chain.url,
-            "--key",
-            &admin_key,
-            "--registry",
-            &registry,
-            "--json",
-        ];
-        all.extend_from_slice(args);
-        json(&ok(&all))
-    };
+    let admin = [
+        "admin",
+        "--rpc",
+        &chain.url,
+        "--key",
+        &admin_key,
+        "--registry",
+        &registry,
+    ];
+    let as_admin =
+        |args: &[&str]| -> Value { json(&ok(&[&admin[..], &["--json"], args].concat())) };
 
     let out = as_admin(&[
         "staff",
@@ -106,19 +103,7 @@ fn an_admin_runs_the_registry_and_the_rules_from_the_command_line() {
     let out = as_admin(&["device", "register", "--cert", &cert]);
     assert_eq!(out["events"][0]["event"], "DeviceRegistered");
     assert_eq!(out["events"][0]["args"]["group"], "\"icu-hr-monitor\"");
-    let err = fails(&[
-        "admin",
-        "--rpc",
-        &chain.url,
-        "--key",
-        &admin_key,
-        "--registry",
-        &registry,
-        "device",
-        "register",
-        "--cert",
-        &cert,
-    ]);
+    let err = fails(&[&admin[..], &["device", "register", "--cert", &cert]].concat());
     assert!(
         err.contains("DuplicateDevice(epc: 0x3074257bf7194e4000001a85)"),
         "{err}"
@@ -173,21 +158,8 @@ fn an_admin_runs_the_registry_and_the_rules_from_the_command_line() {
     );
     let collector_cert = format!("{collector}.crt");
     let register_node = |more: &[&str]| {
-        let mut all = vec![
-            "admin",
-            "--rpc",
-            &chain.url,
-            "--key",
-            &admin_key,
-            "--registry",
-            &registry,
-            "node",
-            "register",
-            "--cert",
-            &collector_cert,
-        ];
-        all.extend_from_slice(more);
-        crate::ca::fails(&all)
+        let register = ["node", "register", "--cert", &collector_cert];
+        crate::ca::fails(&[&admin[..], &register, more].concat())
     };
     let err = register_node(&["--kind", "collector", "--location", "cardiology/2"]);
     assert!(
