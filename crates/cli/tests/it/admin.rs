@@ -485,40 +485,26 @@ fn patient_ref_is_keccak_of_the_salt_then_the_id_and_the_salt_stays_private() {
     let salt = tmp.path().join("patient.salt");
     std::fs::write(&salt, format!("{}\n", "11".repeat(32))).unwrap();
     std::fs::set_permissions(&salt, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let patient_ref = [
+        "patient",
+        "ref",
+        "--salt-file",
+        s(&salt),
+        "--id",
+        "MRN-0042",
+    ];
     // As `cast keccak 0x1111...11$(printf MRN-0042 | xxd -p)` computes it.
     assert_eq!(
-        ok(&[
-            "patient",
-            "ref",
-            "--salt-file",
-            s(&salt),
-            "--id",
-            "MRN-0042"
-        ])
-        .trim(),
+        ok(&patient_ref).trim(),
         "0x9aa95fecddc750c4b7cf62d9546b20185393c3211defe10395b232bfc15ab625"
     );
 
     std::fs::set_permissions(&salt, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let err = fails(&[
-        "patient",
-        "ref",
-        "--salt-file",
-        s(&salt),
-        "--id",
-        "MRN-0042",
-    ]);
+    let err = fails(&patient_ref);
     assert!(err.contains(&format!("chmod 600 {}", s(&salt))), "{err}");
 
     std::fs::write(&salt, "not hex").unwrap();
     std::fs::set_permissions(&salt, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let err = fails(&[
-        "patient",
-        "ref",
-        "--salt-file",
-        s(&salt),
-        "--id",
-        "MRN-0042",
-    ]);
+    let err = fails(&patient_ref);
     assert!(err.contains("openssl rand -hex 32"), "{err}");
 }
