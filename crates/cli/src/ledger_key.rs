@@ -99,7 +99,7 @@ async fn rotate(args: RotateArgs) -> Result<()> {
         .with_context(|| format!("loading {}", config.credentials.display()))?;
     let identity = credentials.identity()?;
     identity.require_role(&[Role::Server])?;
-    let name = crate::server::key_name(&identity);
+    let name = crate::server::key_name(&config, &identity);
     let load = |p: &Path| -> Result<NoteSigner> {
         let pkcs8 = files::read_first(p, "PRIVATE KEY")?;
         NoteSigner::from_pkcs8(&name, &pkcs8)

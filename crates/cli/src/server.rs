@@ -6,8 +6,9 @@ use anyhow::{Context, Result};
 use clap::Args;
 use medledger_patient_ledger::NoteSigner;
 use medledger_pki::{Role, files};
-use medledger_server::{ConfigFile, Server, Settings};
-use medledger_storage::{BlobStore, LocalDir, ObjectStoreBlobs};
+use medledger_server::leases::Peer;
+use medledger_server::{ConfigFile, Peering, Server, Settings};
+use medledger_storage::{Backend, BlobStore, LocalDir, ObjectStoreBlobs};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -92,13 +93,50 @@ pub(crate) fn print_endpoints(server: &Server) {
     println!("  ledger key   {}", server.ledger().verifier_key());
 }
 
-/// The ledger key's name: a note key name has no spaces, so it is named
-/// after the server's account.
-pub(crate) fn key_name(identity: &medledger_pki::Identity) -> String {
+/// The ledger key's name: `ledger_key_name`, which servers sharing a
+/// database share, or else (a note key name has no spaces) the server's
+/// account.
+pub(crate) fn key_name(config: &ConfigFile, identity: &medledger_pki::Identity) -> String {
+    if let Some(name) = &config.ledger_key_name {
+        return name.clone();
+    }
     match identity.address() {
         Some(address) => format!("medledger-server-{address}"),
         None => "medledger-server".to_owned(),
     }
+}
+
+/// How a server on PostgreSQL is reached by the others on the same
+/// database, and reaches them.
+fn peering(config: &ConfigFile, credentials: &medledger_pki::Credentials) -> Result<Peering> {
+    let addr = match &config.advertise {
+        Some(addr) => addr.clone(),
+        None if roles::socket(&config.listen, "listen")?
+            .ip()
+            .is_unspecified() =>
+        {
+            anyhow::bail!(
+                "listen = {:?} does not say where the other servers on this database reach this one: \
+                 set advertise = \"HOST:PORT\"",
+                config.listen
+            )
+        }
+        None => config.listen.clone(),
+    };
+    let server_name = match &config.server_name {
+        Some(name) => name.clone(),
+        None => addr
+            .rsplit_once(':')
+            .map_or(addr.as_str(), |(host, _)| host)
+            .trim_matches(['[', ']'])
+            .to_owned(),
+    };
+    let root = files::read_first(&config.ca_root, "CERTIFICATE")?;
+    Ok(Peering {
+        at: Peer { addr, server_name },
+        tls: medledger_pki::client_config(Some(credentials), &root, &[Role::Server])?,
+        term: Duration::from_millis(config.lease_ms),
+    })
 }
 
 /// Starts a server as `config` says, re-reading the CRL as it changes.
@@ -128,10 +166,15 @@ pub(crate) async fn start(config: &ConfigFile) -> Result<Started> {
     .await?;
     // Made only once the rest of the configuration holds: a start that
     // fails leaves no key behind.
-    let ledger_key = ledger_key(&config.ledger_key, &key_name(&identity))?;
+    let ledger_key = ledger_key(&config.ledger_key, &key_name(config, &identity))?;
     let auth = |roles: &[Role]| roles::client_auth(&config.ca_root, &config.crl, roles);
+    let peering = match db.backend() {
+        Backend::Postgres => Some(peering(config, &credentials)?),
+        Backend::Sqlite => None,
+    };
     let client_auth = auth(&[
         Role::Collector,
+        Role::Server,
         Role::Admin,
         Role::Doctor,
         Role::Nurse,
@@ -172,6 +215,7 @@ pub(crate) async fn start(config: &ConfigFile) -> Result<Started> {
                     .with_context(|| format!("webhook_ca {}", ca.display()))
             })
             .transpose()?,
+        peering,
     })
     .await?;
     roles::watch_crl(

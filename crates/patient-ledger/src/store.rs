@@ -3,6 +3,23 @@
 //! Appends go in one transaction per batch and return after the commit,
 //! so an index handed out is durable. A patient's tree is rebuilt from the
 //! stored entries on first use and extended on every append.
+//!
+//! Several servers on one database: a ledger opened [`Ledger::with_writer`]
+//! appends to a patient only while `ledger_leases` names it the holder,
+//! and moves the ledger's size there in the same transaction (the fence):
+//!
+//! ```text
+//!  UPDATE ledger_leases SET size = size + k
+//!   WHERE patient = P AND holder = me RETURNING size
+//!      no row   -> NotHeld: another server holds P (or took it over)
+//!      size - k -> where the k entries go; entries another writer added
+//!                  since this server's tree was built are read first
+//! ```
+//!
+//! The row lock serialises writers across servers, so a patient's ledger
+//! never has two writers at once, whatever the clocks say; taking leases
+//! over is the server's business. Reads catch up with what other servers
+//! appended before they answer.
 
 use crate::bundle::{Bundle, BundleEntry};
 use crate::checkpoint::{Checkpoint, CheckpointError, NoteSigner};
@@ -81,6 +98,10 @@ pub enum LedgerError {
     /// The patient was erased.
     #[error("patient {0}'s ledger was erased")]
     Erased(String),
+    /// This writer does not hold the patient's lease (another server
+    /// does, or took it over).
+    #[error("this server does not hold the lease of patient {0}'s ledger")]
+    NotHeld(String),
     /// The ledger key's history is broken, or does not end at the key.
     #[error("the ledger key history: {0}")]
     KeyHistory(#[from] KeyHistoryError),
@@ -157,6 +178,31 @@ fn to_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
+/// Moves the patient's ledger size in `ledger_leases` by `added` if
+/// `writer` holds its lease; returns the size before. The row stays
+/// locked until the transaction ends.
+async fn fence(
+    tx: &mut sqlx::AnyConnection,
+    writer: &str,
+    patient: &PatientRef,
+    added: u64,
+) -> Result<u64> {
+    let row = sqlx::query(
+        "UPDATE ledger_leases SET size = size + $1 WHERE patient = $2 AND holder = $3 \
+         RETURNING size",
+    )
+    .bind(to_i64(added))
+    .bind(patient.to_vec())
+    .bind(writer)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(row) = row else {
+        return Err(LedgerError::NotHeld(hex::encode(patient)));
+    };
+    let size = u64::try_from(row.try_get::<i64, _>("size")?).unwrap_or(0);
+    Ok(size.saturating_sub(added))
+}
+
 /// The per-patient ledgers of one server.
 pub struct Ledger {
     db: Db,
@@ -165,6 +211,9 @@ pub struct Ledger {
     history: KeyHistory,
     /// Trees by patient; the lock also serialises appends.
     trees: tokio::sync::Mutex<HashMap<PatientRef, Tree>>,
+    /// The lease holder this ledger appends as, on a database several
+    /// servers share; `None`: the only writer.
+    writer: Option<String>,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -184,6 +233,7 @@ impl Ledger {
             signer,
             history,
             trees: tokio::sync::Mutex::new(HashMap::new()),
+            writer: None,
         }
     }
 
@@ -198,6 +248,7 @@ impl Ledger {
             signer,
             history,
             trees: tokio::sync::Mutex::new(HashMap::new()),
+            writer: None,
         })
     }
 
@@ -259,9 +310,18 @@ impl Ledger {
                 signer: new,
                 history,
                 trees: self.trees,
+                writer: self.writer,
             },
             statement,
         ))
+    }
+
+    /// These ledgers on a database other servers share: appends only to
+    /// patients whose lease `holder` holds (see the module's doc), reads
+    /// catch up with the others' appends.
+    pub fn with_writer(mut self, holder: impl Into<String>) -> Ledger {
+        self.writer = Some(holder.into());
+        self
     }
 
     /// Every key that signed these ledgers, and when.
@@ -314,6 +374,18 @@ impl Ledger {
         let mut trees = self.trees.lock().await;
         // Sizes as they will be after the earlier groups of this batch.
         let mut next: HashMap<PatientRef, u64> = HashMap::new();
+        if let Some(writer) = &self.writer {
+            let mut added: BTreeMap<PatientRef, u64> = BTreeMap::new();
+            for (patient, group) in &groups {
+                *added.entry(*patient).or_default() += group.len() as u64;
+            }
+            // In patient order, so that two writers never wait on each other.
+            for (patient, k) in added {
+                let start = fence(tx, writer, &patient, k).await?;
+                self.tree_of_size(&mut trees, &patient, start).await?;
+                next.insert(patient, start);
+            }
+        }
         let mut entries = Vec::new();
         let mut indexes = Vec::with_capacity(groups.len());
         for (patient, group) in groups {
@@ -368,7 +440,7 @@ impl Ledger {
     pub async fn checkpoint(&self, patient: &PatientRef) -> Result<String> {
         let (note, size) = {
             let mut trees = self.trees.lock().await;
-            let tree = self.tree_in(&mut trees, patient).await?;
+            let tree = self.synced(&mut trees, patient).await?;
             (self.sign_checkpoint(patient, tree), tree.size())
         };
         // One statement: two checkpoints of the same size (the anchor task
@@ -395,7 +467,7 @@ impl Ledger {
         indexes: &[u64],
     ) -> Result<(String, Vec<Vec<Hash>>)> {
         let mut trees = self.trees.lock().await;
-        let tree = self.tree_in(&mut trees, patient).await?;
+        let tree = self.synced(&mut trees, patient).await?;
         let size = tree.size();
         let proofs = indexes
             .iter()
@@ -463,7 +535,7 @@ impl Ledger {
         size: u64,
     ) -> Result<Vec<Hash>> {
         let mut trees = self.trees.lock().await;
-        let tree = self.tree_in(&mut trees, patient).await?;
+        let tree = self.synced(&mut trees, patient).await?;
         tree.inclusion(index, size)
             .map_err(|e| LedgerError::Missing(format!("no inclusion proof: {e}")))
     }
@@ -471,7 +543,7 @@ impl Ledger {
     /// The consistency proof from size `old` to size `new`.
     pub async fn consistency(&self, patient: &PatientRef, old: u64, new: u64) -> Result<Vec<Hash>> {
         let mut trees = self.trees.lock().await;
-        let tree = self.tree_in(&mut trees, patient).await?;
+        let tree = self.synced(&mut trees, patient).await?;
         tree.consistency(old, new)
             .map_err(|e| LedgerError::Missing(format!("no consistency proof: {e}")))
     }
@@ -584,7 +656,7 @@ impl Ledger {
                 .await?
                 .expect("an erased ledger has its tombstone"));
         }
-        let tree = self.tree_in(&mut trees, patient).await?;
+        let tree = self.synced(&mut trees, patient).await?;
         let size = tree.size();
         let root = tree.root(size).expect("the tree holds its own size");
         let now = now_ms();
@@ -595,6 +667,11 @@ impl Ledger {
             extensions: vec![format!("time {now}"), format!("erased {now}")],
         });
         let mut tx = self.db.pool().begin().await?;
+        if let Some(writer) = &self.writer
+            && fence(&mut tx, writer, patient, 0).await? != size
+        {
+            return Err(LedgerError::NotHeld(hex::encode(patient)));
+        }
         sqlx::query("DELETE FROM ledger_entries WHERE patient = $1")
             .bind(patient.to_vec())
             .execute(&mut *tx)
@@ -647,6 +724,67 @@ impl Ledger {
             });
         }
         Ok(cp)
+    }
+
+    /// The patient's tree with every entry stored, also those other
+    /// servers appended since it was built (on a shared database).
+    async fn synced<'a>(
+        &self,
+        trees: &'a mut HashMap<PatientRef, Tree>,
+        patient: &PatientRef,
+    ) -> Result<&'a mut Tree> {
+        let cached = trees.contains_key(patient);
+        let tree = self.tree_in(trees, patient).await?;
+        if cached && self.writer.is_some() {
+            self.extend(tree, patient, None).await?;
+        }
+        Ok(tree)
+    }
+
+    /// The patient's tree, which must hold `size` entries: those another
+    /// writer appended since it was built are read.
+    async fn tree_of_size(
+        &self,
+        trees: &mut HashMap<PatientRef, Tree>,
+        patient: &PatientRef,
+        size: u64,
+    ) -> Result<()> {
+        let tree = self.tree_in(trees, patient).await?;
+        if tree.size() < size {
+            self.extend(tree, patient, Some(size)).await?;
+        }
+        let held = tree.size();
+        if held != size {
+            // Rebuilt at the next use.
+            trees.remove(patient);
+            return Err(LedgerError::Missing(format!(
+                "patient {}'s lease counts {size} entries, {held} are stored",
+                hex::encode(patient)
+            )));
+        }
+        Ok(())
+    }
+
+    /// Appends to `tree` the stored entries after it (up to `until`).
+    async fn extend(
+        &self,
+        tree: &mut Tree,
+        patient: &PatientRef,
+        until: Option<u64>,
+    ) -> Result<()> {
+        let rows = sqlx::query(
+            "SELECT entry FROM ledger_entries WHERE patient = $1 AND idx >= $2 AND idx < $3 \
+             ORDER BY idx",
+        )
+        .bind(patient.to_vec())
+        .bind(to_i64(tree.size()))
+        .bind(to_i64(until.unwrap_or(u64::MAX)))
+        .fetch_all(self.db.pool())
+        .await?;
+        for row in rows {
+            tree.push(leaf_hash(&row.try_get::<Vec<u8>, _>("entry")?));
+        }
+        Ok(())
     }
 
     async fn tree_in<'a>(

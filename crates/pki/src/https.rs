@@ -84,7 +84,11 @@ pub async fn serve(
     refused: Arc<dyn Fn(Refused) + Send + Sync>,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    // Every connection ends with this task: a server stopped (dropped)
+    // answers nothing more, on old connections either.
+    let mut connections = tokio::task::JoinSet::new();
     loop {
+        while connections.try_join_next().is_some() {}
         let (tcp, addr) = match listener.accept().await {
             Ok(accepted) => {
                 // Answers go out at once, not after the peer's delayed ACK.
@@ -109,7 +113,7 @@ pub async fn serve(
             refused.clone(),
         );
         let header_timeout = limits.header_timeout;
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let _slot = slot;
             let (tls, identity) = match acceptor.accept_optional(tcp).await {
                 Ok(accepted) => accepted,

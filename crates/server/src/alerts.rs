@@ -103,8 +103,6 @@ impl Preferences {
 /// The alert store.
 pub(crate) struct Alerts {
     db: Db,
-    /// Ids are assigned one writer at a time.
-    lock: tokio::sync::Mutex<()>,
     /// The newest id, for live followers.
     newest: tokio::sync::watch::Sender<u64>,
 }
@@ -113,7 +111,6 @@ impl Alerts {
     pub(crate) fn new(db: Db) -> Alerts {
         Alerts {
             db,
-            lock: tokio::sync::Mutex::new(()),
             newest: tokio::sync::watch::Sender::new(0),
         }
     }
@@ -130,10 +127,8 @@ impl Alerts {
             return Ok(());
         }
         let alerts = self.without_erased(alerts).await?;
-        let _one_writer = self.lock.lock().await;
-        let next = self.next_id().await?;
         let mut tx = self.db.pool().begin().await?;
-        insert(&mut tx, next, alerts, cursor).await?;
+        insert(&mut tx, alerts, cursor).await?;
         tx.commit().await?;
         self.woken().await
     }
@@ -149,12 +144,10 @@ impl Alerts {
         alerts: impl FnOnce(&[Vec<u64>]) -> Vec<NewAlert>,
         cursor: Option<u64>,
     ) -> Result<Vec<Vec<u64>>, LedgerError> {
-        let _one_writer = self.lock.lock().await;
-        let next = self.next_id().await?;
         let mut tx = self.db.pool().begin().await?;
         let staged = ledger.stage(&mut tx, entries).await?;
         let alerts = self.without_erased(alerts(staged.indexes())).await?;
-        insert(&mut tx, next, alerts, cursor).await?;
+        insert(&mut tx, alerts, cursor).await?;
         tx.commit().await?;
         let indexes = staged.committed();
         self.woken().await?;
@@ -184,16 +177,6 @@ impl Alerts {
             }
         }
         Ok(kept)
-    }
-
-    /// The first free alert id. Read before a write transaction, which then
-    /// only writes: a SQLite transaction that reads first cannot become a
-    /// writer while another connection writes (SQLITE_BUSY_SNAPSHOT). The
-    /// caller holds `lock`, so it is the only writer of ids.
-    async fn next_id(&self) -> Result<i64, sqlx::Error> {
-        Ok(i64::try_from(self.last_id().await?)
-            .unwrap_or(i64::MAX)
-            .saturating_add(1))
     }
 
     /// Wakes the followers after a commit.
@@ -336,7 +319,9 @@ impl Alerts {
         Ok(u64::try_from(id).unwrap_or(0))
     }
 
-    /// Follows the newest alert id.
+    /// Follows the newest alert id: that of the alerts this server
+    /// raises at once, those of others within a second
+    /// ([`raised_elsewhere`]).
     pub(crate) fn follow(&self) -> tokio::sync::watch::Receiver<u64> {
         self.newest.subscribe()
     }
@@ -346,10 +331,26 @@ impl Alerts {
 /// cursor to `cursor` if given, in the caller's transaction.
 async fn insert(
     tx: &mut sqlx::AnyConnection,
-    next: i64,
     alerts: Vec<NewAlert>,
     cursor: Option<u64>,
 ) -> Result<(), sqlx::Error> {
+    // Ids come from one row, locked until the transaction ends: alerts
+    // commit in the order of their ids, whichever server raised them, so
+    // a follower reading after id N misses none. A write, never a read,
+    // first: a SQLite transaction that reads first cannot become a writer
+    // while another connection writes (SQLITE_BUSY_SNAPSHOT).
+    let count = i64::try_from(alerts.len()).unwrap_or(i64::MAX);
+    let next = if count == 0 {
+        0
+    } else {
+        sqlx::query("UPDATE alert_ids SET last = last + $1 WHERE one = 1 RETURNING last")
+            .bind(count)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get::<i64, _>("last")?
+            - count
+            + 1
+    };
     let now = i64::try_from(medledger_protocol::now_ms()).unwrap_or(i64::MAX);
     let rows: Vec<Vec<SqlValue>> = alerts
         .into_iter()
@@ -506,6 +507,10 @@ pub(crate) async fn follow_chain(state: Arc<State>, every: Duration) {
 }
 
 async fn chain_step(state: &State) -> Result<(), LedgerError> {
+    // One server of those sharing the database follows the chain.
+    if !state.leases.job("chain-alerts").await? {
+        return Ok(());
+    }
     let cursor = |name: &'static str| async move {
         let row = sqlx::query("SELECT block FROM chain_cursor WHERE name = $1")
             .bind(name)
@@ -576,6 +581,17 @@ async fn chain_step(state: &State) -> Result<(), LedgerError> {
             ));
         }
     }
+    // The entries commit with the cursor: their ledgers' leases are taken.
+    state
+        .leases
+        .take(
+            entries
+                .iter()
+                .map(|(patient, _)| *patient)
+                .collect::<Vec<_>>(),
+            true,
+        )
+        .await?;
     state
         .alerts
         .record(
@@ -594,5 +610,16 @@ fn ledger_kind(event: &str) -> Option<&'static str> {
         "ConsentGranted" | "ConsentRevoked" | "OptOutChanged" => Some("ConsentChanged"),
         "Annotated" => Some("Annotation"),
         _ => None,
+    }
+}
+
+/// Wakes this server's followers for the alerts other servers on the same
+/// database raise.
+pub(crate) async fn raised_elsewhere(state: Arc<State>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if let Err(e) = state.alerts.woken().await {
+            tracing::debug!("medledger server: the newest alert: {e}");
+        }
     }
 }

@@ -5,6 +5,10 @@
 //! `root` and `count` the checkpoint's), and every ledger key rotation
 //! not yet anchored (kind 6, [`LEDGER_KEY_KIND`]), in one `anchorMany` per
 //! round.
+//!
+//! Servers sharing a database each anchor the batches they wrote and the
+//! ledgers whose lease they hold, and also those of a server whose
+//! leases lapsed (it died before anchoring them).
 
 use crate::State;
 use alloy::primitives::B256;
@@ -109,9 +113,13 @@ async fn batches(
 ) -> Result<(), sqlx::Error> {
     let rows = sqlx::query(
         "SELECT root, count, first, last FROM ingest_batches WHERE anchor_id IS NULL \
+         AND (writer IS NULL OR writer = $2 OR NOT EXISTS (SELECT 1 FROM server_instances s \
+              WHERE s.instance = ingest_batches.writer AND s.alive_until_ms > $3)) \
          ORDER BY created_ms LIMIT $1",
     )
     .bind(MAX_ROOTS)
+    .bind(state.leases.me())
+    .bind(i64::try_from(medledger_protocol::now_ms()).unwrap_or(i64::MAX))
     .fetch_all(state.db.pool())
     .await?;
     for row in rows {
@@ -169,10 +177,16 @@ async fn checkpoints(
     pending: &mut Vec<Pending>,
 ) -> Result<(), String> {
     let rows = sqlx::query(
-        "SELECT e.patient AS patient, COUNT(*) AS size FROM ledger_entries e GROUP BY e.patient \
+        "SELECT e.patient AS patient, COUNT(*) AS size FROM ledger_entries e \
+         JOIN ledger_leases l ON l.patient = e.patient \
+         WHERE l.holder = $1 OR NOT EXISTS (SELECT 1 FROM server_instances s \
+               WHERE s.instance = l.holder AND s.alive_until_ms > $2) \
+         GROUP BY e.patient \
          HAVING COUNT(*) > COALESCE((SELECT MAX(a.size) FROM ledger_anchors a \
          WHERE a.patient = e.patient AND a.anchor_id IS NOT NULL), 0)",
     )
+    .bind(state.leases.me())
+    .bind(i64::try_from(medledger_protocol::now_ms()).unwrap_or(i64::MAX))
     .fetch_all(state.db.pool())
     .await
     .map_err(|e| e.to_string())?;

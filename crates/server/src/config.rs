@@ -22,6 +22,11 @@
 //! # and never reach an internal address (loopback, private, link-local,
 //! # this host...) unless allowed: ADDR, ADDR:PORT ([IPv6]:PORT) or NET/PREFIX
 //! # webhook_allow = ["10.1.2.7:8443", "10.1.3.0/24"]
+//! # Several servers on one PostgreSQL database (crate::leases):
+//! # advertise = "server-1.example:9443"   # where the other servers reach this one
+//! # server_name = "server-1.example"      # the name they check on its certificate
+//! # lease_ms = 10000                      # a dead server's patients move after this
+//! # ledger_key_name = "medledger-server-0x…"  # the first server's: they share the ledger key
 //! ```
 //!
 //! Relative paths are relative to the configuration file.
@@ -76,6 +81,11 @@ pub struct ConfigFile {
     pub previous_kek_envs: Vec<String>,
     /// The ledger signing key (PKCS#8); created if absent.
     pub ledger_key: PathBuf,
+    /// The ledger key's name in signed notes; by default
+    /// `medledger-server-ACCOUNT`. Servers sharing a database share the
+    /// ledger key and its name: the first server's.
+    #[serde(default)]
+    pub ledger_key_name: Option<String>,
     /// The chain's JSON-RPC URL.
     pub chain_rpc: String,
     /// The Registry's address.
@@ -95,6 +105,23 @@ pub struct ConfigFile {
     /// instead of the system's roots.
     #[serde(default)]
     pub webhook_ca: Option<PathBuf>,
+    /// Where the other servers on the same database reach this one
+    /// (`HOST:PORT` of `listen`); by default `listen` when it names an
+    /// address.
+    #[serde(default)]
+    pub advertise: Option<String>,
+    /// The name on this server's certificate the others check; by
+    /// default the host of `advertise`.
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// How long a server's leases outlive its last renewal: its patients
+    /// move to another server this long after it died.
+    #[serde(default = "default_lease")]
+    pub lease_ms: u64,
+}
+
+fn default_lease() -> u64 {
+    10_000
 }
 
 fn default_anchor_interval() -> u64 {

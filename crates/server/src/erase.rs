@@ -46,6 +46,11 @@ pub(crate) async fn erase(state: &State, patient: &[u8; 32]) -> Result<Erasure, 
         .erase(patient)
         .await
         .map_err(|e| failed("the data keys", &e))?;
+    state
+        .leases
+        .take([*patient], true)
+        .await
+        .map_err(|e| failed("the ledger's lease", &e))?;
     let tombstone = state
         .ledger
         .erase(patient)

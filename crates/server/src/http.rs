@@ -22,6 +22,8 @@ use std::sync::Arc;
 
 /// `Registry.NodeKind.Collector`.
 const COLLECTOR: u8 = 1;
+/// `Registry.NodeKind.Server`.
+const SERVER: u8 = 2;
 
 /// The largest forwarded batch.
 const MAX_BATCH_BYTES: usize = 64 << 20;
@@ -75,20 +77,29 @@ async fn batches(
     Extension(peer): Extension<Peer>,
     body: Body,
 ) -> Response {
-    if peer.identity.role != Role::Collector {
-        return problem(ProblemType::WrongRole, "only collectors forward batches");
-    }
-    // A collector certificate is not enough: the Registry must list the
-    // account as an active collector.
+    // A collector, or another server sending on the readings of patients
+    // whose ledger this one holds.
+    let (kind, source, what) = match peer.identity.role {
+        Role::Collector => (COLLECTOR, ingest::Source::Peer, "collector"),
+        Role::Server => (SERVER, ingest::Source::Server, "server"),
+        _ => {
+            return problem(
+                ProblemType::WrongRole,
+                "only collectors (and servers) forward batches",
+            );
+        }
+    };
+    // A certificate is not enough: the Registry must list the account as
+    // an active node of that kind.
     let Some(account) = peer.identity.address() else {
         return problem(ProblemType::WrongRole, "the certificate names no account");
     };
     match state.view.contracts().registry().node(account).call().await {
-        Ok(node) if node.active && node.kind == COLLECTOR => {}
+        Ok(node) if node.active && node.kind == kind => {}
         Ok(_) => {
             return problem(
                 ProblemType::Forbidden,
-                format!("{account} is not an active collector in the Registry"),
+                format!("{account} is not an active {what} in the Registry"),
             );
         }
         Err(e) => {
@@ -123,7 +134,7 @@ async fn batches(
             None => Ok(()),
         }
     };
-    let committed = ingest::commit(&state, batch, ingest::Source::Peer, turn).await;
+    let committed = ingest::commit(&state, batch, source, turn).await;
     if let Some(order) = order {
         state.turns.finished(account, order, committed.is_ok());
     }

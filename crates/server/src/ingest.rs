@@ -14,6 +14,8 @@
 //!               (checks::bind); not erased
 //!  cards        a valid card signature of that patient covers it
 //!  rules        the rule contracts                         (checks::rules)
+//!  holders      readings of patients whose ledger another server holds
+//!               go to it, its answers are theirs (crate::leases)
 //!  sequence     above the device's last stored     (checks::Marks, gaps)
 //!  store        one sealed blob per patient; `DataRecorded` entries, the
 //!               reading index, the marks and the batch root in one SQL
@@ -28,9 +30,10 @@
 
 use crate::State;
 use crate::alerts::NewAlert;
+use crate::leases::{Holder, Peer};
 use alloy::primitives::B256;
 use medledger_checks::{Item, Marks, NewMarks, Refusal, Signed, Trust, Verdict};
-use medledger_patient_ledger::{Field, NewEntry, Tree, leaf_hash};
+use medledger_patient_ledger::{Field, LedgerError, NewEntry, Tree, leaf_hash};
 use medledger_pki::{ClientAuth, Identity};
 use medledger_protocol::cbor::{self, Value};
 use medledger_protocol::{
@@ -58,13 +61,17 @@ pub(crate) enum Source {
     /// certificate, signature, card and rule before its durable commit:
     /// no trust boundary lies between, so nothing is verified twice.
     SameProcess,
+    /// Another server on the same database, which verified everything as
+    /// from a [`Source::Peer`] and sends on the readings of patients whose
+    /// ledger this server holds (crate::relay).
+    Server,
 }
 
 impl Source {
     fn trust(self) -> Trust {
         match self {
             Source::Peer => Trust::Verify,
-            Source::SameProcess => Trust::VerifiedHere,
+            Source::SameProcess | Source::Server => Trust::VerifiedHere,
         }
     }
 }
@@ -75,6 +82,7 @@ impl Source {
 struct Named {
     cert: u32,
     patient: [u8; 32],
+    received_ms: u64,
 }
 
 /// A forwarded reading on its way through the stages.
@@ -148,12 +156,13 @@ impl Certificates {
                     Source::Peer => auth.verify_certificate(der, &self.cas, at).map_err(|e| {
                         Refusal::new(e.problem_type(), format!("device certificate: {e}"))
                     }),
-                    Source::SameProcess => Identity::from_peer_certificate(der).map_err(|e| {
-                        Refusal::new(
-                            ProblemType::UntrustedCertificate,
-                            format!("device certificate: {e}"),
-                        )
-                    }),
+                    Source::SameProcess | Source::Server => Identity::from_peer_certificate(der)
+                        .map_err(|e| {
+                            Refusal::new(
+                                ProblemType::UntrustedCertificate,
+                                format!("device certificate: {e}"),
+                            )
+                        }),
                 }
                 .map(Arc::new)
             });
@@ -215,6 +224,7 @@ pub(crate) async fn commit(
                 Named {
                     cert: f.cert,
                     patient: f.patient,
+                    received_ms: f.received_ms,
                 },
             )
         })
@@ -227,7 +237,6 @@ pub(crate) async fn commit(
     let mut items = verify(state, certificates.clone(), items, |n| n.cert, source).await?;
     clock.lap("verify");
     turn.await?;
-    let _one_at_a_time = state.ingest_lock.lock().await;
     duplicates(state, &mut items).await?;
 
     medledger_checks::bind(&state.view, &mut items, Signed::Measured, |n| {
@@ -247,6 +256,12 @@ pub(crate) async fn commit(
         alerts.extend(refused.into_iter().map(|i| reading_alert(&items[i])));
         clock.lap("rules");
     }
+    to_holders(state, &certificates, &mut items, source).await?;
+    clock.lap("holders");
+
+    let _one_at_a_time = state.ingest_lock.lock().await;
+    // A retry of this very batch may have committed meanwhile.
+    duplicates(state, &mut items).await?;
 
     let mut marks = Marks::new("ingest_device_seq");
     let sequenced = marks
@@ -287,6 +302,79 @@ pub(crate) async fn commit(
     }
     state.committed.notify_one();
     Ok(CommitReply { results })
+}
+
+/// Sends the readings of patients whose ledger another live server holds
+/// to that server, and takes its answers for theirs; takes the leases of
+/// the others' patients that are free or lapsed.
+async fn to_holders(
+    state: &State,
+    certificates: &Certificates,
+    items: &mut [Forwarded],
+    source: Source,
+) -> Result<(), Unavailable> {
+    let patients: Vec<[u8; 32]> = items
+        .iter()
+        .filter(|i| i.passing().is_some())
+        .map(|i| i.data.patient)
+        .collect();
+    if patients.is_empty() {
+        return Ok(());
+    }
+    let holders = state.leases.take(patients, false).await.map_err(db_down)?;
+    let mut by_peer: HashMap<Peer, Vec<usize>> = HashMap::new();
+    for (i, item) in items.iter().enumerate() {
+        if item.passing().is_some()
+            && let Some(Holder::Other(peer)) = holders.get(&item.data.patient)
+        {
+            by_peer.entry(peer.clone()).or_default().push(i);
+        }
+    }
+    if by_peer.is_empty() {
+        return Ok(());
+    }
+    let tls = match (&state.peer_tls, source) {
+        // Sent on once only: the lease moved again meanwhile.
+        (_, Source::Server) | (None, _) => {
+            return Err(Unavailable(
+                "another server holds the lease of a patient's ledger: try again".into(),
+            ));
+        }
+        (Some(tls), _) => tls.clone(),
+    };
+    for (peer, members) in by_peer {
+        let batch = ForwardBatch {
+            order: None,
+            certs: certificates.certs.clone(),
+            cas: certificates.cas.clone(),
+            readings: members
+                .iter()
+                .map(|&i| medledger_protocol::Forwarded {
+                    cose: items[i].cose.clone(),
+                    cert: items[i].data.cert,
+                    patient: items[i].data.patient,
+                    received_ms: items[i].data.received_ms,
+                })
+                .collect(),
+            cards: Vec::new(),
+            refused: Vec::new(),
+        };
+        let reply = state.relay.send(tls.clone(), &peer, &batch).await?;
+        for (&i, result) in members.iter().zip(reply.results) {
+            items[i].verdict = match result.status {
+                CommitStatus::Stored | CommitStatus::Duplicate => Verdict::Stored {
+                    index: result.index.unwrap_or(0),
+                    before: result.status == CommitStatus::Duplicate,
+                },
+                CommitStatus::Rejected => Verdict::Refused(Refusal {
+                    kind: result.problem.unwrap_or(ProblemType::Unavailable),
+                    detail: result.detail.unwrap_or_default(),
+                    reason: result.reason,
+                }),
+            };
+        }
+    }
+    Ok(())
 }
 
 /// A reading's answer to the collector, once decided.
@@ -338,7 +426,10 @@ async fn duplicates(state: &State, items: &mut [Forwarded]) -> Result<(), Unavai
             let found = <[u8; 32]>::try_from(hash.as_slice())
                 .ok()
                 .and_then(|h| position.get(&h));
-            if let Some(&i) = found {
+            // Not those another server just stored for this batch.
+            if let Some(&i) = found
+                && !matches!(items[i].verdict, Verdict::Stored { .. })
+            {
                 items[i].verdict = Verdict::Stored {
                     index: u64::try_from(idx).unwrap_or(0),
                     before: true,
@@ -637,6 +728,12 @@ async fn store(
     let mut tx = state.db.pool().begin().await.map_err(db_down)?;
     let staged = match state.ledger.stage(&mut tx, groups).await {
         Ok(staged) => staged,
+        Err(LedgerError::NotHeld(patient)) => {
+            state.leases.lost();
+            return Err(Unavailable(format!(
+                "another server took over the lease of patient {patient}'s ledger: try again"
+            )));
+        }
         Err(e) => {
             return Err(storage_failure(state, &patients, format!("the ledger: {e}")).await);
         }
@@ -690,14 +787,15 @@ async fn store(
     .map_err(db_down)?;
     marks.write(&mut tx).await.map_err(db_down)?;
     sqlx::query(
-        "INSERT INTO ingest_batches (root, count, first, last, created_ms) VALUES ($1, $2, $3, $4, $5) \
-         ON CONFLICT DO NOTHING",
+        "INSERT INTO ingest_batches (root, count, first, last, created_ms, writer) \
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
     )
     .bind(root.to_vec())
     .bind(to_i64(order.len() as u64))
     .bind(items[order[0]].hash.to_vec())
     .bind(items[order[order.len() - 1]].hash.to_vec())
     .bind(to_i64(now))
+    .bind(state.leases.me())
     .execute(&mut *tx)
     .await
     .map_err(db_down)?;

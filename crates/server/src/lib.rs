@@ -14,6 +14,8 @@
 //!
 //! - [`config`]: the TOML configuration;
 //! - [`indexer`]: our contracts' events, copied into SQL;
+//! - [`leases`]: several servers on one database, one writer per patient
+//!   ledger;
 //! - alert webhooks: HTTPS only, never to an internal address unless
 //!   allowed ([`WebhookAllow`]).
 
@@ -26,9 +28,11 @@ pub mod erase;
 mod http;
 pub mod indexer;
 mod ingest;
+pub mod leases;
 mod portal;
 pub mod records;
 pub mod recover;
+mod relay;
 pub mod rewrap;
 mod turns;
 mod webhook;
@@ -95,6 +99,21 @@ pub struct Settings {
     /// The CA certificates (DER) webhook endpoints must chain to
     /// (`webhook_ca`); `None`: the system's roots.
     pub webhook_ca: Option<Vec<Vec<u8>>>,
+    /// How this server shares its database with other servers; `None`:
+    /// it is alone on it (SQLite).
+    pub peering: Option<Peering>,
+}
+
+/// A server among others on one database (PostgreSQL).
+pub struct Peering {
+    /// Where the others reach this server (an empty `addr`: the address
+    /// `listen` bound).
+    pub at: leases::Peer,
+    /// Presents this server's certificate to the server it forwards
+    /// readings to, and checks that one's (role `server`).
+    pub tls: Arc<rustls::ClientConfig>,
+    /// How long a lease outlives its holder's last renewal.
+    pub term: Duration,
 }
 
 impl std::fmt::Debug for Settings {
@@ -162,6 +181,11 @@ pub(crate) struct State {
     pub(crate) portal: portal::Portal,
     /// Where alert webhooks may go, and how they are reached.
     pub(crate) webhooks: webhook::Webhooks,
+    /// Which patient ledgers this server writes, which jobs it runs.
+    pub(crate) leases: Arc<leases::Leases>,
+    /// Reaches the other servers (readings of patients they hold).
+    pub(crate) peer_tls: Option<Arc<rustls::ClientConfig>>,
+    pub(crate) relay: relay::Relay,
 }
 
 /// The server's ingest, handed to a collector running in the same process
@@ -237,6 +261,7 @@ impl Server {
             checkpoint_interval,
             webhook_allow,
             webhook_ca,
+            peering,
         } = settings;
         let vault = Vault::with_previous(db.clone(), kek, previous_keks);
         let keks = vault.check_keks().await?;
@@ -268,9 +293,36 @@ impl Server {
         let auths = [client_auth.clone(), device_auth.clone(), card_auth.clone()];
         let tls = medledger_pki::server_config(&credentials, client_auth.clone())?;
         let metrics = Arc::new(Metrics::new());
+        let account = credentials
+            .identity()
+            .ok()
+            .and_then(|id| id.address())
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let leases = Arc::new(
+            leases::Leases::register(
+                db.clone(),
+                &account,
+                peering
+                    .as_ref()
+                    .map(|p| leases::Peer {
+                        addr: if p.at.addr.is_empty() {
+                            addr.to_string()
+                        } else {
+                            p.at.addr.clone()
+                        },
+                        server_name: p.at.server_name.clone(),
+                    })
+                    .as_ref(),
+                peering.as_ref().map_or(leases::DEFAULT_TERM, |p| p.term),
+            )
+            .await
+            .map_err(StartError::Db)?,
+        );
         let ledger = Ledger::open(db.clone(), ledger_key)
             .await
-            .map_err(StartError::LedgerKey)?;
+            .map_err(StartError::LedgerKey)?
+            .with_writer(leases.me());
         let portal_state = portal::Portal::open(&db).await.map_err(StartError::Db)?;
         let state = Arc::new(State {
             vault,
@@ -289,8 +341,15 @@ impl Server {
             anchoring: tokio::sync::Mutex::new(()),
             portal: portal_state,
             webhooks,
+            leases: leases.clone(),
+            peer_tls: peering.map(|p| p.tls),
+            relay: relay::Relay::default(),
         });
         let mut tasks = Tasks::default();
+        tasks.spawn(leases.renew());
+        if state.peer_tls.is_some() {
+            tasks.spawn(alerts::raised_elsewhere(state.clone()));
+        }
         tasks.spawn(
             indexer::Indexer::new(state.db.clone(), state.view.contracts().clone())
                 .run(INDEX_INTERVAL),

@@ -172,7 +172,13 @@ pub(crate) async fn serve(state: &State, caller: &Caller, id: u64) -> Result<Val
             actor: who.clone(),
         },
     };
-    // The attempt and its alert commit together.
+    // The attempt and its alert commit together, here: the lease of the
+    // patient's ledger comes to this server.
+    state
+        .leases
+        .take([patient], true)
+        .await
+        .map_err(|e| unavailable(&e))?;
     state
         .alerts
         .record(

@@ -248,6 +248,19 @@ pub(crate) async fn run(state: Arc<State>, every: Duration) {
     let mut backoff: std::collections::HashMap<[u8; 32], (Duration, tokio::time::Instant)> =
         std::collections::HashMap::new();
     loop {
+        // One server of those sharing the database delivers.
+        match state.leases.job("webhooks").await {
+            Ok(true) => {}
+            Ok(false) => {
+                tokio::time::sleep(every).await;
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!("medledger server: the webhook job's lease: {e}");
+                tokio::time::sleep(every).await;
+                continue;
+            }
+        }
         let hooks = match hooks(&state).await {
             Ok(h) => h,
             Err(e) => {

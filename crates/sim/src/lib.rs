@@ -124,6 +124,11 @@ pub struct Options {
     /// their batches to the server's ingest in memory (one process, one
     /// verification).
     pub forward_over_tls: bool,
+    /// The server shares `server_db` with others
+    /// ([`Hospital::server_on_the_same_database`]), each patient ledger
+    /// leased to one of them for this long after its last renewal;
+    /// `None`: the server is alone on its database.
+    pub lease_term: Option<Duration>,
 }
 
 impl Default for Options {
@@ -143,6 +148,7 @@ impl Default for Options {
             webhook_allow: Vec::new(),
             webhook_ca: None,
             forward_over_tls: false,
+            lease_term: None,
         }
     }
 }
@@ -388,6 +394,9 @@ impl Staff {
 struct ServerKeys {
     kek_hex: String,
     ledger_pkcs8: Vec<u8>,
+    /// The ledger key's name; `None`: named after the server's account, as
+    /// `medledger server` names it. Servers sharing a database share it.
+    ledger_name: Option<String>,
 }
 
 impl ServerKeys {
@@ -395,6 +404,7 @@ impl ServerKeys {
         ServerKeys {
             kek_hex: Kek::generate_hex(),
             ledger_pkcs8: NoteSigner::generate_pkcs8(),
+            ledger_name: None,
         }
     }
 }
@@ -426,6 +436,7 @@ async fn start_server(
             crls,
             &[
                 Role::Collector,
+                Role::Server,
                 Role::Admin,
                 Role::Doctor,
                 Role::Nurse,
@@ -444,7 +455,10 @@ async fn start_server(
         // Named as `medledger server` names it, so that one can take over
         // this server's database.
         ledger_key: NoteSigner::from_pkcs8(
-            &format!("medledger-server-{}", signer(issued)?.address()),
+            &keys
+                .ledger_name
+                .clone()
+                .unwrap_or(format!("medledger-server-{}", signer(issued)?.address())),
             &keys.ledger_pkcs8,
         )
         .map_err(|e| anyhow::anyhow!("the ledger key: {e}"))?,
@@ -453,6 +467,22 @@ async fn start_server(
         checkpoint_interval: options.checkpoint_interval,
         webhook_allow: options.webhook_allow.clone(),
         webhook_ca: options.webhook_ca.clone(),
+        peering: match options.lease_term {
+            Some(term) => Some(medledger_server::Peering {
+                // The address `listen` binds.
+                at: medledger_server::leases::Peer {
+                    addr: String::new(),
+                    server_name: "localhost".into(),
+                },
+                tls: medledger_pki::client_config(
+                    Some(&Credentials::from_issued(issued)),
+                    root,
+                    &[Role::Server],
+                )?,
+                term,
+            }),
+            None => None,
+        },
     })
     .await?)
 }
@@ -917,6 +947,45 @@ impl Hospital {
             &Credentials::from_issued(&self.card),
             Role::Server,
             &self.server.addr().to_string(),
+        )
+        .await
+    }
+
+    /// Another server of the hospital on the server's own database
+    /// (`server_db`, with `lease_term` set), registered as a node, with
+    /// the same KEK and ledger key: it writes the ledgers whose lease it
+    /// holds and sends the others' readings on to their holder.
+    pub async fn server_on_the_same_database(&self, name: &str) -> Result<Server> {
+        let db = self
+            .options
+            .server_db
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("the hospital's server has no shared database"))?;
+        let issued = self.ca.issue(&LeafRequest::new(Role::Server))?;
+        send(
+            self.admin
+                .registry()
+                .registerNode(signer(&issued)?.address(), 2, text(name)?),
+        )
+        .await?;
+        let keys = ServerKeys {
+            ledger_name: Some(format!(
+                "medledger-server-{}",
+                signer(&self.server_issued)?.address()
+            )),
+            ..self.server_keys.clone()
+        };
+        start_server(
+            &self.dir.path().join(name),
+            "127.0.0.1:0",
+            &self.ca.root_cert_der()?,
+            &self.crls,
+            &issued,
+            self.admin
+                .with_provider(provider(&self.node, &signer(&issued)?)),
+            &self.options,
+            Some(db),
+            &keys,
         )
         .await
     }

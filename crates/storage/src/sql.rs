@@ -425,6 +425,41 @@ pub static MIGRATIONS: &[Migration] = &[
               secret BYTEA NOT NULL
           )",
     },
+    Migration {
+        version: 16,
+        part: Part::Server,
+        name: "several servers on one database: instances, a writer's lease per patient ledger, jobs one server runs, alert ids handed out in SQL",
+        // A lease's term is its holder's `alive_until_ms`, which the holder
+        // renews; `size` is the ledger's size, moved by its holder in the
+        // transaction that appends (the fence). `writer` is the instance
+        // that stored a batch (and anchors it).
+        sql: "CREATE TABLE server_instances (
+              instance TEXT PRIMARY KEY,
+              account TEXT NOT NULL,
+              addr TEXT NOT NULL,
+              server_name TEXT NOT NULL,
+              started_ms BIGINT NOT NULL,
+              alive_until_ms BIGINT NOT NULL
+          );
+          CREATE TABLE ledger_leases (
+              patient BYTEA PRIMARY KEY,
+              holder TEXT NOT NULL,
+              size BIGINT NOT NULL
+          );
+          INSERT INTO ledger_leases (patient, holder, size)
+              SELECT patient, '', MAX(idx) + 1 FROM ledger_entries GROUP BY patient;
+          CREATE INDEX ledger_leases_holder ON ledger_leases (holder);
+          CREATE TABLE job_leases (
+              name TEXT PRIMARY KEY,
+              holder TEXT NOT NULL
+          );
+          CREATE TABLE alert_ids (
+              one BIGINT PRIMARY KEY,
+              last BIGINT NOT NULL
+          );
+          INSERT INTO alert_ids (one, last) SELECT 1, COALESCE(MAX(id), 0) FROM alerts;
+          ALTER TABLE ingest_batches ADD COLUMN writer TEXT",
+    },
 ];
 
 /// A pool of connections to one database.

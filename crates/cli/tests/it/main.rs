@@ -18,6 +18,7 @@ mod portal;
 mod records;
 mod restore;
 mod revocation;
+mod servers;
 mod sim;
 mod site;
 mod up;
