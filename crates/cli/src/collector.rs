@@ -108,10 +108,17 @@ pub(crate) async fn start(config: &ConfigFile, upstream: Option<Upstream>) -> Re
         contracts,
         cards: cards.clone(),
         upstream: upstream.unwrap_or_else(|| {
-            Upstream::Server(ServerTarget {
-                addr: config.server.clone(),
-                name: config.server_name.clone(),
-            })
+            let first = std::iter::once((&config.server, &config.server_name));
+            let others = config.failover.iter().map(|f| (&f.server, &f.server_name));
+            Upstream::Servers(
+                first
+                    .chain(others)
+                    .map(|(addr, name)| ServerTarget {
+                        addr: addr.clone(),
+                        name: name.clone(),
+                    })
+                    .collect(),
+            )
         }),
         limits: config.limits.clone(),
     })

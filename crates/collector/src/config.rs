@@ -13,6 +13,8 @@
 //! registry = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
 //! server = "server.example:9443"
 //! server_name = "server.example"
+//! # Other servers on the same database, tried in turn when a batch fails:
+//! # failover = [{ server = "server-2.example:9443", server_name = "server-2.example" }]
 //!
 //! [limits]
 //! max_connections = 20000
@@ -65,9 +67,23 @@ pub struct ConfigFile {
     pub server: String,
     /// The name the server's certificate carries.
     pub server_name: String,
+    /// Other servers sharing the server's database, tried in turn after a
+    /// batch fails.
+    #[serde(default)]
+    pub failover: Vec<Failover>,
     /// Limits.
     #[serde(default)]
     pub limits: Limits,
+}
+
+/// Another server to forward to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Failover {
+    /// Its `host:port`.
+    pub server: String,
+    /// The name its certificate carries.
+    pub server_name: String,
 }
 
 /// What one device or connection may use.

@@ -1,11 +1,12 @@
 //! Forwarding: the outbox, oldest batch first, to the server over mutual
 //! TLS (or to the server's ingest in this process); rows leave the outbox
 //! only after the server has answered for them.
-//! While the server is down, retries back off up to [`MAX_BACKOFF`].
+//! While the server is down, retries back off up to [`MAX_BACKOFF`]; with
+//! several servers, each failed batch moves the collector on to the next.
 //! The server is idempotent by reading hash, so a batch resent after a
 //! lost answer is stored once.
 
-use crate::{ForwardError, State, Upstream};
+use crate::{ForwardError, ServerTarget, State, Upstream};
 use medledger_checks::Refusal;
 use medledger_pki::health::Outage;
 use medledger_pki::https::Connection;
@@ -34,16 +35,25 @@ const IN_FLIGHT: usize = 3;
 /// Forwards until the collector stops.
 pub(crate) async fn run(state: Arc<State>, tls: Arc<rustls::ClientConfig>, upstream: Upstream) {
     let capacity = match upstream {
-        Upstream::Server(_) => IN_FLIGHT,
+        Upstream::Servers(_) => IN_FLIGHT,
         // One ingest, in this process: nothing to overlap.
         Upstream::InProcess(_) => 1,
     };
+    // The server batches go to, in `Upstream::Servers`.
+    let mut at = 0;
     let mut idle: Vec<Connection> = Vec::new();
     let mut flight: VecDeque<Flight> = VecDeque::new();
     let mut stream = Stream::new();
     let mut backoff = MIN_BACKOFF;
     let mut outage = Outage::new(match &upstream {
-        Upstream::Server(server) => format!("medledger collector: forwarding to {}", server.addr),
+        Upstream::Servers(servers) => format!(
+            "medledger collector: forwarding to {}",
+            servers
+                .iter()
+                .map(|s| s.addr.as_str())
+                .collect::<Vec<_>>()
+                .join(" or ")
+        ),
         Upstream::InProcess(_) => {
             "medledger collector: forwarding to the server in this process".to_owned()
         }
@@ -67,11 +77,11 @@ pub(crate) async fn run(state: Arc<State>, tls: Arc<rustls::ClientConfig>, upstr
             let Some(mut outgoing) = pending.batch else {
                 break;
             };
-            if let Upstream::Server(_) = upstream {
+            if let Upstream::Servers(_) = upstream {
                 outgoing.batch.order = Some(stream.next(!flight.is_empty()));
             }
             let task = tokio::spawn(send(
-                upstream.clone(),
+                Hop::of(&upstream, at),
                 tls.clone(),
                 idle.pop(),
                 outgoing.batch.clone(),
@@ -118,6 +128,15 @@ pub(crate) async fn run(state: Arc<State>, tls: Arc<rustls::ClientConfig>, upstr
                 }
                 idle.clear();
                 stream = Stream::new();
+                if let Upstream::Servers(servers) = &upstream
+                    && servers.len() > 1
+                {
+                    at = (at + 1) % servers.len();
+                    tracing::info!(
+                        "medledger collector: forwarding to {} from now on",
+                        servers[at].addr
+                    );
+                }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
                 continue;
@@ -132,6 +151,26 @@ pub(crate) async fn run(state: Arc<State>, tls: Arc<rustls::ClientConfig>, upstr
                 later.task.abort();
             }
             tokio::time::sleep(backoff).await;
+        }
+    }
+}
+
+/// Where one batch goes.
+enum Hop {
+    Server(ServerTarget),
+    InProcess(Arc<dyn crate::InProcessServer>),
+    Nowhere,
+}
+
+impl Hop {
+    /// The `at`th server of `upstream` (in turn), or its in-process one.
+    fn of(upstream: &Upstream, at: usize) -> Hop {
+        match upstream {
+            Upstream::Servers(servers) => servers
+                .get(at % servers.len().max(1))
+                .cloned()
+                .map_or(Hop::Nowhere, Hop::Server),
+            Upstream::InProcess(server) => Hop::InProcess(server.clone()),
         }
     }
 }
@@ -334,14 +373,15 @@ async fn load(state: &State, after: Option<i64>) -> Result<Pending, sqlx::Error>
 /// Sends a batch upstream, over `connection` if one is open; returns the
 /// answer, and the connection while it is good.
 async fn send(
-    upstream: Upstream,
+    hop: Hop,
     tls: Arc<rustls::ClientConfig>,
     connection: Option<Connection>,
     batch: ForwardBatch,
 ) -> (Result<CommitReply, ForwardError>, Option<Connection>) {
-    let server = match upstream {
-        Upstream::Server(server) => server,
-        Upstream::InProcess(server) => return (server.commit(batch).await, None),
+    let server = match hop {
+        Hop::Server(server) => server,
+        Hop::InProcess(server) => return (server.commit(batch).await, None),
+        Hop::Nowhere => return (Err(ForwardError("no server is configured".into())), None),
     };
     let failed = |e: &dyn std::fmt::Display| ForwardError(e.to_string());
     let mut connection = match connection {

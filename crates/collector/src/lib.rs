@@ -39,9 +39,11 @@ use tokio::sync::{Notify, mpsc, oneshot};
 /// Where the collector forwards its batches.
 #[derive(Clone)]
 pub enum Upstream {
-    /// A server over mutual TLS (`POST /v1/batches`), which verifies every
-    /// reading again: a collector is not trusted across machines.
-    Server(ServerTarget),
+    /// Servers over mutual TLS (`POST /v1/batches`), which verify every
+    /// reading again: a collector is not trusted across machines. The
+    /// first is the one batches go to; after a batch fails there, the
+    /// next in turn (servers sharing a database take any batch).
+    Servers(Vec<ServerTarget>),
     /// The server's ingest in this same process (`medledger up`, the
     /// demo): batches go in memory, and nothing is verified twice.
     InProcess(Arc<dyn InProcessServer>),
@@ -50,7 +52,7 @@ pub enum Upstream {
 impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Upstream::Server(target) => f.debug_tuple("Server").field(target).finish(),
+            Upstream::Servers(targets) => f.debug_tuple("Servers").field(targets).finish(),
             Upstream::InProcess(_) => f.write_str("InProcess"),
         }
     }
@@ -218,7 +220,7 @@ impl Collector {
             cas: Mutex::new(credentials.chain[1..].iter().map(|c| c.to_vec()).collect()),
             in_process: match &upstream {
                 Upstream::InProcess(server) => Some(server.clone()),
-                Upstream::Server(_) => None,
+                Upstream::Servers(_) => None,
             },
             epoch: std::sync::atomic::AtomicU64::new(0),
         });
@@ -308,23 +310,36 @@ fn readiness(state: &State, upstream: &Upstream, tls: Arc<rustls::ClientConfig>)
             let db = db.clone();
             async move { db.ping().await }
         });
-    let Upstream::Server(server) = upstream.clone() else {
+    let Upstream::Servers(servers) = upstream.clone() else {
         return readiness;
     };
+    // Ready while one of the servers answers.
     readiness.needs("server", move || {
-        let (server, tls) = (server.clone(), tls.clone());
+        let (servers, tls) = (servers.clone(), tls.clone());
         async move {
-            let mut connection = Connection::open(tls, &server.addr, &server.name)
-                .await
-                .map_err(|e| e.to_string())?;
-            let reply = connection
-                .request("GET", "/healthz", &[], Vec::new())
-                .await
-                .map_err(|e| e.to_string())?;
-            match reply.status {
-                200 => Ok(()),
-                status => Err(format!("{} answered {status} to GET /healthz", server.addr)),
+            let mut failures = Vec::new();
+            for server in &servers {
+                match healthy(tls.clone(), server).await {
+                    Ok(()) => return Ok(()),
+                    Err(e) => failures.push(e),
+                }
             }
+            Err(failures.join("; "))
         }
     })
+}
+
+/// Whether `server` answers 200 to `GET /healthz`.
+async fn healthy(tls: Arc<rustls::ClientConfig>, server: &ServerTarget) -> Result<(), String> {
+    let mut connection = Connection::open(tls, &server.addr, &server.name)
+        .await
+        .map_err(|e| format!("{}: {e}", server.addr))?;
+    let reply = connection
+        .request("GET", "/healthz", &[], Vec::new())
+        .await
+        .map_err(|e| format!("{}: {e}", server.addr))?;
+    match reply.status {
+        200 => Ok(()),
+        status => Err(format!("{} answered {status} to GET /healthz", server.addr)),
+    }
 }

@@ -98,6 +98,11 @@ impl Leases {
         .bind(now().saturating_add(ms(term)))
         .execute(db.pool())
         .await?;
+        // Servers dead for a day are forgotten: what they held is free.
+        sqlx::query("DELETE FROM server_instances WHERE alive_until_ms < $1")
+            .bind(now().saturating_sub(86_400_000))
+            .execute(db.pool())
+            .await?;
         if peer.is_none() {
             sqlx::query("UPDATE server_instances SET alive_until_ms = 0 WHERE instance <> $1")
                 .bind(me.as_str())

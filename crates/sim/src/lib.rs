@@ -535,12 +535,14 @@ pub struct Patient {
 }
 
 /// Starts a collector with `issued` (already registered on chain).
+/// A collector forwarding to `upstream`, or as the options say.
 async fn launch_collector(
     place: &Place<'_>,
     issued: Issued,
     cards: Cards,
     db: Option<Db>,
     db_path: &Path,
+    upstream: Option<Upstream>,
 ) -> Result<Ward> {
     let root = place.ca.root_cert_der()?;
     let db = database(db, db_path, Part::Collector).await?;
@@ -556,13 +558,13 @@ async fn launch_collector(
             .admin
             .with_provider(provider(place.node, &signer(&issued)?)),
         cards: cards.clone(),
-        upstream: if place.options.forward_over_tls {
-            Upstream::Server(ServerTarget {
+        upstream: match upstream {
+            Some(upstream) => upstream,
+            None if place.options.forward_over_tls => Upstream::Servers(vec![ServerTarget {
                 addr: place.server.addr().to_string(),
                 name: "localhost".into(),
-            })
-        } else {
-            in_process(place.server)
+            }]),
+            None => in_process(place.server),
         },
         limits: place.options.limits.clone(),
     })
@@ -657,6 +659,7 @@ impl Hospital {
             cards,
             options.collector_db.clone(),
             &dir.path().join("collector.db"),
+            None,
         )
         .await?;
         Ok(Hospital {
@@ -729,6 +732,16 @@ impl Hospital {
     /// Another collector, at `location` (`department/room/bed`),
     /// registered on chain, with no cards yet.
     pub async fn add_collector(&self, location: &str) -> Result<Ward> {
+        self.add_collector_forwarding_to(location, None).await
+    }
+
+    /// Another collector, as [`Hospital::add_collector`], forwarding to
+    /// `upstream` (`None`: as the options say).
+    pub async fn add_collector_forwarding_to(
+        &self,
+        location: &str,
+        upstream: Option<Upstream>,
+    ) -> Result<Ward> {
         let mut request = LeafRequest::new(Role::Collector);
         request.location = Some(location.parse::<Location>()?);
         let issued = self.ca.issue(&request)?;
@@ -754,6 +767,7 @@ impl Hospital {
             Cards::new(),
             None,
             &self.dir.path().join(name),
+            upstream,
         )
         .await
     }

@@ -41,6 +41,21 @@ async fn writers(db: &Db) -> Vec<String> {
         .collect()
 }
 
+/// What the collector said of a reading posted with `?wait=committed`:
+/// `committed` once the server stored it.
+fn committed(reply: &medledger_pki::https::Reply) -> String {
+    assert_eq!(
+        reply.status,
+        202,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    crate::site::body(reply)["status"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn servers_on_one_database_write_each_ledger_one_at_a_time_and_take_over_the_dead() {
     let Some((_, _, db)) = test_utils::postgres_schema().await else {
@@ -62,12 +77,7 @@ async fn servers_on_one_database_write_each_ledger_one_at_a_time_and_take_over_t
     let mut device = site.device(1).await.unwrap();
     let mut conn = site.connect(&device).await.unwrap();
     let stored = |reply: medledger_pki::https::Reply| {
-        assert_eq!(
-            reply.status,
-            202,
-            "{}",
-            String::from_utf8_lossy(&reply.body)
-        );
+        assert_eq!(committed(&reply), "committed");
     };
 
     // The first server writes the patient's first reading: its lease.
@@ -141,4 +151,49 @@ async fn servers_on_one_database_write_each_ledger_one_at_a_time_and_take_over_t
     let entries = site.server.ledger().entries(&patient).await.unwrap();
     assert_eq!(verified.size, entries.len() as u64);
     site.server.anchor_all().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_whose_server_does_not_answer_forwards_to_the_next() {
+    use medledger_collector::{ServerTarget, Upstream};
+    let site = crate::site::start().await;
+    // Nothing listens at the first server's address any more.
+    let gone = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let target = |addr: std::net::SocketAddr| ServerTarget {
+        addr: addr.to_string(),
+        name: "localhost".into(),
+    };
+    let ward = site
+        .add_collector_forwarding_to(
+            "cardiology/2/B",
+            Some(Upstream::Servers(vec![
+                target(gone),
+                target(site.server.addr()),
+            ])),
+        )
+        .await
+        .unwrap();
+    let patient = site
+        .admit("failover", "cardiology", "2", "B", &ward.cards)
+        .await
+        .unwrap();
+    let mut device = site.issue_device(40, medledger_pki::KeyAlg::P256).unwrap();
+    device
+        .register(&site.admin, crate::site::GROUP, Some(patient.patient_ref))
+        .await
+        .unwrap();
+    let mut conn = site
+        .open(
+            &device.credentials(),
+            Role::Collector,
+            &ward.collector.addr().to_string(),
+        )
+        .await
+        .unwrap();
+    let reply = post_one(&mut conn, device.heart_rate(66.0), true).await;
+    assert_eq!(committed(&reply), "committed");
 }
