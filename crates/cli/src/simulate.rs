@@ -61,6 +61,11 @@ pub(crate) struct SimArgs {
     /// Stop after this many seconds (default: at Ctrl-C).
     #[arg(long)]
     seconds: Option<u64>,
+    /// Append the hash of each reading the collector accepted to this
+    /// file, a line each: what was acknowledged, to check later that the
+    /// server stored every one.
+    #[arg(long)]
+    receipts: Option<PathBuf>,
     /// With `--data`: the chain's JSON-RPC URL.
     #[arg(long, env = "MEDLEDGER_RPC", default_value = "http://127.0.0.1:8545")]
     rpc: String,
@@ -165,7 +170,17 @@ async fn simulate(args: SimArgs) -> Result<()> {
         (None, Some(d)) => from_up(d, &args).await?,
         (None, None) => bail!("give --data (medledger up) or --devices-dir"),
     };
-    stream(fleet, args.rate, args.seconds).await
+    let receipts = match &args.receipts {
+        Some(path) => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("opening {}", path.display()))?,
+        ),
+        None => None,
+    };
+    stream(fleet, args.rate, args.seconds, receipts).await
 }
 
 /// The devices of a `medledger up` data directory, made, registered and
@@ -273,9 +288,16 @@ fn host_of(addr: &str) -> &str {
 }
 
 /// Streams readings from every device of `fleet`, `rate` a second each,
-/// printing what came back every 5 s, until Ctrl-C or `seconds`.
-async fn stream(fleet: Fleet, rate: f64, seconds: Option<u64>) -> Result<()> {
+/// printing what came back every 5 s, until Ctrl-C or `seconds`, and
+/// appending each accepted reading's hash to `receipts`.
+async fn stream(
+    fleet: Fleet,
+    rate: f64,
+    seconds: Option<u64>,
+    receipts: Option<std::fs::File>,
+) -> Result<()> {
     let counts: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
+    let receipts = receipts.map(|file| Arc::new(Mutex::new(file)));
     let every = Duration::from_secs_f64(1.0 / rate.max(0.001));
     let mut tasks = tokio::task::JoinSet::new();
     for (n, (mut device, kind)) in fleet.devices.into_iter().enumerate() {
@@ -285,7 +307,7 @@ async fn stream(fleet: Fleet, rate: f64, seconds: Option<u64>) -> Result<()> {
             &[Role::Collector],
         )?;
         let (addr, name) = (fleet.collector.clone(), fleet.collector_name.clone());
-        let counts = counts.clone();
+        let (counts, receipts) = (counts.clone(), receipts.clone());
         tasks.spawn(async move {
             let mut vitals = Vitals::new(n as u64);
             let mut conn: Option<Connection> = None;
@@ -304,7 +326,12 @@ async fn stream(fleet: Fleet, rate: f64, seconds: Option<u64>) -> Result<()> {
                         )
                         .await
                     {
-                        Ok(reply) if reply.status == 202 => "accepted".to_owned(),
+                        Ok(reply) if reply.status == 202 => {
+                            if let Some(file) = &receipts {
+                                record_receipt(file, &reply.body);
+                            }
+                            "accepted".to_owned()
+                        }
                         Ok(reply) => {
                             let body: serde_json::Value =
                                 serde_json::from_slice(&reply.body).unwrap_or_default();
@@ -359,4 +386,22 @@ async fn stream(fleet: Fleet, rate: f64, seconds: Option<u64>) -> Result<()> {
     tasks.abort_all();
     report(&counts);
     Ok(())
+}
+
+/// Appends the hash of the receipt `body` (JSON) to `file`, a line with one
+/// write, so that concurrent devices' lines never interleave.
+fn record_receipt(file: &Mutex<std::fs::File>, body: &[u8]) {
+    use std::io::Write;
+    let receipt: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let Some(hash) = receipt["hash"].as_str() else {
+        tracing::warn!(
+            "a 202 without a receipt hash: {}",
+            String::from_utf8_lossy(body)
+        );
+        return;
+    };
+    let mut file = file.lock().unwrap_or_else(|e| e.into_inner());
+    if let Err(e) = file.write_all(format!("{hash}\n").as_bytes()) {
+        tracing::error!("writing a receipt: {e}");
+    }
 }

@@ -52,6 +52,13 @@ pub async fn postgres_tls() -> Option<Db> {
     Some(fresh_schema(&postgres_tls_url()?).await.2)
 }
 
+/// A fresh schema of the test PostgreSQL over TLS: the URL that reaches it
+/// (for another process), its name, and a connection; or `None` after
+/// saying loudly why not.
+pub async fn postgres_tls_schema() -> Option<(String, String, Db)> {
+    Some(fresh_schema(&postgres_tls_url()?).await)
+}
+
 /// The URL of the test PostgreSQL over TLS (`.ci/postgres-tls` starts one
 /// and prints it), or `None` after saying loudly why not.
 pub fn postgres_tls_url() -> Option<String> {
