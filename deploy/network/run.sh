@@ -32,6 +32,8 @@
 #   SERVERS, COLLECTORS, DEVICES   3, 3, 3
 #   LEASE_MS     how long a dead server's patients wait (default 10000)
 #   BASE_PORT    ports BASE_PORT.. on 127.0.0.1 (default 19400)
+#   SETUP_ONLY   if set, set DIR up and stop there, to edit a role's file
+#                (e.g. a collector's [limits]) before the first start
 set -euo pipefail
 
 die() { echo "run.sh: $*" >&2; exit 1; }
@@ -276,6 +278,10 @@ EOF
 }
 
 [ -f "$dir/setup.done" ] || { set_up; touch "$dir/setup.done"; . "$settings"; }
+if [ -n "${SETUP_ONLY:-}" ]; then
+  echo "set up $dir: edit its files if need be, then run $0 $dir to start the network"
+  exit 0
+fi
 
 case $CHAIN in
   embedded) start_chain --registry "$REGISTRY" ;;

@@ -232,15 +232,10 @@ impl Drop for Roles {
     }
 }
 
-/// Waits until the collector's outbox is empty: everything it
-/// acknowledged has reached the server.
-pub(crate) async fn drain(d: &Path, poll: Duration) -> Result<()> {
-    let db = roles::open_db(
-        None,
-        &d.join("collector"),
-        medledger_storage::Part::Collector,
-    )
-    .await?;
+/// Waits until the outbox of the collector whose data directory is
+/// `collector` is empty: everything it acknowledged has reached a server.
+pub(crate) async fn drain(collector: &Path, poll: Duration) -> Result<()> {
+    let db = roles::open_db(None, collector, medledger_storage::Part::Collector).await?;
     let started = Instant::now();
     loop {
         let left: i64 = sqlx::query("SELECT COUNT(*) AS n FROM collector_outbox")
@@ -277,4 +272,42 @@ pub(crate) fn cpu_of(pid: u32) -> Result<Duration> {
     let per_s = rustix::param::clock_ticks_per_second();
     let total = ticks(14)? + ticks(15)?;
     Ok(Duration::from_secs_f64(total as f64 / per_s as f64))
+}
+
+/// Lifts the per-device rate limit (not what a benchmark measures) in the
+/// collector configuration at `path`, and lets requests carry `batch`
+/// readings.
+pub(crate) fn unlimit_collector(path: &Path, batch: usize) -> Result<()> {
+    use std::io::Write;
+    let mut config = std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    writeln!(
+        config,
+        "\n[limits]\ndevice_rate_per_s = 1e9\ndevice_burst = 1e9\nmax_readings_per_request = {}\nmax_body_bytes = {}",
+        batch.max(1),
+        batch.max(1) * 4096
+    )?;
+    Ok(())
+}
+
+/// `rounds` request bodies of `batch` readings of `kind` each, signed by
+/// `device` now (device `n` of the run, for its vital signs).
+pub(crate) fn signed_bodies(
+    device: &mut medledger_sim::Device,
+    kind: &medledger_sim::signals::Kind,
+    n: u64,
+    rounds: usize,
+    batch: usize,
+) -> Vec<Vec<u8>> {
+    let mut vitals = medledger_sim::signals::Vitals::new(n);
+    (0..rounds)
+        .map(|_| {
+            let readings: Vec<Vec<u8>> = (0..batch)
+                .map(|_| device.reading(vitals.observe(kind, medledger_protocol::now_ms())))
+                .collect();
+            medledger_sim::load::cbor_array(&readings)
+        })
+        .collect()
 }

@@ -97,6 +97,11 @@ enum Mode {
     /// The chain, the server and the collector in three processes of
     /// their own, forwarding over mutual TLS, as deployed: a sustained run.
     Split,
+    /// The network of `deploy/network/run.sh` on PostgreSQL (`--database`):
+    /// the chain over mutual TLS, one server and then `--servers`, and
+    /// `--collectors`, each a process of its own; a sustained run of
+    /// pulse oximeters with each.
+    Network,
 }
 
 #[derive(Debug, Args)]
@@ -134,6 +139,27 @@ pub(crate) struct IngestArgs {
     /// Also write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Network: the servers in the second run (the first has one).
+    #[arg(long, default_value_t = 3)]
+    servers: usize,
+    /// Network: the collectors, each with a ward of its own.
+    #[arg(long, default_value_t = 3)]
+    collectors: usize,
+    /// Network: the servers' PostgreSQL database (each run makes a
+    /// schema of its own there).
+    #[arg(
+        long,
+        env = "MEDLEDGER_BENCH_DATABASE",
+        required_if_eq("mode", "network")
+    )]
+    database: Option<String>,
+    /// Network: SIGKILL server 2 once half the readings were acknowledged,
+    /// and report when its patient was taken over.
+    #[arg(long)]
+    kill_server: bool,
+    /// Network: the servers' lease_ms.
+    #[arg(long, default_value_t = 3000)]
+    lease_ms: u64,
 }
 
 pub(crate) fn run(command: BenchCommand) -> Result<()> {
@@ -395,6 +421,19 @@ impl Alg {
 }
 
 async fn ingest(args: IngestArgs) -> Result<()> {
+    if args.mode == Mode::Network {
+        let load = crate::network::Load {
+            database: args.database.context("--mode network needs --database")?,
+            servers: args.servers,
+            collectors: args.collectors,
+            devices: args.sustained_devices,
+            batch: args.batch,
+            rounds: args.rounds,
+            kill: args.kill_server,
+            lease_ms: args.lease_ms,
+        };
+        return crate::network::bench(&load, args.json.as_deref()).await;
+    }
     if args.mode != Mode::InProcess {
         return ingest_apart(args).await;
     }
@@ -586,15 +625,7 @@ async fn ingest_apart(args: IngestArgs) -> Result<()> {
     up.kill()?;
     up.wait()?;
     // The per-device rate limit is not what is measured here.
-    let mut config = std::fs::OpenOptions::new()
-        .append(true)
-        .open(d.join("collector.toml"))?;
-    writeln!(
-        config,
-        "\n[limits]\ndevice_rate_per_s = 1e9\ndevice_burst = 1e9\nmax_readings_per_request = {}\nmax_body_bytes = {}",
-        args.batch.max(1),
-        args.batch.max(1) * 4096
-    )?;
+    apart::unlimit_collector(&d.join("collector.toml"), args.batch)?;
     let processes: Vec<(&str, u32)> = match args.mode {
         Mode::Up => {
             up = apart::start_up(d, LOGS, addrs).await?;
@@ -618,15 +649,7 @@ async fn ingest_apart(args: IngestArgs) -> Result<()> {
     )?)?;
     let mut prepared = Vec::with_capacity(simulated.devices.len());
     for (n, (mut device, kind)) in simulated.devices.into_iter().enumerate() {
-        let mut vitals = medledger_sim::signals::Vitals::new(n as u64);
-        let bodies: Vec<Vec<u8>> = (0..args.rounds)
-            .map(|_| {
-                let readings: Vec<Vec<u8>> = (0..args.batch)
-                    .map(|_| device.reading(vitals.observe(&kind, medledger_protocol::now_ms())))
-                    .collect();
-                load::cbor_array(&readings)
-            })
-            .collect();
+        let bodies = apart::signed_bodies(&mut device, &kind, n as u64, args.rounds, args.batch);
         let config = medledger_pki::client_config(
             Some(&device.credentials()),
             &root,
@@ -649,7 +672,7 @@ async fn ingest_apart(args: IngestArgs) -> Result<()> {
     load::send_all(prepared, args.batch as u64, done).await?;
     let acknowledged = start.elapsed();
     bar.await?;
-    apart::drain(d, Duration::from_millis(2)).await?;
+    apart::drain(&d.join("collector"), Duration::from_millis(2)).await?;
     let stored = start.elapsed();
     let used: Vec<Duration> = processes
         .iter()

@@ -316,7 +316,7 @@ pub(crate) async fn run(args: CrashArgs) -> Result<()> {
     load.abort_all();
     while load.join_next().await.is_some() {}
     outcome.seconds = started.elapsed().as_secs_f64();
-    apart::drain(&d, Duration::from_millis(200)).await?;
+    apart::drain(&d.join("collector"), Duration::from_millis(200)).await?;
     processes.kill_all()?;
 
     let seen = std::mem::take(&mut *seen(&shared));

@@ -38,6 +38,7 @@ mod demo;
 mod erase;
 mod kek;
 mod ledger_key;
+mod network;
 mod patient;
 mod recover;
 mod roles;

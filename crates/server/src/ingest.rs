@@ -359,7 +359,16 @@ async fn to_holders(
             cards: Vec::new(),
             refused: Vec::new(),
         };
-        let reply = state.relay.send(tls.clone(), &peer, &batch).await?;
+        let reply = match state.relay.send(tls.clone(), &peer, &batch).await {
+            Ok(reply) => reply,
+            Err(e) => {
+                if took_from_silent(state, &batch).await? {
+                    // Written here, with the rest.
+                    continue;
+                }
+                return Err(e);
+            }
+        };
         for (&i, result) in members.iter().zip(reply.results) {
             items[i].verdict = match result.status {
                 CommitStatus::Stored | CommitStatus::Duplicate => Verdict::Stored {
@@ -375,6 +384,27 @@ async fn to_holders(
         }
     }
     Ok(())
+}
+
+/// The holder of the patients of `batch` did not answer: if their leases
+/// lapse within a term (it died, or lost the database), waits for that
+/// and takes them, so that its patients move in one lease term rather
+/// than after the collector's retries. Whether this server holds them now.
+async fn took_from_silent(state: &State, batch: &ForwardBatch) -> Result<bool, Unavailable> {
+    let mut patients: Vec<[u8; 32]> = batch.readings.iter().map(|r| r.patient).collect();
+    patients.sort_unstable();
+    patients.dedup();
+    let Some(wait) = state.leases.lapse_wait(&patients).await.map_err(db_down)? else {
+        return Ok(false);
+    };
+    // A little past the lapse, on this server's clock.
+    tokio::time::sleep(wait + std::time::Duration::from_millis(20)).await;
+    let holders = state
+        .leases
+        .take(patients.iter().copied(), false)
+        .await
+        .map_err(db_down)?;
+    Ok(holders.values().all(|h| *h == Holder::Me))
 }
 
 /// A reading's answer to the collector, once decided.

@@ -233,6 +233,30 @@ impl Leases {
         })
     }
 
+    /// How long until the leases of `patients` lapse, if their holders
+    /// stop renewing now: `None` if some holder renewed beyond one term
+    /// from now (it cannot have stopped long ago, and it is not dead).
+    pub(crate) async fn lapse_wait(
+        &self,
+        patients: &[[u8; 32]],
+    ) -> Result<Option<Duration>, sqlx::Error> {
+        let mut latest = 0;
+        for patient in patients {
+            let until: Option<i64> = sqlx::query(
+                "SELECT s.alive_until_ms FROM ledger_leases l \
+                 JOIN server_instances s ON s.instance = l.holder WHERE l.patient = $1",
+            )
+            .bind(patient.to_vec())
+            .fetch_optional(self.db.pool())
+            .await?
+            .map(|row| row.try_get(0))
+            .transpose()?;
+            latest = latest.max(until.unwrap_or(0));
+        }
+        let wait = Duration::from_millis(u64::try_from(latest - now()).unwrap_or(0));
+        Ok((wait <= self.term).then_some(wait))
+    }
+
     /// A lease this server believed it held was taken over: ask again
     /// next time.
     pub(crate) fn lost(&self) {

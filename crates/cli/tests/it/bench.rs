@@ -1,12 +1,17 @@
-//! `medledger bench ingest --mode up|split`: the roles in processes of
-//! their own, CPU read per process.
+//! `medledger bench ingest --mode up|split|network`: the roles in
+//! processes of their own, CPU read per process.
 
 fn ingest(mode: &str) -> serde_json::Value {
+    ingest_with(mode, &["--sustained-devices", "3", "--rounds", "4"])
+}
+
+fn ingest_with(mode: &str, more: &[&str]) -> serde_json::Value {
     let tmp = tempfile::tempdir().unwrap();
     let json = tmp.path().join("ingest.json");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_medledger"))
         .args(["bench", "ingest", "--mode", mode])
-        .args(["--sustained-devices", "3", "--batch", "5", "--rounds", "4"])
+        .args(["--batch", "5"])
+        .args(more)
         .arg("--json")
         .arg(&json)
         .output()
@@ -53,4 +58,40 @@ fn up_runs_in_one_process_of_its_own_and_stores_every_reading() {
     );
     assert_eq!(o["processes"].as_array().unwrap().len(), 1, "{o}");
     assert_eq!(o["mode"], "Up", "{o}");
+}
+
+#[test]
+fn network_runs_one_server_then_three_and_moves_a_dead_servers_patient() {
+    let Some(database) = medledger_storage::test_utils::postgres_url() else {
+        return;
+    };
+    // 2 devices a ward, 3 wards: 6 devices x 20 requests of 5 readings. The
+    // bench fails unless every acknowledged reading was stored and no
+    // ledger changed writer but the dead server's patient's, once.
+    let o = ingest_with(
+        "network",
+        &[
+            "--sustained-devices",
+            "6",
+            "--rounds",
+            "20",
+            "--database",
+            &database,
+            "--kill-server",
+        ],
+    );
+    let runs = o.as_array().unwrap();
+    assert_eq!(runs.len(), 2, "{o}");
+    for (run, servers) in runs.iter().zip([1, 3]) {
+        assert_eq!(run["servers"], servers, "{o}");
+        assert_eq!(run["readings"], 600, "{o}");
+        assert!(
+            run["servers_cpu_per_reading_us"].as_f64().unwrap() > 0.0,
+            "{o}"
+        );
+    }
+    // Server 2 held its ward's patient when it was killed; another server
+    // wrote that patient's next batch.
+    assert!(runs[0]["takeover_ms"].is_null(), "{o}");
+    assert!(runs[1]["takeover_ms"].as_i64().is_some(), "{o}");
 }

@@ -215,6 +215,11 @@ async fn network_settings() -> Option<(Db, Vec<(String, String)>)> {
 /// One network at a time: each is eight processes on this machine's cores.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// A patientRef (`0x` and 64 hex digits) as stored.
+fn patient_ref(text: &str) -> Vec<u8> {
+    hex::decode(text.trim_start_matches("0x")).unwrap()
+}
+
 /// The instance (in `server_instances`) of the server listening at `addr`.
 async fn instance(db: &Db, addr: &str) -> String {
     sqlx::query("SELECT instance FROM server_instances WHERE addr = $1")
@@ -250,7 +255,7 @@ async fn kill_a_server_mid_stream(network: &Network, db: &Db) {
             .iter()
             .map(|r| {
                 let hash: Vec<u8> = r.get("hash");
-                (hex(&hash), (r.get("patient"), r.get("idx")))
+                (hex::encode(&hash), (r.get("patient"), r.get("idx")))
             })
             .collect();
     for i in 1..=WARDS {
@@ -258,7 +263,7 @@ async fn kill_a_server_mid_stream(network: &Network, db: &Db) {
         assert!(!acked.is_empty(), "ward {i}: nothing acknowledged");
         let unique: BTreeSet<&String> = acked.iter().collect();
         assert_eq!(unique.len(), acked.len(), "ward {i}: a receipt twice");
-        let patient = hex_bytes(network.get(&format!("PATIENT_{i}")));
+        let patient = patient_ref(network.get(&format!("PATIENT_{i}")));
         for hash in &acked {
             let Some((of, _)) = stored.get(hash) else {
                 panic!("ward {i}: acknowledged reading {hash} was not stored");
@@ -301,7 +306,7 @@ async fn kill_a_server_mid_stream(network: &Network, db: &Db) {
         "SELECT DISTINCT b.writer FROM ingest_batches b JOIN ingest_readings r ON r.batch = b.root \
          WHERE r.patient = $1",
     )
-    .bind(hex_bytes(network.get("PATIENT_2")))
+    .bind(patient_ref(network.get("PATIENT_2")))
     .fetch_all(db.pool())
     .await
     .unwrap()
@@ -309,18 +314,6 @@ async fn kill_a_server_mid_stream(network: &Network, db: &Db) {
     .map(|r| r.get("writer"))
     .collect();
     assert!(writers.contains(&dead) && writers.len() == 2, "{writers:?}");
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn hex_bytes(text: &str) -> Vec<u8> {
-    let text = text.trim_start_matches("0x");
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
