@@ -64,6 +64,7 @@ pub(crate) fn run(args: ServerArgs) -> Result<()> {
         print_endpoints(&server.server);
         roles::shutdown().await;
         println!("medledger server: stopping");
+        server.server.stop().await;
         Ok(())
     })
 }

@@ -27,6 +27,7 @@ use medledger_storage::Db;
 use medledger_storage::sqlx::{self, Row};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// How long a lease outlives its holder's last renewal, by default.
@@ -59,6 +60,8 @@ pub(crate) struct Leases {
     term: Duration,
     /// Patients this server took; the fence checks they still are.
     held: std::sync::Mutex<HashSet<[u8; 32]>>,
+    /// Set once the server stops: it renews nothing more.
+    stopped: AtomicBool,
 }
 
 fn ms(d: Duration) -> i64 {
@@ -114,6 +117,7 @@ impl Leases {
             me,
             term,
             held: std::sync::Mutex::new(HashSet::new()),
+            stopped: AtomicBool::new(false),
         })
     }
 
@@ -138,6 +142,9 @@ impl Leases {
     /// Moves this server's term on. Renewed after it lapsed, the server
     /// asks again for every lease it held: others may have taken them.
     async fn renew_once(&self) -> Result<(), sqlx::Error> {
+        if self.stopped.load(Ordering::SeqCst) {
+            return Ok(());
+        }
         let now = now();
         let renewed = sqlx::query(
             "UPDATE server_instances SET alive_until_ms = $1 \
@@ -231,6 +238,18 @@ impl Leases {
                     .unwrap_or_default(),
             })
         })
+    }
+
+    /// This server stops: its term ends now, so that the other servers take
+    /// its patients with their next readings instead of after a term.
+    pub(crate) async fn release(&self) -> Result<(), sqlx::Error> {
+        self.stopped.store(true, Ordering::SeqCst);
+        self.lost();
+        sqlx::query("UPDATE server_instances SET alive_until_ms = 0 WHERE instance = $1")
+            .bind(self.me.as_str())
+            .execute(self.db.pool())
+            .await?;
+        Ok(())
     }
 
     /// How long until the leases of `patients` lapse, if their holders

@@ -437,6 +437,15 @@ impl Server {
         Ok(())
     }
 
+    /// The server is stopping (SIGTERM): its leases end now, so that the
+    /// other servers on its database take its patients at once rather
+    /// than after a lease term.
+    pub async fn stop(&self) {
+        if let Err(e) = self.state.leases.release().await {
+            tracing::warn!("medledger server: giving up its leases: {e}");
+        }
+    }
+
     /// Where collectors connect.
     pub fn addr(&self) -> SocketAddr {
         self.addr

@@ -151,6 +151,28 @@ async fn servers_on_one_database_write_each_ledger_one_at_a_time_and_take_over_t
     let entries = site.server.ledger().entries(&patient).await.unwrap();
     assert_eq!(verified.size, entries.len() as u64);
     site.server.anchor_all().await.unwrap();
+
+    // The first server stops (SIGTERM): its leases end at once, and a
+    // third server takes the patient with the next reading, without
+    // waiting for a lease term or sending it on.
+    let third = site.server_on_the_same_database("server-3").await.unwrap();
+    site.server.stop().await;
+    let mut to_third = site
+        .open(
+            &Credentials::from_issued(&site.collector_issued),
+            Role::Server,
+            &third.addr().to_string(),
+        )
+        .await
+        .unwrap();
+    let reading = device.heart_rate(75.0);
+    let batch = batch_by_hand(&site, &device.issued, vec![reading], true);
+    let r = commit_by_hand(&mut to_third, batch).await;
+    assert_eq!(r["status"], "stored", "{r}");
+    assert_eq!(
+        holder(&db, &patient).await,
+        instance(&db, third.addr()).await
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
