@@ -139,15 +139,20 @@ async fn readings(
         }
     };
     if envelopes.len() > limits.max_readings_per_request {
-        count(&state, ProblemType::TooLarge, envelopes.len());
-        return refuse(
-            ProblemType::TooLarge,
-            format!(
-                "{} readings in one request; the limit is {}",
-                envelopes.len(),
-                limits.max_readings_per_request
-            ),
+        let detail = format!(
+            "{} readings in one request; the limit is {}",
+            envelopes.len(),
+            limits.max_readings_per_request
         );
+        count(&state, ProblemType::TooLarge, envelopes.len());
+        log_rejected(
+            &state,
+            &peer,
+            ProblemType::TooLarge,
+            &detail,
+            envelopes.len(),
+        );
+        return refuse(ProblemType::TooLarge, detail);
     }
     if let Err(retry_after) = take_tokens(&state, epc, envelopes.len()) {
         count(&state, ProblemType::RateLimited, envelopes.len());
@@ -157,6 +162,13 @@ async fn readings(
                 "this device may send {} readings per second",
                 limits.device_rate_per_s
             ),
+        );
+        log_rejected(
+            &state,
+            &peer,
+            ProblemType::RateLimited,
+            &p.detail,
+            envelopes.len(),
         );
         return problem_response(&p, &[(header::RETRY_AFTER, retry_after.to_string())]);
     }
@@ -236,6 +248,7 @@ async fn readings(
                 if commit.is_some() {
                     unwaited.push(item.hash);
                 }
+                log_rejected(&state, &peer, refusal.kind, &refusal.detail, 1);
                 Err(refusal)
             }
             Verdict::Unchecked | Verdict::Stored { .. } => Err(Refusal::new(
@@ -292,6 +305,20 @@ fn remember_cas(state: &State, chain: &[Vec<u8>]) {
         if !cas.contains(ca) {
             cas.push(ca.clone());
         }
+    }
+}
+
+/// Logs `n` readings of `peer` rejected as `kind`, rate-limited (each is
+/// counted in `/metrics` whatever the log leaves out).
+fn log_rejected(state: &State, peer: &Peer, kind: ProblemType, detail: &str, n: usize) {
+    if state.rejections.admit() {
+        tracing::warn!(
+            peer = %peer.addr,
+            device = %peer.identity.subject,
+            fingerprint = %peer.identity.fingerprint_hex(),
+            problem = kind.name(),
+            "medledger collector: rejected {n} reading(s): {detail}"
+        );
     }
 }
 

@@ -162,6 +162,8 @@ pub(crate) struct State {
     /// Moves on each time a decided batch cannot be committed (see
     /// `pipeline::commit_in_order`).
     pub(crate) epoch: std::sync::atomic::AtomicU64,
+    /// The log of rejected readings, rate-limited.
+    pub(crate) rejections: medledger_pki::throttle::LogThrottle,
 }
 
 /// A running collector. Dropping it stops it.
@@ -223,6 +225,7 @@ impl Collector {
                 Upstream::Servers(_) => None,
             },
             epoch: std::sync::atomic::AtomicU64::new(0),
+            rejections: medledger_pki::throttle::LogThrottle::new("rejected readings"),
         });
         let mut tasks = Tasks::default();
         tasks.spawn(pipeline::run(state.clone(), submissions, next_batch));
@@ -243,13 +246,11 @@ impl Collector {
             client_auth,
             http::router(state.clone()),
             serve_limits,
-            Arc::new(move |refused| {
-                https::count_refused(
-                    &refused_metrics,
-                    "medledger_collector_connections_refused_total",
-                    &refused,
-                );
-            }),
+            https::refusals(
+                refused_metrics,
+                "medledger_collector_connections_refused_total",
+                "medledger collector",
+            ),
         ));
         let readiness = Arc::new(readiness(&state, &upstream, forward_tls.clone()));
         let metrics_addr = match metrics_listen {

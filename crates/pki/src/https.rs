@@ -10,6 +10,7 @@
 
 use crate::identity::Identity;
 use crate::metrics::Metrics;
+use crate::throttle::LogThrottle;
 use crate::tls::{Acceptor, ClientAuth, Rejection};
 use axum::Router;
 use axum::body::Body;
@@ -343,18 +344,35 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)
 /// to be sent again.
 const LISTEN_BACKLOG: u32 = 8192;
 
-/// Counts a connection refused before any request, by cause, in `name`.
-pub fn count_refused(metrics: &Metrics, name: &'static str, refused: &Refused) {
-    let cause = match refused {
-        Refused::AtCapacity(_) => "at-capacity",
-        Refused::Handshake(_, rejection) => rejection.problem_type().name(),
-    };
-    metrics.add(
-        name,
-        "Connections refused before any request, by cause.",
-        &[("cause", cause)],
-        1,
-    );
+/// What a listener of `service` (e.g. "medledger collector") does with a
+/// connection it turned away before any request: counts it in the metric
+/// `name` by cause, and logs it with the peer's address and the cause,
+/// rate-limited ([`LogThrottle`]).
+pub fn refusals(
+    metrics: Arc<Metrics>,
+    name: &'static str,
+    service: &'static str,
+) -> Arc<dyn Fn(Refused) + Send + Sync> {
+    let log = LogThrottle::new("refused connections");
+    Arc::new(move |refused| {
+        let (peer, cause, why) = match &refused {
+            Refused::AtCapacity(peer) => {
+                (peer, "at-capacity", "at its connection limit".to_owned())
+            }
+            Refused::Handshake(peer, rejection) => {
+                (peer, rejection.problem_type().name(), rejection.to_string())
+            }
+        };
+        metrics.add(
+            name,
+            "Connections refused before any request, by cause.",
+            &[("cause", cause)],
+            1,
+        );
+        if log.admit() {
+            tracing::warn!(%peer, cause, "{service}: refused a connection: {why}");
+        }
+    })
 }
 
 /// Background tasks that stop when this is dropped.

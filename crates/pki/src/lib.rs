@@ -29,6 +29,7 @@ pub mod health;
 pub mod https;
 pub mod identity;
 pub mod metrics;
+pub mod throttle;
 pub mod tls;
 
 pub use account::EthAccount;

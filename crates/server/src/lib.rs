@@ -365,16 +365,13 @@ impl Server {
             checkpoint_interval,
         ));
         let serve = |listener, acceptor, app, refused_total: &'static str| {
-            let metrics = metrics.clone();
             https::serve(
                 listener,
                 acceptor,
                 client_auth.clone(),
                 app,
                 https::ServeLimits::default(),
-                Arc::new(move |refused| {
-                    https::count_refused(&metrics, refused_total, &refused);
-                }),
+                https::refusals(metrics.clone(), refused_total, "medledger server"),
             )
         };
         tasks.spawn(serve(

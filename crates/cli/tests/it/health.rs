@@ -101,7 +101,7 @@ async fn readyz_names_what_does_not_answer_and_the_log_says_why_once() {
         server_port,
         &format!("metrics_listen = \"127.0.0.1:{metrics_port}\"\n"),
     );
-    let (mut child, _) = spawn_collector(&config);
+    let (mut child, devices_at) = spawn_collector(&config);
     let monitor = SocketAddr::from(([127, 0, 0, 1], metrics_port));
     assert_eq!(get(monitor, "/livez").await, (200, "ok\n".to_owned()));
     let problem: Value = serde_json::from_str(&readyz_until(monitor, 503).await).unwrap();
@@ -128,10 +128,57 @@ async fn readyz_names_what_does_not_answer_and_the_log_says_why_once() {
         tokio::time::sleep(Duration::from_millis(1100)).await;
         assert_eq!(get(monitor, "/readyz").await.0, 503);
     }
+    // Plain HTTP on the devices' port, 50 times: each refusal is counted,
+    // and logged with the peer and the cause until the log's limit.
+    for _ in 0..50 {
+        let mut tcp = tokio::net::TcpStream::connect(&devices_at).await.unwrap();
+        tcp.write_all(b"GET /v1/readings HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        let _ = tcp.read_to_end(&mut answer).await;
+    }
+    // A stale reading from a device: rejected, and logged with the
+    // device's certificate fingerprint.
+    let mut device = site.device(1).await.unwrap();
+    let mut conn = site
+        .open(
+            &device.credentials(),
+            medledger_pki::Role::Collector,
+            &devices_at,
+        )
+        .await
+        .unwrap();
+    let stale = device.heart_rate_at(70.0, 1_000);
+    let reply = crate::site::post_one(&mut conn, stale, false).await;
+    assert_eq!(
+        reply.status,
+        400,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
     child.kill().unwrap();
     child.wait().unwrap();
     let log = std::fs::read_to_string(config.with_extension("log")).unwrap();
     let said = |text: &str| log.matches(text).count();
+    assert_eq!(
+        said("medledger collector: rejected 1 reading(s): "),
+        1,
+        "{log}"
+    );
+    assert!(
+        log.contains(&device.issued.identity().unwrap().fingerprint_hex()),
+        "{log}"
+    );
+    let refused = said("medledger collector: refused a connection: the client did not start TLS");
+    assert!(
+        (1..=2 * medledger_pki::throttle::BURST as usize).contains(&refused),
+        "{refused} lines: {log}"
+    );
+    assert!(
+        log.contains("tls-required") && log.contains("peer=127.0.0.1:"),
+        "{log}"
+    );
     assert_eq!(
         said("medledger collector: not ready: the server does not answer: "),
         1,
