@@ -51,15 +51,22 @@ fn main() {
         req.group = Some("icu-hr-monitor".into());
         req.rule = Some("hr-basic".into());
         req.key_alg = alg;
-        req.validity_days = 3650;
+        req.validity_days = 3000;
         let issued = ca.issue(&req).unwrap();
         let key =
             SigningKey::from_pkcs8(alg.reading_algorithm(), &issued.key_pkcs8, &issued.cert_der)
                 .unwrap();
+        // The reading is taken at the first midnight (UTC) after the
+        // certificate's notBefore: within its validity.
+        let not_before = issued.identity().unwrap().not_before;
+        let midnight = (not_before / 86_400 + 1) * 86_400;
+        let day = time::OffsetDateTime::from_unix_timestamp(midnight)
+            .unwrap()
+            .date();
         let reading = Reading {
             dev: DeviceId(*epc.as_bytes()),
             seq: 1,
-            ts_ms: 1_763_683_200_000,
+            ts_ms: u64::try_from(midnight).unwrap() * 1000,
             obs,
             model: Some("medledger-sim-1".into()),
         };
@@ -67,6 +74,9 @@ fn main() {
         let vector = json!({
             "description": format!("Reading signed with {} by device {EPC}", alg.reading_algorithm()),
             "alg": alg.reading_algorithm().to_string(),
+            "ts_ms": reading.ts_ms,
+            "root_certificate_der": hex::encode(ca.root_cert_der().unwrap()),
+            "issuing_certificate_der": hex::encode(ca.issuing_cert_der()),
             "certificate_der": hex::encode(&issued.cert_der),
             "private_key_pkcs8": hex::encode(&issued.key_pkcs8),
             "public_key": hex::encode(key.verifying_key().public_key()),
@@ -91,12 +101,20 @@ fn main() {
         .unwrap();
         writeln!(
             section,
-            "Reading: `seq` 1, `ts` {} (2025-11-21T00:00:00Z), model `medledger-sim-1`, observations: {}.\n",
+            "Reading: `seq` 1, `ts` {} ({day}T00:00:00Z, within the certificate's validity), model `medledger-sim-1`, observations: {}.\n",
             reading.ts_ms,
             obs_text.join("; ")
         )
         .unwrap();
         for (label, field) in [
+            (
+                "Root CA certificate (DER, hex; the same for both vectors)",
+                "root_certificate_der",
+            ),
+            (
+                "Issuing CA certificate (DER, hex; signed by the root, signs the device certificate)",
+                "issuing_certificate_der",
+            ),
             ("Device certificate (DER, hex)", "certificate_der"),
             (
                 "Device private key (PKCS#8 DER, hex; a test key, never use it)",
