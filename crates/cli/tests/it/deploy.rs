@@ -91,10 +91,9 @@ fn exported_metrics() -> std::collections::BTreeSet<String> {
 
 #[test]
 fn the_grafana_dashboard_asks_only_for_metrics_the_roles_export() {
-    let dashboard: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(deploy().join("grafana/medledger.json")).unwrap(),
-    )
-    .unwrap();
+    let dashboard: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(deploy().join("grafana/medledger.json")).unwrap())
+            .unwrap();
     let exported = exported_metrics();
     let mut asked = std::collections::BTreeSet::new();
     for panel in dashboard["panels"].as_array().unwrap() {
@@ -112,7 +111,10 @@ fn the_grafana_dashboard_asks_only_for_metrics_the_roles_export() {
         }
     }
     let unknown: Vec<_> = asked.difference(&exported).collect();
-    assert!(unknown.is_empty(), "not exported: {unknown:?} (exported: {exported:?})");
+    assert!(
+        unknown.is_empty(),
+        "not exported: {unknown:?} (exported: {exported:?})"
+    );
     // Every collector and server metric has a panel.
     let shown: Vec<_> = exported
         .iter()

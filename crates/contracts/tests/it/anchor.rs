@@ -148,3 +148,23 @@ async fn nodes_anchor_anyone_reads() {
         "UnknownAnchor",
     );
 }
+
+#[test]
+fn the_protocol_document_gives_the_anchor_abi_as_compiled() {
+    use alloy::sol_types::{SolCall, SolEvent};
+    let doc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/protocol.md"),
+    )
+    .unwrap();
+    for selector in [
+        Anchor::anchorCall::SELECTOR,
+        Anchor::anchorManyCall::SELECTOR,
+        Anchor::anchorCountCall::SELECTOR,
+        Anchor::recordCall::SELECTOR,
+    ] {
+        let text = format!("`0x{}`", alloy::hex::encode(selector));
+        assert!(doc.contains(&text), "docs/protocol.md lacks {text}");
+    }
+    let topic = format!("`{}`", Anchor::Anchored::SIGNATURE_HASH);
+    assert!(doc.contains(&topic), "docs/protocol.md lacks {topic}");
+}

@@ -60,6 +60,9 @@ fn openssl_verifies_each_vector_chain_at_the_reading_time() {
             .unwrap();
         let said = String::from_utf8_lossy(&out.stdout).into_owned()
             + &String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success() && said.contains(": OK"), "{name}: {said}");
+        assert!(
+            out.status.success() && said.contains(": OK"),
+            "{name}: {said}"
+        );
     }
 }
