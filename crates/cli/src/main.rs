@@ -35,6 +35,8 @@ mod chain;
 mod collector;
 mod crash;
 mod demo;
+#[cfg(test)]
+mod doc_commands;
 mod erase;
 mod kek;
 mod ledger_key;
