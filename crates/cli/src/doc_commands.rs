@@ -4,6 +4,8 @@
 //! a value of their shape, must be accepted by the argument parser. A flag
 //! renamed or removed in the program fails here until the doc follows.
 
+#![allow(clippy::unwrap_used)]
+
 use crate::Cli;
 use clap::Parser;
 use std::path::Path;
