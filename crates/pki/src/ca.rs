@@ -327,12 +327,21 @@ impl Issued {
     }
 
     /// Writes `PREFIX.crt` (leaf then issuing CA, PEM), `PREFIX.key`
-    /// (PKCS#8 PEM, 0600) and, with an account, `PREFIX.eth.key` (hex, 0600).
-    /// Refuses to overwrite an existing key.
+    /// (PKCS#8 PEM, 0600) and, with an account, `PREFIX.eth.key` (hex, 0600),
+    /// making PREFIX's directory (0700) if it is missing. Refuses to
+    /// overwrite an existing key.
     pub fn write(&self, prefix: &Path) -> Result<Vec<PathBuf>> {
         let crt = with_suffix(prefix, ".crt");
         let key = with_suffix(prefix, ".key");
         let eth = with_suffix(prefix, ".eth.key");
+        // A directory named in the prefix that is not there yet is made,
+        // for its owner only.
+        if let Some(parent) = prefix.parent()
+            && !parent.as_os_str().is_empty()
+            && !parent.exists()
+        {
+            files::private_dir(parent)?;
+        }
         files::write_secret(
             &key,
             files::to_pem("PRIVATE KEY", &self.key_pkcs8).as_bytes(),

@@ -6,14 +6,15 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// Reading or writing a file.
-    #[error("{path}: {source}")]
+    /// Reading or writing a file. The cause is in the message, not
+    /// chained as a source as well: a report of the whole chain would say
+    /// it twice.
+    #[error("{path}: {error}")]
     Io {
         /// The file.
         path: PathBuf,
         /// The cause.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A file whose contents are not what they should be.
     #[error("{path}: {reason}")]
@@ -41,10 +42,10 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+    pub(crate) fn io(path: &Path, error: std::io::Error) -> Self {
         Error::Io {
             path: path.to_owned(),
-            source,
+            error,
         }
     }
 }

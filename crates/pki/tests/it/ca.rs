@@ -118,9 +118,12 @@ fn keys_are_private_files_and_the_account_key_matches_the_certificate() {
         assert_eq!(mode & 0o777, 0o600, "{f}");
     }
     let issued = ca.issue(&request(Role::Nurse)).unwrap();
-    let prefix = dir.path().join("nurse1");
+    // A directory in the prefix that is not there yet is made, private.
+    let prefix = dir.path().join("staff/ward-1/nurse1");
     let written = issued.write(&prefix).unwrap();
     assert_eq!(written.len(), 3);
+    let made = std::fs::metadata(dir.path().join("staff/ward-1")).unwrap();
+    assert_eq!(made.permissions().mode() & 0o777, 0o700);
     for suffix in [".key", ".eth.key"] {
         let path = files::with_suffix(&prefix, suffix);
         assert_eq!(
