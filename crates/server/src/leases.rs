@@ -252,9 +252,10 @@ impl Leases {
         Ok(())
     }
 
-    /// How long until the leases of `patients` lapse, if their holders
-    /// stop renewing now: `None` if some holder renewed beyond one term
-    /// from now (it cannot have stopped long ago, and it is not dead).
+    /// How long until the leases of `patients` lapse if their holders
+    /// renew no more; `None` if a holder's term ends more than one term
+    /// from now (its clock is ahead of this server's: waiting would not
+    /// tell whether it died).
     pub(crate) async fn lapse_wait(
         &self,
         patients: &[[u8; 32]],
