@@ -165,11 +165,9 @@ set_up() {
   "${issue[@]}" --role server --out "$dir/chain-node" --san localhost --san 127.0.0.1 >/dev/null
   local i
   for i in $(seq 1 "$SERVERS"); do
-    mkdir -p "$dir/server-$i"
     "${issue[@]}" --role server --out "$dir/server-$i/server" --san localhost --san 127.0.0.1 >/dev/null
   done
   for i in $(seq 1 "$COLLECTORS"); do
-    mkdir -p "$dir/collector-$i/cards"
     "${issue[@]}" --role collector --out "$dir/collector-$i/collector" --location "ward-$i/1/A" \
       --san localhost --san 127.0.0.1 >/dev/null
     "${issue[@]}" --role patient --out "$dir/collector-$i/cards/patient-$i" >/dev/null

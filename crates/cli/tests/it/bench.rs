@@ -60,11 +60,12 @@ fn up_runs_in_one_process_of_its_own_and_stores_every_reading() {
     assert_eq!(o["mode"], "Up", "{o}");
 }
 
-#[test]
-fn network_runs_one_server_then_three_and_moves_a_dead_servers_patient() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_runs_one_server_then_three_and_moves_a_dead_servers_patient() {
     let Some(database) = medledger_storage::test_utils::postgres_url() else {
         return;
     };
+    let _alone = crate::network::ONE_AT_A_TIME.lock().await;
     // 2 devices a ward, 3 wards: 6 devices x 20 requests of 5 readings. The
     // bench fails unless every acknowledged reading was stored and no
     // ledger changed writer but the dead server's patient's, once.

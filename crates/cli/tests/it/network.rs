@@ -212,8 +212,10 @@ async fn network_settings() -> Option<(Db, Vec<(String, String)>)> {
     Some((db, settings))
 }
 
-/// One network at a time: each is eight processes on this machine's cores.
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// One network at a time: each is eight processes on this machine's cores,
+/// and their ports (from `BASE_PORT`, below the ephemeral range) must not
+/// meet another's. `bench ingest --mode network` takes it too.
+pub(crate) static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// A patientRef (`0x` and 64 hex digits) as stored.
 fn patient_ref(text: &str) -> Vec<u8> {
