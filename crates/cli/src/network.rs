@@ -236,8 +236,8 @@ pub(crate) async fn bench(load: &Load, json: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
-/// A fresh schema of the database at `url`: the URL that reaches it.
-async fn fresh_schema(url: &str, name: &str) -> Result<String> {
+/// Makes (`create`) or drops schema `name` of the database at `url`.
+async fn schema(url: &str, name: &str, create: bool) -> Result<()> {
     let db = medledger_storage::Db::connect(url)
         .await
         .context("opening --database")?;
@@ -245,12 +245,13 @@ async fn fresh_schema(url: &str, name: &str) -> Result<String> {
     medledger_storage::sqlx::query(&drop)
         .execute(db.pool())
         .await?;
-    medledger_storage::sqlx::query(&format!("CREATE SCHEMA {name}"))
-        .execute(db.pool())
-        .await?;
+    if create {
+        medledger_storage::sqlx::query(&format!("CREATE SCHEMA {name}"))
+            .execute(db.pool())
+            .await?;
+    }
     db.close().await;
-    let sep = if url.contains('?') { '&' } else { '?' };
-    Ok(format!("{url}{sep}options=-c%20search_path%3D{name}"))
+    Ok(())
 }
 
 /// The server `bench` SIGKILLed.
@@ -274,11 +275,9 @@ async fn run_once(
     use medledger_storage::sqlx::{self, Row};
     let temp = tempfile::tempdir()?;
     let dir = temp.path();
-    let url = fresh_schema(
-        &load.database,
-        &format!("medledger_bench_{}_{k}", std::process::id()),
-    )
-    .await?;
+    let name = format!("medledger_bench_{}_{k}", std::process::id());
+    schema(&load.database, &name, true).await?;
+    let url = medledger_storage::Db::url_in_schema(&load.database, &name);
     let per_ward = load.devices.div_ceil(load.collectors.max(1)).max(1);
     let base = 20_000 + (std::process::id() % 60) * 200 + k as u32 * 100;
     Network::set_up(
@@ -461,6 +460,7 @@ async fn run_once(
     }
     db.close().await;
     drop(network);
+    schema(&load.database, &name, false).await?;
     Ok(Run {
         servers,
         readings,

@@ -520,6 +520,13 @@ impl Db {
         Db::connect(&format!("sqlite://{}?mode=rwc", path.display())).await
     }
 
+    /// The PostgreSQL `url` with `schema` as its search path: a schema of
+    /// the database as a database of its own (a test's, a benchmark run's).
+    pub fn url_in_schema(url: &str, schema: &str) -> String {
+        let sep = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{sep}options=-c%20search_path%3D{schema}")
+    }
+
     /// Connects to `sqlite:PATH` or `postgres://...`.
     pub async fn connect(url: &str) -> Result<Db> {
         sqlx::any::install_default_drivers();

@@ -110,8 +110,7 @@ async fn fresh_schema(url: &str) -> (String, String, Db) {
         .await
         .expect("the test database works");
     admin.close().await;
-    let sep = if url.contains('?') { '&' } else { '?' };
-    let url = format!("{url}{sep}options=-c%20search_path%3D{schema}");
+    let url = Db::url_in_schema(url, &schema);
     let db = Db::connect(&url).await.expect("the test database works");
     (url, schema, db)
 }
