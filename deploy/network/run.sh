@@ -158,7 +158,7 @@ admin() {
 
 set_up() {
   echo "setting up $dir ($CHAIN chain, $SERVERS servers, $COLLECTORS collectors)"
-  # 1. The CA and every certificate.
+  # 2. The CA and every certificate.
   "$ml" ca init --dir "$dir/ca" --org "Example Hospital Network" >/dev/null
   local issue=("$ml" ca issue --ca "$dir/ca")
   "${issue[@]}" --role admin --out "$dir/admin1" >/dev/null
@@ -175,7 +175,7 @@ set_up() {
       --group pulse-oximeter --rule default --out "$dir/devices/ward-$i" >/dev/null
   done
 
-  # 2-3. The chain, and the contracts deployed by the admin.
+  # 3-4. The chain, and the contracts deployed by the admin.
   local admin_account
   admin_account=$(address_of "$dir/admin1.crt")
   case $CHAIN in
@@ -206,7 +206,7 @@ set_up() {
   done
   admin rule allow --group pulse-oximeter --types heart-rate,spo2 >/dev/null
 
-  # 7. Each ward: its collector, its patient (admitted under a patientRef
+  # 8. Each ward: its collector, its patient (admitted under a patientRef
   # from the hospital's salt) and the patient's devices.
   (umask 077 && openssl rand -hex 32 > "$dir/patient.salt")
   for i in $(seq 1 "$COLLECTORS"); do
@@ -223,7 +223,7 @@ set_up() {
     done
   done
 
-  # 5. The servers' shared secrets: the KEK (the ledger key is made by
+  # 6. The servers' shared secrets: the KEK (the ledger key is made by
   # the first server at its first start).
   (umask 077 && openssl rand -hex 32 > "$dir/kek.hex")
   for i in $(seq 1 "$SERVERS"); do write_server "$i"; done

@@ -50,7 +50,9 @@ mod simulate;
 mod up;
 mod verify;
 
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// medledger secures medical IoT data with a blockchain.
@@ -69,6 +71,10 @@ struct Cli {
         default_value = "text"
     )]
     log_format: LogFormat,
+    /// Append the log to this file (created mode 0600) instead of writing
+    /// it to stderr; rotate it with logrotate's `copytruncate`.
+    #[arg(long, global = true, env = "MEDLEDGER_LOG_FILE")]
+    log_file: Option<PathBuf>,
 }
 
 /// The log's format.
@@ -78,9 +84,9 @@ enum LogFormat {
     Json,
 }
 
-/// Sends the log (`tracing`) to stderr in `format`, filtered by
-/// `RUST_LOG`.
-fn init_log(format: LogFormat) {
+/// Sends the log (`tracing`) to stderr, or appends it to `file`, in
+/// `format`, filtered by `RUST_LOG`.
+fn init_log(format: LogFormat, file: Option<&Path>) -> Result<()> {
     use tracing_subscriber::filter::Targets;
     use tracing_subscriber::prelude::*;
     let filter = match std::env::var("RUST_LOG") {
@@ -91,16 +97,35 @@ fn init_log(format: LogFormat) {
         Err(_) => Targets::new().with_default(tracing::Level::INFO),
     };
     let text = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
         .with_target(false)
         .with_ansi(false);
-    let layer = match format {
-        LogFormat::Text => text.boxed(),
-        LogFormat::Json => text.json().boxed(),
+    let layer = match (format, file) {
+        (LogFormat::Text, None) => text.with_writer(std::io::stderr).boxed(),
+        (LogFormat::Json, None) => text.json().with_writer(std::io::stderr).boxed(),
+        (format, Some(path)) => {
+            use std::os::unix::fs::OpenOptionsExt;
+            let file = std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .mode(0o600)
+                .open(path)
+                .with_context(|| {
+                    format!(
+                        "--log-file {}: cannot open it for appending",
+                        path.display()
+                    )
+                })?;
+            let writer = std::sync::Mutex::new(file);
+            match format {
+                LogFormat::Text => text.with_writer(writer).boxed(),
+                LogFormat::Json => text.json().with_writer(writer).boxed(),
+            }
+        }
     };
     let _ = tracing_subscriber::registry()
         .with(layer.with_filter(filter))
         .try_init();
+    Ok(())
 }
 
 #[derive(Debug, Subcommand)]
@@ -161,7 +186,10 @@ fn main() -> ExitCode {
     // take the process's crypto provider: ring, as everywhere else.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
-    init_log(cli.log_format);
+    if let Err(e) = init_log(cli.log_format, cli.log_file.as_deref()) {
+        eprintln!("error: {e:#}");
+        return ExitCode::from(2);
+    }
     let result = match cli.command {
         Command::Ca(cmd) => ca::run(cmd),
         Command::Chain(args) => chain::run(args),

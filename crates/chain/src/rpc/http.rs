@@ -59,9 +59,12 @@ pub async fn serve_tls(
     use hyper_util::server::conn::auto;
     use tower::ServiceExt;
     let app = router(rpc);
+    let refusals = std::sync::Arc::new(medledger_pki::throttle::LogThrottle::new(
+        "refused connections",
+    ));
     loop {
-        let tcp = match listener.accept().await {
-            Ok((tcp, _)) => tcp,
+        let (tcp, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
             Err(e) => {
                 // Out of file descriptors and the like: wait, do not die.
                 tracing::warn!("medledger chain: accepting a TLS connection: {e}");
@@ -69,12 +72,20 @@ pub async fn serve_tls(
                 continue;
             }
         };
-        let (acceptor, app) = (acceptor.clone(), app.clone());
+        let (acceptor, app, refusals) = (acceptor.clone(), app.clone(), refusals.clone());
         tokio::spawn(async move {
             // A refused handshake (no, foreign or revoked certificate, plain
-            // HTTP) ends here; the acceptor already told plain-HTTP clients.
-            let Ok((tls, _identity)) = acceptor.accept(tcp).await else {
-                return;
+            // HTTP) ends here, logged; the acceptor already told plain-HTTP
+            // clients.
+            let tls = match acceptor.accept(tcp).await {
+                Ok((tls, _identity)) => tls,
+                Err(rejection) => {
+                    if refusals.admit() {
+                        let cause = rejection.problem_type().name();
+                        tracing::warn!(%peer, cause, "medledger chain: refused a connection: {rejection}");
+                    }
+                    return;
+                }
             };
             let service = hyper::service::service_fn(
                 move |request: hyper::Request<hyper::body::Incoming>| {

@@ -270,3 +270,87 @@ fn sigterm_stops_the_chain_saying_so() {
         "{rest:?}"
     );
 }
+
+#[test]
+fn log_file_takes_the_log_in_json_away_from_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    let at = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let medledger = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_medledger"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    };
+    medledger(&["ca", "init", "--dir", &at("ca"), "--org", "Log"]);
+    medledger(&[
+        "ca",
+        "issue",
+        "--ca",
+        &at("ca"),
+        "--role",
+        "server",
+        "--out",
+        &at("node"),
+    ]);
+    let port = crate::ingest::free_port();
+    let log = at("chain.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_medledger"))
+        .args(["--log-file", &log, "--log-format", "json"])
+        .args(["chain", "--data", &at("chain"), "--rpc", "127.0.0.1:0"])
+        .args([
+            "--rpc-tls",
+            &format!("127.0.0.1:{port}"),
+            "--tls-cert",
+            &at("node"),
+        ])
+        .args([
+            "--tls-root",
+            &at("ca/root.crt"),
+            "--tls-crl",
+            &at("ca/crl.pem"),
+        ])
+        .arg("--allow")
+        .arg(Address::repeat_byte(0x11).to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Not TLS: the chain logs the refused handshake.
+    let started = std::time::Instant::now();
+    loop {
+        if let Ok(mut tcp) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            std::io::Write::write_all(&mut tcp, b"GET / HTTP/1.1\r\n\r\n").unwrap();
+            let _ = std::io::Read::read(&mut tcp, &mut [0; 64]);
+            break;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the chain exited");
+        assert!(started.elapsed() < std::time::Duration::from_secs(30));
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let mut logged = String::new();
+    while !logged.contains("refused a connection") {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "{logged}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        logged = std::fs::read_to_string(&log).unwrap_or_default();
+    }
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let line = logged.lines().find(|l| l.contains("refused")).unwrap();
+    let event: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(event["level"], "WARN", "{event}");
+    assert_eq!(event["fields"]["cause"], "tls-required", "{event}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).trim().is_empty(),
+        "{out:?}"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&log).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+}

@@ -24,3 +24,4 @@ mod sim;
 mod site;
 mod up;
 mod verify;
+mod walk;
