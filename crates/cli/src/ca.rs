@@ -59,6 +59,11 @@ pub(crate) enum CaCommand {
         #[arg(long)]
         ca: PathBuf,
     },
+    /// Set up a Mosquitto broker for devices that speak MQTT: its
+    /// certificate (role server), `mosquitto.conf`, the ACL file (each
+    /// device publishes to its own topic only; the collectors read them
+    /// all), the CA bundle and the CRL.
+    Broker(crate::broker::BrokerArgs),
     /// Retire a replaced issuing CA: the root revokes it and its key is
     /// deleted; nothing it issued is accepted once the new CRL is out.
     Retire {
@@ -131,6 +136,7 @@ pub(crate) fn run(cmd: CaCommand) -> Result<()> {
             Ok(())
         }
         CaCommand::Issue(args) => issue(args),
+        CaCommand::Broker(args) => crate::broker::run(args),
         CaCommand::Show { cert, json } => show(&cert, json),
         CaCommand::Revoke { ca, cert, chain } => {
             let ca = Ca::open(&ca)?;

@@ -3,7 +3,9 @@
 use crate::roles;
 use anyhow::{Context, Result};
 use clap::Args;
-use medledger_collector::{Cards, Collector, ConfigFile, ServerTarget, Settings, Upstream};
+use medledger_collector::{
+    Cards, Collector, ConfigFile, MqttSettings, ServerTarget, Settings, Upstream,
+};
 use medledger_pki::{Role, files};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -121,6 +123,17 @@ pub(crate) async fn start(config: &ConfigFile, upstream: Option<Upstream>) -> Re
             )
         }),
         limits: config.limits.clone(),
+        mqtt: config.mqtt.as_ref().map(|m| MqttSettings {
+            broker: m.broker.clone(),
+            server_name: m.broker_name.clone(),
+            subscription: m.subscription.clone(),
+            // Stable across certificate renewals: the broker keeps the
+            // session, and the readings not yet acknowledged, under it.
+            client_id: match identity.address() {
+                Some(address) => format!("medledger-collector-{address}"),
+                None => format!("medledger-collector-{}", identity.fingerprint_hex()),
+            },
+        }),
     })
     .await?;
     roles::watch_crl(config.crl.clone(), vec![client_auth]);

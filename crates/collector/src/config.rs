@@ -16,6 +16,11 @@
 //! # Other servers on the same database, tried in turn when a batch fails:
 //! # failover = [{ server = "server-2.example:9443", server_name = "server-2.example" }]
 //!
+//! # Readings from an MQTT broker too (see `medledger ca broker`):
+//! # [mqtt]
+//! # broker = "broker.example:8883"
+//! # broker_name = "broker.example"
+//!
 //! [limits]
 //! max_connections = 20000
 //! handshake_timeout_ms = 5000
@@ -71,9 +76,30 @@ pub struct ConfigFile {
     /// batch fails.
     #[serde(default)]
     pub failover: Vec<Failover>,
+    /// An MQTT broker to take readings from too.
+    #[serde(default)]
+    pub mqtt: Option<Mqtt>,
     /// Limits.
     #[serde(default)]
     pub limits: Limits,
+}
+
+/// The `[mqtt]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mqtt {
+    /// The broker's `host:port`.
+    pub broker: String,
+    /// The name on the broker's certificate.
+    pub broker_name: String,
+    /// The topic filter; by default the collectors' shared subscription
+    /// to every device's readings.
+    #[serde(default = "shared_subscription")]
+    pub subscription: String,
+}
+
+fn shared_subscription() -> String {
+    medledger_protocol::mqtt::SHARED_SUBSCRIPTION.to_owned()
 }
 
 /// Another server to forward to.

@@ -1,7 +1,8 @@
 //! The collector: the ingest gateway between devices and the server.
 //!
 //! ```text
-//!  device --mTLS POST /v1/readings--> http (limits, rate, COSE, window)
+//!  device --mTLS POST /v1/readings--> http   \
+//!  device --MQTT (x5chain)--> broker --> mqtt  > intake (limits, rate, COSE, window)
 //!        --Submission--> pipeline (one batch at a time: Registry bindings,
 //!                        card, rules, sequence; one durable outbox commit)
 //!        <--202 receipts (after the commit; ?wait=committed: after the server)
@@ -17,11 +18,14 @@ pub mod cards;
 pub mod config;
 mod forward;
 mod http;
+mod intake;
+mod mqtt;
 mod pipeline;
 
 use alloy::providers::DynProvider;
 pub use cards::{CardSigner, Cards, SoftwareCard};
 pub use config::{ConfigError, ConfigFile, Limits};
+pub use mqtt::MqttSettings;
 use medledger_contracts::{ChainView, Contracts};
 use medledger_pki::health::{self, Readiness};
 use medledger_pki::https::{self, Connection, Tasks};
@@ -107,6 +111,8 @@ pub struct Settings {
     pub upstream: Upstream,
     /// Limits.
     pub limits: Limits,
+    /// An MQTT broker to take readings from too, if any.
+    pub mqtt: Option<MqttSettings>,
 }
 
 impl std::fmt::Debug for Settings {
@@ -151,7 +157,7 @@ pub(crate) struct State {
     /// ledger index, or why the server refused the reading.
     pub(crate) waiters: Mutex<HashMap<[u8; 32], Vec<oneshot::Sender<pipeline::Committed>>>>,
     /// Token buckets per device EPC.
-    pub(crate) rates: Mutex<HashMap<[u8; 12], http::Bucket>>,
+    pub(crate) rates: Mutex<HashMap<[u8; 12], intake::Bucket>>,
     /// Wakes the forwarder after an outbox commit.
     pub(crate) outbox_changed: Notify,
     /// CA certificates seen in device chains (DER), for the server.
@@ -196,6 +202,7 @@ impl Collector {
             cards,
             upstream,
             limits,
+            mqtt,
         } = settings;
         let bind = |addr: SocketAddr| async move {
             https::bind(addr)
@@ -234,6 +241,15 @@ impl Collector {
             forward_tls.clone(),
             upstream.clone(),
         ));
+        if let Some(mqtt) = mqtt {
+            // The broker's certificate is a server's of our CA.
+            tasks.spawn(mqtt::run(
+                state.clone(),
+                forward_tls.clone(),
+                mqtt,
+                client_auth.clone(),
+            ));
+        }
         let serve_limits = https::ServeLimits {
             max_connections: limits.max_connections,
             header_timeout: limits.header_timeout(),

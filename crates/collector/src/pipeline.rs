@@ -37,7 +37,7 @@ use tokio::sync::{mpsc, oneshot};
 pub(crate) const MAX_BATCH: usize = 2048;
 
 /// The certificate a device presented (DER) and its SHA-256.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(crate) struct Presented {
     pub(crate) der: Vec<u8>,
     pub(crate) fingerprint: [u8; 32],

@@ -241,7 +241,9 @@ impl LeafRequest {
         }
         let common_name = match (&self.common_name, &self.epc, address) {
             (Some(cn), ..) => cn.clone(),
-            (None, Some(epc), _) => epc.to_tag_uri(),
+            // 24 hex digits: an MQTT broker takes the name as the username,
+            // and the device's topics end with it.
+            (None, Some(epc), _) => epc.to_hex(),
             (None, None, Some(a)) => format!("{role} {a}"),
             (None, None, None) => role.to_string(),
         };
@@ -650,6 +652,15 @@ impl Ca {
     /// The current issuing CA certificate.
     pub fn issuing_cert_der(&self) -> &[u8] {
         &self.issuing.der
+    }
+
+    /// The issuing CA certificates whose certificates are accepted: the
+    /// current one, then those replaced and not yet retired.
+    pub fn issuing_certs_der(&self) -> Vec<Vec<u8>> {
+        std::iter::once(&self.issuing)
+            .chain(&self.previous)
+            .map(|ca| ca.der.clone())
+            .collect()
     }
 
     /// The serial (hex) of the current issuing CA.

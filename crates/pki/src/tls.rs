@@ -172,6 +172,12 @@ impl ClientAuth {
         Ok(())
     }
 
+    /// Moves on each time the CRLs are replaced: what was verified under
+    /// an older number must be verified again.
+    pub fn crl_generation(&self) -> u64 {
+        *self.crl_updates.borrow()
+    }
+
     /// Whether the current CRLs list this certificate.
     pub fn is_revoked(&self, identity: &Identity) -> bool {
         self.revoked

@@ -3,7 +3,8 @@
 //! ```text
 //! 18([                                   ; COSE_Sign1_Tagged
 //!   << {1: alg, 4: kid} >>,              ; protected: alg -7 | -8, kid = SHA-256(cert DER)
-//!   {},                                  ; unprotected (kid may sit here instead)
+//!                                        ;   (+ 33: x5chain, RFC 9360, over MQTT)
+//!   {},                                  ; unprotected (kid or x5chain may sit here instead)
 //!   << {"dev", "seq", "ts", "obs", ...} >>,  ; payload: the Reading
 //!   signature                            ; 64 bytes: r || s, or Ed25519
 //! ])
@@ -26,6 +27,9 @@ const LABEL_ALG: i64 = 1;
 const LABEL_CRIT: i64 = 2;
 const LABEL_CONTENT_TYPE: i64 = 3;
 const LABEL_KID: i64 = 4;
+/// RFC 9360: the signer's certificate (a bstr) or chain (an array of
+/// bstr, the signer's first).
+const LABEL_X5CHAIN: i64 = 33;
 
 /// A signature algorithm a device may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -273,16 +277,40 @@ impl SigningKey {
         self.sign_payload(&reading.to_cbor())
     }
 
+    /// Signs `reading` as a tagged COSE_Sign1 that carries the signer's
+    /// certificate `chain` (DER, the signer's first) in its protected
+    /// header (`x5chain`, RFC 9360): for transports that do not present
+    /// the certificate themselves, such as MQTT through a broker.
+    pub fn sign_with_chain(&self, reading: &Reading, chain: &[Vec<u8>]) -> Vec<u8> {
+        self.sign_headers(&reading.to_cbor(), chain)
+    }
+
     /// Signs payload bytes as they are. Devices use [`SigningKey::sign`];
     /// this is for tests and attack simulation that need a correctly signed
     /// envelope around a payload [`Reading::to_cbor`] would never write.
     pub fn sign_payload(&self, payload: &[u8]) -> Vec<u8> {
+        self.sign_headers(payload, &[])
+    }
+
+    fn sign_headers(&self, payload: &[u8], chain: &[Vec<u8>]) -> Vec<u8> {
         let protected = cbor::encode_with(|e| {
-            e.map(2)
+            e.map(if chain.is_empty() { 2 } else { 3 })
                 .int(LABEL_ALG)
                 .int(self.algorithm().cose_id())
                 .int(LABEL_KID)
                 .bytes(&self.kid);
+            match chain {
+                [] => {}
+                [one] => {
+                    e.int(LABEL_X5CHAIN).bytes(one);
+                }
+                several => {
+                    e.int(LABEL_X5CHAIN).array(several.len());
+                    for cert in several {
+                        e.bytes(cert);
+                    }
+                }
+            }
         });
         let tbs = sig_structure(&protected, payload);
         let sig = match &self.inner {
@@ -320,6 +348,7 @@ fn sig_structure(protected: &[u8], payload: &[u8]) -> Vec<u8> {
 pub struct SignedReading {
     alg: Algorithm,
     kid: Kid,
+    x5chain: Vec<Vec<u8>>,
     protected: Vec<u8>,
     payload: Vec<u8>,
     signature: Vec<u8>,
@@ -359,6 +388,7 @@ impl SignedReading {
         };
         let mut alg = None;
         let mut kid = None;
+        let mut x5chain = None;
         for (label, value) in &protected_map {
             match (int_label(label), value) {
                 (Some(LABEL_ALG), Value::Nint(n)) => {
@@ -381,6 +411,7 @@ impl SignedReading {
                     return Err(ReadingError::Envelope("crit is not an array"));
                 }
                 (Some(LABEL_KID), v) => kid = Some(kid_value(v)?),
+                (Some(LABEL_X5CHAIN), v) => x5chain = Some(x5chain_value(v)?),
                 _ => {}
             }
         }
@@ -395,12 +426,17 @@ impl SignedReading {
                     return Err(ReadingError::Envelope("kid appears in both headers"));
                 }
                 Some(LABEL_KID) => kid = Some(kid_value(value)?),
+                Some(LABEL_X5CHAIN) if x5chain.is_some() => {
+                    return Err(ReadingError::Envelope("x5chain appears in both headers"));
+                }
+                Some(LABEL_X5CHAIN) => x5chain = Some(x5chain_value(value)?),
                 _ => {}
             }
         }
         Ok(SignedReading {
             alg: alg.ok_or(ReadingError::MissingAlgorithm)?,
             kid: kid.ok_or(ReadingError::BadKid)?,
+            x5chain: x5chain.unwrap_or_default(),
             protected,
             payload,
             signature,
@@ -415,6 +451,13 @@ impl SignedReading {
     /// The signature algorithm.
     pub fn algorithm(&self) -> Algorithm {
         self.alg
+    }
+
+    /// The certificates of the `x5chain` header (DER, the signer's first;
+    /// RFC 9360), empty without one. Nothing here checks them: the signer
+    /// is whoever the `kid` and the signature say.
+    pub fn x5chain(&self) -> &[Vec<u8>] {
+        &self.x5chain
     }
 
     /// Checks the `kid` and signature against the device's key, then parses
@@ -517,6 +560,22 @@ fn kid_value(v: &Value) -> Result<Kid, ReadingError> {
     }
 }
 
+/// An `x5chain` value: one certificate (bstr) or a non-empty array of them.
+fn x5chain_value(v: &Value) -> Result<Vec<Vec<u8>>, ReadingError> {
+    const WHAT: &str = "x5chain is a certificate (bstr) or a non-empty array of them";
+    match v {
+        Value::Bytes(one) if !one.is_empty() => Ok(vec![one.clone()]),
+        Value::Array(several) if !several.is_empty() => several
+            .iter()
+            .map(|c| match c {
+                Value::Bytes(cert) if !cert.is_empty() => Ok(cert.clone()),
+                _ => Err(ReadingError::Envelope(WHAT)),
+            })
+            .collect(),
+        _ => Err(ReadingError::Envelope(WHAT)),
+    }
+}
+
 /// RFC 9052 §3.1: every label in `crit` must be understood and present.
 fn check_critical(labels: &[Value], protected: &[(Value, Value)]) -> Result<(), ReadingError> {
     if labels.is_empty() {
@@ -525,7 +584,7 @@ fn check_critical(labels: &[Value], protected: &[(Value, Value)]) -> Result<(), 
     for label in labels {
         let understood = matches!(
             int_label(label),
-            Some(LABEL_ALG | LABEL_CONTENT_TYPE | LABEL_KID)
+            Some(LABEL_ALG | LABEL_CONTENT_TYPE | LABEL_KID | LABEL_X5CHAIN)
         );
         if !understood {
             let name = match label {

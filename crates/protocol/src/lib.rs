@@ -23,6 +23,7 @@ pub mod cbor;
 pub mod cose;
 mod ed25519;
 pub mod fhir;
+pub mod mqtt;
 pub mod problem;
 pub mod reading;
 

@@ -567,6 +567,7 @@ async fn launch_collector(
             None => in_process(place.server),
         },
         limits: place.options.limits.clone(),
+        mqtt: None,
     })
     .await?;
     Ok(Ward {

@@ -304,3 +304,61 @@ fn a_non_canonical_payload_is_refused_even_when_correctly_signed() {
         "{err}"
     );
 }
+
+#[test]
+fn x5chain_carries_one_certificate_or_a_chain_in_either_header_and_is_signed() {
+    let k = key(Algorithm::Es256);
+    let issuing = b"issuing CA".to_vec();
+    for chain in [vec![CERT.to_vec()], vec![CERT.to_vec(), issuing.clone()]] {
+        let signed = k.sign_with_chain(&reading(), &chain);
+        let decoded = SignedReading::decode(&signed).unwrap();
+        assert_eq!(decoded.x5chain(), chain.as_slice());
+        assert_eq!(decoded.verify(&k.verifying_key()).unwrap(), reading());
+    }
+    assert!(SignedReading::decode(&k.sign(&reading())).unwrap().x5chain().is_empty());
+    let payload = reading().to_cbor();
+    let alg_kid = |e: &mut cbor::Encoder, n: usize| {
+        e.map(n).int(1).int(-7).int(4).bytes(&[0; 32]);
+    };
+    // In the unprotected header: read, not signed.
+    let p = protected(|e| alg_kid(e, 2));
+    let u = cbor::encode_with(|e| {
+        e.map(1).int(33).bytes(CERT);
+    });
+    let decoded = SignedReading::decode(&envelope(&p, &u, &payload)).unwrap();
+    assert_eq!(decoded.x5chain(), [CERT.to_vec()]);
+    // In both headers, empty, or not certificates.
+    let p3 = protected(|e| {
+        alg_kid(e, 3);
+        e.int(33).bytes(CERT);
+    });
+    for (p, u) in [
+        (p3.as_slice(), u.as_slice()),
+        (
+            &protected(|e| {
+                alg_kid(e, 3);
+                e.int(33).array(0);
+            }),
+            &cbor::encode_with(|e| {
+                e.map(0);
+            }),
+        ),
+        (
+            &protected(|e| {
+                alg_kid(e, 3);
+                e.int(33).int(7);
+            }),
+            &cbor::encode_with(|e| {
+                e.map(0);
+            }),
+        ),
+    ] {
+        assert!(
+            matches!(
+                SignedReading::decode(&envelope(p, u, &payload)),
+                Err(ReadingError::Envelope(_))
+            ),
+            "{p:?} {u:?}"
+        );
+    }
+}
