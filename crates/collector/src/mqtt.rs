@@ -38,11 +38,14 @@ pub struct MqttSettings {
     pub client_id: String,
 }
 
+/// A chain's identity, and the CRL generation it was verified under.
+type Verified = (Arc<Identity>, u64);
+
 /// Verified certificate chains, until the CRL changes (at most
 /// [`Certificates::MOST`]; then it starts again).
 struct Certificates {
     auth: Arc<ClientAuth>,
-    verified: Mutex<HashMap<Vec<Vec<u8>>, (Arc<Identity>, u64)>>,
+    verified: Mutex<HashMap<Vec<Vec<u8>>, Verified>>,
 }
 
 impl Certificates {
@@ -95,8 +98,8 @@ pub(crate) async fn run(
     // The broker keeps unacknowledged readings for an hour of absence.
     options.session_expiry_s = 3600;
     options.receive_maximum = 1000;
-    options.max_packet_bytes = u32::try_from(state.limits.max_body_bytes + 64 * 1024)
-        .unwrap_or(u32::MAX);
+    options.max_packet_bytes =
+        u32::try_from(state.limits.max_body_bytes + 64 * 1024).unwrap_or(u32::MAX);
     let mut backoff = Backoff::default();
     loop {
         match Client::connect(tls.clone(), &options).await {

@@ -16,6 +16,10 @@
 //! it again after a reconnection if the caller never did, so a caller acks
 //! only what it has made durable. The connection ends on the first error;
 //! callers reconnect (see [`Backoff`]).
+//!
+//! [`mosquitto`] writes a Mosquitto broker's files from the CA.
+
+pub mod mosquitto;
 
 use bytes::{Bytes, BytesMut};
 use rumqttc::v5::mqttbytes::v5::{

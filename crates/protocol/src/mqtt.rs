@@ -51,7 +51,10 @@ mod tests {
             "medledger/v1/receipts/3074257BF7194E4000001A850",
             epc
         ));
-        assert!(!is_receipts_topic_of("medledger/v1/receipts/3074257BF7194E4000001A86", epc));
+        assert!(!is_receipts_topic_of(
+            "medledger/v1/receipts/3074257BF7194E4000001A86",
+            epc
+        ));
         assert!(!is_receipts_topic_of(&readings_topic(epc), epc));
     }
 }

@@ -13,8 +13,10 @@
 
 pub mod demo;
 pub mod load;
+pub mod mqtt;
 pub mod signals;
 
+use crate::mqtt::MqttDevice;
 use alloy::primitives::{B256, keccak256};
 use alloy::providers::DynProvider;
 use alloy::rpc::client::RpcClient;
@@ -24,12 +26,14 @@ use medledger_chain::rpc::Rpc;
 use medledger_chain::rpc::transport::InProcess;
 use medledger_chain::{Node, NodeConfig, Sealing};
 use medledger_collector::{
-    Cards, Collector, ForwardError, InProcessServer, Limits, ServerTarget, SoftwareCard, Upstream,
+    Cards, Collector, ForwardError, InProcessServer, Limits, MqttSettings, ServerTarget,
+    SoftwareCard, Upstream,
 };
 use medledger_contracts::{
     Contracts, RegistryPermissions, StaffRole, code_key, epc_bytes, send, short_text,
     signing_provider,
 };
+use medledger_mqtt::mosquitto::{self, BrokerSpec, Mosquitto};
 use medledger_patient_ledger::NoteSigner;
 use medledger_pki::https::Connection;
 use medledger_pki::{
@@ -40,7 +44,7 @@ pub use medledger_protocol::now_ms;
 use medledger_protocol::{DeviceId, Observation, Reading, SigningKey};
 use medledger_server::Server;
 use medledger_storage::{Db, Kek, LocalDir, ObjectStoreBlobs, Part};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -129,6 +133,10 @@ pub struct Options {
     /// leased to one of them for this long after its last renewal;
     /// `None`: the server is alone on its database.
     pub lease_term: Option<Duration>,
+    /// The Mosquitto program: with one, the hospital runs a broker (as
+    /// `medledger ca broker` sets it up) and its collector takes readings
+    /// from it too.
+    pub mosquitto: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -149,6 +157,7 @@ impl Default for Options {
             webhook_ca: None,
             forward_over_tls: false,
             lease_term: None,
+            mosquitto: None,
         }
     }
 }
@@ -222,6 +231,8 @@ pub struct Hospital {
     pub patient_ref: B256,
     /// The patient's card certificate and key.
     pub card: Issued,
+    /// The MQTT broker, if the options gave Mosquitto.
+    pub broker: Option<Mosquitto>,
     /// The server's certificate and secrets, for a server restored from
     /// a backup of its data.
     server_issued: Issued,
@@ -247,6 +258,9 @@ pub struct Device {
     pub key: SigningKey,
     /// The last sequence number used.
     pub seq: u64,
+    /// Whether its readings carry its certificate chain in the COSE
+    /// `x5chain` header, as readings sent over MQTT must.
+    pub x5chain: bool,
 }
 
 impl std::fmt::Debug for Device {
@@ -294,6 +308,7 @@ impl Device {
             epc,
             key,
             seq: 0,
+            x5chain: false,
         })
     }
 
@@ -336,6 +351,7 @@ impl Device {
             epc,
             key,
             seq,
+            x5chain: false,
         })
     }
 
@@ -348,13 +364,21 @@ impl Device {
     /// number.
     pub fn reading_at(&mut self, obs: Vec<Observation>, ts_ms: u64) -> Vec<u8> {
         self.seq += 1;
-        self.key.sign(&Reading {
+        let reading = Reading {
             dev: DeviceId(*self.epc.as_bytes()),
             seq: self.seq,
             ts_ms,
             obs,
             model: None,
-        })
+        };
+        if !self.x5chain {
+            return self.key.sign(&reading);
+        }
+        let chain: Vec<Vec<u8>> = std::iter::once(&self.issued.cert_der)
+            .chain(&self.issued.chain)
+            .cloned()
+            .collect();
+        self.key.sign_with_chain(&reading, &chain)
     }
 
     /// Its TLS credentials.
@@ -534,6 +558,37 @@ pub struct Patient {
     pub card: Issued,
 }
 
+/// Writes a broker's files into `dir` for the collector `collector`, as
+/// `medledger ca broker` does, and starts Mosquitto on a free port.
+fn start_broker(
+    program: &Path,
+    ca: &Ca,
+    collector: &Issued,
+    dir: &Path,
+) -> Result<(Mosquitto, MqttSettings)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let spec = BrokerSpec {
+        name: "localhost".into(),
+        listen: "127.0.0.1".into(),
+        port,
+        // Mosquitto changes user only when started as root: then stay
+        // root, who can read the files.
+        run_as: std::env::var("USER").unwrap_or_else(|_| "root".into()),
+        collectors: vec![collector.identity()?.subject],
+    };
+    let conf = mosquitto::write(ca, dir, &spec)?;
+    let broker = Mosquitto::start(program, &conf, port, &dir.join("mosquitto.log"))?;
+    let settings = MqttSettings {
+        broker: broker.addr.clone(),
+        server_name: "localhost".into(),
+        subscription: medledger_protocol::mqtt::SHARED_SUBSCRIPTION.into(),
+        client_id: "medledger-collector-sim".into(),
+    };
+    Ok((broker, settings))
+}
+
 /// Starts a collector with `issued` (already registered on chain).
 /// A collector forwarding to `upstream`, or as the options say.
 async fn launch_collector(
@@ -543,6 +598,7 @@ async fn launch_collector(
     db: Option<Db>,
     db_path: &Path,
     upstream: Option<Upstream>,
+    mqtt: Option<MqttSettings>,
 ) -> Result<Ward> {
     let root = place.ca.root_cert_der()?;
     let db = database(db, db_path, Part::Collector).await?;
@@ -567,7 +623,7 @@ async fn launch_collector(
             None => in_process(place.server),
         },
         limits: place.options.limits.clone(),
-        mqtt: None,
+        mqtt,
     })
     .await?;
     Ok(Ward {
@@ -647,6 +703,14 @@ impl Hospital {
         cards.insert(Arc::new(
             SoftwareCard::new(&Credentials::from_issued(&card)).map_err(anyhow::Error::msg)?,
         ));
+        let (broker, mqtt) = match &options.mosquitto {
+            Some(program) => {
+                let (broker, settings) =
+                    start_broker(program, &ca, &collector_issued, &dir.path().join("broker"))?;
+                (Some(broker), Some(settings))
+            }
+            None => (None, None),
+        };
         let ward = launch_collector(
             &Place {
                 ca: &ca,
@@ -661,6 +725,7 @@ impl Hospital {
             options.collector_db.clone(),
             &dir.path().join("collector.db"),
             None,
+            mqtt,
         )
         .await?;
         Ok(Hospital {
@@ -677,6 +742,7 @@ impl Hospital {
             cards: ward.cards,
             patient_ref,
             card,
+            broker,
             server_issued,
             server_keys,
             options,
@@ -769,6 +835,7 @@ impl Hospital {
             None,
             &self.dir.path().join(name),
             upstream,
+            None,
         )
         .await
     }
@@ -942,6 +1009,17 @@ impl Hospital {
             &self.collector.addr().to_string(),
         )
         .await
+    }
+
+    /// `device` connected to the broker (the options gave Mosquitto), its
+    /// readings carrying their certificate chain from now on.
+    pub async fn connect_mqtt(&self, device: &mut Device) -> Result<MqttDevice> {
+        let broker = self
+            .broker
+            .as_ref()
+            .context("this hospital runs no MQTT broker: give Options::mosquitto")?;
+        device.x5chain = true;
+        MqttDevice::connect(device, &self.ca.root_cert_der()?, &broker.addr, "localhost").await
     }
 
     /// A connection to the server holding the collector's key (as the

@@ -14,6 +14,7 @@ mod erase;
 mod health;
 mod indexer;
 mod ingest;
+mod mqtt;
 mod network;
 mod portal;
 mod records;

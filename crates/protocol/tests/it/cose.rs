@@ -315,7 +315,12 @@ fn x5chain_carries_one_certificate_or_a_chain_in_either_header_and_is_signed() {
         assert_eq!(decoded.x5chain(), chain.as_slice());
         assert_eq!(decoded.verify(&k.verifying_key()).unwrap(), reading());
     }
-    assert!(SignedReading::decode(&k.sign(&reading())).unwrap().x5chain().is_empty());
+    assert!(
+        SignedReading::decode(&k.sign(&reading()))
+            .unwrap()
+            .x5chain()
+            .is_empty()
+    );
     let payload = reading().to_cbor();
     let alg_kid = |e: &mut cbor::Encoder, n: usize| {
         e.map(n).int(1).int(-7).int(4).bytes(&[0; 32]);
