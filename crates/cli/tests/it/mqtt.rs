@@ -302,3 +302,68 @@ async fn mosquitto_pub_and_sub_send_a_reading_and_read_its_receipt() {
     let receipt: serde_json::Value = serde_json::from_str(payload).unwrap();
     assert_eq!(receipt["hash"], hex::encode(reading_hash(&cose)));
 }
+
+/// Python with paho-mqtt, cbor2 and cryptography (`pip install`, as
+/// `.ci/run` does), or `None` after saying loudly that the test is skipped.
+fn python_with_paho() -> Option<&'static str> {
+    let found = Command::new("python3")
+        .args(["-c", "import paho.mqtt, cbor2, cryptography"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        let message = "python3 with paho-mqtt, cbor2 and cryptography not found: the paho \
+                       device test is skipped; `pip install paho-mqtt cbor2 cryptography`";
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "{message}");
+        eprintln!("\n!!! SKIPPED: {message}\n");
+        return None;
+    }
+    Some("python3")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paho_mqtt_device_written_from_the_protocol_document_is_answered() {
+    let Some(python) = python_with_paho() else {
+        return;
+    };
+    let Some(site) = site_with_broker().await else {
+        return;
+    };
+    let port = site.broker.as_ref().unwrap().addr.rsplit(':').next().unwrap().to_owned();
+    let device = site.device(1).await.unwrap();
+    let dir = site.dir.path().to_owned();
+    device.issued.write(&dir.join("dev1")).unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/mqtt_device/paho_device.py");
+    let run = |seq: &str, bpm: &str| {
+        let out = Command::new(python)
+            .arg(script)
+            .args(["localhost", &port])
+            .arg(dir.join("broker/ca.pem"))
+            .arg(dir.join("dev1.crt"))
+            .arg(dir.join("dev1.key"))
+            .args([seq, bpm])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let accepted = tokio::task::block_in_place(|| run("1", "72"));
+    assert_eq!(accepted["status"], 202, "{accepted}");
+    assert_eq!(accepted["content_type"], "application/json");
+    assert_eq!(accepted["correlation"], "paho-1");
+    assert_eq!(accepted["body"]["status"], "accepted");
+    // The same sequence number again, and a heart rate no human has.
+    let replayed = tokio::task::block_in_place(|| run("1", "72"));
+    assert_eq!(replayed["status"], 409, "{replayed}");
+    assert_eq!(replayed["content_type"], "application/problem+json");
+    assert_eq!(replayed["body"]["type"], "urn:medledger:problem:replay");
+    let violated = tokio::task::block_in_place(|| run("2", "400"));
+    assert_eq!(violated["status"], 422, "{violated}");
+    assert_eq!(
+        violated["body"]["type"],
+        "urn:medledger:problem:rule-violation"
+    );
+}
