@@ -10,6 +10,9 @@
 //!   roles started apart: devices issued beforehand by the CA operator
 //!   (`medledger ca issue --count`), registered and assigned by an admin;
 //!   no CA key and no `up` layout needed.
+//!
+//! Devices send over HTTPS to the collector, or (`--transport mqtt
+//! --broker HOST:PORT`) publish to an MQTT broker the collectors read.
 
 use crate::roles;
 use crate::rpc::Identity;
@@ -21,6 +24,7 @@ use medledger_contracts::{send, short_text};
 use medledger_pki::https::Connection;
 use medledger_pki::{Ca, Details, Issued, KeyAlg, LeafRequest, Role};
 use medledger_sim::Device;
+use medledger_sim::mqtt::MqttDevice;
 use medledger_sim::signals::{KINDS, Kind, Vitals};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -66,9 +70,29 @@ pub(crate) struct SimArgs {
     /// server stored every one.
     #[arg(long)]
     receipts: Option<PathBuf>,
+    /// How devices send: `https` to the collector, or `mqtt` to
+    /// `--broker`.
+    #[arg(long, value_enum, default_value = "https")]
+    transport: Transport,
+    /// With `--transport mqtt`: the broker, `host:port`.
+    #[arg(long, required_if_eq("transport", "mqtt"))]
+    broker: Option<String>,
+    /// With `--transport mqtt`: the name on the broker's certificate
+    /// (default: the host of `--broker`).
+    #[arg(long)]
+    broker_name: Option<String>,
     /// With `--data`: the chain's JSON-RPC URL.
     #[arg(long, env = "MEDLEDGER_RPC", default_value = "http://127.0.0.1:8545")]
     rpc: String,
+}
+
+/// How simulated devices send their readings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Transport {
+    /// `POST /v1/readings` to the collector.
+    Https,
+    /// MQTT 5 to a broker, readings carrying their certificate chain.
+    Mqtt,
 }
 
 /// EPC serials of simulated devices start here.
@@ -162,14 +186,28 @@ struct Fleet {
     collector: String,
     /// The name on its certificate.
     collector_name: String,
+    /// Or the MQTT broker (`host:port`) and the name on its certificate.
+    broker: Option<(String, String)>,
 }
 
 async fn simulate(args: SimArgs) -> Result<()> {
-    let fleet = match (&args.devices_dir, &args.data) {
+    let mut fleet = match (&args.devices_dir, &args.data) {
         (Some(dir), _) => from_dir(dir, &args)?,
         (None, Some(d)) => from_up(d, &args).await?,
         (None, None) => bail!("give --data (medledger up) or --devices-dir"),
     };
+    if args.transport == Transport::Mqtt {
+        let broker = args
+            .broker
+            .clone()
+            .context("--transport mqtt needs --broker HOST:PORT")?;
+        let name = match &args.broker_name {
+            Some(name) => name.clone(),
+            None => host_of(&broker).to_owned(),
+        };
+        println!("medledger sim: over MQTT to the broker {broker} ({name})");
+        fleet.broker = Some((broker, name));
+    }
     let receipts = match &args.receipts {
         Some(path) => Some(
             std::fs::OpenOptions::new()
@@ -219,6 +257,7 @@ async fn from_up(d: &Path, args: &SimArgs) -> Result<Fleet> {
         root: Ca::open(&d.join("ca"))?.root_cert_der()?,
         collector: state.collector,
         collector_name: "localhost".to_owned(),
+        broker: None,
     })
 }
 
@@ -278,6 +317,7 @@ fn from_dir(dir: &Path, args: &SimArgs) -> Result<Fleet> {
         root,
         collector: collector.clone(),
         collector_name,
+        broker: None,
     })
 }
 
@@ -307,17 +347,26 @@ async fn stream(
             &[Role::Collector],
         )?;
         let (addr, name) = (fleet.collector.clone(), fleet.collector_name.clone());
+        let (root, broker) = (fleet.root.clone(), fleet.broker.clone());
         let (counts, receipts) = (counts.clone(), receipts.clone());
+        device.x5chain = broker.is_some();
         tasks.spawn(async move {
             let mut vitals = Vitals::new(n as u64);
-            let mut conn: Option<Connection> = None;
+            let mut link = Link::None;
             loop {
                 let cose = device.reading(vitals.observe(&kind, medledger_protocol::now_ms()));
-                if conn.is_none() {
-                    conn = Connection::open(config.clone(), &addr, &name).await.ok();
+                if matches!(link, Link::None) {
+                    link = match &broker {
+                        Some((broker, name)) => MqttDevice::connect(&device, &root, broker, name)
+                            .await
+                            .map_or(Link::None, Link::Mqtt),
+                        None => Connection::open(config.clone(), &addr, &name)
+                            .await
+                            .map_or(Link::None, Link::Https),
+                    };
                 }
-                let outcome = match &mut conn {
-                    Some(c) => match c
+                let answer = match &mut link {
+                    Link::Https(c) => c
                         .request(
                             "POST",
                             "/v1/readings",
@@ -325,34 +374,42 @@ async fn stream(
                             cose,
                         )
                         .await
-                    {
-                        Ok(reply) if reply.status == 202 => {
-                            if let Some(file) = &receipts {
-                                record_receipt(file, &reply.body);
-                            }
-                            "accepted".to_owned()
-                        }
-                        Ok(reply) => {
-                            let body: serde_json::Value =
-                                serde_json::from_slice(&reply.body).unwrap_or_default();
-                            body["type"]
-                                .as_str()
-                                .unwrap_or("refused")
-                                .trim_start_matches("urn:medledger:problem:")
-                                .to_owned()
-                        }
-                        Err(_) => {
-                            conn = None;
-                            "connection lost".to_owned()
-                        }
-                    },
-                    None => "cannot connect".to_owned(),
+                        .ok()
+                        .map(|reply| (reply.status, reply.body)),
+                    Link::Mqtt(m) => m.send(cose).await.ok().map(|answer| {
+                        (
+                            answer.status,
+                            serde_json::to_vec(&answer.body).unwrap_or_default(),
+                        )
+                    }),
+                    Link::None => {
+                        bump(&counts, "cannot connect");
+                        tokio::time::sleep(every).await;
+                        continue;
+                    }
                 };
-                *counts
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .entry(outcome)
-                    .or_insert(0) += 1;
+                let outcome = match answer {
+                    Some((202, body)) => {
+                        if let Some(file) = &receipts {
+                            record_receipt(file, &body);
+                        }
+                        "accepted".to_owned()
+                    }
+                    Some((_, body)) => {
+                        let body: serde_json::Value =
+                            serde_json::from_slice(&body).unwrap_or_default();
+                        body["type"]
+                            .as_str()
+                            .unwrap_or("refused")
+                            .trim_start_matches("urn:medledger:problem:")
+                            .to_owned()
+                    }
+                    None => {
+                        link = Link::None;
+                        "connection lost".to_owned()
+                    }
+                };
+                bump(&counts, &outcome);
                 tokio::time::sleep(every).await;
             }
         });
@@ -386,6 +443,22 @@ async fn stream(
     tasks.abort_all();
     report(&counts);
     Ok(())
+}
+
+/// A device's way to its collector.
+enum Link {
+    None,
+    Https(Connection),
+    Mqtt(MqttDevice),
+}
+
+/// Counts one answer of kind `outcome`.
+fn bump(counts: &Mutex<BTreeMap<String, u64>>, outcome: &str) {
+    *counts
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(outcome.to_owned())
+        .or_insert(0) += 1;
 }
 
 /// Appends the hash of the receipt `body` (JSON) to `file`, a line with one

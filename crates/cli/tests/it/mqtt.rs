@@ -24,7 +24,7 @@ fn mosquitto() -> Option<PathBuf> {
 }
 
 /// A hospital whose collector also takes readings from its own broker.
-async fn site_with_broker() -> Option<Site> {
+pub(crate) async fn site_with_broker() -> Option<Site> {
     let program = mosquitto()?;
     Some(
         Site::start(medledger_sim::Options {
@@ -328,11 +328,22 @@ async fn a_paho_mqtt_device_written_from_the_protocol_document_is_answered() {
     let Some(site) = site_with_broker().await else {
         return;
     };
-    let port = site.broker.as_ref().unwrap().addr.rsplit(':').next().unwrap().to_owned();
+    let port = site
+        .broker
+        .as_ref()
+        .unwrap()
+        .addr
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_owned();
     let device = site.device(1).await.unwrap();
     let dir = site.dir.path().to_owned();
     device.issued.write(&dir.join("dev1")).unwrap();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/mqtt_device/paho_device.py");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/it/mqtt_device/paho_device.py"
+    );
     let run = |seq: &str, bpm: &str| {
         let out = Command::new(python)
             .arg(script)

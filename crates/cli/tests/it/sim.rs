@@ -7,7 +7,32 @@ use medledger_sim::signals::KINDS;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sim_streams_from_devices_issued_beforehand_to_a_collector_by_its_address() {
-    let site = crate::site::start().await;
+    streams_from_devices_issued_beforehand(crate::site::start().await, &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sim_streams_over_mqtt_to_the_broker_the_collector_reads() {
+    let Some(site) = crate::mqtt::site_with_broker().await else {
+        return;
+    };
+    let broker = site.broker.as_ref().unwrap().addr.clone();
+    streams_from_devices_issued_beforehand(
+        site,
+        &[
+            "--transport",
+            "mqtt",
+            "--broker",
+            &broker,
+            "--broker-name",
+            "localhost",
+        ],
+    )
+    .await;
+}
+
+/// `medledger sim --devices-dir` with `transport` arguments streams, and
+/// every reading acknowledged reaches the patient's ledger.
+async fn streams_from_devices_issued_beforehand(site: crate::site::Site, transport: &[&str]) {
     // The CA operator issues three pulse oximeters into a directory.
     let devices = site.dir.path().join("devices");
     let printed = ok(&[
@@ -45,8 +70,9 @@ async fn sim_streams_from_devices_issued_beforehand_to_a_collector_by_its_addres
     let root = sim_dir.path().join("root.crt");
     std::fs::copy(site.ca.dir().join("root.crt"), &root).unwrap();
     let collector = site.collector.addr().to_string();
+    let transport: Vec<String> = transport.iter().map(|a| a.to_string()).collect();
     let out = tokio::task::spawn_blocking(move || {
-        crate::site::medledger(&[
+        let mut args = vec![
             "sim",
             "--devices-dir",
             s(&devices),
@@ -58,7 +84,9 @@ async fn sim_streams_from_devices_issued_beforehand_to_a_collector_by_its_addres
             "4",
             "--seconds",
             "2",
-        ])
+        ];
+        args.extend(transport.iter().map(String::as_str));
+        crate::site::medledger(&args)
     })
     .await
     .unwrap();
