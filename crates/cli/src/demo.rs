@@ -66,10 +66,11 @@ fn print_checks(title: &str, checks: &[Check]) {
 fn print_report(r: &Report) {
     println!();
     println!(
-        "Hospital: {} departments, {} patients, {} devices, {} staff",
+        "Hospital: {} departments, {} patients, {} devices ({} over MQTT, the rest over HTTPS), {} staff",
         r.hospital["departments"],
         r.hospital["patients"],
         r.hospital["devices"],
+        r.hospital.get("devices over MQTT").copied().unwrap_or(0),
         r.hospital["staff"]
     );
     let rejected: Vec<String> = r.rejected.iter().map(|(k, v)| format!("{k} {v}")).collect();

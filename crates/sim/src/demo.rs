@@ -23,6 +23,7 @@ use crate::{Device, Hospital, Options, Patient, Staff, Ward};
 use alloy::primitives::B256;
 use anyhow::{Context, Result};
 use medledger_contracts::{Grantee, Scope};
+use medledger_mqtt::mosquitto::Mosquitto;
 use medledger_pki::https::{Connection, Reply};
 use medledger_pki::{Ca, Credentials, LeafRequest, Role};
 use medledger_protocol::{ForwardBatch, reading_hash};
@@ -160,6 +161,10 @@ pub async fn run(
         ("patients".to_owned(), demo.patients.len()),
         ("devices".to_owned(), demo.devices.len()),
         ("staff".to_owned(), demo.staff.len()),
+        (
+            "devices over MQTT".to_owned(),
+            usize::from(demo.hospital.broker.is_some()),
+        ),
     ]);
     let report = Report {
         hospital,
@@ -226,8 +231,17 @@ impl Demo {
     /// Starts and provisions the hospital; `progress` hears each step.
     pub async fn provision(progress: &(dyn Fn(&str) + Sync)) -> Result<Demo> {
         progress("starting chain, contracts, server and cardiology's collector");
+        // With Mosquitto installed, cardiology's collector also reads a
+        // broker, and one device sends over MQTT.
+        let mosquitto = Mosquitto::program();
+        if mosquitto.is_none() {
+            progress(
+                "no mosquitto found: every device sends over HTTPS (apt-get install mosquitto for one over MQTT)",
+            );
+        }
         let hospital = Hospital::start(Options {
             block_interval: Duration::from_millis(2),
+            mosquitto,
             ..Options::default()
         })
         .await?;
@@ -319,13 +333,21 @@ impl Demo {
 
     /// Every device sends `n` readings of its kind over its own
     /// connection, the last one waiting until the server committed it;
-    /// returns how many were accepted.
+    /// returns how many were accepted. Where the hospital runs a broker,
+    /// the first device publishes over MQTT instead.
     pub async fn stream(&mut self, n: usize, progress: &(dyn Fn(&str) + Sync)) -> Result<u64> {
+        let over_mqtt = self.hospital.broker.is_some();
         progress(&format!(
-            "{} devices send {n} readings each",
-            self.devices.len()
+            "{} devices send {n} readings each{}",
+            self.devices.len(),
+            if over_mqtt {
+                " (one of them over MQTT through Mosquitto)"
+            } else {
+                ""
+            }
         ));
         let mut tasks = tokio::task::JoinSet::new();
+        let mut last_over_mqtt = None;
         // Readings a second apart, ending now.
         let now = medledger_protocol::now_ms();
         for k in 0..self.devices.len() {
@@ -336,6 +358,11 @@ impl Demo {
                 .client_config(&self.devices[k].0.credentials(), Role::Collector)?;
             let kind = KINDS[k % KINDS.len()];
             let mut vitals = Vitals::new(patient as u64 * 1_000 + k as u64);
+            let mqtt = if k == 0 && over_mqtt {
+                Some(self.hospital.connect_mqtt(&mut self.devices[k].0).await?)
+            } else {
+                None
+            };
             let device = &mut self.devices[k].0;
             let readings: Vec<Vec<u8>> = (0..n)
                 .map(|i| {
@@ -345,6 +372,19 @@ impl Demo {
                 .collect();
             self.sent.extend(readings.iter().map(|r| reading_hash(r)));
             let addr = addr.clone();
+            if let Some(mut mqtt) = mqtt {
+                last_over_mqtt = readings.last().map(|r| reading_hash(r));
+                tasks.spawn(async move {
+                    let mut accepted = 0u64;
+                    for cose in readings {
+                        if mqtt.send(cose).await?.status == 202 {
+                            accepted += 1;
+                        }
+                    }
+                    anyhow::Ok(accepted)
+                });
+                continue;
+            }
             tasks.spawn(async move {
                 let mut conn = Connection::open(config, &addr, "localhost").await?;
                 let mut accepted = 0u64;
@@ -367,6 +407,22 @@ impl Demo {
         let mut accepted = 0;
         while let Some(done) = tasks.join_next().await {
             accepted += done??;
+        }
+        // MQTT answers after the collector's commit: wait for the
+        // server's, as the HTTPS devices did.
+        if let Some(last) = last_over_mqtt {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while self
+                .hospital
+                .server
+                .reading(&last)
+                .await
+                .map_err(anyhow::Error::msg)?
+                .is_none()
+                && Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         }
         Ok(accepted)
     }
