@@ -194,6 +194,8 @@ pub struct Mosquitto {
     child: Child,
     /// Where it listens, `127.0.0.1:PORT`.
     pub addr: String,
+    /// Its port.
+    pub port: u16,
 }
 
 impl Mosquitto {
@@ -234,6 +236,7 @@ impl Mosquitto {
         let mut broker = Mosquitto {
             child,
             addr: format!("127.0.0.1:{port}"),
+            port,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(&broker.addr).is_err() {

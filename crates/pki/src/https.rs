@@ -68,7 +68,14 @@ pub enum Refused {
     /// Over [`ServeLimits::max_connections`].
     AtCapacity(SocketAddr),
     /// The handshake failed.
-    Handshake(SocketAddr, Rejection),
+    Handshake {
+        /// The TCP peer.
+        peer: SocketAddr,
+        /// Why.
+        rejection: Rejection,
+        /// The SHA-256 of the certificate refused, if a certificate was.
+        certificate: Option<medledger_protocol::Kid>,
+    },
 }
 
 /// Serves `app` on `listener` to peers the acceptor admits, until the
@@ -118,7 +125,14 @@ pub async fn serve(
             let _slot = slot;
             let (tls, identity) = match acceptor.accept_optional(tcp).await {
                 Ok(accepted) => accepted,
-                Err(rejection) => return refused(Refused::Handshake(addr, rejection)),
+                Err(rejection) => {
+                    let certificate = crate::tls::refused_certificate(&rejection);
+                    return refused(Refused::Handshake {
+                        peer: addr,
+                        rejection,
+                        certificate,
+                    });
+                }
             };
             let identity = identity.map(Arc::new);
             let chain = tls
@@ -355,13 +369,23 @@ pub fn refusals(
 ) -> Arc<dyn Fn(Refused) + Send + Sync> {
     let log = LogThrottle::new("refused connections");
     Arc::new(move |refused| {
-        let (peer, cause, why) = match &refused {
-            Refused::AtCapacity(peer) => {
-                (peer, "at-capacity", "at its connection limit".to_owned())
-            }
-            Refused::Handshake(peer, rejection) => {
-                (peer, rejection.problem_type().name(), rejection.to_string())
-            }
+        let (peer, cause, why, certificate) = match &refused {
+            Refused::AtCapacity(peer) => (
+                peer,
+                "at-capacity",
+                "at its connection limit".to_owned(),
+                None,
+            ),
+            Refused::Handshake {
+                peer,
+                rejection,
+                certificate,
+            } => (
+                peer,
+                rejection.problem_type().name(),
+                rejection.to_string(),
+                *certificate,
+            ),
         };
         metrics.add(
             name,
@@ -370,7 +394,8 @@ pub fn refusals(
             1,
         );
         if log.admit() {
-            tracing::warn!(%peer, cause, "{service}: refused a connection: {why}");
+            let fingerprint = certificate.map(hex::encode).unwrap_or_default();
+            tracing::warn!(%peer, cause, fingerprint, "{service}: refused a connection: {why}");
         }
     })
 }

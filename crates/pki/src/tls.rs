@@ -14,7 +14,7 @@
 use crate::files::{self, with_suffix};
 use crate::identity::{Identity, IdentityError};
 use crate::{Error, Result, Role};
-use medledger_protocol::{Problem, ProblemType};
+use medledger_protocol::{Kid, Problem, ProblemType, kid_of};
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -224,8 +224,10 @@ impl ClientAuth {
             .iter()
             .map(|c| CertificateDer::from(c.as_slice()))
             .collect();
-        self.verify_client_cert(&leaf, &intermediates, at)
-            .map_err(|e| Rejection::from_io(std::io::Error::other(e)))?;
+        let verified = self.verify_client_cert(&leaf, &intermediates, at);
+        // Not a handshake: nothing to tell the log of one.
+        REFUSED_CERTIFICATE.set(None);
+        verified.map_err(|e| Rejection::from_io(std::io::Error::other(e)))?;
         let identity = Identity::from_peer_certificate(&leaf).map_err(Rejection::Identity)?;
         if self.is_revoked(&identity) {
             return Err(Rejection::Revoked);
@@ -238,6 +240,25 @@ impl ClientAuth {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+}
+
+thread_local! {
+    /// The SHA-256 of the certificate this thread's [`ClientAuth`] refused
+    /// last in a handshake: rustls's error does not carry it, and the
+    /// handshake fails in the same poll, on the same thread, as the
+    /// verifier runs, so [`refused_certificate`] finds it there.
+    static REFUSED_CERTIFICATE: std::cell::Cell<Option<Kid>> = const { std::cell::Cell::new(None) };
+}
+
+/// The SHA-256 of the certificate a handshake just refused as `rejection`,
+/// for the log; call it where the handshake's error surfaces (the same
+/// poll). `None` for refusals not about a certificate.
+pub fn refused_certificate(rejection: &Rejection) -> Option<Kid> {
+    let taken = REFUSED_CERTIFICATE.take();
+    match rejection.problem_type() {
+        ProblemType::UntrustedCertificate | ProblemType::Revoked | ProblemType::WrongRole => taken,
+        _ => None,
     }
 }
 
@@ -278,10 +299,12 @@ impl ClientCertVerifier for ClientAuth {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.current()
-            .verify_client_cert(end_entity, intermediates, now)?;
-        check_identity(end_entity, &self.allowed)?;
-        Ok(ClientCertVerified::assertion())
+        let verdict = self
+            .current()
+            .verify_client_cert(end_entity, intermediates, now)
+            .and_then(|_| check_identity(end_entity, &self.allowed));
+        REFUSED_CERTIFICATE.set(verdict.is_err().then(|| kid_of(end_entity)));
+        verdict.map(|()| ClientCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -630,9 +653,10 @@ impl Acceptor {
                 .peer_certificates()
                 .and_then(|c| c.first());
             let identity = match leaf {
-                Some(leaf) => {
-                    Some(Identity::from_peer_certificate(leaf).map_err(Rejection::Identity)?)
-                }
+                Some(leaf) => Some(Identity::from_peer_certificate(leaf).map_err(|e| {
+                    REFUSED_CERTIFICATE.set(Some(kid_of(leaf)));
+                    Rejection::Identity(e)
+                })?),
                 None if optional => None,
                 None => return Err(Rejection::NoClientCertificate),
             };

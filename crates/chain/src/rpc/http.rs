@@ -80,9 +80,11 @@ pub async fn serve_tls(
             let tls = match acceptor.accept(tcp).await {
                 Ok((tls, _identity)) => tls,
                 Err(rejection) => {
+                    let certificate = medledger_pki::tls::refused_certificate(&rejection);
                     if refusals.admit() {
                         let cause = rejection.problem_type().name();
-                        tracing::warn!(%peer, cause, "medledger chain: refused a connection: {rejection}");
+                        let fingerprint = certificate.map(hex::encode).unwrap_or_default();
+                        tracing::warn!(%peer, cause, fingerprint, "medledger chain: refused a connection: {rejection}");
                     }
                     return;
                 }

@@ -128,6 +128,18 @@ async fn readyz_names_what_does_not_answer_and_the_log_says_why_once() {
         tokio::time::sleep(Duration::from_millis(1100)).await;
         assert_eq!(get(monitor, "/readyz").await.0, 503);
     }
+    // A device of another CA: refused at the handshake, and logged with
+    // the fingerprint of the certificate it presented.
+    let foreign_ca =
+        medledger_pki::Ca::init(&site.dir.path().join("foreign-ca"), "Elsewhere").unwrap();
+    let foreign =
+        medledger_sim::Device::issue(&foreign_ca, 9, "g", medledger_pki::KeyAlg::P256).unwrap();
+    let tls = site
+        .client_config(&foreign.credentials(), medledger_pki::Role::Collector)
+        .unwrap();
+    if let Ok(mut c) = medledger_pki::https::Connection::open(tls, &devices_at, "localhost").await {
+        assert!(c.request("GET", "/healthz", &[], vec![]).await.is_err());
+    }
     // Plain HTTP on the devices' port, 50 times: each refusal is counted,
     // and logged with the peer and the cause until the log's limit.
     for _ in 0..50 {
@@ -168,6 +180,13 @@ async fn readyz_names_what_does_not_answer_and_the_log_says_why_once() {
     );
     assert!(
         log.contains(&device.issued.identity().unwrap().fingerprint_hex()),
+        "{log}"
+    );
+    let foreign_fingerprint = foreign.issued.identity().unwrap().fingerprint_hex();
+    assert!(
+        log.lines().any(|l| l.contains("not from the medledger CA")
+            && l.contains("untrusted-certificate")
+            && l.contains(&foreign_fingerprint)),
         "{log}"
     );
     let refused = said("medledger collector: refused a connection: the client did not start TLS");

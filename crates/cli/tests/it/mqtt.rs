@@ -223,15 +223,7 @@ async fn mosquitto_pub_and_sub_send_a_reading_and_read_its_receipt() {
     let Some(site) = site_with_broker().await else {
         return;
     };
-    let port = site
-        .broker
-        .as_ref()
-        .unwrap()
-        .addr
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .to_owned();
+    let port = site.broker.as_ref().unwrap().port.to_string();
     let mut device = site.device(1).await.unwrap();
     device.x5chain = true;
     let dir = site.dir.path();
@@ -328,15 +320,7 @@ async fn a_paho_mqtt_device_written_from_the_protocol_document_is_answered() {
     let Some(site) = site_with_broker().await else {
         return;
     };
-    let port = site
-        .broker
-        .as_ref()
-        .unwrap()
-        .addr
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .to_owned();
+    let port = site.broker.as_ref().unwrap().port.to_string();
     let device = site.device(1).await.unwrap();
     let dir = site.dir.path().to_owned();
     device.issued.write(&dir.join("dev1")).unwrap();
