@@ -36,6 +36,9 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_rustls::client::TlsStream;
 
+/// How long a connection may take, TCP to CONNACK.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Why a connection, a publish or a subscription failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -167,9 +170,25 @@ pub struct Client {
 
 impl Client {
     /// Connects to the broker over TLS with `tls` (whose client
-    /// certificate identifies us) and waits for its CONNACK. Deliveries
-    /// arrive on the receiver, which closes when the connection ends.
+    /// certificate identifies us) and waits for its CONNACK, 10 s at
+    /// most. Deliveries arrive on the receiver, which closes when the
+    /// connection ends.
     pub async fn connect(
+        tls: Arc<rustls::ClientConfig>,
+        options: &Options,
+    ) -> Result<(Client, mpsc::Receiver<Delivery>), Error> {
+        tokio::time::timeout(CONNECT_TIMEOUT, Client::open(tls, options))
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::Closed(format!(
+                    "{} did not accept the connection within {} s",
+                    options.broker,
+                    CONNECT_TIMEOUT.as_secs()
+                )))
+            })
+    }
+
+    async fn open(
         tls: Arc<rustls::ClientConfig>,
         options: &Options,
     ) -> Result<(Client, mpsc::Receiver<Delivery>), Error> {
