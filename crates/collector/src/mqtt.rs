@@ -56,12 +56,17 @@ impl Certificates {
     fn verify(&self, chain: &[Vec<u8>]) -> Result<Arc<Identity>, Refusal> {
         let generation = self.auth.crl_generation();
         let now_s = (medledger_protocol::now_ms() / 1000) as i64;
-        let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((identity, at)) = verified.get(chain)
-            && *at == generation
+        let cached = self
+            .verified
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(chain)
+            .cloned();
+        if let Some((identity, at)) = cached
+            && at == generation
             && (identity.not_before..=identity.not_after).contains(&now_s)
         {
-            return Ok(identity.clone());
+            return Ok(identity);
         }
         let Some((leaf, intermediates)) = chain.split_first() else {
             return Err(Refusal::new(
@@ -74,6 +79,7 @@ impl Certificates {
                 .verify_certificate(leaf, intermediates, rustls::pki_types::UnixTime::now())
                 .map_err(|e| Refusal::new(e.problem_type(), e.to_string()))?,
         );
+        let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
         if verified.len() >= Certificates::MOST {
             verified.clear();
         }
