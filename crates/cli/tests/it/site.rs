@@ -54,6 +54,21 @@ pub async fn post_one(conn: &mut Connection, cose: Vec<u8>, wait: bool) -> Reply
         .unwrap()
 }
 
+/// Asserts that the collector's metrics count exactly one reading rejected
+/// for each of `causes`.
+pub fn rejected_once(metrics: &medledger_pki::metrics::Metrics, causes: &[&str]) {
+    for cause in causes {
+        assert_eq!(
+            metrics.value(
+                "medledger_collector_readings_total",
+                &[("outcome", "rejected"), ("cause", cause)]
+            ),
+            1.0,
+            "{cause}"
+        );
+    }
+}
+
 /// The JSON body of a reply.
 pub fn body(reply: &Reply) -> serde_json::Value {
     serde_json::from_slice(&reply.body)
