@@ -567,18 +567,23 @@ impl Demo {
             let metrics = h.collector.metrics();
             async move {
                 let before = refusals(metrics);
-                let answer = match Connection::open(config, &addr, "localhost").await {
-                    Err(_) => None,
-                    Ok(mut conn) => conn
-                        .request(
-                            "POST",
-                            "/v1/readings",
-                            &[("content-type", "application/cose")],
-                            cose,
-                        )
-                        .await
-                        .ok(),
+                // A client left waiting on a refused connection counts as
+                // refused too: the collector says why in its metrics.
+                let exchange = async {
+                    let mut conn = Connection::open(config, &addr, "localhost").await.ok()?;
+                    conn.request(
+                        "POST",
+                        "/v1/readings",
+                        &[("content-type", "application/cose")],
+                        cose,
+                    )
+                    .await
+                    .ok()
                 };
+                let answer = tokio::time::timeout(Duration::from_secs(5), exchange)
+                    .await
+                    .ok()
+                    .flatten();
                 if let Some(reply) = answer {
                     return cause(&reply);
                 }
@@ -641,11 +646,14 @@ impl Demo {
             observed.clone(),
             observed.contains("wrong-role"),
         ));
-        let mut tcp = tokio::net::TcpStream::connect(&addr).await?;
-        tcp.write_all(b"POST /v1/readings HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await?;
         let mut answer = String::new();
-        let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_string(&mut answer)).await;
+        let plain = async {
+            let mut tcp = tokio::net::TcpStream::connect(&addr).await?;
+            tcp.write_all(b"POST /v1/readings HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await?;
+            tcp.read_to_string(&mut answer).await
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), plain).await;
         let first = answer.lines().next().unwrap_or("closed").to_owned();
         checks.push(check(
             "plain HTTP",
