@@ -140,6 +140,8 @@ pub(crate) fn run(args: ChainArgs) -> Result<()> {
         let listener = tokio::net::TcpListener::bind(args.rpc)
             .await
             .with_context(|| format!("binding {}", args.rpc))?;
+        // Before the lines that say it serves: a SIGTERM from then on stops it.
+        let stopping = crate::roles::shutdown();
         let genesis = node.genesis();
         println!("medledger chain {}", data.display());
         println!("  chain id     {}", genesis.chain_id);
@@ -176,7 +178,7 @@ pub(crate) fn run(args: ChainArgs) -> Result<()> {
         tokio::select! {
             served = http::serve(rpc, listener) => served.context("serving JSON-RPC")?,
             served = tls => served.context("serving JSON-RPC over TLS")?,
-            () = crate::roles::shutdown() => println!("medledger chain: stopping"),
+            () = stopping => println!("medledger chain: stopping"),
         }
         Ok(())
     })

@@ -156,28 +156,32 @@ pub(crate) async fn open_db(url: Option<&str>, data: &Path, part: Part) -> Resul
     Ok(db)
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-pub(crate) async fn shutdown() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Resolves on Ctrl-C or SIGTERM. SIGTERM is taken over at the call, not
+/// at the first poll: call it before saying that the service is up, or a
+/// SIGTERM right after would kill the process instead of stopping it.
+pub(crate) fn shutdown() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        let term = async {
-            match term.as_mut() {
-                Some(t) => {
-                    t.recv().await;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let term = async {
+                match term.as_mut() {
+                    Some(t) => {
+                        t.recv().await;
+                    }
+                    None => std::future::pending().await,
                 }
-                None => std::future::pending().await,
+            };
+            tokio::select! {
+                _ = ctrl_c => {}
+                () = term => {}
             }
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            () = term => {}
         }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }
 
 /// `host:port` as a socket address.
