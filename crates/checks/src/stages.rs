@@ -205,12 +205,23 @@ pub struct Sequenced {
 /// Each device's highest accepted sequence number, as kept in one SQL
 /// table (`epc BLOB PRIMARY KEY, seq BIGINT`): loaded as needed and kept,
 /// the marks of a batch pending until its transaction commits.
+///
+/// With a table of holes ([`Marks::with_holes`]), the numbers a gap
+/// skipped stay open: a reading that arrives late (held back and sent
+/// again) fills its hole once instead of being refused as a replay.
 #[derive(Debug)]
 pub struct Marks {
     table: &'static str,
+    holes: Option<&'static str>,
     known: HashMap<[u8; 12], Option<u64>>,
     pending: HashMap<[u8; 12], u64>,
+    /// The batch's new holes (device, lo, hi) and filled numbers.
+    new_holes: Vec<([u8; 12], u64, u64)>,
+    filled: Vec<([u8; 12], u64)>,
 }
+
+/// Most holes kept per device; the oldest go first.
+const MAX_HOLES: i64 = 64;
 
 impl Marks {
     /// The marks kept in `table`, none loaded yet. Keep one across batches
@@ -218,15 +229,27 @@ impl Marks {
     pub fn new(table: &'static str) -> Marks {
         Marks {
             table,
+            holes: None,
             known: HashMap::new(),
             pending: HashMap::new(),
+            new_holes: Vec::new(),
+            filled: Vec::new(),
+        }
+    }
+
+    /// Marks in `table` that also keep each device's unfilled gaps in
+    /// `holes` (`epc BLOB, lo BIGINT, hi BIGINT`, key `(epc, lo)`).
+    pub fn with_holes(table: &'static str, holes: &'static str) -> Marks {
+        Marks {
+            holes: Some(holes),
+            ..Marks::new(table)
         }
     }
 
     /// Refuses each reading whose sequence number is not above its
-    /// device's last accepted one (`replay`), in batch order, and notes
-    /// the gaps; the batch's new marks are pending until
-    /// [`Marks::advance`].
+    /// device's last accepted one (`replay`) and fills no open hole, in
+    /// batch order, and notes the gaps; the batch's new marks are pending
+    /// until [`Marks::advance`].
     ///
     /// # Errors
     /// When a mark cannot be read; nothing is refused then.
@@ -236,6 +259,8 @@ impl Marks {
         items: &mut [Item<T>],
     ) -> Result<Sequenced, sqlx::Error> {
         self.pending.clear();
+        self.new_holes.clear();
+        self.filled.clear();
         let mut found = Sequenced::default();
         for (i, item) in items.iter_mut().enumerate() {
             let Some(p) = item.passing() else { continue };
@@ -245,6 +270,10 @@ impl Marks {
                 None => self.load(db, &dev).await?,
             };
             match mark {
+                Some(m) if seq <= m && self.fills_hole(db, dev, seq).await? => {
+                    self.filled.push((dev, seq));
+                    continue;
+                }
                 Some(m) if seq <= m => {
                     item.refuse(Refusal::new(
                         ProblemType::Replay,
@@ -253,17 +282,36 @@ impl Marks {
                     found.replays.push(i);
                     continue;
                 }
-                Some(m) if seq > m + 1 => found.gaps.push(Gap {
-                    item: i,
-                    device: dev,
-                    from: m + 1,
-                    to: seq - 1,
-                }),
+                Some(m) if seq > m + 1 => {
+                    self.new_holes.push((dev, m + 1, seq - 1));
+                    found.gaps.push(Gap {
+                        item: i,
+                        device: dev,
+                        from: m + 1,
+                        to: seq - 1,
+                    });
+                }
                 _ => {}
             }
             self.pending.insert(dev, seq);
         }
         Ok(found)
+    }
+
+    /// Whether `seq` of `dev` is in one of its open holes and not yet
+    /// filled by this batch.
+    async fn fills_hole(&self, db: &Db, dev: [u8; 12], seq: u64) -> Result<bool, sqlx::Error> {
+        let Some(holes) = self.holes else {
+            return Ok(false);
+        };
+        if self.filled.contains(&(dev, seq)) {
+            return Ok(false);
+        }
+        let in_new = self
+            .new_holes
+            .iter()
+            .any(|&(d, first, last)| d == dev && (first..=last).contains(&seq));
+        Ok(in_new || hole_at(db.pool(), holes, dev, seq).await?.is_some())
     }
 
     async fn load(&mut self, db: &Db, dev: &[u8; 12]) -> Result<Option<u64>, sqlx::Error> {
@@ -293,6 +341,11 @@ impl Marks {
         NewMarks {
             table: self.table,
             marks,
+            holes: self.holes.map(|table| NewHoles {
+                table,
+                opened: std::mem::take(&mut self.new_holes),
+                filled: std::mem::take(&mut self.filled),
+            }),
         }
     }
 
@@ -301,7 +354,28 @@ impl Marks {
     pub fn forget(&mut self) {
         self.known.clear();
         self.pending.clear();
+        self.new_holes.clear();
+        self.filled.clear();
     }
+}
+
+/// The hole of `dev` that `seq` is in, as (lo, hi).
+async fn hole_at<'c, E: sqlx::Executor<'c, Database = sqlx::Any>>(
+    db: E,
+    holes: &str,
+    dev: [u8; 12],
+    seq: u64,
+) -> Result<Option<(i64, i64)>, sqlx::Error> {
+    let seq = i64::try_from(seq).unwrap_or(i64::MAX);
+    let row = sqlx::query(&format!(
+        "SELECT lo, hi FROM {holes} WHERE epc = $1 AND lo <= $2 AND hi >= $2"
+    ))
+    .bind(dev.to_vec())
+    .bind(seq)
+    .fetch_optional(db)
+    .await?;
+    row.map(|r| Ok((r.try_get("lo")?, r.try_get("hi")?)))
+        .transpose()
 }
 
 /// A batch's new marks (device, highest accepted sequence number), for
@@ -310,6 +384,66 @@ impl Marks {
 pub struct NewMarks {
     table: &'static str,
     marks: Vec<([u8; 12], u64)>,
+    holes: Option<NewHoles>,
+}
+
+/// The holes a batch opened and filled.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct NewHoles {
+    table: &'static str,
+    opened: Vec<([u8; 12], u64, u64)>,
+    filled: Vec<([u8; 12], u64)>,
+}
+
+impl NewHoles {
+    /// Opens and fills them in `tx`, keeping at most [`MAX_HOLES`] per
+    /// device.
+    async fn write(&self, tx: &mut sqlx::AnyConnection) -> Result<(), sqlx::Error> {
+        let table = self.table;
+        let int = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        for &(dev, first, last) in &self.opened {
+            sqlx::query(&format!(
+                "INSERT INTO {table} (epc, lo, hi) VALUES ($1, $2, $3)"
+            ))
+            .bind(dev.to_vec())
+            .bind(int(first))
+            .bind(int(last))
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(&format!(
+                "DELETE FROM {table} WHERE epc = $1 AND lo < \
+                 (SELECT lo FROM {table} WHERE epc = $1 ORDER BY lo DESC LIMIT 1 OFFSET $2)"
+            ))
+            .bind(dev.to_vec())
+            .bind(MAX_HOLES - 1)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for &(dev, seq) in &self.filled {
+            let Some((first, last)) = hole_at(&mut *tx, table, dev, seq).await? else {
+                continue;
+            };
+            sqlx::query(&format!("DELETE FROM {table} WHERE epc = $1 AND lo = $2"))
+                .bind(dev.to_vec())
+                .bind(first)
+                .execute(&mut *tx)
+                .await?;
+            let seq = int(seq);
+            for (a, b) in [(first, seq - 1), (seq + 1, last)] {
+                if a <= b {
+                    sqlx::query(&format!(
+                        "INSERT INTO {table} (epc, lo, hi) VALUES ($1, $2, $3)"
+                    ))
+                    .bind(dev.to_vec())
+                    .bind(a)
+                    .bind(b)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 impl NewMarks {
@@ -318,6 +452,9 @@ impl NewMarks {
     /// # Errors
     /// When the database fails.
     pub async fn write(&self, tx: &mut sqlx::AnyConnection) -> Result<(), sqlx::Error> {
+        if let Some(holes) = &self.holes {
+            holes.write(tx).await?;
+        }
         if self.marks.is_empty() {
             return Ok(());
         }

@@ -1,4 +1,6 @@
-//! `medledger collector --config FILE`: the ingest gateway.
+//! `medledger collector --config FILE`: the ingest gateway;
+//! `medledger collector --config FILE dead-letters list|retry`: the
+//! batches the server refused, held.
 
 use crate::roles;
 use anyhow::{Context, Result};
@@ -13,13 +15,42 @@ use std::time::Duration;
 #[derive(Debug, Args)]
 pub(crate) struct CollectorArgs {
     /// The configuration file (TOML; see docs/operations.md).
-    #[arg(long, env = "MEDLEDGER_COLLECTOR_CONFIG")]
+    #[arg(long, env = "MEDLEDGER_COLLECTOR_CONFIG", global = true)]
     config: PathBuf,
+    #[command(subcommand)]
+    command: Option<CollectorCommand>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum CollectorCommand {
+    /// Batches the server refused with a 4xx, held aside so that the
+    /// readings after them go on.
+    #[command(subcommand)]
+    DeadLetters(DeadLetters),
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum DeadLetters {
+    /// Every held batch: readings, the server's status and why.
+    List,
+    /// Put a held batch (or all) back in the outbox; a running collector
+    /// sends it again within a second or so.
+    Retry {
+        /// The dead letter's number, from `list`.
+        #[arg(required_unless_present = "all")]
+        id: Option<u64>,
+        /// Every dead letter.
+        #[arg(long, conflicts_with = "id")]
+        all: bool,
+    },
 }
 
 pub(crate) fn run(args: CollectorArgs) -> Result<()> {
     let config = ConfigFile::load(&args.config)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    if let Some(CollectorCommand::DeadLetters(command)) = args.command {
+        return runtime.block_on(dead_letters(&config, command));
+    }
     runtime.block_on(async move {
         let started = start(&config, None).await?;
         println!("medledger collector {}", started.subject);
@@ -37,6 +68,53 @@ pub(crate) struct Started {
     pub(crate) subject: String,
     /// Whether it hands its batches to a server in this process.
     pub(crate) in_process: bool,
+}
+
+/// `dead-letters list|retry` on the collector's database.
+async fn dead_letters(config: &ConfigFile, command: DeadLetters) -> Result<()> {
+    let db = roles::open_db(
+        config.database.as_deref(),
+        &config.data,
+        medledger_storage::Part::Collector,
+    )
+    .await?;
+    match command {
+        DeadLetters::List => {
+            let letters = medledger_collector::dead_letters::list(&db).await?;
+            if letters.is_empty() {
+                println!("no dead letters: every batch reached the server");
+            }
+            for l in letters {
+                println!(
+                    "{:>4}  {} readings  refused {} ({}): {}  at {}{}",
+                    l.id,
+                    l.readings,
+                    l.status,
+                    l.problem,
+                    l.detail,
+                    medledger_protocol::fhir::instant(l.at_ms),
+                    if l.told {
+                        ""
+                    } else {
+                        "  (patients not told yet)"
+                    }
+                );
+            }
+        }
+        DeadLetters::Retry { id, all } => {
+            let which = if all { None } else { id };
+            let n = medledger_collector::dead_letters::retry(&db, which).await?;
+            match which {
+                Some(id) if n == 0 => {
+                    anyhow::bail!("there is no dead letter {id} (see `dead-letters list`)")
+                }
+                _ => {
+                    println!("{n} readings back in the outbox; a running collector sends them now")
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Prints where the collector serves and what it holds.

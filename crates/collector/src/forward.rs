@@ -4,14 +4,17 @@
 //! While the server is down, retries back off up to [`MAX_BACKOFF`]; with
 //! several servers, each failed batch moves the collector on to the next.
 //! The server is idempotent by reading hash, so a batch resent after a
-//! lost answer is stored once.
+//! lost answer is stored once. A batch the server refuses outright (a 4xx)
+//! becomes a dead letter ([`crate::dead_letters`]) and the outbox moves on.
 
+use crate::dead_letters::{self, Poison};
 use crate::{ForwardError, ServerTarget, State, Upstream};
 use medledger_checks::Refusal;
 use medledger_pki::health::Outage;
 use medledger_pki::https::Connection;
 use medledger_protocol::{
-    CardSignature, CommitReply, CommitStatus, ForwardBatch, Forwarded, Order, ProblemType, Refused,
+    CardSignature, CommitReply, CommitStatus, ForwardBatch, Forwarded, Held, Order, ProblemType,
+    Refused,
 };
 use medledger_storage::sqlx::{self, Row};
 use std::collections::{HashMap, VecDeque};
@@ -108,11 +111,37 @@ pub(crate) async fn run(state: Arc<State>, tls: Arc<rustls::ClientConfig>, upstr
             continue;
         };
         let count = outgoing.hashes.len();
-        let (sent, connection) =
-            answer.unwrap_or_else(|e| (Err(ForwardError(format!("the sending task: {e}"))), None));
-        let reply = match sent.and_then(|reply| answers_each(reply, count)) {
+        let (sent, connection) = answer.unwrap_or_else(|e| {
+            let e = ForwardError(format!("the sending task: {e}"));
+            (Err(Failed::Retry(e)), None)
+        });
+        let reply = match sent.and_then(|reply| answers_each(reply, count).map_err(Failed::Retry)) {
             Ok(reply) => reply,
-            Err(e) => {
+            Err(Failed::Refused(why))
+                if !(outgoing.hashes.is_empty() && outgoing.refused.is_empty()) =>
+            {
+                // Held aside: what follows it goes on, in a new stream.
+                for later in flight.drain(..) {
+                    later.task.abort();
+                }
+                idle.clear();
+                stream = Stream::new();
+                if let Err(e) = dead_letter(&state, &outgoing, &why).await {
+                    tracing::warn!("medledger collector: holding a refused batch: {e}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+                continue;
+            }
+            Err(failed) => {
+                let e = match failed {
+                    Failed::Retry(e) => e,
+                    // Only notices for the patients: told again later.
+                    Failed::Refused(why) => ForwardError(format!(
+                        "the server refused the notices of held readings ({}): {}",
+                        why.status, why.detail
+                    )),
+                };
                 outage.failed(&format_args!("{count} readings: {e}"));
                 state.metrics.add(
                     "medledger_collector_forward_failures_total",
@@ -178,7 +207,64 @@ impl Hop {
 /// A batch sent and not yet answered.
 struct Flight {
     outgoing: Outgoing,
-    task: JoinHandle<(Result<CommitReply, ForwardError>, Option<Connection>)>,
+    task: JoinHandle<(Result<CommitReply, Failed>, Option<Connection>)>,
+}
+
+/// Why a batch was not answered for.
+enum Failed {
+    /// Sent again later.
+    Retry(ForwardError),
+    /// Refused by the server as it is: a dead letter.
+    Refused(Poison),
+}
+
+/// Holds `outgoing` as a dead letter: counted, logged for the operators,
+/// and the devices waiting on its readings told they are held.
+async fn dead_letter(state: &State, outgoing: &Outgoing, why: &Poison) -> Result<(), sqlx::Error> {
+    let letter = dead_letters::hold(&state.db, outgoing.range, &outgoing.refused, why).await?;
+    state.metrics.add(
+        "medledger_collector_dead_letters_total",
+        "Batches the server refused with a 4xx, held as dead letters.",
+        &[("status", &why.status.to_string())],
+        1,
+    );
+    held_gauge(state).await;
+    tracing::error!(
+        "medledger collector: the server refused a batch of {} readings ({} {}: {}); held as dead letter {}, see `medledger collector dead-letters list`",
+        letter.readings,
+        why.status,
+        why.problem,
+        why.detail,
+        letter.id
+    );
+    let mut waiters = state.waiters.lock().unwrap_or_else(|e| e.into_inner());
+    let held = Refusal {
+        kind: ProblemType::Unavailable,
+        detail: format!(
+            "the reading is held at the collector: the server refused its batch ({})",
+            why.status
+        ),
+        reason: None,
+    };
+    for hash in &outgoing.hashes {
+        for tx in waiters.remove(hash).into_iter().flatten() {
+            let _ = tx.send(Err(held.clone()));
+        }
+    }
+    Ok(())
+}
+
+/// Sets the gauge of the readings held in dead letters.
+async fn held_gauge(state: &State) {
+    match dead_letters::held_readings(&state.db).await {
+        Ok(n) => state.metrics.set(
+            "medledger_collector_held_readings",
+            "Readings held in dead letters, until an operator retries them.",
+            &[],
+            n as f64,
+        ),
+        Err(e) => tracing::warn!("medledger collector: counting held readings: {e}"),
+    }
 }
 
 /// The numbering of the batches sent to a server (protocol [`Order`]).
@@ -231,6 +317,18 @@ struct Outgoing {
     refused: Vec<Vec<u8>>,
 }
 
+impl Outgoing {
+    /// The dead letters whose notices it carries.
+    fn letters(&self) -> impl Iterator<Item = u64> + '_ {
+        let mut seen = std::collections::BTreeSet::new();
+        self.batch
+            .held
+            .iter()
+            .map(|h| h.letter)
+            .filter(move |l| seen.insert(*l))
+    }
+}
+
 /// The oldest whole collector batches in the outbox after collector batch
 /// `after` (those up to it are in flight), as one forward batch; the
 /// refused readings ride only on a batch sent when nothing else is.
@@ -247,7 +345,14 @@ async fn load(state: &State, after: Option<i64>) -> Result<Pending, sqlx::Error>
     .bind(if after.is_some() { 0 } else { MAX_REFUSED })
     .fetch_all(pool)
     .await?;
-    if depth == 0 && refused.is_empty() {
+    let held: Vec<Held> = match after {
+        Some(_) => Vec::new(),
+        None => {
+            held_gauge(state).await;
+            dead_letters::untold(&state.db).await?
+        }
+    };
+    if depth == 0 && refused.is_empty() && held.is_empty() {
         return Ok(Pending { depth, batch: None });
     }
     let rows = sqlx::query(
@@ -258,7 +363,7 @@ async fn load(state: &State, after: Option<i64>) -> Result<Pending, sqlx::Error>
     .bind(MAX_FORWARD)
     .fetch_all(pool)
     .await?;
-    if rows.is_empty() && refused.is_empty() {
+    if rows.is_empty() && refused.is_empty() && held.is_empty() {
         return Ok(Pending { depth, batch: None });
     }
     let mut rows: Vec<_> = rows
@@ -294,6 +399,7 @@ async fn load(state: &State, after: Option<i64>) -> Result<Pending, sqlx::Error>
 
     let mut batch = ForwardBatch {
         cas: state.cas.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+        held,
         ..ForwardBatch::default()
     };
     let mut cert_index: HashMap<Vec<u8>, u32> = HashMap::new();
@@ -377,13 +483,16 @@ async fn send(
     tls: Arc<rustls::ClientConfig>,
     connection: Option<Connection>,
     batch: ForwardBatch,
-) -> (Result<CommitReply, ForwardError>, Option<Connection>) {
+) -> (Result<CommitReply, Failed>, Option<Connection>) {
     let server = match hop {
         Hop::Server(server) => server,
-        Hop::InProcess(server) => return (server.commit(batch).await, None),
-        Hop::Nowhere => return (Err(ForwardError("no server is configured".into())), None),
+        Hop::InProcess(server) => return (server.commit(batch).await.map_err(Failed::Retry), None),
+        Hop::Nowhere => {
+            let e = ForwardError("no server is configured".into());
+            return (Err(Failed::Retry(e)), None);
+        }
     };
-    let failed = |e: &dyn std::fmt::Display| ForwardError(e.to_string());
+    let failed = |e: &dyn std::fmt::Display| Failed::Retry(ForwardError(e.to_string()));
     let mut connection = match connection {
         Some(c) => c,
         None => match Connection::open(tls, &server.addr, &server.name).await {
@@ -403,16 +512,26 @@ async fn send(
         Ok(reply) => reply,
         Err(e) => return (Err(failed(&e)), None),
     };
+    if dead_letters::is_poison(reply.status) {
+        let problem: serde_json::Value = serde_json::from_slice(&reply.body).unwrap_or_default();
+        let text = |name: &str| problem[name].as_str().unwrap_or_default().to_owned();
+        let why = Poison {
+            status: reply.status,
+            problem: text("type"),
+            detail: text("detail"),
+        };
+        return (Err(Failed::Refused(why)), None);
+    }
     if reply.status != 200 {
         let e = ForwardError(format!(
             "the server answered {}: {}",
             reply.status,
             String::from_utf8_lossy(&reply.body)
         ));
-        return (Err(e), None);
+        return (Err(Failed::Retry(e)), None);
     }
     let answer = serde_json::from_slice(&reply.body)
-        .map_err(|e| ForwardError(format!("the server's answer: {e}")));
+        .map_err(|e| Failed::Retry(ForwardError(format!("the server's answer: {e}"))));
     (answer, Some(connection))
 }
 
@@ -448,6 +567,7 @@ async fn settle(state: &State, sent: &Outgoing, reply: &CommitReply) -> Result<(
             .execute(&mut *tx)
             .await?;
     }
+    dead_letters::told(&mut tx, sent.letters()).await?;
     tx.commit().await?;
     answered(state, &sent.hashes, reply);
     Ok(())

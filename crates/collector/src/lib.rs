@@ -9,13 +9,17 @@
 //!  outbox --forward (mTLS POST /v1/batches, retries)--> server
 //!         (or, where the server runs in this process, its ingest in
 //!          memory: no TLS hop, no second verification)
+//!  outbox --a batch the server refuses (4xx)--> dead letters, held until
+//!         an operator retries them
 //! ```
 //!
 //! - [`config`]: the TOML configuration;
-//! - [`cards`]: patient cards that sign each batch per patient.
+//! - [`cards`]: patient cards that sign each batch per patient;
+//! - [`dead_letters`]: batches the server refused, held and retried.
 
 pub mod cards;
 pub mod config;
+pub mod dead_letters;
 mod forward;
 mod http;
 mod intake;

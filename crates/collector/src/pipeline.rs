@@ -59,9 +59,13 @@ pub(crate) struct Submission {
 
 /// The first batch number not used yet.
 pub(crate) async fn next_batch(db: &Db) -> Result<i64, SqlError> {
-    let row = sqlx::query("SELECT COALESCE(MAX(batch), 0) AS b FROM collector_outbox")
-        .fetch_one(db.pool())
-        .await?;
+    // Dead letters keep their numbers, for a retry to put them back.
+    let row = sqlx::query(
+        "SELECT COALESCE(MAX(b), 0) AS b FROM (SELECT MAX(batch) AS b FROM collector_outbox \
+         UNION ALL SELECT MAX(batch) AS b FROM collector_dead_outbox) numbers",
+    )
+    .fetch_one(db.pool())
+    .await?;
     Ok(row.try_get::<i64, _>("b").map_err(SqlError::Database)? + 1)
 }
 

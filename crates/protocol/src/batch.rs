@@ -87,6 +87,24 @@ pub struct Refused {
     pub detail: String,
 }
 
+/// Readings a collector holds back because the server refused the batch
+/// they were in (a dead letter), told once per patient so that the server
+/// can alert the patient; the readings themselves are sent again when an
+/// operator retries the letter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    /// The collector's number for the dead letter.
+    pub letter: u64,
+    /// The patientRef.
+    pub patient: [u8; 32],
+    /// How many of the patient's readings it holds.
+    pub readings: u64,
+    /// The HTTP status the server refused the batch with.
+    pub status: u16,
+    /// Why, as the server said it.
+    pub detail: String,
+}
+
 /// Where a forward batch stands among those its collector has in flight,
 /// so that the server commits them in the order they were sent.
 ///
@@ -121,6 +139,9 @@ pub struct ForwardBatch {
     pub cards: Vec<CardSignature>,
     /// Readings the collector refused, for the patients' alerts.
     pub refused: Vec<Refused>,
+    /// Readings the collector holds as dead letters, for the patients'
+    /// alerts (sent only when there are some).
+    pub held: Vec<Held>,
 }
 
 /// Why bytes are not a forward batch.
@@ -316,6 +337,22 @@ impl ForwardBatch {
                 ),
             ),
         ];
+        if !self.held.is_empty() {
+            let held = self
+                .held
+                .iter()
+                .map(|h| {
+                    text_map(vec![
+                        ("letter", enc_uint(h.letter)),
+                        ("patient", enc_bytes(&h.patient)),
+                        ("readings", enc_uint(h.readings)),
+                        ("status", enc_uint(u64::from(h.status))),
+                        ("detail", enc_text(&h.detail)),
+                    ])
+                })
+                .collect();
+            top.push(("held", enc_array(held)));
+        }
         if let Some(order) = &self.order {
             let mut fields = vec![("stream", enc_uint(order.stream)), ("n", enc_uint(order.n))];
             if let Some(after) = order.after {
@@ -331,11 +368,17 @@ impl ForwardBatch {
         let mut top = fields(
             cbor::decode(bytes)?,
             "batch",
-            &["v", "cas", "certs", "readings", "cards", "refused", "order"],
+            &[
+                "v", "cas", "certs", "readings", "cards", "refused", "order", "held",
+            ],
         )?;
         let order = match top.iter().position(|(k, _)| k == "order") {
             Some(i) => Some(order_of(top.swap_remove(i).1)?),
             None => None,
+        };
+        let held = match top.iter().position(|(k, _)| k == "held") {
+            Some(i) => held_of(top.swap_remove(i).1)?,
+            None => Vec::new(),
         };
         let version = as_uint(take(&mut top, "v", "batch")?, "batch.v")?;
         if version != 1 {
@@ -436,8 +479,40 @@ impl ForwardBatch {
             readings,
             cards,
             refused,
+            held,
         })
     }
+}
+
+fn held_of(v: Value) -> Result<Vec<Held>, BatchError> {
+    as_array(v, "batch.held")?
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let at = format!("held[{i}]");
+            let mut f = fields(
+                v,
+                &at,
+                &["letter", "patient", "readings", "status", "detail"],
+            )?;
+            let status = as_uint(take(&mut f, "status", &at)?, &format!("{at}.status"))?;
+            Ok(Held {
+                letter: as_uint(take(&mut f, "letter", &at)?, &format!("{at}.letter"))?,
+                patient: as_ref32(take(&mut f, "patient", &at)?, &format!("{at}.patient"))?,
+                readings: as_uint(take(&mut f, "readings", &at)?, &format!("{at}.readings"))?,
+                status: u16::try_from(status)
+                    .ok()
+                    .filter(|s| (400..500).contains(s))
+                    .ok_or_else(|| {
+                        bad(
+                            format!("{at}.status"),
+                            format!("is {status}, not a 4xx status"),
+                        )
+                    })?,
+                detail: as_text(take(&mut f, "detail", &at)?, &format!("{at}.detail"))?,
+            })
+        })
+        .collect()
 }
 
 fn order_of(v: Value) -> Result<Order, BatchError> {
@@ -559,6 +634,7 @@ mod tests {
                 problem: ProblemType::RuleViolation,
                 detail: "above-range".into(),
             }],
+            held: Vec::new(),
         }
     }
 
@@ -600,6 +676,26 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "batch field `batch.order.after` is not below n"
+        );
+    }
+
+    #[test]
+    fn held_notices_are_optional_and_name_a_4xx() {
+        let mut batch = sample();
+        assert!(!batch.to_cbor().windows(4).any(|w| w == b"held"));
+        batch.held = vec![Held {
+            letter: 3,
+            patient: [7; 32],
+            readings: 12,
+            status: 403,
+            detail: "not an active collector".into(),
+        }];
+        assert_eq!(ForwardBatch::from_cbor(&batch.to_cbor()).unwrap(), batch);
+        batch.held[0].status = 503;
+        let err = ForwardBatch::from_cbor(&batch.to_cbor()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "batch field `held[0].status` is 503, not a 4xx status"
         );
     }
 

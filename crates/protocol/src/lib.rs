@@ -29,7 +29,7 @@ pub mod reading;
 
 pub use batch::{
     BatchError, CardSignature, CommitReply, CommitResult, CommitStatus, ForwardBatch, Forwarded,
-    Order, Receipt, ReceiptStatus, Refused, card_digest, reading_hash,
+    Held, Order, Receipt, ReceiptStatus, Refused, card_digest, reading_hash,
 };
 pub use catalogue::{CATALOGUE, DataType};
 pub use cose::{

@@ -115,7 +115,7 @@ async fn batches(
             format!("a batch is at most {MAX_BATCH_BYTES} bytes"),
         );
     };
-    let batch = match ForwardBatch::from_cbor(&bytes) {
+    let mut batch = match ForwardBatch::from_cbor(&bytes) {
         Ok(b) => b,
         Err(e) => return problem(ProblemType::Malformed, e.to_string()),
     };
@@ -124,6 +124,7 @@ async fn batches(
         medledger_protocol::now_ms(),
     );
     let order = batch.order;
+    let held = std::mem::take(&mut batch.held);
     let turn = async {
         match order {
             Some(order) => state
@@ -137,6 +138,9 @@ async fn batches(
     let committed = ingest::commit(&state, batch, source, turn).await;
     if let Some(order) = order {
         state.turns.finished(account, order, committed.is_ok());
+    }
+    if committed.is_ok() {
+        crate::held::alert(&state, account, held).await;
     }
     match committed {
         Ok(reply) => json_response(&reply),

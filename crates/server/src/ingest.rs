@@ -214,6 +214,8 @@ pub(crate) async fn commit(
         readings,
         cards,
         refused,
+        // Told at the HTTP edge, which knows the collector.
+        held: _,
     } = batch;
     let certificates = Arc::new(Certificates { certs, cas });
     let items: Vec<Forwarded> = readings
@@ -263,7 +265,7 @@ pub(crate) async fn commit(
     // A retry of this very batch may have committed meanwhile.
     duplicates(state, &mut items).await?;
 
-    let mut marks = Marks::new("ingest_device_seq");
+    let mut marks = Marks::with_holes("ingest_device_seq", "ingest_device_holes");
     let sequenced = marks
         .sequence(&state.db, &mut items)
         .await
@@ -358,6 +360,7 @@ async fn to_holders(
                 .collect(),
             cards: Vec::new(),
             refused: Vec::new(),
+            held: Vec::new(),
         };
         let reply = match state.relay.send(tls.clone(), &peer, &batch).await {
             Ok(reply) => reply,

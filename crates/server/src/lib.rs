@@ -25,6 +25,7 @@ pub mod annotations;
 mod caller;
 pub mod config;
 pub mod erase;
+mod held;
 mod http;
 pub mod indexer;
 mod ingest;

@@ -460,6 +460,66 @@ pub static MIGRATIONS: &[Migration] = &[
           INSERT INTO alert_ids (one, last) SELECT 1, COALESCE(MAX(id), 0) FROM alerts;
           ALTER TABLE ingest_batches ADD COLUMN writer TEXT",
     },
+    Migration {
+        version: 17,
+        part: Part::Collector,
+        name: "collector: dead letters, the batches a server refused (4xx), held until retried",
+        // The held rows keep the outbox's columns, and their collector
+        // batch numbers, so that a retry puts them back where they were.
+        // `told` is set once the server has been told for the patients'
+        // alerts.
+        sql: "CREATE TABLE collector_dead_letters (
+              id BIGINT PRIMARY KEY,
+              first_batch BIGINT NOT NULL,
+              last_batch BIGINT NOT NULL,
+              readings BIGINT NOT NULL,
+              status BIGINT NOT NULL,
+              problem TEXT NOT NULL,
+              detail TEXT NOT NULL,
+              at_ms BIGINT NOT NULL,
+              told BIGINT NOT NULL
+          );
+          CREATE TABLE collector_dead_outbox (
+              hash BYTEA PRIMARY KEY,
+              letter BIGINT NOT NULL,
+              batch BIGINT NOT NULL,
+              pos BIGINT NOT NULL,
+              patient BYTEA NOT NULL,
+              device_cert BYTEA NOT NULL,
+              cose BYTEA NOT NULL,
+              received_ms BIGINT NOT NULL
+          );
+          CREATE INDEX collector_dead_outbox_letter ON collector_dead_outbox (letter);
+          CREATE TABLE collector_dead_cards (
+              letter BIGINT NOT NULL,
+              batch BIGINT NOT NULL,
+              patient BYTEA NOT NULL,
+              card_cert BYTEA NOT NULL,
+              sig BYTEA NOT NULL,
+              PRIMARY KEY (batch, patient)
+          );
+          CREATE TABLE collector_dead_refused (
+              hash BYTEA PRIMARY KEY,
+              letter BIGINT NOT NULL,
+              patient BYTEA NOT NULL,
+              device_cert BYTEA NOT NULL,
+              cose BYTEA NOT NULL,
+              problem TEXT NOT NULL,
+              detail TEXT NOT NULL,
+              at_ms BIGINT NOT NULL
+          )",
+    },
+    Migration {
+        version: 18,
+        part: Part::Server,
+        name: "server ingest: the sequence numbers each device skipped, filled once by a late reading",
+        sql: "CREATE TABLE ingest_device_holes (
+              epc BYTEA NOT NULL,
+              lo BIGINT NOT NULL,
+              hi BIGINT NOT NULL,
+              PRIMARY KEY (epc, lo)
+          )",
+    },
 ];
 
 /// A pool of connections to one database.

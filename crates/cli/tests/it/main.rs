@@ -8,6 +8,7 @@ mod bench;
 mod ca;
 mod chain;
 mod crash;
+mod dead_letters;
 mod demo;
 mod deploy;
 mod erase;
