@@ -1,6 +1,6 @@
-//! Writes valid inputs for the fuzz targets to `fuzz/seeds/TARGET/`, made
+//! Writes valid inputs for the fuzz targets to `fuzz/corpus/TARGET/`, made
 //! by our own code: a signed reading, a device certificate, a CRL, a
-//! signed checkpoint and JSON-RPC requests.
+//! signed checkpoint, JSON-RPC requests and MQTT packets.
 //!
 //!   cargo run --manifest-path fuzz/Cargo.toml --example seeds
 
@@ -12,7 +12,7 @@ use std::path::Path;
 
 fn write(target: &str, name: &str, bytes: &[u8]) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("seeds")
+        .join("corpus")
         .join(target);
     std::fs::create_dir_all(&dir).expect("the seeds directory");
     std::fs::write(dir.join(name), bytes).expect("a seed");
@@ -95,5 +95,32 @@ fn main() {
         "empty.json",
         br#"{"format":"medledger-ledger-bundle/1","entries":[]}"#,
     );
-    println!("seeds written to {}/seeds", env!("CARGO_MANIFEST_DIR"));
+    write("mqtt", "publish.bin", &mqtt_publish());
+    println!("seeds written to {}/corpus", env!("CARGO_MANIFEST_DIR"));
+}
+
+/// A collector's delivery as a broker sends it: a QoS 1 PUBLISH of a
+/// reading with a response topic, correlation data and a user property.
+fn mqtt_publish() -> Vec<u8> {
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::mqttbytes::v5::{Packet, Publish, PublishProperties};
+    let properties = PublishProperties {
+        response_topic: Some("medledger/v1/receipts/00000000000000000000000a".into()),
+        correlation_data: Some(bytes::Bytes::from_static(b"1")),
+        content_type: Some("application/cose".into()),
+        user_properties: vec![("status".into(), "201".into())],
+        ..Default::default()
+    };
+    let mut publish = Publish::new(
+        "medledger/v1/readings/00000000000000000000000a",
+        QoS::AtLeastOnce,
+        vec![0xd2, 0x84, 0x43, 0xa1, 0x01, 0x26],
+        Some(properties),
+    );
+    publish.pkid = 7;
+    let mut out = bytes::BytesMut::new();
+    Packet::Publish(publish)
+        .write(&mut out, None)
+        .expect("a PUBLISH");
+    out.to_vec()
 }

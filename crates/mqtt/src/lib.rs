@@ -337,10 +337,9 @@ impl Reader {
     /// the buffer).
     async fn next(&mut self) -> Result<Packet, Error> {
         loop {
-            match Packet::read(&mut self.buffer, Some(self.max_packet_bytes)) {
-                Ok(packet) => return Ok(packet),
-                Err(CodecError::InsufficientBytes(more)) => {
-                    self.buffer.reserve(more);
+            match read_packet(&mut self.buffer, self.max_packet_bytes)? {
+                Some(packet) => return Ok(packet),
+                None => {
                     let n = self
                         .stream
                         .read_buf(&mut self.buffer)
@@ -350,10 +349,36 @@ impl Reader {
                         return Err(Error::Closed("the broker closed the connection".into()));
                     }
                 }
-                Err(e) => return Err(Error::Codec(e.to_string())),
             }
         }
     }
+}
+
+/// The next whole packet in `buffer` (taken out of it), or `None` when more
+/// bytes must come first (room for them is reserved).
+fn read_packet(buffer: &mut BytesMut, max_packet_bytes: u32) -> Result<Option<Packet>, Error> {
+    match Packet::read(buffer, Some(max_packet_bytes)) {
+        Ok(packet) => Ok(Some(packet)),
+        Err(CodecError::InsufficientBytes(more)) => {
+            buffer.reserve(more);
+            Ok(None)
+        }
+        Err(e) => Err(Error::Codec(e.to_string())),
+    }
+}
+
+/// The messages a connection would deliver from `bytes` sent by a broker:
+/// each whole packet is decoded as [`Client`] decodes it, and each PUBLISH
+/// becomes a [`Delivery`]. The fuzz target `mqtt` feeds it arbitrary bytes.
+pub fn decode_deliveries(bytes: &[u8], max_packet_bytes: u32) -> Result<Vec<Delivery>, Error> {
+    let mut buffer = BytesMut::from(bytes);
+    let mut deliveries = Vec::new();
+    while let Some(packet) = read_packet(&mut buffer, max_packet_bytes)? {
+        if let Packet::Publish(p) = packet {
+            deliveries.push(delivery(p)?);
+        }
+    }
+    Ok(deliveries)
 }
 
 /// What a packet id is waiting for.
