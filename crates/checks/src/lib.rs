@@ -25,7 +25,10 @@
 mod stages;
 mod verify;
 
-pub use stages::{Gap, Marks, NewMarks, Sequenced, Signed, Window, bind, rules, window};
+pub use stages::{
+    Gap, Marks, NewMarks, RuleQuestions, Sequenced, Signed, Window, ask_rules, bind, bind_from,
+    devices, rules, window,
+};
 pub use verify::{Trust, verify};
 
 use alloy::primitives::{Address, B256};

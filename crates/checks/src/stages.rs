@@ -4,7 +4,8 @@
 use crate::{Bound, Item, Refusal, Verdict, epc_name};
 use alloy::primitives::B256;
 use alloy::providers::Provider;
-use medledger_contracts::{ChainView, rule_inputs};
+use medledger_contracts::bindings::RuleManager::RuleInput;
+use medledger_contracts::{Binding, ChainView, RuleReason, rule_inputs};
 use medledger_protocol::ProblemType;
 use medledger_storage::sqlx::{self, Row};
 use medledger_storage::{Db, SqlValue, insert_many};
@@ -73,14 +74,31 @@ pub async fn bind<T, P: Provider + Clone>(
     signed: Signed,
     named: impl Fn(&T) -> Option<B256>,
 ) -> medledger_contracts::Result<()> {
-    let epcs: Vec<[u8; 12]> = items
-        .iter()
-        .filter_map(|i| Some(i.passing()?.reading.dev.0))
-        .collect();
+    let epcs = devices(items);
     if epcs.is_empty() {
         return Ok(());
     }
     let bindings = view.bindings(&epcs).await?;
+    bind_from(&bindings, items, signed, named);
+    Ok(())
+}
+
+/// The devices of the readings still in.
+pub fn devices<T>(items: &[Item<T>]) -> Vec<[u8; 12]> {
+    items
+        .iter()
+        .filter_map(|i| Some(i.passing()?.reading.dev.0))
+        .collect()
+}
+
+/// Binds as [`bind`] does, from bindings already read; a device missing
+/// from `bindings` counts as not registered.
+pub fn bind_from<T>(
+    bindings: &HashMap<[u8; 12], Binding>,
+    items: &mut [Item<T>],
+    signed: Signed,
+    named: impl Fn(&T) -> Option<B256>,
+) {
     for item in items.iter_mut() {
         let Verdict::Passing(p) = &item.verdict else {
             continue;
@@ -133,7 +151,6 @@ pub async fn bind<T, P: Provider + Clone>(
         };
         item.refuse(refusal);
     }
-    Ok(())
 }
 
 /// Asks the rule contracts about every observation of the readings still
@@ -148,35 +165,75 @@ pub async fn rules<T, P: Provider + Clone>(
     view: &ChainView<P>,
     items: &mut [Item<T>],
 ) -> medledger_contracts::Result<Vec<usize>> {
-    let mut inputs = Vec::new();
-    let mut asked: HashMap<([u8; 12], [u8; 16], i64, i64), usize> = HashMap::new();
-    // (item, input) pairs.
-    let mut owners = Vec::new();
-    for (i, item) in items.iter().enumerate() {
-        let Some(p) = item.passing() else { continue };
-        for input in rule_inputs(&p.reading) {
-            let key = (input.epc.0, input.code.0, input.min, input.max);
-            let at = *asked.entry(key).or_insert_with(|| {
-                inputs.push(input);
-                inputs.len() - 1
-            });
-            owners.push((i, at));
-        }
-    }
+    let questions = RuleQuestions::of(items);
+    let (reasons, _version) = ask_rules(view, &questions.inputs).await?;
+    Ok(questions.answer(items, &reasons))
+}
+
+/// The rule contracts' reasons for `inputs`, one call per chunk, and the
+/// rule set's version (`RuleManager.check`'s `ver`).
+///
+/// # Errors
+/// When the chain cannot be asked.
+pub async fn ask_rules<P: Provider + Clone>(
+    view: &ChainView<P>,
+    inputs: &[RuleInput],
+) -> medledger_contracts::Result<(Vec<RuleReason>, u64)> {
     let mut reasons = Vec::with_capacity(inputs.len());
+    let mut version = 0;
     for chunk in inputs.chunks(RULE_CHUNK) {
-        let (r, _version) = view.contracts().check_readings(chunk.to_vec()).await?;
+        let (r, v) = view.contracts().check_readings(chunk.to_vec()).await?;
         reasons.extend(r);
+        version = v;
     }
-    let mut refused = Vec::new();
-    for (i, at) in owners {
-        let reason = &reasons[at];
-        if items[i].passing().is_some() && !reason.is_allow() {
-            items[i].refuse(Refusal::of_rule(reason));
-            refused.push(i);
+    Ok((reasons, version))
+}
+
+/// What the rule contracts are to be asked about the readings still in:
+/// each input once.
+#[derive(Debug)]
+pub struct RuleQuestions {
+    /// The inputs, each once.
+    pub inputs: Vec<RuleInput>,
+    /// (item, input) pairs.
+    owners: Vec<(usize, usize)>,
+}
+
+impl RuleQuestions {
+    /// The questions for `items`.
+    pub fn of<T>(items: &[Item<T>]) -> RuleQuestions {
+        let mut inputs = Vec::new();
+        let mut asked: HashMap<([u8; 12], [u8; 16], i64, i64), usize> = HashMap::new();
+        let mut owners = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let Some(p) = item.passing() else { continue };
+            for input in rule_inputs(&p.reading) {
+                let key = (input.epc.0, input.code.0, input.min, input.max);
+                let at = *asked.entry(key).or_insert_with(|| {
+                    inputs.push(input);
+                    inputs.len() - 1
+                });
+                owners.push((i, at));
+            }
         }
+        RuleQuestions { inputs, owners }
     }
-    Ok(refused)
+
+    /// Refuses the readings a reason (one per input) denies; returns
+    /// their positions.
+    pub fn answer<T>(&self, items: &mut [Item<T>], reasons: &[RuleReason]) -> Vec<usize> {
+        let mut refused = Vec::new();
+        for &(i, at) in &self.owners {
+            let Some(reason) = reasons.get(at) else {
+                continue;
+            };
+            if items[i].passing().is_some() && !reason.is_allow() {
+                items[i].refuse(Refusal::of_rule(reason));
+                refused.push(i);
+            }
+        }
+        refused
+    }
 }
 
 /// Readings of a device that never arrived: the reading at `item` came

@@ -15,7 +15,7 @@ use std::time::Duration;
 #[derive(Debug, Args)]
 pub(crate) struct CollectorArgs {
     /// The configuration file (TOML; see docs/operations.md).
-    #[arg(long, env = "MEDLEDGER_COLLECTOR_CONFIG", global = true)]
+    #[arg(long, env = "MEDLEDGER_COLLECTOR_CONFIG")]
     config: PathBuf,
     #[command(subcommand)]
     command: Option<CollectorCommand>,

@@ -34,6 +34,9 @@ pub(crate) struct CrashArgs {
     /// random order each round).
     #[arg(long, default_value_t = 1000)]
     kills: usize,
+    /// Which roles are killed (comma-separated): chain, server, collector.
+    #[arg(long, value_delimiter = ',', default_values = ROLES)]
+    roles: Vec<String>,
     /// Simulated devices, each on one keep-alive connection.
     #[arg(long, default_value_t = 10)]
     devices: usize,
@@ -68,6 +71,10 @@ struct Outcome {
     readings_acknowledged: u64,
     /// Replies other than 202, by status, and failed requests.
     readings_not_acknowledged: BTreeMap<String, u64>,
+    /// 503 replies to devices that had a reading acknowledged before (the
+    /// collector decides those from the chain's last answers while the
+    /// chain is down).
+    unavailable_for_devices_seen: u64,
     readings_stored: u64,
     acknowledged_but_lost: u64,
     recorded_twice: u64,
@@ -156,6 +163,7 @@ struct Seen {
     sent: u64,
     acknowledged: HashSet<[u8; 32]>,
     not_acknowledged: BTreeMap<String, u64>,
+    unavailable_for_devices_seen: u64,
     /// Transaction hash -> block hash.
     confirmed: HashMap<B256, B256>,
 }
@@ -185,6 +193,7 @@ fn start_load(
         tasks.spawn(async move {
             let mut vitals = Vitals::new(n as u64);
             let mut conn: Option<Connection> = None;
+            let mut acknowledged_before = false;
             loop {
                 tokio::time::sleep(every).await;
                 if conn.is_none() {
@@ -208,8 +217,12 @@ fn start_load(
                 match reply {
                     Ok(r) if r.status == 202 => {
                         seen.acknowledged.insert(hash);
+                        acknowledged_before = true;
                     }
                     Ok(r) => {
+                        if r.status == 503 && acknowledged_before {
+                            seen.unavailable_for_devices_seen += 1;
+                        }
                         *seen
                             .not_acknowledged
                             .entry(r.status.to_string())
@@ -262,9 +275,21 @@ pub(crate) async fn run(args: CrashArgs) -> Result<()> {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |t| t.as_nanos() as u64)
     });
+    let mut order: Vec<usize> = Vec::new();
+    for role in &args.roles {
+        let Some(i) = ROLES.iter().position(|r| r == role) else {
+            bail!("--roles: {role:?} is not one of {}", ROLES.join(", "));
+        };
+        if !order.contains(&i) {
+            order.push(i);
+        }
+    }
     println!(
-        "medledger bench crash: {} SIGKILLs over chain, server and collector, {} devices every {} ms, seed {seed}",
-        args.kills, args.devices, args.every_ms
+        "medledger bench crash: {} SIGKILLs over {}, {} devices every {} ms, seed {seed}",
+        args.kills,
+        args.roles.join(", "),
+        args.devices,
+        args.every_ms
     );
     let (mut processes, simulated, doctor) = prepare(&d, &args).await?;
     processes.start_all().await?;
@@ -287,15 +312,14 @@ pub(crate) async fn run(args: CrashArgs) -> Result<()> {
     let mut random = Random(seed);
     let started = Instant::now();
     // Each role in turn, in a random order every round.
-    let mut order = [0usize, 1, 2];
     for i in 0..args.kills {
-        if i % ROLES.len() == 0 {
+        if i % order.len() == 0 {
             for j in (1..order.len()).rev() {
                 order.swap(j, random.below(j as u64 + 1) as usize);
             }
         }
         tokio::time::sleep(Duration::from_millis(random.below(args.max_gap_ms))).await;
-        let role = order[i % ROLES.len()];
+        let role = order[i % order.len()];
         processes.kill(role)?;
         *outcome.kills.entry(ROLES[role]).or_default() += 1;
         processes.start(role).await?;
@@ -323,6 +347,7 @@ pub(crate) async fn run(args: CrashArgs) -> Result<()> {
     outcome.readings_sent = seen.sent;
     outcome.readings_acknowledged = seen.acknowledged.len() as u64;
     outcome.readings_not_acknowledged = seen.not_acknowledged;
+    outcome.unavailable_for_devices_seen = seen.unavailable_for_devices_seen;
     check(
         &d,
         &processes.state,
@@ -412,6 +437,10 @@ fn report(o: &Outcome) {
         } else {
             refused.join(", ")
         }
+    );
+    println!(
+        "  503 to devices seen before {}",
+        o.unavailable_for_devices_seen
     );
     println!("  stored (in a ledger)       {}", o.readings_stored);
     println!("  acknowledged but lost      {}", o.acknowledged_but_lost);

@@ -172,3 +172,12 @@ fn every_medledger_command_in_the_documents_parses() {
     assert!(checked > 50, "only {checked} commands found");
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// clap's own checks of the whole command line (a global argument that is
+/// also required, clashing names...), which otherwise fail only when that
+/// subcommand runs.
+#[test]
+fn the_command_line_is_well_formed() {
+    use clap::CommandFactory;
+    Cli::command().debug_assert();
+}

@@ -31,6 +31,8 @@
 //! device_burst = 200
 //! timestamp_past_ms = 300000
 //! timestamp_future_ms = 30000
+//! chain_outage_max_age_ms = 900000
+//! chain_outage_devices = 100000
 //! ```
 //!
 //! Relative paths are relative to the configuration file.
@@ -134,6 +136,11 @@ pub struct Limits {
     pub timestamp_past_ms: u64,
     /// How far ahead a reading's timestamp may be (clock skew).
     pub timestamp_future_ms: u64,
+    /// While the chain cannot be asked, readings of a device the chain
+    /// answered for within this long are decided from its last answers.
+    pub chain_outage_max_age_ms: u64,
+    /// The most devices whose last answers are kept.
+    pub chain_outage_devices: usize,
 }
 
 impl Default for Limits {
@@ -148,6 +155,8 @@ impl Default for Limits {
             device_burst: 200.0,
             timestamp_past_ms: 5 * 60 * 1000,
             timestamp_future_ms: 30 * 1000,
+            chain_outage_max_age_ms: 15 * 60 * 1000,
+            chain_outage_devices: 100_000,
         }
     }
 }

@@ -4,7 +4,9 @@
 //!  device --mTLS POST /v1/readings--> http   \
 //!  device --MQTT (x5chain)--> broker --> mqtt  > intake (limits, rate, COSE, window)
 //!        --Submission--> pipeline (one batch at a time: Registry bindings,
-//!                        card, rules, sequence; one durable outbox commit)
+//!                        card, rules, sequence; one durable outbox commit;
+//!                        while the chain is down, bindings and verdicts
+//!                        from what it last said: outage)
 //!        <--202 receipts (after the commit; ?wait=committed: after the server)
 //!  outbox --forward (mTLS POST /v1/batches, retries)--> server
 //!         (or, where the server runs in this process, its ingest in
@@ -24,6 +26,7 @@ mod forward;
 mod http;
 mod intake;
 mod mqtt;
+mod outage;
 mod pipeline;
 
 use alloy::providers::DynProvider;
@@ -154,6 +157,10 @@ pub(crate) struct State {
     pub(crate) limits: Limits,
     pub(crate) db: Db,
     pub(crate) view: ChainView<DynProvider>,
+    /// What the chain last said, for deciding while it cannot be asked.
+    pub(crate) last_known: outage::LastKnown,
+    /// Logs the chain's outages, once when they start and every 30 s.
+    pub(crate) chain_outage: Mutex<health::Outage>,
     pub(crate) cards: Cards,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) submit: mpsc::Sender<pipeline::Submission>,
@@ -224,6 +231,11 @@ impl Collector {
             limits: limits.clone(),
             db,
             view: ChainView::new(contracts),
+            last_known: outage::LastKnown::new(
+                std::time::Duration::from_millis(limits.chain_outage_max_age_ms),
+                limits.chain_outage_devices,
+            ),
+            chain_outage: Mutex::new(health::Outage::new("medledger collector: asking the chain")),
             cards,
             metrics: metrics.clone(),
             submit,

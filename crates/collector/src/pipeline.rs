@@ -19,15 +19,16 @@
 //! active, certificate as registered, admitted patient), the patient's
 //! card here, the rule contracts, then the sequence number.
 
-use crate::{InProcessServer, State};
+use crate::{InProcessServer, State, outage};
 use alloy::primitives::B256;
 use medledger_checks::{Item, Marks, NewMarks, Refusal, Signed, Verdict, epc_name};
+use medledger_contracts::RuleReason;
 use medledger_protocol::{
     CardSignature, ForwardBatch, Forwarded, ProblemType, Refused, card_digest, now_ms,
 };
 use medledger_storage::sqlx::{self, Row};
 use medledger_storage::{Db, SqlError, SqlValue, insert_many};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -216,9 +217,7 @@ async fn commit_in_order(state: Arc<State>, mut to_commit: mpsc::Receiver<Decide
 /// rules, the sequence numbers. On an error (the chain or the outbox
 /// cannot be asked), nothing is decided.
 async fn decide(state: &State, marks: &mut Marks, items: &mut [Candidate]) -> Result<(), String> {
-    medledger_checks::bind(&state.view, items, Signed::Now, |_| None)
-        .await
-        .map_err(|e| format!("the chain cannot be asked: {e}"))?;
+    bind(state, items).await;
     for item in items.iter_mut() {
         let Some(bound) = item.passing_for() else {
             continue;
@@ -234,14 +233,113 @@ async fn decide(state: &State, marks: &mut Marks, items: &mut [Candidate]) -> Re
             ));
         }
     }
-    medledger_checks::rules(&state.view, items)
-        .await
-        .map_err(|e| format!("the rule contracts cannot be asked: {e}"))?;
+    rules(state, items).await;
     marks
         .sequence(&state.db, items)
         .await
         .map_err(|e| format!("the outbox cannot be read: {e}"))?;
     Ok(())
+}
+
+/// Binds the readings to their patients through the Registry, or, while
+/// the chain cannot be asked, from what it last said; a reading of a
+/// device it has not answered for lately is refused `unavailable`.
+async fn bind(state: &State, items: &mut [Candidate]) {
+    let epcs = medledger_checks::devices(items);
+    if epcs.is_empty() {
+        return;
+    }
+    let bindings = match state.view.bindings(&epcs).await {
+        Ok(bindings) => {
+            state.last_known.saw_bindings(&bindings);
+            state
+                .chain_outage
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .worked();
+            bindings
+        }
+        Err(e) => {
+            let known = state.last_known.bindings(&epcs);
+            chain_down(state, items, &e, |dev| known.contains_key(dev));
+            known
+        }
+    };
+    medledger_checks::bind_from(&bindings, items, Signed::Now, |_| None);
+}
+
+/// Asks the rule contracts about the readings still in, or, while the
+/// chain cannot be asked, decides from their last answers.
+async fn rules(state: &State, items: &mut [Candidate]) {
+    let questions = medledger_checks::RuleQuestions::of(items);
+    if questions.inputs.is_empty() {
+        return;
+    }
+    let reasons = match medledger_checks::ask_rules(&state.view, &questions.inputs).await {
+        Ok((reasons, version)) => {
+            state
+                .last_known
+                .saw_verdicts(&questions.inputs, &reasons, version);
+            reasons
+        }
+        Err(e) => {
+            let judged = state.last_known.verdicts(&questions.inputs);
+            let decided: HashSet<[u8; 12]> = questions
+                .inputs
+                .iter()
+                .zip(&judged)
+                .filter(|(_, j)| j.is_some())
+                .map(|(input, _)| input.epc.0)
+                .collect();
+            chain_down(state, items, &e, |dev| decided.contains(dev));
+            for (_, basis) in judged.iter().flatten() {
+                let basis = match basis {
+                    outage::Basis::Known => "known",
+                    outage::Basis::Provisional => "provisional",
+                };
+                state.metrics.add(
+                    "medledger_collector_outage_verdicts_total",
+                    "Rule verdicts taken while the chain could not be asked: from its last answers (known), or left to the server (provisional).",
+                    &[("basis", basis)],
+                    1,
+                );
+            }
+            judged
+                .into_iter()
+                .map(|j| j.map_or(RuleReason::Allow, |(reason, _)| reason))
+                .collect()
+        }
+    };
+    questions.answer(items, &reasons);
+}
+
+/// The chain cannot be asked: logs it (rate-limited) and refuses
+/// `unavailable` each reading of a device `known` says nothing of.
+fn chain_down(
+    state: &State,
+    items: &mut [Candidate],
+    error: &dyn std::fmt::Display,
+    known: impl Fn(&[u8; 12]) -> bool,
+) {
+    state
+        .chain_outage
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .failed(&format_args!("{error}; deciding from its last answers"));
+    for item in items.iter_mut() {
+        let Some(dev) = item.passing().map(|p| p.reading.dev.0) else {
+            continue;
+        };
+        if !known(&dev) {
+            item.refuse(Refusal::new(
+                ProblemType::Unavailable,
+                format!(
+                    "the chain cannot be asked, and it has not answered for device {} lately",
+                    epc_name(&dev)
+                ),
+            ));
+        }
+    }
 }
 
 /// Commits a decided batch: to the server in this process where it runs
