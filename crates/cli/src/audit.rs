@@ -6,7 +6,6 @@
 use crate::access::ServerArgs;
 use crate::admin::{Connection, outcome};
 use alloy::primitives::{B256, U256};
-use alloy::providers::Provider;
 use alloy::rpc::types::Filter;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
@@ -102,7 +101,9 @@ pub(crate) fn run_audit(args: AuditArgs) -> Result<()> {
                 .topic2(args.patient),
             Filter::new().address(a.consent).topic1(args.patient),
         ] {
-            logs.extend(provider.get_logs(&filter.from_block(0)).await?);
+            logs.extend(
+                medledger_contracts::logs::logs_between(&provider, &filter, 0, None).await?,
+            );
         }
         logs.sort_by_key(|l| (l.block_number, l.log_index));
         logs.dedup_by_key(|l| (l.block_number, l.log_index));

@@ -593,50 +593,78 @@ impl<P: Provider> Contracts<P> {
         kind: u8,
         patient_ref: Option<B256>,
     ) -> Result<Vec<CheckpointAnchor>> {
-        let mut filter = Filter::new()
+        let filter = self.anchors_filter(kind, patient_ref);
+        let logs = crate::logs::logs_between(&self.provider, &filter, 0, None).await?;
+        anchors_from(&logs)
+    }
+}
+
+impl<P> Contracts<P> {
+    /// The filter of the `Anchored` events of `kind`, for one patient or
+    /// all ([`anchors_from`] reads them).
+    pub fn anchors_filter(&self, kind: u8, patient_ref: Option<B256>) -> Filter {
+        let filter = Filter::new()
             .address(self.addresses.anchor)
             .event_signature(Anchor::Anchored::SIGNATURE_HASH)
-            .topic2(B256::with_last_byte(kind))
-            .from_block(0);
-        if let Some(patient_ref) = patient_ref {
-            filter = filter.topic3(patient_ref);
+            .topic2(B256::with_last_byte(kind));
+        match patient_ref {
+            Some(patient_ref) => filter.topic3(patient_ref),
+            None => filter,
         }
-        let logs = self.provider.get_logs(&filter).await?;
-        logs.iter()
-            .map(|log| {
-                let event = Anchor::Anchored::decode_log(&log.inner)
-                    .map_err(|e| Error::Unexpected(format!("an Anchored log: {e}")))?;
-                Ok(CheckpointAnchor {
-                    patient: event.data.first,
-                    id: to_u64(event.data.id)?,
-                    by: event.data.by,
-                    size: event.data.count,
-                    root: event.data.root,
-                    note_hash: event.data.last,
-                    tx: log.transaction_hash.unwrap_or_default(),
-                    block: log.block_number.unwrap_or_default(),
-                })
-            })
-            .collect()
     }
+
+    /// The filter of annotation `id`'s `Annotated` event.
+    pub fn annotation_filter(&self, id: u64) -> Filter {
+        Filter::new()
+            .address(self.addresses.access_log)
+            .event_signature(AccessLog::Annotated::SIGNATURE_HASH)
+            .topic1(U256::from(id))
+    }
+}
+
+/// The anchors `Anchored` logs record.
+///
+/// # Errors
+/// When a log is not an `Anchored` event.
+pub fn anchors_from(logs: &[alloy::rpc::types::Log]) -> Result<Vec<CheckpointAnchor>> {
+    logs.iter()
+        .map(|log| {
+            let event = Anchor::Anchored::decode_log(&log.inner)
+                .map_err(|e| Error::Unexpected(format!("an Anchored log: {e}")))?;
+            Ok(CheckpointAnchor {
+                patient: event.data.first,
+                id: to_u64(event.data.id)?,
+                by: event.data.by,
+                size: event.data.count,
+                root: event.data.root,
+                note_hash: event.data.last,
+                tx: log.transaction_hash.unwrap_or_default(),
+                block: log.block_number.unwrap_or_default(),
+            })
+        })
+        .collect()
+}
+
+/// The first annotation an `Annotated` log of `logs` records.
+///
+/// # Errors
+/// When that log is not an `Annotated` event.
+pub fn annotation_from(logs: &[alloy::rpc::types::Log]) -> Result<Option<AccessLog::Annotated>> {
+    logs.first()
+        .map(|log| {
+            AccessLog::Annotated::decode_log(&log.inner)
+                .map(|e| e.data)
+                .map_err(|e| Error::Unexpected(format!("an Annotated log: {e}")))
+        })
+        .transpose()
 }
 
 impl<P: Provider> Contracts<P> {
     /// Annotation `id`'s `Annotated` event, if there is one.
     pub async fn annotation(&self, id: u64) -> Result<Option<AccessLog::Annotated>> {
-        let filter = Filter::new()
-            .address(self.addresses.access_log)
-            .event_signature(AccessLog::Annotated::SIGNATURE_HASH)
-            .topic1(U256::from(id))
-            .from_block(0);
-        let logs = self.provider.get_logs(&filter).await?;
-        logs.first()
-            .map(|log| {
-                AccessLog::Annotated::decode_log(&log.inner)
-                    .map(|e| e.data)
-                    .map_err(|e| Error::Unexpected(format!("an Annotated log: {e}")))
-            })
-            .transpose()
+        let filter = self.annotation_filter(id);
+        let logs = crate::logs::logs_between(&self.provider, &filter, 0, None).await?;
+        annotation_from(&logs)
     }
 }
 

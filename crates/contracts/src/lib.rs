@@ -16,6 +16,7 @@
 mod abi;
 pub mod bindings;
 mod client;
+pub mod logs;
 mod permissions;
 pub mod recover;
 mod rules;
@@ -27,7 +28,8 @@ pub use abi::{DecodedEvent, Error, Result, decode_event, decode_revert};
 pub use client::{
     ALLOWED_TYPES_RULE, AccessDecision, Addresses, AnchorInput, Basis, CHECKPOINT_KIND,
     CheckpointAnchor, Contracts, DEFAULT_RANGES, DEFAULT_RULE, DenyReason, ERASURE_KIND, Grantee,
-    LEDGER_KEY_KIND, RECOVERY_KIND, StaffRole, VALUE_RANGE_RULE, send, send_raw, signing_provider,
+    LEDGER_KEY_KIND, RECOVERY_KIND, StaffRole, VALUE_RANGE_RULE, anchors_from, annotation_from,
+    send, send_raw, signing_provider,
 };
 pub use permissions::RegistryPermissions;
 pub use rules::{RuleReason, code_key, milli, rule_inputs};

@@ -3,8 +3,8 @@
 //! certificate, reporting for which admitted patient and account.
 //!
 //! Bindings are cached and the cache is dropped whenever a new block holds
-//! any Registry event, so the view is never more than one block behind
-//!. Rule checks are not cached: each batch asks the chain.
+//! any Registry event, so the view is never more than one block behind.
+//! Rule checks are not cached here: each batch asks the chain.
 
 use crate::abi::{Error, Result};
 use crate::bindings::registry::Registry::DeviceBinding;
@@ -136,13 +136,23 @@ impl<P: Provider + Clone> ChainView<P> {
         match cache.block {
             Some(seen) if seen >= head => return Ok(()),
             Some(seen) => {
-                let filter = Filter::new()
-                    .address(self.contracts.addresses().registry)
-                    .from_block(seen + 1)
-                    .to_block(head);
-                let logs = provider.get_logs(&filter).await.map_err(Error::from)?;
-                if !logs.is_empty() {
-                    cache.devices.clear();
+                // After a long outage the range can be long: bounded
+                // steps, and the first event found is enough.
+                let filter = Filter::new().address(self.contracts.addresses().registry);
+                let mut start = seen + 1;
+                while start <= head {
+                    let end = head.min(start + crate::logs::LOG_RANGE - 1);
+                    let range = filter.clone().from_block(start).to_block(end);
+                    if !provider
+                        .get_logs(&range)
+                        .await
+                        .map_err(Error::from)?
+                        .is_empty()
+                    {
+                        cache.devices.clear();
+                        break;
+                    }
+                    start = end + 1;
                 }
             }
             None => cache.devices.clear(),

@@ -55,11 +55,16 @@ pub(crate) async fn store(
             format!("an annotation's text is 1 to {MAX_TEXT_BYTES} bytes"),
         ));
     }
-    let event = state
-        .view
-        .contracts()
-        .annotation(id)
-        .await
+    let contracts = state.view.contracts();
+    let logs = crate::indexer::logs(
+        &state.db,
+        contracts,
+        "Annotated",
+        &contracts.annotation_filter(id),
+    )
+    .await
+    .map_err(|e| unavailable(&e))?;
+    let event = medledger_contracts::annotation_from(&logs)
         .map_err(|e| unavailable(&e))?
         .ok_or_else(|| {
             refused(

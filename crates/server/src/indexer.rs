@@ -9,9 +9,9 @@
 //! (block, log index)). The authority chain has immediate finality (one
 //! sealer, or QBFT), so there are no reorganisations to undo.
 
-use alloy::primitives::Address;
+use alloy::primitives::{Address, B256};
 use alloy::providers::Provider;
-use alloy::rpc::types::Filter;
+use alloy::rpc::types::{Filter, Log};
 use medledger_contracts::{Contracts, decode_event};
 use medledger_pki::health::Outage;
 use medledger_storage::sqlx::{self, Row};
@@ -240,4 +240,62 @@ fn event_of_row(r: &medledger_storage::sqlx::any::AnyRow) -> Result<IndexedEvent
         name: r.try_get("name")?,
         args: serde_json::from_str(&args).unwrap_or_default(),
     })
+}
+
+/// The logs of event `name` that `filter` matches (by address and topics;
+/// its block range is ignored), oldest first: those indexed, then those
+/// of the blocks after the cursor, asked from the chain in bounded ranges
+/// (an event just sent is seen before the indexer has it). Nothing is
+/// asked from block 0 but by an indexer that has not started.
+pub(crate) async fn logs<P: Provider + Clone>(
+    db: &Db,
+    contracts: &Contracts<P>,
+    name: &str,
+    filter: &Filter,
+) -> Result<Vec<Log>, IndexError> {
+    // Read before the rows, so that a step committed in between is read
+    // twice rather than missed; the duplicates are dropped below.
+    let after = cursor(db).await?;
+    let rows = sqlx::query(
+        "SELECT block, log_index, tx, address, topics, data FROM chain_events \
+         WHERE name = $1 ORDER BY block, log_index",
+    )
+    .bind(name)
+    .fetch_all(db.pool())
+    .await?;
+    let mut logs = Vec::new();
+    for r in &rows {
+        let address: Vec<u8> = r.try_get("address")?;
+        let topics: Vec<u8> = r.try_get("topics")?;
+        let data: Vec<u8> = r.try_get("data")?;
+        let tx: Vec<u8> = r.try_get("tx")?;
+        let inner = alloy::primitives::Log::new_unchecked(
+            Address::try_from(address.as_slice()).unwrap_or_default(),
+            topics.chunks_exact(32).map(B256::from_slice).collect(),
+            data.into(),
+        );
+        if !filter.matches(&inner) {
+            continue;
+        }
+        logs.push(Log {
+            inner,
+            block_number: Some(u64::try_from(r.try_get::<i64, _>("block")?).unwrap_or(0)),
+            log_index: Some(u64::try_from(r.try_get::<i64, _>("log_index")?).unwrap_or(0)),
+            transaction_hash: Some(B256::from_slice(&tx)),
+            ..Log::default()
+        });
+    }
+    let from = after.map_or(0, |done| done + 1);
+    let newer = medledger_contracts::logs::logs_between(contracts.provider(), filter, from, None)
+        .await
+        .map_err(|e| IndexError::Chain(e.to_string()))?;
+    for log in newer {
+        if !logs
+            .iter()
+            .any(|l| (l.block_number, l.log_index) == (log.block_number, log.log_index))
+        {
+            logs.push(log);
+        }
+    }
+    Ok(logs)
 }

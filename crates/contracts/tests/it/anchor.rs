@@ -168,3 +168,30 @@ fn the_protocol_document_gives_the_anchor_abi_as_compiled() {
     let topic = format!("`{}`", Anchor::Anchored::SIGNATURE_HASH);
     assert!(doc.contains(&topic), "docs/protocol.md lacks {topic}");
 }
+
+/// Log queries walk the chain in bounded ranges: asked one block at a
+/// time, the anchors of several blocks come back whole and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anchors_are_read_in_bounded_block_ranges() {
+    let h = Hospital::start().await;
+    let (first, last) = (B256::repeat_byte(2), B256::repeat_byte(3));
+    for n in 1..=3u8 {
+        h.collector
+            .anchor_root(1, B256::repeat_byte(n), u64::from(n), first, last)
+            .await
+            .unwrap();
+    }
+    let filter = h.stranger.anchors_filter(1, None);
+    let provider = h.stranger.provider();
+    let whole = medledger_contracts::logs::logs_between(provider, &filter, 0, None)
+        .await
+        .unwrap();
+    let stepped = medledger_contracts::logs::logs_in_steps(provider, &filter, 0, None, 1)
+        .await
+        .unwrap();
+    assert_eq!(stepped, whole);
+    let anchors = medledger_contracts::anchors_from(&stepped).unwrap();
+    let sizes: Vec<u64> = anchors.iter().map(|a| a.size).collect();
+    assert_eq!(sizes, [1, 2, 3]);
+    assert!(anchors.windows(2).all(|w| w[0].block < w[1].block));
+}
