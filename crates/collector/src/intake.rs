@@ -43,7 +43,7 @@ pub(crate) struct Answer {
     pub(crate) content_type: &'static str,
     /// The JSON document.
     pub(crate) body: Vec<u8>,
-    /// Seconds to wait before sending again (429).
+    /// Seconds to wait before sending again (429, 503).
     pub(crate) retry_after: Option<u64>,
 }
 
@@ -53,7 +53,8 @@ impl Answer {
             status: p.status,
             content_type: PROBLEM_JSON,
             body: p.to_json().into_bytes(),
-            retry_after: None,
+            // A device told 503 comes back a little later.
+            retry_after: (p.status == 503).then_some(RETRY_UNAVAILABLE_S),
         }
     }
 
@@ -70,6 +71,9 @@ impl Answer {
         }
     }
 }
+
+/// How long a device told 503 is asked to wait (`Retry-After`).
+const RETRY_UNAVAILABLE_S: u64 = 5;
 
 /// A device's token bucket: `device_rate_per_s` readings per second,
 /// `device_burst` at most at once.

@@ -129,7 +129,6 @@ pub(crate) async fn run(
         let new_marks = match decide(&state, &mut marks, &mut items).await {
             Ok(()) => marks.advance(),
             Err(detail) => {
-                tracing::warn!("medledger collector: {detail}");
                 refuse_open(&mut items, &detail);
                 NewMarks::default()
             }
@@ -152,10 +151,15 @@ pub(crate) async fn run(
     let _ = committer.await;
 }
 
-/// Refuses (`unavailable`) every reading still in.
+/// Refuses every reading still in: the outbox could not be read or
+/// written (`detail`, for the log). The device is told to send again.
 fn refuse_open(items: &mut [Candidate], detail: &str) {
+    tracing::warn!("medledger collector: {detail}");
     for item in items.iter_mut().filter(|i| i.passing().is_some()) {
-        item.refuse(Refusal::new(ProblemType::Unavailable, detail));
+        item.refuse(Refusal::new(
+            ProblemType::StorageUnavailable,
+            "the collector cannot store readings now (its storage is full or failing); send them again later",
+        ));
     }
 }
 
@@ -181,7 +185,6 @@ async fn commit_in_order(state: Arc<State>, mut to_commit: mpsc::Receiver<Decide
             commit_decided(&state, &mut items, &marks, batch).await
         };
         if let Err(detail) = committed {
-            tracing::warn!("medledger collector: {detail}");
             state.epoch.fetch_add(1, Ordering::SeqCst);
             refuse_open(&mut items, &detail);
         }

@@ -437,6 +437,21 @@ pub fn problem_response(
         .into_response()
 }
 
+/// [`problem_response`] that asks the client to come back in `seconds`
+/// (`Retry-After`).
+pub fn problem_retry_after(
+    kind: medledger_protocol::ProblemType,
+    detail: impl Into<String>,
+    seconds: u64,
+) -> axum::response::Response {
+    let mut response = problem_response(kind, detail);
+    response.headers_mut().insert(
+        axum::http::header::RETRY_AFTER,
+        axum::http::HeaderValue::from(seconds),
+    );
+    response
+}
+
 /// At most 64 characters of what a client sent, to quote it back.
 pub fn bounded(text: &str) -> String {
     match text.char_indices().nth(64) {

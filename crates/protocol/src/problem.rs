@@ -60,6 +60,7 @@ problem_types! {
     Forbidden => ("forbidden", 403, "The request is not permitted"),
     NotFound => ("not-found", 404, "Nothing is stored under this name"),
     Unavailable => ("unavailable", 503, "The service cannot take the request now"),
+    StorageUnavailable => ("storage-unavailable", 503, "The service cannot store anything now: its storage is full or failing"),
     SignInRequired => ("sign-in-required", 401, "Sign in first: with a client certificate or with your chain key"),
     ContractRefused => ("contract-refused", 422, "The contract would refuse this transaction"),
     BadRequestSignature => ("bad-request-signature", 403, "The request is not signed by the signed-in account's chain key"),

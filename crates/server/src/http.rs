@@ -61,7 +61,10 @@ pub(crate) fn people() -> Router<Arc<State>> {
         )
 }
 
-pub(crate) use medledger_pki::https::{bounded, problem_response as problem};
+pub(crate) use medledger_pki::https::{bounded, problem_response as problem, problem_retry_after};
+
+/// How long a client is asked to wait when storage fails.
+pub(crate) const STORAGE_RETRY_S: u64 = 5;
 
 pub(crate) fn json_response(value: &impl serde::Serialize) -> Response {
     (
@@ -131,7 +134,7 @@ async fn batches(
                 .turns
                 .wait(account, order)
                 .await
-                .map_err(|e| Unavailable(e.to_string())),
+                .map_err(|e| Unavailable::Now(e.to_string())),
             None => Ok(()),
         }
     };
@@ -144,7 +147,23 @@ async fn batches(
     }
     match committed {
         Ok(reply) => json_response(&reply),
-        Err(Unavailable(detail)) => problem(ProblemType::Unavailable, detail),
+        Err(e) => {
+            tracing::warn!(
+                "medledger server: a batch from {what} {account} was not committed: {e}"
+            );
+            match e {
+                Unavailable::Storage(_) => problem_retry_after(
+                    ProblemType::StorageUnavailable,
+                    "the server cannot store readings now (its storage is full or failing); send the batch again later",
+                    STORAGE_RETRY_S,
+                ),
+                Unavailable::Now(_) => problem_retry_after(
+                    ProblemType::Unavailable,
+                    "the server cannot decide the batch now (the chain, the server holding a patient's ledger, or the batch it follows); send it again",
+                    1,
+                ),
+            }
+        }
     }
 }
 

@@ -46,10 +46,17 @@ use rustls::pki_types::UnixTime;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-/// Why a whole batch could not be committed now (the collector retries).
+/// Why a whole batch could not be committed now (the collector retries);
+/// the text is for the server's log, not for the collector.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct Unavailable(pub(crate) String);
+pub enum Unavailable {
+    /// The chain, a peer server or an earlier batch of the stream.
+    #[error("{0}")]
+    Now(String),
+    /// The database or the blob store failed (full, I/O errors, down).
+    #[error("storage: {0}")]
+    Storage(String),
+}
 
 /// Where a batch comes from, and so what the server verifies again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,11 +100,11 @@ fn to_i64(n: u64) -> i64 {
 }
 
 fn db_down(e: sqlx::Error) -> Unavailable {
-    Unavailable(format!("the database failed: {e}"))
+    Unavailable::Storage(format!("the database failed: {e}"))
 }
 
 fn chain_down(e: medledger_contracts::Error) -> Unavailable {
-    Unavailable(format!("the chain cannot be asked: {e}"))
+    Unavailable::Now(format!("the chain cannot be asked: {e}"))
 }
 
 /// Times the stages of a commit into `medledger_server_stage_seconds`.
@@ -195,13 +202,32 @@ async fn verify<T: Send + Sync + 'static>(
         items
     })
     .await
-    .map_err(|e| Unavailable(format!("verifying the readings: {e}")))
+    .map_err(|e| Unavailable::Now(format!("verifying the readings: {e}")))
 }
 
 /// Commits a batch from `source` once verified and once `turn` (its
 /// collector's earlier batches committed) is ready; one result per reading,
 /// in order.
 pub(crate) async fn commit(
+    state: &State,
+    batch: ForwardBatch,
+    source: Source,
+    turn: impl Future<Output = Result<(), Unavailable>>,
+) -> Result<CommitReply, Unavailable> {
+    let committed = commit_batch(state, batch, source, turn).await;
+    if let Err(Unavailable::Storage(detail)) = &committed {
+        state.metrics.add(
+            "medledger_server_storage_failures_total",
+            "Batches that could not be stored (the collector retries them).",
+            &[],
+            1,
+        );
+        tracing::error!("medledger server: storage failure: {detail}");
+    }
+    committed
+}
+
+async fn commit_batch(
     state: &State,
     batch: ForwardBatch,
     source: Source,
@@ -281,7 +307,7 @@ pub(crate) async fn commit(
         .iter()
         .map(result_of)
         .collect::<Option<Vec<CommitResult>>>()
-        .ok_or_else(|| Unavailable("a reading was left undecided".into()))?;
+        .ok_or_else(|| Unavailable::Now("a reading was left undecided".into()))?;
     for r in &results {
         let (status, cause) = match r.status {
             CommitStatus::Stored => ("stored", ""),
@@ -338,7 +364,7 @@ async fn to_holders(
     let tls = match (&state.peer_tls, source) {
         // Sent on once only: the lease moved again meanwhile.
         (_, Source::Server) | (None, _) => {
-            return Err(Unavailable(
+            return Err(Unavailable::Now(
                 "another server holds the lease of a patient's ledger: try again".into(),
             ));
         }
@@ -485,7 +511,7 @@ async fn not_erased(state: &State, items: &mut [Forwarded]) -> Result<(), Unavai
                     .vault
                     .is_erased(&patient)
                     .await
-                    .map_err(|e| Unavailable(format!("the key store: {e}")))?;
+                    .map_err(|e| Unavailable::Now(format!("the key store: {e}")))?;
                 erased.insert(patient, gone);
                 gone
             }
@@ -763,7 +789,7 @@ async fn store(
         Ok(staged) => staged,
         Err(LedgerError::NotHeld(patient)) => {
             state.leases.lost();
-            return Err(Unavailable(format!(
+            return Err(Unavailable::Now(format!(
                 "another server took over the lease of patient {patient}'s ledger: try again"
             )));
         }
@@ -850,17 +876,10 @@ async fn store(
     Ok(())
 }
 
-/// Counts and logs a storage failure and alerts the patients whose
-/// readings it holds up (at most once an hour each while it lasts); the
-/// collector keeps the readings and sends them again.
+/// Alerts the patients whose readings a storage failure holds up (at
+/// most once an hour each while it lasts; [`commit`] counts and logs it);
+/// the collector keeps the readings and sends them again.
 async fn storage_failure(state: &State, patients: &[[u8; 32]], detail: String) -> Unavailable {
-    state.metrics.add(
-        "medledger_server_storage_failures_total",
-        "Batches that could not be stored (the collector retries them).",
-        &[],
-        1,
-    );
-    tracing::error!("medledger server: storage failure: {detail}");
     let hour = now_ms() / 3_600_000;
     let alerts = patients
         .iter()
@@ -877,7 +896,7 @@ async fn storage_failure(state: &State, patients: &[[u8; 32]], detail: String) -
     if let Err(e) = state.alerts.raise(alerts, None).await {
         tracing::warn!("medledger server: raising storage-failure alerts: {e}");
     }
-    Unavailable(format!("storage failure: {detail}"))
+    Unavailable::Storage(detail)
 }
 
 /// A stored reading's COSE bytes, from its sealed blob.

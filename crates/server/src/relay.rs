@@ -26,7 +26,7 @@ impl Relay {
         batch: &ForwardBatch,
     ) -> Result<CommitReply, Unavailable> {
         let failed = |e: &dyn std::fmt::Display| {
-            Unavailable(format!(
+            Unavailable::Now(format!(
                 "the server holding the patient's ledger ({}): {e}",
                 peer.addr
             ))

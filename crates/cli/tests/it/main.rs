@@ -12,6 +12,7 @@ mod dead_letters;
 mod demo;
 mod deploy;
 mod erase;
+mod full_disk;
 mod health;
 mod indexer;
 mod ingest;
