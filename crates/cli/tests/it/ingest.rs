@@ -413,12 +413,24 @@ async fn a_sinkhole_collector_cannot_alter_or_inject_readings() {
         (Some("rejected"), Some("forbidden"))
     );
 
-    // Reordering: an older sequence number after a newer one was stored.
+    // Reordering: an older sequence number after a newer one was stored
+    // fills the gap it left, once (a reading held back and sent late, as
+    // a retried dead letter is); another reading with that number is a
+    // replay, and the first one again a duplicate.
     let older = device.heart_rate(75.0);
+    let older_seq = device.seq;
     let newer = device.heart_rate(76.0);
     let r = commit(batch_of(vec![newer], true)).await;
     assert_eq!(r["status"], "stored", "{r}");
+    let r = commit(batch_of(vec![older.clone()], true)).await;
+    assert_eq!(r["status"], "stored", "{r}");
     let r = commit(batch_of(vec![older], true)).await;
+    assert_eq!(r["status"], "duplicate", "{r}");
+    let next_seq = device.seq;
+    device.seq = older_seq - 1;
+    let twin = device.heart_rate(75.5);
+    device.seq = next_seq;
+    let r = commit(batch_of(vec![twin], true)).await;
     assert_eq!(
         (r["status"].as_str(), r["problem"].as_str()),
         (Some("rejected"), Some("replay"))
@@ -448,7 +460,8 @@ async fn a_sinkhole_collector_cannot_alter_or_inject_readings() {
             .await
             .unwrap()
             .size,
-        2
+        3,
+        "the newer and the older reading"
     );
 }
 
