@@ -23,6 +23,9 @@
 //!
 //! [limits]
 //! max_connections = 20000
+//! max_connections_per_address = 2048
+//! handshakes_per_address_per_s = 200
+//! handshake_burst_per_address = 2048
 //! handshake_timeout_ms = 5000
 //! header_timeout_ms = 5000
 //! max_body_bytes = 1048576
@@ -120,6 +123,12 @@ pub struct Failover {
 pub struct Limits {
     /// Connections open at once.
     pub max_connections: usize,
+    /// Connections one IP address may hold open at once.
+    pub max_connections_per_address: usize,
+    /// New connections one IP address may open per second, sustained.
+    pub handshakes_per_address_per_s: f64,
+    /// New connections one IP address may open at once.
+    pub handshake_burst_per_address: f64,
     /// TLS handshake deadline.
     pub handshake_timeout_ms: u64,
     /// Deadline for an HTTP/1.1 request's headers.
@@ -147,6 +156,9 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_connections: 20_000,
+            max_connections_per_address: 2_048,
+            handshakes_per_address_per_s: 200.0,
+            handshake_burst_per_address: 2_048.0,
             handshake_timeout_ms: 5_000,
             header_timeout_ms: 5_000,
             max_body_bytes: 1 << 20,

@@ -269,6 +269,9 @@ impl Collector {
         let serve_limits = https::ServeLimits {
             max_connections: limits.max_connections,
             header_timeout: limits.header_timeout(),
+            max_connections_per_address: limits.max_connections_per_address,
+            handshakes_per_address_per_s: limits.handshakes_per_address_per_s,
+            handshake_burst_per_address: limits.handshake_burst_per_address,
         };
         let refused_metrics = metrics.clone();
         let client_auth_for_monitors = client_auth.clone();

@@ -35,6 +35,14 @@ pub struct ServeLimits {
     pub max_connections: usize,
     /// An HTTP/1.1 request's headers must arrive in this time (slowloris).
     pub header_timeout: Duration,
+    /// Connections one IP address may hold open at once; more from it are
+    /// closed at accept.
+    pub max_connections_per_address: usize,
+    /// New connections (each a TLS handshake) one IP address may open per
+    /// second, sustained...
+    pub handshakes_per_address_per_s: f64,
+    /// ...and at once.
+    pub handshake_burst_per_address: f64,
 }
 
 impl Default for ServeLimits {
@@ -42,6 +50,83 @@ impl Default for ServeLimits {
         ServeLimits {
             max_connections: 20_000,
             header_timeout: Duration::from_secs(5),
+            max_connections_per_address: 2_048,
+            handshakes_per_address_per_s: 200.0,
+            handshake_burst_per_address: 2_048.0,
+        }
+    }
+}
+
+/// What each IP address holds: open connections, and its handshake
+/// bucket. An address holding nothing, with a full bucket, is forgotten.
+#[derive(Debug)]
+struct PerAddress {
+    limits: ServeLimits,
+    held: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, Held>>,
+}
+
+#[derive(Debug)]
+struct Held {
+    open: usize,
+    tokens: f64,
+    at: std::time::Instant,
+}
+
+/// One connection counted against its address until dropped.
+struct AddressSlot {
+    addresses: Arc<PerAddress>,
+    ip: std::net::IpAddr,
+}
+
+impl PerAddress {
+    /// A slot for a new connection from `ip`, or why not.
+    fn admit(self: &Arc<Self>, ip: std::net::IpAddr) -> Result<AddressSlot, &'static str> {
+        let limits = &self.limits;
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        if held.len() > 65_536 {
+            let burst = limits.handshake_burst_per_address;
+            held.retain(|_, h| {
+                h.open > 0
+                    || h.tokens
+                        + now.duration_since(h.at).as_secs_f64()
+                            * limits.handshakes_per_address_per_s
+                        < burst
+            });
+        }
+        let h = held.entry(ip).or_insert(Held {
+            open: 0,
+            tokens: limits.handshake_burst_per_address,
+            at: now,
+        });
+        h.tokens = (h.tokens
+            + now.duration_since(h.at).as_secs_f64() * limits.handshakes_per_address_per_s)
+            .min(limits.handshake_burst_per_address);
+        h.at = now;
+        if h.open >= limits.max_connections_per_address {
+            return Err("address-at-capacity");
+        }
+        if h.tokens < 1.0 {
+            return Err("handshake-rate");
+        }
+        h.tokens -= 1.0;
+        h.open += 1;
+        Ok(AddressSlot {
+            addresses: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut held = self
+            .addresses
+            .held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(h) = held.get_mut(&self.ip) {
+            h.open = h.open.saturating_sub(1);
         }
     }
 }
@@ -67,6 +152,10 @@ pub struct RemoteAddr(pub SocketAddr);
 pub enum Refused {
     /// Over [`ServeLimits::max_connections`].
     AtCapacity(SocketAddr),
+    /// Over the address's limits: `address-at-capacity`
+    /// ([`ServeLimits::max_connections_per_address`]) or `handshake-rate`
+    /// ([`ServeLimits::handshakes_per_address_per_s`]).
+    Address(SocketAddr, &'static str),
     /// The handshake failed.
     Handshake {
         /// The TCP peer.
@@ -92,6 +181,10 @@ pub async fn serve(
     refused: Arc<dyn Fn(Refused) + Send + Sync>,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let addresses = Arc::new(PerAddress {
+        limits: limits.clone(),
+        held: std::sync::Mutex::new(std::collections::HashMap::new()),
+    });
     // Every connection ends with this task: a server stopped (dropped)
     // answers nothing more, on old connections either.
     let mut connections = tokio::task::JoinSet::new();
@@ -110,6 +203,13 @@ pub async fn serve(
                 continue;
             }
         };
+        let address_slot = match addresses.admit(addr.ip()) {
+            Ok(slot) => slot,
+            Err(cause) => {
+                refused(Refused::Address(addr, cause));
+                continue;
+            }
+        };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             refused(Refused::AtCapacity(addr));
             continue;
@@ -122,7 +222,7 @@ pub async fn serve(
         );
         let header_timeout = limits.header_timeout;
         connections.spawn(async move {
-            let _slot = slot;
+            let _slots = (slot, address_slot);
             let (tls, identity) = match acceptor.accept_optional(tcp).await {
                 Ok(accepted) => accepted,
                 Err(rejection) => {
@@ -245,13 +345,24 @@ impl Connection {
         addr: &str,
         server_name: &str,
     ) -> Result<Connection, ClientError> {
+        Connection::open_from(config, addr, server_name, None).await
+    }
+
+    /// [`Connection::open`] from the local address `from` (any if `None`),
+    /// e.g. another loopback address than a test's other clients.
+    pub async fn open_from(
+        config: Arc<rustls::ClientConfig>,
+        addr: &str,
+        server_name: &str,
+        from: Option<std::net::IpAddr>,
+    ) -> Result<Connection, ClientError> {
         let connect_err = |source| ClientError::Connect {
             addr: addr.to_owned(),
             source,
         };
         let name = ServerName::try_from(server_name.to_owned())
             .map_err(|e| connect_err(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
-        let tcp = TcpStream::connect(addr).await.map_err(connect_err)?;
+        let tcp = connect_from(addr, from).await.map_err(connect_err)?;
         let _ = tcp.set_nodelay(true);
         let tls = tokio_rustls::TlsConnector::from(config)
             .connect(name, tcp)
@@ -376,6 +487,12 @@ pub fn refusals(
                 "at its connection limit".to_owned(),
                 None,
             ),
+            Refused::Address(peer, cause) => (
+                peer,
+                *cause,
+                format!("the address is over its limit ({cause})"),
+                None,
+            ),
             Refused::Handshake {
                 peer,
                 rejection,
@@ -452,6 +569,30 @@ pub fn problem_retry_after(
     response
 }
 
+/// A TCP connection to `addr`, from the local address `from` if given.
+pub async fn connect_from(
+    addr: &str,
+    from: Option<std::net::IpAddr>,
+) -> std::io::Result<TcpStream> {
+    let Some(from) = from else {
+        return TcpStream::connect(addr).await;
+    };
+    let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address");
+    for to in tokio::net::lookup_host(addr).await? {
+        let socket = if to.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.bind(SocketAddr::new(from, 0))?;
+        match socket.connect(to).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
 /// At most 64 characters of what a client sent, to quote it back.
 pub fn bounded(text: &str) -> String {
     match text.char_indices().nth(64) {
@@ -513,5 +654,37 @@ pub async fn problems_only(
             ProblemType::Unavailable,
             "the service could not answer; try again",
         ),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_address_has_its_own_connection_cap_and_handshake_bucket() {
+        let addresses = Arc::new(PerAddress {
+            limits: ServeLimits {
+                max_connections_per_address: 2,
+                handshakes_per_address_per_s: 0.0,
+                handshake_burst_per_address: 3.0,
+                ..ServeLimits::default()
+            },
+            held: std::sync::Mutex::new(std::collections::HashMap::new()),
+        });
+        let (a, b) = ("127.0.0.2".parse().unwrap(), "127.0.0.1".parse().unwrap());
+        let first = addresses.admit(a).unwrap();
+        let second = addresses.admit(a).unwrap();
+        assert_eq!(addresses.admit(a).err(), Some("address-at-capacity"));
+        // Another address is not held back.
+        let other = addresses.admit(b).unwrap();
+        // A connection closed frees its place; the bucket still counts.
+        drop(first);
+        let third = addresses.admit(a).unwrap();
+        drop((second, third));
+        assert_eq!(addresses.admit(a).err(), Some("handshake-rate"));
+        drop(other);
+        assert!(addresses.admit(b).is_ok());
     }
 }

@@ -445,9 +445,18 @@ pub struct Held {
     pub slowloris_closed: u64,
 }
 
+/// The loopback address floods come from, so that the collector's
+/// per-address limits tell them from the legitimate devices (127.0.0.1).
+pub const FLOOD_FROM: std::net::IpAddr =
+    std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
+
+/// How long a flooder waits before reopening a connection the collector
+/// closed at once.
+const REFUSED_PAUSE: Duration = Duration::from_millis(100);
+
 /// Holds `idle` idle TCP connections and `slow` slowloris connections (a
-/// TLS record trickled a byte every 200 ms) to `addr` for `time`,
-/// reopening each one the collector closes.
+/// TLS record trickled a byte every 200 ms) to `addr` for `time`, from
+/// [`FLOOD_FROM`], reopening each one the collector closes.
 pub async fn hold(addr: &str, idle: usize, slow: usize, time: Duration) -> Held {
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let counter = || Arc::new(AtomicU64::new(0));
@@ -464,10 +473,12 @@ pub async fn hold(addr: &str, idle: usize, slow: usize, time: Duration) -> Held 
         tasks.spawn(async move {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
             while !stop.load(Ordering::Relaxed) {
-                let Ok(mut s) = tokio::net::TcpStream::connect(&addr).await else {
+                let Ok(mut s) = medledger_pki::https::connect_from(&addr, Some(FLOOD_FROM)).await
+                else {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 };
+                let opened = Instant::now();
                 let now = open.fetch_add(1, Ordering::Relaxed) + 1;
                 peak.fetch_max(now, Ordering::Relaxed);
                 if slow {
@@ -484,6 +495,12 @@ pub async fn hold(addr: &str, idle: usize, slow: usize, time: Duration) -> Held 
                 open.fetch_sub(1, Ordering::Relaxed);
                 if !stop.load(Ordering::Relaxed) {
                     closed.fetch_add(1, Ordering::Relaxed);
+                }
+                // Closed at once (refused at accept): the flooder comes
+                // back 100 ms later rather than spinning, whose CPU on
+                // this one machine would be counted against the collector.
+                if opened.elapsed() < REFUSED_PAUSE {
+                    tokio::time::sleep(REFUSED_PAUSE).await;
                 }
             }
         });
@@ -577,7 +594,9 @@ pub async fn flood(
         let (refused, accepted) = (refused.clone(), accepted.clone());
         attackers.spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                match Connection::open(foreign.clone(), &addr, "localhost").await {
+                match Connection::open_from(foreign.clone(), &addr, "localhost", Some(FLOOD_FROM))
+                    .await
+                {
                     Ok(mut conn) => {
                         // TLS 1.3 may report the refusal on first use.
                         match conn.request("GET", "/v1/readings", &[], vec![]).await {
@@ -604,7 +623,9 @@ pub async fn flood(
         );
         attackers.spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                let Ok(mut conn) = Connection::open(own.clone(), &addr, "localhost").await else {
+                let Ok(mut conn) =
+                    Connection::open_from(own.clone(), &addr, "localhost", Some(FLOOD_FROM)).await
+                else {
                     continue;
                 };
                 while !stop.load(Ordering::Relaxed) {
