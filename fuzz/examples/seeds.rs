@@ -96,6 +96,14 @@ fn main() {
         br#"{"format":"medledger-ledger-bundle/1","entries":[]}"#,
     );
     write("mqtt", "publish.bin", &mqtt_publish());
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"fuzz");
+    write(
+        "portal",
+        "challenge.txt",
+        medledger_protocol::portal::challenge_message("portal.example:8444", "ab12cd34", 1_790_000_000_000, &key)
+            .as_bytes(),
+    );
+    write("portal", "nonce.txt", b"0123456789abcdef-_");
     println!("seeds written to {}/corpus", env!("CARGO_MANIFEST_DIR"));
 }
 

@@ -13,7 +13,9 @@
 //! - [`catalogue`]: LOINC codes and their UCUM units;
 //! - [`problem`]: RFC 9457 problem details with stable types;
 //! - [`batch`]: what collectors forward to servers, and the receipts;
-//! - [`fhir`]: readings as FHIR R4 vital-signs Observations.
+//! - [`fhir`]: readings as FHIR R4 vital-signs Observations;
+//! - [`mqtt`]: the MQTT topics of readings and receipts;
+//! - [`portal`]: the texts people sign in the portal (sign-in, requests).
 //!
 //! No feature flags.
 
@@ -24,6 +26,7 @@ pub mod cose;
 mod ed25519;
 pub mod fhir;
 pub mod mqtt;
+pub mod portal;
 pub mod problem;
 pub mod reading;
 

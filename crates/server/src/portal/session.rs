@@ -28,6 +28,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header, request::Parts};
 use axum::response::{IntoResponse, Response};
 use medledger_contracts::StaffRole;
 use medledger_pki::Role;
+use medledger_protocol::portal::{
+    SIGN_IN, challenge_message, challenge_parts, signed_request_text, valid_nonce,
+};
 use medledger_protocol::{ProblemType, now_ms};
 use medledger_storage::Db;
 use medledger_storage::sqlx;
@@ -49,10 +52,6 @@ const SIGNED_REQUEST_WINDOW_MS: u64 = 5 * 60 * 1000;
 const MAX_SESSIONS_PER_ACCOUNT: i64 = 16;
 /// The largest signed off-chain request body.
 const MAX_SIGNED_BODY: usize = 1 << 20;
-/// The first line of every sign-in message.
-const SIGN_IN: &str = "medledger portal sign-in";
-/// The first line of every signed request.
-const SIGNED_REQUEST: &str = "medledger portal request";
 
 /// The portal's sessions (in SQL) and the key of its challenges.
 pub(crate) struct Sessions {
@@ -197,10 +196,7 @@ impl Sessions {
     /// The nonce of a challenge this portal's servers issued, unaltered and
     /// in time, that `message` answers.
     fn check(&self, message: &str) -> Option<Challenge> {
-        let portal = message.lines().find_map(|l| l.strip_prefix("portal: "))?;
-        let nonce = message.lines().find_map(|l| l.strip_prefix("nonce: "))?;
-        let mut parts = nonce.split('-');
-        let (random, issued_ms) = (parts.next()?, parts.next()?.parse::<u64>().ok()?);
+        let (portal, random, issued_ms) = challenge_parts(message)?;
         let issued = challenge_message(portal, random, issued_ms, &self.challenge_key);
         let fresh = now_ms().saturating_sub(issued_ms) <= CHALLENGE_MS && issued_ms <= now_ms();
         (fresh && issued == message).then(|| Challenge {
@@ -208,20 +204,6 @@ impl Sessions {
             issued_ms,
         })
     }
-}
-
-/// The sign-in message for `portal` with nonce `random`, issued at
-/// `issued_ms`, tagged with `key`.
-fn challenge_message(portal: &str, random: &str, issued_ms: u64, key: &hmac::Key) -> String {
-    let tag = hmac::sign(
-        key,
-        format!("medledger portal challenge\n{portal}\n{random}\n{issued_ms}").as_bytes(),
-    );
-    format!(
-        "{SIGN_IN}\nportal: {portal}\nnonce: {random}-{issued_ms}-{}\nissued: {}",
-        hex::encode(tag.as_ref()),
-        medledger_protocol::fhir::instant(issued_ms)
-    )
 }
 
 /// What a session token is stored as.
@@ -688,11 +670,7 @@ pub(super) async fn check_signed_request(
             "x-medledger-signed-at is Unix milliseconds",
         ));
     };
-    if !(16..=64).contains(&nonce.len())
-        || !nonce
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
+    if !valid_nonce(nonce) {
         return Err(problem(
             ProblemType::Malformed,
             "x-medledger-nonce is 16 to 64 letters, digits, - or _",
@@ -710,14 +688,14 @@ pub(super) async fn check_signed_request(
             format!("a signed request is at most {MAX_SIGNED_BODY} bytes"),
         ));
     };
-    let mut text = format!(
-        "{SIGNED_REQUEST}\nportal: {}\nnonce: {nonce}\n{} {}\n{at_ms}\n",
+    let text = signed_request_text(
         portal_host(&parts.headers, &parts.uri),
-        parts.method,
-        parts.uri.path()
-    )
-    .into_bytes();
-    text.extend_from_slice(&bytes);
+        nonce,
+        parts.method.as_str(),
+        parts.uri.path(),
+        at_ms,
+        &bytes,
+    );
     let signer =
         signer_of(&text, signature).map_err(|e| problem(ProblemType::BadRequestSignature, e))?;
     if Some(signer) != caller.account {
