@@ -85,15 +85,6 @@ pub(crate) async fn hold(
     .bind(last)
     .execute(&mut *tx)
     .await?;
-    for table in ["collector_outbox", "collector_outbox_cards"] {
-        sqlx::query(&format!(
-            "DELETE FROM {table} WHERE batch >= $1 AND batch <= $2"
-        ))
-        .bind(first)
-        .bind(last)
-        .execute(&mut *tx)
-        .await?;
-    }
     for hash in refused {
         sqlx::query(
             "INSERT INTO collector_dead_refused \
@@ -105,11 +96,8 @@ pub(crate) async fn hold(
         .bind(hash.as_slice())
         .execute(&mut *tx)
         .await?;
-        sqlx::query("DELETE FROM collector_refused WHERE hash = $1")
-            .bind(hash.as_slice())
-            .execute(&mut *tx)
-            .await?;
     }
+    crate::outbox::take_out(&mut tx, (first, last), refused).await?;
     let letter = DeadLetter {
         id: u64::try_from(id).unwrap_or(0),
         batches: (first, last),

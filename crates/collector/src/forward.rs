@@ -552,21 +552,7 @@ async fn settle(state: &State, sent: &Outgoing, reply: &CommitReply) -> Result<(
     let (first, last) = sent.range;
     // What was sent is whole collector batches `first..=last`.
     let mut tx = state.db.pool().begin().await?;
-    for table in ["collector_outbox", "collector_outbox_cards"] {
-        sqlx::query(&format!(
-            "DELETE FROM {table} WHERE batch >= $1 AND batch <= $2"
-        ))
-        .bind(first)
-        .bind(last)
-        .execute(&mut *tx)
-        .await?;
-    }
-    for hash in &sent.refused {
-        sqlx::query("DELETE FROM collector_refused WHERE hash = $1")
-            .bind(hash.as_slice())
-            .execute(&mut *tx)
-            .await?;
-    }
+    crate::outbox::take_out(&mut tx, (first, last), &sent.refused).await?;
     dead_letters::told(&mut tx, sent.letters()).await?;
     tx.commit().await?;
     answered(state, &sent.hashes, reply);

@@ -27,6 +27,7 @@ mod http;
 mod intake;
 mod mqtt;
 mod outage;
+mod outbox;
 mod pipeline;
 
 use alloy::providers::DynProvider;

@@ -522,6 +522,9 @@ pub static MIGRATIONS: &[Migration] = &[
     },
 ];
 
+/// How long a request waits for a connection of the pool.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A pool of connections to one database.
 #[derive(Debug, Clone)]
 pub struct Db {
@@ -606,7 +609,10 @@ impl Db {
         let pool = AnyPoolOptions::new()
             // One writer at a time is all SQLite allows anyway.
             .max_connections(if backend == Backend::Sqlite { 4 } else { 16 })
-            .acquire_timeout(Duration::from_secs(30))
+            // A database that went away (PostgreSQL stopped) fails the
+            // request after this, answered 503 storage-unavailable, rather
+            // than holding the device longer than its own timeout.
+            .acquire_timeout(ACQUIRE_TIMEOUT)
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {

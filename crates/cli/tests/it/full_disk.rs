@@ -1,8 +1,9 @@
-//! A full disk: the collector and the server refuse new work with 503
-//! `storage-unavailable` and a `Retry-After`, lose nothing they
-//! acknowledged, corrupt nothing, and take work again by themselves once
-//! space returns. The data lives on a small tmpfs the test mounts (root
-//! only: skipped with a loud message elsewhere, a failure in CI).
+//! Storage failures: a full disk, or the database stopped. The collector
+//! and the server refuse new work with 503 `storage-unavailable` and a
+//! `Retry-After`, lose nothing they acknowledged, corrupt nothing, and take
+//! work again by themselves once storage works. The data lives on a small
+//! tmpfs the test mounts, or in a PostgreSQL of the test's own (root only:
+//! skipped with a loud message elsewhere, a failure in CI).
 
 use crate::site::{body, post_one};
 use medledger_sim::{Device, Hospital, Options};
@@ -216,12 +217,155 @@ async fn a_full_disk_at_the_server_holds_readings_at_the_collector_until_space_r
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let failures = site
-        .collector
-        .metrics()
-        .value("medledger_collector_forward_failures_total", &[]);
-    assert!(failures > 0.0);
+    // The collector hears the 503 and keeps the batch.
+    let collector = site.collector.metrics();
+    while collector.value("medledger_collector_forward_failures_total", &[]) == 0.0 {
+        assert!(Instant::now() < deadline, "{}", collector.render());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     disk.free();
     stored_at_server(&site, acknowledged).await;
     assert_eq!(integrity(&store).await, "ok");
+}
+
+/// A PostgreSQL cluster of the test's own (Debian's binaries, `initdb` as
+/// the `postgres` user, on a free port), to stop mid-run and start again;
+/// stopped on drop. The shared test PostgreSQL is never stopped.
+struct OwnPostgres {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    port: u16,
+}
+
+impl OwnPostgres {
+    fn start() -> Option<OwnPostgres> {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()
+            .and_then(|d| d.filter_map(|e| e.ok()).map(|e| e.path().join("bin")).max());
+        let Some(bin) = bin.filter(|b| b.join("initdb").exists()) else {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI: no PostgreSQL binaries under /usr/lib/postgresql"
+            );
+            eprintln!("\n!!! SKIPPED: no PostgreSQL binaries under /usr/lib/postgresql\n");
+            return None;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let owned = std::process::Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        let init = owned
+            && run_as_postgres(
+                &bin.join("initdb"),
+                &[
+                    "-D",
+                    &dir.path().join("data").to_string_lossy(),
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                ],
+            );
+        if !init {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI: initdb as the postgres user failed (the test needs root)"
+            );
+            eprintln!("\n!!! SKIPPED: initdb as the postgres user failed (run as root)\n");
+            return None;
+        }
+        let port = crate::ingest::free_port();
+        let pg = OwnPostgres { dir, bin, port };
+        pg.start_again();
+        Some(pg)
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    fn pg_ctl(&self, args: &[&str]) {
+        let data = self.dir.path().join("data");
+        let mut all = vec!["-D", data.to_str().unwrap()];
+        all.extend_from_slice(args);
+        assert!(
+            run_as_postgres(&self.bin.join("pg_ctl"), &all),
+            "pg_ctl {args:?}"
+        );
+    }
+
+    fn start_again(&self) {
+        let options = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={}",
+            self.port,
+            self.dir.path().display()
+        );
+        let log = self.dir.path().join("log");
+        self.pg_ctl(&["-l", log.to_str().unwrap(), "-w", "start", "-o", &options]);
+    }
+
+    /// As a crash would: no checkpoint, connections cut.
+    fn stop(&self) {
+        self.pg_ctl(&["-m", "immediate", "-w", "stop"]);
+    }
+}
+
+impl Drop for OwnPostgres {
+    fn drop(&mut self) {
+        let data = self.dir.path().join("data");
+        let _ = run_as_postgres(
+            &self.bin.join("pg_ctl"),
+            &["-D", &data.to_string_lossy(), "-m", "immediate", "stop"],
+        );
+    }
+}
+
+fn run_as_postgres(program: &Path, args: &[&str]) -> bool {
+    std::process::Command::new("runuser")
+        .args(["-u", "postgres", "--"])
+        .arg(program)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgresql_outbox_stopped_mid_run_refuses_readings_then_takes_them_again() {
+    let Some(pg) = OwnPostgres::start() else {
+        return;
+    };
+    let site = Hospital::start(Options {
+        forward_over_tls: true,
+        collector_db: Some(Db::connect(&pg.url()).await.unwrap()),
+        ..Options::default()
+    })
+    .await
+    .unwrap();
+    let mut device = site.device(1).await.unwrap();
+    let mut conn = site.connect(&device).await.unwrap();
+    let first = post_one(&mut conn, device.heart_rate(70.0), true).await;
+    assert_eq!(body(&first)["status"], "committed", "{}", body(&first));
+
+    pg.stop();
+    let refused = post_one(&mut conn, device.heart_rate(71.0), false).await;
+    refused_for_storage(&refused);
+
+    // Started again: the collector takes readings by itself, and the one
+    // acknowledged before the stop is stored once.
+    pg.start_again();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let after = loop {
+        let reply = post_one(&mut conn, device.heart_rate(72.0), true).await;
+        if reply.status == 202 {
+            break reply;
+        }
+        refused_for_storage(&reply);
+        assert!(Instant::now() < deadline, "still refused");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(body(&after)["status"], "committed", "{}", body(&after));
+    stored_at_server(&site, 2).await;
 }
