@@ -30,6 +30,7 @@ mod apart;
 mod audit;
 mod backup;
 mod bench;
+mod besu;
 mod broker;
 mod ca;
 mod chain;
