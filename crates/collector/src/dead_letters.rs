@@ -15,6 +15,26 @@ use medledger_protocol::Held;
 use medledger_storage::Db;
 use medledger_storage::sqlx::{self, Row};
 
+/// Each table of the outbox, its dead letters' twin (which adds the
+/// letter's number), and the columns they share: readings first.
+const TWINS: [(&str, &str, &str); 3] = [
+    (
+        "collector_outbox",
+        "collector_dead_outbox",
+        "hash, batch, pos, patient, device_cert, cose, received_ms",
+    ),
+    (
+        "collector_outbox_cards",
+        "collector_dead_cards",
+        "batch, patient, card_cert, sig",
+    ),
+    (
+        "collector_refused",
+        "collector_dead_refused",
+        "hash, patient, device_cert, cose, problem, detail, at_ms",
+    ),
+];
+
 /// A held batch, as `dead-letters list` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct DeadLetter {
@@ -63,35 +83,30 @@ pub(crate) async fn hold(
         .fetch_one(&mut *tx)
         .await?
         .try_get("id")?;
-    let moved = sqlx::query(
-        "INSERT INTO collector_dead_outbox \
-         (hash, letter, batch, pos, patient, device_cert, cose, received_ms) \
-         SELECT hash, $1, batch, pos, patient, device_cert, cose, received_ms \
-         FROM collector_outbox WHERE batch >= $2 AND batch <= $3",
-    )
-    .bind(id)
-    .bind(first)
-    .bind(last)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    sqlx::query(
-        "INSERT INTO collector_dead_cards (letter, batch, patient, card_cert, sig) \
-         SELECT $1, batch, patient, card_cert, sig FROM collector_outbox_cards \
-         WHERE batch >= $2 AND batch <= $3",
-    )
-    .bind(id)
-    .bind(first)
-    .bind(last)
-    .execute(&mut *tx)
-    .await?;
+    // Readings and card signatures by batch, refused readings by hash.
+    let [readings, cards, refused_rows] = TWINS;
+    let mut moved = 0;
+    for (live, dead, columns) in [readings, cards] {
+        let copied = sqlx::query(&format!(
+            "INSERT INTO {dead} (letter, {columns}) SELECT $1, {columns} FROM {live} \
+             WHERE batch >= $2 AND batch <= $3"
+        ))
+        .bind(id)
+        .bind(first)
+        .bind(last)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if live == readings.0 {
+            moved = copied;
+        }
+    }
+    let (live, dead, columns) = refused_rows;
     for hash in refused {
-        sqlx::query(
-            "INSERT INTO collector_dead_refused \
-             (hash, letter, patient, device_cert, cose, problem, detail, at_ms) \
-             SELECT hash, $1, patient, device_cert, cose, problem, detail, at_ms \
-             FROM collector_refused WHERE hash = $2",
-        )
+        sqlx::query(&format!(
+            "INSERT INTO {dead} (letter, {columns}) SELECT $1, {columns} FROM {live} \
+             WHERE hash = $2"
+        ))
         .bind(id)
         .bind(hash.as_slice())
         .execute(&mut *tx)
@@ -167,34 +182,21 @@ pub async fn retry(db: &Db, id: Option<u64>) -> Result<u64, sqlx::Error> {
         None => (i64::MIN, i64::MAX),
     };
     let mut tx = db.pool().begin().await?;
-    let moved = sqlx::query(
-        "INSERT INTO collector_outbox (hash, batch, pos, patient, device_cert, cose, received_ms) \
-         SELECT hash, batch, pos, patient, device_cert, cose, received_ms \
-         FROM collector_dead_outbox WHERE letter >= $1 AND letter <= $2",
-    )
-    .bind(lo)
-    .bind(hi)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    sqlx::query(
-        "INSERT INTO collector_outbox_cards (batch, patient, card_cert, sig) \
-         SELECT batch, patient, card_cert, sig FROM collector_dead_cards \
-         WHERE letter >= $1 AND letter <= $2",
-    )
-    .bind(lo)
-    .bind(hi)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
-        "INSERT INTO collector_refused (hash, patient, device_cert, cose, problem, detail, at_ms) \
-         SELECT hash, patient, device_cert, cose, problem, detail, at_ms \
-         FROM collector_dead_refused WHERE letter >= $1 AND letter <= $2",
-    )
-    .bind(lo)
-    .bind(hi)
-    .execute(&mut *tx)
-    .await?;
+    let mut moved = 0;
+    for (live, dead, columns) in TWINS {
+        let copied = sqlx::query(&format!(
+            "INSERT INTO {live} ({columns}) SELECT {columns} FROM {dead} \
+             WHERE letter >= $1 AND letter <= $2"
+        ))
+        .bind(lo)
+        .bind(hi)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if live == TWINS[0].0 {
+            moved = copied;
+        }
+    }
     for (table, column) in [
         ("collector_dead_outbox", "letter"),
         ("collector_dead_cards", "letter"),

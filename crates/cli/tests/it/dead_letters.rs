@@ -5,6 +5,7 @@
 use crate::alerts::wait_for_alerts;
 use crate::site::{body, post_one};
 use medledger_collector::dead_letters;
+use medledger_contracts::send;
 use medledger_sim::{Hospital, Options, signer};
 use medledger_storage::Db;
 use std::time::Duration;
@@ -29,14 +30,7 @@ async fn a_refused_batch_is_held_the_outbox_moves_on_and_a_retry_stores_it() {
 
     // The Registry no longer lists the collector: the server refuses its
     // batches (403), and the reading waiting on one is told it is held.
-    registry
-        .deactivateNode(collector)
-        .send()
-        .await
-        .unwrap()
-        .get_receipt()
-        .await
-        .unwrap();
+    send(registry.deactivateNode(collector)).await.unwrap();
     let held = post_one(&mut conn, device.heart_rate(71.0), true).await;
     assert_eq!(held.status, 503, "{}", body(&held));
     assert!(
@@ -61,12 +55,7 @@ async fn a_refused_batch_is_held_the_outbox_moves_on_and_a_retry_stores_it() {
 
     // Listed again: the next reading goes through, and its batch tells the
     // server, which alerts the patient.
-    registry
-        .registerNode(collector, 1, alloy::primitives::B256::ZERO)
-        .send()
-        .await
-        .unwrap()
-        .get_receipt()
+    send(registry.registerNode(collector, 1, alloy::primitives::B256::ZERO))
         .await
         .unwrap();
     stored(&post_one(&mut conn, device.heart_rate(72.0), true).await);
