@@ -1,207 +1,36 @@
-//! `medledger chain besu-genesis`: the genesis file of a Besu QBFT network
-//! for medledger (deploy/besu-qbft/README.md), with the validators named in
-//! its `extraData`, so that it need not be written by hand.
-//!
-//! QBFT's genesis `extraData` is the RLP list
-//! `[32 zero bytes, [validator addresses], [] (no vote), 0 (round), [] (no seals)]`.
+//! Running medledger's chain on a Besu QBFT network instead of the
+//! embedded node (deploy/besu-qbft/README.md):
+//! - [`network`]: one description of the network (`network.toml`) and
+//!   every file Besu reads, written from it (`medledger besu config`);
+//! - [`genesis`]: the QBFT genesis, its validators named in `extraData`;
+//! - [`allowlist`]: every node's account allowlist kept equal to the
+//!   Registry's transacting accounts, and their balances funded
+//!   (`medledger besu allowlist`).
 
-use alloy::primitives::{Address, U256};
-use anyhow::{Context, Result, bail};
-use clap::Args;
-use std::path::PathBuf;
+mod allowlist;
+mod genesis;
+mod network;
 
-/// The example network's chain id: in no list of public networks
-/// (ethereum-lists `chains`, checked 2026-12-06).
-const CHAIN_ID: u64 = 6_284_171_939;
+use anyhow::{Context, Result};
+use clap::Subcommand;
 
-#[derive(Debug, Args)]
-pub(crate) struct BesuGenesisArgs {
-    /// A validator's account (the address of its node key); repeat, in
-    /// the order of the validator set.
-    #[arg(long = "validator", required = true)]
-    validators: Vec<Address>,
-    /// An account's starting balance, `0xADDRESS=ETHER` (the admin's, the
-    /// server's, a funding account's: every signer needs a little); repeat.
-    #[arg(long = "alloc")]
-    allocs: Vec<String>,
-    /// The chain id; one no public network uses.
-    #[arg(long, default_value_t = CHAIN_ID)]
-    chain_id: u64,
-    /// Seconds between blocks.
-    #[arg(long, default_value_t = 2)]
-    block_period_s: u64,
-    /// Where to write the genesis (JSON).
-    #[arg(long)]
-    out: PathBuf,
+#[derive(Debug, Subcommand)]
+pub(crate) enum BesuCommand {
+    /// Write every file of a Besu QBFT network from one description of it
+    /// (network.toml): the genesis, its validators named in `extraData`;
+    /// each node's config.toml; the permissions file.
+    Config(network::ConfigArgs),
+    /// Keep every node's account allowlist equal to the accounts the
+    /// Registry lets transact and the network's own, through each node's
+    /// PERM methods on loopback, and fund the accounts it adds from --key.
+    Allowlist(allowlist::AllowlistArgs),
 }
 
-pub(crate) fn run(args: &BesuGenesisArgs) -> Result<()> {
-    let mut seen = std::collections::HashSet::new();
-    if let Some(twice) = args.validators.iter().find(|v| !seen.insert(**v)) {
-        bail!("--validator {twice} is given twice");
-    }
-    let allocs = args
-        .allocs
-        .iter()
-        .map(|a| parse_alloc(a))
-        .collect::<Result<Vec<_>>>()?;
-    let genesis = genesis(
-        args.chain_id,
-        &args.validators,
-        &allocs,
-        args.block_period_s,
-    );
-    let mut json = serde_json::to_vec_pretty(&genesis)?;
-    json.push(b'\n');
-    std::fs::write(&args.out, json).with_context(|| format!("writing {}", args.out.display()))?;
-    println!(
-        "medledger chain besu-genesis: {} ({} validators, chain id {})",
-        args.out.display(),
-        args.validators.len(),
-        args.chain_id
-    );
-    Ok(())
-}
-
-/// `0xADDRESS=ETHER` as (address, wei).
-fn parse_alloc(text: &str) -> Result<(Address, U256)> {
-    let Some((address, ether)) = text.split_once('=') else {
-        bail!("--alloc {text:?}: expected 0xADDRESS=ETHER");
-    };
-    let address: Address = address
-        .parse()
-        .with_context(|| format!("--alloc {text:?}: {address:?} is not an address"))?;
-    let wei = alloy::primitives::utils::parse_ether(ether)
-        .with_context(|| format!("--alloc {text:?}: {ether:?} is not an amount of ether"))?;
-    Ok((address, wei))
-}
-
-/// The genesis: QBFT with `validators`, every fork up to Cancun at block
-/// 0 (the contracts use no later opcode; deploy/besu-qbft/README.md), no
-/// base fee, the embedded node's gas limit.
-fn genesis(
-    chain_id: u64,
-    validators: &[Address],
-    allocs: &[(Address, U256)],
-    block_period_s: u64,
-) -> serde_json::Value {
-    let alloc: serde_json::Map<String, serde_json::Value> = allocs
-        .iter()
-        .map(|(a, wei)| {
-            (
-                a.to_string(),
-                serde_json::json!({ "balance": format!("{wei:#x}") }),
-            )
-        })
-        .collect();
-    serde_json::json!({
-        "config": {
-            "chainId": chain_id,
-            "berlinBlock": 0,
-            "londonBlock": 0,
-            "shanghaiTime": 0,
-            "cancunTime": 0,
-            "zeroBaseFee": true,
-            "contractSizeLimit": 2_147_483_647u64,
-            "qbft": {
-                "blockperiodseconds": block_period_s,
-                "epochlength": 30_000,
-                "requesttimeoutseconds": (block_period_s * 2).max(4),
-            },
-        },
-        "nonce": "0x0",
-        "timestamp": "0x0",
-        "extraData": format!("0x{}", hex::encode(qbft_extra_data(validators))),
-        "gasLimit": "0x5f5e100",
-        "difficulty": "0x1",
-        "mixHash": "0x63746963616c2062797a616e74696e65206661756c7420746f6c6572616e6365",
-        "coinbase": "0x0000000000000000000000000000000000000000",
-        "alloc": alloc,
-    })
-}
-
-/// QBFT's genesis `extraData` for `validators`.
-fn qbft_extra_data(validators: &[Address]) -> Vec<u8> {
-    let mut addresses = Vec::new();
-    for v in validators {
-        rlp_string(&mut addresses, v.as_slice());
-    }
-    let mut items = Vec::new();
-    rlp_string(&mut items, &[0u8; 32]); // vanity
-    rlp_list(&mut items, &addresses);
-    rlp_list(&mut items, &[]); // no vote
-    rlp_string(&mut items, &[]); // round 0
-    rlp_list(&mut items, &[]); // no seals
-    let mut out = Vec::new();
-    rlp_list(&mut out, &items);
-    out
-}
-
-/// RLP: a byte string (never a single byte below 0x80 here).
-fn rlp_string(out: &mut Vec<u8>, bytes: &[u8]) {
-    rlp_header(out, 0x80, bytes.len());
-    out.extend_from_slice(bytes);
-}
-
-/// RLP: a list of already encoded items.
-fn rlp_list(out: &mut Vec<u8>, payload: &[u8]) {
-    rlp_header(out, 0xc0, payload.len());
-    out.extend_from_slice(payload);
-}
-
-fn rlp_header(out: &mut Vec<u8>, base: u8, len: usize) {
-    if len < 56 {
-        out.push(base + len as u8);
-    } else {
-        let len = len.to_be_bytes();
-        let len = &len[len.iter().take_while(|b| **b == 0).count()..];
-        out.push(base + 55 + len.len() as u8);
-        out.extend_from_slice(len);
-    }
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    /// The `extraData` of the QBFT genesis in Besu's documentation, for
-    /// its four example validators.
-    #[test]
-    fn extra_data_is_besus_for_the_same_validators() {
-        let validators: Vec<Address> = [
-            "0x64a702e6263b7297a96638cac6ae65e6541f4169",
-            "0x3923390ad55e90c237593b3b0e401f3b08a03185",
-            "0xaefdb9a738c9f433e5b6b212a6d62f6370c2f692",
-            "0xc7eeb9a4e00ce683cf93039b212648e01c6c6b78",
-        ]
-        .iter()
-        .map(|a| a.parse().unwrap())
-        .collect();
-        assert_eq!(
-            hex::encode(qbft_extra_data(&validators)),
-            "f87aa00000000000000000000000000000000000000000000000000000000000000000\
-             f8549464a702e6263b7297a96638cac6ae65e6541f4169943923390ad55e90c237593b3b\
-             0e401f3b08a0318594aefdb9a738c9f433e5b6b212a6d62f6370c2f69294c7eeb9a4e00c\
-             e683cf93039b212648e01c6c6b78c080c0"
-        );
-    }
-
-    #[test]
-    fn the_genesis_names_its_validators_and_balances() {
-        let v: Address = "0x64a702e6263b7297a96638cac6ae65e6541f4169"
-            .parse()
-            .unwrap();
-        let (admin, wei) = parse_alloc("0x3923390ad55e90c237593b3b0e401f3b08a03185=1000").unwrap();
-        let g = genesis(CHAIN_ID, &[v], &[(admin, wei)], 2);
-        assert_eq!(g["config"]["chainId"], 6_284_171_939u64);
-        let extra = g["extraData"].as_str().unwrap();
-        assert!(extra.contains(&hex::encode(v.as_slice())), "{extra}");
-        assert_eq!(
-            g["alloc"][admin.to_string()]["balance"],
-            "0x3635c9adc5dea00000"
-        );
-        assert!(parse_alloc("0x12=1").is_err());
-        assert!(parse_alloc("0x3923390ad55e90c237593b3b0e401f3b08a03185").is_err());
+pub(crate) fn run(command: BesuCommand) -> Result<()> {
+    match command {
+        BesuCommand::Config(args) => network::run(&args),
+        BesuCommand::Allowlist(args) => tokio::runtime::Runtime::new()
+            .context("starting the async runtime")?
+            .block_on(allowlist::run(args)),
     }
 }

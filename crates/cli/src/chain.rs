@@ -69,9 +69,6 @@ pub(crate) enum ChainCommand {
     /// key removed from the data directory. The chain and its contracts
     /// stay as they are.
     RotateAuthority(RotateArgs),
-    /// Write the genesis of a Besu QBFT network for medledger, its
-    /// validators named in `extraData` (deploy/besu-qbft/README.md).
-    BesuGenesis(crate::besu::BesuGenesisArgs),
 }
 
 #[derive(Debug, Args)]
@@ -116,7 +113,6 @@ pub(crate) fn run(args: ChainArgs) -> Result<()> {
     let data = match (args.command, &args.data) {
         (Some(ChainCommand::Recover(recover)), _) => return crate::recover::run(recover),
         (Some(ChainCommand::RotateAuthority(rotate)), _) => return rotate_authority(&rotate),
-        (Some(ChainCommand::BesuGenesis(besu)), _) => return crate::besu::run(&besu),
         (None, Some(data)) => data.clone(),
         (None, None) => anyhow::bail!("--data is required"),
     };

@@ -139,6 +139,10 @@ enum Command {
     Chain(chain::ChainArgs),
     /// Change the Registry and the rules as an admin, on any chain.
     Admin(admin::AdminArgs),
+    /// Run the chain on Besu: write a QBFT network's files from one
+    /// description, keep its nodes' allowlists equal to the Registry.
+    #[command(subcommand)]
+    Besu(besu::BesuCommand),
     /// Run a collector: the mTLS gateway devices send readings to.
     Collector(collector::CollectorArgs),
     /// Run the application server: stores, records and anchors readings.
@@ -196,6 +200,7 @@ fn main() -> ExitCode {
         Command::Ca(cmd) => ca::run(cmd),
         Command::Chain(args) => chain::run(args),
         Command::Admin(args) => admin::run(args),
+        Command::Besu(cmd) => besu::run(cmd),
         Command::Collector(args) => collector::run(args),
         Command::Server(args) => server::run(args),
         Command::Access(args) => access::run_access(args),

@@ -120,9 +120,10 @@ async fn stored_at_server(site: &Hospital, n: usize) {
         }
         assert!(
             Instant::now() < deadline,
-            "{} of {n}: {}",
+            "{} of {n}: {}\nthe collector: {}",
             stored,
-            metrics.render()
+            metrics.render(),
+            site.collector.metrics().render()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -185,6 +186,12 @@ async fn a_full_disk_at_the_server_holds_readings_at_the_collector_until_space_r
     let Some(disk) = SmallDisk::mount("4m") else {
         return;
     };
+    // Warnings in the output of the tests (a failure prints its own):
+    // they name each storage error of the server and the collector.
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_max_level(tracing::Level::WARN)
+        .try_init();
     let store = disk.path("server.db");
     let site = Hospital::start(Options {
         forward_over_tls: true,
@@ -224,6 +231,7 @@ async fn a_full_disk_at_the_server_holds_readings_at_the_collector_until_space_r
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     disk.free();
+    tracing::warn!("the test: space is back");
     stored_at_server(&site, acknowledged).await;
     assert_eq!(integrity(&store).await, "ok");
 }

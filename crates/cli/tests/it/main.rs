@@ -5,6 +5,7 @@ mod access;
 mod admin;
 mod alerts;
 mod bench;
+mod besu;
 mod ca;
 mod chain;
 mod crash;
