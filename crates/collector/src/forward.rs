@@ -31,6 +31,12 @@ const MAX_FORWARD: i64 = 4096;
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
+/// How long a server may take to answer for a batch before it is sent
+/// again (on a new connection): longer than the server's own waits (a
+/// predecessor 10 s, a database connection 10 s, a locked SQLite 30 s),
+/// so that a server that hangs cannot stop forwarding for good.
+const ANSWER_WITHIN: Duration = Duration::from_secs(60);
+
 /// Most batches in flight to a server over mutual TLS at once, each on a
 /// connection of its own: the server verifies one while it commits another.
 const IN_FLIGHT: usize = 3;
@@ -500,17 +506,19 @@ async fn send(
             Err(e) => return (Err(failed(&e)), None),
         },
     };
-    let reply = match connection
-        .request(
-            "POST",
-            "/v1/batches",
-            &[("content-type", "application/cbor")],
-            batch.to_cbor(),
-        )
-        .await
-    {
-        Ok(reply) => reply,
-        Err(e) => return (Err(failed(&e)), None),
+    let request = connection.request(
+        "POST",
+        "/v1/batches",
+        &[("content-type", "application/cbor")],
+        batch.to_cbor(),
+    );
+    let reply = match tokio::time::timeout(ANSWER_WITHIN, request).await {
+        Ok(Ok(reply)) => reply,
+        Ok(Err(e)) => return (Err(failed(&e)), None),
+        Err(_) => {
+            let e = format!("no answer within {} s: sent again", ANSWER_WITHIN.as_secs());
+            return (Err(failed(&e)), None);
+        }
     };
     if dead_letters::is_poison(reply.status) {
         let problem: serde_json::Value = serde_json::from_slice(&reply.body).unwrap_or_default();

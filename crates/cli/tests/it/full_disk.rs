@@ -105,9 +105,11 @@ async fn post_until_refused(
     panic!("2000 readings accepted on a full disk");
 }
 
-/// Waits until the server has stored `n` readings.
+/// Waits until the server has stored `n` readings (within 90 s: a
+/// collector sends a batch again at most 60 s after the server stopped
+/// answering for it).
 async fn stored_at_server(site: &Hospital, n: usize) {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(90);
     let metrics = site.server.metrics();
     loop {
         let stored = metrics.value(
