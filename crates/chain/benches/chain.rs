@@ -1,6 +1,11 @@
 //! The embedded chain under load: transactions/s for simple contract calls
 //! (signature recovery included), and send-to-receipt latency on demand.
-//! Transactions are signed before the clock starts.
+//! Transactions are signed before the clock starts. And the start of a
+//! long chain: `Node::start` (from the signed checkpoint at its head)
+//! beside `verify_chain` (every block from 0) on the same chain of
+//! `MEDLEDGER_BENCH_BLOCKS` empty blocks (20,000 by default;
+//! `MEDLEDGER_BENCH_FULL_WALK=0` leaves the full walk out, for a chain of
+//! a million).
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use alloy::consensus::{SignableTransaction, TxEip1559, TxEnvelope};
@@ -144,5 +149,44 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench);
+fn start(c: &mut Criterion) {
+    let blocks: u64 = std::env::var("MEDLEDGER_BENCH_BLOCKS")
+        .ok()
+        .and_then(|b| b.parse().ok())
+        .unwrap_or(20_000);
+    let dir = tempfile::tempdir().unwrap();
+    let config = NodeConfig::new(dir.path());
+    let start_once = || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async { Node::start(&config).unwrap().block_number() })
+        // Dropping the runtime stops the node and closes its store.
+    };
+    start_once();
+    let made = Instant::now();
+    let head = medledger_chain::test_utils::extend_with_empty_blocks(dir.path(), blocks).unwrap();
+    eprintln!(
+        "start: a chain of {head} blocks made in {:.1?}",
+        made.elapsed()
+    );
+    // The first start walks them all and leaves a checkpoint at the head.
+    let first = Instant::now();
+    assert_eq!(start_once(), head);
+    eprintln!(
+        "start: the first start, walking every block: {:.1?}",
+        first.elapsed()
+    );
+    let mut group = c.benchmark_group(format!("start of {head} blocks"));
+    group.sample_size(10);
+    group.bench_function("node start from the checkpoint", |b| {
+        b.iter(|| assert_eq!(start_once(), head));
+    });
+    if std::env::var("MEDLEDGER_BENCH_FULL_WALK").as_deref() != Ok("0") {
+        group.bench_function("verify_chain, every block", |b| {
+            b.iter(|| assert_eq!(medledger_chain::verify_chain(dir.path()).unwrap(), head));
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench, start);
 criterion_main!(benches);

@@ -80,6 +80,15 @@ impl Authorities {
         }
     }
 
+    /// As a checkpoint recorded them (crate::checkpoint).
+    pub(crate) fn from_parts(current: Address, since: u64, retired: Vec<Retired>) -> Authorities {
+        Authorities {
+            current,
+            since,
+            retired,
+        }
+    }
+
     /// The authority that seals the next block.
     pub fn current(&self) -> Address {
         self.current
@@ -172,7 +181,8 @@ pub fn rotate(dir: &Path) -> Result<Rotation> {
         });
     }
     let store = Store::open(&store_path)?;
-    let (head, mut authorities) = crate::verify::verify_store(&store, &genesis)?;
+    let (head, mut authorities) =
+        crate::verify::verify_store(&store, &genesis, crate::verify::Start::AfterCheckpoint)?;
     let old = settle(dir, &authorities)?;
     let new = EthAccount::generate();
 
@@ -187,6 +197,14 @@ pub fn rotate(dir: &Path) -> Result<Rotation> {
         .check(&block.header)
         .expect("a handover sealed by the current authority to a fresh key verifies");
     store.commit_block(&block, &Default::default())?;
+    crate::node::write_checkpoint(
+        &store,
+        &genesis,
+        &new,
+        &authorities,
+        block.header.number,
+        block.hash,
+    );
     drop(store);
 
     // 3. The successor's key takes the old one's place.

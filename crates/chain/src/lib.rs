@@ -13,12 +13,15 @@
 //! Split like anvil: [`state`] and [`executor`] (backend), [`pool`],
 //! [`node`] (miner and service loop), [`rpc`] (JSON-RPC, wire types apart),
 //! [`store`] (persistence), [`seal`] (the authority's signature),
-//! [`authority`] (who seals, handovers, key rotation).
+//! [`authority`] (who seals, handovers, key rotation), [`checkpoint`]
+//! (signed state commitments, so that a start walks only the newest
+//! blocks).
 //!
 //! Feature `test-utils`: the `test_utils` module, helpers for tests that run anvil
 //! and cast beside the node (used by this crate's and `medledger-contracts`' tests).
 
 pub mod authority;
+pub mod checkpoint;
 pub mod executor;
 pub mod genesis;
 pub mod node;
@@ -37,3 +40,4 @@ mod verify;
 pub use error::{ChainError, Result, TxError};
 pub use genesis::Genesis;
 pub use node::{GenesisAllowlist, Node, NodeConfig, Permissions, Sealing};
+pub use verify::verify_chain;

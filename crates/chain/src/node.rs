@@ -1,6 +1,8 @@
 //! The node: validates transactions into the pool, seals blocks from it
 //! (the miner task), and answers queries from the head state and the store.
 
+use crate::authority::Authorities;
+use crate::checkpoint::{self, Checkpoint};
 use crate::executor::{self, BlockInfo, CallError, CallRequest};
 use crate::genesis::{Genesis, layout, now_secs};
 use crate::pool::{Pool, PooledTx};
@@ -105,6 +107,9 @@ struct Shared {
     /// The current authority's key (a rotation happens with the node
     /// stopped, so it stays the same while the node runs).
     authority: EthAccount,
+    /// Who seals, as of the head (the same while the node runs): for
+    /// checkpoints.
+    authorities: Authorities,
     sealing: Sealing,
     store: Store,
     head: RwLock<Head>,
@@ -184,14 +189,25 @@ impl Node {
             }
             Self::write_genesis_block(&store, &genesis, &first)?;
         }
-        let (head, authorities) = crate::verify::verify_store(&store, &genesis)?;
+        let (head, authorities) =
+            crate::verify::verify_store(&store, &genesis, crate::verify::Start::AfterCheckpoint)?;
         let authority = authority::settle(dir, &authorities)?;
         let number = head.header.number;
+        // The next start walks from here.
+        write_checkpoint(
+            &store,
+            &genesis,
+            &authority,
+            &authorities,
+            number,
+            head.hash,
+        );
         let node = Node {
             shared: Arc::new(Shared {
                 data_dir: config.data_dir.clone(),
                 genesis,
                 authority,
+                authorities,
                 sealing: config.sealing,
                 store,
                 head: RwLock::new(head),
@@ -498,6 +514,16 @@ impl Node {
         head.state.push_block_hash(info.number, hash);
         head.header = header;
         head.hash = hash;
+        if info.number % checkpoint::EVERY == 0 {
+            write_checkpoint(
+                &shared.store,
+                &shared.genesis,
+                &shared.authority,
+                &shared.authorities,
+                info.number,
+                hash,
+            );
+        }
         {
             let mut pool = lock(&shared.pool);
             pool.prune(|a| head.state.nonce(a));
@@ -543,6 +569,27 @@ impl Node {
 }
 
 /// The head after verification, for [`Node::start`].
+/// Signs and stores a checkpoint at block `number`; a failure only costs
+/// the next start a longer walk, so it is logged, not returned.
+pub(crate) fn write_checkpoint(
+    store: &Store,
+    genesis: &Genesis,
+    key: &EthAccount,
+    authorities: &Authorities,
+    number: u64,
+    hash: B256,
+) {
+    let checkpoint = Checkpoint {
+        number,
+        hash,
+        authorities: authorities.clone(),
+    };
+    let signed = checkpoint.sign(key.signing_key(), genesis.hash());
+    if let Err(e) = store.set_checkpoint(&signed) {
+        tracing::warn!("medledger chain: storing the checkpoint at block {number}: {e}");
+    }
+}
+
 pub(crate) fn head_from(state: WorldState, header: Header) -> Head {
     let hash = header.hash_slow();
     Head {

@@ -29,6 +29,8 @@ const TXS: TableDefinition<&[u8; 32], (u64, u32)> = TableDefinition::new("txs");
 const ACCOUNTS: TableDefinition<&[u8; 20], &[u8]> = TableDefinition::new("accounts");
 const STORAGE: TableDefinition<&[u8; 52], &[u8; 32]> = TableDefinition::new("storage");
 const CODE: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("code");
+/// The latest signed checkpoint (crate::checkpoint), under key 0.
+const CHECKPOINT: TableDefinition<u8, &[u8]> = TableDefinition::new("checkpoint");
 
 /// A transaction as stored: its recovered sender and its EIP-2718 bytes.
 #[derive(Debug, Clone, PartialEq, Eq, RlpEncodable, RlpDecodable)]
@@ -96,6 +98,7 @@ impl Store {
         tx.open_table(ACCOUNTS)?;
         tx.open_table(STORAGE)?;
         tx.open_table(CODE)?;
+        tx.open_table(CHECKPOINT)?;
         tx.commit()?;
         Ok(Store { db })
     }
@@ -162,6 +165,23 @@ impl Store {
         Ok(tx.open_table(TXS)?.get(&hash.0)?.map(|v| v.value()))
     }
 
+    /// The latest signed checkpoint, as stored (crate::checkpoint).
+    pub fn checkpoint(&self) -> Result<Option<Vec<u8>>> {
+        let tx = self.db.begin_read()?;
+        Ok(tx
+            .open_table(CHECKPOINT)?
+            .get(0)?
+            .map(|v| v.value().to_vec()))
+    }
+
+    /// Replaces the stored checkpoint, durably.
+    pub fn set_checkpoint(&self, signed: &[u8]) -> Result<()> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(CHECKPOINT)?.insert(0, signed)?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Loads the whole world state into memory.
     pub fn load_state(&self) -> Result<WorldState> {
         let tx = self.db.begin_read()?;
@@ -190,25 +210,8 @@ impl Store {
     /// durably: after this returns, a crash cannot lose the block.
     pub fn commit_block(&self, block: &BlockData, diff: &StateDiff) -> Result<()> {
         let tx = self.db.begin_write()?;
+        Self::write_block(&tx, block)?;
         {
-            let number = block.header.number;
-            tx.open_table(HEADERS)?
-                .insert(number, alloy_rlp::encode(&block.header).as_slice())?;
-            tx.open_table(BODIES)?
-                .insert(number, alloy_rlp::encode(&block.txs).as_slice())?;
-            let receipts: Vec<Bytes> = block
-                .receipts
-                .iter()
-                .map(|r| Bytes::from(r.encoded_2718()))
-                .collect();
-            tx.open_table(RECEIPTS)?
-                .insert(number, alloy_rlp::encode(&receipts).as_slice())?;
-            tx.open_table(HASHES)?.insert(&block.hash.0, number)?;
-            let mut txs = tx.open_table(TXS)?;
-            for (i, hash) in block.tx_hashes.iter().enumerate() {
-                let index = u32::try_from(i).expect("a block holds fewer than 2^32 transactions");
-                txs.insert(&hash.0, (number, index))?;
-            }
             let mut accounts = tx.open_table(ACCOUNTS)?;
             let mut storage = tx.open_table(STORAGE)?;
             for address in &diff.wiped_storage {
@@ -242,6 +245,40 @@ impl Store {
             }
         }
         tx.commit()?;
+        Ok(())
+    }
+
+    /// Commits blocks that change no state (empty blocks: a handover, or a
+    /// long chain made for a benchmark), in one transaction.
+    pub fn commit_empty_blocks(&self, blocks: &[BlockData]) -> Result<()> {
+        let tx = self.db.begin_write()?;
+        for block in blocks {
+            Self::write_block(&tx, block)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Writes a block's header, body, receipts and indexes.
+    fn write_block(tx: &redb::WriteTransaction, block: &BlockData) -> Result<()> {
+        let number = block.header.number;
+        tx.open_table(HEADERS)?
+            .insert(number, alloy_rlp::encode(&block.header).as_slice())?;
+        tx.open_table(BODIES)?
+            .insert(number, alloy_rlp::encode(&block.txs).as_slice())?;
+        let receipts: Vec<Bytes> = block
+            .receipts
+            .iter()
+            .map(|r| Bytes::from(r.encoded_2718()))
+            .collect();
+        tx.open_table(RECEIPTS)?
+            .insert(number, alloy_rlp::encode(&receipts).as_slice())?;
+        tx.open_table(HASHES)?.insert(&block.hash.0, number)?;
+        let mut txs = tx.open_table(TXS)?;
+        for (i, hash) in block.tx_hashes.iter().enumerate() {
+            let index = u32::try_from(i).expect("a block holds fewer than 2^32 transactions");
+            txs.insert(&hash.0, (number, index))?;
+        }
         Ok(())
     }
 }

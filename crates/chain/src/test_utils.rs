@@ -80,3 +80,61 @@ impl Drop for Anvil {
         let _ = self.child.wait();
     }
 }
+
+/// Extends the stopped chain in `dir` by `blocks` empty blocks sealed by
+/// its authority, many to a write transaction: a long chain for
+/// benchmarks of a start, made in minutes where a node would take days.
+/// Returns the new head block number.
+pub fn extend_with_empty_blocks(dir: &Path, blocks: u64) -> crate::Result<u64> {
+    use crate::genesis::{Genesis, layout};
+    use crate::store::{BlockData, Store};
+    use alloy_consensus::proofs::{calculate_receipt_root, calculate_transaction_root};
+    use alloy_consensus::{Header, ReceiptEnvelope, TxEnvelope};
+
+    let genesis = Genesis::load(dir)?;
+    let key = crate::authority::read_key(&dir.join(layout::AUTHORITY_KEY))?;
+    let store = Store::open(&dir.join(layout::STORE))?;
+    let head = store.head()?.ok_or_else(|| crate::ChainError::Store {
+        what: "no genesis block: start a node on the directory first".into(),
+    })?;
+    let mut parent = store
+        .header(head)?
+        .ok_or_else(|| crate::ChainError::Store {
+            what: format!("block {head} is missing"),
+        })?;
+    let transactions_root = calculate_transaction_root::<TxEnvelope>(&[]);
+    let receipts_root = calculate_receipt_root::<ReceiptEnvelope>(&[]);
+    let mut batch = Vec::new();
+    for _ in 0..blocks {
+        let parent_hash = parent.hash_slow();
+        let mut header = Header {
+            parent_hash,
+            beneficiary: key.address(),
+            state_root: parent.state_root,
+            transactions_root,
+            receipts_root,
+            number: parent.number + 1,
+            gas_limit: genesis.gas_limit,
+            timestamp: parent.timestamp,
+            mix_hash: parent_hash,
+            nonce: crate::authority::ORDINARY_NONCE,
+            base_fee_per_gas: Some(0),
+            ..Header::default()
+        };
+        crate::seal::seal(&mut header, key.signing_key());
+        batch.push(BlockData {
+            hash: header.hash_slow(),
+            header: header.clone(),
+            txs: Vec::new(),
+            tx_hashes: Vec::new(),
+            receipts: Vec::new(),
+        });
+        parent = header;
+        if batch.len() == 10_000 {
+            store.commit_empty_blocks(&batch)?;
+            batch.clear();
+        }
+    }
+    store.commit_empty_blocks(&batch)?;
+    Ok(parent.number)
+}

@@ -134,13 +134,16 @@ impl UpState {
         Ok(files::read_toml(&path)?)
     }
 
+    /// Writes the file atomically (a recovery cut short must find the old
+    /// one or the new one).
     pub(crate) fn save(&self, data: &Path) -> Result<()> {
-        std::fs::write(
-            UpState::path(data),
+        files::write_public(
+            &UpState::path(data),
             format!(
                 "# Written by `medledger up`.\nregistry = \"{}\"\nchain_id = {}\ncollector = \"{}\"\n",
                 self.registry, self.chain_id, self.collector
-            ),
+            )
+            .as_bytes(),
         )?;
         Ok(())
     }

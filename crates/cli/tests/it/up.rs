@@ -283,6 +283,79 @@ fn chain_recover_starts_a_new_chain_where_every_ledger_verifies_and_devices_keep
     stop(child);
 }
 
+/// A recovery cut short after each of its steps in turn (the process
+/// ended at once, as by a crash) is finished by running it again: every
+/// ledger verifies on the new chain, which `up` then runs.
+#[test]
+fn chain_recover_cut_short_after_any_step_is_finished_by_running_it_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("medledger");
+    let d = data.to_str().unwrap();
+    let ports = [free_port(), free_port(), free_port()];
+    let (child, _) = up(&data, ports);
+    assert!(sim(&data, ports[0], "2", "2") >= 3);
+    stop(child);
+
+    for step in 1..=5 {
+        let out = Command::new(env!("CARGO_BIN_EXE_medledger"))
+            .args(["chain", "recover", "--data", d])
+            .env("MEDLEDGER_TEST_RECOVER_CRASH_AFTER", step.to_string())
+            .output()
+            .unwrap();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.status.code(), Some(86), "step {step}: {said}");
+        assert!(
+            said.contains(&format!("stopped after step {step}")),
+            "{said}"
+        );
+        if step > 2 {
+            assert!(
+                said.contains(&format!(
+                    "resuming the recovery cut short after step {}",
+                    step - 1
+                )),
+                "{said}"
+            );
+        }
+    }
+    let said = medledger(&["chain", "recover", "--data", d]);
+    assert!(
+        said.contains("resuming the recovery cut short after step 5"),
+        "{said}"
+    );
+    assert!(
+        said.contains("every one of 1 patient ledger(s) verified"),
+        "{said}"
+    );
+    assert!(!data.join("chain.recovery.json").exists());
+    assert!(!data.join("chain.recovering").exists());
+    let retired: Vec<_> = std::fs::read_dir(&data)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("chain.retired-")
+        })
+        .collect();
+    assert_eq!(retired.len(), 1, "one retired chain");
+    let (child, second) = up(&data, ports);
+    assert!(
+        second.contains("chain id     1338") || second.contains("1338"),
+        "{second}"
+    );
+    assert!(
+        sim(&data, ports[0], "2", "3") >= 3,
+        "devices send on the new chain"
+    );
+    stop(child);
+}
+
 /// Opens every sealed blob of the server in `data` with only the KEK in
 /// `data/server/kek.hex`; returns how many there are.
 fn open_every_blob(data: &std::path::Path) -> usize {

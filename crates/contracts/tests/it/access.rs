@@ -224,10 +224,13 @@ async fn consent_grants_revocation_expiry_and_opt_out() {
         DenyReason::NoConsent,
     );
 
-    // A consent to a role covers every active member of it.
+    // A consent to a role covers every active member of it. Its expiry is
+    // a few seconds from the chain's time now (not from `now`, read many
+    // transactions ago: a loaded machine takes seconds for them).
+    let soon = h.now().await + 5;
     let role_grant = h
         .patient
-        .grant_consent(p, Grantee::Role(StaffRole::Doctor), Scope::ALL, "", now + 2)
+        .grant_consent(p, Grantee::Role(StaffRole::Doctor), Scope::ALL, "", soon)
         .await
         .unwrap();
     let d = h
@@ -238,7 +241,7 @@ async fn consent_grants_revocation_expiry_and_opt_out() {
     granted(&d, Basis::Consent);
     assert_eq!(d.grant_id, role_grant);
     // ...until it expires.
-    wait_for_chain_time(&h, now + 2).await;
+    wait_for_chain_time(&h, soon).await;
     denied(
         &h.other_doctor
             .request_access(p, Scope::ALL, "research")
