@@ -11,7 +11,7 @@
 //!  stored   = rlp([number, block hash, current, since, retired, signature (65 bytes)])
 //! ```
 //!
-//! At start-up ([`crate::verify::verify_store`]) a checkpoint signed by the
+//! At start-up (`verify::verify_store`) a checkpoint signed by the
 //! authority it names, whose block is the stored block of that number, is
 //! where the walk starts: every block after it is checked as before (parent
 //! link, seal, transactions and receipts roots), and the head's state root
