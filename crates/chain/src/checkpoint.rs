@@ -8,7 +8,7 @@
 //! ```text
 //!  digest   = keccak256("medledger chain checkpoint v1" || genesis hash
 //!                       || rlp([number, block hash, current, since, retired]))
-//!  stored   = rlp([number, block hash, current, since, retired, signature (65 bytes)])
+//!  stored   = rlp([[number, block hash, current, since, retired], signature (65 bytes)])
 //! ```
 //!
 //! At start-up (`verify::verify_store`) a checkpoint signed by the
@@ -62,11 +62,7 @@ struct Body {
 
 #[derive(RlpEncodable, RlpDecodable)]
 struct Signed {
-    number: u64,
-    hash: B256,
-    current: Address,
-    since: u64,
-    retired: Vec<RetiredRlp>,
+    body: Body,
     signature: Bytes,
 }
 
@@ -129,13 +125,8 @@ impl Checkpoint {
             .sign_prehash_recoverable(self.digest(genesis_hash).as_slice())
             .expect("signing a 32-byte hash cannot fail");
         let signature = Signature::from_signature_and_parity(sig, recid.is_y_odd());
-        let body = self.body();
         alloy_rlp::encode(Signed {
-            number: body.number,
-            hash: body.hash,
-            current: body.current,
-            since: body.since,
-            retired: body.retired,
+            body: self.body(),
             signature: Bytes::from(signature.as_bytes().to_vec()),
         })
     }
@@ -147,15 +138,15 @@ impl Checkpoint {
         genesis_hash: B256,
         store: &Store,
     ) -> Result<Checkpoint, CheckpointError> {
-        let signed: Signed = alloy_rlp::decode_exact(bytes).map_err(CheckpointError::Malformed)?;
+        let Signed { body, signature } =
+            alloy_rlp::decode_exact(bytes).map_err(CheckpointError::Malformed)?;
         let checkpoint = Checkpoint {
-            number: signed.number,
-            hash: signed.hash,
+            number: body.number,
+            hash: body.hash,
             authorities: Authorities::from_parts(
-                signed.current,
-                signed.since,
-                signed
-                    .retired
+                body.current,
+                body.since,
+                body.retired
                     .into_iter()
                     .map(|r| Retired {
                         address: r.address,
@@ -164,16 +155,14 @@ impl Checkpoint {
                     .collect(),
             ),
         };
-        let signature = Signature::try_from(signed.signature.as_ref())
-            .map_err(|_| CheckpointError::BadSignature)?;
+        let signature =
+            Signature::try_from(signature.as_ref()).map_err(|_| CheckpointError::BadSignature)?;
         let found = signature
             .recover_address_from_prehash(&checkpoint.digest(genesis_hash))
             .map_err(|_| CheckpointError::BadSignature)?;
-        if found != signed.current {
-            return Err(CheckpointError::WrongSigner {
-                found,
-                named: signed.current,
-            });
+        let named = checkpoint.authorities.current();
+        if found != named {
+            return Err(CheckpointError::WrongSigner { found, named });
         }
         let stored = store
             .header(checkpoint.number)

@@ -568,7 +568,6 @@ impl Node {
     }
 }
 
-/// The head after verification, for [`Node::start`].
 /// Signs and stores a checkpoint at block `number`; a failure only costs
 /// the next start a longer walk, so it is logged, not returned.
 pub(crate) fn write_checkpoint(
@@ -590,6 +589,7 @@ pub(crate) fn write_checkpoint(
     }
 }
 
+/// The head after verification, for [`Node::start`].
 pub(crate) fn head_from(state: WorldState, header: Header) -> Head {
     let hash = header.hash_slow();
     Head {
