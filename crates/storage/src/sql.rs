@@ -624,6 +624,23 @@ impl Db {
                     Ok(())
                 })
             })
+            .after_release(move |conn, _| {
+                Box::pin(async move {
+                    // SQLite rolls a transaction back by itself on some
+                    // errors (a full disk, an I/O error); sqlx's own
+                    // ROLLBACK then fails and it goes on counting the
+                    // transaction open, so the connection's next
+                    // transaction would be a savepoint whose rollback
+                    // keeps the write lock for good. Such a connection is
+                    // closed rather than reused. The ping first runs a
+                    // rollback queued by a dropped transaction.
+                    if backend == Backend::Sqlite && conn.is_in_transaction() {
+                        conn.ping().await?;
+                        return Ok(!conn.is_in_transaction());
+                    }
+                    Ok(true)
+                })
+            })
             .connect_with(options)
             .await?;
         Ok(Db { pool, backend })

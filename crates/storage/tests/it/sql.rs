@@ -246,6 +246,62 @@ async fn sqlite_is_a_durable_wal_file() {
     ));
 }
 
+/// SQLite rolls a whole transaction back by itself when its disk fills
+/// (here its page limit); the connection that ran it goes back to the pool
+/// out of any transaction, and every connection writes and rolls back as
+/// before, none holding the write lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_sqlite_rolled_back_by_itself_leaves_no_connection_holding_the_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open_sqlite(&dir.path().join("full.db")).await.unwrap();
+    sqlx::query("CREATE TABLE t (b BLOB)")
+        .execute(db.pool())
+        .await
+        .unwrap();
+    let pages: i64 = sqlx::query("PRAGMA page_count")
+        .fetch_one(db.pool())
+        .await
+        .unwrap()
+        .get(0);
+    {
+        let mut tx = db.pool().begin().await.unwrap();
+        sqlx::query(&format!("PRAGMA max_page_count = {}", pages + 2))
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        let full = sqlx::query("INSERT INTO t VALUES (zeroblob(1000000))")
+            .execute(&mut *tx)
+            .await
+            .unwrap_err();
+        assert!(full.to_string().contains("full"), "{full}");
+    }
+    let held: Vec<_> = futures_util::future::try_join_all((0..4).map(|_| db.pool().acquire()))
+        .await
+        .unwrap();
+    for conn in &held {
+        assert!(!sqlx::Connection::is_in_transaction(&**conn));
+    }
+    drop(held);
+    for _ in 0..8 {
+        let mut tx = db.pool().begin().await.unwrap();
+        sqlx::query("INSERT INTO t VALUES (x'01')")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        drop(tx);
+        sqlx::query("INSERT INTO t VALUES (x'02')")
+            .execute(db.pool())
+            .await
+            .unwrap();
+    }
+    let n: i64 = sqlx::query("SELECT COUNT(*) FROM t")
+        .fetch_one(db.pool())
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 8);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgresql_over_tls_is_verified_and_nothing_else_is_accepted() {
     let Some(url) = medledger_storage::test_utils::postgres_tls_url() else {
