@@ -103,6 +103,31 @@ test('observationsOf reads scalar observations, ranges and reading hashes', () =
   assert.deepEqual(ecg.waveform, [1, 2, 3]);
 });
 
+test('observationsOf gives a blood-pressure panel as its two pressures, from one device', () => {
+  const bundle = {
+    entry: [
+      {
+        resource: {
+          resourceType: 'Observation',
+          identifier: [{ value: `${'cd'.repeat(32)}#2` }],
+          code: { coding: [{ code: '85354-9' }] },
+          effectiveDateTime: '2024-01-01T00:00:00.000Z',
+          device: { reference: 'Device/30', display: 'urn:epc:id:sgtin:0614141.812345.6789' },
+          component: [
+            { code: { coding: [{ code: '8480-6', display: 'Systolic blood pressure' }] }, valueQuantity: { value: 150, unit: 'mmHg', code: 'mm[Hg]' }, interpretation: [{ coding: [{ code: 'H' }] }] },
+            { code: { coding: [{ code: '8462-4', display: 'Diastolic blood pressure' }] }, valueQuantity: { value: 80, unit: 'mmHg', code: 'mm[Hg]' } },
+          ],
+        },
+      },
+    ],
+  };
+  const [systolic, diastolic] = observationsOf(bundle);
+  assert.deepEqual([systolic.code, systolic.value, systolic.unit, systolic.interp], ['8480-6', 150, 'mmHg', 'H']);
+  assert.deepEqual([diastolic.code, diastolic.value, diastolic.index], ['8462-4', 80, '2']);
+  assert.equal(diastolic.device, 'urn:epc:id:sgtin:0614141.812345.6789');
+  assert.equal(diastolic.time, Date.UTC(2024, 0, 1));
+});
+
 test('ledgerIndexOf finds the ledger entry of an AuditEvent', () => {
   const audit = {
     entity: [

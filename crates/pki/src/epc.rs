@@ -283,6 +283,18 @@ impl Epc {
         )
     }
 
+    /// The EPC pure identity URI, e.g. `urn:epc:id:sgtin:0614141.812345.6789`:
+    /// the tag URI without its filter, naming the item whatever tag it is on
+    /// (how FHIR's Device names it).
+    pub fn to_pure_uri(&self) -> String {
+        format!(
+            "urn:epc:id:sgtin:{}.{}.{}",
+            self.company_prefix(),
+            self.item_reference(),
+            self.serial()
+        )
+    }
+
     /// Parses an EPC tag URI `urn:epc:tag:sgtin-96:F.CCCCCCC.IIIIII.SSSS`.
     pub fn from_tag_uri(s: &str) -> Result<Epc, EpcError> {
         let body = s
@@ -862,6 +874,12 @@ mod tests {
             assert_eq!(Epc::parse(bad).unwrap_err(), EpcError::Hex);
             assert!(err.to_string().contains("hex"));
         }
+    }
+
+    #[test]
+    fn the_pure_identity_uri_drops_the_filter() {
+        let epc = Epc::parse("urn:epc:tag:sgtin-96:3.0614141.812345.6789").unwrap();
+        assert_eq!(epc.to_pure_uri(), "urn:epc:id:sgtin:0614141.812345.6789");
     }
 
     #[test]

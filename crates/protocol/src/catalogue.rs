@@ -138,6 +138,19 @@ pub static CATALOGUE: &[DataType] = &[
     },
 ];
 
+/// A UCUM unit as people write it: `Cel` is °C, `mm[Hg]` is mmHg,
+/// `[lb_av]` is lb; units people already write as UCUM does (`/min`, `%`,
+/// `kg`, `mg/dL`) are themselves.
+pub fn unit_display(ucum: &str) -> &str {
+    match ucum {
+        "Cel" => "°C",
+        "[degF]" => "°F",
+        "mm[Hg]" => "mmHg",
+        "[lb_av]" => "lb",
+        other => other,
+    }
+}
+
 /// Looks up a data type by LOINC code.
 pub fn data_type(code: &str) -> Option<&'static DataType> {
     CATALOGUE.iter().find(|t| t.code == code)

@@ -13,7 +13,8 @@
 //! - [`catalogue`]: LOINC codes and their UCUM units;
 //! - [`problem`]: RFC 9457 problem details with stable types;
 //! - [`batch`]: what collectors forward to servers, and the receipts;
-//! - [`fhir`]: readings as FHIR R4 vital-signs Observations;
+//! - [`fhir`]: readings, reads, consents, devices and patients as FHIR R4
+//!   resources, conforming to the R4 vital-signs profiles;
 //! - [`mqtt`]: the MQTT topics of readings and receipts;
 //! - [`portal`]: the texts people sign in the portal (sign-in, requests).
 //!
@@ -29,6 +30,8 @@ pub mod mqtt;
 pub mod portal;
 pub mod problem;
 pub mod reading;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod test_utils;
 
 pub use batch::{
     BatchError, CardSignature, CommitReply, CommitResult, CommitStatus, ForwardBatch, Forwarded,

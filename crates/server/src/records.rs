@@ -17,7 +17,7 @@ use alloy::primitives::{Address, U256};
 use base64::Engine;
 use medledger_contracts::{Basis, Scope, text_of};
 use medledger_patient_ledger::{Field, NewEntry};
-use medledger_pki::Role;
+use medledger_pki::{Epc, Role};
 use medledger_protocol::catalogue::data_type;
 use medledger_protocol::{ProblemType, SignedReading, cbor, fhir, now_ms};
 use medledger_storage::sqlx::{self, Row};
@@ -326,7 +326,9 @@ pub(crate) async fn bundle(
                     hex::encode(hash)
                 ))
             })?;
-        let mut observations = fhir::observations(&reading, &hash, patient, in_scope);
+        let urn = Epc::from_bytes(reading.dev.0).ok().map(|e| e.to_pure_uri());
+        let mut observations =
+            fhir::observations(&reading, &hash, patient, urn.as_deref(), in_scope);
         if observations.is_empty() {
             continue;
         }

@@ -149,47 +149,63 @@ function freshNonce() {
 // FHIR and event reading (pure)
 // ---------------------------------------------------------------------------
 
-/** The Observations of a FHIR Bundle, flattened; waveforms keep their samples. */
+/**
+ * The Observations of a FHIR Bundle, flattened: a panel (blood pressure)
+ * gives one per component; waveforms keep their samples; each names its
+ * device as the Observation shows it.
+ */
 export function observationsOf(bundle) {
   const out = [];
   for (const entry of bundle?.entry ?? []) {
     const r = entry?.resource;
     if (!r || r.resourceType !== 'Observation') continue;
-    const coding = r.code?.coding?.[0] ?? {};
     const time = Date.parse(r.effectiveDateTime ?? '');
     const identifier = String(r.identifier?.[0]?.value ?? '');
     const [reading, index] = identifier.split('#');
-    const interp = r.interpretation?.[0]?.coding?.[0]?.code ?? null;
-    const range = r.referenceRange?.[0] ?? {};
-    const obs = {
-      code: String(coding.code ?? 'unknown'),
-      display: String(coding.display ?? coding.code ?? 'Unknown'),
+    const shared = {
       time: Number.isFinite(time) ? time : null,
-      value: null,
-      unit: '',
-      waveform: null,
-      interp,
-      low: typeof range.low?.value === 'number' ? range.low.value : null,
-      high: typeof range.high?.value === 'number' ? range.high.value : null,
+      device: String(r.device?.display ?? r.device?.reference ?? ''),
       notes: (r.note ?? []).map((n) => String(n?.text ?? '')).filter(Boolean),
       reading: /^(0x)?[0-9a-fA-F]{64}$/.test(reading ?? '') ? reading.replace(/^0x/i, '').toLowerCase() : null,
       index: index ?? null,
     };
-    if (r.valueQuantity && typeof r.valueQuantity.value === 'number') {
-      obs.value = r.valueQuantity.value;
-      obs.unit = String(r.valueQuantity.unit ?? r.valueQuantity.code ?? '');
-    } else if (r.valueSampledData) {
-      obs.unit = String(r.valueSampledData.origin?.unit ?? '');
-      obs.waveform = String(r.valueSampledData.data ?? '')
-        .split(/\s+/)
-        .map(Number)
-        .filter(Number.isFinite);
-    } else {
-      continue;
+    const parts = Array.isArray(r.component) && r.component.length ? r.component : [r];
+    for (const part of parts) {
+      const obs = measuredIn(part, shared);
+      if (obs) out.push(obs);
     }
-    out.push(obs);
   }
   return out;
+}
+
+/** One measured value (an Observation's or a component's), or `null`. */
+function measuredIn(part, shared) {
+  const coding = part.code?.coding?.[0] ?? {};
+  const range = part.referenceRange?.[0] ?? {};
+  const obs = {
+    ...shared,
+    code: String(coding.code ?? 'unknown'),
+    display: String(coding.display ?? coding.code ?? 'Unknown'),
+    value: null,
+    unit: '',
+    waveform: null,
+    interp: part.interpretation?.[0]?.coding?.[0]?.code ?? null,
+    low: typeof range.low?.value === 'number' ? range.low.value : null,
+    high: typeof range.high?.value === 'number' ? range.high.value : null,
+  };
+  if (part.valueQuantity && typeof part.valueQuantity.value === 'number') {
+    obs.value = part.valueQuantity.value;
+    obs.unit = String(part.valueQuantity.unit ?? part.valueQuantity.code ?? '');
+  } else if (part.valueSampledData) {
+    obs.unit = String(part.valueSampledData.origin?.unit ?? '');
+    obs.waveform = String(part.valueSampledData.data ?? '')
+      .split(/\s+/)
+      .map(Number)
+      .filter(Number.isFinite);
+  } else {
+    return null;
+  }
+  return obs;
 }
 
 /** `'high'`, `'low'` or `null`: the interpretation code wins over the range. */

@@ -8,6 +8,7 @@ use medledger_contracts::{Scope, send};
 use medledger_patient_ledger::{Entry, Field, NoteVerifier, leaf_hash, verify_inclusion};
 use medledger_pki::Role;
 use medledger_pki::https::{Connection, Reply};
+use medledger_protocol::test_utils::assert_valid_fhir;
 use medledger_sim::{Hospital, Staff};
 
 pub(crate) async fn read(site: &Hospital, who: &Staff, request: u64) -> Reply {
@@ -70,6 +71,7 @@ async fn staff_read_records_only_with_a_usable_request_of_their_own() {
     assert_eq!(reply.header("content-type"), Some("application/fhir+json"));
     let bundle = body(&reply);
     assert_eq!(bundle["resourceType"], "Bundle");
+    assert_valid_fhir(&bundle);
     let entries = bundle["entry"].as_array().unwrap();
     assert_eq!(entries.len(), 2);
     let meta = &bundle["meta"]["extension"];
@@ -449,6 +451,7 @@ async fn from_the_command_line_a_patient_consents_and_a_doctor_reads() {
     assert!(ok, "{err}");
     let bundle: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&bundle_file).unwrap()).unwrap();
+    assert_valid_fhir(&bundle);
     let note = &bundle["entry"][0]["resource"]["note"][0];
     assert_eq!(note["text"], "Rate confirmed by palpation.", "{bundle}");
     assert_eq!(
@@ -771,6 +774,7 @@ async fn break_glass_is_reviewed_and_the_history_audited_from_the_command_line()
     assert!(err.contains("1 AuditEvent(s) written"), "{err}");
     let bundle: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&fhir).unwrap()).unwrap();
+    assert_valid_fhir(&bundle);
     let event = &bundle["entry"][0]["resource"];
     assert_eq!(event["resourceType"], "AuditEvent");
     assert_eq!(event["outcome"], "0");
