@@ -609,8 +609,8 @@ pub async fn not_found(uri: axum::http::Uri) -> axum::response::Response {
     )
 }
 
-/// Middleware: every error answer is problem+json, also those no handler
-/// wrote (another method on a known path, path and query values the router
+/// Middleware: every error answer is problem+json (or, from a FHIR API, a
+/// FHIR OperationOutcome), also those no handler wrote (another method on a known path, path and query values the router
 /// could not parse). Give the router [`not_found`] as its fallback too.
 pub async fn problems_only(
     request: axum::extract::Request,
@@ -620,12 +620,14 @@ pub async fn problems_only(
     let (method, path) = (request.method().clone(), request.uri().path().to_owned());
     let response = next.run(request).await;
     let status = response.status();
+    // A FHIR API answers its errors as OperationOutcomes, its own way.
     let is_problem = response
         .headers()
         .get(axum::http::header::CONTENT_TYPE)
         .is_some_and(|t| {
-            t.as_bytes()
-                .starts_with(medledger_protocol::problem::PROBLEM_JSON.as_bytes())
+            let t = t.as_bytes();
+            t.starts_with(medledger_protocol::problem::PROBLEM_JSON.as_bytes())
+                || t.starts_with(b"application/fhir+json")
         });
     if !(status.is_client_error() || status.is_server_error()) || is_problem {
         return response;

@@ -32,6 +32,7 @@ pub(crate) fn router(state: Arc<State>) -> Router {
     Router::new()
         .route("/v1/batches", post(batches))
         .merge(people())
+        .nest(crate::fhir_api::BASE_PATH, crate::fhir_api::router())
         .route("/healthz", get(|| async { "ok" }))
         .fallback(https::not_found)
         .layer(axum::middleware::from_fn(crate::caller::from_certificate))
@@ -183,8 +184,8 @@ async fn records(
             "name the access request: /v1/records?request=ID",
         );
     };
-    match crate::records::serve(&state, &caller, id).await {
-        Ok(bundle) => fhir_response(&bundle),
+    match crate::records::serve(&state, &caller, id, &Default::default()).await {
+        Ok(page) => fhir_response(&page.bundle),
         Err(r) => problem(r.kind, r.detail),
     }
 }
@@ -328,7 +329,7 @@ pub(crate) async fn patient_of(state: &State, caller: &Caller) -> Result<[u8; 32
 
 /// Whose ledger a patient or an admin asks for: a patient their own; an
 /// admin active in the Registry the one named by `?patient=HEX`.
-async fn subject_of(
+pub(crate) async fn subject_of(
     state: &State,
     caller: &Caller,
     named: Option<[u8; 32]>,

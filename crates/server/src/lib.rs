@@ -25,6 +25,7 @@ pub mod annotations;
 mod caller;
 pub mod config;
 pub mod erase;
+pub mod fhir_api;
 mod held;
 mod http;
 pub mod indexer;

@@ -51,8 +51,60 @@ pub(crate) fn refused(kind: ProblemType, detail: impl Into<String>) -> Refused {
     }
 }
 
+/// Which of a request's observations a read serves: all of them, or those
+/// a FHIR search or read selects, one page at a time.
+#[derive(Debug, Default)]
+pub(crate) struct Selection {
+    /// The patient the reader names: refused if the request is another's.
+    pub(crate) patient: Option<[u8; 32]>,
+    /// LOINC codes, any of which the Observation's `code` holds (none: any).
+    pub(crate) codes: Vec<String>,
+    /// `effectiveDateTime` at or after, Unix ms.
+    pub(crate) from_ms: Option<u64>,
+    /// `effectiveDateTime` before, Unix ms.
+    pub(crate) before_ms: Option<u64>,
+    /// One Observation by id.
+    pub(crate) id: Option<String>,
+    /// The page: how many matches to skip, and at most how many to serve.
+    pub(crate) offset: usize,
+    pub(crate) count: Option<usize>,
+}
+
+impl Selection {
+    fn admits(&self, observation: &Value, effective_ms: u64) -> bool {
+        let code_held = |code: &String| {
+            observation["code"]["coding"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|c| c["code"] == code.as_str()))
+        };
+        (self.codes.is_empty() || self.codes.iter().any(code_held))
+            && self.from_ms.is_none_or(|t| effective_ms >= t)
+            && self.before_ms.is_none_or(|t| effective_ms < t)
+            && self
+                .id
+                .as_ref()
+                .is_none_or(|id| observation["id"] == id.as_str())
+    }
+}
+
+/// Observations served, in a `collection` Bundle.
+#[derive(Debug)]
+pub(crate) struct Page {
+    /// The Bundle: the page's Observations, each with its ledger proof.
+    pub(crate) bundle: Value,
+    /// How many Observations it holds.
+    pub(crate) served: u64,
+    /// How many the selection matched, on every page.
+    pub(crate) total: u64,
+}
+
 /// Serves request `id` to `caller`, or says why not; records the attempt.
-pub(crate) async fn serve(state: &State, caller: &Caller, id: u64) -> Result<Value, Refused> {
+pub(crate) async fn serve(
+    state: &State,
+    caller: &Caller,
+    id: u64,
+    selection: &Selection,
+) -> Result<Page, Refused> {
     let unavailable = |e: &dyn std::fmt::Display| refused(ProblemType::Unavailable, e.to_string());
     let access_log = state.view.contracts().access_log();
     let count = access_log
@@ -84,14 +136,22 @@ pub(crate) async fn serve(state: &State, caller: &Caller, id: u64) -> Result<Val
         ));
     }
     let requester = caller.account;
-    let outcome = check(state, caller, id, &request, requester).await;
+    let outcome = match check(state, caller, id, &request, requester).await {
+        Ok(()) if selection.patient.is_some_and(|p| p != patient) => Err(refused(
+            ProblemType::Forbidden,
+            format!("request {id} is for another patient"),
+        )),
+        checked => checked,
+    };
     let served = match &outcome {
-        Ok(()) => bundle(state, &patient, Scope(request.scope), u64::MAX).await,
-        Err(_) => Ok((json!(null), 0)),
+        Ok(()) => bundle(state, &patient, Scope(request.scope), u64::MAX, selection)
+            .await
+            .map(Some),
+        Err(_) => Ok(None),
     };
     let (reason, count) = match (&outcome, &served) {
         (Err(r), _) => (r.detail.clone(), 0),
-        (Ok(()), Ok((_, n))) => (String::new(), *n),
+        (Ok(()), Ok(page)) => (String::new(), page.as_ref().map_or(0, |p| p.served)),
         (Ok(()), Err(e)) => (e.detail.clone(), 0),
     };
     // The attempt goes into the patient's ledger whatever came of it.
@@ -205,7 +265,7 @@ pub(crate) async fn serve(state: &State, caller: &Caller, id: u64) -> Result<Val
         1,
     );
     outcome?;
-    served.map(|(bundle, _)| bundle)
+    served.and_then(|page| page.ok_or_else(|| refused(ProblemType::Unavailable, "nothing served")))
 }
 
 async fn check(
@@ -261,15 +321,17 @@ async fn check(
 /// `AccessLog.Decision.Granted`.
 const GRANTED: u8 = 1;
 
-/// The Bundle of the patient's observations within `scope` from their
-/// `newest` readings (in ledger order), and how many observations.
-/// Each sealed blob is opened once, however many of its readings are read.
+/// The patient's observations within `scope` from their `newest` readings
+/// (in ledger order) that `selection` selects, its page of them with their
+/// ledger proofs. Each sealed blob is opened once, however many of its
+/// readings are read.
 pub(crate) async fn bundle(
     state: &State,
     patient: &[u8; 32],
     scope: Scope,
     newest: u64,
-) -> Result<(Value, u64), Refused> {
+    selection: &Selection,
+) -> Result<Page, Refused> {
     let failed = |e: &dyn std::fmt::Display| refused(ProblemType::Unavailable, e.to_string());
     let mut rows = sqlx::query(
         "SELECT r.hash AS hash, r.idx AS idx, r.blob AS blob, r.blob_sha256 AS digest, \
@@ -329,6 +391,7 @@ pub(crate) async fn bundle(
         let urn = Epc::from_bytes(reading.dev.0).ok().map(|e| e.to_pure_uri());
         let mut observations =
             fhir::observations(&reading, &hash, patient, urn.as_deref(), in_scope);
+        observations.retain(|o| selection.admits(o, reading.ts_ms));
         if observations.is_empty() {
             continue;
         }
@@ -339,8 +402,14 @@ pub(crate) async fn bundle(
         }
         let index = u64::try_from(row.try_get::<i64, _>("idx").map_err(get)?).unwrap_or(0);
         let entry: Vec<u8> = row.try_get("entry").map_err(get)?;
-        kept.push((index, entry, observations));
+        kept.extend(observations.into_iter().map(|o| (index, entry.clone(), o)));
     }
+    let total = kept.len() as u64;
+    let kept: Vec<_> = kept
+        .into_iter()
+        .skip(selection.offset)
+        .take(selection.count.unwrap_or(usize::MAX))
+        .collect();
     let indexes: Vec<u64> = kept.iter().map(|(i, _, _)| *i).collect();
     let (note, paths) = state
         .ledger
@@ -348,7 +417,7 @@ pub(crate) async fn bundle(
         .await
         .map_err(|e| failed(&e))?;
     let mut resources = Vec::new();
-    for ((index, entry, observations), path) in kept.into_iter().zip(paths) {
+    for ((index, entry, mut observation), path) in kept.into_iter().zip(paths) {
         let proof = json!({
             "url": PROOF_EXTENSION,
             "extension": [
@@ -357,12 +426,10 @@ pub(crate) async fn bundle(
                 { "url": "path", "valueString": path.iter().map(hex::encode).collect::<Vec<_>>().join(",") },
             ],
         });
-        for mut observation in observations {
-            observation["extension"] = json!([proof.clone()]);
-            resources.push(observation);
-        }
+        observation["extension"] = json!([proof]);
+        resources.push(observation);
     }
-    let count = resources.len() as u64;
+    let served = resources.len() as u64;
     let mut bundle = fhir::bundle(resources, now_ms());
     bundle["meta"] = json!({
         "extension": [
@@ -370,7 +437,11 @@ pub(crate) async fn bundle(
             { "url": KEY_EXTENSION, "valueString": state.ledger.verifier_key() },
         ],
     });
-    Ok((bundle, count))
+    Ok(Page {
+        bundle,
+        served,
+        total,
+    })
 }
 
 /// The patient's record reads, served and refused, as a FHIR `collection`

@@ -13,6 +13,7 @@ mod dead_letters;
 mod demo;
 mod deploy;
 mod erase;
+mod fhir_api;
 mod full_disk;
 mod health;
 mod indexer;

@@ -333,8 +333,9 @@ pub(super) async fn vitals(
         Ok(p) => p,
         Err(refusal) => return refusal,
     };
-    match crate::records::bundle(&state, &patient, Scope::ALL, VITALS_READINGS).await {
-        Ok((bundle, _)) => fhir_response(&bundle),
+    let all = crate::records::Selection::default();
+    match crate::records::bundle(&state, &patient, Scope::ALL, VITALS_READINGS, &all).await {
+        Ok(page) => fhir_response(&page.bundle),
         Err(r) => problem(r.kind, r.detail),
     }
 }
