@@ -325,7 +325,7 @@ async fn retired_for(db: &medledger_storage::Db, successor: Address) -> Result<b
 async fn new_chain(
     args: &RecoverArgs,
     state: &UpState,
-    admin: &alloy::signers::local::PrivateKeySigner,
+    admin: &crate::roles::ChainSigner,
     db: &medledger_storage::Db,
     fresh: &Path,
 ) -> Result<(medledger_chain::Node, Journal)> {

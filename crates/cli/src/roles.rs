@@ -3,12 +3,14 @@
 //! it changes, and waiting for Ctrl-C.
 
 use crate::rpc::{self, Identity};
-use alloy::primitives::Address;
+use alloy::network::TxSigner;
+use alloy::primitives::{Address, Signature};
 use alloy::providers::{DynProvider, Provider, ProviderBuilder};
-use alloy::signers::local::PrivateKeySigner;
+use alloy::signers::local::LocalSigner;
 use anyhow::{Context, Result};
 use medledger_contracts::{Contracts, signing_provider};
-use medledger_pki::{ClientAuth, Credentials, EthAccount, Role, files};
+use medledger_pki::token::{ChainKey, KeyUri};
+use medledger_pki::{ClientAuth, Credentials, Role, files};
 use medledger_storage::{Db, Part};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,16 +19,23 @@ use std::time::{Duration, SystemTime};
 /// How often the CRL file is looked at.
 const CRL_POLL: Duration = Duration::from_secs(5);
 
-/// The chain key in a `PREFIX.eth.key` file (hex).
-pub(crate) fn load_signer(path: &Path) -> Result<PrivateKeySigner> {
-    files::require_private(path)?;
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading the chain key {}", path.display()))?;
-    let account = EthAccount::from_hex(text.trim())
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    Ok(PrivateKeySigner::from_signing_key(
-        account.signing_key().clone(),
-    ))
+/// A chain account's signer: its key in a file or on a PKCS#11 token.
+pub(crate) type ChainSigner = LocalSigner<ChainKey>;
+
+/// The chain key at `path`: a `PREFIX.eth.key` file holding the key in hex
+/// or the `pkcs11:` URI of a secp256k1 key on a token, or that URI itself.
+pub(crate) fn load_signer(path: &Path) -> Result<ChainSigner> {
+    let named = path.to_string_lossy();
+    let text = if KeyUri::is_uri(&named) {
+        named.into_owned()
+    } else {
+        files::require_private(path)?;
+        std::fs::read_to_string(path)
+            .with_context(|| format!("reading the chain key {}", path.display()))?
+    };
+    let key = ChainKey::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let address = key.address();
+    Ok(LocalSigner::new_with_credential(key, address, None))
 }
 
 /// The contracts at `registry` on the chain at `rpc`, signing as `signer`;
@@ -34,7 +43,7 @@ pub(crate) fn load_signer(path: &Path) -> Result<PrivateKeySigner> {
 pub(crate) async fn contracts(
     rpc: &str,
     registry: &str,
-    signer: PrivateKeySigner,
+    signer: impl TxSigner<Signature> + Send + Sync + 'static,
     identity: Option<&Identity>,
 ) -> Result<Contracts<DynProvider>> {
     let registry: Address = registry

@@ -3,10 +3,14 @@
 //! patients' smart cards are used to sign the data hash").
 //!
 //! [`CardSigner`] is what a card does; [`SoftwareCard`] keeps the key in a
-//! file. A PKCS#11 smart card would implement the same trait.
+//! file, [`TokenCard`] on a PKCS#11 token (a smart card, an HSM), which
+//! signs without the key ever leaving it. In a cards directory, each
+//! `NAME.crt` has a `NAME.key` beside it: a PKCS#8 key, or one line, the
+//! `pkcs11:` URI of the key on its token.
 
 use alloy::primitives::Address;
-use medledger_pki::{Credentials, Role};
+use medledger_pki::token::{Curve, KeyUri, TokenKey};
+use medledger_pki::{Credentials, Identity, Role, files};
 use medledger_protocol::SigningKey;
 use std::collections::HashMap;
 use std::path::Path;
@@ -18,8 +22,9 @@ pub trait CardSigner: Send + Sync {
     fn certificate(&self) -> &[u8];
     /// The patient's chain account (the certificate's address extension).
     fn account(&self) -> Address;
-    /// A COSE_Sign1 over `digest` (see `medledger_protocol::card_digest`).
-    fn sign(&self, digest: &[u8; 32]) -> Vec<u8>;
+    /// A COSE_Sign1 over `digest` (see `medledger_protocol::card_digest`),
+    /// or why the card cannot sign now.
+    fn sign(&self, digest: &[u8; 32]) -> Result<Vec<u8>, String>;
 }
 
 /// A card whose key is a PKCS#8 file.
@@ -74,9 +79,74 @@ impl CardSigner for SoftwareCard {
         self.account
     }
 
-    fn sign(&self, digest: &[u8; 32]) -> Vec<u8> {
-        self.key.sign_payload(digest)
+    fn sign(&self, digest: &[u8; 32]) -> Result<Vec<u8>, String> {
+        Ok(self.key.sign_payload(digest))
     }
+}
+
+/// A card whose key is on a PKCS#11 token.
+#[derive(Debug)]
+pub struct TokenCard {
+    cert: Vec<u8>,
+    account: Address,
+    key: TokenKey,
+}
+
+impl TokenCard {
+    /// The card of the patient certificate `cert_der` whose key is the
+    /// token key `uri` names: refused unless the token's key is the
+    /// certificate's (a P-256 key, the same public key).
+    pub fn open(cert_der: Vec<u8>, uri: &str) -> Result<TokenCard, String> {
+        let identity = Identity::from_peer_certificate(&cert_der).map_err(|e| e.to_string())?;
+        identity
+            .require_role(&[Role::Patient])
+            .map_err(|e| e.to_string())?;
+        let account = identity
+            .address()
+            .ok_or("the patient certificate has no address")?;
+        let key = TokenKey::open(uri).map_err(|e| e.to_string())?;
+        if key.curve() != Curve::P256 || key.public_key() != identity.key.public_key() {
+            return Err(format!(
+                "the key {uri} is not the key of the certificate of {account}"
+            ));
+        }
+        Ok(TokenCard {
+            cert: cert_der,
+            account,
+            key,
+        })
+    }
+}
+
+impl CardSigner for TokenCard {
+    fn certificate(&self) -> &[u8] {
+        &self.cert
+    }
+
+    fn account(&self) -> Address {
+        self.account
+    }
+
+    fn sign(&self, digest: &[u8; 32]) -> Result<Vec<u8>, String> {
+        medledger_protocol::cose::sign_es256_with(&self.cert, digest, |d| self.key.sign_digest(d))
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// The card of `PREFIX.crt`: on a token if `PREFIX.key` holds a `pkcs11:`
+/// URI, else with `PREFIX.key` as its key.
+pub fn load_card(prefix: &Path) -> Result<Arc<dyn CardSigner>, String> {
+    let named = |e: &dyn std::fmt::Display| format!("{}: {e}", prefix.display());
+    let key = prefix.with_extension("key");
+    let text = std::fs::read_to_string(&key).unwrap_or_default();
+    if KeyUri::is_uri(&text) {
+        let cert = files::read_first(&prefix.with_extension("crt"), "CERTIFICATE")
+            .map_err(|e| named(&e))?;
+        return Ok(Arc::new(
+            TokenCard::open(cert, text.trim()).map_err(|e| named(&e))?,
+        ));
+    }
+    Ok(Arc::new(SoftwareCard::load(prefix)?))
 }
 
 /// The cards at this collector, by patient account. Clones share the same
@@ -113,7 +183,8 @@ impl Cards {
             .insert(card.account(), card);
     }
 
-    /// Every `NAME.crt` with a `NAME.key` beside it in `dir`.
+    /// Every `NAME.crt` with a `NAME.key` beside it in `dir` (see
+    /// [`load_card`]).
     pub fn load_dir(dir: &Path) -> Result<Cards, String> {
         let cards = Cards::new();
         let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -121,7 +192,7 @@ impl Cards {
         paths.sort();
         for path in paths {
             if path.extension().is_some_and(|e| e == "crt") && path.with_extension("key").exists() {
-                cards.insert(Arc::new(SoftwareCard::load(&path.with_extension(""))?));
+                cards.insert(load_card(&path.with_extension(""))?);
             }
         }
         Ok(cards)

@@ -353,8 +353,9 @@ async fn commit_decided(
     marks: &NewMarks,
     batch: i64,
 ) -> Result<(), String> {
+    let cards = sign_cards(state, items);
     let refused = {
-        let outgoing = Outgoing::of(state, items);
+        let outgoing = Outgoing::of(items, cards);
         if outgoing.is_empty() {
             return Ok(());
         }
@@ -387,6 +388,49 @@ async fn commit_decided(
     Ok(())
 }
 
+/// Per patient with accepted readings: the card's certificate and its
+/// signature over their hashes, in batch order. A card that cannot sign
+/// now (a token removed or failing) has its patient's readings refused
+/// `unavailable`, so that their devices send them again.
+fn sign_cards(state: &State, items: &mut [Candidate]) -> Vec<(B256, Vec<u8>, Vec<u8>)> {
+    let mut by_patient: BTreeMap<B256, (alloy::primitives::Address, Vec<[u8; 32]>)> =
+        BTreeMap::new();
+    for item in items.iter() {
+        if let Some(bound) = item.passing_for() {
+            by_patient
+                .entry(bound.patient)
+                .or_insert_with(|| (bound.account, Vec::new()))
+                .1
+                .push(item.hash);
+        }
+    }
+    let mut cards = Vec::new();
+    for (patient, (account, hashes)) in by_patient {
+        let card = state
+            .cards
+            .get(&account)
+            .expect("readings without a card were refused");
+        match card.sign(&card_digest(&patient.0, &hashes)) {
+            Ok(sig) => cards.push((patient, card.certificate().to_vec(), sig)),
+            Err(e) => {
+                tracing::warn!(
+                    "medledger collector: the card of patient account {account} cannot sign: {e}"
+                );
+                for item in items
+                    .iter_mut()
+                    .filter(|i| i.passing_for().is_some_and(|b| b.patient == patient))
+                {
+                    item.refuse(Refusal::new(
+                        ProblemType::Unavailable,
+                        "the patient's card cannot sign now; send the reading again later",
+                    ));
+                }
+            }
+        }
+    }
+    cards
+}
+
 /// Readings of a bound device refused for what they say (rules) or when
 /// (replay): reported to the server, which alerts the patient.
 fn reported(item: &Candidate) -> Option<(&Refusal, B256)> {
@@ -412,36 +456,16 @@ struct Outgoing<'a> {
 }
 
 impl<'a> Outgoing<'a> {
-    /// The accepted and reported readings of `items`, the cards signed.
-    fn of(state: &State, items: &'a [Candidate]) -> Outgoing<'a> {
-        let accepted: Vec<(&Candidate, B256)> = items
+    /// The accepted and reported readings of `items`, with the cards'
+    /// signatures over them.
+    fn of(items: &'a [Candidate], cards: Vec<(B256, Vec<u8>, Vec<u8>)>) -> Outgoing<'a> {
+        let accepted = items
             .iter()
             .filter_map(|i| Some((i, i.passing_for()?.patient)))
             .collect();
         let reported = items
             .iter()
             .filter_map(|i| reported(i).map(|(r, patient)| (i, r, patient)))
-            .collect();
-        let mut by_patient: BTreeMap<B256, (alloy::primitives::Address, Vec<[u8; 32]>)> =
-            BTreeMap::new();
-        for (item, _) in &accepted {
-            let bound = item.passing_for().expect("accepted readings are bound");
-            by_patient
-                .entry(bound.patient)
-                .or_insert_with(|| (bound.account, Vec::new()))
-                .1
-                .push(item.hash);
-        }
-        let cards = by_patient
-            .iter()
-            .map(|(patient, (account, hashes))| {
-                let card = state
-                    .cards
-                    .get(account)
-                    .expect("readings without a card were refused");
-                let sig = card.sign(&card_digest(&patient.0, hashes));
-                (*patient, card.certificate().to_vec(), sig)
-            })
             .collect();
         Outgoing {
             accepted,

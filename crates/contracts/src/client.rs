@@ -15,12 +15,11 @@ use crate::rules::{RuleReason, code_key, milli};
 use crate::scope::Scope;
 use crate::text::short_text;
 use alloy::contract::{CallBuilder, CallDecoder};
-use alloy::network::EthereumWallet;
-use alloy::primitives::{Address, B256, U256};
+use alloy::network::{EthereumWallet, TxSigner};
+use alloy::primitives::{Address, B256, Signature, U256};
 use alloy::providers::{DynProvider, Provider, ProviderBuilder};
 use alloy::rpc::client::RpcClient;
 use alloy::rpc::types::{Filter, TransactionReceipt};
-use alloy::signers::local::PrivateKeySigner;
 use alloy::sol_types::SolEvent;
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
@@ -728,7 +727,10 @@ pub enum Grantee {
 /// from an account it does not permit) leaves a gap that stalls every later
 /// transaction of the account. Concurrent sends from one account through
 /// this provider may take the same nonce; send them one at a time.
-pub fn signing_provider(signer: PrivateKeySigner, client: RpcClient) -> DynProvider {
+pub fn signing_provider(
+    signer: impl TxSigner<Signature> + Send + Sync + 'static,
+    client: RpcClient,
+) -> DynProvider {
     ProviderBuilder::new()
         .disable_recommended_fillers()
         .with_gas_estimation()

@@ -15,9 +15,10 @@
 //! - [`account`]: EVM accounts for holders who sign transactions;
 //! - [`tls`]: rustls server and client configurations and an acceptor;
 //! - [`https`]: serving an app over mutual TLS, and a client;
-//! - [`metrics`]: Prometheus counters, gauges and histograms.
+//! - [`metrics`]: Prometheus counters, gauges and histograms;
+//! - [`token`]: keys on PKCS#11 tokens, named by `pkcs11:` URIs.
 //!
-//! No feature flags.
+//! Feature `test-utils`: [`softhsm`], SoftHSM2 tokens for tests.
 
 pub mod account;
 pub mod ca;
@@ -29,8 +30,11 @@ pub mod health;
 pub mod https;
 pub mod identity;
 pub mod metrics;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod softhsm;
 pub mod throttle;
 pub mod tls;
+pub mod token;
 
 pub use account::EthAccount;
 pub use ca::{Ca, CertSpec, ExtId, Issued, KeyAlg, LeafRequest, RawExtension};

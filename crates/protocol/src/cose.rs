@@ -293,25 +293,7 @@ impl SigningKey {
     }
 
     fn sign_headers(&self, payload: &[u8], chain: &[Vec<u8>]) -> Vec<u8> {
-        let protected = cbor::encode_with(|e| {
-            e.map(if chain.is_empty() { 2 } else { 3 })
-                .int(LABEL_ALG)
-                .int(self.algorithm().cose_id())
-                .int(LABEL_KID)
-                .bytes(&self.kid);
-            match chain {
-                [] => {}
-                [one] => {
-                    e.int(LABEL_X5CHAIN).bytes(one);
-                }
-                several => {
-                    e.int(LABEL_X5CHAIN).array(several.len());
-                    for cert in several {
-                        e.bytes(cert);
-                    }
-                }
-            }
-        });
+        let protected = protected_header(self.algorithm(), &self.kid, chain);
         let tbs = sig_structure(&protected, payload);
         let sig = match &self.inner {
             KeyPairInner::Es256(kp, rng) => kp
@@ -321,15 +303,58 @@ impl SigningKey {
                 .to_vec(),
             KeyPairInner::EdDsa(kp) => kp.sign(&tbs).as_ref().to_vec(),
         };
-        cbor::encode_with(|e| {
-            e.tag(COSE_SIGN1_TAG)
-                .array(4)
-                .bytes(&protected)
-                .map(0)
-                .bytes(payload)
-                .bytes(&sig);
-        })
+        envelope(&protected, payload, &sig)
     }
+}
+
+/// An ES256 COSE_Sign1 over `payload` for the certificate `cert_der`,
+/// signed by a key held elsewhere (a PKCS#11 token): `sign` is given the
+/// SHA-256 digest of the `Sig_structure` and returns `r || s`.
+pub fn sign_es256_with<E>(
+    cert_der: &[u8],
+    payload: &[u8],
+    sign: impl FnOnce(&[u8; 32]) -> Result<[u8; 64], E>,
+) -> Result<Vec<u8>, E> {
+    let protected = protected_header(Algorithm::Es256, &kid_of(cert_der), &[]);
+    let tbs = sig_structure(&protected, payload);
+    let digest = ring::digest::digest(&ring::digest::SHA256, &tbs);
+    let digest: [u8; 32] = digest.as_ref().try_into().expect("SHA-256 is 32 bytes");
+    Ok(envelope(&protected, payload, &sign(&digest)?))
+}
+
+/// The protected header: algorithm, kid and, if any, the `x5chain`.
+fn protected_header(alg: Algorithm, kid: &Kid, chain: &[Vec<u8>]) -> Vec<u8> {
+    cbor::encode_with(|e| {
+        e.map(if chain.is_empty() { 2 } else { 3 })
+            .int(LABEL_ALG)
+            .int(alg.cose_id())
+            .int(LABEL_KID)
+            .bytes(kid);
+        match chain {
+            [] => {}
+            [one] => {
+                e.int(LABEL_X5CHAIN).bytes(one);
+            }
+            several => {
+                e.int(LABEL_X5CHAIN).array(several.len());
+                for cert in several {
+                    e.bytes(cert);
+                }
+            }
+        }
+    })
+}
+
+/// A tagged COSE_Sign1 of its parts.
+fn envelope(protected: &[u8], payload: &[u8], signature: &[u8]) -> Vec<u8> {
+    cbor::encode_with(|e| {
+        e.tag(COSE_SIGN1_TAG)
+            .array(4)
+            .bytes(protected)
+            .map(0)
+            .bytes(payload)
+            .bytes(signature);
+    })
 }
 
 /// `Sig_structure` of RFC 9052 §4.4 with empty external AAD.

@@ -1156,7 +1156,9 @@ impl Demo {
                 patient,
                 cert: 1,
                 readings: vec![0],
-                sig: card.sign(&medledger_protocol::card_digest(&patient, &hashes)),
+                sig: card
+                    .sign(&medledger_protocol::card_digest(&patient, &hashes))
+                    .map_err(anyhow::Error::msg)?,
             }],
             ..ForwardBatch::default()
         };

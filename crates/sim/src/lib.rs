@@ -17,7 +17,8 @@ pub mod mqtt;
 pub mod signals;
 
 use crate::mqtt::MqttDevice;
-use alloy::primitives::{B256, keccak256};
+use alloy::network::TxSigner;
+use alloy::primitives::{B256, Signature, keccak256};
 use alloy::providers::DynProvider;
 use alloy::rpc::client::RpcClient;
 use alloy::signers::local::PrivateKeySigner;
@@ -86,7 +87,10 @@ pub async fn record_certificate<P: alloy::providers::Provider + Clone>(
 }
 
 /// A provider on `node`, in process, signing as `signer`.
-pub fn provider(node: &Node, signer: &PrivateKeySigner) -> DynProvider {
+pub fn provider<S>(node: &Node, signer: &S) -> DynProvider
+where
+    S: TxSigner<Signature> + Clone + Send + Sync + 'static,
+{
     signing_provider(
         signer.clone(),
         RpcClient::new(InProcess::new(Rpc::new(node.clone())), true),

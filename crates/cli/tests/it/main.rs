@@ -27,6 +27,7 @@ mod revocation;
 mod servers;
 mod sim;
 mod site;
+mod token;
 mod up;
 mod verify;
 mod walk;

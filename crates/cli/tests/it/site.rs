@@ -134,7 +134,9 @@ pub fn batch_by_hand(
             patient,
             cert: 1,
             readings: (0..hashes.len() as u32).collect(),
-            sig: card.sign(&medledger_protocol::card_digest(&patient, &hashes)),
+            sig: card
+                .sign(&medledger_protocol::card_digest(&patient, &hashes))
+                .unwrap(),
         });
     }
     batch.to_cbor()
