@@ -19,6 +19,11 @@ pub(crate) struct DemoArgs {
     /// Leave the hospital running afterwards, and print how to reach it.
     #[arg(long)]
     keep: bool,
+    /// Keep the patients' card keys on this PKCS#11 token while the demo
+    /// runs (`pkcs11:token=LABEL?module-path=...&pin-source=file:...`):
+    /// each card signs there.
+    #[arg(long, value_name = "PKCS11_URI")]
+    cards_on_token: Option<String>,
 }
 
 pub(crate) fn run(args: DemoArgs) -> Result<()> {
@@ -31,6 +36,7 @@ pub(crate) fn run(args: DemoArgs) -> Result<()> {
         };
         let options = DemoOptions {
             readings_per_device: args.readings.max(1),
+            card_token: args.cards_on_token.clone(),
         };
         let (demo, report) = demo::run(&options, &progress).await?;
         print_report(&report);

@@ -97,6 +97,12 @@ impl TokenCard {
     /// token key `uri` names: refused unless the token's key is the
     /// certificate's (a P-256 key, the same public key).
     pub fn open(cert_der: Vec<u8>, uri: &str) -> Result<TokenCard, String> {
+        TokenCard::new(cert_der, TokenKey::open(uri).map_err(|e| e.to_string())?)
+    }
+
+    /// The card of the patient certificate `cert_der` whose key is `key`,
+    /// checked as [`TokenCard::open`] does.
+    pub fn new(cert_der: Vec<u8>, key: TokenKey) -> Result<TokenCard, String> {
         let identity = Identity::from_peer_certificate(&cert_der).map_err(|e| e.to_string())?;
         identity
             .require_role(&[Role::Patient])
@@ -104,10 +110,10 @@ impl TokenCard {
         let account = identity
             .address()
             .ok_or("the patient certificate has no address")?;
-        let key = TokenKey::open(uri).map_err(|e| e.to_string())?;
         if key.curve() != Curve::P256 || key.public_key() != identity.key.public_key() {
             return Err(format!(
-                "the key {uri} is not the key of the certificate of {account}"
+                "the key {} is not the key of the certificate of {account}",
+                key.uri()
             ));
         }
         Ok(TokenCard {

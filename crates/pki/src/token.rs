@@ -100,8 +100,8 @@ impl KeyUri {
         text.trim_start().starts_with("pkcs11:")
     }
 
-    /// Parses a `pkcs11:` URI.
-    pub fn parse(text: &str) -> Result<KeyUri, TokenError> {
+    /// Parses a `pkcs11:` URI that names a token, and perhaps a key.
+    pub fn parse_token(text: &str) -> Result<KeyUri, TokenError> {
         let text = text.trim();
         let rest = text
             .strip_prefix("pkcs11:")
@@ -157,6 +157,12 @@ impl KeyUri {
                 }
             }
         }
+        Ok(uri)
+    }
+
+    /// Parses a `pkcs11:` URI that names a key.
+    pub fn parse(text: &str) -> Result<KeyUri, TokenError> {
+        let uri = KeyUri::parse_token(text)?;
         if uri.object.is_none() && uri.id.is_none() {
             return Err(TokenError::Uri(
                 "name the key: object=LABEL or id=%01".into(),
@@ -220,6 +226,42 @@ fn module(path: &Path) -> Result<Pkcs11, TokenError> {
     Ok(pkcs11)
 }
 
+/// A read-write session on the token `uri` names, logged in as its user.
+fn logged_in(uri: &KeyUri) -> Result<Session, TokenError> {
+    let pkcs11 = module(&uri.module()?)?;
+    let slots = pkcs11.get_slots_with_token().map_err(token_error)?;
+    let slot = slots
+        .into_iter()
+        .find(|slot| {
+            uri.token.as_deref().is_none_or(|label| {
+                pkcs11
+                    .get_token_info(*slot)
+                    .is_ok_and(|info| info.label().trim_end() == label)
+            })
+        })
+        .ok_or_else(|| {
+            token_error(format!(
+                "no token labelled `{}` is present",
+                uri.token.as_deref().unwrap_or("(any)")
+            ))
+        })?;
+    let session = pkcs11.open_rw_session(slot).map_err(token_error)?;
+    match session.login(UserType::User, Some(&uri.pin()?)) {
+        Ok(()) | Err(cryptoki::error::Error::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
+        Err(cryptoki::error::Error::Pkcs11(RvError::PinIncorrect, _)) => {
+            return Err(token_error("the token refused the PIN"));
+        }
+        Err(e) => return Err(token_error(format!("logging in to the token: {e}"))),
+    }
+    Ok(session)
+}
+
+/// The `len` bytes after the first `marker` in `der`.
+fn find_after<'a>(der: &'a [u8], marker: &[u8], len: usize) -> Option<&'a [u8]> {
+    let at = der.windows(marker.len()).position(|w| w == marker)? + marker.len();
+    der.get(at..at + len)
+}
+
 /// The curve of an EC key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Curve {
@@ -256,31 +298,71 @@ impl TokenKey {
     /// in with the PIN, finds the private key and its public key.
     pub fn open(uri: &str) -> Result<TokenKey, TokenError> {
         let parsed = KeyUri::parse(uri)?;
-        let pkcs11 = module(&parsed.module()?)?;
-        let slots = pkcs11.get_slots_with_token().map_err(token_error)?;
-        let slot = slots
-            .into_iter()
-            .find(|slot| {
-                parsed.token.as_deref().is_none_or(|label| {
-                    pkcs11
-                        .get_token_info(*slot)
-                        .is_ok_and(|info| info.label().trim_end() == label)
-                })
-            })
-            .ok_or_else(|| {
-                token_error(format!(
-                    "no token labelled `{}` is present",
-                    parsed.token.as_deref().unwrap_or("(any)")
-                ))
-            })?;
-        let session = pkcs11.open_ro_session(slot).map_err(token_error)?;
-        match session.login(UserType::User, Some(&parsed.pin()?)) {
-            Ok(()) | Err(cryptoki::error::Error::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
-            Err(cryptoki::error::Error::Pkcs11(RvError::PinIncorrect, _)) => {
-                return Err(token_error("the token refused the PIN"));
-            }
-            Err(e) => return Err(token_error(format!("logging in to the token: {e}"))),
-        }
+        let session = logged_in(&parsed)?;
+        TokenKey::find(session, &parsed, uri)
+    }
+
+    /// Puts the P-256 key `pkcs8` (PKCS#8, with its public key) on the
+    /// token `token_uri` names, as `object`, for as long as the returned
+    /// key lives: session objects, gone with it (as a demo's cards are).
+    pub fn import_p256(
+        token_uri: &str,
+        object: &str,
+        pkcs8: &[u8],
+    ) -> Result<TokenKey, TokenError> {
+        let parsed = KeyUri::parse_token(token_uri)?;
+        // ECPrivateKey (RFC 5915) inside the PKCS#8: version 1, then the
+        // 32-byte scalar; the public key, a 65-byte point, in its [1].
+        let scalar = find_after(pkcs8, &[0x02, 0x01, 0x01, 0x04, 0x20], 32);
+        let point = find_after(pkcs8, &[0x03, 0x42, 0x00], 65);
+        let (Some(scalar), Some(point)) = (scalar, point) else {
+            return Err(token_error("not a PKCS#8 P-256 key with its public key"));
+        };
+        let session = logged_in(&parsed)?;
+        let label = Attribute::Label(object.as_bytes().to_vec());
+        let common = [
+            Attribute::Token(false),
+            Attribute::KeyType(cryptoki::object::KeyType::EC),
+            Attribute::EcParams(P256_OID.to_vec()),
+            label,
+        ];
+        let private = [
+            &common[..],
+            &[
+                Attribute::Class(ObjectClass::PRIVATE_KEY),
+                Attribute::Private(true),
+                Attribute::Sensitive(true),
+                Attribute::Sign(true),
+                Attribute::Value(scalar.to_vec()),
+            ],
+        ]
+        .concat();
+        let public = [
+            &common[..],
+            &[
+                Attribute::Class(ObjectClass::PUBLIC_KEY),
+                Attribute::Verify(true),
+                Attribute::EcPoint([&[0x04, 65][..], point].concat()),
+            ],
+        ]
+        .concat();
+        session.create_object(&private).map_err(token_error)?;
+        session.create_object(&public).map_err(token_error)?;
+        let named = KeyUri {
+            object: Some(object.to_owned()),
+            ..parsed
+        };
+        let uri = format!(
+            "pkcs11:token={};object={object}",
+            named.token.as_deref().unwrap_or("")
+        );
+        TokenKey::find(session, &named, &uri)
+    }
+
+    /// The key `parsed` names, found in `session`.
+    fn find(session: Session, parsed: &KeyUri, uri: &str) -> Result<TokenKey, TokenError> {
+        // Named without its query, which may hold the PIN.
+        let uri = uri.split('?').next().unwrap_or(uri);
         let mut template = Vec::new();
         if let Some(label) = &parsed.object {
             template.push(Attribute::Label(label.as_bytes().to_vec()));
@@ -352,6 +434,11 @@ impl TokenKey {
             public,
             uri: uri.to_owned(),
         })
+    }
+
+    /// The key's URI, without its query (which may hold the PIN).
+    pub fn uri(&self) -> &str {
+        &self.uri
     }
 
     /// The key's curve.
@@ -515,6 +602,24 @@ mod tests {
         signature::UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, key.public_key())
             .verify(b"a reading", &sig)
             .unwrap();
+        // A key put on the token for a while: gone with its TokenKey.
+        let other = signature::EcdsaKeyPair::generate_pkcs8(alg, &rng).unwrap();
+        let token_uri = uri.replace(";object=p256", "");
+        let lent = TokenKey::import_p256(&token_uri, "for-a-while", other.as_ref()).unwrap();
+        let sig = lent
+            .sign_digest(digest.as_ref().try_into().unwrap())
+            .unwrap();
+        signature::UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, lent.public_key())
+            .verify(b"a reading", &sig)
+            .unwrap();
+        assert!(!format!("{lent:?}").contains("pin-value"), "{lent:?}");
+        drop(lent);
+        let gone = TokenKey::open(&uri.replace("object=p256", "object=for-a-while"));
+        assert!(
+            gone.unwrap_err()
+                .to_string()
+                .contains("holds no private key")
+        );
         for (changed, says) in [
             (
                 uri.replace("object=p256", "object=nothing"),

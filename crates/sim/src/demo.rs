@@ -37,12 +37,16 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 pub struct DemoOptions {
     /// Readings each device sends.
     pub readings_per_device: usize,
+    /// A PKCS#11 token (a `pkcs11:` URI naming it) to keep the patients'
+    /// card keys on while the demo runs.
+    pub card_token: Option<String>,
 }
 
 impl Default for DemoOptions {
     fn default() -> Self {
         DemoOptions {
             readings_per_device: 10,
+            card_token: None,
         }
     }
 }
@@ -120,7 +124,7 @@ pub async fn run(
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<(Demo, Report)> {
     let started = Instant::now();
-    let mut demo = Demo::provision(progress).await?;
+    let mut demo = Demo::provision(options.card_token.clone(), progress).await?;
     let accepted = demo.stream(options.readings_per_device, progress).await?;
     let accesses = demo.access(progress).await?;
     let attacks = demo.attacks(progress).await?;
@@ -228,8 +232,12 @@ fn cause(reply: &Reply) -> String {
 }
 
 impl Demo {
-    /// Starts and provisions the hospital; `progress` hears each step.
-    pub async fn provision(progress: &(dyn Fn(&str) + Sync)) -> Result<Demo> {
+    /// Starts and provisions the hospital, the patients' cards on
+    /// `card_token` if given; `progress` hears each step.
+    pub async fn provision(
+        card_token: Option<String>,
+        progress: &(dyn Fn(&str) + Sync),
+    ) -> Result<Demo> {
         progress("starting chain, contracts, server and cardiology's collector");
         // With Mosquitto installed, cardiology's collector also reads a
         // broker, and one device sends over MQTT.
@@ -239,9 +247,16 @@ impl Demo {
                 "no mosquitto found: every device sends over HTTPS (apt-get install mosquitto for one over MQTT)",
             );
         }
+        if let Some(token) = &card_token {
+            progress(&format!(
+                "the patients' cards keep their keys on the PKCS#11 token {}",
+                token.split('?').next().unwrap_or(token)
+            ));
+        }
         let hospital = Hospital::start(Options {
             block_interval: Duration::from_millis(2),
             mosquitto,
+            card_token,
             ..Options::default()
         })
         .await?;

@@ -27,8 +27,8 @@ use medledger_chain::rpc::Rpc;
 use medledger_chain::rpc::transport::InProcess;
 use medledger_chain::{Node, NodeConfig, Sealing};
 use medledger_collector::{
-    Cards, Collector, ForwardError, InProcessServer, Limits, MqttSettings, ServerTarget,
-    SoftwareCard, Upstream,
+    CardSigner, Cards, Collector, ForwardError, InProcessServer, Limits, MqttSettings,
+    ServerTarget, SoftwareCard, TokenCard, Upstream,
 };
 use medledger_contracts::{
     Contracts, RegistryPermissions, StaffRole, code_key, epc_bytes, send, short_text,
@@ -37,6 +37,7 @@ use medledger_contracts::{
 use medledger_mqtt::mosquitto::{self, BrokerSpec, Mosquitto};
 use medledger_patient_ledger::NoteSigner;
 use medledger_pki::https::Connection;
+use medledger_pki::token::TokenKey;
 use medledger_pki::{
     Ca, ClientAuth, Credentials, Epc, Issued, KeyAlg, LeafRequest, Location, Role,
 };
@@ -84,6 +85,25 @@ pub async fn record_certificate<P: alloy::providers::Provider + Clone>(
     )
     .await?;
     Ok(())
+}
+
+/// The card of the patient certificate `card`: its key in memory, or put
+/// on the PKCS#11 token `token` (a `pkcs11:` URI naming the token) for the
+/// hospital's life.
+fn card_signer(card: &Issued, token: Option<&str>) -> Result<Arc<dyn CardSigner>> {
+    let Some(token) = token else {
+        return Ok(Arc::new(
+            SoftwareCard::new(&Credentials::from_issued(card)).map_err(anyhow::Error::msg)?,
+        ));
+    };
+    let object = format!(
+        "card-{}",
+        hex::encode(&medledger_protocol::kid_of(&card.cert_der)[..8])
+    );
+    let key = TokenKey::import_p256(token, &object, &card.key_pkcs8)?;
+    Ok(Arc::new(
+        TokenCard::new(card.cert_der.clone(), key).map_err(anyhow::Error::msg)?,
+    ))
 }
 
 /// A provider on `node`, in process, signing as `signer`.
@@ -141,6 +161,9 @@ pub struct Options {
     /// `medledger ca broker` sets it up) and its collector takes readings
     /// from it too.
     pub mosquitto: Option<PathBuf>,
+    /// A PKCS#11 token (a `pkcs11:` URI naming it, its module and PIN) on
+    /// which the patients' cards keep their keys while the hospital runs.
+    pub card_token: Option<String>,
 }
 
 impl Default for Options {
@@ -162,6 +185,7 @@ impl Default for Options {
             forward_over_tls: false,
             lease_term: None,
             mosquitto: None,
+            card_token: None,
         }
     }
 }
@@ -704,9 +728,7 @@ impl Hospital {
         )
         .await?;
         let cards = Cards::new();
-        cards.insert(Arc::new(
-            SoftwareCard::new(&Credentials::from_issued(&card)).map_err(anyhow::Error::msg)?,
-        ));
+        cards.insert(card_signer(&card, options.card_token.as_deref())?);
         let (broker, mqtt) = match &options.mosquitto {
             Some(program) => {
                 let (broker, settings) =
@@ -868,9 +890,7 @@ impl Hospital {
         ))
         .await?;
         record_certificate(&self.admin, &card).await?;
-        cards.insert(Arc::new(
-            SoftwareCard::new(&Credentials::from_issued(&card)).map_err(anyhow::Error::msg)?,
-        ));
+        cards.insert(card_signer(&card, self.options.card_token.as_deref())?);
         Ok(Patient { patient_ref, card })
     }
 
