@@ -3,6 +3,7 @@ pragma solidity 0.8.30;
 
 import {Registry} from "./Registry.sol";
 import {Consent} from "./Consent.sol";
+import {PurposeOfUse} from "./PurposeOfUse.sol";
 
 /// Every staff request for a patient's data, decided and kept for good:
 /// nothing here can be changed or deleted. Also break-glass access with its
@@ -97,6 +98,7 @@ contract AccessLog {
     error NotAdmin(address caller);
     error EmptyScope();
     error MissingPurpose();
+    error UnknownPurpose(bytes32 purpose);
     error MissingReason();
     error UnknownRequest(uint256 id);
     error NotUnderReview(uint256 id);
@@ -110,13 +112,15 @@ contract AccessLog {
         consent = consent_;
     }
 
-    /// Asks for `scope` of a patient's data for `purpose`. Granted for active
+    /// Asks for `scope` of a patient's data for `purpose`, a PurposeOfUse
+    /// code (`TREAT`, ...). Granted for active
     /// staff who are an assigned carer of the current admission (unless the
     /// patient opted out) or hold a live consent covering the scope; denied
     /// otherwise. Either way recorded; returns the request id.
     function requestAccess(bytes32 patientRef, uint256 scope, bytes32 purpose) external returns (uint256 id) {
         if (scope == 0) revert EmptyScope();
         if (purpose == bytes32(0)) revert MissingPurpose();
+        if (!PurposeOfUse.isCode(purpose)) revert UnknownPurpose(purpose);
         Registry.Staff memory s = registry.staff(msg.sender);
         uint8 deny;
         Basis basis;
@@ -159,13 +163,18 @@ contract AccessLog {
         else if (s.role != Registry.StaffRole.Doctor) deny = DENY_NOT_DOCTOR;
         else if (registry.patientAccount(patientRef) == address(0)) deny = DENY_UNKNOWN_PATIENT;
         uint64 expiresAt = deny == 0 ? uint64(block.timestamp) + accessTtl : 0;
-        bytes32 purpose = "emergency";
+        bytes32 purpose = "ETREAT";
         id = record(patientRef, scope, purpose, deny, deny == 0 ? Basis.Emergency : Basis.None, 0, expiresAt, reason);
         emit BreakGlass(id, patientRef, msg.sender, reason);
         if (deny == 0) {
             reviewSlot[id] = openReviews.length;
             openReviews.push(id);
         }
+    }
+
+    /// Whether `code` is a purpose this contract takes (PurposeOfUse).
+    function isPurpose(bytes32 code) external pure returns (bool) {
+        return PurposeOfUse.isCode(code);
     }
 
     /// An admin closes the review of a break-glass request with an outcome.

@@ -2,6 +2,7 @@
 pragma solidity 0.8.30;
 
 import {Registry} from "./Registry.sol";
+import {PurposeOfUse} from "./PurposeOfUse.sol";
 
 /// A patient's consents, changed only by the patient's own account (the one
 /// the Registry holds for the patientRef), but while a set deployed for a
@@ -64,6 +65,7 @@ contract Consent {
     error TooManyGrants(bytes32 patientRef);
     error UnknownGrant(uint256 id);
     error AlreadyRevoked(uint256 id);
+    error UnknownPurpose(bytes32 purpose);
     error NotAdmin(address caller);
     error NotRestoring();
 
@@ -89,8 +91,9 @@ contract Consent {
     }
 
     /// Grants `grantee` (an account) or `role` (every active staff member of
-    /// it), exactly one of the two, access to `scope` for `purpose` until
-    /// `expiry` (Unix seconds). Returns the grant id.
+    /// it), exactly one of the two, access to `scope` for `purpose` (a
+    /// PurposeOfUse code, or zero for any) until `expiry` (Unix seconds).
+    /// Returns the grant id.
     function grant(
         bytes32 patientRef,
         address grantee,
@@ -99,6 +102,7 @@ contract Consent {
         bytes32 purpose,
         uint64 expiry
     ) external onlyPatient(patientRef) returns (uint256 id) {
+        if (purpose != bytes32(0) && !PurposeOfUse.isCode(purpose)) revert UnknownPurpose(purpose);
         return add(patientRef, grantee, role, scope, purpose, expiry);
     }
 

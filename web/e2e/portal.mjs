@@ -258,7 +258,7 @@ async function main() {
     await patient.keyboard.type('all');
     await patient.keyboard.press('Tab');
     await expectFocus(form.getByLabel('Purpose', { exact: true }), 'the Purpose field');
-    await patient.keyboard.press('ControlOrMeta+A');
+    // A select of PurposeOfUse codes: typing picks "treatment (TREAT)".
     await patient.keyboard.type('treatment');
     await patient.keyboard.press('Tab');
     await expectFocus(form.getByLabel('Days', { exact: true }), 'the Days field');
@@ -322,7 +322,7 @@ async function main() {
     const form = doctor.getByRole('form', { name: 'Request access' });
     await form.getByLabel('Patient reference', { exact: true }).fill(patientFacts.ref);
     await form.getByLabel('Scope', { exact: true }).fill('all');
-    await form.getByLabel('Purpose', { exact: true }).fill('treatment');
+    await form.getByLabel('Purpose', { exact: true }).selectOption('TREAT');
     const before = await statusSeq(doctor);
     await form.getByRole('button', { name: 'Request access' }).click();
     const keyInput = doctor.getByLabel('Chain key file (.eth.key)');

@@ -33,7 +33,9 @@ enum AccessCommand {
         /// `all`, or data types (LOINC codes or names) separated by commas.
         #[arg(long, default_value = "all")]
         scope: Scope,
-        /// Why (a short code, public on chain: no names or narrative).
+        /// Why: an HL7 v3 PurposeOfUse code (TREAT, ETREAT, CAREMGT, COC,
+        /// HRESCH, ...; any case). It is public on chain, so it is a code,
+        /// never free text.
         #[arg(long)]
         purpose: String,
     },
@@ -295,7 +297,8 @@ enum ConsentCommand {
         /// `all`, or data types separated by commas.
         #[arg(long, default_value = "all")]
         scope: Scope,
-        /// For this purpose only (`any` for every purpose).
+        /// For this purpose only: a PurposeOfUse code (TREAT, CAREMGT,
+        /// HRESCH, ...), or `any` for every purpose.
         #[arg(long, default_value = "any")]
         purpose: String,
         /// Valid for this many days.

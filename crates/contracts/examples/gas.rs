@@ -168,7 +168,7 @@ async fn main() {
     let vitals: Scope = "heart-rate,spo2".parse().unwrap();
     gas!(
         "Consent.grant",
-        consent.grant(p, doctor.address(), 0, vitals.0, t("treatment"), expiry)
+        consent.grant(p, doctor.address(), 0, vitals.0, t("TREAT"), expiry)
     );
     gas!("Consent.setOptOut", consent.setOptOut(p, true));
     gas!("Consent.revoke", consent.revoke(p, U256::from(1)));
@@ -178,7 +178,7 @@ async fn main() {
     let log = dc.access_log();
     gas!(
         "AccessLog.requestAccess (carer, granted)",
-        log.requestAccess(p, vitals.0, t("treatment"))
+        log.requestAccess(p, vitals.0, t("TREAT"))
     );
     send(
         pc.consent()
@@ -189,12 +189,12 @@ async fn main() {
     let nc = a.with_provider(provider(&node, &nurse));
     gas!(
         "AccessLog.requestAccess (consent, granted)",
-        nc.access_log().requestAccess(p, vitals.0, t("treatment"))
+        nc.access_log().requestAccess(p, vitals.0, t("TREAT"))
     );
     let stranger_p = keccak256("salt:nobody");
     gas!(
         "AccessLog.requestAccess (denied)",
-        log.requestAccess(stranger_p, vitals.0, t("treatment"))
+        log.requestAccess(stranger_p, vitals.0, t("TREAT"))
     );
     gas!(
         "AccessLog.breakGlass",

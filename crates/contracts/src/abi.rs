@@ -44,6 +44,9 @@ pub enum Error {
     /// An argument cannot be put on chain as given.
     #[error("invalid input: {0}")]
     InvalidInput(#[from] crate::text::TextError),
+    /// A purpose that is not a PurposeOfUse code.
+    #[error("{0}")]
+    Purpose(#[from] crate::purpose::PurposeError),
     /// A receipt or answer lacked what the contract always emits.
     #[error("unexpected answer from the chain: {0}")]
     Unexpected(String),

@@ -422,8 +422,9 @@ impl<P: Provider + Clone> Contracts<P> {
         Ok((reasons, out.ver))
     }
 
-    /// Asks AccessLog for `scope` of a patient's data for `purpose`, signed
-    /// by the provider's account, and returns the decision.
+    /// Asks AccessLog for `scope` of a patient's data for `purpose` (a
+    /// PurposeOfUse code, [`crate::PURPOSES`]), signed by the provider's
+    /// account, and returns the decision.
     pub async fn request_access(
         &self,
         patient_ref: B256,
@@ -431,7 +432,7 @@ impl<P: Provider + Clone> Contracts<P> {
         purpose: &str,
     ) -> Result<AccessDecision> {
         let log = self.access_log();
-        let call = log.requestAccess(patient_ref, scope.0, short_text(purpose)?);
+        let call = log.requestAccess(patient_ref, scope.0, crate::purpose(purpose)?);
         decision(&send(call).await?)
     }
 
@@ -478,7 +479,8 @@ impl<P: Provider + Clone> Contracts<P> {
     }
 
     /// Grants consent as the patient (the provider's account); returns the
-    /// grant id. `grantee` is a staff account or a staff role.
+    /// grant id. `grantee` is a staff account or a staff role; `purpose` a
+    /// PurposeOfUse code, or empty for any purpose.
     pub async fn grant_consent(
         &self,
         patient_ref: B256,
@@ -497,7 +499,11 @@ impl<P: Provider + Clone> Contracts<P> {
             account,
             role,
             scope.0,
-            short_text(purpose)?,
+            if purpose.trim().is_empty() {
+                B256::ZERO
+            } else {
+                crate::purpose(purpose)?
+            },
             expiry,
         );
         let receipt = send(call).await?;

@@ -18,6 +18,7 @@ pub mod bindings;
 mod client;
 pub mod logs;
 mod permissions;
+mod purpose;
 pub mod recover;
 mod rules;
 mod scope;
@@ -31,7 +32,9 @@ pub use client::{
     LEDGER_KEY_KIND, RECOVERY_KIND, StaffRole, VALUE_RANGE_RULE, anchors_from, annotation_from,
     send, send_raw, signing_provider,
 };
+pub use medledger_protocol::purpose::{PURPOSE_SYSTEM, PURPOSES, purpose_display};
 pub use permissions::RegistryPermissions;
+pub use purpose::{PurposeError, purpose};
 pub use rules::{RuleReason, code_key, milli, rule_inputs};
 pub use scope::{Scope, ScopeError};
 pub use text::{TextError, epc_bytes, epc_key, short_text, text_of};

@@ -379,6 +379,13 @@ pub fn consent(grant: &Grant<'_>, now_ms: u64) -> Value {
     if let Some(end) = grant.expiry_ms {
         provision["period"]["end"] = json!(instant(end));
     }
+    if let Some(code) = crate::purpose::purpose_code(grant.purpose) {
+        provision["purpose"] = json!([{
+            "system": crate::purpose::PURPOSE_SYSTEM,
+            "code": code,
+            "display": crate::purpose::purpose_display(code),
+        }]);
+    }
     let who = grant
         .grantee
         .map(str::to_owned)
@@ -455,10 +462,22 @@ pub struct RecordAccess<'a> {
 /// "Patient Record" events, action `R`; outcome `0` served, `4` refused).
 pub fn audit_event(access: &RecordAccess<'_>) -> Value {
     let patient = hex::encode(access.patient_ref);
-    let mut purpose = vec![json!({ "text": access.purpose })];
+    // A PurposeOfUse code as a coding; text kept on chains of earlier
+    // releases, as it was.
+    let mut purpose = vec![match crate::purpose::purpose_code(access.purpose) {
+        Some(code) => json!({
+            "coding": [{
+                "system": crate::purpose::PURPOSE_SYSTEM,
+                "code": code,
+                "display": crate::purpose::purpose_display(code),
+            }],
+            "text": crate::purpose::purpose_display(code),
+        }),
+        None => json!({ "text": access.purpose }),
+    }];
     if access.emergency {
         purpose.push(json!({ "coding": [{
-            "system": "http://terminology.hl7.org/CodeSystem/v3-ActReason",
+            "system": crate::purpose::PURPOSE_SYSTEM,
             "code": "BTG", "display": "break the glass",
         }] }));
     }
@@ -670,7 +689,7 @@ mod tests {
             grantee: Some("0x00000000000000000000000000000000000000aa"),
             role: None,
             scope: &scope,
-            purpose: "follow-up",
+            purpose: "CAREMGT",
             granted_ms: 1_000,
             expiry_ms: Some(5_000),
             revoked: false,
@@ -678,6 +697,7 @@ mod tests {
         let live = consent(&grant, 2_000);
         assert_eq!(live["status"], "active");
         assert_eq!(live["provision"]["code"][1]["coding"][1]["code"], "2708-6");
+        assert_eq!(live["provision"]["purpose"][0]["code"], "CAREMGT");
         let to_a_role = consent(
             &Grant {
                 id: 5,
@@ -707,7 +727,7 @@ mod tests {
             recorded_ms: 1_000,
             requester: "0x00000000000000000000000000000000000000aa",
             request: 1,
-            purpose: "follow-up",
+            purpose: "CAREMGT",
             emergency: true,
             served: true,
             detail: "2 observation(s) served",
@@ -784,7 +804,7 @@ mod tests {
             recorded_ms: 951_782_400_123,
             requester: "0x00000000000000000000000000000000000000aa",
             request: 3,
-            purpose: "sepsis",
+            purpose: "ETREAT",
             emergency: true,
             served: false,
             detail: "request 3 expired",
@@ -798,6 +818,8 @@ mod tests {
             e["agent"][0]["who"]["identifier"]["value"],
             access.requester
         );
+        assert_eq!(e["purposeOfEvent"][0]["coding"][0]["code"], "ETREAT");
+        assert_eq!(e["purposeOfEvent"][0]["text"], "Emergency Treatment");
         assert_eq!(e["purposeOfEvent"][1]["coding"][0]["code"], "BTG");
         assert_eq!(e["entity"][1]["what"]["identifier"]["value"], "3");
         assert_eq!(

@@ -12,6 +12,7 @@
 //! - [`reading`]: the typed [`Reading`] and its payload checks;
 //! - [`catalogue`]: LOINC codes and their UCUM units;
 //! - [`problem`]: RFC 9457 problem details with stable types;
+//! - [`purpose`]: the PurposeOfUse codes a read is asked for;
 //! - [`batch`]: what collectors forward to servers, and the receipts;
 //! - [`fhir`]: readings, reads, consents, devices and patients as FHIR R4
 //!   resources, conforming to the R4 vital-signs profiles;
@@ -29,6 +30,7 @@ pub mod fhir;
 pub mod mqtt;
 pub mod portal;
 pub mod problem;
+pub mod purpose;
 pub mod reading;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod test_utils;

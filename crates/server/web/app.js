@@ -249,6 +249,47 @@ const DENY = {
   5: 'not a doctor',
 };
 const STAFF_ROLE = { 1: 'doctor', 2: 'nurse' };
+/**
+ * HL7 v3 PurposeOfUse codes the contracts take as a purpose: a purpose on
+ * chain is public forever, so it is one of these codes, never free text.
+ */
+export const PURPOSES = [
+  ['TREAT', 'treatment'],
+  ['ETREAT', 'emergency treatment'],
+  ['CAREMGT', 'care management'],
+  ['COC', 'coordination of care'],
+  ['CLINTRCH', 'clinical trial research'],
+  ['HRESCH', 'healthcare research'],
+  ['HOPERAT', 'healthcare operations'],
+  ['HQUALIMP', 'health quality improvement'],
+  ['PATSFTY', 'patient safety'],
+  ['HSYSADMIN', 'health system administration'],
+  ['RECORDMGT', 'records management'],
+  ['PATRQT', 'patient requested'],
+  ['FAMRQT', 'family requested'],
+  ['PWATRNY', 'power of attorney'],
+  ['SUPNWK', 'support network'],
+  ['PUBHLTH', 'public health'],
+  ['HPAYMT', 'healthcare payment'],
+  ['HLEGAL', 'legal'],
+  ['TRAIN', 'training'],
+];
+
+/** A purpose code as people read it: `treatment (TREAT)`. */
+export function purposeText(code) {
+  const found = PURPOSES.find(([c]) => c === String(code ?? ''));
+  return found ? `${found[1]} (${found[0]})` : String(code ?? '');
+}
+
+/** A select of the purposes, `first` (if any) as its first option. */
+function purposeSelect(id, first) {
+  return h(
+    'select',
+    { id },
+    ...(first ? [h('option', { value: '' }, first)] : []),
+    ...PURPOSES.map(([code, display]) => h('option', { value: code }, `${display} (${code})`)),
+  );
+}
 const ZERO_ADDRESS = /^0x0{40}$/i;
 
 function named(table, value) {
@@ -1079,7 +1120,7 @@ function whatOf(e) {
   const a = argsOf(e);
   const parts = [humanKind(e.event.replace(/([a-z])([A-Z])/g, '$1 $2').toLowerCase())];
   if (a.id !== undefined) parts.push(`#${a.id}`);
-  if (a.purpose) parts.push(`purpose: ${a.purpose}`);
+  if (a.purpose) parts.push(`purpose: ${purposeText(a.purpose)}`);
   if (a.reason && e.event === 'BreakGlass') parts.push(`reason: ${a.reason}`);
   // The chain's scope is a bit set; only a server-decoded one is worth showing.
   if (a.scope !== undefined && a.scope !== '' && !/^\d+$/.test(String(a.scope))) parts.push(`scope: ${a.scope}`);
@@ -1217,7 +1258,7 @@ async function consentsView(root) {
           String(g.id),
           g.grantee && !ZERO_ADDRESS.test(g.grantee) ? code(g.grantee) : `every ${g.role ?? 'carer'}`,
           scopeText(g.scope),
-          g.purpose ? String(g.purpose) : 'any purpose',
+          g.purpose ? purposeText(g.purpose) : 'any purpose',
           fmtSecs(g.granted_at),
           `${fmtSecs(g.expiry)}${expired ? ' (expired)' : ''}`,
           revoked ? 'revoked' : revoke,
@@ -1236,7 +1277,7 @@ async function consentsView(root) {
     h('option', { value: 'nurse' }, 'Every nurse'),
   );
   const scope = h('input', { type: 'text', id: 'grant-scope', value: 'all', required: true, autocomplete: 'off' });
-  const purpose = h('input', { type: 'text', id: 'grant-purpose', autocomplete: 'off', maxlength: '32', placeholder: 'any purpose' });
+  const purpose = purposeSelect('grant-purpose', 'Any purpose');
   const days = h('input', { type: 'number', id: 'grant-days', value: '30', min: '1', max: '3650', required: true });
   const submit = h('button', { type: 'submit' }, 'Grant access');
   const grantForm = h(
@@ -1256,7 +1297,7 @@ async function consentsView(root) {
     field('grant-grantee', 'Grantee account', grantee, 'The chain account (0x and 40 hex digits) of one person.'),
     field('grant-role', 'Or a whole role', role),
     field('grant-scope', 'Scope', scope, scopeHint()),
-    field('grant-purpose', 'Purpose', purpose, 'For example \u201ctreatment\u201d. Empty: any purpose.'),
+    field('grant-purpose', 'Purpose', purpose, 'Only reads asked for this purpose, or any.'),
     field('grant-days', 'Days', days, 'How long the grant lasts.'),
     h('div', { class: 'actions' }, submit),
   );
@@ -1657,7 +1698,7 @@ async function patientsView(root) {
   );
 
   const scope = h('input', { type: 'text', id: 'req-scope', value: 'all', required: true, autocomplete: 'off' });
-  const purpose = h('input', { type: 'text', id: 'req-purpose', value: 'treatment', required: true, autocomplete: 'off', maxlength: '32' });
+  const purpose = purposeSelect('req-purpose');
   const submit = h('button', { type: 'submit' }, 'Request access');
   const requestForm = h(
     'form',
@@ -1666,7 +1707,6 @@ async function patientsView(root) {
       onsubmit: (e) => {
         e.preventDefault();
         busy(submit, async () => {
-          if (!purpose.value.trim()) throw new Error('Give a purpose, for example \u201ctreatment\u201d.');
           await act('request_access', { patient: patientRefOf(requestPatient.value), scope: normaliseScope(scope.value), purpose: purpose.value.trim() });
         });
       },
@@ -1766,7 +1806,7 @@ async function requestsView(root) {
             String(r.id),
             code(r.patient, false),
             scopeText(r.scope),
-            r.purpose ?? '',
+            purposeText(r.purpose),
             decision,
             granted ? `${fmtSecs(r.expires_at)}${expired ? ' (expired)' : ''}` : '',
             txLink(r.tx),

@@ -484,7 +484,7 @@ impl Demo {
 
         let d = nurse
             .contracts
-            .request_access(p1, Scope::ALL, "treatment")
+            .request_access(p1, Scope::ALL, "TREAT")
             .await?;
         let reply = self.read(nurse, d.id).await?;
         let observed = format!("{}; read {}", decision(&d), Self::served(&reply));
@@ -497,7 +497,7 @@ impl Demo {
 
         let d = outsider
             .contracts
-            .request_access(p1, Scope::ALL, "curiosity")
+            .request_access(p1, Scope::ALL, "HOPERAT")
             .await?;
         let reply = self.read(outsider, d.id).await?;
         checks.push(check(
@@ -514,13 +514,13 @@ impl Demo {
                 p1,
                 Grantee::Account(outsider.address),
                 "heart-rate,spo2".parse()?,
-                "second-opinion",
+                "COC",
                 expiry,
             )
             .await?;
         let d = outsider
             .contracts
-            .request_access(p1, "heart-rate,spo2".parse()?, "second-opinion")
+            .request_access(p1, "heart-rate,spo2".parse()?, "COC")
             .await?;
         let before = self.read(outsider, d.id).await?;
         patient.revoke_consent(p1, grant).await?;
@@ -827,7 +827,7 @@ impl Demo {
             &h.node,
             &alloy::signers::local::PrivateKeySigner::random(),
         ));
-        let observed = match sybil.request_access(p1, Scope::ALL, "spam").await {
+        let observed = match sybil.request_access(p1, Scope::ALL, "TREAT").await {
             Ok(d) => format!("accepted as request {}", d.id),
             Err(e) => format!("refused: {e}"),
         };

@@ -341,7 +341,7 @@ pub async fn access(
         let start = Instant::now();
         let decision = nurse
             .contracts
-            .request_access(hospital.patient_ref, scope, "treatment")
+            .request_access(hospital.patient_ref, scope, "TREAT")
             .await?;
         if !decision.granted() {
             bail!("the assigned nurse was denied: {decision:?}");

@@ -91,7 +91,7 @@ async fn every_role_consent_and_assignment_gets_its_decision_and_each_read_is_re
                                     site.patient_ref,
                                     grantee,
                                     Scope::ALL,
-                                    "care",
+                                    "CAREMGT",
                                     expiry,
                                 )
                                 .await
@@ -109,7 +109,7 @@ async fn every_role_consent_and_assignment_gets_its_decision_and_each_read_is_re
 
                     let decision = staff
                         .contracts
-                        .request_access(site.patient_ref, Scope::ALL, "care")
+                        .request_access(site.patient_ref, Scope::ALL, "CAREMGT")
                         .await
                         .unwrap();
                     let expect = (assigned && !opted_out)

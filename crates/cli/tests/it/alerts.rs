@@ -41,7 +41,7 @@ async fn every_access_and_consent_change_alerts_the_patient_once() {
 
     let granted = nurse
         .contracts
-        .request_access(site.patient_ref, Scope::ALL, "treatment")
+        .request_access(site.patient_ref, Scope::ALL, "TREAT")
         .await
         .unwrap();
     let mut staff_conn = site
@@ -64,7 +64,7 @@ async fn every_access_and_consent_change_alerts_the_patient_once() {
     assert_eq!(read.status, 200);
     doctor
         .contracts
-        .request_access(site.patient_ref, Scope::ALL, "curiosity")
+        .request_access(site.patient_ref, Scope::ALL, "HOPERAT")
         .await
         .unwrap();
     let patient = site.admin.with_provider(medledger_sim::provider(
@@ -178,7 +178,7 @@ async fn unusual_reads_are_flagged_with_why_and_preferences_filter_delivery() {
     let nurse = site.staff(Role::Nurse, true).await.unwrap();
     let granted = nurse
         .contracts
-        .request_access(site.patient_ref, Scope::ALL, "treatment")
+        .request_access(site.patient_ref, Scope::ALL, "TREAT")
         .await
         .unwrap();
     let mut conn = site
@@ -492,12 +492,12 @@ async fn a_webhook_gets_every_alert_signed_and_retried_until_it_answers() {
     let doctor = site.staff(Role::Doctor, false).await.unwrap();
     nurse
         .contracts
-        .request_access(site.patient_ref, Scope::ALL, "treatment")
+        .request_access(site.patient_ref, Scope::ALL, "TREAT")
         .await
         .unwrap();
     doctor
         .contracts
-        .request_access(site.patient_ref, Scope::ALL, "curiosity")
+        .request_access(site.patient_ref, Scope::ALL, "HOPERAT")
         .await
         .unwrap();
     let alerts = wait_for_alerts(&site, 2).await;

@@ -33,7 +33,7 @@ async fn an_erased_patient_is_forgotten_and_takes_no_new_readings() {
     let nurse = site.staff(Role::Nurse, true).await.unwrap();
     let granted = nurse
         .contracts
-        .request_access(site.patient_ref, Scope::ALL, "treatment")
+        .request_access(site.patient_ref, Scope::ALL, "TREAT")
         .await
         .unwrap();
     assert_eq!(read(&site, &nurse, granted.id).await.status, 200);

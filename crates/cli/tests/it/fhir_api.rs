@@ -99,7 +99,7 @@ async fn a_fhir_client_searches_pages_and_reads_with_an_access_request_each_read
     let doctor = site.staff(Role::Doctor, false).await.unwrap();
     let request = nurse
         .contracts
-        .request_access(site.patient_ref, Scope::ALL, "treatment")
+        .request_access(site.patient_ref, Scope::ALL, "TREAT")
         .await
         .unwrap();
     assert!(request.granted());
@@ -110,7 +110,7 @@ async fn a_fhir_client_searches_pages_and_reads_with_an_access_request_each_read
             site.patient_ref,
             Grantee::Role(StaffRole::Doctor),
             Scope::of([hr]),
-            "review",
+            "CAREMGT",
             now_ms() / 1000 + 86_400,
         )
         .await

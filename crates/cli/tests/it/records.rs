@@ -57,7 +57,7 @@ async fn staff_read_records_only_with_a_usable_request_of_their_own() {
     // The assigned nurse asks and reads: two heart rates, each proven.
     let granted = nurse
         .contracts
-        .request_access(site.patient_ref, Scope::ALL, "treatment")
+        .request_access(site.patient_ref, Scope::ALL, "TREAT")
         .await
         .unwrap();
     assert!(granted.granted());
@@ -205,7 +205,7 @@ async fn staff_read_records_only_with_a_usable_request_of_their_own() {
     // The scope is the request's: SpO2 only gives nothing here.
     let spo2 = nurse
         .contracts
-        .request_access(site.patient_ref, "spo2".parse().unwrap(), "treatment")
+        .request_access(site.patient_ref, "spo2".parse().unwrap(), "TREAT")
         .await
         .unwrap();
     let reply = read(&site, &nurse, spo2.id).await;
@@ -216,7 +216,7 @@ async fn staff_read_records_only_with_a_usable_request_of_their_own() {
     // refused here.
     let denied = doctor
         .contracts
-        .request_access(site.patient_ref, Scope::ALL, "curiosity")
+        .request_access(site.patient_ref, Scope::ALL, "HOPERAT")
         .await
         .unwrap();
     assert!(!denied.granted());
@@ -325,7 +325,7 @@ async fn from_the_command_line_a_patient_consents_and_a_doctor_reads() {
             "--patient".into(),
             patient.clone(),
             "--purpose".into(),
-            "review".into(),
+            "CAREMGT".into(),
         ],
         "doctor",
     );
@@ -345,7 +345,7 @@ async fn from_the_command_line_a_patient_consents_and_a_doctor_reads() {
             "--scope".into(),
             "heart-rate".into(),
             "--purpose".into(),
-            "review".into(),
+            "CAREMGT".into(),
             "--days".into(),
             "1".into(),
         ],
@@ -376,7 +376,7 @@ async fn from_the_command_line_a_patient_consents_and_a_doctor_reads() {
             "--scope".into(),
             "heart-rate".into(),
             "--purpose".into(),
-            "review".into(),
+            "CAREMGT".into(),
         ],
         "doctor",
     );

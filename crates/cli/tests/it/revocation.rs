@@ -25,7 +25,7 @@ async fn a_revoked_nurse_reads_nothing_through_the_api_the_portal_or_an_open_ses
     // The assigned nurse is granted access and reads, over the API...
     let granted = nurse
         .contracts
-        .request_access(site.patient_ref, Scope::ALL, "treatment")
+        .request_access(site.patient_ref, Scope::ALL, "TREAT")
         .await
         .unwrap();
     assert!(granted.granted());

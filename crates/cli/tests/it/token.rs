@@ -111,7 +111,7 @@ async fn a_patient_consents_from_the_command_line_with_the_chain_key_on_a_token(
             "--scope",
             "heart-rate",
             "--purpose",
-            "review",
+            "CAREMGT",
             "--days",
             "1",
         ],

@@ -29,10 +29,7 @@ async fn assigned_carers_are_granted_others_need_consent() {
 
     // Assigned carers: doctor and nurse.
     for carer in [&h.doctor, &h.nurse] {
-        let d = carer
-            .request_access(p, vitals(), "treatment")
-            .await
-            .unwrap();
+        let d = carer.request_access(p, vitals(), "TREAT").await.unwrap();
         granted(&d, Basis::Carer);
         assert_eq!(d.grant_id, 0);
         assert!(d.expires_at >= h.now().await + ttl - 5 && d.expires_at <= h.now().await + ttl);
@@ -49,7 +46,7 @@ async fn assigned_carers_are_granted_others_need_consent() {
     // Active staff but not a carer, no consent: denied.
     let d = h
         .other_doctor
-        .request_access(p, vitals(), "treatment")
+        .request_access(p, vitals(), "TREAT")
         .await
         .unwrap();
     denied(&d, DenyReason::NoConsent);
@@ -64,14 +61,14 @@ async fn assigned_carers_are_granted_others_need_consent() {
     // Not staff at all: the patient, a registered node, a stranger.
     for who in [&h.patient, &h.collector, &h.stranger] {
         denied(
-            &who.request_access(p, vitals(), "treatment").await.unwrap(),
+            &who.request_access(p, vitals(), "TREAT").await.unwrap(),
             DenyReason::NotStaff,
         );
     }
     // Unknown patient.
     let d = h
         .doctor
-        .request_access(patient_ref("nobody"), vitals(), "treatment")
+        .request_access(patient_ref("nobody"), vitals(), "TREAT")
         .await
         .unwrap();
     denied(&d, DenyReason::UnknownPatient);
@@ -79,17 +76,13 @@ async fn assigned_carers_are_granted_others_need_consent() {
     // A deactivated carer's open request stops working; on the embedded
     // chain they cannot even send any more (elsewhere they would be denied
     // as not staff, like the stranger above).
-    let open = h
-        .nurse
-        .request_access(p, vitals(), "treatment")
-        .await
-        .unwrap();
+    let open = h.nurse.request_access(p, vitals(), "TREAT").await.unwrap();
     send(h.admin.registry().deactivateStaff(h.nurse.address))
         .await
         .unwrap();
     let err = h
         .nurse
-        .request_access(p, vitals(), "treatment")
+        .request_access(p, vitals(), "TREAT")
         .await
         .unwrap_err();
     assert!(err.to_string().contains("not permitted"), "{err}");
@@ -112,37 +105,24 @@ async fn assigned_carers_are_granted_others_need_consent() {
             .unwrap()
     );
     denied(
-        &h.nurse
-            .request_access(p, vitals(), "treatment")
-            .await
-            .unwrap(),
+        &h.nurse.request_access(p, vitals(), "TREAT").await.unwrap(),
         DenyReason::NoConsent,
     );
     send(registry.assignCarer(p, h.nurse.address))
         .await
         .unwrap();
     granted(
-        &h.nurse
-            .request_access(p, vitals(), "treatment")
-            .await
-            .unwrap(),
+        &h.nurse.request_access(p, vitals(), "TREAT").await.unwrap(),
         Basis::Carer,
     );
 
     // A carer released from the patient is denied from then on.
-    let open = h
-        .doctor
-        .request_access(p, vitals(), "treatment")
-        .await
-        .unwrap();
+    let open = h.doctor.request_access(p, vitals(), "TREAT").await.unwrap();
     send(h.admin.registry().releaseCarer(p, h.doctor.address))
         .await
         .unwrap();
     denied(
-        &h.doctor
-            .request_access(p, vitals(), "treatment")
-            .await
-            .unwrap(),
+        &h.doctor.request_access(p, vitals(), "TREAT").await.unwrap(),
         DenyReason::NoConsent,
     );
     assert!(
@@ -158,10 +138,7 @@ async fn assigned_carers_are_granted_others_need_consent() {
         .unwrap();
     send(h.admin.registry().discharge(p)).await.unwrap();
     denied(
-        &h.doctor
-            .request_access(p, vitals(), "treatment")
-            .await
-            .unwrap(),
+        &h.doctor.request_access(p, vitals(), "TREAT").await.unwrap(),
         DenyReason::NoConsent,
     );
 }
@@ -179,14 +156,14 @@ async fn consent_grants_revocation_expiry_and_opt_out() {
             p,
             Grantee::Account(h.other_doctor.address),
             vitals(),
-            "treatment",
+            "TREAT",
             now + 600,
         )
         .await
         .unwrap();
     let d = h
         .other_doctor
-        .request_access(p, vitals(), "treatment")
+        .request_access(p, vitals(), "TREAT")
         .await
         .unwrap();
     granted(&d, Basis::Consent);
@@ -196,13 +173,13 @@ async fn consent_grants_revocation_expiry_and_opt_out() {
     // Outside the scope or the purpose: denied.
     let all = h
         .other_doctor
-        .request_access(p, Scope::ALL, "treatment")
+        .request_access(p, Scope::ALL, "TREAT")
         .await
         .unwrap();
     denied(&all, DenyReason::NoConsent);
     denied(
         &h.other_doctor
-            .request_access(p, vitals(), "research")
+            .request_access(p, vitals(), "HRESCH")
             .await
             .unwrap(),
         DenyReason::NoConsent,
@@ -218,7 +195,7 @@ async fn consent_grants_revocation_expiry_and_opt_out() {
     );
     denied(
         &h.other_doctor
-            .request_access(p, vitals(), "treatment")
+            .request_access(p, vitals(), "TREAT")
             .await
             .unwrap(),
         DenyReason::NoConsent,
@@ -235,7 +212,7 @@ async fn consent_grants_revocation_expiry_and_opt_out() {
         .unwrap();
     let d = h
         .other_doctor
-        .request_access(p, Scope::ALL, "research")
+        .request_access(p, Scope::ALL, "HRESCH")
         .await
         .unwrap();
     granted(&d, Basis::Consent);
@@ -244,7 +221,7 @@ async fn consent_grants_revocation_expiry_and_opt_out() {
     wait_for_chain_time(&h, soon).await;
     denied(
         &h.other_doctor
-            .request_access(p, Scope::ALL, "research")
+            .request_access(p, Scope::ALL, "HRESCH")
             .await
             .unwrap(),
         DenyReason::NoConsent,
@@ -258,7 +235,7 @@ async fn consent_grants_revocation_expiry_and_opt_out() {
 
     // Opt-out: the assigned carers lose default access...
     h.patient.set_opt_out(p, true).await.unwrap();
-    let open = h.nurse.request_access(p, vitals(), "treatment").await;
+    let open = h.nurse.request_access(p, vitals(), "TREAT").await;
     denied(&open.unwrap(), DenyReason::OptedOut);
     // ...but a consent still lets one of them in.
     h.patient
@@ -272,19 +249,13 @@ async fn consent_grants_revocation_expiry_and_opt_out() {
         .await
         .unwrap();
     granted(
-        &h.nurse
-            .request_access(p, vitals(), "treatment")
-            .await
-            .unwrap(),
+        &h.nurse.request_access(p, vitals(), "TREAT").await.unwrap(),
         Basis::Consent,
     );
     // Opting back in restores carer access.
     h.patient.set_opt_out(p, false).await.unwrap();
     granted(
-        &h.doctor
-            .request_access(p, vitals(), "treatment")
-            .await
-            .unwrap(),
+        &h.doctor.request_access(p, vitals(), "TREAT").await.unwrap(),
         Basis::Carer,
     );
 }
@@ -294,7 +265,7 @@ async fn every_request_is_recorded_with_its_decision() {
     let h = Hospital::start().await;
     let p = h.patient_ref;
     let log = h.doctor.access_log();
-    let receipt = send(log.requestAccess(p, vitals().0, text("treatment")))
+    let receipt = send(log.requestAccess(p, vitals().0, text("TREAT")))
         .await
         .unwrap();
     let e: AccessLog::AccessGranted = event(&receipt);
@@ -313,7 +284,7 @@ async fn every_request_is_recorded_with_its_decision() {
             p,
             h.doctor.address,
             vitals().0,
-            text("treatment"),
+            text("TREAT"),
             1,
             U256::ZERO
         )
@@ -325,12 +296,12 @@ async fn every_request_is_recorded_with_its_decision() {
     );
     assert_eq!(
         (r.patientRef, r.scope, r.purpose, r.expiresAt),
-        (p, vitals().0, text("treatment"), e.expiresAt)
+        (p, vitals().0, text("TREAT"), e.expiresAt)
     );
     assert!(r.time > 0 && r.time <= h.now().await);
 
     let log = h.other_doctor.access_log();
-    let receipt = send(log.requestAccess(p, Scope::ALL.0, text("curiosity")))
+    let receipt = send(log.requestAccess(p, Scope::ALL.0, text("HOPERAT")))
         .await
         .unwrap();
     let e: AccessLog::AccessDenied = event(&receipt);
@@ -348,7 +319,7 @@ async fn every_request_is_recorded_with_its_decision() {
             p,
             h.other_doctor.address,
             U256::MAX,
-            text("curiosity"),
+            text("HOPERAT"),
             4
         )
     );
@@ -365,6 +336,18 @@ async fn every_request_is_recorded_with_its_decision() {
         send(log.requestAccess(p, U256::MAX, B256::ZERO)).await,
         "MissingPurpose",
     );
+    // A purpose is a PurposeOfUse code: free text is public forever on
+    // chain, and refused.
+    assert_refused(
+        send(log.requestAccess(p, U256::MAX, text("arrest of Bob"))).await,
+        "UnknownPurpose",
+    );
+    for (code, _) in medledger_contracts::PURPOSES {
+        assert!(log.isPurpose(text(code)).call().await.unwrap(), "{code}");
+    }
+    for free in ["treatment", "TREATMENT", "treat", "emergency", ""] {
+        assert!(!log.isPurpose(text(free)).call().await.unwrap(), "{free}");
+    }
     assert_refused(
         log.requestOf(U256::from(3))
             .call()
@@ -387,7 +370,7 @@ async fn break_glass_is_granted_to_doctors_flagged_and_reviewed() {
     let g: AccessLog::AccessGranted = event(&receipt);
     assert_eq!(
         (g.requester, g.basis, g.purpose),
-        (h.other_doctor.address, 3, text("emergency"))
+        (h.other_doctor.address, 3, text("ETREAT"))
     );
     let b: AccessLog::BreakGlass = event(&receipt);
     assert_eq!(
@@ -514,11 +497,7 @@ async fn break_glass_is_granted_to_doctors_flagged_and_reviewed() {
 async fn annotations_need_a_usable_request() {
     let h = Hospital::start().await;
     let p = h.patient_ref;
-    let d = h
-        .nurse
-        .request_access(p, vitals(), "treatment")
-        .await
-        .unwrap();
+    let d = h.nurse.request_access(p, vitals(), "TREAT").await.unwrap();
     let log = h.nurse.access_log();
     let reading = B256::repeat_byte(0x42);
     let content = B256::repeat_byte(0x43);
@@ -571,7 +550,7 @@ async fn annotations_need_a_usable_request() {
     );
     let denied_req = h
         .other_doctor
-        .request_access(p, vitals(), "treatment")
+        .request_access(p, vitals(), "TREAT")
         .await
         .unwrap();
     assert_refused(
@@ -600,7 +579,7 @@ async fn access_ttl_is_set_by_admins() {
     assert_eq!(e.ttl, 60);
     let d = h
         .doctor
-        .request_access(h.patient_ref, vitals(), "treatment")
+        .request_access(h.patient_ref, vitals(), "TREAT")
         .await
         .unwrap();
     assert!(d.expires_at <= h.now().await + 60);

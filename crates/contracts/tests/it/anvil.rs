@@ -51,10 +51,7 @@ async fn the_typed_client_runs_against_anvil() {
     send(reg.admit(p, patient, d, f, r, b, vec![doctor.address()]))
         .await
         .unwrap();
-    let decision = found
-        .request_access(p, Scope::ALL, "treatment")
-        .await
-        .unwrap();
+    let decision = found.request_access(p, Scope::ALL, "TREAT").await.unwrap();
     assert_eq!(decision.outcome, Ok(Basis::Carer));
     assert!(
         found

@@ -12,16 +12,22 @@ async fn the_patient_grants_revokes_and_opts_out() {
     let consent = h.patient.consent();
     let expiry = h.now().await + 3600;
     let scope: Scope = "heart-rate,spo2".parse().unwrap();
-    let receipt = send(consent.grant(
-        p,
-        h.other_doctor.address,
-        0,
-        scope.0,
-        text("treatment"),
-        expiry,
-    ))
-    .await
-    .unwrap();
+    let receipt = send(consent.grant(p, h.other_doctor.address, 0, scope.0, text("TREAT"), expiry))
+        .await
+        .unwrap();
+    // Free text as a purpose is refused; no purpose (zero) means any.
+    assert_refused(
+        send(consent.grant(
+            p,
+            h.other_doctor.address,
+            0,
+            scope.0,
+            text("my GP Bob"),
+            expiry,
+        ))
+        .await,
+        "UnknownPurpose",
+    );
     let e: Consent::ConsentGranted = event(&receipt);
     assert_eq!(
         (
@@ -39,7 +45,7 @@ async fn the_patient_grants_revokes_and_opts_out() {
             h.other_doctor.address,
             0,
             scope.0,
-            text("treatment"),
+            text("TREAT"),
             expiry
         )
     );
@@ -70,32 +76,30 @@ async fn the_patient_grants_revokes_and_opts_out() {
     };
     let hr: Scope = "heart-rate".parse().unwrap();
     assert_eq!(
-        covering(h.other_doctor.address, 1, hr, "treatment")
+        covering(h.other_doctor.address, 1, hr, "TREAT")
             .await
             .unwrap(),
         U256::from(1)
     );
     assert_eq!(
-        covering(h.other_doctor.address, 1, Scope::ALL, "treatment")
+        covering(h.other_doctor.address, 1, Scope::ALL, "TREAT")
             .await
             .unwrap(),
         U256::ZERO
     );
     assert_eq!(
-        covering(h.other_doctor.address, 1, hr, "research")
+        covering(h.other_doctor.address, 1, hr, "HRESCH")
             .await
             .unwrap(),
         U256::ZERO
     );
     assert_eq!(
-        covering(h.doctor.address, 1, hr, "treatment")
-            .await
-            .unwrap(),
+        covering(h.doctor.address, 1, hr, "TREAT").await.unwrap(),
         U256::ZERO
     );
     // Any nurse, any purpose, any scope.
     assert_eq!(
-        covering(h.nurse.address, 2, Scope::ALL, "research")
+        covering(h.nurse.address, 2, Scope::ALL, "HRESCH")
             .await
             .unwrap(),
         U256::from(2)
@@ -105,7 +109,7 @@ async fn the_patient_grants_revokes_and_opts_out() {
     assert_eq!((e.id, e.patientRef), (U256::from(1), p));
     assert!(consent.grantOf(U256::from(1)).call().await.unwrap().revoked);
     assert_eq!(
-        covering(h.other_doctor.address, 1, hr, "treatment")
+        covering(h.other_doctor.address, 1, hr, "TREAT")
             .await
             .unwrap(),
         U256::ZERO

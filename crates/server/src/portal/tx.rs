@@ -99,6 +99,14 @@ fn word(text: &str, what: &str) -> Result<B256, Refused> {
     short_text(text).map_err(|e| malformed(format!("{what}: {e}")))
 }
 
+/// A PurposeOfUse code (`TREAT`, ...), or for a grant none (any purpose).
+fn purpose_code(text: &str, none_is_any: bool) -> Result<B256, Refused> {
+    if none_is_any && text.trim().is_empty() {
+        return Ok(B256::ZERO);
+    }
+    medledger_contracts::purpose(text).map_err(|e| malformed(e.to_string()))
+}
+
 /// `POST /portal/v1/prepare` with `{"action": ..., ...}`: the call to
 /// sign, `{to, data, nonce, chain_id, gas, summary}`.
 pub(super) async fn prepare(
@@ -157,7 +165,7 @@ async fn build(state: &State, caller: &Caller, action: Action) -> Result<Value, 
                 }
             );
             let consent = contracts.consent();
-            let purpose = word(&purpose, "purpose")?;
+            let purpose = purpose_code(&purpose, true)?;
             prepared(
                 consent.grant(patient, account, role_code, scope.0, purpose, expiry),
                 from,
@@ -203,7 +211,7 @@ async fn build(state: &State, caller: &Caller, action: Action) -> Result<Value, 
             let summary =
                 format!("AccessLog.requestAccess: {scope} of patient {patient} for {purpose:?}");
             prepared(
-                log.requestAccess(patient, scope.0, word(&purpose, "purpose")?),
+                log.requestAccess(patient, scope.0, purpose_code(&purpose, false)?),
                 from,
                 summary,
             )
