@@ -49,7 +49,7 @@ contract AccessLog {
         bytes32 purpose;
         /// The consent grant relied on, if any.
         uint256 grantId;
-        /// Break-glass only: the stated reason.
+        /// Break-glass only: the SHA-256 of the justification.
         bytes32 emergencyReason;
     }
 
@@ -151,9 +151,10 @@ contract AccessLog {
         id = record(patientRef, scope, purpose, deny, basis, grantId, expiresAt, bytes32(0));
     }
 
-    /// Emergency access: an active doctor states a reason and is granted,
-    /// whatever the consents; the request is flagged and queued for review.
-    /// Anyone else is denied (and recorded).
+    /// Emergency access: an active doctor gives `reason`, the SHA-256 of
+    /// their justification (its text goes sealed to the server, never on
+    /// chain), and is granted whatever the consents; the request is flagged
+    /// and queued for review. Anyone else is denied (and recorded).
     function breakGlass(bytes32 patientRef, uint256 scope, bytes32 reason) external returns (uint256 id) {
         if (scope == 0) revert EmptyScope();
         if (reason == bytes32(0)) revert MissingReason();

@@ -15,7 +15,7 @@
 //! [`store`] (persistence), [`seal`] (the authority's signature),
 //! [`authority`] (who seals, handovers, key rotation), [`checkpoint`]
 //! (signed state commitments, so that a start walks only the newest
-//! blocks).
+//! blocks), [`texts`] (the short texts a chain holds, for privacy checks).
 //!
 //! Feature `test-utils`: the `test_utils` module, helpers for tests that run anvil
 //! and cast beside the node (used by this crate's and `medledger-contracts`' tests).
@@ -32,6 +32,7 @@ pub mod state;
 pub mod store;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod test_utils;
+pub mod texts;
 
 mod error;
 mod trie;

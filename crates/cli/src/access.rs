@@ -47,9 +47,13 @@ enum AccessCommand {
         /// The data types.
         #[arg(long, default_value = "all")]
         scope: Scope,
-        /// The reason code (public on chain).
+        /// Why, in words. It stays off chain (the chain holds its SHA-256):
+        /// the server keeps it sealed for the patient and the admins who
+        /// review the request.
         #[arg(long)]
         reason: String,
+        #[command(flatten)]
+        server: ServerArgs,
     },
 }
 
@@ -87,7 +91,27 @@ pub(crate) fn run_access(args: AccessArgs) -> Result<()> {
                 patient,
                 scope,
                 reason,
-            } => c.break_glass(patient, scope, &reason).await?,
+                server,
+            } => {
+                let d = c.break_glass(patient, scope, &reason).await?;
+                if d.outcome.is_ok() {
+                    let body = json!({ "request": d.id, "text": reason });
+                    async {
+                        let mut conn = server.open().await?;
+                        server
+                            .call(&mut conn, "POST", "/v1/justifications", Some(&body))
+                            .await
+                    }
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "request {} is granted on chain, but the server did not take its justification",
+                            d.id
+                        )
+                    })?;
+                }
+                d
+            }
         };
         args.conn.print(&decision(&d))
     })
@@ -118,6 +142,11 @@ pub(crate) struct ServerArgs {
 }
 
 impl ServerArgs {
+    /// Whether a server is named at all.
+    pub(crate) fn given(&self) -> bool {
+        self.server.is_some()
+    }
+
     /// A mutual-TLS connection to the server.
     pub(crate) async fn open(&self) -> Result<Https> {
         let (Some(server), Some(cert), Some(ca_root)) = (&self.server, &self.cert, &self.ca_root)

@@ -9,7 +9,7 @@ use alloy::primitives::{B256, U256};
 use alloy::rpc::types::Filter;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use medledger_contracts::{decode_event, send, short_text, text_of};
+use medledger_contracts::{decode_event, send, short_text};
 use serde_json::{Value, json};
 use std::path::PathBuf;
 
@@ -23,8 +23,13 @@ pub(crate) struct ReviewArgs {
 
 #[derive(Debug, Subcommand)]
 enum ReviewCommand {
-    /// Break-glass requests waiting for review, oldest first.
-    List,
+    /// Break-glass requests waiting for review, oldest first, each with
+    /// its justification from the server (given --server, --cert of an
+    /// admin and --ca-root).
+    List {
+        #[command(flatten)]
+        server: ServerArgs,
+    },
     /// Close a review with an outcome code (not your own request).
     Close {
         /// The request id.
@@ -42,19 +47,34 @@ pub(crate) fn run_review(args: ReviewArgs) -> Result<()> {
         let (c, _) = args.conn.contracts().await?;
         let log = c.access_log();
         let out = match args.command {
-            ReviewCommand::List => {
+            ReviewCommand::List { server } => {
                 let ids = log
                     .pendingReviews(U256::ZERO, U256::from(1000))
                     .call()
                     .await?;
+                // The justifications are off chain, sealed at the server.
+                let mut conn = if server.given() {
+                    Some(server.open().await?)
+                } else {
+                    None
+                };
                 let mut pending = Vec::with_capacity(ids.len());
                 for id in ids {
                     let r = log.requestOf(id).call().await?;
+                    let text = match &mut conn {
+                        Some(conn) => server
+                            .get(conn, &format!("/v1/justifications?request={id}"))
+                            .await
+                            .map(|j| j["text"].clone())
+                            .unwrap_or_else(|e| json!(format!("(not read: {e})"))),
+                        None => json!("(pass --server to read it)"),
+                    };
                     pending.push(json!({
                         "request": id.to_string(),
                         "requester": r.requester,
                         "patient": r.patientRef,
-                        "reason": text_of(r.emergencyReason),
+                        "justification": text,
+                        "justification_sha256": r.emergencyReason,
                         "time": r.time,
                     }));
                 }

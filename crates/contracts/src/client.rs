@@ -436,16 +436,19 @@ impl<P: Provider + Clone> Contracts<P> {
         decision(&send(call).await?)
     }
 
-    /// Emergency access with a stated reason (a short code, no clinical
-    /// narrative: it is public on chain).
+    /// Emergency access, justified by `justification`: only its SHA-256
+    /// goes on chain (free text there would be public forever); give the
+    /// text to the server afterwards (`POST /v1/justifications`), which
+    /// keeps it sealed for the patient and the reviewers.
     pub async fn break_glass(
         &self,
         patient_ref: B256,
         scope: Scope,
-        reason: &str,
+        justification: &str,
     ) -> Result<AccessDecision> {
         let log = self.access_log();
-        let call = log.breakGlass(patient_ref, scope.0, short_text(reason)?);
+        let hash = B256::from(medledger_protocol::reading_hash(justification.as_bytes()));
+        let call = log.breakGlass(patient_ref, scope.0, hash);
         decision(&send(call).await?)
     }
 

@@ -450,10 +450,9 @@ fn from_event(name: &str, args: &Value, patient: [u8; 32], source: String) -> Op
             "break-glass",
             true,
             format!(
-                "{} used emergency access (request {}, reason {})",
+                "{} used emergency access (request {}; an admin reviews it, and the justification the doctor gave is in the portal)",
                 arg("requester"),
-                arg("id"),
-                arg("reason")
+                arg("id")
             ),
         ),
         "ConsentGranted" => (

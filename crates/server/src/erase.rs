@@ -5,9 +5,10 @@
 //! 2. erases their ledger: the entries go; a signed tombstone checkpoint
 //!    (the last size and root, marked `erased`) stays, so the checkpoints
 //!    anchored on chain still make sense;
-//! 3. deletes their sealed blobs, annotations, alerts, alert preferences
-//!    and webhook, and unlinks their readings' hashes from them (the hashes
-//!    stay, anonymous, because other patients' batch proofs need them).
+//! 3. deletes their sealed blobs, annotations, break-glass justifications,
+//!    alerts, alert preferences and webhook, and unlinks their readings'
+//!    hashes from them (the hashes stay, anonymous, because other patients'
+//!    batch proofs need them).
 //!
 //! 4. records the erasure on chain (`Anchor` kind 4: the patientRef and the
 //!    tombstone's root), so that a restore from a backup taken before it
@@ -85,7 +86,13 @@ pub(crate) async fn erase(state: &State, patient: &[u8; 32]) -> Result<Erasure, 
     .await
     .map_err(sql)?
     .rows_affected();
-    for table in ["annotations", "alerts", "alert_prefs", "alert_webhooks"] {
+    for table in [
+        "annotations",
+        "justifications",
+        "alerts",
+        "alert_prefs",
+        "alert_webhooks",
+    ] {
         sqlx::query(&format!("DELETE FROM {table} WHERE patient = $1"))
             .bind(patient.to_vec())
             .execute(&mut *tx)

@@ -48,6 +48,7 @@ pub(crate) fn people() -> Router<Arc<State>> {
         .route("/v1/records", get(records))
         .route("/v1/ledger", get(ledger))
         .route("/v1/annotations", post(annotations))
+        .route("/v1/justifications", get(justification).post(justify))
         .route("/v1/patients/{patient}", axum::routing::delete(erase))
         .route("/v1/audit", get(audit))
         .route("/v1/alerts", get(alerts))
@@ -187,6 +188,67 @@ async fn records(
     match crate::records::serve(&state, &caller, id, &Default::default()).await {
         Ok(page) => fhir_response(&page.bundle),
         Err(r) => problem(r.kind, r.detail),
+    }
+}
+
+/// `POST /v1/justifications`: the text of a break-glass justification,
+/// from the doctor who broke the glass (see [`crate::justifications`]).
+async fn justify(
+    AxState(state): AxState<Arc<State>>,
+    Extension(caller): Extension<Caller>,
+    body: Body,
+) -> Response {
+    let limit = crate::justifications::MAX_TEXT_BYTES * 2 + 1024;
+    let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
+        return problem(
+            ProblemType::TooLarge,
+            format!("a justification is at most {limit} bytes of JSON"),
+        );
+    };
+    #[derive(serde::Deserialize)]
+    struct Text {
+        request: u64,
+        text: String,
+    }
+    let text: Text = match serde_json::from_slice(&bytes) {
+        Ok(t) => t,
+        Err(e) => {
+            return problem(
+                ProblemType::Malformed,
+                format!("expected {{\"request\": ID, \"text\": \"...\"}}: {e}"),
+            );
+        }
+    };
+    match crate::justifications::store(&state, &caller, text.request, &text.text).await {
+        Ok(answer) => json_response(&answer),
+        Err(r) => r.into(),
+    }
+}
+
+/// `GET /v1/justifications?request=ID`: a break-glass justification, for
+/// an admin or the patient.
+async fn justification(
+    AxState(state): AxState<Arc<State>>,
+    Extension(caller): Extension<Caller>,
+    uri: axum::http::Uri,
+) -> Response {
+    let id = match number_param(&uri, "request") {
+        Ok(Some(id)) => id,
+        Ok(None) => {
+            return problem(
+                ProblemType::Malformed,
+                "name the request: /v1/justifications?request=ID",
+            );
+        }
+        Err(refusal) => return refusal.into(),
+    };
+    match crate::justifications::text(&state, &caller, id).await {
+        Ok(Some(found)) => json_response(&found),
+        Ok(None) => problem(
+            ProblemType::NotFound,
+            format!("no justification of request {id} was given to this server"),
+        ),
+        Err(r) => r.into(),
     }
 }
 

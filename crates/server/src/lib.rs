@@ -30,6 +30,7 @@ mod held;
 mod http;
 pub mod indexer;
 mod ingest;
+pub mod justifications;
 pub mod leases;
 mod portal;
 pub mod records;

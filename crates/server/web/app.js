@@ -320,7 +320,7 @@ export function eventText(event) {
     case 'AccessDenied':
       return `Access request ${a.id} denied (${named(DENY, a.reason)})`;
     case 'BreakGlass':
-      return `Break glass on request ${a.id} (reason: ${a.reason}); an administrator will review it`;
+      return `Break glass on request ${a.id}; an administrator will review it`;
     case 'ReviewClosed':
       return `Review ${a.id} closed (outcome: ${a.outcome})`;
     case 'Annotated':
@@ -1121,7 +1121,7 @@ function whatOf(e) {
   const parts = [humanKind(e.event.replace(/([a-z])([A-Z])/g, '$1 $2').toLowerCase())];
   if (a.id !== undefined) parts.push(`#${a.id}`);
   if (a.purpose) parts.push(`purpose: ${purposeText(a.purpose)}`);
-  if (a.reason && e.event === 'BreakGlass') parts.push(`reason: ${a.reason}`);
+  if (a.reason && e.event === 'BreakGlass') parts.push(`reason fingerprint: ${String(a.reason).slice(0, 18)}…`);
   // The chain's scope is a bit set; only a server-decoded one is worth showing.
   if (a.scope !== undefined && a.scope !== '' && !/^\d+$/.test(String(a.scope))) parts.push(`scope: ${a.scope}`);
   return parts.join(', ');
@@ -1726,7 +1726,7 @@ async function patientsView(root) {
 function breakGlassCard() {
   const patient = h('input', { type: 'text', id: 'bg-patient', list: 'bg-patients', autocomplete: 'off', spellcheck: 'false', placeholder: '0x…', required: true });
   const scope = h('input', { type: 'text', id: 'bg-scope', value: 'all', required: true, autocomplete: 'off' });
-  const reason = h('input', { type: 'text', id: 'bg-reason', required: true, autocomplete: 'off', maxlength: '32' });
+  const reason = h('textarea', { id: 'bg-reason', required: true, rows: '2', maxlength: '2000' });
   const start = h('button', { type: 'submit', class: 'danger' }, 'Break glass');
   const confirmBox = h('div', { class: 'confirm', hidden: true });
   const form = h(
@@ -1750,7 +1750,14 @@ function breakGlassCard() {
           back.addEventListener('click', close);
           go.addEventListener('click', () =>
             busy(go, async () => {
-              await act('break_glass', args);
+              const result = await act('break_glass', args);
+              // The chain holds only the reason's SHA-256; the server keeps
+              // the text, sealed for the patient and the reviewers.
+              const glass = (result.events ?? []).find((e) => e?.event === 'BreakGlass');
+              const id = argsOf(glass).id;
+              if (id != null) {
+                await api('POST', '/v1/justifications', { request: Number(id), text: args.reason }, { signed: true, what: 'Giving the server the reason' });
+              }
               close();
               reason.value = '';
             }),
@@ -1778,7 +1785,7 @@ function breakGlassCard() {
     field('bg-patient', 'Patient reference', patient),
     patientChoices('bg-patients'),
     field('bg-scope', 'Scope', scope),
-    field('bg-reason', 'Reason', reason, 'Short text, at most 32 characters: it is stored on the chain.'),
+    field('bg-reason', 'Reason', reason, 'In your words. The chain keeps only its fingerprint; the text stays sealed at the server for the patient and the reviewing administrator.'),
     h('div', { class: 'actions' }, start),
     confirmBox,
   );
@@ -2156,7 +2163,7 @@ async function reviewsView(root) {
             outcome,
             close,
           );
-          return [String(r.id), code(r.patient, false), code(r.requester), r.reason ?? '', fmtTime(r.time_ms), txLink(r.tx), form];
+          return [String(r.id), code(r.patient, false), code(r.requester), r.reason ?? '(no reason given to the server)', fmtTime(r.time_ms), txLink(r.tx), form];
         }),
         { empty: 'No break-glass access is waiting for review.', rowProps: (i) => ({ dataset: { review: String(list[i].id) } }) },
       ),

@@ -32,6 +32,43 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// The names the demo hospital gives on chain: departments, node places,
+/// device groups and rules (with floors, rooms and beds, below). None says
+/// anything about a patient; any other text on chain would be free text.
+const HOSPITAL_NAMES: &[&str] = &[
+    "cardiology",
+    "neurology",
+    "emergency",
+    "cardiology/204",
+    "neurology/101",
+    "server",
+    "icu-hr-monitor",
+    "bp-cuff",
+    "ecg-patch",
+    "glucometer",
+    "pulse-oximeter",
+    "resp-monitor",
+    "scale",
+    "thermometer",
+    "default",
+    "allowed-types",
+    "value-range",
+];
+
+/// Whether `text` is a code or a name the demo hospital puts on chain: a
+/// purpose code, a LOINC code of the catalogue (rules name data types), a
+/// floor, room or bed, or one of [`HOSPITAL_NAMES`].
+fn is_code_or_name(text: &str) -> bool {
+    medledger_contracts::PURPOSES
+        .iter()
+        .any(|(code, _)| *code == text)
+        || medledger_protocol::catalogue::data_type(text).is_some()
+        || ["floor-", "room-", "bed-"]
+            .iter()
+            .any(|p| text.strip_prefix(p).is_some_and(|rest| rest.len() <= 4))
+        || HOSPITAL_NAMES.contains(&text)
+}
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
@@ -461,6 +498,44 @@ impl Demo {
             .await?)
     }
 
+    /// Breaks the glass for `patient` as `who`: on chain with the reason's
+    /// SHA-256, then the reason itself to the server, sealed there.
+    async fn break_glass(
+        &self,
+        who: &Staff,
+        patient: B256,
+        reason: &str,
+    ) -> Result<medledger_contracts::AccessDecision> {
+        let d = who
+            .contracts
+            .break_glass(patient, Scope::ALL, reason)
+            .await?;
+        let mut conn = self
+            .hospital
+            .open(
+                &who.credentials(),
+                Role::Server,
+                &self.hospital.server.addr().to_string(),
+            )
+            .await?;
+        let body = serde_json::json!({ "request": d.id, "text": reason });
+        let reply = conn
+            .request(
+                "POST",
+                "/v1/justifications",
+                &[("content-type", "application/json")],
+                body.to_string().into_bytes(),
+            )
+            .await?;
+        anyhow::ensure!(
+            reply.status == 200,
+            "the server did not take the justification of request {}: {}",
+            d.id,
+            cause(&reply)
+        );
+        Ok(d)
+    }
+
     /// Observations in a records answer, or its cause.
     fn served(reply: &Reply) -> String {
         if reply.status != 200 {
@@ -538,9 +613,8 @@ impl Demo {
         ));
 
         let p6 = self.patients[5].1.patient_ref;
-        let d = emergency
-            .contracts
-            .break_glass(p6, Scope::ALL, "cardiac-arrest")
+        let d = self
+            .break_glass(emergency, p6, "cardiac arrest in the corridor, unconscious")
             .await?;
         let reply = self.read(emergency, d.id).await?;
         let pending = self
@@ -836,6 +910,23 @@ impl Demo {
             "refused by the chain",
             observed.clone(),
             observed.starts_with("refused"),
+        ));
+
+        // Anything on chain is public forever: after every scenario and
+        // attack, the chain's transactions and events hold no text but
+        // purpose codes and the names the hospital gave its wards, devices
+        // and rules.
+        let texts = medledger_chain::texts::short_texts(h.node.store())?;
+        let free: Vec<&String> = texts.iter().filter(|t| !is_code_or_name(t)).collect();
+        checks.push(check(
+            "free text on chain: a purpose or a reason that names a patient, public forever",
+            "none: every text in a transaction or event is a purpose code or a name the hospital gave",
+            if free.is_empty() {
+                format!("none among {} texts", texts.len())
+            } else {
+                format!("free text: {free:?}")
+            },
+            free.is_empty(),
         ));
         Ok(checks)
     }

@@ -520,6 +520,20 @@ pub static MIGRATIONS: &[Migration] = &[
               PRIMARY KEY (epc, lo)
           )",
     },
+    Migration {
+        version: 19,
+        part: Part::Server,
+        name: "break-glass justifications, sealed with the patient's key; the chain holds their SHA-256",
+        sql: "CREATE TABLE justifications (
+              request BIGINT PRIMARY KEY,
+              patient BYTEA NOT NULL,
+              author BYTEA NOT NULL,
+              content_hash BYTEA NOT NULL,
+              sealed BYTEA NOT NULL,
+              created_ms BIGINT NOT NULL
+          );
+          CREATE INDEX justifications_patient ON justifications (patient)",
+    },
 ];
 
 /// How long a request waits for a connection of the pool.

@@ -23,6 +23,20 @@ fn the_demo_meets_every_expectation_and_writes_its_report() {
     let attacks = report["attacks"].as_array().unwrap();
     assert!(attacks.len() >= 17, "{attacks:?}");
     assert!(attacks.iter().all(|a| a["ok"] == true));
+    // Every transaction input and event of the run scanned for text: only
+    // codes and the hospital's own names.
+    let scan = attacks
+        .iter()
+        .find(|a| {
+            a["what"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("free text on chain"))
+        })
+        .unwrap_or_else(|| panic!("no free-text scan in {attacks:?}"));
+    assert!(
+        scan["observed"].as_str().unwrap().starts_with("none among"),
+        "{scan}"
+    );
     let ledgers = report["ledgers"].as_array().unwrap();
     assert_eq!(ledgers.len(), 10);
     assert!(

@@ -708,6 +708,14 @@ async fn break_glass_is_reviewed_and_the_history_audited_from_the_command_line()
         serde_json::from_str::<serde_json::Value>(&out).unwrap()
     };
 
+    // The reason stays off chain: the chain holds its SHA-256, the server
+    // the text, sealed for the patient and the admins who review.
+    let auditor = site.admin_person().await.unwrap();
+    auditor.issued.write(&etc.join("auditor")).unwrap();
+    let server = site.server.addr().to_string();
+    let root = site.ca.dir().join("root.crt").display().to_string();
+    let cert = |who: &str| etc.join(who).display().to_string();
+    let reason = "cardiac arrest in the corridor, unconscious";
     let glass = run(
         &[
             "access",
@@ -715,14 +723,39 @@ async fn break_glass_is_reviewed_and_the_history_audited_from_the_command_line()
             "--patient",
             &patient,
             "--reason",
-            "cardiac-arrest",
+            reason,
+            "--server",
+            &server,
+            "--cert",
+            &cert("doctor"),
+            "--ca-root",
+            &root,
         ],
         "doctor",
     );
     assert_eq!(glass["basis"], "emergency", "{glass}");
-    let pending = run(&["review", "list"], "admin");
+    let pending = run(
+        &[
+            "review",
+            "list",
+            "--server",
+            &server,
+            "--cert",
+            &cert("auditor"),
+            "--ca-root",
+            &root,
+        ],
+        "auditor",
+    );
     assert_eq!(pending["count"], 1);
-    assert_eq!(pending["pending"][0]["reason"], "cardiac-arrest");
+    assert_eq!(pending["pending"][0]["justification"], reason, "{pending}");
+    assert_eq!(
+        pending["pending"][0]["justification_sha256"],
+        format!(
+            "0x{}",
+            hex::encode(medledger_protocol::reading_hash(reason.as_bytes()))
+        )
+    );
     let id = pending["pending"][0]["request"]
         .as_str()
         .unwrap()
@@ -747,8 +780,6 @@ async fn break_glass_is_reviewed_and_the_history_audited_from_the_command_line()
     // FHIR AuditEvents. A doctor may not.
     let request: u64 = id.parse().unwrap();
     assert_eq!(read(&site, &doctor, request).await.status, 200);
-    let auditor = site.admin_person().await.unwrap();
-    auditor.issued.write(&etc.join("auditor")).unwrap();
     let fhir = etc.join("audit.json");
     let export = |who: &str| {
         medledger(&[
@@ -787,4 +818,67 @@ async fn break_glass_is_reviewed_and_the_history_audited_from_the_command_line()
     let (ok, _, err) = export("doctor");
     assert!(!ok);
     assert!(err.contains("refused (403)"), "{err}");
+}
+
+/// A break-glass reason goes to the server only as the chain names it (its
+/// SHA-256), only from the doctor who broke the glass; the patient and the
+/// admins read it back, nobody else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_break_glass_justification_is_kept_only_as_hashed_on_chain_and_read_by_the_patient() {
+    let site = crate::site::start().await;
+    let doctor = site.staff(Role::Doctor, false).await.unwrap();
+    let other = site.staff(Role::Doctor, false).await.unwrap();
+    let reason = "unconscious, known epileptic";
+    let d = doctor
+        .contracts
+        .break_glass(site.patient_ref, Scope::ALL, reason)
+        .await
+        .unwrap();
+    assert!(d.granted());
+    let call = |who: medledger_pki::Credentials,
+                method: &'static str,
+                path: String,
+                body: Option<serde_json::Value>| {
+        let site = &site;
+        async move {
+            let mut conn: Connection = site
+                .open(&who, Role::Server, &site.server.addr().to_string())
+                .await
+                .unwrap();
+            let body = body.map_or_else(Vec::new, |b| b.to_string().into_bytes());
+            conn.request(method, &path, &[("content-type", "application/json")], body)
+                .await
+                .unwrap()
+        }
+    };
+    let post = |who, text: &str| {
+        call(
+            who,
+            "POST",
+            "/v1/justifications".to_owned(),
+            Some(serde_json::json!({ "request": d.id, "text": text })),
+        )
+    };
+    // Another text than the one hashed on chain, or another doctor: no.
+    let wrong = post(doctor.credentials(), "something else").await;
+    assert_eq!(wrong.status, 400, "{}", body(&wrong));
+    assert!(
+        body(&wrong)["detail"]
+            .as_str()
+            .unwrap()
+            .contains("justification hash")
+    );
+    let theirs = post(other.credentials(), reason).await;
+    assert_eq!(theirs.status, 403, "{}", body(&theirs));
+    assert_eq!(post(doctor.credentials(), reason).await.status, 200);
+    // Read back by the patient; not by a doctor.
+    let path = format!("/v1/justifications?request={}", d.id);
+    let card = medledger_pki::Credentials::from_issued(&site.card);
+    let read = call(card, "GET", path.clone(), None).await;
+    assert_eq!(read.status, 200, "{}", body(&read));
+    assert_eq!(body(&read)["text"], reason);
+    assert_eq!(
+        call(other.credentials(), "GET", path, None).await.status,
+        403
+    );
 }

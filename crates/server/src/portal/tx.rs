@@ -228,8 +228,14 @@ async fn build(state: &State, caller: &Caller, action: Action) -> Result<Value, 
             let summary = format!(
                 "AccessLog.breakGlass: EMERGENCY access to {scope} of patient {patient}, reason {reason:?} (always alerted and reviewed)"
             );
+            if reason.trim().is_empty() {
+                return Err(malformed("give the reason for emergency access").into());
+            }
+            // Only its SHA-256 on chain; the page then gives the server the
+            // text (POST /v1/justifications).
+            let justification = B256::from(medledger_protocol::reading_hash(reason.as_bytes()));
             prepared(
-                log.breakGlass(patient, scope.0, word(&reason, "reason")?),
+                log.breakGlass(patient, scope.0, justification),
                 from,
                 summary,
             )

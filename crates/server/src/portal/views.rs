@@ -495,12 +495,19 @@ pub(super) async fn reviews(
             Ok(r) => r,
             Err(e) => return unavailable(e),
         };
+        // The justification is off chain, sealed for the patient and the
+        // reviewers; the chain holds its SHA-256.
+        let justification = match crate::justifications::text(&state, &caller, id.to()).await {
+            Ok(found) => found.map(|j| j["text"].clone()),
+            Err(r) => return problem(r.kind, r.detail),
+        };
         let id = id.to_string();
         out.push(json!({
             "id": id,
             "patient": r.patientRef.to_string(),
             "requester": r.requester.to_string(),
-            "reason": text_of(r.emergencyReason),
+            "reason": justification,
+            "justification_sha256": r.emergencyReason.to_string(),
             "time_ms": r.time * 1000,
             "tx": tx_of.get(id.as_str()).map(|e| B256::from(e.tx).to_string()),
         }));
