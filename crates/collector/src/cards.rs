@@ -42,17 +42,23 @@ impl std::fmt::Debug for SoftwareCard {
     }
 }
 
+/// The identity of a patient certificate and the patient's account.
+fn patient_of(cert_der: &[u8]) -> Result<(Identity, Address), String> {
+    let identity = Identity::from_peer_certificate(cert_der).map_err(|e| e.to_string())?;
+    identity
+        .require_role(&[Role::Patient])
+        .map_err(|e| e.to_string())?;
+    let account = identity
+        .address()
+        .ok_or("the patient certificate has no address")?;
+    Ok((identity, account))
+}
+
 impl SoftwareCard {
     /// A card from a patient certificate and its key.
     pub fn new(credentials: &Credentials) -> Result<SoftwareCard, String> {
-        let identity = credentials.identity().map_err(|e| e.to_string())?;
-        identity
-            .require_role(&[Role::Patient])
-            .map_err(|e| e.to_string())?;
-        let account = identity
-            .address()
-            .ok_or("the patient certificate has no address")?;
         let cert = credentials.chain[0].to_vec();
+        let (identity, account) = patient_of(&cert)?;
         let key = SigningKey::from_pkcs8(
             identity.key.algorithm(),
             credentials.key.secret_der(),
@@ -103,13 +109,7 @@ impl TokenCard {
     /// The card of the patient certificate `cert_der` whose key is `key`,
     /// checked as [`TokenCard::open`] does.
     pub fn new(cert_der: Vec<u8>, key: TokenKey) -> Result<TokenCard, String> {
-        let identity = Identity::from_peer_certificate(&cert_der).map_err(|e| e.to_string())?;
-        identity
-            .require_role(&[Role::Patient])
-            .map_err(|e| e.to_string())?;
-        let account = identity
-            .address()
-            .ok_or("the patient certificate has no address")?;
+        let (identity, account) = patient_of(&cert_der)?;
         if key.curve() != Curve::P256 || key.public_key() != identity.key.public_key() {
             return Err(format!(
                 "the key {} is not the key of the certificate of {account}",

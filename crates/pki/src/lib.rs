@@ -18,7 +18,7 @@
 //! - [`metrics`]: Prometheus counters, gauges and histograms;
 //! - [`token`]: keys on PKCS#11 tokens, named by `pkcs11:` URIs.
 //!
-//! Feature `test-utils`: [`softhsm`], SoftHSM2 tokens for tests.
+//! Feature `test-utils`: `softhsm`, SoftHSM2 tokens for tests.
 
 pub mod account;
 pub mod ca;

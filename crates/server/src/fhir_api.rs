@@ -508,14 +508,22 @@ async fn subject(state: &State, caller: &Caller, query: &Query) -> Result<[u8; 3
     crate::http::subject_of(state, caller, named).await
 }
 
-/// `GET /fhir/r4/AuditEvent?patient=`: the patient's record reads.
-async fn audit_events(
-    AxState(state): AxState<Arc<State>>,
-    Extension(caller): Extension<Caller>,
-    headers: HeaderMap,
-    uri: Uri,
-) -> Response {
-    let query = match Query::of(&uri, &["patient", "subject", "_count", "_offset"]) {
+/// A search of one patient's resources, the patient's own or, for an
+/// admin, those of the patient named by `patient`: `list` gives them all,
+/// and the page is cut here.
+async fn patient_search<F, Fut>(
+    state: &State,
+    caller: &Caller,
+    headers: &HeaderMap,
+    uri: &Uri,
+    kind: &str,
+    list: F,
+) -> Response
+where
+    F: FnOnce([u8; 32]) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<Value>, Refused>>,
+{
+    let query = match Query::of(uri, &["patient", "subject", "_count", "_offset"]) {
         Ok(q) => q,
         Err(r) => return r.into(),
     };
@@ -523,23 +531,37 @@ async fn audit_events(
         Ok(p) => p,
         Err(r) => return r.into(),
     };
-    let patient = match subject(&state, &caller, &query).await {
+    let patient = match subject(state, caller, &query).await {
         Ok(p) => p,
         Err(refused) => return refused,
     };
-    match crate::records::audit_events(&state, &patient).await {
-        Ok(bundle) => {
-            let events = resources_of(bundle);
-            paged(
-                events,
-                &base_url(&headers, &uri),
-                "AuditEvent",
-                &query,
-                page,
-            )
-        }
+    match list(patient).await {
+        Ok(all) => paged(all, &base_url(headers, uri), kind, &query, page),
         Err(r) => r.into(),
     }
+}
+
+/// `GET /fhir/r4/AuditEvent?patient=`: the patient's record reads.
+async fn audit_events(
+    AxState(state): AxState<Arc<State>>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    let state = &state;
+    patient_search(
+        state,
+        &caller,
+        &headers,
+        &uri,
+        "AuditEvent",
+        |patient| async move {
+            crate::records::audit_events(state, &patient)
+                .await
+                .map(resources_of)
+        },
+    )
+    .await
 }
 
 fn resources_of(mut bundle: Value) -> Vec<Value> {
@@ -557,22 +579,16 @@ async fn consents(
     headers: HeaderMap,
     uri: Uri,
 ) -> Response {
-    let query = match Query::of(&uri, &["patient", "subject", "_count", "_offset"]) {
-        Ok(q) => q,
-        Err(r) => return r.into(),
-    };
-    let page = match query.page() {
-        Ok(p) => p,
-        Err(r) => return r.into(),
-    };
-    let patient = match subject(&state, &caller, &query).await {
-        Ok(p) => p,
-        Err(refused) => return refused,
-    };
-    match grants(&state, &patient).await {
-        Ok(list) => paged(list, &base_url(&headers, &uri), "Consent", &query, page),
-        Err(r) => r.into(),
-    }
+    let state = &state;
+    patient_search(
+        state,
+        &caller,
+        &headers,
+        &uri,
+        "Consent",
+        |patient| async move { grants(state, &patient).await },
+    )
+    .await
 }
 
 /// The patient's live grants as FHIR Consents.

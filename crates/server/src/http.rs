@@ -198,31 +198,39 @@ async fn justify(
     Extension(caller): Extension<Caller>,
     body: Body,
 ) -> Response {
-    let limit = crate::justifications::MAX_TEXT_BYTES * 2 + 1024;
-    let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
-        return problem(
-            ProblemType::TooLarge,
-            format!("a justification is at most {limit} bytes of JSON"),
-        );
-    };
     #[derive(serde::Deserialize)]
     struct Text {
         request: u64,
         text: String,
     }
-    let text: Text = match serde_json::from_slice(&bytes) {
+    let limit = crate::justifications::MAX_TEXT_BYTES * 2 + 1024;
+    let shape = r#"{"request": ID, "text": "..."}"#;
+    let text: Text = match json_body(body, limit, "a justification", shape).await {
         Ok(t) => t,
-        Err(e) => {
-            return problem(
-                ProblemType::Malformed,
-                format!("expected {{\"request\": ID, \"text\": \"...\"}}: {e}"),
-            );
-        }
+        Err(refused) => return refused,
     };
     match crate::justifications::store(&state, &caller, text.request, &text.text).await {
         Ok(answer) => json_response(&answer),
         Err(r) => r.into(),
     }
+}
+
+/// A JSON body of at most `limit` bytes, as `T`: `what` names the body in
+/// a refusal, `shape` shows what is expected.
+async fn json_body<T: serde::de::DeserializeOwned>(
+    body: Body,
+    limit: usize,
+    what: &str,
+    shape: &str,
+) -> Result<T, Response> {
+    let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
+        return Err(problem(
+            ProblemType::TooLarge,
+            format!("{what} is at most {limit} bytes of JSON"),
+        ));
+    };
+    serde_json::from_slice(&bytes)
+        .map_err(|e| problem(ProblemType::Malformed, format!("expected {shape}: {e}")))
 }
 
 /// `GET /v1/justifications?request=ID`: a break-glass justification, for
@@ -288,26 +296,16 @@ async fn annotations(
     Extension(caller): Extension<Caller>,
     body: Body,
 ) -> Response {
-    let limit = crate::annotations::MAX_TEXT_BYTES * 2 + 1024;
-    let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
-        return problem(
-            ProblemType::TooLarge,
-            format!("an annotation is at most {limit} bytes of JSON"),
-        );
-    };
     #[derive(serde::Deserialize)]
     struct Text {
         annotation: u64,
         text: String,
     }
-    let text: Text = match serde_json::from_slice(&bytes) {
+    let limit = crate::annotations::MAX_TEXT_BYTES * 2 + 1024;
+    let shape = r#"{"annotation": ID, "text": "..."}"#;
+    let text: Text = match json_body(body, limit, "an annotation", shape).await {
         Ok(t) => t,
-        Err(e) => {
-            return problem(
-                ProblemType::Malformed,
-                format!("expected {{\"annotation\": ID, \"text\": \"...\"}}: {e}"),
-            );
-        }
+        Err(refused) => return refused,
     };
     match crate::annotations::store(&state, &caller, text.annotation, &text.text).await {
         Ok(answer) => json_response(&answer),
