@@ -285,6 +285,11 @@ async function main() {
     await openView(patient, 'Vitals', 'Vitals');
     const chart = await waitForChart(patient, 'patient: Vitals', true);
     log(`  chart: ${await chart.first().getAttribute('aria-labelledby').then((id) => patient.locator(`[id="${id}"]`).textContent())}`);
+    // One line per device, named in the legend by its EPC URN.
+    const device = await chart.first().locator('polyline[data-device]').first().getAttribute('data-device');
+    if (!/^urn:epc:id:sgtin:/.test(device ?? '')) fail(`patient: the chart's line names no device by EPC URN: ${device}`);
+    const legend = patient.locator('figure.chart-card .legend').first();
+    if (!(await legend.textContent()).includes(device)) fail(`patient: the chart's legend does not name the device ${device}`);
     await shot(patient, 'patient-vitals');
   });
 

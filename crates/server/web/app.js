@@ -1382,7 +1382,9 @@ function shortTime(ms, withDate) {
 /** One time-series chart of a data type, with its reference band and out-of-range list. */
 function chartFigure(type, points, info) {
   const sorted = points.filter((p) => p.time !== null).sort((a, b) => a.time - b.time).slice(-MAX_POINTS);
-  const unit = info?.unit ?? sorted.at(-1)?.unit ?? '';
+  // The unit as the Observation shows it to people (°C, mmHg), else the
+  // catalogue's UCUM code.
+  const unit = sorted.at(-1)?.unit || info?.unit || '';
   const title = info?.display ?? sorted.at(-1)?.display ?? type;
   const reference =
     Array.isArray(info?.reference) && info.reference.length === 2
@@ -1440,12 +1442,18 @@ function chartFigure(type, points, info) {
   ]) {
     parts.push(svgEl('text', { x: x(t), y: H - 10, class: 'tick', 'text-anchor': anchor }, shortTime(t, withDate)));
   }
-  parts.push(
-    svgEl('polyline', {
-      class: 'line',
-      points: sorted.map((p) => `${x(p.time).toFixed(1)},${y(p.value).toFixed(1)}`).join(' '),
-    }),
-  );
+  // One line per device: readings of different devices are never joined.
+  const devices = [...new Set(sorted.map((p) => p.device))];
+  devices.forEach((device, i) => {
+    const own = sorted.filter((p) => p.device === device);
+    parts.push(
+      svgEl('polyline', {
+        class: `line d${i % DEVICE_LINES}`,
+        'data-device': device,
+        points: own.map((p) => `${x(p.time).toFixed(1)},${y(p.value).toFixed(1)}`).join(' '),
+      }),
+    );
+  });
   sorted.forEach((p, i) => {
     const px = x(p.time);
     const py = y(p.value);
@@ -1485,6 +1493,9 @@ function chartFigure(type, points, info) {
     legendMark('low'),
     ' low',
     reference ? [' ', legendMark('band'), ' reference range'] : null,
+    devices.length > 1 || devices[0]
+      ? devices.map((device, i) => [' ', legendMark(`d${i % DEVICE_LINES}`), ` ${device || 'unknown device'}`])
+      : null,
   );
   const captionId = nextId('fig');
   const shown = out.slice(-20).reverse();
@@ -1512,9 +1523,13 @@ function chartFigure(type, points, info) {
   );
 }
 
+/** How many line styles devices cycle through in one chart. */
+const DEVICE_LINES = 6;
+
 function legendMark(kind) {
-  const parts =
-    kind === 'circle'
+  const parts = /^d\d$/.test(kind)
+    ? [svgEl('line', { class: `line ${kind}`, x1: 0, y1: 7, x2: 14, y2: 7 })]
+    : kind === 'circle'
       ? [svgEl('circle', { class: 'pt', cx: 7, cy: 7, r: 3.5 })]
       : kind === 'high'
         ? [svgEl('path', { class: 'pt out', d: 'M7,1 l5.5,9.5 h-11 z' })]
