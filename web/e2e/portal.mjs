@@ -423,6 +423,8 @@ async function main() {
     await openView(admin, 'Reviews', 'Reviews');
     const row = admin.getByRole('row').filter({ hasText: 'e2e-emergency' });
     await visible(row, 'admin: the break-glass review with reason e2e-emergency');
+    // People shown as people: the doctor by the name on their certificate.
+    if (doctorFacts.name) await visible(row.getByText(doctorFacts.name), `admin: the review naming the doctor "${doctorFacts.name}"`);
     const reviewId = (await row.first().getByRole('cell').first().textContent()).trim();
     await row.first().getByLabel(/^Outcome/).fill('justified');
     const before = await statusSeq(admin);

@@ -16,6 +16,7 @@
 //! medledger records get --request ID           read it, FHIR, every proof checked
 //! medledger consent grant|revoke|list|opt-out  a patient's consent, on chain
 //! medledger alerts list|watch|prefs            a patient's alerts
+//! medledger directory list|set                 people's display names (off chain)
 //! medledger review list|close                  the break-glass review queue (admins)
 //! medledger audit --patient REF                a patient's access and consent history
 //! medledger patient ref --salt-file F --id ID  a patient's patientRef
@@ -37,6 +38,7 @@ mod chain;
 mod collector;
 mod crash;
 mod demo;
+mod directory;
 #[cfg(test)]
 mod doc_commands;
 mod erase;
@@ -161,6 +163,9 @@ enum Command {
     Annotate(annotate::AnnotateArgs),
     /// Erase (forget) a patient, as the patient or an admin.
     Erase(erase::EraseArgs),
+    /// People's display names, kept off chain by the server.
+    #[command(subcommand)]
+    Directory(directory::DirectoryCommand),
     /// A patient's reference (patientRef) from the hospital's salt.
     #[command(subcommand)]
     Patient(patient::PatientCommand),
@@ -208,6 +213,7 @@ fn main() -> ExitCode {
         Command::Consent(args) => access::run_consent(args),
         Command::Alerts(cmd) => access::run_alerts(cmd),
         Command::Annotate(args) => annotate::run(args),
+        Command::Directory(command) => directory::run(command),
         Command::Erase(args) => erase::run(args),
         Command::Patient(cmd) => patient::run(cmd),
         Command::Review(args) => audit::run_review(args),

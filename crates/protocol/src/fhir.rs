@@ -331,6 +331,8 @@ pub struct Grant<'a> {
     pub patient_ref: &'a [u8; 32],
     /// The account it was granted to (`0x...`), if one.
     pub grantee: Option<&'a str>,
+    /// Their name, from the directory, if known.
+    pub grantee_name: Option<&'a str>,
     /// The staff role it was granted to, if granted to a role.
     pub role: Option<&'a str>,
     /// The data types it covers.
@@ -357,10 +359,11 @@ pub fn consent(grant: &Grant<'_>, now_ms: u64) -> Value {
         "display": "information recipient",
     }]});
     if let Some(account) = grant.grantee {
-        actors.push(json!({
-            "role": recipient,
-            "reference": { "identifier": { "system": ACCOUNT_SYSTEM, "value": account } },
-        }));
+        let mut reference = json!({ "identifier": { "system": ACCOUNT_SYSTEM, "value": account } });
+        if let Some(name) = grant.grantee_name {
+            reference["display"] = json!(name);
+        }
+        actors.push(json!({ "role": recipient, "reference": reference }));
     }
     if let Some(role) = grant.role {
         actors
@@ -387,7 +390,8 @@ pub fn consent(grant: &Grant<'_>, now_ms: u64) -> Value {
         }]);
     }
     let who = grant
-        .grantee
+        .grantee_name
+        .or(grant.grantee)
         .map(str::to_owned)
         .or_else(|| grant.role.map(|r| format!("any {r}")))
         .unwrap_or_default();
@@ -446,6 +450,8 @@ pub struct RecordAccess<'a> {
     pub recorded_ms: u64,
     /// Who asked: an account (`0x...`), or a certificate subject.
     pub requester: &'a str,
+    /// Their name, from the directory, if known.
+    pub requester_name: Option<&'a str>,
     /// The on-chain access request it relied on.
     pub request: u64,
     /// Why (the request's purpose); `emergency` marks break-glass.
@@ -481,11 +487,14 @@ pub fn audit_event(access: &RecordAccess<'_>) -> Value {
             "code": "BTG", "display": "break the glass",
         }] }));
     }
-    let requester = if access.requester.starts_with("0x") {
+    let mut requester = if access.requester.starts_with("0x") {
         json!({ "identifier": { "system": ACCOUNT_SYSTEM, "value": access.requester } })
     } else {
         json!({ "display": access.requester })
     };
+    if let Some(name) = access.requester_name {
+        requester["display"] = json!(name);
+    }
     let line = format!(
         "{} read of patient {patient}'s records by {} under request {}: {}",
         if access.served { "Served" } else { "Refused" },
@@ -687,6 +696,7 @@ mod tests {
             id: 4,
             patient_ref: &[2; 32],
             grantee: Some("0x00000000000000000000000000000000000000aa"),
+            grantee_name: Some("Dr Ada Lovelace"),
             role: None,
             scope: &scope,
             purpose: "CAREMGT",
@@ -698,10 +708,15 @@ mod tests {
         assert_eq!(live["status"], "active");
         assert_eq!(live["provision"]["code"][1]["coding"][1]["code"], "2708-6");
         assert_eq!(live["provision"]["purpose"][0]["code"], "CAREMGT");
+        assert_eq!(
+            live["provision"]["actor"][0]["reference"]["display"],
+            "Dr Ada Lovelace"
+        );
         let to_a_role = consent(
             &Grant {
                 id: 5,
                 grantee: None,
+                grantee_name: None,
                 role: Some("nurse"),
                 expiry_ms: None,
                 ..grant.clone()
@@ -726,6 +741,7 @@ mod tests {
             ledger_index: 3,
             recorded_ms: 1_000,
             requester: "0x00000000000000000000000000000000000000aa",
+            requester_name: Some("Dr Ada Lovelace"),
             request: 1,
             purpose: "CAREMGT",
             emergency: true,
@@ -803,6 +819,7 @@ mod tests {
             ledger_index: 12,
             recorded_ms: 951_782_400_123,
             requester: "0x00000000000000000000000000000000000000aa",
+            requester_name: None,
             request: 3,
             purpose: "ETREAT",
             emergency: true,

@@ -172,11 +172,20 @@ pub(crate) async fn notes(
         let author: Vec<u8> = row.try_get("author").map_err(get)?;
         let correction = row.try_get::<i64, _>("correction").map_err(get)? != 0;
         let created = u64::try_from(row.try_get::<i64, _>("created_ms").map_err(get)?).unwrap_or(0);
+        let mut by = json!({ "identifier": {
+            "system": fhir::ACCOUNT_SYSTEM,
+            "value": format!("0x{}", hex::encode(&author)),
+        } });
+        if author.len() == 20
+            && let Some(name) = state
+                .directory
+                .name(alloy::primitives::Address::from_slice(&author))
+                .await
+        {
+            by["display"] = json!(name);
+        }
         notes.entry(reading).or_default().push(json!({
-            "authorReference": { "identifier": {
-                "system": fhir::ACCOUNT_SYSTEM,
-                "value": format!("0x{}", hex::encode(author)),
-            } },
+            "authorReference": by,
             "time": fhir::instant(created),
             "text": text,
             "extension": [

@@ -6,7 +6,8 @@
 //!    (the last size and root, marked `erased`) stays, so the checkpoints
 //!    anchored on chain still make sense;
 //! 3. deletes their sealed blobs, annotations, break-glass justifications,
-//!    alerts, alert preferences and webhook, and unlinks their readings'
+//!    alerts, alert preferences and webhook, and their name in the
+//!    directory, and unlinks their readings'
 //!    hashes from them (the hashes stay, anonymous, because other patients'
 //!    batch proofs need them).
 //!
@@ -100,6 +101,20 @@ pub(crate) async fn erase(state: &State, patient: &[u8; 32]) -> Result<Erasure, 
             .map_err(sql)?;
     }
     tx.commit().await.map_err(sql)?;
+    // Their name, kept by the account the Registry knows them by.
+    let account = state
+        .view
+        .contracts()
+        .registry()
+        .patientAccount(B256::from(*patient))
+        .call()
+        .await
+        .map_err(|e| failed("asking the Registry for the patient's account", &e))?;
+    state
+        .directory
+        .forget(account)
+        .await
+        .map_err(|e| failed("forgetting the patient's name", &e))?;
     // The erasure on chain, where a restore from an older backup finds it.
     // A tombstone from before a rotation is signed by a retired key.
     let cp = state

@@ -611,12 +611,17 @@ async fn grants(state: &State, patient: &[u8; 32]) -> Result<Vec<Value>, Refused
         let scope = medledger_contracts::Scope(g.scope);
         let types: Vec<_> = CATALOGUE.iter().filter(|t| scope.contains(t)).collect();
         let grantee = (!g.grantee.is_zero()).then(|| g.grantee.to_string());
+        let grantee_name = match grantee {
+            Some(_) => state.directory.name(g.grantee).await,
+            None => None,
+        };
         let role = medledger_contracts::StaffRole::from_code(g.role).map(|r| r.name());
         out.push(fhir::consent(
             &fhir::Grant {
                 id: u64::try_from(id).unwrap_or(u64::MAX),
                 patient_ref: patient,
                 grantee: grantee.as_deref(),
+                grantee_name: grantee_name.as_deref(),
                 role,
                 scope: &types,
                 purpose: &text_of(g.purpose),

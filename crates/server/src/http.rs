@@ -5,6 +5,7 @@ use crate::State;
 use crate::caller::Caller;
 use crate::ingest::{self, Unavailable};
 use crate::records::{Refused, refused};
+use alloy::primitives::Address;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Extension, Path, State as AxState};
@@ -35,6 +36,10 @@ pub(crate) fn router(state: Arc<State>) -> Router {
         .nest(crate::fhir_api::BASE_PATH, crate::fhir_api::router())
         .route("/healthz", get(|| async { "ok" }))
         .fallback(https::not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::directory::learn,
+        ))
         .layer(axum::middleware::from_fn(crate::caller::from_certificate))
         .layer(axum::middleware::from_fn(https::problems_only))
         .with_state(state)
@@ -49,6 +54,8 @@ pub(crate) fn people() -> Router<Arc<State>> {
         .route("/v1/ledger", get(ledger))
         .route("/v1/annotations", post(annotations))
         .route("/v1/justifications", get(justification).post(justify))
+        .route("/v1/directory", get(directory))
+        .route("/v1/directory/{account}", axum::routing::put(name_person))
         .route("/v1/patients/{patient}", axum::routing::delete(erase))
         .route("/v1/audit", get(audit))
         .route("/v1/alerts", get(alerts))
@@ -404,6 +411,26 @@ pub(crate) async fn subject_of(
             ));
         }
     }
+    admin_of(state, caller).await?;
+    named.ok_or_else(|| {
+        problem(
+            ProblemType::Malformed,
+            "name the patient: ?patient=<patientRef, 64 hex digits>",
+        )
+    })
+}
+
+/// The account of `caller` if they are an admin active in the Registry.
+pub(crate) async fn admin_of(state: &State, caller: &Caller) -> Result<Address, Response> {
+    if caller.role != Role::Admin {
+        return Err(problem(
+            ProblemType::WrongRole,
+            format!(
+                "only an admin may do this; you are signed in as {}",
+                caller.role
+            ),
+        ));
+    }
     let Some(account) = caller.account else {
         return Err(problem(
             ProblemType::WrongRole,
@@ -418,26 +445,80 @@ pub(crate) async fn subject_of(
         .call()
         .await
     {
-        Ok(true) => {}
-        Ok(false) => {
-            return Err(problem(
-                ProblemType::Forbidden,
-                format!("{account} is not an admin in the Registry"),
-            ));
-        }
-        Err(e) => {
-            return Err(problem(
-                ProblemType::Unavailable,
-                format!("the chain cannot be asked: {e}"),
-            ));
-        }
+        Ok(true) => Ok(account),
+        Ok(false) => Err(problem(
+            ProblemType::Forbidden,
+            format!("{account} is not an admin in the Registry"),
+        )),
+        Err(e) => Err(problem(
+            ProblemType::Unavailable,
+            format!("the chain cannot be asked: {e}"),
+        )),
     }
-    named.ok_or_else(|| {
-        problem(
+}
+
+/// `GET /v1/directory`: the names the caller may see, by account.
+async fn directory(
+    AxState(state): AxState<Arc<State>>,
+    Extension(caller): Extension<Caller>,
+) -> Response {
+    match state.directory.visible_to(&caller).await {
+        Ok(names) => json_response(&serde_json::json!({ "names": names })),
+        Err(e) => problem(ProblemType::Unavailable, e.to_string()),
+    }
+}
+
+/// `PUT /v1/directory/{account}` with `{"name": "...", "role": "doctor"}`:
+/// an admin names a person.
+async fn name_person(
+    AxState(state): AxState<Arc<State>>,
+    Extension(caller): Extension<Caller>,
+    Path(account): Path<String>,
+    body: Body,
+) -> Response {
+    if let Err(refused) = admin_of(&state, &caller).await {
+        return refused;
+    }
+    let Ok(account) = account.parse::<Address>() else {
+        return problem(
             ProblemType::Malformed,
-            "name the patient: ?patient=<patientRef, 64 hex digits>",
-        )
-    })
+            format!(
+                "`{}` is not an account (0x and 40 hex digits)",
+                bounded(&account)
+            ),
+        );
+    };
+    #[derive(serde::Deserialize)]
+    struct Named {
+        name: String,
+        role: String,
+    }
+    let shape = r#"{"name": "...", "role": "doctor|nurse|admin|patient"}"#;
+    let named: Named = match json_body(body, 4096, "a name", shape).await {
+        Ok(n) => n,
+        Err(refused) => return refused,
+    };
+    let role = match named.role.as_str() {
+        "doctor" => Role::Doctor,
+        "nurse" => Role::Nurse,
+        "admin" => Role::Admin,
+        "patient" => Role::Patient,
+        other => {
+            return problem(
+                ProblemType::Malformed,
+                format!(
+                    "role `{}`: expected doctor, nurse, admin or patient",
+                    bounded(other)
+                ),
+            );
+        }
+    };
+    match state.directory.set(account, role, &named.name).await {
+        Ok(()) => {
+            json_response(&serde_json::json!({ "account": account, "name": named.name.trim() }))
+        }
+        Err(r) => r.into(),
+    }
 }
 
 /// [`subject_of`] with the patient named by `?patient=`.

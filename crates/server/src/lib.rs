@@ -24,6 +24,7 @@ mod anchor;
 pub mod annotations;
 mod caller;
 pub mod config;
+mod directory;
 pub mod erase;
 pub mod fhir_api;
 mod held;
@@ -189,6 +190,8 @@ pub(crate) struct State {
     /// Reaches the other servers (readings of patients they hold).
     pub(crate) peer_tls: Option<Arc<rustls::ClientConfig>>,
     pub(crate) relay: relay::Relay,
+    /// People's display names, off chain.
+    pub(crate) directory: directory::Directory,
 }
 
 /// The server's ingest, handed to a collector running in the same process
@@ -328,6 +331,7 @@ impl Server {
             .with_writer(leases.me());
         let portal_state = portal::Portal::open(&db).await.map_err(StartError::Db)?;
         let state = Arc::new(State {
+            directory: directory::Directory::new(db.clone()),
             vault,
             alerts: alerts::Alerts::new(db.clone()),
             ledger,

@@ -185,6 +185,11 @@ pub(crate) async fn serve(
         ]),
     };
     let who = requester.map_or_else(|| caller.name.clone(), |a| a.to_string());
+    // The patient reads who it was as a person, by name where known.
+    let person = match requester {
+        Some(a) => state.directory.person(a).await,
+        None => who.clone(),
+    };
     let alert = match &outcome {
         Ok(()) => {
             let carer = match requester {
@@ -203,7 +208,7 @@ pub(crate) async fn serve(
                 .unusual_read(&patient, &who, carer)
                 .await
                 .map_err(|e| unavailable(&e))?;
-            let mut why = format!("{who} read {count} observation(s) with request {id}");
+            let mut why = format!("{person} read {count} observation(s) with request {id}");
             if !unusual.is_empty() {
                 why.push_str(&format!("; unusual: {}", unusual.join(", ")));
             }
@@ -225,7 +230,7 @@ pub(crate) async fn serve(
             source: String::new(),
             flagged: true,
             why: format!(
-                "{who} tried to read with request {id} and was refused: {}",
+                "{person} tried to read with request {id} and was refused: {}",
                 r.detail
             ),
             body: json!({ "request": id, "requester": who, "reason": r.detail }),
@@ -474,9 +479,15 @@ pub(crate) async fn audit_events(state: &State, patient: &[u8; 32]) -> Result<Va
             Some(Field::Text(t)) => t.clone(),
             _ => String::new(),
         };
-        let requester = match entry.body.get("requester") {
-            Some(Field::Bytes(b)) if b.len() == 20 => Address::from_slice(b).to_string(),
-            _ => "an unnamed certificate".to_owned(),
+        let account = match entry.body.get("requester") {
+            Some(Field::Bytes(b)) if b.len() == 20 => Some(Address::from_slice(b)),
+            _ => None,
+        };
+        let requester =
+            account.map_or_else(|| "an unnamed certificate".to_owned(), |a| a.to_string());
+        let requester_name = match account {
+            Some(a) => state.directory.name(a).await,
+            None => None,
         };
         let served = text("outcome") == "served";
         let observations = match entry.body.get("observations") {
@@ -493,6 +504,7 @@ pub(crate) async fn audit_events(state: &State, patient: &[u8; 32]) -> Result<Va
             ledger_index: entry.index,
             recorded_ms: entry.ts_ms,
             requester: &requester,
+            requester_name: requester_name.as_deref(),
             request: match entry.body.get("request") {
                 Some(Field::Uint(n)) => *n,
                 _ => 0,

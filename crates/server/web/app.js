@@ -445,6 +445,27 @@ function code(text, full = true) {
   return h('code', { class: 'hex', title: full ? null : String(text) }, full ? String(text ?? '') : short(text));
 }
 
+/** People's names by account (lower case), from the server's directory. */
+const names = new Map();
+
+/** Loads the names the signed-in person may see; a failure leaves accounts shown as they are. */
+async function loadNames() {
+  try {
+    const answer = await api('GET', '/v1/directory', undefined, { what: 'Loading names' });
+    names.clear();
+    for (const [account, name] of Object.entries(answer.names ?? {})) names.set(account.toLowerCase(), String(name));
+  } catch {
+    // Names are a courtesy: accounts still say who it was.
+  }
+}
+
+/** A person: their name and, beside it, their account; the account alone if no name is known. */
+function person(account) {
+  const name = names.get(String(account ?? '').toLowerCase());
+  if (!name) return code(account);
+  return h('span', { class: 'person' }, h('strong', {}, name), ' ', code(account, false));
+}
+
 function txLink(tx) {
   if (!tx) return 'none';
   return h('a', { href: `#/tx/${tx}`, class: 'hex' }, short(tx));
@@ -967,6 +988,7 @@ async function route(moveFocus) {
   main.setAttribute('aria-busy', 'true');
   const view = h('div', { class: 'view', dataset: { view: name } });
   try {
+    await loadNames();
     await views[name](view, rest);
   } catch (err) {
     view.append(h('p', { class: 'inline-error' }, errorText(err)));
@@ -1189,7 +1211,7 @@ async function historyView(root) {
         ['When', 'Who', 'Purpose', 'Outcome', 'Request', 'Ledger'],
         rows.map((r) => [
           r.recorded ? fmtTime(Date.parse(r.recorded)) : 'unknown time',
-          code(r.who),
+          person(r.who),
           r.purpose,
           r.outcome,
           r.request ?? 'none',
@@ -1256,7 +1278,7 @@ async function consentsView(root) {
         );
         return [
           String(g.id),
-          g.grantee && !ZERO_ADDRESS.test(g.grantee) ? code(g.grantee) : `every ${g.role ?? 'carer'}`,
+          g.grantee && !ZERO_ADDRESS.test(g.grantee) ? person(g.grantee) : `every ${g.role ?? 'carer'}`,
           scopeText(g.scope),
           g.purpose ? purposeText(g.purpose) : 'any purpose',
           fmtSecs(g.granted_at),
@@ -1494,7 +1516,7 @@ function chartFigure(type, points, info) {
     ' low',
     reference ? [' ', legendMark('band'), ' reference range'] : null,
     devices.length > 1 || devices[0]
-      ? devices.map((device, i) => [' ', legendMark(`d${i % DEVICE_LINES}`), ` ${device || 'unknown device'}`])
+      ? devices.map((device, i) => h('span', { class: 'legend-item' }, legendMark(`d${i % DEVICE_LINES}`), ` ${device || 'unknown device'}`))
       : null,
   );
   const captionId = nextId('fig');
@@ -2061,7 +2083,7 @@ function overviewData(o) {
       table(
         'Staff',
         ['Account', 'Role', 'Department', 'Active'],
-        (o.staff ?? []).map((s) => [code(s.account), s.role ?? '', s.department ?? '', yesNo(s.active)]),
+        (o.staff ?? []).map((s) => [person(s.account), s.role ?? '', s.department ?? '', yesNo(s.active)]),
         { empty: 'No staff registered.' },
       ),
     ),
@@ -2178,7 +2200,7 @@ async function reviewsView(root) {
             outcome,
             close,
           );
-          return [String(r.id), code(r.patient, false), code(r.requester), r.reason ?? '(no reason given to the server)', fmtTime(r.time_ms), txLink(r.tx), form];
+          return [String(r.id), code(r.patient, false), person(r.requester), r.reason ?? '(no reason given to the server)', fmtTime(r.time_ms), txLink(r.tx), form];
         }),
         { empty: 'No break-glass access is waiting for review.', rowProps: (i) => ({ dataset: { review: String(list[i].id) } }) },
       ),

@@ -962,7 +962,22 @@ impl Hospital {
         department: &str,
         patients: &[B256],
     ) -> Result<Staff> {
-        let issued = self.ca.issue(&LeafRequest::new(role))?;
+        self.staff_named(role, department, None, patients).await
+    }
+
+    /// [`Hospital::staff_for`], with `name` as their certificate's subject
+    /// (else the CA's default, their role and account).
+    pub async fn staff_named(
+        &self,
+        role: Role,
+        department: &str,
+        name: Option<&str>,
+        patients: &[B256],
+    ) -> Result<Staff> {
+        let issued = self.ca.issue(&LeafRequest {
+            common_name: name.map(str::to_owned),
+            ..LeafRequest::new(role)
+        })?;
         let signer = signer(&issued)?;
         let code = match role {
             Role::Doctor => StaffRole::Doctor,

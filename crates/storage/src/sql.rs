@@ -534,6 +534,18 @@ pub static MIGRATIONS: &[Migration] = &[
           );
           CREATE INDEX justifications_patient ON justifications (patient)",
     },
+    Migration {
+        version: 20,
+        part: Part::Server,
+        name: "the directory of people's display names, off chain",
+        sql: "CREATE TABLE people_names (
+              account BYTEA PRIMARY KEY,
+              name TEXT NOT NULL,
+              role TEXT NOT NULL,
+              by_admin BIGINT NOT NULL,
+              updated_ms BIGINT NOT NULL
+          )",
+    },
 ];
 
 /// How long a request waits for a connection of the pool.

@@ -87,6 +87,8 @@ fn patients_doctors_and_admins_use_the_portal_in_chromium() {
         &format!("{d}/ca"),
         "--role",
         "doctor",
+        "--cn",
+        "Dr Ada Lovelace",
         "--out",
         doctor.to_str().unwrap(),
     ]);
@@ -132,11 +134,14 @@ fn patients_doctors_and_admins_use_the_portal_in_chromium() {
     let screenshots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("portal-screenshots");
     let _ = std::fs::remove_dir_all(&screenshots);
     std::fs::create_dir_all(&screenshots).unwrap();
+    // Shown by the name on their certificate once the portal has seen it.
+    let mut doctor_facts = person(&doctor, &patient_ref);
+    doctor_facts["name"] = serde_json::json!("Dr Ada Lovelace");
     let facts = serde_json::json!({
         "portal": format!("https://127.0.0.1:{portal}"),
         "chromium": chromium,
         "patient": person(&data.join("sim/patient"), &patient_ref),
-        "doctor": person(&doctor, &patient_ref),
+        "doctor": doctor_facts,
         "admin": person(&data.join("people/admin"), &patient_ref),
     });
     let facts_file = dir.path().join("facts.json");

@@ -882,3 +882,162 @@ async fn a_break_glass_justification_is_kept_only_as_hashed_on_chain_and_read_by
         403
     );
 }
+
+/// People shown as people: the directory takes each person's name from
+/// their certificate (never from the chain, never put there), admins set or
+/// correct it, patients' names stay between them and the admins, and reads
+/// are announced and audited by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn people_are_shown_by_name_from_the_directory_and_a_patient_is_forgotten_with_theirs() {
+    let site = crate::site::start_with_a_reading().await;
+    let nurse = site
+        .staff_named(
+            Role::Nurse,
+            "cardiology",
+            Some("Nurse Mary Seacole"),
+            &[site.patient_ref],
+        )
+        .await
+        .unwrap();
+    let doctor = site.staff(Role::Doctor, false).await.unwrap();
+    let admin = site.admin_person().await.unwrap();
+    let get = |who: medledger_pki::Credentials, path: String| {
+        let site = &site;
+        async move {
+            let mut conn: Connection = site
+                .open(&who, Role::Server, &site.server.addr().to_string())
+                .await
+                .unwrap();
+            conn.request("GET", &path, &[], vec![]).await.unwrap()
+        }
+    };
+    // The nurse reads: her name comes from her certificate.
+    let granted = nurse
+        .contracts
+        .request_access(site.patient_ref, Scope::ALL, "TREAT")
+        .await
+        .unwrap();
+    assert_eq!(read(&site, &nurse, granted.id).await.status, 200);
+    let names = body(&get(doctor.credentials(), "/v1/directory".into()).await);
+    let nurse_key = nurse.address.to_string();
+    assert_eq!(names["names"][&nurse_key], "Nurse Mary Seacole", "{names}");
+    // The patient's alert and audit trail name her.
+    let card = || medledger_pki::Credentials::from_issued(&site.card);
+    let alerts = body(&get(card(), "/v1/alerts".into()).await);
+    let read_alert = alerts["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["kind"] == "record-read")
+        .unwrap_or_else(|| panic!("no record-read alert in {alerts}"));
+    assert!(
+        read_alert["why"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("Nurse Mary Seacole ({nurse_key}) read")),
+        "{read_alert}"
+    );
+    let audit = body(&get(card(), "/v1/audit".into()).await);
+    assert_eq!(
+        audit["entry"][0]["resource"]["agent"][0]["who"]["display"],
+        "Nurse Mary Seacole"
+    );
+    assert_valid_fhir(&audit);
+
+    // An admin names the patient and corrects the nurse; a certificate
+    // never overrides an admin. A doctor does not see the patient's name,
+    // the patient does.
+    let put = |path: String, body: serde_json::Value| {
+        let site = &site;
+        let admin = admin.credentials();
+        async move {
+            let mut conn: Connection = site
+                .open(&admin, Role::Server, &site.server.addr().to_string())
+                .await
+                .unwrap();
+            conn.request(
+                "PUT",
+                &path,
+                &[("content-type", "application/json")],
+                body.to_string().into_bytes(),
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let patient_account = site.card.account.as_ref().unwrap().address().to_string();
+    let named = put(
+        format!("/v1/directory/{patient_account}"),
+        serde_json::json!({ "name": "Grace Hopper", "role": "patient" }),
+    )
+    .await;
+    assert_eq!(named.status, 200, "{}", body(&named));
+    assert_eq!(
+        put(
+            format!("/v1/directory/{nurse_key}"),
+            serde_json::json!({ "name": "Mary Seacole, RN", "role": "nurse" }),
+        )
+        .await
+        .status,
+        200
+    );
+    assert_eq!(read(&site, &nurse, granted.id).await.status, 200);
+    let seen_by_doctor = body(&get(doctor.credentials(), "/v1/directory".into()).await);
+    assert_eq!(seen_by_doctor["names"][&nurse_key], "Mary Seacole, RN");
+    assert!(
+        seen_by_doctor["names"].get(&patient_account).is_none(),
+        "{seen_by_doctor}"
+    );
+    let seen_by_patient = body(&get(card(), "/v1/directory".into()).await);
+    assert_eq!(seen_by_patient["names"][&patient_account], "Grace Hopper");
+    // Only admins name people, and a name is a name.
+    let mut conn: Connection = site
+        .open(
+            &doctor.credentials(),
+            Role::Server,
+            &site.server.addr().to_string(),
+        )
+        .await
+        .unwrap();
+    let refused = conn
+        .request(
+            "PUT",
+            &format!("/v1/directory/{nurse_key}"),
+            &[("content-type", "application/json")],
+            serde_json::json!({ "name": "x", "role": "nurse" })
+                .to_string()
+                .into_bytes(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(refused.status, 403, "{}", body(&refused));
+    let bad = put(
+        format!("/v1/directory/{nurse_key}"),
+        serde_json::json!({ "name": "a\u{7}bell", "role": "nurse" }),
+    )
+    .await;
+    assert_eq!(bad.status, 400, "{}", body(&bad));
+
+    // Erased, the patient's name goes with them.
+    let mut conn: Connection = site
+        .open(
+            &admin.credentials(),
+            Role::Server,
+            &site.server.addr().to_string(),
+        )
+        .await
+        .unwrap();
+    let erased = conn
+        .request(
+            "DELETE",
+            &format!("/v1/patients/{}", hex::encode(site.patient_ref)),
+            &[],
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(erased.status, 200, "{}", body(&erased));
+    let after = body(&get(admin.credentials(), "/v1/directory".into()).await);
+    assert!(after["names"].get(&patient_account).is_none(), "{after}");
+    assert_eq!(after["names"][&nurse_key], "Mary Seacole, RN");
+}

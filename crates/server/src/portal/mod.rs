@@ -84,6 +84,10 @@ pub(crate) fn router(state: Arc<State>) -> Router {
         .fallback(medledger_pki::https::not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
+            crate::directory::learn,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
             identify,
         ))
         .layer(axum::middleware::from_fn(
