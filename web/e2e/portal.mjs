@@ -412,7 +412,9 @@ async function main() {
   await step('admin signs in by key file and sees devices and the chain height', async () => {
     await signInWithKey(admin, 'admin', adminFacts);
     await visible(admin.getByRole('heading', { name: 'Overview', level: 2 }), 'admin: the Overview view');
-    await visible(admin.getByRole('table', { name: 'Devices' }).getByRole('row').nth(1), 'admin: at least one device');
+    const device = admin.getByRole('table', { name: 'Devices' }).getByRole('row').nth(1);
+    await visible(device, 'admin: at least one device');
+    if (!/urn:epc:id:sgtin:/.test(await device.textContent())) fail('admin: a device is not shown by its EPC URN');
     const height = Number((await admin.locator('#chain-height').textContent()).trim());
     if (!(height > 0)) fail(`admin: the chain height should be above 0, it shows ${height}`);
     log(`  chain height ${height}`);

@@ -2048,8 +2048,8 @@ function overviewData(o) {
       'Devices',
       table(
         'Devices',
-        ['EPC', 'Group', 'Rule', 'Active', 'Patient', 'Status'],
-        (o.devices ?? []).map((d) => [code(d.epc), d.group ?? '', d.rule ?? '', yesNo(d.active), d.patient ? code(d.patient, false) : 'none', seen(d.last_seen_ms, d.active)]),
+        ['Device (EPC)', 'Kind (group)', 'Rule', 'Active', 'Patient', 'Status'],
+        (o.devices ?? []).map((d) => [d.urn ? h('span', { title: String(d.epc) }, d.urn) : code(d.epc), d.group ?? '', d.rule ?? '', yesNo(d.active), d.patient ? code(d.patient, false) : 'none', seen(d.last_seen_ms, d.active)]),
         { empty: 'No devices registered.' },
       ),
     ),

@@ -642,9 +642,13 @@ impl Directory {
                 "NodeDeactivated" => set(&mut d.nodes, &a("account"), "active", json!(false)),
                 "DeviceRegistered" => {
                     let epc = a("epc");
+                    // People read a device by its EPC pure identity URI.
+                    let urn = medledger_pki::Epc::from_hex(epc.trim_start_matches("0x"))
+                        .ok()
+                        .map(|e| e.to_pure_uri());
                     d.devices.insert(
                         epc.clone(),
-                        json!({ "epc": epc, "group": a("group"), "rule": a("ruleId"),
+                        json!({ "epc": epc, "urn": urn, "group": a("group"), "rule": a("ruleId"),
                                 "active": true, "patient": null,
                                 "last_seen_ms": portal.seen(&format!("device:{}", epc.trim_start_matches("0x").to_lowercase())) }),
                     );
