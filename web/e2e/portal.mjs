@@ -209,7 +209,7 @@ const portal = new URL(facts.portal).origin;
 shotDir = args.screenshots;
 mkdirSync(shotDir, { recursive: true });
 
-const { patient: patientFacts, doctor: doctorFacts, admin: adminFacts } = facts;
+const { patient: patientFacts, doctor: doctorFacts, admin: adminFacts, manage } = facts;
 let browser;
 let steps = 0;
 
@@ -438,6 +438,59 @@ async function main() {
       fail(`admin: review ${reviewId} is still listed after closing it`);
     }
     await shot(admin, 'admin-review-closed');
+  });
+
+  await step('admin registers and deactivates staff, registers a device, admits, transfers and discharges a patient, binds a rule: each signed in the page', async () => {
+    await openView(admin, 'Manage', 'Manage');
+    const form = (name) => admin.getByRole('form', { name });
+    const signed = async (name, button, what) => {
+      const before = await statusSeq(admin);
+      await form(name).getByRole('button', { name: button }).click();
+      return outcome(admin, before, /in block \d+/, what);
+    };
+    await form('Register staff').getByLabel('Account', { exact: true }).fill(manage.staff);
+    await form('Register staff').getByLabel('Role', { exact: true }).selectOption('nurse');
+    await form('Register staff').getByLabel('Department', { exact: true }).fill('ward');
+    await signed('Register staff', 'Register staff', 'admin: registering a nurse');
+    await form('Deactivate staff').getByLabel('Account', { exact: true }).fill(manage.staff);
+    await signed('Deactivate staff', 'Deactivate', 'admin: deactivating the nurse');
+    await form('Register a device').getByLabel('Certificate file', { exact: true }).setInputFiles(manage.device_cert);
+    await signed('Register a device', 'Register device', 'admin: registering a device from its certificate');
+    // The same device again: the dry run refuses it, before anything is signed.
+    const before = await statusSeq(admin);
+    await form('Register a device').getByRole('button', { name: 'Register device' }).click();
+    const refused = await admin.waitForFunction(
+      (before) => {
+        const el = document.getElementById('status');
+        return el && Number(el.dataset.seq) > before && el.dataset.kind === 'error' ? el.textContent : null;
+      },
+      before,
+      { timeout: CHAIN_MS },
+    );
+    const why = await refused.jsonValue();
+    if (!/DuplicateDevice/.test(why)) fail(`admin: registering the device twice should be refused as DuplicateDevice: ${why}`);
+    log(`  refused: ${why.trim()}`);
+    const admit = form('Admit a patient');
+    await admit.getByLabel('Patient reference', { exact: true }).fill(manage.patient_ref);
+    await admit.getByLabel('Patient account', { exact: true }).fill(manage.patient_account);
+    for (const [label, value] of [['Department', 'ward'], ['Floor', 'floor-3'], ['Room', 'room-301'], ['Bed', 'bed-A']]) {
+      await admit.getByLabel(label, { exact: true }).fill(value);
+    }
+    await signed('Admit a patient', 'Admit', 'admin: admitting a patient');
+    const transfer = form('Transfer a patient');
+    await transfer.getByLabel('Patient reference', { exact: true }).fill(manage.patient_ref);
+    for (const [label, value] of [['Department', 'ward'], ['Floor', 'floor-3'], ['Room', 'room-302'], ['Bed', 'bed-B']]) {
+      await transfer.getByLabel(label, { exact: true }).fill(value);
+    }
+    await signed('Transfer a patient', 'Transfer', 'admin: transferring the patient');
+    await form('Discharge a patient').getByLabel('Patient reference', { exact: true }).fill(manage.patient_ref);
+    await signed('Discharge a patient', 'Discharge', 'admin: discharging the patient');
+    const bind = form('Bind a rule');
+    await bind.getByLabel('Scope', { exact: true }).selectOption('group');
+    await bind.getByLabel('Device, room, floor or group', { exact: true }).fill('ward-monitor');
+    await bind.getByLabel('Rule', { exact: true }).fill('default');
+    await signed('Bind a rule', 'Bind rule', 'admin: binding a rule to a group');
+    await shot(admin, 'admin-manage');
   });
 
   // 5. The patient revokes the grant.

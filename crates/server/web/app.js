@@ -930,6 +930,7 @@ const NAV = {
   ],
   admin: [
     ['overview', 'Overview'],
+    ['manage', 'Manage'],
     ['reviews', 'Reviews'],
   ],
 };
@@ -2169,6 +2170,208 @@ function carerForm() {
   );
 }
 
+/**
+ * One admin action as a form: `fields` are [id, label, control, hint]; on
+ * submit, `args()` builds the action's arguments from the controls, the
+ * transaction is prepared (with the same dry-run refusal as every other),
+ * signed in the page and relayed.
+ */
+function adminForm(id, title, action, fields, args, submitText, hint) {
+  const submit = h('button', { type: 'submit' }, submitText);
+  return h(
+    'section',
+    { class: 'card' },
+    h(
+      'form',
+      {
+        'aria-labelledby': `${id}-title`,
+        onsubmit: (e) => {
+          e.preventDefault();
+          busy(submit, async () => {
+            await act(action, await args());
+          });
+        },
+      },
+      h('h3', { id: `${id}-title` }, title),
+      hint ? h('p', { class: 'hint' }, hint) : null,
+      ...fields.map(([fid, label, control, fieldHint]) => field(fid, label, control, fieldHint)),
+      h('div', { class: 'actions' }, submit),
+    ),
+  );
+}
+
+function textInput(id, attrs = {}) {
+  return h('input', { type: 'text', id, autocomplete: 'off', spellcheck: 'false', required: true, ...attrs });
+}
+
+function accountOf(text, what) {
+  const account = String(text ?? '').trim();
+  if (!/^0x[0-9a-fA-F]{40}$/.test(account)) throw new Error(`${what} must be 0x followed by 40 hexadecimal digits.`);
+  return account;
+}
+
+/** The place fields of an admission or a transfer. */
+function placeFields(prefix) {
+  const controls = {
+    department: textInput(`${prefix}-department`, { placeholder: 'cardiology' }),
+    floor: textInput(`${prefix}-floor`, { placeholder: 'floor-2' }),
+    room: textInput(`${prefix}-room`, { placeholder: 'room-204' }),
+    bed: textInput(`${prefix}-bed`, { placeholder: 'bed-B' }),
+  };
+  const fields = [
+    [`${prefix}-department`, 'Department', controls.department],
+    [`${prefix}-floor`, 'Floor', controls.floor],
+    [`${prefix}-room`, 'Room', controls.room],
+    [`${prefix}-bed`, 'Bed', controls.bed],
+  ];
+  const values = () => Object.fromEntries(Object.entries(controls).map(([k, c]) => [k, c.value.trim()]));
+  return { fields, values };
+}
+
+/** Admin: the Registry and the rules, each change a transaction signed here. */
+async function manageView(root) {
+  root.append(
+    heading('Manage'),
+    h('p', { class: 'lead' }, 'Staff, devices, patients and rules. Each change is a transaction you sign here; the chain refuses what it would refuse from the command line, before anything is signed.'),
+  );
+
+  const staffAccount = textInput('staff-account', { placeholder: '0x…' });
+  const staffRole = h('select', { id: 'staff-role' }, h('option', { value: 'doctor' }, 'Doctor'), h('option', { value: 'nurse' }, 'Nurse'));
+  const staffDepartment = textInput('staff-department', { placeholder: 'cardiology' });
+  root.append(
+    adminForm(
+      'register-staff',
+      'Register staff',
+      'register_staff',
+      [
+        ['staff-account', 'Account', staffAccount, 'The address in their certificate (medledger ca show).'],
+        ['staff-role', 'Role', staffRole],
+        ['staff-department', 'Department', staffDepartment],
+      ],
+      () => ({ account: accountOf(staffAccount.value, 'The account'), role: staffRole.value, department: staffDepartment.value.trim() }),
+      'Register staff',
+    ),
+  );
+
+  const goneAccount = textInput('deactivate-account', { placeholder: '0x…' });
+  root.append(
+    adminForm(
+      'deactivate-staff',
+      'Deactivate staff',
+      'deactivate_staff',
+      [['deactivate-account', 'Account', goneAccount]],
+      () => ({ account: accountOf(goneAccount.value, 'The account') }),
+      'Deactivate',
+      'Their assignments and access requests lapse at once.',
+    ),
+  );
+
+  const deviceCert = h('input', { type: 'file', id: 'device-cert', accept: '.crt,.pem' });
+  const deviceEpc = h('input', { type: 'text', id: 'device-epc', autocomplete: 'off', spellcheck: 'false', placeholder: 'urn:epc:tag:sgtin-96:… or 24 hex digits' });
+  const deviceGroup = h('input', { type: 'text', id: 'device-group', autocomplete: 'off', placeholder: 'icu-hr-monitor' });
+  const deviceRule = h('input', { type: 'text', id: 'device-rule', autocomplete: 'off', placeholder: 'default' });
+  root.append(
+    adminForm(
+      'register-device',
+      'Register a device',
+      'register_device',
+      [
+        ['device-cert', 'Certificate file', deviceCert, 'Its EPC, group and rule come from it. Or leave it out and give them below.'],
+        ['device-epc', 'EPC', deviceEpc],
+        ['device-group', 'Group', deviceGroup],
+        ['device-rule', 'Rule', deviceRule],
+      ],
+      async () => {
+        const file = deviceCert.files?.[0];
+        if (file) return { certificate: await file.text() };
+        if (!deviceEpc.value.trim() || !deviceGroup.value.trim() || !deviceRule.value.trim()) {
+          throw new Error('Give the device certificate file, or its EPC, group and rule.');
+        }
+        return { epc: deviceEpc.value.trim(), group: deviceGroup.value.trim(), rule: deviceRule.value.trim() };
+      },
+      'Register device',
+    ),
+  );
+
+  const admitPatient = textInput('admit-patient', { placeholder: '0x… (64 hex digits)' });
+  const admitAccount = textInput('admit-account', { placeholder: '0x…' });
+  const admitPlace = placeFields('admit');
+  root.append(
+    adminForm(
+      'admit',
+      'Admit a patient',
+      'admit',
+      [
+        ['admit-patient', 'Patient reference', admitPatient, 'medledger patient ref gives it from the hospital\u2019s salt.'],
+        ['admit-account', 'Patient account', admitAccount, 'The address in their patient card\u2019s certificate: it signs their consents.'],
+        ...admitPlace.fields,
+      ],
+      () => ({ patient: patientRefOf(admitPatient.value), account: accountOf(admitAccount.value, 'The patient account'), ...admitPlace.values() }),
+      'Admit',
+    ),
+  );
+
+  const movePatient = textInput('transfer-patient', { placeholder: '0x…' });
+  const movePlace = placeFields('transfer');
+  const moveCarers = h('input', { type: 'text', id: 'transfer-carers', autocomplete: 'off', spellcheck: 'false', placeholder: '0x…, 0x…' });
+  root.append(
+    adminForm(
+      'transfer',
+      'Transfer a patient',
+      'transfer',
+      [
+        ['transfer-patient', 'Patient reference', movePatient],
+        ...movePlace.fields,
+        ['transfer-carers', 'Carers after the move', moveCarers, 'Accounts separated by commas; empty: none.'],
+      ],
+      () => ({
+        patient: patientRefOf(movePatient.value),
+        ...movePlace.values(),
+        carers: moveCarers.value
+          .split(',')
+          .map((a) => a.trim())
+          .filter(Boolean)
+          .map((a) => accountOf(a, 'A carer account')),
+      }),
+      'Transfer',
+    ),
+  );
+
+  const leaving = textInput('discharge-patient', { placeholder: '0x…' });
+  root.append(
+    adminForm(
+      'discharge',
+      'Discharge a patient',
+      'discharge',
+      [['discharge-patient', 'Patient reference', leaving]],
+      () => ({ patient: patientRefOf(leaving.value) }),
+      'Discharge',
+    ),
+  );
+
+  const bindScope = h(
+    'select',
+    { id: 'bind-scope' },
+    ...['device', 'room', 'floor', 'group'].map((v) => h('option', { value: v }, v)),
+  );
+  const bindTarget = textInput('bind-target', { placeholder: 'an EPC, or a room, floor or group name' });
+  const bindRule = textInput('bind-rule', { placeholder: 'default' });
+  root.append(
+    adminForm(
+      'bind-rule',
+      'Bind a rule',
+      'bind_rule',
+      [
+        ['bind-scope', 'Scope', bindScope],
+        ['bind-target', 'Device, room, floor or group', bindTarget],
+        ['bind-rule', 'Rule', bindRule, 'A rule id registered in the RuleManager.'],
+      ],
+      () => ({ scope: bindScope.value, target: bindTarget.value.trim(), rule: bindRule.value.trim() }),
+      'Bind rule',
+    ),
+  );
+}
+
 async function reviewsView(root) {
   root.append(heading('Reviews'), h('p', { class: 'lead' }, 'Break-glass accesses waiting for review, oldest first.'));
   const answer = await api('GET', '/portal/v1/reviews', undefined, { what: 'Loading the review queue' });
@@ -2286,7 +2489,7 @@ const VIEWS = {
     ledger: ledgerView,
   },
   carer: { patients: patientsView, requests: requestsView, records: recordsView, tx: txView },
-  admin: { overview: overviewView, reviews: reviewsView, tx: txView, ledger: ledgerView },
+  admin: { overview: overviewView, manage: manageView, reviews: reviewsView, tx: txView, ledger: ledgerView },
 };
 
 // ---------------------------------------------------------------------------

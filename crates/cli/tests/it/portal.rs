@@ -134,6 +134,39 @@ fn patients_doctors_and_admins_use_the_portal_in_chromium() {
     let screenshots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("portal-screenshots");
     let _ = std::fs::remove_dir_all(&screenshots);
     std::fs::create_dir_all(&screenshots).unwrap();
+    // What the admin registers from the portal: a nurse, a device by its
+    // certificate, a patient with their card.
+    let issue = |args: &[&str]| {
+        let mut all = vec!["ca", "issue", "--ca"];
+        let ca = format!("{d}/ca");
+        all.push(&ca);
+        all.extend_from_slice(args);
+        medledger(&all);
+    };
+    let nurse = data.join("people/nurse-e2e");
+    issue(&["--role", "nurse", "--out", nurse.to_str().unwrap()]);
+    let device = data.join("devices-e2e/monitor");
+    issue(&[
+        "--role",
+        "device",
+        "--epc",
+        "urn:epc:tag:sgtin-96:3.0614141.812345.777",
+        "--group",
+        "ward-monitor",
+        "--rule",
+        "default",
+        "--out",
+        device.to_str().unwrap(),
+    ]);
+    let newcomer = data.join("people/patient-e2e");
+    issue(&["--role", "patient", "--out", newcomer.to_str().unwrap()]);
+    let manage = serde_json::json!({
+        "staff": shown(&nurse.with_extension("crt"), "address"),
+        "device_cert": device.with_extension("crt"),
+        "patient_ref": format!("{}", alloy::primitives::keccak256("salt:e2e-newcomer")),
+        "patient_account": shown(&newcomer.with_extension("crt"), "address"),
+    });
+
     // Shown by the name on their certificate once the portal has seen it.
     let mut doctor_facts = person(&doctor, &patient_ref);
     doctor_facts["name"] = serde_json::json!("Dr Ada Lovelace");
@@ -143,6 +176,7 @@ fn patients_doctors_and_admins_use_the_portal_in_chromium() {
         "patient": person(&data.join("sim/patient"), &patient_ref),
         "doctor": doctor_facts,
         "admin": person(&data.join("people/admin"), &patient_ref),
+        "manage": manage,
     });
     let facts_file = dir.path().join("facts.json");
     std::fs::write(&facts_file, facts.to_string()).unwrap();

@@ -72,6 +72,106 @@ enum Action {
     AssignCarer { patient: B256, carer: Address },
     /// Admin: release a carer.
     ReleaseCarer { patient: B256, carer: Address },
+    /// Admin: register a doctor or nurse of a department.
+    RegisterStaff {
+        account: Address,
+        role: String,
+        department: String,
+    },
+    /// Admin: deactivate a staff member (their assignments and requests
+    /// lapse).
+    DeactivateStaff { account: Address },
+    /// Admin: register a device, from its certificate (PEM: the EPC, group
+    /// and rule it names, and its fingerprint) or by EPC, group and rule.
+    RegisterDevice {
+        #[serde(default)]
+        certificate: Option<String>,
+        #[serde(default)]
+        epc: Option<String>,
+        #[serde(default)]
+        group: Option<String>,
+        #[serde(default)]
+        rule: Option<String>,
+    },
+    /// Admin: admit a patient (their account signs their consents) to a
+    /// department, floor, room and bed.
+    Admit {
+        patient: B256,
+        account: Address,
+        #[serde(flatten)]
+        place: Place,
+    },
+    /// Admin: move an admitted patient, with the carers assigned after the
+    /// move (none given: none).
+    Transfer {
+        patient: B256,
+        #[serde(flatten)]
+        place: Place,
+        #[serde(default)]
+        carers: Vec<Address>,
+    },
+    /// Admin: discharge a patient.
+    Discharge { patient: B256 },
+    /// Admin: bind a registered rule to a device (EPC), a room, a floor or
+    /// a group.
+    BindRule {
+        scope: String,
+        target: String,
+        rule: String,
+    },
+}
+
+/// Where a patient lies.
+#[derive(Debug, serde::Deserialize)]
+struct Place {
+    department: String,
+    floor: String,
+    room: String,
+    bed: String,
+}
+
+impl Place {
+    fn words(&self) -> Result<[B256; 4], Refused> {
+        Ok([
+            word(&self.department, "department")?,
+            word(&self.floor, "floor")?,
+            word(&self.room, "room")?,
+            word(&self.bed, "bed")?,
+        ])
+    }
+
+    fn text(&self) -> String {
+        format!(
+            "{}, {}, {}, {}",
+            self.department, self.floor, self.room, self.bed
+        )
+    }
+}
+
+/// A device's EPC (hex or tag URI).
+fn epc_of(text: &str) -> Result<medledger_pki::Epc, Refused> {
+    medledger_pki::Epc::parse(text.trim()).map_err(|e| malformed(format!("epc: {e}")))
+}
+
+/// What a device certificate (PEM) names: its EPC, group, rule id and
+/// fingerprint; refused if it is another role's.
+fn device_certificate(pem: &str) -> Result<(medledger_pki::Epc, String, String, B256), Refused> {
+    let der = medledger_pki::files::der_blocks(pem.as_bytes(), "CERTIFICATE")
+        .map_err(|e| malformed(format!("certificate: {e}")))?
+        .into_iter()
+        .next()
+        .ok_or_else(|| malformed("certificate: no PEM CERTIFICATE block"))?;
+    let id = medledger_pki::Identity::from_peer_certificate(&der)
+        .map_err(|e| malformed(format!("certificate: {e}")))?;
+    match id.details {
+        medledger_pki::Details::Device { epc, group, rule } => {
+            Ok((epc, group, rule, B256::from(id.fingerprint)))
+        }
+        medledger_pki::Details::Account { .. } => Err(malformed(format!(
+            "certificate: a {} certificate, not a device's",
+            id.role.name()
+        ))),
+    }
 }
 
 fn malformed(detail: impl Into<String>) -> Refused {
@@ -296,6 +396,155 @@ async fn build(state: &State, caller: &Caller, action: Action) -> Result<Value, 
                 registry.releaseCarer(patient, carer),
                 from,
                 format!("Registry.releaseCarer: {carer} no longer cares for patient {patient}"),
+            )
+            .await
+        }
+        Action::RegisterStaff {
+            account,
+            role,
+            department,
+        } => {
+            let from = require(caller, &[Role::Admin], "registering staff")?;
+            let code = match role.as_str() {
+                "doctor" => StaffRole::Doctor,
+                "nurse" => StaffRole::Nurse,
+                other => {
+                    return Err(malformed(format!("role {other:?}: doctor or nurse")).into());
+                }
+            };
+            prepared(
+                contracts.registry().registerStaff(
+                    account,
+                    code.code(),
+                    word(&department, "department")?,
+                ),
+                from,
+                format!("Registry.registerStaff: {account}, {role} of {department}"),
+            )
+            .await
+        }
+        Action::DeactivateStaff { account } => {
+            let from = require(caller, &[Role::Admin], "deactivating staff")?;
+            prepared(
+                contracts.registry().deactivateStaff(account),
+                from,
+                format!(
+                    "Registry.deactivateStaff: {account} (their assignments and requests lapse)"
+                ),
+            )
+            .await
+        }
+        Action::RegisterDevice {
+            certificate,
+            epc,
+            group,
+            rule,
+        } => {
+            let from = require(caller, &[Role::Admin], "registering devices")?;
+            let (epc, group, rule, fingerprint) = match (certificate, epc, group, rule) {
+                (Some(pem), None, None, None) => device_certificate(&pem)?,
+                (None, Some(epc), Some(group), Some(rule)) => {
+                    (epc_of(&epc)?, group, rule, B256::ZERO)
+                }
+                _ => {
+                    return Err(malformed(
+                        "give the device's certificate, or its epc, group and rule",
+                    )
+                    .into());
+                }
+            };
+            prepared(
+                contracts.registry().registerDevice(
+                    medledger_contracts::epc_bytes(&epc),
+                    word(&group, "group")?,
+                    word(&rule, "rule")?,
+                    fingerprint,
+                ),
+                from,
+                format!(
+                    "Registry.registerDevice: {} (group {group}, rule {rule})",
+                    epc.to_pure_uri()
+                ),
+            )
+            .await
+        }
+        Action::Admit {
+            patient,
+            account,
+            place,
+        } => {
+            let from = require(caller, &[Role::Admin], "admitting patients")?;
+            let [department, floor, room, bed] = place.words()?;
+            prepared(
+                contracts
+                    .registry()
+                    .admit(patient, account, department, floor, room, bed, vec![]),
+                from,
+                format!(
+                    "Registry.admit: patient {patient} (account {account}) to {}",
+                    place.text()
+                ),
+            )
+            .await
+        }
+        Action::Transfer {
+            patient,
+            place,
+            carers,
+        } => {
+            let from = require(caller, &[Role::Admin], "transferring patients")?;
+            let [department, floor, room, bed] = place.words()?;
+            prepared(
+                contracts.registry().transfer(
+                    patient,
+                    department,
+                    floor,
+                    room,
+                    bed,
+                    carers.clone(),
+                ),
+                from,
+                format!(
+                    "Registry.transfer: patient {patient} to {}, {} carer(s)",
+                    place.text(),
+                    carers.len()
+                ),
+            )
+            .await
+        }
+        Action::Discharge { patient } => {
+            let from = require(caller, &[Role::Admin], "discharging patients")?;
+            prepared(
+                contracts.registry().discharge(patient),
+                from,
+                format!("Registry.discharge: patient {patient}"),
+            )
+            .await
+        }
+        Action::BindRule {
+            scope,
+            target,
+            rule,
+        } => {
+            let from = require(caller, &[Role::Admin], "binding rules")?;
+            let (code, key) = match scope.as_str() {
+                "device" => (1, medledger_contracts::epc_key(&epc_of(&target)?)),
+                "room" => (2, word(&target, "room")?),
+                "floor" => (3, word(&target, "floor")?),
+                "group" => (4, word(&target, "group")?),
+                other => {
+                    return Err(malformed(format!(
+                        "scope {other:?}: device, room, floor or group"
+                    ))
+                    .into());
+                }
+            };
+            prepared(
+                contracts
+                    .rule_manager()
+                    .bind(code, key, word(&rule, "rule")?),
+                from,
+                format!("RuleManager.bind: rule {rule} for {scope} {target}"),
             )
             .await
         }
