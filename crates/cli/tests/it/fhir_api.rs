@@ -50,13 +50,14 @@ fn client(python: &str, site: &Hospital, who: &Path, args: &[&str]) -> Value {
 }
 
 /// The same request with our own HTTPS client, for the validator.
-async fn fetch(site: &Hospital, who: &medledger_sim::Staff, path: &str, request: u64) -> Value {
+async fn fetch(
+    site: &Hospital,
+    who: &medledger_pki::Credentials,
+    path: &str,
+    request: u64,
+) -> Value {
     let mut conn = site
-        .open(
-            &who.credentials(),
-            Role::Server,
-            &site.server.addr().to_string(),
-        )
+        .open(who, Role::Server, &site.server.addr().to_string())
         .await
         .unwrap();
     let header = request.to_string();
@@ -162,7 +163,13 @@ async fn a_fhir_client_searches_pages_and_reads_with_an_access_request_each_read
     assert_eq!(read["device"]["status"], "active");
 
     // The same answers pass the FHIR validator.
-    let bundle = fetch(&site, &nurse, "/fhir/r4/Observation?_count=3", request.id).await;
+    let bundle = fetch(
+        &site,
+        &nurse.credentials(),
+        "/fhir/r4/Observation?_count=3",
+        request.id,
+    )
+    .await;
     assert_eq!(bundle["type"], "searchset");
     assert!(
         bundle["link"][1]["url"]
@@ -172,8 +179,20 @@ async fn a_fhir_client_searches_pages_and_reads_with_an_access_request_each_read
     );
     assert_valid_fhir(&bundle);
     let device_path = format!("/fhir/r4/Device/{}", device.epc.to_hex().to_lowercase());
-    assert_valid_fhir(&fetch(&site, &nurse, &device_path, request.id).await);
-    assert_valid_fhir(&fetch(&site, &nurse, "/fhir/r4/metadata", request.id).await);
+    assert_valid_fhir(&fetch(&site, &nurse.credentials(), &device_path, request.id).await);
+    assert_valid_fhir(&fetch(&site, &nurse.credentials(), "/fhir/r4/metadata", request.id).await);
+    let first = bundle["entry"][0]["resource"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let one = fetch(
+        &site,
+        &nurse.credentials(),
+        &format!("/fhir/r4/Observation/{first}"),
+        request.id,
+    )
+    .await;
+    assert_valid_fhir(&one);
 
     // Someone else's request, no request, an unknown parameter, a write:
     // each an OperationOutcome naming what is wrong.
@@ -209,7 +228,7 @@ async fn a_fhir_client_searches_pages_and_reads_with_an_access_request_each_read
     assert_eq!((status, code.as_str()), (405, "not-supported"));
 
     // The patient sees every read of theirs as an AuditEvent (the nurse's
-    // five through the client and one here, the doctor's refusal), and
+    // five through the client and two here, the doctor's refusal), and
     // their consent.
     let view = client(
         python,
@@ -217,13 +236,26 @@ async fn a_fhir_client_searches_pages_and_reads_with_an_access_request_each_read
         &etc.join("patient"),
         &["patient-view", &patient],
     );
+    // The patient's own searches pass the validator too.
+    let card = medledger_pki::Credentials::from_issued(&site.card);
+    for path in ["/fhir/r4/AuditEvent", "/fhir/r4/Consent"] {
+        let found = fetch(
+            &site,
+            &card,
+            &format!("{path}?patient=Patient/{patient}"),
+            0,
+        )
+        .await;
+        assert_eq!(found["type"], "searchset", "{found}");
+        assert_valid_fhir(&found);
+    }
     let outcomes: Vec<&str> = view["audit"]
         .as_array()
         .unwrap()
         .iter()
         .map(|e| e["outcome"].as_str().unwrap())
         .collect();
-    assert_eq!(outcomes, ["0", "0", "0", "0", "0", "0", "4"], "{view}");
+    assert_eq!(outcomes, ["0", "0", "0", "0", "0", "0", "0", "4"], "{view}");
     assert_eq!(view["consents"][0]["status"], "active");
     assert_eq!(view["consents"][0]["codes"], serde_json::json!(["8867-4"]));
     assert_eq!(view["consents"][0]["actor"], "any doctor");
