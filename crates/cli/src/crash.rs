@@ -242,7 +242,7 @@ fn start_load(
     let shared = shared.clone();
     let patient = simulated.patient_ref;
     tasks.spawn(async move {
-        let Ok(purpose) = short_text("crash-test") else {
+        let Ok(purpose) = medledger_contracts::purpose("HOPERAT") else {
             return;
         };
         let log = doctor.access_log();

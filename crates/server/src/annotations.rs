@@ -8,8 +8,8 @@
 //! reading's Observations.
 
 use crate::State;
+use crate::answer::{Refused, refused};
 use crate::caller::Caller;
-use crate::records::Refused;
 use medledger_pki::Role;
 use medledger_protocol::{ProblemType, fhir, now_ms, reading_hash};
 use medledger_storage::sqlx::{self, Row};
@@ -21,13 +21,6 @@ pub const MAX_TEXT_BYTES: usize = 16 * 1024;
 
 /// The extension URL of a note's kind (`annotation` or `correction`).
 pub const KIND_EXTENSION: &str = "urn:medledger:fhir:annotation-kind";
-
-fn refused(kind: ProblemType, detail: impl Into<String>) -> Refused {
-    Refused {
-        kind,
-        detail: detail.into(),
-    }
-}
 
 /// Stores the text of annotation `id` for its author `caller`.
 pub(crate) async fn store(

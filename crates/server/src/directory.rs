@@ -7,8 +7,8 @@
 //! to every signed-in person, patients' only to admins and themselves.
 
 use crate::State;
+use crate::answer::{Refused, refused};
 use crate::caller::Caller;
-use crate::records::{Refused, refused};
 use alloy::primitives::Address;
 use axum::extract::{Request, State as AxState};
 use axum::middleware::Next;

@@ -18,9 +18,10 @@
 //! unavailable chain or database is named as such, never by its own error.
 
 use crate::State;
+use crate::answer::{Refused, refused};
+use crate::answer::{bounded, fhir_response, problem};
 use crate::caller::Caller;
-use crate::http::{bounded, fhir_response, problem};
-use crate::records::{Refused, Selection, refused};
+use crate::records::Selection;
 use alloy::primitives::{B256, FixedBytes};
 use axum::Router;
 use axum::extract::{Extension, Path, Request, State as AxState};
@@ -185,7 +186,7 @@ impl Query {
         let Some(named) = self.one("patient").or_else(|| self.one("subject")) else {
             return Ok(None);
         };
-        crate::http::patient_ref(named.trim_start_matches("Patient/"))
+        crate::subjects::patient_ref(named.trim_start_matches("Patient/"))
             .map(Some)
             .ok_or_else(|| {
                 malformed(format!(
@@ -505,7 +506,7 @@ async fn observation(
 /// own, or for an admin the one named by `patient`.
 async fn subject(state: &State, caller: &Caller, query: &Query) -> Result<[u8; 32], Response> {
     let named = query.patient().map_err(Response::from)?;
-    crate::http::subject_of(state, caller, named).await
+    crate::subjects::subject_of(state, caller, named).await
 }
 
 /// A search of one patient's resources, the patient's own or, for an

@@ -2,9 +2,13 @@
 //! records, ledgers, audit trails and alerts for people.
 
 use crate::State;
+use crate::answer::{
+    Refused, bounded, fhir_response, json_response, number_param, problem, problem_retry_after,
+    query_param, refused,
+};
 use crate::caller::Caller;
 use crate::ingest::{self, Unavailable};
-use crate::records::{Refused, refused};
+use crate::subjects::{admin_of, patient_of, patient_ref, subject_of};
 use alloy::primitives::Address;
 use axum::Router;
 use axum::body::Body;
@@ -70,19 +74,8 @@ pub(crate) fn people() -> Router<Arc<State>> {
         )
 }
 
-pub(crate) use medledger_pki::https::{bounded, problem_response as problem, problem_retry_after};
-
 /// How long a client is asked to wait when storage fails.
 pub(crate) const STORAGE_RETRY_S: u64 = 5;
-
-pub(crate) fn json_response(value: &impl serde::Serialize) -> Response {
-    (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "application/json")],
-        serde_json::to_vec(value).unwrap_or_default(),
-    )
-        .into_response()
-}
 
 async fn batches(
     AxState(state): AxState<Arc<State>>,
@@ -320,28 +313,6 @@ async fn annotations(
     }
 }
 
-/// The value of `name` in the query, if any.
-pub(crate) fn query_param<'a>(uri: &'a axum::http::Uri, name: &str) -> Option<&'a str> {
-    uri.query()?
-        .split('&')
-        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
-}
-
-/// The whole number `name` in the query: `None` if absent, a 400 naming
-/// the parameter if it is not one.
-pub(crate) fn number_param(uri: &axum::http::Uri, name: &str) -> Result<Option<u64>, Refused> {
-    query_param(uri, name)
-        .map(|v| {
-            v.parse::<u64>().map_err(|_| {
-                refused(
-                    ProblemType::Malformed,
-                    format!("?{name}= takes a whole number from 0, not {:?}", bounded(v)),
-                )
-            })
-        })
-        .transpose()
-}
-
 /// The patientRef named by `?patient=`: `None` if absent, a 400 if it is
 /// not 64 hex digits.
 fn patient_param(uri: &axum::http::Uri) -> Result<Option<[u8; 32]>, Refused> {
@@ -355,106 +326,6 @@ fn patient_param(uri: &axum::http::Uri) -> Result<Option<[u8; 32]>, Refused> {
             })
         })
         .transpose()
-}
-
-/// The patientRef of a patient caller, or the refusal.
-pub(crate) async fn patient_of(state: &State, caller: &Caller) -> Result<[u8; 32], Response> {
-    if caller.role != Role::Patient {
-        return Err(problem(
-            ProblemType::WrongRole,
-            format!(
-                "only the patient may do this; you are signed in as {}",
-                caller.role
-            ),
-        ));
-    }
-    let Some(account) = caller.account else {
-        return Err(problem(
-            ProblemType::WrongRole,
-            "the certificate names no account",
-        ));
-    };
-    match state
-        .view
-        .contracts()
-        .registry()
-        .patientOfAccount(account)
-        .call()
-        .await
-    {
-        Ok(p) if !p.is_zero() => Ok(p.0),
-        Ok(_) => Err(problem(
-            ProblemType::Forbidden,
-            format!("the Registry knows no patient with account {account}"),
-        )),
-        Err(e) => Err(problem(
-            ProblemType::Unavailable,
-            format!("the chain cannot be asked: {e}"),
-        )),
-    }
-}
-
-/// Whose ledger a patient or an admin asks for: a patient their own; an
-/// admin active in the Registry the one named by `?patient=HEX`.
-pub(crate) async fn subject_of(
-    state: &State,
-    caller: &Caller,
-    named: Option<[u8; 32]>,
-) -> Result<[u8; 32], Response> {
-    match caller.role {
-        Role::Admin => {}
-        Role::Patient => return patient_of(state, caller).await,
-        role => {
-            return Err(problem(
-                ProblemType::WrongRole,
-                format!("only the patient or an admin may do this; you are signed in as {role}"),
-            ));
-        }
-    }
-    admin_of(state, caller).await?;
-    named.ok_or_else(|| {
-        problem(
-            ProblemType::Malformed,
-            "name the patient: ?patient=<patientRef, 64 hex digits>",
-        )
-    })
-}
-
-/// The account of `caller` if they are an admin active in the Registry.
-pub(crate) async fn admin_of(state: &State, caller: &Caller) -> Result<Address, Response> {
-    if caller.role != Role::Admin {
-        return Err(problem(
-            ProblemType::WrongRole,
-            format!(
-                "only an admin may do this; you are signed in as {}",
-                caller.role
-            ),
-        ));
-    }
-    let Some(account) = caller.account else {
-        return Err(problem(
-            ProblemType::WrongRole,
-            "the certificate names no account",
-        ));
-    };
-    match state
-        .view
-        .contracts()
-        .registry()
-        .isAdmin(account)
-        .call()
-        .await
-    {
-        Ok(true) => Ok(account),
-        Ok(false) => Err(problem(
-            ProblemType::Forbidden,
-            format!("{account} is not an admin in the Registry"),
-        )),
-        Err(e) => Err(problem(
-            ProblemType::Unavailable,
-            format!("the chain cannot be asked: {e}"),
-        )),
-    }
 }
 
 /// `GET /v1/directory`: the names the caller may see, by account.
@@ -529,23 +400,6 @@ async fn subject_named(
 ) -> Result<[u8; 32], Response> {
     let named = patient_param(uri).map_err(Response::from)?;
     subject_of(state, caller, named).await
-}
-
-/// A patientRef in hex (with or without `0x`).
-pub(crate) fn patient_ref(hex_text: &str) -> Option<[u8; 32]> {
-    hex::decode(hex_text.trim_start_matches("0x"))
-        .ok()
-        .and_then(|b| <[u8; 32]>::try_from(b).ok())
-}
-
-/// A FHIR JSON answer.
-pub(crate) fn fhir_response(resource: &serde_json::Value) -> Response {
-    (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "application/fhir+json")],
-        resource.to_string(),
-    )
-        .into_response()
 }
 
 /// `GET /v1/ledger[?patient=HEX]`: the patient's ledger as a proof bundle

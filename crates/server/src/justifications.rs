@@ -8,8 +8,8 @@
 //! the patient (`GET /v1/justifications?request=ID`).
 
 use crate::State;
+use crate::answer::{Refused, refused};
 use crate::caller::Caller;
-use crate::records::{Refused, refused};
 use alloy::primitives::U256;
 use medledger_pki::Role;
 use medledger_protocol::{ProblemType, now_ms, reading_hash};
@@ -124,7 +124,7 @@ pub(crate) async fn text(
         .try_into()
         .map_err(|_| unavailable(&"bad patient"))?;
     // The patient's own, or any patient's for an admin.
-    crate::http::subject_of(state, caller, Some(patient))
+    crate::subjects::subject_of(state, caller, Some(patient))
         .await
         .map_err(|_| {
             refused(

@@ -22,6 +22,7 @@
 pub mod alerts;
 mod anchor;
 pub mod annotations;
+mod answer;
 mod caller;
 pub mod config;
 mod directory;
@@ -38,6 +39,7 @@ pub mod records;
 pub mod recover;
 mod relay;
 pub mod rewrap;
+mod subjects;
 mod turns;
 mod webhook;
 

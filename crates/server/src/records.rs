@@ -11,6 +11,7 @@
 
 use crate::State;
 use crate::alerts::NewAlert;
+use crate::answer::{Refused, refused};
 use crate::caller::Caller;
 use crate::ingest::{open_blob, reading_at};
 use alloy::primitives::{Address, U256};
@@ -30,26 +31,6 @@ pub const PROOF_EXTENSION: &str = "urn:medledger:fhir:ledger-proof";
 pub const CHECKPOINT_EXTENSION: &str = "urn:medledger:fhir:ledger-checkpoint";
 /// The extension URL of the ledger key (in `Bundle.meta`).
 pub const KEY_EXTENSION: &str = "urn:medledger:fhir:ledger-key";
-
-/// Why records were not served.
-#[derive(Debug)]
-pub(crate) struct Refused {
-    pub(crate) kind: ProblemType,
-    pub(crate) detail: String,
-}
-
-impl From<Refused> for axum::response::Response {
-    fn from(r: Refused) -> Self {
-        crate::http::problem(r.kind, r.detail)
-    }
-}
-
-pub(crate) fn refused(kind: ProblemType, detail: impl Into<String>) -> Refused {
-    Refused {
-        kind,
-        detail: detail.into(),
-    }
-}
 
 /// Which of a request's observations a read serves: all of them, or those
 /// a FHIR search or read selects, one page at a time.

@@ -21,8 +21,8 @@ mod tx;
 mod views;
 
 use crate::State;
+use crate::answer::problem;
 use crate::caller::Caller;
-use crate::http::problem;
 use axum::Router;
 use axum::extract::{Request, State as AxState};
 use axum::http::{HeaderValue, Method, header};

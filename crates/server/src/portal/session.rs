@@ -19,8 +19,8 @@
 //! like a signed request.
 
 use crate::State;
+use crate::answer::{json_response, problem};
 use crate::caller::{Caller, Certificate, Via};
-use crate::http::{json_response, problem};
 use alloy::primitives::{Address, Signature};
 use axum::body::Body;
 use axum::extract::{Extension, State as AxState};

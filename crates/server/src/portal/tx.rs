@@ -7,9 +7,10 @@
 //! or what is not addressed to one of our contracts.
 
 use crate::State;
+use crate::answer::{Refused, refused};
+use crate::answer::{json_response, problem};
 use crate::caller::Caller;
-use crate::http::{json_response, patient_of, problem};
-use crate::records::{Refused, refused};
+use crate::subjects::patient_of;
 use alloy::consensus::transaction::SignerRecoverable;
 use alloy::consensus::{Transaction, TxEnvelope};
 use alloy::contract::{CallBuilder, CallDecoder};

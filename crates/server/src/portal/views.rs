@@ -3,10 +3,11 @@
 
 use super::session::text_or;
 use crate::State;
+use crate::answer::{Refused, refused};
+use crate::answer::{fhir_response, json_response, number_param, problem, query_param};
 use crate::caller::Caller;
-use crate::http::{fhir_response, json_response, number_param, patient_of, problem, query_param};
 use crate::indexer::{IndexedEvent, events_named};
-use crate::records::{Refused, refused};
+use crate::subjects::patient_of;
 use alloy::primitives::{Address, B256, U256};
 use alloy::providers::Provider;
 use axum::extract::{Extension, Path, State as AxState};

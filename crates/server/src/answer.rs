@@ -1,0 +1,70 @@
+//! What every endpoint answers with: JSON and FHIR answers, refusals as
+//! problem+json ([`Refused`]), and the query parameters they read.
+
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use medledger_protocol::ProblemType;
+
+pub(crate) use medledger_pki::https::{bounded, problem_response as problem, problem_retry_after};
+
+/// A JSON answer.
+pub(crate) fn json_response(value: &impl serde::Serialize) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::to_vec(value).unwrap_or_default(),
+    )
+        .into_response()
+}
+
+/// A FHIR JSON answer.
+pub(crate) fn fhir_response(resource: &serde_json::Value) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/fhir+json")],
+        resource.to_string(),
+    )
+        .into_response()
+}
+
+/// Why a request is refused: a problem type and the detail people read.
+#[derive(Debug)]
+pub(crate) struct Refused {
+    pub(crate) kind: ProblemType,
+    pub(crate) detail: String,
+}
+
+impl From<Refused> for axum::response::Response {
+    fn from(r: Refused) -> Self {
+        problem(r.kind, r.detail)
+    }
+}
+
+pub(crate) fn refused(kind: ProblemType, detail: impl Into<String>) -> Refused {
+    Refused {
+        kind,
+        detail: detail.into(),
+    }
+}
+
+/// The value of `name` in the query, if any.
+pub(crate) fn query_param<'a>(uri: &'a axum::http::Uri, name: &str) -> Option<&'a str> {
+    uri.query()?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+}
+
+/// The whole number `name` in the query: `None` if absent, a 400 naming
+/// the parameter if it is not one.
+pub(crate) fn number_param(uri: &axum::http::Uri, name: &str) -> Result<Option<u64>, Refused> {
+    query_param(uri, name)
+        .map(|v| {
+            v.parse::<u64>().map_err(|_| {
+                refused(
+                    ProblemType::Malformed,
+                    format!("?{name}= takes a whole number from 0, not {:?}", bounded(v)),
+                )
+            })
+        })
+        .transpose()
+}

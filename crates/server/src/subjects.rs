@@ -1,0 +1,118 @@
+//! Whom a request is about: the patient caller's own patientRef, the
+//! patient an admin names, or the admin themselves, each refused as a
+//! problem naming why.
+
+use crate::State;
+use crate::answer::problem;
+use crate::caller::Caller;
+use alloy::primitives::Address;
+use axum::response::Response;
+use medledger_pki::Role;
+use medledger_protocol::ProblemType;
+
+/// The patientRef of a patient caller, or the refusal.
+pub(crate) async fn patient_of(state: &State, caller: &Caller) -> Result<[u8; 32], Response> {
+    if caller.role != Role::Patient {
+        return Err(problem(
+            ProblemType::WrongRole,
+            format!(
+                "only the patient may do this; you are signed in as {}",
+                caller.role
+            ),
+        ));
+    }
+    let Some(account) = caller.account else {
+        return Err(problem(
+            ProblemType::WrongRole,
+            "the certificate names no account",
+        ));
+    };
+    match state
+        .view
+        .contracts()
+        .registry()
+        .patientOfAccount(account)
+        .call()
+        .await
+    {
+        Ok(p) if !p.is_zero() => Ok(p.0),
+        Ok(_) => Err(problem(
+            ProblemType::Forbidden,
+            format!("the Registry knows no patient with account {account}"),
+        )),
+        Err(e) => Err(problem(
+            ProblemType::Unavailable,
+            format!("the chain cannot be asked: {e}"),
+        )),
+    }
+}
+
+/// Whose ledger a patient or an admin asks for: a patient their own; an
+/// admin active in the Registry the one named by `?patient=HEX`.
+pub(crate) async fn subject_of(
+    state: &State,
+    caller: &Caller,
+    named: Option<[u8; 32]>,
+) -> Result<[u8; 32], Response> {
+    match caller.role {
+        Role::Admin => {}
+        Role::Patient => return patient_of(state, caller).await,
+        role => {
+            return Err(problem(
+                ProblemType::WrongRole,
+                format!("only the patient or an admin may do this; you are signed in as {role}"),
+            ));
+        }
+    }
+    admin_of(state, caller).await?;
+    named.ok_or_else(|| {
+        problem(
+            ProblemType::Malformed,
+            "name the patient: ?patient=<patientRef, 64 hex digits>",
+        )
+    })
+}
+
+/// The account of `caller` if they are an admin active in the Registry.
+pub(crate) async fn admin_of(state: &State, caller: &Caller) -> Result<Address, Response> {
+    if caller.role != Role::Admin {
+        return Err(problem(
+            ProblemType::WrongRole,
+            format!(
+                "only an admin may do this; you are signed in as {}",
+                caller.role
+            ),
+        ));
+    }
+    let Some(account) = caller.account else {
+        return Err(problem(
+            ProblemType::WrongRole,
+            "the certificate names no account",
+        ));
+    };
+    match state
+        .view
+        .contracts()
+        .registry()
+        .isAdmin(account)
+        .call()
+        .await
+    {
+        Ok(true) => Ok(account),
+        Ok(false) => Err(problem(
+            ProblemType::Forbidden,
+            format!("{account} is not an admin in the Registry"),
+        )),
+        Err(e) => Err(problem(
+            ProblemType::Unavailable,
+            format!("the chain cannot be asked: {e}"),
+        )),
+    }
+}
+
+/// A patientRef in hex (with or without `0x`).
+pub(crate) fn patient_ref(hex_text: &str) -> Option<[u8; 32]> {
+    hex::decode(hex_text.trim_start_matches("0x"))
+        .ok()
+        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+}
