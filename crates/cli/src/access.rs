@@ -42,8 +42,8 @@ enum AccessCommand {
     /// Emergency access (doctors only): always granted, flagged, reviewed.
     BreakGlass {
         /// The patientRef.
-        #[arg(long)]
-        patient: B256,
+        #[arg(long, required_unless_present = "id")]
+        patient: Option<B256>,
         /// The data types.
         #[arg(long, default_value = "all")]
         scope: Scope,
@@ -52,6 +52,10 @@ enum AccessCommand {
         /// review the request.
         #[arg(long)]
         reason: String,
+        /// Only give the server the reason of break-glass request ID,
+        /// already on chain (when an earlier try could not reach it).
+        #[arg(long, conflicts_with = "patient")]
+        id: Option<u64>,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -91,11 +95,12 @@ pub(crate) fn run_access(args: AccessArgs) -> Result<()> {
                 patient,
                 scope,
                 reason,
+                id,
                 server,
             } => {
-                let d = c.break_glass(patient, scope, &reason).await?;
-                if d.outcome.is_ok() {
-                    let body = json!({ "request": d.id, "text": reason });
+                let (reason, server) = (&reason, &server);
+                let justify = |id: u64| async move {
+                    let body = json!({ "request": id, "text": reason });
                     async {
                         let mut conn = server.open().await?;
                         server
@@ -105,10 +110,18 @@ pub(crate) fn run_access(args: AccessArgs) -> Result<()> {
                     .await
                     .with_context(|| {
                         format!(
-                            "request {} is granted on chain, but the server did not take its justification",
-                            d.id
+                            "request {id} is on chain, but the server did not take its reason; send it again with `medledger access break-glass --id {id} --reason ...`"
                         )
-                    })?;
+                    })
+                };
+                let Some(patient) = patient else {
+                    let id = id.context("pass --patient, or --id of a request on chain")?;
+                    let stored = justify(id).await?;
+                    return args.conn.print(&stored);
+                };
+                let d = c.break_glass(patient, scope, reason).await?;
+                if d.outcome.is_ok() {
+                    justify(d.id).await?;
                 }
                 d
             }

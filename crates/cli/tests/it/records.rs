@@ -760,6 +760,26 @@ async fn break_glass_is_reviewed_and_the_history_audited_from_the_command_line()
         .as_str()
         .unwrap()
         .to_owned();
+    // Given again (as after a server that could not be reached): taken,
+    // nothing changes.
+    let again = run(
+        &[
+            "access",
+            "break-glass",
+            "--id",
+            &id,
+            "--reason",
+            reason,
+            "--server",
+            &server,
+            "--cert",
+            &cert("doctor"),
+            "--ca-root",
+            &root,
+        ],
+        "doctor",
+    );
+    assert_eq!(again["stored"], true, "{again}");
     run(
         &["review", "close", "--id", &id, "--outcome", "justified"],
         "admin",
