@@ -480,29 +480,14 @@ pub fn refusals(
 ) -> Arc<dyn Fn(Refused) + Send + Sync> {
     let log = LogThrottle::new("refused connections");
     Arc::new(move |refused| {
-        let (peer, cause, why, certificate) = match &refused {
-            Refused::AtCapacity(peer) => (
-                peer,
-                "at-capacity",
-                "at its connection limit".to_owned(),
-                None,
-            ),
-            Refused::Address(peer, cause) => (
-                peer,
-                *cause,
-                format!("the address is over its limit ({cause})"),
-                None,
-            ),
+        let (peer, cause, certificate) = match &refused {
+            Refused::AtCapacity(peer) => (peer, "at-capacity", None),
+            Refused::Address(peer, cause) => (peer, *cause, None),
             Refused::Handshake {
                 peer,
                 rejection,
                 certificate,
-            } => (
-                peer,
-                rejection.problem_type().name(),
-                rejection.to_string(),
-                *certificate,
-            ),
+            } => (peer, rejection.problem_type().name(), *certificate),
         };
         metrics.add(
             name,
@@ -510,7 +495,14 @@ pub fn refusals(
             &[("cause", cause)],
             1,
         );
+        // Words only for the lines written: a flood is refused by the tens
+        // of thousands a second.
         if log.admit() {
+            let why = match &refused {
+                Refused::AtCapacity(_) => "at its connection limit".to_owned(),
+                Refused::Address(_, cause) => format!("the address is over its limit ({cause})"),
+                Refused::Handshake { rejection, .. } => rejection.to_string(),
+            };
             let fingerprint = certificate.map(hex::encode).unwrap_or_default();
             tracing::warn!(%peer, cause, fingerprint, "{service}: refused a connection: {why}");
         }
