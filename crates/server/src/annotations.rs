@@ -142,6 +142,11 @@ pub(crate) async fn notes(
     .await
     .map_err(|e| e.to_string())?;
     let mut notes: HashMap<[u8; 32], Vec<Value>> = HashMap::new();
+    if rows.is_empty() {
+        return Ok(notes);
+    }
+    // Their authors' names, read once.
+    let names = state.directory.all().await;
     for row in rows {
         let get = |e: sqlx::Error| e.to_string();
         let reading: [u8; 32] = row
@@ -170,10 +175,7 @@ pub(crate) async fn notes(
             "value": format!("0x{}", hex::encode(&author)),
         } });
         if author.len() == 20
-            && let Some(name) = state
-                .directory
-                .name(alloy::primitives::Address::from_slice(&author))
-                .await
+            && let Some(name) = names.get(&alloy::primitives::Address::from_slice(&author))
         {
             by["display"] = json!(name);
         }

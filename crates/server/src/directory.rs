@@ -17,7 +17,7 @@ use medledger_pki::Role;
 use medledger_protocol::{ProblemType, now_ms};
 use medledger_storage::Db;
 use medledger_storage::sqlx::{self, Row};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 /// The longest name, in characters.
@@ -132,8 +132,25 @@ impl Directory {
         Ok(out)
     }
 
+    /// Every name, by account, read once for a whole answer that names
+    /// many people (for texts the patient concerned or an admin reads:
+    /// FHIR); empty if the database cannot say now.
+    pub(crate) async fn all(&self) -> HashMap<Address, String> {
+        let rows = sqlx::query("SELECT account, name FROM people_names")
+            .fetch_all(self.db.pool())
+            .await
+            .unwrap_or_default();
+        rows.iter()
+            .filter_map(|row| {
+                let account = row.try_get::<Vec<u8>, _>("account").ok()?;
+                let name = row.try_get::<String, _>("name").ok()?;
+                (account.len() == 20).then(|| (Address::from_slice(&account), name))
+            })
+            .collect()
+    }
+
     /// The name of `account`, if the directory has one (for texts the
-    /// account's own patient or an admin reads: alerts, FHIR).
+    /// account's own patient or an admin reads: alerts).
     pub(crate) async fn name(&self, account: Address) -> Option<String> {
         sqlx::query("SELECT name FROM people_names WHERE account = $1")
             .bind(account.to_vec())

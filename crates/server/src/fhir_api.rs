@@ -602,6 +602,7 @@ async fn grants(state: &State, patient: &[u8; 32]) -> Result<Vec<Value>, Refused
         .await
         .map_err(|e| unavailable(&e))?;
     let now = now_ms();
+    let names = state.directory.all().await;
     let mut out = Vec::new();
     for id in ids {
         let g = consent
@@ -612,17 +613,14 @@ async fn grants(state: &State, patient: &[u8; 32]) -> Result<Vec<Value>, Refused
         let scope = medledger_contracts::Scope(g.scope);
         let types: Vec<_> = CATALOGUE.iter().filter(|t| scope.contains(t)).collect();
         let grantee = (!g.grantee.is_zero()).then(|| g.grantee.to_string());
-        let grantee_name = match grantee {
-            Some(_) => state.directory.name(g.grantee).await,
-            None => None,
-        };
+        let grantee_name = grantee.as_ref().and_then(|_| names.get(&g.grantee));
         let role = medledger_contracts::StaffRole::from_code(g.role).map(|r| r.name());
         out.push(fhir::consent(
             &fhir::Grant {
                 id: u64::try_from(id).unwrap_or(u64::MAX),
                 patient_ref: patient,
                 grantee: grantee.as_deref(),
-                grantee_name: grantee_name.as_deref(),
+                grantee_name: grantee_name.map(String::as_str),
                 role,
                 scope: &types,
                 purpose: &text_of(g.purpose),

@@ -446,6 +446,7 @@ pub(crate) async fn audit_events(state: &State, patient: &[u8; 32]) -> Result<Va
     .await
     .map_err(|e| failed(&e))?;
     let mut events = Vec::new();
+    let names = state.directory.all().await;
     for row in rows {
         let stored: Vec<u8> = row.try_get("entry").map_err(|e| failed(&e))?;
         let entry = state
@@ -466,10 +467,7 @@ pub(crate) async fn audit_events(state: &State, patient: &[u8; 32]) -> Result<Va
         };
         let requester =
             account.map_or_else(|| "an unnamed certificate".to_owned(), |a| a.to_string());
-        let requester_name = match account {
-            Some(a) => state.directory.name(a).await,
-            None => None,
-        };
+        let requester_name = account.and_then(|a| names.get(&a));
         let served = text("outcome") == "served";
         let observations = match entry.body.get("observations") {
             Some(Field::Uint(n)) => *n,
@@ -485,7 +483,7 @@ pub(crate) async fn audit_events(state: &State, patient: &[u8; 32]) -> Result<Va
             ledger_index: entry.index,
             recorded_ms: entry.ts_ms,
             requester: &requester,
-            requester_name: requester_name.as_deref(),
+            requester_name: requester_name.map(String::as_str),
             request: match entry.body.get("request") {
                 Some(Field::Uint(n)) => *n,
                 _ => 0,
