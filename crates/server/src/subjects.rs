@@ -3,30 +3,33 @@
 //! problem naming why.
 
 use crate::State;
-use crate::answer::problem;
+use crate::answer::{Refused, problem, refused};
 use crate::caller::Caller;
 use alloy::primitives::Address;
 use axum::response::Response;
 use medledger_pki::Role;
 use medledger_protocol::ProblemType;
 
-/// The patientRef of a patient caller, or the refusal.
-pub(crate) async fn patient_of(state: &State, caller: &Caller) -> Result<[u8; 32], Response> {
-    if caller.role != Role::Patient {
-        return Err(problem(
+/// The account of `caller`, who must be of `role` (`who` names it in the
+/// refusal).
+fn account_as(caller: &Caller, role: Role, who: &str) -> Result<Address, Refused> {
+    if caller.role != role {
+        return Err(refused(
             ProblemType::WrongRole,
             format!(
-                "only the patient may do this; you are signed in as {}",
+                "only {who} may do this; you are signed in as {}",
                 caller.role
             ),
         ));
     }
-    let Some(account) = caller.account else {
-        return Err(problem(
-            ProblemType::WrongRole,
-            "the certificate names no account",
-        ));
-    };
+    caller
+        .account
+        .ok_or_else(|| refused(ProblemType::WrongRole, "the certificate names no account"))
+}
+
+/// The patientRef of a patient caller, or the refusal.
+pub(crate) async fn patient_of(state: &State, caller: &Caller) -> Result<[u8; 32], Response> {
+    let account = account_as(caller, Role::Patient, "the patient").map_err(Response::from)?;
     match state
         .view
         .contracts()
@@ -75,21 +78,7 @@ pub(crate) async fn subject_of(
 
 /// The account of `caller` if they are an admin active in the Registry.
 pub(crate) async fn admin_of(state: &State, caller: &Caller) -> Result<Address, Response> {
-    if caller.role != Role::Admin {
-        return Err(problem(
-            ProblemType::WrongRole,
-            format!(
-                "only an admin may do this; you are signed in as {}",
-                caller.role
-            ),
-        ));
-    }
-    let Some(account) = caller.account else {
-        return Err(problem(
-            ProblemType::WrongRole,
-            "the certificate names no account",
-        ));
-    };
+    let account = account_as(caller, Role::Admin, "an admin").map_err(Response::from)?;
     match state
         .view
         .contracts()

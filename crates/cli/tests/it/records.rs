@@ -2,7 +2,7 @@
 //! within its scope, as FHIR Observations with ledger proofs; every
 //! attempt recorded in the patient's ledger.
 
-use crate::site::{body, medledger, post_one};
+use crate::site::{body, call, medledger, post_one};
 use base64::Engine;
 use medledger_contracts::{Scope, send};
 use medledger_patient_ledger::{Entry, Field, NoteVerifier, leaf_hash, verify_inclusion};
@@ -10,6 +10,7 @@ use medledger_pki::Role;
 use medledger_pki::https::{Connection, Reply};
 use medledger_protocol::test_utils::assert_valid_fhir;
 use medledger_sim::{Hospital, Staff};
+use serde_json::json;
 
 pub(crate) async fn read(site: &Hospital, who: &Staff, request: u64) -> Reply {
     let mut conn: Connection = site
@@ -855,32 +856,13 @@ async fn a_break_glass_justification_is_kept_only_as_hashed_on_chain_and_read_by
         .await
         .unwrap();
     assert!(d.granted());
-    let call = |who: medledger_pki::Credentials,
-                method: &'static str,
-                path: String,
-                body: Option<serde_json::Value>| {
+    let post = |who: &Staff, text: &str| {
+        let (who, body) = (who.credentials(), json!({ "request": d.id, "text": text }));
         let site = &site;
-        async move {
-            let mut conn: Connection = site
-                .open(&who, Role::Server, &site.server.addr().to_string())
-                .await
-                .unwrap();
-            let body = body.map_or_else(Vec::new, |b| b.to_string().into_bytes());
-            conn.request(method, &path, &[("content-type", "application/json")], body)
-                .await
-                .unwrap()
-        }
-    };
-    let post = |who, text: &str| {
-        call(
-            who,
-            "POST",
-            "/v1/justifications".to_owned(),
-            Some(serde_json::json!({ "request": d.id, "text": text })),
-        )
+        async move { call(site, &who, "POST", "/v1/justifications", Some(body)).await }
     };
     // Another text than the one hashed on chain, or another doctor: no.
-    let wrong = post(doctor.credentials(), "something else").await;
+    let wrong = post(&doctor, "something else").await;
     assert_eq!(wrong.status, 400, "{}", body(&wrong));
     assert!(
         body(&wrong)["detail"]
@@ -888,19 +870,17 @@ async fn a_break_glass_justification_is_kept_only_as_hashed_on_chain_and_read_by
             .unwrap()
             .contains("justification hash")
     );
-    let theirs = post(other.credentials(), reason).await;
+    let theirs = post(&other, reason).await;
     assert_eq!(theirs.status, 403, "{}", body(&theirs));
-    assert_eq!(post(doctor.credentials(), reason).await.status, 200);
+    assert_eq!(post(&doctor, reason).await.status, 200);
     // Read back by the patient; not by a doctor.
     let path = format!("/v1/justifications?request={}", d.id);
     let card = medledger_pki::Credentials::from_issued(&site.card);
-    let read = call(card, "GET", path.clone(), None).await;
+    let read = call(&site, &card, "GET", &path, None).await;
     assert_eq!(read.status, 200, "{}", body(&read));
     assert_eq!(body(&read)["text"], reason);
-    assert_eq!(
-        call(other.credentials(), "GET", path, None).await.status,
-        403
-    );
+    let refused = call(&site, &other.credentials(), "GET", &path, None).await;
+    assert_eq!(refused.status, 403);
 }
 
 /// People shown as people: the directory takes each person's name from
@@ -921,29 +901,33 @@ async fn people_are_shown_by_name_from_the_directory_and_a_patient_is_forgotten_
         .unwrap();
     let doctor = site.staff(Role::Doctor, false).await.unwrap();
     let admin = site.admin_person().await.unwrap();
-    let get = |who: medledger_pki::Credentials, path: String| {
-        let site = &site;
-        async move {
-            let mut conn: Connection = site
-                .open(&who, Role::Server, &site.server.addr().to_string())
-                .await
-                .unwrap();
-            conn.request("GET", &path, &[], vec![]).await.unwrap()
-        }
+    let card = medledger_pki::Credentials::from_issued(&site.card);
+    let (as_nurse, as_doctor, as_admin) = (
+        nurse.credentials(),
+        doctor.credentials(),
+        admin.credentials(),
+    );
+    let site = &site;
+    let get = |who, path| async move { body(&call(site, who, "GET", path, None).await) };
+    let name = |who, account, name: &str| {
+        let body = json!({ "name": name, "role": "nurse" });
+        let path = format!("/v1/directory/{account}");
+        async move { call(site, who, "PUT", &path, Some(body)).await }
     };
+    let nurse_key = nurse.address.to_string();
+    let patient_account = site.card.account.as_ref().unwrap().address().to_string();
+
     // The nurse reads: her name comes from her certificate.
     let granted = nurse
         .contracts
         .request_access(site.patient_ref, Scope::ALL, "TREAT")
         .await
         .unwrap();
-    assert_eq!(read(&site, &nurse, granted.id).await.status, 200);
-    let names = body(&get(doctor.credentials(), "/v1/directory".into()).await);
-    let nurse_key = nurse.address.to_string();
+    assert_eq!(read(site, &nurse, granted.id).await.status, 200);
+    let names = get(&as_doctor, "/v1/directory").await;
     assert_eq!(names["names"][&nurse_key], "Nurse Mary Seacole", "{names}");
     // The patient's alert and audit trail name her.
-    let card = || medledger_pki::Credentials::from_issued(&site.card);
-    let alerts = body(&get(card(), "/v1/alerts".into()).await);
+    let alerts = get(&card, "/v1/alerts").await;
     let read_alert = alerts["alerts"]
         .as_array()
         .unwrap()
@@ -957,7 +941,7 @@ async fn people_are_shown_by_name_from_the_directory_and_a_patient_is_forgotten_
             .starts_with(&format!("Nurse Mary Seacole ({nurse_key}) read")),
         "{read_alert}"
     );
-    let audit = body(&get(card(), "/v1/audit".into()).await);
+    let audit = get(&card, "/v1/audit").await;
     assert_eq!(
         audit["entry"][0]["resource"]["agent"][0]["who"]["display"],
         "Nurse Mary Seacole"
@@ -967,97 +951,36 @@ async fn people_are_shown_by_name_from_the_directory_and_a_patient_is_forgotten_
     // An admin names the patient and corrects the nurse; a certificate
     // never overrides an admin. A doctor does not see the patient's name,
     // the patient does.
-    let put = |path: String, body: serde_json::Value| {
-        let site = &site;
-        let admin = admin.credentials();
-        async move {
-            let mut conn: Connection = site
-                .open(&admin, Role::Server, &site.server.addr().to_string())
-                .await
-                .unwrap();
-            conn.request(
-                "PUT",
-                &path,
-                &[("content-type", "application/json")],
-                body.to_string().into_bytes(),
-            )
-            .await
-            .unwrap()
-        }
-    };
-    let patient_account = site.card.account.as_ref().unwrap().address().to_string();
-    let named = put(
-        format!("/v1/directory/{patient_account}"),
-        serde_json::json!({ "name": "Grace Hopper", "role": "patient" }),
-    )
-    .await;
+    let patient_name = json!({ "name": "Grace Hopper", "role": "patient" });
+    let path = format!("/v1/directory/{patient_account}");
+    let named = call(site, &as_admin, "PUT", &path, Some(patient_name)).await;
     assert_eq!(named.status, 200, "{}", body(&named));
     assert_eq!(
-        put(
-            format!("/v1/directory/{nurse_key}"),
-            serde_json::json!({ "name": "Mary Seacole, RN", "role": "nurse" }),
-        )
-        .await
-        .status,
+        name(&as_admin, &nurse_key, "Mary Seacole, RN").await.status,
         200
     );
-    assert_eq!(read(&site, &nurse, granted.id).await.status, 200);
-    let seen_by_doctor = body(&get(doctor.credentials(), "/v1/directory".into()).await);
+    assert_eq!(read(site, &nurse, granted.id).await.status, 200);
+    let seen_by_doctor = get(&as_doctor, "/v1/directory").await;
     assert_eq!(seen_by_doctor["names"][&nurse_key], "Mary Seacole, RN");
     assert!(
         seen_by_doctor["names"].get(&patient_account).is_none(),
         "{seen_by_doctor}"
     );
-    let seen_by_patient = body(&get(card(), "/v1/directory".into()).await);
+    let seen_by_patient = get(&card, "/v1/directory").await;
     assert_eq!(seen_by_patient["names"][&patient_account], "Grace Hopper");
     // Only admins name people, and a name is a name.
-    let mut conn: Connection = site
-        .open(
-            &doctor.credentials(),
-            Role::Server,
-            &site.server.addr().to_string(),
-        )
-        .await
-        .unwrap();
-    let refused = conn
-        .request(
-            "PUT",
-            &format!("/v1/directory/{nurse_key}"),
-            &[("content-type", "application/json")],
-            serde_json::json!({ "name": "x", "role": "nurse" })
-                .to_string()
-                .into_bytes(),
-        )
-        .await
-        .unwrap();
+    let refused = name(&as_doctor, &nurse_key, "x").await;
     assert_eq!(refused.status, 403, "{}", body(&refused));
-    let bad = put(
-        format!("/v1/directory/{nurse_key}"),
-        serde_json::json!({ "name": "a\u{7}bell", "role": "nurse" }),
-    )
-    .await;
+    let refused = name(&as_nurse, &nurse_key, "x").await;
+    assert_eq!(refused.status, 403, "{}", body(&refused));
+    let bad = name(&as_admin, &nurse_key, "a\u{7}bell").await;
     assert_eq!(bad.status, 400, "{}", body(&bad));
 
     // Erased, the patient's name goes with them.
-    let mut conn: Connection = site
-        .open(
-            &admin.credentials(),
-            Role::Server,
-            &site.server.addr().to_string(),
-        )
-        .await
-        .unwrap();
-    let erased = conn
-        .request(
-            "DELETE",
-            &format!("/v1/patients/{}", hex::encode(site.patient_ref)),
-            &[],
-            vec![],
-        )
-        .await
-        .unwrap();
+    let path = format!("/v1/patients/{}", hex::encode(site.patient_ref));
+    let erased = call(site, &as_admin, "DELETE", &path, None).await;
     assert_eq!(erased.status, 200, "{}", body(&erased));
-    let after = body(&get(admin.credentials(), "/v1/directory".into()).await);
+    let after = get(&as_admin, "/v1/directory").await;
     assert!(after["names"].get(&patient_account).is_none(), "{after}");
     assert_eq!(after["names"][&nurse_key], "Mary Seacole, RN");
 }

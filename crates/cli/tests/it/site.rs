@@ -87,6 +87,33 @@ pub async fn get_ok(conn: &mut Connection, path: &str) -> serde_json::Value {
     body(&reply)
 }
 
+/// `METHOD path` (with a JSON `body`, if any) on a new connection to the
+/// site's server, as `who`.
+pub async fn call(
+    site: &Site,
+    who: &medledger_pki::Credentials,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Reply {
+    let mut conn = site
+        .open(
+            who,
+            medledger_pki::Role::Server,
+            &site.server.addr().to_string(),
+        )
+        .await
+        .unwrap();
+    let (headers, bytes) = match body {
+        Some(b) => (
+            &[("content-type", "application/json")][..],
+            b.to_string().into_bytes(),
+        ),
+        None => (&[][..], Vec::new()),
+    };
+    conn.request(method, path, headers, bytes).await.unwrap()
+}
+
 /// Serves the hospital's chain over JSON-RPC on HTTP, for `medledger`
 /// processes; returns its URL.
 pub async fn serve_rpc(site: &Site) -> String {
