@@ -43,6 +43,14 @@ pub(crate) struct HoldArgs {
     slow: usize,
     #[arg(long)]
     seconds: u64,
+    /// A directory with `root.der` (the CA to trust), `device.crt`/`.key`
+    /// (a registered device) and `foreign.crt`/`.key` (another CA's).
+    #[arg(long)]
+    attackers: PathBuf,
+    /// This process's nice value: the attacker stands for other machines,
+    /// whose CPU is not the collector's.
+    #[arg(long, default_value_t = 0)]
+    nice: i32,
 }
 
 #[derive(Debug, Args)]
@@ -59,6 +67,12 @@ pub(crate) struct FloodArgs {
     /// Each legitimate device sends a reading this often.
     #[arg(long, default_value_t = 50)]
     every_ms: u64,
+    /// The nice value of the attacking process. An attacker works from
+    /// other machines: at 19 its own CPU (connects, TLS clients) takes
+    /// what the hospital leaves of this machine's cores rather than half
+    /// of them; 0 shares them equally.
+    #[arg(long, default_value_t = 19)]
+    attacker_nice: i32,
     /// Also write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -169,19 +183,52 @@ pub(crate) fn run(command: BenchCommand) -> Result<()> {
         BenchCommand::Access(args) => runtime.block_on(access(args)),
         BenchCommand::Flood(args) => runtime.block_on(flood(args)),
         BenchCommand::Crash(args) => runtime.block_on(crate::crash::run(args)),
-        BenchCommand::Hold(args) => runtime.block_on(async move {
-            raise_open_files(args.idle as u64 + args.slow as u64 + 1_024);
-            let held = load::hold(
-                &args.addr,
-                args.idle,
-                args.slow,
-                Duration::from_secs(args.seconds),
-            )
-            .await;
-            println!("{}", serde_json::to_string(&held)?);
-            Ok(())
-        }),
+        BenchCommand::Hold(args) => hold(args),
     }
+}
+
+/// `bench hold`: the attacker of `bench flood`. The connections are held
+/// on one runtime and the TLS attacks run on another, so that neither
+/// starves the other of this process's threads.
+fn hold(args: HoldArgs) -> Result<()> {
+    raise_open_files(args.idle as u64 + args.slow as u64 + 1_024);
+    rustix::process::setpriority_process(None, args.nice)
+        .context("setting the attacker's nice value")?;
+    let dir = &args.attackers;
+    let root = std::fs::read(dir.join("root.der"))
+        .with_context(|| format!("reading {}", dir.join("root.der").display()))?;
+    let client = |name: &str| -> Result<_> {
+        let own = medledger_pki::Credentials::load(&dir.join(name))?;
+        Ok(medledger_pki::client_config(
+            Some(&own),
+            &root,
+            &[medledger_pki::Role::Collector],
+        )?)
+    };
+    let attackers = load::Attackers {
+        foreign: client("foreign")?,
+        device: client("device")?,
+    };
+    let time = Duration::from_secs(args.seconds);
+    let runtime = || tokio::runtime::Runtime::new().context("starting the async runtime");
+    let (held, attacked) = std::thread::scope(|scope| {
+        let attacked = scope.spawn(|| -> Result<load::Held> {
+            Ok(runtime()?.block_on(load::attack(&args.addr, &attackers, time)))
+        });
+        let held = runtime()?.block_on(load::hold(&args.addr, args.idle, args.slow, time));
+        let attacked = attacked
+            .join()
+            .map_err(|_| anyhow::anyhow!("the attack thread panicked"))??;
+        anyhow::Ok((held, attacked))
+    })?;
+    let held = load::Held {
+        handshakes_refused: attacked.handshakes_refused,
+        handshakes_accepted: attacked.handshakes_accepted,
+        oversized_refused: attacked.oversized_refused,
+        ..held
+    };
+    println!("{}", serde_json::to_string(&held)?);
+    Ok(())
 }
 
 async fn access(args: AccessArgs) -> Result<()> {
@@ -271,26 +318,42 @@ async fn flood(args: FloodArgs) -> Result<()> {
     for i in 0..args.devices {
         legit.push(hospital.device(300_000 + i as u64).await?);
     }
-    let attacker = hospital.device(399_999).await?;
-    let other = tempfile::tempdir()?;
-    let foreign = medledger_pki::Ca::init(other.path(), "Not our CA")?;
+    // The attacker's credentials, for the `bench hold` process: a
+    // registered device, and a device of another CA.
+    let attackers = tempfile::tempdir()?;
+    hospital
+        .device(399_999)
+        .await?
+        .issued
+        .write(&attackers.path().join("device"))?;
+    let foreign = medledger_pki::Ca::init(&attackers.path().join("other-ca"), "Not our CA")?;
     let mut request = medledger_pki::LeafRequest::new(medledger_pki::Role::Device);
     request.epc = Some(medledger_pki::Epc::new(3, "0614141", "812345", 399_998)?);
     request.group = Some("icu-hr-monitor".into());
     request.rule = Some("default".into());
-    let spoofed = medledger_pki::Credentials::from_issued(&foreign.issue(&request)?);
+    foreign
+        .issue(&request)?
+        .write(&attackers.path().join("foreign"))?;
+    std::fs::write(
+        attackers.path().join("root.der"),
+        hospital.ca.root_cert_der()?,
+    )?;
     eprintln!(
         "  {} devices send every {} ms for {} s, then {} s more under the flood ({} idle connections)",
         args.devices, args.every_ms, args.seconds, args.seconds, args.idle
     );
     let addr = hospital.collector.addr().to_string();
-    let (idle, seconds) = (args.idle, args.seconds);
+    let (idle, seconds, nice) = (args.idle, args.seconds, args.attacker_nice);
+    let dir = attackers.path().to_owned();
     let held = async move {
         let out = tokio::task::spawn_blocking(move || {
             std::process::Command::new(std::env::current_exe()?)
                 .args(["bench", "hold", "--addr", &addr])
                 .args(["--idle", &idle.to_string(), "--slow", "200"])
                 .args(["--seconds", &seconds.to_string()])
+                .args(["--nice", &nice.to_string()])
+                .arg("--attackers")
+                .arg(&dir)
                 .output()
         })
         .await??;
@@ -305,8 +368,6 @@ async fn flood(args: FloodArgs) -> Result<()> {
     let f = load::flood(
         &hospital,
         &mut legit,
-        &attacker,
-        &spoofed,
         held,
         args.seconds,
         Duration::from_millis(args.every_ms),
@@ -336,14 +397,17 @@ async fn flood(args: FloodArgs) -> Result<()> {
     println!("The flood, for {} s:", args.seconds);
     println!(
         "  connections held open at once (idle + slowloris): {} at most; idle ones closed by the collector and reopened: {}",
-        f.idle_peak, f.idle_closed
+        f.held.peak, f.held.idle_closed
     );
-    println!("  slowloris connections closed: {}", f.slowloris_closed);
+    println!(
+        "  slowloris connections closed: {}",
+        f.held.slowloris_closed
+    );
     println!(
         "  handshakes with a foreign CA's certificate: {} refused, {} accepted",
-        f.handshakes_refused, f.handshakes_accepted
+        f.held.handshakes_refused, f.held.handshakes_accepted
     );
-    println!("  2 MiB bodies answered 413: {}", f.oversized_refused);
+    println!("  2 MiB bodies answered 413: {}", f.held.oversized_refused);
     println!(
         "  resident memory of the process: {:.0} MiB before, {:.0} MiB at most",
         f.rss_before_kib as f64 / 1024.0,
@@ -365,12 +429,12 @@ async fn flood(args: FloodArgs) -> Result<()> {
             "before": { "requests": f.before.len(), "p50_ms": q(&f.before, 0.5), "p99_ms": q(&f.before, 0.99) },
             "failed_before": f.failed_before,
             "during": { "requests": f.during.len(), "p50_ms": q(&f.during, 0.5), "p99_ms": q(&f.during, 0.99), "failed": f.failed_during },
-            "connections_peak": f.idle_peak,
-            "idle_closed": f.idle_closed,
-            "slowloris_closed": f.slowloris_closed,
-            "handshakes_refused": f.handshakes_refused,
-            "handshakes_accepted": f.handshakes_accepted,
-            "oversized_refused": f.oversized_refused,
+            "connections_peak": f.held.peak,
+            "idle_closed": f.held.idle_closed,
+            "slowloris_closed": f.held.slowloris_closed,
+            "handshakes_refused": f.held.handshakes_refused,
+            "handshakes_accepted": f.held.handshakes_accepted,
+            "oversized_refused": f.held.oversized_refused,
             "rss_before_kib": f.rss_before_kib,
             "rss_peak_kib": f.rss_peak_kib,
             "up_after": f.up_after,
@@ -378,7 +442,7 @@ async fn flood(args: FloodArgs) -> Result<()> {
         std::fs::write(path, serde_json::to_vec_pretty(&json)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
-    if !f.up_after || f.handshakes_accepted > 0 {
+    if !f.up_after || f.held.handshakes_accepted > 0 {
         anyhow::bail!("the collector did not hold");
     }
     Ok(())

@@ -57,6 +57,9 @@ impl Default for ServeLimits {
     }
 }
 
+/// The HTTP/2 flow-control window of each request's body.
+const H2_STREAM_WINDOW: u32 = 65_535;
+
 /// What each IP address holds: open connections, and its handshake
 /// bucket. An address holding nothing, with a full bucket, is forgotten.
 #[derive(Debug)]
@@ -262,7 +265,13 @@ pub async fn serve(
                 .http1()
                 .timer(TokioTimer::new())
                 .header_read_timeout(header_timeout);
-            builder.http2().timer(TokioTimer::new());
+            // HTTP/2's own default window (64 KiB) rather than hyper's
+            // 1 MiB: a body refused before it is read (413) costs at most
+            // that much decryption, not a megabyte a request.
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .initial_stream_window_size(H2_STREAM_WINDOW);
             let connection = builder.serve_connection(TokioIo::new(tls), service);
             tokio::select! {
                 _ = connection => {}

@@ -399,22 +399,10 @@ pub struct Flood {
     pub failed_before: u64,
     /// See `failed_before`.
     pub failed_during: u64,
-    /// Idle connections held open at once (the most), and how many the
-    /// collector closed (handshake timeout) and the flooder opened again.
-    pub idle_peak: u64,
-    /// See `idle_peak`.
-    pub idle_closed: u64,
-    /// Slowloris connections (a TLS record trickled a byte at a time)
-    /// the collector closed.
-    pub slowloris_closed: u64,
-    /// Handshakes with a certificate from another CA, all refused.
-    pub handshakes_refused: u64,
-    /// Handshakes of that kind that were accepted (must be 0).
-    pub handshakes_accepted: u64,
-    /// Oversized bodies answered 413.
-    pub oversized_refused: u64,
+    /// What the flood did.
+    pub held: Held,
     /// Resident memory of this whole process (chain, server, collector and
-    /// the flooders), before and at its highest during the flood, in KiB.
+    /// the legitimate devices), before and at its highest during the flood, in KiB.
     pub rss_before_kib: u64,
     /// See `rss_before_kib`.
     pub rss_peak_kib: u64,
@@ -434,7 +422,7 @@ pub fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-/// Connections held against a collector by [`hold`].
+/// What [`hold`] did against a collector.
 #[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
 pub struct Held {
     /// Connections open at once, at most.
@@ -443,6 +431,12 @@ pub struct Held {
     pub idle_closed: u64,
     /// Slowloris connections the collector closed.
     pub slowloris_closed: u64,
+    /// Handshakes with a certificate from another CA, refused...
+    pub handshakes_refused: u64,
+    /// ...and accepted (must be 0).
+    pub handshakes_accepted: u64,
+    /// Oversized bodies answered 413.
+    pub oversized_refused: u64,
 }
 
 /// The loopback address floods come from, so that the collector's
@@ -454,9 +448,19 @@ pub const FLOOD_FROM: std::net::IpAddr =
 /// closed at once.
 const REFUSED_PAUSE: Duration = Duration::from_millis(100);
 
+/// The TLS clients of [`hold`]'s attacks besides holding connections.
+#[derive(Debug, Clone)]
+pub struct Attackers {
+    /// Presents a certificate from another CA: each handshake is refused.
+    pub foreign: Arc<rustls::ClientConfig>,
+    /// A registered device that posts 2 MiB bodies.
+    pub device: Arc<rustls::ClientConfig>,
+}
+
 /// Holds `idle` idle TCP connections and `slow` slowloris connections (a
 /// TLS record trickled a byte every 200 ms) to `addr` for `time`, from
-/// [`FLOOD_FROM`], reopening each one the collector closes.
+/// [`FLOOD_FROM`], reopening each one the collector closes. Fills in the
+/// connection counts of [`Held`].
 pub async fn hold(addr: &str, idle: usize, slow: usize, time: Duration) -> Held {
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let counter = || Arc::new(AtomicU64::new(0));
@@ -497,8 +501,7 @@ pub async fn hold(addr: &str, idle: usize, slow: usize, time: Duration) -> Held 
                     closed.fetch_add(1, Ordering::Relaxed);
                 }
                 // Closed at once (refused at accept): the flooder comes
-                // back 100 ms later rather than spinning, whose CPU on
-                // this one machine would be counted against the collector.
+                // back 100 ms later rather than spinning.
                 if opened.elapsed() < REFUSED_PAUSE {
                     tokio::time::sleep(REFUSED_PAUSE).await;
                 }
@@ -514,22 +517,97 @@ pub async fn hold(addr: &str, idle: usize, slow: usize, time: Duration) -> Held 
         peak: get(&peak),
         idle_closed: get(&idle_closed),
         slowloris_closed: get(&slow_closed),
+        ..Held::default()
+    }
+}
+
+/// For `time`, 4 loops make handshakes with `addr` as `attackers.foreign`
+/// and 2 loops post 2 MiB bodies as `attackers.device`, from
+/// [`FLOOD_FROM`]. Fills in the handshake and body counts of [`Held`].
+pub async fn attack(addr: &str, attackers: &Attackers, time: Duration) -> Held {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let counter = || Arc::new(AtomicU64::new(0));
+    let (refused, accepted, oversized) = (counter(), counter(), counter());
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let (addr, stop, foreign) = (addr.to_owned(), stop.clone(), attackers.foreign.clone());
+        let (refused, accepted) = (refused.clone(), accepted.clone());
+        tasks.spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match Connection::open_from(foreign.clone(), &addr, "localhost", Some(FLOOD_FROM))
+                    .await
+                {
+                    Ok(mut conn) => {
+                        // TLS 1.3 may report the refusal on first use.
+                        match conn.request("GET", "/v1/readings", &[], vec![]).await {
+                            Ok(_) => accepted.fetch_add(1, Ordering::Relaxed),
+                            Err(_) => refused.fetch_add(1, Ordering::Relaxed),
+                        };
+                    }
+                    Err(_) => {
+                        refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        });
+    }
+    let huge = vec![0u8; 2 * 1024 * 1024];
+    for _ in 0..2 {
+        let (addr, stop, device, oversized, huge) = (
+            addr.to_owned(),
+            stop.clone(),
+            attackers.device.clone(),
+            oversized.clone(),
+            huge.clone(),
+        );
+        tasks.spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let Ok(mut conn) =
+                    Connection::open_from(device.clone(), &addr, "localhost", Some(FLOOD_FROM))
+                        .await
+                else {
+                    continue;
+                };
+                while !stop.load(Ordering::Relaxed) {
+                    match conn
+                        .request(
+                            "POST",
+                            "/v1/readings",
+                            &[("content-type", "application/cbor")],
+                            huge.clone(),
+                        )
+                        .await
+                    {
+                        Ok(r) if r.status == 413 => {
+                            oversized.fetch_add(1, Ordering::Relaxed);
+                        }
+                        _ => break,
+                    }
+                }
+            }
+        });
+    }
+    tokio::time::sleep(time).await;
+    stop.store(true, Ordering::Relaxed);
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
+    let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    Held {
+        handshakes_refused: get(&refused),
+        handshakes_accepted: get(&accepted),
+        oversized_refused: get(&oversized),
+        ..Held::default()
     }
 }
 
 /// Legitimate devices send one reading each every `every` on their own
 /// keep-alive connection for `seconds`, then again for `seconds` while
-/// `held` (idle and slowloris connections, see [`hold`]; another process
-/// may hold them, since both ends of a connection in one process count
-/// twice against its open files), handshakes with a foreign certificate
-/// (`spoofed`) and oversized bodies (from `attacker`, a registered device)
-/// hit the collector.
-#[allow(clippy::too_many_arguments)]
+/// `held` floods the collector ([`hold`], in another process: both ends of
+/// a connection in one process count twice against its open files, and
+/// the attacker's own work is not the collector's).
 pub async fn flood(
     hospital: &Hospital,
     legit: &mut [Device],
-    attacker: &Device,
-    spoofed: &medledger_pki::Credentials,
     held: impl std::future::Future<Output = Result<Held>>,
     seconds: u64,
     every: Duration,
@@ -547,7 +625,6 @@ pub async fn flood(
             .collect();
         senders.push((config, readings));
     }
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flooding = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut legit_tasks = tokio::task::JoinSet::new();
     for (config, readings) in senders {
@@ -585,68 +662,6 @@ pub async fn flood(
     let rss_before_kib = rss_kib();
     flooding.store(true, Ordering::Relaxed);
 
-    let counter = || Arc::new(AtomicU64::new(0));
-    let (refused, accepted, oversized) = (counter(), counter(), counter());
-    let mut attackers = tokio::task::JoinSet::new();
-    let foreign = hospital.client_config(spoofed, Role::Collector)?;
-    for _ in 0..4 {
-        let (addr, stop, foreign) = (addr.clone(), stop.clone(), foreign.clone());
-        let (refused, accepted) = (refused.clone(), accepted.clone());
-        attackers.spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                match Connection::open_from(foreign.clone(), &addr, "localhost", Some(FLOOD_FROM))
-                    .await
-                {
-                    Ok(mut conn) => {
-                        // TLS 1.3 may report the refusal on first use.
-                        match conn.request("GET", "/v1/readings", &[], vec![]).await {
-                            Ok(_) => accepted.fetch_add(1, Ordering::Relaxed),
-                            Err(_) => refused.fetch_add(1, Ordering::Relaxed),
-                        };
-                    }
-                    Err(_) => {
-                        refused.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-        });
-    }
-    let own = hospital.client_config(&attacker.credentials(), Role::Collector)?;
-    let huge = vec![0u8; 2 * 1024 * 1024];
-    for _ in 0..2 {
-        let (addr, stop, own, oversized, huge) = (
-            addr.clone(),
-            stop.clone(),
-            own.clone(),
-            oversized.clone(),
-            huge.clone(),
-        );
-        attackers.spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                let Ok(mut conn) =
-                    Connection::open_from(own.clone(), &addr, "localhost", Some(FLOOD_FROM)).await
-                else {
-                    continue;
-                };
-                while !stop.load(Ordering::Relaxed) {
-                    match conn
-                        .request(
-                            "POST",
-                            "/v1/readings",
-                            &[("content-type", "application/cbor")],
-                            huge.clone(),
-                        )
-                        .await
-                    {
-                        Ok(r) if r.status == 413 => {
-                            oversized.fetch_add(1, Ordering::Relaxed);
-                        }
-                        _ => break,
-                    }
-                }
-            }
-        });
-    }
     let mut rss_peak_kib = rss_before_kib;
     let mut legit_results = Vec::new();
     let mut ticker = tokio::time::interval(Duration::from_millis(100));
@@ -662,10 +677,7 @@ pub async fn flood(
             h = &mut held, if connections.is_none() => connections = Some(h?),
         }
     }
-    let connections = connections.unwrap_or_default();
-    stop.store(true, Ordering::Relaxed);
-    attackers.abort_all();
-    while attackers.join_next().await.is_some() {}
+    let held = connections.unwrap_or_default();
 
     let mut fresh = Connection::open(
         hospital.client_config(&legit[0].credentials(), Role::Collector)?,
@@ -686,19 +698,13 @@ pub async fn flood(
     }
     before.sort();
     during.sort();
-    let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
     Ok(Flood {
         devices: legit.len(),
         before,
         during,
         failed_before,
         failed_during,
-        idle_peak: connections.peak,
-        idle_closed: connections.idle_closed,
-        slowloris_closed: connections.slowloris_closed,
-        handshakes_refused: get(&refused),
-        handshakes_accepted: get(&accepted),
-        oversized_refused: get(&oversized),
+        held,
         rss_before_kib,
         rss_peak_kib,
         up_after,

@@ -1,5 +1,5 @@
 //! `medledger bench ingest --mode up|split|network`: the roles in
-//! processes of their own, CPU read per process.
+//! processes of their own, CPU read per process; `medledger bench flood`.
 
 fn ingest(mode: &str) -> serde_json::Value {
     ingest_with(mode, &["--sustained-devices", "3", "--rounds", "4"])
@@ -95,4 +95,31 @@ async fn network_runs_one_server_then_three_and_moves_a_dead_servers_patient() {
     // wrote that patient's next batch.
     assert!(runs[0]["takeover_ms"].is_null(), "{o}");
     assert!(runs[1]["takeover_ms"].as_i64().is_some(), "{o}");
+}
+
+#[test]
+fn flood_refuses_the_attacks_and_fails_no_legitimate_reading() {
+    let tmp = tempfile::tempdir().unwrap();
+    let json = tmp.path().join("flood.json");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_medledger"))
+        .args(["bench", "flood", "--idle", "300", "--devices", "3"])
+        .args(["--seconds", "2", "--every-ms", "100", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let o: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(o["failed_before"], 0, "{o}");
+    assert_eq!(o["during"]["failed"], 0, "{o}");
+    let requests = |phase: &str| o[phase]["requests"].as_u64().unwrap();
+    assert_eq!(requests("before") + requests("during"), 120, "{o}");
+    assert_eq!(o["handshakes_accepted"], 0, "{o}");
+    assert!(o["handshakes_refused"].as_u64().unwrap() > 0, "{o}");
+    assert!(o["connections_peak"].as_u64().unwrap() > 0, "{o}");
+    assert_eq!(o["up_after"], true, "{o}");
 }
