@@ -1,6 +1,7 @@
-// Checks the portal page's signing and parsing code (crates/server/web/app.js)
-// against published vectors: RLP examples from the Ethereum wiki, the EIP-155
-// example transaction, and web3.js's documented personal_sign example.
+// Checks the portal page's signing and parsing code (crates/server/web/
+// signing.js and fhir.js) against published vectors: RLP examples from the
+// Ethereum wiki, the EIP-155 example transaction, and web3.js's documented
+// personal_sign example.
 //
 //   cd web && node --test
 import { test } from 'node:test';
@@ -9,16 +10,13 @@ import {
   addressOf,
   hex0x,
   intBytes,
-  ledgerIndexOf,
-  observationsOf,
-  outOfRange,
   parseKeyFile,
   personalSign,
   requestSigningText,
   rlp,
   signLegacyTx,
-  eventText,
-} from '../../crates/server/web/app.js';
+} from '../../crates/server/web/signing.js';
+import { eventText, ledgerIndexOf, observationsOf, outOfRange } from '../../crates/server/web/fhir.js';
 
 const text = (s) => new TextEncoder().encode(s);
 

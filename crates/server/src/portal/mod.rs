@@ -16,6 +16,7 @@
 //!
 //! Private keys stay in the page: the server sees signatures only.
 
+mod events;
 mod session;
 mod tx;
 mod views;
@@ -37,9 +38,42 @@ use std::sync::{Arc, Mutex};
 
 /// The page and its assets, built into the binary.
 const INDEX_HTML: &str = include_str!("../../web/index.html");
-const APP_JS: &str = include_str!("../../web/app.js");
-const VENDOR_JS: &str = include_str!("../../web/vendor.js");
 const STYLE_CSS: &str = include_str!("../../web/style.css");
+
+/// `(path, contents)` of a script in `web/`, served under `/assets/`.
+macro_rules! script {
+    ($name:literal) => {
+        (
+            concat!("/assets/", $name),
+            include_str!(concat!("../../web/", $name)),
+        )
+    };
+}
+
+/// The page's scripts, by path: ES modules served as they are (no bundler
+/// at run time), `app.js` the entry. Every module one of them imports is
+/// here, and every script in `web/` (tests check).
+const SCRIPTS: &[(&str, &str)] = &[
+    script!("app.js"),
+    script!("admin.js"),
+    script!("alerts.js"),
+    script!("catalogue.js"),
+    script!("charts.js"),
+    script!("dom.js"),
+    script!("everyone.js"),
+    script!("fhir.js"),
+    script!("http.js"),
+    script!("keys.js"),
+    script!("patient.js"),
+    script!("routing.js"),
+    script!("signin.js"),
+    script!("signing.js"),
+    script!("staff.js"),
+    script!("state.js"),
+    script!("status.js"),
+    script!("tx.js"),
+    script!("vendor.js"),
+];
 
 /// No script, style, frame or connection but our own.
 const CSP: &str = "default-src 'self'; img-src 'self' data:; object-src 'none'; \
@@ -48,16 +82,16 @@ const CSP: &str = "default-src 'self'; img-src 'self' data:; object-src 'none'; 
 /// The portal's routes: the page, sign-in, its JSON, and the people
 /// endpoints of the API port.
 pub(crate) fn router(state: Arc<State>) -> Router {
-    Router::new()
+    let scripts = SCRIPTS
+        .iter()
+        .fold(Router::new(), |router, &(path, script)| {
+            router.route(
+                path,
+                get(move || asset(script, "text/javascript; charset=utf-8")),
+            )
+        });
+    scripts
         .route("/", get(|| asset(INDEX_HTML, "text/html; charset=utf-8")))
-        .route(
-            "/assets/app.js",
-            get(|| asset(APP_JS, "text/javascript; charset=utf-8")),
-        )
-        .route(
-            "/assets/vendor.js",
-            get(|| asset(VENDOR_JS, "text/javascript; charset=utf-8")),
-        )
         .route(
             "/assets/style.css",
             get(|| asset(STYLE_CSS, "text/css; charset=utf-8")),
@@ -267,5 +301,89 @@ impl Portal {
     fn seen(&self, who: &str) -> Option<u64> {
         let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         seen.get(who).copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{INDEX_HTML, SCRIPTS};
+    use std::collections::{BTreeMap, BTreeSet};
+
+    /// The `/assets/` paths of the modules `script` imports (`import { .. }
+    /// from './x.js';`, on one line or several).
+    fn imports(script: &str) -> Vec<String> {
+        script
+            .lines()
+            // An `import {` line is closed by its `} from` line.
+            .filter(|line| *line != "import {")
+            .filter(|line| line.starts_with("import ") || line.starts_with("} from "))
+            .map(|line| {
+                let module = line
+                    .split(" from './")
+                    .nth(1)
+                    .and_then(|rest| rest.strip_suffix("';"))
+                    .unwrap_or_else(|| panic!("an import the test cannot read: {line}"));
+                format!("/assets/{module}")
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_page_loads_only_scripts_that_are_served() {
+        let served: BTreeSet<String> = SCRIPTS.iter().map(|(path, _)| (*path).to_owned()).collect();
+        assert!(INDEX_HTML.contains(r#"<script type="module" src="/assets/app.js"></script>"#));
+        for (path, script) in SCRIPTS {
+            for module in imports(script) {
+                assert!(
+                    served.contains(&module),
+                    "{path} imports {module}, which is not served"
+                );
+            }
+        }
+        // And no module in the folder is forgotten.
+        let folder = concat!(env!("CARGO_MANIFEST_DIR"), "/web");
+        for entry in std::fs::read_dir(folder).expect("the page's folder is readable") {
+            let name = entry.expect("the page's folder lists").file_name();
+            let name = name.to_string_lossy();
+            if name.ends_with(".js") {
+                assert!(
+                    served.contains(&format!("/assets/{name}")),
+                    "web/{name} is not served"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_page_modules_import_one_way() {
+        let graph: BTreeMap<&str, Vec<String>> = SCRIPTS
+            .iter()
+            .map(|(path, script)| (*path, imports(script)))
+            .collect();
+        /// Depth first; meeting a module again on the current path is a cycle.
+        fn visit<'a>(
+            module: &'a str,
+            graph: &'a BTreeMap<&str, Vec<String>>,
+            path: &mut Vec<&'a str>,
+            done: &mut BTreeSet<&'a str>,
+        ) {
+            if done.contains(module) {
+                return;
+            }
+            if let Some(start) = path.iter().position(|m| *m == module) {
+                panic!("import cycle: {} -> {module}", path[start..].join(" -> "));
+            }
+            path.push(module);
+            for next in graph.get(module).into_iter().flatten() {
+                visit(next, graph, path, done);
+            }
+            path.pop();
+            done.insert(module);
+        }
+        let mut done = BTreeSet::new();
+        for module in graph.keys() {
+            visit(module, &graph, &mut Vec::new(), &mut done);
+        }
+        assert_eq!(done.len(), SCRIPTS.len());
     }
 }
