@@ -24,10 +24,12 @@
 
 use crate::Result;
 use crate::authority::{Authorities, Retired};
+use crate::genesis::Genesis;
 use crate::store::Store;
 use alloy_primitives::{Address, B256, Bytes, Signature, keccak256};
 use alloy_rlp::{RlpDecodable, RlpEncodable};
 use k256::ecdsa::SigningKey;
+use medledger_pki::EthAccount;
 
 /// Blocks between two checkpoints.
 pub const EVERY: u64 = 1024;
@@ -175,5 +177,25 @@ impl Checkpoint {
             });
         }
         Ok(checkpoint)
+    }
+}
+/// Signs and stores a checkpoint at block `number`; a failure only costs
+/// the next start a longer walk, so it is logged, not returned.
+pub(crate) fn write(
+    store: &Store,
+    genesis: &Genesis,
+    key: &EthAccount,
+    authorities: &Authorities,
+    number: u64,
+    hash: B256,
+) {
+    let checkpoint = Checkpoint {
+        number,
+        hash,
+        authorities: authorities.clone(),
+    };
+    let signed = checkpoint.sign(key.signing_key(), genesis.hash());
+    if let Err(e) = store.set_checkpoint(&signed) {
+        tracing::warn!("medledger chain: storing the checkpoint at block {number}: {e}");
     }
 }

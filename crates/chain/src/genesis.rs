@@ -142,7 +142,7 @@ mod tests {
         // The key file of an interrupted first start, half written.
         std::fs::write(dir.path().join(layout::AUTHORITY_KEY), "4f3e").unwrap();
         let genesis = Genesis::load_or_create(dir.path(), 1337, &[]).unwrap();
-        let key = crate::authority::read_key(&dir.path().join(layout::AUTHORITY_KEY)).unwrap();
+        let key = crate::rotation::read_key(&dir.path().join(layout::AUTHORITY_KEY)).unwrap();
         assert_eq!(key.address(), genesis.authority);
         // Started again, it keeps that chain.
         assert_eq!(

@@ -2,14 +2,16 @@
 //! (the miner task), and answers queries from the head state and the store.
 
 use crate::authority::Authorities;
-use crate::checkpoint::{self, Checkpoint};
+use crate::checkpoint;
 use crate::executor::{self, BlockInfo, CallError, CallRequest};
 use crate::genesis::{Genesis, layout, now_secs};
+use crate::head::Head;
+use crate::permissions::{GenesisAllowlist, Permissions};
 use crate::pool::{Pool, PooledTx};
 use crate::state::WorldState;
 use crate::store::{BlockData, Store, StoredTx};
 use crate::{ChainError, Result, TxError};
-use crate::{authority, seal};
+use crate::{rotation, seal};
 use alloy_consensus::proofs::{calculate_receipt_root, calculate_transaction_root};
 use alloy_consensus::transaction::SignerRecoverable;
 use alloy_consensus::{Header, ReceiptEnvelope, Transaction, TxEnvelope};
@@ -69,36 +71,6 @@ impl NodeConfig {
             sealing: Sealing::default(),
         }
     }
-}
-
-/// Decides who may send transactions besides the current authority, which
-/// always may. The genesis allowlist is the start; the Registry contract
-/// plugs in here once it is deployed.
-///
-/// It runs while the node holds its head state: read `state` (for instance
-/// with [`executor::call`]), never call back into the [`Node`], which would
-/// deadlock against the miner.
-pub trait Permissions: Send + Sync + 'static {
-    /// Whether `sender` may send, given the chain's current state.
-    fn is_permitted(&self, state: &WorldState, genesis: &Genesis, sender: &Address) -> bool;
-}
-
-/// Only the genesis allowlist (and the current authority) may send. The
-/// genesis authority is not on it by being named in the genesis: once it
-/// has handed over, it is an account like any other.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct GenesisAllowlist;
-
-impl Permissions for GenesisAllowlist {
-    fn is_permitted(&self, _state: &WorldState, genesis: &Genesis, sender: &Address) -> bool {
-        genesis.allow.contains(sender)
-    }
-}
-
-pub(crate) struct Head {
-    pub(crate) state: WorldState,
-    pub(crate) header: Header,
-    pub(crate) hash: B256,
 }
 
 struct Shared {
@@ -176,7 +148,7 @@ impl Node {
         let genesis = Genesis::load_or_create(dir, config.chain_id, &config.allow)?;
         let store = Store::open(&dir.join(layout::STORE))?;
         if store.head()?.is_none() {
-            let first = authority::read_key(&dir.join(layout::AUTHORITY_KEY))?;
+            let first = rotation::read_key(&dir.join(layout::AUTHORITY_KEY))?;
             if first.address() != genesis.authority {
                 return Err(ChainError::Store {
                     what: format!(
@@ -191,10 +163,10 @@ impl Node {
         }
         let (head, authorities) =
             crate::verify::verify_store(&store, &genesis, crate::verify::Start::AfterCheckpoint)?;
-        let authority = authority::settle(dir, &authorities)?;
+        let authority = rotation::settle(dir, &authorities)?;
         let number = head.header.number;
         // The next start walks from here.
-        write_checkpoint(
+        checkpoint::write(
             &store,
             &genesis,
             &authority,
@@ -515,7 +487,7 @@ impl Node {
         head.header = header;
         head.hash = hash;
         if info.number % checkpoint::EVERY == 0 {
-            write_checkpoint(
+            checkpoint::write(
                 &shared.store,
                 &shared.genesis,
                 &shared.authority,
@@ -565,36 +537,5 @@ impl Node {
             .map_err(|_| ChainError::Stopped)?
             .map_err(|_| ChainError::Stopped)?;
         Ok(())
-    }
-}
-
-/// Signs and stores a checkpoint at block `number`; a failure only costs
-/// the next start a longer walk, so it is logged, not returned.
-pub(crate) fn write_checkpoint(
-    store: &Store,
-    genesis: &Genesis,
-    key: &EthAccount,
-    authorities: &Authorities,
-    number: u64,
-    hash: B256,
-) {
-    let checkpoint = Checkpoint {
-        number,
-        hash,
-        authorities: authorities.clone(),
-    };
-    let signed = checkpoint.sign(key.signing_key(), genesis.hash());
-    if let Err(e) = store.set_checkpoint(&signed) {
-        tracing::warn!("medledger chain: storing the checkpoint at block {number}: {e}");
-    }
-}
-
-/// The head after verification, for [`Node::start`].
-pub(crate) fn head_from(state: WorldState, header: Header) -> Head {
-    let hash = header.hash_slow();
-    Head {
-        state,
-        header,
-        hash,
     }
 }

@@ -92,7 +92,7 @@ pub fn extend_with_empty_blocks(dir: &Path, blocks: u64) -> crate::Result<u64> {
     use alloy_consensus::{Header, ReceiptEnvelope, TxEnvelope};
 
     let genesis = Genesis::load(dir)?;
-    let key = crate::authority::read_key(&dir.join(layout::AUTHORITY_KEY))?;
+    let key = crate::rotation::read_key(&dir.join(layout::AUTHORITY_KEY))?;
     let store = Store::open(&dir.join(layout::STORE))?;
     let head = store.head()?.ok_or_else(|| crate::ChainError::Store {
         what: "no genesis block: start a node on the directory first".into(),

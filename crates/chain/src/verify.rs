@@ -7,7 +7,7 @@
 use crate::authority::Authorities;
 use crate::checkpoint::Checkpoint;
 use crate::genesis::Genesis;
-use crate::node::{Head, head_from};
+use crate::head::Head;
 use crate::store::Store;
 use crate::{ChainError, Result};
 use alloy_consensus::TxEnvelope;
@@ -151,7 +151,7 @@ pub(crate) fn verify_store(
             state.push_block_hash(number, h.hash_slow());
         }
     }
-    Ok((head_from(state, header), authorities))
+    Ok((Head::new(state, header), authorities))
 }
 
 /// Checks every block of the chain in `dir` from block 0, whatever its

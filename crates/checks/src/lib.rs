@@ -1,10 +1,23 @@
 //! The per-reading checks, written once and used by both the collector (on
 //! what devices send) and the server (on what a collector forwards).
 //!
-//! A batch is a slice of [`Item`]s, each carrying its own [`Verdict`]. A
-//! stage looks only at the items still in the running and refuses some of
-//! them; what passes every stage is a [`Passing`] reading, bound to its
-//! patient:
+//! A batch is a slice of [`Item`]s, each carrying its own [`Verdict`]
+//! (unchecked, passing, refused with a typed [`Refusal`], stored). A stage
+//! looks only at the items still in the running and refuses some of them;
+//! what passes every stage is a [`Passing`] reading, [`Bound`] to its
+//! patient.
+//!
+//! - `verify`: the first stage, [`verify()`]: who signed each reading and
+//!   what it says (the certificate identity given by the side, the COSE
+//!   signature, Ed25519 ones batch-verified, `dev` against the
+//!   certificate), on every core; [`Trust::VerifiedHere`] only parses what
+//!   this process verified before;
+//! - `stages`: the stages after it: [`window()`] (the timestamp),
+//!   [`bind()`] (the Registry binding to an admitted patient, and to the
+//!   patient a collector named), [`rules()`] (the rule contracts, one call
+//!   per chunk) and [`Marks`] (sequence numbers in a SQL table, gaps; on
+//!   the server the gaps kept so that a late reading fills its number
+//!   once; the batch's marks written in its transaction).
 //!
 //! ```text
 //!  Item { hash, COSE, the side's data }                      Unchecked
@@ -21,6 +34,8 @@
 //! Each side adds what only it does around these: the collector its
 //! per-request limits and the patient's card, the server duplicates, the
 //! card signatures and erasures, then storing.
+//!
+//! No feature flags.
 
 mod stages;
 mod verify;

@@ -3,10 +3,10 @@
 use alloy_primitives::Address;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
+use medledger_chain::RegistryPermissions;
 use medledger_chain::genesis::layout;
 use medledger_chain::rpc::{Rpc, http};
 use medledger_chain::{Node, NodeConfig, Sealing};
-use medledger_contracts::RegistryPermissions;
 use medledger_pki::{Acceptor, ClientAuth, Credentials, Role, server_config};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -97,7 +97,7 @@ fn rotate_authority(args: &StoppedArgs) -> Result<()> {
             d.join("chain").display()
         );
     }
-    let rotation = medledger_chain::authority::rotate(d)
+    let rotation = medledger_chain::rotation::rotate(d)
         .with_context(|| format!("rotating the authority key of the chain in {}", d.display()))?;
     if args.json {
         let out = serde_json::json!({

@@ -378,7 +378,7 @@ async fn check(
 ) -> Result<()> {
     let admin = roles::load_signer(&d.join("people/admin.eth.key"))?;
     let node = crate::up::start_node(&d.join("chain"), state.chain_id, vec![admin.address()])?;
-    node.set_permissions(Arc::new(medledger_contracts::RegistryPermissions::new(
+    node.set_permissions(Arc::new(medledger_chain::RegistryPermissions::new(
         state.registry,
     )));
     let provider = medledger_sim::provider(&node, &admin);
@@ -390,7 +390,7 @@ async fn check(
     }
     outcome.transactions_confirmed = confirmed.len() as u64;
 
-    let started = crate::backup::start_server(d, &node, state).await?;
+    let started = crate::restore::start_server(d, &node, state).await?;
     let server = &started.server;
     let mut recorded: HashMap<Vec<u8>, u64> = HashMap::new();
     let patients = server.patients().await.map_err(anyhow::Error::msg)?;

@@ -8,11 +8,11 @@
 //! medledger up rotate-kek --data D           all of it for `medledger up` (stopped)
 //! ```
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use medledger_pki::files;
 use medledger_server::ConfigFile;
-use medledger_storage::{Db, Kek, KekStatus, Rewrapped, Vault};
+use medledger_storage::{Kek, KekStatus, Rewrapped, Vault};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -78,7 +78,7 @@ pub(crate) fn run(command: KekCommand) -> Result<()> {
 
 /// Checks `vault`'s KEKs against the data keys, says what is where, and
 /// re-wraps every data key not under the current KEK.
-async fn rewrap(vault: Vault, batch: usize) -> Result<Rewrapped> {
+pub(crate) async fn rewrap(vault: Vault, batch: usize) -> Result<Rewrapped> {
     let status = vault.check_keks().await?;
     println!("{}", describe(&status));
     let mut last = Instant::now();
@@ -110,90 +110,9 @@ fn describe(status: &KekStatus) -> String {
     out
 }
 
-/// `D/server/kek.hex`: the KEK of `medledger up`.
-pub(crate) fn up_kek(data: &Path) -> PathBuf {
-    data.join("server/kek.hex")
-}
-
-/// `D/server/kek.previous.hex`: the KEK a rotation of `medledger up`
-/// moves away from, until its rewrap finishes.
-pub(crate) fn up_previous_kek(data: &Path) -> PathBuf {
-    data.join("server/kek.previous.hex")
-}
-
-/// `medledger up rotate-kek --data D`, with `medledger up` stopped: a new
-/// KEK in `D/server/kek.hex` (the old one in `kek.previous.hex` meanwhile),
-/// every data key re-wrapped, the old KEK retired and its file removed.
-/// Resumes an interrupted rotation.
-pub(crate) fn rotate_up(data: &Path) -> Result<()> {
-    crate::up::UpState::load(data)?;
-    if std::os::unix::net::UnixStream::connect(crate::backup::control_socket(data)).is_ok() {
-        bail!(
-            "medledger up is running on {}: stop it first (its server holds the old key-encryption key)",
-            data.display()
-        );
-    }
-    let (current_path, previous_path) = (up_kek(data), up_previous_kek(data));
-    // Each step is durable before the next, so an interruption anywhere
-    // leaves both KEKs on disk and a rerun resumes.
-    if !previous_path.exists() {
-        let old = std::fs::read(&current_path)
-            .with_context(|| format!("reading {}", current_path.display()))?;
-        replace_secret(&previous_path, &old)?;
-    }
-    let previous = Kek::from_file(&previous_path)?;
-    if Kek::from_file(&current_path)?.id() == previous.id() {
-        replace_secret(
-            &current_path,
-            format!("{}\n", Kek::generate_hex()).as_bytes(),
-        )?;
-    } else {
-        println!("resuming the rotation away from {}", previous.id());
-    }
-    let current = Kek::from_file(&current_path)?;
-    println!(
-        "rotating the key-encryption key of {}: {} -> {}",
-        data.display(),
-        previous.id(),
-        current.id()
-    );
-    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    let done = runtime.block_on(async {
-        let db = Db::open_sqlite(&data.join("server/server.db")).await?;
-        db.migrate_for(medledger_storage::Part::Server).await?;
-        let done = rewrap(
-            Vault::with_previous(db.clone(), current, vec![previous]),
-            500,
-        )
-        .await;
-        db.close().await;
-        done
-    })?;
-    println!("{}", medledger_server::rewrap::summary(&done));
-    // `medledger up` wrote server.toml naming the old KEK's file while it
-    // existed: name it no more.
-    let config = data.join("server.toml");
-    if let Ok(text) = std::fs::read_to_string(&config) {
-        let kept: String = text
-            .lines()
-            .filter(|l| !l.starts_with("previous_kek_files"))
-            .map(|l| format!("{l}\n"))
-            .collect();
-        std::fs::write(&config, kept).with_context(|| format!("writing {}", config.display()))?;
-    }
-    std::fs::remove_file(&previous_path)
-        .with_context(|| format!("removing {}", previous_path.display()))?;
-    sync_dir(&data.join("server"))?;
-    println!(
-        "removed {}; backups taken before this rotation hold the old key (their server/kek.hex)",
-        previous_path.display()
-    );
-    Ok(())
-}
-
 /// Writes `contents` to `path` (mode 0600) atomically and durably: a
 /// temporary file, synced, renamed over it.
-fn replace_secret(path: &Path, contents: &[u8]) -> Result<()> {
+pub(crate) fn replace_secret(path: &Path, contents: &[u8]) -> Result<()> {
     let tmp = path.with_extension("hex.tmp");
     let _ = std::fs::remove_file(&tmp);
     files::write_secret(&tmp, contents)?;
@@ -202,7 +121,7 @@ fn replace_secret(path: &Path, contents: &[u8]) -> Result<()> {
 }
 
 /// Makes renames and removals in `dir` durable.
-fn sync_dir(dir: &Path) -> Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .with_context(|| format!("syncing {}", dir.display()))

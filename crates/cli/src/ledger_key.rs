@@ -99,7 +99,7 @@ async fn rotate(args: RotateArgs) -> Result<()> {
         .with_context(|| format!("loading {}", config.credentials.display()))?;
     let identity = credentials.identity()?;
     identity.require_role(&[Role::Server])?;
-    let name = crate::server::key_name(&config, &identity);
+    let name = key_name(&config, &identity);
     let load = |p: &Path| -> Result<NoteSigner> {
         let pkcs8 = files::read_first(p, "PRIVATE KEY")?;
         NoteSigner::from_pkcs8(&name, &pkcs8)
@@ -190,4 +190,17 @@ fn report(
     println!(
         "  note         auditors who trusted the retired key verify new bundles with it still"
     );
+}
+
+/// The ledger key's name: `ledger_key_name`, which servers sharing a
+/// database share, or else (a note key name has no spaces) the server's
+/// account.
+pub(crate) fn key_name(config: &ConfigFile, identity: &medledger_pki::Identity) -> String {
+    if let Some(name) = &config.ledger_key_name {
+        return name.clone();
+    }
+    match identity.address() {
+        Some(address) => format!("medledger-server-{address}"),
+        None => "medledger-server".to_owned(),
+    }
 }

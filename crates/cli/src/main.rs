@@ -1,27 +1,87 @@
-//! `medledger`: one command for every medledger role.
+//! `medledger`: one command for every medledger role, and the tools around
+//! them (CA, admin, patients and staff, backup, recovery, benchmarks, the
+//! demo). Every command logs through `tracing` to stderr (or `--log-file`),
+//! as text or `--log-format json`, at the level `RUST_LOG` sets.
 //!
 //! ```text
-//! medledger ca init|issue|show|revoke|crl    the certificate authority
+//! medledger ca init|issue|show|revoke|crl      the certificate authority
 //! medledger ca rotate|retire                   a new issuing CA; retire the old one
+//! medledger ca broker                          a Mosquitto broker's files from the CA
 //! medledger chain --data D --rpc ADDR          the embedded authority chain
 //! medledger chain recover --data D             retire a compromised chain, start anew
 //! medledger chain rotate-authority --data D    a new sealing key, same chain
+//! medledger chain verify --data D              every block from 0 (node stopped)
+//! medledger besu config|allowlist              the chain on a Besu QBFT network
+//! medledger up --data D                        chain, server and collector in one process
 //! medledger up rotate-kek --data D             rotate the KEK of `medledger up`
+//! medledger backup --data D | restore --from B a consistent copy of D, and its restore
 //! medledger admin deploy|staff|device|...      Registry and rules, as an admin
 //! medledger collector --config FILE            the ingest gateway
+//! medledger collector ... dead-letters         batches the server refused: list, retry
 //! medledger server --config FILE               the application server
 //! medledger server new-kek|rewrap              rotate the key-encryption key
 //! medledger server rotate-ledger-key           a new ledger signing key
 //! medledger access request|break-glass         ask for a patient's data, on chain
 //! medledger records get --request ID           read it, FHIR, every proof checked
+//! medledger annotate                           annotate a reading: on chain, then the text
 //! medledger consent grant|revoke|list|opt-out  a patient's consent, on chain
-//! medledger alerts list|watch|prefs            a patient's alerts
+//! medledger alerts list|watch|prefs|webhook    a patient's alerts
+//! medledger erase --patient REF                the right to be forgotten
 //! medledger directory list|set                 people's display names (off chain)
 //! medledger review list|close                  the break-glass review queue (admins)
 //! medledger audit --patient REF                a patient's access and consent history
 //! medledger patient ref --salt-file F --id ID  a patient's patientRef
-//! medledger bench ingest|access|flood|crash  load, floods and SIGKILLs
+//! medledger sim --data D | --devices-dir DIR   simulated devices streaming vital signs
+//! medledger demo                               a small hospital through every scenario
+//! medledger bench ingest|access|flood|crash    load, floods and SIGKILLs
 //! medledger verify --bundle FILE               a patient ledger, offline
+//! medledger verify --patient REF | --proof F   one from the server; one reading's proof
+//! ```
+//!
+//! Modules (all private), one per command or shared piece:
+//!
+//! - `access`: `access`, `records`, `consent` and `alerts`: what staff and
+//!   patients do;
+//! - `admin`: `admin`: every Registry and RuleManager action;
+//! - `annotate`: `annotate`: on chain, then the text to the server;
+//! - `apart`: the roles of an `up` directory as processes of their own
+//!   (`bench crash`, `bench ingest --mode up|split`);
+//! - `audit`: `review` and `audit`;
+//! - `backup`: `backup`: a consistent copy of an `up` directory while it runs;
+//! - `bench`: `bench`: ingest, access, flood and crash;
+//! - `besu`: `besu config` and `besu allowlist`;
+//! - `broker`: `ca broker`;
+//! - `ca`: `ca`;
+//! - `chain`: `chain`: the node as its own process, and its tools;
+//! - `collector`: `collector`, and its dead letters;
+//! - `crash`: `bench crash`: crash consistency under load;
+//! - `demo`: `demo`;
+//! - `directory`: `directory`;
+//! - `doc_commands` (tests only): every `medledger` command the README and
+//!   `docs/*.md` show is accepted by the argument parser;
+//! - `erase`: `erase`;
+//! - `kek`: `server new-kek|rewrap` and `up rotate-kek`: KEK rotation;
+//! - `ledger_key`: `server rotate-ledger-key`;
+//! - `network`: `bench ingest --mode network`: the network of
+//!   `deploy/network/run.sh`, built into the binary;
+//! - `patient`: `patient ref`;
+//! - `recover`: `chain recover`, resumable step by step;
+//! - `restore`: `restore`: a backup brought back, erasures applied again,
+//!   every ledger verified;
+//! - `roles`: what the long-running roles share: keys, the chain
+//!   connection, a CRL re-read when it changes, Ctrl-C;
+//! - `rpc`: the chain's JSON-RPC as the roles reach it: plain HTTP on this
+//!   machine, HTTPS with mutual TLS to any other;
+//! - `server`: `server`;
+//! - `simulate`: `sim`;
+//! - `up`: `up`: initialised on first start, reused after;
+//! - `verify`: `verify`.
+//!
+//! ```text
+//!  ring as the process's rustls provider --> Cli::parse (clap)
+//!      --> init_log (tracing; exit 2 if the log file cannot open)
+//!      --> the command's module: run(args)
+//!      --> Ok: exit 0 | Err: "error: ..." (the whole chain) on stderr, exit 1
 //! ```
 
 mod access;
@@ -47,6 +107,7 @@ mod ledger_key;
 mod network;
 mod patient;
 mod recover;
+mod restore;
 mod roles;
 mod rpc;
 mod server;
@@ -179,7 +240,7 @@ enum Command {
     /// Back up the data directory of `medledger up`, even while it runs.
     Backup(backup::BackupArgs),
     /// Restore a backup into a new data directory and verify it.
-    Restore(backup::RestoreArgs),
+    Restore(restore::RestoreArgs),
     /// Simulated devices for `medledger up`: they stream vital signs.
     Sim(simulate::SimArgs),
     /// Run a small hospital in this process through every scenario and
@@ -220,7 +281,7 @@ fn main() -> ExitCode {
         Command::Audit(args) => audit::run_audit(args),
         Command::Up(args) => up::run(args),
         Command::Backup(args) => backup::run_backup(args),
-        Command::Restore(args) => backup::run_restore(args),
+        Command::Restore(args) => restore::run_restore(args),
         Command::Sim(args) => simulate::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Bench(cmd) => bench::run(cmd),

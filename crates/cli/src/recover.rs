@@ -20,16 +20,18 @@
 //! sets aside): a recovery cut short at any step is finished by running
 //! the command again. One cut short before it starts again.
 
-use crate::backup::{control_socket, start_server};
+use crate::backup::control_socket;
+use crate::restore::start_server;
 use crate::roles;
 use crate::up::{UpState, start_node};
 use alloy::primitives::{Address, B256};
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use medledger_chain::RegistryPermissions;
 use medledger_chain::genesis::layout;
 use medledger_chain::store::Store;
 use medledger_contracts::recover::{Replica, addresses_from_logs};
-use medledger_contracts::{Contracts, RECOVERY_KIND, RegistryPermissions};
+use medledger_contracts::{Contracts, RECOVERY_KIND};
 use medledger_server::recover::{Retirement, indexed_head, indexed_logs, retire};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -94,19 +94,6 @@ pub(crate) fn print_endpoints(server: &Server) {
     println!("  ledger key   {}", server.ledger().verifier_key());
 }
 
-/// The ledger key's name: `ledger_key_name`, which servers sharing a
-/// database share, or else (a note key name has no spaces) the server's
-/// account.
-pub(crate) fn key_name(config: &ConfigFile, identity: &medledger_pki::Identity) -> String {
-    if let Some(name) = &config.ledger_key_name {
-        return name.clone();
-    }
-    match identity.address() {
-        Some(address) => format!("medledger-server-{address}"),
-        None => "medledger-server".to_owned(),
-    }
-}
-
 /// How a server on PostgreSQL is reached by the others on the same
 /// database, and reaches them.
 fn peering(config: &ConfigFile, credentials: &medledger_pki::Credentials) -> Result<Peering> {
@@ -167,7 +154,10 @@ pub(crate) async fn start(config: &ConfigFile) -> Result<Started> {
     .await?;
     // Made only once the rest of the configuration holds: a start that
     // fails leaves no key behind.
-    let ledger_key = ledger_key(&config.ledger_key, &key_name(config, &identity))?;
+    let ledger_key = ledger_key(
+        &config.ledger_key,
+        &crate::ledger_key::key_name(config, &identity),
+    )?;
     let auth = |roles: &[Role]| roles::client_auth(&config.ca_root, &config.crl, roles);
     let peering = match db.backend() {
         Backend::Postgres => Some(peering(config, &credentials)?),

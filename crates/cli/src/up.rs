@@ -15,15 +15,15 @@
 //!  D/collector/         its certificate and keys, database, cards/
 //! ```
 
-use crate::roles;
+use crate::{kek, roles};
 use alloy::primitives::Address;
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::Args;
 use medledger_chain::rpc::{Rpc, http};
-use medledger_chain::{Node, NodeConfig, Sealing};
-use medledger_contracts::{Contracts, RegistryPermissions, send, short_text};
+use medledger_chain::{Node, NodeConfig, RegistryPermissions, Sealing};
+use medledger_contracts::{Contracts, send, short_text};
 use medledger_pki::{Ca, Issued, LeafRequest, Location, Role, files};
-use medledger_storage::Kek;
+use medledger_storage::{Db, Kek, Vault};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -151,7 +151,7 @@ impl UpState {
 
 pub(crate) fn run(line: UpCommandLine) -> Result<()> {
     if let Some(UpCommand::RotateKek { data }) = line.command {
-        return crate::kek::rotate_up(&data);
+        return rotate_kek(&data);
     }
     let args = UpArgs {
         data: line
@@ -258,7 +258,7 @@ pub(crate) fn write_configs(args: &UpArgs, state: &UpState) -> Result<()> {
             })
             .unwrap_or_default()
     };
-    let previous = if crate::kek::up_previous_kek(&args.data).exists() {
+    let previous = if up_previous_kek(&args.data).exists() {
         "previous_kek_files = [\"server/kek.previous.hex\"]\n"
     } else {
         ""
@@ -396,6 +396,87 @@ async fn up(args: UpArgs) -> Result<()> {
     println!("  medledger backup --data {} --out BACKUP_DIR", d.display());
     roles::shutdown().await;
     println!("medledger up: stopping");
+    Ok(())
+}
+
+/// `D/server/kek.hex`: the KEK of `medledger up`.
+pub(crate) fn up_kek(data: &Path) -> PathBuf {
+    data.join("server/kek.hex")
+}
+
+/// `D/server/kek.previous.hex`: the KEK a rotation of `medledger up`
+/// moves away from, until its rewrap finishes.
+pub(crate) fn up_previous_kek(data: &Path) -> PathBuf {
+    data.join("server/kek.previous.hex")
+}
+
+/// `medledger up rotate-kek --data D`, with `medledger up` stopped: a new
+/// KEK in `D/server/kek.hex` (the old one in `kek.previous.hex` meanwhile),
+/// every data key re-wrapped, the old KEK retired and its file removed.
+/// Resumes an interrupted rotation.
+fn rotate_kek(data: &Path) -> Result<()> {
+    UpState::load(data)?;
+    if std::os::unix::net::UnixStream::connect(crate::backup::control_socket(data)).is_ok() {
+        bail!(
+            "medledger up is running on {}: stop it first (its server holds the old key-encryption key)",
+            data.display()
+        );
+    }
+    let (current_path, previous_path) = (up_kek(data), up_previous_kek(data));
+    // Each step is durable before the next, so an interruption anywhere
+    // leaves both KEKs on disk and a rerun resumes.
+    if !previous_path.exists() {
+        let old = std::fs::read(&current_path)
+            .with_context(|| format!("reading {}", current_path.display()))?;
+        kek::replace_secret(&previous_path, &old)?;
+    }
+    let previous = Kek::from_file(&previous_path)?;
+    if Kek::from_file(&current_path)?.id() == previous.id() {
+        kek::replace_secret(
+            &current_path,
+            format!("{}\n", Kek::generate_hex()).as_bytes(),
+        )?;
+    } else {
+        println!("resuming the rotation away from {}", previous.id());
+    }
+    let current = Kek::from_file(&current_path)?;
+    println!(
+        "rotating the key-encryption key of {}: {} -> {}",
+        data.display(),
+        previous.id(),
+        current.id()
+    );
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let done = runtime.block_on(async {
+        let db = Db::open_sqlite(&data.join("server/server.db")).await?;
+        db.migrate_for(medledger_storage::Part::Server).await?;
+        let done = kek::rewrap(
+            Vault::with_previous(db.clone(), current, vec![previous]),
+            500,
+        )
+        .await;
+        db.close().await;
+        done
+    })?;
+    println!("{}", medledger_server::rewrap::summary(&done));
+    // `medledger up` wrote server.toml naming the old KEK's file while it
+    // existed: name it no more.
+    let config = data.join("server.toml");
+    if let Ok(text) = std::fs::read_to_string(&config) {
+        let kept: String = text
+            .lines()
+            .filter(|l| !l.starts_with("previous_kek_files"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(&config, kept).with_context(|| format!("writing {}", config.display()))?;
+    }
+    std::fs::remove_file(&previous_path)
+        .with_context(|| format!("removing {}", previous_path.display()))?;
+    kek::sync_dir(&data.join("server"))?;
+    println!(
+        "removed {}; backups taken before this rotation hold the old key (their server/kek.hex)",
+        previous_path.display()
+    );
     Ok(())
 }
 

@@ -1,4 +1,33 @@
-//! The collector: the ingest gateway between devices and the server.
+//! The collector: the ingest gateway between devices and the server. It
+//! takes readings over HTTPS and MQTT, checks them with the shared stages
+//! of `medledger_checks`, commits each batch durably to its outbox, and
+//! forwards the outbox to the server.
+//!
+//! - [`cards`]: patient cards that sign each batch per patient, their keys
+//!   in files ([`SoftwareCard`]) or on PKCS#11 tokens ([`TokenCard`]),
+//!   shared by every clone of [`Cards`] so that a card inserted while the
+//!   collector runs is used at once;
+//! - [`config`]: the TOML configuration;
+//! - [`dead_letters`]: batches the server refused with a 4xx, held, told to
+//!   the server for the patients' alerts, retried by an operator;
+//! - `forward`: the outbox, oldest batch first, to the server over mutual
+//!   TLS with up to three batches in flight, numbered in a stream, or to a
+//!   server's ingest in this process ([`Upstream`]), with retries;
+//! - `http`: `POST /v1/readings` for devices over mutual TLS;
+//! - `intake`: what every transport does with a device's readings: the
+//!   per-request limits, the device's rate, the shared `verify` and
+//!   `window` stages, the pipeline, the answer;
+//! - `mqtt`: the readings a broker delivers from the collectors' shared
+//!   subscription ([`MqttSettings`]), each reading's `x5chain` verified as
+//!   a handshake, answered on the device's response topic after the outbox
+//!   commit;
+//! - `outage`: the chain's last answers (bindings, rule verdicts read as
+//!   ranges), for deciding through chain outages;
+//! - `outbox`: batches taken out of the outbox, once the server answered
+//!   for them or as dead letters;
+//! - `pipeline`: batch decisions (the shared `bind`, `rules` and sequence
+//!   stages, the patient's card) with one durable outbox commit per batch,
+//!   shared by every request that arrived meanwhile (group commit).
 //!
 //! ```text
 //!  device --mTLS POST /v1/readings--> http   \
@@ -15,9 +44,7 @@
 //!         an operator retries them
 //! ```
 //!
-//! - [`config`]: the TOML configuration;
-//! - [`cards`]: patient cards that sign each batch per patient;
-//! - [`dead_letters`]: batches the server refused, held and retried.
+//! No feature flags.
 
 pub mod cards;
 pub mod config;

@@ -11,11 +11,10 @@ use alloy::rpc::client::RpcClient;
 use alloy::signers::local::PrivateKeySigner;
 use medledger_chain::rpc::Rpc;
 use medledger_chain::rpc::transport::InProcess;
-use medledger_chain::{Node, NodeConfig, Sealing};
+use medledger_chain::{Node, NodeConfig, RegistryPermissions, Sealing};
 use medledger_contracts::bindings::RuleManager::RuleInput;
 use medledger_contracts::{
-    Contracts, RegistryPermissions, Scope, StaffRole, code_key, epc_bytes, milli, send, short_text,
-    signing_provider,
+    Contracts, Scope, StaffRole, code_key, epc_bytes, milli, send, short_text, signing_provider,
 };
 use medledger_pki::Epc;
 use std::sync::Arc;

@@ -1,7 +1,8 @@
 //! medledger's contracts on the authority chain, seen from Rust: bindings,
 //! a typed client that works over any alloy `Provider` (the embedded node
-//! or anvil), one call that deploys and wires the whole set, and the chain
-//! node's account permissioning read from the Registry.
+//! or anvil), and one call that deploys and wires the whole set. (The
+//! chain node's permissioning by the Registry is the chain crate's
+//! `RegistryPermissions`; this crate does not depend on the chain.)
 //!
 //! ```text
 //!  Registry <── RuleManager ──> rule contracts (AllowedTypes, ValueRange, AllOf)
@@ -17,7 +18,6 @@ mod abi;
 pub mod bindings;
 mod client;
 pub mod logs;
-mod permissions;
 mod purpose;
 pub mod recover;
 mod rules;
@@ -33,7 +33,6 @@ pub use client::{
     send, send_raw, signing_provider,
 };
 pub use medledger_protocol::purpose::{PURPOSE_SYSTEM, PURPOSES, purpose_display};
-pub use permissions::RegistryPermissions;
 pub use purpose::{PurposeError, purpose};
 pub use rules::{RuleReason, code_key, milli, rule_inputs};
 pub use scope::{Scope, ScopeError};

@@ -1,5 +1,12 @@
 //! A small MQTT 5 client over mutual TLS: what a collector and a device
-//! need, and nothing else.
+//! need, and nothing else; and the files of a Mosquitto broker that trusts
+//! our CA.
+//!
+//! - the crate root: the [`Client`] (QoS 1 publish and subscribe, response
+//!   topics and correlation data, deliveries acknowledged by the caller,
+//!   keep-alive), its [`Options`], [`Message`]s and [`Delivery`]s;
+//! - [`mosquitto`]: a Mosquitto broker's files written from the CA, and the
+//!   broker run as a child process for tests and the demo.
 //!
 //! ```text
 //!  Client (clonable) --Command--> connection task --TLS--> broker
@@ -17,7 +24,7 @@
 //! only what it has made durable. The connection ends on the first error;
 //! callers reconnect (see [`Backoff`]).
 //!
-//! [`mosquitto`] writes a Mosquitto broker's files from the CA.
+//! No feature flags.
 
 pub mod mosquitto;
 

@@ -1,22 +1,37 @@
 //! The per-patient verifiable ledger: an append-only log of entries
 //! hashed into an RFC 6962 (RFC 9162 §2.1) Merkle tree, under signed
-//! checkpoints, so that anyone
-//! holding a checkpoint can check that an entry is in the log and that a
-//! later log extends an earlier one.
+//! checkpoints, so that anyone holding a checkpoint can check that an
+//! entry is in the log and that a later log extends an earlier one.
+//!
+//! - [`merkle`]: the Merkle tree ([`Tree`]), inclusion and consistency
+//!   proofs and their verification;
+//! - [`checkpoint`]: C2SP signed-note checkpoints (`tlog-checkpoint`),
+//!   signed with Ed25519;
+//! - [`entry`]: entries as canonical CBOR, authentic by inclusion under a
+//!   signed checkpoint (the signed entries of earlier releases still read
+//!   and checked);
+//! - [`key_history`]: the ledger key's rotations, each signed by the old
+//!   and the new key: a [`KeyHistory`] says which key signed validly when;
+//! - [`store`]: the durable [`Ledger`]: entries and checkpoints in SQL, trees
+//!   in memory; verification against anchored checkpoints, erasure
+//!   tombstones, the inclusion proofs of many entries under one checkpoint
+//!   signed but not stored, one writer per patient among several servers
+//!   (the lease fence);
+//! - [`bundle`]: a patient's ledger as an offline proof bundle, with the
+//!   root of any prefix to check anchors against;
+//! - [`reading_proof`]: one reading's proof: its `DataRecorded` entry under
+//!   a signed checkpoint, and its inclusion in the batch root the server
+//!   anchored.
 //!
 //! ```text
 //!  entry bytes --leaf_hash--> Tree (levels of complete subtrees)
 //!                               |-- root(size)            -> checkpoint
 //!                               |-- inclusion(i, size)    -> verify_inclusion
 //!                               `-- consistency(m, n)     -> verify_consistency
+//!  Ledger::append (one transaction per batch) --> checkpoint (signed note)
+//!      --> anchored on chain by the server (kind 3)
+//!  Ledger::export --> Bundle --> checked offline, then against the anchors
 //! ```
-//!
-//! Entries are canonical CBOR, authentic by inclusion under a signed
-//! checkpoint ([`entry`]); the durable store keeps them in SQL
-//! ([`store`]); a patient's ledger exports as a proof bundle that anyone can
-//! verify offline ([`bundle`]). The ledger key rotates: a [`KeyHistory`]
-//! of rotation statements, each signed by the old and the new key, says
-//! which key signed validly when ([`key_history`]).
 //!
 //! No feature flags.
 

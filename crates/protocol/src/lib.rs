@@ -1,25 +1,38 @@
-//! medledger's wire protocol: what a device sends and what it is told.
+//! medledger's wire protocol: what a device sends and what it is told, what
+//! collectors and servers exchange about accepted readings, and how the
+//! data reads as FHIR R4: types, their encodings and their checks.
 //!
-//! ```text
-//!  Reading --to_cbor--> payload --SigningKey::sign--> COSE_Sign1 bytes
-//!                                                         | POST /v1/readings
-//!  Reading <--verify(VerifyingKey)-- SignedReading <--decode
-//!          (kid, alg, signature, payload, catalogue)
-//! ```
-//!
+//! - [`batch`]: what collectors forward to servers and the receipts: the
+//!   reading hash, the CBOR [`ForwardBatch`], the patient card's digest,
+//!   the server's [`CommitReply`], the device's [`Receipt`];
+//! - [`catalogue`]: the data types a reading may carry, LOINC codes with
+//!   their UCUM units;
 //! - [`cbor`]: a strict deterministic CBOR codec (RFC 8949 §4.2.1);
-//! - [`cose`]: COSE_Sign1 (RFC 9052) with ES256 and EdDSA through ring;
-//! - [`reading`]: the typed [`Reading`] and its payload checks;
-//! - [`catalogue`]: LOINC codes and their UCUM units;
-//! - [`problem`]: RFC 9457 problem details with stable types;
-//! - [`purpose`]: the PurposeOfUse codes a read is asked for;
-//! - [`batch`]: what collectors forward to servers, and the receipts;
+//! - [`cose`]: COSE_Sign1 (RFC 9052) envelopes signed with ES256 or EdDSA
+//!   through ring, many verified at once ([`verify_batch`]);
+//! - `ed25519`: Ed25519 verification as RFC 8032 states it (ed25519-zebra,
+//!   canonical encodings required), alone or batched with the same answer;
 //! - [`fhir`]: readings, reads, consents, devices and patients as FHIR R4
 //!   resources, conforming to the R4 vital-signs profiles;
 //! - [`mqtt`]: the MQTT topics of readings and receipts;
-//! - [`portal`]: the texts people sign in the portal (sign-in, requests).
+//! - [`portal`]: the texts people sign in the portal (sign-in, requests);
+//! - [`problem`]: RFC 9457 problem details with stable types;
+//! - [`purpose`]: the PurposeOfUse codes a read is asked for;
+//! - [`reading`]: the typed [`Reading`] and its payload checks;
+//! - `test_utils` (feature `test-utils`): a FHIR validator no one here
+//!   wrote (`fhir-check/`), for other crates' tests.
 //!
-//! No feature flags.
+//! ```text
+//!  Reading --to_cbor--> payload --SigningKey::sign--> COSE_Sign1 bytes
+//!                                                         | POST /v1/readings, MQTT
+//!  Reading <--verify(VerifyingKey)-- SignedReading <--decode
+//!          (kid, alg, signature, payload, catalogue)
+//!
+//!  device --COSE_Sign1--> collector --ForwardBatch (CBOR)--> server
+//!         <--Receipt (JSON)--        <--CommitReply (JSON)--
+//! ```
+//!
+//! Feature `test-utils`: the `test_utils` module.
 
 pub mod batch;
 pub mod catalogue;

@@ -1,23 +1,77 @@
-//! The application server: commits what collectors forward.
+//! The application server: commits what collectors forward, keeps every
+//! patient's ledger and sealed readings, anchors them on chain, and serves
+//! people their data, alerts and proofs (HTTPS over mutual TLS, FHIR R4,
+//! and a web portal).
+//!
+//! - [`alerts`]: patient alerts with preferences, inbox and server-sent
+//!   events, and the `ConsentChanged` and `Annotation` ledger entries of
+//!   chain events, committed with their alerts and the alert cursor;
+//! - `anchor`: anchoring batch roots (kind 2), changed ledger checkpoints
+//!   (kind 3) and ledger key rotations (kind 6), one `anchorMany` a round;
+//! - [`annotations`]: annotation texts checked against their on-chain
+//!   `Annotated` event, sealed with the patient's key, served as
+//!   Observation notes;
+//! - `answer`: what every endpoint answers with: refusals as problem+json,
+//!   JSON and FHIR answers, query parameters;
+//! - `caller`: who asks: a `Caller` from the client certificate or a portal
+//!   session, with the certificate behind it, re-checked against the CRLs;
+//! - [`config`]: the TOML configuration;
+//! - `directory`: people's display names, off chain, from their
+//!   certificates or an admin, shown in alerts, FHIR and the portal;
+//! - [`erase`]: the right to be forgotten: data keys shredded first, the
+//!   ledger reduced to a signed tombstone, the rest deleted or unlinked,
+//!   the erasure recorded on chain (kind 4); idempotent;
+//! - [`fhir_api`]: the same reads as a FHIR R4 REST read API at `/fhir/r4/`;
+//! - `held`: readings a collector holds as dead letters: an alert to each
+//!   patient concerned and a line for the operators;
+//! - `http`: the endpoints: `POST /v1/batches` for collectors; proofs,
+//!   records, ledgers, audit trails, alerts and erasures for people;
+//! - [`indexer`]: every event of our contracts copied into SQL, in chain
+//!   order, from a persisted cursor;
+//! - `ingest`: the ingest commit, which reads as its stages; for a
+//!   collector in this process, [`Ingest`] only binds, sequences and
+//!   stores;
+//! - [`justifications`]: break-glass justifications checked against the
+//!   request's hash, sealed with the patient's key;
+//! - [`leases`]: several servers on one database: a lease per patient
+//!   ledger held in SQL, renewed while the server lives, fenced in the
+//!   appending transaction; jobs only one server runs;
+//! - `portal`: the web portal on its own HTTPS port: the embedded page,
+//!   sign-in with a chain key, signed off-chain requests, relayed
+//!   transactions, the JSON the pages read;
+//! - [`records`]: staff reads as FHIR on usable AccessLog requests, an
+//!   `AccessEvent` per attempt committed with its alert, and those entries
+//!   as FHIR AuditEvents;
+//! - [`recover`]: chain recovery, the server's part: its indexed events up
+//!   to a block, and the move to a new chain in one transaction;
+//! - `relay`: readings of patients another server holds, sent on to it;
+//! - [`rewrap`]: the background rewrap of data keys under a previous KEK;
+//! - `subjects`: whom a request is about: the patient's own, the one an
+//!   admin names, the admin;
+//! - `turns`: a collector's batches in flight committed in the order it
+//!   sent them;
+//! - `webhook`: HMAC-signed HTTPS alert webhooks that never reach an
+//!   internal address or the server itself unless an admin allows it
+//!   ([`WebhookAllow`]), checked when set and before each delivery.
 //!
 //! ```text
 //!  collector --mTLS POST /v1/batches--> ingest: re-verify every reading
-//!      (device certificate + CRL, COSE signature, Registry binding, card
-//!      signature per patient, rules, sequence) --> seal one blob per
+//!      (device certificate + CRL, COSE signature); then, in the order the
+//!      collector sent its batches (turns): Registry binding, card
+//!      signature per patient, rules, sequence --> seal one blob per
 //!      patient --> blob store; DataRecorded entries + reading index +
-//!      batch root in one SQL transaction --> CommitReply
-//!  anchor task: batch roots (kind 2) and changed patient-ledger
-//!      checkpoints (kind 3) --> Anchor.anchorMany
+//!      marks + batch root in one SQL transaction --> CommitReply
+//!  anchor task: batch roots (kind 2), changed patient-ledger checkpoints
+//!      (kind 3), ledger key rotations (kind 6) --> Anchor.anchorMany
+//!  indexer: eth_getLogs after the cursor --> chain_events + cursor
+//!      --> alerts task: ledger entries + alerts --> inbox, SSE, webhook
+//!  staff GET /v1/records or /fhir/r4/Observation: AccessLog.usable -->
+//!      FHIR Bundle + ledger proofs + notes; AccessEvent + alert
 //!  GET /v1/readings/{hash}/proof: ledger inclusion + checkpoint, batch
 //!      inclusion + anchoring transaction
 //! ```
 //!
-//! - [`config`]: the TOML configuration;
-//! - [`indexer`]: our contracts' events, copied into SQL;
-//! - [`leases`]: several servers on one database, one writer per patient
-//!   ledger;
-//! - alert webhooks: HTTPS only, never to an internal address unless
-//!   allowed ([`WebhookAllow`]).
+//! No feature flags.
 
 pub mod alerts;
 mod anchor;

@@ -1164,7 +1164,7 @@ impl Demo {
             },
         })?;
         node.set_permissions(std::sync::Arc::new(
-            medledger_contracts::RegistryPermissions::new(h.admin.addresses().registry),
+            medledger_chain::RegistryPermissions::new(h.admin.addresses().registry),
         ));
         let server = h.restored_server(&backup.join("server"), &node).await?;
         let live: Vec<[u8; 32]> = h

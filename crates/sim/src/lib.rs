@@ -25,14 +25,13 @@ use alloy::signers::local::PrivateKeySigner;
 use anyhow::{Context, Result};
 use medledger_chain::rpc::Rpc;
 use medledger_chain::rpc::transport::InProcess;
-use medledger_chain::{Node, NodeConfig, Sealing};
+use medledger_chain::{Node, NodeConfig, RegistryPermissions, Sealing};
 use medledger_collector::{
     CardSigner, Cards, Collector, ForwardError, InProcessServer, Limits, MqttSettings,
     ServerTarget, SoftwareCard, TokenCard, Upstream,
 };
 use medledger_contracts::{
-    Contracts, RegistryPermissions, StaffRole, code_key, epc_bytes, send, short_text,
-    signing_provider,
+    Contracts, StaffRole, code_key, epc_bytes, send, short_text, signing_provider,
 };
 use medledger_mqtt::mosquitto::{self, BrokerSpec, Mosquitto};
 use medledger_patient_ledger::NoteSigner;

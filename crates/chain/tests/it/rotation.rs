@@ -10,8 +10,9 @@ use alloy::network::EthereumWallet;
 use alloy::primitives::{Address, B64, Bytes, U256};
 use alloy::providers::{Provider, ProviderBuilder};
 use alloy::signers::local::PrivateKeySigner;
-use medledger_chain::authority::{self, HANDOVER_NONCE, ORDINARY_NONCE, Rotation};
+use medledger_chain::authority::{HANDOVER_NONCE, ORDINARY_NONCE};
 use medledger_chain::genesis::layout;
+use medledger_chain::rotation::{self, Rotation};
 use medledger_chain::{ChainError, Node, TxError, seal};
 use medledger_pki::EthAccount;
 use redb::TableDefinition;
@@ -51,7 +52,7 @@ fn after_a_rotation_the_chain_goes_on_sealed_by_the_new_key() {
     let genesis_authority = medledger_chain::Genesis::load(d).unwrap().authority;
     let old_key = key_text(d);
 
-    let rotation = authority::rotate(d).unwrap();
+    let rotation = rotation::rotate(d).unwrap();
     assert_eq!(rotation.retired, genesis_authority);
     assert_ne!(rotation.authority, genesis_authority);
     assert_eq!(rotation.handover, 3, "blocks 1 and 2 held the counter");
@@ -122,8 +123,8 @@ fn two_rotations_in_a_row_hand_over_twice() {
     let d = dir.path();
     let signer = PrivateKeySigner::random();
     first_life(d, &signer);
-    let first = authority::rotate(d).unwrap();
-    let second = authority::rotate(d).unwrap();
+    let first = rotation::rotate(d).unwrap();
+    let second = rotation::rotate(d).unwrap();
     assert_eq!(second.retired, first.authority);
     assert_eq!((first.handover, second.handover), (3, 4));
     assert_eq!(seal::signer(&header(d, 4)).unwrap(), first.authority);
@@ -206,7 +207,7 @@ fn a_block_sealed_by_the_retired_key_after_its_handover_is_refused() {
 
     let Rotation {
         retired, authority, ..
-    } = authority::rotate(d).unwrap();
+    } = rotation::rotate(d).unwrap();
     let forged = append_forged_block(d, &old, old.address(), ORDINARY_NONCE);
     assert_eq!(forged, 4);
     let result = restart(d, &signer);
@@ -222,7 +223,7 @@ fn a_block_sealed_by_the_retired_key_after_its_handover_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     first_life(dir.path(), &signer);
     let old = EthAccount::from_hex(&key_text(dir.path())).unwrap();
-    authority::rotate(dir.path()).unwrap();
+    rotation::rotate(dir.path()).unwrap();
     let own = EthAccount::generate();
     append_forged_block(dir.path(), &old, own.address(), HANDOVER_NONCE);
     expect_tampered(restart(dir.path(), &signer), 4, "retired authority");
@@ -249,7 +250,7 @@ fn a_rotation_cut_short_before_its_handover_is_rolled_back() {
     assert_eq!(restart(d, &signer).unwrap(), 2);
     assert!(!d.join(layout::NEXT_AUTHORITY_KEY).exists());
     // And a rotation after that works.
-    assert_eq!(authority::rotate(d).unwrap().handover, 3);
+    assert_eq!(rotation::rotate(d).unwrap().handover, 3);
 }
 
 #[test]
@@ -261,7 +262,7 @@ fn a_rotation_cut_short_after_its_handover_is_finished() {
         let signer = PrivateKeySigner::random();
         first_life(d, &signer);
         let old_key = key_text(d);
-        let rotation = authority::rotate(d).unwrap();
+        let rotation = rotation::rotate(d).unwrap();
         // Put the files back as they were between the handover's commit
         // and the rename.
         std::fs::rename(
@@ -313,7 +314,7 @@ fn the_retired_authority_may_no_longer_send_and_the_new_one_may() {
             .unwrap();
     });
     drop(rt);
-    let rotation = authority::rotate(d).unwrap();
+    let rotation = rotation::rotate(d).unwrap();
     let new: PrivateKeySigner = key_text(d).trim().parse().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
@@ -333,7 +334,7 @@ fn the_retired_authority_may_no_longer_send_and_the_new_one_may() {
 #[test]
 fn rotation_refuses_a_directory_without_a_chain() {
     let dir = tempfile::tempdir().unwrap();
-    let e = authority::rotate(dir.path()).unwrap_err();
+    let e = rotation::rotate(dir.path()).unwrap_err();
     assert!(e.to_string().contains("genesis.json is missing"), "{e}");
     assert!(matches!(e, ChainError::Store { .. }));
 }
@@ -345,7 +346,7 @@ fn rotation_refuses_while_the_node_runs() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let node = Node::start(&config(d, Vec::new())).unwrap();
-        let e = authority::rotate(d).unwrap_err();
+        let e = rotation::rotate(d).unwrap_err();
         assert!(matches!(e, ChainError::InUse { .. }), "{e}");
         assert!(e.to_string().contains("stop it first"), "{e}");
         assert!(!d.join(layout::NEXT_AUTHORITY_KEY).exists());

@@ -9,10 +9,8 @@ use alloy::signers::local::PrivateKeySigner;
 use alloy::sol_types::SolEvent;
 use medledger_chain::rpc::Rpc;
 use medledger_chain::rpc::transport::InProcess;
-use medledger_chain::{Node, NodeConfig, Sealing};
-use medledger_contracts::{
-    Contracts, Error, RegistryPermissions, StaffRole, send, short_text, signing_provider,
-};
+use medledger_chain::{Node, NodeConfig, RegistryPermissions, Sealing};
+use medledger_contracts::{Contracts, Error, StaffRole, send, short_text, signing_provider};
 use medledger_pki::Epc;
 use std::sync::Arc;
 use std::time::Duration;

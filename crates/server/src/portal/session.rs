@@ -18,6 +18,7 @@
 //! of them costs nothing to keep; an answered one is taken once, in SQL,
 //! like a signed request.
 
+use super::events::text_or;
 use crate::State;
 use crate::answer::{json_response, problem};
 use crate::caller::{Caller, Certificate, Via};
@@ -578,7 +579,7 @@ async fn describe(state: &State, caller: &Caller) -> Response {
 /// The admitted patients `carer` is assigned to now, from the indexed
 /// Registry events.
 async fn cared_for(state: &State, carer: Address) -> Result<Vec<Value>, String> {
-    let events = super::views::indexed(
+    let events = super::events::indexed(
         state,
         &[
             "PatientAdmitted",
@@ -628,15 +629,6 @@ async fn cared_for(state: &State, carer: Address) -> Result<Vec<Value>, String> 
         }
     }
     Ok(mine.iter().filter_map(|p| wards.get(p).cloned()).collect())
-}
-
-/// A `bytes32` short text as the indexer shows it (quoted), as text.
-pub(super) fn text_or(shown: &str) -> String {
-    shown
-        .strip_prefix('"')
-        .and_then(|s| s.strip_suffix('"'))
-        .unwrap_or(shown)
-        .to_owned()
 }
 
 /// Checks that an off-chain state change was signed by the caller, for

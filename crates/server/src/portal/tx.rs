@@ -6,6 +6,7 @@
 //! signed; it refuses to relay what the signed-in account did not sign,
 //! or what is not addressed to one of our contracts.
 
+use super::events::events_of;
 use crate::State;
 use crate::answer::{Refused, refused};
 use crate::answer::{json_response, problem};
@@ -17,11 +18,10 @@ use alloy::contract::{CallBuilder, CallDecoder};
 use alloy::eips::Decodable2718;
 use alloy::primitives::{Address, B256, U256};
 use alloy::providers::Provider;
-use alloy::rpc::types::TransactionReceipt;
 use axum::body::Body;
 use axum::extract::{Extension, State as AxState};
 use axum::response::Response;
-use medledger_contracts::{Scope, StaffRole, decode_event, short_text};
+use medledger_contracts::{Scope, StaffRole, short_text};
 use medledger_pki::Role;
 use medledger_protocol::ProblemType;
 use serde_json::{Value, json};
@@ -668,22 +668,4 @@ pub(super) async fn relay(
         "events": events_of(&receipt),
         "error": (!ok).then_some("the transaction reverted: the chain changed since it was prepared; prepare it again"),
     }))
-}
-
-/// A receipt's events of our contracts, decoded: `{event, ...args}`.
-pub(super) fn events_of(receipt: &TransactionReceipt) -> Vec<Value> {
-    receipt
-        .inner
-        .logs()
-        .iter()
-        .filter_map(|log| decode_event(&log.inner))
-        .map(|e| {
-            let mut v = serde_json::Map::new();
-            v.insert("event".into(), json!(e.name));
-            for (k, value) in e.args {
-                v.insert(k, json!(super::session::text_or(&value)));
-            }
-            Value::Object(v)
-        })
-        .collect()
 }

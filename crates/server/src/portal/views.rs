@@ -1,12 +1,12 @@
 //! What the portal's pages read: chain records, consents, vitals, ledger
 //! entries, requests, and the admin's overview.
 
-use super::session::text_or;
+use super::events::{arg, events_of, indexed, text_or};
 use crate::State;
 use crate::answer::{Refused, refused};
 use crate::answer::{fhir_response, json_response, number_param, problem, query_param};
 use crate::caller::Caller;
-use crate::indexer::{IndexedEvent, events_named};
+use crate::indexer::IndexedEvent;
 use crate::subjects::patient_of;
 use alloy::primitives::{Address, B256, U256};
 use alloy::providers::Provider;
@@ -39,19 +39,6 @@ const RECENT_ANCHORS: u64 = 20;
 const RECENT_RULE_CHANGES: u64 = 50;
 /// Blocks the overview lists.
 const RECENT_BLOCKS: u64 = 10;
-
-/// The events with one of `names`, newest first or in chain order, at
-/// most `limit` of them.
-pub(super) async fn indexed(
-    state: &State,
-    names: &[&str],
-    newest_first: bool,
-    limit: Option<u64>,
-) -> Result<Vec<IndexedEvent>, String> {
-    events_named(&state.db, names, newest_first, limit)
-        .await
-        .map_err(|e| e.to_string())
-}
 
 fn unavailable(e: impl std::fmt::Display) -> Response {
     problem(ProblemType::Unavailable, e.to_string())
@@ -141,10 +128,6 @@ fn readable(args: &Value) -> Value {
         ),
         other => other.clone(),
     }
-}
-
-fn arg<'a>(e: &'a IndexedEvent, name: &str) -> &'a str {
-    e.args[name].as_str().unwrap_or("")
 }
 
 fn same_account(shown: &str, account: Option<Address>) -> bool {
@@ -247,7 +230,7 @@ pub(super) async fn transaction(
     };
     // An admin sees any transaction; others their own, and a patient
     // those that name them.
-    let events = super::tx::events_of(&receipt);
+    let events = events_of(&receipt);
     let own_patient = match caller.role {
         Role::Patient => patient_of(&state, &caller)
             .await
