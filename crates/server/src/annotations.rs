@@ -8,7 +8,7 @@
 //! reading's Observations.
 
 use crate::State;
-use crate::answer::{Refused, refused};
+use crate::answer::{Refused, refused, unavailable};
 use crate::caller::Caller;
 use medledger_pki::Role;
 use medledger_protocol::{ProblemType, fhir, now_ms, reading_hash};
@@ -29,7 +29,6 @@ pub(crate) async fn store(
     id: u64,
     text: &str,
 ) -> Result<Value, Refused> {
-    let unavailable = |e: &dyn std::fmt::Display| refused(ProblemType::Unavailable, e.to_string());
     if !matches!(caller.role, Role::Doctor | Role::Nurse) {
         return Err(refused(
             ProblemType::WrongRole,
@@ -56,9 +55,9 @@ pub(crate) async fn store(
         &contracts.annotation_filter(id),
     )
     .await
-    .map_err(|e| unavailable(&e))?;
+    .map_err(unavailable)?;
     let event = medledger_contracts::annotation_from(&logs)
-        .map_err(|e| unavailable(&e))?
+        .map_err(unavailable)?
         .ok_or_else(|| {
             refused(
                 ProblemType::NotFound,
@@ -88,7 +87,7 @@ pub(crate) async fn store(
         .bind(patient.to_vec())
         .fetch_optional(state.db.pool())
         .await
-        .map_err(|e| unavailable(&e))?;
+        .map_err(unavailable)?;
     if stored.is_none() {
         return Err(refused(
             ProblemType::NotFound,
@@ -102,7 +101,7 @@ pub(crate) async fn store(
         .vault
         .seal(&patient, text.as_bytes())
         .await
-        .map_err(|e| unavailable(&e))?;
+        .map_err(unavailable)?;
     sqlx::query(
         "INSERT INTO annotations (id, patient, reading, author, correction, content_hash, \
          sealed, created_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING",
@@ -117,7 +116,7 @@ pub(crate) async fn store(
     .bind(i64::try_from(now_ms()).unwrap_or(i64::MAX))
     .execute(state.db.pool())
     .await
-    .map_err(|e| unavailable(&e))?;
+    .map_err(unavailable)?;
     Ok(json!({
         "annotation": id,
         "reading": hex::encode(event.readingRef),

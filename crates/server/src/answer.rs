@@ -40,6 +40,25 @@ impl From<Refused> for axum::response::Response {
     }
 }
 
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        self.into()
+    }
+}
+
+/// What the server says when it cannot answer for a reason of its own
+/// (its database, its chain node, its blob store): a 503 with a fixed
+/// detail. The reason itself is logged, never sent: it names internals.
+pub(crate) const UNAVAILABLE: &str = "the server could not answer now; try again";
+
+/// A failure of the server's own (`e`), logged, answered 503
+/// `unavailable` with [`UNAVAILABLE`] as its detail.
+pub(crate) fn unavailable(e: impl std::fmt::Display) -> Refused {
+    tracing::warn!(error = %e, "answered 503: the server could not answer");
+    refused(ProblemType::Unavailable, UNAVAILABLE)
+}
+
+/// A refusal: `kind`, with `detail` for a person.
 pub(crate) fn refused(kind: ProblemType, detail: impl Into<String>) -> Refused {
     Refused {
         kind,
@@ -67,4 +86,17 @@ pub(crate) fn number_param(uri: &axum::http::Uri, name: &str) -> Result<Option<u
             })
         })
         .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failure_of_the_servers_own_is_answered_without_its_text() {
+        let r = unavailable("sqlite: disk I/O error at /var/lib/medledger/server.db");
+        assert_eq!(r.kind, ProblemType::Unavailable);
+        assert_eq!(r.detail, UNAVAILABLE);
+        assert_eq!(r.into_response().status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
 }

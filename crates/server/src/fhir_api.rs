@@ -18,7 +18,7 @@
 //! unavailable chain or database is named as such, never by its own error.
 
 use crate::State;
-use crate::answer::{Refused, refused};
+use crate::answer::{Refused, refused, unavailable};
 use crate::answer::{bounded, fhir_response, problem};
 use crate::caller::Caller;
 use crate::records::Selection;
@@ -594,22 +594,17 @@ async fn consents(
 
 /// The patient's live grants as FHIR Consents.
 async fn grants(state: &State, patient: &[u8; 32]) -> Result<Vec<Value>, Refused> {
-    let unavailable = |e: &dyn std::fmt::Display| refused(ProblemType::Unavailable, e.to_string());
     let consent = state.view.contracts().consent();
     let ids = consent
         .liveGrants(B256::from(*patient))
         .call()
         .await
-        .map_err(|e| unavailable(&e))?;
+        .map_err(unavailable)?;
     let now = now_ms();
     let names = state.directory.all().await;
     let mut out = Vec::new();
     for id in ids {
-        let g = consent
-            .grantOf(id)
-            .call()
-            .await
-            .map_err(|e| unavailable(&e))?;
+        let g = consent.grantOf(id).call().await.map_err(unavailable)?;
         let scope = medledger_contracts::Scope(g.scope);
         let types: Vec<_> = CATALOGUE.iter().filter(|t| scope.contains(t)).collect();
         let grantee = (!g.grantee.is_zero()).then(|| g.grantee.to_string());
@@ -663,7 +658,7 @@ async fn device(
     let registry = state.view.contracts().registry();
     let found = match registry.device(FixedBytes(*epc.as_bytes())).call().await {
         Ok(d) => d,
-        Err(e) => return problem(ProblemType::Unavailable, e.to_string()),
+        Err(e) => return unavailable(e).into(),
     };
     if !found.registered {
         return problem(

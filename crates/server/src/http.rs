@@ -4,7 +4,7 @@
 use crate::State;
 use crate::answer::{
     Refused, bounded, fhir_response, json_response, number_param, problem, problem_retry_after,
-    query_param, refused,
+    query_param, refused, unavailable,
 };
 use crate::caller::Caller;
 use crate::ingest::{self, Unavailable};
@@ -108,10 +108,7 @@ async fn batches(
             );
         }
         Err(e) => {
-            return problem(
-                ProblemType::Unavailable,
-                format!("the chain cannot be asked: {e}"),
-            );
+            return unavailable(format!("the chain cannot be asked: {e}")).into();
         }
     }
     let Ok(bytes) = axum::body::to_bytes(body, MAX_BATCH_BYTES).await else {
@@ -335,7 +332,7 @@ async fn directory(
 ) -> Response {
     match state.directory.visible_to(&caller).await {
         Ok(names) => json_response(&serde_json::json!({ "names": names })),
-        Err(e) => problem(ProblemType::Unavailable, e.to_string()),
+        Err(e) => unavailable(e).into(),
     }
 }
 
@@ -415,7 +412,7 @@ async fn ledger(
     };
     match state.ledger.export(&patient).await {
         Ok(bundle) => json_response(&bundle),
-        Err(e) => problem(ProblemType::Unavailable, e.to_string()),
+        Err(e) => unavailable(e).into(),
     }
 }
 
@@ -452,7 +449,7 @@ async fn alerts(
     };
     match state.alerts.list(&patient, after, limit).await {
         Ok(list) => json_response(&serde_json::json!({ "alerts": list })),
-        Err(e) => problem(ProblemType::Unavailable, e.to_string()),
+        Err(e) => unavailable(e).into(),
     }
 }
 
@@ -467,7 +464,7 @@ async fn preferences(
     };
     match state.alerts.preferences(&patient).await {
         Ok(prefs) => json_response(&prefs),
-        Err(e) => problem(ProblemType::Unavailable, e.to_string()),
+        Err(e) => unavailable(e).into(),
     }
 }
 
@@ -493,7 +490,7 @@ async fn set_preferences(
     }
     match state.alerts.set_preferences(&patient, &prefs).await {
         Ok(()) => json_response(&prefs),
-        Err(e) => problem(ProblemType::Unavailable, e.to_string()),
+        Err(e) => unavailable(e).into(),
     }
 }
 
@@ -508,7 +505,7 @@ async fn webhook(
     };
     match crate::webhook::url(&state, &patient).await {
         Ok(url) => json_response(&serde_json::json!({ "url": url })),
-        Err(e) => problem(ProblemType::Unavailable, e.to_string()),
+        Err(e) => unavailable(e).into(),
     }
 }
 
@@ -553,7 +550,7 @@ async fn set_webhook(
         Some(a) => a,
         None => match state.alerts.last_id().await {
             Ok(id) => id,
-            Err(e) => return problem(ProblemType::Unavailable, e.to_string()),
+            Err(e) => return unavailable(e).into(),
         },
     };
     let new = crate::webhook::NewHook {
@@ -563,7 +560,7 @@ async fn set_webhook(
     };
     match crate::webhook::set(&state, &patient, Some(new), after).await {
         Ok(()) => json_response(&serde_json::json!({ "url": url.as_str(), "after": after })),
-        Err(e) => problem(ProblemType::Unavailable, e.to_string()),
+        Err(e) => unavailable(e).into(),
     }
 }
 
@@ -578,7 +575,7 @@ async fn remove_webhook(
     };
     match crate::webhook::set(&state, &patient, None, 0).await {
         Ok(()) => json_response(&serde_json::json!({ "url": null })),
-        Err(e) => problem(ProblemType::Unavailable, e.to_string()),
+        Err(e) => unavailable(e).into(),
     }
 }
 
@@ -703,7 +700,7 @@ async fn may_see(
         .bind(hash.to_vec())
         .fetch_optional(state.db.pool())
         .await
-        .map_err(|e| problem(ProblemType::Unavailable, e.to_string()))?;
+        .map_err(|e| Response::from(unavailable(e)))?;
     let Some(row) = row else {
         return Err(problem(
             ProblemType::NotFound,
@@ -712,7 +709,7 @@ async fn may_see(
     };
     let patient: Vec<u8> = row
         .try_get("patient")
-        .map_err(|e| problem(ProblemType::Unavailable, e.to_string()))?;
+        .map_err(|e| Response::from(unavailable(e)))?;
     let refused = || {
         problem(
             ProblemType::Forbidden,

@@ -8,7 +8,7 @@
 //! the patient (`GET /v1/justifications?request=ID`).
 
 use crate::State;
-use crate::answer::{Refused, refused};
+use crate::answer::{Refused, refused, unavailable};
 use crate::caller::Caller;
 use alloy::primitives::U256;
 use medledger_pki::Role;
@@ -27,7 +27,6 @@ pub(crate) async fn store(
     id: u64,
     text: &str,
 ) -> Result<Value, Refused> {
-    let unavailable = |e: &dyn std::fmt::Display| refused(ProblemType::Unavailable, e.to_string());
     let Some(author) = caller.account else {
         return Err(refused(
             ProblemType::WrongRole,
@@ -53,7 +52,7 @@ pub(crate) async fn store(
         .requestOf(U256::from(id))
         .call()
         .await
-        .map_err(|e| unavailable(&e))?;
+        .map_err(unavailable)?;
     if request.emergencyReason.is_zero() {
         return Err(refused(
             ProblemType::NotFound,
@@ -82,7 +81,7 @@ pub(crate) async fn store(
         .vault
         .seal(&patient, text.as_bytes())
         .await
-        .map_err(|e| unavailable(&e))?;
+        .map_err(unavailable)?;
     sqlx::query(
         "INSERT INTO justifications (request, patient, author, content_hash, sealed, created_ms) \
          VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (request) DO NOTHING",
@@ -95,7 +94,7 @@ pub(crate) async fn store(
     .bind(i64::try_from(now_ms()).unwrap_or(i64::MAX))
     .execute(state.db.pool())
     .await
-    .map_err(|e| unavailable(&e))?;
+    .map_err(unavailable)?;
     Ok(json!({ "request": id, "stored": true }))
 }
 
@@ -106,23 +105,22 @@ pub(crate) async fn text(
     caller: &Caller,
     id: u64,
 ) -> Result<Option<Value>, Refused> {
-    let unavailable = |e: &dyn std::fmt::Display| refused(ProblemType::Unavailable, e.to_string());
     let row = sqlx::query(
         "SELECT patient, author, content_hash, sealed, created_ms FROM justifications WHERE request = $1",
     )
     .bind(i64::try_from(id).unwrap_or(i64::MAX))
     .fetch_optional(state.db.pool())
     .await
-    .map_err(|e| unavailable(&e))?;
+    .map_err(unavailable)?;
     let Some(row) = row else {
         return Ok(None);
     };
-    let get = |e: sqlx::Error| unavailable(&e);
+    let get = |e: sqlx::Error| unavailable(e);
     let patient: [u8; 32] = row
         .try_get::<Vec<u8>, _>("patient")
         .map_err(get)?
         .try_into()
-        .map_err(|_| unavailable(&"bad patient"))?;
+        .map_err(|_| unavailable("bad patient"))?;
     // The patient's own, or any patient's for an admin.
     crate::subjects::subject_of(state, caller, Some(patient))
         .await
@@ -146,13 +144,13 @@ pub(crate) async fn text(
         .try_get::<Vec<u8>, _>("content_hash")
         .map_err(get)?
         .try_into()
-        .map_err(|_| unavailable(&"bad content hash"))?;
+        .map_err(|_| unavailable("bad content hash"))?;
     let sealed: Vec<u8> = row.try_get("sealed").map_err(get)?;
     let plain = state
         .vault
         .open(&patient, &content_hash, &sealed)
         .await
-        .map_err(|e| unavailable(&e))?;
+        .map_err(unavailable)?;
     let author: Vec<u8> = row.try_get("author").map_err(get)?;
     Ok(Some(json!({
         "request": id,

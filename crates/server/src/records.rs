@@ -11,7 +11,7 @@
 
 use crate::State;
 use crate::alerts::NewAlert;
-use crate::answer::{Refused, refused};
+use crate::answer::{Refused, refused, unavailable};
 use crate::caller::Caller;
 use crate::ingest::{open_blob, reading_at};
 use alloy::primitives::{Address, U256};
@@ -86,13 +86,12 @@ pub(crate) async fn serve(
     id: u64,
     selection: &Selection,
 ) -> Result<Page, Refused> {
-    let unavailable = |e: &dyn std::fmt::Display| refused(ProblemType::Unavailable, e.to_string());
     let access_log = state.view.contracts().access_log();
     let count = access_log
         .requestCount()
         .call()
         .await
-        .map_err(|e| unavailable(&e))?;
+        .map_err(unavailable)?;
     if id == 0 || U256::from(id) > count {
         return Err(refused(
             ProblemType::NotFound,
@@ -103,13 +102,13 @@ pub(crate) async fn serve(
         .requestOf(U256::from(id))
         .call()
         .await
-        .map_err(|e| unavailable(&e))?;
+        .map_err(unavailable)?;
     let patient = request.patientRef.0;
     if state
         .ledger
         .is_erased(&patient)
         .await
-        .map_err(|e| unavailable(&e))?
+        .map_err(unavailable)?
     {
         return Err(refused(
             ProblemType::NotFound,
@@ -188,7 +187,7 @@ pub(crate) async fn serve(
                 .alerts
                 .unusual_read(&patient, &who, carer)
                 .await
-                .map_err(|e| unavailable(&e))?;
+                .map_err(unavailable)?;
             let mut why = format!("{person} read {count} observation(s) with request {id}");
             if !unusual.is_empty() {
                 why.push_str(&format!("; unusual: {}", unusual.join(", ")));
@@ -224,7 +223,7 @@ pub(crate) async fn serve(
         .leases
         .take([patient], true)
         .await
-        .map_err(|e| unavailable(&e))?;
+        .map_err(unavailable)?;
     state
         .alerts
         .record(
@@ -240,7 +239,7 @@ pub(crate) async fn serve(
             None,
         )
         .await
-        .map_err(|e| unavailable(&e))?;
+        .map_err(unavailable)?;
     state.metrics.add(
         "medledger_server_record_requests_total",
         "Record requests by outcome.",
@@ -287,7 +286,7 @@ async fn check(
         .contracts()
         .request_usable(id, requester)
         .await
-        .map_err(|e| refused(ProblemType::Unavailable, e.to_string()))?;
+        .map_err(unavailable)?;
     if !usable {
         let now = now_ms() / 1000;
         let why = if request.decision != GRANTED {
@@ -318,7 +317,6 @@ pub(crate) async fn bundle(
     newest: u64,
     selection: &Selection,
 ) -> Result<Page, Refused> {
-    let failed = |e: &dyn std::fmt::Display| refused(ProblemType::Unavailable, e.to_string());
     let mut rows = sqlx::query(
         "SELECT r.hash AS hash, r.idx AS idx, r.blob AS blob, r.blob_sha256 AS digest, \
          r.pos AS pos, e.entry AS entry FROM ingest_readings r JOIN ledger_entries e \
@@ -329,31 +327,31 @@ pub(crate) async fn bundle(
     .bind(i64::try_from(newest).unwrap_or(i64::MAX))
     .fetch_all(state.db.pool())
     .await
-    .map_err(|e| failed(&e))?;
+    .map_err(unavailable)?;
     rows.reverse();
     let in_scope = |code: &str| data_type(code).is_some_and(|t| scope.contains(t));
     let notes = crate::annotations::notes(state, patient)
         .await
-        .map_err(|e| failed(&e))?;
+        .map_err(unavailable)?;
     let mut blobs: HashMap<String, Vec<cbor::Value>> = HashMap::new();
     let mut kept = Vec::new();
     for row in rows {
-        let get = |e: sqlx::Error| failed(&e);
+        let get = |e: sqlx::Error| unavailable(e);
         let hash: [u8; 32] = row
             .try_get::<Vec<u8>, _>("hash")
             .map_err(get)?
             .try_into()
-            .map_err(|_| failed(&"bad reading hash"))?;
+            .map_err(|_| unavailable("bad reading hash"))?;
         let blob: String = row.try_get("blob").map_err(get)?;
         if !blobs.contains_key(&blob) {
             let digest: [u8; 32] = row
                 .try_get::<Vec<u8>, _>("digest")
                 .map_err(get)?
                 .try_into()
-                .map_err(|_| failed(&"bad blob digest"))?;
+                .map_err(|_| unavailable("bad blob digest"))?;
             let items = open_blob(state, patient, &blob, &digest)
                 .await
-                .map_err(|e| failed(&e))?;
+                .map_err(unavailable)?;
             blobs.insert(blob.clone(), items);
         }
         let cose = reading_at(
@@ -362,14 +360,14 @@ pub(crate) async fn bundle(
             row.try_get("pos").map_err(get)?,
             &hash,
         )
-        .map_err(|e| failed(&e))?;
+        .map_err(unavailable)?;
         // Stored readings were verified at ingest; only the payload is
         // needed here.
         let reading = SignedReading::decode(&cose)
             .ok()
             .and_then(|s| s.reading_unverified().ok())
             .ok_or_else(|| {
-                failed(&format!(
+                unavailable(format!(
                     "stored reading {} does not decode",
                     hex::encode(hash)
                 ))
@@ -401,7 +399,7 @@ pub(crate) async fn bundle(
         .ledger
         .proofs(patient, &indexes)
         .await
-        .map_err(|e| failed(&e))?;
+        .map_err(unavailable)?;
     let mut resources = Vec::new();
     for ((index, entry, mut observation), path) in kept.into_iter().zip(paths) {
         let proof = json!({
@@ -434,7 +432,6 @@ pub(crate) async fn bundle(
 /// Bundle of AuditEvents: one per `AccessEvent` entry in their ledger, each
 /// entry's form checked (entries are proven by `GET /v1/ledger`).
 pub(crate) async fn audit_events(state: &State, patient: &[u8; 32]) -> Result<Value, Refused> {
-    let failed = |e: &dyn std::fmt::Display| refused(ProblemType::Unavailable, e.to_string());
     // Every entry that is not a reading's (those are in ingest_readings).
     let rows = sqlx::query(
         "SELECT e.entry AS entry FROM ledger_entries e WHERE e.patient = $1 AND NOT EXISTS \
@@ -444,16 +441,16 @@ pub(crate) async fn audit_events(state: &State, patient: &[u8; 32]) -> Result<Va
     .bind(patient.to_vec())
     .fetch_all(state.db.pool())
     .await
-    .map_err(|e| failed(&e))?;
+    .map_err(unavailable)?;
     let mut events = Vec::new();
     let names = state.directory.all().await;
     for row in rows {
-        let stored: Vec<u8> = row.try_get("entry").map_err(|e| failed(&e))?;
+        let stored: Vec<u8> = row.try_get("entry").map_err(unavailable)?;
         let entry = state
             .ledger
             .history()
             .open_entry(&stored)
-            .map_err(|e| failed(&e))?;
+            .map_err(unavailable)?;
         if entry.kind != "AccessEvent" {
             continue;
         }

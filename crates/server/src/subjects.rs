@@ -3,7 +3,7 @@
 //! problem naming why.
 
 use crate::State;
-use crate::answer::{Refused, problem, refused};
+use crate::answer::{Refused, problem, refused, unavailable};
 use crate::caller::Caller;
 use alloy::primitives::Address;
 use axum::response::Response;
@@ -43,10 +43,7 @@ pub(crate) async fn patient_of(state: &State, caller: &Caller) -> Result<[u8; 32
             ProblemType::Forbidden,
             format!("the Registry knows no patient with account {account}"),
         )),
-        Err(e) => Err(problem(
-            ProblemType::Unavailable,
-            format!("the chain cannot be asked: {e}"),
-        )),
+        Err(e) => Err(unavailable(format!("the chain cannot be asked: {e}")).into()),
     }
 }
 
@@ -92,10 +89,7 @@ pub(crate) async fn admin_of(state: &State, caller: &Caller) -> Result<Address, 
             ProblemType::Forbidden,
             format!("{account} is not an admin in the Registry"),
         )),
-        Err(e) => Err(problem(
-            ProblemType::Unavailable,
-            format!("the chain cannot be asked: {e}"),
-        )),
+        Err(e) => Err(unavailable(format!("the chain cannot be asked: {e}")).into()),
     }
 }
 

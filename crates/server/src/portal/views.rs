@@ -3,7 +3,7 @@
 
 use super::events::{arg, events_of, indexed, text_or};
 use crate::State;
-use crate::answer::{Refused, refused};
+use crate::answer::{Refused, refused, unavailable};
 use crate::answer::{fhir_response, json_response, number_param, problem, query_param};
 use crate::caller::Caller;
 use crate::indexer::IndexedEvent;
@@ -40,8 +40,8 @@ const RECENT_RULE_CHANGES: u64 = 50;
 /// Blocks the overview lists.
 const RECENT_BLOCKS: u64 = 10;
 
-fn unavailable(e: impl std::fmt::Display) -> Response {
-    problem(ProblemType::Unavailable, e.to_string())
+fn failed(e: impl std::fmt::Display) -> Response {
+    unavailable(e).into()
 }
 
 fn only(caller: &Caller, roles: &[Role], what: &str) -> Result<(), Refused> {
@@ -80,7 +80,7 @@ async fn still(state: &State, caller: &Caller) -> Result<(), Response> {
                 caller.role
             ),
         )),
-        Err(e) => Err(unavailable(e)),
+        Err(e) => Err(failed(e)),
     }
 }
 
@@ -191,7 +191,7 @@ pub(super) async fn events(
     // The newest events only: a page lists at most MAX_EVENTS of them.
     let all = match indexed(&state, &names, true, Some(SCANNED_EVENTS)).await {
         Ok(all) => all,
-        Err(e) => return unavailable(e),
+        Err(e) => return failed(e),
     };
     let visible = all.iter().filter(|e| match caller.role {
         Role::Admin => true,
@@ -226,7 +226,7 @@ pub(super) async fn transaction(
     let receipt = match provider.get_transaction_receipt(hash).await {
         Ok(Some(r)) => r,
         Ok(None) => return problem(ProblemType::NotFound, format!("no transaction {hash}")),
-        Err(e) => return unavailable(e),
+        Err(e) => return failed(e),
     };
     // An admin sees any transaction; others their own, and a patient
     // those that name them.
@@ -284,13 +284,13 @@ pub(super) async fn consents(
         consent.optedOut(patient).call().await,
     ) {
         (Ok(ids), Ok(o)) => (ids, o),
-        (Err(e), _) | (_, Err(e)) => return unavailable(e),
+        (Err(e), _) | (_, Err(e)) => return failed(e),
     };
     let mut grants = Vec::new();
     for id in ids {
         let g = match consent.grantOf(id).call().await {
             Ok(g) => g,
-            Err(e) => return unavailable(e),
+            Err(e) => return failed(e),
         };
         let role = medledger_contracts::StaffRole::from_code(g.role).map(|r| r.name());
         grants.push(json!({
@@ -339,23 +339,23 @@ pub(super) async fn ledger_entry(
     let stored = match state.ledger.entry(&patient, index).await {
         Ok(Some(e)) => e,
         Ok(None) => return problem(ProblemType::NotFound, format!("no ledger entry {index}")),
-        Err(e) => return unavailable(e),
+        Err(e) => return failed(e),
     };
     let entry = match state.ledger.history().open_entry(&stored) {
         Ok(e) => e,
-        Err(e) => return unavailable(format!("ledger entry {index}: {e}")),
+        Err(e) => return failed(format!("ledger entry {index}: {e}")),
     };
     let note = match state.ledger.checkpoint(&patient).await {
         Ok(n) => n,
-        Err(e) => return unavailable(e),
+        Err(e) => return failed(e),
     };
     let size = match state.ledger.history().verify_checkpoint(&note) {
         Ok(cp) => cp.size,
-        Err(e) => return unavailable(e),
+        Err(e) => return failed(e),
     };
     let proof = match state.ledger.inclusion(&patient, index, size).await {
         Ok(p) => p,
-        Err(e) => return unavailable(e),
+        Err(e) => return failed(e),
     };
     let anchor = sqlx::query(
         "SELECT anchor_tx, anchor_block, size FROM ledger_anchors \
@@ -375,7 +375,7 @@ pub(super) async fn ledger_entry(
             })
         }
         Ok(None) => Value::Null,
-        Err(e) => return unavailable(e),
+        Err(e) => return failed(e),
     };
     let body: BTreeMap<String, Value> = entry
         .body
@@ -414,7 +414,7 @@ pub(super) async fn requests(
     }
     let decided = match indexed(&state, &["AccessGranted", "AccessDenied"], true, None).await {
         Ok(e) => e,
-        Err(e) => return unavailable(e),
+        Err(e) => return failed(e),
     };
     let access_log = state.view.contracts().access_log();
     let mut out = Vec::new();
@@ -428,7 +428,7 @@ pub(super) async fn requests(
         };
         let r = match access_log.requestOf(id).call().await {
             Ok(r) => r,
-            Err(e) => return unavailable(e),
+            Err(e) => return failed(e),
         };
         let granted = e.name == "AccessGranted";
         out.push(json!({
@@ -466,18 +466,18 @@ pub(super) async fn reviews(
         .await
     {
         Ok(ids) => ids,
-        Err(e) => return unavailable(e),
+        Err(e) => return failed(e),
     };
     let glass = match indexed(&state, &["BreakGlass"], true, None).await {
         Ok(e) => e,
-        Err(e) => return unavailable(e),
+        Err(e) => return failed(e),
     };
     let tx_of: HashMap<&str, &IndexedEvent> = glass.iter().map(|e| (arg(e, "id"), e)).collect();
     let mut out = Vec::new();
     for id in ids {
         let r = match access_log.requestOf(id).call().await {
             Ok(r) => r,
-            Err(e) => return unavailable(e),
+            Err(e) => return failed(e),
         };
         // The justification is off chain, sealed for the patient and the
         // reviewers; the chain holds its SHA-256.
@@ -517,7 +517,7 @@ pub(super) async fn overview(
         provider.get_chain_id().await,
     ) {
         (Ok(h), Ok(c)) => (h, c),
-        (Err(e), _) | (_, Err(e)) => return unavailable(e),
+        (Err(e), _) | (_, Err(e)) => return failed(e),
     };
     let mut blocks = Vec::new();
     for number in (height.saturating_sub(RECENT_BLOCKS - 1)..=height).rev() {
@@ -532,7 +532,7 @@ pub(super) async fn overview(
     }
     let anchors = match indexed(&state, &["Anchored"], true, Some(RECENT_ANCHORS)).await {
         Ok(list) => list,
-        Err(e) => return unavailable(e),
+        Err(e) => return failed(e),
     };
     let mut anchor_list = Vec::new();
     for e in &anchors {
@@ -542,11 +542,11 @@ pub(super) async fn overview(
     }
     let registry = match indexed(&state, REGISTRY_EVENTS, false, None).await {
         Ok(list) => list,
-        Err(e) => return unavailable(e),
+        Err(e) => return failed(e),
     };
     let rules = match indexed(&state, RULE_EVENTS, true, Some(RECENT_RULE_CHANGES)).await {
         Ok(list) => list,
-        Err(e) => return unavailable(e),
+        Err(e) => return failed(e),
     };
     let mut rule_list = Vec::new();
     for e in &rules {
