@@ -6,12 +6,19 @@ fn ingest(mode: &str) -> serde_json::Value {
 }
 
 fn ingest_with(mode: &str, more: &[&str]) -> serde_json::Value {
+    let mut args = vec!["ingest", "--mode", mode, "--batch", "5"];
+    args.extend_from_slice(more);
+    bench(&args)
+}
+
+/// Runs `medledger bench ARGS --json FILE`, which must succeed, and
+/// returns what it wrote.
+fn bench(args: &[&str]) -> serde_json::Value {
     let tmp = tempfile::tempdir().unwrap();
-    let json = tmp.path().join("ingest.json");
+    let json = tmp.path().join("bench.json");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_medledger"))
-        .args(["bench", "ingest", "--mode", mode])
-        .args(["--batch", "5"])
-        .args(more)
+        .arg("bench")
+        .args(args)
         .arg("--json")
         .arg(&json)
         .output()
@@ -99,21 +106,17 @@ async fn network_runs_one_server_then_three_and_moves_a_dead_servers_patient() {
 
 #[test]
 fn flood_refuses_the_attacks_and_fails_no_legitimate_reading() {
-    let tmp = tempfile::tempdir().unwrap();
-    let json = tmp.path().join("flood.json");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_medledger"))
-        .args(["bench", "flood", "--idle", "300", "--devices", "3"])
-        .args(["--seconds", "2", "--every-ms", "100", "--json"])
-        .arg(&json)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let o: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let o = bench(&[
+        "flood",
+        "--idle",
+        "300",
+        "--devices",
+        "3",
+        "--seconds",
+        "2",
+        "--every-ms",
+        "100",
+    ]);
     assert_eq!(o["failed_before"], 0, "{o}");
     assert_eq!(o["during"]["failed"], 0, "{o}");
     let requests = |phase: &str| o[phase]["requests"].as_u64().unwrap();
