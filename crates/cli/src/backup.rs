@@ -7,14 +7,18 @@
 //! there), and the chain last, while its node commits no block (it only
 //! grows, so it holds every anchor the databases name). When `medledger
 //! up` runs on `D`, it takes the backup itself, asked over `D/control.sock`.
+//! The copying itself ([`Db::vacuum_into`], [`LocalDir::copy_blobs`],
+//! [`copy_tree`]) is medledger-storage's, shared with `medledger demo`.
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use medledger_chain::{Node, NodeConfig};
-use medledger_storage::Db;
-use medledger_storage::sqlx;
+use medledger_storage::{Db, LocalDir};
 use std::path::{Path, PathBuf};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+/// Copies a directory tree (here, and for [`crate::restore`]).
+pub(crate) use medledger_storage::blob::copy_tree;
 
 /// The control socket of a running `medledger up`.
 pub(crate) fn control_socket(data: &Path) -> PathBuf {
@@ -54,20 +58,14 @@ pub(crate) async fn snapshot(d: &Path, out: &Path, node: Option<&Node>) -> Resul
             continue;
         }
         let db = Db::open_sqlite(&from).await?;
-        let to = out.join(dir).join(name);
         std::fs::create_dir_all(out.join(dir))?;
-        sqlx::query("VACUUM INTO $1")
-            .bind(to.display().to_string())
-            .execute(db.pool())
+        db.vacuum_into(&out.join(dir).join(name))
             .await
             .with_context(|| format!("copying {}", from.display()))?;
     }
     let blobs = d.join("server/blobs");
     if blobs.exists() {
-        copy_tree(&blobs, &out.join("server/blobs"), &|rel| {
-            rel.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with(".tmp-"))
-        })?;
+        LocalDir::copy_blobs(&blobs, &out.join("server/blobs"))?;
     }
     let head = match node {
         Some(node) => node.backup(&out.join("chain"))?,
@@ -85,33 +83,6 @@ pub(crate) async fn snapshot(d: &Path, out: &Path, node: Option<&Node>) -> Resul
         ),
     )?;
     Ok(head)
-}
-
-/// Copies every file under `from` to the same place under `to`, but those
-/// whose path relative to `from` `skip` says.
-pub(crate) fn copy_tree(from: &Path, to: &Path, skip: &dyn Fn(&Path) -> bool) -> Result<()> {
-    let mut stack = vec![PathBuf::new()];
-    while let Some(rel) = stack.pop() {
-        let dir = from.join(&rel);
-        std::fs::create_dir_all(to.join(&rel))?;
-        for entry in
-            std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?
-        {
-            let entry = entry?;
-            let rel = rel.join(entry.file_name());
-            if skip(&rel) {
-                continue;
-            }
-            let kind = entry.file_type()?;
-            if kind.is_dir() {
-                stack.push(rel);
-            } else if kind.is_file() {
-                std::fs::copy(entry.path(), to.join(&rel))
-                    .with_context(|| format!("copying {}", entry.path().display()))?;
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Answers `backup PATH` on the control socket of `medledger up`, forever.

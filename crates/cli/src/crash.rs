@@ -22,6 +22,7 @@ use medledger_patient_ledger::Field;
 use medledger_pki::https::Connection;
 use medledger_pki::{Ca, LeafRequest, Role};
 use medledger_sim::signals::Vitals;
+use medledger_sim::{Readings, Wait, post_readings};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -204,14 +205,7 @@ fn start_load(
                 let Some(c) = &mut conn else { continue };
                 let cose = device.reading(vitals.observe(&kind, medledger_protocol::now_ms()));
                 let hash = medledger_protocol::reading_hash(&cose);
-                let reply = c
-                    .request(
-                        "POST",
-                        "/v1/readings",
-                        &[("content-type", "application/cose")],
-                        cose,
-                    )
-                    .await;
+                let reply = post_readings(c, Readings::One(cose), Wait::Stored).await;
                 let mut seen = seen(&shared);
                 seen.sent += 1;
                 match reply {

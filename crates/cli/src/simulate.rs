@@ -23,9 +23,9 @@ use clap::Args;
 use medledger_contracts::{send, short_text};
 use medledger_pki::https::Connection;
 use medledger_pki::{Ca, Details, Issued, KeyAlg, LeafRequest, Role};
-use medledger_sim::Device;
 use medledger_sim::mqtt::MqttDevice;
 use medledger_sim::signals::{KINDS, Kind, Vitals};
+use medledger_sim::{Device, Readings, Wait, post_readings};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -366,13 +366,7 @@ async fn stream(
                     };
                 }
                 let answer = match &mut link {
-                    Link::Https(c) => c
-                        .request(
-                            "POST",
-                            "/v1/readings",
-                            &[("content-type", "application/cose")],
-                            cose,
-                        )
+                    Link::Https(c) => post_readings(c, Readings::One(cose), Wait::Stored)
                         .await
                         .ok()
                         .map(|reply| (reply.status, reply.body)),

@@ -192,24 +192,52 @@ impl Report {
     /// Checks that the ledger extends a checkpoint of `size` entries with
     /// `root` (one anchored on chain): `Ok(true)` if its first `size`
     /// entries hash to `root`, `Ok(false)` if the bundle cannot tell (an
-    /// erased ledger's earlier checkpoints), else why not.
-    pub fn check_extends(&self, size: u64, root: &Hash) -> Result<bool, String> {
+    /// erased ledger's earlier checkpoints), else how it does not.
+    pub fn check_extends(&self, size: u64, root: &Hash) -> Result<bool, NotExtended> {
         if size > self.size {
-            return Err(format!(
-                "it covers {size} entries; the ledger holds {}: entries were removed or the ledger was rolled back",
-                self.size
-            ));
+            return Err(NotExtended::Shorter {
+                size,
+                held: self.size,
+            });
         }
         match self.root_at(size) {
             Some(found) if found == *root => Ok(true),
-            Some(found) => Err(format!(
-                "it has root {}; the ledger's first {size} entries hash to {}: the ledger was altered",
-                hex::encode(root),
-                hex::encode(found)
-            )),
+            Some(found) => Err(NotExtended::Altered {
+                size,
+                anchored: hex::encode(root),
+                found: hex::encode(found),
+            }),
             None => Ok(false),
         }
     }
+}
+
+/// How a ledger fails to extend an anchored checkpoint
+/// ([`Report::check_extends`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotExtended {
+    /// The checkpoint covers more entries than the ledger holds.
+    #[error(
+        "it covers {size} entries; the ledger holds {held}: entries were removed or the ledger was rolled back"
+    )]
+    Shorter {
+        /// Entries the checkpoint covers.
+        size: u64,
+        /// Entries the ledger holds.
+        held: u64,
+    },
+    /// The ledger's first entries hash to another root.
+    #[error(
+        "it has root {anchored}; the ledger's first {size} entries hash to {found}: the ledger was altered"
+    )]
+    Altered {
+        /// Entries the checkpoint covers.
+        size: u64,
+        /// The anchored root (hex).
+        anchored: String,
+        /// The root of the ledger's first `size` entries (hex).
+        found: String,
+    },
 }
 
 /// Verifies a bundle (JSON): the checkpoint's signature, that it is this

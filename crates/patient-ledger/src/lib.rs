@@ -43,7 +43,7 @@ pub mod merkle;
 pub mod reading_proof;
 pub mod store;
 
-pub use bundle::{Bundle, BundleError, Report};
+pub use bundle::{Bundle, BundleError, NotExtended, Report};
 pub use checkpoint::{Checkpoint, CheckpointError, NoteSigner, NoteVerifier};
 pub use entry::{Entry, EntryError, Field, KINDS};
 pub use key_history::{KeyHistory, KeyHistoryError, Rotation, sign_rotation, verify_rotation};

@@ -9,10 +9,13 @@
 //! - [`sustained`]: devices on keep-alive connections send batches as
 //!   fast as they are acknowledged, for a while; readings per second.
 
+/// Readings as a batch request body (where `medledger bench` finds it).
+pub use crate::device::cbor_array;
+use crate::device::{Readings, Wait, post_readings};
 use crate::{Device, Hospital};
 use anyhow::{Context, Result, bail};
 use medledger_pki::Role;
-use medledger_pki::https::{ClientError, Connection, Reply};
+use medledger_pki::https::Connection;
 use medledger_protocol::reading_hash;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,7 +47,7 @@ pub async fn burst(hospital: &Hospital, devices: &mut [Device]) -> Result<Burst>
         let addr = addr.clone();
         tasks.spawn(async move {
             let mut conn = Connection::open(config, &addr, "localhost").await?;
-            let reply = post_cose(&mut conn, reading).await?;
+            let reply = post_readings(&mut conn, Readings::One(reading), Wait::Stored).await?;
             anyhow::Ok(reply)
         });
     }
@@ -82,17 +85,6 @@ pub async fn burst(hospital: &Hospital, devices: &mut [Device]) -> Result<Burst>
         acknowledged,
         anchored: start.elapsed(),
     })
-}
-
-/// Posts one signed reading (`application/cose`).
-async fn post_cose(conn: &mut Connection, reading: Vec<u8>) -> Result<Reply, ClientError> {
-    conn.request(
-        "POST",
-        "/v1/readings",
-        &[("content-type", "application/cose")],
-        reading,
-    )
-    .await
 }
 
 /// What a sustained run measured.
@@ -225,14 +217,7 @@ pub async fn send_all(
         let progress = progress.clone();
         tasks.spawn(async move {
             for body in bodies {
-                let reply = conn
-                    .request(
-                        "POST",
-                        "/v1/readings",
-                        &[("content-type", "application/cbor")],
-                        body,
-                    )
-                    .await?;
+                let reply = post_readings(&mut conn, Readings::Batch(body), Wait::Stored).await?;
                 if reply.status != 202 {
                     bail!(
                         "a batch was refused: {} {}",
@@ -257,16 +242,6 @@ fn stored(hospital: &Hospital) -> f64 {
         "medledger_server_readings_total",
         &[("outcome", "stored"), ("cause", "")],
     )
-}
-
-/// Readings as a batch request body: a CBOR array of COSE_Sign1 bytes.
-pub fn cbor_array(readings: &[Vec<u8>]) -> Vec<u8> {
-    medledger_protocol::cbor::encode_with(|e| {
-        e.array(readings.len());
-        for r in readings {
-            e.bytes(r);
-        }
-    })
 }
 
 /// What [`access`] measured: one duration per access, sorted.
@@ -306,14 +281,7 @@ pub async fn access(
         let batch: Vec<Vec<u8>> = (start..readings.min(start + 100))
             .map(|i| device.heart_rate(60.0 + (i % 40) as f64))
             .collect();
-        let reply = conn
-            .request(
-                "POST",
-                "/v1/readings?wait=committed",
-                &[("content-type", "application/cbor")],
-                cbor_array(&batch),
-            )
-            .await?;
+        let reply = post_readings(&mut conn, Readings::batch(&batch), Wait::Committed).await?;
         if reply.status != 202 {
             bail!(
                 "the collector answered {}: {}",
@@ -508,10 +476,7 @@ pub async fn hold(addr: &str, idle: usize, slow: usize, time: Duration) -> Held 
             }
         });
     }
-    tokio::time::sleep(time).await;
-    stop.store(true, Ordering::Relaxed);
-    tasks.abort_all();
-    while tasks.join_next().await.is_some() {}
+    run_for(time, &stop, tasks).await;
     let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
     Held {
         peak: get(&peak),
@@ -569,6 +534,8 @@ pub async fn attack(addr: &str, attackers: &Attackers, time: Duration) -> Held {
                     continue;
                 };
                 while !stop.load(Ordering::Relaxed) {
+                    // Oversized on purpose: written by hand, not with
+                    // `post_readings`.
                     match conn
                         .request(
                             "POST",
@@ -587,10 +554,7 @@ pub async fn attack(addr: &str, attackers: &Attackers, time: Duration) -> Held {
             }
         });
     }
-    tokio::time::sleep(time).await;
-    stop.store(true, Ordering::Relaxed);
-    tasks.abort_all();
-    while tasks.join_next().await.is_some() {}
+    run_for(time, &stop, tasks).await;
     let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
     Held {
         handshakes_refused: get(&refused),
@@ -598,6 +562,19 @@ pub async fn attack(addr: &str, attackers: &Attackers, time: Duration) -> Held {
         oversized_refused: get(&oversized),
         ..Held::default()
     }
+}
+
+/// Lets `tasks` run for `time`, then tells them to stop and waits until
+/// they have.
+async fn run_for(
+    time: Duration,
+    stop: &std::sync::atomic::AtomicBool,
+    mut tasks: tokio::task::JoinSet<()>,
+) {
+    tokio::time::sleep(time).await;
+    stop.store(true, Ordering::Relaxed);
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
 }
 
 /// Legitimate devices send one reading each every `every` on their own
@@ -638,7 +615,7 @@ pub async fn flood(
                 next += every;
                 let in_flood = flooding.load(Ordering::Relaxed);
                 let start = Instant::now();
-                let reply = post_cose(&mut conn, reading).await;
+                let reply = post_readings(&mut conn, Readings::One(reading), Wait::Stored).await;
                 let took = start.elapsed();
                 let acknowledged = reply.as_ref().is_ok_and(|r| r.status == 202);
                 let (times, failed) = if in_flood {
@@ -685,9 +662,13 @@ pub async fn flood(
         "localhost",
     )
     .await?;
-    let up_after = post_cose(&mut fresh, legit[0].heart_rate(72.0))
-        .await
-        .is_ok_and(|r| r.status == 202);
+    let up_after = post_readings(
+        &mut fresh,
+        Readings::One(legit[0].heart_rate(72.0)),
+        Wait::Stored,
+    )
+    .await
+    .is_ok_and(|r| r.status == 202);
     let (mut before, mut during, mut failed_before, mut failed_during) =
         (Vec::new(), Vec::new(), 0, 0);
     for r in legit_results {

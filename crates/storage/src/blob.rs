@@ -820,6 +820,54 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
+impl LocalDir {
+    /// Copies the blobs of the store in the directory `from` to `to`
+    /// (created if needed), files as they are, leaving out those still
+    /// being written (`.tmp-...`, see [`LocalDir`]). Safe while the store
+    /// is written: a blob under its final name never changes, so the copy
+    /// holds every blob stored before it began.
+    pub fn copy_blobs(from: &Path, to: &Path) -> io::Result<()> {
+        copy_tree(from, to, &|rel| {
+            rel.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(".tmp-"))
+        })
+    }
+}
+
+/// Copies every file under `from` to the same place under `to`, creating
+/// its directories, but those whose path relative to `from` `skip` says
+/// (a skipped directory is not entered). Links and special files are left
+/// out. An error names the file or directory it concerns. Backups and
+/// restores copy blob stores ([`LocalDir::copy_blobs`]) and data
+/// directories with it.
+pub fn copy_tree(from: &Path, to: &Path, skip: &dyn Fn(&Path) -> bool) -> io::Result<()> {
+    let named = |what: &str, path: &Path, e: io::Error| {
+        io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
+    };
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let dir = from.join(&rel);
+        std::fs::create_dir_all(to.join(&rel)).map_err(|e| named("creating", &to.join(&rel), e))?;
+        for entry in std::fs::read_dir(&dir).map_err(|e| named("reading", &dir, e))? {
+            let entry = entry.map_err(|e| named("reading", &dir, e))?;
+            let rel = rel.join(entry.file_name());
+            if skip(&rel) {
+                continue;
+            }
+            let kind = entry
+                .file_type()
+                .map_err(|e| named("reading", &entry.path(), e))?;
+            if kind.is_dir() {
+                stack.push(rel);
+            } else if kind.is_file() {
+                std::fs::copy(entry.path(), to.join(&rel))
+                    .map_err(|e| named("copying", &entry.path(), e))?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Creates a temporary file with a name no other writer uses, in `dir`.
 fn create_temp(dir: &Path) -> Result<(PathBuf, std::fs::File)> {
     static NEXT: AtomicU64 = AtomicU64::new(0);

@@ -830,6 +830,23 @@ impl Db {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+
+    /// Copies this SQLite database to the new file `to` as it is at one
+    /// moment, by SQLite's own online backup (`VACUUM INTO`): the copy is
+    /// consistent while others go on writing (WAL). SQLite only: a
+    /// PostgreSQL database is backed up with its own tools (`pg_dump`).
+    pub async fn vacuum_into(&self, to: &Path) -> Result<()> {
+        if self.backend != Backend::Sqlite {
+            return Err(SqlError::Database(sqlx::Error::Configuration(
+                "VACUUM INTO copies a SQLite database; back PostgreSQL up with pg_dump".into(),
+            )));
+        }
+        sqlx::query("VACUUM INTO $1")
+            .bind(to.display().to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
 }
 
 /// Now, Unix ms.

@@ -716,14 +716,12 @@ async fn attacks_on_connections_are_refused_before_any_request() {
     let crl = site.ca.revoke(&device.issued.cert_der).unwrap();
     site.collector_auth.update_crls(crl).unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let after = conn
-        .request(
-            "POST",
-            "/v1/readings",
-            &[("content-type", "application/cose")],
-            device.heart_rate(71.0),
-        )
-        .await;
+    let after = medledger_sim::post_readings(
+        &mut conn,
+        medledger_sim::Readings::One(device.heart_rate(71.0)),
+        medledger_sim::Wait::Stored,
+    )
+    .await;
     assert!(after.is_err(), "a revoked device's connection stayed open");
     let config = site
         .client_config(&device.credentials(), Role::Collector)
@@ -778,25 +776,14 @@ async fn post_batch(
     wait: bool,
 ) -> medledger_pki::https::Reply {
     let batch: Vec<Vec<u8>> = (0..n).map(|_| device.heart_rate(70.0)).collect();
-    let body_bytes = medledger_protocol::cbor::encode_with(|e| {
-        e.array(batch.len());
-        for r in &batch {
-            e.bytes(r);
-        }
-    });
-    let path = if wait {
-        "/v1/readings?wait=committed"
+    let wait = if wait {
+        medledger_sim::Wait::Committed
     } else {
-        "/v1/readings"
+        medledger_sim::Wait::Stored
     };
-    conn.request(
-        "POST",
-        path,
-        &[("content-type", "application/cbor")],
-        body_bytes,
-    )
-    .await
-    .unwrap()
+    medledger_sim::post_readings(conn, medledger_sim::Readings::batch(&batch), wait)
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

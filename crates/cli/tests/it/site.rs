@@ -2,6 +2,7 @@
 
 use medledger_pki::https::{Connection, Reply};
 pub use medledger_sim::{GROUP, Hospital as Site, now_ms};
+use medledger_sim::{Readings, Wait, post_readings};
 
 /// Runs `medledger ARGS` without the chain settings of the environment
 /// (`MEDLEDGER_REGISTRY`, `_KEY`, `_RPC`): (success, stdout, stderr).
@@ -44,12 +45,8 @@ pub async fn start_with_a_reading() -> Site {
 
 /// Posts one COSE reading (`wait`: until the server committed it).
 pub async fn post_one(conn: &mut Connection, cose: Vec<u8>, wait: bool) -> Reply {
-    let path = if wait {
-        "/v1/readings?wait=committed"
-    } else {
-        "/v1/readings"
-    };
-    conn.request("POST", path, &[("content-type", "application/cose")], cose)
+    let wait = if wait { Wait::Committed } else { Wait::Stored };
+    post_readings(conn, Readings::One(cose), wait)
         .await
         .unwrap()
 }
