@@ -1,6 +1,8 @@
-//! `medledger bench ingest` (the seed experiment and a sustained run) and
-//! `medledger bench access` (request to decrypted data), against a
-//! hospital in this process (`medledger_sim`).
+//! `medledger bench ingest` (the published prototype's burst experiment
+//! and a sustained run), `medledger bench access` (request to decrypted
+//! data) and `medledger bench flood` (legitimate devices under a flood
+//! from a `bench hold` process), against a hospital in this process
+//! (`medledger_sim`); `medledger bench crash` is [`crate::crash`].
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
@@ -13,7 +15,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-/// The seed prototype's times for 10, 100 and 1000 simultaneous requests.
+/// The published prototype's times for 10, 100 and 1000 simultaneous
+/// requests, which medledger started from.
 const SEED: &[(usize, f64)] = &[(10, 5.72), (100, 10.81), (1000, 30.25)];
 
 #[derive(Debug, Subcommand)]

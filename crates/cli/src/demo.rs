@@ -1,5 +1,5 @@
 //! `medledger demo`: a small hospital in this process, run through the
-//! seeds' scenarios and every attack, with a readable report
+//! access scenarios and every attack, with a readable report
 //! (`medledger_sim::demo`). Exits non-zero if any expectation fails.
 
 use anyhow::{Context, Result, bail};
@@ -89,7 +89,7 @@ fn print_report(r: &Report) {
             rejected.join(", ")
         }
     );
-    print_checks("Access scenarios (both seeds):", &r.accesses);
+    print_checks("Access scenarios:", &r.accesses);
     print_checks("Attacks:", &r.attacks);
     println!();
     println!("Patient ledgers against the chain:");

@@ -1,4 +1,4 @@
-//! `medledger chain recover --data D`: the first seed's chain recovery for
+//! `medledger chain recover --data D`: chain recovery for
 //! the data directory of `medledger up` (stopped). A compromised chain is
 //! retired and a new one started from the recovery copy, the server's
 //! index of the chain's events:

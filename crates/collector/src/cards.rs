@@ -1,6 +1,6 @@
 //! Patient cards: the key that signs, for each patient, the hash of the
-//! readings a batch holds for them (the first seed's "private keys on
-//! patients' smart cards are used to sign the data hash").
+//! readings a batch holds for them (a smart card's key in the design
+//! medledger started from; a key file or a PKCS#11 token here).
 //!
 //! [`CardSigner`] is what a card does; [`SoftwareCard`] keeps the key in a
 //! file, [`TokenCard`] on a PKCS#11 token (a smart card, an HSM), which

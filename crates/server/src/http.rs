@@ -1,5 +1,7 @@
-//! The server's endpoints: `POST /v1/batches` for collectors; proofs,
-//! records, ledgers, audit trails and alerts for people.
+//! The server's endpoints: `POST /v1/batches` for collectors; for people,
+//! proofs, records, ledgers, audit trails, alerts (their stream,
+//! preferences and webhooks), annotations, break-glass justifications,
+//! the directory of names, and erasure.
 
 use crate::State;
 use crate::answer::{

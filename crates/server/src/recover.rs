@@ -1,6 +1,6 @@
-//! Chain recovery, the server's part (`medledger chain recover`; the first
-//! seed: a compromised chain is discarded and a new one started from the
-//! recovery copy). The server's index of the chain's events is that copy:
+//! Chain recovery, the server's part (`medledger chain recover`: a
+//! compromised chain is discarded and a new one started from the recovery
+//! copy). The server's index of the chain's events is that copy:
 //! [`indexed_logs`] gives the events up to the last trusted block, from
 //! which `medledger_contracts::recover` rebuilds the contracts on the new
 //! chain; [`retire`] then moves the server onto the new chain:

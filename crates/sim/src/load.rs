@@ -1,13 +1,17 @@
-//! The load generator behind `medledger bench ingest`.
+//! The load generators behind `medledger bench`.
 //!
 //! Every reading is signed, and every client configuration built, before
 //! the clock starts: the figures measure the system, not the generator.
 //!
-//! - [`burst`]: the seed experiment: N devices each open a new mTLS
+//! - [`burst`]: the published prototype's experiment (`bench ingest`):
+//!   N devices each open a new mTLS
 //!   connection and send one reading at the same moment; how long until
 //!   all are acknowledged durably, and until all are anchored on chain;
 //! - [`sustained`]: devices on keep-alive connections send batches as
-//!   fast as they are acknowledged, for a while; readings per second.
+//!   fast as they are acknowledged, for a while; readings per second;
+//! - [`access`]: an assigned nurse's request, then the read (`bench access`);
+//! - [`flood`], [`hold`], [`attack`]: legitimate devices measured while
+//!   another process floods the collector (`bench flood`, `bench hold`).
 
 /// Readings as a batch request body (where `medledger bench` finds it).
 pub use crate::device::cbor_array;

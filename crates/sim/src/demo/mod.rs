@@ -1,5 +1,5 @@
 //! `medledger demo`: a small hospital in one process, run through the
-//! seeds' scenarios and every attack of the threat model, with a report of what
+//! access scenarios and every attack of the threat model, with a report of what
 //! was expected and what was observed.
 //!
 //! ```text

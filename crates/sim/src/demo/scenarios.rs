@@ -1,5 +1,5 @@
 //! The demo's scenarios: the hospital provisioned, every device
-//! streaming, the access scenarios of both seeds, and every patient
+//! streaming, the access scenarios, and every patient
 //! ledger verified against the chain.
 
 use super::{Check, Demo, LedgerCheck, cause, check, decision};
@@ -293,7 +293,7 @@ impl Demo {
         )
     }
 
-    /// The access scenarios of both seeds.
+    /// The access scenarios.
     pub async fn access(&self, progress: &(dyn Fn(&str) + Sync)) -> Result<Vec<Check>> {
         progress("access: assigned nurse, unassigned doctor, consent, break-glass");
         let mut checks = Vec::new();
