@@ -172,7 +172,7 @@ pub(crate) async fn start(config: &ConfigFile, upstream: Option<Upstream>) -> Re
     )
     .await?;
     let client_auth = roles::client_auth(&config.ca_root, &config.crl, &[Role::Device])?;
-    let cards = Cards::load_dir(&config.cards).map_err(anyhow::Error::msg)?;
+    let cards = Cards::load_dir(&config.cards)?;
     let root_der = files::read_first(&config.ca_root, "CERTIFICATE")?;
     let collector = Collector::start(Settings {
         listen: roles::socket(&config.listen, "listen")?,

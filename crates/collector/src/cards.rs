@@ -9,12 +9,66 @@
 //! `pkcs11:` URI of the key on its token.
 
 use alloy::primitives::Address;
-use medledger_pki::token::{Curve, KeyUri, TokenKey};
-use medledger_pki::{Credentials, Identity, Role, files};
+use medledger_pki::token::{Curve, KeyUri, TokenError, TokenKey};
+use medledger_pki::{Credentials, Identity, IdentityError, Role, files};
 use medledger_protocol::SigningKey;
+use medledger_protocol::cose::KeyError;
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
+
+/// Why a card cannot be loaded, or cannot sign.
+#[derive(Debug, thiserror::Error)]
+pub enum CardError {
+    /// Its certificate is not a patient's.
+    #[error("the card's certificate: {0}")]
+    Certificate(#[from] IdentityError),
+    /// Its certificate names no chain account.
+    #[error("the patient certificate has no address")]
+    NoAccount,
+    /// Its key file cannot be used.
+    #[error("the card's key: {0}")]
+    Key(#[from] KeyError),
+    /// Its token, or the key on it, cannot be used.
+    #[error("the card's token: {0}")]
+    Token(#[from] TokenError),
+    /// The key on the token is not the certificate's.
+    #[error("the key {uri} is not the key of the certificate of {account}")]
+    OtherKey {
+        /// The token key's URI.
+        uri: String,
+        /// The patient's account.
+        account: Address,
+    },
+    /// Its files cannot be read.
+    #[error("{0}")]
+    Files(#[from] medledger_pki::Error),
+    /// A file of the cards directory (or the directory) cannot be read.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+    /// The card of `PREFIX` (its files named) cannot be used.
+    #[error("{}: {source}", prefix.display())]
+    At {
+        /// The card's files without their extension.
+        prefix: PathBuf,
+        /// Why.
+        source: Box<CardError>,
+    },
+}
+
+impl CardError {
+    fn at(prefix: &Path) -> impl FnOnce(CardError) -> CardError + '_ {
+        move |e| CardError::At {
+            prefix: prefix.to_owned(),
+            source: Box::new(e),
+        }
+    }
+}
 
 /// A patient's card.
 pub trait CardSigner: Send + Sync {
@@ -24,7 +78,7 @@ pub trait CardSigner: Send + Sync {
     fn account(&self) -> Address;
     /// A COSE_Sign1 over `digest` (see `medledger_protocol::card_digest`),
     /// or why the card cannot sign now.
-    fn sign(&self, digest: &[u8; 32]) -> Result<Vec<u8>, String>;
+    fn sign(&self, digest: &[u8; 32]) -> Result<Vec<u8>, CardError>;
 }
 
 /// A card whose key is a PKCS#8 file.
@@ -43,36 +97,30 @@ impl std::fmt::Debug for SoftwareCard {
 }
 
 /// The identity of a patient certificate and the patient's account.
-fn patient_of(cert_der: &[u8]) -> Result<(Identity, Address), String> {
-    let identity = Identity::from_peer_certificate(cert_der).map_err(|e| e.to_string())?;
-    identity
-        .require_role(&[Role::Patient])
-        .map_err(|e| e.to_string())?;
-    let account = identity
-        .address()
-        .ok_or("the patient certificate has no address")?;
+fn patient_of(cert_der: &[u8]) -> Result<(Identity, Address), CardError> {
+    let identity = Identity::from_peer_certificate(cert_der)?;
+    identity.require_role(&[Role::Patient])?;
+    let account = identity.address().ok_or(CardError::NoAccount)?;
     Ok((identity, account))
 }
 
 impl SoftwareCard {
     /// A card from a patient certificate and its key.
-    pub fn new(credentials: &Credentials) -> Result<SoftwareCard, String> {
+    pub fn new(credentials: &Credentials) -> Result<SoftwareCard, CardError> {
         let cert = credentials.chain[0].to_vec();
         let (identity, account) = patient_of(&cert)?;
         let key = SigningKey::from_pkcs8(
             identity.key.algorithm(),
             credentials.key.secret_der(),
             &cert,
-        )
-        .map_err(|e| e.to_string())?;
+        )?;
         Ok(SoftwareCard { cert, account, key })
     }
 
     /// Loads `PREFIX.crt` and `PREFIX.key`.
-    pub fn load(prefix: &Path) -> Result<SoftwareCard, String> {
-        let credentials =
-            Credentials::load(prefix).map_err(|e| format!("{}: {e}", prefix.display()))?;
-        SoftwareCard::new(&credentials).map_err(|e| format!("{}: {e}", prefix.display()))
+    pub fn load(prefix: &Path) -> Result<SoftwareCard, CardError> {
+        let credentials = Credentials::load(prefix).map_err(|e| CardError::at(prefix)(e.into()))?;
+        SoftwareCard::new(&credentials).map_err(CardError::at(prefix))
     }
 }
 
@@ -85,7 +133,7 @@ impl CardSigner for SoftwareCard {
         self.account
     }
 
-    fn sign(&self, digest: &[u8; 32]) -> Result<Vec<u8>, String> {
+    fn sign(&self, digest: &[u8; 32]) -> Result<Vec<u8>, CardError> {
         Ok(self.key.sign_payload(digest))
     }
 }
@@ -102,19 +150,19 @@ impl TokenCard {
     /// The card of the patient certificate `cert_der` whose key is the
     /// token key `uri` names: refused unless the token's key is the
     /// certificate's (a P-256 key, the same public key).
-    pub fn open(cert_der: Vec<u8>, uri: &str) -> Result<TokenCard, String> {
-        TokenCard::new(cert_der, TokenKey::open(uri).map_err(|e| e.to_string())?)
+    pub fn open(cert_der: Vec<u8>, uri: &str) -> Result<TokenCard, CardError> {
+        TokenCard::new(cert_der, TokenKey::open(uri)?)
     }
 
     /// The card of the patient certificate `cert_der` whose key is `key`,
     /// checked as [`TokenCard::open`] does.
-    pub fn new(cert_der: Vec<u8>, key: TokenKey) -> Result<TokenCard, String> {
+    pub fn new(cert_der: Vec<u8>, key: TokenKey) -> Result<TokenCard, CardError> {
         let (identity, account) = patient_of(&cert_der)?;
         if key.curve() != Curve::P256 || key.public_key() != identity.key.public_key() {
-            return Err(format!(
-                "the key {} is not the key of the certificate of {account}",
-                key.uri()
-            ));
+            return Err(CardError::OtherKey {
+                uri: key.uri().to_string(),
+                account,
+            });
         }
         Ok(TokenCard {
             cert: cert_der,
@@ -133,23 +181,25 @@ impl CardSigner for TokenCard {
         self.account
     }
 
-    fn sign(&self, digest: &[u8; 32]) -> Result<Vec<u8>, String> {
-        medledger_protocol::cose::sign_es256_with(&self.cert, digest, |d| self.key.sign_digest(d))
-            .map_err(|e| e.to_string())
+    fn sign(&self, digest: &[u8; 32]) -> Result<Vec<u8>, CardError> {
+        Ok(medledger_protocol::cose::sign_es256_with(
+            &self.cert,
+            digest,
+            |d| self.key.sign_digest(d),
+        )?)
     }
 }
 
 /// The card of `PREFIX.crt`: on a token if `PREFIX.key` holds a `pkcs11:`
 /// URI, else with `PREFIX.key` as its key.
-pub fn load_card(prefix: &Path) -> Result<Arc<dyn CardSigner>, String> {
-    let named = |e: &dyn std::fmt::Display| format!("{}: {e}", prefix.display());
+pub fn load_card(prefix: &Path) -> Result<Arc<dyn CardSigner>, CardError> {
     let key = prefix.with_extension("key");
     let text = std::fs::read_to_string(&key).unwrap_or_default();
     if KeyUri::is_uri(&text) {
         let cert = files::read_first(&prefix.with_extension("crt"), "CERTIFICATE")
-            .map_err(|e| named(&e))?;
+            .map_err(|e| CardError::at(prefix)(e.into()))?;
         return Ok(Arc::new(
-            TokenCard::open(cert, text.trim()).map_err(|e| named(&e))?,
+            TokenCard::open(cert, text.trim()).map_err(CardError::at(prefix))?,
         ));
     }
     Ok(Arc::new(SoftwareCard::load(prefix)?))
@@ -191,9 +241,12 @@ impl Cards {
 
     /// Every `NAME.crt` with a `NAME.key` beside it in `dir` (see
     /// [`load_card`]).
-    pub fn load_dir(dir: &Path) -> Result<Cards, String> {
+    pub fn load_dir(dir: &Path) -> Result<Cards, CardError> {
         let cards = Cards::new();
-        let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let entries = std::fs::read_dir(dir).map_err(|source| CardError::Io {
+            path: dir.to_owned(),
+            source,
+        })?;
         let mut paths: Vec<_> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
         paths.sort();
         for path in paths {

@@ -58,7 +58,7 @@ mod outbox;
 mod pipeline;
 
 use alloy::providers::DynProvider;
-pub use cards::{CardSigner, Cards, SoftwareCard, TokenCard, load_card};
+pub use cards::{CardError, CardSigner, Cards, SoftwareCard, TokenCard, load_card};
 pub use config::{ConfigError, ConfigFile, Limits};
 use medledger_contracts::{ChainView, Contracts};
 use medledger_pki::health::{self, Readiness};

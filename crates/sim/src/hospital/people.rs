@@ -19,18 +19,16 @@ use std::sync::Arc;
 /// hospital's life.
 pub(super) fn card_signer(card: &Issued, token: Option<&str>) -> Result<Arc<dyn CardSigner>> {
     let Some(token) = token else {
-        return Ok(Arc::new(
-            SoftwareCard::new(&Credentials::from_issued(card)).map_err(anyhow::Error::msg)?,
-        ));
+        return Ok(Arc::new(SoftwareCard::new(&Credentials::from_issued(
+            card,
+        ))?));
     };
     let object = format!(
         "card-{}",
         hex::encode(&medledger_protocol::kid_of(&card.cert_der)[..8])
     );
     let key = TokenKey::import_p256(token, &object, &card.key_pkcs8)?;
-    Ok(Arc::new(
-        TokenCard::new(card.cert_der.clone(), key).map_err(anyhow::Error::msg)?,
-    ))
+    Ok(Arc::new(TokenCard::new(card.cert_der.clone(), key)?))
 }
 
 impl Hospital {
