@@ -387,7 +387,7 @@ async fn check(
     let started = crate::restore::start_server(d, &node, state).await?;
     let server = &started.server;
     let mut recorded: HashMap<Vec<u8>, u64> = HashMap::new();
-    let patients = server.patients().await.map_err(anyhow::Error::msg)?;
+    let patients = server.patients().await?;
     for patient in &patients {
         for stored in server.ledger().entries(patient).await? {
             let entry = server.ledger().history().open_entry(&stored)?;
@@ -405,7 +405,7 @@ async fn check(
         .filter(|h| !recorded.contains_key(h.as_slice()))
         .count() as u64;
     outcome.ledgers = patients.len() as u64;
-    outcome.ledgers_failed = server.verify_ledgers().await.map_err(anyhow::Error::msg)?;
+    outcome.ledgers_failed = server.verify_ledgers().await?;
     Ok(())
 }
 

@@ -247,18 +247,15 @@ async fn recover(args: RecoverArgs) -> Result<()> {
         // Erasures the retired chain recorded, then every erased ledger's
         // record again on the new chain.
         let mut erased = 0;
-        for patient in server.patients().await.map_err(anyhow::Error::msg)? {
+        for patient in server.patients().await? {
             if server.ledger().is_erased(&patient).await? {
-                server.erase(&patient).await.map_err(anyhow::Error::msg)?;
+                server.erase(&patient).await?;
                 erased += 1;
             }
         }
         let recorded: Vec<[u8; 32]> = journal.erasures.iter().map(|p| p.0).collect();
-        erased += server
-            .erase_recorded(&recorded)
-            .await
-            .map_err(anyhow::Error::msg)?;
-        let anchored = server.anchor_all().await.map_err(anyhow::Error::msg)?;
+        erased += server.erase_recorded(&recorded).await?;
+        let anchored = server.anchor_all().await?;
         let recovery = new
             .anchor_root(
                 RECOVERY_KIND,
@@ -276,8 +273,8 @@ async fn recover(args: RecoverArgs) -> Result<()> {
     }
 
     // 6. Every ledger against the new chain.
-    let mut failures = server.verify_ledgers().await.map_err(anyhow::Error::msg)?;
-    let patients = server.patients().await.map_err(anyhow::Error::msg)?;
+    let mut failures = server.verify_ledgers().await?;
+    let patients = server.patients().await?;
     for patient in &patients {
         let erased = server.ledger().is_erased(patient).await?;
         if !erased

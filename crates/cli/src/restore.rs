@@ -86,12 +86,9 @@ async fn reconcile(
         let live = roles::read_contracts(url, registry, Some(identity)).await?;
         live_erasures.extend(live.erasures().await?.iter().map(|a| a.patient.0));
     }
-    let erased_again = server
-        .erase_recorded(&live_erasures)
-        .await
-        .map_err(anyhow::Error::msg)?;
-    let patients = server.patients().await.map_err(anyhow::Error::msg)?;
-    let failures = server.verify_ledgers().await.map_err(anyhow::Error::msg)?;
+    let erased_again = server.erase_recorded(&live_erasures).await?;
+    let patients = server.patients().await?;
+    let failures = server.verify_ledgers().await?;
     if !failures.is_empty() {
         for f in &failures {
             println!("  FAILED {f}");

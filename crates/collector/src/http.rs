@@ -35,11 +35,11 @@ async fn readings(
     uri: Uri,
     headers: HeaderMap,
     body: Body,
-) -> Response {
+) -> Result<Answer, Answer> {
     let max_body_bytes = state.limits.max_body_bytes;
     let too_large = || {
         intake::count(&state, ProblemType::TooLarge, 1);
-        https::problem_response(
+        Answer::refuse(
             ProblemType::TooLarge,
             format!("the body is larger than {max_body_bytes} bytes"),
         )
@@ -49,11 +49,13 @@ async fn readings(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > max_body_bytes) {
-        return too_large();
+        return Err(too_large());
     }
-    let Some(epc) = peer.identity.epc().map(|e| *e.as_bytes()) else {
-        return https::problem_response(ProblemType::WrongRole, "only devices send readings");
-    };
+    let epc = peer
+        .identity
+        .epc()
+        .map(|e| *e.as_bytes())
+        .ok_or_else(|| Answer::refuse(ProblemType::WrongRole, "only devices send readings"))?;
     let media = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -63,20 +65,20 @@ async fn readings(
         .unwrap_or("")
         .trim()
         .to_ascii_lowercase();
-    let Ok(bytes) = axum::body::to_bytes(body, max_body_bytes).await else {
-        return too_large();
-    };
+    let bytes = axum::body::to_bytes(body, max_body_bytes)
+        .await
+        .map_err(|_| too_large())?;
     let single = match media.as_str() {
         "application/cose" => true,
         "application/cbor" => false,
         other => {
             intake::count(&state, ProblemType::Malformed, 1);
-            return https::problem_response(
+            return Err(Answer::refuse(
                 ProblemType::Malformed,
                 format!(
                     "content type {other:?}: send application/cose (one reading) or application/cbor (an array)"
                 ),
-            );
+            ));
         }
     };
     let sender = Sender {
@@ -85,46 +87,47 @@ async fn readings(
         device: peer.identity.subject.clone(),
         fingerprint: peer.identity.fingerprint_hex(),
     };
-    let answer = async {
-        let envelopes = intake::envelopes(&state, &bytes, !single)?;
-        intake::admit(&state, &sender, envelopes.len())?;
-        intake::remember_cas(&state, &peer.chain);
-        let presented = Arc::new(Presented {
-            der: peer.chain.first().cloned().unwrap_or_default(),
-            fingerprint: peer.identity.fingerprint,
-        });
-        let items = envelopes
-            .into_iter()
-            .map(|cose| Item::new(cose, presented.clone()))
-            .collect();
-        let wait_commit = uri
-            .query()
-            .is_some_and(|q| q.split('&').any(|kv| kv == "wait=committed"));
-        let identity = peer.identity.clone();
-        Ok::<_, Answer>(
-            intake::decide(
-                &state,
-                &sender,
-                items,
-                |_| Ok(identity.clone()),
-                single,
-                wait_commit,
-            )
-            .await,
-        )
-    }
-    .await
-    .unwrap_or_else(|refused| refused);
-    let mut response = (
-        StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_REQUEST),
-        [(header::CONTENT_TYPE, answer.content_type)],
-        answer.body,
+    let envelopes = intake::envelopes(&state, &bytes, !single)?;
+    intake::admit(&state, &sender, envelopes.len())?;
+    intake::remember_cas(&state, &peer.chain);
+    let presented = Arc::new(Presented {
+        der: peer.chain.first().cloned().unwrap_or_default(),
+        fingerprint: peer.identity.fingerprint,
+    });
+    let items = envelopes
+        .into_iter()
+        .map(|cose| Item::new(cose, presented.clone()))
+        .collect();
+    let wait_commit = uri
+        .query()
+        .is_some_and(|q| q.split('&').any(|kv| kv == "wait=committed"));
+    let identity = peer.identity.clone();
+    Ok(intake::decide(
+        &state,
+        &sender,
+        items,
+        |_| Ok(identity.clone()),
+        single,
+        wait_commit,
     )
-        .into_response();
-    if let Some(seconds) = answer.retry_after {
+    .await)
+}
+
+/// An answer goes out as its status, media type and document, with
+/// `Retry-After` when the device is to wait.
+impl IntoResponse for Answer {
+    fn into_response(self) -> Response {
+        let mut response = (
+            StatusCode::from_u16(self.status).unwrap_or(StatusCode::BAD_REQUEST),
+            [(header::CONTENT_TYPE, self.content_type)],
+            self.body,
+        )
+            .into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
+        }
         response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
     }
-    response
 }

@@ -269,45 +269,98 @@ pub fn der_octets(b: &[u8]) -> Vec<u8> {
     der_tlv(TAG_OCTET_STRING, b)
 }
 
+/// Why a DER value is not what an extension requires.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DerError {
+    /// No bytes at all.
+    #[error("value is empty")]
+    Empty,
+    /// Another type than the one expected.
+    #[error("expected {what} (tag 0x{expected:02x}), found tag 0x{found:02x}")]
+    Tag {
+        /// The type expected, e.g. `UTF8String`.
+        what: &'static str,
+        /// Its tag.
+        expected: u8,
+        /// The tag found.
+        found: u8,
+    },
+    /// The tag has no length after it.
+    #[error("length is missing")]
+    NoLength,
+    /// A length in more bytes than it needs.
+    #[error("length is not in minimal DER form")]
+    NotMinimal,
+    /// A length of more than two bytes.
+    #[error("length form is not supported")]
+    LengthForm,
+    /// The length does not match the bytes that follow.
+    #[error("length says {said} bytes but {follow} follow")]
+    Length {
+        /// The length encoded.
+        said: usize,
+        /// The bytes after it.
+        follow: usize,
+    },
+    /// A UTF8String that is not UTF-8.
+    #[error("UTF8String is not valid UTF-8")]
+    NotUtf8,
+    /// An OCTET STRING of another size.
+    #[error("OCTET STRING is {found} bytes, expected {expected}")]
+    Size {
+        /// Its size.
+        found: usize,
+        /// The size required.
+        expected: usize,
+    },
+}
+
 /// Reads one DER TLV with the expected tag that spans all of `der`,
 /// insisting on minimal length encoding.
-fn parse_tlv(der: &[u8], tag: u8, what: &str) -> Result<Vec<u8>, String> {
-    let (&t, rest) = der.split_first().ok_or("value is empty")?;
-    if t != tag {
-        return Err(format!(
-            "expected {what} (tag 0x{tag:02x}), found tag 0x{t:02x}"
-        ));
+fn parse_tlv(der: &[u8], tag: u8, what: &'static str) -> Result<Vec<u8>, DerError> {
+    let (&found, rest) = der.split_first().ok_or(DerError::Empty)?;
+    if found != tag {
+        return Err(DerError::Tag {
+            what,
+            expected: tag,
+            found,
+        });
     }
-    let (&l, rest) = rest.split_first().ok_or("length is missing")?;
+    let (&l, rest) = rest.split_first().ok_or(DerError::NoLength)?;
     let (len, rest) = match l {
         0..=0x7f => (usize::from(l), rest),
         0x81 => match rest.split_first() {
             Some((&n, rest)) if n >= 0x80 => (usize::from(n), rest),
-            _ => return Err("length is not in minimal DER form".into()),
+            _ => return Err(DerError::NotMinimal),
         },
         0x82 => match rest {
             [a, b, rest @ ..] if *a != 0 => (usize::from(u16::from_be_bytes([*a, *b])), rest),
-            _ => return Err("length is not in minimal DER form".into()),
+            _ => return Err(DerError::NotMinimal),
         },
-        _ => return Err("length form is not supported".into()),
+        _ => return Err(DerError::LengthForm),
     };
     if rest.len() != len {
-        return Err(format!("length says {len} bytes but {} follow", rest.len()));
+        return Err(DerError::Length {
+            said: len,
+            follow: rest.len(),
+        });
     }
     Ok(rest.to_vec())
 }
 
 /// Decodes a DER UTF8String spanning all of `der`.
-pub fn parse_utf8(der: &[u8]) -> Result<String, String> {
+pub fn parse_utf8(der: &[u8]) -> Result<String, DerError> {
     let content = parse_tlv(der, TAG_UTF8_STRING, "UTF8String")?;
-    String::from_utf8(content).map_err(|_| "UTF8String is not valid UTF-8".into())
+    String::from_utf8(content).map_err(|_| DerError::NotUtf8)
 }
 
 /// Decodes a DER OCTET STRING of exactly `N` bytes spanning all of `der`.
-pub fn parse_octets<const N: usize>(der: &[u8]) -> Result<[u8; N], String> {
+pub fn parse_octets<const N: usize>(der: &[u8]) -> Result<[u8; N], DerError> {
     let content = parse_tlv(der, TAG_OCTET_STRING, "OCTET STRING")?;
-    <[u8; N]>::try_from(content.as_slice())
-        .map_err(|_| format!("OCTET STRING is {} bytes, expected {N}", content.len()))
+    <[u8; N]>::try_from(content.as_slice()).map_err(|_| DerError::Size {
+        found: content.len(),
+        expected: N,
+    })
 }
 
 #[cfg(test)]
@@ -345,15 +398,23 @@ mod tests {
         assert!(
             parse_octets::<12>(&der_octets(&[7; 11]))
                 .unwrap_err()
+                .to_string()
                 .contains("11 bytes, expected 12")
         );
         assert!(
             parse_utf8(&der_octets(b"x"))
                 .unwrap_err()
+                .to_string()
                 .contains("UTF8String")
         );
-        assert!(parse_utf8(&[0x0c, 0x81, 0x05, b'a', b'b', b'c', b'd', b'e']).is_err());
-        assert!(parse_utf8(&[0x0c, 0x03, b'a']).is_err());
+        assert_eq!(
+            parse_utf8(&[0x0c, 0x81, 0x05, b'a', b'b', b'c', b'd', b'e']),
+            Err(DerError::NotMinimal)
+        );
+        assert_eq!(
+            parse_utf8(&[0x0c, 0x03, b'a']),
+            Err(DerError::Length { said: 3, follow: 1 })
+        );
         assert_eq!("cardiology/204/B".parse::<Location>().unwrap().room, "204");
         assert!("cardiology/204".parse::<Location>().is_err());
         assert!("patient".parse::<Role>().is_ok() && "root".parse::<Role>().is_err());

@@ -92,26 +92,36 @@ pub fn read(path: &Path) -> Result<Vec<u8>> {
 /// Reads every PEM block with `tag` from a file, or the file itself if it
 /// is DER (no PEM armour).
 pub fn read_der_blocks(path: &Path, tag: &str) -> Result<Vec<Vec<u8>>> {
-    der_blocks(&read(path)?, tag).map_err(|reason| Error::Format {
+    der_blocks(&read(path)?, tag).map_err(|e| Error::Format {
         path: path.to_owned(),
-        reason,
+        reason: e.to_string(),
     })
+}
+
+/// Why bytes hold no block of the kind asked for.
+#[derive(Debug, thiserror::Error)]
+pub enum PemError {
+    /// PEM armour that does not parse.
+    #[error("not PEM: {0}")]
+    NotPem(#[from] pem::PemError),
+    /// PEM without a block of this tag, e.g. `CERTIFICATE`.
+    #[error("no {0} PEM block")]
+    NoBlock(String),
 }
 
 /// Every PEM block with `tag` in `bytes`, or `bytes` itself if it is DER
 /// (no PEM armour); at least one, else why not.
-pub fn der_blocks(bytes: &[u8], tag: &str) -> std::result::Result<Vec<Vec<u8>>, String> {
+pub fn der_blocks(bytes: &[u8], tag: &str) -> std::result::Result<Vec<Vec<u8>>, PemError> {
     if !bytes.starts_with(b"-----BEGIN") {
         return Ok(vec![bytes.to_vec()]);
     }
-    let blocks = pem::parse_many(bytes).map_err(|e| e.to_string())?;
-    let ders: Vec<Vec<u8>> = blocks
+    let ders: Vec<Vec<u8>> = pem::parse_many(bytes)?
         .into_iter()
         .filter(|p| p.tag() == tag)
         .map(pem::Pem::into_contents)
         .collect();
     if ders.is_empty() {
-        return Err(format!("no {tag} PEM block"));
+        return Err(PemError::NoBlock(tag.to_owned()));
     }
     Ok(ders)
 }

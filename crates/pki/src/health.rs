@@ -37,7 +37,7 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 const REUSE: Duration = Duration::from_secs(1);
 
 /// A probe's future: `Err` says why the dependency does not answer.
-pub type Probing = Pin<Box<dyn Future<Output = std::result::Result<(), String>> + Send>>;
+type Probing = Pin<Box<dyn Future<Output = std::result::Result<(), String>> + Send>>;
 
 /// One thing a role needs to do its work.
 struct Dependency {

@@ -543,16 +543,7 @@ pub fn problem_response(
     detail: impl Into<String>,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    let p = medledger_protocol::Problem::new(kind, detail);
-    (
-        axum::http::StatusCode::from_u16(p.status).unwrap_or(axum::http::StatusCode::BAD_REQUEST),
-        [(
-            axum::http::header::CONTENT_TYPE,
-            medledger_protocol::problem::PROBLEM_JSON,
-        )],
-        p.to_json(),
-    )
-        .into_response()
+    medledger_protocol::Problem::new(kind, detail).into_response()
 }
 
 /// [`problem_response`] that asks the client to come back in `seconds`
@@ -562,12 +553,10 @@ pub fn problem_retry_after(
     detail: impl Into<String>,
     seconds: u64,
 ) -> axum::response::Response {
-    let mut response = problem_response(kind, detail);
-    response.headers_mut().insert(
-        axum::http::header::RETRY_AFTER,
-        axum::http::HeaderValue::from(seconds),
-    );
-    response
+    use axum::response::IntoResponse;
+    medledger_protocol::Problem::new(kind, detail)
+        .retry_after(seconds)
+        .into_response()
 }
 
 /// A TCP connection to `addr`, from the local address `from` if given.

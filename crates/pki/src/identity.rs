@@ -135,11 +135,16 @@ impl Identity {
         }
         let value = |ext: Ext| found[usize::from(ext.suffix() - 1)];
         let required = |ext: Ext| value(ext).ok_or(IdentityError::Missing(ext));
-        let malformed = |ext: Ext| move |reason: String| IdentityError::Malformed { ext, reason };
+        let malformed = |ext: Ext| {
+            move |reason: &dyn std::fmt::Display| IdentityError::Malformed {
+                ext,
+                reason: reason.to_string(),
+            }
+        };
         let utf8 = |ext: Ext| -> Result<String, IdentityError> {
-            let s = ext::parse_utf8(required(ext)?).map_err(malformed(ext))?;
+            let s = ext::parse_utf8(required(ext)?).map_err(|e| malformed(ext)(&e))?;
             if s.is_empty() {
-                return Err(malformed(ext)("value is empty".into()));
+                return Err(malformed(ext)(&ext::DerError::Empty));
             }
             Ok(s)
         };
@@ -147,7 +152,7 @@ impl Identity {
         let role_name = utf8(Ext::Role)?;
         let role: Role = role_name
             .parse()
-            .map_err(|e: ext::UnknownRole| malformed(Ext::Role)(e.to_string()))?;
+            .map_err(|e: ext::UnknownRole| malformed(Ext::Role)(&e))?;
         let forbid = |exts: &[Ext]| {
             exts.iter()
                 .find(|e| value(**e).is_some())
@@ -155,22 +160,22 @@ impl Identity {
         };
         let details = if role == Role::Device {
             forbid(&[Ext::Address, Ext::Location])?;
-            let bytes =
-                ext::parse_octets::<12>(required(Ext::Epc)?).map_err(malformed(Ext::Epc))?;
+            let bytes = ext::parse_octets::<12>(required(Ext::Epc)?)
+                .map_err(|e| malformed(Ext::Epc)(&e))?;
             Details::Device {
-                epc: Epc::from_bytes(bytes).map_err(|e| malformed(Ext::Epc)(e.to_string()))?,
+                epc: Epc::from_bytes(bytes).map_err(|e| malformed(Ext::Epc)(&e))?,
                 group: utf8(Ext::Group)?,
                 rule: utf8(Ext::Rule)?,
             }
         } else {
             forbid(&[Ext::Epc, Ext::Group, Ext::Rule])?;
             let address = ext::parse_octets::<20>(required(Ext::Address)?)
-                .map_err(malformed(Ext::Address))?;
+                .map_err(|e| malformed(Ext::Address)(&e))?;
             let location = if role == Role::Collector {
                 let text = utf8(Ext::Location)?;
                 Some(
                     text.parse()
-                        .map_err(|e: ext::BadLocation| malformed(Ext::Location)(e.to_string()))?,
+                        .map_err(|e: ext::BadLocation| malformed(Ext::Location)(&e))?,
                 )
             } else {
                 forbid(&[Ext::Location])?;

@@ -16,7 +16,8 @@
 //!   resources, conforming to the R4 vital-signs profiles;
 //! - [`mqtt`]: the MQTT topics of readings and receipts;
 //! - [`portal`]: the texts people sign in the portal (sign-in, requests);
-//! - [`problem`]: RFC 9457 problem details with stable types;
+//! - [`problem`]: RFC 9457 problem details with stable types (feature
+//!   `axum`: a [`Problem`] answers as an HTTP response, for every service);
 //! - [`purpose`]: the PurposeOfUse codes a read is asked for;
 //! - [`reading`]: the typed [`Reading`] and its payload checks;
 //! - `test_utils` (feature `test-utils`): a FHIR validator no one here

@@ -112,6 +112,10 @@ pub struct Problem {
     /// a batch, or a rule's reason code).
     #[serde(flatten)]
     pub extensions: serde_json::Map<String, serde_json::Value>,
+    /// Seconds after which the client may try again (`Retry-After`), for
+    /// a refusal that passes by itself.
+    #[serde(skip)]
+    pub retry_after: Option<u64>,
 }
 
 impl Problem {
@@ -123,7 +127,14 @@ impl Problem {
             status: kind.status(),
             detail: detail.into(),
             extensions: serde_json::Map::new(),
+            retry_after: None,
         }
+    }
+
+    /// Asks the client to come back in `seconds` (`Retry-After`).
+    pub fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
     }
 
     /// Adds an extension member.
@@ -135,6 +146,28 @@ impl Problem {
     /// The JSON body.
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("a problem always serializes")
+    }
+}
+
+/// Every HTTP service answers a problem the same way: its status, the
+/// problem+json media type, `Retry-After` when set, and the document.
+#[cfg(feature = "axum")]
+impl axum_core::response::IntoResponse for Problem {
+    fn into_response(self) -> axum_core::response::Response {
+        use http::{HeaderValue, StatusCode, header};
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::BAD_REQUEST);
+        let mut response = (
+            status,
+            [(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON))],
+            self.to_json(),
+        )
+            .into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
     }
 }
 
@@ -157,5 +190,19 @@ mod tests {
         for t in ProblemType::ALL {
             assert_eq!(ProblemType::parse(&t.uri()), Some(*t));
         }
+    }
+
+    #[test]
+    fn a_problem_answers_with_its_status_media_type_and_retry_after() {
+        use axum_core::response::IntoResponse;
+        let r = Problem::new(ProblemType::StorageUnavailable, "disk full")
+            .retry_after(5)
+            .into_response();
+        assert_eq!(r.status(), 503);
+        assert_eq!(r.headers()[http::header::CONTENT_TYPE], PROBLEM_JSON);
+        assert_eq!(r.headers()[http::header::RETRY_AFTER], "5");
+        let r = Problem::new(ProblemType::Replay, "seq 3 <= 7").into_response();
+        assert_eq!(r.status(), 409);
+        assert!(r.headers().get(http::header::RETRY_AFTER).is_none());
     }
 }

@@ -78,14 +78,25 @@ impl Default for Preferences {
     }
 }
 
+/// Why alert preferences are refused.
+#[derive(Debug, thiserror::Error)]
+pub enum BadPreferences {
+    /// A mode other than `all` or `unusual`.
+    #[error("mode {0:?}: expected all or unusual")]
+    Mode(String),
+    /// An hour beyond 23.
+    #[error("day_start and day_end are hours, 0 to 23")]
+    Hours,
+}
+
 impl Preferences {
     /// Checks the values.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), BadPreferences> {
         if self.mode != "all" && self.mode != "unusual" {
-            return Err(format!("mode {:?}: expected all or unusual", self.mode));
+            return Err(BadPreferences::Mode(self.mode.clone()));
         }
         if self.day_start > 23 || self.day_end > 23 {
-            return Err("day_start and day_end are hours, 0 to 23".into());
+            return Err(BadPreferences::Hours);
         }
         Ok(())
     }

@@ -11,6 +11,7 @@
 //! leases lapsed (it died before anchoring them).
 
 use crate::State;
+use crate::failure::{Cause, Doing, Failure};
 use alloy::primitives::B256;
 use medledger_contracts::{AnchorInput, LEDGER_KEY_KIND};
 use medledger_patient_ledger::verify_rotation;
@@ -48,7 +49,7 @@ pub(crate) async fn run(state: Arc<State>, every: Duration, checkpoint_every: Du
 
 /// Anchors every batch root and every grown ledger's checkpoint not yet
 /// anchored, in as many rounds as it takes; returns how many.
-pub(crate) async fn all(state: &State) -> Result<usize, String> {
+pub(crate) async fn all(state: &State) -> Result<usize, Failure> {
     let mut anchored = 0;
     loop {
         match round(state, true).await? {
@@ -60,20 +61,20 @@ pub(crate) async fn all(state: &State) -> Result<usize, String> {
 
 /// One `anchorMany` of unanchored batch roots and, `with_checkpoints`,
 /// checkpoints of grown ledgers; returns how many roots it anchored.
-async fn round(state: &State, with_checkpoints: bool) -> Result<usize, String> {
+async fn round(state: &State, with_checkpoints: bool) -> Result<usize, Failure> {
     let _one = state.anchoring.lock().await;
     let mut inputs = Vec::new();
     let mut pending = Vec::new();
     rotations(state, &mut inputs, &mut pending)
         .await
-        .map_err(|e| format!("reading ledger key rotations to anchor: {e}"))?;
+        .doing("reading ledger key rotations to anchor")?;
     batches(state, &mut inputs, &mut pending)
         .await
-        .map_err(|e| format!("reading batches to anchor: {e}"))?;
+        .doing("reading batches to anchor")?;
     if with_checkpoints && inputs.len() < MAX_ROOTS as usize {
         checkpoints(state, &mut inputs, &mut pending)
             .await
-            .map_err(|e| format!("checkpointing ledgers: {e}"))?;
+            .doing("checkpointing ledgers")?;
     }
     if inputs.is_empty() {
         return Ok(0);
@@ -85,7 +86,7 @@ async fn round(state: &State, with_checkpoints: bool) -> Result<usize, String> {
             let block = receipt.block_number.unwrap_or(0);
             mark(state, &pending, &ids, tx, block)
                 .await
-                .map_err(|e| format!("recording anchors: {e}"))?;
+                .doing("recording anchors")?;
             state.metrics.add(
                 "medledger_server_anchored_total",
                 "Roots anchored on chain.",
@@ -101,7 +102,7 @@ async fn round(state: &State, with_checkpoints: bool) -> Result<usize, String> {
                 &[],
                 1,
             );
-            Err(format!("anchoring {n} roots: {e}"))
+            Err(Failure::new(format!("anchoring {n} roots"), e))
         }
     }
 }
@@ -141,18 +142,17 @@ async fn rotations(
     state: &State,
     inputs: &mut Vec<AnchorInput>,
     pending: &mut Vec<Pending>,
-) -> Result<(), String> {
+) -> Result<(), Cause> {
     let rows = sqlx::query(
         "SELECT seq, statement FROM ledger_key_rotations WHERE anchor_id IS NULL ORDER BY seq",
     )
     .fetch_all(state.db.pool())
-    .await
-    .map_err(|e| e.to_string())?;
+    .await?;
     for row in rows {
-        let seq: i64 = row.try_get("seq").map_err(|e| e.to_string())?;
-        let statement: String = row.try_get("statement").map_err(|e| e.to_string())?;
+        let seq: i64 = row.try_get("seq")?;
+        let statement: String = row.try_get("statement")?;
         let index = usize::try_from(seq).unwrap_or(1).saturating_sub(1);
-        let rotation = verify_rotation(&statement, index).map_err(|e| e.to_string())?;
+        let rotation = verify_rotation(&statement, index)?;
         let hash = |text: &str| B256::from(medledger_protocol::reading_hash(text.as_bytes()));
         inputs.push(AnchorInput {
             kind: LEDGER_KEY_KIND,
@@ -175,7 +175,7 @@ async fn checkpoints(
     state: &State,
     inputs: &mut Vec<AnchorInput>,
     pending: &mut Vec<Pending>,
-) -> Result<(), String> {
+) -> Result<(), Cause> {
     let rows = sqlx::query(
         "SELECT e.patient AS patient, COUNT(*) AS size FROM ledger_entries e \
          JOIN ledger_leases l ON l.patient = e.patient \
@@ -188,11 +188,10 @@ async fn checkpoints(
     .bind(state.leases.me())
     .bind(i64::try_from(medledger_protocol::now_ms()).unwrap_or(i64::MAX))
     .fetch_all(state.db.pool())
-    .await
-    .map_err(|e| e.to_string())?;
+    .await?;
     let room = (MAX_ROOTS as usize).saturating_sub(inputs.len());
     for row in rows.into_iter().take(room) {
-        let patient: Vec<u8> = row.try_get("patient").map_err(|e| e.to_string())?;
+        let patient: Vec<u8> = row.try_get("patient")?;
         let Ok(patient_ref) = <[u8; 32]>::try_from(patient.as_slice()) else {
             continue;
         };
@@ -200,13 +199,9 @@ async fn checkpoints(
             Ok(note) => note,
             // An erased ledger has nothing more to anchor.
             Err(medledger_patient_ledger::LedgerError::Erased(_)) => continue,
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(e.into()),
         };
-        let cp = state
-            .ledger
-            .history()
-            .verify_checkpoint(&note)
-            .map_err(|e| e.to_string())?;
+        let cp = state.ledger.history().verify_checkpoint(&note)?;
         let size = i64::try_from(cp.size).unwrap_or(i64::MAX);
         sqlx::query(
             "INSERT INTO ledger_anchors (patient, size, note) VALUES ($1, $2, $3) \
@@ -216,8 +211,7 @@ async fn checkpoints(
         .bind(size)
         .bind(note.as_str())
         .execute(state.db.pool())
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
         inputs.push(AnchorInput {
             kind: 3,
             count: cp.size,

@@ -8,10 +8,12 @@
 //! reading's Observations.
 
 use crate::State;
-use crate::answer::{Refused, refused, unavailable};
+use crate::answer::{Refused, refused};
 use crate::caller::Caller;
+use crate::failure::{Doing, Failure};
+use crate::offchain_text::{self, Record};
 use medledger_pki::Role;
-use medledger_protocol::{ProblemType, fhir, now_ms, reading_hash};
+use medledger_protocol::{ProblemType, fhir, now_ms};
 use medledger_storage::sqlx::{self, Row};
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -22,6 +24,9 @@ pub const MAX_TEXT_BYTES: usize = 16 * 1024;
 /// The extension URL of a note's kind (`annotation` or `correction`).
 pub const KIND_EXTENSION: &str = "urn:medledger:fhir:annotation-kind";
 
+/// What an annotation's text is called in a refusal.
+pub(crate) const TEXT: &str = "an annotation's text";
+
 /// Stores the text of annotation `id` for its author `caller`.
 pub(crate) async fn store(
     state: &State,
@@ -29,24 +34,12 @@ pub(crate) async fn store(
     id: u64,
     text: &str,
 ) -> Result<Value, Refused> {
-    if !matches!(caller.role, Role::Doctor | Role::Nurse) {
-        return Err(refused(
-            ProblemType::WrongRole,
-            "only doctors and nurses annotate",
-        ));
-    }
-    let Some(author) = caller.account else {
-        return Err(refused(
-            ProblemType::WrongRole,
-            "the certificate names no account",
-        ));
-    };
-    if text.is_empty() || text.len() > MAX_TEXT_BYTES {
-        return Err(refused(
-            ProblemType::Malformed,
-            format!("an annotation's text is 1 to {MAX_TEXT_BYTES} bytes"),
-        ));
-    }
+    let author = offchain_text::author(
+        caller,
+        &[Role::Doctor, Role::Nurse],
+        "only doctors and nurses annotate",
+    )?;
+    offchain_text::check_length(text, TEXT, MAX_TEXT_BYTES)?;
     let contracts = state.view.contracts();
     let logs = crate::indexer::logs(
         &state.db,
@@ -54,40 +47,26 @@ pub(crate) async fn store(
         "Annotated",
         &contracts.annotation_filter(id),
     )
-    .await
-    .map_err(unavailable)?;
-    let event = medledger_contracts::annotation_from(&logs)
-        .map_err(unavailable)?
-        .ok_or_else(|| {
-            refused(
-                ProblemType::NotFound,
-                format!("no annotation {id} on chain"),
-            )
-        })?;
-    if event.author != author {
-        return Err(refused(
-            ProblemType::Forbidden,
-            format!("annotation {id} is {}'s, not {author}'s", event.author),
-        ));
-    }
-    let digest = reading_hash(text.as_bytes());
-    if digest != event.contentHash.0 {
-        return Err(refused(
-            ProblemType::Malformed,
-            format!(
-                "the text hashes to {}, not to annotation {id}'s contentHash {}",
-                hex::encode(digest),
-                event.contentHash
-            ),
-        ));
-    }
-    let patient = event.patientRef.0;
+    .await?;
+    let event = medledger_contracts::annotation_from(&logs)?.ok_or_else(|| {
+        refused(
+            ProblemType::NotFound,
+            format!("no annotation {id} on chain"),
+        )
+    })?;
+    let record = Record {
+        name: format!("annotation {id}"),
+        hash_name: "contentHash",
+        author: event.author,
+        hash: event.contentHash.0,
+        patient: event.patientRef.0,
+    };
+    offchain_text::check(&record, author, text)?;
     let stored = sqlx::query("SELECT 1 FROM ingest_readings WHERE hash = $1 AND patient = $2")
         .bind(event.readingRef.to_vec())
-        .bind(patient.to_vec())
+        .bind(record.patient.to_vec())
         .fetch_optional(state.db.pool())
-        .await
-        .map_err(unavailable)?;
+        .await?;
     if stored.is_none() {
         return Err(refused(
             ProblemType::NotFound,
@@ -97,26 +76,21 @@ pub(crate) async fn store(
             ),
         ));
     }
-    let sealed = state
-        .vault
-        .seal(&patient, text.as_bytes())
-        .await
-        .map_err(unavailable)?;
+    let sealed = state.vault.seal(&record.patient, text.as_bytes()).await?;
     sqlx::query(
         "INSERT INTO annotations (id, patient, reading, author, correction, content_hash, \
          sealed, created_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING",
     )
     .bind(i64::try_from(id).unwrap_or(i64::MAX))
-    .bind(patient.to_vec())
+    .bind(record.patient.to_vec())
     .bind(event.readingRef.to_vec())
     .bind(author.to_vec())
     .bind(i64::from(event.kind == CORRECTION))
-    .bind(digest.to_vec())
+    .bind(record.hash.to_vec())
     .bind(sealed)
     .bind(i64::try_from(now_ms()).unwrap_or(i64::MAX))
     .execute(state.db.pool())
-    .await
-    .map_err(unavailable)?;
+    .await?;
     Ok(json!({
         "annotation": id,
         "reading": hex::encode(event.readingRef),
@@ -131,7 +105,8 @@ const CORRECTION: u8 = 2;
 pub(crate) async fn notes(
     state: &State,
     patient: &[u8; 32],
-) -> Result<HashMap<[u8; 32], Vec<Value>>, String> {
+) -> Result<HashMap<[u8; 32], Vec<Value>>, Failure> {
+    let doing = "reading annotations";
     let rows = sqlx::query(
         "SELECT id, reading, author, correction, content_hash, sealed, created_ms FROM annotations \
          WHERE patient = $1 ORDER BY id",
@@ -139,7 +114,7 @@ pub(crate) async fn notes(
     .bind(patient.to_vec())
     .fetch_all(state.db.pool())
     .await
-    .map_err(|e| e.to_string())?;
+    .doing(doing)?;
     let mut notes: HashMap<[u8; 32], Vec<Value>> = HashMap::new();
     if rows.is_empty() {
         return Ok(notes);
@@ -147,25 +122,23 @@ pub(crate) async fn notes(
     // Their authors' names, read once.
     let names = state.directory.all().await;
     for row in rows {
-        let get = |e: sqlx::Error| e.to_string();
+        let get = |e: sqlx::Error| Failure::new(doing, e);
         let reading: [u8; 32] = row
             .try_get::<Vec<u8>, _>("reading")
             .map_err(get)?
             .try_into()
-            .map_err(|_| "bad reading hash")?;
+            .map_err(|_| Failure::new(doing, "a stored reading hash is not 32 bytes"))?;
         let sealed: Vec<u8> = row.try_get("sealed").map_err(get)?;
         let id: i64 = row.try_get("id").map_err(get)?;
         let content_hash: [u8; 32] = row
             .try_get::<Vec<u8>, _>("content_hash")
             .map_err(get)?
             .try_into()
-            .map_err(|_| "bad content hash")?;
-        let plain = state
-            .vault
-            .open(patient, &content_hash, &sealed)
-            .await
-            .map_err(|e| format!("annotation {id}: {e}"))?;
-        let text = String::from_utf8_lossy(&plain).into_owned();
+            .map_err(|_| Failure::new(doing, "a stored content hash is not 32 bytes"))?;
+        let text = offchain_text::open(state, patient, &content_hash, &sealed, || {
+            format!("annotation {id}")
+        })
+        .await?;
         let author: Vec<u8> = row.try_get("author").map_err(get)?;
         let correction = row.try_get::<i64, _>("correction").map_err(get)? != 0;
         let created = u64::try_from(row.try_get::<i64, _>("created_ms").map_err(get)?).unwrap_or(0);

@@ -3,9 +3,9 @@
 
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use medledger_protocol::ProblemType;
+use medledger_protocol::{Problem, ProblemType};
 
-pub(crate) use medledger_pki::https::{bounded, problem_response as problem, problem_retry_after};
+pub(crate) use medledger_pki::https::{bounded, problem_response as problem};
 
 /// A JSON answer.
 pub(crate) fn json_response(value: &impl serde::Serialize) -> Response {
@@ -27,22 +27,42 @@ pub(crate) fn fhir_response(resource: &serde_json::Value) -> Response {
         .into_response()
 }
 
-/// Why a request is refused: a problem type and the detail people read.
+/// Why a request is refused: a problem type, the detail people read and,
+/// for a refusal that passes by itself, when to try again. Every handler
+/// returns it as its error: `?` on a failure of the server's own makes it
+/// [`unavailable`].
 #[derive(Debug)]
 pub(crate) struct Refused {
     pub(crate) kind: ProblemType,
     pub(crate) detail: String,
+    retry_after: Option<u64>,
 }
 
-impl From<Refused> for axum::response::Response {
-    fn from(r: Refused) -> Self {
-        problem(r.kind, r.detail)
+impl Refused {
+    /// Asks the client to come back in `seconds` (`Retry-After`).
+    pub(crate) fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
     }
 }
 
 impl IntoResponse for Refused {
     fn into_response(self) -> Response {
-        self.into()
+        let problem = Problem::new(self.kind, self.detail);
+        match self.retry_after {
+            Some(seconds) => problem.retry_after(seconds),
+            None => problem,
+        }
+        .into_response()
+    }
+}
+
+/// `?` on a failure of the server's own (a database, chain or blob store
+/// error, a [`crate::Failure`]) answers it as [`unavailable`]: logged, and
+/// a 503 with a fixed detail.
+impl<E: std::error::Error + Send + Sync + 'static> From<E> for Refused {
+    fn from(e: E) -> Self {
+        unavailable(e)
     }
 }
 
@@ -63,6 +83,7 @@ pub(crate) fn refused(kind: ProblemType, detail: impl Into<String>) -> Refused {
     Refused {
         kind,
         detail: detail.into(),
+        retry_after: None,
     }
 }
 

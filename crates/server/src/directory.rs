@@ -7,7 +7,7 @@
 //! to every signed-in person, patients' only to admins and themselves.
 
 use crate::State;
-use crate::answer::{Refused, refused, unavailable};
+use crate::answer::{Refused, refused};
 use crate::caller::Caller;
 use alloy::primitives::Address;
 use axum::extract::{Request, State as AxState};
@@ -103,8 +103,7 @@ impl Directory {
         .bind(role.name())
         .bind(i64::try_from(now_ms()).unwrap_or(i64::MAX))
         .execute(self.db.pool())
-        .await
-        .map_err(unavailable)?;
+        .await?;
         Ok(())
     }
 

@@ -20,6 +20,7 @@
 //! rejected. On chain only salted pseudonyms and hashes remain.
 
 use crate::State;
+use crate::failure::{Doing, Failure};
 use alloy::primitives::B256;
 use medledger_contracts::{AnchorInput, ERASURE_KIND};
 use medledger_protocol::reading_hash;
@@ -41,41 +42,40 @@ pub struct Erasure {
 }
 
 /// Erases a patient; erasing twice is fine.
-pub(crate) async fn erase(state: &State, patient: &[u8; 32]) -> Result<Erasure, String> {
-    let failed = |what: &str, e: &dyn std::fmt::Display| format!("erasing: {what}: {e}");
+pub(crate) async fn erase(state: &State, patient: &[u8; 32]) -> Result<Erasure, Failure> {
     state
         .vault
         .erase(patient)
         .await
-        .map_err(|e| failed("the data keys", &e))?;
+        .doing("erasing: the data keys")?;
     state
         .leases
         .take([*patient], true)
         .await
-        .map_err(|e| failed("the ledger's lease", &e))?;
+        .doing("erasing: the ledger's lease")?;
     let tombstone = state
         .ledger
         .erase(patient)
         .await
-        .map_err(|e| failed("the ledger", &e))?;
+        .doing("erasing: the ledger")?;
     let rows = sqlx::query("SELECT DISTINCT blob FROM ingest_readings WHERE patient = $1")
         .bind(patient.to_vec())
         .fetch_all(state.db.pool())
         .await
-        .map_err(|e| failed("finding the blobs", &e))?;
+        .doing("erasing: finding the blobs")?;
     let mut blobs = 0;
     for row in rows {
-        let cid: String = row.try_get("blob").map_err(|e| failed("a blob", &e))?;
-        let cid: Cid = cid.parse().map_err(|e| failed("a blob's CID", &e))?;
+        let cid: String = row.try_get("blob").doing("erasing: a blob")?;
+        let cid: Cid = cid.parse().doing("erasing: a blob's CID")?;
         state
             .blobs
             .delete(&cid)
             .await
-            .map_err(|e| failed("deleting a blob", &e))?;
+            .doing("erasing: deleting a blob")?;
         blobs += 1;
     }
-    let sql = |e: sqlx::Error| failed("the database", &e);
-    let mut tx = state.db.pool().begin().await.map_err(sql)?;
+    let sql = "erasing: the database";
+    let mut tx = state.db.pool().begin().await.doing(sql)?;
     let readings = sqlx::query(
         "UPDATE ingest_readings SET patient = $2, idx = 0, blob = '', blob_sha256 = $2, \
          pos = 0, epc = $3, seq = 0, ts_ms = 0 WHERE patient = $1",
@@ -85,7 +85,7 @@ pub(crate) async fn erase(state: &State, patient: &[u8; 32]) -> Result<Erasure, 
     .bind(vec![0u8; 12])
     .execute(&mut *tx)
     .await
-    .map_err(sql)?
+    .doing(sql)?
     .rows_affected();
     for table in [
         "annotations",
@@ -98,9 +98,9 @@ pub(crate) async fn erase(state: &State, patient: &[u8; 32]) -> Result<Erasure, 
             .bind(patient.to_vec())
             .execute(&mut *tx)
             .await
-            .map_err(sql)?;
+            .doing(sql)?;
     }
-    tx.commit().await.map_err(sql)?;
+    tx.commit().await.doing(sql)?;
     // Their name, kept by the account the Registry knows them by.
     let account = state
         .view
@@ -109,19 +109,19 @@ pub(crate) async fn erase(state: &State, patient: &[u8; 32]) -> Result<Erasure, 
         .patientAccount(B256::from(*patient))
         .call()
         .await
-        .map_err(|e| failed("asking the Registry for the patient's account", &e))?;
+        .doing("erasing: asking the Registry for the patient's account")?;
     state
         .directory
         .forget(account)
         .await
-        .map_err(|e| failed("forgetting the patient's name", &e))?;
+        .doing("erasing: forgetting the patient's name")?;
     // The erasure on chain, where a restore from an older backup finds it.
     // A tombstone from before a rotation is signed by a retired key.
     let cp = state
         .ledger
         .history()
         .verify_checkpoint(&tombstone)
-        .map_err(|e| failed("the tombstone", &e))?;
+        .doing("erasing: the tombstone")?;
     state
         .view
         .contracts()
@@ -135,12 +135,9 @@ pub(crate) async fn erase(state: &State, patient: &[u8; 32]) -> Result<Erasure, 
             last: B256::from(reading_hash(tombstone.as_bytes())),
         }])
         .await
-        .map_err(|e| {
-            failed(
-                "recording the erasure on chain (the data is gone here; erase again to record it)",
-                &e,
-            )
-        })?;
+        .doing(
+            "erasing: recording the erasure on chain (the data is gone here; erase again to record it)",
+        )?;
     state.metrics.add(
         "medledger_server_erasures_total",
         "Patients erased (forgotten).",

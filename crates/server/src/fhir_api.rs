@@ -18,9 +18,10 @@
 //! unavailable chain or database is named as such, never by its own error.
 
 use crate::State;
-use crate::answer::{Refused, refused, unavailable};
+use crate::answer::{Refused, refused};
 use crate::answer::{bounded, fhir_response, problem};
 use crate::caller::Caller;
+use crate::failure::Doing;
 use crate::records::Selection;
 use alloy::primitives::{B256, FixedBytes};
 use axum::Router;
@@ -305,33 +306,22 @@ async fn observations(
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     uri: Uri,
-) -> Response {
+) -> Result<Response, Refused> {
     let known = [
         "patient", "subject", "code", "date", "request", "_count", "_offset",
     ];
-    let query = match Query::of(&uri, &known) {
-        Ok(q) => q,
-        Err(r) => return r.into(),
-    };
-    let selection = match observation_search(&query) {
-        Ok(s) => s,
-        Err(r) => return r.into(),
-    };
-    let request = match request_of(&headers, &query) {
-        Ok(id) => id,
-        Err(r) => return r.into(),
-    };
-    match crate::records::serve(&state, &caller, request, &selection).await {
-        Ok(page) => fhir_response(&searchset(
-            page.bundle,
-            &base_url(&headers, &uri),
-            "Observation",
-            &query,
-            page.total,
-            (selection.offset, selection.count.unwrap_or(DEFAULT_COUNT)),
-        )),
-        Err(r) => r.into(),
-    }
+    let query = Query::of(&uri, &known)?;
+    let selection = observation_search(&query)?;
+    let request = request_of(&headers, &query)?;
+    let page = crate::records::serve(&state, &caller, request, &selection).await?;
+    Ok(fhir_response(&searchset(
+        page.bundle,
+        &base_url(&headers, &uri),
+        "Observation",
+        &query,
+        page.total,
+        (selection.offset, selection.count.unwrap_or(DEFAULT_COUNT)),
+    )))
 }
 
 /// The [`Selection`] an Observation search asks for.
@@ -472,41 +462,31 @@ async fn observation(
     Path(id): Path<String>,
     headers: HeaderMap,
     uri: Uri,
-) -> Response {
-    let query = match Query::of(&uri, &["request"]) {
-        Ok(q) => q,
-        Err(r) => return r.into(),
-    };
-    let request = match request_of(&headers, &query) {
-        Ok(id) => id,
-        Err(r) => return r.into(),
-    };
+) -> Result<Response, Refused> {
+    let query = Query::of(&uri, &["request"])?;
+    let request = request_of(&headers, &query)?;
     let selection = Selection {
         id: Some(id.clone()),
         ..Selection::default()
     };
-    let page = match crate::records::serve(&state, &caller, request, &selection).await {
-        Ok(page) => page,
-        Err(r) => return r.into(),
-    };
+    let page = crate::records::serve(&state, &caller, request, &selection).await?;
     let Some(mut found) = page.bundle["entry"][0].get("resource").cloned() else {
-        return problem(
+        return Err(refused(
             ProblemType::NotFound,
             format!(
                 "no Observation {} in the scope of request {request}",
                 bounded(&id)
             ),
-        );
+        ));
     };
     found["meta"]["extension"] = page.bundle["meta"]["extension"].clone();
-    fhir_response(&found)
+    Ok(fhir_response(&found))
 }
 
 /// The patient an AuditEvent or Consent search is about: the patient's
 /// own, or for an admin the one named by `patient`.
-async fn subject(state: &State, caller: &Caller, query: &Query) -> Result<[u8; 32], Response> {
-    let named = query.patient().map_err(Response::from)?;
-    crate::subjects::subject_of(state, caller, named).await
+async fn subject(state: &State, caller: &Caller, query: &Query) -> Result<[u8; 32], Refused> {
+    crate::subjects::subject_of(state, caller, query.patient()?).await
 }
 
 /// A search of one patient's resources, the patient's own or, for an
@@ -519,27 +499,16 @@ async fn patient_search<F, Fut>(
     uri: &Uri,
     kind: &str,
     list: F,
-) -> Response
+) -> Result<Response, Refused>
 where
     F: FnOnce([u8; 32]) -> Fut,
     Fut: std::future::Future<Output = Result<Vec<Value>, Refused>>,
 {
-    let query = match Query::of(uri, &["patient", "subject", "_count", "_offset"]) {
-        Ok(q) => q,
-        Err(r) => return r.into(),
-    };
-    let page = match query.page() {
-        Ok(p) => p,
-        Err(r) => return r.into(),
-    };
-    let patient = match subject(state, caller, &query).await {
-        Ok(p) => p,
-        Err(refused) => return refused,
-    };
-    match list(patient).await {
-        Ok(all) => paged(all, &base_url(headers, uri), kind, &query, page),
-        Err(r) => r.into(),
-    }
+    let query = Query::of(uri, &["patient", "subject", "_count", "_offset"])?;
+    let page = query.page()?;
+    let patient = subject(state, caller, &query).await?;
+    let all = list(patient).await?;
+    Ok(paged(all, &base_url(headers, uri), kind, &query, page))
 }
 
 /// `GET /fhir/r4/AuditEvent?patient=`: the patient's record reads.
@@ -548,7 +517,7 @@ async fn audit_events(
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     uri: Uri,
-) -> Response {
+) -> Result<Response, Refused> {
     let state = &state;
     patient_search(
         state,
@@ -579,7 +548,7 @@ async fn consents(
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     uri: Uri,
-) -> Response {
+) -> Result<Response, Refused> {
     let state = &state;
     patient_search(
         state,
@@ -595,16 +564,12 @@ async fn consents(
 /// The patient's live grants as FHIR Consents.
 async fn grants(state: &State, patient: &[u8; 32]) -> Result<Vec<Value>, Refused> {
     let consent = state.view.contracts().consent();
-    let ids = consent
-        .liveGrants(B256::from(*patient))
-        .call()
-        .await
-        .map_err(unavailable)?;
+    let ids = consent.liveGrants(B256::from(*patient)).call().await?;
     let now = now_ms();
     let names = state.directory.all().await;
     let mut out = Vec::new();
     for id in ids {
-        let g = consent.grantOf(id).call().await.map_err(unavailable)?;
+        let g = consent.grantOf(id).call().await?;
         let scope = medledger_contracts::Scope(g.scope);
         let types: Vec<_> = CATALOGUE.iter().filter(|t| scope.contains(t)).collect();
         let grantee = (!g.grantee.is_zero()).then(|| g.grantee.to_string());
@@ -636,41 +601,40 @@ async fn device(
     AxState(state): AxState<Arc<State>>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-) -> Response {
+) -> Result<Response, Refused> {
     if !matches!(
         caller.role,
         Role::Admin | Role::Doctor | Role::Nurse | Role::Patient
     ) {
-        return problem(
+        return Err(refused(
             ProblemType::Forbidden,
             "devices are shown to people, not to machines",
-        );
+        ));
     }
-    let Ok(epc) = Epc::from_hex(&id) else {
-        return problem(
+    let not_found = |why: &str| {
+        refused(
             ProblemType::NotFound,
-            format!(
-                "no Device {}: a device's id is its EPC, 24 hex digits",
-                bounded(&id)
-            ),
-        );
+            format!("no Device {}: {why}", bounded(&id)),
+        )
     };
-    let registry = state.view.contracts().registry();
-    let found = match registry.device(FixedBytes(*epc.as_bytes())).call().await {
-        Ok(d) => d,
-        Err(e) => return unavailable(e).into(),
-    };
+    let epc =
+        Epc::from_hex(&id).map_err(|_| not_found("a device's id is its EPC, 24 hex digits"))?;
+    let found = state
+        .view
+        .contracts()
+        .registry()
+        .device(FixedBytes(*epc.as_bytes()))
+        .call()
+        .await
+        .doing("asking the Registry for a device")?;
     if !found.registered {
-        return problem(
-            ProblemType::NotFound,
-            format!("no Device {}: the Registry does not know it", bounded(&id)),
-        );
+        return Err(not_found("the Registry does not know it"));
     }
     let mut resource = fhir::device(epc.as_bytes(), Some(&epc.to_pure_uri()));
     if !found.active {
         resource["status"] = json!("inactive");
     }
-    fhir_response(&resource)
+    Ok(fhir_response(&resource))
 }
 
 /// `GET /fhir/r4/metadata`: what this API does, as a CapabilityStatement.

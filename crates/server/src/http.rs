@@ -5,10 +5,10 @@
 
 use crate::State;
 use crate::answer::{
-    Refused, bounded, fhir_response, json_response, number_param, problem, problem_retry_after,
-    query_param, refused, unavailable,
+    Refused, bounded, fhir_response, json_response, number_param, query_param, refused,
 };
 use crate::caller::Caller;
+use crate::failure::{Doing, Failure};
 use crate::ingest::{self, Unavailable};
 use crate::subjects::{admin_of, patient_of, patient_ref, subject_of};
 use alloy::primitives::Address;
@@ -83,46 +83,49 @@ async fn batches(
     AxState(state): AxState<Arc<State>>,
     Extension(peer): Extension<Peer>,
     body: Body,
-) -> Response {
+) -> Result<Response, Refused> {
     // A collector, or another server sending on the readings of patients
     // whose ledger this one holds.
     let (kind, source, what) = match peer.identity.role {
         Role::Collector => (COLLECTOR, ingest::Source::Peer, "collector"),
         Role::Server => (SERVER, ingest::Source::Server, "server"),
         _ => {
-            return problem(
+            return Err(refused(
                 ProblemType::WrongRole,
                 "only collectors (and servers) forward batches",
-            );
+            ));
         }
     };
     // A certificate is not enough: the Registry must list the account as
     // an active node of that kind.
-    let Some(account) = peer.identity.address() else {
-        return problem(ProblemType::WrongRole, "the certificate names no account");
-    };
-    match state.view.contracts().registry().node(account).call().await {
-        Ok(node) if node.active && node.kind == kind => {}
-        Ok(_) => {
-            return problem(
-                ProblemType::Forbidden,
-                format!("{account} is not an active {what} in the Registry"),
-            );
-        }
-        Err(e) => {
-            return unavailable(format!("the chain cannot be asked: {e}")).into();
-        }
+    let account = peer
+        .identity
+        .address()
+        .ok_or_else(|| refused(ProblemType::WrongRole, "the certificate names no account"))?;
+    let node = state
+        .view
+        .contracts()
+        .registry()
+        .node(account)
+        .call()
+        .await
+        .doing("asking the Registry for a node")?;
+    if !(node.active && node.kind == kind) {
+        return Err(refused(
+            ProblemType::Forbidden,
+            format!("{account} is not an active {what} in the Registry"),
+        ));
     }
-    let Ok(bytes) = axum::body::to_bytes(body, MAX_BATCH_BYTES).await else {
-        return problem(
-            ProblemType::TooLarge,
-            format!("a batch is at most {MAX_BATCH_BYTES} bytes"),
-        );
-    };
-    let mut batch = match ForwardBatch::from_cbor(&bytes) {
-        Ok(b) => b,
-        Err(e) => return problem(ProblemType::Malformed, e.to_string()),
-    };
+    let bytes = axum::body::to_bytes(body, MAX_BATCH_BYTES)
+        .await
+        .map_err(|_| {
+            refused(
+                ProblemType::TooLarge,
+                format!("a batch is at most {MAX_BATCH_BYTES} bytes"),
+            )
+        })?;
+    let mut batch = ForwardBatch::from_cbor(&bytes)
+        .map_err(|e| refused(ProblemType::Malformed, e.to_string()))?;
     state.portal.saw(
         format!("node:{}", account.to_string().to_lowercase()),
         medledger_protocol::now_ms(),
@@ -135,7 +138,7 @@ async fn batches(
                 .turns
                 .wait(account, order)
                 .await
-                .map_err(|e| Unavailable::Now(e.to_string())),
+                .map_err(|e| Unavailable::now("waiting for the batch this one follows", e)),
             None => Ok(()),
         }
     };
@@ -143,29 +146,23 @@ async fn batches(
     if let Some(order) = order {
         state.turns.finished(account, order, committed.is_ok());
     }
-    if committed.is_ok() {
-        crate::held::alert(&state, account, held).await;
-    }
-    match committed {
-        Ok(reply) => json_response(&reply),
-        Err(e) => {
-            tracing::warn!(
-                "medledger server: a batch from {what} {account} was not committed: {e}"
-            );
-            match e {
-                Unavailable::Storage(_) => problem_retry_after(
-                    ProblemType::StorageUnavailable,
-                    "the server cannot store readings now (its storage is full or failing); send the batch again later",
-                    STORAGE_RETRY_S,
-                ),
-                Unavailable::Now(_) => problem_retry_after(
-                    ProblemType::Unavailable,
-                    "the server cannot decide the batch now (the chain, the server holding a patient's ledger, or the batch it follows); send it again",
-                    1,
-                ),
-            }
+    let reply = committed.map_err(|e| {
+        tracing::warn!("medledger server: a batch from {what} {account} was not committed: {e}");
+        match e {
+            Unavailable::Storage(_) => refused(
+                ProblemType::StorageUnavailable,
+                "the server cannot store readings now (its storage is full or failing); send the batch again later",
+            )
+            .retry_after(STORAGE_RETRY_S),
+            Unavailable::Now(_) => refused(
+                ProblemType::Unavailable,
+                "the server cannot decide the batch now (the chain, the server holding a patient's ledger, or the batch it follows); send it again",
+            )
+            .retry_after(1),
         }
-    }
+    })?;
+    crate::held::alert(&state, account, held).await;
+    Ok(json_response(&reply))
 }
 
 /// `GET /v1/records?request=ID`.
@@ -173,21 +170,15 @@ async fn records(
     AxState(state): AxState<Arc<State>>,
     Extension(caller): Extension<Caller>,
     uri: axum::http::Uri,
-) -> Response {
-    let id = match number_param(&uri, "request") {
-        Ok(id) => id,
-        Err(refusal) => return refusal.into(),
-    };
-    let Some(id) = id else {
-        return problem(
+) -> Result<Response, Refused> {
+    let id = number_param(&uri, "request")?.ok_or_else(|| {
+        refused(
             ProblemType::Malformed,
             "name the access request: /v1/records?request=ID",
-        );
-    };
-    match crate::records::serve(&state, &caller, id, &Default::default()).await {
-        Ok(page) => fhir_response(&page.bundle),
-        Err(r) => problem(r.kind, r.detail),
-    }
+        )
+    })?;
+    let page = crate::records::serve(&state, &caller, id, &Default::default()).await?;
+    Ok(fhir_response(&page.bundle))
 }
 
 /// `POST /v1/justifications`: the text of a break-glass justification,
@@ -196,7 +187,7 @@ async fn justify(
     AxState(state): AxState<Arc<State>>,
     Extension(caller): Extension<Caller>,
     body: Body,
-) -> Response {
+) -> Result<Response, Refused> {
     #[derive(serde::Deserialize)]
     struct Text {
         request: u64,
@@ -204,14 +195,9 @@ async fn justify(
     }
     let limit = crate::justifications::MAX_TEXT_BYTES * 2 + 1024;
     let shape = r#"{"request": ID, "text": "..."}"#;
-    let text: Text = match json_body(body, limit, "a justification", shape).await {
-        Ok(t) => t,
-        Err(refused) => return refused,
-    };
-    match crate::justifications::store(&state, &caller, text.request, &text.text).await {
-        Ok(answer) => json_response(&answer),
-        Err(r) => r.into(),
-    }
+    let text: Text = json_body(body, limit, "a justification", shape).await?;
+    let answer = crate::justifications::store(&state, &caller, text.request, &text.text).await?;
+    Ok(json_response(&answer))
 }
 
 /// A JSON body of at most `limit` bytes, as `T`: `what` names the body in
@@ -221,15 +207,15 @@ async fn json_body<T: serde::de::DeserializeOwned>(
     limit: usize,
     what: &str,
     shape: &str,
-) -> Result<T, Response> {
+) -> Result<T, Refused> {
     let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
-        return Err(problem(
+        return Err(refused(
             ProblemType::TooLarge,
             format!("{what} is at most {limit} bytes of JSON"),
         ));
     };
     serde_json::from_slice(&bytes)
-        .map_err(|e| problem(ProblemType::Malformed, format!("expected {shape}: {e}")))
+        .map_err(|e| refused(ProblemType::Malformed, format!("expected {shape}: {e}")))
 }
 
 /// `GET /v1/justifications?request=ID`: a break-glass justification, for
@@ -238,25 +224,22 @@ async fn justification(
     AxState(state): AxState<Arc<State>>,
     Extension(caller): Extension<Caller>,
     uri: axum::http::Uri,
-) -> Response {
-    let id = match number_param(&uri, "request") {
-        Ok(Some(id)) => id,
-        Ok(None) => {
-            return problem(
-                ProblemType::Malformed,
-                "name the request: /v1/justifications?request=ID",
-            );
-        }
-        Err(refusal) => return refusal.into(),
-    };
-    match crate::justifications::text(&state, &caller, id).await {
-        Ok(Some(found)) => json_response(&found),
-        Ok(None) => problem(
-            ProblemType::NotFound,
-            format!("no justification of request {id} was given to this server"),
-        ),
-        Err(r) => r.into(),
-    }
+) -> Result<Response, Refused> {
+    let id = number_param(&uri, "request")?.ok_or_else(|| {
+        refused(
+            ProblemType::Malformed,
+            "name the request: /v1/justifications?request=ID",
+        )
+    })?;
+    let found = crate::justifications::text(&state, &caller, id)
+        .await?
+        .ok_or_else(|| {
+            refused(
+                ProblemType::NotFound,
+                format!("no justification of request {id} was given to this server"),
+            )
+        })?;
+    Ok(json_response(&found))
 }
 
 /// `DELETE /v1/patients/{patientRef}`: erase (forget) the patient, asked
@@ -265,27 +248,21 @@ async fn erase(
     AxState(state): AxState<Arc<State>>,
     Extension(caller): Extension<Caller>,
     Path(patient): Path<String>,
-) -> Response {
-    let Some(named) = patient_ref(&patient) else {
-        return problem(
+) -> Result<Response, Refused> {
+    let named = patient_ref(&patient).ok_or_else(|| {
+        refused(
             ProblemType::Malformed,
             "name the patient: /v1/patients/<patientRef, 64 hex digits>",
-        );
-    };
-    let allowed = match subject_of(&state, &caller, Some(named)).await {
-        Ok(p) => p,
-        Err(refusal) => return refusal,
-    };
-    if allowed != named {
-        return problem(
+        )
+    })?;
+    if subject_of(&state, &caller, Some(named)).await? != named {
+        return Err(refused(
             ProblemType::Forbidden,
             "a patient may erase only themselves",
-        );
+        ));
     }
-    match crate::erase::erase(&state, &named).await {
-        Ok(done) => json_response(&done),
-        Err(e) => problem(ProblemType::Unavailable, e),
-    }
+    let done = crate::erase::erase(&state, &named).await?;
+    Ok(json_response(&done))
 }
 
 /// `POST /v1/annotations` with `{"annotation": ID, "text": "..."}`: the
@@ -294,7 +271,7 @@ async fn annotations(
     AxState(state): AxState<Arc<State>>,
     Extension(caller): Extension<Caller>,
     body: Body,
-) -> Response {
+) -> Result<Response, Refused> {
     #[derive(serde::Deserialize)]
     struct Text {
         annotation: u64,
@@ -302,14 +279,9 @@ async fn annotations(
     }
     let limit = crate::annotations::MAX_TEXT_BYTES * 2 + 1024;
     let shape = r#"{"annotation": ID, "text": "..."}"#;
-    let text: Text = match json_body(body, limit, "an annotation", shape).await {
-        Ok(t) => t,
-        Err(refused) => return refused,
-    };
-    match crate::annotations::store(&state, &caller, text.annotation, &text.text).await {
-        Ok(answer) => json_response(&answer),
-        Err(r) => problem(r.kind, r.detail),
-    }
+    let text: Text = json_body(body, limit, "an annotation", shape).await?;
+    let answer = crate::annotations::store(&state, &caller, text.annotation, &text.text).await?;
+    Ok(json_response(&answer))
 }
 
 /// The patientRef named by `?patient=`: `None` if absent, a 400 if it is
@@ -331,11 +303,13 @@ fn patient_param(uri: &axum::http::Uri) -> Result<Option<[u8; 32]>, Refused> {
 async fn directory(
     AxState(state): AxState<Arc<State>>,
     Extension(caller): Extension<Caller>,
-) -> Response {
-    match state.directory.visible_to(&caller).await {
-        Ok(names) => json_response(&serde_json::json!({ "names": names })),
-        Err(e) => unavailable(e).into(),
-    }
+) -> Result<Response, Refused> {
+    let names = state
+        .directory
+        .visible_to(&caller)
+        .await
+        .doing("reading the directory")?;
+    Ok(json_response(&serde_json::json!({ "names": names })))
 }
 
 /// `PUT /v1/directory/{account}` with `{"name": "...", "role": "doctor"}`:
@@ -345,50 +319,43 @@ async fn name_person(
     Extension(caller): Extension<Caller>,
     Path(account): Path<String>,
     body: Body,
-) -> Response {
-    if let Err(refused) = admin_of(&state, &caller).await {
-        return refused;
-    }
-    let Ok(account) = account.parse::<Address>() else {
-        return problem(
+) -> Result<Response, Refused> {
+    admin_of(&state, &caller).await?;
+    let account = account.parse::<Address>().map_err(|_| {
+        refused(
             ProblemType::Malformed,
             format!(
                 "`{}` is not an account (0x and 40 hex digits)",
                 bounded(&account)
             ),
-        );
-    };
+        )
+    })?;
     #[derive(serde::Deserialize)]
     struct Named {
         name: String,
         role: String,
     }
     let shape = r#"{"name": "...", "role": "doctor|nurse|admin|patient"}"#;
-    let named: Named = match json_body(body, 4096, "a name", shape).await {
-        Ok(n) => n,
-        Err(refused) => return refused,
-    };
+    let named: Named = json_body(body, 4096, "a name", shape).await?;
     let role = match named.role.as_str() {
         "doctor" => Role::Doctor,
         "nurse" => Role::Nurse,
         "admin" => Role::Admin,
         "patient" => Role::Patient,
         other => {
-            return problem(
+            return Err(refused(
                 ProblemType::Malformed,
                 format!(
                     "role `{}`: expected doctor, nurse, admin or patient",
                     bounded(other)
                 ),
-            );
+            ));
         }
     };
-    match state.directory.set(account, role, &named.name).await {
-        Ok(()) => {
-            json_response(&serde_json::json!({ "account": account, "name": named.name.trim() }))
-        }
-        Err(r) => r.into(),
-    }
+    state.directory.set(account, role, &named.name).await?;
+    Ok(json_response(
+        &serde_json::json!({ "account": account, "name": named.name.trim() }),
+    ))
 }
 
 /// [`subject_of`] with the patient named by `?patient=`.
@@ -396,9 +363,8 @@ async fn subject_named(
     state: &State,
     caller: &Caller,
     uri: &axum::http::Uri,
-) -> Result<[u8; 32], Response> {
-    let named = patient_param(uri).map_err(Response::from)?;
-    subject_of(state, caller, named).await
+) -> Result<[u8; 32], Refused> {
+    subject_of(state, caller, patient_param(uri)?).await
 }
 
 /// `GET /v1/ledger[?patient=HEX]`: the patient's ledger as a proof bundle
@@ -407,15 +373,14 @@ async fn ledger(
     AxState(state): AxState<Arc<State>>,
     Extension(caller): Extension<Caller>,
     uri: axum::http::Uri,
-) -> Response {
-    let patient = match subject_named(&state, &caller, &uri).await {
-        Ok(p) => p,
-        Err(refusal) => return refusal,
-    };
-    match state.ledger.export(&patient).await {
-        Ok(bundle) => json_response(&bundle),
-        Err(e) => unavailable(e).into(),
-    }
+) -> Result<Response, Refused> {
+    let patient = subject_named(&state, &caller, &uri).await?;
+    let bundle = state
+        .ledger
+        .export(&patient)
+        .await
+        .doing("exporting a ledger")?;
+    Ok(json_response(&bundle))
 }
 
 /// `GET /v1/audit[?patient=HEX]`: the patient's record reads as a FHIR
@@ -424,15 +389,10 @@ async fn audit(
     AxState(state): AxState<Arc<State>>,
     Extension(caller): Extension<Caller>,
     uri: axum::http::Uri,
-) -> Response {
-    let patient = match subject_named(&state, &caller, &uri).await {
-        Ok(p) => p,
-        Err(refusal) => return refusal,
-    };
-    match crate::records::audit_events(&state, &patient).await {
-        Ok(bundle) => fhir_response(&bundle),
-        Err(r) => problem(r.kind, r.detail),
-    }
+) -> Result<Response, Refused> {
+    let patient = subject_named(&state, &caller, &uri).await?;
+    let bundle = crate::records::audit_events(&state, &patient).await?;
+    Ok(fhir_response(&bundle))
 }
 
 /// `GET /v1/alerts?after=N&limit=M`: the patient's alerts after `N`.
@@ -440,34 +400,30 @@ async fn alerts(
     AxState(state): AxState<Arc<State>>,
     Extension(caller): Extension<Caller>,
     uri: axum::http::Uri,
-) -> Response {
-    let patient = match patient_of(&state, &caller).await {
-        Ok(p) => p,
-        Err(refusal) => return refusal,
-    };
-    let (after, limit) = match (number_param(&uri, "after"), number_param(&uri, "limit")) {
-        (Ok(after), Ok(limit)) => (after.unwrap_or(0), limit.unwrap_or(1000).min(1000)),
-        (Err(refusal), _) | (_, Err(refusal)) => return refusal.into(),
-    };
-    match state.alerts.list(&patient, after, limit).await {
-        Ok(list) => json_response(&serde_json::json!({ "alerts": list })),
-        Err(e) => unavailable(e).into(),
-    }
+) -> Result<Response, Refused> {
+    let patient = patient_of(&state, &caller).await?;
+    let after = number_param(&uri, "after")?.unwrap_or(0);
+    let limit = number_param(&uri, "limit")?.unwrap_or(1000).min(1000);
+    let list = state
+        .alerts
+        .list(&patient, after, limit)
+        .await
+        .doing("listing alerts")?;
+    Ok(json_response(&serde_json::json!({ "alerts": list })))
 }
 
 /// `GET /v1/alerts/preferences`: the patient's alert preferences.
 async fn preferences(
     AxState(state): AxState<Arc<State>>,
     Extension(caller): Extension<Caller>,
-) -> Response {
-    let patient = match patient_of(&state, &caller).await {
-        Ok(p) => p,
-        Err(refusal) => return refusal,
-    };
-    match state.alerts.preferences(&patient).await {
-        Ok(prefs) => json_response(&prefs),
-        Err(e) => unavailable(e).into(),
-    }
+) -> Result<Response, Refused> {
+    let patient = patient_of(&state, &caller).await?;
+    let prefs = state
+        .alerts
+        .preferences(&patient)
+        .await
+        .doing("reading alert preferences")?;
+    Ok(json_response(&prefs))
 }
 
 /// `PUT /v1/alerts/preferences`: replaces them (JSON, as `GET` gives).
@@ -475,40 +431,37 @@ async fn set_preferences(
     AxState(state): AxState<Arc<State>>,
     Extension(caller): Extension<Caller>,
     body: Body,
-) -> Response {
-    let patient = match patient_of(&state, &caller).await {
-        Ok(p) => p,
-        Err(refusal) => return refusal,
-    };
+) -> Result<Response, Refused> {
+    let patient = patient_of(&state, &caller).await?;
     let Ok(bytes) = axum::body::to_bytes(body, 64 << 10).await else {
-        return problem(ProblemType::TooLarge, "preferences are at most 64 KiB");
+        return Err(refused(
+            ProblemType::TooLarge,
+            "preferences are at most 64 KiB",
+        ));
     };
-    let prefs: crate::alerts::Preferences = match serde_json::from_slice(&bytes) {
-        Ok(p) => p,
-        Err(e) => return problem(ProblemType::Malformed, format!("preferences: {e}")),
-    };
-    if let Err(e) = prefs.check() {
-        return problem(ProblemType::Malformed, format!("preferences: {e}"));
-    }
-    match state.alerts.set_preferences(&patient, &prefs).await {
-        Ok(()) => json_response(&prefs),
-        Err(e) => unavailable(e).into(),
-    }
+    let prefs: crate::alerts::Preferences = serde_json::from_slice(&bytes)
+        .map_err(|e| refused(ProblemType::Malformed, format!("preferences: {e}")))?;
+    prefs
+        .check()
+        .map_err(|e| refused(ProblemType::Malformed, format!("preferences: {e}")))?;
+    state
+        .alerts
+        .set_preferences(&patient, &prefs)
+        .await
+        .doing("storing alert preferences")?;
+    Ok(json_response(&prefs))
 }
 
 /// `GET /v1/alerts/webhook`: `{"url": ...}` or `{"url": null}`.
 async fn webhook(
     AxState(state): AxState<Arc<State>>,
     Extension(caller): Extension<Caller>,
-) -> Response {
-    let patient = match patient_of(&state, &caller).await {
-        Ok(p) => p,
-        Err(refusal) => return refusal,
-    };
-    match crate::webhook::url(&state, &patient).await {
-        Ok(url) => json_response(&serde_json::json!({ "url": url })),
-        Err(e) => unavailable(e).into(),
-    }
+) -> Result<Response, Refused> {
+    let patient = patient_of(&state, &caller).await?;
+    let url = crate::webhook::url(&state, &patient)
+        .await
+        .doing("reading a webhook")?;
+    Ok(json_response(&serde_json::json!({ "url": url })))
 }
 
 /// `PUT /v1/alerts/webhook`: `{"url", "secret", "after"}`: deliver the
@@ -520,65 +473,65 @@ async fn set_webhook(
     AxState(state): AxState<Arc<State>>,
     Extension(caller): Extension<Caller>,
     body: Body,
-) -> Response {
+) -> Result<Response, Refused> {
     #[derive(serde::Deserialize)]
     struct Hook {
         url: String,
         secret: String,
         after: Option<u64>,
     }
-    let patient = match patient_of(&state, &caller).await {
-        Ok(p) => p,
-        Err(refusal) => return refusal,
-    };
+    let patient = patient_of(&state, &caller).await?;
     let Ok(bytes) = axum::body::to_bytes(body, 64 << 10).await else {
-        return problem(ProblemType::TooLarge, "a webhook is at most 64 KiB");
+        return Err(refused(
+            ProblemType::TooLarge,
+            "a webhook is at most 64 KiB",
+        ));
     };
-    let hook: Hook = match serde_json::from_slice(&bytes) {
-        Ok(h) => h,
-        Err(e) => return problem(ProblemType::Malformed, format!("webhook: {e}")),
-    };
+    let hook: Hook = serde_json::from_slice(&bytes)
+        .map_err(|e| refused(ProblemType::Malformed, format!("webhook: {e}")))?;
     if hook.secret.len() < 16 {
-        return problem(
+        return Err(refused(
             ProblemType::Malformed,
             "the webhook secret must be at least 16 characters",
-        );
+        ));
     }
-    let url = match state.webhooks.check(&hook.url).await {
-        Ok(target) => target.endpoint().url.clone(),
-        Err(refused) => return problem(ProblemType::Malformed, refused.to_string()),
-    };
+    let target = state
+        .webhooks
+        .check(&hook.url)
+        .await
+        .map_err(|unreachable| refused(ProblemType::Malformed, unreachable.to_string()))?;
+    let url = target.endpoint().url.clone();
     let after = match hook.after {
         Some(a) => a,
-        None => match state.alerts.last_id().await {
-            Ok(id) => id,
-            Err(e) => return unavailable(e).into(),
-        },
+        None => state
+            .alerts
+            .last_id()
+            .await
+            .doing("reading the last alert")?,
     };
     let new = crate::webhook::NewHook {
         url: url.as_str(),
         secret: &hook.secret,
         set_by: &caller.certificate,
     };
-    match crate::webhook::set(&state, &patient, Some(new), after).await {
-        Ok(()) => json_response(&serde_json::json!({ "url": url.as_str(), "after": after })),
-        Err(e) => unavailable(e).into(),
-    }
+    crate::webhook::set(&state, &patient, Some(new), after)
+        .await
+        .doing("storing a webhook")?;
+    Ok(json_response(
+        &serde_json::json!({ "url": url.as_str(), "after": after }),
+    ))
 }
 
 /// `DELETE /v1/alerts/webhook`.
 async fn remove_webhook(
     AxState(state): AxState<Arc<State>>,
     Extension(caller): Extension<Caller>,
-) -> Response {
-    let patient = match patient_of(&state, &caller).await {
-        Ok(p) => p,
-        Err(refusal) => return refusal,
-    };
-    match crate::webhook::set(&state, &patient, None, 0).await {
-        Ok(()) => json_response(&serde_json::json!({ "url": null })),
-        Err(e) => unavailable(e).into(),
-    }
+) -> Result<Response, Refused> {
+    let patient = patient_of(&state, &caller).await?;
+    crate::webhook::set(&state, &patient, None, 0)
+        .await
+        .doing("removing a webhook")?;
+    Ok(json_response(&serde_json::json!({ "url": null })))
 }
 
 /// `GET /v1/alerts/stream`: server-sent events, one per alert, from the
@@ -589,25 +542,20 @@ async fn alert_stream(
     Extension(caller): Extension<Caller>,
     headers: axum::http::HeaderMap,
     uri: axum::http::Uri,
-) -> Response {
-    let patient = match patient_of(&state, &caller).await {
-        Ok(p) => p,
-        Err(refusal) => return refusal,
-    };
+) -> Result<Response, Refused> {
+    let patient = patient_of(&state, &caller).await?;
     let after = match headers.get("last-event-id") {
-        Some(v) => match v.to_str().ok().and_then(|v| v.parse::<u64>().ok()) {
-            Some(id) => id,
-            None => {
-                return problem(
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or_else(|| {
+                refused(
                     ProblemType::Malformed,
                     "Last-Event-ID takes the id of an alert: a whole number",
-                );
-            }
-        },
-        None => match number_param(&uri, "after") {
-            Ok(after) => after.unwrap_or(0),
-            Err(refusal) => return refusal.into(),
-        },
+                )
+            })?,
+        None => number_param(&uri, "after")?.unwrap_or(0),
     };
     let newest = state.alerts.follow();
     let revoked = caller
@@ -648,7 +596,7 @@ async fn alert_stream(
             }
         },
     );
-    (
+    Ok((
         StatusCode::OK,
         [
             (header::CONTENT_TYPE, "text/event-stream"),
@@ -656,7 +604,7 @@ async fn alert_stream(
         ],
         Body::from_stream(futures_util::StreamExt::take_until(stream, revoked)),
     )
-        .into_response()
+        .into_response())
 }
 
 /// What a proof lookup needs from the reading index.
@@ -672,23 +620,19 @@ async fn proof(
     Extension(caller): Extension<Caller>,
     Path(hash): Path<String>,
     uri: axum::http::Uri,
-) -> Response {
-    let Ok(hash) = <[u8; 32]>::try_from(hex::decode(&hash).unwrap_or_default().as_slice()) else {
-        return problem(ProblemType::Malformed, "a reading hash is 64 hex digits");
-    };
-    let request = match number_param(&uri, "request") {
-        Ok(request) => request,
-        Err(refusal) => return refusal.into(),
-    };
-    if let Err(refusal) = may_see(&state, &caller, &hash, request).await {
-        return refusal;
-    }
-    match build_proof(&state, &hash).await {
-        Ok(Some(p)) => json_response(&p),
-        Ok(None) => problem(ProblemType::NotFound, "no reading with this hash is stored"),
-        Err(e) => problem(ProblemType::Unavailable, e),
-    }
+) -> Result<Response, Refused> {
+    let hash = <[u8; 32]>::try_from(hex::decode(&hash).unwrap_or_default().as_slice())
+        .map_err(|_| refused(ProblemType::Malformed, "a reading hash is 64 hex digits"))?;
+    let request = number_param(&uri, "request")?;
+    may_see(&state, &caller, &hash, request).await?;
+    let proof = build_proof(&state, &hash)
+        .await?
+        .ok_or_else(|| refused(ProblemType::NotFound, NO_SUCH_READING))?;
+    Ok(json_response(&proof))
 }
+
+/// What a proof of an unknown reading answers.
+const NO_SUCH_READING: &str = "no reading with this hash is stored";
 
 /// Whether `caller` may see the proof of reading `hash`: its patient, or a
 /// doctor or nurse with a usable access request (`request`) for them.
@@ -697,23 +641,17 @@ async fn may_see(
     caller: &Caller,
     hash: &[u8; 32],
     request: Option<u64>,
-) -> Result<(), Response> {
+) -> Result<(), Refused> {
+    let doing = "finding a reading's patient";
     let row = sqlx::query("SELECT patient FROM ingest_readings WHERE hash = $1")
         .bind(hash.to_vec())
         .fetch_optional(state.db.pool())
         .await
-        .map_err(|e| Response::from(unavailable(e)))?;
-    let Some(row) = row else {
-        return Err(problem(
-            ProblemType::NotFound,
-            "no reading with this hash is stored",
-        ));
-    };
-    let patient: Vec<u8> = row
-        .try_get("patient")
-        .map_err(|e| Response::from(unavailable(e)))?;
-    let refused = || {
-        problem(
+        .doing(doing)?
+        .ok_or_else(|| refused(ProblemType::NotFound, NO_SUCH_READING))?;
+    let patient: Vec<u8> = row.try_get("patient").doing(doing)?;
+    let forbidden = || {
+        refused(
             ProblemType::Forbidden,
             "a reading's proof is for its patient, or for staff with a usable access request for them (?request=ID)",
         )
@@ -721,11 +659,11 @@ async fn may_see(
     match caller.role {
         Role::Patient => match patient_of(state, caller).await {
             Ok(own) if own.as_slice() == patient.as_slice() => Ok(()),
-            _ => Err(refused()),
+            _ => Err(forbidden()),
         },
         Role::Doctor | Role::Nurse => {
             let (Some(id), Some(me)) = (request, caller.account) else {
-                return Err(refused());
+                return Err(forbidden());
             };
             let contracts = state.view.contracts();
             let of = contracts
@@ -742,10 +680,10 @@ async fn may_see(
                 {
                     Ok(())
                 }
-                _ => Err(refused()),
+                _ => Err(forbidden()),
             }
         }
-        _ => Err(refused()),
+        _ => Err(forbidden()),
     }
 }
 
@@ -764,8 +702,8 @@ fn anchor_ref(id: Option<i64>, tx: Option<Vec<u8>>, block: Option<i64>) -> Optio
     }
 }
 
-async fn build_proof(state: &State, hash: &[u8; 32]) -> Result<Option<ReadingProof>, String> {
-    let e = |e: sqlx::Error| e.to_string();
+async fn build_proof(state: &State, hash: &[u8; 32]) -> Result<Option<ReadingProof>, Failure> {
+    let e = |e: sqlx::Error| Failure::new("reading the index for a proof", e);
     let row =
         sqlx::query("SELECT patient, idx, batch, batch_pos FROM ingest_readings WHERE hash = $1")
             .bind(hash.to_vec())
@@ -779,7 +717,9 @@ async fn build_proof(state: &State, hash: &[u8; 32]) -> Result<Option<ReadingPro
             .map_err(e)?
             .as_slice()
             .try_into()
-            .map_err(|_| "bad patientRef")?,
+            .map_err(|_| {
+                Failure::new("proving a reading", "a stored patientRef is not 32 bytes")
+            })?,
         index: u64::try_from(row.try_get::<i64, _>("idx").map_err(e)?).unwrap_or(0),
         batch: row.try_get("batch").map_err(e)?,
         batch_pos: u64::try_from(row.try_get::<i64, _>("batch_pos").map_err(e)?).unwrap_or(0),
@@ -810,7 +750,7 @@ async fn build_proof(state: &State, hash: &[u8; 32]) -> Result<Option<ReadingPro
                 .ledger
                 .checkpoint(&at.patient)
                 .await
-                .map_err(|e| e.to_string())?,
+                .doing("checkpointing a ledger")?,
             None,
         ),
     };
@@ -819,18 +759,18 @@ async fn build_proof(state: &State, hash: &[u8; 32]) -> Result<Option<ReadingPro
         .ledger
         .history()
         .verify_checkpoint(&note)
-        .map_err(|e| e.to_string())?;
+        .doing("checking a checkpoint")?;
     let entry = state
         .ledger
         .entry(&at.patient, at.index)
         .await
-        .map_err(|e| e.to_string())?
-        .ok_or("the ledger entry is missing")?;
+        .doing("reading a ledger entry")?
+        .ok_or_else(|| Failure::new("reading a ledger entry", "the entry is missing"))?;
     let inclusion = state
         .ledger
         .inclusion(&at.patient, at.index, cp.size)
         .await
-        .map_err(|e| e.to_string())?;
+        .doing("proving a ledger entry")?;
 
     // The batch: every reading hash of it, in order.
     let members =
@@ -846,7 +786,7 @@ async fn build_proof(state: &State, hash: &[u8; 32]) -> Result<Option<ReadingPro
     }
     let batch_proof = tree
         .inclusion(at.batch_pos, tree.size())
-        .map_err(|e| e.to_string())?;
+        .doing("proving a batch member")?;
     let batch_row = sqlx::query(
         "SELECT anchor_id, anchor_tx, anchor_block FROM ingest_batches WHERE root = $1",
     )

@@ -30,32 +30,41 @@
 
 use crate::State;
 use crate::alerts::NewAlert;
+use crate::failure::{Cause, Failure};
 use crate::leases::{Holder, Peer};
 use alloy::primitives::B256;
 use medledger_checks::{Item, Marks, NewMarks, Refusal, Signed, Trust, Verdict};
 use medledger_patient_ledger::{Field, LedgerError, NewEntry, Tree, leaf_hash};
 use medledger_pki::{ClientAuth, Identity};
-use medledger_protocol::cbor::{self, Value};
+use medledger_protocol::cbor;
 use medledger_protocol::{
     CardSignature, CommitReply, CommitResult, CommitStatus, ForwardBatch, ProblemType,
     SignedReading, card_digest, now_ms, reading_hash,
 };
 use medledger_storage::sqlx::{self, Row};
-use medledger_storage::{Cid, SqlValue, insert_many, placeholders};
+use medledger_storage::{SqlValue, insert_many, placeholders};
 use rustls::pki_types::UnixTime;
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 /// Why a whole batch could not be committed now (the collector retries);
-/// the text is for the server's log, not for the collector.
+/// what failed is for the server's log, not for the collector.
 #[derive(Debug, thiserror::Error)]
 pub enum Unavailable {
     /// The chain, a peer server or an earlier batch of the stream.
     #[error("{0}")]
-    Now(String),
+    Now(Failure),
     /// The database or the blob store failed (full, I/O errors, down).
     #[error("storage: {0}")]
-    Storage(String),
+    Storage(Failure),
+}
+
+impl Unavailable {
+    /// Not now: `doing` failed because of `cause`.
+    pub(crate) fn now(doing: impl Into<Cow<'static, str>>, cause: impl Into<Cause>) -> Self {
+        Unavailable::Now(Failure::new(doing, cause))
+    }
 }
 
 /// Where a batch comes from, and so what the server verifies again.
@@ -100,11 +109,11 @@ fn to_i64(n: u64) -> i64 {
 }
 
 fn db_down(e: sqlx::Error) -> Unavailable {
-    Unavailable::Storage(format!("the database failed: {e}"))
+    Unavailable::Storage(Failure::new("the database", e))
 }
 
 fn chain_down(e: medledger_contracts::Error) -> Unavailable {
-    Unavailable::Now(format!("the chain cannot be asked: {e}"))
+    Unavailable::now("asking the chain", e)
 }
 
 /// Times the stages of a commit into `medledger_server_stage_seconds`.
@@ -202,7 +211,7 @@ async fn verify<T: Send + Sync + 'static>(
         items
     })
     .await
-    .map_err(|e| Unavailable::Now(format!("verifying the readings: {e}")))
+    .map_err(|e| Unavailable::now("verifying the readings", e))
 }
 
 /// Commits a batch from `source` once verified and once `turn` (its
@@ -307,7 +316,7 @@ async fn commit_batch(
         .iter()
         .map(result_of)
         .collect::<Option<Vec<CommitResult>>>()
-        .ok_or_else(|| Unavailable::Now("a reading was left undecided".into()))?;
+        .ok_or_else(|| Unavailable::now("deciding the batch", "a reading was left undecided"))?;
     for r in &results {
         let (status, cause) = match r.status {
             CommitStatus::Stored => ("stored", ""),
@@ -364,8 +373,9 @@ async fn to_holders(
     let tls = match (&state.peer_tls, source) {
         // Sent on once only: the lease moved again meanwhile.
         (_, Source::Server) | (None, _) => {
-            return Err(Unavailable::Now(
-                "another server holds the lease of a patient's ledger: try again".into(),
+            return Err(Unavailable::now(
+                "sending readings on",
+                "another server holds the lease of a patient's ledger",
             ));
         }
         (Some(tls), _) => tls.clone(),
@@ -511,7 +521,7 @@ async fn not_erased(state: &State, items: &mut [Forwarded]) -> Result<(), Unavai
                     .vault
                     .is_erased(&patient)
                     .await
-                    .map_err(|e| Unavailable::Now(format!("the key store: {e}")))?;
+                    .map_err(|e| Unavailable::now("asking the key store", e))?;
                 erased.insert(patient, gone);
                 gone
             }
@@ -727,13 +737,15 @@ async fn store(
         digests.push(reading_hash(&plaintext));
         match state.vault.seal(patient, &plaintext).await {
             Ok(s) => sealed.push(s),
-            Err(e) => return Err(storage_failure(state, &patients, format!("sealing: {e}")).await),
+            Err(e) => {
+                return Err(storage_failure(state, &patients, Failure::new("sealing", e)).await);
+            }
         }
     }
     let cids = match state.blobs.put_many(&sealed).await {
         Ok(cids) => cids,
         Err(e) => {
-            return Err(storage_failure(state, &patients, format!("storing blobs: {e}")).await);
+            return Err(storage_failure(state, &patients, Failure::new("storing blobs", e)).await);
         }
     };
 
@@ -789,12 +801,13 @@ async fn store(
         Ok(staged) => staged,
         Err(LedgerError::NotHeld(patient)) => {
             state.leases.lost();
-            return Err(Unavailable::Now(format!(
-                "another server took over the lease of patient {patient}'s ledger: try again"
-            )));
+            return Err(Unavailable::now(
+                "appending to the ledgers",
+                format!("another server took over the lease of patient {patient}'s ledger"),
+            ));
         }
         Err(e) => {
-            return Err(storage_failure(state, &patients, format!("the ledger: {e}")).await);
+            return Err(storage_failure(state, &patients, Failure::new("the ledger", e)).await);
         }
     };
     let mut stored = Vec::with_capacity(order.len());
@@ -879,7 +892,7 @@ async fn store(
 /// Alerts the patients whose readings a storage failure holds up (at
 /// most once an hour each while it lasts; [`commit`] counts and logs it);
 /// the collector keeps the readings and sends them again.
-async fn storage_failure(state: &State, patients: &[[u8; 32]], detail: String) -> Unavailable {
+async fn storage_failure(state: &State, patients: &[[u8; 32]], failure: Failure) -> Unavailable {
     let hour = now_ms() / 3_600_000;
     let alerts = patients
         .iter()
@@ -890,98 +903,11 @@ async fn storage_failure(state: &State, patients: &[[u8; 32]], detail: String) -
             source: format!("storage:{}:{hour}", hex::encode(patient)),
             flagged: true,
             why: "new readings could not be stored yet; they are kept and sent again".into(),
-            body: serde_json::json!({ "detail": detail }),
+            body: serde_json::json!({}),
         })
         .collect();
     if let Err(e) = state.alerts.raise(alerts, None).await {
         tracing::warn!("medledger server: raising storage-failure alerts: {e}");
     }
-    Unavailable::Storage(detail)
-}
-
-/// A stored reading's COSE bytes, from its sealed blob.
-pub(crate) async fn load_reading(
-    state: &State,
-    hash: &[u8; 32],
-) -> Result<Option<Vec<u8>>, String> {
-    let row =
-        sqlx::query("SELECT patient, blob, blob_sha256, pos FROM ingest_readings WHERE hash = $1")
-            .bind(hash.to_vec())
-            .fetch_optional(state.db.pool())
-            .await
-            .map_err(|e| e.to_string())?;
-    let Some(row) = row else { return Ok(None) };
-    let get = |e: sqlx::Error| e.to_string();
-    let patient: Vec<u8> = row.try_get("patient").map_err(get)?;
-    let blob: String = row.try_get("blob").map_err(get)?;
-    let digest: Vec<u8> = row.try_get("blob_sha256").map_err(get)?;
-    let pos: i64 = row.try_get("pos").map_err(get)?;
-    let patient: [u8; 32] = patient
-        .as_slice()
-        .try_into()
-        .map_err(|_| "bad patientRef")?;
-    let digest: [u8; 32] = digest
-        .as_slice()
-        .try_into()
-        .map_err(|_| "bad blob digest")?;
-    let items = open_blob(state, &patient, &blob, &digest).await?;
-    reading_at(&items, &blob, pos, hash).map(Some)
-}
-
-/// The readings (COSE bytes) in a patient's sealed blob, decrypted.
-pub(crate) async fn open_blob(
-    state: &State,
-    patient: &[u8; 32],
-    blob: &str,
-    digest: &[u8; 32],
-) -> Result<Vec<Value>, String> {
-    let cid: Cid = blob.parse().map_err(|e| format!("{e}"))?;
-    let sealed = state.blobs.get(&cid).await.map_err(|e| e.to_string())?;
-    let plaintext = state
-        .vault
-        .open(patient, digest, &sealed)
-        .await
-        .map_err(|e| e.to_string())?;
-    match cbor::decode(&plaintext) {
-        Ok(Value::Array(items)) => Ok(items),
-        _ => Err(format!("blob {cid} is not an array of readings")),
-    }
-}
-
-/// The reading at `pos` of an opened blob, which must hash to `hash`.
-pub(crate) fn reading_at(
-    items: &[Value],
-    blob: &str,
-    pos: i64,
-    hash: &[u8; 32],
-) -> Result<Vec<u8>, String> {
-    let Some(Value::Bytes(cose)) = usize::try_from(pos).ok().and_then(|p| items.get(p)) else {
-        return Err(format!("blob {blob} has no reading at {pos}"));
-    };
-    if reading_hash(cose) != *hash {
-        return Err(format!("blob {blob} position {pos} holds another reading"));
-    }
-    Ok(cose.clone())
-}
-
-/// How many of `hashes` are stored in an anchored batch.
-pub(crate) async fn anchored_count(state: &State, hashes: &[[u8; 32]]) -> Result<usize, String> {
-    let mut n = 0;
-    for chunk in hashes.chunks(256) {
-        let sql = format!(
-            "SELECT COUNT(*) AS n FROM ingest_readings r JOIN ingest_batches b ON r.batch = b.root \
-             WHERE b.anchor_id IS NOT NULL AND r.hash IN ({})",
-            placeholders(chunk.len())
-        );
-        let mut query = sqlx::query(&sql);
-        for h in chunk {
-            query = query.bind(h.to_vec());
-        }
-        let row = query
-            .fetch_one(state.db.pool())
-            .await
-            .map_err(|e| e.to_string())?;
-        n += usize::try_from(row.try_get::<i64, _>("n").map_err(|e| e.to_string())?).unwrap_or(0);
-    }
-    Ok(n)
+    Unavailable::Storage(failure)
 }

@@ -21,6 +21,8 @@
 //! - [`erase`]: the right to be forgotten: data keys shredded first, the
 //!   ledger reduced to a signed tombstone, the rest deleted or unlinked,
 //!   the erasure recorded on chain (kind 4); idempotent;
+//! - [`failure`]: a failure of the server's own ([`Failure`]): what it was
+//!   doing and why, logged, never sent to a client;
 //! - [`fhir_api`]: the same reads as a FHIR R4 REST read API at `/fhir/r4/`;
 //! - `held`: readings a collector holds as dead letters: an alert to each
 //!   patient concerned and a line for the operators;
@@ -36,6 +38,9 @@
 //! - [`leases`]: several servers on one database: a lease per patient
 //!   ledger held in SQL, renewed while the server lives, fenced in the
 //!   appending transaction; jobs only one server runs;
+//! - `offchain_text`: the off-chain text of an on-chain record (an
+//!   annotation, a justification): checked against the record's author
+//!   and hash, sealed with the patient's key;
 //! - `portal`: the web portal on its own HTTPS port: the embedded page,
 //!   sign-in with a chain key, signed off-chain requests, relayed
 //!   transactions, the JSON the pages read;
@@ -45,6 +50,8 @@
 //! - [`recover`]: chain recovery, the server's part: its indexed events up
 //!   to a block, and the move to a new chain in one transaction;
 //! - `relay`: readings of patients another server holds, sent on to it;
+//! - `stored`: the read side of stored readings: one by its hash, opened
+//!   from its sealed blob, and how many sit in anchored batches;
 //! - [`rewrap`]: the background rewrap of data keys under a previous KEK;
 //! - `subjects`: whom a request is about: the patient's own, the one an
 //!   admin names, the admin;
@@ -81,6 +88,7 @@ mod caller;
 pub mod config;
 mod directory;
 pub mod erase;
+pub mod failure;
 pub mod fhir_api;
 mod held;
 mod http;
@@ -88,17 +96,21 @@ pub mod indexer;
 mod ingest;
 pub mod justifications;
 pub mod leases;
+mod offchain_text;
 mod portal;
 pub mod records;
 pub mod recover;
 mod relay;
 pub mod rewrap;
+mod stored;
 mod subjects;
 mod turns;
 mod webhook;
 
 use alloy::providers::DynProvider;
 pub use config::{ConfigError, ConfigFile};
+use failure::Doing;
+pub use failure::Failure;
 pub use ingest::Unavailable;
 use medledger_contracts::{ChainView, Contracts};
 use medledger_patient_ledger::{Ledger, LedgerError, NoteSigner};
@@ -556,25 +568,25 @@ impl Server {
     }
 
     /// How many of `hashes` are stored in a batch whose root is anchored.
-    pub async fn anchored_count(&self, hashes: &[[u8; 32]]) -> Result<usize, String> {
-        ingest::anchored_count(&self.state, hashes).await
+    pub async fn anchored_count(&self, hashes: &[[u8; 32]]) -> Result<usize, Failure> {
+        stored::anchored_count(&self.state, hashes).await
     }
 
     /// A stored reading by its hash: the COSE_Sign1 bytes, decrypted from
     /// its blob and checked against the hash.
-    pub async fn reading(&self, hash: &[u8; 32]) -> Result<Option<Vec<u8>>, String> {
-        ingest::load_reading(&self.state, hash).await
+    pub async fn reading(&self, hash: &[u8; 32]) -> Result<Option<Vec<u8>>, Failure> {
+        stored::reading(&self.state, hash).await
     }
 
     /// Erases (forgets) a patient, as `DELETE /v1/patients/{ref}` does.
-    pub async fn erase(&self, patient: &[u8; 32]) -> Result<erase::Erasure, String> {
+    pub async fn erase(&self, patient: &[u8; 32]) -> Result<erase::Erasure, Failure> {
         erase::erase(&self.state, patient).await
     }
 
     /// Anchors every batch root and every grown ledger's checkpoint not
     /// yet anchored, now, in as many transactions as it takes; returns how
     /// many roots.
-    pub async fn anchor_all(&self) -> Result<usize, String> {
+    pub async fn anchor_all(&self) -> Result<usize, Failure> {
         anchor::all(&self.state).await
     }
 
@@ -583,12 +595,12 @@ impl Server {
     /// in `also` (say, erasures a newer chain records), unless already
     /// erased: a restored backup never brings back a forgotten patient.
     /// Returns how many.
-    pub async fn erase_recorded(&self, also: &[[u8; 32]]) -> Result<usize, String> {
+    pub async fn erase_recorded(&self, also: &[[u8; 32]]) -> Result<usize, Failure> {
         let contracts = self.state.view.contracts();
         let recorded = contracts
             .erasures()
             .await
-            .map_err(|e| format!("reading the erasures on chain: {e}"))?;
+            .doing("reading the erasures on chain")?;
         let mut erased: Vec<[u8; 32]> = also.to_vec();
         erased.extend(self.by_servers(recorded).await?.iter().map(|a| a.patient.0));
         erased.sort_unstable();
@@ -601,7 +613,7 @@ impl Server {
                 .ledger
                 .is_erased(patient)
                 .await
-                .map_err(|e| e.to_string())?
+                .doing("asking whether a patient is erased")?
             {
                 self.erase(patient).await?;
                 n += 1;
@@ -616,7 +628,7 @@ impl Server {
     async fn by_servers(
         &self,
         anchors: Vec<medledger_contracts::CheckpointAnchor>,
-    ) -> Result<Vec<medledger_contracts::CheckpointAnchor>, String> {
+    ) -> Result<Vec<medledger_contracts::CheckpointAnchor>, Failure> {
         let registry = self.state.view.contracts().registry();
         let mut servers = std::collections::BTreeMap::new();
         let mut out = Vec::with_capacity(anchors.len());
@@ -628,7 +640,7 @@ impl Server {
                         .node(a.by)
                         .call()
                         .await
-                        .map_err(|e| format!("reading the node {}: {e}", a.by))?;
+                        .map_err(|e| Failure::new(format!("reading the node {}", a.by), e))?;
                     *servers.entry(a.by).or_insert(node.kind == 2)
                 }
             };
@@ -642,7 +654,7 @@ impl Server {
     /// Checks every patient ledger here against the checkpoints anchored
     /// for it on chain (kind 3, servers' only); returns what failed, one
     /// line each.
-    pub async fn verify_ledgers(&self) -> Result<Vec<String>, String> {
+    pub async fn verify_ledgers(&self) -> Result<Vec<String>, Failure> {
         let ledger = &self.state.ledger;
         let key = ledger.verifier_key();
         let contracts = self.state.view.contracts();
@@ -652,8 +664,9 @@ impl Server {
             let bundle = ledger
                 .export(patient)
                 .await
-                .map_err(|e| format!("{name}: exporting the ledger: {e}"))?;
-            let bundle = serde_json::to_string(&bundle).map_err(|e| e.to_string())?;
+                .map_err(|e| Failure::new(format!("exporting the ledger of {name}"), e))?;
+            let bundle = serde_json::to_string(&bundle)
+                .map_err(|e| Failure::new(format!("writing the ledger of {name}"), e))?;
             let report = match medledger_patient_ledger::bundle::verify(&bundle, Some(&key)) {
                 Ok(report) => report,
                 Err(e) => {
@@ -664,7 +677,7 @@ impl Server {
             let anchors = contracts
                 .checkpoint_anchors(alloy::primitives::B256::from(*patient))
                 .await
-                .map_err(|e| format!("{name}: reading its anchors: {e}"))?;
+                .map_err(|e| Failure::new(format!("reading the anchors of {name}"), e))?;
             for a in &anchors {
                 if let Err(why) = report.check_extends(a.size, &a.root.0) {
                     failures.push(format!("{name}: anchor {}: {why}", a.id));
@@ -675,13 +688,13 @@ impl Server {
     }
 
     /// Every patient with a ledger here, erased or not.
-    pub async fn patients(&self) -> Result<Vec<[u8; 32]>, String> {
+    pub async fn patients(&self) -> Result<Vec<[u8; 32]>, Failure> {
         let rows = sqlx::query(
             "SELECT DISTINCT patient FROM ledger_entries UNION SELECT DISTINCT patient FROM ledger_checkpoints",
         )
         .fetch_all(self.state.db.pool())
         .await
-        .map_err(|e| e.to_string())?;
+        .doing("listing the patients")?;
         Ok(rows
             .iter()
             .filter_map(|r| r.try_get::<Vec<u8>, _>("patient").ok())

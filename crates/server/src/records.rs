@@ -13,7 +13,7 @@ use crate::State;
 use crate::alerts::NewAlert;
 use crate::answer::{Refused, refused, unavailable};
 use crate::caller::Caller;
-use crate::ingest::{open_blob, reading_at};
+use crate::stored::{open_blob, reading_at};
 use alloy::primitives::{Address, U256};
 use base64::Engine;
 use medledger_contracts::{Basis, Scope, text_of};
@@ -87,29 +87,16 @@ pub(crate) async fn serve(
     selection: &Selection,
 ) -> Result<Page, Refused> {
     let access_log = state.view.contracts().access_log();
-    let count = access_log
-        .requestCount()
-        .call()
-        .await
-        .map_err(unavailable)?;
+    let count = access_log.requestCount().call().await?;
     if id == 0 || U256::from(id) > count {
         return Err(refused(
             ProblemType::NotFound,
             format!("no access request {id}"),
         ));
     }
-    let request = access_log
-        .requestOf(U256::from(id))
-        .call()
-        .await
-        .map_err(unavailable)?;
+    let request = access_log.requestOf(U256::from(id)).call().await?;
     let patient = request.patientRef.0;
-    if state
-        .ledger
-        .is_erased(&patient)
-        .await
-        .map_err(unavailable)?
-    {
+    if state.ledger.is_erased(&patient).await? {
         return Err(refused(
             ProblemType::NotFound,
             format!("the patient of request {id} was erased (forgotten)"),
@@ -183,11 +170,7 @@ pub(crate) async fn serve(
                     .unwrap_or(false),
                 None => false,
             };
-            let unusual = state
-                .alerts
-                .unusual_read(&patient, &who, carer)
-                .await
-                .map_err(unavailable)?;
+            let unusual = state.alerts.unusual_read(&patient, &who, carer).await?;
             let mut why = format!("{person} read {count} observation(s) with request {id}");
             if !unusual.is_empty() {
                 why.push_str(&format!("; unusual: {}", unusual.join(", ")));
@@ -219,11 +202,7 @@ pub(crate) async fn serve(
     };
     // The attempt and its alert commit together, here: the lease of the
     // patient's ledger comes to this server.
-    state
-        .leases
-        .take([patient], true)
-        .await
-        .map_err(unavailable)?;
+    state.leases.take([patient], true).await?;
     state
         .alerts
         .record(
@@ -238,8 +217,7 @@ pub(crate) async fn serve(
             },
             None,
         )
-        .await
-        .map_err(unavailable)?;
+        .await?;
     state.metrics.add(
         "medledger_server_record_requests_total",
         "Record requests by outcome.",
@@ -281,12 +259,7 @@ async fn check(
             ),
         ));
     }
-    let usable = state
-        .view
-        .contracts()
-        .request_usable(id, requester)
-        .await
-        .map_err(unavailable)?;
+    let usable = state.view.contracts().request_usable(id, requester).await?;
     if !usable {
         let now = now_ms() / 1000;
         let why = if request.decision != GRANTED {
@@ -326,41 +299,27 @@ pub(crate) async fn bundle(
     .bind(patient.to_vec())
     .bind(i64::try_from(newest).unwrap_or(i64::MAX))
     .fetch_all(state.db.pool())
-    .await
-    .map_err(unavailable)?;
+    .await?;
     rows.reverse();
     let in_scope = |code: &str| data_type(code).is_some_and(|t| scope.contains(t));
-    let notes = crate::annotations::notes(state, patient)
-        .await
-        .map_err(unavailable)?;
+    let notes = crate::annotations::notes(state, patient).await?;
     let mut blobs: HashMap<String, Vec<cbor::Value>> = HashMap::new();
     let mut kept = Vec::new();
     for row in rows {
-        let get = |e: sqlx::Error| unavailable(e);
         let hash: [u8; 32] = row
-            .try_get::<Vec<u8>, _>("hash")
-            .map_err(get)?
+            .try_get::<Vec<u8>, _>("hash")?
             .try_into()
             .map_err(|_| unavailable("bad reading hash"))?;
-        let blob: String = row.try_get("blob").map_err(get)?;
+        let blob: String = row.try_get("blob")?;
         if !blobs.contains_key(&blob) {
             let digest: [u8; 32] = row
-                .try_get::<Vec<u8>, _>("digest")
-                .map_err(get)?
+                .try_get::<Vec<u8>, _>("digest")?
                 .try_into()
                 .map_err(|_| unavailable("bad blob digest"))?;
-            let items = open_blob(state, patient, &blob, &digest)
-                .await
-                .map_err(unavailable)?;
+            let items = open_blob(state, patient, &blob, &digest).await?;
             blobs.insert(blob.clone(), items);
         }
-        let cose = reading_at(
-            &blobs[&blob],
-            &blob,
-            row.try_get("pos").map_err(get)?,
-            &hash,
-        )
-        .map_err(unavailable)?;
+        let cose = reading_at(&blobs[&blob], &blob, row.try_get("pos")?, &hash)?;
         // Stored readings were verified at ingest; only the payload is
         // needed here.
         let reading = SignedReading::decode(&cose)
@@ -384,8 +343,8 @@ pub(crate) async fn bundle(
                 observation["note"] = json!(notes);
             }
         }
-        let index = u64::try_from(row.try_get::<i64, _>("idx").map_err(get)?).unwrap_or(0);
-        let entry: Vec<u8> = row.try_get("entry").map_err(get)?;
+        let index = u64::try_from(row.try_get::<i64, _>("idx")?).unwrap_or(0);
+        let entry: Vec<u8> = row.try_get("entry")?;
         kept.extend(observations.into_iter().map(|o| (index, entry.clone(), o)));
     }
     let total = kept.len() as u64;
@@ -395,11 +354,7 @@ pub(crate) async fn bundle(
         .take(selection.count.unwrap_or(usize::MAX))
         .collect();
     let indexes: Vec<u64> = kept.iter().map(|(i, _, _)| *i).collect();
-    let (note, paths) = state
-        .ledger
-        .proofs(patient, &indexes)
-        .await
-        .map_err(unavailable)?;
+    let (note, paths) = state.ledger.proofs(patient, &indexes).await?;
     let mut resources = Vec::new();
     for ((index, entry, mut observation), path) in kept.into_iter().zip(paths) {
         let proof = json!({
@@ -440,17 +395,12 @@ pub(crate) async fn audit_events(state: &State, patient: &[u8; 32]) -> Result<Va
     )
     .bind(patient.to_vec())
     .fetch_all(state.db.pool())
-    .await
-    .map_err(unavailable)?;
+    .await?;
     let mut events = Vec::new();
     let names = state.directory.all().await;
     for row in rows {
-        let stored: Vec<u8> = row.try_get("entry").map_err(unavailable)?;
-        let entry = state
-            .ledger
-            .history()
-            .open_entry(&stored)
-            .map_err(unavailable)?;
+        let stored: Vec<u8> = row.try_get("entry")?;
+        let entry = state.ledger.history().open_entry(&stored)?;
         if entry.kind != "AccessEvent" {
             continue;
         }

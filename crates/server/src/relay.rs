@@ -25,12 +25,8 @@ impl Relay {
         peer: &Peer,
         batch: &ForwardBatch,
     ) -> Result<CommitReply, Unavailable> {
-        let failed = |e: &dyn std::fmt::Display| {
-            Unavailable::Now(format!(
-                "the server holding the patient's ledger ({}): {e}",
-                peer.addr
-            ))
-        };
+        let doing = format!("sending readings on to {}", peer.addr);
+        let failed = |e: &dyn std::fmt::Display| Unavailable::now(doing.clone(), e.to_string());
         let idle = self
             .idle
             .lock()

@@ -3,10 +3,10 @@
 //! problem naming why.
 
 use crate::State;
-use crate::answer::{Refused, problem, refused, unavailable};
+use crate::answer::{Refused, refused};
 use crate::caller::Caller;
+use crate::failure::Doing;
 use alloy::primitives::Address;
-use axum::response::Response;
 use medledger_pki::Role;
 use medledger_protocol::ProblemType;
 
@@ -28,23 +28,23 @@ fn account_as(caller: &Caller, role: Role, who: &str) -> Result<Address, Refused
 }
 
 /// The patientRef of a patient caller, or the refusal.
-pub(crate) async fn patient_of(state: &State, caller: &Caller) -> Result<[u8; 32], Response> {
-    let account = account_as(caller, Role::Patient, "the patient").map_err(Response::from)?;
-    match state
+pub(crate) async fn patient_of(state: &State, caller: &Caller) -> Result<[u8; 32], Refused> {
+    let account = account_as(caller, Role::Patient, "the patient")?;
+    let patient = state
         .view
         .contracts()
         .registry()
         .patientOfAccount(account)
         .call()
         .await
-    {
-        Ok(p) if !p.is_zero() => Ok(p.0),
-        Ok(_) => Err(problem(
+        .doing("asking the Registry for a patient")?;
+    if patient.is_zero() {
+        return Err(refused(
             ProblemType::Forbidden,
             format!("the Registry knows no patient with account {account}"),
-        )),
-        Err(e) => Err(unavailable(format!("the chain cannot be asked: {e}")).into()),
+        ));
     }
+    Ok(patient.0)
 }
 
 /// Whose ledger a patient or an admin asks for: a patient their own; an
@@ -53,12 +53,12 @@ pub(crate) async fn subject_of(
     state: &State,
     caller: &Caller,
     named: Option<[u8; 32]>,
-) -> Result<[u8; 32], Response> {
+) -> Result<[u8; 32], Refused> {
     match caller.role {
         Role::Admin => {}
         Role::Patient => return patient_of(state, caller).await,
         role => {
-            return Err(problem(
+            return Err(refused(
                 ProblemType::WrongRole,
                 format!("only the patient or an admin may do this; you are signed in as {role}"),
             ));
@@ -66,7 +66,7 @@ pub(crate) async fn subject_of(
     }
     admin_of(state, caller).await?;
     named.ok_or_else(|| {
-        problem(
+        refused(
             ProblemType::Malformed,
             "name the patient: ?patient=<patientRef, 64 hex digits>",
         )
@@ -74,23 +74,23 @@ pub(crate) async fn subject_of(
 }
 
 /// The account of `caller` if they are an admin active in the Registry.
-pub(crate) async fn admin_of(state: &State, caller: &Caller) -> Result<Address, Response> {
-    let account = account_as(caller, Role::Admin, "an admin").map_err(Response::from)?;
-    match state
+pub(crate) async fn admin_of(state: &State, caller: &Caller) -> Result<Address, Refused> {
+    let account = account_as(caller, Role::Admin, "an admin")?;
+    let admin = state
         .view
         .contracts()
         .registry()
         .isAdmin(account)
         .call()
         .await
-    {
-        Ok(true) => Ok(account),
-        Ok(false) => Err(problem(
+        .doing("asking the Registry for an admin")?;
+    if !admin {
+        return Err(refused(
             ProblemType::Forbidden,
             format!("{account} is not an admin in the Registry"),
-        )),
-        Err(e) => Err(unavailable(format!("the chain cannot be asked: {e}")).into()),
+        ));
     }
+    Ok(account)
 }
 
 /// A patientRef in hex (with or without `0x`).

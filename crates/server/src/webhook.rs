@@ -28,7 +28,7 @@ mod guard;
 
 use crate::State;
 use crate::caller::Certificate;
-pub(crate) use guard::Refused;
+pub(crate) use guard::Unreachable;
 use guard::{Guard, Resolve, SystemResolver, Target};
 pub use guard::{WebhookAllow, WebhookAllowError};
 use http_body_util::{BodyExt, Full, Limited};
@@ -99,7 +99,7 @@ impl Webhooks {
 
     /// Parses `url` and checks where it goes (resolving its host once):
     /// what `PUT /v1/alerts/webhook` and every delivery do first.
-    pub(crate) async fn check(&self, url: &str) -> Result<Target, Refused> {
+    pub(crate) async fn check(&self, url: &str) -> Result<Target, Unreachable> {
         self.guard.check(url).await
     }
 }
@@ -132,14 +132,14 @@ fn roots(ca: Option<&[Vec<u8>]>) -> Result<RootCertStore, rustls::Error> {
 
 /// Why a delivery failed (it is retried).
 #[derive(Debug, thiserror::Error)]
-enum Failure {
+enum Undelivered {
     /// The certificate of the person who set the webhook is revoked,
     /// expired, or was never kept: the hook ends.
     #[error("the certificate that set it is revoked, expired or unknown")]
     SetterRevoked,
     /// The webhook is no longer one the server may reach.
     #[error(transparent)]
-    Refused(#[from] Refused),
+    Unreachable(#[from] Unreachable),
     /// Reading the alerts or recording a delivery.
     #[error("the database: {0}")]
     Db(#[from] sqlx::Error),
@@ -279,11 +279,11 @@ pub(crate) async fn run(state: Arc<State>, every: Duration) {
                 Ok(()) => {
                     backoff.remove(&hook.patient);
                 }
-                Err(Failure::SetterRevoked) => {
+                Err(Undelivered::SetterRevoked) => {
                     tracing::warn!(
                         "medledger server: webhook {}: removed: {}",
                         hook.url,
-                        Failure::SetterRevoked
+                        Undelivered::SetterRevoked
                     );
                     if let Err(e) = remove(&state, &hook.patient).await {
                         tracing::warn!("medledger server: removing webhook {}: {e}", hook.url);
@@ -347,7 +347,7 @@ async fn hooks(state: &State) -> Result<Vec<Hook>, sqlx::Error> {
 /// post connects to one of the addresses checked then (a [`Target`] is
 /// made only by the check), and nothing is posted if any was refused.
 /// Nothing pending: nothing is resolved.
-async fn deliver(state: &State, hook: &Hook) -> Result<(), Failure> {
+async fn deliver(state: &State, hook: &Hook) -> Result<(), Undelivered> {
     let alerts = state
         .alerts
         .list(&hook.patient, hook.delivered, 100)
@@ -356,7 +356,7 @@ async fn deliver(state: &State, hook: &Hook) -> Result<(), Failure> {
         return Ok(());
     }
     if !set_by_valid_certificate(state, hook) {
-        return Err(Failure::SetterRevoked);
+        return Err(Undelivered::SetterRevoked);
     }
     let target = state.webhooks.check(&hook.url).await?;
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, hook.secret.as_bytes());
@@ -374,14 +374,14 @@ async fn deliver(state: &State, hook: &Hook) -> Result<(), Failure> {
 }
 
 /// Connects to the first of `target`'s checked addresses that answers.
-async fn connect(target: &Target) -> Result<(SocketAddr, TcpStream), Failure> {
+async fn connect(target: &Target) -> Result<(SocketAddr, TcpStream), Undelivered> {
     let mut last = None;
     for &addr in target.addrs() {
         match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
             Ok(Ok(tcp)) => return Ok((addr, tcp)),
-            Ok(Err(source)) => last = Some(Failure::Connect { addr, source }),
+            Ok(Err(source)) => last = Some(Undelivered::Connect { addr, source }),
             Err(_) => {
-                last = Some(Failure::Connect {
+                last = Some(Undelivered::Connect {
                     addr,
                     source: io::ErrorKind::TimedOut.into(),
                 });
@@ -389,7 +389,7 @@ async fn connect(target: &Target) -> Result<(SocketAddr, TcpStream), Failure> {
         }
     }
     // A target holds at least one address (`Guard::check`).
-    Err(last.unwrap_or(Failure::Timeout("address")))
+    Err(last.unwrap_or(Undelivered::Timeout("address")))
 }
 
 /// Aborts the connection task when the post is over, however it ends.
@@ -409,7 +409,7 @@ async fn post(
     body: Vec<u8>,
     signature: &str,
     id: u64,
-) -> Result<(), Failure> {
+) -> Result<(), Undelivered> {
     let (addr, tcp) = connect(target).await?;
     let _ = tcp.set_nodelay(true);
     let stream = tokio::time::timeout(
@@ -417,8 +417,8 @@ async fn post(
         tls.connect(target.endpoint().server_name.clone(), tcp),
     )
     .await
-    .map_err(|_| Failure::Timeout("TLS handshake"))?
-    .map_err(|source| Failure::Tls { addr, source })?;
+    .map_err(|_| Undelivered::Timeout("TLS handshake"))?
+    .map_err(|source| Undelivered::Tls { addr, source })?;
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     let _connection = AbortOnDrop(tokio::spawn(async move {
@@ -438,16 +438,16 @@ async fn post(
         let _ = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
             .collect()
             .await;
-        Ok::<_, Failure>(status)
+        Ok::<_, Undelivered>(status)
     })
     .await
-    .map_err(|_| Failure::Timeout("answer"))??;
+    .map_err(|_| Undelivered::Timeout("answer"))??;
     if status.is_success() {
         Ok(())
     } else if status.is_redirection() {
-        Err(Failure::Redirect(status))
+        Err(Undelivered::Redirect(status))
     } else {
-        Err(Failure::Status(status))
+        Err(Undelivered::Status(status))
     }
 }
 
@@ -496,7 +496,7 @@ mod tests {
         assert_eq!(conn.read_u8().await.unwrap(), 0x16, "a TLS handshake");
         drop(conn);
         let failed = posting.await.unwrap().unwrap_err();
-        assert!(matches!(failed, Failure::Tls { .. }), "{failed}");
+        assert!(matches!(failed, Undelivered::Tls { .. }), "{failed}");
 
         // The admin takes the address off the allow list.
         let narrowed = webhooks(&[], &names);

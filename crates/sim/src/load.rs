@@ -68,11 +68,7 @@ pub async fn burst(hospital: &Hospital, devices: &mut [Device]) -> Result<Burst>
     let acknowledged = start.elapsed();
     let deadline = start + Duration::from_secs(120);
     loop {
-        let anchored = hospital
-            .server
-            .anchored_count(&hashes)
-            .await
-            .map_err(anyhow::Error::msg)?;
+        let anchored = hospital.server.anchored_count(&hashes).await?;
         if anchored == hashes.len() {
             break;
         }

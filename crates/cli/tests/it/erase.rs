@@ -210,7 +210,7 @@ async fn on_s3_a_changed_or_lost_blob_is_not_served_and_erasure_empties_the_buck
         match site.server.reading(hash).await {
             Ok(Some(_)) => {}
             Ok(None) => panic!("reading {} not indexed", hex::encode(hash)),
-            Err(e) => refused.push(e),
+            Err(e) => refused.push(e.to_string()),
         }
     }
     assert_eq!(refused.len(), 2, "{refused:?}");

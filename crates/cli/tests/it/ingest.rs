@@ -1017,6 +1017,11 @@ async fn a_storage_failure_alerts_the_patient_and_the_reading_is_retried() {
     let alerts = crate::alerts::wait_for_alerts(&site, 1).await;
     assert_eq!(alerts[0]["kind"], "storage-failure", "{alerts:?}");
     assert_eq!(alerts[0]["flagged"], true);
+    // The patient reads that readings wait, not the server's internals.
+    assert!(
+        !alerts[0].to_string().contains("blobs"),
+        "an alert carries no internal error text: {alerts:?}"
+    );
     assert!(site.server.reading(&hash).await.unwrap().is_none());
 
     // Repaired: the collector's retry stores it, once.

@@ -2,7 +2,7 @@
 //! transaction's receipt.
 
 use crate::State;
-use crate::indexer::{IndexedEvent, events_named};
+use crate::indexer::{IndexError, IndexedEvent, events_named};
 use alloy::rpc::types::TransactionReceipt;
 use medledger_contracts::decode_event;
 use serde_json::{Value, json};
@@ -14,10 +14,8 @@ pub(super) async fn indexed(
     names: &[&str],
     newest_first: bool,
     limit: Option<u64>,
-) -> Result<Vec<IndexedEvent>, String> {
-    events_named(&state.db, names, newest_first, limit)
-        .await
-        .map_err(|e| e.to_string())
+) -> Result<Vec<IndexedEvent>, IndexError> {
+    events_named(&state.db, names, newest_first, limit).await
 }
 
 /// An event's argument `name`, as the indexer shows it.

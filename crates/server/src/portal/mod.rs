@@ -22,7 +22,7 @@ mod tx;
 mod views;
 
 use crate::State;
-use crate::answer::problem;
+use crate::answer::{Refused, refused};
 use crate::caller::Caller;
 use axum::Router;
 use axum::extract::{Request, State as AxState};
@@ -174,7 +174,11 @@ fn public(path: &str) -> bool {
 
 /// Middleware: who is asking (certificate, else session cookie), and for
 /// off-chain state changes, that the caller signed this very request.
-async fn identify(AxState(state): AxState<Arc<State>>, request: Request, next: Next) -> Response {
+async fn identify(
+    AxState(state): AxState<Arc<State>>,
+    request: Request,
+    next: Next,
+) -> Result<Response, Refused> {
     let (mut parts, body) = request.into_parts();
     // A page of another site may not make the browser ask (a client
     // certificate goes with every request, whatever SameSite says).
@@ -183,10 +187,10 @@ async fn identify(AxState(state): AxState<Arc<State>>, request: Request, next: N
         .get("sec-fetch-site")
         .and_then(|v| v.to_str().ok());
     if matches!(site, Some(s) if s != "same-origin" && s != "none") {
-        return problem(
+        return Err(refused(
             ProblemType::Forbidden,
             "the portal answers its own pages only (Sec-Fetch-Site)",
-        );
+        ));
     }
     let caller = match parts.extensions.get::<Peer>() {
         Some(peer) => Some(Caller::of_peer(peer)),
@@ -198,24 +202,21 @@ async fn identify(AxState(state): AxState<Arc<State>>, request: Request, next: N
     let path = parts.uri.path().to_owned();
     let Some(caller) = caller else {
         if public(&path) {
-            return next.run(Request::from_parts(parts, body)).await;
+            return Ok(next.run(Request::from_parts(parts, body)).await);
         }
-        return problem(
+        return Err(refused(
             ProblemType::SignInRequired,
             "sign in with your client certificate or your chain key",
-        );
+        ));
     };
     let changes = !matches!(parts.method, Method::GET | Method::HEAD);
     let body = if changes && path.starts_with("/v1/") {
-        match session::check_signed_request(&state, &caller, &parts, body).await {
-            Ok(body) => body,
-            Err(refusal) => return refusal,
-        }
+        session::check_signed_request(&state, &caller, &parts, body).await?
     } else {
         body
     };
     parts.extensions.insert(caller);
-    next.run(Request::from_parts(parts, body)).await
+    Ok(next.run(Request::from_parts(parts, body)).await)
 }
 
 /// The portal's sessions (in SQL), and what it keeps in memory: block

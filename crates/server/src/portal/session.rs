@@ -20,8 +20,9 @@
 
 use super::events::text_or;
 use crate::State;
-use crate::answer::{json_response, problem};
+use crate::answer::{Refused, json_response, refused};
 use crate::caller::{Caller, Certificate, Via};
+use crate::failure::{Doing, Failure};
 use alloy::primitives::{Address, Signature};
 use axum::body::Body;
 use axum::extract::{Extension, State as AxState};
@@ -234,14 +235,15 @@ pub(crate) fn cookie(headers: &HeaderMap) -> Option<&str> {
 
 /// The account whose key made `signature` (65 bytes hex, `r || s || v`)
 /// over `message` as EIP-191 `personal_sign`.
-pub(crate) fn signer_of(message: &[u8], signature: &str) -> Result<Address, String> {
+pub(crate) fn signer_of(message: &[u8], signature: &str) -> Result<Address, Refused> {
+    let bad = |why: String| refused(ProblemType::BadRequestSignature, why);
     let bytes = hex::decode(signature.trim().trim_start_matches("0x"))
-        .map_err(|e| format!("the signature is not hex: {e}"))?;
+        .map_err(|e| bad(format!("the signature is not hex: {e}")))?;
     let signature = Signature::from_raw(&bytes)
-        .map_err(|e| format!("the signature is not 65 bytes r, s, v: {e}"))?;
+        .map_err(|e| bad(format!("the signature is not 65 bytes r, s, v: {e}")))?;
     signature
         .recover_address_from_msg(message)
-        .map_err(|e| format!("no account signed this: {e}"))
+        .map_err(|e| bad(format!("no account signed this: {e}")))
 }
 
 /// The portal as the browser named it (`host[:port]`): HTTP/2 names it in
@@ -261,22 +263,18 @@ pub(super) async fn challenge(
     from: Option<Extension<medledger_pki::https::RemoteAddr>>,
     headers: HeaderMap,
     uri: axum::http::Uri,
-) -> Response {
+) -> Result<Response, Refused> {
     if let Some(Extension(from)) = from
         && let Err(wait) = state.portal.take_challenge(from.0.ip())
     {
-        let mut refused = problem(
+        return Err(refused(
             ProblemType::RateLimited,
             "too many sign-in challenges from this address; wait a moment",
-        );
-        let seconds = wait.as_secs().max(1).to_string();
-        if let Ok(v) = HeaderValue::from_str(&seconds) {
-            refused.headers_mut().insert(header::RETRY_AFTER, v);
-        }
-        return refused;
+        )
+        .retry_after(wait.as_secs().max(1)));
     }
     let message = state.portal.sessions.challenge(portal_host(&headers, &uri));
-    json_response(&json!({ "message": message }))
+    Ok(json_response(&json!({ "message": message })))
 }
 
 /// `POST /portal/v1/session` with `{"message", "signature", "certificate"}`
@@ -284,7 +282,7 @@ pub(super) async fn challenge(
 pub(super) async fn sign_in(
     AxState(state): AxState<std::sync::Arc<State>>,
     body: Body,
-) -> Response {
+) -> Result<Response, Refused> {
     #[derive(serde::Deserialize)]
     struct Answer {
         message: String,
@@ -292,89 +290,70 @@ pub(super) async fn sign_in(
         certificate: Option<String>,
     }
     let Ok(bytes) = axum::body::to_bytes(body, 16 << 10).await else {
-        return problem(ProblemType::TooLarge, "a sign-in is at most 16 KiB");
+        return Err(refused(
+            ProblemType::TooLarge,
+            "a sign-in is at most 16 KiB",
+        ));
     };
-    let answer: Answer = match serde_json::from_slice(&bytes) {
-        Ok(a) => a,
-        Err(e) => {
-            return problem(
-                ProblemType::Malformed,
-                format!(
-                    "expected {{\"message\": ..., \"signature\": \"0x...\", \"certificate\": \"-----BEGIN CERTIFICATE-----...\"}}: {e}"
-                ),
-            );
-        }
-    };
+    let answer: Answer = serde_json::from_slice(&bytes).map_err(|e| {
+        refused(
+            ProblemType::Malformed,
+            format!(
+                "expected {{\"message\": ..., \"signature\": \"0x...\", \"certificate\": \"-----BEGIN CERTIFICATE-----...\"}}: {e}"
+            ),
+        )
+    })?;
     if !answer.message.starts_with(SIGN_IN) {
-        return problem(
+        return Err(refused(
             ProblemType::Malformed,
             "sign the message POST /portal/v1/challenge gave, unchanged",
-        );
+        ));
     }
     let Some(challenge) = state.portal.sessions.check(&answer.message) else {
-        return problem(
+        return Err(refused(
             ProblemType::Forbidden,
             "this sign-in message is not one this portal gave, or it expired: ask for a new challenge",
-        );
+        ));
     };
     // Each challenge is answered once, whoever answers it (under no
     // account: the zero address signs nothing).
     let until = challenge.issued_ms + CHALLENGE_MS;
-    match take_nonce(
+    let fresh = take_nonce(
         &state,
         Address::ZERO,
         &format!("challenge-{}", challenge.random),
         until,
     )
     .await
-    {
-        Ok(true) => {}
-        Ok(false) => {
-            return problem(
-                ProblemType::Forbidden,
-                "this sign-in message was used already: ask for a new challenge",
-            );
-        }
-        Err(e) => {
-            tracing::warn!("medledger server: recording a sign-in: {e}");
-            return problem(
-                ProblemType::Unavailable,
-                "the sign-in cannot be recorded now; try again",
-            );
-        }
+    .doing("recording a sign-in")?;
+    if !fresh {
+        return Err(refused(
+            ProblemType::Forbidden,
+            "this sign-in message was used already: ask for a new challenge",
+        ));
     }
-    let account = match signer_of(answer.message.as_bytes(), &answer.signature) {
-        Ok(a) => a,
-        Err(e) => return problem(ProblemType::BadRequestSignature, e),
-    };
+    let account = signer_of(answer.message.as_bytes(), &answer.signature)?;
     let Some(pem) = answer.certificate else {
-        return problem(
+        return Err(refused(
             ProblemType::Malformed,
             "a sign-in by key needs your certificate too (\"certificate\": the PEM of PREFIX.crt)",
-        );
+        ));
     };
-    let certificate = match certificate_of(&state, account, &pem).await {
-        Ok(c) => c,
-        Err(refusal) => return refusal,
-    };
-    let role = match role_of(&state, account).await {
-        Ok(Some(role)) => role,
-        Ok(None) => {
-            return problem(
-                ProblemType::Forbidden,
-                format!("the Registry knows {account} as no admin, staff member or patient"),
-            );
-        }
-        Err(e) => return problem(ProblemType::Unavailable, e),
-    };
+    let certificate = certificate_of(&state, account, &pem).await?;
+    let role = role_of(&state, account).await?.ok_or_else(|| {
+        refused(
+            ProblemType::Forbidden,
+            format!("the Registry knows {account} as no admin, staff member or patient"),
+        )
+    })?;
     if role != certificate.identity.role {
-        return problem(
+        return Err(refused(
             ProblemType::WrongRole,
             format!(
                 "the certificate says {}, the Registry knows {account} as {role}",
                 certificate.identity.role
             ),
-        );
+        ));
     }
     let caller = Caller {
         role,
@@ -383,17 +362,13 @@ pub(super) async fn sign_in(
         via: Via::Key,
         certificate,
     };
-    let token = match state.portal.sessions.start(&state, &caller).await {
-        Ok(token) => token,
-        Err(e) => {
-            tracing::warn!("medledger server: opening a portal session: {e}");
-            return problem(
-                ProblemType::Unavailable,
-                "the session cannot be opened now; try again",
-            );
-        }
-    };
-    let mut response = describe(&state, &caller).await;
+    let token = state
+        .portal
+        .sessions
+        .start(&state, &caller)
+        .await
+        .doing("opening a portal session")?;
+    let mut response = describe(&state, &caller).await?;
     let cookie = format!(
         "{COOKIE}={token}; HttpOnly; Secure; SameSite=Strict; Path=/; Max-Age={}",
         SESSION_MS / 1000
@@ -401,21 +376,21 @@ pub(super) async fn sign_in(
     if let Ok(v) = HeaderValue::from_str(&cookie) {
         response.headers_mut().insert(header::SET_COOKIE, v);
     }
-    response
+    Ok(response)
 }
 
 /// `GET /portal/v1/session`: who is signed in, or 401.
 pub(super) async fn show(
     AxState(state): AxState<std::sync::Arc<State>>,
     caller: Option<Extension<Caller>>,
-) -> Response {
-    match caller {
-        Some(Extension(caller)) => describe(&state, &caller).await,
-        None => problem(
+) -> Result<Response, Refused> {
+    let Some(Extension(caller)) = caller else {
+        return Err(refused(
             ProblemType::SignInRequired,
             "sign in with your client certificate or your chain key",
-        ),
-    }
+        ));
+    };
+    describe(&state, &caller).await
 }
 
 /// `DELETE /portal/v1/session`.
@@ -442,9 +417,9 @@ async fn certificate_of(
     state: &State,
     account: Address,
     pem: &str,
-) -> Result<Certificate, Response> {
+) -> Result<Certificate, Refused> {
     let chain = medledger_pki::files::der_blocks(pem.as_bytes(), "CERTIFICATE")
-        .map_err(|e| problem(ProblemType::Malformed, format!("certificate: {e}")))?;
+        .map_err(|e| refused(ProblemType::Malformed, format!("certificate: {e}")))?;
     let (leaf, intermediates) = chain
         .split_first()
         .expect("der_blocks gives at least one block");
@@ -452,33 +427,27 @@ async fn certificate_of(
         .client_auth
         .verify_certificate(leaf, intermediates, rustls::pki_types::UnixTime::now())
         .map_err(|rejection| {
-            problem(
+            refused(
                 rejection.problem_type(),
                 format!("certificate: {rejection}"),
             )
         })?;
     if !identity.role.is_person() || identity.address() != Some(account) {
-        return Err(problem(
+        return Err(refused(
             ProblemType::Forbidden,
             format!(
                 "the certificate is not one of {account}'s: sign in with the certificate of the key that signed"
             ),
         ));
     }
-    let recorded = recorded_certificate(state, account).await.map_err(|e| {
-        tracing::warn!("medledger server: portal sign-in: {e}");
-        problem(
-            ProblemType::Unavailable,
-            "the chain cannot be asked; try again",
-        )
-    })?;
+    let recorded = recorded_certificate(state, account).await?;
     if recorded.0 != identity.fingerprint {
         let why = if recorded.is_zero() {
             "the Registry records no certificate for it (revoked, or never recorded: an admin records it with `medledger admin person certificate`)"
         } else {
             "the Registry records another certificate for it"
         };
-        return Err(problem(
+        return Err(refused(
             ProblemType::Forbidden,
             format!("{account} may not sign in with this certificate: {why}"),
         ));
@@ -495,7 +464,7 @@ async fn standing(
     state: &State,
     account: Address,
     fingerprint: &[u8; 32],
-) -> Result<Option<Role>, String> {
+) -> Result<Option<Role>, Failure> {
     if recorded_certificate(state, account).await?.0 != *fingerprint {
         return Ok(None);
     }
@@ -507,7 +476,7 @@ async fn standing(
 async fn recorded_certificate(
     state: &State,
     account: Address,
-) -> Result<alloy::primitives::B256, String> {
+) -> Result<alloy::primitives::B256, Failure> {
     state
         .view
         .contracts()
@@ -515,18 +484,18 @@ async fn recorded_certificate(
         .certificateOf(account)
         .call()
         .await
-        .map_err(|e| format!("the chain cannot be asked: {e}"))
+        .doing("asking the Registry for a certificate")
 }
 
 /// What the account is, by the Registry: admin first, then staff, then
 /// patient.
-async fn role_of(state: &State, account: Address) -> Result<Option<Role>, String> {
+async fn role_of(state: &State, account: Address) -> Result<Option<Role>, Failure> {
     let registry = state.view.contracts().registry();
-    let down = |e: alloy::contract::Error| format!("the chain cannot be asked: {e}");
-    if registry.isAdmin(account).call().await.map_err(down)? {
+    let doing = "asking the Registry for an account's role";
+    if registry.isAdmin(account).call().await.doing(doing)? {
         return Ok(Some(Role::Admin));
     }
-    let staff = registry.staff(account).call().await.map_err(down)?;
+    let staff = registry.staff(account).call().await.doing(doing)?;
     if staff.active {
         match StaffRole::from_code(staff.role) {
             Some(StaffRole::Doctor) => return Ok(Some(Role::Doctor)),
@@ -538,17 +507,16 @@ async fn role_of(state: &State, account: Address) -> Result<Option<Role>, String
         .patientOfAccount(account)
         .call()
         .await
-        .map_err(down)?;
+        .doing(doing)?;
     Ok((!patient.is_zero()).then_some(Role::Patient))
 }
 
 /// The session JSON of `caller`.
-async fn describe(state: &State, caller: &Caller) -> Response {
+async fn describe(state: &State, caller: &Caller) -> Result<Response, Refused> {
     let contracts = state.view.contracts();
-    let chain_id = match alloy::providers::Provider::get_chain_id(contracts.provider()).await {
-        Ok(id) => id,
-        Err(e) => return problem(ProblemType::Unavailable, format!("the chain: {e}")),
-    };
+    let chain_id = alloy::providers::Provider::get_chain_id(contracts.provider())
+        .await
+        .doing("asking the chain for its id")?;
     let patient = match (caller.role, caller.account) {
         (Role::Patient, Some(account)) => {
             match contracts.registry().patientOfAccount(account).call().await {
@@ -559,13 +527,10 @@ async fn describe(state: &State, caller: &Caller) -> Response {
         _ => None,
     };
     let patients = match (caller.role, caller.account) {
-        (Role::Doctor | Role::Nurse, Some(me)) => match cared_for(state, me).await {
-            Ok(list) => list,
-            Err(e) => return problem(ProblemType::Unavailable, e),
-        },
+        (Role::Doctor | Role::Nurse, Some(me)) => cared_for(state, me).await?,
         _ => Vec::new(),
     };
-    json_response(&json!({
+    Ok(json_response(&json!({
         "role": caller.role.to_string(),
         "account": caller.account.map(|a| a.to_string()),
         "name": caller.name,
@@ -573,12 +538,12 @@ async fn describe(state: &State, caller: &Caller) -> Response {
         "patient": patient,
         "chain_id": chain_id,
         "patients": patients,
-    }))
+    })))
 }
 
 /// The admitted patients `carer` is assigned to now, from the indexed
 /// Registry events.
-async fn cared_for(state: &State, carer: Address) -> Result<Vec<Value>, String> {
+async fn cared_for(state: &State, carer: Address) -> Result<Vec<Value>, Failure> {
     let events = super::events::indexed(
         state,
         &[
@@ -591,7 +556,8 @@ async fn cared_for(state: &State, carer: Address) -> Result<Vec<Value>, String> 
         false,
         None,
     )
-    .await?;
+    .await
+    .doing("reading whom a carer cares for")?;
     let me = carer.to_string().to_lowercase();
     let mut wards: HashMap<String, Value> = HashMap::new();
     let mut mine: Vec<String> = Vec::new();
@@ -644,38 +610,38 @@ pub(super) async fn check_signed_request(
     caller: &Caller,
     parts: &Parts,
     body: Body,
-) -> Result<Body, Response> {
+) -> Result<Body, Refused> {
     let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
     let (Some(at), Some(nonce), Some(signature)) = (
         header("x-medledger-signed-at"),
         header("x-medledger-nonce"),
         header("x-medledger-signature"),
     ) else {
-        return Err(problem(
+        return Err(refused(
             ProblemType::BadRequestSignature,
             "a change must be signed with your chain key: x-medledger-signed-at, x-medledger-nonce and x-medledger-signature",
         ));
     };
     let Ok(at_ms) = at.parse::<u64>() else {
-        return Err(problem(
+        return Err(refused(
             ProblemType::Malformed,
             "x-medledger-signed-at is Unix milliseconds",
         ));
     };
     if !valid_nonce(nonce) {
-        return Err(problem(
+        return Err(refused(
             ProblemType::Malformed,
             "x-medledger-nonce is 16 to 64 letters, digits, - or _",
         ));
     }
     if now_ms().abs_diff(at_ms) > SIGNED_REQUEST_WINDOW_MS {
-        return Err(problem(
+        return Err(refused(
             ProblemType::StaleTimestamp,
             "x-medledger-signed-at is more than five minutes from the server's clock",
         ));
     }
     let Ok(bytes) = axum::body::to_bytes(body, MAX_SIGNED_BODY).await else {
-        return Err(problem(
+        return Err(refused(
             ProblemType::TooLarge,
             format!("a signed request is at most {MAX_SIGNED_BODY} bytes"),
         ));
@@ -688,10 +654,9 @@ pub(super) async fn check_signed_request(
         at_ms,
         &bytes,
     );
-    let signer =
-        signer_of(&text, signature).map_err(|e| problem(ProblemType::BadRequestSignature, e))?;
+    let signer = signer_of(&text, signature)?;
     if Some(signer) != caller.account {
-        return Err(problem(
+        return Err(refused(
             ProblemType::BadRequestSignature,
             format!(
                 "the request is signed by {signer}, not by the signed-in account {} (for this portal, with this nonce)",
@@ -699,20 +664,16 @@ pub(super) async fn check_signed_request(
             ),
         ));
     }
-    match take_nonce(state, signer, nonce, at_ms + SIGNED_REQUEST_WINDOW_MS).await {
-        Ok(true) => Ok(Body::from(bytes)),
-        Ok(false) => Err(problem(
+    let fresh = take_nonce(state, signer, nonce, at_ms + SIGNED_REQUEST_WINDOW_MS)
+        .await
+        .doing("recording a signed request")?;
+    if !fresh {
+        return Err(refused(
             ProblemType::ReplayedRequest,
             format!("a request signed by {signer} with nonce {nonce} was already taken"),
-        )),
-        Err(e) => {
-            tracing::warn!("medledger server: recording a signed request: {e}");
-            Err(problem(
-                ProblemType::Unavailable,
-                "the signed request cannot be recorded now; try again",
-            ))
-        }
+        ));
     }
+    Ok(Body::from(bytes))
 }
 
 /// Records that `signer` used `nonce`, until `expires_ms`: false if it

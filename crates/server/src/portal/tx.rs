@@ -8,9 +8,10 @@
 
 use super::events::events_of;
 use crate::State;
+use crate::answer::json_response;
 use crate::answer::{Refused, refused};
-use crate::answer::{json_response, problem};
 use crate::caller::Caller;
+use crate::failure::Doing;
 use crate::subjects::patient_of;
 use alloy::consensus::transaction::SignerRecoverable;
 use alloy::consensus::{Transaction, TxEnvelope};
@@ -214,21 +215,20 @@ pub(super) async fn prepare(
     AxState(state): AxState<Arc<State>>,
     Extension(caller): Extension<Caller>,
     body: Body,
-) -> Response {
+) -> Result<Response, Refused> {
     let Ok(bytes) = axum::body::to_bytes(body, 64 << 10).await else {
-        return problem(ProblemType::TooLarge, "an action is at most 64 KiB");
+        return Err(refused(
+            ProblemType::TooLarge,
+            "an action is at most 64 KiB",
+        ));
     };
-    let action: Action = match serde_json::from_slice(&bytes) {
-        Ok(a) => a,
-        Err(e) => return malformed(format!("the action: {e}")).into(),
-    };
-    match build(&state, &caller, action).await {
-        Ok(prepared) => json_response(&prepared),
-        Err(refusal) => refusal,
-    }
+    let action: Action =
+        serde_json::from_slice(&bytes).map_err(|e| malformed(format!("the action: {e}")))?;
+    let prepared = build(&state, &caller, action).await?;
+    Ok(json_response(&prepared))
 }
 
-async fn build(state: &State, caller: &Caller, action: Action) -> Result<Value, Response> {
+async fn build(state: &State, caller: &Caller, action: Action) -> Result<Value, Refused> {
     let contracts = state.view.contracts();
     let patient_self = || async { patient_of(state, caller).await.map(B256::from) };
     let staff = [Role::Doctor, Role::Nurse];
@@ -250,10 +250,12 @@ async fn build(state: &State, caller: &Caller, action: Action) -> Result<Value, 
                         .map_err(|_| malformed(format!("role {r:?}: expected doctor or nurse")))?;
                     (Address::ZERO, r.code(), format!("every {}", r.name()))
                 }
-                _ => return Err(malformed("grant to one grantee account or one role").into()),
+                _ => return Err(malformed("grant to one grantee account or one role")),
             };
             if days == 0 || days > MAX_GRANT_DAYS {
-                return Err(malformed(format!("days: 1 to {MAX_GRANT_DAYS}, not {days}")).into());
+                return Err(malformed(format!(
+                    "days: 1 to {MAX_GRANT_DAYS}, not {days}"
+                )));
             }
             let expiry = medledger_protocol::now_ms() / 1000 + days * 86_400;
             let scope = scope_of(&scope)?;
@@ -330,7 +332,7 @@ async fn build(state: &State, caller: &Caller, action: Action) -> Result<Value, 
                 "AccessLog.breakGlass: EMERGENCY access to {scope} of patient {patient}, reason {reason:?} (always alerted and reviewed)"
             );
             if reason.trim().is_empty() {
-                return Err(malformed("give the reason for emergency access").into());
+                return Err(malformed("give the reason for emergency access"));
             }
             // Only its SHA-256 on chain; the page then gives the server the
             // text (POST /v1/justifications).
@@ -349,13 +351,11 @@ async fn build(state: &State, caller: &Caller, action: Action) -> Result<Value, 
             correction,
         } => {
             let from = require(caller, &staff, "an annotation")?;
-            if text.is_empty() || text.len() > crate::annotations::MAX_TEXT_BYTES {
-                return Err(malformed(format!(
-                    "an annotation's text is 1 to {} bytes",
-                    crate::annotations::MAX_TEXT_BYTES
-                ))
-                .into());
-            }
+            crate::offchain_text::check_length(
+                &text,
+                crate::annotations::TEXT,
+                crate::annotations::MAX_TEXT_BYTES,
+            )?;
             let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
             let content = B256::from_slice(digest.as_ref());
             let log = contracts.access_log();
@@ -410,7 +410,7 @@ async fn build(state: &State, caller: &Caller, action: Action) -> Result<Value, 
                 "doctor" => StaffRole::Doctor,
                 "nurse" => StaffRole::Nurse,
                 other => {
-                    return Err(malformed(format!("role {other:?}: doctor or nurse")).into());
+                    return Err(malformed(format!("role {other:?}: doctor or nurse")));
                 }
             };
             prepared(
@@ -450,8 +450,7 @@ async fn build(state: &State, caller: &Caller, action: Action) -> Result<Value, 
                 _ => {
                     return Err(malformed(
                         "give the device's certificate, or its epc, group and rule",
-                    )
-                    .into());
+                    ));
                 }
             };
             prepared(
@@ -536,8 +535,7 @@ async fn build(state: &State, caller: &Caller, action: Action) -> Result<Value, 
                 other => {
                     return Err(malformed(format!(
                         "scope {other:?}: device, room, floor or group"
-                    ))
-                    .into());
+                    )));
                 }
             };
             prepared(
@@ -558,24 +556,24 @@ async fn prepared<P: Provider, D: CallDecoder>(
     call: CallBuilder<P, D>,
     from: Address,
     summary: String,
-) -> Result<Value, Response> {
+) -> Result<Value, Refused> {
     let call = call.from(from);
     let gas = call.estimate_gas().await.map_err(|e| {
-        problem(
+        refused(
             ProblemType::ContractRefused,
             medledger_contracts::Error::from(e).to_string(),
         )
     })?;
     let provider = &call.provider;
-    let (nonce, chain_id) = match (
-        provider.get_transaction_count(from).pending().await,
-        provider.get_chain_id().await,
-    ) {
-        (Ok(n), Ok(c)) => (n, c),
-        (Err(e), _) | (_, Err(e)) => {
-            return Err(problem(ProblemType::Unavailable, format!("the chain: {e}")));
-        }
-    };
+    let nonce = provider
+        .get_transaction_count(from)
+        .pending()
+        .await
+        .doing("asking the chain for a nonce")?;
+    let chain_id = provider
+        .get_chain_id()
+        .await
+        .doing("asking the chain for its id")?;
     let data = call.calldata().clone();
     let to = call
         .into_transaction_request()
@@ -598,74 +596,68 @@ pub(super) async fn relay(
     AxState(state): AxState<Arc<State>>,
     Extension(caller): Extension<Caller>,
     body: Body,
-) -> Response {
+) -> Result<Response, Refused> {
     #[derive(serde::Deserialize)]
     struct Raw {
         raw: String,
     }
     let Ok(bytes) = axum::body::to_bytes(body, 256 << 10).await else {
-        return problem(ProblemType::TooLarge, "a transaction is at most 256 KiB");
+        return Err(refused(
+            ProblemType::TooLarge,
+            "a transaction is at most 256 KiB",
+        ));
     };
-    let raw: Raw = match serde_json::from_slice(&bytes) {
-        Ok(r) => r,
-        Err(e) => return malformed(format!("expected {{\"raw\": \"0x...\"}}: {e}")).into(),
-    };
-    let Ok(raw) = hex::decode(raw.raw.trim_start_matches("0x")) else {
-        return malformed("the raw transaction is not hex").into();
-    };
-    let envelope = match TxEnvelope::decode_2718_exact(raw.as_slice()) {
-        Ok(t) => t,
-        Err(e) => return malformed(format!("not a signed transaction: {e}")).into(),
-    };
+    let raw: Raw = serde_json::from_slice(&bytes)
+        .map_err(|e| malformed(format!("expected {{\"raw\": \"0x...\"}}: {e}")))?;
+    let raw = hex::decode(raw.raw.trim_start_matches("0x"))
+        .map_err(|_| malformed("the raw transaction is not hex"))?;
+    let envelope = TxEnvelope::decode_2718_exact(raw.as_slice())
+        .map_err(|e| malformed(format!("not a signed transaction: {e}")))?;
     // What the page signs (15.3): legacy, for this chain (EIP-155).
-    let chain_id = match state.view.contracts().provider().get_chain_id().await {
-        Ok(id) => id,
-        Err(e) => return problem(ProblemType::Unavailable, format!("the chain: {e}")),
-    };
+    let contracts = state.view.contracts();
+    let chain_id = contracts
+        .provider()
+        .get_chain_id()
+        .await
+        .doing("asking the chain for its id")?;
     if !matches!(&envelope, TxEnvelope::Legacy(_)) || envelope.chain_id() != Some(chain_id) {
-        return malformed(format!(
+        return Err(malformed(format!(
             "the portal relays legacy transactions signed for chain {chain_id} (EIP-155) only"
-        ))
-        .into();
+        )));
     }
-    let signer = match envelope.recover_signer() {
-        Ok(s) => s,
-        Err(e) => {
-            return problem(
-                ProblemType::BadRequestSignature,
-                format!("the signature: {e}"),
-            );
-        }
-    };
+    let signer = envelope.recover_signer().map_err(|e| {
+        refused(
+            ProblemType::BadRequestSignature,
+            format!("the signature: {e}"),
+        )
+    })?;
     if Some(signer) != caller.account {
-        return problem(
+        return Err(refused(
             ProblemType::BadRequestSignature,
             format!(
                 "signed by {signer}, not by the signed-in account {}",
                 caller.name
             ),
-        );
+        ));
     }
-    let contracts = state.view.contracts();
     let ours = envelope
         .to()
         .is_some_and(|to| contracts.addresses().all().contains(&to));
     if !ours {
-        return problem(
+        return Err(refused(
             ProblemType::Forbidden,
             "the portal relays only calls to medledger's contracts",
-        );
+        ));
     }
-    let receipt = match medledger_contracts::send_raw(contracts.provider(), &raw).await {
-        Ok(r) => r,
-        Err(e) => return problem(ProblemType::Unavailable, format!("the chain: {e}")),
-    };
+    let receipt = medledger_contracts::send_raw(contracts.provider(), &raw)
+        .await
+        .doing("relaying a transaction")?;
     let ok = receipt.status();
-    json_response(&json!({
+    Ok(json_response(&json!({
         "tx": receipt.transaction_hash.to_string(),
         "block": receipt.block_number,
         "status": if ok { "ok" } else { "reverted" },
         "events": events_of(&receipt),
         "error": (!ok).then_some("the transaction reverted: the chain changed since it was prepared; prepare it again"),
-    }))
+    })))
 }

@@ -3,9 +3,10 @@
 
 use super::events::{arg, events_of, indexed, text_or};
 use crate::State;
-use crate::answer::{Refused, refused, unavailable};
-use crate::answer::{fhir_response, json_response, number_param, problem, query_param};
+use crate::answer::{Refused, refused};
+use crate::answer::{fhir_response, json_response, number_param, query_param};
 use crate::caller::Caller;
+use crate::failure::Doing;
 use crate::indexer::IndexedEvent;
 use crate::subjects::patient_of;
 use alloy::primitives::{Address, B256, U256};
@@ -40,10 +41,6 @@ const RECENT_RULE_CHANGES: u64 = 50;
 /// Blocks the overview lists.
 const RECENT_BLOCKS: u64 = 10;
 
-fn failed(e: impl std::fmt::Display) -> Response {
-    unavailable(e).into()
-}
-
 fn only(caller: &Caller, roles: &[Role], what: &str) -> Result<(), Refused> {
     if roles.contains(&caller.role) {
         Ok(())
@@ -58,10 +55,10 @@ fn only(caller: &Caller, roles: &[Role], what: &str) -> Result<(), Refused> {
 /// The caller, if it is an admin the Registry still lists, or a staff
 /// member still active: a session keeps the role it signed in with, the
 /// chain decides whether it still holds.
-async fn still(state: &State, caller: &Caller) -> Result<(), Response> {
+async fn still(state: &State, caller: &Caller) -> Result<(), Refused> {
     let registry = state.view.contracts().registry();
     let Some(account) = caller.account else {
-        return Err(problem(
+        return Err(refused(
             ProblemType::WrongRole,
             "the caller has no chain account",
         ));
@@ -71,17 +68,16 @@ async fn still(state: &State, caller: &Caller) -> Result<(), Response> {
         Role::Doctor | Role::Nurse => registry.isActiveStaff(account).call().await,
         _ => Ok(true),
     };
-    match holds {
-        Ok(true) => Ok(()),
-        Ok(false) => Err(problem(
+    if !holds.doing("asking the Registry whether a role still holds")? {
+        return Err(refused(
             ProblemType::Forbidden,
             format!(
                 "the Registry no longer lists {account} as a {}",
                 caller.role
             ),
-        )),
-        Err(e) => Err(failed(e)),
+        ));
     }
+    Ok(())
 }
 
 fn names_of(roles: &[Role]) -> String {
@@ -160,39 +156,30 @@ pub(super) async fn events(
     AxState(state): Shared,
     Extension(caller): Extension<Caller>,
     uri: Uri,
-) -> Response {
+) -> Result<Response, Refused> {
     let names: Vec<&str> = query_param(&uri, "names")
         .unwrap_or("")
         .split(',')
         .filter(|n| !n.is_empty())
         .collect();
     if names.is_empty() || names.len() > MAX_NAMES {
-        return problem(
+        return Err(refused(
             ProblemType::Malformed,
             format!("name 1 to {MAX_NAMES} events: ?names=AccessGranted,AccessDenied"),
-        );
+        ));
     }
-    if let Err(refusal) = still(&state, &caller).await {
-        return refusal;
-    }
-    let limit = match number_param(&uri, "limit") {
-        Ok(limit) => usize::try_from(limit.unwrap_or(100))
-            .unwrap_or(MAX_EVENTS)
-            .min(MAX_EVENTS),
-        Err(refusal) => return refusal.into(),
-    };
+    still(&state, &caller).await?;
+    let limit = usize::try_from(number_param(&uri, "limit")?.unwrap_or(100))
+        .unwrap_or(MAX_EVENTS)
+        .min(MAX_EVENTS);
     let own_patient = match caller.role {
-        Role::Patient => match patient_of(&state, &caller).await {
-            Ok(p) => Some(B256::from(p).to_string()),
-            Err(refusal) => return refusal,
-        },
+        Role::Patient => Some(B256::from(patient_of(&state, &caller).await?).to_string()),
         _ => None,
     };
     // The newest events only: a page lists at most MAX_EVENTS of them.
-    let all = match indexed(&state, &names, true, Some(SCANNED_EVENTS)).await {
-        Ok(all) => all,
-        Err(e) => return failed(e),
-    };
+    let all = indexed(&state, &names, true, Some(SCANNED_EVENTS))
+        .await
+        .doing("reading indexed events")?;
     let visible = all.iter().filter(|e| match caller.role {
         Role::Admin => true,
         Role::Patient => own_patient
@@ -206,7 +193,7 @@ pub(super) async fn events(
     for e in visible.take(limit) {
         out.push(event_json(&state, e).await);
     }
-    json_response(&json!({ "events": out }))
+    Ok(json_response(&json!({ "events": out })))
 }
 
 /// `GET /portal/v1/tx/{hash}`: a transaction of the chain, its receipt
@@ -215,19 +202,21 @@ pub(super) async fn transaction(
     AxState(state): Shared,
     Extension(caller): Extension<Caller>,
     Path(hash): Path<String>,
-) -> Response {
-    let Ok(hash) = hash.parse::<B256>() else {
-        return problem(
+) -> Result<Response, Refused> {
+    let hash = hash.parse::<B256>().map_err(|_| {
+        refused(
             ProblemType::Malformed,
             "a transaction hash is 0x and 64 hex digits",
-        );
-    };
-    let provider = state.view.contracts().provider();
-    let receipt = match provider.get_transaction_receipt(hash).await {
-        Ok(Some(r)) => r,
-        Ok(None) => return problem(ProblemType::NotFound, format!("no transaction {hash}")),
-        Err(e) => return failed(e),
-    };
+        )
+    })?;
+    let receipt = state
+        .view
+        .contracts()
+        .provider()
+        .get_transaction_receipt(hash)
+        .await
+        .doing("asking the chain for a receipt")?
+        .ok_or_else(|| refused(ProblemType::NotFound, format!("no transaction {hash}")))?;
     // An admin sees any transaction; others their own, and a patient
     // those that name them.
     let events = events_of(&receipt);
@@ -252,13 +241,13 @@ pub(super) async fn transaction(
         }
     };
     if !visible {
-        return problem(
+        return Err(refused(
             ProblemType::Forbidden,
             "a transaction is shown to its sender, the patient it names, and admins",
-        );
+        ));
     }
     let block = receipt.block_number.unwrap_or(0);
-    json_response(&json!({
+    Ok(json_response(&json!({
         "tx": hash.to_string(),
         "block": block,
         "from": receipt.from.to_string(),
@@ -266,32 +255,22 @@ pub(super) async fn transaction(
         "status": if receipt.status() { "ok" } else { "reverted" },
         "events": events,
         "time_ms": block_time(&state, block).await,
-    }))
+    })))
 }
 
 /// `GET /portal/v1/consents`: the patient's live grants and opt-out.
 pub(super) async fn consents(
     AxState(state): Shared,
     Extension(caller): Extension<Caller>,
-) -> Response {
-    let patient = match patient_of(&state, &caller).await {
-        Ok(p) => B256::from(p),
-        Err(refusal) => return refusal,
-    };
+) -> Result<Response, Refused> {
+    let patient = B256::from(patient_of(&state, &caller).await?);
     let consent = state.view.contracts().consent();
-    let (ids, opted_out) = match (
-        consent.liveGrants(patient).call().await,
-        consent.optedOut(patient).call().await,
-    ) {
-        (Ok(ids), Ok(o)) => (ids, o),
-        (Err(e), _) | (_, Err(e)) => return failed(e),
-    };
+    let doing = "reading consents on chain";
+    let ids = consent.liveGrants(patient).call().await.doing(doing)?;
+    let opted_out = consent.optedOut(patient).call().await.doing(doing)?;
     let mut grants = Vec::new();
     for id in ids {
-        let g = match consent.grantOf(id).call().await {
-            Ok(g) => g,
-            Err(e) => return failed(e),
-        };
+        let g = consent.grantOf(id).call().await.doing(doing)?;
         let role = medledger_contracts::StaffRole::from_code(g.role).map(|r| r.name());
         grants.push(json!({
             "id": id.to_string(),
@@ -304,7 +283,9 @@ pub(super) async fn consents(
             "revoked": g.revoked,
         }));
     }
-    json_response(&json!({ "opted_out": opted_out, "grants": grants }))
+    Ok(json_response(
+        &json!({ "opted_out": opted_out, "grants": grants }),
+    ))
 }
 
 /// `GET /portal/v1/vitals`: the patient's own newest observations, as
@@ -312,16 +293,11 @@ pub(super) async fn consents(
 pub(super) async fn vitals(
     AxState(state): Shared,
     Extension(caller): Extension<Caller>,
-) -> Response {
-    let patient = match patient_of(&state, &caller).await {
-        Ok(p) => p,
-        Err(refusal) => return refusal,
-    };
+) -> Result<Response, Refused> {
+    let patient = patient_of(&state, &caller).await?;
     let all = crate::records::Selection::default();
-    match crate::records::bundle(&state, &patient, Scope::ALL, VITALS_READINGS, &all).await {
-        Ok(page) => fhir_response(&page.bundle),
-        Err(r) => problem(r.kind, r.detail),
-    }
+    let page = crate::records::bundle(&state, &patient, Scope::ALL, VITALS_READINGS, &all).await?;
+    Ok(fhir_response(&page.bundle))
 }
 
 /// `GET /portal/v1/ledger/{index}`: one entry of the patient's own ledger
@@ -331,32 +307,28 @@ pub(super) async fn ledger_entry(
     AxState(state): Shared,
     Extension(caller): Extension<Caller>,
     Path(index): Path<u64>,
-) -> Response {
-    let patient = match patient_of(&state, &caller).await {
-        Ok(p) => p,
-        Err(refusal) => return refusal,
-    };
-    let stored = match state.ledger.entry(&patient, index).await {
-        Ok(Some(e)) => e,
-        Ok(None) => return problem(ProblemType::NotFound, format!("no ledger entry {index}")),
-        Err(e) => return failed(e),
-    };
-    let entry = match state.ledger.history().open_entry(&stored) {
-        Ok(e) => e,
-        Err(e) => return failed(format!("ledger entry {index}: {e}")),
-    };
-    let note = match state.ledger.checkpoint(&patient).await {
-        Ok(n) => n,
-        Err(e) => return failed(e),
-    };
-    let size = match state.ledger.history().verify_checkpoint(&note) {
-        Ok(cp) => cp.size,
-        Err(e) => return failed(e),
-    };
-    let proof = match state.ledger.inclusion(&patient, index, size).await {
-        Ok(p) => p,
-        Err(e) => return failed(e),
-    };
+) -> Result<Response, Refused> {
+    let patient = patient_of(&state, &caller).await?;
+    let doing = "reading a ledger entry";
+    let stored = state
+        .ledger
+        .entry(&patient, index)
+        .await
+        .doing(doing)?
+        .ok_or_else(|| refused(ProblemType::NotFound, format!("no ledger entry {index}")))?;
+    let entry = state.ledger.history().open_entry(&stored).doing(doing)?;
+    let note = state.ledger.checkpoint(&patient).await.doing(doing)?;
+    let size = state
+        .ledger
+        .history()
+        .verify_checkpoint(&note)
+        .doing(doing)?
+        .size;
+    let proof = state
+        .ledger
+        .inclusion(&patient, index, size)
+        .await
+        .doing(doing)?;
     let anchor = sqlx::query(
         "SELECT anchor_tx, anchor_block, size FROM ledger_anchors \
          WHERE patient = $1 AND size > $2 AND anchor_id IS NOT NULL ORDER BY size DESC LIMIT 1",
@@ -364,9 +336,10 @@ pub(super) async fn ledger_entry(
     .bind(patient.to_vec())
     .bind(i64::try_from(index).unwrap_or(i64::MAX))
     .fetch_optional(state.db.pool())
-    .await;
+    .await
+    .doing(doing)?;
     let anchor = match anchor {
-        Ok(Some(r)) => {
+        Some(r) => {
             let tx: Vec<u8> = r.try_get("anchor_tx").unwrap_or_default();
             json!({
                 "tx": format!("0x{}", hex::encode(tx)),
@@ -374,22 +347,21 @@ pub(super) async fn ledger_entry(
                 "size": r.try_get::<i64, _>("size").unwrap_or(0),
             })
         }
-        Ok(None) => Value::Null,
-        Err(e) => return failed(e),
+        None => Value::Null,
     };
     let body: BTreeMap<String, Value> = entry
         .body
         .iter()
         .map(|(k, v)| (k.clone(), field_json(v)))
         .collect();
-    json_response(&json!({
+    Ok(json_response(&json!({
         "index": index,
         "entry": { "kind": entry.kind, "ts_ms": entry.ts_ms, "body": body },
         "checkpoint": note,
         "size": size,
         "proof": proof.iter().map(hex::encode).collect::<Vec<_>>(),
         "anchor": anchor,
-    }))
+    })))
 }
 
 fn field_json(field: &medledger_patient_ledger::Field) -> Value {
@@ -405,17 +377,12 @@ fn field_json(field: &medledger_patient_ledger::Field) -> Value {
 pub(super) async fn requests(
     AxState(state): Shared,
     Extension(caller): Extension<Caller>,
-) -> Response {
-    if let Err(refusal) = only(&caller, &[Role::Doctor, Role::Nurse], "a request list") {
-        return refusal.into();
-    }
-    if let Err(refusal) = still(&state, &caller).await {
-        return refusal;
-    }
-    let decided = match indexed(&state, &["AccessGranted", "AccessDenied"], true, None).await {
-        Ok(e) => e,
-        Err(e) => return failed(e),
-    };
+) -> Result<Response, Refused> {
+    only(&caller, &[Role::Doctor, Role::Nurse], "a request list")?;
+    still(&state, &caller).await?;
+    let decided = indexed(&state, &["AccessGranted", "AccessDenied"], true, None)
+        .await
+        .doing("reading access decisions")?;
     let access_log = state.view.contracts().access_log();
     let mut out = Vec::new();
     for e in decided
@@ -426,10 +393,11 @@ pub(super) async fn requests(
         let Ok(id) = arg(e, "id").parse::<U256>() else {
             continue;
         };
-        let r = match access_log.requestOf(id).call().await {
-            Ok(r) => r,
-            Err(e) => return failed(e),
-        };
+        let r = access_log
+            .requestOf(id)
+            .call()
+            .await
+            .doing("reading an access request")?;
         let granted = e.name == "AccessGranted";
         out.push(json!({
             "id": id.to_string(),
@@ -445,46 +413,38 @@ pub(super) async fn requests(
             "block": e.block,
         }));
     }
-    json_response(&json!({ "requests": out }))
+    Ok(json_response(&json!({ "requests": out })))
 }
 
 /// `GET /portal/v1/reviews`: break-glass accesses waiting for review.
 pub(super) async fn reviews(
     AxState(state): Shared,
     Extension(caller): Extension<Caller>,
-) -> Response {
-    if let Err(refusal) = only(&caller, &[Role::Admin], "the review queue") {
-        return refusal.into();
-    }
-    if let Err(refusal) = still(&state, &caller).await {
-        return refusal;
-    }
+) -> Result<Response, Refused> {
+    only(&caller, &[Role::Admin], "the review queue")?;
+    still(&state, &caller).await?;
     let access_log = state.view.contracts().access_log();
-    let ids = match access_log
+    let ids = access_log
         .pendingReviews(U256::ZERO, U256::from(MAX_EVENTS))
         .call()
         .await
-    {
-        Ok(ids) => ids,
-        Err(e) => return failed(e),
-    };
-    let glass = match indexed(&state, &["BreakGlass"], true, None).await {
-        Ok(e) => e,
-        Err(e) => return failed(e),
-    };
+        .doing("reading the review queue")?;
+    let glass = indexed(&state, &["BreakGlass"], true, None)
+        .await
+        .doing("reading break-glass events")?;
     let tx_of: HashMap<&str, &IndexedEvent> = glass.iter().map(|e| (arg(e, "id"), e)).collect();
     let mut out = Vec::new();
     for id in ids {
-        let r = match access_log.requestOf(id).call().await {
-            Ok(r) => r,
-            Err(e) => return failed(e),
-        };
+        let r = access_log
+            .requestOf(id)
+            .call()
+            .await
+            .doing("reading an access request")?;
         // The justification is off chain, sealed for the patient and the
         // reviewers; the chain holds its SHA-256.
-        let justification = match crate::justifications::text(&state, &caller, id.to()).await {
-            Ok(found) => found.map(|j| j["text"].clone()),
-            Err(r) => return problem(r.kind, r.detail),
-        };
+        let justification = crate::justifications::text(&state, &caller, id.to())
+            .await?
+            .map(|j| j["text"].clone());
         let id = id.to_string();
         out.push(json!({
             "id": id,
@@ -496,7 +456,7 @@ pub(super) async fn reviews(
             "tx": tx_of.get(id.as_str()).map(|e| B256::from(e.tx).to_string()),
         }));
     }
-    json_response(&json!({ "reviews": out }))
+    Ok(json_response(&json!({ "reviews": out })))
 }
 
 /// `GET /portal/v1/overview`: the chain, its anchors, and what the
@@ -504,21 +464,13 @@ pub(super) async fn reviews(
 pub(super) async fn overview(
     AxState(state): Shared,
     Extension(caller): Extension<Caller>,
-) -> Response {
-    if let Err(refusal) = only(&caller, &[Role::Admin], "the overview") {
-        return refusal.into();
-    }
-    if let Err(refusal) = still(&state, &caller).await {
-        return refusal;
-    }
+) -> Result<Response, Refused> {
+    only(&caller, &[Role::Admin], "the overview")?;
+    still(&state, &caller).await?;
     let provider = state.view.contracts().provider();
-    let (height, chain_id) = match (
-        provider.get_block_number().await,
-        provider.get_chain_id().await,
-    ) {
-        (Ok(h), Ok(c)) => (h, c),
-        (Err(e), _) | (_, Err(e)) => return failed(e),
-    };
+    let doing = "reading the overview";
+    let height = provider.get_block_number().await.doing(doing)?;
+    let chain_id = provider.get_chain_id().await.doing(doing)?;
     let mut blocks = Vec::new();
     for number in (height.saturating_sub(RECENT_BLOCKS - 1)..=height).rev() {
         if let Ok(Some(b)) = provider.get_block_by_number(number.into()).await {
@@ -530,30 +482,27 @@ pub(super) async fn overview(
             }));
         }
     }
-    let anchors = match indexed(&state, &["Anchored"], true, Some(RECENT_ANCHORS)).await {
-        Ok(list) => list,
-        Err(e) => return failed(e),
-    };
+    let anchors = indexed(&state, &["Anchored"], true, Some(RECENT_ANCHORS))
+        .await
+        .doing(doing)?;
     let mut anchor_list = Vec::new();
     for e in &anchors {
         let mut v = event_json(&state, e).await;
         v["kind"] = json!(arg(e, "kind"));
         anchor_list.push(v);
     }
-    let registry = match indexed(&state, REGISTRY_EVENTS, false, None).await {
-        Ok(list) => list,
-        Err(e) => return failed(e),
-    };
-    let rules = match indexed(&state, RULE_EVENTS, true, Some(RECENT_RULE_CHANGES)).await {
-        Ok(list) => list,
-        Err(e) => return failed(e),
-    };
+    let registry = indexed(&state, REGISTRY_EVENTS, false, None)
+        .await
+        .doing(doing)?;
+    let rules = indexed(&state, RULE_EVENTS, true, Some(RECENT_RULE_CHANGES))
+        .await
+        .doing(doing)?;
     let mut rule_list = Vec::new();
     for e in &rules {
         rule_list.push(event_json(&state, e).await);
     }
     let directory = Directory::replay(&registry, &state.portal);
-    json_response(&json!({
+    Ok(json_response(&json!({
         "chain": { "chain_id": chain_id, "height": height, "blocks": blocks },
         "anchors": anchor_list,
         "devices": directory.devices.into_values().collect::<Vec<_>>(),
@@ -561,7 +510,7 @@ pub(super) async fn overview(
         "staff": directory.staff.into_values().collect::<Vec<_>>(),
         "collectors": directory.nodes.into_values().collect::<Vec<_>>(),
         "rules": rule_list,
-    }))
+    })))
 }
 
 const REGISTRY_EVENTS: &[&str] = &[

@@ -402,7 +402,7 @@ fn is_own(ip: IpAddr) -> bool {
 
 /// Why a webhook URL is refused, in words for the patient who set it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum Refused {
+pub(crate) enum Unreachable {
     /// Not a URL at all.
     #[error("the webhook is not a URL: {0}")]
     NotUrl(#[source] url::ParseError),
@@ -465,23 +465,23 @@ impl Endpoint {
     /// Parses `url` the way browsers do (WHATWG), so that every spelling
     /// of an address (`2130706433`, `0177.0.0.1`, `0x7f.1`) is that
     /// address.
-    pub(crate) fn parse(url: &str) -> Result<Endpoint, Refused> {
-        let url = Url::parse(url).map_err(Refused::NotUrl)?;
+    pub(crate) fn parse(url: &str) -> Result<Endpoint, Unreachable> {
+        let url = Url::parse(url).map_err(Unreachable::NotUrl)?;
         if url.scheme() != "https" {
-            return Err(Refused::NotHttps(url.scheme().to_owned()));
+            return Err(Unreachable::NotHttps(url.scheme().to_owned()));
         }
         if !url.username().is_empty() || url.password().is_some() {
-            return Err(Refused::Userinfo);
+            return Err(Unreachable::Userinfo);
         }
-        let host = url.host().ok_or(Refused::NoHost)?.to_owned();
+        let host = url.host().ok_or(Unreachable::NoHost)?.to_owned();
         let server_name = match &host {
             url::Host::Domain(name) => {
-                ServerName::try_from(name.clone()).map_err(|_| Refused::NoHost)?
+                ServerName::try_from(name.clone()).map_err(|_| Unreachable::NoHost)?
             }
             url::Host::Ipv4(v4) => ServerName::IpAddress(IpAddr::V4(*v4).into()),
             url::Host::Ipv6(v6) => ServerName::IpAddress(IpAddr::V6(*v6).into()),
         };
-        let port = url.port_or_known_default().ok_or(Refused::NoHost)?;
+        let port = url.port_or_known_default().ok_or(Unreachable::NoHost)?;
         Ok(Endpoint {
             url,
             host,
@@ -592,7 +592,7 @@ impl Guard {
     }
 
     /// Parses `url`, resolves its host once and checks every address.
-    pub(crate) async fn check(&self, url: &str) -> Result<Target, Refused> {
+    pub(crate) async fn check(&self, url: &str) -> Result<Target, Unreachable> {
         let endpoint = Endpoint::parse(url)?;
         let (name, mut addrs) = match &endpoint.host {
             url::Host::Domain(name) => {
@@ -601,8 +601,8 @@ impl Guard {
                     self.resolver.resolve(name, endpoint.port),
                 )
                 .await
-                .map_err(|_| Refused::ResolveTimeout(name.clone()))?;
-                let addrs = answer.map_err(|_| Refused::Unresolved(name.clone()))?;
+                .map_err(|_| Unreachable::ResolveTimeout(name.clone()))?;
+                let addrs = answer.map_err(|_| Unreachable::Unresolved(name.clone()))?;
                 (Some(name.clone()), addrs)
             }
             url::Host::Ipv4(v4) => (None, vec![SocketAddr::new(IpAddr::V4(*v4), endpoint.port)]),
@@ -616,13 +616,13 @@ impl Guard {
         }
         let addrs = unique;
         if addrs.is_empty() {
-            return Err(Refused::Unresolved(
+            return Err(Unreachable::Unresolved(
                 name.unwrap_or_else(|| endpoint.authority()),
             ));
         }
         for addr in &addrs {
             if let Some(why) = self.refuses(*addr) {
-                return Err(Refused::Address {
+                return Err(Unreachable::Address {
                     name,
                     addr: *addr,
                     why,
@@ -737,22 +737,22 @@ pub(crate) mod tests {
     #[test]
     fn only_https_urls_without_userinfo_parse() {
         for (url, refused) in [
-            ("http://example.org/", Refused::NotHttps("http".into())),
-            ("ftp://example.org/", Refused::NotHttps("ftp".into())),
-            ("file:///etc/passwd", Refused::NotHttps("file".into())),
-            ("https://user@example.org/", Refused::Userinfo),
-            ("https://user:pw@example.org/", Refused::Userinfo),
-            ("https://:pw@example.org/", Refused::Userinfo),
+            ("http://example.org/", Unreachable::NotHttps("http".into())),
+            ("ftp://example.org/", Unreachable::NotHttps("ftp".into())),
+            ("file:///etc/passwd", Unreachable::NotHttps("file".into())),
+            ("https://user@example.org/", Unreachable::Userinfo),
+            ("https://user:pw@example.org/", Unreachable::Userinfo),
+            ("https://:pw@example.org/", Unreachable::Userinfo),
         ] {
             assert_eq!(Endpoint::parse(url).unwrap_err(), refused, "{url}");
         }
         assert!(matches!(
             Endpoint::parse("not a url"),
-            Err(Refused::NotUrl(_))
+            Err(Unreachable::NotUrl(_))
         ));
         assert!(matches!(
             Endpoint::parse("https://exa mple.org/"),
-            Err(Refused::NotUrl(_))
+            Err(Unreachable::NotUrl(_))
         ));
         let e = Endpoint::parse("http://example.org/").unwrap_err();
         assert_eq!(
@@ -837,7 +837,10 @@ pub(crate) mod tests {
             let refused = guard.check(url).await.unwrap_err();
             let text = refused.to_string();
             assert!(text.starts_with(why), "{url}: {text}");
-            assert!(matches!(refused, Refused::Address { .. }), "{url}: {text}");
+            assert!(
+                matches!(refused, Unreachable::Address { .. }),
+                "{url}: {text}"
+            );
             assert!(
                 text.ends_with("; an admin may allow it with webhook_allow"),
                 "{url}: {text}"
@@ -871,12 +874,12 @@ pub(crate) mod tests {
         );
         assert_eq!(
             guard.check("https://nowhere.example/").await.unwrap_err(),
-            Refused::Unresolved("nowhere.example".into())
+            Unreachable::Unresolved("nowhere.example".into())
         );
         names.answer("empty.example", &[]);
         assert_eq!(
             guard.check("https://empty.example/").await.unwrap_err(),
-            Refused::Unresolved("empty.example".into())
+            Unreachable::Unresolved("empty.example".into())
         );
         // Nothing is sent anywhere by a check: these are public addresses.
         names.answer(

@@ -439,8 +439,7 @@ impl Demo {
         cose[at] ^= 1;
         let card = medledger_collector::SoftwareCard::new(&Credentials::from_issued(
             &self.patients[0].1.card,
-        ))
-        .map_err(anyhow::Error::msg)?;
+        ))?;
         let hashes = [reading_hash(&cose)];
         let batch = ForwardBatch {
             certs: vec![
@@ -458,9 +457,7 @@ impl Demo {
                 patient,
                 cert: 1,
                 readings: vec![0],
-                sig: card
-                    .sign(&medledger_protocol::card_digest(&patient, &hashes))
-                    .map_err(anyhow::Error::msg)?,
+                sig: card.sign(&medledger_protocol::card_digest(&patient, &hashes))?,
             }],
             ..ForwardBatch::default()
         };

@@ -158,10 +158,7 @@ impl Demo {
             .iter()
             .map(|a| a.patient.0)
             .collect();
-        let again = server
-            .erase_recorded(&live)
-            .await
-            .map_err(anyhow::Error::msg)?;
+        let again = server.erase_recorded(&live).await?;
         let (label, forgotten, _) = &self.patients[self.patients.len() - 1];
         let erased = server.ledger().is_erased(&forgotten.patient_ref.0).await?;
         let mut checks = vec![check(
@@ -170,8 +167,8 @@ impl Demo {
             format!("{again} patient(s) erased again; {label} erased: {erased}"),
             again == 1 && erased,
         )];
-        let failures = server.verify_ledgers().await.map_err(anyhow::Error::msg)?;
-        let patients = server.patients().await.map_err(anyhow::Error::msg)?;
+        let failures = server.verify_ledgers().await?;
+        let patients = server.patients().await?;
         checks.push(check(
             "every restored ledger against the backup chain's anchors",
             "all verify",

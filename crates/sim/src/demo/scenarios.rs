@@ -209,14 +209,7 @@ impl Demo {
         // server's, as the HTTPS devices did.
         if let Some(last) = last_over_mqtt {
             let deadline = Instant::now() + Duration::from_secs(30);
-            while self
-                .hospital
-                .server
-                .reading(&last)
-                .await
-                .map_err(anyhow::Error::msg)?
-                .is_none()
-                && Instant::now() < deadline
+            while self.hospital.server.reading(&last).await?.is_none() && Instant::now() < deadline
             {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
