@@ -126,10 +126,7 @@ async fn batches(
         })?;
     let mut batch = ForwardBatch::from_cbor(&bytes)
         .map_err(|e| refused(ProblemType::Malformed, e.to_string()))?;
-    state.portal.saw(
-        format!("node:{}", account.to_string().to_lowercase()),
-        medledger_protocol::now_ms(),
-    );
+    state.heard.node(account, medledger_protocol::now_ms());
     let order = batch.order;
     let held = std::mem::take(&mut batch.held);
     let turn = async {
@@ -181,23 +178,38 @@ async fn records(
     Ok(fhir_response(&page.bundle))
 }
 
-/// `POST /v1/justifications`: the text of a break-glass justification,
-/// from the doctor who broke the glass (see [`crate::justifications`]).
+/// `POST /v1/justifications` with `{"request": ID, "text": "..."}`: the
+/// text of a break-glass justification, from the doctor who broke the
+/// glass (see [`crate::justifications`]).
 async fn justify(
     AxState(state): AxState<Arc<State>>,
     Extension(caller): Extension<Caller>,
     body: Body,
 ) -> Result<Response, Refused> {
-    #[derive(serde::Deserialize)]
-    struct Text {
-        request: u64,
-        text: String,
-    }
-    let limit = crate::justifications::MAX_TEXT_BYTES * 2 + 1024;
-    let shape = r#"{"request": ID, "text": "..."}"#;
-    let text: Text = json_body(body, limit, "a justification", shape).await?;
-    let answer = crate::justifications::store(&state, &caller, text.request, &text.text).await?;
+    let max = crate::justifications::MAX_TEXT_BYTES;
+    let (id, text) = text_body(body, "request", "a justification", max).await?;
+    let answer = crate::justifications::store(&state, &caller, id, &text).await?;
     Ok(json_response(&answer))
+}
+
+/// The body of an off-chain text, `{"<key>": ID, "text": "..."}` (`what`
+/// names it in a refusal): the record's id and the text, of at most `max`
+/// bytes (JSON escapes may double it).
+async fn text_body(
+    body: Body,
+    key: &str,
+    what: &str,
+    max: usize,
+) -> Result<(u64, String), Refused> {
+    let shape = format!(r#"{{"{key}": ID, "text": "..."}}"#);
+    let fields: serde_json::Map<String, serde_json::Value> =
+        json_body(body, max * 2 + 1024, what, &shape).await?;
+    let id = fields.get(key).and_then(serde_json::Value::as_u64);
+    let text = fields.get("text").and_then(serde_json::Value::as_str);
+    match (id, text) {
+        (Some(id), Some(text)) => Ok((id, text.to_owned())),
+        _ => Err(refused(ProblemType::Malformed, format!("expected {shape}"))),
+    }
 }
 
 /// A JSON body of at most `limit` bytes, as `T`: `what` names the body in
@@ -272,15 +284,9 @@ async fn annotations(
     Extension(caller): Extension<Caller>,
     body: Body,
 ) -> Result<Response, Refused> {
-    #[derive(serde::Deserialize)]
-    struct Text {
-        annotation: u64,
-        text: String,
-    }
-    let limit = crate::annotations::MAX_TEXT_BYTES * 2 + 1024;
-    let shape = r#"{"annotation": ID, "text": "..."}"#;
-    let text: Text = json_body(body, limit, "an annotation", shape).await?;
-    let answer = crate::annotations::store(&state, &caller, text.annotation, &text.text).await?;
+    let max = crate::annotations::MAX_TEXT_BYTES;
+    let (id, text) = text_body(body, "annotation", "an annotation", max).await?;
+    let answer = crate::annotations::store(&state, &caller, id, &text).await?;
     Ok(json_response(&answer))
 }
 

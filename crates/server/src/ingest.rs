@@ -876,10 +876,7 @@ async fn store(
     drop(staged.committed());
     for (i, index) in stored {
         if let Some(p) = items[i].passing() {
-            let r = &p.reading;
-            state
-                .portal
-                .saw(format!("device:{}", hex::encode(r.dev.0)), r.ts_ms);
+            state.heard.device(&p.reading.dev.0, p.reading.ts_ms);
         }
         items[i].verdict = Verdict::Stored {
             index,

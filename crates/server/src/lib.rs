@@ -24,6 +24,8 @@
 //! - [`failure`]: a failure of the server's own ([`Failure`]): what it was
 //!   doing and why, logged, never sent to a client;
 //! - [`fhir_api`]: the same reads as a FHIR R4 REST read API at `/fhir/r4/`;
+//! - `heard`: when each device and node was last heard of, noted by
+//!   ingest and `POST /v1/batches`, shown by the portal;
 //! - `held`: readings a collector holds as dead letters: an alert to each
 //!   patient concerned and a line for the operators;
 //! - `http`: the endpoints: `POST /v1/batches` for collectors; proofs,
@@ -90,6 +92,7 @@ mod directory;
 pub mod erase;
 pub mod failure;
 pub mod fhir_api;
+mod heard;
 mod held;
 mod http;
 pub mod indexer;
@@ -251,6 +254,8 @@ pub(crate) struct State {
     pub(crate) alerts: alerts::Alerts,
     /// The web portal's sessions and what it remembers.
     pub(crate) portal: portal::Portal,
+    /// When each device and node was last heard of.
+    pub(crate) heard: heard::Heard,
     /// Where alert webhooks may go, and how they are reached.
     pub(crate) webhooks: webhook::Webhooks,
     /// Which patient ledgers this server writes, which jobs it runs.
@@ -415,6 +420,7 @@ impl Server {
             committed: tokio::sync::Notify::new(),
             anchoring: tokio::sync::Mutex::new(()),
             portal: portal_state,
+            heard: heard::Heard::default(),
             webhooks,
             leases: leases.clone(),
             peer_tls: peering.map(|p| p.tls),

@@ -220,13 +220,11 @@ async fn identify(
 }
 
 /// The portal's sessions (in SQL), and what it keeps in memory: block
-/// times, and when devices and collectors were last heard of (since the
-/// server started).
+/// times and sign-in challenge rates per address.
 #[derive(Debug)]
 pub(crate) struct Portal {
     sessions: Sessions,
     block_times: Mutex<HashMap<u64, u64>>,
-    seen: Mutex<HashMap<String, u64>>,
     /// Challenges per address: a token bucket each.
     challenge_rates: Mutex<HashMap<std::net::IpAddr, (f64, std::time::Instant)>>,
 }
@@ -249,7 +247,6 @@ impl Portal {
         Ok(Portal {
             sessions: Sessions::open(db).await?,
             block_times: Mutex::default(),
-            seen: Mutex::default(),
             challenge_rates: Mutex::default(),
         })
     }
@@ -289,19 +286,6 @@ impl Portal {
             times.clear();
         }
         times.insert(number, ms);
-    }
-
-    /// Notes that `who` (`device:<epc hex>` or `node:<account, lower
-    /// case>`) was heard of at `ms`.
-    pub(crate) fn saw(&self, who: String, ms: u64) {
-        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        let last = seen.entry(who).or_insert(ms);
-        *last = (*last).max(ms);
-    }
-
-    fn seen(&self, who: &str) -> Option<u64> {
-        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        seen.get(who).copied()
     }
 }
 

@@ -501,7 +501,7 @@ pub(super) async fn overview(
     for e in &rules {
         rule_list.push(event_json(&state, e).await);
     }
-    let directory = Directory::replay(&registry, &state.portal);
+    let directory = Directory::replay(&registry, &state.heard);
     Ok(json_response(&json!({
         "chain": { "chain_id": chain_id, "height": height, "blocks": blocks },
         "anchors": anchor_list,
@@ -541,7 +541,7 @@ struct Directory {
 }
 
 impl Directory {
-    fn replay(events: &[IndexedEvent], portal: &super::Portal) -> Directory {
+    fn replay(events: &[IndexedEvent], heard: &crate::heard::Heard) -> Directory {
         let mut d = Directory::default();
         for e in events {
             let a = |k: &str| text_or(arg(e, k));
@@ -569,7 +569,7 @@ impl Directory {
                         a("account"),
                         json!({ "account": a("account"), "kind": kind, "location": a("location"),
                                 "active": true,
-                                "last_seen_ms": portal.seen(&format!("node:{}", a("account").to_lowercase())) }),
+                                "last_seen_ms": heard.node_ms(&a("account")) }),
                     );
                 }
                 "NodeDeactivated" => set(&mut d.nodes, &a("account"), "active", json!(false)),
@@ -583,7 +583,7 @@ impl Directory {
                         epc.clone(),
                         json!({ "epc": epc, "urn": urn, "group": a("group"), "rule": a("ruleId"),
                                 "active": true, "patient": null,
-                                "last_seen_ms": portal.seen(&format!("device:{}", epc.trim_start_matches("0x").to_lowercase())) }),
+                                "last_seen_ms": heard.device_ms(&epc) }),
                     );
                 }
                 "DeviceDeactivated" => set(&mut d.devices, &a("epc"), "active", json!(false)),
