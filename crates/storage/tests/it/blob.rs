@@ -516,3 +516,42 @@ async fn puts_leave_no_temporary_files() {
         assert_eq!(Cid::of(&std::fs::read(&path).unwrap()), cid);
     }
 }
+
+/// A backup's copy of a local blob store: every blob under its own name
+/// and directory, byte for byte, and none of the temporary files of puts
+/// in flight.
+#[tokio::test]
+async fn a_blob_store_is_copied_without_the_files_being_written() {
+    let (store, dir) = store().await;
+    let mut cids = Vec::new();
+    for n in 0..10 {
+        cids.push(store.put(format!("reading {n}").as_bytes()).await.unwrap());
+    }
+    // A put in flight: a temporary file beside the blobs.
+    let shard = store.path(&cids[0]).parent().unwrap().to_path_buf();
+    std::fs::write(shard.join(".tmp-123-0"), b"half a blob").unwrap();
+
+    let to = dir.path().join("copy");
+    LocalDir::copy_blobs(store.root(), &to).unwrap();
+    let copy = LocalDir::open(&to).await.unwrap();
+    for cid in &cids {
+        assert_eq!(copy.get(cid).await.unwrap(), store.get(cid).await.unwrap());
+    }
+    let copied: Vec<PathBuf> = files(&to)
+        .iter()
+        .map(|p| p.strip_prefix(&to).unwrap().to_path_buf())
+        .collect();
+    let originals: Vec<PathBuf> = cids
+        .iter()
+        .map(|c| {
+            store
+                .path(c)
+                .strip_prefix(store.root())
+                .unwrap()
+                .to_path_buf()
+        })
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert_eq!(copied, originals, "the blobs, and nothing being written");
+}

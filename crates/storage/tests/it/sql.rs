@@ -246,6 +246,51 @@ async fn sqlite_is_a_durable_wal_file() {
     ));
 }
 
+/// `VACUUM INTO` copies a SQLite database as it is at one moment, into a
+/// file that opens as a database of its own; PostgreSQL is refused,
+/// naming `pg_dump`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_database_is_copied_whole_and_postgresql_is_sent_to_pg_dump() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open_sqlite(&dir.path().join("live.db")).await.unwrap();
+    db.migrate().await.unwrap();
+    for size in 1..=3_i64 {
+        sqlx::query("INSERT INTO ledger_checkpoints (patient, size, note) VALUES ($1, $2, $3)")
+            .bind(vec![7_u8; 32])
+            .bind(size)
+            .bind(format!("note {size}"))
+            .execute(db.pool())
+            .await
+            .unwrap();
+    }
+    let copy = dir.path().join("copy.db");
+    db.vacuum_into(&copy).await.unwrap();
+    // Written after the copy: not in it.
+    sqlx::query("DELETE FROM ledger_checkpoints")
+        .execute(db.pool())
+        .await
+        .unwrap();
+    let copied = Db::open_sqlite(&copy).await.unwrap();
+    assert!(copied.migrate().await.unwrap().is_empty(), "fully migrated");
+    let notes: Vec<String> = sqlx::query("SELECT note FROM ledger_checkpoints ORDER BY size")
+        .fetch_all(copied.pool())
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get("note"))
+        .collect();
+    assert_eq!(notes, ["note 1", "note 2", "note 3"]);
+    // An existing file is not overwritten.
+    assert!(db.vacuum_into(&copy).await.is_err());
+
+    for (db, _dir) in databases().await {
+        if db.backend() == Backend::Postgres {
+            let refused = db.vacuum_into(&dir.path().join("pg.db")).await.unwrap_err();
+            assert!(refused.to_string().contains("pg_dump"), "{refused}");
+        }
+    }
+}
+
 /// SQLite rolls a whole transaction back by itself when its disk fills
 /// (here its page limit); the connection that ran it goes back to the pool
 /// out of any transaction, and every connection writes and rolls back as
