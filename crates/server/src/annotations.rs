@@ -11,7 +11,7 @@ use crate::State;
 use crate::answer::{Refused, refused};
 use crate::caller::Caller;
 use crate::failure::{Doing, Failure};
-use crate::offchain_text::{self, Record};
+use crate::offchain_text::{self, Blank, Record};
 use medledger_pki::Role;
 use medledger_protocol::{ProblemType, fhir, now_ms};
 use medledger_storage::sqlx::{self, Row};
@@ -39,7 +39,7 @@ pub(crate) async fn store(
         &[Role::Doctor, Role::Nurse],
         "only doctors and nurses annotate",
     )?;
-    offchain_text::check_length(text, TEXT, MAX_TEXT_BYTES)?;
+    offchain_text::check_length(text, TEXT, MAX_TEXT_BYTES, Blank::Taken)?;
     let contracts = state.view.contracts();
     let logs = crate::indexer::logs(
         &state.db,

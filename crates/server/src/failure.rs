@@ -32,11 +32,9 @@ impl std::fmt::Display for Failure {
     }
 }
 
-impl std::error::Error for Failure {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(self.cause.as_ref())
-    }
-}
+/// The cause is in the text already: a report that walks the sources
+/// (anyhow's `{:#}`) would say it twice.
+impl std::error::Error for Failure {}
 
 /// `result.doing("reading batches to anchor")?`: names what failed.
 pub(crate) trait Doing<T> {
@@ -55,13 +53,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_failure_says_what_was_being_done_and_keeps_its_cause() {
+    fn a_failure_says_what_was_being_done_and_why_once() {
         let io = std::io::Error::other("disk I/O error");
         let f = Err::<(), _>(io)
             .doing("recording anchors")
             .expect_err("a failure");
         assert_eq!(f.to_string(), "recording anchors: disk I/O error");
-        let source = std::error::Error::source(&f).expect("a cause");
-        assert_eq!(source.to_string(), "disk I/O error");
+        assert_eq!(
+            format!("{:#}", anyhow::Error::from(f)),
+            "recording anchors: disk I/O error"
+        );
     }
 }

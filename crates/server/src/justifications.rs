@@ -10,7 +10,7 @@
 use crate::State;
 use crate::answer::{Refused, refused, unavailable};
 use crate::caller::Caller;
-use crate::offchain_text::{self, Record};
+use crate::offchain_text::{self, Blank, Record};
 use alloy::primitives::U256;
 use medledger_pki::Role;
 use medledger_protocol::{ProblemType, now_ms};
@@ -29,14 +29,16 @@ pub(crate) async fn store(
     text: &str,
 ) -> Result<Value, Refused> {
     let author = offchain_text::author(caller, &[Role::Doctor], "only doctors break the glass")?;
-    offchain_text::check_length(text, "a justification", MAX_TEXT_BYTES)?;
-    let request = state
-        .view
-        .contracts()
-        .access_log()
-        .requestOf(U256::from(id))
-        .call()
-        .await?;
+    offchain_text::check_length(text, "a justification", MAX_TEXT_BYTES, Blank::Refused)?;
+    let access_log = state.view.contracts().access_log();
+    let count = access_log.requestCount().call().await?;
+    if id == 0 || U256::from(id) > count {
+        return Err(refused(
+            ProblemType::NotFound,
+            format!("no access request {id}"),
+        ));
+    }
+    let request = access_log.requestOf(U256::from(id)).call().await?;
     if request.emergencyReason.is_zero() {
         return Err(refused(
             ProblemType::NotFound,

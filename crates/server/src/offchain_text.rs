@@ -38,9 +38,25 @@ pub(crate) fn author(caller: &Caller, roles: &[Role], only: &str) -> Result<Addr
         .ok_or_else(|| refused(ProblemType::WrongRole, "the certificate names no account"))
 }
 
-/// `text` is not blank and at most `max` bytes (`what` names it).
-pub(crate) fn check_length(text: &str, what: &str, max: usize) -> Result<(), Refused> {
-    if text.trim().is_empty() || text.len() > max {
+/// Whether a text of whitespace only is taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Blank {
+    /// It is (an annotation: the chain took its hash already).
+    Taken,
+    /// It is not (a justification must say something).
+    Refused,
+}
+
+/// `text` is 1 to `max` bytes (`what` names it), and not blank unless
+/// `blank` takes it.
+pub(crate) fn check_length(
+    text: &str,
+    what: &str,
+    max: usize,
+    blank: Blank,
+) -> Result<(), Refused> {
+    let blank_refused = blank == Blank::Refused && text.trim().is_empty();
+    if text.is_empty() || blank_refused || text.len() > max {
         return Err(refused(
             ProblemType::Malformed,
             format!("{what} is 1 to {max} bytes"),

@@ -1018,6 +1018,7 @@ async fn a_storage_failure_alerts_the_patient_and_the_reading_is_retried() {
     assert_eq!(alerts[0]["kind"], "storage-failure", "{alerts:?}");
     assert_eq!(alerts[0]["flagged"], true);
     // The patient reads that readings wait, not the server's internals.
+    assert_eq!(alerts[0]["body"], serde_json::json!({}), "{alerts:?}");
     assert!(
         !alerts[0].to_string().contains("blobs"),
         "an alert carries no internal error text: {alerts:?}"

@@ -872,6 +872,17 @@ async fn a_break_glass_justification_is_kept_only_as_hashed_on_chain_and_read_by
     );
     let theirs = post(&other, reason).await;
     assert_eq!(theirs.status, 403, "{}", body(&theirs));
+    // A request the chain does not know: not found, not the chain's fault.
+    let unknown = json!({ "request": d.id + 1000, "text": reason });
+    let unknown = call(
+        &site,
+        &doctor.credentials(),
+        "POST",
+        "/v1/justifications",
+        Some(unknown),
+    )
+    .await;
+    assert_eq!(unknown.status, 404, "{}", body(&unknown));
     assert_eq!(post(&doctor, reason).await.status, 200);
     // Read back by the patient; not by a doctor.
     let path = format!("/v1/justifications?request={}", d.id);

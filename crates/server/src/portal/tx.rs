@@ -9,9 +9,9 @@
 use super::events::events_of;
 use crate::State;
 use crate::answer::json_response;
-use crate::answer::{Refused, refused};
+use crate::answer::{Refused, refused, unavailable};
 use crate::caller::Caller;
-use crate::failure::Doing;
+use crate::failure::{Doing, Failure};
 use crate::subjects::patient_of;
 use alloy::consensus::transaction::SignerRecoverable;
 use alloy::consensus::{Transaction, TxEnvelope};
@@ -355,6 +355,7 @@ async fn build(state: &State, caller: &Caller, action: Action) -> Result<Value, 
                 &text,
                 crate::annotations::TEXT,
                 crate::annotations::MAX_TEXT_BYTES,
+                crate::offchain_text::Blank::Taken,
             )?;
             let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
             let content = B256::from_slice(digest.as_ref());
@@ -558,12 +559,17 @@ async fn prepared<P: Provider, D: CallDecoder>(
     summary: String,
 ) -> Result<Value, Refused> {
     let call = call.from(from);
-    let gas = call.estimate_gas().await.map_err(|e| {
-        refused(
-            ProblemType::ContractRefused,
-            medledger_contracts::Error::from(e).to_string(),
-        )
-    })?;
+    // A revert is the contract's refusal, named; anything else is the
+    // chain's failure, not the caller's.
+    let gas = call
+        .estimate_gas()
+        .await
+        .map_err(|e| match medledger_contracts::Error::from(e) {
+            reverted @ medledger_contracts::Error::Reverted { .. } => {
+                refused(ProblemType::ContractRefused, reverted.to_string())
+            }
+            other => unavailable(Failure::new("estimating a transaction's gas", other)),
+        })?;
     let provider = &call.provider;
     let nonce = provider
         .get_transaction_count(from)
