@@ -163,14 +163,7 @@ pub(crate) async fn start(config: &ConfigFile) -> Result<Started> {
         Backend::Postgres => Some(peering(config, &credentials)?),
         Backend::Sqlite => None,
     };
-    let client_auth = auth(&[
-        Role::Collector,
-        Role::Server,
-        Role::Admin,
-        Role::Doctor,
-        Role::Nurse,
-        Role::Patient,
-    ])?;
+    let client_auth = auth(&medledger_server::CLIENT_ROLES)?;
     let device_auth = auth(&[Role::Device])?;
     let card_auth = auth(&[Role::Patient])?;
     let server = Server::start(Settings {

@@ -120,13 +120,24 @@ use medledger_patient_ledger::{Ledger, LedgerError, NoteSigner};
 use medledger_pki::health::{self, Readiness};
 use medledger_pki::https::{self, Tasks};
 use medledger_pki::metrics::Metrics;
-use medledger_pki::{ClientAuth, Credentials};
+use medledger_pki::{ClientAuth, Credentials, Role};
 use medledger_storage::sqlx::{self, Row};
 use medledger_storage::{BlobError, BlobStore, Cid, Db, Kek, Vault};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 pub use webhook::{WebhookAllow, WebhookAllowError};
+
+/// The roles whose certificates the API port takes: collectors, other
+/// servers and people; not devices, which talk to collectors.
+pub const CLIENT_ROLES: [Role; 6] = [
+    Role::Collector,
+    Role::Server,
+    Role::Admin,
+    Role::Doctor,
+    Role::Nurse,
+    Role::Patient,
+];
 
 /// How often the indexer looks for new blocks once it has caught up.
 const INDEX_INTERVAL: Duration = Duration::from_millis(100);
@@ -142,7 +153,7 @@ pub struct Settings {
     pub metrics_listen: Option<SocketAddr>,
     /// The server's certificate chain and key.
     pub credentials: Credentials,
-    /// Verifies peers on the listening port (collectors).
+    /// Verifies peers on the listening port: [`CLIENT_ROLES`].
     pub client_auth: Arc<ClientAuth>,
     /// Verifies forwarded device certificates (role `device`).
     pub device_auth: Arc<ClientAuth>,

@@ -14,7 +14,7 @@ use anyhow::{Context, Result};
 use medledger_pki::https::{ClientError, Connection, Reply};
 use medledger_pki::{Ca, Credentials, Epc, Issued, KeyAlg, LeafRequest, Role};
 use medledger_protocol::catalogue::data_type;
-use medledger_protocol::{DeviceId, Observation, Reading, SigningKey, now_ms};
+use medledger_protocol::{Algorithm, DeviceId, Observation, Reading, SigningKey, now_ms};
 use std::path::Path;
 
 /// A device: its certificate, key and sequence counter.
@@ -66,19 +66,7 @@ impl Device {
         request.group = Some(group.into());
         request.rule = Some("default".into());
         request.key_alg = key_alg;
-        let issued = ca.issue(&request)?;
-        let key = SigningKey::from_pkcs8(
-            key_alg.reading_algorithm(),
-            &issued.key_pkcs8,
-            &issued.cert_der,
-        )?;
-        Ok(Device {
-            issued,
-            epc,
-            key,
-            seq: 0,
-            x5chain: false,
-        })
+        Device::holding(ca.issue(&request)?, epc, key_alg.reading_algorithm(), 0)
     }
 
     /// A device from its certificate and key (`PREFIX.crt`, `PREFIX.key`;
@@ -88,11 +76,13 @@ impl Device {
         let issued = Issued::load(prefix)?;
         let identity = issued.identity()?;
         let epc = *identity.epc().context("the certificate holds no EPC")?;
-        let key = SigningKey::from_pkcs8(
-            identity.key.algorithm(),
-            &issued.key_pkcs8,
-            &issued.cert_der,
-        )?;
+        Device::holding(issued, epc, identity.key.algorithm(), seq)
+    }
+
+    /// The device of `epc` holding `issued` (its certificate and its key,
+    /// which signs with `algorithm`), its sequence counter at `seq`.
+    fn holding(issued: Issued, epc: Epc, algorithm: Algorithm, seq: u64) -> Result<Device> {
+        let key = SigningKey::from_pkcs8(algorithm, &issued.key_pkcs8, &issued.cert_der)?;
         Ok(Device {
             issued,
             epc,

@@ -291,13 +291,7 @@ pub async fn access(
         }
     }
     let nurse = hospital.staff(Role::Nurse, true).await?;
-    let mut server = hospital
-        .open(
-            &nurse.credentials(),
-            Role::Server,
-            &hospital.server.addr().to_string(),
-        )
-        .await?;
+    let mut server = hospital.to_server(&nurse.credentials()).await?;
     let scope = medledger_contracts::Scope::ALL;
     let mut result = Access {
         readings,

@@ -31,7 +31,6 @@ mod scenarios;
 use crate::{Device, Hospital, Patient, Staff, Ward};
 use anyhow::Result;
 use medledger_pki::Credentials;
-use medledger_pki::Role;
 use medledger_pki::https::{Connection, Reply};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -240,11 +239,7 @@ impl Demo {
     /// A connection to the server as patient `i`.
     async fn patient_conn(&self, i: usize) -> Result<Connection> {
         self.hospital
-            .open(
-                &Credentials::from_issued(&self.patients[i].1.card),
-                Role::Server,
-                &self.hospital.server.addr().to_string(),
-            )
+            .to_server(&Credentials::from_issued(&self.patients[i].1.card))
             .await
     }
 }

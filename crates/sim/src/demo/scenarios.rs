@@ -218,14 +218,7 @@ impl Demo {
     }
 
     async fn read(&self, who: &Staff, request: u64) -> Result<Reply> {
-        let mut conn = self
-            .hospital
-            .open(
-                &who.credentials(),
-                Role::Server,
-                &self.hospital.server.addr().to_string(),
-            )
-            .await?;
+        let mut conn = self.hospital.to_server(&who.credentials()).await?;
         Ok(conn
             .request(
                 "GET",
@@ -248,14 +241,7 @@ impl Demo {
             .contracts
             .break_glass(patient, Scope::ALL, reason)
             .await?;
-        let mut conn = self
-            .hospital
-            .open(
-                &who.credentials(),
-                Role::Server,
-                &self.hospital.server.addr().to_string(),
-            )
-            .await?;
+        let mut conn = self.hospital.to_server(&who.credentials()).await?;
         let body = serde_json::json!({ "request": d.id, "text": reason });
         let reply = conn
             .request(

@@ -54,25 +54,22 @@ impl Hospital {
         MqttDevice::connect(device, &self.ca.root_cert_der()?, &broker.addr, "localhost").await
     }
 
+    /// A connection to the server presenting `own`.
+    pub async fn to_server(&self, own: &Credentials) -> Result<Connection> {
+        self.open(own, Role::Server, &self.server.addr().to_string())
+            .await
+    }
+
     /// A connection to the server holding the collector's key (as the
     /// collector, or a sinkhole that stole it).
     pub async fn connect_server(&self) -> Result<Connection> {
-        self.open(
-            &Credentials::from_issued(&self.collector_issued),
-            Role::Server,
-            &self.server.addr().to_string(),
-        )
-        .await
+        self.to_server(&Credentials::from_issued(&self.collector_issued))
+            .await
     }
 
     /// A connection to the server as the patient (their card's
     /// certificate).
     pub async fn connect_patient(&self) -> Result<Connection> {
-        self.open(
-            &Credentials::from_issued(&self.card),
-            Role::Server,
-            &self.server.addr().to_string(),
-        )
-        .await
+        self.to_server(&Credentials::from_issued(&self.card)).await
     }
 }

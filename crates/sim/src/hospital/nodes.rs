@@ -108,18 +108,7 @@ async fn start_server(
         // Monitoring on any free loopback port.
         metrics_listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
         credentials: Credentials::from_issued(issued),
-        client_auth: auth(
-            root,
-            crls,
-            &[
-                Role::Collector,
-                Role::Server,
-                Role::Admin,
-                Role::Doctor,
-                Role::Nurse,
-                Role::Patient,
-            ],
-        )?,
+        client_auth: auth(root, crls, &medledger_server::CLIENT_ROLES)?,
         device_auth: auth(root, crls, &[Role::Device])?,
         card_auth: auth(root, crls, &[Role::Patient])?,
         db,
@@ -464,13 +453,7 @@ impl Hospital {
             .server_db
             .clone()
             .ok_or_else(|| anyhow::anyhow!("the hospital's server has no shared database"))?;
-        let issued = self.ca.issue(&LeafRequest::new(Role::Server))?;
-        send(
-            self.admin
-                .registry()
-                .registerNode(signer(&issued)?.address(), 2, text(name)?),
-        )
-        .await?;
+        let issued = self.server_node(name).await?;
         let keys = ServerKeys {
             ledger_name: Some(format!(
                 "medledger-server-{}",
@@ -493,9 +476,9 @@ impl Hospital {
         .await
     }
 
-    /// Another server, registered as a node, listening on `listen`, with
-    /// its own database and blobs under `DIR/name`.
-    pub async fn extra_server(&self, name: &str, listen: &str) -> Result<Server> {
+    /// A server's certificate, issued and registered in the Registry as
+    /// a server node named `name`.
+    async fn server_node(&self, name: &str) -> Result<Issued> {
         let issued = self.ca.issue(&LeafRequest::new(Role::Server))?;
         send(
             self.admin
@@ -503,6 +486,13 @@ impl Hospital {
                 .registerNode(signer(&issued)?.address(), 2, text(name)?),
         )
         .await?;
+        Ok(issued)
+    }
+
+    /// Another server, registered as a node, listening on `listen`, with
+    /// its own database and blobs under `DIR/name`.
+    pub async fn extra_server(&self, name: &str, listen: &str) -> Result<Server> {
+        let issued = self.server_node(name).await?;
         start_server(
             &self.dir.path().join(name),
             listen,
