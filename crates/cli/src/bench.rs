@@ -376,8 +376,18 @@ async fn flood(args: FloodArgs) -> Result<()> {
         Duration::from_millis(args.every_ms),
     )
     .await?;
+    let refused_at_accept: f64 = ["address-at-capacity", "handshake-rate"]
+        .iter()
+        .map(|cause| {
+            hospital.collector.metrics().value(
+                "medledger_collector_connections_refused_total",
+                &[("cause", cause)],
+            )
+        })
+        .sum();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let q = |list: &[Duration], p: f64| ms(load::quantile(list, p));
+    let p99_ratio = q(&f.during, 0.99) / q(&f.before, 0.99);
     println!();
     println!(
         "Legitimate devices ({}), one reading per request on keep-alive connections:",
@@ -396,6 +406,7 @@ async fn flood(args: FloodArgs) -> Result<()> {
     };
     row("before the flood", &f.before, f.failed_before);
     row("during the flood", &f.during, f.failed_during);
+    println!("  p99 during / before: {p99_ratio:.2}");
     println!();
     println!("The flood, for {} s:", args.seconds);
     println!(
@@ -405,6 +416,9 @@ async fn flood(args: FloodArgs) -> Result<()> {
     println!(
         "  slowloris connections closed: {}",
         f.held.slowloris_closed
+    );
+    println!(
+        "  connections refused at accept by the per-address limits (the address then shut out in the kernel for 1 s): {refused_at_accept}"
     );
     println!(
         "  handshakes with a foreign CA's certificate: {} refused, {} accepted",
@@ -432,6 +446,8 @@ async fn flood(args: FloodArgs) -> Result<()> {
             "before": { "requests": f.before.len(), "p50_ms": q(&f.before, 0.5), "p99_ms": q(&f.before, 0.99) },
             "failed_before": f.failed_before,
             "during": { "requests": f.during.len(), "p50_ms": q(&f.during, 0.5), "p99_ms": q(&f.during, 0.99), "failed": f.failed_during },
+            "p99_during_over_before": p99_ratio,
+            "refused_at_accept": refused_at_accept,
             "connections_peak": f.held.peak,
             "idle_closed": f.held.idle_closed,
             "slowloris_closed": f.held.slowloris_closed,

@@ -2,12 +2,14 @@
 //! client for talking to one.
 //!
 //! ```text
-//!  accept --cap on open connections--> Acceptor (handshake timeout, CRL)
+//!  accept --cap on open connections, per address--> Acceptor (handshake timeout, CRL)
+//!     (an address over its limits: its new SYNs dropped by the kernel for 1 s)
 //!     --> hyper HTTP/1.1 (header timeout) or HTTP/2, by ALPN
 //!     --> app, each request carrying the peer's [`Peer`]
 //!     closed as soon as a CRL update revokes the peer
 //! ```
 
+use crate::gate::Gate;
 use crate::identity::Identity;
 use crate::metrics::Metrics;
 use crate::throttle::LogThrottle;
@@ -191,9 +193,20 @@ pub async fn serve(
     // Every connection ends with this task: a server stopped (dropped)
     // answers nothing more, on old connections either.
     let mut connections = tokio::task::JoinSet::new();
+    let mut gate = Gate::default();
     loop {
         while connections.try_join_next().is_some() {}
-        let (tcp, addr) = match listener.accept().await {
+        let accepted = match gate.next_opening() {
+            Some(at) => match tokio::time::timeout_at(at.into(), listener.accept()).await {
+                Ok(accepted) => accepted,
+                Err(_) => {
+                    gate.apply(&listener, std::time::Instant::now());
+                    continue;
+                }
+            },
+            None => listener.accept().await,
+        };
+        let (tcp, addr) = match accepted {
             Ok(accepted) => {
                 // Answers go out at once, not after the peer's delayed ACK.
                 let _ = accepted.0.set_nodelay(true);
@@ -209,6 +222,10 @@ pub async fn serve(
         let address_slot = match addresses.admit(addr.ip()) {
             Ok(slot) => slot,
             Err(cause) => {
+                // Its next connections are dropped by the kernel for a while.
+                let now = std::time::Instant::now();
+                gate.shut(addr.ip(), now);
+                gate.apply(&listener, now);
                 refused(Refused::Address(addr, cause));
                 continue;
             }
@@ -509,7 +526,9 @@ pub fn refusals(
         if log.admit() {
             let why = match &refused {
                 Refused::AtCapacity(_) => "at its connection limit".to_owned(),
-                Refused::Address(_, cause) => format!("the address is over its limit ({cause})"),
+                Refused::Address(_, cause) => format!(
+                    "the address is over its limit ({cause}); its new connections are dropped for 1 s"
+                ),
                 Refused::Handshake { rejection, .. } => rejection.to_string(),
             };
             let fingerprint = certificate.map(hex::encode).unwrap_or_default();

@@ -51,6 +51,7 @@ pub mod epc;
 mod error;
 pub mod ext;
 pub mod files;
+mod gate;
 pub mod health;
 pub mod https;
 pub mod identity;

@@ -1001,6 +1001,71 @@ async fn connections_over_the_cap_are_closed_at_accept() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_over_its_cap_is_shut_out_in_the_kernel_and_no_other() {
+    use medledger_pki::https::connect_from;
+    let mut options = medledger_sim::Options::default();
+    options.limits.max_connections_per_address = 1;
+    let site = Site::start(options).await.unwrap();
+    let mut device = site.device(1).await.unwrap();
+    let addr = site.collector.addr().to_string();
+    // Whether a TCP connection from `from` is made before a dropped SYN
+    // would be sent again (1 s): the kernel makes it without an accept.
+    let connects = |from: &str| {
+        let (addr, from) = (addr.clone(), from.parse().unwrap());
+        async move {
+            let connecting = connect_from(&addr, Some(from));
+            matches!(
+                tokio::time::timeout(Duration::from_millis(500), connecting).await,
+                Ok(Ok(_))
+            )
+        }
+    };
+    // 127.0.0.1's one connection: the device's.
+    let mut held = site.connect(&device).await.unwrap();
+    // More from it are refused at accept, and then not answered at all
+    // (each one made is refused and shuts the address out again).
+    let mut dropped = false;
+    for _ in 0..20 {
+        if !connects("127.0.0.1").await {
+            dropped = true;
+            break;
+        }
+    }
+    assert!(dropped, "every new connection over the cap was made");
+    assert!(refused_connections(&site, "address-at-capacity") >= 1.0);
+    // Another address is let in; the device's connection still works.
+    let mut other = false;
+    for _ in 0..3 {
+        other |= connects("127.0.0.2").await;
+    }
+    assert!(other, "another address was shut out too");
+    assert_eq!(
+        post_one(&mut held, device.heart_rate(70.0), false)
+            .await
+            .status,
+        202
+    );
+    // Closed, the address is let back in.
+    drop(held);
+    let mut again = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            if let Ok(conn) = site.connect(&device).await {
+                break conn;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("let back in");
+    assert_eq!(
+        post_one(&mut again, device.heart_rate(71.0), false)
+            .await
+            .status,
+        202
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_storage_failure_alerts_the_patient_and_the_reading_is_retried() {
     let site = crate::site::start().await;
     let mut device = site.device(1).await.unwrap();
