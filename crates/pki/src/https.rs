@@ -234,6 +234,7 @@ pub async fn serve(
             refused(Refused::AtCapacity(addr));
             continue;
         };
+        gate.accepted(&tcp);
         let (acceptor, client_auth, app, refused) = (
             acceptor.clone(),
             client_auth.clone(),
@@ -526,9 +527,7 @@ pub fn refusals(
         if log.admit() {
             let why = match &refused {
                 Refused::AtCapacity(_) => "at its connection limit".to_owned(),
-                Refused::Address(_, cause) => format!(
-                    "the address is over its limit ({cause}); its new connections are dropped for 1 s"
-                ),
+                Refused::Address(_, cause) => format!("the address is over its limit ({cause})"),
                 Refused::Handshake { rejection, .. } => rejection.to_string(),
             };
             let fingerprint = certificate.map(hex::encode).unwrap_or_default();
