@@ -6,27 +6,28 @@
 //!
 //! Only a pure SYN (SYN set, ACK clear) from a listed address is dropped:
 //! its open connections are not touched (each accepted connection sheds
-//! the filter it inherits from the listener), and a handshake under way
-//! completes. An address is let back in [`SHUT_FOR`] after its last
-//! refusal.
+//! the filter it inherited from the listener when the kernel made it),
+//! and a handshake under way completes. An address is let back in
+//! [`SHUT_FOR`] after its last refusal.
 //!
 //! ```text
 //!   ldb [13]; and #SYN|ACK; jeq #SYN ?: ret #keep       a pure SYN?
 //!   ldb [net]; rsh #4; jeq #4 ?: ja v6                   IPv4?
 //!   ld [net+12]; (jeq #addr ?: ret #0)*; ret #keep       its source, listed?
 //!   v6: (ld [net+8+4i]; st M[i])*4;
-//!       (ld M[i]; jeq #word ?: next)*4; ret #0)*; ret #keep
+//!       ((ld M[i]; jeq #word ?: next)*4; ret #0)*; ret #keep
 //! ```
 //!
-//! Costs: the kernel runs the filter on every SYN to the listener (a few
-//! instructions, plus one comparison per listed address), and charges it
-//! to the socket's option memory (`net.core.optmem_max`) in eBPF's 8-byte
-//! instructions: about 24 bytes an IPv4 address and 80 an IPv6 one, so
-//! [`MAX_SHUT`] of them, twice while the filter is replaced, stay well
-//! under older kernels' 20 KiB. It is
-//! rebuilt when an address is shut out or let back in, never more often
-//! than addresses cross their limits. Linux only; elsewhere addresses over
-//! their limits are refused at accept only.
+//! Costs: the kernel runs the filter on every segment the listener
+//! receives (a few instructions; a SYN one comparison per listed address
+//! more), and charges it to the socket's option memory
+//! (`net.core.optmem_max`) as eBPF's 8-byte instructions: at most about 32
+//! bytes an IPv4 address and 112 an IPv6 one, so [`MAX_SHUT`] of them take
+//! about 4 KiB, twice that while the filter is replaced: within the
+//! 10 KiB of the smallest default. It is rebuilt when an address is shut
+//! out or let back in, and when the kernel refuses it, tried again only
+//! [`SHUT_FOR`] later. Linux only; elsewhere addresses over their limits
+//! are refused at accept only.
 
 use crate::throttle::LogThrottle;
 use std::collections::HashMap;
@@ -37,7 +38,7 @@ use std::time::{Duration, Instant};
 pub(crate) const SHUT_FOR: Duration = Duration::from_secs(1);
 
 /// Addresses shut out at once, at most; more are only refused at accept.
-pub(crate) const MAX_SHUT: usize = 64;
+pub(crate) const MAX_SHUT: usize = 32;
 
 /// The addresses a listener shuts out, and until when.
 #[derive(Debug)]
@@ -48,6 +49,8 @@ pub(crate) struct Gate {
     /// Whether a filter was ever attached: connections accepted since may
     /// have inherited one.
     ever: bool,
+    /// The kernel refused the last filter: no new one before then.
+    retry_at: Option<Instant>,
     failures: LogThrottle,
 }
 
@@ -57,6 +60,7 @@ impl Default for Gate {
             shut: HashMap::new(),
             attached: Vec::new(),
             ever: false,
+            retry_at: None,
             failures: LogThrottle::new("socket filters not attached"),
         }
     }
@@ -66,6 +70,9 @@ impl Gate {
     /// Shuts `ip` out until [`SHUT_FOR`] from `now`.
     pub(crate) fn shut(&mut self, ip: IpAddr, now: Instant) {
         let ip = ip.to_canonical();
+        if self.shut.len() >= MAX_SHUT {
+            self.shut.retain(|_, until| *until > now);
+        }
         if self.shut.len() < MAX_SHUT || self.shut.contains_key(&ip) {
             self.shut.insert(ip, now + SHUT_FOR);
         }
@@ -83,17 +90,22 @@ impl Gate {
         let mut listed: Vec<IpAddr> = self.shut.keys().copied().collect();
         listed.sort();
         // An address shut again only moves its time.
-        if listed == self.attached {
+        if !filter::AVAILABLE || listed == self.attached || self.retry_at.is_some_and(|at| at > now)
+        {
             return;
         }
         self.ever = true;
         match filter::set(listener, &listed) {
-            Ok(()) => self.attached = listed,
+            Ok(()) => {
+                self.attached = listed;
+                self.retry_at = None;
+            }
             Err(e) => {
                 // The kernel keeps the filter before, or none: none, so
                 // that no address stays shut out for good.
                 let _ = filter::set(listener, &[]);
                 self.attached.clear();
+                self.retry_at = Some(now + SHUT_FOR);
                 if self.failures.admit() {
                     tracing::warn!(
                         shut = listed.len(),
@@ -106,8 +118,8 @@ impl Gate {
     }
 
     /// Rids a connection accepted from the listener of the filter it may
-    /// have inherited: a filter taken at accept would otherwise drop a
-    /// SYN on its own connection (a rebooted device's first move).
+    /// have inherited when the kernel made it: that filter would drop a SYN
+    /// on its own connection (a rebooted device's first move).
     pub(crate) fn accepted(&self, tcp: &tokio::net::TcpStream) {
         if self.ever {
             let _ = filter::set(tcp, &[]);
@@ -119,6 +131,9 @@ impl Gate {
 mod filter {
     use socket2::{SockFilter, SockRef};
     use std::net::IpAddr;
+
+    /// Socket filters are there to attach.
+    pub(super) const AVAILABLE: bool = true;
 
     // Classic BPF (linux/filter.h), the kernel's stable ABI.
     const LD_B_ABS: u16 = 0x30;
@@ -204,13 +219,9 @@ mod filter {
 mod filter {
     /// No socket filters here: addresses over their limits are refused at
     /// accept only.
-    pub(super) fn set(
-        _socket: &impl std::os::fd::AsFd,
-        listed: &[std::net::IpAddr],
-    ) -> std::io::Result<()> {
-        if listed.is_empty() {
-            return Ok(());
-        }
+    pub(super) const AVAILABLE: bool = false;
+
+    pub(super) fn set<S>(_socket: &S, _listed: &[std::net::IpAddr]) -> std::io::Result<()> {
         Err(std::io::ErrorKind::Unsupported.into())
     }
 }
@@ -220,6 +231,7 @@ mod filter {
 mod tests {
     use super::*;
     use crate::https::{bind, connect_from};
+    use socket2::SockRef;
     use std::net::SocketAddr;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -282,12 +294,17 @@ mod tests {
 
     #[tokio::test]
     async fn ipv6_and_ipv4_mapped_addresses_are_shut_out_too() {
-        // A dual-stack listener sees IPv4 peers as mapped addresses.
-        let Ok((listener, at)) = bind("[::]:0".parse().unwrap()).await else {
+        if std::net::TcpListener::bind("[::1]:0").is_err() {
             assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "no IPv6 here");
             eprintln!("SKIPPED: no IPv6 on this machine");
             return;
-        };
+        }
+        // A dual-stack listener sees IPv4 peers as mapped addresses.
+        let socket = tokio::net::TcpSocket::new_v6().unwrap();
+        SockRef::from(&socket).set_only_v6(false).unwrap();
+        socket.bind("[::]:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(64).unwrap();
+        let at = listener.local_addr().unwrap();
         let v4 = SocketAddr::from(([127, 0, 0, 1], at.port()));
         let v6 = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, at.port()));
         let mut gate = Gate::default();
@@ -310,15 +327,60 @@ mod tests {
         );
     }
 
-    #[test]
-    fn at_most_max_shut_addresses_are_listed() {
+    #[tokio::test]
+    async fn an_accepted_connection_sheds_the_filter_it_inherited() {
+        let (listener, to) = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let mut gate = Gate::default();
+        shut(&mut gate, &listener, &["127.0.0.2"], Instant::now());
+        let detach = |tcp: &tokio::net::TcpStream| SockRef::from(tcp).detach_filter();
+        let _first = connect_from(&to.to_string(), None).await.unwrap();
+        let (inherited, _) = listener.accept().await.unwrap();
+        assert!(
+            detach(&inherited).is_ok(),
+            "a connection inherits the filter"
+        );
+        let _second = connect_from(&to.to_string(), None).await.unwrap();
+        let (shed, _) = listener.accept().await.unwrap();
+        gate.accepted(&shed);
+        let none = detach(&shed).unwrap_err();
+        assert_eq!(none.kind(), std::io::ErrorKind::NotFound, "{none}");
+    }
+
+    #[tokio::test]
+    async fn at_most_max_shut_addresses_are_listed_and_the_kernel_takes_them() {
+        let (listener, _) = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let mut gate = Gate::default();
         let now = Instant::now();
-        for i in 0..MAX_SHUT as u32 + 10 {
-            gate.shut(IpAddr::V6((u128::from(i) + 1).into()), now);
+        // Every word at or above 2^31 (the costliest comparisons).
+        for i in 0..MAX_SHUT as u128 + 10 {
+            gate.shut(IpAddr::V6((u128::MAX - i).into()), now);
         }
         assert_eq!(gate.shut.len(), MAX_SHUT);
-        let listed: Vec<IpAddr> = gate.shut.keys().copied().collect();
-        assert!(filter::program(&listed).len() <= 4096, "the kernel's limit");
+        gate.apply(&listener, now);
+        assert_eq!(gate.attached.len(), MAX_SHUT, "the kernel took the filter");
+        // What the kernel charges the listener (its option memory, `o` in
+        // `ss -m`): half the smallest default of `net.core.optmem_max`,
+        // 10 KiB, at most, so that a replacement fits beside it.
+        let port = listener.local_addr().unwrap().port();
+        match std::process::Command::new("ss")
+            .args(["-tlmnH", &format!("sport = :{port}")])
+            .output()
+        {
+            Ok(out) => {
+                let out = String::from_utf8_lossy(&out.stdout).into_owned();
+                let charged: usize = out
+                    .split_once(",o")
+                    .and_then(|(_, rest)| rest.split(',').next()?.parse().ok())
+                    .unwrap_or_else(|| panic!("no option memory in {out}"));
+                assert!(charged <= 5 * 1024, "{charged} bytes of option memory");
+            }
+            Err(e) => {
+                assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "ss: {e}");
+                eprintln!("SKIPPED the option memory check: no ss (iproute2): {e}");
+            }
+        }
+        // Expired, they make room.
+        gate.shut("127.0.0.2".parse().unwrap(), now + SHUT_FOR);
+        assert_eq!(gate.shut.len(), 1);
     }
 }
