@@ -230,24 +230,40 @@ mod filter {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::https::{bind, connect_from};
     use socket2::SockRef;
     use std::net::SocketAddr;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+    async fn listen() -> (TcpListener, SocketAddr) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let at = listener.local_addr().unwrap();
+        (listener, at)
+    }
+
+    /// A TCP connection to `to` from the address `from`.
+    async fn connect(to: SocketAddr, from: &str) -> std::io::Result<TcpStream> {
+        let from: IpAddr = from.parse().unwrap();
+        let socket = if from.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.bind(SocketAddr::new(from, 0))?;
+        socket.connect(to).await
+    }
 
     /// Whether a connection from `from` to `to` is made before its first
     /// SYN would be sent again (1 s): the kernel makes it without an
     /// accept, unless the SYN was dropped.
     async fn connects_at_once(to: SocketAddr, from: &str) -> bool {
-        let to = to.to_string();
-        let connecting = connect_from(&to, Some(from.parse().unwrap()));
         matches!(
-            tokio::time::timeout(Duration::from_millis(500), connecting).await,
+            tokio::time::timeout(Duration::from_millis(500), connect(to, from)).await,
             Ok(Ok(_))
         )
     }
 
-    fn shut(gate: &mut Gate, listener: &tokio::net::TcpListener, ips: &[&str], now: Instant) {
+    fn shut(gate: &mut Gate, listener: &TcpListener, ips: &[&str], now: Instant) {
         for ip in ips {
             gate.shut(ip.parse().unwrap(), now);
         }
@@ -256,10 +272,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_shut_out_address_gets_no_new_connection_until_let_back_in() {
-        let (listener, to) = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-        let mut open = connect_from(&to.to_string(), Some("127.0.0.2".parse().unwrap()))
-            .await
-            .unwrap();
+        let (listener, to) = listen().await;
+        let mut open = connect(to, "127.0.0.2").await.unwrap();
         let (mut accepted, _) = listener.accept().await.unwrap();
         let mut gate = Gate::default();
         let now = Instant::now();
@@ -270,9 +284,7 @@ mod tests {
             !connects_at_once(to, "127.0.0.2").await,
             "the SYN is dropped"
         );
-        let waiting = tokio::spawn(async move {
-            connect_from(&to.to_string(), Some("127.0.0.2".parse().unwrap())).await
-        });
+        let waiting = tokio::spawn(async move { connect(to, "127.0.0.2").await });
         // What it had open before works both ways.
         open.write_all(b"ping").await.unwrap();
         let mut got = [0u8; 4];
@@ -329,17 +341,17 @@ mod tests {
 
     #[tokio::test]
     async fn an_accepted_connection_sheds_the_filter_it_inherited() {
-        let (listener, to) = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let (listener, to) = listen().await;
         let mut gate = Gate::default();
         shut(&mut gate, &listener, &["127.0.0.2"], Instant::now());
-        let detach = |tcp: &tokio::net::TcpStream| SockRef::from(tcp).detach_filter();
-        let _first = connect_from(&to.to_string(), None).await.unwrap();
+        let detach = |tcp: &TcpStream| SockRef::from(tcp).detach_filter();
+        let _first = connect(to, "127.0.0.1").await.unwrap();
         let (inherited, _) = listener.accept().await.unwrap();
         assert!(
             detach(&inherited).is_ok(),
             "a connection inherits the filter"
         );
-        let _second = connect_from(&to.to_string(), None).await.unwrap();
+        let _second = connect(to, "127.0.0.1").await.unwrap();
         let (shed, _) = listener.accept().await.unwrap();
         gate.accepted(&shed);
         let none = detach(&shed).unwrap_err();
@@ -348,7 +360,7 @@ mod tests {
 
     #[tokio::test]
     async fn at_most_max_shut_addresses_are_listed_and_the_kernel_takes_them() {
-        let (listener, _) = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let (listener, _) = listen().await;
         let mut gate = Gate::default();
         let now = Instant::now();
         // Every word at or above 2^31 (the costliest comparisons).
