@@ -122,26 +122,25 @@ pub(crate) async fn notes(
     // Their authors' names, read once.
     let names = state.directory.all().await;
     for row in rows {
-        let get = |e: sqlx::Error| Failure::new(doing, e);
         let reading: [u8; 32] = row
             .try_get::<Vec<u8>, _>("reading")
-            .map_err(get)?
+            .doing(doing)?
             .try_into()
             .map_err(|_| Failure::new(doing, "a stored reading hash is not 32 bytes"))?;
-        let sealed: Vec<u8> = row.try_get("sealed").map_err(get)?;
-        let id: i64 = row.try_get("id").map_err(get)?;
+        let sealed: Vec<u8> = row.try_get("sealed").doing(doing)?;
+        let id: i64 = row.try_get("id").doing(doing)?;
         let content_hash: [u8; 32] = row
             .try_get::<Vec<u8>, _>("content_hash")
-            .map_err(get)?
+            .doing(doing)?
             .try_into()
             .map_err(|_| Failure::new(doing, "a stored content hash is not 32 bytes"))?;
         let text = offchain_text::open(state, patient, &content_hash, &sealed, || {
             format!("annotation {id}")
         })
         .await?;
-        let author: Vec<u8> = row.try_get("author").map_err(get)?;
-        let correction = row.try_get::<i64, _>("correction").map_err(get)? != 0;
-        let created = u64::try_from(row.try_get::<i64, _>("created_ms").map_err(get)?).unwrap_or(0);
+        let author: Vec<u8> = row.try_get("author").doing(doing)?;
+        let correction = row.try_get::<i64, _>("correction").doing(doing)? != 0;
+        let created = u64::try_from(row.try_get::<i64, _>("created_ms").doing(doing)?).unwrap_or(0);
         let mut by = json!({ "identifier": {
             "system": fhir::ACCOUNT_SYSTEM,
             "value": format!("0x{}", hex::encode(&author)),

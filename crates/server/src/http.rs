@@ -709,26 +709,26 @@ fn anchor_ref(id: Option<i64>, tx: Option<Vec<u8>>, block: Option<i64>) -> Optio
 }
 
 async fn build_proof(state: &State, hash: &[u8; 32]) -> Result<Option<ReadingProof>, Failure> {
-    let e = |e: sqlx::Error| Failure::new("reading the index for a proof", e);
+    let doing = "reading the index for a proof";
     let row =
         sqlx::query("SELECT patient, idx, batch, batch_pos FROM ingest_readings WHERE hash = $1")
             .bind(hash.to_vec())
             .fetch_optional(state.db.pool())
             .await
-            .map_err(e)?;
+            .doing(doing)?;
     let Some(row) = row else { return Ok(None) };
     let at = Indexed {
         patient: row
             .try_get::<Vec<u8>, _>("patient")
-            .map_err(e)?
+            .doing(doing)?
             .as_slice()
             .try_into()
             .map_err(|_| {
                 Failure::new("proving a reading", "a stored patientRef is not 32 bytes")
             })?,
-        index: u64::try_from(row.try_get::<i64, _>("idx").map_err(e)?).unwrap_or(0),
-        batch: row.try_get("batch").map_err(e)?,
-        batch_pos: u64::try_from(row.try_get::<i64, _>("batch_pos").map_err(e)?).unwrap_or(0),
+        index: u64::try_from(row.try_get::<i64, _>("idx").doing(doing)?).unwrap_or(0),
+        batch: row.try_get("batch").doing(doing)?,
+        batch_pos: u64::try_from(row.try_get::<i64, _>("batch_pos").doing(doing)?).unwrap_or(0),
     };
 
     // The ledger: the newest anchored checkpoint that covers the entry,
@@ -741,14 +741,14 @@ async fn build_proof(state: &State, hash: &[u8; 32]) -> Result<Option<ReadingPro
     .bind(i64::try_from(at.index).unwrap_or(i64::MAX))
     .fetch_optional(state.db.pool())
     .await
-    .map_err(e)?;
+    .doing(doing)?;
     let (note, checkpoint_anchor) = match anchored {
         Some(r) => (
-            r.try_get::<String, _>("note").map_err(e)?,
+            r.try_get::<String, _>("note").doing(doing)?,
             anchor_ref(
-                r.try_get("anchor_id").map_err(e)?,
-                r.try_get("anchor_tx").map_err(e)?,
-                r.try_get("anchor_block").map_err(e)?,
+                r.try_get("anchor_id").doing(doing)?,
+                r.try_get("anchor_tx").doing(doing)?,
+                r.try_get("anchor_block").doing(doing)?,
             ),
         ),
         None => (
@@ -784,10 +784,10 @@ async fn build_proof(state: &State, hash: &[u8; 32]) -> Result<Option<ReadingPro
             .bind(at.batch.clone())
             .fetch_all(state.db.pool())
             .await
-            .map_err(e)?;
+            .doing(doing)?;
     let mut tree = Tree::new();
     for m in &members {
-        let h: Vec<u8> = m.try_get("hash").map_err(e)?;
+        let h: Vec<u8> = m.try_get("hash").doing(doing)?;
         tree.push(leaf_hash(&h));
     }
     let batch_proof = tree
@@ -799,12 +799,12 @@ async fn build_proof(state: &State, hash: &[u8; 32]) -> Result<Option<ReadingPro
     .bind(at.batch.clone())
     .fetch_optional(state.db.pool())
     .await
-    .map_err(e)?;
+    .doing(doing)?;
     let batch_anchor = match batch_row {
         Some(r) => anchor_ref(
-            r.try_get("anchor_id").map_err(e)?,
-            r.try_get("anchor_tx").map_err(e)?,
-            r.try_get("anchor_block").map_err(e)?,
+            r.try_get("anchor_id").doing(doing)?,
+            r.try_get("anchor_tx").doing(doing)?,
+            r.try_get("anchor_block").doing(doing)?,
         ),
         None => None,
     };
